@@ -1,0 +1,42 @@
+"""imagine-bot's generation engine: batched Stable Diffusion on one GPU.
+
+Importing this package does not import torch; `Engine.start()` does, on its worker thread.
+The engine knows nothing of Discord: it speaks the frozen dataclasses below.
+"""
+
+from .config import DEFAULT_MODEL, SCHEDULERS, EngineConfig
+from .errors import Busy, Cancelled, EngineDead, EngineError, GenerationFailed, InvalidRequest
+from .job import Job, JobState, Progress
+from .pngmeta import Parameters, format_parameters, parse_parameters, read_parameters
+from .request import MAX_SEED, BatchKey, ImageRequest, Limits, ModelProfile, clean_text
+from .result import GeneratedImage, GenerationResult
+from .service import Engine, EngineStats
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MAX_SEED",
+    "SCHEDULERS",
+    "BatchKey",
+    "Busy",
+    "Cancelled",
+    "Engine",
+    "EngineConfig",
+    "EngineDead",
+    "EngineError",
+    "EngineStats",
+    "GeneratedImage",
+    "GenerationFailed",
+    "GenerationResult",
+    "ImageRequest",
+    "InvalidRequest",
+    "Job",
+    "JobState",
+    "Limits",
+    "ModelProfile",
+    "Parameters",
+    "Progress",
+    "clean_text",
+    "format_parameters",
+    "parse_parameters",
+    "read_parameters",
+]

@@ -1,0 +1,85 @@
+"""Engine settings: a frozen dataclass the front end builds from its own config file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DEFAULT_MODEL", "SCHEDULERS", "EngineConfig"]
+
+DEFAULT_MODEL = "stabilityai/sd-turbo"
+
+#: Scheduler names accepted in config, mapped to diffusers class names. "default" keeps the
+#: model's own scheduler.
+SCHEDULERS: dict[str, str] = {
+    "default": "",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
+    "lms": "LMSDiscreteScheduler",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Everything the engine needs to load a model and schedule work.
+
+    `model` is a hub id, a local folder, or `builtin:tiny` (a random-weight pipeline built
+    offline, for tests and dry runs).
+    """
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"  # auto | cuda | cuda:N | mps | cpu
+    dtype: str = "auto"  # auto | float16 | bfloat16 | float32
+    scheduler: str = "default"
+    safety_checker: bool = True
+    cache_dir: Path | None = None  # where builtin models and the hub cache live
+    max_batch_size: int = 8  # images per pipeline call
+    batch_wait_ms: int = 50  # how long an open batch waits for companions
+    max_queue: int = 64  # requests waiting, across all users
+    max_width: int = 1024
+    max_height: int = 1024
+    min_size: int = 64
+    max_steps: int = 50
+    max_count: int = 4
+    max_guidance: float = 30.0
+    default_steps: int = 0  # 0: the model family's own default
+    default_guidance: float = -1.0  # < 0: the model family's own default
+    default_size: int = 0  # 0: the model family's native size
+
+    def __post_init__(self) -> None:
+        problems = list(self.problems())
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Human-readable reasons this config cannot run, empty when it is fine."""
+        out: list[str] = []
+        if self.scheduler not in SCHEDULERS:
+            out.append(f"scheduler must be one of {', '.join(SCHEDULERS)}, not {self.scheduler!r}")
+        if self.dtype not in {"auto", "float16", "bfloat16", "float32"}:
+            out.append(f"dtype must be auto, float16, bfloat16 or float32, not {self.dtype!r}")
+        if not self.model.strip():
+            out.append("model must name a hub id, a folder or builtin:tiny")
+        if self.max_count < 1:
+            out.append("max_count must be at least 1")
+        if self.max_batch_size < self.max_count:
+            out.append(
+                f"max_batch_size ({self.max_batch_size}) must be at least max_count "
+                f"({self.max_count}) so any single request fits in one batch"
+            )
+        if self.batch_wait_ms < 0:
+            out.append("batch_wait_ms must not be negative")
+        if self.max_queue < 1:
+            out.append("max_queue must be at least 1")
+        if self.max_steps < 1:
+            out.append("max_steps must be at least 1")
+        for name in ("max_width", "max_height", "min_size"):
+            value = getattr(self, name)
+            if value < 8 or value % 8:
+                out.append(f"{name} must be a positive multiple of 8, not {value}")
+        if self.min_size > min(self.max_width, self.max_height):
+            out.append("min_size must not exceed max_width or max_height")
+        return out

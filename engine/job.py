@@ -1,0 +1,149 @@
+"""A handle on one submitted request: progress to watch, a result to await, a way to cancel.
+
+Lives on the event loop. The worker thread reports into it only through
+`loop.call_soon_threadsafe`, so every field is read and written on the loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+
+from .errors import Cancelled
+from .request import BatchKey, ImageRequest
+from .result import GenerationResult
+
+__all__ = ["Job", "JobState", "Progress"]
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot for display: place in line while queued, step i of n while running."""
+
+    state: JobState
+    position: int | None = None  # 1 = next to run
+    step: int = 0
+    total_steps: int = 0
+    preview: bytes | None = None  # small PNG of the current latents, when asked for
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total_steps if self.total_steps else 0.0
+
+
+class Job:
+    """Returned by `Engine.submit`; `await job.result()` gives the images or raises."""
+
+    def __init__(
+        self,
+        job_id: str,
+        request: ImageRequest,
+        warnings: tuple[str, ...],
+        on_cancel: Callable[[Job], None],
+    ) -> None:
+        self.id = job_id
+        self.request = request
+        self.warnings = warnings
+        self._on_cancel = on_cancel
+        self._loop = asyncio.get_running_loop()
+        self._future: asyncio.Future[GenerationResult] = self._loop.create_future()
+        self._progress = Progress(JobState.QUEUED, total_steps=request.steps or 0)
+        self._changed = asyncio.Event()
+        self._cancel_requested = False
+        self._preview_wanted = False
+        self.submitted_at = self._loop.time()
+        self.started_at: float | None = None
+
+    # What the batcher reads.
+    @property
+    def user(self) -> str:
+        return self.request.user
+
+    @property
+    def key(self) -> BatchKey:
+        return self.request.key
+
+    @property
+    def images(self) -> int:
+        return self.request.count
+
+    # What callers use.
+    @property
+    def progress(self) -> Progress:
+        return self._progress
+
+    @property
+    def state(self) -> JobState:
+        return self._progress.state
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel_requested
+
+    async def result(self) -> GenerationResult:
+        """The images; raises `Cancelled`, `GenerationFailed` or `EngineDead`."""
+        return await asyncio.shield(self._future)
+
+    def cancel(self) -> bool:
+        """Leave the queue, or stop counting on a running batch; False if already finished."""
+        if self.done():
+            return False
+        self._cancel_requested = True
+        self._on_cancel(self)
+        return True
+
+    def request_preview(self) -> None:
+        """Ask for a preview of the latents at the next denoising step (one-shot)."""
+        self._preview_wanted = True
+
+    async def updates(self) -> AsyncIterator[Progress]:
+        """Yield the progress now and at every change until the job ends (coalescing bursts)."""
+        last: Progress | None = None
+        while True:
+            current = self._progress
+            if current != last:
+                yield current
+                last = current
+            if self.done():
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+    # What the engine calls (on the loop thread).
+    def _update(self, **changes: object) -> None:
+        new = replace(self._progress, **changes)  # type: ignore[arg-type]
+        if new != self._progress:
+            self._progress = new
+            self._changed.set()
+
+    def _take_preview_request(self) -> bool:
+        wanted, self._preview_wanted = self._preview_wanted, False
+        return wanted
+
+    def _finish(self, result: GenerationResult | None, error: BaseException | None) -> None:
+        if self._future.done():
+            return
+        if error is not None:
+            state = JobState.CANCELLED if isinstance(error, Cancelled) else JobState.FAILED
+            self._future.set_exception(error)
+            # Nobody may be awaiting a job whose caller gave up; don't log "never retrieved".
+            self._future.exception()
+        else:
+            assert result is not None
+            state = JobState.DONE
+            self._future.set_result(result)
+        self._update(state=state, position=None)
+        self._changed.set()

@@ -1,0 +1,107 @@
+"""PNG output with generation parameters in the `parameters` text chunk.
+
+The format is the one AUTOMATIC1111's web UI writes and most SD tools read (ComfyUI loaders,
+Civitai, image browsers): the prompt, then `Negative prompt: ...`, then one line of
+`Key: value` pairs. Anyone can drag a bot image into their own tool and reproduce it.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+
+from PIL import Image, PngImagePlugin
+
+__all__ = ["Parameters", "encode_png", "format_parameters", "parse_parameters", "read_parameters"]
+
+
+@dataclass(frozen=True, slots=True)
+class Parameters:
+    """Everything needed to reproduce one image."""
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    sampler: str
+    cfg_scale: float
+    seed: int
+    width: int
+    height: int
+    model: str
+
+
+def format_parameters(p: Parameters) -> str:
+    """Render in A1111's layout; values containing a comma are quoted as it does."""
+    fields = {
+        "Steps": str(p.steps),
+        "Sampler": p.sampler,
+        "CFG scale": f"{p.cfg_scale:g}",
+        "Seed": str(p.seed),
+        "Size": f"{p.width}x{p.height}",
+        "Model": p.model,
+    }
+    tail = ", ".join(f"{k}: {_quote(v)}" for k, v in fields.items())
+    lines = [p.prompt]
+    if p.negative_prompt:
+        lines.append(f"Negative prompt: {p.negative_prompt}")
+    lines.append(tail)
+    return "\n".join(lines)
+
+
+def _quote(value: str) -> str:
+    if any(c in value for c in ',:"\n'):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return value
+
+
+_FIELD = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def parse_parameters(text: str) -> Parameters:
+    """Inverse of `format_parameters` (also reads other A1111-style writers' basic fields)."""
+    lines = text.strip("\n").split("\n")
+    tail = lines.pop() if lines else ""
+    negative_lines: list[str] = []
+    prompt_lines: list[str] = []
+    target = prompt_lines
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            target = negative_lines
+            line = line[len("Negative prompt:") :].lstrip()
+        target.append(line)
+    fields: dict[str, str] = {}
+    for m in _FIELD.finditer(tail):
+        key, value = m.group(1).strip(), m.group(2).strip()
+        if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+            value = value[1:-1].replace("\\n", "\n").replace('\\"', '"').replace("\\\\", "\\")
+        fields[key] = value
+    width, _, height = fields.get("Size", "0x0").partition("x")
+    return Parameters(
+        prompt="\n".join(prompt_lines),
+        negative_prompt="\n".join(negative_lines),
+        steps=int(fields.get("Steps", 0)),
+        sampler=fields.get("Sampler", ""),
+        cfg_scale=float(fields.get("CFG scale", 0)),
+        seed=int(fields.get("Seed", 0)),
+        width=int(width or 0),
+        height=int(height or 0),
+        model=fields.get("Model", ""),
+    )
+
+
+def encode_png(image: Image.Image, params: Parameters) -> bytes:
+    """PNG bytes with the parameters chunk; compress_level 6 balances size and encode time."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", format_parameters(params))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info, compress_level=6)
+    return buf.getvalue()
+
+
+def read_parameters(png: bytes) -> Parameters | None:
+    """The parameters a PNG carries, or None if it has none."""
+    with Image.open(io.BytesIO(png)) as im:
+        im.load()
+        text = im.text.get("parameters") if hasattr(im, "text") else None
+    return parse_parameters(text) if text else None

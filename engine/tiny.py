@@ -1,0 +1,151 @@
+"""`builtin:tiny`: a random-weight Stable Diffusion pipeline built in code, for offline runs.
+
+Shaped like diffusers' own fast-test components (UNet ~1.4 M parameters, 64x64 images). It is
+saved once to a cache folder and always loaded back through `from_pretrained`, so tests
+exercise the same loading path as a real model. Its images are noise, by design.
+
+`builtin:tiny-flagging` adds a tiny real `StableDiffusionSafetyChecker` whose concept weights
+are set so it flags every image: the way to test what happens to flagged images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = ["BUILTIN_MODELS", "builtin_folder", "default_cache_dir"]
+
+_VERSION = 1
+BUILTIN_MODELS = ("builtin:tiny", "builtin:tiny-flagging")
+_VOCAB = Path(__file__).parent / "vocab"
+
+
+def default_cache_dir() -> Path:
+    """`$IMAGINE_BOT_CACHE`, else `$XDG_CACHE_HOME/imagine-bot`, else `~/.cache/imagine-bot`."""
+    if env := os.environ.get("IMAGINE_BOT_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "imagine-bot"
+
+
+def builtin_folder(name: str, cache_dir: Path | None = None) -> Path:
+    """Return the saved folder for a builtin model, building it on first use."""
+    if name not in BUILTIN_MODELS:
+        raise ValueError(f"unknown builtin model {name!r}; known: {', '.join(BUILTIN_MODELS)}")
+    root = (cache_dir or default_cache_dir()) / f"{name.replace(':', '-')}-v{_VERSION}"
+    if not (root / "model_index.json").exists():
+        _build(root, flagging=name.endswith("-flagging"))
+    return root
+
+
+def _tokenizer():  # -> CLIPTokenizer
+    from transformers import CLIPTokenizer
+
+    vocab = json.loads((_VOCAB / "vocab.json").read_text(encoding="utf-8"))
+    lines = (_VOCAB / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]
+    merges = [tuple(line.split(" ")) for line in lines if line]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def _build(root: Path, *, flagging: bool) -> None:
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)  # the same weights on every machine
+    tokenizer = _tokenizer()
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=len(tokenizer),
+        )
+    )
+    checker, extractor = _flagging_checker() if flagging else (None, None)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=checker,
+        feature_extractor=extractor,
+        requires_safety_checker=flagging,
+    )
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    pipe.save_pretrained(tmp)
+    tmp.rename(root) if not root.exists() else None
+
+
+def _flagging_checker():  # -> (StableDiffusionSafetyChecker, CLIPImageProcessor)
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    config = CLIPConfig(
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "vocab_size": 1000,
+            "bos_token_id": 998,
+            "eos_token_id": 999,
+            "pad_token_id": 999,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "image_size": 32,
+            "patch_size": 4,
+        },
+        projection_dim=32,
+    )
+    checker = StableDiffusionSafetyChecker(config).eval()
+    with torch.no_grad():  # score = cosine - weight: a weight of -2 flags every image
+        checker.concept_embeds_weights.fill_(-2.0)
+        checker.special_care_embeds_weights.fill_(-2.0)
+    extractor = CLIPImageProcessor(
+        crop_size={"height": 32, "width": 32}, size={"shortest_edge": 32}
+    )
+    return checker, extractor
