@@ -39,6 +39,9 @@ class EngineConfig:
     max_batch_size: int = 8  # images per pipeline call
     batch_wait_ms: int = 50  # how long an open batch waits for companions
     max_queue: int = 64  # requests waiting, across all users
+    # "batch": whole pipeline calls; "step": requests join and leave between denoising steps
+    # (SD 1.x/2.x and SDXL; other families fall back to "batch").
+    scheduling: str = "batch"
     max_width: int = 1024
     max_height: int = 1024
     min_size: int = 64
@@ -59,6 +62,8 @@ class EngineConfig:
         out: list[str] = []
         if self.scheduler not in SCHEDULERS:
             out.append(f"scheduler must be one of {', '.join(SCHEDULERS)}, not {self.scheduler!r}")
+        if self.scheduling not in {"batch", "step"}:
+            out.append(f"scheduling must be batch or step, not {self.scheduling!r}")
         if self.dtype not in {"auto", "float16", "bfloat16", "float32"}:
             out.append(f"dtype must be auto, float16, bfloat16 or float32, not {self.dtype!r}")
         if not self.model.strip():

@@ -89,7 +89,6 @@ def load_model(config: EngineConfig) -> LoadedModel:
     """Load `config.model` with diffusers' AutoPipeline; raises with a readable message."""
     from diffusers import AutoPipelineForText2Image
     from diffusers.utils import logging as dlogging
-
     from transformers.utils import logging as tlogging
 
     dlogging.disable_progress_bar()

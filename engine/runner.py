@@ -24,7 +24,16 @@ from .preview import latents_to_preview
 from .request import ImageRequest, ModelProfile
 from .result import GeneratedImage
 
-__all__ = ["Runner", "Slot", "describe_failure", "is_fatal"]
+__all__ = [
+    "Runner",
+    "Slot",
+    "check_safety",
+    "describe_failure",
+    "is_fatal",
+    "package_images",
+    "preview_png",
+    "seeded_generators",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,64 @@ class Slot:
     on_preview: Callable[[bytes], None]
     wants_preview: Callable[[], bool]
     is_cancelled: Callable[[], bool]
+
+
+def seeded_generators(request: ImageRequest) -> list[torch.Generator]:
+    """One CPU generator per image, seeded `seed + i`: same image on any device and in any batch."""
+    return [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
+
+
+def preview_png(latents: torch.Tensor, family: str) -> bytes | None:
+    """A fast PNG of one sample's latents `(4, h, w)`, or None for layouts it cannot read."""
+    image = latents_to_preview(latents, family)
+    if image is None:
+        return None
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def check_safety(model: LoadedModel, images: Sequence[Any]) -> list[bool]:
+    """The safety checker's verdict per image (all False without one); images are not altered."""
+    if model.checker is None or model.feature_extractor is None:
+        return [False] * len(images)
+    inputs = model.feature_extractor(list(images), return_tensors="pt")
+    pixel = inputs.pixel_values.to(device=model.device, dtype=model.checker.dtype)
+    arrays = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
+    _, flags = model.checker(images=arrays, clip_input=pixel)
+    return [bool(f) for f in flags]
+
+
+def package_images(
+    model: LoadedModel, request: ImageRequest, images: Sequence[Any], flags: Sequence[bool]
+) -> list[GeneratedImage]:
+    """PNGs carrying their parameters, one per seed of `request`, in seed order."""
+    assert request.steps is not None and request.guidance is not None
+    assert request.width is not None and request.height is not None
+    made = []
+    for n, (seed, image, flagged) in enumerate(zip(request.seeds, images, flags, strict=True)):
+        params = Parameters(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            steps=request.steps,
+            sampler=model.profile.sampler,
+            cfg_scale=request.guidance,
+            seed=seed,
+            width=request.width,
+            height=request.height,
+            model=model.profile.name,
+        )
+        made.append(
+            GeneratedImage(
+                png=encode_png(image, params),
+                seed=seed,
+                index=n,
+                width=request.width,
+                height=request.height,
+                flagged=flagged,
+            )
+        )
+    return made
 
 
 class Runner:
@@ -94,11 +161,9 @@ class Runner:
         negatives: list[str] = []
         generators: list[torch.Generator] = []
         for slot in slots:
-            for seed in slot.request.seeds:
-                prompts.append(slot.request.prompt)
-                negatives.append(slot.request.negative_prompt)
-                # CPU generators: the same seed gives the same image on any device.
-                generators.append(torch.Generator("cpu").manual_seed(seed))
+            prompts += [slot.request.prompt] * slot.request.count
+            negatives += [slot.request.negative_prompt] * slot.request.count
+            generators += seeded_generators(slot.request)
 
         kwargs: dict[str, Any] = {
             "prompt": prompts,
@@ -114,37 +179,14 @@ class Runner:
             kwargs["callback_on_step_end"] = self._step_callback(slots, key.steps)
         with torch.inference_mode():
             images = model.pipe(**kwargs).images
-        flags = self._check_safety(images)
+        flags = check_safety(model, images)
 
         out: list[list[GeneratedImage]] = []
         i = 0
         for slot in slots:
-            r = slot.request
-            made = []
-            for n, seed in enumerate(r.seeds):
-                params = Parameters(
-                    prompt=r.prompt,
-                    negative_prompt=r.negative_prompt,
-                    steps=key.steps,
-                    sampler=model.profile.sampler,
-                    cfg_scale=key.guidance,
-                    seed=seed,
-                    width=key.width,
-                    height=key.height,
-                    model=model.profile.name,
-                )
-                made.append(
-                    GeneratedImage(
-                        png=encode_png(images[i], params),
-                        seed=seed,
-                        index=n,
-                        width=key.width,
-                        height=key.height,
-                        flagged=flags[i],
-                    )
-                )
-                i += 1
-            out.append(made)
+            n = slot.request.count
+            out.append(package_images(model, slot.request, images[i : i + n], flags[i : i + n]))
+            i += n
         return out
 
     def release_memory(self) -> None:
@@ -170,24 +212,12 @@ class Runner:
                 live = live or not slot.is_cancelled()
                 slot.on_step(i + 1, total)
                 if latents is not None and slot.wants_preview() and latents.ndim == 4:
-                    image = latents_to_preview(latents[offset], family)
-                    if image is not None:
-                        buf = io.BytesIO()
-                        image.save(buf, format="PNG", compress_level=1)
-                        slot.on_preview(buf.getvalue())
+                    png = preview_png(latents[offset], family)
+                    if png is not None:
+                        slot.on_preview(png)
                 offset += slot.request.count
             if not live:  # everyone left: stop denoising (the pipeline skips the rest)
                 pipe._interrupt = True
             return tensors
 
         return callback
-
-    def _check_safety(self, images: list[Any]) -> list[bool]:
-        model = self.model
-        if model.checker is None or model.feature_extractor is None:
-            return [False] * len(images)
-        inputs = model.feature_extractor(images, return_tensors="pt")
-        pixel = inputs.pixel_values.to(device=model.device, dtype=model.checker.dtype)
-        arrays = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
-        _, flags = model.checker(images=arrays, clip_input=pixel)
-        return [bool(f) for f in flags]

@@ -13,11 +13,11 @@ import functools
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .batcher import Batcher
 from .config import EngineConfig
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "EngineStats"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -128,6 +129,17 @@ class Engine:
     def running(self) -> tuple[Job, ...]:
         return tuple(self._running)
 
+    async def run_in_worker(self, fn: Callable[[Any], T]) -> T:
+        """Run `fn(pipeline)` on the worker thread, between batches.
+
+        The only safe way to touch the pipeline from outside: adding a hook, loading a LoRA.
+        """
+        if self._runner is None or self._executor is None:
+            raise EngineError("The engine has not been started.")
+        runner = self._runner
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(runner.model.pipe))
+
     # Submitting
     def prepare(self, request: ImageRequest) -> tuple[ImageRequest, tuple[str, ...]]:
         """Validate and resolve defaults without queueing (front ends check before reserving)."""
@@ -165,10 +177,8 @@ class Engine:
                 await self._run(batch)
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # the loop itself died: nothing may hang
+        except BaseException as exc:  # the loop or the worker died: nothing may hang
             self._die(exc)
-            if not isinstance(exc, Exception):
-                raise
 
     async def _run(self, jobs: Sequence[Job], *, split: bool = False) -> None:
         jobs = [j for j in jobs if not j.cancel_requested]

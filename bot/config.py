@@ -1,0 +1,247 @@
+"""The bot's TOML config, read once at start-up into typed, validated, frozen sections.
+
+Every key has a default, so a file holding only a few keys runs. Errors name the key and what
+to write instead; unknown keys are errors too (a typo should not silently do nothing).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from engine import DEFAULT_MODEL, EngineConfig
+
+__all__ = [
+    "BotConfig",
+    "ConfigError",
+    "DatabaseSettings",
+    "DiscordSettings",
+    "EngineSettings",
+    "ModerationSettings",
+    "OpsSettings",
+    "QuotaSettings",
+    "load_config",
+    "parse_config",
+]
+
+DISCORD_API = "https://discord.com/api/v10"
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` lists every reason, one line each."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class DiscordSettings:
+    token_env: str = "DISCORD_TOKEN"  # environment variable holding the bot token
+    token: str = ""  # discouraged: a token written in the file (see README)
+    api_base_url: str = DISCORD_API
+    guild_ids: tuple[int, ...] = ()  # sync commands to these guilds at start-up (instant)
+    moderator_role_ids: tuple[int, ...] = ()  # besides members with Manage Server
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    url: str = "sqlite+aiosqlite:///imagine-bot.db"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    scheduler: str = "default"
+    safety_checker: bool = True
+    cache_dir: str = ""
+    max_batch_size: int = 8
+    batch_wait_ms: int = 50
+    max_queue: int = 64
+    max_width: int = 1024
+    max_height: int = 1024
+    max_steps: int = 50
+    max_count: int = 4
+    default_steps: int = 0
+    default_guidance: float = -1.0
+
+    def to_engine(self) -> EngineConfig:
+        """The engine's own config (the engine never reads TOML)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["cache_dir"] = Path(self.cache_dir).expanduser() if self.cache_dir else None
+        return EngineConfig(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSettings:
+    daily_images: int = 25  # images per user per rolling 24 hours, per guild
+    max_queued_per_user: int = 2  # jobs one user may have queued or running at once
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationSettings:
+    allowed_channel_ids: tuple[int, ...] = ()  # empty: every channel
+    blocked_words: tuple[str, ...] = ()
+    forced_negative_prompt: str = ""
+    flagged_images: Literal["spoiler", "refuse_outside_nsfw"] = "spoiler"
+
+
+@dataclass(frozen=True, slots=True)
+class OpsSettings:
+    listen: str = ""  # e.g. "127.0.0.1:9108" for /healthz and /metrics; empty: off
+
+
+@dataclass(frozen=True, slots=True)
+class BotConfig:
+    discord: DiscordSettings = field(default_factory=DiscordSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    quota: QuotaSettings = field(default_factory=QuotaSettings)
+    moderation: ModerationSettings = field(default_factory=ModerationSettings)
+    ops: OpsSettings = field(default_factory=OpsSettings)
+    path: Path | None = None  # where it was read from, for messages
+
+    def resolve_token(self, environ: typing.Mapping[str, str] | None = None) -> str:
+        """The bot token from the environment variable named in the config, else the file."""
+        env = os.environ if environ is None else environ
+        return env.get(self.discord.token_env, "").strip() or self.discord.token.strip()
+
+
+_SECTIONS: dict[str, type] = {
+    "discord": DiscordSettings,
+    "database": DatabaseSettings,
+    "engine": EngineSettings,
+    "quota": QuotaSettings,
+    "moderation": ModerationSettings,
+    "ops": OpsSettings,
+}
+
+
+def _unknown(key: str, known: typing.Iterable[str], where: str) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown key {where}{key}{hint}"
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ValueError(
+                f"{where} must be one of {', '.join(map(repr, allowed))}, not {value!r}"
+            )
+        return value
+    if origin is tuple:
+        (item,) = typing.get_args(hint)[:1]
+        if not isinstance(value, list):
+            raise ValueError(f"{where} must be a list, not {type(value).__name__}")
+        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (types.UnionType, typing.Union):
+        raise TypeError(f"unsupported config type at {where}")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, not {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, str) and value.isdigit():  # snowflakes are often quoted
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} must be a whole number, not {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{where} must be a number, not {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a string, not {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} at {where}")
+
+
+def _section(cls: type, table: Any, name: str, problems: list[str]) -> Any:
+    if not isinstance(table, dict):
+        problems.append(f"[{name}] must be a table, not {type(table).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in known:
+            problems.append(_unknown(key, known, f"[{name}] "))
+            continue
+        try:
+            values[key] = _convert(value, hints[key], f"[{name}] {key}")
+        except ValueError as exc:
+            problems.append(str(exc))
+    return cls(**values)
+
+
+def parse_config(data: dict[str, Any], path: Path | None = None) -> BotConfig:
+    """Build a `BotConfig` from parsed TOML; raises `ConfigError` listing every problem."""
+    problems: list[str] = []
+    sections: dict[str, Any] = {}
+    for key, table in data.items():
+        if key not in _SECTIONS:
+            problems.append(_unknown(key, _SECTIONS, "section "))
+            continue
+        sections[key] = _section(_SECTIONS[key], table, key, problems)
+    config = BotConfig(**sections, path=path)
+    problems += _check(config)
+    if problems:
+        raise ConfigError(problems, str(path) if path else "config")
+    return config
+
+
+def _check(config: BotConfig) -> list[str]:
+    problems = []
+    try:
+        config.engine.to_engine()
+    except ValueError as exc:
+        problems += [f"[engine] {p}" for p in str(exc).split("; ")]
+    if not config.discord.api_base_url.startswith(("http://", "https://")):
+        problems.append("[discord] api_base_url must start with http:// or https://")
+    if "://" not in config.database.url:
+        problems.append(
+            "[database] url must be an SQLAlchemy URL such as "
+            "'sqlite+aiosqlite:///imagine-bot.db' or 'postgresql+asyncpg://user:pw@host/db'"
+        )
+    if config.quota.daily_images < 0:
+        problems.append("[quota] daily_images must be 0 or more")
+    if config.quota.max_queued_per_user < 1:
+        problems.append("[quota] max_queued_per_user must be at least 1")
+    if config.ops.listen:
+        host, _, port = config.ops.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            problems.append("[ops] listen must look like '127.0.0.1:9108'")
+    return problems
+
+
+def load_config(path: str | Path) -> BotConfig:
+    """Read and validate a TOML file; a missing or malformed file is a `ConfigError` too."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            ["file not found: copy config.example.toml to config.toml and edit it"], str(path)
+        ) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read the file: {exc.strerror}"], str(path)) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(["the file is not UTF-8 text"], str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], str(path)) from None
+    return parse_config(data, path)

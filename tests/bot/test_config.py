@@ -1,0 +1,70 @@
+"""The TOML config: the example documents every key with its default; bad files are explained."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bot.config import BotConfig, ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_example_documents_every_key_with_its_default() -> None:
+    example = load_config(ROOT / "config.example.toml")
+    assert dataclasses.replace(example, path=None) == BotConfig()
+    data = tomllib.loads((ROOT / "config.example.toml").read_text())
+    for section in dataclasses.fields(BotConfig):
+        if section.name == "path":
+            continue
+        keys = {f.name for f in dataclasses.fields(getattr(BotConfig(), section.name))}
+        documented = set(data[section.name]) | ({"token"} if section.name == "discord" else set())
+        assert documented == keys, section.name
+
+
+def test_a_config_with_a_few_keys_runs_on_defaults() -> None:
+    config = parse_config({"engine": {"model": "builtin:tiny"}, "discord": {"guild_ids": ["42"]}})
+    assert config.engine.model == "builtin:tiny"
+    assert config.discord.guild_ids == (42,)
+    assert config.database.url.startswith("sqlite+aiosqlite:///")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[engine\nmodel = 1", "not valid TOML"),
+        ("[engin]\nmodel = 'x'", "unknown key section engin (did you mean 'engine'?)"),
+        ("[engine]\nmax_batch_size = 2", "max_batch_size (2) must be at least max_count (4)"),
+        ("[engine]\nsafety_checker = 'yes'", "[engine] safety_checker must be true or false"),
+        ("[engine]\nscheduler = 'fast'", "scheduler must be one of default, ddim"),
+        ("[database]\nurl = 'imagine.db'", "[database] url must be an SQLAlchemy URL"),
+        ("[quota]\ndaily_images = -1", "[quota] daily_images must be 0 or more"),
+        (
+            "[moderation]\nflagged_images = 'hide'",
+            "must be one of 'spoiler', 'refuse_outside_nsfw'",
+        ),
+        ("[ops]\nlisten = 'localhost'", "[ops] listen must look like '127.0.0.1:9108'"),
+        ("discord = 3", "[discord] must be a table"),
+    ],
+)
+def test_bad_files_say_what_to_fix(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_a_missing_file_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"copy config\.example\.toml to config\.toml"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_the_token_comes_from_the_named_environment_variable() -> None:
+    config = parse_config({"discord": {"token_env": "MY_TOKEN"}})
+    assert config.resolve_token({"MY_TOKEN": " abc \n"}) == "abc"
+    assert config.resolve_token({}) == ""

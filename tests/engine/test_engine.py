@@ -1,0 +1,151 @@
+"""The engine on the real tiny pipeline: batching, progress, cancellation, the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import Busy, Cancelled, ImageRequest, JobState, read_parameters
+
+from .conftest import EngineFactory, pixels, until_running
+
+
+async def test_a_batched_image_equals_the_same_request_alone(make_engine: EngineFactory) -> None:
+    engine = await make_engine(max_batch_size=8, batch_wait_ms=200)
+    requests = [
+        ImageRequest("a robot painting", seed=11, user="alice", count=2),
+        ImageRequest("a watercolour cat", negative_prompt="blurry", seed=22, user="bob"),
+        ImageRequest("a castle at night", seed=33, user="carol"),
+    ]
+    jobs = [engine.submit(r) for r in requests]
+    batched = [await job.result() for job in jobs]
+    assert {r.batch_images for r in batched} == {4}  # they really shared one pipeline call
+
+    for request, together in zip(requests, batched, strict=True):
+        alone = await engine.generate(request)
+        assert alone.batch_images == request.count
+        for a, b in zip(alone.images, together.images, strict=True):
+            assert a.seed == b.seed
+            assert np.abs(pixels(a.png) - pixels(b.png)).max() <= 1  # at most 1/255
+
+    # Different seeds give different images (the comparison above is not vacuous).
+    assert np.abs(pixels(batched[0].images[0].png) - pixels(batched[0].images[1].png)).max() > 1
+
+
+async def test_images_carry_their_parameters_and_the_drawn_seed(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    job = engine.submit(ImageRequest("a robot, painting", negative_prompt="ugly", user="u"))
+    assert job.request.seed is not None  # drawn at submit, so the caller can report it
+    result = await job.result()
+    image = result.images[0]
+    with Image.open(io.BytesIO(image.png)) as im:
+        assert im.format == "PNG" and im.size == (64, 64)
+    params = read_parameters(image.png)
+    assert params is not None
+    assert (params.prompt, params.negative_prompt) == ("a robot, painting", "ugly")
+    assert (params.seed, params.steps, params.cfg_scale) == (job.request.seed, 4, 7.0)
+    assert (params.width, params.height, params.model, params.sampler) == (
+        64,
+        64,
+        "builtin:tiny",
+        "DDIM",
+    )
+
+
+async def test_progress_reports_queue_position_steps_and_a_preview(
+    make_engine: EngineFactory,
+) -> None:
+    engine = await make_engine(max_batch_size=1, max_count=1, batch_wait_ms=0)
+    first = engine.submit(ImageRequest("first", seed=1, steps=12, user="a"))
+    second = engine.submit(ImageRequest("second", seed=2, steps=6, user="b"))
+    third = engine.submit(ImageRequest("third", seed=3, steps=6, user="c"))
+    assert (second.progress.position, third.progress.position) == (2, 3)
+
+    third.request_preview()
+    seen_positions: list[int] = []
+    steps: list[int] = []
+    previews: list[bytes] = []
+    async for progress in third.updates():
+        if progress.state is JobState.QUEUED and progress.position is not None:
+            seen_positions.append(progress.position)
+        if progress.state is JobState.RUNNING:
+            steps.append(progress.step)
+            if progress.preview is not None and not previews:
+                previews.append(progress.preview)
+    assert seen_positions[0] == 3 and seen_positions[-1] == 1  # moved up the line
+    assert steps == sorted(steps) and steps[-1] == 6
+    assert third.state is JobState.DONE
+    with Image.open(io.BytesIO(previews[0])) as im:
+        assert im.format == "PNG" and max(im.size) == 256
+    await first.result()
+    await second.result()
+
+
+async def test_a_full_queue_refuses_at_once(make_engine: EngineFactory) -> None:
+    engine = await make_engine(max_queue=2, max_batch_size=1, max_count=1, batch_wait_ms=0)
+    running = engine.submit(ImageRequest("long", steps=40, user="a"))
+    await until_running(running)
+    queued = [engine.submit(ImageRequest("q", user=f"u{i}")) for i in range(2)]
+    with pytest.raises(Busy, match="queue is full"):
+        engine.submit(ImageRequest("one too many", user="z"))
+    running.cancel()
+    for job in queued:
+        await job.result()
+
+
+async def test_cancelling_a_queued_job_takes_it_out_of_the_queue(
+    make_engine: EngineFactory,
+) -> None:
+    engine = await make_engine(max_batch_size=1, max_count=1, batch_wait_ms=0)
+    running = engine.submit(ImageRequest("running", steps=20, user="a"))
+    await until_running(running)
+    waiting = engine.submit(ImageRequest("waiting", user="b"))
+    assert engine.queue_depth >= 1
+    assert waiting.cancel()
+    with pytest.raises(Cancelled):
+        await waiting.result()
+    assert waiting.state is JobState.CANCELLED
+    assert engine.queue_depth == 0
+    assert not waiting.cancel()  # already over
+    await running.result()
+    assert engine.stats.images == 1
+
+
+async def test_cancelling_a_whole_running_batch_interrupts_it(make_engine: EngineFactory) -> None:
+    engine = await make_engine(max_steps=200)
+    job = engine.submit(ImageRequest("long", steps=200, user="a"))
+    last_step = 0
+    async for progress in job.updates():
+        if progress.state is JobState.RUNNING and progress.step >= 2 and not job.cancel_requested:
+            job.cancel()
+        last_step = max(last_step, progress.step)
+    with pytest.raises(Cancelled):
+        await job.result()
+    assert last_step < 200  # denoising stopped early instead of running all 200 steps
+    after = await engine.generate(ImageRequest("next", user="b"))  # the engine goes on
+    assert len(after.images) == 1
+
+
+async def test_the_event_loop_keeps_ticking_while_a_batch_runs(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    job = engine.submit(ImageRequest("busy", steps=30, count=4, user="a"))
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = loop.time()
+        while not job.done():
+            await asyncio.sleep(0.005)  # measuring loop lag, not waiting for an event
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    await asyncio.gather(ticker(), job.result())
+    assert len(gaps) > 20
+    # torch runs on the worker thread: the loop is never blocked for a whole step or batch.
+    assert max(gaps) < 0.5, f"event loop stalled for {max(gaps):.3f} s"
+    assert engine.stats.batches == 1
