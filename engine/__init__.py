@@ -5,7 +5,15 @@ The engine knows nothing of Discord: it speaks the frozen dataclasses below.
 """
 
 from .config import DEFAULT_MODEL, SCHEDULERS, EngineConfig
-from .errors import Busy, Cancelled, EngineDead, EngineError, GenerationFailed, InvalidRequest
+from .errors import (
+    Busy,
+    Cancelled,
+    EngineDead,
+    EngineError,
+    GenerationFailed,
+    InvalidRequest,
+    ShuttingDown,
+)
 from .job import Job, JobState, Progress
 from .pngmeta import Parameters, format_parameters, parse_parameters, read_parameters
 from .request import MAX_SEED, BatchKey, ImageRequest, Limits, ModelProfile, clean_text
@@ -35,6 +43,7 @@ __all__ = [
     "ModelProfile",
     "Parameters",
     "Progress",
+    "ShuttingDown",
     "clean_text",
     "format_parameters",
     "parse_parameters",

@@ -13,6 +13,7 @@ __all__ = [
     "EngineError",
     "GenerationFailed",
     "InvalidRequest",
+    "ShuttingDown",
 ]
 
 
@@ -60,3 +61,10 @@ class EngineDead(EngineError):
         super().__init__(f"The image engine stopped{detail}.")
         self.reason = reason
         self.original = original
+
+
+class ShuttingDown(EngineDead):
+    """The engine is stopping on purpose; the job did not fail and may be run after a restart."""
+
+    def __init__(self) -> None:
+        super().__init__("shutting down")

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .batcher import Batcher
 from .config import EngineConfig
-from .errors import Cancelled, EngineDead, EngineError, GenerationFailed
+from .errors import Cancelled, EngineDead, EngineError, GenerationFailed, ShuttingDown
 from .job import Job, JobState
 from .request import ImageRequest, Limits, ModelProfile, validate
 from .result import GenerationResult
 
 if TYPE_CHECKING:
     from .runner import Runner, Slot
+    from .step_loop import StepLoop
 
 __all__ = ["Engine", "EngineStats"]
 
@@ -67,6 +68,7 @@ class Engine:
         self._executor: ThreadPoolExecutor | None = None
         self._batcher: Batcher | None = None
         self._task: asyncio.Task[None] | None = None
+        self._step_loop: StepLoop | None = None
         self._dead: EngineDead | None = None
         self._running: list[Job] = []
         self._ids = itertools.count(1)
@@ -87,19 +89,39 @@ class Engine:
         self._batcher = Batcher(
             self.config.max_batch_size, self.config.batch_wait_ms / 1000, self.config.max_queue
         )
+        if self.config.scheduling == "step":  # None when the model family cannot step
+            from .step_loop import StepLoop
+
+            self._step_loop = await StepLoop.attach(self)
+            if self._step_loop is not None:
+                self._batcher = self._step_loop.queue
         self._task = asyncio.create_task(self._loop(), name="imagine-engine-loop")
 
-    async def close(self) -> None:
-        """Stop: cancel queued requests, let the running batch finish, free the worker."""
+    async def close(self, grace_s: float = 60.0) -> None:
+        """Stop accepting, fail queued jobs with `ShuttingDown`, let the running batch finish
+        (up to `grace_s` seconds, then fail it too), and free the worker thread.
+
+        `ShuttingDown` tells a front end that the job did not fail on its own: it can keep the
+        job for a restart instead of refunding or reporting an error.
+        """
         if self._batcher is not None and self._dead is None:
-            for job in self._batcher.close(EngineDead("shutting down")):
-                self._fail(job, Cancelled())  # type: ignore[arg-type]
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            for job in self._batcher.close(ShuttingDown()):
+                job._finish(None, ShuttingDown())  # type: ignore[attr-defined]
+        if self._task is not None and not self._task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), grace_s)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        for job in self._running:
+            job._finish(None, ShuttingDown())
+        self._running.clear()
         if self._executor is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+            executor = self._executor
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: executor.shutdown(wait=True, cancel_futures=True)
+            )
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -171,10 +193,15 @@ class Engine:
     async def _loop(self) -> None:
         assert self._batcher is not None
         try:
+            if self._step_loop is not None:  # step-level scheduling: engine/step_loop.py
+                await self._step_loop.run()
+                return
             while True:
                 batch: list[Job] = await self._batcher.next_batch()  # type: ignore[assignment]
                 self._refresh_positions()
                 await self._run(batch)
+        except ShuttingDown:
+            return
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # the loop or the worker died: nothing may hang

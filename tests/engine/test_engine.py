@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import Busy, Cancelled, ImageRequest, JobState, read_parameters
+from engine import Busy, Cancelled, ImageRequest, JobState, ShuttingDown, read_parameters
 
 from .conftest import EngineFactory, pixels, until_running
 
@@ -149,3 +149,18 @@ async def test_the_event_loop_keeps_ticking_while_a_batch_runs(make_engine: Engi
     # torch runs on the worker thread: the loop is never blocked for a whole step or batch.
     assert max(gaps) < 0.5, f"event loop stalled for {max(gaps):.3f} s"
     assert engine.stats.batches == 1
+
+
+async def test_close_finishes_the_running_batch_and_releases_the_queue(
+    make_engine: EngineFactory,
+) -> None:
+    engine = await make_engine(max_batch_size=1, max_count=1, batch_wait_ms=0)
+    running = engine.submit(ImageRequest("running", steps=10, user="a"))
+    await until_running(running)
+    queued = engine.submit(ImageRequest("queued", user="b"))
+    await engine.close()
+    assert len((await running.result()).images) == 1  # finished, not thrown away
+    with pytest.raises(ShuttingDown):  # not a failure: a front end keeps it for a restart
+        await queued.result()
+    with pytest.raises(ShuttingDown):
+        engine.submit(ImageRequest("later", user="c"))

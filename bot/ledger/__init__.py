@@ -1,0 +1,83 @@
+"""The usage ledger: jobs, quotas and their audit log (SQLAlchemy 2 async + Alembic).
+
+Cogs use `Ledger` (from `open_ledger`) and the frozen dataclasses it returns; they never
+write SQL. Nothing here imports discord, and the engine never imports this package.
+"""
+
+from .database import (
+    DEFAULT_DATABASE_URL,
+    alembic_config,
+    create_engine,
+    database_url,
+    make_sessionmaker,
+    upgrade_to_head,
+)
+from .errors import LedgerBusyError, LedgerError
+from .jobs import (
+    ACTIVE_STATUSES,
+    COUNTED_STATUSES,
+    TERMINAL_STATUSES,
+    JobRecord,
+    JobRequest,
+    JobStatus,
+    RefusalReason,
+)
+from .quota import (
+    WINDOW,
+    QuotaChange,
+    QuotaKind,
+    QuotaPolicy,
+    QuotaSetting,
+    Reservation,
+    UserStatus,
+)
+from .recovery import (
+    INTERACTION_TOKEN_TTL,
+    TOKEN_SAFETY_MARGIN,
+    RecoveryPlan,
+    classify,
+    give_up,
+    plan_recovery,
+)
+from .store import Ledger, RetryPolicy, open_ledger, utcnow
+from .usage import DayUsage, RefusalCount, UsageSummary, UserDayUsage, UserUsage
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "COUNTED_STATUSES",
+    "DEFAULT_DATABASE_URL",
+    "INTERACTION_TOKEN_TTL",
+    "TERMINAL_STATUSES",
+    "TOKEN_SAFETY_MARGIN",
+    "WINDOW",
+    "DayUsage",
+    "JobRecord",
+    "JobRequest",
+    "JobStatus",
+    "Ledger",
+    "LedgerBusyError",
+    "LedgerError",
+    "QuotaChange",
+    "QuotaKind",
+    "QuotaPolicy",
+    "QuotaSetting",
+    "RecoveryPlan",
+    "RefusalCount",
+    "RefusalReason",
+    "Reservation",
+    "RetryPolicy",
+    "UsageSummary",
+    "UserDayUsage",
+    "UserStatus",
+    "UserUsage",
+    "alembic_config",
+    "classify",
+    "create_engine",
+    "database_url",
+    "give_up",
+    "make_sessionmaker",
+    "open_ledger",
+    "plan_recovery",
+    "upgrade_to_head",
+    "utcnow",
+]

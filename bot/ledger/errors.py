@@ -1,0 +1,22 @@
+"""The ledger's one exception base; foreign database errors are wrapped, keeping `.original`."""
+
+from __future__ import annotations
+
+__all__ = ["LedgerBusyError", "LedgerError"]
+
+
+class LedgerError(Exception):
+    """Base of every error the ledger raises on purpose."""
+
+
+class LedgerBusyError(LedgerError):
+    """The database stayed locked by another writer through every retry.
+
+    Raised instead of SQLAlchemy's `OperationalError` so callers catch one package's errors;
+    the driver's error is kept as `.original`.
+    """
+
+    def __init__(self, attempts: int, original: BaseException) -> None:
+        super().__init__(f"database still locked after {attempts} attempts: {original}")
+        self.attempts = attempts
+        self.original = original

@@ -1,0 +1,163 @@
+"""Job value objects: what the bot asks for, what the ledger records, and the legal moves.
+
+The ORM rows never leave the ledger; callers get these frozen dataclasses instead, so a
+stale or detached row can never be mutated by accident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "COUNTED_STATUSES",
+    "TERMINAL_STATUSES",
+    "JobRecord",
+    "JobRequest",
+    "JobStatus",
+    "RefusalReason",
+]
+
+#: Seeds are stored in a signed 64-bit column.
+MAX_SEED = 2**63 - 1
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life; `refused` jobs never ran and never took any images."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REFUSED = "refused"
+
+
+class RefusalReason(StrEnum):
+    """Why a request was turned down; stored as text, so new codes need no migration."""
+
+    QUOTA = "quota"  # the rolling 24-hour allowance is used up
+    TOO_MANY_JOBS = "too_many_jobs"  # the user already has max_queued_per_user jobs in flight
+    QUEUE_FULL = "queue_full"  # the engine's queue (all users) is full
+    BLOCKED_WORD = "blocked_word"
+    CHANNEL = "channel"  # not allowed in this channel
+    USER_BLOCKED = "user_blocked"  # a moderator set the user's allowance to 0
+    RATE_LIMITED = "rate_limited"
+    INVALID = "invalid"  # parameters out of range
+
+
+#: Jobs whose images count against the allowance (reserved, being made, or made).
+COUNTED_STATUSES: frozenset[JobStatus] = frozenset(
+    {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DONE}
+)
+#: Jobs still owed a result: they count towards `max_queued_per_user` and survive restarts.
+ACTIVE_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
+    {JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.REFUSED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """Everything needed to run a job and to deliver its result through Discord.
+
+    Snowflakes are plain ints. `guild_id` is 0 for direct messages, which then share one
+    allowance bucket. `interaction_token` lets the bot edit the response for 15 minutes; the
+    ledger forgets it when the job ends.
+    """
+
+    guild_id: int
+    channel_id: int
+    user_id: int
+    application_id: int
+    interaction_id: int
+    interaction_token: str | None
+    prompt: str
+    seed: int
+    model: str
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    negative_prompt: str = ""
+    scheduler: str = "default"
+    image_count: int = 1
+    reroll_of: int | None = None
+
+    def problems(self) -> list[str]:
+        """Why the ledger cannot store this request, empty when it can."""
+        out: list[str] = []
+        if self.image_count < 1:
+            out.append("image_count must be at least 1")
+        if not 0 <= self.seed <= MAX_SEED:
+            out.append(f"seed must be in 0..{MAX_SEED}")
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """One stored job, as the ledger last saw it. Times are timezone-aware UTC."""
+
+    id: int
+    guild_id: int
+    channel_id: int
+    user_id: int
+    application_id: int
+    interaction_id: int
+    interaction_token: str | None
+    message_id: int | None
+    prompt: str
+    negative_prompt: str
+    seed: int
+    model: str
+    scheduler: str
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    image_count: int
+    status: JobStatus
+    refusal_reason: RefusalReason | str | None
+    error: str | None
+    reroll_of: int | None
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    delivered_at: datetime | None
+
+    @property
+    def delivered(self) -> bool:
+        """Whether the result was handed to Discord (never hand it over twice)."""
+        return self.delivered_at is not None
+
+    @property
+    def counts_against_quota(self) -> bool:
+        return self.status in COUNTED_STATUSES
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    def as_request(self) -> JobRequest:
+        """The request that would run this job again with the same seed (re-queue, reroll)."""
+        return JobRequest(
+            guild_id=self.guild_id,
+            channel_id=self.channel_id,
+            user_id=self.user_id,
+            application_id=self.application_id,
+            interaction_id=self.interaction_id,
+            interaction_token=self.interaction_token,
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            seed=self.seed,
+            model=self.model,
+            scheduler=self.scheduler,
+            steps=self.steps,
+            guidance=self.guidance,
+            width=self.width,
+            height=self.height,
+            image_count=self.image_count,
+            reroll_of=self.reroll_of,
+        )

@@ -1,0 +1,669 @@
+"""`Ledger`: the one owner of every write to the usage ledger; cogs call it, never SQL.
+
+Every write runs in its own short transaction. Writes that read before they write (a
+reservation checks the allowance, then inserts) are serialized per user: on SQLite by
+`BEGIN IMMEDIATE` (one writer at a time, waiting on the busy timeout), on PostgreSQL by a
+transaction-scoped advisory lock on (guild, user). A write that still finds SQLite locked
+is retried a few times before `LedgerBusyError`.
+
+Status changes are compare-and-set updates (`UPDATE ... WHERE status IN (allowed)`): an
+illegal or repeated transition (or an unknown job id) changes nothing and returns False, so a
+late or duplicate event can't corrupt a job, and `mark_delivered` is true exactly once per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from .database import create_engine, make_sessionmaker, upgrade_to_head, writer
+from .errors import LedgerBusyError
+from .jobs import (
+    ACTIVE_STATUSES,
+    COUNTED_STATUSES,
+    JobRecord,
+    JobRequest,
+    JobStatus,
+    RefusalReason,
+)
+from .models import Job, QuotaAudit, QuotaOverride
+from .quota import (
+    WINDOW,
+    CountedImages,
+    QuotaChange,
+    QuotaKind,
+    QuotaPolicy,
+    QuotaSetting,
+    Reservation,
+    UserStatus,
+    available_at,
+    images_used,
+    next_increase,
+)
+from .usage import UsageSummary, period_start, summarize
+
+__all__ = ["Ledger", "RetryPolicy", "open_ledger", "utcnow"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Error texts are for moderators and logs, not for storing tracebacks.
+MAX_ERROR_CHARS = 2000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often a write that finds SQLite locked past its busy timeout is tried again."""
+
+    attempts: int = 4
+    first_delay_s: float = 0.05  # doubled after each failure
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be at least 1")
+
+
+def _is_locked(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def _lock_key(guild_id: int, user_id: int) -> int:
+    """A stable signed 64-bit key for PostgreSQL's advisory lock on one user in one guild."""
+    digest = hashlib.blake2b(
+        f"imagine-bot:quota:{guild_id}:{user_id}".encode(), digest_size=8
+    ).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _status(value: str) -> JobStatus:
+    return JobStatus(value)
+
+
+def _reason(value: str | None) -> RefusalReason | str | None:
+    if value is None:
+        return None
+    try:
+        return RefusalReason(value)
+    except ValueError:
+        return value
+
+
+def _record(job: Job) -> JobRecord:
+    return JobRecord(
+        id=job.id,
+        guild_id=job.guild_id,
+        channel_id=job.channel_id,
+        user_id=job.user_id,
+        application_id=job.application_id,
+        interaction_id=job.interaction_id,
+        interaction_token=job.interaction_token,
+        message_id=job.message_id,
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        seed=job.seed,
+        model=job.model,
+        scheduler=job.scheduler,
+        steps=job.steps,
+        guidance=job.guidance,
+        width=job.width,
+        height=job.height,
+        image_count=job.image_count,
+        status=_status(job.status),
+        refusal_reason=_reason(job.refusal_reason),
+        error=job.error,
+        reroll_of=job.reroll_of,
+        queued_at=job.queued_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        delivered_at=job.delivered_at,
+    )
+
+
+def _statuses(statuses: Iterable[JobStatus]) -> list[str]:
+    return sorted(str(s) for s in statuses)
+
+
+def _error_text(error: str | None) -> str | None:
+    return None if error is None else error[:MAX_ERROR_CHARS]
+
+
+class Ledger:
+    """Jobs, quotas and their audit log, on one engine.
+
+    `policy` is the default for every guild; `guild_policies` overrides it per guild id.
+    `clock` returns timezone-aware UTC now (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        policy: QuotaPolicy | None = None,
+        *,
+        guild_policies: Mapping[int, QuotaPolicy] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.engine = engine
+        self.policy = policy or QuotaPolicy()
+        self._guild_policies = dict(guild_policies or {})
+        self._clock = clock
+        self._retry = retry or RetryPolicy()
+        self._postgres = engine.dialect.name == "postgresql"
+        self._reads = make_sessionmaker(engine)
+        self._writes = make_sessionmaker(writer(engine))
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    def policy_for(self, guild_id: int) -> QuotaPolicy:
+        return self._guild_policies.get(guild_id, self.policy)
+
+    async def _run(self, work: Callable[[AsyncSession], Awaitable[T]], *, write: bool) -> T:
+        """Run `work` in one transaction, again from the start if SQLite stays locked."""
+        sessions = self._writes if write else self._reads
+        delay = self._retry.first_delay_s
+        for attempt in range(1, self._retry.attempts + 1):
+            try:
+                async with sessions() as session, session.begin():
+                    return await work(session)
+            except OperationalError as exc:
+                if not _is_locked(exc):
+                    raise
+                if attempt == self._retry.attempts:
+                    raise LedgerBusyError(attempt, exc) from exc
+                log.warning("ledger: database locked (attempt %d), retrying: %s", attempt, exc)
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _lock_user(self, session: AsyncSession, guild_id: int, user_id: int) -> None:
+        """Serialize writes about one user's quota (SQLite's BEGIN IMMEDIATE already does)."""
+        if self._postgres:
+            await session.execute(select(func.pg_advisory_xact_lock(_lock_key(guild_id, user_id))))
+
+    async def _set_where(
+        self,
+        job_id: int,
+        allowed: Iterable[JobStatus],
+        values: dict[str, Any],
+        *extra: ColumnElement[bool],
+    ) -> bool:
+        """Compare-and-set: update the job only if its status is in `allowed`."""
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(_statuses(allowed)), *extra)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+
+        async def work(session: AsyncSession) -> bool:
+            result = await session.execute(stmt)
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+        return await self._run(work, write=True)
+
+    # -- reservations -------------------------------------------------------------------
+
+    async def reserve(self, request: JobRequest) -> Reservation:
+        """Check the user's allowance and in-flight jobs and store the job, atomically.
+
+        Accepted: the job is stored `queued` and its images count from now for 24 hours.
+        Refused: it is stored `refused` with the reason (`user_blocked`, `quota` with
+        `retry_at`, or `too_many_jobs` when `max_queued_per_user` jobs are queued or running)
+        and takes no images. Raises ValueError for a request that can't be stored at all.
+        """
+        problems = request.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        policy = self.policy_for(request.guild_id)
+
+        async def work(session: AsyncSession) -> Reservation:
+            await self._lock_user(session, request.guild_id, request.user_id)
+            now = self._clock()
+            setting = await self._setting(session, request.guild_id, request.user_id)
+            limit = setting.limit(policy)
+            reason: RefusalReason | None = None
+            retry_at: datetime | None = None
+            used = 0
+            if setting.blocked:
+                reason = RefusalReason.USER_BLOCKED
+            else:
+                if limit is not None:
+                    counted = await self._counted(session, request.guild_id, request.user_id, now)
+                    used = images_used(counted, now)
+                    if used + request.image_count > limit:
+                        reason = RefusalReason.QUOTA
+                        retry_at = available_at(counted, limit, request.image_count, now)
+                if reason is None:
+                    active = await self._active_count(session, request.guild_id, request.user_id)
+                    if active >= policy.max_queued_per_user:
+                        reason = RefusalReason.TOO_MANY_JOBS
+            job = self._new_job(request, now, reason, None)
+            session.add(job)
+            await session.flush()
+            if limit is None:
+                remaining = None
+            else:
+                remaining = max(0, limit - used - (request.image_count if reason is None else 0))
+            return Reservation(_record(job), limit, remaining, retry_at)
+
+        return await self._run(work, write=True)
+
+    async def record_refusal(
+        self, request: JobRequest, reason: RefusalReason | str, detail: str | None = None
+    ) -> JobRecord:
+        """Store a request the bot turned down before reserving (blocked word, channel...).
+
+        It takes no images; `detail` is kept as the job's error text for moderators.
+        """
+        problems = request.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
+        async def work(session: AsyncSession) -> JobRecord:
+            job = self._new_job(request, self._clock(), reason, detail)
+            session.add(job)
+            await session.flush()
+            return _record(job)
+
+        return await self._run(work, write=True)
+
+    @staticmethod
+    def _new_job(
+        request: JobRequest, now: datetime, reason: RefusalReason | str | None, detail: str | None
+    ) -> Job:
+        refused = reason is not None
+        return Job(
+            guild_id=request.guild_id,
+            channel_id=request.channel_id,
+            user_id=request.user_id,
+            application_id=request.application_id,
+            interaction_id=request.interaction_id,
+            interaction_token=None if refused else request.interaction_token,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            model=request.model,
+            scheduler=request.scheduler,
+            steps=request.steps,
+            guidance=request.guidance,
+            width=request.width,
+            height=request.height,
+            seed=request.seed,
+            image_count=request.image_count,
+            status=str(JobStatus.REFUSED if refused else JobStatus.QUEUED),
+            refusal_reason=None if reason is None else str(reason),
+            error=_error_text(detail),
+            reroll_of=request.reroll_of,
+            queued_at=now,
+            finished_at=now if refused else None,
+        )
+
+    # -- status transitions ---------------------------------------------------------------
+
+    async def mark_running(self, job_id: int) -> bool:
+        """queued → running. False (and no change) from any other status."""
+        return await self._set_where(
+            job_id,
+            {JobStatus.QUEUED},
+            {"status": str(JobStatus.RUNNING), "started_at": self._clock()},
+        )
+
+    async def mark_done(self, job_id: int, message_id: int | None = None) -> bool:
+        """queued/running → done; the images stay counted and the token is forgotten.
+
+        Pass `message_id` when the result is already posted: it is recorded and the job is
+        marked delivered too. Otherwise claim delivery with `mark_delivered` before posting.
+        """
+        now = self._clock()
+        values: dict[str, Any] = {
+            "status": str(JobStatus.DONE),
+            "finished_at": now,
+            "interaction_token": None,
+        }
+        if message_id is not None:
+            values |= {"message_id": message_id, "delivered_at": now}
+        return await self._set_where(job_id, ACTIVE_STATUSES, values)
+
+    async def mark_failed(self, job_id: int, error: str) -> bool:
+        """queued/running → failed: the images are given back."""
+        return await self._end(job_id, JobStatus.FAILED, error)
+
+    async def mark_cancelled(self, job_id: int, error: str | None = None) -> bool:
+        """queued/running → cancelled: the images are given back."""
+        return await self._end(job_id, JobStatus.CANCELLED, error)
+
+    async def refuse(
+        self, job_id: int, reason: RefusalReason | str, detail: str | None = None
+    ) -> bool:
+        """queued → refused (e.g. the engine's queue was full): as if it never took images."""
+        return await self._set_where(
+            job_id,
+            {JobStatus.QUEUED},
+            {
+                "status": str(JobStatus.REFUSED),
+                "refusal_reason": str(reason),
+                "error": _error_text(detail),
+                "finished_at": self._clock(),
+                "interaction_token": None,
+            },
+        )
+
+    async def _end(self, job_id: int, status: JobStatus, error: str | None) -> bool:
+        return await self._set_where(
+            job_id,
+            ACTIVE_STATUSES,
+            {
+                "status": str(status),
+                "error": _error_text(error),
+                "finished_at": self._clock(),
+                "interaction_token": None,
+            },
+        )
+
+    async def mark_delivered(self, job_id: int, message_id: int | None = None) -> bool:
+        """Claim delivery of a done job: True exactly once, False if already delivered.
+
+        Call it before posting the result and post only on True: a crash in between loses one
+        message rather than ever posting it twice.
+        """
+        values: dict[str, Any] = {"delivered_at": self._clock()}
+        if message_id is not None:
+            values["message_id"] = message_id
+        return await self._set_where(job_id, {JobStatus.DONE}, values, Job.delivered_at.is_(None))
+
+    async def set_message(self, job_id: int, message_id: int) -> bool:
+        """Remember the progress/result message to edit later. False for an unknown job."""
+        return await self._set_where(job_id, JobStatus, {"message_id": message_id})
+
+    # -- restart recovery (see recovery.py) -------------------------------------------------
+
+    async def requeue_interrupted(self) -> tuple[JobRecord, ...]:
+        """Put jobs left `running` by a dead process back to `queued`; list all queued jobs.
+
+        Their rows, and so their reservations, are kept: nothing is counted twice.
+        """
+
+        async def work(session: AsyncSession) -> tuple[JobRecord, ...]:
+            await session.execute(
+                update(Job)
+                .where(Job.status == str(JobStatus.RUNNING))
+                .values(status=str(JobStatus.QUEUED), started_at=None)
+                .execution_options(synchronize_session=False)
+            )
+            rows = await session.scalars(
+                select(Job)
+                .where(Job.status == str(JobStatus.QUEUED))
+                .order_by(Job.queued_at, Job.id)
+            )
+            return tuple(_record(j) for j in rows)
+
+        return await self._run(work, write=True)
+
+    async def forget_tokens(self, job_ids: Iterable[int]) -> int:
+        """Drop interaction tokens that can no longer be used; returns how many were set."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return 0
+
+        async def work(session: AsyncSession) -> int:
+            result = await session.execute(
+                update(Job)
+                .where(Job.id.in_(ids), Job.interaction_token.is_not(None))
+                .values(interaction_token=None)
+                .execution_options(synchronize_session=False)
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+        return await self._run(work, write=True)
+
+    # -- quota overrides ----------------------------------------------------------------------
+
+    async def set_user_quota(
+        self, guild_id: int, user_id: int, daily: int | None, *, by: int, reason: str | None = None
+    ) -> QuotaChange:
+        """Override a user's allowance: a number of images per 24 h, None for unlimited,
+        0 to block. Audited with the moderator `by`."""
+        if daily is not None and daily < 0:
+            raise ValueError("daily must be None (unlimited) or 0 or more")
+        new = (
+            QuotaSetting(QuotaKind.UNLIMITED)
+            if daily is None
+            else QuotaSetting(QuotaKind.LIMITED, daily)
+        )
+        return await self._change_quota(guild_id, user_id, new, by, reason)
+
+    async def block_user(
+        self, guild_id: int, user_id: int, *, by: int, reason: str | None = None
+    ) -> QuotaChange:
+        """Set the user's allowance to 0: every request is refused as `user_blocked`."""
+        return await self.set_user_quota(guild_id, user_id, 0, by=by, reason=reason)
+
+    async def reset_user_quota(
+        self, guild_id: int, user_id: int, *, by: int, reason: str | None = None
+    ) -> QuotaChange:
+        """Remove the override: the guild's default applies again."""
+        return await self._change_quota(
+            guild_id, user_id, QuotaSetting(QuotaKind.DEFAULT), by, reason
+        )
+
+    async def _change_quota(
+        self, guild_id: int, user_id: int, new: QuotaSetting, by: int, reason: str | None
+    ) -> QuotaChange:
+        async def work(session: AsyncSession) -> QuotaChange:
+            await self._lock_user(session, guild_id, user_id)
+            now = self._clock()
+            row = await session.get(QuotaOverride, (guild_id, user_id))
+            old = QuotaSetting.from_override(
+                None if row is None else row.daily_images, exists=row is not None
+            )
+            if new.kind is QuotaKind.DEFAULT:
+                if row is not None:
+                    await session.delete(row)
+            elif row is None:
+                session.add(
+                    QuotaOverride(
+                        guild_id=guild_id,
+                        user_id=user_id,
+                        daily_images=new.daily,
+                        set_by=by,
+                        set_at=now,
+                        reason=reason,
+                    )
+                )
+            else:
+                row.daily_images, row.set_by, row.set_at, row.reason = new.daily, by, now, reason
+            audit = QuotaAudit(
+                guild_id=guild_id,
+                user_id=user_id,
+                moderator_id=by,
+                changed_at=now,
+                old_kind=str(old.kind),
+                old_daily=old.daily,
+                new_kind=str(new.kind),
+                new_daily=new.daily,
+                reason=reason,
+            )
+            session.add(audit)
+            await session.flush()
+            return _change(audit)
+
+        return await self._run(work, write=True)
+
+    async def quota_setting(self, guild_id: int, user_id: int) -> QuotaSetting:
+        async def work(session: AsyncSession) -> QuotaSetting:
+            return await self._setting(session, guild_id, user_id)
+
+        return await self._run(work, write=False)
+
+    async def quota_history(
+        self, guild_id: int, user_id: int | None = None, *, limit: int = 25
+    ) -> tuple[QuotaChange, ...]:
+        """The guild's (or one user's) quota changes, newest first."""
+        stmt = select(QuotaAudit).where(QuotaAudit.guild_id == guild_id)
+        if user_id is not None:
+            stmt = stmt.where(QuotaAudit.user_id == user_id)
+        stmt = stmt.order_by(QuotaAudit.changed_at.desc(), QuotaAudit.id.desc()).limit(limit)
+
+        async def work(session: AsyncSession) -> tuple[QuotaChange, ...]:
+            return tuple(_change(a) for a in await session.scalars(stmt))
+
+        return await self._run(work, write=False)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def user_status(self, guild_id: int, user_id: int) -> UserStatus:
+        """Allowance, images used in the last 24 h, when it refills, jobs in flight."""
+
+        async def work(session: AsyncSession) -> UserStatus:
+            now = self._clock()
+            setting = await self._setting(session, guild_id, user_id)
+            counted = await self._counted(session, guild_id, user_id, now)
+            rows = await session.execute(
+                select(Job.status, func.count())
+                .where(
+                    Job.guild_id == guild_id,
+                    Job.user_id == user_id,
+                    Job.status.in_(_statuses(ACTIVE_STATUSES)),
+                )
+                .group_by(Job.status)
+            )
+            by_status = {_status(s): n for s, n in rows}
+            return UserStatus(
+                guild_id=guild_id,
+                user_id=user_id,
+                setting=setting,
+                limit=setting.limit(self.policy_for(guild_id)),
+                used=images_used(counted, now),
+                queued=by_status.get(JobStatus.QUEUED, 0),
+                running=by_status.get(JobStatus.RUNNING, 0),
+                refills_at=next_increase(counted, now),
+            )
+
+        return await self._run(work, write=False)
+
+    async def get_job(self, job_id: int) -> JobRecord | None:
+        async def work(session: AsyncSession) -> JobRecord | None:
+            job = await session.get(Job, job_id)
+            return None if job is None else _record(job)
+
+        return await self._run(work, write=False)
+
+    async def jobs_for_user(
+        self, guild_id: int, user_id: int, *, limit: int = 20
+    ) -> tuple[JobRecord, ...]:
+        """The user's most recent jobs in the guild, newest first."""
+        stmt = (
+            select(Job)
+            .where(Job.guild_id == guild_id, Job.user_id == user_id)
+            .order_by(Job.queued_at.desc(), Job.id.desc())
+            .limit(limit)
+        )
+        return await self._records(stmt)
+
+    async def active_jobs(self, guild_id: int | None = None) -> tuple[JobRecord, ...]:
+        """Queued and running jobs, oldest first (all guilds unless one is given)."""
+        stmt = select(Job).where(Job.status.in_(_statuses(ACTIVE_STATUSES)))
+        if guild_id is not None:
+            stmt = stmt.where(Job.guild_id == guild_id)
+        return await self._records(stmt.order_by(Job.queued_at, Job.id))
+
+    async def usage_summary(self, guild_id: int, days: int = 7) -> UsageSummary:
+        """Usage for `/usage [days]`: from midnight UTC `days - 1` days ago until now."""
+        now = self._clock()
+        since = period_start(now, days)
+
+        async def work(session: AsyncSession) -> UsageSummary:
+            return await summarize(session, guild_id, since, now)
+
+        return await self._run(work, write=False)
+
+    async def _records(self, stmt: Any) -> tuple[JobRecord, ...]:
+        async def work(session: AsyncSession) -> tuple[JobRecord, ...]:
+            return tuple(_record(j) for j in await session.scalars(stmt))
+
+        return await self._run(work, write=False)
+
+    # -- queries shared by reads and writes ------------------------------------------------
+
+    @staticmethod
+    async def _setting(session: AsyncSession, guild_id: int, user_id: int) -> QuotaSetting:
+        row = await session.get(QuotaOverride, (guild_id, user_id))
+        return QuotaSetting.from_override(
+            None if row is None else row.daily_images, exists=row is not None
+        )
+
+    @staticmethod
+    async def _counted(
+        session: AsyncSession, guild_id: int, user_id: int, now: datetime
+    ) -> list[CountedImages]:
+        rows = await session.execute(
+            select(Job.queued_at, Job.image_count).where(
+                Job.guild_id == guild_id,
+                Job.user_id == user_id,
+                Job.status.in_(_statuses(COUNTED_STATUSES)),
+                Job.queued_at > now - WINDOW,
+            )
+        )
+        return [CountedImages(t, n) for t, n in rows]
+
+    @staticmethod
+    async def _active_count(session: AsyncSession, guild_id: int, user_id: int) -> int:
+        count = await session.scalar(
+            select(func.count()).where(
+                Job.guild_id == guild_id,
+                Job.user_id == user_id,
+                Job.status.in_(_statuses(ACTIVE_STATUSES)),
+            )
+        )
+        return int(count or 0)
+
+
+def _change(a: QuotaAudit) -> QuotaChange:
+    return QuotaChange(
+        id=a.id,
+        guild_id=a.guild_id,
+        user_id=a.user_id,
+        moderator_id=a.moderator_id,
+        changed_at=a.changed_at,
+        old=QuotaSetting(QuotaKind(a.old_kind), a.old_daily),
+        new=QuotaSetting(QuotaKind(a.new_kind), a.new_daily),
+        reason=a.reason,
+    )
+
+
+@asynccontextmanager
+async def open_ledger(
+    url: str,
+    policy: QuotaPolicy | None = None,
+    *,
+    guild_policies: Mapping[int, QuotaPolicy] | None = None,
+    migrate: bool = True,
+    busy_timeout_s: float = 5.0,
+    clock: Callable[[], datetime] = utcnow,
+) -> AsyncIterator[Ledger]:
+    """Open the ledger for the bot's lifetime: migrate to head, then yield; dispose at exit."""
+    if migrate:
+        await upgrade_to_head(url)
+    engine = create_engine(url, busy_timeout_s=busy_timeout_s)
+    try:
+        yield Ledger(engine, policy, guild_policies=guild_policies, clock=clock)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,1 @@
+"""Alembic migrations of the usage ledger (`bot.ledger.models`)."""

@@ -1,0 +1,186 @@
+"""Ledger fixtures: every test runs on a real SQLite file and, when
+$IMAGINE_BOT_TEST_PG_URL is set, on a real PostgreSQL database too. Schemas are made by the
+Alembic migrations, never by `create_all`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.ledger import JobRequest, Ledger, QuotaPolicy, create_engine, upgrade_to_head
+
+PG_ENV = "IMAGINE_BOT_TEST_PG_URL"
+PG_SKIP = f'${PG_ENV} is not set: start a server with `eval "$(bash tests/pg/start_postgres.sh)"`'
+BACKENDS = ["sqlite", "postgresql"]
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+GUILD = 1_100_000_000_000_000_001
+OTHER_GUILD = 1_100_000_000_000_000_002
+USER = 2_200_000_000_000_000_001
+OTHER_USER = 2_200_000_000_000_000_002
+MODERATOR = 3_300_000_000_000_000_001
+
+
+class FakeClock:
+    """The ledger's clock, moved by tests instead of sleeping."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+def make_request(**changes: Any) -> JobRequest:
+    base = JobRequest(
+        guild_id=GUILD,
+        channel_id=4_400_000_000_000_000_001,
+        user_id=USER,
+        application_id=5_500_000_000_000_000_001,
+        interaction_id=6_600_000_000_000_000_001,
+        interaction_token="token-" + "x" * 200,
+        prompt="a lighthouse at dusk, oil painting",
+        negative_prompt="blurry",
+        seed=2**63 - 1,
+        model="builtin:tiny",
+        scheduler="euler_a",
+        steps=20,
+        guidance=7.5,
+        width=512,
+        height=768,
+        image_count=1,
+    )
+    return replace(base, **changes)
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _with_database(url: str, name: str) -> str:
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(_asyncpg_dsn(url))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@dataclass
+class PgServer:
+    """The server from $IMAGINE_BOT_TEST_PG_URL; tests get databases of their own on it."""
+
+    url: str
+    created: list[str]
+
+    def new_database(self) -> str:
+        name = f"ledger_test_{uuid.uuid4().hex[:12]}"
+        asyncio.run(_admin(self.url, f'CREATE DATABASE "{name}"'))
+        self.created.append(name)
+        return _with_database(self.url, name)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    url = os.environ.get(PG_ENV)
+    if not url:
+        pytest.skip(PG_SKIP)
+    server = PgServer(url, [])
+    yield server
+    for name in server.created:
+        asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def migrated_pg(pg_server: PgServer) -> str:
+    """One migrated PostgreSQL database for the session; `ledger` empties it per test."""
+    url = pg_server.new_database()
+    asyncio.run(upgrade_to_head(url))
+    return url
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test (cheaper than migrating each time)."""
+    path = tmp_path_factory.mktemp("template") / "ledger.db"
+    asyncio.run(upgrade_to_head(f"sqlite+aiosqlite:///{path}"))
+    return path
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated database holding no rows."""
+    if backend == "postgresql":
+        return str(request.getfixturevalue("migrated_pg"))
+    path = tmp_path / "ledger.db"
+    shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture
+def empty_db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database with no schema at all, for migration tests."""
+    if backend == "postgresql":
+        return request.getfixturevalue("pg_server").new_database()
+    return f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def db_engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = create_engine(db_url)
+    if eng.dialect.name == "postgresql":
+        async with eng.begin() as conn:
+            await conn.execute(
+                text("TRUNCATE jobs, quota_overrides, quota_audit RESTART IDENTITY CASCADE")
+            )
+    yield eng
+    await eng.dispose()
+
+
+LedgerFactory = Callable[..., Ledger]
+
+
+@pytest.fixture
+def make_ledger(db_engine: AsyncEngine, clock: FakeClock) -> LedgerFactory:
+    """Ledgers on the test's database and clock, with any policy (default: generous)."""
+
+    def make(policy: QuotaPolicy | None = None, **kwargs: Any) -> Ledger:
+        return Ledger(db_engine, policy or QuotaPolicy(daily_images=10), clock=clock, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def ledger(make_ledger: LedgerFactory) -> Ledger:
+    return make_ledger()

@@ -1,0 +1,97 @@
+"""Moderators' per-user overrides, the audit log, and `user_status`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from bot.ledger import WINDOW, QuotaKind, QuotaPolicy, QuotaSetting
+
+from .conftest import GUILD, MODERATOR, OTHER_GUILD, USER, FakeClock, LedgerFactory
+from .conftest import make_request as req
+
+DEFAULT = QuotaSetting(QuotaKind.DEFAULT)
+
+
+async def test_overrides_are_audited(make_ledger: LedgerFactory, clock: FakeClock) -> None:
+    ledger = make_ledger(QuotaPolicy(daily_images=5))
+    first = await ledger.set_user_quota(GUILD, USER, 40, by=MODERATOR, reason="artist")
+    assert (first.old, first.new) == (DEFAULT, QuotaSetting(QuotaKind.LIMITED, 40))
+    assert (first.guild_id, first.user_id, first.moderator_id) == (GUILD, USER, MODERATOR)
+    assert first.changed_at == clock.now and first.reason == "artist"
+    clock.advance(minutes=1)
+    await ledger.set_user_quota(GUILD, USER, None, by=MODERATOR + 1)
+    clock.advance(minutes=1)
+    await ledger.block_user(GUILD, USER, by=MODERATOR, reason="spam")
+    assert (await ledger.quota_setting(GUILD, USER)).blocked
+    clock.advance(minutes=1)
+    last = await ledger.reset_user_quota(GUILD, USER, by=MODERATOR)
+    assert (last.old, last.new) == (QuotaSetting(QuotaKind.LIMITED, 0), DEFAULT)
+    assert await ledger.quota_setting(GUILD, USER) == DEFAULT
+
+    history = await ledger.quota_history(GUILD)
+    assert [(str(c.old), str(c.new)) for c in history] == [
+        ("blocked", "default"),
+        ("unlimited", "blocked"),
+        ("40 images/24h", "unlimited"),
+        ("default", "40 images/24h"),
+    ]
+    assert history[2].moderator_id == MODERATOR + 1
+    assert await ledger.quota_history(GUILD, USER + 1) == ()
+    assert await ledger.quota_history(OTHER_GUILD) == ()
+    assert len(await ledger.quota_history(GUILD, USER, limit=2)) == 2
+
+
+async def test_reset_without_override_is_still_audited(make_ledger: LedgerFactory) -> None:
+    ledger = make_ledger()
+    change = await ledger.reset_user_quota(GUILD, USER, by=MODERATOR)
+    assert (change.old, change.new) == (DEFAULT, DEFAULT)
+    assert len(await ledger.quota_history(GUILD, USER)) == 1
+
+
+async def test_negative_quota_is_rejected(make_ledger: LedgerFactory) -> None:
+    ledger = make_ledger()
+    with pytest.raises(ValueError):
+        await ledger.set_user_quota(GUILD, USER, -1, by=MODERATOR)
+    assert await ledger.quota_history(GUILD) == ()
+
+
+async def test_user_status(make_ledger: LedgerFactory, clock: FakeClock) -> None:
+    ledger = make_ledger(QuotaPolicy(daily_images=6, max_queued_per_user=5))
+    empty = await ledger.user_status(GUILD, USER)
+    assert (empty.limit, empty.used, empty.remaining, empty.refills_at) == (6, 0, 6, None)
+    first = await ledger.reserve(req(image_count=2))
+    clock.advance(hours=2)
+    second = await ledger.reserve(req(image_count=3))
+    await ledger.mark_running(second.job.id)
+    status = await ledger.user_status(GUILD, USER)
+    assert (status.used, status.remaining, status.queued, status.running) == (5, 1, 1, 1)
+    assert status.refills_at == first.job.queued_at + WINDOW
+    assert not status.unlimited and not status.blocked
+
+    clock.now = first.job.queued_at + WINDOW + timedelta(seconds=1)
+    later = await ledger.user_status(GUILD, USER)
+    assert (later.used, later.refills_at) == (3, second.job.queued_at + WINDOW)
+
+    await ledger.set_user_quota(GUILD, USER, None, by=MODERATOR)
+    unlimited = await ledger.user_status(GUILD, USER)
+    assert unlimited.unlimited and unlimited.remaining is None and unlimited.used == 3
+    await ledger.block_user(GUILD, USER, by=MODERATOR)
+    blocked = await ledger.user_status(GUILD, USER)
+    assert blocked.blocked and blocked.remaining == 0
+
+
+async def test_job_listings(make_ledger: LedgerFactory, clock: FakeClock) -> None:
+    ledger = make_ledger(QuotaPolicy(daily_images=50, max_queued_per_user=50))
+    ids = []
+    for _ in range(4):
+        ids.append((await ledger.reserve(req())).job.id)
+        clock.advance(seconds=1)
+    other = (await ledger.reserve(req(guild_id=OTHER_GUILD))).job.id
+    await ledger.mark_running(ids[1])
+    await ledger.mark_done(ids[2])
+    assert [j.id for j in await ledger.jobs_for_user(GUILD, USER)] == ids[::-1]
+    assert [j.id for j in await ledger.jobs_for_user(GUILD, USER, limit=2)] == ids[:1:-1]
+    assert [j.id for j in await ledger.active_jobs()] == [ids[0], ids[1], ids[3], other]
+    assert [j.id for j in await ledger.active_jobs(GUILD)] == [ids[0], ids[1], ids[3]]

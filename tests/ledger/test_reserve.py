@@ -1,0 +1,221 @@
+"""Atomic reservations: allowance, in-flight limit, refusals, and concurrency (both DBs)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.ledger import WINDOW, JobStatus, Ledger, QuotaPolicy, RefusalReason
+from bot.ledger.models import Job
+
+from .conftest import GUILD, MODERATOR, OTHER_GUILD, OTHER_USER, USER, FakeClock, LedgerFactory
+from .conftest import make_request as req
+
+ROOMY = QuotaPolicy(daily_images=5, max_queued_per_user=100)
+
+
+async def _jobs(ledger: Ledger, status: JobStatus | None = None) -> int:
+    async with ledger.engine.connect() as conn:
+        stmt = select(func.count()).select_from(Job)
+        if status is not None:
+            stmt = stmt.where(Job.status == str(status))
+        return int(await conn.scalar(stmt) or 0)
+
+
+async def test_accepted_reservation_is_a_queued_job_that_counts(
+    make_ledger: LedgerFactory, clock: FakeClock
+) -> None:
+    ledger = make_ledger(ROOMY)
+    r = await ledger.reserve(req(image_count=2))
+    assert r.accepted and r.reason is None and r.retry_at is None
+    assert (r.limit, r.remaining) == (5, 3)
+    job = await ledger.get_job(r.job.id)
+    assert job == r.job
+    assert job is not None
+    assert job.status is JobStatus.QUEUED
+    assert job.queued_at == clock.now and job.queued_at.tzinfo is not None
+    assert job.seed == 2**63 - 1 and job.height == 768 and job.scheduler == "euler_a"
+    assert job.interaction_token is not None
+    status = await ledger.user_status(GUILD, USER)
+    assert (status.used, status.remaining, status.queued) == (2, 3, 1)
+
+
+async def test_quota_refusal_is_stored_and_says_when_to_retry(
+    make_ledger: LedgerFactory, clock: FakeClock
+) -> None:
+    ledger = make_ledger(ROOMY)
+    first = await ledger.reserve(req(image_count=2))
+    clock.advance(hours=3)
+    await ledger.reserve(req(image_count=3))
+    clock.advance(hours=1)
+    refused = await ledger.reserve(req(image_count=2))
+    assert not refused.accepted
+    assert refused.reason is RefusalReason.QUOTA
+    assert refused.job.status is JobStatus.REFUSED
+    assert refused.job.interaction_token is None  # refused jobs never keep the secret
+    # The first job's two images come back 24 h after it was queued: enough for two.
+    assert refused.retry_at == first.job.queued_at + WINDOW
+    assert refused.remaining == 0
+    assert await _jobs(ledger, JobStatus.REFUSED) == 1
+    assert (await ledger.user_status(GUILD, USER)).used == 5  # refusals take nothing
+
+
+async def test_retry_at_is_none_when_the_request_can_never_fit(make_ledger: LedgerFactory) -> None:
+    ledger = make_ledger(QuotaPolicy(daily_images=3, max_queued_per_user=9))
+    r = await ledger.reserve(req(image_count=4))
+    assert (r.accepted, r.reason, r.retry_at, r.remaining) == (False, "quota", None, 3)
+
+
+async def test_allowance_comes_back_after_exactly_24_hours(
+    make_ledger: LedgerFactory, clock: FakeClock
+) -> None:
+    ledger = make_ledger(QuotaPolicy(daily_images=1, max_queued_per_user=9))
+    first = await ledger.reserve(req())
+    assert first.accepted
+    await ledger.mark_running(first.job.id)
+    await ledger.mark_done(first.job.id)
+    clock.now = first.job.queued_at + WINDOW - timedelta(microseconds=1)
+    status = await ledger.user_status(GUILD, USER)
+    assert status.refills_at == first.job.queued_at + WINDOW
+    assert (await ledger.reserve(req())).reason == RefusalReason.QUOTA
+    clock.now = first.job.queued_at + WINDOW
+    assert (await ledger.reserve(req())).accepted
+
+
+@pytest.mark.parametrize("end", ["failed", "cancelled", "refused"])
+async def test_ended_jobs_give_their_images_back(make_ledger: LedgerFactory, end: str) -> None:
+    ledger = make_ledger(QuotaPolicy(daily_images=2, max_queued_per_user=9))
+    r = await ledger.reserve(req(image_count=2))
+    assert not (await ledger.reserve(req())).accepted
+    if end == "failed":
+        await ledger.mark_running(r.job.id)
+        assert await ledger.mark_failed(r.job.id, "CUDA out of memory")
+    elif end == "cancelled":
+        assert await ledger.mark_cancelled(r.job.id)
+    else:
+        assert await ledger.refuse(r.job.id, RefusalReason.QUEUE_FULL, "engine queue full")
+    assert (await ledger.user_status(GUILD, USER)).used == 0
+    assert (await ledger.reserve(req(image_count=2))).accepted
+
+
+async def test_done_jobs_keep_counting(make_ledger: LedgerFactory) -> None:
+    ledger = make_ledger(QuotaPolicy(daily_images=2, max_queued_per_user=9))
+    r = await ledger.reserve(req(image_count=2))
+    await ledger.mark_running(r.job.id)
+    await ledger.mark_done(r.job.id)
+    assert (await ledger.reserve(req())).reason == RefusalReason.QUOTA
+
+
+async def test_in_flight_limit(make_ledger: LedgerFactory) -> None:
+    ledger = make_ledger(QuotaPolicy(daily_images=50, max_queued_per_user=2))
+    a = await ledger.reserve(req())
+    b = await ledger.reserve(req())
+    third = await ledger.reserve(req())
+    assert a.accepted and b.accepted
+    assert third.reason is RefusalReason.TOO_MANY_JOBS and third.retry_at is None
+    assert third.remaining == 48
+    assert (await ledger.reserve(req(user_id=OTHER_USER))).accepted  # per user
+    await ledger.mark_running(a.job.id)
+    assert (await ledger.reserve(req())).reason == RefusalReason.TOO_MANY_JOBS  # running counts
+    await ledger.mark_done(a.job.id)
+    assert (await ledger.reserve(req())).accepted
+
+
+async def test_overrides_unlimited_and_blocked(make_ledger: LedgerFactory) -> None:
+    ledger = make_ledger(QuotaPolicy(daily_images=1, max_queued_per_user=99))
+    await ledger.set_user_quota(GUILD, USER, None, by=MODERATOR)
+    for _ in range(3):
+        r = await ledger.reserve(req(image_count=4))
+        assert r.accepted and r.limit is None and r.remaining is None
+    await ledger.block_user(GUILD, USER, by=MODERATOR, reason="spam")
+    blocked = await ledger.reserve(req())
+    assert blocked.reason is RefusalReason.USER_BLOCKED and blocked.retry_at is None
+    await ledger.set_user_quota(GUILD, USER, 14, by=MODERATOR)
+    assert (await ledger.reserve(req(image_count=2))).accepted  # 12 + 2 <= 14
+    assert (await ledger.reserve(req())).reason == RefusalReason.QUOTA
+
+
+async def test_quotas_are_per_guild_with_per_guild_policies(
+    make_ledger: LedgerFactory,
+) -> None:
+    ledger = make_ledger(
+        QuotaPolicy(daily_images=1, max_queued_per_user=9),
+        guild_policies={OTHER_GUILD: QuotaPolicy(daily_images=3, max_queued_per_user=9)},
+    )
+    assert (await ledger.reserve(req())).accepted
+    assert not (await ledger.reserve(req())).accepted
+    assert (await ledger.reserve(req(guild_id=OTHER_GUILD, image_count=3))).accepted
+    assert (await ledger.user_status(OTHER_GUILD, USER)).limit == 3
+
+
+async def test_daily_zero_policy_refuses_unless_overridden(make_ledger: LedgerFactory) -> None:
+    ledger = make_ledger(QuotaPolicy(daily_images=0))
+    r = await ledger.reserve(req())
+    assert (r.reason, r.retry_at) == (RefusalReason.QUOTA, None)
+    await ledger.set_user_quota(GUILD, USER, 2, by=MODERATOR)
+    assert (await ledger.reserve(req())).accepted
+
+
+async def test_invalid_requests_are_rejected_before_storing(ledger: Ledger) -> None:
+    with pytest.raises(ValueError, match="image_count"):
+        await ledger.reserve(req(image_count=0))
+    with pytest.raises(ValueError, match="seed"):
+        await ledger.reserve(req(seed=2**63))
+    assert await _jobs(ledger) == 0
+
+
+async def test_record_refusal_stores_reason_without_taking_images(ledger: Ledger) -> None:
+    job = await ledger.record_refusal(req(image_count=4), RefusalReason.BLOCKED_WORD, "word: x")
+    assert job.status is JobStatus.REFUSED and job.refusal_reason is RefusalReason.BLOCKED_WORD
+    assert job.error == "word: x" and job.finished_at == job.queued_at
+    assert (await ledger.user_status(GUILD, USER)).used == 0
+
+
+async def test_reroll_points_at_its_parent(ledger: Ledger) -> None:
+    parent = await ledger.reserve(req())
+    child = await ledger.reserve(req(reroll_of=parent.job.id, seed=7))
+    assert child.job.reroll_of == parent.job.id
+    assert child.job.as_request().reroll_of == parent.job.id
+
+
+async def test_50_concurrent_reservations_for_10_images_left(make_ledger: LedgerFactory) -> None:
+    """Separate sessions racing: the lock must let exactly the first 10 through."""
+    ledger = make_ledger(QuotaPolicy(daily_images=13, max_queued_per_user=1000))
+    assert (await ledger.reserve(req(image_count=3))).accepted  # 10 left
+    results = await asyncio.gather(*(ledger.reserve(req()) for _ in range(50)))
+    assert sum(r.accepted for r in results) == 10
+    assert {r.reason for r in results if not r.accepted} == {RefusalReason.QUOTA}
+    assert await _jobs(ledger, JobStatus.QUEUED) == 11
+    assert await _jobs(ledger, JobStatus.REFUSED) == 40
+    assert (await ledger.user_status(GUILD, USER)).used == 13
+
+
+async def test_concurrent_reservations_respect_the_in_flight_limit(
+    make_ledger: LedgerFactory,
+) -> None:
+    ledger = make_ledger(QuotaPolicy(daily_images=1000, max_queued_per_user=3))
+    results = await asyncio.gather(*(ledger.reserve(req()) for _ in range(20)))
+    assert sum(r.accepted for r in results) == 3
+    assert await _jobs(ledger, JobStatus.QUEUED) == 3
+
+
+async def test_concurrent_reservations_from_two_ledgers(
+    make_ledger: LedgerFactory, db_url: str, clock: FakeClock
+) -> None:
+    """Two processes' worth of engines (own pools) on one database still serialize."""
+    from bot.ledger import create_engine
+
+    policy = QuotaPolicy(daily_images=10, max_queued_per_user=1000)
+    first = make_ledger(policy)
+    other_engine = create_engine(db_url)
+    try:
+        second = Ledger(other_engine, policy, clock=clock)
+        results = await asyncio.gather(
+            *(ledger.reserve(req()) for _ in range(15) for ledger in (first, second))
+        )
+    finally:
+        await other_engine.dispose()
+    assert sum(r.accepted for r in results) == 10

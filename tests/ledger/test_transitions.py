@@ -1,0 +1,168 @@
+"""Status transitions: legal moves change the job, illegal ones change nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bot.ledger import (
+    ACTIVE_STATUSES,
+    JobRecord,
+    JobStatus,
+    Ledger,
+    QuotaPolicy,
+    RefusalReason,
+    create_engine,
+)
+
+from .conftest import FakeClock
+from .conftest import make_request as req
+
+
+async def _queued(ledger: Ledger) -> JobRecord:
+    r = await ledger.reserve(req())
+    assert r.accepted
+    return r.job
+
+
+async def _get(ledger: Ledger, job_id: int) -> JobRecord:
+    job = await ledger.get_job(job_id)
+    assert job is not None
+    return job
+
+
+async def test_happy_path_with_delivery_claim(ledger: Ledger, clock: FakeClock) -> None:
+    job = await _queued(ledger)
+    clock.advance(seconds=5)
+    assert await ledger.mark_running(job.id)
+    assert await ledger.set_message(job.id, 777)
+    clock.advance(seconds=10)
+    assert await ledger.mark_done(job.id)
+    done = await _get(ledger, job.id)
+    assert done.status is JobStatus.DONE and not done.delivered
+    assert done.interaction_token is None  # the secret is forgotten when the job ends
+    assert done.started_at == job.queued_at + timedelta(seconds=5)
+    assert done.finished_at == clock.now and done.message_id == 777
+    assert await ledger.mark_delivered(job.id, 888)
+    assert not await ledger.mark_delivered(job.id, 999)
+    delivered = await _get(ledger, job.id)
+    assert delivered.delivered and delivered.message_id == 888
+
+
+async def test_mark_done_with_message_means_delivered(ledger: Ledger) -> None:
+    job = await _queued(ledger)
+    await ledger.mark_running(job.id)
+    assert await ledger.mark_done(job.id, message_id=4242)
+    done = await _get(ledger, job.id)
+    assert done.delivered and done.message_id == 4242
+    assert not await ledger.mark_delivered(job.id)
+
+
+async def test_illegal_transitions_change_nothing(ledger: Ledger) -> None:
+    job = await _queued(ledger)
+    assert not await ledger.mark_delivered(job.id)  # not done yet
+    await ledger.mark_running(job.id)
+    assert not await ledger.mark_running(job.id)
+    assert not await ledger.refuse(job.id, RefusalReason.QUEUE_FULL)  # already running
+    await ledger.mark_done(job.id)
+    before = await _get(ledger, job.id)
+    assert not await ledger.mark_running(job.id)
+    assert not await ledger.mark_failed(job.id, "late error")
+    assert not await ledger.mark_cancelled(job.id)
+    assert not await ledger.mark_done(job.id, message_id=1)
+    assert await _get(ledger, job.id) == before
+
+
+async def test_unknown_job_is_a_no_op(ledger: Ledger) -> None:
+    assert await ledger.get_job(12345) is None
+    assert not await ledger.mark_running(12345)
+    assert not await ledger.mark_delivered(12345)
+    assert not await ledger.set_message(12345, 1)
+
+
+async def test_failure_keeps_a_bounded_error(ledger: Ledger) -> None:
+    job = await _queued(ledger)
+    assert await ledger.mark_failed(job.id, "x" * 10_000)
+    failed = await _get(ledger, job.id)
+    assert failed.status is JobStatus.FAILED and failed.error == "x" * 2000
+    assert failed.interaction_token is None and failed.finished_at is not None
+    assert not await ledger.mark_running(job.id)
+
+
+async def test_refuse_a_queued_job(ledger: Ledger) -> None:
+    job = await _queued(ledger)
+    assert await ledger.refuse(job.id, RefusalReason.QUEUE_FULL, "64 waiting")
+    refused = await _get(ledger, job.id)
+    assert refused.status is JobStatus.REFUSED
+    assert refused.refusal_reason is RefusalReason.QUEUE_FULL and refused.error == "64 waiting"
+
+
+async def test_concurrent_delivery_claims_succeed_once(ledger: Ledger) -> None:
+    job = await _queued(ledger)
+    await ledger.mark_done(job.id)
+    claims = await asyncio.gather(*(ledger.mark_delivered(job.id, n) for n in range(10)))
+    assert sorted(claims) == [False] * 9 + [True]
+
+
+# Every call, and the statuses it may move a job from.
+ALLOWED: dict[str, set[JobStatus]] = {
+    "running": {JobStatus.QUEUED},
+    "done": {JobStatus.QUEUED, JobStatus.RUNNING},
+    "failed": {JobStatus.QUEUED, JobStatus.RUNNING},
+    "cancelled": {JobStatus.QUEUED, JobStatus.RUNNING},
+    "refused": {JobStatus.QUEUED},
+}
+
+
+async def _apply(ledger: Ledger, job_id: int, op: str) -> bool:
+    if op == "running":
+        return await ledger.mark_running(job_id)
+    if op == "done":
+        return await ledger.mark_done(job_id)
+    if op == "failed":
+        return await ledger.mark_failed(job_id, "boom")
+    if op == "cancelled":
+        return await ledger.mark_cancelled(job_id)
+    if op == "refused":
+        return await ledger.refuse(job_id, RefusalReason.QUEUE_FULL)
+    return await ledger.mark_delivered(job_id)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=st.lists(st.sampled_from([*ALLOWED, "delivered"]), min_size=1, max_size=8))
+def test_any_sequence_of_calls_follows_the_state_machine(
+    ops: list[str], sqlite_template: Path, tmp_path: Path
+) -> None:
+    """Against a model of the state machine, on a real SQLite file (one job per example)."""
+    path = tmp_path / "machine.db"
+    if not path.exists():
+        shutil.copyfile(sqlite_template, path)
+
+    async def run() -> None:
+        engine = create_engine(f"sqlite+aiosqlite:///{path}")
+        try:
+            ledger = Ledger(engine, QuotaPolicy(daily_images=10**6, max_queued_per_user=10**6))
+            job = await _queued(ledger)
+            status, delivered = JobStatus.QUEUED, False
+            for op in ops:
+                if op == "delivered":
+                    expected = status is JobStatus.DONE and not delivered
+                    delivered = delivered or expected
+                else:
+                    expected = status in ALLOWED[op]
+                    status = JobStatus(op) if expected else status
+                assert await _apply(ledger, job.id, op) == expected, (ops, op)
+                now = await _get(ledger, job.id)
+                assert (now.status, now.delivered) == (status, delivered)
+                assert (now.interaction_token is None) == (status not in ACTIVE_STATUSES)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
