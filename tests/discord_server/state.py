@@ -1,0 +1,548 @@
+"""The Discord world a test sets up: application, users, guilds, roles, members, channels, messages.
+
+Plain mutable objects, created through :class:`State` (or helpers on :class:`Guild`) so ids are
+real snowflakes and, once the bot is connected, the matching gateway events (GUILD_CREATE,
+CHANNEL_CREATE, ...) are sent. Permission bits are ints, as Discord sends them.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import secrets
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .clock import ServerClock, SnowflakeFactory
+from .rules import MIB
+
+if TYPE_CHECKING:
+    from .interactions import Interaction
+
+# Permission bits (https://discord.com/developers/docs/topics/permissions).
+CREATE_INSTANT_INVITE = 1 << 0
+ADMINISTRATOR = 1 << 3
+MANAGE_CHANNELS = 1 << 4
+MANAGE_GUILD = 1 << 5
+ADD_REACTIONS = 1 << 6
+VIEW_CHANNEL = 1 << 10
+SEND_MESSAGES = 1 << 11
+MANAGE_MESSAGES = 1 << 13
+EMBED_LINKS = 1 << 14
+ATTACH_FILES = 1 << 15
+READ_MESSAGE_HISTORY = 1 << 16
+MENTION_EVERYONE = 1 << 17
+USE_EXTERNAL_EMOJIS = 1 << 18
+CHANGE_NICKNAME = 1 << 26
+USE_APPLICATION_COMMANDS = 1 << 31
+ALL_PERMISSIONS = (1 << 51) - 1
+DEFAULT_MEMBER_PERMISSIONS = (
+    CREATE_INSTANT_INVITE
+    | ADD_REACTIONS
+    | VIEW_CHANNEL
+    | SEND_MESSAGES
+    | EMBED_LINKS
+    | ATTACH_FILES
+    | READ_MESSAGE_HISTORY
+    | USE_EXTERNAL_EMOJIS
+    | CHANGE_NICKNAME
+    | USE_APPLICATION_COMMANDS
+)
+DEFAULT_BOT_PERMISSIONS = DEFAULT_MEMBER_PERMISSIONS | MANAGE_MESSAGES
+
+# Message flags.
+FLAG_SUPPRESS_EMBEDS = 1 << 2
+FLAG_EPHEMERAL = 1 << 6
+FLAG_LOADING = 1 << 7
+FLAG_SUPPRESS_NOTIFICATIONS = 1 << 12
+FLAG_COMPONENTS_V2 = 1 << 15
+
+# Channel types.
+GUILD_TEXT = 0
+DM = 1
+
+DEFAULT_ATTACHMENT_SIZE_LIMIT = 10 * MIB
+
+
+@dataclass(eq=False)
+class User:
+    """A Discord user (a person or a bot)."""
+
+    id: int
+    name: str
+    bot: bool = False
+    global_name: str | None = None
+    locale: str = "en-US"
+
+    @property
+    def mention(self) -> str:
+        return f"<@{self.id}>"
+
+    def __repr__(self) -> str:
+        return f"User({self.name!r}, id={self.id}{', bot' if self.bot else ''})"
+
+
+@dataclass(eq=False)
+class Application:
+    """The bot's application: its id, bot user and token (a wrong token gets 401)."""
+
+    id: int
+    name: str
+    token: str
+    bot: User
+    owner: User
+    flags: int = 0
+    allowed_intents: int | None = None
+    """Intent bits IDENTIFY may ask for; ``None`` allows all (else close 4014 like Discord)."""
+
+
+@dataclass(eq=False)
+class Role:
+    """A guild role; ``permissions`` is the Discord bit field as an int."""
+
+    id: int
+    guild: Guild
+    name: str
+    permissions: int = 0
+    position: int = 0
+    mentionable: bool = False
+    managed: bool = False
+    color: int = 0
+
+    @property
+    def mention(self) -> str:
+        return f"<@&{self.id}>"
+
+    def __repr__(self) -> str:
+        return f"Role({self.name!r}, id={self.id}, permissions={self.permissions:#x})"
+
+
+@dataclass(eq=False)
+class Member:
+    """A user in a guild; ``permissions`` is computed from roles unless overridden."""
+
+    user: User
+    guild: Guild
+    roles: list[Role] = field(default_factory=list)
+    nick: str | None = None
+    permissions_override: int | None = None
+    joined_at: datetime | None = None
+
+    @property
+    def id(self) -> int:
+        return self.user.id
+
+    @property
+    def mention(self) -> str:
+        return self.user.mention
+
+    @property
+    def permissions(self) -> int:
+        """Guild-level permission bits, as sent in ``member.permissions`` of interactions."""
+        if self.permissions_override is not None:
+            return self.permissions_override
+        if self.guild.owner is not None and self.guild.owner.id == self.user.id:
+            return ALL_PERMISSIONS
+        bits = self.guild.everyone_role.permissions
+        for role in self.roles:
+            bits |= role.permissions
+        return ALL_PERMISSIONS if bits & ADMINISTRATOR else bits
+
+    def __repr__(self) -> str:
+        return (
+            f"Member({self.user.name!r}, guild={self.guild.name!r}, "
+            f"permissions={self.permissions:#x})"
+        )
+
+
+@dataclass(eq=False)
+class Channel:
+    """A guild text channel (``nsfw`` flag) or a DM channel (``guild is None``)."""
+
+    id: int
+    name: str
+    type: int = GUILD_TEXT
+    guild: Guild | None = None
+    nsfw: bool = False
+    topic: str | None = None
+    position: int = 0
+    recipients: list[User] = field(default_factory=list)
+    bot_can_send: bool = True
+    """False makes ``POST /channels/{id}/messages`` answer 403 code 50013 Missing Permissions."""
+    messages: list[Message] = field(default_factory=list)
+
+    @property
+    def guild_id(self) -> int | None:
+        return self.guild.id if self.guild is not None else None
+
+    @property
+    def mention(self) -> str:
+        return f"<#{self.id}>"
+
+    def visible_messages(self) -> list[Message]:
+        """Messages not deleted, oldest first."""
+        return [m for m in self.messages if not m.deleted]
+
+    def __repr__(self) -> str:
+        return f"Channel({self.name!r}, id={self.id}, nsfw={self.nsfw})"
+
+
+@dataclass(eq=False)
+class Guild:
+    """A guild; create its channels, roles and members through the helper methods."""
+
+    id: int
+    name: str
+    state: State
+    owner: User | None = None
+    roles: list[Role] = field(default_factory=list)
+    channels: list[Channel] = field(default_factory=list)
+    members: dict[int, Member] = field(default_factory=dict)
+    attachment_size_limit: int = DEFAULT_ATTACHMENT_SIZE_LIMIT
+    locale: str = "en-US"
+    features: list[str] = field(default_factory=list)
+
+    @property
+    def everyone_role(self) -> Role:
+        """The @everyone role (same id as the guild), holding the base permissions."""
+        return self.roles[0]
+
+    def create_text_channel(
+        self, name: str, *, nsfw: bool = False, topic: str | None = None
+    ) -> Channel:
+        """Add a text channel (sends CHANNEL_CREATE if the bot is connected)."""
+        channel = Channel(
+            id=self.state.ids.next(),
+            name=name,
+            guild=self,
+            nsfw=nsfw,
+            topic=topic,
+            position=len(self.channels),
+        )
+        self.channels.append(channel)
+        self.state.channels[channel.id] = channel
+        self.state.emit("channel_create", channel)
+        return channel
+
+    def create_role(
+        self, name: str, *, permissions: int = 0, mentionable: bool = False, color: int = 0
+    ) -> Role:
+        """Add a role with the given permission bits (sends GUILD_ROLE_CREATE if connected)."""
+        role = Role(
+            id=self.state.ids.next(),
+            guild=self,
+            name=name,
+            permissions=permissions,
+            position=len(self.roles),
+            mentionable=mentionable,
+            color=color,
+        )
+        self.roles.append(role)
+        self.state.emit("role_create", role)
+        return role
+
+    def add_member(
+        self,
+        user: User,
+        *,
+        roles: Iterable[Role] = (),
+        permissions: int | None = None,
+        nick: str | None = None,
+    ) -> Member:
+        """Make ``user`` a member; ``permissions`` overrides the bits computed from roles."""
+        member = Member(
+            user=user,
+            guild=self,
+            roles=list(roles),
+            nick=nick,
+            permissions_override=permissions,
+            joined_at=self.state.clock.utcnow(),
+        )
+        self.members[user.id] = member
+        self.state.emit("member_add", member)
+        return member
+
+    def member(self, user: User | int) -> Member:
+        """The member for a user (KeyError with a clear message if not in the guild)."""
+        user_id = user if isinstance(user, int) else user.id
+        try:
+            return self.members[user_id]
+        except KeyError:
+            raise KeyError(f"user {user_id} is not a member of guild {self.name!r}") from None
+
+    def text_channels(self) -> list[Channel]:
+        return [c for c in self.channels if c.type == GUILD_TEXT]
+
+    def __repr__(self) -> str:
+        return f"Guild({self.name!r}, id={self.id})"
+
+
+@dataclass(eq=False)
+class Attachment:
+    """A stored file; ``data`` is what the bot uploaded, served at ``url``."""
+
+    id: int
+    filename: str
+    data: bytes
+    content_type: str | None
+    url: str
+    description: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def spoiler(self) -> bool:
+        """Discord marks files whose name starts with ``SPOILER_`` as spoilers."""
+        return self.filename.startswith("SPOILER_")
+
+    @property
+    def dimensions(self) -> tuple[int, int] | None:
+        """(width, height) for PNG files, as Discord reports for images."""
+        if self.data[:8] == b"\x89PNG\r\n\x1a\n" and len(self.data) >= 24:
+            width, height = struct.unpack(">II", self.data[16:24])
+            return width, height
+        return None
+
+    def __repr__(self) -> str:
+        return f"Attachment({self.filename!r}, {self.size} bytes, {self.content_type})"
+
+
+def guess_content_type(filename: str, declared: str | None) -> str | None:
+    """Discord sniffs the type; discord.py always declares octet-stream, so trust the name."""
+    if declared and declared != "application/octet-stream":
+        return declared
+    guessed, _ = mimetypes.guess_type(filename)
+    return guessed or declared
+
+
+@dataclass(frozen=True)
+class MessageVersion:
+    """A message's content before one edit (for edit-history assertions)."""
+
+    content: str
+    embeds: list[dict[str, Any]]
+    components: list[dict[str, Any]]
+    attachment_ids: list[int]
+    flags: int
+    at: datetime
+
+
+@dataclass(eq=False)
+class Message:
+    """A message as stored by the server, with who it pinged and how often it was edited."""
+
+    id: int
+    channel: Channel
+    author: User
+    content: str = ""
+    embeds: list[dict[str, Any]] = field(default_factory=list)
+    components: list[dict[str, Any]] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    flags: int = 0
+    allowed_mentions: dict[str, Any] | None = None
+    """The ``allowed_mentions`` the bot sent (``None``: not sent, everything parsed pings)."""
+    tts: bool = False
+    created_at: datetime | None = None
+    edited_at: datetime | None = None
+    history: list[MessageVersion] = field(default_factory=list)
+    deleted: bool = False
+    interaction: Interaction | None = None
+    """The interaction whose response/followup this message is, if any."""
+    webhook_id: int | None = None
+    application_id: int | None = None
+    message_type: int = 0
+    pinged_user_ids: set[int] = field(default_factory=set)
+    pinged_role_ids: set[int] = field(default_factory=set)
+    pings_everyone: bool = False
+    message_reference: dict[str, Any] | None = None
+
+    @property
+    def channel_id(self) -> int:
+        return self.channel.id
+
+    @property
+    def guild_id(self) -> int | None:
+        return self.channel.guild_id
+
+    @property
+    def ephemeral(self) -> bool:
+        return bool(self.flags & FLAG_EPHEMERAL)
+
+    @property
+    def loading(self) -> bool:
+        """A deferred "is thinking..." message not filled in yet."""
+        return bool(self.flags & FLAG_LOADING)
+
+    @property
+    def edit_count(self) -> int:
+        return len(self.history)
+
+    def iter_components(self) -> Iterator[dict[str, Any]]:
+        """Every component, depth first (action rows, buttons, selects, v2 containers)."""
+        stack = list(reversed(self.components))
+        while stack:
+            component = stack.pop()
+            yield component
+            children = list(component.get("components", []))
+            if "component" in component:
+                children.append(component["component"])
+            if "accessory" in component:
+                children.append(component["accessory"])
+            stack.extend(reversed(children))
+
+    @property
+    def buttons(self) -> list[dict[str, Any]]:
+        return [c for c in self.iter_components() if c.get("type") == 2]
+
+    @property
+    def custom_ids(self) -> list[str]:
+        return [c["custom_id"] for c in self.iter_components() if "custom_id" in c]
+
+    def component(self, custom_id: str) -> dict[str, Any] | None:
+        """The component with this ``custom_id``, if present."""
+        return next((c for c in self.iter_components() if c.get("custom_id") == custom_id), None)
+
+    def attachment(self, filename: str) -> Attachment:
+        """The attachment with this filename (KeyError lists the ones present)."""
+        for attachment in self.attachments:
+            if attachment.filename == filename:
+                return attachment
+        raise KeyError(f"no attachment {filename!r}; have {[a.filename for a in self.attachments]}")
+
+    def __repr__(self) -> str:
+        bits = [f"id={self.id}", f"content={self.content[:60]!r}"]
+        if self.attachments:
+            bits.append(f"files={[a.filename for a in self.attachments]}")
+        if self.custom_ids:
+            bits.append(f"custom_ids={self.custom_ids}")
+        if self.flags:
+            bits.append(f"flags={self.flags}")
+        if self.deleted:
+            bits.append("deleted")
+        return f"Message({', '.join(bits)})"
+
+
+Listener = Callable[[str, Any], None]
+
+
+class State:
+    """Everything the server knows, indexed by id; ``emit`` forwards changes to the gateway."""
+
+    def __init__(self, clock: ServerClock) -> None:
+        self.clock = clock
+        self.ids = SnowflakeFactory(clock)
+        self.application: Application | None = None
+        self.users: dict[int, User] = {}
+        self.guilds: dict[int, Guild] = {}
+        self.channels: dict[int, Channel] = {}
+        self.messages: dict[int, Message] = {}
+        self.attachments: dict[int, Attachment] = {}
+        self.listener: Listener | None = None
+
+    def emit(self, kind: str, obj: Any) -> None:
+        if self.listener is not None:
+            self.listener(kind, obj)
+
+    def create_user(self, name: str, *, bot: bool = False, global_name: str | None = None) -> User:
+        user = User(id=self.ids.next(), name=name, bot=bot, global_name=global_name)
+        self.users[user.id] = user
+        return user
+
+    def create_application(
+        self,
+        name: str,
+        *,
+        token: str | None = None,
+        flags: int = 0,
+        allowed_intents: int | None = None,
+    ) -> Application:
+        if self.application is not None:
+            raise RuntimeError(
+                "the server holds one application; create_application was already called"
+            )
+        bot = self.create_user(name, bot=True)
+        owner = self.create_user(f"{name}-owner")
+        app = Application(
+            id=self.ids.next(),
+            name=name,
+            token=token or f"test.{secrets.token_urlsafe(24)}",
+            bot=bot,
+            owner=owner,
+            flags=flags,
+            allowed_intents=allowed_intents,
+        )
+        self.application = app
+        return app
+
+    def require_application(self) -> Application:
+        if self.application is None:
+            raise RuntimeError("call server.create_application(...) first")
+        return self.application
+
+    def create_guild(
+        self,
+        name: str,
+        *,
+        owner: User | None = None,
+        bot_permissions: int = DEFAULT_BOT_PERMISSIONS,
+        everyone_permissions: int = DEFAULT_MEMBER_PERMISSIONS,
+        attachment_size_limit: int = DEFAULT_ATTACHMENT_SIZE_LIMIT,
+        locale: str = "en-US",
+    ) -> Guild:
+        app = self.require_application()
+        guild = Guild(
+            id=self.ids.next(),
+            name=name,
+            state=self,
+            owner=owner,
+            attachment_size_limit=attachment_size_limit,
+            locale=locale,
+        )
+        guild.roles.append(
+            Role(id=guild.id, guild=guild, name="@everyone", permissions=everyone_permissions)
+        )
+        bot_role = Role(
+            id=self.ids.next(),
+            guild=guild,
+            name=app.name,
+            permissions=bot_permissions,
+            position=1,
+            managed=True,
+        )
+        guild.roles.append(bot_role)
+        guild.members[app.bot.id] = Member(
+            user=app.bot, guild=guild, roles=[bot_role], joined_at=self.clock.utcnow()
+        )
+        if owner is not None:
+            guild.members[owner.id] = Member(user=owner, guild=guild, joined_at=self.clock.utcnow())
+        self.guilds[guild.id] = guild
+        self.emit("guild_create", guild)
+        return guild
+
+    def create_dm_channel(self, user: User) -> Channel:
+        """The DM channel between the bot and ``user`` (created once, then reused)."""
+        self.require_application()
+        for channel in self.channels.values():
+            if channel.type == DM and channel.recipients and channel.recipients[0].id == user.id:
+                return channel
+        channel = Channel(id=self.ids.next(), name=user.name, type=DM, recipients=[user])
+        self.channels[channel.id] = channel
+        return channel
+
+    def channel(self, channel: Channel | int) -> Channel:
+        channel_id = channel if isinstance(channel, int) else channel.id
+        try:
+            return self.channels[channel_id]
+        except KeyError:
+            raise KeyError(f"unknown channel {channel_id}") from None
+
+    def user(self, user: User | Member | int) -> User:
+        if isinstance(user, Member):
+            return user.user
+        if isinstance(user, User):
+            return user
+        return self.users[user]
