@@ -62,6 +62,7 @@ class EngineSettings:
     device: str = "auto"
     dtype: str = "auto"
     scheduler: str = "default"
+    scheduling: str = "batch"
     safety_checker: bool = True
     cache_dir: str = ""
     max_batch_size: int = 8

@@ -7,6 +7,7 @@ whether to split and retry.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import io
 import logging
@@ -130,6 +131,7 @@ class Runner:
         self.config = config
         self._model: LoadedModel | None = None
         self._step_callback_ok = False
+        self._counter: Any = None  # the loop thread's own tokenizer, see `count_tokens`
 
     @property
     def model(self) -> LoadedModel:
@@ -142,14 +144,20 @@ class Runner:
         self._model = load_model(self.config)
         params = inspect.signature(self._model.pipe.__call__).parameters
         self._step_callback_ok = "callback_on_step_end" in params
+        tokenizer = getattr(self._model.pipe, "tokenizer", None)
+        self._counter = copy.deepcopy(tokenizer) if tokenizer is not None else None
         return self._model.profile
 
     def count_tokens(self, text: str) -> int:
-        """Tokens the prompt uses without BOS/EOS; safe to call from any thread (pure Python)."""
-        tokenizer = getattr(self.model.pipe, "tokenizer", None)
-        if tokenizer is None:
+        """Tokens the prompt uses without BOS/EOS; safe to call from the loop thread.
+
+        It uses a copy of the pipeline's tokenizer: a fast tokenizer keeps its padding and
+        truncation settings on a shared backend, so `tokenize` here would switch padding off in
+        the middle of the worker's `encode_prompt` and give it a 77-token prompt unpadded.
+        """
+        if self._counter is None:
             return 0
-        return len(tokenizer.tokenize(text))
+        return len(self._counter.tokenize(text))
 
     def run(self, slots: Sequence[Slot]) -> list[list[GeneratedImage]]:
         """One pipeline call for every image of every slot; images come back per slot."""

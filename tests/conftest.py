@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Tests share two cores between pytest, the Discord test server and bot subprocesses; torch's
+# default of one thread per core makes its threads spin against each other (4-10x slower).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -1,0 +1,308 @@
+"""Trace replay: batch-level vs step-level scheduling under Poisson arrivals of mixed requests.
+
+Batch-level batching makes a request that arrives just after a batch started wait for the whole
+batch; step-level batching admits it at the next denoising step. The same seeded trace (Poisson
+arrivals, a 4/20/30-step mix, two sizes, several users) is replayed against an engine with
+`scheduling="batch"` and one with `scheduling="step"` in one run, and each reports images/s and
+the time from submit to images (p50/p95), overall and for the shortest requests.
+
+    python -m bench.trace_bench                # CPU: builtin:tiny, steps and rate scaled down
+    python -m bench.trace_bench --gpu          # CUDA: full-size SD 1.5, random fp16 weights
+
+On the CPU the tiny model's 4/20/30-step mix becomes 2/10/15 steps at 64x64 and 96x96, at about
+60 % of one core's capacity, so the replay takes a few minutes.
+
+Figures are ratios measured side by side; absolute times on a shared CPU are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import math
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import Engine, EngineConfig, ImageRequest
+
+from .report import machine, markdown_table, save
+
+MODES = ("batch", "step")
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One request of the trace, `at` seconds after the replay starts."""
+
+    at: float
+    user: str
+    prompt: str
+    seed: int
+    steps: int
+    width: int
+    height: int
+    count: int
+
+
+def make_trace(args: argparse.Namespace) -> list[Arrival]:
+    """A seeded trace: exponential gaps at `rate`/s, steps and sizes drawn from the mixes."""
+    rng = random.Random(args.seed)
+    at = 0.0
+    trace = []
+    for n in range(args.requests):
+        at += rng.expovariate(args.rate)
+        width, height = rng.choices(args.sizes, weights=args.size_weights)[0]
+        trace.append(
+            Arrival(
+                at=round(at, 4),
+                user=f"user{rng.randrange(args.users)}",
+                prompt=f"trace request {n}",
+                seed=rng.randrange(2**32),
+                steps=rng.choice(args.steps),
+                width=width,
+                height=height,
+                count=2 if rng.random() < args.two_image_share else 1,
+            )
+        )
+    return trace
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (no interpolation: small samples stay honest)."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered), math.ceil(q / 100 * len(ordered))) - 1)]
+
+
+async def replay(config: EngineConfig, trace: list[Arrival]) -> dict[str, Any]:
+    """Submit the trace on schedule and time every request from submit to images."""
+    async with Engine(config) as engine:
+        if config.scheduling == "step" and engine._step_loop is None:
+            raise SystemExit(f"{config.model} cannot run step-level; nothing to compare")
+        # Warm-up, one request per size, so first-call costs count for neither engine.
+        for width, height in sorted({(a.width, a.height) for a in trace}):
+            await engine.generate(ImageRequest("warm-up", steps=2, width=width, height=height))
+        base = (engine.stats.images, engine.stats.batches, sum(engine.stats.batch_sizes))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+
+        async def one(a: Arrival) -> tuple[float, float]:
+            # Sleeping is the trace's schedule here, not a wait for an event.
+            await asyncio.sleep(max(0.0, start + a.at - loop.time()))
+            submitted = loop.time()
+            job = engine.submit(
+                ImageRequest(
+                    a.prompt,
+                    seed=a.seed,
+                    steps=a.steps,
+                    width=a.width,
+                    height=a.height,
+                    count=a.count,
+                    user=a.user,
+                )
+            )
+            await job.result()
+            done = loop.time()
+            return done - submitted, done - start
+
+        outcomes = await asyncio.gather(*(one(a) for a in trace))
+        stats = engine.stats
+        images = stats.images - base[0]
+        calls = stats.batches - base[1]
+        call_images = sum(stats.batch_sizes) - base[2]
+    latencies = [latency for latency, _ in outcomes]
+    makespan = max(end for _, end in outcomes)
+    shortest = min(a.steps for a in trace)
+    short = [lat for (lat, _), a in zip(outcomes, trace, strict=True) if a.steps == shortest]
+    return {
+        "images": images,
+        "makespan_s": makespan,
+        "images_per_s": images / makespan,
+        "p50_s": percentile(latencies, 50),
+        "p95_s": percentile(latencies, 95),
+        "short_steps": shortest,
+        "short_p50_s": percentile(short, 50),
+        "short_p95_s": percentile(short, 95),
+        "unet_calls": calls,  # pipeline calls (batch) or ticks (step)
+        "images_per_call": call_images / calls if calls else 0.0,
+        "latencies_s": latencies,
+    }
+
+
+def build_gpu_model(folder: Path) -> None:
+    """Save a full-size SD 1.5 architecture with random fp16 weights (no download)."""
+    import torch
+
+    from .architectures import build
+
+    pipe = build("sd15", device="cuda", dtype=torch.float16)
+    pipe.save_pretrained(folder)
+    del pipe
+    torch.cuda.empty_cache()
+
+
+async def run(args: argparse.Namespace, model: str) -> dict[str, Any]:
+    trace = make_trace(args)
+    base = EngineConfig(
+        model=model,
+        device="cuda" if args.gpu else "auto",
+        dtype="float16" if args.gpu else "auto",
+        scheduler=args.scheduler,
+        safety_checker=False,
+        cache_dir=args.cache_dir,
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        max_queue=max(64, len(trace)),
+        max_count=2,
+        max_width=max(w for w, _ in args.sizes),
+        max_height=max(h for _, h in args.sizes),
+    )
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    for repeat in range(args.repeats):
+        # Alternate the order so drift on a shared machine hits both engines alike.
+        for mode in MODES if repeat % 2 == 0 else MODES[::-1]:
+            t0 = time.perf_counter()
+            config = dataclasses.replace(base, scheduling=mode)
+            result = await replay(config, trace)
+            runs[mode].append(result)
+            print(
+                f"[{repeat + 1}/{args.repeats}] {mode:5}: {result['images_per_s']:.2f} images/s, "
+                f"p50 {result['p50_s']:.2f} s, p95 {result['p95_s']:.2f} s "
+                f"({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
+    engines = {mode: summarize(results) for mode, results in runs.items()}
+    keys = ("images_per_s", "p50_s", "p95_s", "short_p50_s", "short_p95_s")
+    ratio = {k: engines["step"][k] / engines["batch"][k] for k in keys}
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings["cache_dir"] = str(settings["cache_dir"]) if settings["cache_dir"] else None
+    return {
+        "benchmark": "trace",
+        "machine": machine(),
+        "model": "sd15 architecture, random fp16 weights" if args.gpu else model,
+        "settings": settings,
+        "trace": {
+            "requests": len(trace),
+            "images": sum(a.count for a in trace),
+            "duration_s": trace[-1].at,
+            "arrivals": [asdict(a) for a in trace],
+        },
+        "engines": engines,
+        "runs": runs,
+        "ratio_step_over_batch": ratio,
+    }
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median over repeats of every figure (one repeat: that run's figures)."""
+    figures = [k for k, v in results[0].items() if isinstance(v, int | float)]
+    return {k: statistics.median(r[k] for r in results) for k in figures}
+
+
+def table(result: dict[str, Any]) -> str:
+    s, m, t = result["settings"], result["machine"], result["trace"]
+    device = m.get("gpu") or f"CPU ({m['cores']} cores)"
+    head = (
+        f"Trace replay on {device}, torch {m.get('torch')}, {m['date']}: {result['model']}, "
+        f"{t['requests']} requests ({t['images']} images) over {t['duration_s']:.0f} s, Poisson "
+        f"{s['rate']}/s, steps {s['steps']}, sizes {[f'{w}x{h}' for w, h in s['sizes']]}, "
+        f"{s['users']} users, {s['scheduler']}, max {s['max_batch_size']} images per UNet call, "
+        f"median of {s['repeats']} run(s) each."
+    )
+    e, r = result["engines"], result["ratio_step_over_batch"]
+    short = f"p50 / p95, {e['batch']['short_steps']:.0f}-step requests (s)"
+    rows: list[list[Any]] = []
+    for mode in MODES:
+        x = e[mode]
+        rows.append(
+            [
+                f"{mode}-level",
+                f"{x['images_per_s']:.3g}",
+                f"{x['p50_s']:.3g} / {x['p95_s']:.3g}",
+                f"{x['short_p50_s']:.3g} / {x['short_p95_s']:.3g}",
+                f"{x['unet_calls']:.0f} ({x['images_per_call']:.2f})",
+            ]
+        )
+    rows.append(
+        [
+            "step / batch",
+            f"{r['images_per_s']:.2f}x",
+            f"{r['p50_s']:.2f}x / {r['p95_s']:.2f}x",
+            f"{r['short_p50_s']:.2f}x / {r['short_p95_s']:.2f}x",
+            "",
+        ]
+    )
+    headers = [
+        "engine",
+        "images/s",
+        "p50 / p95 submit to image (s)",
+        short,
+        "calls (images per call)",
+    ]
+    return head + "\n\n" + markdown_table(headers, rows)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    return int(width), int(height or width)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpu", action="store_true", help="full-size SD 1.5 on CUDA, fp16")
+    parser.add_argument("--requests", type=int, help="default: 40 (CPU), 300 (GPU)")
+    parser.add_argument("--rate", type=float, help="arrivals per second; default 0.5 / 3.0")
+    parser.add_argument("--steps", type=int, nargs="+", help="step mix; default 2 10 15 / 4 20 30")
+    parser.add_argument("--sizes", type=parse_size, nargs="+", help="default 64 96 / 512 512x768")
+    parser.add_argument("--size-weights", type=float, nargs="+", default=[0.7, 0.3])
+    parser.add_argument("--users", type=int, default=6)
+    parser.add_argument("--two-image-share", type=float, default=0.2)
+    parser.add_argument("--scheduler", default="ddim")
+    parser.add_argument("--max-batch-size", type=int, help="images per UNet call; 8 / 16")
+    parser.add_argument("--batch-wait-ms", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads; 1 keeps CPU timings stable on a shared machine, 0: torch's",
+    )
+    parser.add_argument("--cache-dir", type=Path, help="where builtin:tiny is built")
+    parser.add_argument("--out", default=None, help="results name under bench/results/")
+    args = parser.parse_args()
+    gpu = args.gpu
+    args.requests = args.requests or (300 if gpu else 40)
+    args.rate = args.rate or (3.0 if gpu else 0.5)
+    args.steps = args.steps or ([4, 20, 30] if gpu else [2, 10, 15])
+    args.sizes = args.sizes or ([(512, 512), (512, 768)] if gpu else [(64, 64), (96, 96)])
+    args.max_batch_size = args.max_batch_size or (16 if gpu else 8)
+    if len(args.size_weights) != len(args.sizes):
+        parser.error("--size-weights needs one weight per size")
+
+    import torch
+
+    if args.threads and not gpu:
+        torch.set_num_threads(args.threads)
+    if gpu and not torch.cuda.is_available():
+        sys.exit("trace_bench --gpu needs a CUDA GPU (torch.cuda.is_available() is False)")
+    with tempfile.TemporaryDirectory(prefix="trace-bench-") as tmp:
+        model = "builtin:tiny"
+        if gpu:
+            print("building a random-weight SD 1.5 pipeline (fp16)...", flush=True)
+            build_gpu_model(Path(tmp))
+            model = tmp
+        result = asyncio.run(run(args, model))
+    text = table(result)
+    print(text)
+    print(f"wrote {save(args.out or ('trace_bench_gpu' if gpu else 'trace_bench'), result)}")
+
+
+if __name__ == "__main__":
+    main()
