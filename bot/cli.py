@@ -1,5 +1,8 @@
 """`imagine-bot`: `run` starts the Discord bot, `generate` makes images from the command line.
 
+`imagine-bot --config config.toml` (and `python -m bot --config config.toml`) is short for
+`imagine-bot run --config config.toml`.
+
 Every failure a user can fix ends with one line saying what to fix and exit code 2; no
 traceback reaches the terminal for a bad config, token or option.
 """
@@ -108,8 +111,19 @@ async def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_to_run(argv: Sequence[str]) -> list[str]:
+    """`imagine-bot --config x.toml` means `imagine-bot run --config x.toml`."""
+    args = list(argv)
+    if any(a in ("run", "generate", "-h", "--help") for a in args):
+        return args
+    if not any(a == "--config" or a.startswith("--config=") for a in args):
+        return args  # nothing to guess: argparse explains the usage
+    first = next((i for i, a in enumerate(args) if a not in ("-v", "--verbose")), len(args))
+    return [*args[:first], "run", *args[first:]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_default_to_run(sys.argv[1:] if argv is None else argv))
     # transformers warns about optional packages (torchvision) at import: noise for operators.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(

@@ -389,6 +389,21 @@ class Ledger:
             values["message_id"] = message_id
         return await self._set_where(job_id, {JobStatus.DONE}, values, Job.delivered_at.is_(None))
 
+    async def refund_images(self, job_id: int, images: int) -> bool:
+        """Give back `images` of a done job that were never posted (moderation withheld them).
+
+        The job then counts only the images it delivered, in the quota and in `/usage`.
+        False (and no change) unless the job is done and has at least that many images.
+        """
+        if images < 1:
+            raise ValueError("images must be at least 1")
+        return await self._set_where(
+            job_id,
+            {JobStatus.DONE},
+            {"image_count": Job.image_count - images},
+            Job.image_count >= images,
+        )
+
     async def set_message(self, job_id: int, message_id: int) -> bool:
         """Remember the progress/result message to edit later. False for an unknown job."""
         return await self._set_where(job_id, JobStatus, {"message_id": message_id})

@@ -356,8 +356,13 @@ class DiscordTestServer:
         *,
         user: UserLike,
         values: Sequence[str] | None = None,
+        validate: bool = True,
     ) -> Interaction:
-        """Press the button (or pick ``values`` in the select) with ``custom_id`` on ``message``."""
+        """Press the button (or pick ``values`` in the select) with ``custom_id`` on ``message``.
+
+        ``validate=False`` forges a click Discord would not send (a disabled button, someone
+        else's ephemeral message), to test that the bot checks who clicked.
+        """
         if message.deleted:
             raise ValueError(f"{message!r} was deleted; nobody can click it")
         component = message.component(custom_id)
@@ -365,11 +370,12 @@ class DiscordTestServer:
             raise ValueError(
                 f"no component {custom_id!r} on {message!r}; it has {message.custom_ids}"
             )
-        if component.get("disabled"):
+        if validate and component.get("disabled"):
             raise ValueError(f"component {custom_id!r} is disabled; Discord would not send a click")
         channel = message.channel
         if (
-            message.ephemeral
+            validate
+            and message.ephemeral
             and message.interaction
             and message.interaction.user.id != self.state.user(user).id
         ):

@@ -166,3 +166,15 @@ def test_any_sequence_of_calls_follows_the_state_machine(
             await engine.dispose()
 
     asyncio.run(run())
+
+
+async def test_refund_images_gives_back_withheld_images_of_a_done_job(ledger: Ledger) -> None:
+    job = await ledger.reserve(req(image_count=3))
+    assert job.accepted
+    assert not await ledger.refund_images(job.job.id, 1)  # not done yet: nothing to give back
+    await ledger.mark_done(job.job.id, message_id=5)
+    assert await ledger.refund_images(job.job.id, 2)
+    assert not await ledger.refund_images(job.job.id, 2)  # only one image is still counted
+    status = await ledger.user_status(job.job.guild_id, job.job.user_id)
+    assert status.used == 1
+    assert (await _get(ledger, job.job.id)).image_count == 1

@@ -1,0 +1,176 @@
+"""The composition root: `run_bot(config_path)` wires config, database, engine and Discord.
+
+Start-up order, each step failing with one line and exit code 2 when the operator can fix it:
+
+1. read the config and the token (from the environment variable it names);
+2. migrate the database to head and open the ledger;
+3. point discord.py's REST at `[discord] api_base_url` and log in (a rejected token stops
+   here, before a model is loaded for nothing);
+4. load the model on the engine's worker thread (the event loop stays free);
+5. re-queue jobs a previous process left unfinished, then connect to the gateway.
+
+SIGINT/SIGTERM stop it gracefully: no new jobs, unfinished jobs stay in the ledger for the
+next start, then the gateway, the engine and the database are closed in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TypeVar
+
+import discord
+import yarl
+from discord.gateway import DiscordWebSocket
+from discord.http import Route
+from sqlalchemy.engine import make_url
+
+from engine import Engine
+
+from .client import ImagineBot
+from .config import DISCORD_API, BotConfig, ConfigError, load_config
+from .ledger import QuotaPolicy, open_ledger, upgrade_to_head
+
+__all__ = ["StartupError", "run_bot"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message says what to fix (one line)."""
+
+
+class _Stopped(Exception):
+    """A stop signal arrived during start-up."""
+
+
+class _NoVoiceWarning(logging.Filter):
+    """discord.py warns at every start that voice is unavailable; this bot has no voice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "voice will NOT be supported" not in record.getMessage()
+
+
+def _quiet_logs() -> None:
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter at each start
+    logging.getLogger("discord.client").addFilter(_NoVoiceWarning())
+
+
+def run_bot(config_path: str | Path) -> int:
+    """Run the bot until SIGINT/SIGTERM; 0 after a clean stop, 2 when start-up failed."""
+    _quiet_logs()
+    config = load_config(config_path)
+    token = config.resolve_token()
+    if not token:
+        raise ConfigError(
+            [
+                f"no bot token: set the environment variable {config.discord.token_env} "
+                "to your bot's token (Discord developer portal → your application → Bot)"
+            ],
+            str(config.path or config_path),
+        )
+    try:
+        return asyncio.run(serve(config, token))
+    except StartupError as exc:
+        print(f"imagine-bot: {exc}", file=sys.stderr)
+        return 2
+
+
+def _safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparsable URL)"
+
+
+async def _until(stop: asyncio.Event, work: Awaitable[T]) -> T:
+    """Await `work` unless a stop signal comes first (then cancel it and raise `_Stopped`)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise _Stopped()
+    return task.result()
+
+
+def _install_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def _login(bot: ImagineBot, config: BotConfig, token: str) -> None:
+    try:
+        await bot.login(token)
+    except discord.LoginFailure:
+        raise StartupError(
+            f"Discord rejected the bot token in ${config.discord.token_env}: copy the token "
+            "again from the developer portal (Bot → Reset Token)"
+        ) from None
+    except (discord.HTTPException, OSError) as exc:
+        raise StartupError(
+            f"cannot reach Discord at {config.discord.api_base_url}: {exc}; "
+            "check [discord] api_base_url and the network"
+        ) from None
+    if config.discord.api_base_url.rstrip("/") != DISCORD_API:
+        # discord.py falls back to DEFAULT_GATEWAY when it must re-identify: keep it on the
+        # gateway this API hands out, not Discord's.
+        _shards, url, _limits = await bot.http.get_bot_gateway()
+        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+
+
+async def serve(config: BotConfig, token: str) -> int:
+    """Start everything, run until stopped, close everything (see the module doc)."""
+    stop = asyncio.Event()
+    _install_signals(stop)
+    Route.BASE = config.discord.api_base_url.rstrip("/")
+    url = config.database.url
+    try:
+        await upgrade_to_head(url)
+    except Exception as exc:
+        raise StartupError(
+            f"cannot open the database {_safe_url(url)}: {exc}. Check [database] url"
+        ) from None
+    policy = QuotaPolicy(
+        daily_images=config.quota.daily_images,
+        max_queued_per_user=config.quota.max_queued_per_user,
+    )
+    async with open_ledger(url, policy, migrate=False) as ledger:
+        engine = Engine(config.engine.to_engine())
+        bot = ImagineBot(config=config, ledger=ledger, engine=engine)
+        connection: asyncio.Task[None] | None = None
+        try:
+            async with bot:
+                try:
+                    await _until(stop, _login(bot, config, token))
+                    log.info("loading model %s", config.engine.model)
+                    await _until(stop, engine.start())
+                    await bot.jobs.recover()
+                    connection = asyncio.create_task(bot.connect(reconnect=True), name="gateway")
+                    await _until(stop, asyncio.shield(connection))
+                    connection.result()  # the gateway gave up on its own: raise why
+                finally:
+                    await bot.jobs.shutdown()  # needs Discord for its last edits
+                    await bot.close()
+                    if connection is not None:
+                        with contextlib.suppress(BaseException):
+                            await connection
+        except _Stopped:
+            log.info("stop signal received: shutting down")
+        finally:
+            await engine.close()
+    log.info("stopped")
+    return 0

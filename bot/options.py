@@ -1,0 +1,88 @@
+"""What a user asked `/imagine` for, and how it becomes an engine request.
+
+The size choices are shapes, not pixels: each maps to sizes the loaded model was trained
+near (512 → 512x512, 512x768, 768x512; 1024 → 1024x1024, 832x1216, 1216x832), scaled down
+to fit the operator's `max_width`/`max_height`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from engine import ImageRequest, Limits
+
+from .ledger import JobRecord
+
+__all__ = ["ImagineOptions", "Shape", "size_for"]
+
+
+class Shape(enum.StrEnum):
+    SQUARE = "square"
+    PORTRAIT = "portrait"
+    LANDSCAPE = "landscape"
+
+
+def _round8(value: float) -> int:
+    return max(8, round(value / 8) * 8)
+
+
+def size_for(shape: Shape, native: int, limits: Limits) -> tuple[int, int]:
+    """(width, height) for `shape` on a model whose native size is `native`."""
+    if shape is Shape.SQUARE:
+        width, height = native, native
+    elif native >= 1024:  # SDXL's own aspect buckets: 832x1216 for 1024
+        width, height = _round8(native * 13 / 16), _round8(native * 19 / 16)
+    else:  # SD 1.x/2.x (and the tiny test model): 2:3
+        width, height = native, _round8(native * 3 / 2)
+    if shape is Shape.LANDSCAPE:
+        width, height = height, width
+    scale = min(1.0, limits.max_width / width, limits.max_height / height)
+    if scale < 1.0:
+        width, height = _round8(width * scale), _round8(height * scale)
+    return max(width, limits.min_size), max(height, limits.min_size)
+
+
+@dataclass(frozen=True, slots=True)
+class ImagineOptions:
+    """One `/imagine` (or reroll): `None` means the model's default."""
+
+    prompt: str
+    negative: str = ""
+    seed: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    shape: Shape | None = None
+    width: int | None = None  # exact size (rerolls); wins over `shape`
+    height: int | None = None
+    count: int = 1
+
+    @classmethod
+    def reroll(cls, job: JobRecord) -> ImagineOptions:
+        """The same options as `job` with a new seed."""
+        return cls(
+            prompt=job.prompt,
+            negative=job.negative_prompt,
+            steps=job.steps,
+            guidance=job.guidance,
+            width=job.width,
+            height=job.height,
+            count=job.image_count,
+        )
+
+    def to_request(self, *, negative: str, native: int, limits: Limits, user: str) -> ImageRequest:
+        """The engine request; `negative` is the moderated negative prompt."""
+        width, height = self.width, self.height
+        if width is None and self.shape is not None:
+            width, height = size_for(self.shape, native, limits)
+        return ImageRequest(
+            prompt=self.prompt,
+            negative_prompt=negative,
+            seed=self.seed,
+            steps=self.steps,
+            guidance=self.guidance,
+            width=width,
+            height=height,
+            count=self.count,
+            user=user,
+        )

@@ -1,0 +1,220 @@
+"""Where a job's messages go: through its interaction token, or straight to the channel.
+
+`InteractionTarget` edits the requester's (ephemeral) progress message and posts the result
+as a public follow-up, for as long as the 15-minute token is safe to use (on Discord's clock,
+see `clock.py`). When it is not, or Discord says it is gone, the job falls back to
+`ChannelTarget`: a normal channel message that mentions the requester.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import discord
+
+if TYPE_CHECKING:
+    from .client import ImagineBot
+
+__all__ = ["CannotPost", "ChannelTarget", "InteractionTarget", "Target", "TokenGone"]
+
+log = logging.getLogger(__name__)
+
+#: Discord's JSON codes meaning the interaction token can no longer be used.
+_TOKEN_GONE_CODES = {10015, 10062, 50027}  # unknown webhook/interaction, invalid token
+_UNKNOWN_MESSAGE = 10008
+#: How long a channel post waits for the gateway cache (permissions, NSFW flags) at start-up.
+READY_TIMEOUT = 30.0
+
+
+class TokenGone(Exception):
+    """The interaction token expired or was revoked: use the channel instead."""
+
+
+class CannotPost(Exception):
+    """The bot may not post the result in the job's channel (deleted, no permission)."""
+
+
+class Target(Protocol):
+    channel_id: int
+
+    @property
+    def interactive(self) -> bool:
+        """Whether progress messages can be shown (False: only the result is posted)."""
+        ...
+
+    async def progress(
+        self, content: str, *, preview: bytes | None, view: discord.ui.View | None, must: bool
+    ) -> bool: ...
+
+    async def post(
+        self,
+        content: str,
+        *,
+        embed: discord.Embed,
+        files: Sequence[discord.File],
+        view: discord.ui.View,
+        mention: int,
+    ) -> discord.Message: ...
+
+
+def _mentions(user_id: int) -> discord.AllowedMentions:
+    return discord.AllowedMentions(
+        everyone=False, roles=False, users=[discord.Object(user_id)], replied_user=False
+    )
+
+
+class InteractionTarget:
+    """Answers through the token of the interaction that asked for the job."""
+
+    def __init__(
+        self,
+        bot: ImagineBot,
+        *,
+        application_id: int,
+        token: str,
+        interaction_id: int,
+        channel_id: int,
+        message_id: int | None,
+    ) -> None:
+        self.bot = bot
+        self.channel_id = channel_id
+        self.interaction_id = interaction_id
+        self.message_id = message_id  # the progress message (None: not known after a restart)
+        self._webhook = discord.Webhook.partial(application_id, token, client=bot)
+        self._gone = False
+
+    @property
+    def usable(self) -> bool:
+        return not self._gone and self.bot.discord_clock.token_usable(self.interaction_id)
+
+    @property
+    def interactive(self) -> bool:
+        return self.usable and self.message_id is not None
+
+    def _check(self, exc: discord.HTTPException) -> None:
+        if exc.code in _TOKEN_GONE_CODES or exc.status == 401:
+            self._gone = True
+            raise TokenGone(str(exc)) from exc
+
+    async def progress(
+        self, content: str, *, preview: bytes | None, view: discord.ui.View | None, must: bool
+    ) -> bool:
+        """Edit the progress message; optional edits are skipped when the channel is busy."""
+        if not self.interactive:
+            return False
+        assert self.message_id is not None
+        throttle = self.bot.edit_throttle
+        if must:
+            await throttle.acquire(self.channel_id)
+        elif not throttle.try_acquire(self.channel_id):
+            return False
+        attachments = [discord.File(io.BytesIO(preview), "preview.png")] if preview else []
+        try:
+            message = await self._webhook.edit_message(
+                self.message_id, content=content, attachments=attachments, view=view
+            )
+        except discord.NotFound as exc:
+            if exc.code == _UNKNOWN_MESSAGE:  # the user dismissed it: stop editing
+                self.message_id = None
+                return False
+            self._check(exc)
+            raise
+        except discord.HTTPException as exc:
+            self._check(exc)
+            raise
+        self.bot.discord_clock.observe(message.edited_at)
+        return True
+
+    async def post(
+        self,
+        content: str,
+        *,
+        embed: discord.Embed,
+        files: Sequence[discord.File],
+        view: discord.ui.View,
+        mention: int,
+    ) -> discord.Message:
+        if not self.usable:
+            raise TokenGone("the interaction token is too old")
+        try:
+            message = await self._webhook.send(
+                content,
+                embed=embed,
+                files=list(files),
+                view=view,
+                allowed_mentions=_mentions(mention),
+                wait=True,
+            )
+        except discord.HTTPException as exc:
+            self._check(exc)
+            raise
+        self.bot.discord_clock.observe(message.created_at)
+        return message
+
+
+class ChannelTarget:
+    """Posts the result as a normal channel message; shows no progress."""
+
+    interactive = False
+
+    def __init__(self, bot: ImagineBot, *, channel_id: int, guild_id: int) -> None:
+        self.bot = bot
+        self.channel_id = channel_id
+        self.guild_id = guild_id
+
+    async def progress(
+        self, content: str, *, preview: bytes | None, view: discord.ui.View | None, must: bool
+    ) -> bool:
+        return False
+
+    async def _check_permissions(self, *, with_files: bool) -> None:
+        """Refuse early rather than earn a 403: Discord counts those against the bot."""
+        if not self.bot.is_ready():  # a job resumed at start-up can finish before the cache
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.bot.wait_until_ready(), READY_TIMEOUT)
+        channel = self.bot.get_channel(self.channel_id)
+        if isinstance(channel, discord.abc.GuildChannel):
+            perms = channel.permissions_for(channel.guild.me)
+            if not perms.send_messages or (
+                with_files and not (perms.attach_files and perms.embed_links)
+            ):
+                raise CannotPost(f"missing permissions in channel {self.channel_id}")
+
+    def _channel(self) -> discord.PartialMessageable:
+        return self.bot.get_partial_messageable(self.channel_id, guild_id=self.guild_id or None)
+
+    async def say(self, text: str, *, mention: int) -> None:
+        """A short note to the requester (a job that ended without images)."""
+        await self._check_permissions(with_files=False)
+        try:
+            await self._channel().send(f"<@{mention}> {text}", allowed_mentions=_mentions(mention))
+        except (discord.Forbidden, discord.NotFound) as exc:
+            raise CannotPost(str(exc)) from exc
+
+    async def post(
+        self,
+        content: str,
+        *,
+        embed: discord.Embed,
+        files: Sequence[discord.File],
+        view: discord.ui.View,
+        mention: int,
+    ) -> discord.Message:
+        await self._check_permissions(with_files=True)
+        try:
+            message = await self._channel().send(
+                content,
+                embed=embed,
+                files=list(files),
+                view=view,
+                allowed_mentions=_mentions(mention),
+            )
+        except (discord.Forbidden, discord.NotFound) as exc:
+            raise CannotPost(str(exc)) from exc
+        self.bot.discord_clock.observe(message.created_at)
+        return message

@@ -1,0 +1,426 @@
+"""End to end: `imagine-bot run` against the Discord test server, one bot for the module.
+
+Users run real slash commands and click real buttons; the server enforces Discord's rules
+(3 s to answer, one answer, edit rate limits as violations, token lifetime) and every test
+ends with `assert_clean()`. The database is read back with the ledger's own code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from bot.ledger import JobStatus, QuotaKind, RefusalReason
+from engine import read_parameters
+from tests.discord_server import MANAGE_GUILD, Channel, DiscordTestServer, Guild, Message, User
+
+from .conftest import (
+    JOB_TIMEOUT,
+    BotProcess,
+    bot_config,
+    job_id_of,
+    job_of,
+    read_ledger,
+    result_of,
+    wait_result,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+RELATIVE_TIME = re.compile(r"<t:\d+:R>")
+
+
+@dataclass
+class World:
+    server: DiscordTestServer
+    guild: Guild
+    art: Channel  # where /imagine is allowed
+    lounge: Channel  # not in allowed_channel_ids
+    alice: User
+    bob: User
+    carol: User
+    dave: User
+    erin: User
+    frank: User
+    mod: User  # has the configured moderator role (no Manage Server)
+    admin: User  # has Manage Server
+    bot: BotProcess
+    tmp: Path
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(
+    model_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[World]:
+    tmp = tmp_path_factory.mktemp("imagine")
+    async with DiscordTestServer(default_timeout=15) as server:
+        server.rules.rate_limit_is_violation = True  # the bot must pace its edits itself
+        server.create_application("imagine-bot")
+        guild = server.create_guild("Art Club")
+        art = guild.create_text_channel("art")
+        lounge = guild.create_text_channel("lounge")
+        helpers = guild.create_role("Helpers")
+        admins = guild.create_role("Admins", permissions=MANAGE_GUILD)
+        users = {
+            n: server.create_user(n) for n in ("alice", "bob", "carol", "dave", "erin", "frank")
+        }
+        for user in users.values():
+            guild.add_member(user)
+        mod, admin = server.create_user("mod"), server.create_user("admin")
+        guild.add_member(mod, roles=[helpers])
+        guild.add_member(admin, roles=[admins])
+        config = bot_config(
+            tmp,
+            server,
+            model_cache,
+            guild_ids=[guild.id],
+            discord={"moderator_role_ids": [helpers.id]},
+            quota={"daily_images": 3, "max_queued_per_user": 2},
+            moderation={
+                "allowed_channel_ids": [art.id],
+                "blocked_words": ["forbidden"],
+                "forced_negative_prompt": "blurry",
+            },
+        )
+        bot = await BotProcess(server, config, token=server.application.token).start()
+        try:
+            await bot.wait_ready()
+            yield World(server, guild, art, lounge, **users, mod=mod, admin=admin, bot=bot, tmp=tmp)
+        finally:
+            code = await bot.stop()
+        assert code == 0, bot.output[-3000:]
+        assert server.application.token not in bot.output  # the token is never logged
+
+
+@pytest_asyncio.fixture(autouse=True, loop_scope="module")
+async def clean(world: World) -> AsyncIterator[None]:
+    start = len(world.bot.lines)
+    yield
+    print("bot output during the test:", *world.bot.lines[start:], sep="\n")  # on failure
+    world.server.assert_clean()
+
+
+async def imagine(world: World, user: User, **options: object) -> tuple[int, Message]:
+    """Run /imagine in #art; return the job id and its (ephemeral) progress message."""
+    interaction = await world.server.invoke(
+        "imagine", user=user, channel=world.art, options={"steps": 2, **options}
+    )
+    progress = await interaction.wait_for_original(lambda m: bool(m.custom_ids))
+    return job_id_of(progress), progress
+
+
+async def test_commands_are_synced_to_the_guild_with_declared_limits(world: World) -> None:
+    commands = {c["name"]: c for c in world.server.synced_commands(world.guild)}
+    assert set(commands) == {"imagine", "info", "quota", "usage"}
+    options = {o["name"]: o for o in commands["imagine"]["options"]}
+    assert options["prompt"]["required"] and options["prompt"]["max_length"] == 1000
+    assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (1, 50)
+    assert (options["count"]["min_value"], options["count"]["max_value"]) == (1, 4)
+    assert [c["value"] for c in options["size"]["choices"]] == ["square", "portrait", "landscape"]
+    # Moderator commands are hidden from members (and checked by the bot, see below).
+    assert int(commands["quota"]["default_member_permissions"]) == MANAGE_GUILD
+    assert int(commands["usage"]["default_member_permissions"]) == MANAGE_GUILD
+    assert commands["imagine"]["default_member_permissions"] is None
+
+
+async def test_imagine_delivers_pngs_whose_seeds_match_the_embed(world: World) -> None:
+    server = world.server
+    interaction = await server.invoke(
+        "imagine",
+        user=world.alice,
+        channel=world.art,
+        options={
+            "prompt": "a lighthouse at dusk",
+            "seed": 1234,
+            "steps": 2,
+            "count": 2,
+            "size": "portrait",
+        },
+    )
+    first = await interaction.wait_for_response()
+    assert first.accepted and first.type == 5 and first.ephemeral  # deferred within 3 s
+    progress = await interaction.wait_for_original(lambda m: bool(m.custom_ids))
+    job_id = job_id_of(progress)
+    assert progress.ephemeral and f"Job #{job_id}" in progress.content
+    assert progress.custom_ids == [f"imagine:cancel:{job_id}"]
+
+    result = await wait_result(interaction)
+    assert not result.ephemeral and result.content.startswith(world.alice.mention)
+    assert result.pinged_user_ids == {world.alice.id} and not result.pings_everyone
+    assert result.allowed_mentions is not None
+    assert [int(u) for u in result.allowed_mentions["users"]] == [world.alice.id]
+    assert result.custom_ids == [f"imagine:reroll:{job_id}", f"imagine:delete:{job_id}"]
+    (embed,) = result.embeds
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert embed["title"] == "a lighthouse at dusk"
+    assert fields["Seeds"] == "1234, 1235" and fields["Size"] == "64x96"
+    assert fields["Negative"] == "blurry"  # the forced negative prompt
+    names = [a.filename for a in result.attachments]
+    assert names == [f"imagine-{job_id}-1234.png", f"imagine-{job_id}-1235.png"]
+    for attachment, seed in zip(result.attachments, (1234, 1235), strict=True):
+        with Image.open(io.BytesIO(attachment.data)) as image:
+            image.verify()
+        params = read_parameters(attachment.data)
+        assert params is not None
+        assert (params.seed, params.prompt, params.negative_prompt) == (
+            seed,
+            "a lighthouse at dusk",
+            "blurry",
+        )
+        assert (params.width, params.height) == (64, 96) == attachment.dimensions
+    done = await interaction.wait_for_original(lambda m: "done" in m.content)
+    assert not done.custom_ids and not done.attachments  # no Cancel once it is over
+
+    async with read_ledger(world.tmp) as ledger:
+        job = await job_of(ledger, job_id)
+        assert job.status is JobStatus.DONE and job.message_id == result.id
+        assert job.seed == 1234 and job.image_count == 2 and job.interaction_token is None
+
+
+async def test_two_users_at_once_each_get_their_own_images(world: World) -> None:
+    server = world.server
+    bob, carol = await asyncio.gather(
+        server.invoke(
+            "imagine",
+            user=world.bob,
+            channel=world.art,
+            options={"prompt": "a red fox", "steps": 2},
+        ),
+        server.invoke(
+            "imagine",
+            user=world.carol,
+            channel=world.art,
+            options={"prompt": "a blue whale", "steps": 2, "size": "landscape"},
+        ),
+    )
+    bob_result, carol_result = await asyncio.gather(wait_result(bob), wait_result(carol))
+    assert bob_result.pinged_user_ids == {world.bob.id}
+    assert carol_result.pinged_user_ids == {world.carol.id}
+    assert bob_result.embeds[0]["title"] == "a red fox"
+    assert carol_result.embeds[0]["title"] == "a blue whale"
+    assert carol_result.attachments[0].dimensions == (96, 64)
+    assert job_id_of(bob_result) != job_id_of(carol_result)
+
+
+async def test_quota_refusal_is_private_and_says_when_it_refills(world: World) -> None:
+    server = world.server
+    job_id, _ = await imagine(world, world.dave, prompt="three cats", count=3)  # all 3 images
+    refused = await server.invoke(
+        "imagine", user=world.dave, channel=world.art, options={"prompt": "one more cat"}
+    )
+    message = await refused.wait_for_original()
+    assert refused.ephemeral and message.ephemeral and refused.messages == [message]
+    assert "used your 3 images" in message.content
+    assert RELATIVE_TIME.search(message.content), message.content
+    assert not message.attachments and not message.custom_ids
+
+    info = await server.invoke("info", user=world.dave, channel=world.art)
+    text = (await info.wait_for_original()).content
+    assert info.ephemeral and "**0** of 3 images left" in text and RELATIVE_TIME.search(text)
+
+    async with read_ledger(world.tmp) as ledger:
+        jobs = await ledger.jobs_for_user(world.guild.id, world.dave.id)
+        assert [j.status for j in jobs][:1] == [JobStatus.REFUSED]
+        assert jobs[0].refusal_reason is RefusalReason.QUOTA
+    # Leave the engine idle for the next test.
+    await server.wait_for_message(
+        world.art, lambda m: job_id_of_or_none(m) == job_id, timeout=JOB_TIMEOUT
+    )
+
+
+def job_id_of_or_none(message: Message) -> int | None:
+    try:
+        return job_id_of(message) if message.attachments else None
+    except AssertionError:
+        return None
+
+
+async def test_blocked_words_and_closed_channels_are_refused_privately(world: World) -> None:
+    server = world.server
+    blocked = await server.invoke(
+        "imagine", user=world.alice, channel=world.art, options={"prompt": "a FORBIDDEN castle"}
+    )
+    answer = await blocked.wait_for_original()
+    text = answer.content
+    assert blocked.ephemeral and blocked.messages == [answer]
+    assert blocked.ephemeral and "does not allow" in text and "forbidden" in text.lower()
+    closed = await server.invoke(
+        "imagine", user=world.alice, channel=world.lounge, options={"prompt": "a castle"}
+    )
+    answer = await closed.wait_for_original()
+    text = answer.content
+    assert closed.messages == [answer]
+    assert closed.ephemeral and "can't be made here" in text and world.art.mention in text
+    async with read_ledger(world.tmp) as ledger:
+        summary = await ledger.usage_summary(world.guild.id, 1)
+        reasons = {r.reason: r.count for r in summary.refusals}
+        assert reasons[RefusalReason.BLOCKED_WORD] == 1 and reasons[RefusalReason.CHANNEL] == 1
+
+
+async def test_moderators_manage_quotas_and_members_cannot(world: World) -> None:
+    server = world.server
+    frank = world.frank
+
+    async def run(
+        who: User, command: str, options: dict[str, object] | None = None, *, forged: bool = False
+    ) -> str:
+        interaction = await server.invoke(
+            command, user=who, channel=world.art, options=options, validate=not forged
+        )
+        message = await interaction.wait_for_original()
+        assert interaction.ephemeral and message.pinged_user_ids == set()
+        return message.content
+
+    # A member cannot: Discord hides the commands, so these are forged payloads.
+    with pytest.raises(ValueError, match="would not see it"):
+        await server.invoke(
+            "quota set", user=world.alice, options={"user": world.alice, "daily": 99}
+        )
+    text = await run(world.alice, "quota set", {"user": world.alice, "daily": 99}, forged=True)
+    assert "Only moderators" in text
+    assert "Only moderators" in await run(world.alice, "usage", forged=True)
+    assert "Only moderators" in await run(world.alice, "quota block", {"user": frank}, forged=True)
+
+    # A moderator by role, and one by Manage Server. A role without Manage Server sees the
+    # commands once an admin allows it under Server Settings → Integrations, which the test
+    # server does not model: its invocations are sent unvalidated.
+    mod_set = {"user": frank, "daily": 1}
+    assert "1 images/24h" in await run(world.mod, "quota set", mod_set, forged=True)
+    shown = await run(world.mod, "quota show", {"user": frank}, forged=True)
+    assert "1 images/24h" in shown and "Recent changes" in shown
+    assert frank.mention in await run(world.admin, "quota block", {"user": frank})
+    assert "blocked you" in await run(frank, "imagine", {"prompt": "a boat"})
+    assert "default" in await run(world.admin, "quota reset", {"user": frank})
+
+    async with read_ledger(world.tmp) as ledger:
+        history = await ledger.quota_history(world.guild.id, frank.id)
+        assert [(c.moderator_id, c.new.kind) for c in history] == [
+            (world.admin.id, QuotaKind.DEFAULT),
+            (world.admin.id, QuotaKind.LIMITED),
+            (world.mod.id, QuotaKind.LIMITED),
+        ]
+        assert history[1].new.blocked and history[2].new.daily == 1
+        assert (
+            await ledger.quota_setting(world.guild.id, world.alice.id)
+        ).kind is QuotaKind.DEFAULT
+        assert not await ledger.quota_history(world.guild.id, world.alice.id)
+
+
+async def test_usage_shows_a_chart_top_users_and_refusals(world: World) -> None:
+    interaction = await world.server.invoke(
+        "usage", user=world.admin, channel=world.art, options={"days": 7}
+    )
+    message = await interaction.wait_for_original(lambda m: bool(m.attachments))
+    assert interaction.ephemeral
+    chart = message.attachment("usage.png")
+    with Image.open(io.BytesIO(chart.data)) as image:
+        assert image.format == "PNG" and image.size == (800, 360)
+    (embed,) = message.embeds
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert world.dave.mention in fields["Top users"]  # 3 images, the most
+    assert "quota: 1" in fields["Refusals"] and "blocked_word: 1" in fields["Refusals"]
+
+
+async def test_reroll_and_delete_buttons(world: World) -> None:
+    server = world.server
+    original = await server.invoke(
+        "imagine",
+        user=world.bob,
+        channel=world.art,
+        options={"prompt": "a paper boat", "steps": 2, "seed": 7},
+    )
+    result = await wait_result(original)
+    job_id = job_id_of(result)
+
+    reroll = await server.click(result, f"imagine:reroll:{job_id}", user=world.carol)
+    rerolled = await wait_result(reroll)
+    new_id = job_id_of(rerolled)
+    assert new_id != job_id and rerolled.pinged_user_ids == {world.carol.id}
+    assert rerolled.embeds[0]["title"] == "a paper boat"
+    assert f"reroll of #{job_id}" in rerolled.embeds[0]["footer"]["text"]
+    new_seed = read_parameters(rerolled.attachments[0].data).seed  # type: ignore[union-attr]
+    assert new_seed != 7
+
+    refused = await server.click(result, f"imagine:delete:{job_id}", user=world.carol)
+    text = (await refused.wait_for_original(lambda m: m is not result)).content
+    assert refused.ephemeral and "Only the person who asked" in text and not result.deleted
+
+    by_owner = await server.click(result, f"imagine:delete:{job_id}", user=world.bob)
+    await by_owner.wait_for(lambda _: result.deleted, what="bob's result to be deleted")
+    by_mod = await server.click(rerolled, f"imagine:delete:{new_id}", user=world.mod)
+    await by_mod.wait_for(lambda _: rerolled.deleted, what="the reroll to be deleted")
+
+    async with read_ledger(world.tmp) as ledger:
+        rerolled_job = await job_of(ledger, new_id)
+        assert rerolled_job.user_id == world.carol.id and rerolled_job.reroll_of == job_id
+        assert rerolled_job.seed == new_seed
+
+
+async def test_cancel_while_queued_or_running_and_too_many_jobs(world: World) -> None:
+    server = world.server
+    raised = await server.invoke(
+        "quota set", user=world.admin, channel=world.art, options={"user": world.erin, "daily": 20}
+    )
+    await raised.wait_for_original()
+    # A long job (seconds of work) runs; the next one waits behind it.
+    first_id, first = await imagine(world, world.erin, prompt="a slow mural", steps=50, count=3)
+    second_id, second = await imagine(world, world.erin, prompt="a slow sketch", steps=50)
+    third = await server.invoke(
+        "imagine", user=world.erin, channel=world.art, options={"prompt": "one too many"}
+    )
+    text = (await third.wait_for_original()).content
+    assert third.ephemeral and "most jobs allowed" in text
+
+    forged = await server.click(first, f"imagine:cancel:{first_id}", user=world.bob, validate=False)
+    text = (await forged.wait_for_original()).content
+    assert forged.ephemeral and "Only the person who asked" in text
+
+    clicks = [
+        await server.click(message, f"imagine:cancel:{job_id}", user=world.erin)
+        for job_id, message in ((first_id, first), (second_id, second))
+    ]
+    for click, message in zip(clicks, (first, second), strict=True):
+        await click.wait_for_response()
+        assert click.response_type == 7  # the progress message itself is updated
+        assert message.interaction is not None
+        await message.interaction.wait_for_original(
+            lambda m: "cancelled" in m.content, timeout=JOB_TIMEOUT
+        )
+    async with read_ledger(world.tmp) as ledger:
+        for job_id in (first_id, second_id):
+            assert (await job_of(ledger, job_id)).status is JobStatus.CANCELLED
+        status = await ledger.user_status(world.guild.id, world.erin.id)
+        assert status.used == 0 and status.queued == status.running == 0  # given back
+    assert not any(result_of(m.interaction) for m in (first, second) if m.interaction)
+
+
+async def test_a_job_that_outlives_its_token_is_posted_to_the_channel(world: World) -> None:
+    """Last in the module: it moves Discord's clock 14.5 minutes forward."""
+    server = world.server
+    job_id, progress = await imagine(world, world.frank, prompt="a long night", steps=50, count=2)
+    server.advance_time(14.5 * 60)
+    # Any interaction tells the bot Discord's time: the job's token now has 30 s left, under
+    # the bot's one-minute margin, so it must not be used any more.
+    info = await server.invoke("info", user=world.alice, channel=world.art)
+    await info.wait_for_original()
+    posted = await server.wait_for_message(
+        world.art,
+        lambda m: job_id_of_or_none(m) == job_id,
+        timeout=JOB_TIMEOUT,
+    )
+    assert posted.interaction is None  # a plain channel message, not a followup
+    assert posted.content.startswith(world.frank.mention)
+    assert posted.pinged_user_ids == {world.frank.id}
+    assert progress.interaction is not None and result_of(progress.interaction) is None
+    assert server.requests_to("POST", rf"^/channels/{world.art.id}/messages$")
+    async with read_ledger(world.tmp) as ledger:
+        job = await job_of(ledger, job_id)
+        assert job.status is JobStatus.DONE and job.message_id == posted.id

@@ -1,0 +1,74 @@
+"""Start-up failures an operator can fix end with one line saying what to fix, and exit 2.
+
+Each runs the real command line (`imagine-bot run --config ...`, or the `python -m bot
+--config ...` shorthand) as a subprocess; the rejected token is refused by the Discord test
+server exactly as Discord refuses one (401 on `GET /users/@me`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tests.discord_server import DiscordTestServer
+
+from .conftest import database_url, run_once, write_config
+
+
+def assert_one_clear_line(output: str, *expected: str) -> str:
+    """The failure is the last line, the only one from imagine-bot, without a traceback."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith("imagine-bot:")]
+    assert len(ours) == 1 and lines[-1] == ours[0], output
+    assert "Traceback" not in output, output
+    for text in expected:
+        assert text in ours[0], ours[0]
+    return ours[0]
+
+
+def minimal_config(tmp_path: Path, api: str = "http://127.0.0.1:9/api/v10") -> Path:
+    return write_config(
+        tmp_path / "config.toml",
+        {
+            "discord": {"api_base_url": api},
+            "database": {"url": database_url(tmp_path)},
+            "engine": {"model": "builtin:tiny", "cache_dir": str(tmp_path / "models")},
+        },
+    )
+
+
+async def test_a_missing_config_file_says_how_to_make_one(tmp_path: Path) -> None:
+    code, output = await run_once(tmp_path / "config.toml", token="x")
+    assert code == 2
+    assert_one_clear_line(output, "config.toml", "copy config.example.toml to config.toml")
+
+
+async def test_a_bad_config_value_names_the_key(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.toml", {"quota": {"daily_images": -1}})
+    code, output = await run_once(config, token="x")
+    assert code == 2
+    assert_one_clear_line(output, "[quota] daily_images must be 0 or more")
+
+
+async def test_a_missing_token_names_the_environment_variable(tmp_path: Path) -> None:
+    config = minimal_config(tmp_path)
+    # The `python -m bot --config` shorthand for `imagine-bot run --config`.
+    args = [sys.executable, "-m", "bot", "--config", str(config)]
+    code, output = await run_once(config, token=None, args=args)
+    assert code == 2
+    assert_one_clear_line(output, "no bot token", "DISCORD_TOKEN")
+    assert not (tmp_path / "imagine.db").exists()  # nothing was started
+
+
+async def test_a_rejected_token_stops_before_loading_the_model(tmp_path: Path) -> None:
+    async with DiscordTestServer() as server:
+        server.create_application("imagine-bot")
+        config = minimal_config(tmp_path, server.api_base_url)
+        secret = "not-the-token.abc123"
+        code, output = await run_once(config, token=secret)
+        assert code == 2
+        assert_one_clear_line(output, "Discord rejected the bot token in $DISCORD_TOKEN")
+        assert secret not in output  # the token is never printed
+        assert "loading model" not in output
+        assert [r.status for r in server.requests_to("GET", r"^/users/@me$")] == [401]
+        server.assert_clean()
