@@ -32,7 +32,7 @@ from typing import Any
 
 from engine import Engine, EngineConfig, ImageRequest
 
-from .report import machine, markdown_table, save
+from .report import machine, markdown_table, save, update_readme
 
 MODES = ("batch", "step")
 
@@ -276,6 +276,7 @@ def main() -> None:
     )
     parser.add_argument("--cache-dir", type=Path, help="where builtin:tiny is built")
     parser.add_argument("--out", default=None, help="results name under bench/results/")
+    parser.add_argument("--readme", action="store_true", help="refresh the README's table")
     args = parser.parse_args()
     gpu = args.gpu
     args.requests = args.requests or (300 if gpu else 40)
@@ -302,6 +303,8 @@ def main() -> None:
     text = table(result)
     print(text)
     print(f"wrote {save(args.out or ('trace_bench_gpu' if gpu else 'trace_bench'), result)}")
+    if args.readme:
+        update_readme("trace_gpu" if gpu else "trace", text)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 Start-up order, each step failing with one line and exit code 2 when the operator can fix it:
 
-1. read the config and the token (from the environment variable it names);
+1. read the config and the token (from the environment variable it names; a token written in
+   the config file is used only with a warning, and refused when others can read the file);
 2. migrate the database to head and open the ledger;
 3. point discord.py's REST at `[discord] api_base_url` and log in (a rejected token stops
    here, before a model is loaded for nothing);
 4. load the model on the engine's worker thread (the event loop stays free);
 5. re-queue jobs a previous process left unfinished, then connect to the gateway.
+
+With `[ops] listen` set, `/healthz` and `/metrics` are served from step 2 until the end.
 
 SIGINT/SIGTERM stop it gracefully: no new jobs, unfinished jobs stay in the ledger for the
 next start, then the gateway, the engine and the database are closed in that order.
@@ -18,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import stat
 import sys
 from collections.abc import Awaitable
 from pathlib import Path
@@ -35,6 +40,7 @@ from engine import Engine
 from .client import ImagineBot
 from .config import DISCORD_API, BotConfig, ConfigError, load_config
 from .ledger import QuotaPolicy, open_ledger, upgrade_to_head
+from .ops import OpsServer
 
 __all__ = ["StartupError", "run_bot"]
 
@@ -66,6 +72,7 @@ def run_bot(config_path: str | Path) -> int:
     """Run the bot until SIGINT/SIGTERM; 0 after a clean stop, 2 when start-up failed."""
     _quiet_logs()
     config = load_config(config_path)
+    _check_inline_token(config, Path(config_path))
     token = config.resolve_token()
     if not token:
         raise ConfigError(
@@ -80,6 +87,29 @@ def run_bot(config_path: str | Path) -> int:
     except StartupError as exc:
         print(f"imagine-bot: {exc}", file=sys.stderr)
         return 2
+
+
+def _check_inline_token(config: BotConfig, path: Path) -> None:
+    """A token in the config file leaks with the file: warn, and refuse a file that group or
+    others may read (POSIX modes only). The environment variable still wins when set."""
+    if not config.discord.token.strip():
+        return
+    if os.name != "nt":
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                [
+                    f"[discord] token is written in a file others can read (mode "
+                    f"{stat.S_IMODE(mode):o}): run chmod 600 {path}, or better remove it and "
+                    f"set the environment variable {config.discord.token_env}"
+                ],
+                str(path),
+            )
+    log.warning(
+        "the bot token is written in %s; prefer the environment variable %s",
+        path,
+        config.discord.token_env,
+    )
 
 
 def _safe_url(url: str) -> str:
@@ -116,8 +146,13 @@ async def _login(bot: ImagineBot, config: BotConfig, token: str) -> None:
     try:
         await bot.login(token)
     except discord.LoginFailure:
+        where = (
+            f"${config.discord.token_env}"
+            if os.environ.get(config.discord.token_env, "").strip()
+            else f"[discord] token of {config.path}"
+        )
         raise StartupError(
-            f"Discord rejected the bot token in ${config.discord.token_env}: copy the token "
+            f"Discord rejected the bot token in {where}: copy the token "
             "again from the developer portal (Bot → Reset Token)"
         ) from None
     except (discord.HTTPException, OSError) as exc:
@@ -141,8 +176,9 @@ async def serve(config: BotConfig, token: str) -> int:
     try:
         await upgrade_to_head(url)
     except Exception as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [repr(exc)]
         raise StartupError(
-            f"cannot open the database {_safe_url(url)}: {exc}. Check [database] url"
+            f"cannot open the database {_safe_url(url)}: {reason[0]}. Check [database] url"
         ) from None
     policy = QuotaPolicy(
         daily_images=config.quota.daily_images,
@@ -152,6 +188,15 @@ async def serve(config: BotConfig, token: str) -> int:
         engine = Engine(config.engine.to_engine())
         bot = ImagineBot(config=config, ledger=ledger, engine=engine)
         connection: asyncio.Task[None] | None = None
+        ops = OpsServer(bot.metrics, bot.health_checks(), refresh=bot.refresh_metrics)
+        if config.ops.listen:
+            try:
+                await ops.start(config.ops.listen)
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on [ops] listen = {config.ops.listen!r}: {exc.strerror}"
+                ) from None
+        updater = asyncio.create_task(bot.update_metrics(), name="metrics")
         try:
             async with bot:
                 try:
@@ -171,6 +216,8 @@ async def serve(config: BotConfig, token: str) -> int:
         except _Stopped:
             log.info("stop signal received: shutting down")
         finally:
+            updater.cancel()
+            await ops.stop()
             await engine.close()
     log.info("stopped")
     return 0

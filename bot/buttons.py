@@ -9,7 +9,7 @@ the one place that answers users about errors.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -20,8 +20,14 @@ if TYPE_CHECKING:
 __all__ = ["CancelButton", "DeleteButton", "RerollButton", "progress_view", "result_view"]
 
 
-async def _guarded(interaction: discord.Interaction[Any], work: Awaitable[None]) -> None:
+async def _guarded(interaction: discord.Interaction[Any], work: Coroutine[Any, Any, None]) -> None:
+    """Run a button's work unless its presser is over the rate limit; report any error."""
     bot: ImagineBot = interaction.client
+    limited = bot.rate_limited(interaction.user.id)
+    if limited is not None:
+        work.close()  # never started
+        await bot.imagine_tree.report(interaction, limited)
+        return
     try:
         await work
     except Exception as exc:
@@ -31,7 +37,7 @@ async def _guarded(interaction: discord.Interaction[Any], work: Awaitable[None])
 class RerollButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine:reroll:(?P<job>[0-9]+)"
 ):
-    """Same options, new seed; charged to whoever presses it."""
+    """Same options, new seed: the requester or a moderator; charged to whoever presses it."""
 
     def __init__(self, job_id: int) -> None:
         super().__init__(

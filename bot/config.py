@@ -94,6 +94,7 @@ class ModerationSettings:
     blocked_words: tuple[str, ...] = ()
     forced_negative_prompt: str = ""
     flagged_images: Literal["spoiler", "refuse_outside_nsfw"] = "spoiler"
+    commands_per_minute: int = 12  # per user, commands and button presses; 0: no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +185,8 @@ def _section(cls: type, table: Any, name: str, problems: list[str]) -> Any:
         try:
             values[key] = _convert(value, hints[key], f"[{name}] {key}")
         except ValueError as exc:
-            problems.append(str(exc))
+            secret = name == "discord" and key == "token"  # never echo a token, even a bad one
+            problems.append(f"[{name}] {key} must be a string" if secret else str(exc))
     return cls(**values)
 
 
@@ -221,9 +223,11 @@ def _check(config: BotConfig) -> list[str]:
         problems.append("[quota] daily_images must be 0 or more")
     if config.quota.max_queued_per_user < 1:
         problems.append("[quota] max_queued_per_user must be at least 1")
+    if config.moderation.commands_per_minute < 0:
+        problems.append("[moderation] commands_per_minute must be 0 (no limit) or more")
     if config.ops.listen:
         host, _, port = config.ops.listen.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
             problems.append("[ops] listen must look like '127.0.0.1:9108'")
     return problems
 

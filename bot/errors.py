@@ -30,6 +30,7 @@ __all__ = [
     "BotError",
     "NotAllowed",
     "NotModerator",
+    "RateLimited",
     "Refusal",
     "ShuttingDown",
     "UnknownJob",
@@ -56,6 +57,18 @@ class Refusal(BotError):
             message = f"{message} You can make more {discord.utils.format_dt(retry_at, 'R')}."
         super().__init__(message)
         self.reason = reason
+        self.retry_at = retry_at
+
+
+class RateLimited(Refusal):
+    """A user over `[moderation] commands_per_minute`; `retry_at` is when one more is allowed."""
+
+    def __init__(self, retry_at: datetime) -> None:
+        super().__init__(
+            RefusalReason.RATE_LIMITED,
+            "Slow down: you are sending commands too fast. "
+            f"Try again {discord.utils.format_dt(retry_at, 'R')}.",
+        )
         self.retry_at = retry_at
 
 

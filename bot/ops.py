@@ -57,6 +57,13 @@ class Metrics:
             registry=r,
         )
 
+        self.loop_lag_seconds = Histogram(
+            "imagine_event_loop_lag_seconds",
+            "How late a 1 s timer fires on the bot's event loop (a blocked loop stalls Discord)",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -73,9 +80,15 @@ class HealthChecks:
 class OpsServer:
     """`await OpsServer(metrics, checks).start("127.0.0.1:9108")`; `await server.stop()`."""
 
-    def __init__(self, metrics: Metrics, checks: HealthChecks) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        checks: HealthChecks,
+        refresh: Callable[[], None] | None = None,
+    ) -> None:
         self.metrics = metrics
         self.checks = checks
+        self.refresh = refresh  # brings gauges up to date before each scrape
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -111,6 +124,8 @@ class OpsServer:
         return web.json_response({"ok": healthy, **status}, status=200 if healthy else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.refresh is not None:
+            self.refresh()
         return web.Response(
             body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )

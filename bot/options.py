@@ -12,15 +12,32 @@ from dataclasses import dataclass
 
 from engine import ImageRequest, Limits
 
+from .errors import BotError
 from .ledger import JobRecord
 
-__all__ = ["ImagineOptions", "Shape", "size_for"]
+__all__ = ["ImagineOptions", "InvalidShape", "Shape", "parse_shape", "size_for"]
 
 
 class Shape(enum.StrEnum):
     SQUARE = "square"
     PORTRAIT = "portrait"
     LANDSCAPE = "landscape"
+
+
+class InvalidShape(BotError):
+    """A `size` Discord would never send (it offers only the choices): a forged payload."""
+
+
+def parse_shape(size: str | None) -> Shape | None:
+    """The `size` option as a `Shape`; anything else is refused with the valid choices."""
+    if not size:
+        return None
+    try:
+        return Shape(size)
+    except ValueError:
+        shown = repr(size) if len(repr(size)) <= 40 else repr(size)[:39] + "…"
+        choices = ", ".join(s.value for s in Shape)
+        raise InvalidShape(f"{shown} is not a valid size: choose one of {choices}.") from None
 
 
 def _round8(value: float) -> int:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord import app_commands
 
-from .errors import describe
+from .errors import Refusal, describe
 
 if TYPE_CHECKING:
     from .client import ImagineBot
@@ -34,7 +34,25 @@ async def reply_privately(interaction: discord.Interaction[Any], text: str) -> N
         await interaction.followup.send(text, ephemeral=True)
 
 
+def _unwrap_refusal(error: BaseException) -> Refusal | None:
+    while isinstance(error, app_commands.CommandInvokeError) and error.original is not None:
+        error = error.original
+    return error if isinstance(error, Refusal) else None
+
+
 class ImagineTree(app_commands.CommandTree["ImagineBot"]):
+    async def interaction_check(self, interaction: discord.Interaction[ImagineBot]) -> bool:
+        """Per-user rate limit for slash commands (`/imagine` checks its own, to record the
+        refusal in the ledger; buttons check theirs in `buttons.py`)."""
+        command = interaction.command
+        if command is not None and command.qualified_name == "imagine":
+            return True
+        limited = interaction.client.rate_limited(interaction.user.id)
+        if limited is None:
+            return True
+        await self.report(interaction, limited)
+        return False
+
     async def on_error(
         self, interaction: discord.Interaction[ImagineBot], error: app_commands.AppCommandError
     ) -> None:
@@ -43,6 +61,9 @@ class ImagineTree(app_commands.CommandTree["ImagineBot"]):
     async def report(self, interaction: discord.Interaction[Any], error: BaseException) -> None:
         """Tell the user what went wrong (ephemeral); log what was unexpected."""
         message = describe(error)
+        refusal = _unwrap_refusal(error)
+        if refusal is not None:
+            interaction.client.metrics.refusals.labels(reason=str(refusal.reason)).inc()
         where = interaction.command.qualified_name if interaction.command else "component"
         if message.error_id is not None:
             log.error("error %s in %s", message.error_id, where, exc_info=error)

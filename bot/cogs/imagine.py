@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from engine import MAX_SEED
 
-from ..options import ImagineOptions, Shape
+from ..options import ImagineOptions, parse_shape
 
 if TYPE_CHECKING:
     from ..client import ImagineBot
@@ -58,7 +58,7 @@ class ImagineCog(commands.Cog):
             seed=seed,
             steps=steps,
             guidance=guidance,
-            shape=Shape(size) if size else None,
+            shape=parse_shape(size),  # a forged size is refused, not a crash
             count=count,
         )
         await self.bot.jobs.imagine(interaction, options)

@@ -287,6 +287,8 @@ async def test_moderators_manage_quotas_and_members_cannot(world: World) -> None
     text = await run(world.alice, "quota set", {"user": world.alice, "daily": 99}, forged=True)
     assert "Only moderators" in text
     assert "Only moderators" in await run(world.alice, "usage", forged=True)
+    # Nor read another member's allowance and history.
+    assert "Only moderators" in await run(world.alice, "quota show", {"user": frank}, forged=True)
     assert "Only moderators" in await run(world.alice, "quota block", {"user": frank}, forged=True)
 
     # A moderator by role, and one by Manage Server. A role without Manage Server sees the
@@ -340,10 +342,16 @@ async def test_reroll_and_delete_buttons(world: World) -> None:
     result = await wait_result(original)
     job_id = job_id_of(result)
 
-    reroll = await server.click(result, f"imagine:reroll:{job_id}", user=world.carol)
+    # Someone else may not reroll it (it would spend their allowance on bob's prompt).
+    not_theirs = await server.click(result, f"imagine:reroll:{job_id}", user=world.carol)
+    text = (await not_theirs.wait_for_original(lambda m: m is not result)).content
+    assert not_theirs.ephemeral and "Only the person who asked" in text
+    assert result_of(not_theirs) is None
+
+    reroll = await server.click(result, f"imagine:reroll:{job_id}", user=world.bob)
     rerolled = await wait_result(reroll)
     new_id = job_id_of(rerolled)
-    assert new_id != job_id and rerolled.pinged_user_ids == {world.carol.id}
+    assert new_id != job_id and rerolled.pinged_user_ids == {world.bob.id}
     assert rerolled.embeds[0]["title"] == "a paper boat"
     assert f"reroll of #{job_id}" in rerolled.embeds[0]["footer"]["text"]
     new_seed = read_parameters(rerolled.attachments[0].data).seed  # type: ignore[union-attr]
@@ -360,7 +368,7 @@ async def test_reroll_and_delete_buttons(world: World) -> None:
 
     async with read_ledger(world.tmp) as ledger:
         rerolled_job = await job_of(ledger, new_id)
-        assert rerolled_job.user_id == world.carol.id and rerolled_job.reroll_of == job_id
+        assert rerolled_job.user_id == world.bob.id and rerolled_job.reroll_of == job_id
         assert rerolled_job.seed == new_seed
 
 

@@ -1,0 +1,176 @@
+"""End to end: the ops endpoint and per-user rate limits of a real `imagine-bot run`.
+
+One bot for the module, with `[ops] listen` on a free port (port 0; the bot logs the one it
+got) and `[moderation] commands_per_minute = 3`, against the Discord test server. Every test
+ends with `assert_clean()`: among Discord's rules, every interaction answered within 3 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
+
+from bot.ledger import JobStatus, RefusalReason
+from tests.discord_server import Channel, DiscordTestServer, Guild, User
+
+from .conftest import BotProcess, bot_config, read_ledger, wait_result
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+RELATIVE_TIME = re.compile(r"<t:\d+:R>")
+LIMIT = 3  # commands per user per minute
+
+
+@dataclass
+class World:
+    server: DiscordTestServer
+    guild: Guild
+    art: Channel
+    alice: User
+    bob: User
+    carol: User
+    bot: BotProcess
+    ops: str  # http://127.0.0.1:<port>
+    tmp: Path
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(
+    model_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[World]:
+    tmp = tmp_path_factory.mktemp("ops")
+    async with DiscordTestServer(default_timeout=15) as server:
+        server.create_application("imagine-bot")
+        guild = server.create_guild("Ops Club")
+        art = guild.create_text_channel("art")
+        alice, bob, carol = (server.create_user(n) for n in ("alice", "bob", "carol"))
+        for user in (alice, bob, carol):
+            guild.add_member(user)
+        config = bot_config(
+            tmp,
+            server,
+            model_cache,
+            guild_ids=[guild.id],
+            moderation={"commands_per_minute": LIMIT},
+            ops={"listen": "127.0.0.1:0"},
+        )
+        bot = await BotProcess(server, config, token=server.application.token).start()
+        try:
+            line = await bot.wait_for_line(r"ops endpoint on http://127\.0\.0\.1:\d+", 60)
+            await bot.wait_ready()
+            port = re.search(r"127\.0\.0\.1:(\d+)", line).group(1)  # type: ignore[union-attr]
+            yield World(server, guild, art, alice, bob, carol, bot, f"http://127.0.0.1:{port}", tmp)
+        finally:
+            code = await bot.stop()
+        assert code == 0, bot.output[-3000:]
+        assert server.application.token not in bot.output
+
+
+@pytest_asyncio.fixture(autouse=True, loop_scope="module")
+async def clean(world: World) -> AsyncIterator[None]:
+    start = len(world.bot.lines)
+    yield
+    print("bot output during the test:", *world.bot.lines[start:], sep="\n")  # on failure
+    world.server.assert_clean()
+
+
+async def get(world: World, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http, http.get(world.ops + path) as response:
+        return response.status, await response.text()
+
+
+async def metrics(world: World) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, text = await get(world, "/metrics")
+    assert status == 200
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_health_and_metrics_after_one_imagine(world: World) -> None:
+    interaction = await world.server.invoke(
+        "imagine", user=world.alice, channel=world.art, options={"prompt": "a kite", "steps": 2}
+    )
+    await wait_result(interaction)
+    async with aiohttp.ClientSession() as http, http.get(world.ops + "/healthz") as response:
+        body = await response.json()
+        assert response.status == 200, body
+        assert body == {
+            "ok": True,
+            "gateway": True,
+            "engine": True,
+            "database": True,
+        }
+    samples = await metrics(world)
+    assert samples[("imagine_images_generated_total", ())] >= 1
+    assert samples[("imagine_batch_images_count", ())] >= 1  # engine stats, read at scrape
+    assert samples[("imagine_step_seconds_count", ())] >= 1
+    assert samples[("imagine_first_answer_seconds_count", ())] >= 1
+    assert samples[("imagine_queue_depth", ())] == 0
+    assert ("imagine_event_loop_lag_seconds_count", ()) in samples
+
+
+async def test_a_flood_from_one_user_is_refused_and_does_not_slow_another(world: World) -> None:
+    server = world.server
+    before = (await metrics(world)).get(
+        ("imagine_refusals_total", (("reason", "rate_limited"),)), 0.0
+    )
+    # Bob floods /info while Alice asks for an image.
+    alice = await server.invoke(
+        "imagine", user=world.alice, channel=world.art, options={"prompt": "a pier", "steps": 2}
+    )
+    flood = await asyncio.gather(
+        *(server.invoke("info", user=world.bob, channel=world.art) for _ in range(LIMIT + 3))
+    )
+    texts = [(await i.wait_for_original()).content for i in flood]
+    slow = [t for t in texts if "Slow down" in t]
+    assert len(slow) == 3 and all(RELATIVE_TIME.search(t) for t in slow), texts
+    assert all(i.ephemeral for i in flood)
+    # Over the limit, his /imagine is refused too, privately, and recorded in the ledger.
+    refused = await server.invoke(
+        "imagine", user=world.bob, channel=world.art, options={"prompt": "spam"}
+    )
+    text = (await refused.wait_for_original()).content
+    assert refused.ephemeral and "Slow down" in text and RELATIVE_TIME.search(text)
+    # Alice is not slowed: her image is delivered.
+    result = await wait_result(alice)
+    assert result.pinged_user_ids == {world.alice.id}
+
+    async with read_ledger(world.tmp) as ledger:
+        jobs = await ledger.jobs_for_user(world.guild.id, world.bob.id)
+        assert [(j.status, j.refusal_reason) for j in jobs] == [
+            (JobStatus.REFUSED, RefusalReason.RATE_LIMITED)
+        ]
+    after = (await metrics(world))[("imagine_refusals_total", (("reason", "rate_limited"),))]
+    assert after - before == 4  # three /info and one /imagine
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"prompt": "a cat", "size": "huge"}, "'huge' is not a valid size"),
+        ({"prompt": "a cat", "steps": -5, "count": 99}, "between 1 and"),
+        ({"prompt": "\u200b\u202e\x00 \u2066"}, "The prompt is empty"),
+    ],
+)
+async def test_forged_options_get_a_clear_private_message(
+    world: World, options: dict[str, object], expected: str
+) -> None:
+    """Payloads Discord itself would not send (it enforces the declared choices and ranges)."""
+    interaction = await world.server.invoke(
+        "imagine", user=world.carol, channel=world.art, options=options, validate=False
+    )
+    message = await interaction.wait_for_original()
+    assert interaction.ephemeral and expected in message.content, message.content
+    assert "error `" not in message.content and message.pinged_user_ids == set()
+    assert not message.custom_ids  # no job was queued
