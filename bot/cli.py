@@ -130,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Alembic logs its plugin set-up at INFO when first imported: noise at every start.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         if args.command == "generate":
             return asyncio.run(_generate(args))

@@ -201,6 +201,12 @@ class JobService:
             limits=bot.engine.limits,
             user=f"{guild_id}:{user_id}",
         )
+        # Before any other check: a flood costs one refusal row each. Reroll presses were
+        # counted by the button (buttons.py).
+        limited = bot.rate_limited(user_id) if reroll_of is None else None
+        if limited is not None:
+            await bot.ledger.record_refusal(ledger_request(asked), RefusalReason.RATE_LIMITED)
+            raise limited
         parent_id = getattr(interaction.channel, "parent_id", None)
         if not bot.moderation.channel_allowed(channel_id, parent_id):
             await bot.ledger.record_refusal(ledger_request(asked), RefusalReason.CHANNEL)
@@ -266,10 +272,15 @@ class JobService:
         self._start(Run(record, engine_job, target, _is_nsfw(interaction.channel)), warnings)
 
     async def reroll(self, interaction: discord.Interaction[Any], job_id: int) -> None:
-        """Same options as job `job_id`, a new seed; charged to whoever pressed the button."""
+        """Same options as job `job_id`, a new seed: its requester or a moderator only (a
+        reroll is charged to whoever pressed the button)."""
         record = await self.bot.ledger.get_job(job_id)
         if record is None or record.guild_id != (interaction.guild_id or 0):
             raise UnknownJob()
+        if not self._may_manage(interaction, record):
+            raise NotAllowed(
+                "Only the person who asked for these images, or a moderator, can reroll them."
+            )
         await self.imagine(interaction, ImagineOptions.reroll(record), reroll_of=record.id)
 
     async def delete(self, interaction: discord.Interaction[Any], job_id: int) -> None:
@@ -475,11 +486,12 @@ class JobService:
 
     async def _tell(self, run: Run, text: str) -> None:
         """The job's last word when there is no result: in the progress message while the
-        token lives, else in the channel, mentioning the requester."""
+        token lives and the message is there, else in the channel, mentioning the requester
+        (a user who dismissed the progress message is still told)."""
         if isinstance(run.target, InteractionTarget) and run.target.usable:
             with contextlib.suppress(TokenGone, discord.HTTPException):
-                await run.target.progress(text, preview=None, view=None, must=True)
-            return
+                if await run.target.progress(text, preview=None, view=None, must=True):
+                    return
         with contextlib.suppress(CannotPost, discord.HTTPException):
             await self._channel_target(run.record).say(text, mention=run.record.user_id)
 
@@ -547,6 +559,8 @@ class JobService:
             await give_up(ledger, run.id)
             return
         await ledger.mark_done(run.id, message_id=message.id)
+        self.bot.metrics.images.inc(len(verdict.post))
+        self.bot.metrics.step_seconds.observe(result.run_s / max(1, result.request.steps or 1))
         if verdict.withheld:
             await ledger.refund_images(run.id, verdict.withheld)
         log.info("job %d: delivered %d image(s), message %d", run.id, len(verdict.post), message.id)

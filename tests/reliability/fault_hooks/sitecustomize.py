@@ -1,0 +1,77 @@
+"""Test-only fault injection for `tests/reliability/`, never part of the bot.
+
+`tests/reliability/test_faults.py` puts this folder first on the `PYTHONPATH` of the
+`imagine-bot run` subprocess it starts, so Python imports this file as `sitecustomize` at
+start-up. It wraps `Engine.start` to add forward pre-hooks to the real pipeline on the engine's
+worker thread (`Engine.run_in_worker`), as `tests/engine/test_failures.py` does in-process.
+
+There is no GPU here, so out of memory is simulated the way a small GPU would behave:
+
+- a UNet call on more than `MAX_SAMPLES` samples raises `torch.cuda.OutOfMemoryError` (a batch
+  too big: the engine must split it and retry the halves);
+- the prompt `POISON` always raises it in the text encoder (a request that never fits: it must
+  fail alone);
+- while the file `HOLD` exists in the bot's working directory, the UNet waits: a test parks a
+  job mid-run, deterministically, to inject a fault while it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import engine.service
+
+POISON = "a poisoned prompt"
+MAX_SAMPLES = 2  # one image with classifier-free guidance
+HOLD = "hold-unet"
+
+log = logging.getLogger("fault_hooks")
+
+
+def install(pipe: Any) -> None:
+    """Register the hooks (runs on the worker thread that owns `pipe`)."""
+    import torch
+
+    tokens = pipe.tokenizer(
+        POISON,
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids[0]
+    hold = Path.cwd() / HOLD
+
+    def text_encoder(module: Any, args: tuple[Any, ...]) -> None:
+        if any(torch.equal(row, tokens) for row in args[0]):
+            log.warning("fault hook: simulated out of memory for the poisoned prompt")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    def unet(module: Any, args: tuple[Any, ...]) -> None:
+        while hold.exists():  # another process's gate: a file is all both sides can see
+            time.sleep(0.02)
+        samples = args[0].shape[0]
+        if samples > MAX_SAMPLES:
+            log.warning("fault hook: simulated out of memory for %d UNet samples", samples)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    pipe.text_encoder.register_forward_pre_hook(text_encoder)
+    pipe.unet.register_forward_pre_hook(unet)
+
+
+def patch_engine_start() -> None:
+    """Every `Engine.start` installs the hooks once the model is loaded."""
+    start = engine.service.Engine.start
+
+    async def start_with_hooks(self: engine.service.Engine) -> None:
+        await start(self)
+        await self.run_in_worker(install)
+        log.warning("fault hook: installed (test-only simulation of GPU faults)")
+
+    engine.service.Engine.start = start_with_hooks  # type: ignore[method-assign]
+
+
+if __name__ == "sitecustomize":  # only in the bot subprocess; the tests import the names
+    patch_engine_start()

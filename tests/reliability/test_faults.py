@@ -1,0 +1,360 @@
+"""Faults end to end: the real `imagine-bot run` against the Discord test server, one bot for
+the module, each fault injected while a job runs. Every job ends delivered exactly once, or
+failed alone with its images given back; the database is read back with the ledger's code.
+
+No GPU here, so GPU faults are simulated inside the bot process by `fault_hooks/sitecustomize.py`
+(loaded through `PYTHONPATH`, test-only): pre-hooks on the real pipeline raise the out-of-memory
+error a small GPU would, and a file gate parks a job in the UNet so a fault lands mid-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bot.ledger import ACTIVE_STATUSES, JobStatus
+from tests.bot.conftest import (
+    JOB_TIMEOUT,
+    BotProcess,
+    bot_config,
+    job_id_of,
+    job_of,
+    read_ledger,
+    result_of,
+    wait_result,
+)
+from tests.discord_server import Channel, DiscordTestServer, Failure, Interaction, Message, User
+
+from .fault_hooks.sitecustomize import HOLD, POISON
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+HOOKS = Path(__file__).with_name("fault_hooks")
+#: How long another writer holds SQLite's write lock (under the bot's 5 s busy timeout).
+LOCK_SECONDS = 2.0
+#: A SIGTERM must end the process within this many seconds (the engine's own grace is 60 s).
+STOP_WITHIN = 20.0
+
+
+@dataclass
+class World:
+    server: DiscordTestServer
+    art: Channel
+    alice: User
+    bob: User
+    carol: User
+    dave: User
+    erin: User
+    frank: User
+    gwen: User
+    config: Path
+    tmp: Path
+    bot: BotProcess
+
+
+async def start_bot(server: DiscordTestServer, config: Path) -> BotProcess:
+    """`imagine-bot run` with the fault hooks on its `PYTHONPATH`."""
+    bot = BotProcess(server, config, token=server.application.token)
+    with pytest.MonkeyPatch.context() as env:  # read once, when the process is spawned
+        env.setenv("PYTHONPATH", str(HOOKS), prepend=os.pathsep)
+        await bot.start()
+    await bot.wait_ready(server.gateway.identify_count + 1)
+    return bot
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(
+    model_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[World]:
+    tmp = tmp_path_factory.mktemp("faults")
+    async with DiscordTestServer(default_timeout=15) as server:
+        server.create_application("imagine-bot")
+        guild = server.create_guild("Art Club")
+        art = guild.create_text_channel("art")
+        names = ("alice", "bob", "carol", "dave", "erin", "frank", "gwen")
+        users = [server.create_user(name) for name in names]
+        for user in users:
+            guild.add_member(user)
+        config = bot_config(tmp, server, model_cache, guild_ids=[guild.id])
+        bot = await start_bot(server, config)
+        world = World(server, art, *users, config=config, tmp=tmp, bot=bot)
+        try:
+            yield world
+        finally:
+            (tmp / HOLD).unlink(missing_ok=True)
+            assert await world.bot.stop() == 0, world.bot.output[-3000:]
+        server.assert_clean()
+
+
+@contextlib.contextmanager
+def parked(world: World) -> Iterator[None]:
+    """Jobs that reach the UNet wait there until the block ends."""
+    gate = world.tmp / HOLD
+    gate.touch()
+    try:
+        yield
+    finally:
+        gate.unlink(missing_ok=True)
+
+
+async def ask(world: World, user: User, prompt: str, **options: object) -> tuple[int, Message]:
+    """Run /imagine; returns the job id and its progress message (once the job is queued)."""
+    interaction = await world.server.invoke(
+        "imagine", user=user, channel=world.art, options={"prompt": prompt, "steps": 2, **options}
+    )
+    progress = await interaction.wait_for_original(lambda m: bool(m.custom_ids))
+    return job_id_of(progress), progress
+
+
+async def running(progress: Message) -> None:
+    """The job is on the worker (parked in the UNet while `parked` lasts)."""
+    await interaction_of(progress).wait_for_original(lambda m: "being made" in m.content)
+
+
+def interaction_of(progress: Message) -> Interaction:
+    assert progress.interaction is not None
+    return progress.interaction
+
+
+def results_for(world: World, job_id: int) -> list[Message]:
+    """Every message ever posted with this job's images (deleted ones too)."""
+    return [
+        m
+        for m in world.server.messages_in(world.art, include_deleted=True)
+        if any(a.filename.endswith(".png") and f"-{job_id}-" in a.filename for a in m.attachments)
+    ]
+
+
+async def assert_delivered_once(world: World, job_id: int, result: Message) -> None:
+    """Posted once, then marked done (the result is posted first, so await the mark)."""
+    await world.bot.wait_for_line(rf"job {job_id}: delivered", within=30)
+    assert results_for(world, job_id) == [result]
+    async with read_ledger(world.tmp) as ledger:
+        job = await job_of(ledger, job_id)
+        assert (job.status, job.message_id) == (JobStatus.DONE, result.id)
+
+
+async def test_429_then_500_on_the_result_followup_is_retried_and_delivered_once(
+    world: World,
+) -> None:
+    with parked(world):
+        job_id, progress = await ask(world, world.alice, "a rate limited robot")
+        await running(progress)
+        interaction = interaction_of(progress)
+        followups = rf"^/webhooks/\d+/{re.escape(interaction.token)}$"  # not the edits (PATCH)
+        # discord.py waits `retry_after` after a 429 and 1 s after the first 500.
+        injection = world.server.inject_failures(
+            "POST", followups, [Failure(429, retry_after=0.5), 500]
+        )
+    result = await wait_result(interaction)
+    assert [r.status for r in injection.hits] == [429, 500]
+    posts = world.server.requests_to("POST", followups)
+    assert [r.status for r in posts[-3:]] == [429, 500, 200]
+    await assert_delivered_once(world, job_id, result)
+
+
+async def test_a_gateway_drop_mid_job_reconnects_and_the_job_is_delivered_once(
+    world: World,
+) -> None:
+    gateway = world.server.gateway
+    with parked(world):
+        job_id, progress = await ask(world, world.bob, "a dropped connection")
+        await running(progress)
+        resumes, identifies = gateway.resume_count, gateway.identify_count
+        await world.server.drop_gateway(abrupt=True)  # TCP reset, no close frame
+        await world.server.wait_until(
+            lambda: gateway.connected and gateway.resume_count > resumes,
+            timeout=60,
+            what="the bot to RESUME its session",
+        )
+        assert gateway.identify_count == identifies  # resumed, not a fresh session
+    result = await wait_result(interaction_of(progress))
+    await assert_delivered_once(world, job_id, result)
+
+    # Discord may also refuse the resume (op 9, not resumable): a fresh IDENTIFY, same outcome.
+    with parked(world):
+        job_id, progress = await ask(world, world.bob, "a new session")
+        await running(progress)
+        await world.server.invalidate_session(resumable=False)
+        await world.server.wait_until(
+            lambda: gateway.connected and gateway.identify_count > identifies,
+            timeout=60,
+            what="the bot to IDENTIFY again",
+        )
+    result = await wait_result(interaction_of(progress))
+    await assert_delivered_once(world, job_id, result)
+
+
+async def test_a_deleted_progress_message_does_not_stop_delivery(world: World) -> None:
+    with parked(world):
+        job_id, progress = await ask(world, world.carol, "a vanishing message")
+        await running(progress)
+        await world.server.delete_message(world.art, progress)
+    result = await wait_result(interaction_of(progress))
+    await assert_delivered_once(world, job_id, result)
+    # Its last edit ("done") met "Unknown Message" and was dropped quietly.
+    edit = rf"/messages/{progress.id}$"
+    gone = await world.server.wait_for_request("PATCH", edit, status=404)
+    assert gone.response["code"] == 10008
+    assert [r.status for r in world.server.requests_to("PATCH", edit)].count(404) == 1
+    assert "Traceback" not in world.bot.output
+
+
+async def test_out_of_memory_splits_the_batch_and_the_bad_request_fails_alone(
+    world: World,
+) -> None:
+    with parked(world):
+        _, blocker = await ask(world, world.dave, "parked in the unet", steps=3)
+        await running(blocker)
+        # Queued behind the parked job, these four leave the queue as one batch. It runs out
+        # of memory (the poisoned prompt) and is halved; the half without the poisoned prompt
+        # is still too big for the "GPU" and is halved again; the poisoned one fails alone.
+        asked = [
+            await ask(world, user, prompt)
+            for user, prompt in (
+                (world.alice, "a red fox"),
+                (world.bob, "a blue jay"),
+                (world.gwen, "a grey owl"),
+                (world.carol, POISON),
+            )
+        ]
+        assert all("is queued" in progress.content for _, progress in asked)
+    *good, (bad_id, bad) = asked
+    for job_id, progress in good:
+        await assert_delivered_once(world, job_id, await wait_result(interaction_of(progress)))
+    told = await interaction_of(bad).wait_for_original(lambda m: "failed" in m.content)
+    assert "ran out of memory" in told.content and "given back" in told.content
+    assert "Traceback" not in told.content and "OutOfMemoryError" not in told.content
+    assert results_for(world, bad_id) == []
+    assert "batch of 4 failed" in world.bot.output  # the batch really was split...
+    assert "simulated out of memory for 4 UNet samples" in world.bot.output  # ...twice
+    async with read_ledger(world.tmp) as ledger:
+        job = await job_of(ledger, bad_id)
+        assert job.status is JobStatus.FAILED and "memory" in (job.error or "")
+        carol = await ledger.user_status(job.guild_id, world.carol.id)
+        assert carol.used == 1  # her earlier job only: the poisoned one was refunded
+        assert (carol.queued, carol.running) == (0, 0)
+
+
+async def test_a_job_failing_after_its_progress_message_was_deleted_is_still_reported(
+    world: World,
+) -> None:
+    """With the progress message gone, the failure note goes to the channel instead."""
+    with parked(world):
+        _, blocker = await ask(world, world.dave, "parked again", steps=3)
+        await running(blocker)
+        bad_id, bad = await ask(world, world.gwen, POISON)
+        await world.server.delete_message(world.art, bad)
+    note = await world.server.wait_for_message(
+        world.art, lambda m: f"Job #{bad_id} failed" in m.content, timeout=JOB_TIMEOUT
+    )
+    assert "ran out of memory" in note.content and "given back" in note.content
+    assert note.pinged_user_ids == {world.gwen.id}
+    async with read_ledger(world.tmp) as ledger:
+        assert (await job_of(ledger, bad_id)).status is JobStatus.FAILED
+        gwen = await ledger.user_status(note.guild_id or 0, world.gwen.id)
+        assert (gwen.used, gwen.queued, gwen.running) == (1, 0, 0)  # her owl only
+
+
+async def test_a_locked_database_makes_writes_wait_not_fail(world: World) -> None:
+    locker = sqlite3.connect(world.tmp / "imagine.db", isolation_level=None)
+    try:
+        # 1. Locked while the job is submitted: the reservation waits for the lock.
+        locker.execute("BEGIN EXCLUSIVE")
+        interaction = await world.server.invoke(
+            "imagine", user=world.erin, channel=world.art, options={"prompt": "a lock", "steps": 2}
+        )
+        await asyncio.sleep(LOCK_SECONDS)  # the fault itself: another writer holds the lock
+        assert not (interaction.original and interaction.original.custom_ids)  # not queued yet
+        locker.execute("ROLLBACK")
+        progress = await interaction.wait_for_original(lambda m: bool(m.custom_ids))
+        job_id = job_id_of(progress)
+
+        # 2. Locked while the job completes: the result is posted, marking it done waits.
+        with parked(world):
+            await running(progress)
+            locker.execute("BEGIN EXCLUSIVE")
+        result = await wait_result(interaction)
+        assert not any(f"job {job_id}: delivered" in line for line in world.bot.lines)
+        locker.execute("ROLLBACK")
+    finally:
+        if locker.in_transaction:
+            locker.execute("ROLLBACK")
+        locker.close()
+    await assert_delivered_once(world, job_id, result)
+    async with read_ledger(world.tmp) as ledger:
+        erin = await ledger.user_status(progress.guild_id or 0, world.erin.id)
+        # One reservation, counted once; nothing left half-written.
+        assert (erin.used, erin.queued, erin.running) == (1, 0, 0)
+    check = sqlite3.connect(world.tmp / "imagine.db")
+    try:
+        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        check.close()
+
+
+async def test_sigterm_while_a_result_is_posted_lets_it_finish(world: World) -> None:
+    """A stop waits (boundedly) for a result already on its way, then marks it done, so the
+    next start does not post it again."""
+    loop = asyncio.get_running_loop()
+    bot = world.bot
+    with parked(world):
+        job_id, progress = await ask(world, world.dave, "a last delivery")
+        await running(progress)
+        followups = rf"^/webhooks/\d+/{re.escape(interaction_of(progress).token)}$"
+        # Discord holds the result back for 3 s: the stop comes while it is being posted.
+        world.server.inject_failures("POST", followups, [Failure(429, retry_after=3)])
+    await world.server.wait_for_request("POST", followups, status=429, timeout=JOB_TIMEOUT)
+    bot.unwatch()
+    assert bot.process is not None
+    bot.process.send_signal(signal.SIGTERM)
+    signalled = loop.time()
+    assert await bot.exited(STOP_WITHIN) == 0, bot.output[-3000:]
+    assert loop.time() - signalled < STOP_WITHIN
+    result = result_of(interaction_of(progress))
+    assert result is not None, bot.output[-3000:]
+    await assert_delivered_once(world, job_id, result)  # done: no restart will repeat it
+    world.bot = await start_bot(world.server, world.config)
+
+
+async def test_sigterm_mid_job_exits_promptly_and_the_next_start_delivers_it_once(
+    world: World,
+) -> None:
+    """Extends `tests/bot/test_restart.py` (SIGTERM keeps the job): within a bound, and the
+    next start delivers it exactly once."""
+    loop = asyncio.get_running_loop()
+    bot = world.bot
+    with parked(world):
+        job_id, progress = await ask(world, world.frank, "a graceful stop", steps=10)
+        await running(progress)
+        bot.unwatch()
+        assert bot.process is not None
+        bot.process.send_signal(signal.SIGTERM)
+        signalled = loop.time()
+        # The user is told before the parked job is let go (then interrupted at its step end).
+        await interaction_of(progress).wait_for_original(lambda m: "restarting" in m.content)
+    assert await bot.exited(STOP_WITHIN) == 0, bot.output[-3000:]
+    assert loop.time() - signalled < STOP_WITHIN
+    assert not (world.tmp / "imagine.db-wal").exists()  # the last connection closed cleanly
+    assert results_for(world, job_id) == []
+    async with read_ledger(world.tmp) as ledger:
+        job = await job_of(ledger, job_id)
+        assert job.status in ACTIVE_STATUSES and job.interaction_token is not None
+
+    world.bot = await start_bot(world.server, world.config)
+    result = await wait_result(interaction_of(progress), within=JOB_TIMEOUT)
+    await assert_delivered_once(world, job_id, result)
+    assert result_of(interaction_of(progress)) is result
+    async with read_ledger(world.tmp) as ledger:
+        frank = await ledger.user_status(result.guild_id or 0, world.frank.id)
+        assert frank.used == 1  # counted once across the restart
