@@ -135,6 +135,10 @@ class JobService:
         self.accepting = True
         self._runs: dict[int, Run] = {}
         self._admitting: set[asyncio.Task[Any]] = set()
+        # Jobs in the engine whose Run is not registered yet (their progress message is being
+        # posted): a Cancel pressed in that window must reach the engine job, not only the
+        # ledger, or the image is made and posted after the refund.
+        self._submitted: dict[int, tuple[JobRecord, Job]] = {}
 
     @property
     def runs(self) -> dict[int, Run]:
@@ -167,7 +171,8 @@ class JobService:
         reroll_of: int | None,
     ) -> None:
         # Answer within Discord's 3 s first; everything after may take its time.
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        if not interaction.response.is_done():  # a Reroll press has answered already
+            await interaction.response.defer(ephemeral=True, thinking=True)
         bot = self.bot
         guild_id = interaction.guild_id or 0
         channel_id = interaction.channel_id or 0
@@ -245,6 +250,22 @@ class JobService:
             raise
 
         # From here the job runs whatever happens to its first message.
+        self._submitted[record.id] = (record, engine_job)
+        try:
+            await self._follow_up(interaction, record, engine_job, channel_id, warnings)
+        finally:
+            self._submitted.pop(record.id, None)
+
+    async def _follow_up(
+        self,
+        interaction: discord.Interaction[Any],
+        record: JobRecord,
+        engine_job: Job,
+        channel_id: int,
+        warnings: tuple[str, ...],
+    ) -> None:
+        """Post the private progress message, then start following the engine job."""
+        bot = self.bot
         target: Target = self._channel_target(record)
         try:
             first = await interaction.followup.send(
@@ -274,6 +295,8 @@ class JobService:
     async def reroll(self, interaction: discord.Interaction[Any], job_id: int) -> None:
         """Same options as job `job_id`, a new seed: its requester or a moderator only (a
         reroll is charged to whoever pressed the button)."""
+        # The database may be slow under load: answer Discord first.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         record = await self.bot.ledger.get_job(job_id)
         if record is None or record.guild_id != (interaction.guild_id or 0):
             raise UnknownJob()
@@ -285,33 +308,46 @@ class JobService:
 
     async def delete(self, interaction: discord.Interaction[Any], job_id: int) -> None:
         """Delete the result message the button is on: its requester or a moderator only."""
+        await interaction.response.defer()  # acknowledges the click before the database
         record = await self.bot.ledger.get_job(job_id)
         if not self._may_manage(interaction, record):
             raise NotAllowed(
                 "Only the person who asked for these images, or a moderator, can delete them."
             )
-        await interaction.response.defer()  # acknowledges the click on the result message
         await interaction.delete_original_response()
         log.info("job %d: result deleted by %s", job_id, interaction.user.id)
 
     async def cancel(self, interaction: discord.Interaction[Any], job_id: int) -> None:
-        """Stop a queued or running job: its requester or a moderator only."""
-        record = await self.bot.ledger.get_job(job_id)
-        if record is None:
+        """Stop a queued or running job: its requester or a moderator only.
+
+        Jobs this process runs are answered from memory (no database on the way to Discord's
+        3 s limit); only jobs it does not run are cancelled through the ledger.
+        """
+        run = self._runs.get(job_id)
+        known = (run.record, run.engine_job) if run is not None else self._submitted.get(job_id)
+        if known is not None:
+            record, engine_job = known
+            if not self._may_manage(interaction, record):
+                raise NotAllowed(
+                    "Only the person who asked for this job, or a moderator, can cancel it."
+                )
+            if engine_job.cancel():  # the job's own task records it and refunds
+                await interaction.response.edit_message(
+                    content=f"Cancelling job #{job_id}…", view=None, attachments=[]
+                )
+                return
+            raise NotAllowed(f"Job #{job_id} has already finished.")
+        await interaction.response.defer()
+        found = await self.bot.ledger.get_job(job_id)
+        if found is None:
             raise UnknownJob()
-        if not self._may_manage(interaction, record):
+        if not self._may_manage(interaction, found):
             raise NotAllowed(
                 "Only the person who asked for this job, or a moderator, can cancel it."
             )
-        run = self._runs.get(job_id)
-        if run is not None and run.engine_job.cancel():
-            await interaction.response.edit_message(
-                content=f"Cancelling job #{job_id}…", view=None, attachments=[]
-            )
-            return
-        if run is None and record.active and await self.bot.ledger.mark_cancelled(job_id):
+        if found.active and await self.bot.ledger.mark_cancelled(job_id):
             # Not running here (it could not be resumed): nothing else will finish it.
-            await interaction.response.edit_message(
+            await interaction.edit_original_response(
                 content=f"Job #{job_id} was cancelled; its images were given back.",
                 view=None,
                 attachments=[],
@@ -558,7 +594,8 @@ class JobService:
         if message is None:
             await give_up(ledger, run.id)
             return
-        await ledger.mark_done(run.id, message_id=message.id)
+        if not await ledger.mark_done(run.id, message_id=message.id):
+            log.warning("job %d: posted, but the ledger no longer had it active", run.id)
         self.bot.metrics.images.inc(len(verdict.post))
         self.bot.metrics.step_seconds.observe(result.run_s / max(1, result.request.steps or 1))
         if verdict.withheld:

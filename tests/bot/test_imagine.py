@@ -358,8 +358,11 @@ async def test_reroll_and_delete_buttons(world: World) -> None:
     assert new_seed != 7
 
     refused = await server.click(result, f"imagine:delete:{job_id}", user=world.carol)
-    text = (await refused.wait_for_original(lambda m: m is not result)).content
-    assert refused.ephemeral and "Only the person who asked" in text and not result.deleted
+    # The click is acknowledged before the database is read, so the refusal is a private
+    # followup rather than the first response.
+    note = await refused.wait_for_message(lambda m: m is not result)
+    assert note.ephemeral and "Only the person who asked" in note.content
+    assert not result.deleted
 
     by_owner = await server.click(result, f"imagine:delete:{job_id}", user=world.bob)
     await by_owner.wait_for(lambda _: result.deleted, what="bob's result to be deleted")

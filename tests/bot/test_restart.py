@@ -189,7 +189,8 @@ async def test_buttons_work_after_a_restart_and_sigterm_keeps_unfinished_jobs(
     a_result = world.delivered["a"]
     a_id = job_id_of(a_result)
     refused = await server.click(a_result, f"imagine:delete:{a_id}", user=world.bob)
-    assert "Only the person who asked" in (await refused.wait_for_original()).content
+    note = await refused.wait_for_message(lambda m: m is not a_result)  # a private followup
+    assert note.ephemeral and "Only the person who asked" in note.content
     deleted = await server.click(a_result, f"imagine:delete:{a_id}", user=world.alice)
     await deleted.wait_for(lambda _: a_result.deleted, what="the result to be deleted")
 
