@@ -76,12 +76,23 @@ async def test_a_request_that_always_fails_fails_alone(make_engine: EngineFactor
     assert engine.alive
 
 
-async def test_a_dead_worker_fails_everything_pending_and_later(make_engine: EngineFactory) -> None:
-    engine = await make_engine(max_batch_size=1, max_count=1, batch_wait_ms=0)
+@pytest.mark.parametrize(
+    ("scheduling", "error"),
+    [
+        ("batch", "CUDA error: device-side assert triggered"),
+        ("step", "CUDA error: an illegal memory access was encountered"),
+    ],
+)
+async def test_a_dead_worker_fails_everything_pending_and_later(
+    make_engine: EngineFactory, scheduling: str, error: str
+) -> None:
+    engine = await make_engine(
+        max_batch_size=1, max_count=1, batch_wait_ms=0, scheduling=scheduling
+    )
 
     def poison_context(pipe: Any) -> None:
         def hook(module: Any, args: tuple[Any, ...]) -> None:
-            raise RuntimeError("CUDA error: device-side assert triggered")
+            raise RuntimeError(error)
 
         pipe.unet.register_forward_pre_hook(hook)
 
@@ -93,7 +104,7 @@ async def test_a_dead_worker_fails_everything_pending_and_later(make_engine: Eng
         with pytest.raises(EngineDead):
             await job.result()
     assert not engine.alive
-    with pytest.raises(EngineDead, match="device-side assert"):
+    with pytest.raises(EngineDead, match=error.partition(": ")[2]):
         engine.submit(ImageRequest("later", user="c"))
 
 

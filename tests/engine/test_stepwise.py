@@ -24,7 +24,6 @@ from engine import (
     Cancelled,
     Engine,
     EngineConfig,
-    EngineDead,
     GenerationFailed,
     ImageRequest,
     Job,
@@ -304,29 +303,6 @@ async def test_out_of_memory_splits_once_then_chunks_later_ticks(
     assert engine.stats.splits == 3  # the first tick only: 4 -> 2 + 2 -> 1 + 1 + 1 + 1
     for a, b in zip(alone, results, strict=True):
         assert np.abs(pixels(a.images[0].png) - pixels(b.images[0].png)).max() <= 1
-
-
-async def test_a_fatal_error_fails_running_and_queued_with_engine_dead(
-    step_engine: EngineFactory,
-) -> None:
-    engine = await step_engine(max_batch_size=1, max_count=1)
-
-    def poison_context(pipe: Any) -> None:
-        def hook(module: Any, args: tuple[Any, ...]) -> None:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-
-        pipe.unet.register_forward_pre_hook(hook)
-
-    await engine.run_in_worker(poison_context)
-    running = engine.submit(ImageRequest("first", user="a"))
-    await until_running(running)
-    queued = engine.submit(ImageRequest("second", user="b"))
-    for job in (running, queued):
-        with pytest.raises(EngineDead):
-            await job.result()
-    assert not engine.alive
-    with pytest.raises(EngineDead, match="illegal memory access"):
-        engine.submit(ImageRequest("later", user="c"))
 
 
 async def test_counting_tokens_on_the_loop_leaves_the_workers_tokenizer_alone(
