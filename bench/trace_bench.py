@@ -88,7 +88,7 @@ async def replay(config: EngineConfig, trace: list[Arrival]) -> dict[str, Any]:
         # Warm-up, one request per size, so first-call costs count for neither engine.
         for width, height in sorted({(a.width, a.height) for a in trace}):
             await engine.generate(ImageRequest("warm-up", steps=2, width=width, height=height))
-        base = (engine.stats.images, engine.stats.batches, sum(engine.stats.batch_sizes))
+        base = (engine.stats.images, engine.stats.batches, engine.stats.batch_images)
         loop = asyncio.get_running_loop()
         start = loop.time()
 
@@ -115,7 +115,7 @@ async def replay(config: EngineConfig, trace: list[Arrival]) -> dict[str, Any]:
         stats = engine.stats
         images = stats.images - base[0]
         calls = stats.batches - base[1]
-        call_images = sum(stats.batch_sizes) - base[2]
+        call_images = stats.batch_images - base[2]
     latencies = [latency for latency, _ in outcomes]
     makespan = max(end for _, end in outcomes)
     shortest = min(a.steps for a in trace)

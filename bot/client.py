@@ -170,9 +170,10 @@ class ImagineBot(commands.AutoShardedBot):
         metrics.queue_depth.set(engine.queue_depth)
         metrics.running.set(len(engine.running))
         stats = engine.stats
-        for size in stats.batch_sizes[self._batches_seen :]:
+        new = min(stats.batches - self._batches_seen, len(stats.batch_sizes))
+        for size in list(stats.batch_sizes)[len(stats.batch_sizes) - new :]:
             metrics.batch_size.observe(size)
-        self._batches_seen = len(stats.batch_sizes)
+        self._batches_seen = stats.batches
         # Received times of interactions never answered through REST (none in practice).
         cutoff = time.monotonic() - 900
         for key in [k for k, v in self._received.items() if v < cutoff]:

@@ -13,6 +13,7 @@ import functools
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,19 +35,31 @@ __all__ = ["Engine", "EngineStats"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+RECENT_CALLS = 1024
 
 
 @dataclass(slots=True)
 class EngineStats:
-    """Counters for dashboards and benchmarks; updated on the loop thread."""
+    """Counters for dashboards and benchmarks; updated on the loop thread.
+
+    Per-call figures keep only the most recent `RECENT_CALLS` (a bot runs for months; in
+    step mode there is one call per denoising tick); totals are plain counters.
+    """
 
     images: int = 0
-    batches: int = 0
+    batches: int = 0  # pipeline calls (ticks in step mode)
+    batch_images: int = 0  # images over all those calls
     failed: int = 0
     cancelled: int = 0
     splits: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
-    batch_seconds: list[float] = field(default_factory=list)
+    batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_CALLS))
+    batch_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_CALLS))
+
+    def record_call(self, images: int, seconds: float) -> None:
+        self.batches += 1
+        self.batch_images += images
+        self.batch_sizes.append(images)
+        self.batch_seconds.append(seconds)
 
 
 class Engine:
@@ -246,9 +259,7 @@ class Engine:
             self._drop_running(jobs)
         seconds = time.perf_counter() - t0
         n_images = sum(j.images for j in jobs)
-        self.stats.batches += 1
-        self.stats.batch_sizes.append(n_images)
-        self.stats.batch_seconds.append(seconds)
+        self.stats.record_call(n_images, seconds)
         profile = self.profile
         for job, images in zip(jobs, outputs, strict=True):
             if job.cancel_requested:

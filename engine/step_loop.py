@@ -245,10 +245,7 @@ class StepLoop:
         for chunk in _chunks(actives, limit) if limit else [actives]:
             await self._step(size, chunk)
         seconds = time.perf_counter() - t0
-        stats = self.engine.stats
-        stats.batches += 1
-        stats.batch_sizes.append(images)
-        stats.batch_seconds.append(seconds)
+        self.engine.stats.record_call(images, seconds)
         self.ticks.append(Tick(size, images, len(actives), seconds))
 
     async def _step(self, size: Size, actives: Sequence[_Active]) -> None:
