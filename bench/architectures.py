@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from engine.tiny import _tokenizer
+from engine.tiny import clip_tokenizer
 
 __all__ = ["build", "sd15", "sdxl"]
 
@@ -76,7 +76,7 @@ def sd15(scale: float = 1.0) -> Any:
     return StableDiffusionPipeline(
         vae=_vae(scale, 0.18215),
         text_encoder=_clip(768, 12, 12, 3072, "quick_gelu", None, scale),
-        tokenizer=_tokenizer(),
+        tokenizer=clip_tokenizer(),
         unet=unet,
         scheduler=PNDMScheduler(
             beta_start=0.00085,
@@ -116,8 +116,8 @@ def sdxl(scale: float = 1.0) -> Any:
         vae=_vae(scale, 0.13025),
         text_encoder=te1,
         text_encoder_2=te2,
-        tokenizer=_tokenizer(),
-        tokenizer_2=_tokenizer(),
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
         unet=unet,
         scheduler=EulerDiscreteScheduler(
             beta_start=0.00085,

@@ -1,9 +1,10 @@
 """The real bot under load: N simulated users against the Discord test server, and memory.
 
-`imagine-bot run` (as `tests/bot/conftest.py` starts it: `builtin:tiny`, a temporary SQLite
-file, `OMP_NUM_THREADS=1`) connects to the Discord test server, which then plays N users:
-each runs one `/imagine` (Poisson arrivals in the first `--duration` seconds, seeded), some
-run `/info`, some press Cancel on their progress message, some press Reroll on their result.
+`imagine-bot run`, in the world the end-to-end tests build (`testkit.world`: `builtin:tiny`, a
+temporary SQLite file, `OMP_NUM_THREADS=1`), connects to the Discord test server, which then
+plays N users: each runs one `/imagine` (Poisson arrivals in the first `--duration` seconds,
+seeded), some run `/info`, some press Cancel on their progress message, some press Reroll on
+their result.
 Quotas and queues are set large so the run measures throughput and responsiveness.
 
 Measured:
@@ -55,8 +56,10 @@ from typing import Any
 import aiohttp
 
 from engine.tiny import builtin_folder, default_cache_dir
-from tests.bot.conftest import BotProcess, bot_command, bot_config, bot_env
-from tests.discord_server import Channel, DiscordTestServer, Interaction, Message, User
+from testkit.discord_server import Channel, DiscordTestServer, Interaction, Message, User
+from testkit.jobs import JOB_ID
+from testkit.process import BotProcess
+from testkit.world import open_world
 
 from .report import ROOT, machine, markdown_table, save, update_readme
 
@@ -64,7 +67,6 @@ GOAL_FIRST_ANSWER_P99 = 0.5
 GOAL_LOOP_LAG_P99 = 0.1
 DISCORD_DEADLINE = 3.0
 
-JOB_BUTTON = re.compile(r"imagine:(?:cancel|reroll|delete):(\d+)")
 JOB_TEXT = re.compile(r"Job #(\d+)")
 RESULT_FILE = re.compile(r"imagine-(\d+)-\d+\.png")
 ENDED_TEXT = re.compile(r"was cancelled|failed|flagged")
@@ -86,63 +88,31 @@ class LoadBot(BotProcess):
         probe_dir: Path | None,
         omp_threads: int,
     ) -> None:
-        super().__init__(server, config, token=token)
         self.probe_dir = probe_dir
-        self.omp_threads = omp_threads
+        env = {"OMP_NUM_THREADS": str(omp_threads)}
+        if probe_dir is None:
+            super().__init__(server, config, token=token, env=env)
+            return
+        env["IMAGINE_BENCH_LAG_FILE"] = str(probe_dir / "lag.txt")
+        env["IMAGINE_BENCH_STALL_FILE"] = str(probe_dir / "stalls.json")
+        env["IMAGINE_BENCH_LEDGER_FILE"] = str(probe_dir / "ledger.json")
+        command = [sys.executable, "-m", "bench.botprobe"]
+        super().__init__(server, config, token=token, command=command, pythonpath=[ROOT], env=env)
+
+    def _probe_file(self, name: str) -> Path | None:
+        return self.probe_dir / name if self.probe_dir else None
 
     @property
     def lag_file(self) -> Path | None:
-        return self.probe_dir / "lag.txt" if self.probe_dir else None
+        return self._probe_file("lag.txt")
 
     @property
     def stall_file(self) -> Path | None:
-        return self.probe_dir / "stalls.json" if self.probe_dir else None
+        return self._probe_file("stalls.json")
 
     @property
     def ledger_file(self) -> Path | None:
-        return self.probe_dir / "ledger.json" if self.probe_dir else None
-
-    async def start(self) -> LoadBot:
-        env = bot_env(self.token)
-        env["OMP_NUM_THREADS"] = str(self.omp_threads)
-        if self.probe_dir is not None:
-            command = [sys.executable, "-m", "bench.botprobe"]
-            env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-            env["IMAGINE_BENCH_LAG_FILE"] = str(self.lag_file)
-            env["IMAGINE_BENCH_STALL_FILE"] = str(self.stall_file)
-            env["IMAGINE_BENCH_LEDGER_FILE"] = str(self.ledger_file)
-        else:
-            command = bot_command()
-        self.process = await asyncio.create_subprocess_exec(
-            *command,
-            "run",
-            "--config",
-            str(self.config),
-            cwd=self.config.parent,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        self._reader = asyncio.create_task(self._read())
-        self._waiter = asyncio.create_task(self.process.wait(), name="imagine-bot process")
-        self.server.watch(self._waiter, _Tail(self.lines))  # type: ignore[arg-type]
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-
-class _Tail:
-    """The watched task's name in the server's messages: the bot's last output lines."""
-
-    def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
-
-    def __str__(self) -> str:
-        return "the imagine-bot process (last output:\n" + "\n".join(self.lines[-30:]) + "\n)"
+        return self._probe_file("ledger.json")
 
 
 # -- memory ------------------------------------------------------------------------------------
@@ -308,7 +278,7 @@ class Load:
         if ask.job_id is None:
             for message in ask.interaction.messages:
                 for custom_id in message.custom_ids:
-                    if found := JOB_BUTTON.fullmatch(custom_id):
+                    if found := JOB_ID.fullmatch(custom_id):
                         ask.job_id = int(found.group(1))
                         return ask.job_id
                 if found := JOB_TEXT.search(message.content):
@@ -771,30 +741,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="imagine-load-") as tmp_name:
         tmp = Path(tmp_name)
         probe_dir = None if args.plain else tmp
-        async with DiscordTestServer(
-            default_timeout=30, heartbeat_interval_ms=args.heartbeat_ms
-        ) as server:
-            beats: list[float] = []
-            on_frame = server.gateway._on_frame
-
-            async def record_heartbeats(conn: Any, frame: dict[str, Any]) -> None:
-                if frame.get("op") == 1:
-                    beats.append(time.time())
-                await on_frame(conn, frame)
-
-            server.gateway._on_frame = record_heartbeats  # type: ignore[method-assign]
-            server.create_application("imagine-bot")
-            guild = server.create_guild("Load Club")
-            channels = [guild.create_text_channel(f"art-{k}") for k in range(args.channels)]
-            users = [server.create_user(f"user{i:04d}") for i in range(args.users)]
+        async with open_world(
+            tmp,
+            cache,
+            guild="Load Club",
+            channels=[f"art-{k}" for k in range(args.channels)],
+            users=[f"user{i:04d}" for i in range(args.users)],
+            default_timeout=30,
+            heartbeat_interval_ms=args.heartbeat_ms,
+            clean=False,  # the violations are figures here, not failures
+        ) as world:
+            server = world.server
             ops_port = free_port() if ops_supported() else None
-            for user in users:
-                guild.add_member(user)
-            config = bot_config(
-                tmp,
-                server,
-                cache,
-                guild_ids=[guild.id],
+            config = world.configure(
                 engine={
                     "max_batch_size": args.batch,
                     "batch_wait_ms": args.batch_wait_ms,
@@ -809,7 +768,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             bot = LoadBot(
                 server,
                 config,
-                token=server.application.token,
+                token=world.token,
                 probe_dir=probe_dir,
                 omp_threads=args.omp_threads,
             )
@@ -833,6 +792,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         profiler = None
                 profile_start = time.perf_counter()
                 metrics_before = await scrape(metrics_url)
+                channels, users = list(world.channels.values()), list(world.users.values())
                 load = Load(server, args, channels, users, random.Random(args.seed))
                 print(
                     f"load: {args.users} users, /imagine over {args.duration:g} s "
@@ -870,7 +830,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 rows,
                 memory,
                 lag,
-                beats,
+                server.gateway.heartbeat_times,
                 pyspy,
                 pyspy_log,
                 (metrics_before, metrics_after),
@@ -1097,7 +1057,7 @@ def _s(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} s"
 
 
-def _mib(value: float | None) -> str:
+def format_mib(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f} MiB"
 
 
@@ -1177,8 +1137,8 @@ def table(result: dict[str, Any]) -> str:
         ],
         [
             "memory: bot RSS idle / peak at start-up / peak under load",
-            f"{_mib(mem['idle_rss_mib'])} / {_mib(mem['startup_peak_mib'])} / "
-            f"{_mib(mem['load_peak_hwm_mib'] or mem['load_peak_rss_sampled_mib'])}",
+            f"{format_mib(mem['idle_rss_mib'])} / {format_mib(mem['startup_peak_mib'])} / "
+            f"{format_mib(mem['load_peak_hwm_mib'] or mem['load_peak_rss_sampled_mib'])}",
             f"{mem['processes']} process(es)",
         ],
     ]

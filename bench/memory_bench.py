@@ -15,7 +15,7 @@ import asyncio
 import time
 from typing import Any
 
-from .load_bench import _mib, caption, parser, run
+from .load_bench import caption, format_mib, parser, run
 from .report import markdown_table, save, update_readme
 
 
@@ -23,9 +23,9 @@ def table(result: dict[str, Any]) -> str:
     mem = result["memory"]
     peak = mem["load_peak_hwm_mib"] or mem["load_peak_rss_sampled_mib"]
     rows = [
-        ["idle, after start-up (mean RSS)", _mib(mem["idle_rss_mib"])],
-        ["peak during start-up (VmHWM)", _mib(mem["startup_peak_mib"])],
-        [f"peak under load ({result['accounting']['requested']} jobs)", _mib(peak)],
+        ["idle, after start-up (mean RSS)", format_mib(mem["idle_rss_mib"])],
+        ["peak during start-up (VmHWM)", format_mib(mem["startup_peak_mib"])],
+        [f"peak under load ({result['accounting']['requested']} jobs)", format_mib(peak)],
     ]
     head = "Memory of the bot process. " + caption(result)
     return head + "\n\n" + markdown_table(["bot RSS", "value"], rows)

@@ -83,12 +83,12 @@ def percentile(values: list[float], q: float) -> float:
 async def replay(config: EngineConfig, trace: list[Arrival]) -> dict[str, Any]:
     """Submit the trace on schedule and time every request from submit to images."""
     async with Engine(config) as engine:
-        if config.scheduling == "step" and engine._step_loop is None:
+        if engine.scheduling != config.scheduling:
             raise SystemExit(f"{config.model} cannot run step-level; nothing to compare")
         # Warm-up, one request per size, so first-call costs count for neither engine.
         for width, height in sorted({(a.width, a.height) for a in trace}):
             await engine.generate(ImageRequest("warm-up", steps=2, width=width, height=height))
-        base = (engine.stats.images, engine.stats.batches, engine.stats.batch_images)
+        base = (engine.stats.images, engine.stats.calls, engine.stats.call_images)
         loop = asyncio.get_running_loop()
         start = loop.time()
 
@@ -114,8 +114,8 @@ async def replay(config: EngineConfig, trace: list[Arrival]) -> dict[str, Any]:
         outcomes = await asyncio.gather(*(one(a) for a in trace))
         stats = engine.stats
         images = stats.images - base[0]
-        calls = stats.batches - base[1]
-        call_images = stats.batch_images - base[2]
+        calls = stats.calls - base[1]
+        call_images = stats.call_images - base[2]
     latencies = [latency for latency, _ in outcomes]
     makespan = max(end for _, end in outcomes)
     shortest = min(a.steps for a in trace)

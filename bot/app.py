@@ -30,17 +30,27 @@ from pathlib import Path
 from typing import TypeVar
 
 import discord
-import yarl
-from discord.gateway import DiscordWebSocket
-from discord.http import Route
 from sqlalchemy.engine import make_url
 
 from engine import Engine
 
 from .client import ImagineBot
-from .config import DISCORD_API, BotConfig, ConfigError, load_config
-from .ledger import QuotaPolicy, open_ledger, upgrade_to_head
-from .ops import OpsServer
+from .clock import DiscordClock
+from .config import BotConfig, ConfigError, load_config
+from .jobs import JobService
+from .ledger import Ledger, QuotaPolicy, open_ledger, upgrade_to_head
+from .moderation import Moderation
+from .ops import (
+    HealthChecks,
+    HttpMeter,
+    Metrics,
+    MetricsUpdater,
+    OpsServer,
+    follow_gateway,
+    point_discord_at,
+)
+from .services import Services
+from .throttle import EditThrottle, UserRateLimit
 
 __all__ = ["StartupError", "run_bot"]
 
@@ -160,18 +170,42 @@ async def _login(bot: ImagineBot, config: BotConfig, token: str) -> None:
             f"cannot reach Discord at {config.discord.api_base_url}: {exc}; "
             "check [discord] api_base_url and the network"
         ) from None
-    if config.discord.api_base_url.rstrip("/") != DISCORD_API:
-        # discord.py falls back to DEFAULT_GATEWAY when it must re-identify: keep it on the
-        # gateway this API hands out, not Discord's.
-        _shards, url, _limits = await bot.http.get_bot_gateway()
-        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+    await follow_gateway(bot.http, config.discord.api_base_url)
+
+
+def _assemble(
+    config: BotConfig, ledger: Ledger, engine: Engine
+) -> tuple[ImagineBot, Services, JobService]:
+    """The bot and what its parts share; the only place that knows the concrete client."""
+    bot = ImagineBot(guild_ids=config.discord.guild_ids)
+    services = Services(
+        config=config,
+        ledger=ledger,
+        engine=engine,
+        moderation=Moderation(config.moderation),
+        rate_limit=UserRateLimit(config.moderation.commands_per_minute),
+        clock=DiscordClock(),
+        edit_throttle=EditThrottle(),
+        metrics=Metrics(),
+        channels=bot,
+    )
+    jobs = JobService(services)
+    bot.attach(services, jobs)
+    meter = HttpMeter(services.metrics)
+    meter.install(bot.http)
+
+    async def arrived(interaction: discord.Interaction) -> None:
+        meter.arrived(interaction.id)
+
+    bot.add_listener(arrived, "on_interaction")
+    return bot, services, jobs
 
 
 async def serve(config: BotConfig, token: str) -> int:
     """Start everything, run until stopped, close everything (see the module doc)."""
     stop = asyncio.Event()
     _install_signals(stop)
-    Route.BASE = config.discord.api_base_url.rstrip("/")
+    point_discord_at(config.discord.api_base_url)
     url = config.database.url
     try:
         await upgrade_to_head(url)
@@ -185,10 +219,14 @@ async def serve(config: BotConfig, token: str) -> int:
         max_queued_per_user=config.quota.max_queued_per_user,
     )
     async with open_ledger(url, policy, migrate=False) as ledger:
-        engine = Engine(config.engine.to_engine())
-        bot = ImagineBot(config=config, ledger=ledger, engine=engine)
+        engine = Engine(config.engine)
+        bot, services, jobs = _assemble(config, ledger, engine)
         connection: asyncio.Task[None] | None = None
-        ops = OpsServer(bot.metrics, bot.health_checks(), refresh=bot.refresh_metrics)
+        updater = MetricsUpdater(services.metrics, engine)
+        checks = HealthChecks(
+            gateway=bot.gateway_connected, engine=lambda: engine.alive, database=ledger.ping
+        )
+        ops = OpsServer(services.metrics, checks, refresh=updater.refresh)
         if config.ops.listen:
             try:
                 await ops.start(config.ops.listen)
@@ -196,19 +234,19 @@ async def serve(config: BotConfig, token: str) -> int:
                 raise StartupError(
                     f"cannot listen on [ops] listen = {config.ops.listen!r}: {exc.strerror}"
                 ) from None
-        updater = asyncio.create_task(bot.update_metrics(), name="metrics")
+        updating = asyncio.create_task(updater.run(), name="metrics")
         try:
             async with bot:
                 try:
                     await _until(stop, _login(bot, config, token))
                     log.info("loading model %s", config.engine.model)
                     await _until(stop, engine.start())
-                    await bot.jobs.recover()
+                    await jobs.recover()
                     connection = asyncio.create_task(bot.connect(reconnect=True), name="gateway")
                     await _until(stop, asyncio.shield(connection))
                     connection.result()  # the gateway gave up on its own: raise why
                 finally:
-                    await bot.jobs.shutdown()  # needs Discord for its last edits
+                    await jobs.shutdown()  # needs Discord for its last edits
                     await bot.close()
                     if connection is not None:
                         with contextlib.suppress(BaseException):
@@ -216,7 +254,7 @@ async def serve(config: BotConfig, token: str) -> int:
         except _Stopped:
             log.info("stop signal received: shutting down")
         finally:
-            updater.cancel()
+            updating.cancel()
             await ops.stop()
             await engine.close()
     log.info("stopped")

@@ -9,15 +9,13 @@ permissions, or one of the configured moderator roles.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import discord
 from discord import app_commands
 
 from .errors import NotModerator
-
-if TYPE_CHECKING:
-    from .client import ImagineBot
+from .services import host_of
 
 __all__ = ["is_moderator", "moderator_only"]
 
@@ -44,8 +42,9 @@ def is_moderator(interaction: discord.Interaction[Any], role_ids: Iterable[int])
 def moderator_only() -> Callable[[T], T]:
     """`app_commands.check` raising `NotModerator`, answered by the tree's error handler."""
 
-    async def predicate(interaction: discord.Interaction[ImagineBot]) -> bool:
-        if not is_moderator(interaction, interaction.client.config.discord.moderator_role_ids):
+    async def predicate(interaction: discord.Interaction[Any]) -> bool:
+        role_ids = host_of(interaction).services.config.discord.moderator_role_ids
+        if not is_moderator(interaction, role_ids):
             raise NotModerator()
         return True
 

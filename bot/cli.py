@@ -22,7 +22,7 @@ from engine import Engine, EngineError, ImageRequest
 
 from .config import BotConfig, ConfigError, load_config
 
-__all__ = ["main"]
+__all__ = ["default_to_run", "main"]
 
 DEFAULT_CONFIG = "config.toml"
 
@@ -69,8 +69,7 @@ def _engine_config(args: argparse.Namespace) -> BotConfig:
     overrides = {k: v for k, v in (("model", args.model), ("device", args.device)) if v}
     if overrides:
         try:
-            engine = dataclasses.replace(config.engine, **overrides)
-            engine.to_engine()
+            engine = dataclasses.replace(config.engine, **overrides)  # validates itself
         except ValueError as exc:
             raise ConfigError([str(exc)], "options") from None
         config = dataclasses.replace(config, engine=engine)
@@ -98,7 +97,7 @@ async def _generate(args: argparse.Namespace) -> int:
         count=args.count,
         user="cli",
     )
-    async with Engine(config.engine.to_engine()) as engine:
+    async with Engine(config.engine) as engine:
         job = engine.submit(request)
         for warning in job.warnings:
             print(f"warning: {warning}", file=sys.stderr)
@@ -111,7 +110,7 @@ async def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_to_run(argv: Sequence[str]) -> list[str]:
+def default_to_run(argv: Sequence[str]) -> list[str]:
     """`imagine-bot --config x.toml` means `imagine-bot run --config x.toml`."""
     args = list(argv)
     if any(a in ("run", "generate", "-h", "--help") for a in args):
@@ -123,7 +122,7 @@ def _default_to_run(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(_default_to_run(sys.argv[1:] if argv is None else argv))
+    args = _parser().parse_args(default_to_run(sys.argv[1:] if argv is None else argv))
     # transformers warns about optional packages (torchvision) at import: noise for operators.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(

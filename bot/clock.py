@@ -14,12 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 import discord
 
-__all__ = ["TOKEN_LIFETIME", "TOKEN_MARGIN", "DiscordClock"]
+from .discord_limits import TOKEN_LIFETIME, TOKEN_MARGIN
 
-#: How long Discord accepts an interaction token for follow-ups and edits.
-TOKEN_LIFETIME = timedelta(minutes=15)
-#: Stop using a token this long before it dies: a delivery in flight must still land.
-TOKEN_MARGIN = timedelta(minutes=1)
+__all__ = ["DiscordClock"]
 
 
 class DiscordClock:

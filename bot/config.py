@@ -15,22 +15,21 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from engine import DEFAULT_MODEL, EngineConfig
+from engine import EngineConfig
+
+from .discord_limits import DISCORD_API
 
 __all__ = [
     "BotConfig",
     "ConfigError",
     "DatabaseSettings",
     "DiscordSettings",
-    "EngineSettings",
     "ModerationSettings",
     "OpsSettings",
     "QuotaSettings",
     "load_config",
     "parse_config",
 ]
-
-DISCORD_API = "https://discord.com/api/v10"
 
 
 class ConfigError(Exception):
@@ -57,32 +56,6 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class EngineSettings:
-    model: str = DEFAULT_MODEL
-    device: str = "auto"
-    dtype: str = "auto"
-    scheduler: str = "default"
-    scheduling: str = "batch"
-    safety_checker: bool = True
-    cache_dir: str = ""
-    max_batch_size: int = 8
-    batch_wait_ms: int = 50
-    max_queue: int = 64
-    max_width: int = 1024
-    max_height: int = 1024
-    max_steps: int = 50
-    max_count: int = 4
-    default_steps: int = 0
-    default_guidance: float = -1.0
-
-    def to_engine(self) -> EngineConfig:
-        """The engine's own config (the engine never reads TOML)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values["cache_dir"] = Path(self.cache_dir).expanduser() if self.cache_dir else None
-        return EngineConfig(**values)
-
-
-@dataclass(frozen=True, slots=True)
 class QuotaSettings:
     daily_images: int = 25  # images per user per rolling 24 hours, per guild
     max_queued_per_user: int = 2  # jobs one user may have queued or running at once
@@ -106,7 +79,7 @@ class OpsSettings:
 class BotConfig:
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
-    engine: EngineSettings = field(default_factory=EngineSettings)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # `[engine]` is EngineConfig
     quota: QuotaSettings = field(default_factory=QuotaSettings)
     moderation: ModerationSettings = field(default_factory=ModerationSettings)
     ops: OpsSettings = field(default_factory=OpsSettings)
@@ -121,7 +94,7 @@ class BotConfig:
 _SECTIONS: dict[str, type] = {
     "discord": DiscordSettings,
     "database": DatabaseSettings,
-    "engine": EngineSettings,
+    "engine": EngineConfig,  # the engine's own settings, declared once (engine/config.py)
     "quota": QuotaSettings,
     "moderation": ModerationSettings,
     "ops": OpsSettings,
@@ -149,7 +122,16 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             raise ValueError(f"{where} must be a list, not {type(value).__name__}")
         return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     if origin in (types.UnionType, typing.Union):
-        raise TypeError(f"unsupported config type at {where}")
+        kinds = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(kinds) != 1:
+            raise TypeError(f"unsupported config type at {where}")
+        if value == "":  # TOML has no null: an empty string means "not set"
+            return None
+        return _convert(value, kinds[0], where)
+    if hint is Path:
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a path (a string), not {value!r}")
+        return Path(value).expanduser()
     if hint is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{where} must be true or false, not {value!r}")
@@ -187,7 +169,11 @@ def _section(cls: type, table: Any, name: str, problems: list[str]) -> Any:
         except ValueError as exc:
             secret = name == "discord" and key == "token"  # never echo a token, even a bad one
             problems.append(f"[{name}] {key} must be a string" if secret else str(exc))
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:  # the section's own checks (EngineConfig validates itself)
+        problems += [f"[{name}] {p}" for p in str(exc).split("; ")]
+        return cls()
 
 
 def parse_config(data: dict[str, Any], path: Path | None = None) -> BotConfig:
@@ -208,10 +194,6 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> BotConfig:
 
 def _check(config: BotConfig) -> list[str]:
     problems = []
-    try:
-        config.engine.to_engine()
-    except ValueError as exc:
-        problems += [f"[engine] {p}" for p in str(exc).split("; ")]
     if not config.discord.api_base_url.startswith(("http://", "https://")):
         problems.append("[discord] api_base_url must start with http:// or https://")
     if "://" not in config.database.url:

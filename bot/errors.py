@@ -7,9 +7,10 @@ traceback, a SQL error, an engine detail) is ever shown, only logged with an err
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import discord
 from discord import app_commands
@@ -70,6 +71,11 @@ class RateLimited(Refusal):
             f"Try again {discord.utils.format_dt(retry_at, 'R')}.",
         )
         self.retry_at = retry_at
+
+    @classmethod
+    def after(cls, seconds: float) -> RateLimited:
+        """Refused for `seconds` more (rounded up: never tell a user to retry too early)."""
+        return cls(discord.utils.utcnow() + timedelta(seconds=math.ceil(seconds)))
 
 
 class NotModerator(app_commands.CheckFailure, BotError):

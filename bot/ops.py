@@ -1,23 +1,60 @@
-"""The optional operations endpoint: `/healthz` and Prometheus `/metrics` over aiohttp.
+"""Operations: metrics, health, HTTP metering, and where discord.py's HTTP goes.
 
-Off unless `[ops] listen` is set. Health answers 200 only when the gateway is connected, the
-engine is alive and the database answers, so a supervisor (systemd, Kubernetes) can restart a
-bot that is up but useless. Metrics live in their own registry so tests can run several bots.
+- `Metrics`: every metric the bot exports, in its own registry (tests run several bots).
+- `MetricsUpdater`: keeps the engine's gauges and histograms current, and measures how late
+  the event loop runs (a blocked loop stalls Discord's heartbeat).
+- `HttpMeter`: counts Discord HTTP errors by status, and times each interaction's first
+  answer from its arrival, on both of discord.py's HTTP paths (the bot's REST client and the
+  webhook adapter that answers interactions).
+- `point_discord_at` / `follow_gateway`: discord.py reads its API and gateway URLs from
+  class attributes; pointing them elsewhere (a test server, a proxy) happens only here.
+- `OpsServer`: the optional `/healthz` and Prometheus `/metrics` endpoint over aiohttp, off
+  unless `[ops] listen` is set. Health answers 200 only when the gateway is connected, the
+  engine is alive and the database answers, so a supervisor (systemd, Kubernetes) can restart
+  a bot that is up but useless.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+import discord
+import yarl
 from aiohttp import web
+from discord.gateway import DiscordWebSocket
+from discord.http import HTTPClient, Route
+from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["HealthChecks", "Metrics", "OpsServer"]
+from engine import Engine
+
+from .discord_limits import DISCORD_API
+
+__all__ = [
+    "HealthChecks",
+    "HttpMeter",
+    "Metrics",
+    "MetricsUpdater",
+    "OpsServer",
+    "follow_gateway",
+    "point_discord_at",
+]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Seconds between metric gauge updates (and event-loop lag probes).
+METRICS_INTERVAL = 1.0
+#: Seconds an interaction's arrival time is kept waiting for its first answer.
+ANSWER_MEMORY = 900.0
+_CALLBACK = re.compile(r"/interactions/(\d+)/[^/]+/callback$")
 
 
 class Metrics:
@@ -66,6 +103,100 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class MetricsUpdater:
+    """Turns the engine's counters into metrics; `run()` refreshes every second."""
+
+    def __init__(self, metrics: Metrics, engine: Engine) -> None:
+        self.metrics = metrics
+        self.engine = engine
+        self._calls_seen = 0  # engine pipeline calls already turned into metrics
+
+    def refresh(self) -> None:
+        metrics, engine = self.metrics, self.engine
+        metrics.queue_depth.set(engine.queue_depth)
+        metrics.running.set(len(engine.running))
+        stats = engine.stats  # pipeline calls, or denoising ticks in step mode
+        recent = stats.recent_calls
+        new = min(stats.calls - self._calls_seen, len(recent))
+        for call in list(recent)[len(recent) - new :]:
+            metrics.batch_size.observe(call.images)
+        self._calls_seen = stats.calls
+
+    async def run(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(METRICS_INTERVAL)
+            lag = time.monotonic() - before - METRICS_INTERVAL
+            self.metrics.loop_lag_seconds.observe(max(0.0, lag))
+            self.refresh()
+
+
+class HttpMeter:
+    """Meters discord.py's two HTTP entry points for `Metrics` (see the module doc)."""
+
+    def __init__(self, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+        self.metrics = metrics
+        self._clock = clock
+        self._received: dict[int, float] = {}  # interaction id → when it arrived
+
+    def install(self, http: HTTPClient) -> None:
+        """Wrap `http.request`, and give the tasks started from here a metered webhook
+        adapter (discord.py keeps it in a context variable)."""
+        request = http.request
+
+        async def metered(route: Route, **kwargs: Any) -> Any:
+            return await self.meter(request(route, **kwargs), route)
+
+        http.request = metered  # type: ignore[method-assign]
+        async_context.set(_MeteredAdapter(self))
+
+    def arrived(self, interaction_id: int) -> None:
+        """An interaction came in: its first answer is timed from now."""
+        now = self._clock()
+        self._received.setdefault(interaction_id, now)
+        if len(self._received) > 1000:  # interactions never answered through REST
+            cutoff = now - ANSWER_MEMORY
+            self._received = {k: v for k, v in self._received.items() if v >= cutoff}
+
+    async def meter(self, call: Awaitable[T], route: Route) -> T:
+        try:
+            return await call
+        except discord.HTTPException as exc:
+            self.metrics.discord_errors.labels(code=str(exc.status)).inc()
+            raise
+        finally:
+            found = _CALLBACK.search(route.url)
+            if found:
+                start = self._received.pop(int(found.group(1)), None)
+                if start is not None:
+                    self.metrics.first_answer_seconds.observe(self._clock() - start)
+
+
+class _MeteredAdapter(AsyncWebhookAdapter):
+    """discord.py's adapter for interaction responses and followups, metered."""
+
+    def __init__(self, meter: HttpMeter) -> None:
+        super().__init__()
+        self._meter = meter
+
+    async def request(self, route: Route, *args: Any, **kwargs: Any) -> Any:
+        return await self._meter.meter(super().request(route, *args, **kwargs), route)
+
+
+def point_discord_at(api_base_url: str) -> None:
+    """Send discord.py's REST calls to `api_base_url` (Discord's own by default)."""
+    Route.BASE = api_base_url.rstrip("/")
+
+
+async def follow_gateway(http: HTTPClient, api_base_url: str) -> None:
+    """After login: away from Discord's API, keep re-identifies on the gateway this API hands
+    out (discord.py falls back to its built-in `DEFAULT_GATEWAY`, which is Discord's)."""
+    if api_base_url.rstrip("/") == DISCORD_API:
+        return
+    _shards, url, _limits = await http.get_bot_gateway()
+    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""What a user asked `/imagine` for, and how it becomes an engine request.
+"""What a user asked `/imagine` for (`jobs/convert.py` turns it into an engine request).
 
 The size choices are shapes, not pixels: each maps to sizes the loaded model was trained
 near (512 → 512x512, 512x768, 768x512; 1024 → 1024x1024, 832x1216, 1216x832), scaled down
@@ -10,12 +10,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from engine import ImageRequest, Limits
+from engine import Limits
 
 from .errors import BotError
-from .ledger import JobRecord
 
-__all__ = ["ImagineOptions", "InvalidShape", "Shape", "parse_shape", "size_for"]
+__all__ = ["MAX_PROMPT", "ImagineOptions", "InvalidShape", "Shape", "parse_shape", "size_for"]
+
+#: Characters a prompt (or negative prompt) may have: declared to Discord and checked by
+#: `ImagineOptions.problem` for payloads that did not come through Discord's checks.
+MAX_PROMPT = 1000
 
 
 class Shape(enum.StrEnum):
@@ -74,32 +77,9 @@ class ImagineOptions:
     height: int | None = None
     count: int = 1
 
-    @classmethod
-    def reroll(cls, job: JobRecord) -> ImagineOptions:
-        """The same options as `job` with a new seed."""
-        return cls(
-            prompt=job.prompt,
-            negative=job.negative_prompt,
-            steps=job.steps,
-            guidance=job.guidance,
-            width=job.width,
-            height=job.height,
-            count=job.image_count,
-        )
-
-    def to_request(self, *, negative: str, native: int, limits: Limits, user: str) -> ImageRequest:
-        """The engine request; `negative` is the moderated negative prompt."""
-        width, height = self.width, self.height
-        if width is None and self.shape is not None:
-            width, height = size_for(self.shape, native, limits)
-        return ImageRequest(
-            prompt=self.prompt,
-            negative_prompt=negative,
-            seed=self.seed,
-            steps=self.steps,
-            guidance=self.guidance,
-            width=width,
-            height=height,
-            count=self.count,
-            user=user,
-        )
+    def problem(self) -> str | None:
+        """Why Discord would never have sent these options (a forged payload), else None."""
+        for name, text in (("prompt", self.prompt), ("negative prompt", self.negative)):
+            if len(text) > MAX_PROMPT:
+                return f"The {name} is too long (limit {MAX_PROMPT} characters)."
+        return None

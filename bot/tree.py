@@ -8,17 +8,15 @@ traceback: unexpected errors are logged with a short id the user can quote.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 from discord import app_commands
 
-from .errors import Refusal, describe
+from .errors import RateLimited, Refusal, describe
+from .services import host_of
 
-if TYPE_CHECKING:
-    from .client import ImagineBot
-
-__all__ = ["ImagineTree", "reply_privately"]
+__all__ = ["ImagineTree", "rate_limited", "reply_privately", "report"]
 
 log = logging.getLogger(__name__)
 
@@ -40,36 +38,44 @@ def _unwrap_refusal(error: BaseException) -> Refusal | None:
     return error if isinstance(error, Refusal) else None
 
 
-class ImagineTree(app_commands.CommandTree["ImagineBot"]):
-    async def interaction_check(self, interaction: discord.Interaction[ImagineBot]) -> bool:
+def rate_limited(interaction: discord.Interaction[Any]) -> RateLimited | None:
+    """Count one command or press by the interaction's user; the refusal when over the limit."""
+    wait = host_of(interaction).services.rate_limit.hit(interaction.user.id)
+    return None if wait is None else RateLimited.after(wait)
+
+
+async def report(interaction: discord.Interaction[Any], error: BaseException) -> None:
+    """Tell the user what went wrong (ephemeral); log what was unexpected."""
+    message = describe(error)
+    refusal = _unwrap_refusal(error)
+    if refusal is not None:
+        metrics = host_of(interaction).services.metrics
+        metrics.refusals.labels(reason=str(refusal.reason)).inc()
+    where = interaction.command.qualified_name if interaction.command else "component"
+    if message.error_id is not None:
+        log.error("error %s in %s", message.error_id, where, exc_info=error)
+    else:
+        log.info("refused %s for user %s: %s", where, interaction.user.id, message.text)
+    try:
+        await reply_privately(interaction, message.text)
+    except discord.HTTPException as exc:  # the interaction expired or was deleted
+        log.warning("could not tell user %s about an error: %s", interaction.user.id, exc)
+
+
+class ImagineTree(app_commands.CommandTree[Any]):
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
         """Per-user rate limit for slash commands (`/imagine` checks its own, to record the
         refusal in the ledger; buttons check theirs in `buttons.py`)."""
         command = interaction.command
         if command is not None and command.qualified_name == "imagine":
             return True
-        limited = interaction.client.rate_limited(interaction.user.id)
+        limited = rate_limited(interaction)
         if limited is None:
             return True
-        await self.report(interaction, limited)
+        await report(interaction, limited)
         return False
 
     async def on_error(
-        self, interaction: discord.Interaction[ImagineBot], error: app_commands.AppCommandError
+        self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
     ) -> None:
-        await self.report(interaction, error)
-
-    async def report(self, interaction: discord.Interaction[Any], error: BaseException) -> None:
-        """Tell the user what went wrong (ephemeral); log what was unexpected."""
-        message = describe(error)
-        refusal = _unwrap_refusal(error)
-        if refusal is not None:
-            interaction.client.metrics.refusals.labels(reason=str(refusal.reason)).inc()
-        where = interaction.command.qualified_name if interaction.command else "component"
-        if message.error_id is not None:
-            log.error("error %s in %s", message.error_id, where, exc_info=error)
-        else:
-            log.info("refused %s for user %s: %s", where, interaction.user.id, message.text)
-        try:
-            await reply_privately(interaction, message.text)
-        except discord.HTTPException as exc:  # the interaction expired or was deleted
-            log.warning("could not tell user %s about an error: %s", interaction.user.id, exc)
+        await report(interaction, error)

@@ -4,7 +4,7 @@ Importing this package does not import torch; `Engine.start()` does, on its work
 The engine knows nothing of Discord: it speaks the frozen dataclasses below.
 """
 
-from .config import DEFAULT_MODEL, SCHEDULERS, EngineConfig
+from .config import DEFAULT_MODEL, SCHEDULERS, EngineConfig, Limits
 from .errors import (
     Busy,
     Cancelled,
@@ -16,9 +16,10 @@ from .errors import (
 )
 from .job import Job, JobState, Progress
 from .pngmeta import Parameters, format_parameters, parse_parameters, read_parameters
-from .request import MAX_SEED, BatchKey, ImageRequest, Limits, ModelProfile, clean_text
+from .request import MAX_SEED, BatchKey, ImageRequest, ModelProfile, clean_text
 from .result import GeneratedImage, GenerationResult
-from .service import Engine, EngineStats
+from .service import Engine
+from .stats import CallRecord, EngineStats
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -26,6 +27,7 @@ __all__ = [
     "SCHEDULERS",
     "BatchKey",
     "Busy",
+    "CallRecord",
     "Cancelled",
     "Engine",
     "EngineConfig",

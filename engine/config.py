@@ -1,11 +1,15 @@
-"""Engine settings: a frozen dataclass the front end builds from its own config file."""
+"""Engine settings: a frozen dataclass the front end builds from its own config file.
+
+Every setting and its default is declared once, on `EngineConfig`; `Limits` is the part of it
+that request validation enforces, derived from it rather than declared again.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL", "SCHEDULERS", "EngineConfig"]
+__all__ = ["DEFAULT_MODEL", "SCHEDULERS", "EngineConfig", "Limits"]
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
 
@@ -52,6 +56,11 @@ class EngineConfig:
     default_guidance: float = -1.0  # < 0: the model family's own default
     default_size: int = 0  # 0: the model family's native size
 
+    @property
+    def limits(self) -> Limits:
+        """The bounds requests are validated against."""
+        return Limits.of(self)
+
     def __post_init__(self) -> None:
         problems = list(self.problems())
         if problems:
@@ -88,3 +97,23 @@ class EngineConfig:
         if self.min_size > min(self.max_width, self.max_height):
             out.append("min_size must not exceed max_width or max_height")
         return out
+
+
+_DEFAULTS = EngineConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on requests: `EngineConfig`'s limit fields, with its defaults."""
+
+    max_width: int = _DEFAULTS.max_width
+    max_height: int = _DEFAULTS.max_height
+    min_size: int = _DEFAULTS.min_size
+    max_steps: int = _DEFAULTS.max_steps
+    max_count: int = _DEFAULTS.max_count
+    max_guidance: float = _DEFAULTS.max_guidance
+
+    @classmethod
+    def of(cls, config: EngineConfig) -> Limits:
+        """The limits a config sets."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})

@@ -1,6 +1,7 @@
 """A handle on one submitted request: progress to watch, a result to await, a way to cancel.
 
-Lives on the event loop. The worker thread reports into it only through
+Lives on the event loop. The engine changes it only through `scheduling.Lifecycle`, and the
+worker thread reports into it only through a `Slot`'s hooks, which hop onto the loop with
 `loop.call_soon_threadsafe`, so every field is read and written on the loop's thread.
 """
 
@@ -15,7 +16,7 @@ from .errors import Cancelled
 from .request import BatchKey, ImageRequest
 from .result import GenerationResult
 
-__all__ = ["Job", "JobState", "Progress"]
+__all__ = ["Job", "JobState", "Progress", "Slot"]
 
 
 class JobState(enum.StrEnum):
@@ -64,7 +65,7 @@ class Job:
         self.submitted_at = self._loop.time()
         self.started_at: float | None = None
 
-    # What the batcher reads.
+    # What the schedulers read.
     @property
     def user(self) -> str:
         return self.request.user
@@ -122,18 +123,26 @@ class Job:
             self._changed.clear()
             await self._changed.wait()
 
-    # What the engine calls (on the loop thread).
-    def _update(self, **changes: object) -> None:
+    # Engine-internal: only `scheduling.Lifecycle` calls these, on the loop thread.
+    @property
+    def preview_requested(self) -> bool:
+        """Whether a preview is wanted at the next step (read from the worker thread too)."""
+        return self._preview_wanted
+
+    def update_progress(self, **changes: object) -> None:
+        """Replace fields of the progress snapshot, waking `updates()` if anything changed."""
         new = replace(self._progress, **changes)  # type: ignore[arg-type]
         if new != self._progress:
             self._progress = new
             self._changed.set()
 
-    def _take_preview_request(self) -> bool:
+    def take_preview_request(self) -> bool:
+        """Consume the one-shot preview request; whether there was one."""
         wanted, self._preview_wanted = self._preview_wanted, False
         return wanted
 
-    def _finish(self, result: GenerationResult | None, error: BaseException | None) -> None:
+    def resolve(self, result: GenerationResult | None, error: BaseException | None) -> None:
+        """End the job with its result or an error (a second call is ignored)."""
         if self._future.done():
             return
         if error is not None:
@@ -145,5 +154,16 @@ class Job:
             assert result is not None
             state = JobState.DONE
             self._future.set_result(result)
-        self._update(state=state, position=None)
+        self.update_progress(state=state, position=None)
         self._changed.set()
+
+
+@dataclass(slots=True)
+class Slot:
+    """One request inside a call, with the hooks the worker thread calls (see `Lifecycle.slot`)."""
+
+    request: ImageRequest
+    on_step: Callable[[int, int], None]
+    on_preview: Callable[[bytes], None]
+    wants_preview: Callable[[], bool]
+    is_cancelled: Callable[[], bool]

@@ -1,6 +1,6 @@
 """What a caller asks for, and the checks that run before anything is queued.
 
-Pure Python (no torch): the batcher and the front end import it freely.
+Pure Python (no torch): the schedulers and the front end import it freely.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from .config import Limits
 from .errors import InvalidRequest
 
 __all__ = [
@@ -17,7 +18,6 @@ __all__ = [
     "MAX_SEED",
     "BatchKey",
     "ImageRequest",
-    "Limits",
     "ModelProfile",
     "clean_text",
     "validate",
@@ -68,18 +68,6 @@ class BatchKey:
     height: int
     steps: int
     guidance: float
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Bounds from the operator's config."""
-
-    max_width: int = 1024
-    max_height: int = 1024
-    min_size: int = 64
-    max_steps: int = 50
-    max_count: int = 4
-    max_guidance: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

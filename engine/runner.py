@@ -1,127 +1,30 @@
-"""The one owner of torch and the pipeline: runs a batch of requests as one pipeline call.
+"""Loads the model and runs a batch of requests as one pipeline call.
 
-Everything here executes on the engine's single worker thread. The service hands it a list
-of `Slot`s that share a `BatchKey`; it returns their images or raises, and the service decides
-whether to split and retry.
+Everything here executes on the engine's single worker thread (`worker.Worker` owns it). The
+batch scheduler hands it a list of `Slot`s that share a `BatchKey`; it returns their images or
+raises, and the scheduler decides whether to split and retry.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-import io
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from .config import EngineConfig
+from .job import Slot
 from .loader import LoadedModel, load_model
-from .pngmeta import Parameters, encode_png
-from .preview import latents_to_preview
-from .request import ImageRequest, ModelProfile
+from .request import ModelProfile
 from .result import GeneratedImage
+from .torch_ops import check_safety, package_images, preview_png, seeded_generators
 
-__all__ = [
-    "Runner",
-    "Slot",
-    "check_safety",
-    "describe_failure",
-    "is_fatal",
-    "package_images",
-    "preview_png",
-    "seeded_generators",
-]
+__all__ = ["Runner"]
 
 log = logging.getLogger(__name__)
-
-_FATAL_MARKERS = ("device-side assert", "illegal memory access", "CUDA error: unspecified launch")
-
-
-def is_fatal(exc: BaseException) -> bool:
-    """Errors after which the worker cannot go on (a poisoned CUDA context, an interpreter exit)."""
-    if not isinstance(exc, Exception):
-        return True
-    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _FATAL_MARKERS)
-
-
-def describe_failure(exc: BaseException) -> str:
-    """A sentence for users: what went wrong and what they can change; never a traceback."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
-        return "The GPU ran out of memory making this image. Try a smaller size or fewer images."
-    return f"The image could not be generated (internal error: {type(exc).__name__})."
-
-
-@dataclass(slots=True)
-class Slot:
-    """One request inside a batch, with the hooks the runner calls from the worker thread."""
-
-    request: ImageRequest
-    on_step: Callable[[int, int], None]
-    on_preview: Callable[[bytes], None]
-    wants_preview: Callable[[], bool]
-    is_cancelled: Callable[[], bool]
-
-
-def seeded_generators(request: ImageRequest) -> list[torch.Generator]:
-    """One CPU generator per image, seeded `seed + i`: same image on any device and in any batch."""
-    return [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
-
-
-def preview_png(latents: torch.Tensor, family: str) -> bytes | None:
-    """A fast PNG of one sample's latents `(4, h, w)`, or None for layouts it cannot read."""
-    image = latents_to_preview(latents, family)
-    if image is None:
-        return None
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def check_safety(model: LoadedModel, images: Sequence[Any]) -> list[bool]:
-    """The safety checker's verdict per image (all False without one); images are not altered."""
-    if model.checker is None or model.feature_extractor is None:
-        return [False] * len(images)
-    inputs = model.feature_extractor(list(images), return_tensors="pt")
-    pixel = inputs.pixel_values.to(device=model.device, dtype=model.checker.dtype)
-    arrays = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
-    _, flags = model.checker(images=arrays, clip_input=pixel)
-    return [bool(f) for f in flags]
-
-
-def package_images(
-    model: LoadedModel, request: ImageRequest, images: Sequence[Any], flags: Sequence[bool]
-) -> list[GeneratedImage]:
-    """PNGs carrying their parameters, one per seed of `request`, in seed order."""
-    assert request.steps is not None and request.guidance is not None
-    assert request.width is not None and request.height is not None
-    made = []
-    for n, (seed, image, flagged) in enumerate(zip(request.seeds, images, flags, strict=True)):
-        params = Parameters(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            steps=request.steps,
-            sampler=model.profile.sampler,
-            cfg_scale=request.guidance,
-            seed=seed,
-            width=request.width,
-            height=request.height,
-            model=model.profile.name,
-        )
-        made.append(
-            GeneratedImage(
-                png=encode_png(image, params),
-                seed=seed,
-                index=n,
-                width=request.width,
-                height=request.height,
-                flagged=flagged,
-            )
-        )
-    return made
 
 
 class Runner:

@@ -8,28 +8,32 @@ tick runs ONE UNet forward over every sample with per-sample timesteps. Guidance
 request and each request's scheduler steps only its slice, so its images equal the stock
 pipeline's run alone with the same seed and settings.
 
-Everything here runs on the engine's single worker thread (`step_loop.py` schedules it).
+Everything here runs on the engine's single worker thread (`worker.Worker` owns it and
+`scheduling/step.py` schedules it).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from .job import Slot
 from .loader import LoadedModel
 from .request import ImageRequest
 from .result import GeneratedImage
-from .runner import Slot, check_safety, package_images, preview_png, seeded_generators
+from .torch_ops import check_safety, package_images, preview_png, seeded_generators
 
 __all__ = ["Sample", "Stepper", "unsupported_reason"]
 
 log = logging.getLogger(__name__)
+A = TypeVar("A")
+R = TypeVar("R")
 
 #: Pipelines whose denoising loop this module reproduces, by class name -> model family.
 _PIPELINES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
@@ -46,6 +50,17 @@ def unsupported_reason(model: LoadedModel) -> str | None:
     if getattr(unet.config, "time_cond_proj_dim", None) is not None:
         return "UNets with a guidance embedding (LCM-style) are not supported"
     return None
+
+
+def _each(fn: Callable[[A], R], items: Sequence[A]) -> list[R | Exception]:
+    """`fn` over each item, with an item's exception in place of its result."""
+    out: list[R | Exception] = []
+    for item in items:
+        try:
+            out.append(fn(item))
+        except Exception as exc:
+            out.append(exc)
+    return out
 
 
 @dataclass(eq=False, slots=True)
@@ -95,13 +110,7 @@ class Stepper:
     # Admission
     def admit_all(self, slots: Sequence[Slot]) -> list[Sample | Exception]:
         """`admit` each slot; a failure is returned in its place so it fails alone."""
-        out: list[Sample | Exception] = []
-        for slot in slots:
-            try:
-                out.append(self.admit(slot))
-            except Exception as exc:
-                out.append(exc)
-        return out
+        return _each(self.admit, slots)
 
     def admit(self, slot: Slot) -> Sample:
         """Encode the prompt once and draw the initial noise, as the pipeline's steps 3-6 do."""
@@ -256,13 +265,7 @@ class Stepper:
     # Finishing
     def finish_all(self, samples: Sequence[Sample]) -> list[list[GeneratedImage] | Exception]:
         """`finish` each sample; a failure is returned in its place so it fails alone."""
-        out: list[list[GeneratedImage] | Exception] = []
-        for sample in samples:
-            try:
-                out.append(self.finish(sample))
-            except Exception as exc:
-                out.append(exc)
-        return out
+        return _each(self.finish, samples)
 
     def finish(self, sample: Sample) -> list[GeneratedImage]:
         """Decode, check and encode one finished request's images (its PNGs, in seed order)."""

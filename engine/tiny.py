@@ -13,8 +13,22 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["BUILTIN_MODELS", "builtin_folder", "default_cache_dir"]
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTokenizer
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "builtin_folder",
+    "clip_tokenizer",
+    "default_cache_dir",
+    "tiny_text_config",
+    "tiny_unet",
+    "tiny_vae",
+]
 
 _VERSION = 1
 BUILTIN_MODELS = ("builtin:tiny", "builtin:tiny-flagging")
@@ -39,7 +53,8 @@ def builtin_folder(name: str, cache_dir: Path | None = None) -> Path:
     return root
 
 
-def _tokenizer():  # -> CLIPTokenizer
+def clip_tokenizer() -> CLIPTokenizer:
+    """The tiny models' CLIP tokenizer, from the small vocabulary shipped in `engine/vocab`."""
     from transformers import CLIPTokenizer
 
     vocab = json.loads((_VOCAB / "vocab.json").read_text(encoding="utf-8"))
@@ -48,28 +63,65 @@ def _tokenizer():  # -> CLIPTokenizer
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
+def tiny_unet(**changes: Any) -> UNet2DConditionModel:
+    """The tiny UNet (diffusers' fast-test shape); `changes` adapt it, e.g. to SDXL."""
+    from diffusers import UNet2DConditionModel
+
+    config: dict[str, Any] = {
+        "block_out_channels": (32, 64),
+        "layers_per_block": 2,
+        "sample_size": 32,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": 32,
+    }
+    return UNet2DConditionModel(**{**config, **changes})
+
+
+def tiny_vae() -> AutoencoderKL:
+    """The tiny VAE: 4 latent channels, 8x smaller latents than pixels."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+    )
+
+
+def tiny_text_config(tokenizer: CLIPTokenizer, **changes: Any) -> CLIPTextConfig:
+    """A 32-wide CLIP text encoder config for `tokenizer`; `changes` adapt it."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        **{
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "layer_norm_eps": 1e-05,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 5,
+            "vocab_size": len(tokenizer),
+            **changes,
+        }
+    )
+
+
 def _build(root: Path, *, flagging: bool) -> None:
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
 
     torch.manual_seed(0)  # the same weights on every machine
-    tokenizer = _tokenizer()
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-    )
+    tokenizer = clip_tokenizer()
+    unet = tiny_unet()
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -78,27 +130,8 @@ def _build(root: Path, *, flagging: bool) -> None:
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            vocab_size=len(tokenizer),
-        )
-    )
+    vae = tiny_vae()
+    text_encoder = CLIPTextModel(tiny_text_config(tokenizer))
     checker, extractor = _flagging_checker() if flagging else (None, None)
     pipe = StableDiffusionPipeline(
         vae=vae,
@@ -115,7 +148,7 @@ def _build(root: Path, *, flagging: bool) -> None:
     tmp.rename(root) if not root.exists() else None
 
 
-def _flagging_checker():  # -> (StableDiffusionSafetyChecker, CLIPImageProcessor)
+def _flagging_checker() -> tuple[StableDiffusionSafetyChecker, CLIPImageProcessor]:
     import torch
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPConfig, CLIPImageProcessor

@@ -24,7 +24,7 @@ from discord import app_commands
 from discord.ext import commands
 from discord.http import Route
 
-from tests.discord_server import (
+from testkit.discord_server import (
     MANAGE_GUILD,
     Channel,
     DiscordTestServer,

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from discord.ext import commands
 
-from .imagine import ImagineCog
+from ..services import JobActions, Services
+from .imagine import make_imagine_cog
 from .info import InfoCog
 from .quota import QuotaCog
 from .usage import UsageCog
 
-__all__ = ["COGS", "ImagineCog", "InfoCog", "QuotaCog", "UsageCog"]
+__all__ = ["InfoCog", "QuotaCog", "UsageCog", "make_cogs", "make_imagine_cog"]
 
-#: Every cog the bot adds in `setup_hook`, in order.
-COGS: tuple[type[commands.Cog], ...] = (ImagineCog, InfoCog, QuotaCog, UsageCog)
+
+def make_cogs(services: Services, jobs: JobActions) -> list[commands.Cog]:
+    """Every cog the bot adds in `setup_hook`, in order."""
+    return [
+        make_imagine_cog(services.engine.limits, jobs),
+        InfoCog(services),
+        QuotaCog(services),
+        UsageCog(services),
+    ]

@@ -1,64 +1,63 @@
-"""`/imagine`: declares the options (Discord checks the limits before sending) and hands the
-request to the job service. No logic lives here."""
+"""`/imagine`: declares the options with the operator's own limits (Discord checks them before
+sending, and the engine checks them again) and hands the request to the job service.
 
-from __future__ import annotations
+The command is built per bot from the engine's `Limits`, so an operator's `max_steps = 80`
+is what Discord offers; this module has no `from __future__ import annotations` because
+discord.py reads the option ranges from the annotations at class creation.
+"""
 
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from engine import MAX_SEED
+from engine import MAX_SEED, Limits
 
-from ..options import ImagineOptions, parse_shape
+from ..options import MAX_PROMPT, ImagineOptions, Shape, parse_shape
+from ..services import JobActions
 
-if TYPE_CHECKING:
-    from ..client import ImagineBot
+__all__ = ["make_imagine_cog"]
 
-__all__ = ["ImagineCog"]
-
-# Declared limits match the engine's defaults; the engine enforces the operator's own
-# (possibly tighter) `[engine]` limits again and explains any refusal.
-MAX_PROMPT = 1000
-MAX_STEPS = 50
-MAX_GUIDANCE = 30.0
-MAX_COUNT = 4
+_SHAPES = Literal[tuple(shape.value for shape in Shape)]  # type: ignore[valid-type]
 
 
-class ImagineCog(commands.Cog):
-    def __init__(self, bot: ImagineBot) -> None:
-        self.bot = bot
+def make_imagine_cog(limits: Limits, jobs: JobActions) -> commands.Cog:
+    """The `/imagine` cog with option ranges taken from `limits`."""
+    max_steps, max_count, max_guidance = limits.max_steps, limits.max_count, limits.max_guidance
 
-    @app_commands.command(name="imagine", description="Make images from a text prompt")
-    @app_commands.describe(
-        prompt="What the image should show",
-        negative="What the image should not show",
-        seed="Start from this seed to repeat an image (random when empty)",
-        steps="Denoising steps: more is slower and often finer",
-        guidance="How closely to follow the prompt",
-        size="Shape of the image",
-        count="How many images (each counts against your allowance)",
-    )
-    @app_commands.guild_only()
-    async def imagine(
-        self,
-        interaction: discord.Interaction[ImagineBot],
-        prompt: app_commands.Range[str, 1, MAX_PROMPT],
-        negative: app_commands.Range[str, 1, MAX_PROMPT] | None = None,
-        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
-        steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
-        guidance: app_commands.Range[float, 0.0, MAX_GUIDANCE] | None = None,
-        size: Literal["square", "portrait", "landscape"] | None = None,
-        count: app_commands.Range[int, 1, MAX_COUNT] = 1,
-    ) -> None:
-        options = ImagineOptions(
-            prompt=prompt,
-            negative=negative or "",
-            seed=seed,
-            steps=steps,
-            guidance=guidance,
-            shape=parse_shape(size),  # a forged size is refused, not a crash
-            count=count,
+    class ImagineCog(commands.Cog):
+        @app_commands.command(name="imagine", description="Make images from a text prompt")
+        @app_commands.describe(
+            prompt="What the image should show",
+            negative="What the image should not show",
+            seed="Start from this seed to repeat an image (random when empty)",
+            steps="Denoising steps: more is slower and often finer",
+            guidance="How closely to follow the prompt",
+            size="Shape of the image",
+            count="How many images (each counts against your allowance)",
         )
-        await self.bot.jobs.imagine(interaction, options)
+        @app_commands.guild_only()
+        async def imagine(
+            self,
+            interaction: discord.Interaction[Any],
+            prompt: app_commands.Range[str, 1, MAX_PROMPT],
+            negative: app_commands.Range[str, 1, MAX_PROMPT] | None = None,
+            seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+            steps: app_commands.Range[int, 1, max_steps] | None = None,
+            guidance: app_commands.Range[float, 0.0, max_guidance] | None = None,
+            size: _SHAPES | None = None,
+            count: app_commands.Range[int, 1, max_count] = 1,
+        ) -> None:
+            options = ImagineOptions(
+                prompt=prompt,
+                negative=negative or "",
+                seed=seed,
+                steps=steps,
+                guidance=guidance,
+                shape=parse_shape(size),  # a forged size is refused, not a crash
+                count=count,
+            )
+            await jobs.imagine(interaction, options)
+
+    return ImagineCog()

@@ -7,7 +7,7 @@ ledger's audit log with the moderator's id.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -15,9 +15,7 @@ from discord.ext import commands
 
 from ..checks import moderator_only
 from ..render import info_text, quota_change_text
-
-if TYPE_CHECKING:
-    from ..client import ImagineBot
+from ..services import Services
 
 __all__ = ["QuotaCog"]
 
@@ -27,8 +25,8 @@ MAX_DAILY = 100_000
 @app_commands.guild_only()
 @app_commands.default_permissions(manage_guild=True)
 class QuotaCog(commands.GroupCog, group_name="quota", group_description="Image allowances"):
-    def __init__(self, bot: ImagineBot) -> None:
-        self.bot = bot
+    def __init__(self, services: Services) -> None:
+        self.services = services
         super().__init__()
 
     @app_commands.command(name="set", description="Set a member's images per 24 hours")
@@ -36,12 +34,12 @@ class QuotaCog(commands.GroupCog, group_name="quota", group_description="Image a
     @moderator_only()
     async def set_(
         self,
-        interaction: discord.Interaction[ImagineBot],
+        interaction: discord.Interaction[Any],
         user: discord.Member,
         daily: app_commands.Range[int, 0, MAX_DAILY],
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        change = await self.bot.ledger.set_user_quota(
+        change = await self.services.ledger.set_user_quota(
             interaction.guild_id or 0, user.id, daily, by=interaction.user.id
         )
         await interaction.followup.send(quota_change_text(change), ephemeral=True)
@@ -50,13 +48,13 @@ class QuotaCog(commands.GroupCog, group_name="quota", group_description="Image a
     @app_commands.describe(user="Whose allowance (yours when empty)")
     @moderator_only()
     async def show(
-        self, interaction: discord.Interaction[ImagineBot], user: discord.Member | None = None
+        self, interaction: discord.Interaction[Any], user: discord.Member | None = None
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         member = user or interaction.user
         guild_id = interaction.guild_id or 0
-        status = await self.bot.ledger.user_status(guild_id, member.id)
-        history = await self.bot.ledger.quota_history(guild_id, member.id, limit=5)
+        status = await self.services.ledger.user_status(guild_id, member.id)
+        history = await self.services.ledger.quota_history(guild_id, member.id, limit=5)
         lines = [info_text(status, mention=member.mention)]
         if history:
             lines.append("Recent changes:")
@@ -71,10 +69,10 @@ class QuotaCog(commands.GroupCog, group_name="quota", group_description="Image a
     @app_commands.describe(user="Whose allowance")
     @moderator_only()
     async def reset(
-        self, interaction: discord.Interaction[ImagineBot], user: discord.Member
+        self, interaction: discord.Interaction[Any], user: discord.Member
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        change = await self.bot.ledger.reset_user_quota(
+        change = await self.services.ledger.reset_user_quota(
             interaction.guild_id or 0, user.id, by=interaction.user.id
         )
         await interaction.followup.send(quota_change_text(change), ephemeral=True)
@@ -83,10 +81,10 @@ class QuotaCog(commands.GroupCog, group_name="quota", group_description="Image a
     @app_commands.describe(user="Who to block")
     @moderator_only()
     async def block(
-        self, interaction: discord.Interaction[ImagineBot], user: discord.Member
+        self, interaction: discord.Interaction[Any], user: discord.Member
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        change = await self.bot.ledger.block_user(
+        change = await self.services.ledger.block_user(
             interaction.guild_id or 0, user.id, by=interaction.user.id
         )
         await interaction.followup.send(quota_change_text(change), ephemeral=True)

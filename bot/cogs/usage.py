@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from typing import TYPE_CHECKING
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -13,16 +13,14 @@ from discord.ext import commands
 from ..chart import usage_chart
 from ..checks import moderator_only
 from ..render import usage_embed
-
-if TYPE_CHECKING:
-    from ..client import ImagineBot
+from ..services import Services
 
 __all__ = ["UsageCog"]
 
 
 class UsageCog(commands.Cog):
-    def __init__(self, bot: ImagineBot) -> None:
-        self.bot = bot
+    def __init__(self, services: Services) -> None:
+        self.services = services
 
     @app_commands.command(name="usage", description="Images per day, top users and refusals")
     @app_commands.describe(days="How many days back (today included)")
@@ -31,11 +29,11 @@ class UsageCog(commands.Cog):
     @moderator_only()
     async def usage(
         self,
-        interaction: discord.Interaction[ImagineBot],
+        interaction: discord.Interaction[Any],
         days: app_commands.Range[int, 1, 90] = 7,
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        summary = await self.bot.ledger.usage_summary(interaction.guild_id or 0, days)
+        summary = await self.services.ledger.usage_summary(interaction.guild_id or 0, days)
         png = await asyncio.to_thread(usage_chart, summary, days)  # Pillow off the event loop
         await interaction.followup.send(
             embed=usage_embed(summary, days),

@@ -31,14 +31,7 @@ from .quota import (
     Reservation,
     UserStatus,
 )
-from .recovery import (
-    INTERACTION_TOKEN_TTL,
-    TOKEN_SAFETY_MARGIN,
-    RecoveryPlan,
-    classify,
-    give_up,
-    plan_recovery,
-)
+from .recovery import RecoveryPlan, TokenCheck, classify, give_up, plan_recovery
 from .store import Ledger, RetryPolicy, open_ledger, utcnow
 from .usage import DayUsage, RefusalCount, UsageSummary, UserDayUsage, UserUsage
 
@@ -46,9 +39,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "COUNTED_STATUSES",
     "DEFAULT_DATABASE_URL",
-    "INTERACTION_TOKEN_TTL",
     "TERMINAL_STATUSES",
-    "TOKEN_SAFETY_MARGIN",
     "WINDOW",
     "DayUsage",
     "JobRecord",
@@ -66,6 +57,7 @@ __all__ = [
     "RefusalReason",
     "Reservation",
     "RetryPolicy",
+    "TokenCheck",
     "UsageSummary",
     "UserDayUsage",
     "UserStatus",

@@ -139,25 +139,3 @@ class JobRecord:
     @property
     def active(self) -> bool:
         return self.status in ACTIVE_STATUSES
-
-    def as_request(self) -> JobRequest:
-        """The request that would run this job again with the same seed (re-queue, reroll)."""
-        return JobRequest(
-            guild_id=self.guild_id,
-            channel_id=self.channel_id,
-            user_id=self.user_id,
-            application_id=self.application_id,
-            interaction_id=self.interaction_id,
-            interaction_token=self.interaction_token,
-            prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
-            seed=self.seed,
-            model=self.model,
-            scheduler=self.scheduler,
-            steps=self.steps,
-            guidance=self.guidance,
-            width=self.width,
-            height=self.height,
-            image_count=self.image_count,
-            reroll_of=self.reroll_of,
-        )

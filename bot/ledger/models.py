@@ -106,7 +106,7 @@ class Job(Base):
     queued_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
-    delivered_at: Mapped[datetime | None]  # set once: a restart never delivers twice
+    delivered_at: Mapped[datetime | None]  # when the result was posted
 
     __table_args__ = (
         CheckConstraint(_in_list("status", JobStatus), name="status"),

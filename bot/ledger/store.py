@@ -8,7 +8,8 @@ is retried a few times before `LedgerBusyError`.
 
 Status changes are compare-and-set updates (`UPDATE ... WHERE status IN (allowed)`): an
 illegal or repeated transition (or an unknown job id) changes nothing and returns False, so a
-late or duplicate event can't corrupt a job, and `mark_delivered` is true exactly once per job.
+late or duplicate event can't corrupt a job: `mark_done` is true once per job, however many
+callers race to it.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -58,6 +59,8 @@ __all__ = ["Ledger", "RetryPolicy", "open_ledger", "utcnow"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: Seconds the database may take to answer a health check before it counts as down.
+PING_TIMEOUT = 3.0
 
 #: Error texts are for moderators and logs, not for storing tracebacks.
 MAX_ERROR_CHARS = 2000
@@ -105,35 +108,15 @@ def _reason(value: str | None) -> RefusalReason | str | None:
         return value
 
 
+_REQUEST_FIELDS = tuple(f.name for f in fields(JobRequest))
+_RECORD_FIELDS = tuple(f.name for f in fields(JobRecord))
+
+
 def _record(job: Job) -> JobRecord:
-    return JobRecord(
-        id=job.id,
-        guild_id=job.guild_id,
-        channel_id=job.channel_id,
-        user_id=job.user_id,
-        application_id=job.application_id,
-        interaction_id=job.interaction_id,
-        interaction_token=job.interaction_token,
-        message_id=job.message_id,
-        prompt=job.prompt,
-        negative_prompt=job.negative_prompt,
-        seed=job.seed,
-        model=job.model,
-        scheduler=job.scheduler,
-        steps=job.steps,
-        guidance=job.guidance,
-        width=job.width,
-        height=job.height,
-        image_count=job.image_count,
-        status=_status(job.status),
-        refusal_reason=_reason(job.refusal_reason),
-        error=job.error,
-        reroll_of=job.reroll_of,
-        queued_at=job.queued_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        delivered_at=job.delivered_at,
-    )
+    """The frozen view of a row (every `JobRecord` field is a column of the same name)."""
+    values = {name: getattr(job, name) for name in _RECORD_FIELDS}
+    values |= {"status": _status(job.status), "refusal_reason": _reason(job.refusal_reason)}
+    return JobRecord(**values)
 
 
 def _statuses(statuses: Iterable[JobStatus]) -> list[str]:
@@ -178,6 +161,16 @@ class Ledger:
 
     def now(self) -> datetime:
         return self._clock()
+
+    async def ping(self) -> bool:
+        """Whether the database answers a query within `PING_TIMEOUT` seconds (health)."""
+
+        async def query() -> None:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+
+        await asyncio.wait_for(query(), PING_TIMEOUT)
+        return True
 
     def policy_for(self, guild_id: int) -> QuotaPolicy:
         return self._guild_policies.get(guild_id, self.policy)
@@ -301,29 +294,17 @@ class Ledger:
         request: JobRequest, now: datetime, reason: RefusalReason | str | None, detail: str | None
     ) -> Job:
         refused = reason is not None
+        values = {name: getattr(request, name) for name in _REQUEST_FIELDS}
         return Job(
-            guild_id=request.guild_id,
-            channel_id=request.channel_id,
-            user_id=request.user_id,
-            application_id=request.application_id,
-            interaction_id=request.interaction_id,
-            interaction_token=None if refused else request.interaction_token,
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            model=request.model,
-            scheduler=request.scheduler,
-            steps=request.steps,
-            guidance=request.guidance,
-            width=request.width,
-            height=request.height,
-            seed=request.seed,
-            image_count=request.image_count,
-            status=str(JobStatus.REFUSED if refused else JobStatus.QUEUED),
-            refusal_reason=None if reason is None else str(reason),
-            error=_error_text(detail),
-            reroll_of=request.reroll_of,
-            queued_at=now,
-            finished_at=now if refused else None,
+            **values
+            | {
+                "interaction_token": None if refused else request.interaction_token,
+                "status": str(JobStatus.REFUSED if refused else JobStatus.QUEUED),
+                "refusal_reason": None if reason is None else str(reason),
+                "error": _error_text(detail),
+                "queued_at": now,
+                "finished_at": now if refused else None,
+            }
         )
 
     # -- status transitions ---------------------------------------------------------------
@@ -339,8 +320,8 @@ class Ledger:
     async def mark_done(self, job_id: int, message_id: int | None = None) -> bool:
         """queued/running → done; the images stay counted and the token is forgotten.
 
-        Pass `message_id` when the result is already posted: it is recorded and the job is
-        marked delivered too. Otherwise claim delivery with `mark_delivered` before posting.
+        Pass `message_id` when the result is posted: it is recorded and the job is marked
+        delivered too (the bot posts first, so delivery is at-least-once; see `bot/jobs/run.py`).
         """
         now = self._clock()
         values: dict[str, Any] = {
@@ -387,17 +368,6 @@ class Ledger:
                 "interaction_token": None,
             },
         )
-
-    async def mark_delivered(self, job_id: int, message_id: int | None = None) -> bool:
-        """Claim delivery of a done job: True exactly once, False if already delivered.
-
-        Call it before posting the result and post only on True: a crash in between loses one
-        message rather than ever posting it twice.
-        """
-        values: dict[str, Any] = {"delivered_at": self._clock()}
-        if message_id is not None:
-            values["message_id"] = message_id
-        return await self._set_where(job_id, {JobStatus.DONE}, values, Job.delivered_at.is_(None))
 
     async def refund_images(self, job_id: int, images: int) -> bool:
         """Give back `images` of a done job that were never posted (moderation withheld them).

@@ -8,65 +8,29 @@ channel they are posted as usual. (Spoiler mode is covered by `test_restart.py`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from bot.ledger import JobStatus
-from tests.discord_server import Channel, DiscordTestServer, Guild, User
-
-from .conftest import (
-    JOB_TIMEOUT,
-    BotProcess,
-    bot_config,
-    job_id_of,
-    job_of,
-    read_ledger,
-    wait_result,
-)
+from testkit.jobs import JOB_TIMEOUT, job_id_of, job_of, read_ledger, wait_result
+from testkit.world import NewWorld, World
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@dataclass
-class World:
-    server: DiscordTestServer
-    guild: Guild
-    art: Channel
-    after_dark: Channel  # NSFW
-    alice: User
-    tmp: Path
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def world(
-    model_cache: Path, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[World]:
-    tmp = tmp_path_factory.mktemp("flagged")
-    async with DiscordTestServer(default_timeout=15) as server:
-        server.create_application("imagine-bot")
-        guild = server.create_guild("Art Club")
-        art = guild.create_text_channel("art")
-        after_dark = guild.create_text_channel("after-dark", nsfw=True)
-        alice = server.create_user("alice")
-        guild.add_member(alice)
-        config = bot_config(
-            tmp,
-            server,
-            model_cache,
-            guild_ids=[],  # global commands, this time
+async def world(new_world: NewWorld) -> AsyncIterator[World]:
+    """#art, and #after-dark (NSFW); commands synced globally, this time."""
+    async with new_world(users=("alice",)) as world:
+        world.add_channel("after-dark", nsfw=True)
+        world.configure(
+            guild_ids=[],
             engine={"model": "builtin:tiny-flagging"},
             moderation={"flagged_images": "refuse_outside_nsfw"},
         )
-        bot = await BotProcess(server, config, token=server.application.token).start()
-        try:
-            await bot.wait_ready()
-            yield World(server, guild, art, after_dark, alice, tmp)
-        finally:
-            assert await bot.stop() == 0, bot.output[-3000:]
-        server.assert_clean()
+        async with world.running_bot():
+            yield world
 
 
 async def test_without_guild_ids_commands_are_synced_globally(world: World) -> None:
@@ -108,6 +72,8 @@ async def test_flagged_images_are_posted_in_nsfw_channels(world: World) -> None:
     result = await wait_result(interaction)
     (image,) = result.attachments
     assert not image.spoiler and image.filename.startswith("imagine-")
+    # The job is marked done just after its result is posted: wait for the bot to say so.
+    await world.bot.wait_for_line(rf"job {job_id_of(result)}: delivered", within=JOB_TIMEOUT)
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id_of(result))
         assert job.status is JobStatus.DONE and job.image_count == 1

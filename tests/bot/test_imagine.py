@@ -11,8 +11,6 @@ import asyncio
 import io
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -20,101 +18,40 @@ from PIL import Image
 
 from bot.ledger import JobStatus, QuotaKind, RefusalReason
 from engine import read_parameters
-from tests.discord_server import MANAGE_GUILD, Channel, DiscordTestServer, Guild, Message, User
+from testkit.discord_server import MANAGE_GUILD, Message, User
+from testkit.jobs import JOB_TIMEOUT, job_id_of, job_of, read_ledger, result_of, wait_result
+from testkit.world import NewWorld, World
 
-from .conftest import (
-    JOB_TIMEOUT,
-    BotProcess,
-    bot_config,
-    job_id_of,
-    job_of,
-    read_ledger,
-    result_of,
-    wait_result,
-)
-
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("clean_world")]
 
 RELATIVE_TIME = re.compile(r"<t:\d+:R>")
 
 
-@dataclass
-class World:
-    server: DiscordTestServer
-    guild: Guild
-    art: Channel  # where /imagine is allowed
-    lounge: Channel  # not in allowed_channel_ids
-    alice: User
-    bob: User
-    carol: User
-    dave: User
-    erin: User
-    frank: User
-    mod: User  # has the configured moderator role (no Manage Server)
-    admin: User  # has Manage Server
-    bot: BotProcess
-    tmp: Path
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def world(
-    model_cache: Path, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[World]:
-    tmp = tmp_path_factory.mktemp("imagine")
-    async with DiscordTestServer(default_timeout=15) as server:
-        server.rules.rate_limit_is_violation = True  # the bot must pace its edits itself
-        server.create_application("imagine-bot")
-        guild = server.create_guild("Art Club")
-        art = guild.create_text_channel("art")
-        lounge = guild.create_text_channel("lounge")
-        helpers = guild.create_role("Helpers")
-        admins = guild.create_role("Admins", permissions=MANAGE_GUILD)
-        users = {
-            n: server.create_user(n) for n in ("alice", "bob", "carol", "dave", "erin", "frank")
-        }
-        for user in users.values():
-            guild.add_member(user)
-        mod, admin = server.create_user("mod"), server.create_user("admin")
-        guild.add_member(mod, roles=[helpers])
-        guild.add_member(admin, roles=[admins])
-        config = bot_config(
-            tmp,
-            server,
-            model_cache,
-            guild_ids=[guild.id],
+async def world(new_world: NewWorld) -> AsyncIterator[World]:
+    """#art allows /imagine, #lounge does not; `mod` has the moderator role (no Manage
+    Server), `admin` has Manage Server; 3 images a day; an edit over Discord's rate limit is
+    a violation."""
+    async with new_world(
+        channels=("art", "lounge"),
+        users=("alice", "bob", "carol", "dave", "erin", "frank"),
+    ) as world:
+        world.server.rules.rate_limit_is_violation = True  # the bot must pace its edits itself
+        helpers = world.guild.create_role("Helpers")
+        admins = world.guild.create_role("Admins", permissions=MANAGE_GUILD)
+        world.add_user("mod", roles=[helpers])
+        world.add_user("admin", roles=[admins])
+        world.configure(
             discord={"moderator_role_ids": [helpers.id]},
             quota={"daily_images": 3, "max_queued_per_user": 2},
             moderation={
-                "allowed_channel_ids": [art.id],
+                "allowed_channel_ids": [world.art.id],
                 "blocked_words": ["forbidden"],
                 "forced_negative_prompt": "blurry",
             },
         )
-        bot = await BotProcess(server, config, token=server.application.token).start()
-        try:
-            await bot.wait_ready()
-            yield World(server, guild, art, lounge, **users, mod=mod, admin=admin, bot=bot, tmp=tmp)
-        finally:
-            code = await bot.stop()
-        assert code == 0, bot.output[-3000:]
-        assert server.application.token not in bot.output  # the token is never logged
-
-
-@pytest_asyncio.fixture(autouse=True, loop_scope="module")
-async def clean(world: World) -> AsyncIterator[None]:
-    start = len(world.bot.lines)
-    yield
-    print("bot output during the test:", *world.bot.lines[start:], sep="\n")  # on failure
-    world.server.assert_clean()
-
-
-async def imagine(world: World, user: User, **options: object) -> tuple[int, Message]:
-    """Run /imagine in #art; return the job id and its (ephemeral) progress message."""
-    interaction = await world.server.invoke(
-        "imagine", user=user, channel=world.art, options={"steps": 2, **options}
-    )
-    progress = await interaction.wait_for_original(lambda m: bool(m.custom_ids))
-    return job_id_of(progress), progress
+        async with world.running_bot():
+            yield world
 
 
 async def test_commands_are_synced_to_the_guild_with_declared_limits(world: World) -> None:
@@ -212,7 +149,7 @@ async def test_two_users_at_once_each_get_their_own_images(world: World) -> None
 
 async def test_quota_refusal_is_private_and_says_when_it_refills(world: World) -> None:
     server = world.server
-    job_id, _ = await imagine(world, world.dave, prompt="three cats", count=3)  # all 3 images
+    job_id, _ = await world.imagine(world.dave, prompt="three cats", count=3)  # all 3 images
     refused = await server.invoke(
         "imagine", user=world.dave, channel=world.art, options={"prompt": "one more cat"}
     )
@@ -382,8 +319,8 @@ async def test_cancel_while_queued_or_running_and_too_many_jobs(world: World) ->
     )
     await raised.wait_for_original()
     # A long job (seconds of work) runs; the next one waits behind it.
-    first_id, first = await imagine(world, world.erin, prompt="a slow mural", steps=50, count=3)
-    second_id, second = await imagine(world, world.erin, prompt="a slow sketch", steps=50)
+    first_id, first = await world.imagine(world.erin, prompt="a slow mural", steps=50, count=3)
+    second_id, second = await world.imagine(world.erin, prompt="a slow sketch", steps=50)
     third = await server.invoke(
         "imagine", user=world.erin, channel=world.art, options={"prompt": "one too many"}
     )
@@ -416,7 +353,7 @@ async def test_cancel_while_queued_or_running_and_too_many_jobs(world: World) ->
 async def test_a_job_that_outlives_its_token_is_posted_to_the_channel(world: World) -> None:
     """Last in the module: it moves Discord's clock 14.5 minutes forward."""
     server = world.server
-    job_id, progress = await imagine(world, world.frank, prompt="a long night", steps=50, count=2)
+    job_id, progress = await world.imagine(world.frank, prompt="a long night", steps=50, count=2)
     server.advance_time(14.5 * 60)
     # Any interaction tells the bot Discord's time: the job's token now has 30 s left, under
     # the bot's one-minute margin, so it must not be used any more.
@@ -432,6 +369,8 @@ async def test_a_job_that_outlives_its_token_is_posted_to_the_channel(world: Wor
     assert posted.pinged_user_ids == {world.frank.id}
     assert progress.interaction is not None and result_of(progress.interaction) is None
     assert server.requests_to("POST", rf"^/channels/{world.art.id}/messages$")
+    # The job is marked done just after its result is posted: wait for the bot to say so.
+    await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id)
         assert job.status is JobStatus.DONE and job.message_id == posted.id

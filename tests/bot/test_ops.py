@@ -1,11 +1,27 @@
-"""The ops endpoint over a real socket: health reflects its checks, metrics are Prometheus text."""
+"""Operations: the endpoint over a real socket (health reflects its checks, metrics are
+Prometheus text), and the metering and pointing of discord.py's HTTP client."""
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
+import discord
+import pytest
+from discord.gateway import DiscordWebSocket
+from discord.http import Route
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.ops import HealthChecks, Metrics, OpsServer
+from bot.discord_limits import DISCORD_API
+from bot.ops import (
+    HealthChecks,
+    HttpMeter,
+    Metrics,
+    OpsServer,
+    follow_gateway,
+    point_discord_at,
+)
+from testkit.discord_server import DiscordTestServer
 
 
 async def test_health_and_metrics_over_http() -> None:
@@ -61,3 +77,46 @@ async def test_health_and_metrics_over_http() -> None:
     assert samples[("imagine_refusals_total", (("reason", "quota"),))] == 2
     assert samples[("imagine_batch_images_count", ())] == 1
     assert samples[("imagine_discord_errors_total", (("code", "429"),))] == 1
+
+
+def _sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
+    value = metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
+
+
+async def test_discord_http_is_pointed_and_metered_on_the_real_client() -> None:
+    """discord.py's REST client, pointed at the test server by `point_discord_at`, counts a
+    failed request by status; `follow_gateway` keeps re-identifies on that server's gateway;
+    an interaction's first answer is timed from its arrival. The class attributes discord.py
+    reads are restored afterwards."""
+    saved = (Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY)
+    metrics = Metrics()
+    ticks = iter([10.0, 10.25])
+    meter = HttpMeter(metrics, clock=lambda: next(ticks))
+    client = discord.Client(intents=discord.Intents.none())
+    try:
+        async with DiscordTestServer() as server:
+            server.create_application("imagine-bot")
+            point_discord_at(server.api_base_url + "/")
+            assert Route.BASE == server.api_base_url
+            meter.install(client.http)
+            await client.login(server.application.token)
+            await follow_gateway(client.http, server.api_base_url)
+            gateway = str(DiscordWebSocket.DEFAULT_GATEWAY)
+            assert gateway != str(saved[1]) and gateway.startswith("ws://127.0.0.1")
+
+            server.inject_failures("GET", r"^/channels/\d+$", [403])
+            with pytest.raises(discord.HTTPException):
+                await client.http.get_channel(1234)
+            assert _sample(metrics, "imagine_discord_errors_total", {"code": "403"}) == 1
+
+            meter.arrived(42)
+            route = Route("POST", "/interactions/{id}/{token}/callback", id=42, token="t")
+            assert await meter.meter(asyncio.sleep(0, result="ok"), route) == "ok"
+            assert _sample(metrics, "imagine_first_answer_seconds_count") == 1
+            assert _sample(metrics, "imagine_first_answer_seconds_sum") == 0.25
+            await client.close()
+    finally:
+        Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
+    await follow_gateway(client.http, DISCORD_API)  # Discord's own API: nothing to follow
+    assert DiscordWebSocket.DEFAULT_GATEWAY == saved[1]

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -19,67 +17,25 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.ledger import JobStatus, RefusalReason
-from tests.discord_server import Channel, DiscordTestServer, Guild, User
+from testkit.jobs import read_ledger, wait_result
+from testkit.world import NewWorld, World
 
-from .conftest import BotProcess, bot_config, read_ledger, wait_result
-
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("clean_world")]
 
 RELATIVE_TIME = re.compile(r"<t:\d+:R>")
 LIMIT = 3  # commands per user per minute
 
 
-@dataclass
-class World:
-    server: DiscordTestServer
-    guild: Guild
-    art: Channel
-    alice: User
-    bob: User
-    carol: User
-    bot: BotProcess
-    ops: str  # http://127.0.0.1:<port>
-    tmp: Path
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def world(
-    model_cache: Path, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[World]:
-    tmp = tmp_path_factory.mktemp("ops")
-    async with DiscordTestServer(default_timeout=15) as server:
-        server.create_application("imagine-bot")
-        guild = server.create_guild("Ops Club")
-        art = guild.create_text_channel("art")
-        alice, bob, carol = (server.create_user(n) for n in ("alice", "bob", "carol"))
-        for user in (alice, bob, carol):
-            guild.add_member(user)
-        config = bot_config(
-            tmp,
-            server,
-            model_cache,
-            guild_ids=[guild.id],
-            moderation={"commands_per_minute": LIMIT},
-            ops={"listen": "127.0.0.1:0"},
-        )
-        bot = await BotProcess(server, config, token=server.application.token).start()
-        try:
+async def world(new_world: NewWorld) -> AsyncIterator[World]:
+    """`LIMIT` commands a minute per user; `world.ops` is the ops endpoint's address."""
+    async with new_world(guild="Ops Club", users=("alice", "bob", "carol")) as world:
+        world.configure(moderation={"commands_per_minute": LIMIT}, ops={"listen": "127.0.0.1:0"})
+        async with world.running_bot() as bot:
             line = await bot.wait_for_line(r"ops endpoint on http://127\.0\.0\.1:\d+", 60)
-            await bot.wait_ready()
             port = re.search(r"127\.0\.0\.1:(\d+)", line).group(1)  # type: ignore[union-attr]
-            yield World(server, guild, art, alice, bob, carol, bot, f"http://127.0.0.1:{port}", tmp)
-        finally:
-            code = await bot.stop()
-        assert code == 0, bot.output[-3000:]
-        assert server.application.token not in bot.output
-
-
-@pytest_asyncio.fixture(autouse=True, loop_scope="module")
-async def clean(world: World) -> AsyncIterator[None]:
-    start = len(world.bot.lines)
-    yield
-    print("bot output during the test:", *world.bot.lines[start:], sep="\n")  # on failure
-    world.server.assert_clean()
+            world.ops = f"http://127.0.0.1:{port}"
+            yield world
 
 
 async def get(world: World, path: str) -> tuple[int, str]:

@@ -1,6 +1,6 @@
 """Hostile `/imagine` input, in process, over the pure path a request takes in `jobs.py`:
 
-    moderation (negative prompt, blocked words) → `ImagineOptions.to_request` → the engine's
+    moderation (negative prompt, blocked words) → `jobs.convert.engine_request` → the engine's
     `validate` (what `Engine.prepare` runs before anything is queued) → the echo in `render`.
 
 Whatever a user types (control characters, null bytes, zero-width and bidi characters, 10 000
@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from bot import render
 from bot.config import ModerationSettings
 from bot.errors import describe
+from bot.jobs.convert import engine_request
 from bot.moderation import Moderation, Verdict
 from bot.options import ImagineOptions, InvalidShape, Shape, parse_shape
 from engine import (
@@ -77,7 +78,8 @@ options = st.builds(
 
 def admit(asked: ImagineOptions) -> tuple[ImageRequest, tuple[str, ...]] | str:
     """The request the engine would queue, or the text the user would read."""
-    request = asked.to_request(
+    request = engine_request(
+        asked,
         negative=MODERATION.negative_prompt(asked.negative),
         native=PROFILE.native_size,
         limits=LIMITS,

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from bot.chart import usage_chart
-from bot.cli import _default_to_run
+from bot.cli import default_to_run
 from bot.clock import DiscordClock
 from bot.errors import NotModerator, Refusal, describe
 from bot.ledger import DayUsage, RefusalReason, UsageSummary
@@ -104,7 +104,7 @@ def test_errors_become_messages_users_can_read() -> None:
 
 
 def test_the_cli_reads_a_bare_config_option_as_run() -> None:
-    assert _default_to_run(["--config", "x.toml"]) == ["run", "--config", "x.toml"]
-    assert _default_to_run(["-v", "--config=x.toml"]) == ["-v", "run", "--config=x.toml"]
-    assert _default_to_run(["generate", "--config", "x", "a cat"])[0] == "generate"
-    assert _default_to_run([]) == []
+    assert default_to_run(["--config", "x.toml"]) == ["run", "--config", "x.toml"]
+    assert default_to_run(["-v", "--config=x.toml"]) == ["-v", "run", "--config=x.toml"]
+    assert default_to_run(["generate", "--config", "x", "a cat"])[0] == "generate"
+    assert default_to_run([]) == []

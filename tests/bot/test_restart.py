@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -21,113 +19,44 @@ from sqlalchemy import update
 from bot.ledger import ACTIVE_STATUSES, JobStatus
 from bot.ledger.models import Job
 from engine import read_parameters
-from tests.discord_server import (
-    DEFAULT_BOT_PERMISSIONS,
-    DEFAULT_MEMBER_PERMISSIONS,
-    Channel,
-    DiscordTestServer,
-    Guild,
-    Message,
-    User,
-)
-from tests.discord_server.state import SEND_MESSAGES
-
-from .conftest import (
-    JOB_TIMEOUT,
-    BotProcess,
-    bot_config,
-    job_id_of,
-    job_of,
-    read_ledger,
-    result_of,
-    wait_result,
-)
+from testkit.discord_server import DEFAULT_BOT_PERMISSIONS, DEFAULT_MEMBER_PERMISSIONS
+from testkit.discord_server.state import SEND_MESSAGES
+from testkit.jobs import JOB_TIMEOUT, job_id_of, job_of, read_ledger, result_of, wait_result
+from testkit.world import NewWorld, World
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@dataclass
-class World:
-    server: DiscordTestServer
-    guild: Guild
-    art: Channel
-    quiet: Guild  # the bot may not post in its channels (no Send Messages)
-    gallery: Channel
-    alice: User
-    bob: User
-    carol: User
-    config: Path
-    tmp: Path
-    delivered: dict[str, Message] = field(default_factory=dict)  # results, by test name
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def world(
-    model_cache: Path, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[World]:
-    tmp = tmp_path_factory.mktemp("restart")
-    async with DiscordTestServer(default_timeout=15) as server:
-        server.create_application("imagine-bot")
-        guild = server.create_guild("Art Club")
-        art = guild.create_text_channel("art")
-        quiet = server.create_guild(  # a read-only server: nobody may post, the bot neither
+async def world(new_world: NewWorld) -> AsyncIterator[World]:
+    """Two guilds: #art in "Art Club", and #gallery in "Quiet Club", where nobody may post,
+    the bot neither. The tests start and stop the bot themselves."""
+    async with new_world(users=("alice", "bob", "carol")) as world:
+        quiet = world.add_guild(
+            "quiet",
             "Quiet Club",
             bot_permissions=DEFAULT_BOT_PERMISSIONS & ~SEND_MESSAGES,
             everyone_permissions=DEFAULT_MEMBER_PERMISSIONS & ~SEND_MESSAGES,
         )
-        gallery = quiet.create_text_channel("gallery")
-        gallery.bot_can_send = False
-        users = [server.create_user(n) for n in ("alice", "bob", "carol")]
-        for user in users:
-            guild.add_member(user)
-            quiet.add_member(user)
-        config = bot_config(
-            tmp,
-            server,
-            model_cache,
-            guild_ids=[guild.id, quiet.id],
+        world.add_channel("gallery", guild=quiet).bot_can_send = False
+        world.configure(
+            guild_ids=[world.guild.id, quiet.id],
             engine={"model": "builtin:tiny-flagging"},
             moderation={"flagged_images": "spoiler"},
         )
-        yield World(server, guild, art, quiet, gallery, *users, config=config, tmp=tmp)
-        server.assert_clean()
-
-
-async def start_bot(world: World, identify_count: int) -> BotProcess:
-    bot = await BotProcess(world.server, world.config, token=world.server.application.token).start()
-    await bot.wait_ready(identify_count)
-    return bot
-
-
-async def ask(
-    world: World, user: User, channel: Channel, prompt: str, **options: object
-) -> tuple[int, Message]:
-    interaction = await world.server.invoke(
-        "imagine", user=user, channel=channel, options={"prompt": prompt, "steps": 2, **options}
-    )
-    progress = await interaction.wait_for_original(lambda m: bool(m.custom_ids))
-    return job_id_of(progress), progress
-
-
-def results_for(world: World, job_id: int) -> list[Message]:
-    """Every message ever posted with this job's images (deleted ones too)."""
-    return [
-        m
-        for channel in (world.art, world.gallery)
-        for m in world.server.messages_in(channel, include_deleted=True)
-        if any(a.filename.endswith(".png") and f"-{job_id}-" in a.filename for a in m.attachments)
-    ]
+        world.delivered = {}  # results, by test name
+        yield world
 
 
 async def test_a_killed_bot_delivers_every_job_once_or_refunds_it(world: World) -> None:
     server = world.server
-    bot = await start_bot(world, 1)
+    bot = await world.start_bot()
     # A: a long job, running when the bot dies; its token stays valid: answered through it.
-    a_id, a_progress = await ask(world, world.alice, world.art, "a storm", steps=30)
+    a_id, a_progress = await world.imagine(world.alice, "a storm", steps=30)
     # B and C wait behind A. They will look 20 minutes old at restart: their tokens are
     # given up. C is posted to its channel; B's channel does not let the bot post: refunded.
-    c_id, _ = await ask(world, world.bob, world.art, "a calm sea")
-    b_id, _ = await ask(world, world.carol, world.gallery, "a quiet room")
+    c_id, _ = await world.imagine(world.bob, "a calm sea")
+    b_id, _ = await world.imagine(world.carol, "a quiet room", channel=world.gallery)
     bot.unwatch()
     bot.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
     assert await bot.exited() == -signal.SIGKILL
@@ -139,9 +68,9 @@ async def test_a_killed_bot_delivers_every_job_once_or_refunds_it(world: World) 
         old = ledger.now() - timedelta(minutes=20)
         async with ledger.engine.begin() as conn:
             await conn.execute(update(Job).where(Job.id.in_([b_id, c_id])).values(queued_at=old))
-    assert not results_for(world, a_id) + results_for(world, b_id) + results_for(world, c_id)
+    assert not world.results_for(a_id) + world.results_for(b_id) + world.results_for(c_id)
 
-    bot = await start_bot(world, 2)
+    bot = await world.start_bot()
     try:
         assert a_progress.interaction is not None
         a_result = await wait_result(a_progress.interaction)
@@ -158,7 +87,7 @@ async def test_a_killed_bot_delivers_every_job_once_or_refunds_it(world: World) 
     assert a_result.pinged_user_ids == {world.alice.id}
     assert c_result.content.startswith(world.bob.mention)
     assert c_result.pinged_user_ids == {world.bob.id}
-    assert [len(results_for(world, j)) for j in (a_id, b_id, c_id)] == [1, 0, 1]
+    assert [len(world.results_for(j)) for j in (a_id, b_id, c_id)] == [1, 0, 1]
     assert not [m for m in server.messages_in(world.gallery) if not m.ephemeral]
     for result in (a_result, c_result):  # flagged images are spoilers, named SPOILER_
         assert result.attachments and all(a.spoiler for a in result.attachments)
@@ -184,7 +113,7 @@ async def test_buttons_work_after_a_restart_and_sigterm_keeps_unfinished_jobs(
     world: World,
 ) -> None:
     server = world.server
-    bot = await start_bot(world, 3)
+    bot = await world.start_bot()
     # A result posted by the previous process: its buttons are resolved through the database.
     a_result = world.delivered["a"]
     a_id = job_id_of(a_result)
@@ -194,7 +123,7 @@ async def test_buttons_work_after_a_restart_and_sigterm_keeps_unfinished_jobs(
     deleted = await server.click(a_result, f"imagine:delete:{a_id}", user=world.alice)
     await deleted.wait_for(lambda _: a_result.deleted, what="the result to be deleted")
 
-    job_id, progress = await ask(world, world.alice, world.art, "a long wait", steps=30)
+    job_id, progress = await world.imagine(world.alice, "a long wait", steps=30)
     assert await bot.stop(signal.SIGTERM, within=60) == 0, bot.output[-3000:]
     assert "stopped" in bot.output
     assert progress.interaction is not None

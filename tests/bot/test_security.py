@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from bot.config import parse_config
-from tests.discord_server import DiscordTestServer
+from testkit.config import toml_value, write_config
+from testkit.discord_server import DiscordTestServer
+from testkit.process import run_once
 
-from .conftest import run_once, toml_value, write_config
 from .test_startup import assert_one_clear_line, minimal_config
 
 SECRET = "MTIzNDU2.secret-token.abcdef"

@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.discord_server import DiscordTestServer
-
-from .conftest import database_url, run_once, write_config
+from testkit.config import database_url, write_config
+from testkit.discord_server import DiscordTestServer
+from testkit.process import run_once
 
 
 def assert_one_clear_line(output: str, *expected: str) -> str:

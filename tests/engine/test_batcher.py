@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from engine import BatchKey, Busy
-from engine.batcher import Batcher
+from engine.scheduling.batch import Batcher
 
 SMALL = BatchKey(64, 64, 4, 7.0)
 LARGE = BatchKey(128, 128, 4, 7.0)
@@ -43,7 +43,7 @@ async def test_one_users_many_requests_delay_another_user_by_at_most_one_batch()
     assert running == flood[:2]
     bob = Item("bob", LARGE, name="bob")  # incompatible with alice's: cannot ride along
     batcher.put(bob)
-    assert batcher.positions()[id(bob)] == 1
+    assert batcher.positions()[bob] == 1
     assert await batcher.next_batch() == [bob]
 
     compatible = Item("carol", name="carol")

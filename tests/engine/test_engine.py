@@ -164,3 +164,28 @@ async def test_close_finishes_the_running_batch_and_releases_the_queue(
         await queued.result()
     with pytest.raises(ShuttingDown):
         engine.submit(ImageRequest("later", user="c"))
+
+
+@pytest.mark.parametrize("scheduling", ["batch", "step"])
+async def test_close_fails_what_still_runs_after_the_grace_period(
+    make_engine: EngineFactory, scheduling: str
+) -> None:
+    engine = await make_engine(max_steps=100, scheduling=scheduling)
+    assert engine.scheduling == scheduling
+    running = engine.submit(ImageRequest("long", steps=100, user="a"))
+    await until_running(running)
+    await engine.close(grace_s=0.01)
+    with pytest.raises(ShuttingDown):  # ended, not left hanging
+        await asyncio.wait_for(running.result(), 1.0)
+    assert engine.running == ()
+
+
+async def test_stats_count_pipeline_calls_and_ticks_apart(make_engine: EngineFactory) -> None:
+    batch = await make_engine()
+    await batch.generate(ImageRequest("one call", steps=3, count=2, user="a"))
+    assert (batch.stats.batches, batch.stats.ticks, batch.stats.batch_sizes) == (1, 0, [2])
+    step = await make_engine(scheduling="step")
+    await step.generate(ImageRequest("three ticks", steps=3, count=2, user="a"))
+    assert (step.stats.batches, step.stats.ticks, step.stats.batch_sizes) == (0, 3, [])
+    assert [call.images for call in step.stats.recent_calls] == [2, 2, 2]
+    assert step.stats.calls == 3 and step.stats.call_images == 6

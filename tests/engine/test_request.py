@@ -6,7 +6,7 @@ import pytest
 
 from engine import ImageRequest, InvalidRequest, Limits, ModelProfile, clean_text
 from engine.request import MAX_SEED, validate
-from engine.tiny import _tokenizer
+from engine.tiny import clip_tokenizer
 
 PROFILE = ModelProfile(
     name="test",
@@ -18,7 +18,7 @@ PROFILE = ModelProfile(
     max_tokens=75,
 )
 LIMITS = Limits(max_width=1024, max_height=768, min_size=64, max_steps=50, max_count=4)
-TOKENIZER = _tokenizer()
+TOKENIZER = clip_tokenizer()
 
 
 def count_tokens(text: str) -> int:

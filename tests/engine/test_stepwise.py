@@ -29,9 +29,9 @@ from engine import (
     Job,
     JobState,
 )
+from engine.job import Slot
 from engine.loader import LoadedModel, load_model
-from engine.runner import Slot
-from engine.step_loop import StepQueue
+from engine.scheduling.step import StepQueue
 from engine.stepper import Sample, Stepper, unsupported_reason
 
 from .conftest import EngineFactory, pixels, until_running
@@ -47,7 +47,7 @@ def step_engine(make_engine: EngineFactory) -> EngineFactory:
 
     async def factory(**overrides: Any) -> Engine:
         engine = await make_engine(scheduling="step", batch_wait_ms=0, **overrides)
-        assert engine._step_loop is not None
+        assert engine.scheduling == "step"
         return engine
 
     return factory
@@ -185,8 +185,7 @@ async def test_sizes_take_turns_and_a_wide_image_matches_stock(
         ImageRequest("wide", seed=2, steps=3, guidance=4.0, width=80, height=64, user="b")
     )
     results = [await square.result(), await wide.result()]
-    assert engine._step_loop is not None
-    sizes = [tick.size for tick in engine._step_loop.ticks]
+    sizes = [call.size for call in engine.stats.recent_calls if call.kind == "tick"]
     assert sizes == [(64, 64), (80, 64)] * 3  # alternating, never mixed in one UNet call
     model = stock_models(tiny_config)
     for job, result in zip((square, wide), results, strict=True):
@@ -235,7 +234,7 @@ async def test_a_flood_from_one_user_does_not_starve_another(step_engine: Engine
 
 
 async def test_a_large_request_is_not_overtaken_by_smaller_ones() -> None:
-    queue = StepQueue(capacity=4, wait_s=0, max_queue=10)
+    queue = StepQueue(max_queue=10)
 
     @dataclasses.dataclass(eq=False)
     class Item:
@@ -324,26 +323,14 @@ async def test_counting_tokens_on_the_loop_leaves_the_workers_tokenizer_alone(
 # Model families
 def build_tiny_sdxl(folder: Path) -> None:
     """A random SDXL pipeline shaped like diffusers' own SDXL fast-test components."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from engine.tiny import _tokenizer
+    from engine.tiny import clip_tokenizer, tiny_text_config, tiny_unet, tiny_vae
 
     torch.manual_seed(0)
-    tokenizer = _tokenizer()
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    tokenizer = clip_tokenizer()
+    unet = tiny_unet(
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -359,33 +346,14 @@ def build_tiny_sdxl(folder: Path) -> None:
         beta_schedule="scaled_linear",
         timestep_spacing="leading",
     )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-    )
-    text_config = CLIPTextConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        hidden_size=32,
-        intermediate_size=37,
-        layer_norm_eps=1e-05,
-        num_attention_heads=4,
-        num_hidden_layers=5,
-        vocab_size=len(tokenizer),
-        hidden_act="gelu",
-        projection_dim=32,
-    )
+    vae = tiny_vae()
+    text_config = tiny_text_config(tokenizer, hidden_act="gelu", projection_dim=32)
     pipe = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=CLIPTextModel(text_config),
         text_encoder_2=CLIPTextModelWithProjection(text_config),
         tokenizer=tokenizer,
-        tokenizer_2=_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
         unet=unet,
         scheduler=scheduler,
         add_watermarker=False,
@@ -423,7 +391,7 @@ async def test_sdxl_runs_through_the_step_loop(
 ) -> None:
     config = dataclasses.replace(tiny_config, model=str(sdxl_folder), scheduling="step")
     async with Engine(config) as engine:
-        assert engine.profile.family == "sdxl" and engine._step_loop is not None
+        assert engine.profile.family == "sdxl" and engine.scheduling == "step"
         first = engine.submit(ImageRequest("a desert", seed=4, steps=4, guidance=5.0, user="a"))
         await until_running(first)
         second = engine.submit(ImageRequest("an oasis", seed=9, steps=2, guidance=5.0, user="b"))
@@ -447,7 +415,7 @@ async def test_a_model_that_cannot_step_falls_back_to_batches(
 
     config = dataclasses.replace(tiny_config, model=str(tmp_path), scheduling="step")
     async with Engine(config) as engine:
-        assert engine._step_loop is None
+        assert engine.scheduling == "batch"
         result = await engine.generate(ImageRequest("still works", steps=2, user="a"))
     assert len(result.images) == 1 and engine.stats.batches == 1
 

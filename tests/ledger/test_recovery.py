@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
+from bot.discord_limits import TOKEN_USABLE_FOR
 from bot.ledger import (
     JobRecord,
     JobStatus,
     Ledger,
     QuotaPolicy,
+    TokenCheck,
     classify,
     create_engine,
     give_up,
@@ -20,6 +22,11 @@ from .conftest import GUILD, USER, FakeClock, LedgerFactory
 from .conftest import make_request as req
 
 POLICY = QuotaPolicy(daily_images=10, max_queued_per_user=10)
+
+
+def young(ledger: Ledger) -> TokenCheck:
+    """The bot's rule, on the ledger's (test) clock: a token lives 14 minutes after queueing."""
+    return lambda job: ledger.now() - job.queued_at < TOKEN_USABLE_FOR
 
 
 async def _reserved(ledger: Ledger, **changes: object) -> JobRecord:
@@ -35,7 +42,7 @@ async def test_classify_by_token_age(ledger: Ledger, clock: FakeClock) -> None:
     edge = replace(job, id=2, queued_at=at - timedelta(minutes=14))
     old = replace(job, id=3, queued_at=at - timedelta(hours=2))
     tokenless = replace(job, id=4, interaction_token=None)
-    plan = classify([old, tokenless, edge, fresh], at)
+    plan = classify([old, tokenless, edge, fresh], lambda j: at - j.queued_at < TOKEN_USABLE_FOR)
     assert [j.id for j in plan.requeue] == [1]
     assert [j.id for j in plan.post_to_channel] == [3, 2, 4]  # oldest first
     assert len(plan) == 4
@@ -62,7 +69,7 @@ async def test_restart_requeues_interrupted_jobs_keeping_their_reservation(
     engine = create_engine(db_url)
     try:
         after = Ledger(engine, POLICY, clock=clock)
-        plan = await plan_recovery(after)
+        plan = await plan_recovery(after, young(after))
         assert [j.id for j in plan.requeue] == [fresh_running.id, fresh_queued.id]
         assert [j.id for j in plan.post_to_channel] == [old.id]
         assert all(j.status is JobStatus.QUEUED and j.started_at is None for j in plan)
@@ -75,11 +82,11 @@ async def test_restart_requeues_interrupted_jobs_keeping_their_reservation(
         status = await after.user_status(GUILD, USER)
         assert (status.used, status.queued, status.running) == (used_before, 3, 0)
         # Recovering again (another restart) finds the same rows: nothing is duplicated.
-        again = await plan_recovery(after)
+        again = await plan_recovery(after, young(after))
         assert sorted(j.id for j in again) == sorted(j.id for j in plan)
         assert (await after.user_status(GUILD, USER)).used == used_before
         clock.advance(minutes=10)  # now every token is too old
-        assert [j.id for j in (await plan_recovery(after)).requeue] == []
+        assert [j.id for j in (await plan_recovery(after, young(after))).requeue] == []
         r = await after.reserve(req(image_count=4))  # 3 left, not 4
         assert not r.accepted and r.remaining == 10 - used_before
 
@@ -94,5 +101,5 @@ async def test_restart_requeues_interrupted_jobs_keeping_their_reservation(
 async def test_nothing_to_recover(ledger: Ledger) -> None:
     job = await _reserved(ledger)
     await ledger.mark_cancelled(job.id)
-    plan = await plan_recovery(ledger)
+    plan = await plan_recovery(ledger, young(ledger))
     assert len(plan) == 0

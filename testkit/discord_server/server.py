@@ -6,7 +6,7 @@ import asyncio
 import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 from aiohttp import web
 
@@ -46,11 +46,11 @@ from .state import (
     ADMINISTRATOR,
     DEFAULT_ATTACHMENT_SIZE_LIMIT,
     DEFAULT_BOT_PERMISSIONS,
-    DEFAULT_MEMBER_PERMISSIONS,
     Application,
     Attachment,
     Channel,
     Guild,
+    GuildOptions,
     Member,
     Message,
     State,
@@ -70,6 +70,18 @@ class _Unset:
 
 
 UNSET: Any = _Unset()
+
+
+class Invocation(TypedDict, total=False):
+    """How a slash command is run, besides by whom and with which options (see
+    :meth:`DiscordTestServer.invoke`)."""
+
+    subcommand: str | Sequence[str] | None
+    guild: Guild | None
+    channel: Channel | None
+    locale: str
+    attachment_size_limit: int | None
+    validate: bool
 
 
 class DiscordTestServer:
@@ -193,25 +205,13 @@ class DiscordTestServer:
     def create_user(self, name: str, *, bot: bool = False, global_name: str | None = None) -> User:
         return self.state.create_user(name, bot=bot, global_name=global_name)
 
-    def create_guild(
-        self,
-        name: str = "Test Guild",
-        *,
-        owner: User | None = None,
-        bot_permissions: int = DEFAULT_BOT_PERMISSIONS,
-        everyone_permissions: int = DEFAULT_MEMBER_PERMISSIONS,
-        attachment_size_limit: int = DEFAULT_ATTACHMENT_SIZE_LIMIT,
-        locale: str = "en-US",
-    ) -> Guild:
-        """A guild the bot is in (sent as GUILD_CREATE on IDENTIFY, or live if connected)."""
-        return self.state.create_guild(
-            name,
-            owner=owner,
-            bot_permissions=bot_permissions,
-            everyone_permissions=everyone_permissions,
-            attachment_size_limit=attachment_size_limit,
-            locale=locale,
-        )
+    def create_guild(self, name: str = "Test Guild", **options: Unpack[GuildOptions]) -> Guild:
+        """A guild the bot is in (sent as GUILD_CREATE on IDENTIFY, or live if connected).
+
+        ``owner`` (none), ``bot_permissions`` and ``everyone_permissions`` (Discord's defaults
+        for a bot and for members), ``attachment_size_limit`` (10 MiB), ``locale`` ("en-US").
+        """
+        return self.state.create_guild(name, **options)
 
     def create_dm_channel(self, user: UserLike) -> Channel:
         return self.state.create_dm_channel(self.state.user(user))
@@ -247,17 +247,16 @@ class DiscordTestServer:
         *,
         user: UserLike,
         options: Mapping[str, Any] | None = None,
-        subcommand: str | Sequence[str] | None = None,
-        guild: Guild | None = UNSET,
-        channel: Channel | None = None,
-        locale: str = "en-US",
-        attachment_size_limit: int | None = None,
-        validate: bool = True,
         focused: str | None = None,
+        **how: Unpack[Invocation],
     ) -> dict[str, Any]:
         """The INTERACTION_CREATE ``d`` that :meth:`invoke` would send (to tamper with, then
-        :meth:`dispatch_interaction`)."""
-        guild, channel = self._where(guild, channel)
+        :meth:`dispatch_interaction`); with ``focused``, the autocomplete for that option."""
+        subcommand = how.get("subcommand")
+        validate = how.get("validate", True)
+        guild, channel = self._where(how.get("guild", UNSET), how.get("channel"))
+        locale = how.get("locale", "en-US")
+        attachment_size_limit = how.get("attachment_size_limit")
         name, *path = command.split()
         if subcommand:
             path += subcommand.split() if isinstance(subcommand, str) else list(subcommand)
@@ -297,31 +296,18 @@ class DiscordTestServer:
         *,
         user: UserLike,
         options: Mapping[str, Any] | None = None,
-        subcommand: str | Sequence[str] | None = None,
-        guild: Guild | None = UNSET,
-        channel: Channel | None = None,
-        locale: str = "en-US",
-        attachment_size_limit: int | None = None,
-        validate: bool = True,
+        **how: Unpack[Invocation],
     ) -> Interaction:
         """Run ``/command`` as ``user`` (``"quota set"`` or ``subcommand="set"`` for subcommands).
 
         ``options`` are encoded with the types the bot synced: str, int, bool, float, a
         :class:`User`/:class:`Member` (resolved users/members included), :class:`Channel`,
         :class:`Role`, or :class:`AttachmentOption`. Without ``guild``/``channel`` the only guild
-        and its first text channel are used; pass a DM channel for a DM invocation.
+        and its first text channel are used; pass a DM channel for a DM invocation. ``locale``
+        (``"en-US"``) and ``attachment_size_limit`` (the guild's) go in the payload;
+        ``validate=False`` sends a command the user could not run (Discord would not).
         """
-        payload = self.build_command_interaction(
-            command,
-            user=user,
-            options=options,
-            subcommand=subcommand,
-            guild=guild,
-            channel=channel,
-            locale=locale,
-            attachment_size_limit=attachment_size_limit,
-            validate=validate,
-        )
+        payload = self.build_command_interaction(command, user=user, options=options, **how)
         return await self.dispatch_interaction(payload)
 
     async def autocomplete(
@@ -331,21 +317,13 @@ class DiscordTestServer:
         user: UserLike,
         focused: str,
         options: Mapping[str, Any] | None = None,
-        subcommand: str | Sequence[str] | None = None,
-        guild: Guild | None = UNSET,
-        channel: Channel | None = None,
+        **how: Unpack[Invocation],
     ) -> Interaction:
         """Send a type-4 autocomplete for option ``focused``; see ``.autocomplete_choices``."""
         values = dict(options or {})
         values.setdefault(focused, "")
         payload = self.build_command_interaction(
-            command,
-            user=user,
-            options=values,
-            subcommand=subcommand,
-            guild=guild,
-            channel=channel,
-            focused=focused,
+            command, user=user, options=values, focused=focused, **how
         )
         return await self.dispatch_interaction(payload)
 
@@ -979,4 +957,4 @@ def _id(obj: Guild | int | None) -> int | None:
     return obj.id
 
 
-__all__ = ["UNSET", "DiscordTestServer"]
+__all__ = ["UNSET", "DiscordTestServer", "Invocation"]

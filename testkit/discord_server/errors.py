@@ -2,7 +2,7 @@
 
 Handlers raise :class:`ApiError` instead of building responses by hand so that every refusal has
 the exact shape discord.py parses (``{"code", "message", "errors"?}``) and, when the refusal is a
-rule the bot broke, a :class:`~tests.discord_server.rules.Violation` is recorded in one place.
+rule the bot broke, a :class:`~testkit.discord_server.rules.Violation` is recorded in one place.
 """
 
 from __future__ import annotations

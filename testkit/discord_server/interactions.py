@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -172,14 +172,12 @@ class Interaction:
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Message:
         """The first followup message (matching ``predicate``, re-checked after edits)."""
-
-        def check(i: Interaction) -> Message | None:
-            return next(
-                (m for m in i.followups if not m.deleted and (predicate is None or predicate(m))),
-                None,
-            )
-
-        return await self.wait_for(check, timeout=timeout, what="a followup message")
+        return await self._wait_for_first(
+            lambda: (m for m in self.followups if not m.deleted),
+            predicate,
+            timeout,
+            "a followup message",
+        )
 
     async def wait_for_original(
         self,
@@ -188,14 +186,12 @@ class Interaction:
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Message:
         """The ``@original`` message once it is no longer "thinking" and matches ``predicate``."""
-
-        def check(i: Interaction) -> Message | None:
-            m = i.original
-            if m is None or m.loading or (predicate is not None and not predicate(m)):
-                return None
-            return m
-
-        return await self.wait_for(check, timeout=timeout, what="the original response message")
+        return await self._wait_for_first(
+            lambda: (m for m in (self.original,) if m is not None and not m.loading),
+            predicate,
+            timeout,
+            "the original response message",
+        )
 
     async def wait_for_message(
         self,
@@ -204,11 +200,23 @@ class Interaction:
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Message:
         """Any message of this interaction (original or followup) matching ``predicate``."""
+        return await self._wait_for_first(
+            lambda: (m for m in self.messages if not m.loading),
+            predicate,
+            timeout,
+            "a message of the interaction",
+        )
 
-        def check(i: Interaction) -> Message | None:
-            return next(
-                (m for m in i.messages if not m.loading and (predicate is None or predicate(m))),
-                None,
-            )
-
-        return await self.wait_for(check, timeout=timeout, what="a message of the interaction")
+    async def _wait_for_first(
+        self,
+        candidates: Callable[[], Iterable[Message]],
+        predicate: Callable[[Message], bool] | None,
+        timeout: float | None,  # noqa: ASYNC109
+        what: str,
+    ) -> Message:
+        """The first of ``candidates()`` matching ``predicate``, re-checked on every change."""
+        return await self.wait_for(
+            lambda _: next((m for m in candidates() if predicate is None or predicate(m)), None),
+            timeout=timeout,
+            what=what,
+        )

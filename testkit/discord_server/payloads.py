@@ -9,17 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .state import (
-    DM,
-    Application,
-    Attachment,
-    Channel,
-    Guild,
-    Member,
-    Message,
-    Role,
-    User,
-)
+from .state import DM, Application, Attachment, Channel, Guild, Member, Message, Role, User
 
 
 def user_payload(user: User) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .clock import ServerClock, SnowflakeFactory
 from .rules import MIB
@@ -427,6 +427,16 @@ class Message:
 
 
 Listener = Callable[[str, Any], None]
+
+
+class GuildOptions(TypedDict, total=False):
+    """A new guild's settings besides its name (the defaults: :meth:`State.create_guild`)."""
+
+    owner: User | None
+    bot_permissions: int
+    everyone_permissions: int
+    attachment_size_limit: int
+    locale: str
 
 
 class State:

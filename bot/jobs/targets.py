@@ -12,15 +12,25 @@ import asyncio
 import contextlib
 import io
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import discord
 
-if TYPE_CHECKING:
-    from .client import ImagineBot
+from ..ledger import JobRecord
+from ..services import Services
 
-__all__ = ["CannotPost", "ChannelTarget", "InteractionTarget", "Target", "TokenGone"]
+__all__ = [
+    "READY_TIMEOUT",
+    "CannotPost",
+    "ChannelTarget",
+    "InteractionTarget",
+    "ResultPost",
+    "Target",
+    "TokenGone",
+    "wait_for_cache",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +49,17 @@ class CannotPost(Exception):
     """The bot may not post the result in the job's channel (deleted, no permission)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ResultPost:
+    """A job's result message, to post wherever its target says."""
+
+    content: str
+    embed: discord.Embed
+    files: Callable[[], list[discord.File]]  # fresh files per attempt: a File is sent once
+    view: discord.ui.View
+    mention: int  # the requester: the only user the message may ping
+
+
 class Target(Protocol):
     channel_id: int
 
@@ -51,15 +72,7 @@ class Target(Protocol):
         self, content: str, *, preview: bytes | None, view: discord.ui.View | None, must: bool
     ) -> bool: ...
 
-    async def post(
-        self,
-        content: str,
-        *,
-        embed: discord.Embed,
-        files: Sequence[discord.File],
-        view: discord.ui.View,
-        mention: int,
-    ) -> discord.Message: ...
+    async def post(self, result: ResultPost) -> discord.Message: ...
 
 
 def _mentions(user_id: int) -> discord.AllowedMentions:
@@ -68,12 +81,21 @@ def _mentions(user_id: int) -> discord.AllowedMentions:
     )
 
 
+async def wait_for_cache(services: Services) -> None:
+    """Wait (a bounded time) for the gateway's channel cache: a job resumed at start-up can
+    finish before it is filled, and permissions and NSFW flags come from it."""
+    channels = services.channels
+    if not channels.is_ready():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channels.wait_until_ready(), READY_TIMEOUT)
+
+
 class InteractionTarget:
     """Answers through the token of the interaction that asked for the job."""
 
     def __init__(
         self,
-        bot: ImagineBot,
+        services: Services,
         *,
         application_id: int,
         token: str,
@@ -81,16 +103,31 @@ class InteractionTarget:
         channel_id: int,
         message_id: int | None,
     ) -> None:
-        self.bot = bot
+        self.services = services
         self.channel_id = channel_id
         self.interaction_id = interaction_id
         self.message_id = message_id  # the progress message (None: not known after a restart)
-        self._webhook = discord.Webhook.partial(application_id, token, client=bot)
+        self._webhook = services.channels.partial_webhook(application_id, token)
         self._gone = False
+
+    @classmethod
+    def for_job(
+        cls, services: Services, job: JobRecord, *, message_id: int | None
+    ) -> InteractionTarget:
+        """Answers job `job` through the token stored with it."""
+        assert job.interaction_token is not None
+        return cls(
+            services,
+            application_id=job.application_id,
+            token=job.interaction_token,
+            interaction_id=job.interaction_id,
+            channel_id=job.channel_id,
+            message_id=message_id,
+        )
 
     @property
     def usable(self) -> bool:
-        return not self._gone and self.bot.discord_clock.token_usable(self.interaction_id)
+        return not self._gone and self.services.clock.token_usable(self.interaction_id)
 
     @property
     def interactive(self) -> bool:
@@ -108,7 +145,7 @@ class InteractionTarget:
         if not self.interactive:
             return False
         assert self.message_id is not None
-        throttle = self.bot.edit_throttle
+        throttle = self.services.edit_throttle
         if must:
             await throttle.acquire(self.channel_id)
         elif not throttle.try_acquire(self.channel_id):
@@ -127,33 +164,25 @@ class InteractionTarget:
         except discord.HTTPException as exc:
             self._check(exc)
             raise
-        self.bot.discord_clock.observe(message.edited_at)
+        self.services.clock.observe(message.edited_at)
         return True
 
-    async def post(
-        self,
-        content: str,
-        *,
-        embed: discord.Embed,
-        files: Sequence[discord.File],
-        view: discord.ui.View,
-        mention: int,
-    ) -> discord.Message:
+    async def post(self, result: ResultPost) -> discord.Message:
         if not self.usable:
             raise TokenGone("the interaction token is too old")
         try:
             message = await self._webhook.send(
-                content,
-                embed=embed,
-                files=list(files),
-                view=view,
-                allowed_mentions=_mentions(mention),
+                result.content,
+                embed=result.embed,
+                files=result.files(),
+                view=result.view,
+                allowed_mentions=_mentions(result.mention),
                 wait=True,
             )
         except discord.HTTPException as exc:
             self._check(exc)
             raise
-        self.bot.discord_clock.observe(message.created_at)
+        self.services.clock.observe(message.created_at)
         return message
 
 
@@ -162,8 +191,8 @@ class ChannelTarget:
 
     interactive = False
 
-    def __init__(self, bot: ImagineBot, *, channel_id: int, guild_id: int) -> None:
-        self.bot = bot
+    def __init__(self, services: Services, *, channel_id: int, guild_id: int) -> None:
+        self.services = services
         self.channel_id = channel_id
         self.guild_id = guild_id
 
@@ -174,10 +203,8 @@ class ChannelTarget:
 
     async def _check_permissions(self, *, with_files: bool) -> None:
         """Refuse early rather than earn a 403: Discord counts those against the bot."""
-        if not self.bot.is_ready():  # a job resumed at start-up can finish before the cache
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.bot.wait_until_ready(), READY_TIMEOUT)
-        channel = self.bot.get_channel(self.channel_id)
+        await wait_for_cache(self.services)
+        channel = self.services.channels.get_channel(self.channel_id)
         if isinstance(channel, discord.abc.GuildChannel):
             perms = channel.permissions_for(channel.guild.me)
             if not perms.send_messages or (
@@ -186,7 +213,8 @@ class ChannelTarget:
                 raise CannotPost(f"missing permissions in channel {self.channel_id}")
 
     def _channel(self) -> discord.PartialMessageable:
-        return self.bot.get_partial_messageable(self.channel_id, guild_id=self.guild_id or None)
+        channels = self.services.channels
+        return channels.get_partial_messageable(self.channel_id, guild_id=self.guild_id or None)
 
     async def say(self, text: str, *, mention: int) -> None:
         """A short note to the requester (a job that ended without images)."""
@@ -196,25 +224,17 @@ class ChannelTarget:
         except (discord.Forbidden, discord.NotFound) as exc:
             raise CannotPost(str(exc)) from exc
 
-    async def post(
-        self,
-        content: str,
-        *,
-        embed: discord.Embed,
-        files: Sequence[discord.File],
-        view: discord.ui.View,
-        mention: int,
-    ) -> discord.Message:
+    async def post(self, result: ResultPost) -> discord.Message:
         await self._check_permissions(with_files=True)
         try:
             message = await self._channel().send(
-                content,
-                embed=embed,
-                files=list(files),
-                view=view,
-                allowed_mentions=_mentions(mention),
+                result.content,
+                embed=result.embed,
+                files=result.files(),
+                view=result.view,
+                allowed_mentions=_mentions(result.mention),
             )
         except (discord.Forbidden, discord.NotFound) as exc:
             raise CannotPost(str(exc)) from exc
-        self.bot.discord_clock.observe(message.created_at)
+        self.services.clock.observe(message.created_at)
         return message

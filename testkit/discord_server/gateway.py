@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -121,6 +122,8 @@ class Gateway:
         self.connections: list[GatewayConnection] = []
         self.received: list[dict[str, Any]] = []
         """Every frame the client sent (heartbeats included)."""
+        self.heartbeat_times: list[float] = []
+        """Unix time of each heartbeat the client sent (its gaps tell the client's loop lag)."""
         self.identify_count = 0
         self.resume_count = 0
         self.connection_count = 0
@@ -200,6 +203,7 @@ class Gateway:
         op = frame.get("op")
         data = frame.get("d")
         if op == HEARTBEAT:
+            self.heartbeat_times.append(time.time())
             await conn.send({"op": HEARTBEAT_ACK, "d": None, "s": None, "t": None})
         elif op == IDENTIFY:
             await self._identify(conn, data or {})

@@ -17,7 +17,7 @@ Example (a whole bot test; see ``tests/test_discord_server.py`` for more)::
     import discord
     from discord.ext import commands
 
-    from tests.discord_server import MANAGE_GUILD, DiscordTestServer, run_bot
+    from testkit.discord_server import MANAGE_GUILD, DiscordTestServer, run_bot
 
     PNG = b"image bytes"  # anything; the server stores and serves it unchanged
 

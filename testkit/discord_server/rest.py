@@ -1,7 +1,7 @@
 """The REST routes discord.py 2.7 uses for login, command sync and interaction responses.
 
 A middleware records every request, answers injected failures first and turns
-:class:`~tests.discord_server.errors.ApiError` into Discord-shaped JSON errors (recording the
+:class:`~testkit.discord_server.errors.ApiError` into Discord-shaped JSON errors (recording the
 violation). Anything not routed here answers 404 and is recorded as ``unimplemented``.
 """
 
@@ -178,30 +178,6 @@ class RestApi:
             ("GET", "/users/{user_id}", self.get_user),
             ("GET", "/oauth2/applications/@me", self.get_application),
             ("GET", "/applications/@me", self.get_application),
-            ("GET", "/applications/{app_id}/commands", self.list_commands),
-            ("PUT", "/applications/{app_id}/commands", self.put_commands),
-            ("POST", "/applications/{app_id}/commands", self.upsert_command),
-            ("GET", "/applications/{app_id}/commands/{command_id}", self.get_command),
-            ("PATCH", "/applications/{app_id}/commands/{command_id}", self.edit_command),
-            ("DELETE", "/applications/{app_id}/commands/{command_id}", self.delete_command),
-            ("GET", "/applications/{app_id}/guilds/{guild_id}/commands", self.list_commands),
-            ("PUT", "/applications/{app_id}/guilds/{guild_id}/commands", self.put_commands),
-            ("POST", "/applications/{app_id}/guilds/{guild_id}/commands", self.upsert_command),
-            (
-                "GET",
-                "/applications/{app_id}/guilds/{guild_id}/commands/{command_id}",
-                self.get_command,
-            ),
-            (
-                "PATCH",
-                "/applications/{app_id}/guilds/{guild_id}/commands/{command_id}",
-                self.edit_command,
-            ),
-            (
-                "DELETE",
-                "/applications/{app_id}/guilds/{guild_id}/commands/{command_id}",
-                self.delete_command,
-            ),
             ("POST", "/interactions/{interaction_id}/{token}/callback", self.interaction_callback),
             ("POST", "/webhooks/{app_id}/{token}", self.execute_webhook),
             ("GET", "/webhooks/{app_id}/{token}/messages/{message_id}", self.get_webhook_message),
@@ -227,6 +203,16 @@ class RestApi:
             ("GET", "/guilds/{guild_id}/roles", self.get_guild_roles),
             ("GET", "/guilds/{guild_id}/members/{user_id}", self.get_member),
         ]
+        # Global commands and one guild's commands: the same routes under two prefixes.
+        for commands in ("/applications/{app_id}", "/applications/{app_id}/guilds/{guild_id}"):
+            routes += [
+                ("GET", commands + "/commands", self.list_commands),
+                ("PUT", commands + "/commands", self.put_commands),
+                ("POST", commands + "/commands", self.upsert_command),
+                ("GET", commands + "/commands/{command_id}", self.get_command),
+                ("PATCH", commands + "/commands/{command_id}", self.edit_command),
+                ("DELETE", commands + "/commands/{command_id}", self.delete_command),
+            ]
         for method, path, handler in routes:
             app.router.add_route(method, p + path, handler)
         app.router.add_get(

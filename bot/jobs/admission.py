@@ -1,0 +1,142 @@
+"""Admission: whether a request may run, and if so its reservation and its engine job.
+
+In order, each refusal recorded in the ledger (so moderators see it in `/usage`) and raised
+as a `Refusal` the tree turns into a private message:
+
+    rate limit → channel → blocked words → forged options → validation → reservation → submit
+
+Nothing here knows a `discord.Interaction`: the caller describes the request's `Origin`.
+A request refused before the reservation costs nothing; after it, the reservation is undone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine import Busy, EngineError, ImageRequest, InvalidRequest, Job
+
+from ..errors import RateLimited, Refusal
+from ..ledger import JobRecord, JobRequest, RefusalReason, Reservation
+from ..options import ImagineOptions
+from ..services import Services
+from .convert import Origin, engine_request, ledger_request
+
+__all__ = ["Admission", "Admitted", "refusal_for"]
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A request that is queued in the engine with its images reserved in the ledger."""
+
+    record: JobRecord
+    engine_job: Job
+    warnings: tuple[str, ...]
+
+
+def refusal_for(reservation: Reservation) -> Refusal:
+    """The user's message for a reservation the ledger turned down."""
+    reason = reservation.reason
+    if reason == RefusalReason.USER_BLOCKED:
+        return Refusal(reason, "A moderator has blocked you from making images here.")
+    if reason == RefusalReason.TOO_MANY_JOBS:
+        return Refusal(
+            reason,
+            "You already have the most jobs allowed in the queue. "
+            "Wait for one to finish (or cancel one), then try again.",
+        )
+    if reason == RefusalReason.QUOTA:
+        limit = reservation.limit
+        if reservation.retry_at is None:
+            return Refusal(
+                reason,
+                f"That is more images than your whole allowance ({limit} per 24 hours).",
+            )
+        return Refusal(
+            reason,
+            f"You have used your {limit} images for the last 24 hours.",
+            reservation.retry_at,
+        )
+    return Refusal(reason or RefusalReason.INVALID, "That request was refused.")
+
+
+class Admission:
+    """Checks, reserves and queues one request at a time (see the module doc)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def admit(
+        self, origin: Origin, options: ImagineOptions, *, reroll_of: int | None = None
+    ) -> Admitted:
+        """Queue the request, or raise the `Refusal` to show (recorded in the ledger)."""
+        s = self.services
+        asked = engine_request(
+            options,
+            negative=s.moderation.negative_prompt(options.negative),
+            native=s.engine.profile.native_size,
+            limits=s.engine.limits,
+            user=origin.fairness_key,
+        )
+
+        async def refuse(reason: RefusalReason, text: str, detail: str | None = None) -> Refusal:
+            await s.ledger.record_refusal(self._stored(origin, asked, reroll_of), reason, detail)
+            return Refusal(reason, text)
+
+        # Before any other check: a flood costs one refusal row each. Reroll presses were
+        # counted by the button.
+        if reroll_of is None:
+            wait = s.rate_limit.hit(origin.user_id)
+            if wait is not None:
+                limited = RateLimited.after(wait)
+                await refuse(RefusalReason.RATE_LIMITED, str(limited))
+                raise limited
+        if not s.moderation.channel_allowed(origin.channel_id, origin.parent_channel_id):
+            allowed = " ".join(f"<#{c}>" for c in s.config.moderation.allowed_channel_ids)
+            raise await refuse(RefusalReason.CHANNEL, f"Images can't be made here. Try {allowed}.")
+        word = s.moderation.blocked_word(options.prompt, options.negative)
+        if word is not None:
+            raise await refuse(
+                RefusalReason.BLOCKED_WORD,
+                f"Your prompt contains a word this server does not allow ({word!r}).",
+                f"blocked word {word!r}",
+            )
+        forged = options.problem()
+        if forged is not None:
+            raise await refuse(RefusalReason.INVALID, forged, forged)
+        try:
+            request, warnings = s.engine.prepare(asked)
+        except InvalidRequest as exc:
+            raise await refuse(RefusalReason.INVALID, str(exc), str(exc)) from exc
+        return await self._reserve_and_submit(origin, request, warnings, reroll_of)
+
+    def _stored(self, origin: Origin, request: ImageRequest, reroll_of: int | None) -> JobRequest:
+        engine = self.services.config.engine
+        return ledger_request(
+            origin, request, model=engine.model, scheduler=engine.scheduler, reroll_of=reroll_of
+        )
+
+    async def _reserve_and_submit(
+        self,
+        origin: Origin,
+        request: ImageRequest,
+        warnings: tuple[str, ...],
+        reroll_of: int | None,
+    ) -> Admitted:
+        s = self.services
+        reservation = await s.ledger.reserve(self._stored(origin, request, reroll_of))
+        if not reservation.accepted:
+            raise refusal_for(reservation)
+        record = reservation.job
+        try:
+            engine_job = s.engine.submit(request, job_id=str(record.id))
+        except Busy as exc:
+            await s.ledger.refuse(record.id, RefusalReason.QUEUE_FULL, str(exc))
+            raise Refusal(
+                RefusalReason.QUEUE_FULL,
+                "The image queue is full right now. Try again in a minute; "
+                "nothing was taken from your quota.",
+            ) from exc
+        except EngineError as exc:
+            await s.ledger.mark_failed(record.id, str(exc))
+            raise
+        return Admitted(record, engine_job, warnings)

@@ -1,0 +1,119 @@
+"""Every mapping between the job's shapes, in one place.
+
+A job is seen as command options (`ImagineOptions`), an engine request (`ImageRequest`), a
+ledger request (`JobRequest`, what is stored) and a ledger record (`JobRecord`, what was
+stored). Fields with the same meaning are copied here and nowhere else, so a new option is
+added in one module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from engine import ImageRequest, Limits
+
+from ..ledger import JobRecord, JobRequest
+from ..options import ImagineOptions, size_for
+
+__all__ = ["Origin", "engine_request", "ledger_request", "reroll_options", "resumed_request"]
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a request came from and where its answer goes (no discord object inside)."""
+
+    guild_id: int  # 0 for direct messages
+    channel_id: int
+    parent_channel_id: int | None  # a thread's parent channel
+    user_id: int
+    application_id: int
+    interaction_id: int
+    token: str
+
+    @property
+    def fairness_key(self) -> str:
+        return fairness_key(self.guild_id, self.user_id)
+
+
+def fairness_key(guild_id: int, user_id: int) -> str:
+    """The engine's `user`: requests are interleaved between these keys."""
+    return f"{guild_id}:{user_id}"
+
+
+def engine_request(
+    options: ImagineOptions,
+    *,
+    negative: str,
+    user: str,
+    native: int = 0,
+    limits: Limits | None = None,
+) -> ImageRequest:
+    """The engine request for `options`; `negative` is the moderated negative prompt.
+
+    A shape choice needs the model's `native` size and the operator's `limits`.
+    """
+    width, height = options.width, options.height
+    if width is None and options.shape is not None:
+        assert limits is not None and native > 0, "a shape needs the native size and limits"
+        width, height = size_for(options.shape, native, limits)
+    return ImageRequest(
+        prompt=options.prompt,
+        negative_prompt=negative,
+        seed=options.seed,
+        steps=options.steps,
+        guidance=options.guidance,
+        width=width,
+        height=height,
+        count=options.count,
+        user=user,
+    )
+
+
+def ledger_request(
+    origin: Origin,
+    request: ImageRequest,
+    *,
+    model: str,
+    scheduler: str,
+    reroll_of: int | None,
+) -> JobRequest:
+    """What the ledger stores for `request` (unresolved fields are stored as 0)."""
+    return JobRequest(
+        guild_id=origin.guild_id,
+        channel_id=origin.channel_id,
+        user_id=origin.user_id,
+        application_id=origin.application_id,
+        interaction_id=origin.interaction_id,
+        interaction_token=origin.token,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        seed=request.seed if request.seed is not None else 0,
+        model=model,
+        scheduler=scheduler,
+        steps=request.steps or 0,
+        guidance=request.guidance if request.guidance is not None else 0.0,
+        width=request.width or 0,
+        height=request.height or 0,
+        image_count=request.count,
+        reroll_of=reroll_of,
+    )
+
+
+def resumed_request(record: JobRecord) -> ImageRequest:
+    """The engine request that makes a stored job's images again (same seed: same images)."""
+    options = replace(reroll_options(record), seed=record.seed)
+    user = fairness_key(record.guild_id, record.user_id)
+    return engine_request(options, negative=record.negative_prompt, user=user)
+
+
+def reroll_options(record: JobRecord) -> ImagineOptions:
+    """The same options as a stored job, with a new seed."""
+    return ImagineOptions(
+        prompt=record.prompt,
+        negative=record.negative_prompt,
+        steps=record.steps,
+        guidance=record.guidance,
+        width=record.width,
+        height=record.height,
+        count=record.image_count,
+    )

@@ -1,0 +1,249 @@
+"""The run of one job: progress → delivery → its final ledger state.
+
+    follow the engine job (queue position, steps, previews; edits at most every 2 s, paced
+    per channel) → post the result → mark it done
+
+Every path ends in exactly one ledger state: `done` (result posted), `failed` or `cancelled`
+(images given back). Delivery is at-least-once: the result is posted before the job is
+marked done, so any failure to post gives the images back and a result is never lost, but a
+crash in the instant between posting and marking done posts it again after the restart. A
+bot shutdown leaves the job `queued`/`running` in the ledger on purpose: the next start runs
+it again (`JobService.recover`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+from collections.abc import Callable
+
+import discord
+
+from engine import Cancelled, EngineError, GenerationResult, Job, JobState
+from engine import ShuttingDown as EngineShuttingDown
+
+from .. import render
+from ..buttons import progress_view, result_view
+from ..errors import describe
+from ..ledger import JobRecord, JobStatus, give_up
+from ..services import Services
+from .targets import (
+    CannotPost,
+    ChannelTarget,
+    InteractionTarget,
+    ResultPost,
+    Target,
+    TokenGone,
+    wait_for_cache,
+)
+
+__all__ = ["PROGRESS_INTERVAL", "JobRun", "channel_target", "is_nsfw"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between progress edits of one job (Discord allows about 5 edits per 5 s).
+PROGRESS_INTERVAL = 2.0
+
+
+def is_nsfw(channel: object) -> bool:
+    """NSFW flag of a channel (threads follow their parent); unknown channels are not."""
+    flag: Callable[[], bool] | None = getattr(channel, "is_nsfw", None)
+    return bool(flag()) if flag is not None else False
+
+
+def channel_target(services: Services, record: JobRecord) -> ChannelTarget:
+    return ChannelTarget(services, channel_id=record.channel_id, guild_id=record.guild_id)
+
+
+def _jump_url(job: JobRecord, message_id: int) -> str:
+    guild = job.guild_id or "@me"
+    return f"https://discord.com/channels/{guild}/{job.channel_id}/{message_id}"
+
+
+class JobRun:
+    """One job this process runs: its engine handle, where its messages go, and its task."""
+
+    def __init__(
+        self,
+        services: Services,
+        record: JobRecord,
+        engine_job: Job,
+        target: Target,
+        *,
+        nsfw: bool | None,  # None: look the channel up when the result is ready
+        resumed: bool = False,
+        warnings: tuple[str, ...] = (),
+        progress_interval: float = PROGRESS_INTERVAL,
+    ) -> None:
+        self.services = services
+        self.record = record
+        self.engine_job = engine_job
+        self.target = target
+        self.nsfw = nsfw
+        self.resumed = resumed
+        self.warnings = warnings
+        self.progress_interval = progress_interval
+        self.delivering = False  # the result is being posted: a shutdown lets it finish
+
+    @property
+    def id(self) -> int:
+        return self.record.id
+
+    async def run(self) -> None:
+        """Follow the job to its end; never raises (errors end the job as failed)."""
+        ledger = self.services.ledger
+        try:
+            if self.resumed:
+                text = render.progress_text(self.id, self.engine_job.progress, resumed=True)
+                await self.show(text, must=True)
+            try:
+                result = await self._follow()
+            except EngineShuttingDown:
+                return  # the engine stops with the bot: the ledger keeps the job for a restart
+            except Cancelled:
+                self._ended(JobStatus.CANCELLED, await ledger.mark_cancelled(self.id))
+                await self.tell(f"Job #{self.id} was cancelled; its images were given back.")
+                return
+            except EngineError as exc:
+                self._ended(JobStatus.FAILED, await ledger.mark_failed(self.id, str(exc)))
+                await self.tell(
+                    f"Job #{self.id} failed: {describe(exc).text} Its images were given back."
+                )
+                return
+            await self._deliver(result)
+        except Exception as exc:
+            message = describe(exc)
+            log.error("job %d: error %s", self.id, message.error_id, exc_info=exc)
+            with contextlib.suppress(Exception):
+                if await ledger.mark_failed(self.id, f"{type(exc).__name__}: {exc}"):
+                    self._ended(JobStatus.FAILED, True)
+                    await self.tell(
+                        f"Job #{self.id} failed: {message.text} Its images were given back."
+                    )
+
+    def _ended(self, status: JobStatus, changed: bool) -> None:
+        """Count a final status this run set (False: another path had ended the job)."""
+        if changed:
+            self.services.metrics.jobs.labels(status=str(status)).inc()
+
+    async def _follow(self) -> GenerationResult:
+        """Show queue position and steps until the engine is done; return its result."""
+        job = self.engine_job
+        result = asyncio.ensure_future(job.result())
+        marked_running = False
+        shown = render.progress_text(self.id, job.progress, resumed=self.resumed)
+        try:
+            while True:
+                done, _ = await asyncio.wait({result}, timeout=self.progress_interval)
+                progress = job.progress
+                if progress.state is not JobState.QUEUED and not marked_running:
+                    marked_running = True
+                    await self.services.ledger.mark_running(self.id)
+                if done:
+                    return result.result()
+                if progress.state is JobState.RUNNING:
+                    job.request_preview()  # shown by the next edit
+                text = render.progress_text(self.id, progress, resumed=self.resumed)
+                if text != shown and await self.show(text, preview=progress.preview):
+                    shown = text
+        finally:
+            if not result.done():
+                result.cancel()  # only our wait: the engine job itself is untouched
+
+    async def show(self, text: str, *, preview: bytes | None = None, must: bool = False) -> bool:
+        """Edit the progress message (keeps the Cancel button); False if skipped or gone."""
+        try:
+            return await self.target.progress(
+                text, preview=preview, view=progress_view(self.id), must=must
+            )
+        except TokenGone:
+            log.info("job %d: interaction token gone; the result will go to the channel", self.id)
+        except discord.HTTPException as exc:
+            log.warning("job %d: progress edit failed: %s", self.id, exc)
+        return False
+
+    async def tell(self, text: str) -> None:
+        """The job's last word when there is no result: in the progress message while the
+        token lives and the message is there, else in the channel, mentioning the requester
+        (a user who dismissed the progress message is still told)."""
+        target = self.target
+        if isinstance(target, InteractionTarget) and target.usable:
+            with contextlib.suppress(TokenGone, discord.HTTPException):
+                if await target.progress(text, preview=None, view=None, must=True):
+                    return
+        with contextlib.suppress(CannotPost, discord.HTTPException):
+            await channel_target(self.services, self.record).say(text, mention=self.record.user_id)
+
+    async def _nsfw(self) -> bool:
+        if self.nsfw is not None:
+            return self.nsfw
+        await wait_for_cache(self.services)  # resumed at start-up: the cache may be empty
+        return is_nsfw(self.services.channels.get_channel(self.record.channel_id))
+
+    async def _deliver(self, result: GenerationResult) -> None:
+        services, record = self.services, self.record
+        ledger = services.ledger
+        verdict = services.moderation.review(result.images, nsfw_channel=await self._nsfw())
+        if verdict.nothing_to_post:
+            changed = await ledger.mark_failed(
+                self.id, "every image was flagged by the safety checker"
+            )
+            self._ended(JobStatus.FAILED, changed)
+            await self.tell(
+                f"The safety checker flagged every image of job #{self.id}, so none are posted "
+                "here (this channel is not NSFW). Your images were given back."
+            )
+            return
+        self.delivering = True
+        embed = render.result_embed(record, result, verdict)
+        content = render.result_content(
+            record.user_id, len(verdict.post), verdict.withheld, self.warnings
+        )
+
+        def files() -> list[discord.File]:
+            return [
+                discord.File(
+                    io.BytesIO(image.png),
+                    filename=f"imagine-{self.id}-{image.seed}.png",
+                    spoiler=spoiler,
+                )
+                for image, spoiler in verdict.post
+            ]
+
+        post = ResultPost(content, embed, files, result_view(self.id), mention=record.user_id)
+        targets: list[Target] = [self.target]
+        if not isinstance(self.target, ChannelTarget):
+            targets.append(channel_target(services, record))
+        message: discord.Message | None = None
+        for target in targets:
+            try:
+                message = await target.post(post)
+                break
+            except TokenGone:
+                log.info("job %d: token gone, posting to the channel instead", self.id)
+            except CannotPost as exc:
+                log.warning("job %d: cannot post the result (%s); images given back", self.id, exc)
+                break
+        if message is None:
+            self._ended(JobStatus.FAILED, await give_up(ledger, self.id))
+            return
+        if await ledger.mark_done(self.id, message_id=message.id):
+            self._ended(JobStatus.DONE, True)
+        else:
+            log.warning("job %d: posted, but the ledger no longer had it active", self.id)
+        services.metrics.images.inc(len(verdict.post))
+        services.metrics.step_seconds.observe(result.run_s / max(1, result.request.steps or 1))
+        if verdict.withheld:
+            await ledger.refund_images(self.id, verdict.withheld)
+        log.info(
+            "job %d: delivered %d image(s), message %d", self.id, len(verdict.post), message.id
+        )
+        with contextlib.suppress(TokenGone, discord.HTTPException):
+            await self.target.progress(
+                f"Job #{self.id} is done: {_jump_url(record, message.id)}",
+                preview=None,
+                view=None,
+                must=True,
+            )

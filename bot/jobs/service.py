@@ -1,0 +1,297 @@
+"""`JobService`: every job this process runs, from `/imagine` or a button to the last edit.
+
+    defer (ephemeral) → admission (checks, reservation, engine) → private progress message
+    → `JobRun` (progress, delivery, final ledger state)
+
+It keeps the registry of runs, answers the job buttons (Reroll, Delete, Cancel: the
+requester or a moderator of the job's own server only), runs again at start-up the jobs a
+previous process left unfinished, and on shutdown leaves unfinished jobs to the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import discord
+
+from engine import EngineError, Job
+
+from .. import render
+from ..buttons import progress_view
+from ..checks import is_moderator
+from ..discord_limits import TOKEN_USABLE_FOR
+from ..errors import NotAllowed, ShuttingDown, UnknownJob
+from ..ledger import JobRecord, LedgerError, give_up, plan_recovery
+from ..options import ImagineOptions
+from ..services import Services
+from .admission import Admission
+from .convert import Origin, reroll_options, resumed_request
+from .run import PROGRESS_INTERVAL, JobRun, channel_target, is_nsfw
+from .targets import InteractionTarget, Target
+
+__all__ = ["JobService", "origin_of"]
+
+log = logging.getLogger(__name__)
+
+#: How long a shutdown waits for results being posted right now.
+SHUTDOWN_GRACE = 10.0
+#: How long a shutdown waits to tell a user that their job will resume after the restart.
+SHUTDOWN_NOTE = 5.0
+
+
+def origin_of(interaction: discord.Interaction[Any]) -> Origin:
+    return Origin(
+        guild_id=interaction.guild_id or 0,
+        channel_id=interaction.channel_id or 0,
+        parent_channel_id=getattr(interaction.channel, "parent_id", None),
+        user_id=interaction.user.id,
+        application_id=interaction.application_id,
+        interaction_id=interaction.id,
+        token=interaction.token,
+    )
+
+
+class JobService:
+    """Owns every job this process runs (the `/imagine` cog and the buttons call it)."""
+
+    def __init__(self, services: Services, *, progress_interval: float = PROGRESS_INTERVAL) -> None:
+        self.services = services
+        self.admission = Admission(services)
+        self.progress_interval = progress_interval
+        self.accepting = True
+        self._runs: dict[int, tuple[JobRun, asyncio.Task[None]]] = {}
+        self._admitting: set[asyncio.Task[Any]] = set()
+        # Jobs in the engine whose run is not registered yet (their progress message is being
+        # posted): a Cancel pressed in that window must reach the engine job, not only the
+        # ledger, or the image is made and posted after the refund.
+        self._submitted: dict[int, tuple[JobRecord, Job]] = {}
+
+    @property
+    def runs(self) -> dict[int, JobRun]:
+        return {job_id: run for job_id, (run, _task) in self._runs.items()}
+
+    # -- asking for images ------------------------------------------------------------------
+
+    async def imagine(
+        self,
+        interaction: discord.Interaction[Any],
+        options: ImagineOptions,
+        *,
+        reroll_of: int | None = None,
+    ) -> None:
+        """Answer `/imagine` (or a Reroll press): refuse privately, or queue and follow."""
+        if not self.accepting:
+            raise ShuttingDown()
+        admitting = asyncio.current_task()
+        if admitting is not None:  # a shutdown waits for it, so no job slips past it
+            self._admitting.add(admitting)
+        try:
+            # Answer within Discord's 3 s first; everything after may take its time.
+            if not interaction.response.is_done():  # a Reroll press has answered already
+                await interaction.response.defer(ephemeral=True, thinking=True)
+            admitted = await self.admission.admit(
+                origin_of(interaction), options, reroll_of=reroll_of
+            )
+            record, engine_job = admitted.record, admitted.engine_job
+            # From here the job runs whatever happens to its first message.
+            self._submitted[record.id] = (record, engine_job)
+            try:
+                target = await self._progress_message(interaction, record, engine_job)
+            finally:
+                self._submitted.pop(record.id, None)
+            run = JobRun(
+                self.services,
+                record,
+                engine_job,
+                target,
+                nsfw=is_nsfw(interaction.channel),
+                warnings=admitted.warnings,
+                progress_interval=self.progress_interval,
+            )
+            self._start(run)
+        finally:
+            self._admitting.discard(admitting)  # type: ignore[arg-type]
+
+    async def _progress_message(
+        self, interaction: discord.Interaction[Any], record: JobRecord, engine_job: Job
+    ) -> Target:
+        """Post the private progress message; where the job's messages go from now on."""
+        services = self.services
+        try:
+            first = await interaction.followup.send(
+                render.progress_text(record.id, engine_job.progress),
+                view=progress_view(record.id),
+                ephemeral=True,
+                wait=True,
+            )
+        except discord.HTTPException as exc:
+            log.warning("job %d: no progress message (%s); posting to the channel", record.id, exc)
+            return channel_target(services, record)
+        services.clock.observe(first.created_at)
+        try:
+            await services.ledger.set_message(record.id, first.id)
+        except LedgerError as exc:  # only a restart would miss it: it edits no progress
+            log.warning("job %d: could not store the progress message: %s", record.id, exc)
+        return InteractionTarget.for_job(services, record, message_id=first.id)
+
+    # -- buttons ----------------------------------------------------------------------------
+
+    async def reroll(self, interaction: discord.Interaction[Any], job_id: int) -> None:
+        """Same options as job `job_id`, a new seed: its requester or a moderator only (a
+        reroll is charged to whoever pressed the button)."""
+        # The database may be slow under load: answer Discord first.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        record = await self.services.ledger.get_job(job_id)
+        if record is None or record.guild_id != (interaction.guild_id or 0):
+            raise UnknownJob()
+        if not self._may_manage(interaction, record):
+            raise NotAllowed(
+                "Only the person who asked for these images, or a moderator, can reroll them."
+            )
+        await self.imagine(interaction, reroll_options(record), reroll_of=record.id)
+
+    async def delete(self, interaction: discord.Interaction[Any], job_id: int) -> None:
+        """Delete the result message the button is on: its requester or a moderator only."""
+        await interaction.response.defer()  # acknowledges the click before the database
+        record = await self.services.ledger.get_job(job_id)
+        if not self._may_manage(interaction, record):
+            raise NotAllowed(
+                "Only the person who asked for these images, or a moderator, can delete them."
+            )
+        await interaction.delete_original_response()
+        log.info("job %d: result deleted by %s", job_id, interaction.user.id)
+
+    async def cancel(self, interaction: discord.Interaction[Any], job_id: int) -> None:
+        """Stop a queued or running job: its requester or a moderator only.
+
+        Jobs this process runs are answered from memory (no database on the way to Discord's
+        3 s limit); only jobs it does not run are cancelled through the ledger.
+        """
+        running = self._runs.get(job_id)
+        known = (
+            (running[0].record, running[0].engine_job)
+            if running is not None
+            else self._submitted.get(job_id)
+        )
+        not_yours = "Only the person who asked for this job, or a moderator, can cancel it."
+        if known is not None:
+            record, engine_job = known
+            if not self._may_manage(interaction, record):
+                raise NotAllowed(not_yours)
+            if engine_job.cancel():  # the job's own run records it and refunds
+                await interaction.response.edit_message(
+                    content=f"Cancelling job #{job_id}…", view=None, attachments=[]
+                )
+                return
+            raise NotAllowed(f"Job #{job_id} has already finished.")
+        await interaction.response.defer()
+        ledger = self.services.ledger
+        found = await ledger.get_job(job_id)
+        if found is None:
+            raise UnknownJob()
+        if not self._may_manage(interaction, found):
+            raise NotAllowed(not_yours)
+        if found.active and await ledger.mark_cancelled(job_id):
+            # Not running here (it could not be resumed): nothing else will finish it.
+            await interaction.edit_original_response(
+                content=f"Job #{job_id} was cancelled; its images were given back.",
+                view=None,
+                attachments=[],
+            )
+            return
+        raise NotAllowed(f"Job #{job_id} has already finished.")
+
+    def _may_manage(self, interaction: discord.Interaction[Any], job: JobRecord | None) -> bool:
+        """The job's requester, or a moderator of the job's own server (buttons can be forged,
+        so a moderator elsewhere gets no say). Unknown jobs: moderators only."""
+        if job is not None and interaction.user.id == job.user_id:
+            return True
+        same_guild = job is None or job.guild_id == (interaction.guild_id or 0)
+        role_ids = self.services.config.discord.moderator_role_ids
+        return same_guild and is_moderator(interaction, role_ids)
+
+    # -- restarts ---------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Run again the jobs a previous process left unfinished; returns how many.
+
+        A job's interaction token is still used when, on the bot's estimate of Discord's clock,
+        both its interaction and its reservation are young enough (`discord_limits`).
+        """
+        services = self.services
+        clock = services.clock
+
+        def token_usable(job: JobRecord) -> bool:
+            young = clock.now() - job.queued_at < TOKEN_USABLE_FOR
+            return young and clock.token_usable(job.interaction_id)
+
+        plan = await plan_recovery(services.ledger, token_usable)
+        for record in plan.requeue:
+            target = InteractionTarget.for_job(services, record, message_id=record.message_id)
+            await self._resume(record, target)
+        for record in plan.post_to_channel:
+            await self._resume(record, channel_target(services, record))
+        if len(plan):
+            log.info(
+                "recovered %d job(s): %d answer their interaction, %d post to the channel",
+                len(plan),
+                len(plan.requeue),
+                len(plan.post_to_channel),
+            )
+        return len(plan)
+
+    async def _resume(self, record: JobRecord, target: Target) -> None:
+        try:
+            engine_job = self.services.engine.submit(
+                resumed_request(record), job_id=str(record.id)
+            )
+        except EngineError as exc:
+            log.warning("job %d: cannot resume after a restart: %s", record.id, exc)
+            reason = f"could not resume after a restart: {exc}"
+            await give_up(self.services.ledger, record.id, reason)
+            return
+        run = JobRun(
+            self.services,
+            record,
+            engine_job,
+            target,
+            nsfw=None,
+            resumed=True,
+            progress_interval=self.progress_interval,
+        )
+        self._start(run)
+
+    # -- shutting down ----------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop taking work; leave unfinished jobs to the next start (see the module doc).
+
+        Results being posted right now are let finish; every other job is stopped without
+        touching the ledger, and its requester is told it will resume.
+        """
+        self.accepting = False
+        if self._admitting:  # requests being queued right now: let them register their run
+            await asyncio.wait(set(self._admitting), timeout=SHUTDOWN_GRACE)
+        runs = list(self._runs.values())
+        paused = [run for run, task in runs if not run.delivering]
+        for run, task in runs:
+            if not run.delivering:
+                task.cancel()
+            run.engine_job.cancel()  # frees the worker sooner; the ledger keeps the job
+        if runs:
+            await asyncio.wait([task for _run, task in runs], timeout=SHUTDOWN_GRACE)
+        restarting = "The bot is restarting; job #{} will resume when it is back."
+        notes = [run.show(restarting.format(run.id), must=True) for run in paused]
+        if notes:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*notes, return_exceptions=True), SHUTDOWN_NOTE
+                )
+
+    def _start(self, run: JobRun) -> None:
+        task = asyncio.create_task(run.run(), name=f"imagine-job-{run.id}")
+        self._runs[run.id] = (run, task)
+        task.add_done_callback(lambda _: self._runs.pop(run.id, None))

@@ -1,0 +1,87 @@
+"""What the bot's parts share, as one small bundle, and what they need from Discord.
+
+Cogs, buttons, the command tree, checks and the job service take a `Services` (and the
+`JobActions` buttons call) instead of the whole `ImagineBot`, so each can be built and tested
+without a logged-in client. Only the composition root (`app.py`) knows the concrete client;
+here it is just `Channels`, the few client methods the parts use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import discord
+
+from engine import Engine
+
+from .clock import DiscordClock
+from .config import BotConfig
+from .ledger import Ledger
+from .moderation import Moderation
+from .ops import Metrics
+from .options import ImagineOptions
+from .throttle import EditThrottle, UserRateLimit
+
+__all__ = ["Channels", "JobActions", "ServiceHost", "Services", "host_of"]
+
+
+class Channels(Protocol):
+    """The parts of the Discord client the job service uses to reach channels."""
+
+    def get_channel(self, channel_id: int, /) -> Any: ...
+
+    def get_partial_messageable(
+        self, channel_id: int, *, guild_id: int | None = None
+    ) -> discord.PartialMessageable: ...
+
+    def is_ready(self) -> bool: ...
+
+    def wait_until_ready(self) -> Coroutine[Any, Any, None]: ...
+
+    def partial_webhook(self, application_id: int, token: str) -> discord.Webhook:
+        """A webhook for an interaction's token, bound to the client's connection state."""
+        ...
+
+
+class JobActions(Protocol):
+    """What `/imagine` and the job buttons ask of the job service."""
+
+    async def imagine(
+        self, interaction: discord.Interaction[Any], options: ImagineOptions
+    ) -> None: ...
+
+    async def reroll(self, interaction: discord.Interaction[Any], job_id: int) -> None: ...
+
+    async def delete(self, interaction: discord.Interaction[Any], job_id: int) -> None: ...
+
+    async def cancel(self, interaction: discord.Interaction[Any], job_id: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The long-lived resources of one bot process, built once by `app.py`."""
+
+    config: BotConfig
+    ledger: Ledger
+    engine: Engine
+    moderation: Moderation
+    rate_limit: UserRateLimit
+    clock: DiscordClock
+    edit_throttle: EditThrottle
+    metrics: Metrics
+    channels: Channels
+
+
+class ServiceHost(Protocol):
+    """What `interaction.client` offers to handlers discord.py calls without a cog (buttons,
+    checks, the tree): the services and the job actions."""
+
+    services: Services
+    job_actions: JobActions
+
+
+def host_of(interaction: discord.Interaction[Any]) -> ServiceHost:
+    """`interaction.client` seen as a `ServiceHost` (the bot built by `app.py` is one)."""
+    return cast(ServiceHost, interaction.client)

@@ -1,0 +1,81 @@
+"""Torch helpers shared by the two ways of running requests: `runner.Runner` (one pipeline
+call per batch) and `stepper.Stepper` (one UNet step per tick).
+
+Both must make the same images from the same request, so seeding, the safety check, PNG
+packing and previews are written once, here. Runs on the engine's worker thread.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .loader import LoadedModel
+from .pngmeta import Parameters, encode_png
+from .preview import latents_to_preview
+from .request import ImageRequest
+from .result import GeneratedImage
+
+__all__ = ["check_safety", "package_images", "preview_png", "seeded_generators"]
+
+
+def seeded_generators(request: ImageRequest) -> list[torch.Generator]:
+    """One CPU generator per image, seeded `seed + i`: same image on any device and in any batch."""
+    return [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
+
+
+def preview_png(latents: torch.Tensor, family: str) -> bytes | None:
+    """A fast PNG of one sample's latents `(4, h, w)`, or None for layouts it cannot read."""
+    image = latents_to_preview(latents, family)
+    if image is None:
+        return None
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def check_safety(model: LoadedModel, images: Sequence[Any]) -> list[bool]:
+    """The safety checker's verdict per image (all False without one); images are not altered."""
+    if model.checker is None or model.feature_extractor is None:
+        return [False] * len(images)
+    inputs = model.feature_extractor(list(images), return_tensors="pt")
+    pixel = inputs.pixel_values.to(device=model.device, dtype=model.checker.dtype)
+    arrays = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
+    _, flags = model.checker(images=arrays, clip_input=pixel)
+    return [bool(f) for f in flags]
+
+
+def package_images(
+    model: LoadedModel, request: ImageRequest, images: Sequence[Any], flags: Sequence[bool]
+) -> list[GeneratedImage]:
+    """PNGs carrying their parameters, one per seed of `request`, in seed order."""
+    assert request.steps is not None and request.guidance is not None
+    assert request.width is not None and request.height is not None
+    made = []
+    for n, (seed, image, flagged) in enumerate(zip(request.seeds, images, flags, strict=True)):
+        params = Parameters(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            steps=request.steps,
+            sampler=model.profile.sampler,
+            cfg_scale=request.guidance,
+            seed=seed,
+            width=request.width,
+            height=request.height,
+            model=model.profile.name,
+        )
+        made.append(
+            GeneratedImage(
+                png=encode_png(image, params),
+                seed=seed,
+                index=n,
+                width=request.width,
+                height=request.height,
+                flagged=flagged,
+            )
+        )
+    return made

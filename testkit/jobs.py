@@ -1,0 +1,55 @@
+"""A job's outcome, read back: its id from the buttons, its result message, its ledger row."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from bot.ledger import JobRecord, Ledger, QuotaPolicy, open_ledger
+
+from .config import database_url
+from .discord_server import Interaction, Message
+
+#: Seconds a test waits for a job to be delivered (the tiny model on 2 busy CPU cores).
+JOB_TIMEOUT = 90.0
+
+#: The custom id of a job's buttons: `imagine:<action>:<job id>`.
+JOB_ID = re.compile(r"imagine:(?:cancel|reroll|delete):(\d+)")
+
+
+def job_id_of(message: Message) -> int:
+    """The job id in a message's buttons (`imagine:<action>:<id>`)."""
+    for custom_id in message.custom_ids:
+        found = JOB_ID.fullmatch(custom_id)
+        if found:
+            return int(found.group(1))
+    raise AssertionError(f"no job button on {message!r}")
+
+
+def result_of(interaction: Interaction) -> Message | None:
+    """The public result message of an /imagine (a followup with images)."""
+    return next(
+        (m for m in interaction.followups if m.attachments and not m.ephemeral and not m.deleted),
+        None,
+    )
+
+
+async def wait_result(interaction: Interaction, within: float = JOB_TIMEOUT) -> Message:
+    return await interaction.wait_for(
+        result_of, timeout=within, what="the images to be posted as a followup"
+    )
+
+
+@contextlib.asynccontextmanager
+async def read_ledger(tmp: Path) -> AsyncIterator[Ledger]:
+    """The bot's database, opened by the test as a second reader (the real ledger code)."""
+    async with open_ledger(database_url(tmp), QuotaPolicy(), migrate=False) as ledger:
+        yield ledger
+
+
+async def job_of(ledger: Ledger, job_id: int) -> JobRecord:
+    job = await ledger.get_job(job_id)
+    assert job is not None, f"job {job_id} is not in the database"
+    return job
