@@ -1,9 +1,14 @@
-"""Who counts as a moderator, checked by the bot on every use.
+"""Rules the bot declares to Discord, checked again by the bot on every use.
 
-`default_permissions` only asks Discord to hide a command; anyone can still send the
-interaction (a forged payload, or a server admin re-enabling it for everyone). So moderator
-commands and buttons check here: Manage Server (or Administrator) in the interaction's
-permissions, or one of the configured moderator roles.
+Discord enforces what a command declares (hidden from members, servers only, option ranges
+and lengths), but anyone can still send an interaction it would not (a forged payload, or a
+server admin re-enabling a command for everyone), and discord.py does not check them on the
+bot's side. So:
+
+- `moderator_only`: Manage Server (or Administrator) in the interaction's permissions, or one
+  of the configured moderator roles, for moderator commands and buttons;
+- `declared_rules_kept`: added to every slash command at start-up: a guild-only command from
+  a DM, or an option outside its declared range or length, is refused with a clear message.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ from typing import Any, TypeVar
 import discord
 from discord import app_commands
 
-from .errors import NotModerator
+from .errors import NotModerator, OutsideDeclaredRules
 from .services import host_of
 
-__all__ = ["is_moderator", "moderator_only"]
+__all__ = ["declared_rules_kept", "is_moderator", "moderator_only"]
 
 T = TypeVar("T")
 
@@ -49,3 +54,46 @@ def moderator_only() -> Callable[[T], T]:
         return True
 
     return app_commands.check(predicate)
+
+
+def _guild_only(command: app_commands.Command[Any, ..., Any] | app_commands.Group) -> bool:
+    node: Any = command
+    while node is not None:
+        if node.guild_only:
+            return True
+        node = node.parent
+    return False
+
+
+def _broken_rule(parameter: app_commands.Parameter, value: object) -> str | None:
+    """Why `value` breaks what `parameter` declared to Discord, else None."""
+    low, high = parameter.min_value, parameter.max_value
+    if isinstance(value, str):
+        size, unit = len(value), " characters long"
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        size, unit = value, ""
+    else:
+        return None
+    if (low is None or size >= low) and (high is None or size <= high):
+        return None
+    if low is not None and high is not None:
+        bounds = f"between {low:g} and {high:g}"
+    else:
+        bounds = f"at least {low:g}" if low is not None else f"at most {high:g}"
+    shown = "" if unit else f", not {value:g}" if isinstance(value, float) else f", not {value}"
+    return f"`{parameter.display_name}` must be {bounds}{unit}{shown}."
+
+
+async def declared_rules_kept(interaction: discord.Interaction[Any]) -> bool:
+    """A check for every command: what it declared to Discord holds for this interaction."""
+    command = interaction.command
+    if not isinstance(command, app_commands.Command):
+        return True
+    if interaction.guild_id is None and _guild_only(command):
+        raise app_commands.NoPrivateMessage()
+    for parameter in command.parameters:
+        value = getattr(interaction.namespace, parameter.name, None)
+        problem = _broken_rule(parameter, value) if value is not None else None
+        if problem is not None:
+            raise OutsideDeclaredRules(problem)
+    return True

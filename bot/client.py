@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
 from .buttons import JobButton
+from .checks import declared_rules_kept
 from .cogs import make_cogs
 from .services import JobActions, Services
 from .tree import ImagineTree
@@ -81,6 +83,9 @@ class ImagineBot(commands.AutoShardedBot):
         self.add_dynamic_items(JobButton)
         for cog in make_cogs(self.services, self.job_actions):
             await self.add_cog(cog)
+        for command in self.tree.walk_commands():
+            if isinstance(command, app_commands.Command):  # declared to Discord: checked too
+                command.add_check(declared_rules_kept)
         await self.sync_commands()
 
     async def sync_commands(self) -> None:

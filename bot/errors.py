@@ -31,6 +31,7 @@ __all__ = [
     "BotError",
     "NotAllowed",
     "NotModerator",
+    "OutsideDeclaredRules",
     "RateLimited",
     "Refusal",
     "ShuttingDown",
@@ -85,6 +86,11 @@ class NotModerator(app_commands.CheckFailure, BotError):
         super().__init__(
             "Only moderators (Manage Server, or a moderator role) can use this command."
         )
+
+
+class OutsideDeclaredRules(app_commands.CheckFailure, BotError):
+    """An option outside what the command declared to Discord: Discord would never send it,
+    so the payload was forged (checked by the bot, not only declared)."""
 
 
 class NotAllowed(BotError):

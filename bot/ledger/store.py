@@ -59,6 +59,8 @@ __all__ = ["Ledger", "RetryPolicy", "open_ledger", "utcnow"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: Characters of a prompt the ledger keeps (more than any accepted prompt has).
+MAX_PROMPT_CHARS = 2000
 #: Seconds the database may take to answer a health check before it counts as down.
 PING_TIMEOUT = 3.0
 
@@ -295,6 +297,8 @@ class Ledger:
     ) -> Job:
         refused = reason is not None
         values = {name: getattr(request, name) for name in _REQUEST_FIELDS}
+        for field in ("prompt", "negative_prompt"):  # a forged 3 MB prompt is not kept whole
+            values[field] = values[field][:MAX_PROMPT_CHARS]
         return Job(
             **values
             | {

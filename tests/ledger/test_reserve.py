@@ -219,3 +219,14 @@ async def test_concurrent_reservations_from_two_ledgers(
     finally:
         await other_engine.dispose()
     assert sum(r.accepted for r in results) == 10
+
+
+async def test_a_huge_refused_prompt_is_not_stored_whole(ledger: Ledger) -> None:
+    """A forged prompt of any size costs the database a bounded row."""
+    huge = "a" * 3_000_000
+    job = await ledger.record_refusal(
+        req(prompt=huge, negative_prompt=huge), RefusalReason.INVALID, "too long"
+    )
+    stored = await ledger.get_job(job.id)
+    assert stored is not None and stored.status is JobStatus.REFUSED
+    assert stored.prompt == huge[:2000] and stored.negative_prompt == huge[:2000]
