@@ -38,7 +38,7 @@ from .client import ImagineBot
 from .clock import DiscordClock
 from .config import BotConfig, ConfigError, load_config
 from .jobs import JobService
-from .ledger import Ledger, QuotaPolicy, open_ledger, upgrade_to_head
+from .ledger import Ledger, QuotaPolicy, SchemaTooNew, open_ledger, upgrade_to_head
 from .moderation import Moderation
 from .ops import (
     HealthChecks,
@@ -209,6 +209,8 @@ async def serve(config: BotConfig, token: str) -> int:
     url = config.database.url
     try:
         await upgrade_to_head(url)
+    except SchemaTooNew as exc:
+        raise StartupError(f"{exc} ({_safe_url(url)})") from None
     except Exception as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [repr(exc)]
         raise StartupError(

@@ -3,12 +3,12 @@
     follow the engine job (queue position, steps, previews; edits at most every 2 s, paced
     per channel) → post the result → mark it done
 
-Every path ends in exactly one ledger state: `done` (result posted), `failed` or `cancelled`
-(images given back). Delivery is at-least-once: the result is posted before the job is
-marked done, so any failure to post gives the images back and a result is never lost, but a
-crash in the instant between posting and marking done posts it again after the restart. A
-bot shutdown leaves the job `queued`/`running` in the ledger on purpose: the next start runs
-it again (`JobService.recover`).
+Every path ends in exactly one ledger state: `done` (result posted once), `failed` or
+`cancelled` (images given back). Posting follows `delivery.py`: the start of the delivery is
+recorded first, a Discord outage is waited out, and a crash before "done" is recorded is
+reconciled at the next start instead of posting again. A bot shutdown leaves the job
+`queued`/`running` in the ledger on purpose: the next start runs it again
+(`JobService.recover`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import contextlib
 import io
 import logging
 from collections.abc import Callable
+from datetime import datetime
 
 import discord
 
@@ -29,6 +30,15 @@ from ..buttons import progress_view, result_view
 from ..errors import describe
 from ..ledger import JobRecord, JobStatus, give_up
 from ..services import Services
+from .delivery import (
+    DELIVERY_PATIENCE,
+    RETRY_FIRST,
+    RETRY_MAX,
+    find_posted,
+    is_transient,
+    persist,
+    result_filename,
+)
 from .targets import (
     CannotPost,
     ChannelTarget,
@@ -182,6 +192,46 @@ class JobRun:
         await wait_for_cache(self.services)  # resumed at start-up: the cache may be empty
         return is_nsfw(self.services.channels.get_channel(self.record.channel_id))
 
+    async def _post_once(self, post: ResultPost, since: datetime) -> discord.Message | None:
+        """Post the result through the job's target, else the channel; None if the bot may
+        not post there. Through a Discord outage (5xx, network) it tries again for up to
+        `DELIVERY_PATIENCE`, and after a failed attempt it first looks for the post, since a
+        request that failed may still have posted (see `delivery.py`)."""
+        targets: list[Target] = [self.target]
+        if not isinstance(self.target, ChannelTarget):
+            targets.append(channel_target(self.services, self.record))
+        loop = asyncio.get_running_loop()
+        patience_ends = loop.time() + DELIVERY_PATIENCE
+        delay = RETRY_FIRST
+        maybe_posted = False
+        while targets:
+            try:
+                if maybe_posted:
+                    found = await find_posted(self.services, self.record, since)
+                    if found is not None:
+                        log.info("job %d: found its result already posted", self.id)
+                        return found
+                return await targets[0].post(post)
+            except TokenGone:
+                log.info("job %d: token gone, posting to the channel instead", self.id)
+                targets.pop(0)
+            except CannotPost as exc:
+                log.warning("job %d: cannot post the result (%s); images given back", self.id, exc)
+                return None
+            except Exception as exc:
+                if not is_transient(exc) or loop.time() + delay > patience_ends:
+                    raise
+                maybe_posted = True
+                log.warning(
+                    "job %d: Discord did not take the result (%s); trying again in %.0f s",
+                    self.id,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+        return None
+
     async def _deliver(self, result: GenerationResult) -> None:
         services, record = self.services, self.record
         ledger = services.ledger
@@ -206,30 +256,24 @@ class JobRun:
             return [
                 discord.File(
                     io.BytesIO(image.png),
-                    filename=f"imagine-{self.id}-{image.seed}.png",
+                    filename=result_filename(self.id, image.seed),
                     spoiler=spoiler,
                 )
                 for image, spoiler in verdict.post
             ]
 
         post = ResultPost(content, embed, files, result_view(self.id), mention=record.user_id)
-        targets: list[Target] = [self.target]
-        if not isinstance(self.target, ChannelTarget):
-            targets.append(channel_target(services, record))
-        message: discord.Message | None = None
-        for target in targets:
-            try:
-                message = await target.post(post)
-                break
-            except TokenGone:
-                log.info("job %d: token gone, posting to the channel instead", self.id)
-            except CannotPost as exc:
-                log.warning("job %d: cannot post the result (%s); images given back", self.id, exc)
-                break
+        since = discord.utils.utcnow()
+        await persist("the start of its delivery", self.id, lambda: ledger.start_delivery(self.id))
+        message = await self._post_once(post, since)
         if message is None:
-            self._ended(JobStatus.FAILED, await give_up(ledger, self.id))
+            gave_up = await persist("its refund", self.id, lambda: give_up(ledger, self.id))
+            self._ended(JobStatus.FAILED, gave_up)
             return
-        if await ledger.mark_done(self.id, message_id=message.id):
+        done = await persist(
+            "its delivery", self.id, lambda: ledger.mark_done(self.id, message_id=message.id)
+        )
+        if done:
             self._ended(JobStatus.DONE, True)
         else:
             log.warning("job %d: posted, but the ledger no longer had it active", self.id)

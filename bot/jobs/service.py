@@ -24,11 +24,12 @@ from ..buttons import progress_view
 from ..checks import is_moderator
 from ..discord_limits import TOKEN_USABLE_FOR
 from ..errors import NotAllowed, ShuttingDown, UnknownJob
-from ..ledger import JobRecord, LedgerError, give_up, plan_recovery
+from ..ledger import JobRecord, JobStatus, LedgerError, give_up, plan_recovery
 from ..options import ImagineOptions
 from ..services import Services
 from .admission import Admission
 from .convert import Origin, reroll_options, resumed_request
+from .delivery import find_posted, persist, result_job_id
 from .run import PROGRESS_INTERVAL, JobRun, channel_target, is_nsfw
 from .targets import InteractionTarget, Target
 
@@ -52,6 +53,16 @@ def origin_of(interaction: discord.Interaction[Any]) -> Origin:
         interaction_id=interaction.id,
         token=interaction.token,
     )
+
+
+def _on_its_message(interaction: discord.Interaction[Any], message_id: int | None) -> bool:
+    """Whether a button was pressed on the job's own message (None: not known, so any).
+
+    A button's id names a job, but it acts on the message it is on: a forged id must not let
+    someone act on another member's message through their own job.
+    """
+    clicked = interaction.message.id if interaction.message is not None else None
+    return message_id is None or clicked == message_id
 
 
 class JobService:
@@ -157,6 +168,9 @@ class JobService:
         """Delete the result message the button is on: its requester or a moderator only."""
         await interaction.response.defer()  # acknowledges the click before the database
         record = await self.services.ledger.get_job(job_id)
+        if record is not None and not _on_its_message(interaction, record.message_id):
+            # A forged id, or a job of a reset database: the message is not this job's result.
+            record = None  # so only a moderator may delete it
         if not self._may_manage(interaction, record):
             raise NotAllowed(
                 "Only the person who asked for these images, or a moderator, can delete them."
@@ -179,6 +193,9 @@ class JobService:
         not_yours = "Only the person who asked for this job, or a moderator, can cancel it."
         if known is not None:
             record, engine_job = known
+            progress = running[0].target.message_id if running is not None else None
+            if not _on_its_message(interaction, progress):
+                raise NotAllowed(f"This button does not belong to job #{job_id}.")
             if not self._may_manage(interaction, record):
                 raise NotAllowed(not_yours)
             if engine_job.cancel():  # the job's own run records it and refunds
@@ -192,6 +209,8 @@ class JobService:
         found = await ledger.get_job(job_id)
         if found is None:
             raise UnknownJob()
+        if not _on_its_message(interaction, found.message_id):
+            raise NotAllowed(f"This button does not belong to job #{job_id}.")
         if not self._may_manage(interaction, found):
             raise NotAllowed(not_yours)
         if found.active and await ledger.mark_cancelled(job_id):
@@ -229,11 +248,17 @@ class JobService:
             return young and clock.token_usable(job.interaction_id)
 
         plan = await plan_recovery(services.ledger, token_usable)
-        for record in plan.requeue:
-            target = InteractionTarget.for_job(services, record, message_id=record.message_id)
-            await self._resume(record, target)
-        for record in plan.post_to_channel:
-            await self._resume(record, channel_target(services, record))
+        reconciled = 0
+        for record in plan:
+            if record.delivery_started_at is not None and await self._reconcile(record):
+                reconciled += 1
+            elif record.interaction_token is not None and record in plan.requeue:
+                target = InteractionTarget.for_job(services, record, message_id=record.message_id)
+                await self._resume(record, target)
+            else:
+                await self._resume(record, channel_target(services, record))
+        if reconciled:
+            log.info("recovered %d job(s) whose result was already posted", reconciled)
         if len(plan):
             log.info(
                 "recovered %d job(s): %d answer their interaction, %d post to the channel",
@@ -243,11 +268,43 @@ class JobService:
             )
         return len(plan)
 
+    async def _reconcile(self, record: JobRecord) -> bool:
+        """A job that died while delivering: if its result is in the channel, record it there
+        and then (True) instead of posting it again. A channel the bot cannot read back is
+        posted to again, with a warning: a result is never dropped on a guess."""
+        services = self.services
+        assert record.delivery_started_at is not None
+        try:
+            message = await find_posted(services, record, record.delivery_started_at)
+        except (discord.HTTPException, OSError, TimeoutError) as exc:
+            log.warning(
+                "job %d: cannot read back channel %d (%s); posting its result again",
+                record.id,
+                record.channel_id,
+                exc,
+            )
+            return False
+        if message is None:
+            return False
+        ledger = services.ledger
+        done = await persist(
+            "its delivery", record.id, lambda: ledger.mark_done(record.id, message_id=message.id)
+        )
+        posted = sum(result_job_id(a.filename) == record.id for a in message.attachments)
+        if done and posted < record.image_count:  # moderation had withheld some of them
+            await ledger.refund_images(record.id, record.image_count - posted)
+        if done:
+            services.metrics.jobs.labels(status=str(JobStatus.DONE)).inc()
+        log.info(
+            "job %d: its result was already posted (message %d); recorded, not posted again",
+            record.id,
+            message.id,
+        )
+        return True
+
     async def _resume(self, record: JobRecord, target: Target) -> None:
         try:
-            engine_job = self.services.engine.submit(
-                resumed_request(record), job_id=str(record.id)
-            )
+            engine_job = self.services.engine.submit(resumed_request(record), job_id=str(record.id))
         except EngineError as exc:
             log.warning("job %d: cannot resume after a restart: %s", record.id, exc)
             reason = f"could not resume after a restart: {exc}"

@@ -62,6 +62,7 @@ class ResultPost:
 
 class Target(Protocol):
     channel_id: int
+    message_id: int | None  # the progress message the job's Cancel button is on, if any
 
     @property
     def interactive(self) -> bool:
@@ -190,6 +191,7 @@ class ChannelTarget:
     """Posts the result as a normal channel message; shows no progress."""
 
     interactive = False
+    message_id = None  # no progress message
 
     def __init__(self, services: Services, *, channel_id: int, guild_id: int) -> None:
         self.services = services

@@ -12,7 +12,7 @@ from .database import (
     make_sessionmaker,
     upgrade_to_head,
 )
-from .errors import LedgerBusyError, LedgerError
+from .errors import LedgerBusyError, LedgerError, SchemaTooNew
 from .jobs import (
     ACTIVE_STATUSES,
     COUNTED_STATUSES,
@@ -57,6 +57,7 @@ __all__ = [
     "RefusalReason",
     "Reservation",
     "RetryPolicy",
+    "SchemaTooNew",
     "TokenCheck",
     "UsageSummary",
     "UserDayUsage",

@@ -16,13 +16,15 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 from sqlalchemy.pool import NullPool
 
-from .errors import LedgerError
+from .errors import LedgerError, SchemaTooNew
 
 __all__ = [
     "CONFIG_ENV",
@@ -156,6 +158,10 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def _upgrade(connection: Connection, cfg: Config, revision: str) -> None:
+    known = {script.revision for script in ScriptDirectory.from_config(cfg).walk_revisions()}
+    for current in MigrationContext.configure(connection).get_current_heads():
+        if current not in known:  # Alembic would only say it "can't locate revision"
+            raise SchemaTooNew(current)
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, revision)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["LedgerBusyError", "LedgerError"]
+__all__ = ["LedgerBusyError", "LedgerError", "SchemaTooNew"]
 
 
 class LedgerError(Exception):
@@ -20,3 +20,14 @@ class LedgerBusyError(LedgerError):
         super().__init__(f"database still locked after {attempts} attempts: {original}")
         self.attempts = attempts
         self.original = original
+
+
+class SchemaTooNew(LedgerError):
+    """The database was migrated by a newer imagine-bot: this one must not write to it."""
+
+    def __init__(self, revision: str) -> None:
+        super().__init__(
+            f"this database's schema (revision {revision}) is newer than this imagine-bot "
+            "knows: upgrade imagine-bot, or point [database] url at another database"
+        )
+        self.revision = revision

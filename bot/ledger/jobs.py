@@ -125,6 +125,7 @@ class JobRecord:
     queued_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    delivery_started_at: datetime | None  # set before posting: a post may exist
     delivered_at: datetime | None
 
     @property

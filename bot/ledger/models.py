@@ -106,6 +106,7 @@ class Job(Base):
     queued_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    delivery_started_at: Mapped[datetime | None]  # a post may exist from here on
     delivered_at: Mapped[datetime | None]  # when the result was posted
 
     __table_args__ = (

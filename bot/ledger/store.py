@@ -325,7 +325,7 @@ class Ledger:
         """queued/running → done; the images stay counted and the token is forgotten.
 
         Pass `message_id` when the result is posted: it is recorded and the job is marked
-        delivered too (the bot posts first, so delivery is at-least-once; see `bot/jobs/run.py`).
+        delivered too (see `bot/jobs/delivery.py` for how a post is made exactly once).
         """
         now = self._clock()
         values: dict[str, Any] = {
@@ -335,6 +335,15 @@ class Ledger:
         }
         if message_id is not None:
             values |= {"message_id": message_id, "delivered_at": now}
+        return await self._set_where(job_id, ACTIVE_STATUSES, values)
+
+    async def start_delivery(self, job_id: int) -> bool:
+        """Record that the result is about to be posted (queued/running jobs only).
+
+        From then on a restart must look for the post before posting again; the mark stays
+        when a dead process's job is re-queued.
+        """
+        values = {"delivery_started_at": self._clock()}
         return await self._set_where(job_id, ACTIVE_STATUSES, values)
 
     async def mark_failed(self, job_id: int, error: str) -> bool:

@@ -339,11 +339,15 @@ class DiscordTestServer:
         """Press the button (or pick ``values`` in the select) with ``custom_id`` on ``message``.
 
         ``validate=False`` forges a click Discord would not send (a disabled button, someone
-        else's ephemeral message), to test that the bot checks who clicked.
+        else's ephemeral message, a ``custom_id`` the message does not have), to test that the
+        bot checks who clicked and what.
         """
         if message.deleted:
             raise ValueError(f"{message!r} was deleted; nobody can click it")
         component = message.component(custom_id)
+        forged_component = component is None and not validate
+        if forged_component:  # a forged id on a real message: the payload claims it is there
+            component = {"type": 2, "style": 2, "label": "forged", "custom_id": custom_id}
         if component is None:
             raise ValueError(
                 f"no component {custom_id!r} on {message!r}; it has {message.custom_ids}"
@@ -364,6 +368,11 @@ class DiscordTestServer:
             data["values"] = list(values or [])
         payload["data"] = data
         payload["message"] = message_payload(message)
+        if forged_component:
+            payload["message"]["components"] = [
+                *payload["message"].get("components", []),
+                {"type": 1, "components": [component]},
+            ]
         return await self.dispatch_interaction(payload, source_message=message)
 
     async def submit_modal(

@@ -8,11 +8,13 @@ Discord test server as Discord refuses one (401 on `GET /users/@me`).
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from bot.config import parse_config
+from bot.ledger import upgrade_to_head
 from testkit.config import toml_value, write_config
 from testkit.discord_server import DiscordTestServer
 from testkit.process import run_once
@@ -94,3 +96,26 @@ async def test_an_unreachable_database_stops_start_up_with_one_line(tmp_path: Pa
     assert code == 2 and SECRET not in output and "pw-secret" not in output
     assert_one_clear_line(output, "cannot open the database", "127.0.0.1:1", "[database] url")
     assert "loading model" not in output
+
+
+async def test_a_database_from_a_newer_version_stops_start_up_with_one_line(
+    tmp_path: Path,
+) -> None:
+    """A downgrade of the bot must not write into a schema it does not know."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'newer.db'}"
+    await upgrade_to_head(url)
+    with sqlite3.connect(tmp_path / "newer.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '9999'")
+    config = write_config(
+        tmp_path / "config.toml",
+        {
+            "discord": {"api_base_url": "http://127.0.0.1:9/api/v10"},
+            "database": {"url": url},
+            "engine": {"model": "builtin:tiny", "cache_dir": str(tmp_path / "models")},
+        },
+    )
+    code, output = await run_once(config, token=SECRET)
+    assert code == 2 and SECRET not in output
+    assert_one_clear_line(output, "schema (revision 9999) is newer", "upgrade imagine-bot")
+    with sqlite3.connect(tmp_path / "newer.db") as db:  # left exactly as it was
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("9999",)]

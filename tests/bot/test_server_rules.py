@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from testkit.discord_server import MANAGE_GUILD, User
-from testkit.jobs import read_ledger
+from testkit.discord_server import MANAGE_GUILD, Message, User
+from testkit.jobs import job_id_of, read_ledger, wait_result
 from testkit.world import NewWorld, World
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("clean_world")]
@@ -22,9 +22,9 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures(
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(new_world: NewWorld) -> AsyncIterator[World]:
-    """`admin` has Manage Server; `alice` is a member. Commands are global, as most bots
+    """`admin` has Manage Server; `alice` and `bob` are members. Commands are global, as most bots
     sync them, so a DM can name `/imagine` at all."""
-    async with new_world(guild="Rules Club", users=("alice",)) as world:
+    async with new_world(guild="Rules Club", users=("alice", "bob")) as world:
         admins = world.guild.create_role("Admins", permissions=MANAGE_GUILD)
         world.add_user("admin", roles=[admins])
         world.configure(guild_ids=[])
@@ -77,3 +77,24 @@ async def test_a_huge_forged_prompt_is_refused_and_not_stored(world: World) -> N
     async with read_ledger(world.tmp) as ledger:
         jobs = await ledger.jobs_for_user(world.guild.id, world.alice.id)
         assert all(len(job.prompt) <= 2000 for job in jobs)
+
+
+async def test_a_button_acts_only_on_its_own_jobs_message(world: World) -> None:
+    """Bob forges his own job's Delete onto Alice's result: the id passes the owner check,
+    but the message is not that job's, so nothing is deleted."""
+    server = world.server
+
+    async def result_of(who: User, prompt: str) -> Message:
+        options = {"prompt": prompt, "steps": 2}
+        return await wait_result(await server.invoke("imagine", user=who, options=options))
+
+    alices = await result_of(world.alice, "a lighthouse")
+    bobs = await result_of(world.bob, "a harbour")
+    forged_id = f"imagine:delete:{job_id_of(bobs)}"
+    click = await server.click(alices, forged_id, user=world.bob, validate=False)
+    note = await click.wait_for_message(lambda m: m is not alices)
+    assert note.ephemeral and "Only the person who asked" in note.content
+    assert not alices.deleted
+    own = await server.click(bobs, f"imagine:delete:{job_id_of(bobs)}", user=world.bob)
+    await own.wait_for(lambda _: bobs.deleted, what="Bob's own result to be deleted")
+    assert not alices.deleted

@@ -171,3 +171,20 @@ async def test_refund_images_gives_back_withheld_images_of_a_done_job(ledger: Le
     status = await ledger.user_status(job.job.guild_id, job.job.user_id)
     assert status.used == 1
     assert (await _get(ledger, job.job.id)).image_count == 1
+
+
+async def test_a_delivery_start_is_recorded_and_survives_a_requeue(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    job = await _queued(ledger)
+    await ledger.mark_running(job.id)
+    assert (await _get(ledger, job.id)).delivery_started_at is None
+    clock.advance(seconds=3)
+    assert await ledger.start_delivery(job.id)
+    started = await _get(ledger, job.id)
+    assert started.delivery_started_at == clock.now and not started.delivered
+    # The process dies here: the re-queued job still says a post may exist.
+    (requeued,) = await ledger.requeue_interrupted()
+    assert requeued.status is JobStatus.QUEUED and requeued.delivery_started_at == clock.now
+    assert await ledger.mark_done(job.id, message_id=55)
+    assert not await ledger.start_delivery(job.id)  # ended jobs are not delivered again

@@ -25,7 +25,7 @@ from testkit.discord_server import Failure, Interaction, Message
 from testkit.jobs import JOB_TIMEOUT, job_id_of, job_of, read_ledger, result_of, wait_result
 from testkit.world import NewWorld, World
 
-from .fault_hooks.sitecustomize import HOLD, POISON
+from .fault_hooks.sitecustomize import FAIL_DONE, HOLD, KILL_BEFORE_DONE, POISON
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -220,13 +220,15 @@ async def test_a_locked_database_makes_writes_wait_not_fail(world: World) -> Non
         progress = await interaction.wait_for_original(lambda m: bool(m.custom_ids))
         job_id = job_id_of(progress)
 
-        # 2. Locked while the job completes: the result is posted, marking it done waits.
+        # 2. Locked while the job completes: recording that its delivery starts waits for the
+        # lock (a post must never happen unrecorded), then the result is posted once.
         with parked(world):
             await running(progress)
             locker.execute("BEGIN EXCLUSIVE")
-        result = await wait_result(interaction)
-        assert not any(f"job {job_id}: delivered" in line for line in world.bot.lines)
+        await asyncio.sleep(LOCK_SECONDS)  # the fault itself: another writer holds the lock
+        assert result_of(interaction) is None  # not posted while its start can't be recorded
         locker.execute("ROLLBACK")
+        result = await wait_result(interaction)
     finally:
         if locker.in_transaction:
             locker.execute("ROLLBACK")
@@ -298,3 +300,74 @@ async def test_sigterm_mid_job_exits_promptly_and_the_next_start_delivers_it_onc
     async with read_ledger(world.tmp) as ledger:
         frank = await ledger.user_status(result.guild_id or 0, world.frank.id)
         assert frank.used == 1  # counted once across the restart
+
+
+async def test_a_kill_right_after_posting_never_posts_twice(world: World) -> None:
+    """SIGKILL in the narrowest window, after the post and before it is recorded, several
+    times: each restart finds the post in the channel and records it; nothing is posted
+    twice, lost, or counted twice."""
+    gate = world.tmp / KILL_BEFORE_DONE
+    async with read_ledger(world.tmp) as ledger:
+        used_before = (await ledger.user_status(world.guild.id, world.gwen.id)).used
+    for attempt in range(3):
+        bot = world.bot
+        bot.unwatch()
+        gate.touch()
+        try:
+            job_id, _progress = await world.imagine(world.gwen, f"a narrow window {attempt}")
+            assert await bot.exited(JOB_TIMEOUT) == -signal.SIGKILL, bot.output[-3000:]
+        finally:
+            gate.unlink(missing_ok=True)
+        posted = world.results_for(job_id)
+        assert len(posted) == 1  # it was posted just before the kill
+        async with read_ledger(world.tmp) as ledger:
+            job = await job_of(ledger, job_id)
+            assert job.status in ACTIVE_STATUSES and job.delivery_started_at is not None
+        await start_bot(world)
+        await world.bot.wait_for_line(
+            rf"job {job_id}: its result was already posted \(message {posted[0].id}\)",
+            within=JOB_TIMEOUT,
+        )
+        assert world.results_for(job_id) == posted  # not posted again
+        async with read_ledger(world.tmp) as ledger:
+            job = await job_of(ledger, job_id)
+            assert (job.status, job.message_id) == (JobStatus.DONE, posted[0].id)
+            gwen = await ledger.user_status(world.guild.id, world.gwen.id)
+            assert (gwen.used, gwen.queued, gwen.running) == (used_before + attempt + 1, 0, 0)
+
+
+async def test_a_ledger_write_failing_after_posting_is_retried_not_reposted(
+    world: World,
+) -> None:
+    """The disk is full when the posted result is to be recorded: the bot keeps trying (the
+    result is out, so it must not be refunded or posted again) and records it once it can."""
+    gate = world.tmp / FAIL_DONE
+    gate.touch()
+    try:
+        job_id, _progress = await world.imagine(world.erin, "a full disk")
+        await world.bot.wait_for_line(
+            rf"job {job_id}: could not record its delivery .*disk is full", within=JOB_TIMEOUT
+        )
+        assert len(world.results_for(job_id)) == 1
+    finally:
+        gate.unlink(missing_ok=True)
+    await assert_delivered_once(world, job_id, world.results_for(job_id)[0])
+
+
+async def test_a_discord_outage_while_posting_is_waited_out_and_delivered_once(
+    world: World,
+) -> None:
+    """Every attempt of discord.py (5 tries) gets a 500, and the next one too: the finished
+    job keeps its images, looks for a post before posting again, and is delivered once."""
+    with parked(world):
+        job_id, progress = await world.imagine(world.carol, "an outage")
+        await running(progress)
+        interaction = interaction_of(progress)
+        followups = rf"^/webhooks/\d+/{re.escape(interaction.token)}$"
+        injection = world.server.inject_failures("POST", followups, [500] * 6)
+    result = await wait_result(interaction, within=JOB_TIMEOUT)
+    assert [r.status for r in injection.hits] == [500] * 6
+    assert any(
+        f"job {job_id}: Discord did not take the result" in line for line in world.bot.lines
+    )
+    await assert_delivered_once(world, job_id, result)

@@ -13,11 +13,19 @@ There is no GPU here, so out of memory is simulated the way a small GPU would be
   fail alone);
 - while the file `HOLD` exists in the bot's working directory, the UNet waits: a test parks a
   job mid-run, deterministically, to inject a fault while it runs.
+
+Faults around the ledger, the same way (files in the bot's working directory):
+
+- while `KILL_BEFORE_DONE` exists, the bot SIGKILLs itself the moment a posted result is to be
+  recorded as done: the narrowest window between posting and recording;
+- while `FAIL_DONE` exists, recording a posted result fails as on a full disk.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +35,8 @@ import engine.service
 POISON = "a poisoned prompt"
 MAX_SAMPLES = 2  # one image with classifier-free guidance
 HOLD = "hold-unet"
+KILL_BEFORE_DONE = "kill-before-done"
+FAIL_DONE = "fail-done"
 
 log = logging.getLogger("fault_hooks")
 
@@ -73,5 +83,27 @@ def patch_engine_start() -> None:
     engine.service.Engine.start = start_with_hooks  # type: ignore[method-assign]
 
 
+def patch_ledger() -> None:
+    """`Ledger.mark_done` with a message (a result was just posted) honours the ledger gates."""
+    import bot.ledger.store as store
+    from bot.ledger import LedgerError
+
+    mark_done = store.Ledger.mark_done
+
+    async def mark_done_with_faults(
+        self: store.Ledger, job_id: int, message_id: int | None = None
+    ) -> bool:
+        if message_id is not None:
+            if (Path.cwd() / KILL_BEFORE_DONE).exists():
+                log.warning("fault hook: SIGKILL after posting job %d", job_id)
+                os.kill(os.getpid(), signal.SIGKILL)
+            if (Path.cwd() / FAIL_DONE).exists():
+                raise LedgerError("database or disk is full (simulated)")
+        return await mark_done(self, job_id, message_id)
+
+    store.Ledger.mark_done = mark_done_with_faults  # type: ignore[method-assign]
+
+
 if __name__ == "sitecustomize":  # only in the bot subprocess; the tests import the names
     patch_engine_start()
+    patch_ledger()

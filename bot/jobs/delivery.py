@@ -1,0 +1,108 @@
+"""Delivering a result exactly once, whatever fails: the ledger, Discord, or the process.
+
+    record "delivery started" → post (retried through Discord outages; after any failed
+    attempt, look for the post before posting again) → record "done" (retried until it
+    succeeds or the process stops)
+
+A crash anywhere in that sequence leaves the job active with its delivery start recorded;
+the next start then *reconciles* before it posts again: it reads the channel's messages since
+the delivery started and, if the bot's message with the job's images is there (their file
+names carry the job id: `imagine-<job>-<seed>.png`), records it instead of posting twice.
+Only messages posted after the job's delivery started and written by the bot itself count,
+so an older message of a reset database, or a file a member uploads, never matches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import aiohttp
+import discord
+
+from ..ledger import JobRecord
+from ..services import Services
+
+__all__ = [
+    "DELIVERY_PATIENCE",
+    "RETRY_FIRST",
+    "RETRY_MAX",
+    "find_posted",
+    "is_transient",
+    "persist",
+    "result_filename",
+    "result_job_id",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: How long a finished job keeps trying to post through a Discord outage before giving up.
+DELIVERY_PATIENCE = 15 * 60.0
+#: First and longest wait between attempts (posting, or writing to the ledger).
+RETRY_FIRST = 1.0
+RETRY_MAX = 30.0
+#: Messages read back when looking for a post, and how far before the delivery start
+#: (the host's clock against Discord's).
+HISTORY_LIMIT = 100
+HISTORY_MARGIN = timedelta(minutes=2)
+
+_RESULT_FILE = re.compile(r"^(?:SPOILER_)?imagine-(?P<job>\d+)-\d+\.png$")
+
+
+def result_filename(job_id: int, seed: int) -> str:
+    """The attachment name of one result image: it names the job, for reconciling."""
+    return f"imagine-{job_id}-{seed}.png"
+
+
+def result_job_id(filename: str) -> int | None:
+    """The job a result attachment belongs to (spoiler names included), else None."""
+    found = _RESULT_FILE.match(filename)
+    return int(found["job"]) if found else None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An error that may pass if tried again later: Discord's 5xx, the network, a timeout."""
+    transient = discord.DiscordServerError | aiohttp.ClientError | OSError | TimeoutError
+    return isinstance(exc, transient)
+
+
+async def find_posted(
+    services: Services, job: JobRecord, since: datetime
+) -> discord.Message | None:
+    """The bot's message with `job`'s images, posted after `since` (less a margin), if any."""
+    channels = services.channels
+    me = channels.user
+    channel = channels.get_partial_messageable(job.channel_id, guild_id=job.guild_id or None)
+    after = discord.Object(discord.utils.time_snowflake(since - HISTORY_MARGIN))
+    async for message in channel.history(limit=HISTORY_LIMIT, after=after):
+        if me is None or message.author.id != me.id:
+            continue
+        if any(result_job_id(a.filename) == job.id for a in message.attachments):
+            return message
+    return None
+
+
+async def persist(what: str, job_id: int, write: Callable[[], Awaitable[T]]) -> T:
+    """Run a ledger write until it succeeds (a full disk, a lost connection): the result is
+    already out, so giving up would lose the record of it. Stops only with the process."""
+    delay = RETRY_FIRST
+    while True:
+        try:
+            return await write()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error(
+                "job %d: could not record %s (%s); trying again in %.0f s",
+                job_id,
+                what,
+                exc,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
