@@ -4,7 +4,8 @@ Start-up order, each step failing with one line and exit code 2 when the operato
 
 1. read the config and the token (from the environment variable it names; a token written in
    the config file is used only with a warning, and refused when others can read the file);
-2. migrate the database to head and open the ledger;
+2. migrate the database to head (refusing a schema newer than this version), open the
+   ledger, and claim its lease: a second process on the same database stops here;
 3. point discord.py's REST at `[discord] api_base_url` and log in (a rejected token stops
    here, before a model is loaded for nothing);
 4. load the model on the engine's worker thread (the event loop stays free);
@@ -38,7 +39,15 @@ from .client import ImagineBot
 from .clock import DiscordClock
 from .config import BotConfig, ConfigError, load_config
 from .jobs import JobService
-from .ledger import Ledger, QuotaPolicy, SchemaTooNew, open_ledger, upgrade_to_head
+from .ledger import (
+    LeaseHeld,
+    LeaseKeeper,
+    Ledger,
+    QuotaPolicy,
+    SchemaTooNew,
+    open_ledger,
+    upgrade_to_head,
+)
 from .moderation import Moderation
 from .ops import (
     HealthChecks,
@@ -221,43 +230,64 @@ async def serve(config: BotConfig, token: str) -> int:
         max_queued_per_user=config.quota.max_queued_per_user,
     )
     async with open_ledger(url, policy, migrate=False) as ledger:
-        engine = Engine(config.engine)
-        bot, services, jobs = _assemble(config, ledger, engine)
-        connection: asyncio.Task[None] | None = None
-        updater = MetricsUpdater(services.metrics, engine)
-        checks = HealthChecks(
-            gateway=bot.gateway_connected, engine=lambda: engine.alive, database=ledger.ping
-        )
-        ops = OpsServer(services.metrics, checks, refresh=updater.refresh)
-        if config.ops.listen:
-            try:
-                await ops.start(config.ops.listen)
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot listen on [ops] listen = {config.ops.listen!r}: {exc.strerror}"
-                ) from None
-        updating = asyncio.create_task(updater.run(), name="metrics")
+        lease = LeaseKeeper(ledger)
         try:
-            async with bot:
-                try:
-                    await _until(stop, _login(bot, config, token))
-                    log.info("loading model %s", config.engine.model)
-                    await _until(stop, engine.start())
-                    await jobs.recover()
-                    connection = asyncio.create_task(bot.connect(reconnect=True), name="gateway")
-                    await _until(stop, asyncio.shield(connection))
-                    connection.result()  # the gateway gave up on its own: raise why
-                finally:
-                    await jobs.shutdown()  # needs Discord for its last edits
-                    await bot.close()
-                    if connection is not None:
-                        with contextlib.suppress(BaseException):
-                            await connection
-        except _Stopped:
-            log.info("stop signal received: shutting down")
+            await lease.acquire()  # before anything touches jobs: one process per database
+        except LeaseHeld as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            return await _serve_with(config, token, ledger, lease, stop)
         finally:
-            updating.cancel()
-            await ops.stop()
-            await engine.close()
+            await lease.release()
+
+
+async def _serve_with(
+    config: BotConfig, token: str, ledger: Ledger, lease: LeaseKeeper, stop: asyncio.Event
+) -> int:
+    """`serve` once the database is open and this process owns it."""
+    engine = Engine(config.engine)
+    bot, services, jobs = _assemble(config, ledger, engine)
+    connection: asyncio.Task[None] | None = None
+    updater = MetricsUpdater(services.metrics, engine)
+
+    async def database_ok() -> bool:  # a write (the lease heartbeat) and a read
+        return lease.healthy() and await ledger.ping()
+
+    checks = HealthChecks(
+        gateway=bot.gateway_connected, engine=lambda: engine.alive, database=database_ok
+    )
+    ops = OpsServer(services.metrics, checks, refresh=updater.refresh)
+    if config.ops.listen:
+        try:
+            await ops.start(config.ops.listen)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on [ops] listen = {config.ops.listen!r}: {exc.strerror}"
+            ) from None
+    updating = asyncio.create_task(updater.run(), name="metrics")
+    heartbeat = asyncio.create_task(lease.run(on_lost=stop.set), name="lease")
+    try:
+        async with bot:
+            try:
+                await _until(stop, _login(bot, config, token))
+                log.info("loading model %s", config.engine.model)
+                await _until(stop, engine.start())
+                await jobs.recover()
+                connection = asyncio.create_task(bot.connect(reconnect=True), name="gateway")
+                await _until(stop, asyncio.shield(connection))
+                connection.result()  # the gateway gave up on its own: raise why
+            finally:
+                await jobs.shutdown()  # needs Discord for its last edits
+                await bot.close()
+                if connection is not None:
+                    with contextlib.suppress(BaseException):
+                        await connection
+    except _Stopped:
+        log.info("stop signal received: shutting down")
+    finally:
+        updating.cancel()
+        heartbeat.cancel()
+        await ops.stop()
+        await engine.close()
     log.info("stopped")
     return 0

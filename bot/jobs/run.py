@@ -150,6 +150,8 @@ class JobRun:
                 progress = job.progress
                 if progress.state is not JobState.QUEUED and not marked_running:
                     marked_running = True
+                    waited = (job.started_at or job.submitted_at) - job.submitted_at
+                    log.info("job %d: running after %.1f s in the queue", self.id, waited)
                     await self.services.ledger.mark_running(self.id)
                 if done:
                     return result.result()

@@ -22,6 +22,7 @@ from .jobs import (
     JobStatus,
     RefusalReason,
 )
+from .lease import LeaseHeld, LeaseHolder, LeaseKeeper
 from .quota import (
     WINDOW,
     QuotaChange,
@@ -45,6 +46,9 @@ __all__ = [
     "JobRecord",
     "JobRequest",
     "JobStatus",
+    "LeaseHeld",
+    "LeaseHolder",
+    "LeaseKeeper",
     "Ledger",
     "LedgerBusyError",
     "LedgerError",

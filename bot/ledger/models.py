@@ -28,7 +28,15 @@ from sqlalchemy.types import TypeDecorator
 from .jobs import JobStatus
 from .quota import QuotaKind
 
-__all__ = ["NAMING_CONVENTION", "Base", "Job", "QuotaAudit", "QuotaOverride", "UTCDateTime"]
+__all__ = [
+    "NAMING_CONVENTION",
+    "Base",
+    "Job",
+    "Lease",
+    "QuotaAudit",
+    "QuotaOverride",
+    "UTCDateTime",
+]
 
 #: Deterministic constraint names, so migrations (and SQLite batch mode) can refer to them.
 NAMING_CONVENTION: dict[str, str] = {
@@ -166,3 +174,16 @@ class QuotaAudit(Base):
         CheckConstraint(_in_list("new_kind", QuotaKind), name="new_kind"),
         Index("ix_quota_audit_guild_changed", "guild_id", "changed_at"),
     )
+
+
+class Lease(Base):
+    """The process that owns the database, renewed by its heartbeat (see `lease.py`)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]

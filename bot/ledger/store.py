@@ -24,8 +24,8 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, func, select, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import ColumnElement, delete, func, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from .database import create_engine, make_sessionmaker, upgrade_to_head, writer
@@ -38,7 +38,8 @@ from .jobs import (
     JobStatus,
     RefusalReason,
 )
-from .models import Job, QuotaAudit, QuotaOverride
+from .lease import LeaseHolder
+from .models import Job, Lease, QuotaAudit, QuotaOverride
 from .quota import (
     WINDOW,
     CountedImages,
@@ -59,6 +60,8 @@ __all__ = ["Ledger", "RetryPolicy", "open_ledger", "utcnow"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: The one lease row: the process that owns this database.
+LEASE_NAME = "owner"
 #: Characters of a prompt the ledger keeps (more than any accepted prompt has).
 MAX_PROMPT_CHARS = 2000
 #: Seconds the database may take to answer a health check before it counts as down.
@@ -119,6 +122,10 @@ def _record(job: Job) -> JobRecord:
     values = {name: getattr(job, name) for name in _RECORD_FIELDS}
     values |= {"status": _status(job.status), "refusal_reason": _reason(job.refusal_reason)}
     return JobRecord(**values)
+
+
+def _holder(row: Lease) -> LeaseHolder:
+    return LeaseHolder(row.holder, row.host, row.pid, row.acquired_at, row.heartbeat_at)
 
 
 def _statuses(statuses: Iterable[JobStatus]) -> list[str]:
@@ -443,6 +450,55 @@ class Ledger:
         return await self._run(work, write=True)
 
     # -- quota overrides ----------------------------------------------------------------------
+
+    # -- ownership ------------------------------------------------------------------------
+
+    async def claim_lease(
+        self, me: LeaseHolder, stale: Callable[[LeaseHolder], bool]
+    ) -> LeaseHolder:
+        """Make `me` the database's owner unless a live process is (`stale` says which
+        are gone); returns the owner after the attempt."""
+
+        async def work(session: AsyncSession) -> LeaseHolder:
+            row = await session.get(Lease, LEASE_NAME)
+            if row is not None and row.holder != me.holder and not stale(_holder(row)):
+                return _holder(row)
+            now = self._clock()
+            values = {"holder": me.holder, "host": me.host, "pid": me.pid}
+            if row is None:
+                row = Lease(name=LEASE_NAME, acquired_at=now, heartbeat_at=now, **values)
+                session.add(row)
+            else:
+                for key, value in (values | {"acquired_at": now, "heartbeat_at": now}).items():
+                    setattr(row, key, value)
+            await session.flush()
+            return _holder(row)
+
+        try:
+            return await self._run(work, write=True)
+        except IntegrityError:  # another process inserted the row first (PostgreSQL)
+            return await self._run(work, write=True)
+
+    async def renew_lease(self, me: LeaseHolder) -> bool:
+        """The owner's heartbeat; False if another process holds the lease now."""
+        return await self._lease_write(
+            update(Lease)
+            .where(Lease.name == LEASE_NAME, Lease.holder == me.holder)
+            .values(heartbeat_at=self._clock())
+        )
+
+    async def release_lease(self, me: LeaseHolder) -> None:
+        """Give the lease up (a clean stop), if `me` still holds it."""
+        await self._lease_write(
+            delete(Lease).where(Lease.name == LEASE_NAME, Lease.holder == me.holder)
+        )
+
+    async def _lease_write(self, stmt: Any) -> bool:
+        async def work(session: AsyncSession) -> bool:
+            result = await session.execute(stmt.execution_options(synchronize_session=False))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+        return await self._run(work, write=True)
 
     async def set_user_quota(
         self, guild_id: int, user_id: int, daily: int | None, *, by: int, reason: str | None = None

@@ -162,7 +162,7 @@ async def db_engine(db_url: str) -> AsyncIterator[AsyncEngine]:
     if eng.dialect.name == "postgresql":
         async with eng.begin() as conn:
             await conn.execute(
-                text("TRUNCATE jobs, quota_overrides, quota_audit RESTART IDENTITY CASCADE")
+                text("TRUNCATE jobs, quota_overrides, quota_audit, leases RESTART IDENTITY CASCADE")
             )
     yield eng
     await eng.dispose()

@@ -23,6 +23,7 @@ import pytest_asyncio
 from bot.ledger import ACTIVE_STATUSES, JobStatus
 from testkit.discord_server import Failure, Interaction, Message
 from testkit.jobs import JOB_TIMEOUT, job_id_of, job_of, read_ledger, result_of, wait_result
+from testkit.process import run_once
 from testkit.world import NewWorld, World
 
 from .fault_hooks.sitecustomize import FAIL_DONE, HOLD, KILL_BEFORE_DONE, POISON
@@ -47,6 +48,18 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
                 yield world
             finally:
                 (world.tmp / HOLD).unlink(missing_ok=True)
+
+
+@pytest.fixture(autouse=True)
+def bot_output_on_failure(world: World) -> Iterator[None]:
+    """The bot's log lines of each test, shown by pytest when the test fails."""
+    start = len(world.bot.lines)
+    bot = world.bot
+    yield
+    if world.bot is bot:  # a restarted bot's whole output is new
+        print("bot output during the test:\n" + "\n".join(bot.lines[start:]))
+    else:
+        print("bot output since the restart:\n" + "\n".join(world.bot.lines))
 
 
 async def start_bot(world: World) -> None:
@@ -371,3 +384,17 @@ async def test_a_discord_outage_while_posting_is_waited_out_and_delivered_once(
         f"job {job_id}: Discord did not take the result" in line for line in world.bot.lines
     )
     await assert_delivered_once(world, job_id, result)
+
+
+async def test_a_second_bot_on_the_same_database_refuses_to_start(world: World) -> None:
+    """A second `imagine-bot run` on the running bot's database (started by mistake) stops
+    before it touches a job or Discord; the running bot goes on and delivers once."""
+    assert world.config is not None
+    logins = len(world.server.requests_to("GET", r"^/users/@me$"))
+    code, output = await run_once(world.config, token=world.token)
+    assert code == 2, output[-3000:]
+    lines = [line for line in output.splitlines() if "another imagine-bot" in line]
+    assert len(lines) == 1 and f"pid {world.bot.pid}" in lines[0], output[-3000:]
+    assert len(world.server.requests_to("GET", r"^/users/@me$")) == logins  # never logged in
+    job_id, progress = await world.imagine(world.dave, "still the only one")
+    await assert_delivered_once(world, job_id, await wait_result(interaction_of(progress)))

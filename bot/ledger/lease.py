@@ -1,0 +1,143 @@
+"""One owner per database: a lease row the running bot renews, so a second process refuses.
+
+A second `imagine-bot run` on the same database (started by mistake, or a restart while the
+old process still runs) would otherwise re-run and post the first one's jobs. At start-up the
+bot claims the lease; it is refused while another live process holds it, that is, one whose
+heartbeat is younger than `LEASE_TTL`, unless that process is known to be gone (same host,
+its pid no longer runs, or it is our own pid: a previous life of this container). The
+holder renews it every `HEARTBEAT_INTERVAL`; a holder that finds the lease taken stops, so
+two processes never both run the jobs. The heartbeat is also the health check's write probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from .errors import LedgerError
+
+__all__ = ["HEARTBEAT_INTERVAL", "LEASE_TTL", "LeaseHeld", "LeaseHolder", "LeaseKeeper"]
+
+log = logging.getLogger(__name__)
+
+#: How often the holder writes its heartbeat.
+HEARTBEAT_INTERVAL = 10.0
+#: A heartbeat older than this belongs to a process that is gone (or stalled: it then stops).
+LEASE_TTL = timedelta(seconds=30)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseHolder:
+    """A process that holds (or asks for) the ledger's lease."""
+
+    holder: str  # random per process
+    host: str
+    pid: int
+    acquired_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+
+    @classmethod
+    def this_process(cls) -> LeaseHolder:
+        return cls(uuid.uuid4().hex, socket.gethostname(), os.getpid())
+
+    def describe(self, now: datetime) -> str:
+        seen = (
+            f", last seen {max(0, round((now - self.heartbeat_at).total_seconds()))} s ago"
+            if self.heartbeat_at is not None
+            else ""
+        )
+        return f"pid {self.pid} on {self.host}{seen}"
+
+
+class LeaseHeld(LedgerError):
+    """Another live process owns this database."""
+
+    def __init__(self, owner: LeaseHolder, now: datetime) -> None:
+        super().__init__(
+            f"another imagine-bot is using this database ({owner.describe(now)}): stop it "
+            "first, or give each bot its own [database] url"
+        )
+        self.owner = owner
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it runs
+        return True
+    return True
+
+
+class LeaseKeeper:
+    """Claims the lease, renews it, and releases it for one bot process."""
+
+    def __init__(self, ledger: LeaseLedger, me: LeaseHolder | None = None) -> None:
+        self.ledger = ledger
+        self.me = me or LeaseHolder.this_process()
+        self._last_write: float | None = None  # monotonic time of the last successful write
+
+    def stale(self, owner: LeaseHolder) -> bool:
+        """Whether `owner` is gone, so its lease may be taken."""
+        if owner.heartbeat_at is None or self.ledger.now() - owner.heartbeat_at > LEASE_TTL:
+            return True
+        if owner.host != self.me.host:
+            return False  # another machine: only its heartbeat can tell
+        return owner.pid == self.me.pid or not _pid_running(owner.pid)
+
+    async def acquire(self) -> None:
+        """Become the owner, or raise `LeaseHeld` naming the live owner."""
+        owner = await self.ledger.claim_lease(self.me, self.stale)
+        if owner.holder != self.me.holder:
+            raise LeaseHeld(owner, self.ledger.now())
+        self._last_write = time.monotonic()
+
+    async def run(self, on_lost: Callable[[], None]) -> None:
+        """Renew every `HEARTBEAT_INTERVAL`; call `on_lost` (and end) if another took it."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                held = await self.ledger.renew_lease(self.me)
+            except Exception as exc:  # a full or lost database: health says so; keep trying
+                log.error("could not renew the database lease: %s", exc)
+                continue
+            if not held:
+                log.error("another process took over this database: stopping")
+                on_lost()
+                return
+            self._last_write = time.monotonic()
+
+    def healthy(self) -> bool:
+        """Whether a write (claim or heartbeat) succeeded within two heartbeat intervals."""
+        last = self._last_write
+        return last is not None and time.monotonic() - last <= 2 * HEARTBEAT_INTERVAL + 1
+
+    async def release(self) -> None:
+        """Give the lease up on a clean stop, so the next start need not wait."""
+        try:
+            await self.ledger.release_lease(self.me)
+        except Exception as exc:
+            log.warning("could not release the database lease: %s", exc)
+
+
+class LeaseLedger(Protocol):
+    """What the keeper needs of `Ledger` (the one owner of ledger writes)."""
+
+    def now(self) -> datetime: ...
+
+    async def claim_lease(
+        self, me: LeaseHolder, stale: Callable[[LeaseHolder], bool]
+    ) -> LeaseHolder: ...
+
+    async def renew_lease(self, me: LeaseHolder) -> bool: ...
+
+    async def release_lease(self, me: LeaseHolder) -> None: ...
