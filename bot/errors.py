@@ -38,6 +38,7 @@ __all__ = [
     "UnknownJob",
     "UserMessage",
     "describe",
+    "unwrap",
 ]
 
 
@@ -117,7 +118,7 @@ class UserMessage:
     error_id: str | None = None  # set for unexpected errors: logged with the traceback
 
 
-def _unwrap(error: BaseException) -> BaseException:
+def unwrap(error: BaseException) -> BaseException:
     """discord.py wraps callback errors (`CommandInvokeError`, `TransformerError`...)."""
     while isinstance(error, app_commands.CommandInvokeError) and error.original is not None:
         error = error.original
@@ -126,7 +127,7 @@ def _unwrap(error: BaseException) -> BaseException:
 
 def describe(error: BaseException) -> UserMessage:
     """The message for `error`, in priority order: ours, Discord's checks, engine, ledger."""
-    error = _unwrap(error)
+    error = unwrap(error)
     if isinstance(error, BotError):
         return UserMessage(str(error))
     if isinstance(error, app_commands.NoPrivateMessage):
@@ -154,7 +155,10 @@ def describe(error: BaseException) -> UserMessage:
     if isinstance(error, LedgerBusyError):
         return UserMessage("The bot is very busy right now. Try again in a few seconds.")
     if isinstance(error, LedgerError):
-        return UserMessage("The bot's database is unavailable. Try again later.")
+        return UserMessage(
+            "The bot cannot record jobs right now, so nothing was made and nothing was "
+            "charged. Try again later; if it lasts, tell a moderator."
+        )
     if isinstance(error, discord.Forbidden):
         return UserMessage("I am missing a permission in this channel to do that.")
     error_id = secrets.token_hex(4)

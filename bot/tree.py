@@ -13,7 +13,8 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from .errors import RateLimited, Refusal, describe
+from .errors import RateLimited, Refusal, describe, unwrap
+from .ledger import LedgerError
 from .services import host_of
 
 __all__ = ["ImagineTree", "rate_limited", "reply_privately", "report"]
@@ -33,8 +34,7 @@ async def reply_privately(interaction: discord.Interaction[Any], text: str) -> N
 
 
 def _unwrap_refusal(error: BaseException) -> Refusal | None:
-    while isinstance(error, app_commands.CommandInvokeError) and error.original is not None:
-        error = error.original
+    error = unwrap(error)
     return error if isinstance(error, Refusal) else None
 
 
@@ -52,8 +52,11 @@ async def report(interaction: discord.Interaction[Any], error: BaseException) ->
         metrics = host_of(interaction).services.metrics
         metrics.refusals.labels(reason=str(refusal.reason)).inc()
     where = interaction.command.qualified_name if interaction.command else "component"
+    cause = unwrap(error)
     if message.error_id is not None:
         log.error("error %s in %s", message.error_id, where, exc_info=error)
+    elif isinstance(cause, LedgerError):  # the operator must hear why, not only the user
+        log.error("%s for user %s: the database failed: %s", where, interaction.user.id, cause)
     else:
         log.info("refused %s for user %s: %s", where, interaction.user.id, message.text)
     try:

@@ -12,7 +12,7 @@ from .database import (
     make_sessionmaker,
     upgrade_to_head,
 )
-from .errors import LedgerBusyError, LedgerError, SchemaTooNew
+from .errors import DatabaseGone, LedgerBusyError, LedgerError, SchemaTooNew
 from .jobs import (
     ACTIVE_STATUSES,
     COUNTED_STATUSES,
@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "TERMINAL_STATUSES",
     "WINDOW",
+    "DatabaseGone",
     "DayUsage",
     "JobRecord",
     "JobRequest",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["LedgerBusyError", "LedgerError", "SchemaTooNew"]
+__all__ = ["DatabaseGone", "LedgerBusyError", "LedgerError", "SchemaTooNew"]
 
 
 class LedgerError(Exception):
@@ -31,3 +31,11 @@ class SchemaTooNew(LedgerError):
             "knows: upgrade imagine-bot, or point [database] url at another database"
         )
         self.revision = revision
+
+
+class DatabaseGone(LedgerError):
+    """The SQLite file was deleted or replaced while the bot had it open."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"the database file {path} was deleted or replaced while in use")
+        self.path = path

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, delete, func, select, text, update
@@ -29,7 +30,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from .database import create_engine, make_sessionmaker, upgrade_to_head, writer
-from .errors import LedgerBusyError
+from .errors import DatabaseGone, LedgerBusyError
 from .jobs import (
     ACTIVE_STATUSES,
     COUNTED_STATUSES,
@@ -124,6 +125,21 @@ def _record(job: Job) -> JobRecord:
     return JobRecord(**values)
 
 
+def _sqlite_file(engine: AsyncEngine) -> Path | None:
+    name = engine.url.database
+    if engine.dialect.name != "sqlite" or not name or name == ":memory:":
+        return None
+    return Path(name).resolve()
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return (stat.st_dev, stat.st_ino)
+
+
 def _holder(row: Lease) -> LeaseHolder:
     return LeaseHolder(row.holder, row.host, row.pid, row.acquired_at, row.heartbeat_at)
 
@@ -158,6 +174,8 @@ class Ledger:
         self._clock = clock
         self._retry = retry or RetryPolicy()
         self._postgres = engine.dialect.name == "postgresql"
+        self._file = _sqlite_file(engine)  # watched: a deleted or replaced file is noticed
+        self._file_id = _file_id(self._file) if self._file is not None else None
         self._reads = make_sessionmaker(engine)
         self._writes = make_sessionmaker(writer(engine))
         # SQLite has one writer at a time anyway: queue this process's writers here, before
@@ -171,8 +189,17 @@ class Ledger:
     def now(self) -> datetime:
         return self._clock()
 
+    def _check_file(self) -> None:
+        """Raise `DatabaseGone` if the SQLite file was deleted or replaced while open: SQLite
+        would go on writing into the deleted file, and every record would be lost."""
+        if self._file is None or self._file_id is None:
+            return
+        if _file_id(self._file) != self._file_id:
+            raise DatabaseGone(str(self._file))
+
     async def ping(self) -> bool:
         """Whether the database answers a query within `PING_TIMEOUT` seconds (health)."""
+        self._check_file()
 
         async def query() -> None:
             async with self.engine.connect() as connection:
@@ -186,6 +213,7 @@ class Ledger:
 
     async def _run(self, work: Callable[[AsyncSession], Awaitable[T]], *, write: bool) -> T:
         """Run `work` in one transaction, again from the start if SQLite stays locked."""
+        self._check_file()
         sessions = self._writes if write else self._reads
         delay = self._retry.first_delay_s
         for attempt in range(1, self._retry.attempts + 1):

@@ -29,7 +29,7 @@ LIMIT = 3  # commands per user per minute
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(new_world: NewWorld) -> AsyncIterator[World]:
     """`LIMIT` commands a minute per user; `world.ops` is the ops endpoint's address."""
-    async with new_world(guild="Ops Club", users=("alice", "bob", "carol")) as world:
+    async with new_world(guild="Ops Club", users=("alice", "bob", "carol", "dave")) as world:
         world.configure(moderation={"commands_per_minute": LIMIT}, ops={"listen": "127.0.0.1:0"})
         async with world.running_bot() as bot:
             line = await bot.wait_for_line(r"ops endpoint on http://127\.0\.0\.1:\d+", 60)
@@ -130,3 +130,20 @@ async def test_forged_options_get_a_clear_private_message(
     assert interaction.ephemeral and expected in message.content, message.content
     assert "error `" not in message.content and message.pinged_user_ids == set()
     assert not message.custom_ids  # no job was queued
+
+
+async def test_a_deleted_database_file_is_noticed_and_nothing_is_charged(world: World) -> None:
+    """Last in the module: the SQLite file is deleted under the running bot (an operator's
+    `rm`, a restore). SQLite would go on writing into the deleted file; the bot notices,
+    /healthz says the database is down, and /imagine refuses clearly without charging."""
+    (world.tmp / "imagine.db").unlink()
+    async with aiohttp.ClientSession() as http, http.get(world.ops + "/healthz") as response:
+        body = await response.json()
+    assert response.status == 503 and body["database"] is False and body["engine"] is True
+    interaction = await world.server.invoke(
+        "imagine", user=world.dave, channel=world.art, options={"prompt": "a lost file"}
+    )
+    message = await interaction.wait_for_original()
+    assert interaction.ephemeral and "nothing was charged" in message.content
+    assert "error `" not in message.content and not message.custom_ids
+    assert "deleted or replaced" in "\n".join(world.bot.lines)
