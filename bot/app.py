@@ -248,14 +248,13 @@ async def _serve_with(
     engine = Engine(config.engine)
     bot, services, jobs = _assemble(config, ledger, engine)
     connection: asyncio.Task[None] | None = None
+    watchdog: asyncio.Task[None] | None = None
     updater = MetricsUpdater(services.metrics, engine)
 
     async def database_ok() -> bool:  # a write (the lease heartbeat) and a read
         return lease.healthy() and await ledger.ping()
 
-    checks = HealthChecks(
-        gateway=bot.gateway_connected, engine=lambda: engine.alive, database=database_ok
-    )
+    checks = HealthChecks(gateway=bot.ready, engine=lambda: engine.alive, database=database_ok)
     ops = OpsServer(services.metrics, checks, refresh=updater.refresh)
     if config.ops.listen:
         try:
@@ -274,9 +273,14 @@ async def _serve_with(
                 await _until(stop, engine.start())
                 await jobs.recover()
                 connection = asyncio.create_task(bot.connect(reconnect=True), name="gateway")
+                watchdog = asyncio.create_task(
+                    bot.watch_ready(config.discord.ready_timeout), name="ready-watchdog"
+                )
                 await _until(stop, asyncio.shield(connection))
                 connection.result()  # the gateway gave up on its own: raise why
             finally:
+                if watchdog is not None:
+                    watchdog.cancel()
                 await jobs.shutdown()  # needs Discord for its last edits
                 await bot.close()
                 if connection is not None:

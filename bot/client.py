@@ -8,6 +8,7 @@ model (discord.py's `examples/advanced_startup.py` pattern).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import discord
@@ -45,6 +46,7 @@ class ImagineBot(commands.AutoShardedBot):
         self.guild_ids = guild_ids
         self._services: Services | None = None
         self._job_actions: JobActions | None = None
+        self._ready_overdue = False  # READY did not come in time: not healthy until it does
 
     def attach(self, services: Services, job_actions: JobActions) -> None:
         """Hand the bot what its handlers use; must happen before `login`."""
@@ -76,6 +78,32 @@ class ImagineBot(commands.AutoShardedBot):
             and bool(shards)
             and not any(shard.is_closed() for shard in shards.values())
         )
+
+    def ready(self) -> bool:
+        """The health check's view of the gateway: connected, and READY not overdue."""
+        return self.gateway_connected() and not self._ready_overdue
+
+    async def watch_ready(self, ready_within: float) -> None:
+        """Reconnect every shard while READY does not come within `ready_within` seconds.
+
+        discord.py waits for READY forever on a connection that took its IDENTIFY and then
+        fell silent; a bot stuck like that is up but answers nothing.
+        """
+        while not self.is_closed():
+            try:
+                await asyncio.wait_for(self.wait_until_ready(), ready_within)
+                self._ready_overdue = False
+                return
+            except TimeoutError:
+                self._ready_overdue = True
+                shards = list(self.shards.values())
+                log.warning(
+                    "no READY from Discord within %g s: reconnecting %d shard(s)",
+                    ready_within,
+                    len(shards),
+                )
+                for shard in shards:
+                    await shard.reconnect()
 
     # -- discord.py hooks --------------------------------------------------------------------
 

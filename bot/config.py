@@ -48,6 +48,7 @@ class DiscordSettings:
     api_base_url: str = DISCORD_API
     guild_ids: tuple[int, ...] = ()  # sync commands to these guilds at start-up (instant)
     moderator_role_ids: tuple[int, ...] = ()  # besides members with Manage Server
+    ready_timeout: float = 60.0  # seconds to wait for the gateway's READY before reconnecting
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +195,8 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> BotConfig:
 
 def _check(config: BotConfig) -> list[str]:
     problems = []
+    if not config.discord.ready_timeout > 0:
+        problems.append("[discord] ready_timeout must be a number of seconds above 0")
     if not config.discord.api_base_url.startswith(("http://", "https://")):
         problems.append("[discord] api_base_url must start with http:// or https://")
     if "://" not in config.database.url:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -96,6 +97,7 @@ class JobRun:
         self.warnings = warnings
         self.progress_interval = progress_interval
         self.delivering = False  # the result is being posted: a shutdown lets it finish
+        self._said_no_progress = False
 
     @property
     def id(self) -> int:
@@ -152,7 +154,14 @@ class JobRun:
                     marked_running = True
                     waited = (job.started_at or job.submitted_at) - job.submitted_at
                     log.info("job %d: running after %.1f s in the queue", self.id, waited)
+                    began = time.monotonic()
                     await self.services.ledger.mark_running(self.id)
+                    if time.monotonic() - began > 1.0:  # a slow database stalls progress
+                        log.warning(
+                            "job %d: recording that it runs took %.1f s",
+                            self.id,
+                            time.monotonic() - began,
+                        )
                 if done:
                     return result.result()
                 if progress.state is JobState.RUNNING:
@@ -166,6 +175,9 @@ class JobRun:
 
     async def show(self, text: str, *, preview: bytes | None = None, must: bool = False) -> bool:
         """Edit the progress message (keeps the Cancel button); False if skipped or gone."""
+        if not self.target.interactive and not self._said_no_progress:
+            self._said_no_progress = True  # once: why this job's progress stays unseen
+            log.info("job %d: no progress edits (token expired or message gone)", self.id)
         try:
             return await self.target.progress(
                 text, preview=preview, view=progress_view(self.id), must=must

@@ -12,7 +12,13 @@ from .database import (
     make_sessionmaker,
     upgrade_to_head,
 )
-from .errors import DatabaseGone, LedgerBusyError, LedgerError, SchemaTooNew
+from .errors import (
+    DatabaseGone,
+    DatabaseUnavailable,
+    LedgerBusyError,
+    LedgerError,
+    SchemaTooNew,
+)
 from .jobs import (
     ACTIVE_STATUSES,
     COUNTED_STATUSES,
@@ -43,6 +49,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "WINDOW",
     "DatabaseGone",
+    "DatabaseUnavailable",
     "DayUsage",
     "JobRecord",
     "JobRequest",

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["DatabaseGone", "LedgerBusyError", "LedgerError", "SchemaTooNew"]
+__all__ = [
+    "DatabaseGone",
+    "DatabaseUnavailable",
+    "LedgerBusyError",
+    "LedgerError",
+    "SchemaTooNew",
+]
 
 
 class LedgerError(Exception):
@@ -39,3 +45,13 @@ class DatabaseGone(LedgerError):
     def __init__(self, path: str) -> None:
         super().__init__(f"the database file {path} was deleted or replaced while in use")
         self.path = path
+
+
+class DatabaseUnavailable(LedgerError):
+    """The database refused the work (full disk, read-only file, lost connection); the
+    driver's error is kept as `.original`."""
+
+    def __init__(self, original: BaseException) -> None:
+        reason = str(getattr(original, "orig", None) or original).strip().splitlines()
+        super().__init__(f"the database refused the work: {reason[0] if reason else original!r}")
+        self.original = original

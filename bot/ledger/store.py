@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from .database import create_engine, make_sessionmaker, upgrade_to_head, writer
-from .errors import DatabaseGone, LedgerBusyError
+from .errors import DatabaseGone, DatabaseUnavailable, LedgerBusyError
 from .jobs import (
     ACTIVE_STATUSES,
     COUNTED_STATUSES,
@@ -225,8 +225,8 @@ class Ledger:
                     await stack.enter_async_context(session.begin())
                     return await work(session)
             except OperationalError as exc:
-                if not _is_locked(exc):
-                    raise
+                if not _is_locked(exc):  # full, read-only, unreachable: say so, in our terms
+                    raise DatabaseUnavailable(exc) from exc
                 if attempt == self._retry.attempts:
                     raise LedgerBusyError(attempt, exc) from exc
                 log.warning("ledger: database locked (attempt %d), retrying: %s", attempt, exc)

@@ -125,6 +125,9 @@ class Gateway:
         self.heartbeat_times: list[float] = []
         """Unix time of each heartbeat the client sent (its gaps tell the client's loop lag)."""
         self.identify_count = 0
+        #: The next this many IDENTIFYs are accepted but never answered with READY.
+        self.withhold_ready = 0
+        self.withheld_identifies = 0
         self.resume_count = 0
         self.connection_count = 0
 
@@ -229,6 +232,11 @@ class Gateway:
         intents = int(data.get("intents") or 0)
         if app.allowed_intents is not None and intents & PRIVILEGED_INTENTS & ~app.allowed_intents:
             await conn.ws.close(code=CLOSE_DISALLOWED_INTENTS, message=b"Disallowed intent(s).")
+            return
+        if self.withhold_ready > 0:  # a gateway that takes the IDENTIFY and then says nothing
+            self.withhold_ready -= 1
+            self.withheld_identifies += 1
+            self.server.notify()
             return
         previous = self.current.get(shard_id)
         if previous is not None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from bot.errors import describe
-from bot.ledger import DatabaseGone, Ledger, QuotaPolicy, create_engine
+from bot.ledger import DatabaseGone, DatabaseUnavailable, Ledger, QuotaPolicy, create_engine
 
 from .conftest import make_request
 
@@ -33,5 +35,28 @@ async def test_a_vanished_database_file_stops_reads_and_writes(
             await ledger.reserve(make_request())  # nothing is reserved into a lost file
         message = describe(DatabaseGone(str(path))).text
         assert "nothing was charged" in message and str(path) not in message
+    finally:
+        await engine.dispose()
+
+
+async def test_a_database_that_refuses_writes_is_a_clear_ledger_error(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """A read-only or full database: SQLite's own error, turned into one the bot explains
+    ("nothing was charged") instead of an unexpected crash; reads still work."""
+    path = tmp_path / "imagine.db"
+    shutil.copyfile(sqlite_template, path)
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def read_only(connection: Any, record: Any) -> None:  # as on a read-only mount
+        connection.execute("PRAGMA query_only = ON")
+
+    try:
+        ledger = Ledger(engine, QuotaPolicy(daily_images=10))
+        with pytest.raises(DatabaseUnavailable, match="readonly") as refused:
+            await ledger.reserve(make_request())
+        assert "nothing was charged" in describe(refused.value).text
+        assert (await ledger.user_status(1, 2)).used == 0  # reading still works
     finally:
         await engine.dispose()
