@@ -33,11 +33,6 @@ async def reply_privately(interaction: discord.Interaction[Any], text: str) -> N
         await interaction.followup.send(text, ephemeral=True)
 
 
-def _unwrap_refusal(error: BaseException) -> Refusal | None:
-    error = unwrap(error)
-    return error if isinstance(error, Refusal) else None
-
-
 def rate_limited(interaction: discord.Interaction[Any]) -> RateLimited | None:
     """Count one command or press by the interaction's user; the refusal when over the limit."""
     wait = host_of(interaction).services.rate_limit.hit(interaction.user.id)
@@ -47,12 +42,11 @@ def rate_limited(interaction: discord.Interaction[Any]) -> RateLimited | None:
 async def report(interaction: discord.Interaction[Any], error: BaseException) -> None:
     """Tell the user what went wrong (ephemeral); log what was unexpected."""
     message = describe(error)
-    refusal = _unwrap_refusal(error)
-    if refusal is not None:
+    cause = unwrap(error)  # discord.py wraps what callbacks raise
+    if isinstance(cause, Refusal):
         metrics = host_of(interaction).services.metrics
-        metrics.refusals.labels(reason=str(refusal.reason)).inc()
+        metrics.refusals.labels(reason=str(cause.reason)).inc()
     where = interaction.command.qualified_name if interaction.command else "component"
-    cause = unwrap(error)
     if message.error_id is not None:
         log.error("error %s in %s", message.error_id, where, exc_info=error)
     elif isinstance(cause, LedgerError):  # the operator must hear why, not only the user
