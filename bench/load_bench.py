@@ -57,7 +57,7 @@ import aiohttp
 
 from engine.tiny import builtin_folder, default_cache_dir
 from testkit.discord_server import Channel, DiscordTestServer, Interaction, Message, User
-from testkit.jobs import JOB_ID
+from testkit.jobs import JOB_ID, button_id
 from testkit.process import BotProcess
 from testkit.world import open_world
 
@@ -279,7 +279,7 @@ class Load:
             for message in ask.interaction.messages:
                 for custom_id in message.custom_ids:
                     if found := JOB_ID.fullmatch(custom_id):
-                        ask.job_id = int(found.group(1))
+                        ask.job_id = int(found["job"])
                         return ask.job_id
                 if found := JOB_TEXT.search(message.content):
                     ask.job_id = int(found.group(1))
@@ -332,14 +332,16 @@ class Load:
                 continue
             if ask.cancel_after is not None:
                 progress = ask.interaction.original
-                custom_id = f"imagine:cancel:{job_id}"
-                if progress is not None and custom_id in progress.custom_ids:
+                if progress is not None and any(
+                    c.startswith("imagine:cancel:") for c in progress.custom_ids
+                ):
+                    custom_id = button_id(progress, "cancel")
                     ask.button_planned = True
                     self._later(loop, ask.cancel_after, "cancel", progress, custom_id, ask)
             elif job_id in delivered:
                 ask.button_planned = True
                 message = delivered[job_id][0]
-                custom_id = f"imagine:reroll:{job_id}"
+                custom_id = button_id(message, "reroll")
                 self._later(loop, ask.reroll_after or 0.0, "reroll", message, custom_id, ask)
 
     def _later(

@@ -4,12 +4,16 @@ Start-up order, each step failing with one line and exit code 2 when the operato
 
 1. read the config and the token (from the environment variable it names; a token written in
    the config file is used only with a warning, and refused when others can read the file);
-2. migrate the database to head (refusing a schema newer than this version), open the
-   ledger, and claim its lease: a second process on the same database stops here;
-3. point discord.py's REST at `[discord] api_base_url` and log in (a rejected token stops
-   here, before a model is loaded for nothing);
-4. load the model on the engine's worker thread (the event loop stays free);
-5. re-queue jobs a previous process left unfinished, then connect to the gateway.
+2. check the database is the one this configuration used (`ledger/identity.py`: a lost
+   database is never replaced by an empty one), migrate it to head (refusing a schema newer
+   than this version), open the ledger, and claim its lease: a second process on the same
+   database stops here;
+3. point discord.py's REST at `[discord] api_base_url` and log in over REST (a rejected
+   token stops here, before a model is loaded for nothing; nothing is shown to users yet);
+4. load the model on the engine's worker thread (the event loop stays free): a model that
+   cannot load stops here, before any command is registered with Discord;
+5. register the slash commands, re-queue jobs a previous process left unfinished, then
+   connect to the gateway (the bot shows online).
 
 With `[ops] listen` set, `/healthz` and `/metrics` are served from step 2 until the end.
 
@@ -40,11 +44,14 @@ from .clock import DiscordClock
 from .config import BotConfig, ConfigError, load_config
 from .jobs import JobService
 from .ledger import (
+    DatabaseMarker,
+    DatabaseMismatch,
     LeaseHeld,
     LeaseKeeper,
     Ledger,
     QuotaPolicy,
     SchemaTooNew,
+    inspect_database,
     open_ledger,
     upgrade_to_head,
 )
@@ -216,8 +223,15 @@ async def serve(config: BotConfig, token: str) -> int:
     _install_signals(stop)
     point_discord_at(config.discord.api_base_url)
     url = config.database.url
+    marker = DatabaseMarker.beside(config.path) if config.path is not None else None
     try:
+        if marker is not None and (await inspect_database(url)).empty:
+            marker.refuse_empty(url)  # never make a fresh database where one was lost
         await upgrade_to_head(url)
+        if marker is not None and marker.check(url, await inspect_database(url)):
+            log.info("this configuration now uses database %s (%s)", _safe_url(url), marker.path)
+    except DatabaseMismatch as exc:
+        raise StartupError(str(exc)) from None
     except SchemaTooNew as exc:
         raise StartupError(f"{exc} ({_safe_url(url)})") from None
     except Exception as exc:
@@ -268,9 +282,12 @@ async def _serve_with(
     try:
         async with bot:
             try:
-                await _until(stop, _login(bot, config, token))
+                await _until(stop, _login(bot, config, token))  # checks the token only
+                # The model before the commands: a model that cannot load must never show
+                # Discord users commands that cannot work.
                 log.info("loading model %s", config.engine.model)
                 await _until(stop, engine.start())
+                await _until(stop, bot.sync_commands())
                 await jobs.recover()
                 connection = asyncio.create_task(bot.connect(reconnect=True), name="gateway")
                 watchdog = asyncio.create_task(

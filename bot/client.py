@@ -114,7 +114,7 @@ class ImagineBot(commands.AutoShardedBot):
         for command in self.tree.walk_commands():
             if isinstance(command, app_commands.Command):  # declared to Discord: checked too
                 command.add_check(declared_rules_kept)
-        await self.sync_commands()
+        # Commands are synced by `app.py` once the model has loaded, not here at login.
 
     async def sync_commands(self) -> None:
         """Register commands in the configured guilds (instant), else globally."""

@@ -18,13 +18,33 @@ from engine import Engine
 
 from .clock import DiscordClock
 from .config import BotConfig
-from .ledger import Ledger
+from .ledger import JobRecord, Ledger
 from .moderation import Moderation
 from .ops import Metrics
 from .options import ImagineOptions
 from .throttle import EditThrottle, UserRateLimit
 
-__all__ = ["Channels", "JobActions", "ServiceHost", "Services", "host_of"]
+__all__ = ["Channels", "JobActions", "JobRef", "ServiceHost", "Services", "host_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class JobRef:
+    """A job as a button or an attachment names it: its id and its random key.
+
+    Ids start again after a database reset or an older backup's restore; the key does not,
+    so a stale button can never name another job. `key` is None only for jobs (and buttons)
+    from before keys existed.
+    """
+
+    id: int
+    key: str | None = None
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobRef:
+        return cls(record.id, record.key)
+
+    def names(self, record: JobRecord | None) -> bool:
+        return record is not None and (record.id, record.key) == (self.id, self.key)
 
 
 class Channels(Protocol):
@@ -57,11 +77,11 @@ class JobActions(Protocol):
         self, interaction: discord.Interaction[Any], options: ImagineOptions
     ) -> None: ...
 
-    async def reroll(self, interaction: discord.Interaction[Any], job_id: int) -> None: ...
+    async def reroll(self, interaction: discord.Interaction[Any], job: JobRef) -> None: ...
 
-    async def delete(self, interaction: discord.Interaction[Any], job_id: int) -> None: ...
+    async def delete(self, interaction: discord.Interaction[Any], job: JobRef) -> None: ...
 
-    async def cancel(self, interaction: discord.Interaction[Any], job_id: int) -> None: ...
+    async def cancel(self, interaction: discord.Interaction[Any], job: JobRef) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

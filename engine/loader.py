@@ -14,7 +14,7 @@ import torch
 
 from .config import SCHEDULERS, EngineConfig
 from .request import ModelProfile
-from .tiny import BUILTIN_MODELS, builtin_folder
+from .tiny import BUILTIN_MODELS, builtin_folder, rebuild_builtin
 
 __all__ = ["LoadedModel", "load_model", "pick_device", "pick_dtype", "sampler_name"]
 
@@ -85,9 +85,64 @@ def _source(config: EngineConfig) -> tuple[str, dict[str, Any]]:
     return config.model, extra
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _hub_folder(config: EngineConfig) -> Path:
+    """Where the hub cache keeps `config.model` (huggingface_hub's `models--org--name`)."""
+    from huggingface_hub import constants
+
+    root = (
+        config.cache_dir / "hub" if config.cache_dir is not None else Path(constants.HF_HUB_CACHE)
+    )
+    return root / ("models--" + config.model.replace("/", "--"))
+
+
+def _unreadable(config: EngineConfig, source: str, exc: Exception) -> Exception:
+    """The load error, naming the files to check or delete when they are on this disk."""
+    why = _first_line(exc)
+    if Path(source).exists():  # a local folder the operator gave
+        return ValueError(
+            f"the model folder {source} cannot be loaded ({why}): check that it holds a "
+            "complete diffusers model (model_index.json and the folders it names)"
+        )
+    cached = _hub_folder(config)
+    if cached.exists():
+        return ValueError(
+            f"{why}. Its downloaded files in {cached} may be damaged or incomplete: delete "
+            "that folder to download them again"
+        )
+    return exc
+
+
+def _from_pretrained(source: str, dtype: torch.dtype, kwargs: dict[str, Any]) -> Any:
+    from diffusers import AutoPipelineForText2Image
+
+    return AutoPipelineForText2Image.from_pretrained(source, dtype=dtype, **kwargs)
+
+
+def _load_pipeline(config: EngineConfig, dtype: torch.dtype) -> Any:
+    """The pipeline; a damaged builtin model is rebuilt, other models' files are named."""
+    source, kwargs = _source(config)
+    try:
+        return _from_pretrained(source, dtype, kwargs)
+    except Exception as exc:
+        if config.model not in BUILTIN_MODELS:
+            raise _unreadable(config, source, exc) from exc
+        log.warning(
+            "the cached %s in %s cannot be loaded (%s): building it again",
+            config.model,
+            source,
+            _first_line(exc),
+        )
+        rebuilt = rebuild_builtin(config.model, config.cache_dir)
+        return _from_pretrained(str(rebuilt), dtype, kwargs)
+
+
 def load_model(config: EngineConfig) -> LoadedModel:
     """Load `config.model` with diffusers' AutoPipeline; raises with a readable message."""
-    from diffusers import AutoPipelineForText2Image
     from diffusers.utils import logging as dlogging
     from transformers.utils import logging as tlogging
 
@@ -95,9 +150,8 @@ def load_model(config: EngineConfig) -> LoadedModel:
     tlogging.disable_progress_bar()
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
-    source, kwargs = _source(config)
     log.info("loading %s on %s (%s)", config.model, device, dtype)
-    pipe = AutoPipelineForText2Image.from_pretrained(source, dtype=dtype, **kwargs)
+    pipe = _load_pipeline(config, dtype)
 
     if SCHEDULERS[config.scheduler]:
         import diffusers

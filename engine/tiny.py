@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "builtin_folder",
     "clip_tokenizer",
     "default_cache_dir",
+    "rebuild_builtin",
     "tiny_text_config",
     "tiny_unet",
     "tiny_vae",
@@ -47,10 +49,20 @@ def builtin_folder(name: str, cache_dir: Path | None = None) -> Path:
     """Return the saved folder for a builtin model, building it on first use."""
     if name not in BUILTIN_MODELS:
         raise ValueError(f"unknown builtin model {name!r}; known: {', '.join(BUILTIN_MODELS)}")
-    root = (cache_dir or default_cache_dir()) / f"{name.replace(':', '-')}-v{_VERSION}"
+    root = _folder(name, cache_dir)
     if not (root / "model_index.json").exists():
         _build(root, flagging=name.endswith("-flagging"))
     return root
+
+
+def rebuild_builtin(name: str, cache_dir: Path | None = None) -> Path:
+    """Build a builtin model's folder again from scratch (its cached files were damaged)."""
+    shutil.rmtree(_folder(name, cache_dir), ignore_errors=True)
+    return builtin_folder(name, cache_dir)
+
+
+def _folder(name: str, cache_dir: Path | None) -> Path:
+    return (cache_dir or default_cache_dir()) / f"{name.replace(':', '-')}-v{_VERSION}"
 
 
 def clip_tokenizer() -> CLIPTokenizer:

@@ -15,17 +15,26 @@ from .discord_server import Interaction, Message
 #: Seconds a test waits for a job to be delivered (the tiny model on 2 busy CPU cores).
 JOB_TIMEOUT = 90.0
 
-#: The custom id of a job's buttons: `imagine:<action>:<job id>`.
-JOB_ID = re.compile(r"imagine:(?:cancel|reroll|delete):(\d+)")
+#: The custom id of a job's buttons: `imagine:<action>:<job id>:<job key>`.
+JOB_ID = re.compile(r"imagine:(?P<action>[a-z0-9_]+):(?P<job>\d+)(?::(?P<key>[0-9a-f]+))?")
 
 
 def job_id_of(message: Message) -> int:
-    """The job id in a message's buttons (`imagine:<action>:<id>`)."""
+    """The job id in a message's buttons (`imagine:<action>:<id>:<key>`)."""
     for custom_id in message.custom_ids:
         found = JOB_ID.fullmatch(custom_id)
         if found:
-            return int(found.group(1))
+            return int(found["job"])
     raise AssertionError(f"no job button on {message!r}")
+
+
+def button_id(message: Message, action: str) -> str:
+    """The custom id of `message`'s button for `action` (e.g. "reroll")."""
+    for custom_id in message.custom_ids:
+        found = JOB_ID.fullmatch(custom_id)
+        if found and found["action"] == action:
+            return custom_id
+    raise AssertionError(f"no {action} button on {message!r}: {message.custom_ids}")
 
 
 def result_of(interaction: Interaction) -> Message | None:

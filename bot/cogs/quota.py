@@ -68,9 +68,7 @@ class QuotaCog(commands.GroupCog, group_name="quota", group_description="Image a
     @app_commands.command(name="reset", description="Give a member the server's default again")
     @app_commands.describe(user="Whose allowance")
     @moderator_only()
-    async def reset(
-        self, interaction: discord.Interaction[Any], user: discord.Member
-    ) -> None:
+    async def reset(self, interaction: discord.Interaction[Any], user: discord.Member) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         change = await self.services.ledger.reset_user_quota(
             interaction.guild_id or 0, user.id, by=interaction.user.id
@@ -80,9 +78,7 @@ class QuotaCog(commands.GroupCog, group_name="quota", group_description="Image a
     @app_commands.command(name="block", description="Stop a member from making images")
     @app_commands.describe(user="Who to block")
     @moderator_only()
-    async def block(
-        self, interaction: discord.Interaction[Any], user: discord.Member
-    ) -> None:
+    async def block(self, interaction: discord.Interaction[Any], user: discord.Member) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         change = await self.services.ledger.block_user(
             interaction.guild_id or 0, user.id, by=interaction.user.id

@@ -25,7 +25,7 @@ import aiohttp
 import discord
 
 from ..ledger import JobRecord
-from ..services import Services
+from ..services import JobRef, Services
 
 __all__ = [
     "DELIVERY_PATIENCE",
@@ -35,7 +35,7 @@ __all__ = [
     "is_transient",
     "persist",
     "result_filename",
-    "result_job_id",
+    "result_job",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,18 +51,20 @@ RETRY_MAX = 30.0
 HISTORY_LIMIT = 100
 HISTORY_MARGIN = timedelta(minutes=2)
 
-_RESULT_FILE = re.compile(r"^(?:SPOILER_)?imagine-(?P<job>\d+)-\d+\.png$")
+_RESULT_FILE = re.compile(r"^(?:SPOILER_)?imagine-(?P<job>\d+)(?:-(?P<key>[0-9a-f]+))?-\d+\.png$")
 
 
-def result_filename(job_id: int, seed: int) -> str:
-    """The attachment name of one result image: it names the job, for reconciling."""
-    return f"imagine-{job_id}-{seed}.png"
+def result_filename(job: JobRef, seed: int) -> str:
+    """The attachment name of one result image: it names the job (id and key), so a restart
+    can find a result it posted, and never mistakes another database's job for it."""
+    key = "" if job.key is None else f"-{job.key}"
+    return f"imagine-{job.id}{key}-{seed}.png"
 
 
-def result_job_id(filename: str) -> int | None:
+def result_job(filename: str) -> JobRef | None:
     """The job a result attachment belongs to (spoiler names included), else None."""
     found = _RESULT_FILE.match(filename)
-    return int(found["job"]) if found else None
+    return JobRef(int(found["job"]), found["key"]) if found else None
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -82,7 +84,7 @@ async def find_posted(
     async for message in channel.history(limit=HISTORY_LIMIT, after=after):
         if me is None or message.author.id != me.id:
             continue
-        if any(result_job_id(a.filename) == job.id for a in message.attachments):
+        if any(result_job(a.filename) == JobRef.of(job) for a in message.attachments):
             return message
     return None
 

@@ -30,7 +30,7 @@ from .. import render
 from ..buttons import progress_view, result_view
 from ..errors import describe
 from ..ledger import JobRecord, JobStatus, give_up
-from ..services import Services
+from ..services import JobRef, Services
 from .delivery import (
     DELIVERY_PATIENCE,
     RETRY_FIRST,
@@ -180,7 +180,7 @@ class JobRun:
             log.info("job %d: no progress edits (token expired or message gone)", self.id)
         try:
             return await self.target.progress(
-                text, preview=preview, view=progress_view(self.id), must=must
+                text, preview=preview, view=progress_view(JobRef.of(self.record)), must=must
             )
         except TokenGone:
             log.info("job %d: interaction token gone; the result will go to the channel", self.id)
@@ -270,13 +270,14 @@ class JobRun:
             return [
                 discord.File(
                     io.BytesIO(image.png),
-                    filename=result_filename(self.id, image.seed),
+                    filename=result_filename(JobRef.of(record), image.seed),
                     spoiler=spoiler,
                 )
                 for image, spoiler in verdict.post
             ]
 
-        post = ResultPost(content, embed, files, result_view(self.id), mention=record.user_id)
+        view = result_view(JobRef.of(record))
+        post = ResultPost(content, embed, files, view, mention=record.user_id)
         since = discord.utils.utcnow()
         await persist("the start of its delivery", self.id, lambda: ledger.start_delivery(self.id))
         message = await self._post_once(post, since)

@@ -26,10 +26,10 @@ from ..discord_limits import TOKEN_USABLE_FOR
 from ..errors import NotAllowed, ShuttingDown, UnknownJob
 from ..ledger import JobRecord, JobStatus, LedgerError, give_up, plan_recovery
 from ..options import ImagineOptions
-from ..services import Services
+from ..services import JobRef, Services
 from .admission import Admission
 from .convert import Origin, reroll_options, resumed_request
-from .delivery import find_posted, persist, result_job_id
+from .delivery import find_posted, persist, result_job
 from .run import PROGRESS_INTERVAL, JobRun, channel_target, is_nsfw
 from .targets import InteractionTarget, Target
 
@@ -134,7 +134,7 @@ class JobService:
         try:
             first = await interaction.followup.send(
                 render.progress_text(record.id, engine_job.progress),
-                view=progress_view(record.id),
+                view=progress_view(JobRef.of(record)),
                 ephemeral=True,
                 wait=True,
             )
@@ -150,13 +150,13 @@ class JobService:
 
     # -- buttons ----------------------------------------------------------------------------
 
-    async def reroll(self, interaction: discord.Interaction[Any], job_id: int) -> None:
-        """Same options as job `job_id`, a new seed: its requester or a moderator only (a
-        reroll is charged to whoever pressed the button)."""
+    async def reroll(self, interaction: discord.Interaction[Any], job: JobRef) -> None:
+        """Same options as `job`, a new seed: its requester or a moderator only (a reroll is
+        charged to whoever pressed the button)."""
         # The database may be slow under load: answer Discord first.
         await interaction.response.defer(ephemeral=True, thinking=True)
-        record = await self.services.ledger.get_job(job_id)
-        if record is None or record.guild_id != (interaction.guild_id or 0):
+        record = await self.services.ledger.get_job(job.id)
+        if not job.names(record) or record.guild_id != (interaction.guild_id or 0):
             raise UnknownJob()
         if not self._may_manage(interaction, record):
             raise NotAllowed(
@@ -164,11 +164,11 @@ class JobService:
             )
         await self.imagine(interaction, reroll_options(record), reroll_of=record.id)
 
-    async def delete(self, interaction: discord.Interaction[Any], job_id: int) -> None:
+    async def delete(self, interaction: discord.Interaction[Any], job: JobRef) -> None:
         """Delete the result message the button is on: its requester or a moderator only."""
         await interaction.response.defer()  # acknowledges the click before the database
-        record = await self.services.ledger.get_job(job_id)
-        if record is not None and not _on_its_message(interaction, record.message_id):
+        record = await self.services.ledger.get_job(job.id)
+        if not job.names(record) or not _on_its_message(interaction, record.message_id):
             # A forged id, or a job of a reset database: the message is not this job's result.
             record = None  # so only a moderator may delete it
         if not self._may_manage(interaction, record):
@@ -176,20 +176,23 @@ class JobService:
                 "Only the person who asked for these images, or a moderator, can delete them."
             )
         await interaction.delete_original_response()
-        log.info("job %d: result deleted by %s", job_id, interaction.user.id)
+        log.info("job %d: result deleted by %s", job.id, interaction.user.id)
 
-    async def cancel(self, interaction: discord.Interaction[Any], job_id: int) -> None:
+    async def cancel(self, interaction: discord.Interaction[Any], job: JobRef) -> None:
         """Stop a queued or running job: its requester or a moderator only.
 
         Jobs this process runs are answered from memory (no database on the way to Discord's
         3 s limit); only jobs it does not run are cancelled through the ledger.
         """
+        job_id = job.id
         running = self._runs.get(job_id)
         known = (
             (running[0].record, running[0].engine_job)
             if running is not None
             else self._submitted.get(job_id)
         )
+        if known is not None and not job.names(known[0]):
+            raise UnknownJob()
         not_yours = "Only the person who asked for this job, or a moderator, can cancel it."
         if known is not None:
             record, engine_job = known
@@ -207,7 +210,7 @@ class JobService:
         await interaction.response.defer()
         ledger = self.services.ledger
         found = await ledger.get_job(job_id)
-        if found is None:
+        if found is None or not job.names(found):
             raise UnknownJob()
         if not _on_its_message(interaction, found.message_id):
             raise NotAllowed(f"This button does not belong to job #{job_id}.")
@@ -290,7 +293,7 @@ class JobService:
         done = await persist(
             "its delivery", record.id, lambda: ledger.mark_done(record.id, message_id=message.id)
         )
-        posted = sum(result_job_id(a.filename) == record.id for a in message.attachments)
+        posted = sum(result_job(a.filename) == JobRef.of(record) for a in message.attachments)
         if done and posted < record.image_count:  # moderation had withheld some of them
             await ledger.refund_images(record.id, record.image_count - posted)
         if done:

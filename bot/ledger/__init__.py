@@ -19,6 +19,7 @@ from .errors import (
     LedgerError,
     SchemaTooNew,
 )
+from .identity import DatabaseMarker, DatabaseMismatch, DatabaseState, inspect_database
 from .jobs import (
     ACTIVE_STATUSES,
     COUNTED_STATUSES,
@@ -49,6 +50,9 @@ __all__ = [
     "TERMINAL_STATUSES",
     "WINDOW",
     "DatabaseGone",
+    "DatabaseMarker",
+    "DatabaseMismatch",
+    "DatabaseState",
     "DatabaseUnavailable",
     "DayUsage",
     "JobRecord",
@@ -80,6 +84,7 @@ __all__ = [
     "create_engine",
     "database_url",
     "give_up",
+    "inspect_database",
     "make_sessionmaker",
     "open_ledger",
     "plan_recovery",

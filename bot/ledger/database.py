@@ -1,9 +1,17 @@
 """Engines, sessions and migrations for the ledger, on SQLite (default) or PostgreSQL.
 
-SQLite needs care to be a safe multi-writer store: every connection gets WAL, foreign keys and
-a busy timeout, and SQLAlchemy (not the sqlite3 driver) emits BEGIN, so that writers can ask
-for `BEGIN IMMEDIATE` and serialize instead of failing on a read-to-write lock upgrade
-(SQLAlchemy's documented recipe for pysqlite/aiosqlite transactions).
+SQLite needs care to be a safe multi-writer store: every connection gets a rollback journal,
+foreign keys and a busy timeout, and SQLAlchemy (not the sqlite3 driver) emits BEGIN, so that
+writers can ask for `BEGIN IMMEDIATE` and serialize instead of failing on a read-to-write lock
+upgrade (SQLAlchemy's documented recipe for pysqlite/aiosqlite transactions).
+
+Why not WAL: WAL memory-maps the `-shm` file, and a file that changes under the map (made
+read-only or immutable, truncated, on a full disk) kills the process with SIGBUS, with no log
+line; and on an immutable database file WAL keeps "committing" into the `-wal` file that can
+never be checkpointed, so the bot would believe writes that are not in the database. The
+rollback journal maps nothing: the same faults are ordinary errors ("disk I/O error", "attempt
+to write a readonly database") that the ledger turns into `DatabaseUnavailable`. A ledger
+writes a few short rows per job, so WAL's speed is not needed.
 """
 
 from __future__ import annotations
@@ -99,7 +107,8 @@ def create_engine(
 ) -> AsyncEngine:
     """An async engine set up for the ledger (extra `kwargs` go to `create_async_engine`).
 
-    On SQLite every new connection gets WAL journaling, `foreign_keys`, and a busy timeout so
+    On SQLite every new connection gets a rollback journal (see the module docstring: never
+    WAL), `foreign_keys`, and a busy timeout so
     a writer waits for another instead of failing at once. Migrations pass
     `foreign_keys=False` (the pragma cannot change inside their transaction, and SQLite's
     table-rebuild migrations need it off).
@@ -118,8 +127,9 @@ def create_engine(
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {timeout_ms}")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA synchronous = NORMAL")  # safe with WAL, far fewer fsyncs
+            # Also turns a database made by an older version (which used WAL) back.
+            cursor.execute("PRAGMA journal_mode = DELETE")
+            cursor.execute("PRAGMA synchronous = FULL")  # a commit survives a power cut
             cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
         finally:
             cursor.close()

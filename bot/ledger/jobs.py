@@ -6,6 +6,7 @@ stale or detached row can never be mutated by accident.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -18,7 +19,17 @@ __all__ = [
     "JobRequest",
     "JobStatus",
     "RefusalReason",
+    "new_job_key",
 ]
+
+#: Hex digits of a job's key: 48 random bits, short enough for a button's custom id.
+JOB_KEY_HEX = 12
+
+
+def new_job_key() -> str:
+    """A fresh random key for a new job (see `JobRecord.key`)."""
+    return secrets.token_hex(JOB_KEY_HEX // 2)
+
 
 #: Seeds are stored in a signed 64-bit column.
 MAX_SEED = 2**63 - 1
@@ -101,6 +112,7 @@ class JobRecord:
     """One stored job, as the ledger last saw it. Times are timezone-aware UTC."""
 
     id: int
+    key: str | None  # random; with `id`, unique across databases (None: rows before 0003)
     guild_id: int
     channel_id: int
     user_id: int

@@ -31,6 +31,7 @@ from .quota import QuotaKind
 __all__ = [
     "NAMING_CONVENTION",
     "Base",
+    "DatabaseIdentity",
     "Job",
     "Lease",
     "QuotaAudit",
@@ -84,6 +85,9 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Random, carried by the job's buttons and attachments: ids restart after a database
+    # reset, (id, key) does not. NULL only on rows from before revision 0003.
+    key: Mapped[str | None] = mapped_column(String(16))
     guild_id: Mapped[int] = mapped_column(BigInteger)
     channel_id: Mapped[int] = mapped_column(BigInteger)
     user_id: Mapped[int] = mapped_column(BigInteger)
@@ -187,3 +191,12 @@ class Lease(Base):
     pid: Mapped[int] = mapped_column(Integer)
     acquired_at: Mapped[datetime]
     heartbeat_at: Mapped[datetime]
+
+
+class DatabaseIdentity(Base):
+    """One row, written when the database is created: which database this is (see `identity.py`)."""
+
+    __tablename__ = "database_identity"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime]

@@ -38,6 +38,7 @@ from .jobs import (
     JobRequest,
     JobStatus,
     RefusalReason,
+    new_job_key,
 )
 from .lease import LeaseHolder
 from .models import Job, Lease, QuotaAudit, QuotaOverride
@@ -337,6 +338,7 @@ class Ledger:
         return Job(
             **values
             | {
+                "key": new_job_key(),
                 "interaction_token": None if refused else request.interaction_token,
                 "status": str(JobStatus.REFUSED if refused else JobStatus.QUEUED),
                 "refusal_reason": None if reason is None else str(reason),

@@ -20,9 +20,7 @@ READY_TIMEOUT = 3  # seconds, in the bot's config
 
 async def test_no_ready_means_reconnect_and_not_healthy_meanwhile(new_world: NewWorld) -> None:
     async with new_world(guild="Ready Club", users=("alice",)) as world:
-        world.configure(
-            discord={"ready_timeout": READY_TIMEOUT}, ops={"listen": "127.0.0.1:0"}
-        )
+        world.configure(discord={"ready_timeout": READY_TIMEOUT}, ops={"listen": "127.0.0.1:0"})
         gateway = world.server.gateway
         gateway.withhold_ready = 2  # the first two sessions hang after IDENTIFY
         starting = asyncio.create_task(world.start_bot())

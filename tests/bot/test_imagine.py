@@ -19,7 +19,15 @@ from PIL import Image
 from bot.ledger import JobStatus, QuotaKind, RefusalReason
 from engine import read_parameters
 from testkit.discord_server import MANAGE_GUILD, Message, User
-from testkit.jobs import JOB_TIMEOUT, job_id_of, job_of, read_ledger, result_of, wait_result
+from testkit.jobs import (
+    JOB_TIMEOUT,
+    button_id,
+    job_id_of,
+    job_of,
+    read_ledger,
+    result_of,
+    wait_result,
+)
 from testkit.world import NewWorld, World
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("clean_world")]
@@ -87,21 +95,22 @@ async def test_imagine_delivers_pngs_whose_seeds_match_the_embed(world: World) -
     progress = await interaction.wait_for_original(lambda m: bool(m.custom_ids))
     job_id = job_id_of(progress)
     assert progress.ephemeral and f"Job #{job_id}" in progress.content
-    assert progress.custom_ids == [f"imagine:cancel:{job_id}"]
+    key = button_id(progress, "cancel").rsplit(":", 1)[1]  # the job's random key
+    assert progress.custom_ids == [f"imagine:cancel:{job_id}:{key}"] and len(key) == 12
 
     result = await wait_result(interaction)
     assert not result.ephemeral and result.content.startswith(world.alice.mention)
     assert result.pinged_user_ids == {world.alice.id} and not result.pings_everyone
     assert result.allowed_mentions is not None
     assert [int(u) for u in result.allowed_mentions["users"]] == [world.alice.id]
-    assert result.custom_ids == [f"imagine:reroll:{job_id}", f"imagine:delete:{job_id}"]
+    assert result.custom_ids == [f"imagine:reroll:{job_id}:{key}", f"imagine:delete:{job_id}:{key}"]
     (embed,) = result.embeds
     fields = {f["name"]: f["value"] for f in embed["fields"]}
     assert embed["title"] == "a lighthouse at dusk"
     assert fields["Seeds"] == "1234, 1235" and fields["Size"] == "64x96"
     assert fields["Negative"] == "blurry"  # the forced negative prompt
     names = [a.filename for a in result.attachments]
-    assert names == [f"imagine-{job_id}-1234.png", f"imagine-{job_id}-1235.png"]
+    assert names == [f"imagine-{job_id}-{key}-1234.png", f"imagine-{job_id}-{key}-1235.png"]
     for attachment, seed in zip(result.attachments, (1234, 1235), strict=True):
         with Image.open(io.BytesIO(attachment.data)) as image:
             image.verify()
@@ -280,12 +289,12 @@ async def test_reroll_and_delete_buttons(world: World) -> None:
     job_id = job_id_of(result)
 
     # Someone else may not reroll it (it would spend their allowance on bob's prompt).
-    not_theirs = await server.click(result, f"imagine:reroll:{job_id}", user=world.carol)
+    not_theirs = await server.click(result, button_id(result, "reroll"), user=world.carol)
     text = (await not_theirs.wait_for_original(lambda m: m is not result)).content
     assert not_theirs.ephemeral and "Only the person who asked" in text
     assert result_of(not_theirs) is None
 
-    reroll = await server.click(result, f"imagine:reroll:{job_id}", user=world.bob)
+    reroll = await server.click(result, button_id(result, "reroll"), user=world.bob)
     rerolled = await wait_result(reroll)
     new_id = job_id_of(rerolled)
     assert new_id != job_id and rerolled.pinged_user_ids == {world.bob.id}
@@ -294,16 +303,16 @@ async def test_reroll_and_delete_buttons(world: World) -> None:
     new_seed = read_parameters(rerolled.attachments[0].data).seed  # type: ignore[union-attr]
     assert new_seed != 7
 
-    refused = await server.click(result, f"imagine:delete:{job_id}", user=world.carol)
+    refused = await server.click(result, button_id(result, "delete"), user=world.carol)
     # The click is acknowledged before the database is read, so the refusal is a private
     # followup rather than the first response.
     note = await refused.wait_for_message(lambda m: m is not result)
     assert note.ephemeral and "Only the person who asked" in note.content
     assert not result.deleted
 
-    by_owner = await server.click(result, f"imagine:delete:{job_id}", user=world.bob)
+    by_owner = await server.click(result, button_id(result, "delete"), user=world.bob)
     await by_owner.wait_for(lambda _: result.deleted, what="bob's result to be deleted")
-    by_mod = await server.click(rerolled, f"imagine:delete:{new_id}", user=world.mod)
+    by_mod = await server.click(rerolled, button_id(rerolled, "delete"), user=world.mod)
     await by_mod.wait_for(lambda _: rerolled.deleted, what="the reroll to be deleted")
 
     async with read_ledger(world.tmp) as ledger:
@@ -327,13 +336,13 @@ async def test_cancel_while_queued_or_running_and_too_many_jobs(world: World) ->
     text = (await third.wait_for_original()).content
     assert third.ephemeral and "most jobs allowed" in text
 
-    forged = await server.click(first, f"imagine:cancel:{first_id}", user=world.bob, validate=False)
+    forged = await server.click(first, button_id(first, "cancel"), user=world.bob, validate=False)
     text = (await forged.wait_for_original()).content
     assert forged.ephemeral and "Only the person who asked" in text
 
     clicks = [
-        await server.click(message, f"imagine:cancel:{job_id}", user=world.erin)
-        for job_id, message in ((first_id, first), (second_id, second))
+        await server.click(message, button_id(message, "cancel"), user=world.erin)
+        for message in (first, second)
     ]
     for click, message in zip(clicks, (first, second), strict=True):
         await click.wait_for_response()

@@ -21,7 +21,14 @@ from bot.ledger.models import Job
 from engine import read_parameters
 from testkit.discord_server import DEFAULT_BOT_PERMISSIONS, DEFAULT_MEMBER_PERMISSIONS
 from testkit.discord_server.state import SEND_MESSAGES
-from testkit.jobs import JOB_TIMEOUT, job_id_of, job_of, read_ledger, result_of, wait_result
+from testkit.jobs import (
+    JOB_TIMEOUT,
+    button_id,
+    job_of,
+    read_ledger,
+    result_of,
+    wait_result,
+)
 from testkit.world import NewWorld, World
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -116,11 +123,10 @@ async def test_buttons_work_after_a_restart_and_sigterm_keeps_unfinished_jobs(
     bot = await world.start_bot()
     # A result posted by the previous process: its buttons are resolved through the database.
     a_result = world.delivered["a"]
-    a_id = job_id_of(a_result)
-    refused = await server.click(a_result, f"imagine:delete:{a_id}", user=world.bob)
+    refused = await server.click(a_result, button_id(a_result, "delete"), user=world.bob)
     note = await refused.wait_for_message(lambda m: m is not a_result)  # a private followup
     assert note.ephemeral and "Only the person who asked" in note.content
-    deleted = await server.click(a_result, f"imagine:delete:{a_id}", user=world.alice)
+    deleted = await server.click(a_result, button_id(a_result, "delete"), user=world.alice)
     await deleted.wait_for(lambda _: a_result.deleted, what="the result to be deleted")
 
     job_id, progress = await world.imagine(world.alice, "a long wait", steps=30)

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from testkit.discord_server import MANAGE_GUILD, Message, User
-from testkit.jobs import job_id_of, read_ledger, wait_result
+from testkit.jobs import button_id, read_ledger, wait_result
 from testkit.world import NewWorld, World
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("clean_world")]
@@ -90,11 +90,11 @@ async def test_a_button_acts_only_on_its_own_jobs_message(world: World) -> None:
 
     alices = await result_of(world.alice, "a lighthouse")
     bobs = await result_of(world.bob, "a harbour")
-    forged_id = f"imagine:delete:{job_id_of(bobs)}"
+    forged_id = button_id(bobs, "delete")  # Bob's own job, on Alice's message
     click = await server.click(alices, forged_id, user=world.bob, validate=False)
     note = await click.wait_for_message(lambda m: m is not alices)
     assert note.ephemeral and "Only the person who asked" in note.content
     assert not alices.deleted
-    own = await server.click(bobs, f"imagine:delete:{job_id_of(bobs)}", user=world.bob)
+    own = await server.click(bobs, forged_id, user=world.bob)
     await own.wait_for(lambda _: bobs.deleted, what="Bob's own result to be deleted")
     assert not alices.deleted

@@ -7,9 +7,12 @@ server exactly as Discord refuses one (401 on `GET /users/@me`).
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tomllib
 from pathlib import Path
 
+from engine.tiny import builtin_folder
 from testkit.config import database_url, write_config
 from testkit.discord_server import DiscordTestServer
 from testkit.process import run_once
@@ -71,4 +74,27 @@ async def test_a_rejected_token_stops_before_loading_the_model(tmp_path: Path) -
         assert secret not in output  # the token is never printed
         assert "loading model" not in output
         assert [r.status for r in server.requests_to("GET", r"^/users/@me$")] == [401]
+        server.assert_clean()
+
+
+async def test_a_model_that_cannot_load_stops_before_any_command_is_shown(
+    tmp_path: Path, model_cache: Path
+) -> None:
+    """The token is checked first (cheap), then the model loads; only then are commands
+    registered and the gateway joined, so users never see commands that cannot work."""
+    local = tmp_path / "my-model"
+    shutil.copytree(builtin_folder("builtin:tiny", model_cache), local)
+    (local / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"cut off")
+    async with DiscordTestServer() as server:
+        app = server.create_application("imagine-bot")
+        config = minimal_config(tmp_path, server.api_base_url)
+        data = tomllib.loads(config.read_text())
+        data["engine"]["model"] = str(local)
+        write_config(config, data)
+        code, output = await run_once(config, token=app.token)
+        assert code == 2
+        assert_one_clear_line(output, f"the model folder {local} cannot be loaded")
+        assert [r.status for r in server.requests_to("GET", r"^/users/@me$")] == [200]
+        assert server.requests_to("PUT", r"/commands$") == []  # no command was registered
+        assert server.gateway.identify_count == 0  # never went online
         server.assert_clean()

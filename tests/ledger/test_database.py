@@ -67,17 +67,17 @@ def test_bad_config_files(tmp_path: Path) -> None:
         database_url(config_path=wrong, environ={})
 
 
-async def test_sqlite_connections_get_wal_foreign_keys_and_busy_timeout(tmp_path: Path) -> None:
+async def test_sqlite_connections_get_a_rollback_journal_and_busy_timeout(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}", busy_timeout_s=2.5)
     try:
         async with engine.connect() as conn:
             pragmas = [
                 (await conn.execute(text(f"PRAGMA {name}"))).scalar()
-                for name in ("journal_mode", "foreign_keys", "busy_timeout")
+                for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
             ]
     finally:
         await engine.dispose()
-    assert pragmas == ["wal", 1, 2500]
+    assert pragmas == ["delete", 2, 1, 2500]  # synchronous 2: FULL
 
 
 async def test_writer_transactions_take_the_write_lock_at_begin(tmp_path: Path) -> None:

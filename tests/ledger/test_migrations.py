@@ -23,7 +23,7 @@ from bot.ledger.models import Base
 from .conftest import make_request
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"jobs", "quota_overrides", "quota_audit", "leases"}
+TABLES = {"jobs", "quota_overrides", "quota_audit", "leases", "database_identity"}
 
 
 def _state(conn: Connection) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import contextlib
 import re
 import signal
 import sqlite3
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -26,7 +27,13 @@ from testkit.jobs import JOB_TIMEOUT, job_id_of, job_of, read_ledger, result_of,
 from testkit.process import run_once
 from testkit.world import NewWorld, World
 
-from .fault_hooks.sitecustomize import FAIL_DONE, HOLD, KILL_BEFORE_DONE, POISON
+from .fault_hooks.sitecustomize import (
+    FAIL_DONE,
+    HOLD,
+    IMMUTABLE_BEFORE_DONE,
+    KILL_BEFORE_DONE,
+    POISON,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -300,7 +307,7 @@ async def test_sigterm_mid_job_exits_promptly_and_the_next_start_delivers_it_onc
         await interaction_of(progress).wait_for_original(lambda m: "restarting" in m.content)
     assert await bot.exited(STOP_WITHIN) == 0, bot.output[-3000:]
     assert loop.time() - signalled < STOP_WITHIN
-    assert not (world.tmp / "imagine.db-wal").exists()  # the last connection closed cleanly
+    assert not (world.tmp / "imagine.db-journal").exists()  # no write was cut off
     assert world.results_for(job_id) == []
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id)
@@ -367,6 +374,51 @@ async def test_a_ledger_write_failing_after_posting_is_retried_not_reposted(
     await assert_delivered_once(world, job_id, world.results_for(job_id)[0])
 
 
+def chattr(path: Path, flag: str) -> bool:
+    """`chattr +i/-i` (root, on a filesystem with attributes); False where it cannot run."""
+    try:
+        done = subprocess.run(["chattr", flag, str(path)], capture_output=True, check=False)
+    except FileNotFoundError:
+        return False
+    return done.returncode == 0
+
+
+async def test_a_database_made_immutable_right_after_posting_is_survived_and_recorded_once(
+    world: World,
+) -> None:
+    """The SQLite file turns immutable between posting a result and recording it. With WAL
+    the bot died of SIGBUS (its shared-memory map) and posted again after the restart; with
+    the rollback journal every write fails plainly: the bot lives, refuses new jobs without
+    charging, keeps trying, and records the result once the file is writable again."""
+    probe = world.tmp / "chattr-probe"
+    probe.touch()
+    if not chattr(probe, "+i"):
+        pytest.skip("chattr +i needs root on a filesystem with file attributes")
+    chattr(probe, "-i")
+    database = world.tmp / "imagine.db"
+    gate = world.tmp / IMMUTABLE_BEFORE_DONE
+    gate.touch()
+    try:
+        job_id, _progress = await world.imagine(world.bob, "an immutable file")
+        await world.bot.wait_for_line(
+            rf"job {job_id}: could not record its delivery", within=JOB_TIMEOUT
+        )
+        assert not gate.exists() and len(world.results_for(job_id)) == 1
+        refused = await world.server.invoke(
+            "imagine", user=world.carol, channel=world.art, options={"prompt": "read-only"}
+        )
+        message = await refused.wait_for_original()
+        assert refused.ephemeral and "nothing was charged" in message.content
+        assert not message.custom_ids and world.bot.running
+    finally:
+        gate.unlink(missing_ok=True)
+        chattr(database, "-i")
+    await assert_delivered_once(world, job_id, world.results_for(job_id)[0])
+    async with read_ledger(world.tmp) as ledger:
+        carol = await ledger.user_status(world.guild.id, world.carol.id)
+        assert carol.queued == 0 and carol.running == 0
+
+
 async def test_a_discord_outage_while_posting_is_waited_out_and_delivered_once(
     world: World,
 ) -> None:
@@ -380,9 +432,7 @@ async def test_a_discord_outage_while_posting_is_waited_out_and_delivered_once(
         injection = world.server.inject_failures("POST", followups, [500] * 6)
     result = await wait_result(interaction, within=JOB_TIMEOUT)
     assert [r.status for r in injection.hits] == [500] * 6
-    assert any(
-        f"job {job_id}: Discord did not take the result" in line for line in world.bot.lines
-    )
+    assert any(f"job {job_id}: Discord did not take the result" in line for line in world.bot.lines)
     await assert_delivered_once(world, job_id, result)
 
 

@@ -18,7 +18,10 @@ Faults around the ledger, the same way (files in the bot's working directory):
 
 - while `KILL_BEFORE_DONE` exists, the bot SIGKILLs itself the moment a posted result is to be
   recorded as done: the narrowest window between posting and recording;
-- while `FAIL_DONE` exists, recording a posted result fails as on a full disk.
+- while `FAIL_DONE` exists, recording a posted result fails as on a full disk;
+- if `IMMUTABLE_BEFORE_DONE` exists, the hook removes it and makes the real database file
+  immutable (`chattr +i`) the moment a posted result is to be recorded: the fault is real,
+  the hook only times it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,8 @@ MAX_SAMPLES = 2  # one image with classifier-free guidance
 HOLD = "hold-unet"
 KILL_BEFORE_DONE = "kill-before-done"
 FAIL_DONE = "fail-done"
+IMMUTABLE_BEFORE_DONE = "immutable-before-done"
+DATABASE_FILE = "imagine.db"
 
 log = logging.getLogger("fault_hooks")
 
@@ -99,6 +105,12 @@ def patch_ledger() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
             if (Path.cwd() / FAIL_DONE).exists():
                 raise LedgerError("database or disk is full (simulated)")
+            gate = Path.cwd() / IMMUTABLE_BEFORE_DONE
+            if gate.exists():
+                gate.unlink()
+                log.warning("fault hook: chattr +i %s after posting job %d", DATABASE_FILE, job_id)
+                # Blocking on purpose: the file must be immutable before the write starts.
+                subprocess.run(["chattr", "+i", DATABASE_FILE], check=True)  # noqa: ASYNC221
         return await mark_done(self, job_id, message_id)
 
     store.Ledger.mark_done = mark_done_with_faults  # type: ignore[method-assign]

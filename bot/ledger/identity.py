@@ -1,0 +1,148 @@
+"""Which database this is, remembered outside it, so that a lost database is never silently
+replaced by an empty one.
+
+Migration 0003 gives every database a random identity (`database_identity`). The first start
+on a configuration writes that identity to a small file beside the configuration file (the
+marker). Every later start compares: an empty database where the marker names one means the
+database was deleted or `[database] url` changed, and a different identity means another
+database (a copy from elsewhere, a wrong URL); both stop start-up with one line, before
+anything is created or written, until the operator restores the database or deletes the
+marker to start afresh on purpose. Without this, a deleted SQLite file comes back empty at the
+next start: quotas, blocks and the audit log gone, and job ids starting again at 1.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from .database import create_engine
+from .errors import LedgerError
+from .models import DatabaseIdentity
+
+__all__ = ["DatabaseMarker", "DatabaseMismatch", "DatabaseState", "inspect_database"]
+
+#: The marker's name beside `config.toml`: `config.database-id`.
+MARKER_SUFFIX = ".database-id"
+
+
+class DatabaseMismatch(LedgerError):
+    """The configured database is not the one this configuration used before."""
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseState:
+    """What a database holds before the bot touches it."""
+
+    empty: bool  # no schema at all (a missing SQLite file counts as empty)
+    identity: str | None  # None when empty, or made before identities existed
+    created_at: datetime | None = None
+
+
+def _safe(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _missing_or_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return True
+
+
+async def inspect_database(url: str) -> DatabaseState:
+    """Read the database's identity without creating or changing anything (a SQLite file
+    that does not exist is not created)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        name = parsed.database or ""
+        if name in ("", ":memory:"):
+            return DatabaseState(empty=True, identity=None)
+        if _missing_or_empty(Path(name)):
+            return DatabaseState(empty=True, identity=None)
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+            if "alembic_version" not in tables:
+                return DatabaseState(empty=True, identity=None)
+            if DatabaseIdentity.__tablename__ not in tables:
+                return DatabaseState(empty=False, identity=None)
+            query = select(DatabaseIdentity.id, DatabaseIdentity.created_at)
+            row = (await conn.execute(query)).first()
+    finally:
+        await engine.dispose()
+    if row is None:
+        return DatabaseState(empty=False, identity=None)
+    return DatabaseState(empty=False, identity=row.id, created_at=row.created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseMarker:
+    """The file beside a configuration that names the database it used."""
+
+    path: Path
+
+    @classmethod
+    def beside(cls, config_path: Path) -> DatabaseMarker:
+        return cls(config_path.with_name(config_path.stem + MARKER_SUFFIX))
+
+    def remembered(self) -> str | None:
+        """The identity written at the first start, or None (no marker yet)."""
+        try:
+            data = tomllib.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise DatabaseMismatch(
+                f"cannot read {self.path} ({exc}); delete it if the configured database is the "
+                "right one"
+            ) from None
+        found = data.get("database_id")
+        if not isinstance(found, str) or not found:
+            raise DatabaseMismatch(
+                f"{self.path} names no database_id; delete it if the configured database is "
+                "the right one"
+            )
+        return found
+
+    def refuse_empty(self, url: str) -> None:
+        """Before the schema is made: an empty database where one existed stops start-up."""
+        remembered = self.remembered()
+        if remembered is not None:
+            raise DatabaseMismatch(
+                f"the database {_safe(url)} is empty, but this configuration used database "
+                f"{remembered} (named in {self.path}): it was deleted, or [database] url "
+                f"changed. Restore it, or delete {self.path} to start afresh with an empty "
+                "database (quotas, blocks and history start over)"
+            )
+
+    def check(self, url: str, state: DatabaseState) -> bool:
+        """After migrating: the database must be the remembered one. Remembers it on the
+        first start (True when the marker was written now)."""
+        if state.identity is None:  # made before identities: nothing to compare yet
+            raise DatabaseMismatch(f"the database {_safe(url)} has no identity row")
+        remembered = self.remembered()
+        if remembered is None:
+            self.path.write_text(
+                "# imagine-bot: the database this configuration uses. Delete this file only\n"
+                "# to start on purpose with another (or an empty) database.\n"
+                f"database_id = {json.dumps(state.identity)}\n"
+                f"url = {json.dumps(_safe(url))}\n",
+                encoding="utf-8",
+            )
+            return True
+        if remembered != state.identity:
+            raise DatabaseMismatch(
+                f"the database {_safe(url)} is database {state.identity}, but this "
+                f"configuration used database {remembered} (named in {self.path}). Check "
+                f"[database] url; if you moved to this database on purpose, delete {self.path}"
+            )
+        return False
