@@ -1,4 +1,5 @@
-"""`imagine-bot`: `run` starts the Discord bot, `generate` makes images from the command line.
+"""`imagine-bot`: `run` starts the Discord bot; `generate` and `upscale` make images from the
+command line (offline with `--model builtin:tiny`).
 
 `imagine-bot --config config.toml` (and `python -m bot --config config.toml`) is short for
 `imagine-bot run --config config.toml`.
@@ -17,8 +18,20 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from engine import Engine, EngineError, ImageRequest
+from engine import (
+    ASPECT_RATIOS,
+    UPSCALE_FACTOR,
+    UPSCALE_STRENGTH,
+    Engine,
+    EngineError,
+    ImageRequest,
+    InvalidRequest,
+    read_parameters,
+    upscale_request,
+)
+from engine.picture import decode_picture
 
 from .config import BotConfig, ConfigError, load_config
 
@@ -49,8 +62,28 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, help="denoising steps (model default when omitted)")
     gen.add_argument("--guidance", type=float, help="CFG scale (model default when omitted)")
     gen.add_argument("--size", help="WIDTHxHEIGHT, e.g. 512x768 (model's native size by default)")
+    gen.add_argument(
+        "--ar", help=f"aspect ratio at the model's native area, e.g. {', '.join(ASPECT_RATIOS)}"
+    )
+    gen.add_argument("--image", help="a PNG, JPEG or WebP to start from (image-to-image)")
+    gen.add_argument(
+        "--strength", type=float, help="with --image: how much to change it, 0.05-1 (0.6)"
+    )
     gen.add_argument("--count", type=int, default=1, help="images to make (default 1)")
     gen.add_argument("--out", default="imagine.png", help="output PNG (default: %(default)s)")
+
+    up = sub.add_parser("upscale", help="an image made by imagine-bot, at twice its size")
+    up.add_argument("image", help="a PNG made by imagine-bot (or A1111): its prompt and seed")
+    up.add_argument("--config", help=f"TOML config for [engine] (default: {DEFAULT_CONFIG})")
+    up.add_argument("--model", help="hub id, local folder or builtin:tiny (overrides the config)")
+    up.add_argument("--device", help="auto, cuda, mps or cpu (overrides the config)")
+    up.add_argument(
+        "--strength",
+        type=float,
+        default=UPSCALE_STRENGTH,
+        help="how much the refinement may change (default: %(default)s)",
+    )
+    up.add_argument("--out", help="output PNG (default: the input's name with -upscaled)")
     return parser
 
 
@@ -83,6 +116,18 @@ def _outputs(out: str, count: int) -> list[Path]:
     return [path.with_name(f"{path.stem}-{i + 1}{path.suffix or '.png'}") for i in range(count)]
 
 
+def _picture(path: str) -> tuple[bytes, Any]:
+    """The file at `path` and its picture, decoded as the bot decodes attachments."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror}"], "options") from None
+    try:
+        return data, decode_picture(data)
+    except InvalidRequest as exc:
+        raise ConfigError([f"{path}: {exc}"], "options") from None
+
+
 async def _generate(args: argparse.Namespace) -> int:
     config = _engine_config(args)
     width, height = _size(args.size)
@@ -96,24 +141,53 @@ async def _generate(args: argparse.Namespace) -> int:
         height=height,
         count=args.count,
         user="cli",
+        init_image=_picture(args.image)[1] if args.image else None,
+        strength=args.strength,
+        aspect=args.ar,
     )
+    return await _make(config, request, args.out)
+
+
+async def _upscale(args: argparse.Namespace) -> int:
+    config = _engine_config(args)
+    source = Path(args.image)
+    data, image = _picture(args.image)
+    params = read_parameters(data)
+    if params is None or not params.prompt:
+        raise ConfigError(
+            [f"{source} has no generation parameters (prompt, seed) to upscale from"], "options"
+        )
+    request = upscale_request(
+        params,
+        image,
+        config.engine.limits,
+        factor=UPSCALE_FACTOR,
+        strength=args.strength,
+        user="cli",
+        origin=source.name,
+    )
+    out = args.out or str(source.with_name(f"{source.stem}-upscaled.png"))
+    return await _make(config, request, out)
+
+
+async def _make(config: BotConfig, request: ImageRequest, out: str) -> int:
     async with Engine(config.engine) as engine:
         job = engine.submit(request)
         for warning in job.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         result = await job.result()
-    for path, image in zip(_outputs(args.out, len(result.images)), result.images, strict=True):
+    for path, image in zip(_outputs(out, len(result.images)), result.images, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(image.png)
         flag = " (flagged by the safety checker)" if image.flagged else ""
-        print(f"wrote {path} (seed {image.seed}){flag}")
+        print(f"wrote {path} ({image.width}x{image.height}, seed {image.seed}){flag}")
     return 0
 
 
 def default_to_run(argv: Sequence[str]) -> list[str]:
     """`imagine-bot --config x.toml` means `imagine-bot run --config x.toml`."""
     args = list(argv)
-    if any(a in ("run", "generate", "-h", "--help") for a in args):
+    if any(a in ("run", "generate", "upscale", "-h", "--help") for a in args):
         return args
     if not any(a == "--config" or a.startswith("--config=") for a in args):
         return args  # nothing to guess: argparse explains the usage
@@ -134,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return asyncio.run(_generate(args))
+        if args.command == "upscale":
+            return asyncio.run(_upscale(args))
         from .app import run_bot  # the Discord side is imported only when it runs
 
         return run_bot(args.config)

@@ -5,6 +5,14 @@ The engine knows nothing of Discord: it speaks the frozen dataclasses below.
 """
 
 from .config import DEFAULT_MODEL, SCHEDULERS, EngineConfig, Limits
+from .derived import (
+    STRONG_VARIATION,
+    SUBTLE_VARIATION,
+    UPSCALE_FACTOR,
+    UPSCALE_STRENGTH,
+    upscale_request,
+    variation_request,
+)
 from .errors import (
     Busy,
     Cancelled,
@@ -16,15 +24,33 @@ from .errors import (
 )
 from .job import Job, JobState, Progress
 from .pngmeta import Parameters, format_parameters, parse_parameters, read_parameters
-from .request import MAX_SEED, BatchKey, ImageRequest, ModelProfile, clean_text
+from .request import (
+    ASPECT_RATIOS,
+    DEFAULT_STRENGTH,
+    MAX_SEED,
+    MAX_STRENGTH,
+    MIN_STRENGTH,
+    BatchKey,
+    ImageRequest,
+    ModelProfile,
+    clean_text,
+)
 from .result import GeneratedImage, GenerationResult
 from .service import Engine
 from .stats import CallRecord, EngineStats
 
 __all__ = [
+    "ASPECT_RATIOS",
     "DEFAULT_MODEL",
+    "DEFAULT_STRENGTH",
     "MAX_SEED",
+    "MAX_STRENGTH",
+    "MIN_STRENGTH",
     "SCHEDULERS",
+    "STRONG_VARIATION",
+    "SUBTLE_VARIATION",
+    "UPSCALE_FACTOR",
+    "UPSCALE_STRENGTH",
     "BatchKey",
     "Busy",
     "CallRecord",
@@ -50,4 +76,6 @@ __all__ = [
     "format_parameters",
     "parse_parameters",
     "read_parameters",
+    "upscale_request",
+    "variation_request",
 ]

@@ -16,7 +16,14 @@ from .config import SCHEDULERS, EngineConfig
 from .request import ModelProfile
 from .tiny import BUILTIN_MODELS, builtin_folder, rebuild_builtin
 
-__all__ = ["LoadedModel", "load_model", "pick_device", "pick_dtype", "sampler_name"]
+__all__ = [
+    "LoadedModel",
+    "image_to_image",
+    "load_model",
+    "pick_device",
+    "pick_dtype",
+    "sampler_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,23 @@ class LoadedModel:
     profile: ModelProfile
     checker: Any = None
     feature_extractor: Any = None
+    img2img: Any = None  # the image-to-image pipeline on the same modules, made on first use
+
+
+def image_to_image(model: LoadedModel, scheduler: Any = None) -> Any:
+    """The model's image-to-image pipeline, sharing every module with the text-to-image one
+    (diffusers' `from_pipe`: no extra memory), with `scheduler` (default: the model's).
+
+    The engine's one worker thread owns both pipelines, so swapping the scheduler per call is
+    safe; the step loop passes each request's own scheduler copy.
+    """
+    if model.img2img is None:
+        from diffusers import AutoPipelineForImage2Image
+
+        model.img2img = AutoPipelineForImage2Image.from_pipe(model.pipe)
+        model.img2img.set_progress_bar_config(disable=True)
+    model.img2img.scheduler = scheduler if scheduler is not None else model.pipe.scheduler
+    return model.img2img
 
 
 def _source(config: EngineConfig) -> tuple[str, dict[str, Any]]:

@@ -29,6 +29,8 @@ class Parameters:
     width: int
     height: int
     model: str
+    denoising_strength: float | None = None  # image-to-image
+    extra: tuple[tuple[str, str], ...] = ()  # more "Key: value" fields, e.g. Hires upscale
 
 
 def format_parameters(p: Parameters) -> str:
@@ -41,6 +43,9 @@ def format_parameters(p: Parameters) -> str:
         "Size": f"{p.width}x{p.height}",
         "Model": p.model,
     }
+    if p.denoising_strength is not None:
+        fields["Denoising strength"] = f"{p.denoising_strength:g}"
+    fields |= dict(p.extra)
     tail = ", ".join(f"{k}: {_quote(v)}" for k, v in fields.items())
     lines = [p.prompt]
     if p.negative_prompt:
@@ -55,6 +60,7 @@ def _quote(value: str) -> str:
     return value
 
 
+_BASIC = frozenset({"Steps", "Sampler", "CFG scale", "Seed", "Size", "Model"})
 _FIELD = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
 
@@ -77,6 +83,8 @@ def parse_parameters(text: str) -> Parameters:
             value = value[1:-1].replace("\\n", "\n").replace('\\"', '"').replace("\\\\", "\\")
         fields[key] = value
     width, _, height = fields.get("Size", "0x0").partition("x")
+    strength = fields.pop("Denoising strength", None)
+    extra = tuple((k, v) for k, v in fields.items() if k not in _BASIC)
     return Parameters(
         prompt="\n".join(prompt_lines),
         negative_prompt="\n".join(negative_lines),
@@ -87,6 +95,8 @@ def parse_parameters(text: str) -> Parameters:
         width=int(width or 0),
         height=int(height or 0),
         model=fields.get("Model", ""),
+        denoising_strength=None if strength is None else float(strength),
+        extra=extra,
     )
 
 

@@ -5,27 +5,44 @@ Pure Python (no torch): the schedulers and the front end import it freely.
 
 from __future__ import annotations
 
+import math
 import secrets
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from .config import Limits
 from .errors import InvalidRequest
 
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
 __all__ = [
+    "ASPECT_RATIOS",
+    "DEFAULT_STRENGTH",
     "MAX_PROMPT_CHARS",
     "MAX_SEED",
+    "MAX_STRENGTH",
+    "MIN_STRENGTH",
     "BatchKey",
     "ImageRequest",
     "ModelProfile",
     "clean_text",
+    "fit_aspect",
+    "parse_aspect",
     "validate",
 ]
 
 MAX_SEED = 2**32 - 1
 #: Far above any tokenizer limit; keeps a 10 000-character paste from being tokenized at all.
 MAX_PROMPT_CHARS = 2000
+#: The aspect ratios offered to users (any "W:H" with small whole numbers is accepted).
+ASPECT_RATIOS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16")
+#: Image-to-image strength: the share of the denoising schedule run over the init image.
+MIN_STRENGTH = 0.05
+MAX_STRENGTH = 1.0
+DEFAULT_STRENGTH = 0.6
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +51,10 @@ class ImageRequest:
 
     `count` images are made from seeds `seed`, `seed + 1`, ...; `user` is the fairness key
     (requests are interleaved between users, never between one user's own requests).
+
+    With `init_image` (an RGB Pillow image) the request is image-to-image: the picture is
+    re-noised to `strength` of the schedule and denoised from there, as diffusers'
+    image-to-image pipelines do. `validate` resizes it to the request's size.
     """
 
     prompt: str
@@ -45,13 +66,29 @@ class ImageRequest:
     height: int | None = None
     count: int = 1
     user: str = ""
+    init_image: Image | None = field(default=None, compare=False, repr=False)
+    strength: float | None = None
+    #: Extra "Key: value" fields for the PNG's parameters (e.g. where an upscale came from).
+    parameters: tuple[tuple[str, str], ...] = ()
+    #: "W:H": the model's native pixel area at this aspect ratio (instead of width/height).
+    aspect: str | None = None
 
     @property
     def key(self) -> BatchKey:
         """What must match for two requests to share one pipeline call."""
         assert self.width is not None and self.height is not None and self.steps is not None
         assert self.guidance is not None
-        return BatchKey(self.width, self.height, self.steps, float(self.guidance))
+        strength = None if self.init_image is None else self.strength
+        return BatchKey(self.width, self.height, self.steps, float(self.guidance), strength)
+
+    @property
+    def denoising_steps(self) -> int:
+        """Steps actually run: image-to-image skips the first `1 - strength` of the schedule
+        (diffusers' `get_timesteps`)."""
+        assert self.steps is not None
+        if self.init_image is None or self.strength is None:
+            return self.steps
+        return min(int(self.steps * self.strength), self.steps)
 
     @property
     def seeds(self) -> list[int]:
@@ -68,6 +105,7 @@ class BatchKey:
     height: int
     steps: int
     guidance: float
+    strength: float | None = None  # image-to-image (None: text-to-image)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +139,23 @@ def clean_text(text: str) -> str:
         else:
             kept.append(ch)
     return " ".join("".join(kept).split())
+
+
+def fit_aspect(aspect: float, area: int, limits: Limits, *, multiple: int = 8) -> tuple[int, int]:
+    """Width and height near `area` pixels at `aspect` (width / height), in multiples of
+    `multiple`, scaled (keeping the aspect) to fit between the size limits."""
+    width = math.sqrt(area * aspect)
+    height = width / aspect
+    low = -(-limits.min_size // multiple) * multiple
+    grow = max(1.0, low / width, low / height)  # a small native area: keep the aspect
+    scale = min(grow, limits.max_width / width, limits.max_height / height)
+    width, height = width * scale, height * scale
+
+    def snap(value: float, low: int, high: int) -> int:
+        snapped = max(multiple, round(value / multiple) * multiple)
+        return max(low, min(high - high % multiple, snapped))
+
+    return snap(width, low, limits.max_width), snap(height, low, limits.max_height)
 
 
 def _int_in(name: str, value: object, low: int, high: int, what: str) -> int:
@@ -146,8 +201,32 @@ def validate(
                 f"the first {profile.max_tokens}, so the rest was truncated."
             )
 
+    init = request.init_image
+    strength = request.strength
+    if init is None and strength is not None:
+        raise InvalidRequest("strength", "Strength applies only when starting from an image.")
+    if init is not None:
+        strength = DEFAULT_STRENGTH if strength is None else strength
+        if isinstance(strength, bool) or not isinstance(strength, int | float):
+            raise InvalidRequest("strength", f"Strength must be a number, not {strength!r}.")
+        if not MIN_STRENGTH <= strength <= MAX_STRENGTH:  # NaN fails too
+            raise InvalidRequest(
+                "strength",
+                f"Strength must be between {MIN_STRENGTH:g} and {MAX_STRENGTH:g}, "
+                f"not {strength:g}.",
+            )
+        strength = float(strength)
+
     steps = request.steps if request.steps is not None else profile.default_steps
+    if init is not None and request.steps is None and strength is not None:
+        # A turbo model's 1 step at strength 0.6 would run no step at all.
+        steps = max(steps, math.ceil(1 / strength - 1e-9))
     steps = _int_in("steps", steps, 1, limits.max_steps, "Steps")
+    if strength is not None and int(steps * strength) < 1:
+        raise InvalidRequest(
+            "strength",
+            f"With {steps} steps, strength {strength:g} leaves no step to run: raise either.",
+        )
     count = _int_in("count", request.count, 1, limits.max_count, "Image count")
 
     guidance = request.guidance if request.guidance is not None else profile.default_guidance
@@ -158,10 +237,21 @@ def validate(
             "guidance", f"Guidance must be between 0 and {limits.max_guidance:g}, not {guidance:g}."
         )
 
+    width, height = request.width, request.height
+    multiple = 64 if profile.family == "sdxl" else 8
+    if request.aspect is not None:
+        if width is not None or height is not None:
+            raise InvalidRequest("ar", "Give an aspect ratio or a size, not both.")
+        ratio = parse_aspect(request.aspect)
+        width, height = fit_aspect(ratio, profile.native_size**2, limits, multiple=multiple)
+    elif init is not None and width is None and height is None:
+        # The model's native area at the picture's own aspect ratio.
+        ratio = init.width / max(1, init.height)
+        width, height = fit_aspect(ratio, profile.native_size**2, limits, multiple=multiple)
     sizes = {}
     for name, value, high in (
-        ("width", request.width, limits.max_width),
-        ("height", request.height, limits.max_height),
+        ("width", width, limits.max_width),
+        ("height", height, limits.max_height),
     ):
         value = profile.native_size if value is None else value
         value = _int_in(name, value, limits.min_size, high, name.capitalize())
@@ -185,5 +275,30 @@ def validate(
         height=sizes["height"],
         count=count,
         user=str(request.user),
+        init_image=None if init is None else _fitted(init, sizes["width"], sizes["height"]),
+        strength=strength,
     )
     return resolved, warnings
+
+
+def parse_aspect(text: str) -> float:
+    """Width / height from "W:H" (whole numbers from 1 to 100); `InvalidRequest` otherwise."""
+    w, sep, h = str(text).strip().partition(":")
+    if not sep or not w.isdigit() or not h.isdigit() or not (0 < int(w) <= 100 >= int(h) > 0):
+        raise InvalidRequest(
+            "ar", f"The aspect ratio must look like 16:9 (whole numbers up to 100), not {text!r}."
+        )
+    return int(w) / int(h)
+
+
+def _fitted(image: Image, width: int, height: int) -> Image:
+    """The init image in RGB at exactly the request's size (as the pipeline will see it):
+    cropped around its centre to the request's aspect ratio, never stretched."""
+    from PIL import Image as PILImage
+    from PIL import ImageOps
+
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.size != (width, height):
+        image = ImageOps.fit(image, (width, height), PILImage.Resampling.LANCZOS)
+    return image

@@ -17,7 +17,7 @@ import torch
 
 from .config import EngineConfig
 from .job import Slot
-from .loader import LoadedModel, load_model
+from .loader import LoadedModel, image_to_image, load_model
 from .request import ModelProfile
 from .result import GeneratedImage
 from .torch_ops import check_safety, package_images, preview_png, seeded_generators
@@ -71,25 +71,32 @@ class Runner:
         prompts: list[str] = []
         negatives: list[str] = []
         generators: list[torch.Generator] = []
+        inits: list[Any] = []
         for slot in slots:
             prompts += [slot.request.prompt] * slot.request.count
             negatives += [slot.request.negative_prompt] * slot.request.count
             generators += seeded_generators(slot.request)
+            inits += [slot.request.init_image] * slot.request.count
 
         kwargs: dict[str, Any] = {
             "prompt": prompts,
             "negative_prompt": self._negatives(negatives),
             "num_inference_steps": key.steps,
             "guidance_scale": key.guidance,
-            "width": key.width,
-            "height": key.height,
             "generator": generators,
             "output_type": "pil",
         }
+        pipe = model.pipe
+        if key.strength is None:
+            kwargs |= {"width": key.width, "height": key.height}
+        else:  # the size is the init images' (validate made them the request's size)
+            pipe = image_to_image(model)
+            kwargs |= {"image": inits, "strength": key.strength}
         if self._step_callback_ok:
-            kwargs["callback_on_step_end"] = self._step_callback(slots, key.steps)
+            total = slots[0].request.denoising_steps
+            kwargs["callback_on_step_end"] = self._step_callback(slots, total)
         with torch.inference_mode():
-            images = model.pipe(**kwargs).images
+            images = pipe(**kwargs).images
         flags = check_safety(model, images)
 
         out: list[list[GeneratedImage]] = []

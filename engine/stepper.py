@@ -24,7 +24,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from .job import Slot
-from .loader import LoadedModel
+from .loader import LoadedModel, image_to_image
 from .request import ImageRequest
 from .result import GeneratedImage
 from .torch_ops import check_safety, package_images, preview_png, seeded_generators
@@ -159,15 +159,19 @@ class Stepper:
                     do_classifier_free_guidance=cfg,
                     negative_prompt=r.negative_prompt,
                 )
-            shape = (
-                r.count,
-                pipe.unet.config.in_channels,
-                r.height // pipe.vae_scale_factor,
-                r.width // pipe.vae_scale_factor,
-            )
-            noise = randn_tensor(shape, generator=generators, device=device, dtype=cond.dtype)
-            # The request's OWN scheduler: sigma-based ones scale by their own largest sigma.
-            latents = noise * scheduler.init_noise_sigma
+            if r.init_image is not None:
+                timesteps, latents = self._init_latents(r, scheduler, generators, cond.dtype)
+            else:
+                timesteps = scheduler.timesteps
+                shape = (
+                    r.count,
+                    pipe.unet.config.in_channels,
+                    r.height // pipe.vae_scale_factor,
+                    r.width // pipe.vae_scale_factor,
+                )
+                noise = randn_tensor(shape, generator=generators, device=device, dtype=cond.dtype)
+                # The request's OWN scheduler: sigma-based ones scale by their own largest sigma.
+                latents = noise * scheduler.init_noise_sigma
         accepted = inspect.signature(scheduler.step).parameters
         step_kwargs: dict[str, Any] = {}
         if "eta" in accepted:
@@ -178,7 +182,7 @@ class Stepper:
             slot=slot,
             scheduler=scheduler,
             generators=generators,
-            timesteps=scheduler.timesteps,
+            timesteps=timesteps,
             latents=latents,
             cond=cond,
             uncond=uncond if cfg else None,
@@ -186,6 +190,29 @@ class Stepper:
             uncond_added=uncond_added,
             step_kwargs=step_kwargs,
         )
+
+    def _init_latents(
+        self, r: ImageRequest, scheduler: Any, generators: list[torch.Generator], dtype: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image-to-image: the timesteps left after `strength`, and the init image encoded by
+        the VAE and noised to the first of them with the request's own generators.
+
+        Runs the stock image-to-image pipeline's own `get_timesteps` and `prepare_latents`
+        with this request's scheduler swapped in, so the result is the stock one by
+        construction (the swap is safe: this thread owns both pipelines).
+        """
+        assert r.steps is not None and r.strength is not None
+        img2img = image_to_image(self.model, scheduler)
+        try:
+            timesteps, _ = img2img.get_timesteps(r.steps, r.strength, self.model.device)
+            image = img2img.image_processor.preprocess(r.init_image)
+            first = timesteps[:1].repeat(r.count)
+            latents = img2img.prepare_latents(
+                image, first, 1, r.count, dtype, self.model.device, generators
+            )
+        finally:
+            img2img.scheduler = self.model.pipe.scheduler
+        return timesteps, latents
 
     # One tick
     def tick(self, samples: Sequence[Sample]) -> list[Exception | None]:
@@ -253,7 +280,7 @@ class Stepper:
         return out
 
     def _report(self, sample: Sample) -> None:
-        steps = sample.request.steps or len(sample.timesteps)
+        steps = sample.request.denoising_steps or len(sample.timesteps)
         # Second-order schedulers take more timesteps than steps: report in the user's steps.
         done = round(sample.index * steps / len(sample.timesteps))
         sample.slot.on_step(done, steps)

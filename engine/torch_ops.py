@@ -67,6 +67,8 @@ def package_images(
             width=request.width,
             height=request.height,
             model=model.profile.name,
+            denoising_strength=request.strength if request.init_image is not None else None,
+            extra=request.parameters,
         )
         made.append(
             GeneratedImage(

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from engine import Engine, EngineConfig, Job, JobState
+from engine import Engine, EngineConfig, ImageRequest, Job, JobState
+from engine.job import Slot
+from engine.loader import LoadedModel, load_model
+from engine.stepper import Sample, Stepper
 
 EngineFactory = Callable[..., Awaitable[Engine]]
+StockModels = Callable[..., LoadedModel]
 
 
 @pytest.fixture
@@ -48,3 +53,82 @@ async def until_running(job: Job) -> None:
     async for progress in job.updates():
         if progress.state is not JobState.QUEUED:
             return
+
+
+@pytest.fixture(scope="module")
+def stock_models() -> Iterator[StockModels]:
+    """Stock pipelines loaded by the engine's loader, cached per config for the module."""
+    cache: dict[EngineConfig, LoadedModel] = {}
+
+    def get(config: EngineConfig, **overrides: Any) -> LoadedModel:
+        config = dataclasses.replace(config, **overrides)
+        if config not in cache:
+            cache[config] = load_model(config)
+        return cache[config]
+
+    yield get
+    cache.clear()
+
+
+def build_tiny_sdxl(folder: Path) -> None:
+    """A random SDXL pipeline shaped like diffusers' own SDXL fast-test components."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from engine.tiny import clip_tokenizer, tiny_text_config, tiny_unet, tiny_vae
+
+    torch.manual_seed(0)
+    tokenizer = clip_tokenizer()
+    unet = tiny_unet(
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,  # 6 time ids * 8 + 32 pooled
+        cross_attention_dim=64,  # both encoders' hidden states, concatenated
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        steps_offset=1,
+        beta_schedule="scaled_linear",
+        timestep_spacing="leading",
+    )
+    vae = tiny_vae()
+    text_config = tiny_text_config(tokenizer, hidden_act="gelu", projection_dim=32)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text_config),
+        text_encoder_2=CLIPTextModelWithProjection(text_config),
+        tokenizer=tokenizer,
+        tokenizer_2=clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
+    )
+    pipe.save_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def sdxl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-sdxl")
+    build_tiny_sdxl(folder)
+    return folder
+
+
+def quiet_slot(request: ImageRequest) -> Slot:
+    return Slot(request, lambda i, n: None, lambda png: None, lambda: False, lambda: False)
+
+
+def run_staggered(stepper: Stepper, first: ImageRequest, later: list[ImageRequest]) -> list[Sample]:
+    """Run `first` for two ticks alone, then admit `later` and tick everyone to the end."""
+    samples = [stepper.admit(quiet_slot(first))]
+    stepper.tick(samples)
+    stepper.tick(samples)
+    samples += [stepper.admit(quiet_slot(r)) for r in later]
+    active = list(samples)
+    while active:
+        assert stepper.tick(active) == [None] * len(active)
+        active = [s for s in active if not s.done]
+    return samples

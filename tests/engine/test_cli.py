@@ -39,7 +39,10 @@ def test_generate_writes_pngs_with_the_seed(model_cache: Path, tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    assert lines == ["wrote out/robot-1.png (seed 7)", "wrote out/robot-2.png (seed 8)"]
+    assert lines == [
+        "wrote out/robot-1.png (64x64, seed 7)",
+        "wrote out/robot-2.png (64x64, seed 8)",
+    ]
     for name, seed in (("robot-1.png", 7), ("robot-2.png", 8)):
         params = read_parameters((tmp_path / "out" / name).read_bytes())
         assert params is not None
@@ -77,3 +80,80 @@ def test_a_bad_config_file_is_named_with_the_key_to_fix(model_cache: Path, tmp_p
     assert "unknown key [engine] modle (did you mean 'model'?)" in done.stderr
     assert "[engine] max_steps must be a whole number" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_image_to_image_and_upscale_from_the_command_line(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    """generate --ar, then generate --image, then upscale: the upscale is the stock
+    image-to-image pipeline over the image at twice its size, with its own prompt and seed."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from engine import EngineConfig
+    from engine.loader import image_to_image, load_model
+
+    tiny = ("--model", "builtin:tiny")
+    done = run_cli(
+        "generate", *tiny, "a kite", "--seed", "3", "--steps", "4", "--ar", "3:4",
+        "--size", "", "--out", "kite.png", cache=model_cache, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "wrote kite.png (64x88, seed 3)"  # 3:4 at 64x64's area
+
+    done = run_cli(
+        "generate", *tiny, "a kite, painted", "--image", "kite.png", "--strength", "0.5",
+        "--seed", "5", "--out", "painted.png", cache=model_cache, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    painted = read_parameters((tmp_path / "painted.png").read_bytes())
+    assert painted is not None and painted.denoising_strength == 0.5
+    assert (painted.width, painted.height) == (64, 88)  # the picture's own aspect ratio
+
+    done = run_cli("upscale", *tiny, "kite.png", cache=model_cache, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "wrote kite-upscaled.png (128x176, seed 3)"
+    big = (tmp_path / "kite-upscaled.png").read_bytes()
+    params = read_parameters(big)
+    assert params is not None and (params.prompt, params.seed) == ("a kite", 3)
+    assert params.denoising_strength == 0.35
+    assert ("Hires upscale", "2") in params.extra and ("Source", "kite.png") in params.extra
+
+    model = load_model(EngineConfig(model="builtin:tiny", cache_dir=model_cache))
+    with Image.open(tmp_path / "kite.png") as small:
+        init = small.convert("RGB").resize((128, 176), Image.Resampling.LANCZOS)
+    stock = image_to_image(model)(
+        prompt="a kite",
+        image=init,
+        strength=0.35,
+        num_inference_steps=4,
+        guidance_scale=7.0,
+        generator=[torch.Generator("cpu").manual_seed(3)],
+    ).images[0]
+    with Image.open(io.BytesIO(big)) as ours:
+        diff = np.abs(np.asarray(ours.convert("RGB"), np.int16) - np.asarray(stock, np.int16))
+    assert diff.max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["generate", "x", "--image", "notes.txt"], "not a picture (PNG, JPEG or WebP)"),
+        (["generate", "x", "--strength", "0.5"], "only when starting from an image"),
+        (["generate", "x", "--ar", "16x9"], "must look like 16:9"),
+        (["upscale", "notes.png"], "no generation parameters"),
+    ],
+)
+def test_bad_pictures_and_options_get_one_line(
+    args: list[str], message: str, model_cache: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    (tmp_path / "notes.txt").write_text("not a picture")
+    Image.new("RGB", (64, 64)).save(tmp_path / "notes.png")  # a picture without parameters
+    done = run_cli(*args, "--model", "builtin:tiny", cache=model_cache, cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert message in done.stderr.strip().splitlines()[-1]

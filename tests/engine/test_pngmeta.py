@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from PIL import Image
 
 from engine import Parameters, format_parameters, parse_parameters, read_parameters
@@ -53,3 +55,13 @@ def test_an_image_without_parameters_reads_as_none() -> None:
     buf = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buf, format="PNG")
     assert read_parameters(buf.getvalue()) is None
+
+
+def test_image_to_image_fields_round_trip() -> None:
+    """Denoising strength and the upscale's own fields, as A1111 writes them for hires fix."""
+    extra = (("Hires upscale", "2"), ("Source", "job 12, image 2"))
+    params = dataclasses.replace(PARAMS, denoising_strength=0.35, extra=extra)
+    text = format_parameters(params)
+    assert text.endswith('Denoising strength: 0.35, Hires upscale: 2, Source: "job 12, image 2"')
+    assert parse_parameters(text) == params
+    assert read_parameters(encode_png(Image.new("RGB", (8, 8)), params)) == params

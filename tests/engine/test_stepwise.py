@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,18 @@ from engine import (
     Job,
     JobState,
 )
-from engine.job import Slot
 from engine.loader import LoadedModel, load_model
 from engine.scheduling.step import StepQueue
 from engine.stepper import Sample, Stepper, unsupported_reason
 
-from .conftest import EngineFactory, pixels, until_running
+from .conftest import (
+    EngineFactory,
+    StockModels,
+    pixels,
+    run_staggered,
+    until_running,
+)
 
-StockModels = Callable[..., LoadedModel]
 SQUARE = BatchKey(64, 64, 4, 7.0)
 
 
@@ -51,21 +54,6 @@ def step_engine(make_engine: EngineFactory) -> EngineFactory:
         return engine
 
     return factory
-
-
-@pytest.fixture(scope="module")
-def stock_models() -> Iterator[StockModels]:
-    """Stock pipelines loaded by the engine's loader, cached per config for the module."""
-    cache: dict[EngineConfig, LoadedModel] = {}
-
-    def get(config: EngineConfig, **overrides: Any) -> LoadedModel:
-        config = dataclasses.replace(config, **overrides)
-        if config not in cache:
-            cache[config] = load_model(config)
-        return cache[config]
-
-    yield get
-    cache.clear()
 
 
 def stock_call(model: LoadedModel, r: ImageRequest, output_type: str) -> Any:
@@ -96,23 +84,6 @@ def assert_matches_stock(model: LoadedModel, job: Job, png_images: tuple[Any, ..
 def resolved(prompt: str, **fields: Any) -> ImageRequest:
     base: dict[str, Any] = {"seed": 1, "steps": 3, "guidance": 7.0, "width": 64, "height": 64}
     return ImageRequest(prompt, **{**base, **fields})
-
-
-def quiet_slot(request: ImageRequest) -> Slot:
-    return Slot(request, lambda i, n: None, lambda png: None, lambda: False, lambda: False)
-
-
-def run_staggered(stepper: Stepper, first: ImageRequest, later: list[ImageRequest]) -> list[Sample]:
-    """Run `first` for two ticks alone, then admit `later` and tick everyone to the end."""
-    samples = [stepper.admit(quiet_slot(first))]
-    stepper.tick(samples)
-    stepper.tick(samples)
-    samples += [stepper.admit(quiet_slot(r)) for r in later]
-    active = list(samples)
-    while active:
-        assert stepper.tick(active) == [None] * len(active)
-        active = [s for s in active if not s.done]
-    return samples
 
 
 def assert_latents_match_stock(model: LoadedModel, samples: list[Sample]) -> None:
@@ -321,53 +292,6 @@ async def test_counting_tokens_on_the_loop_leaves_the_workers_tokenizer_alone(
 
 
 # Model families
-def build_tiny_sdxl(folder: Path) -> None:
-    """A random SDXL pipeline shaped like diffusers' own SDXL fast-test components."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    from engine.tiny import clip_tokenizer, tiny_text_config, tiny_unet, tiny_vae
-
-    torch.manual_seed(0)
-    tokenizer = clip_tokenizer()
-    unet = tiny_unet(
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=80,  # 6 time ids * 8 + 32 pooled
-        cross_attention_dim=64,  # both encoders' hidden states, concatenated
-    )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        steps_offset=1,
-        beta_schedule="scaled_linear",
-        timestep_spacing="leading",
-    )
-    vae = tiny_vae()
-    text_config = tiny_text_config(tokenizer, hidden_act="gelu", projection_dim=32)
-    pipe = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(text_config),
-        text_encoder_2=CLIPTextModelWithProjection(text_config),
-        tokenizer=tokenizer,
-        tokenizer_2=clip_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-        add_watermarker=False,
-    )
-    pipe.save_pretrained(folder)
-
-
-@pytest.fixture(scope="module")
-def sdxl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-sdxl")
-    build_tiny_sdxl(folder)
-    return folder
-
-
 def test_sdxl_requests_match_the_stock_pipeline(
     sdxl_folder: Path, tiny_config: EngineConfig, stock_models: StockModels
 ) -> None:

@@ -1,0 +1,106 @@
+"""Requests made from an earlier image: the upscale ("hires fix") and variations.
+
+Both are ordinary image-to-image requests, so they queue, batch and share the GPU with
+everyone else's; only the recipe lives here, shared by the Discord buttons and the command
+line. Pure Python and Pillow (no torch).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from .config import Limits
+from .pngmeta import Parameters
+from .request import ImageRequest, fit_aspect
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+__all__ = [
+    "STRONG_VARIATION",
+    "SUBTLE_VARIATION",
+    "UPSCALE_FACTOR",
+    "UPSCALE_STRENGTH",
+    "upscale_request",
+    "variation_request",
+]
+
+#: The upscale: twice the width and height, refined at a low strength (A1111's hires fix).
+UPSCALE_FACTOR = 2.0
+UPSCALE_STRENGTH = 0.35
+#: Variations: new seeds over the chosen image; subtle keeps its layout, strong only its gist.
+SUBTLE_VARIATION = 0.35
+STRONG_VARIATION = 0.7
+
+
+def _steps(source: Parameters, strength: float, limits: Limits) -> int:
+    """The source's steps, raised so that `strength` leaves at least one step to run."""
+    return min(limits.max_steps, max(source.steps, math.ceil(1 / strength - 1e-9)))
+
+
+def _rgb(image: Image) -> Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def upscale_request(
+    source: Parameters,
+    image: Image,
+    limits: Limits,
+    *,
+    factor: float = UPSCALE_FACTOR,
+    strength: float = UPSCALE_STRENGTH,
+    user: str = "",
+    origin: str | None = None,
+) -> ImageRequest:
+    """`image` at `factor`× its size (less where the limits cap it, keeping its aspect),
+    refined by image-to-image from its own prompt and seed at a low `strength`."""
+    from PIL import Image as PILImage
+
+    area = round(factor * factor * image.width * image.height)
+    width, height = fit_aspect(image.width / image.height, area, limits)
+    init = _rgb(image).resize((width, height), PILImage.Resampling.LANCZOS)
+    extra = [("Hires upscale", f"{factor:g}")]
+    if origin:
+        extra.append(("Source", origin))
+    return ImageRequest(
+        prompt=source.prompt,
+        negative_prompt=source.negative_prompt,
+        seed=source.seed,
+        steps=_steps(source, strength, limits),
+        guidance=source.cfg_scale,
+        width=width,
+        height=height,
+        user=user,
+        init_image=init,
+        strength=strength,
+        parameters=tuple(extra),
+    )
+
+
+def variation_request(
+    source: Parameters,
+    image: Image,
+    limits: Limits,
+    *,
+    strength: float,
+    count: int = 4,
+    seed: int | None = None,
+    user: str = "",
+    origin: str | None = None,
+) -> ImageRequest:
+    """`count` new images from `image` by image-to-image with new seeds (random when None)."""
+    return ImageRequest(
+        prompt=source.prompt,
+        negative_prompt=source.negative_prompt,
+        seed=seed,
+        steps=_steps(source, strength, limits),
+        guidance=source.cfg_scale,
+        width=image.width,
+        height=image.height,
+        count=count,
+        user=user,
+        init_image=_rgb(image),
+        strength=strength,
+        parameters=(("Source", origin),) if origin else (),
+    )
