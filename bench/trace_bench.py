@@ -4,7 +4,10 @@ Batch-level batching makes a request that arrives just after a batch started wai
 batch; step-level batching admits it at the next denoising step. The same seeded trace (Poisson
 arrivals, a 4/20/30-step mix, two sizes, several users) is replayed against an engine with
 `scheduling="batch"` and one with `scheduling="step"` in one run, and each reports images/s and
-the time from submit to images (p50/p95), overall and for the shortest requests.
+the time from submit to images (p50/p95), overall, for the shortest requests, and by kind: a
+share of the trace is image-to-image (`--image-share`, strength 0.6 from a picture of the
+request's size) and upscales (`--upscale-share`: strength 0.35 at twice the drawn size), as the
+Discord image loop sends them.
 
     python -m bench.trace_bench                # CPU: builtin:tiny, steps and rate scaled down
     python -m bench.trace_bench --gpu          # CUDA: full-size SD 1.5, random fp16 weights
@@ -49,29 +52,51 @@ class Arrival:
     width: int
     height: int
     count: int
+    kind: str = "text"  # "text", "image" (image-to-image) or "upscale"
+    strength: float | None = None
+
+
+KINDS = ("text", "image", "upscale")
+STRENGTHS = {"image": 0.6, "upscale": 0.35}
 
 
 def make_trace(args: argparse.Namespace) -> list[Arrival]:
     """A seeded trace: exponential gaps at `rate`/s, steps and sizes drawn from the mixes."""
     rng = random.Random(args.seed)
+    kinds = random.Random(args.seed + 1)  # its own stream: the text mix stays as it was
     at = 0.0
     trace = []
     for n in range(args.requests):
         at += rng.expovariate(args.rate)
         width, height = rng.choices(args.sizes, weights=args.size_weights)[0]
-        trace.append(
-            Arrival(
-                at=round(at, 4),
-                user=f"user{rng.randrange(args.users)}",
-                prompt=f"trace request {n}",
-                seed=rng.randrange(2**32),
-                steps=rng.choice(args.steps),
-                width=width,
-                height=height,
-                count=2 if rng.random() < args.two_image_share else 1,
-            )
+        arrival = Arrival(
+            at=round(at, 4),
+            user=f"user{rng.randrange(args.users)}",
+            prompt=f"trace request {n}",
+            seed=rng.randrange(2**32),
+            steps=rng.choice(args.steps),
+            width=width,
+            height=height,
+            count=2 if rng.random() < args.two_image_share else 1,
         )
+        draw = kinds.random()
+        if draw < args.upscale_share:
+            arrival = dataclasses.replace(
+                arrival, kind="upscale", width=2 * width, height=2 * height, count=1
+            )
+        elif draw < args.upscale_share + args.image_share:
+            arrival = dataclasses.replace(arrival, kind="image")
+        if arrival.kind != "text":
+            arrival = dataclasses.replace(arrival, strength=STRENGTHS[arrival.kind])
+        trace.append(arrival)
     return trace
+
+
+def picture(width: int, height: int) -> Any:
+    """A fixed noise picture to start image-to-image requests from."""
+    from PIL import Image
+
+    return Image.effect_noise((width, height), 64).convert("RGB")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -88,6 +113,9 @@ async def replay(config: EngineConfig, trace: list[Arrival]) -> dict[str, Any]:
         # Warm-up, one request per size, so first-call costs count for neither engine.
         for width, height in sorted({(a.width, a.height) for a in trace}):
             await engine.generate(ImageRequest("warm-up", steps=2, width=width, height=height))
+        pictures = {
+            (a.width, a.height): picture(a.width, a.height) for a in trace if a.kind != "text"
+        }
         base = (engine.stats.images, engine.stats.calls, engine.stats.call_images)
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -105,6 +133,8 @@ async def replay(config: EngineConfig, trace: list[Arrival]) -> dict[str, Any]:
                     height=a.height,
                     count=a.count,
                     user=a.user,
+                    init_image=pictures.get((a.width, a.height)) if a.strength else None,
+                    strength=a.strength,
                 )
             )
             await job.result()
@@ -120,7 +150,15 @@ async def replay(config: EngineConfig, trace: list[Arrival]) -> dict[str, Any]:
     makespan = max(end for _, end in outcomes)
     shortest = min(a.steps for a in trace)
     short = [lat for (lat, _), a in zip(outcomes, trace, strict=True) if a.steps == shortest]
+    by_kind: dict[str, float] = {}
+    for kind in KINDS:
+        mine = [lat for (lat, _), a in zip(outcomes, trace, strict=True) if a.kind == kind]
+        if mine:
+            by_kind[f"{kind}_n"] = len(mine)
+            by_kind[f"{kind}_p50_s"] = percentile(mine, 50)
+            by_kind[f"{kind}_p95_s"] = percentile(mine, 95)
     return {
+        **by_kind,
         "images": images,
         "makespan_s": makespan,
         "images_per_s": images / makespan,
@@ -160,8 +198,8 @@ async def run(args: argparse.Namespace, model: str) -> dict[str, Any]:
         batch_wait_ms=args.batch_wait_ms,
         max_queue=max(64, len(trace)),
         max_count=2,
-        max_width=max(w for w, _ in args.sizes),
-        max_height=max(h for _, h in args.sizes),
+        max_width=max(a.width for a in trace),
+        max_height=max(a.height for a in trace),
     )
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
     for repeat in range(args.repeats):
@@ -245,7 +283,16 @@ def table(result: dict[str, Any]) -> str:
         short,
         "calls (images per call)",
     ]
-    return head + "\n\n" + markdown_table(headers, rows)
+    kinds = []
+    for kind in KINDS:
+        if f"{kind}_p50_s" in e["batch"]:
+            b, st = e["batch"], e["step"]
+            kinds.append(
+                f"{kind} (n={b[f'{kind}_n']:.0f}) {b[f'{kind}_p50_s']:.3g} / "
+                f"{st[f'{kind}_p50_s']:.3g} s"
+            )
+    note = "\n\np50 submit to image by kind, batch / step: " + "; ".join(kinds) + "."
+    return head + "\n\n" + markdown_table(headers, rows) + (note if kinds else "")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -263,6 +310,8 @@ def main() -> None:
     parser.add_argument("--size-weights", type=float, nargs="+", default=[0.7, 0.3])
     parser.add_argument("--users", type=int, default=6)
     parser.add_argument("--two-image-share", type=float, default=0.2)
+    parser.add_argument("--image-share", type=float, default=0.15, help="image-to-image share")
+    parser.add_argument("--upscale-share", type=float, default=0.1, help="upscale share")
     parser.add_argument("--scheduler", default="ddim")
     parser.add_argument("--max-batch-size", type=int, help="images per UNet call; 8 / 16")
     parser.add_argument("--batch-wait-ms", type=int, default=50)

@@ -42,6 +42,7 @@ from engine import Engine
 from .client import ImagineBot
 from .clock import DiscordClock
 from .config import BotConfig, ConfigError, load_config
+from .imagestore import ImageStore
 from .jobs import JobService
 from .ledger import (
     DatabaseMarker,
@@ -189,6 +190,19 @@ async def _login(bot: ImagineBot, config: BotConfig, token: str) -> None:
     await follow_gateway(bot.http, config.discord.api_base_url)
 
 
+async def _prune_images(store: ImageStore, every: float = 3600.0) -> None:
+    """Delete stored images past `[images] keep_days`, at start-up and then hourly."""
+    while True:
+        try:
+            removed = await asyncio.to_thread(store.prune)
+        except OSError as exc:
+            log.warning("cannot prune %s: %s", store.root, exc)
+        else:
+            if removed:
+                log.info("deleted %d stored image(s) older than %d days", removed, store.keep_days)
+        await asyncio.sleep(every)
+
+
 def _assemble(
     config: BotConfig, ledger: Ledger, engine: Engine
 ) -> tuple[ImagineBot, Services, JobService]:
@@ -204,6 +218,7 @@ def _assemble(
         edit_throttle=EditThrottle(),
         metrics=Metrics(),
         channels=bot,
+        images=ImageStore(config.images.store_dir, keep_days=config.images.keep_days),
     )
     jobs = JobService(services)
     bot.attach(services, jobs)
@@ -278,6 +293,7 @@ async def _serve_with(
                 f"cannot listen on [ops] listen = {config.ops.listen!r}: {exc.strerror}"
             ) from None
     updating = asyncio.create_task(updater.run(), name="metrics")
+    pruning = asyncio.create_task(_prune_images(services.images), name="prune-images")
     heartbeat = asyncio.create_task(lease.run(on_lost=stop.set), name="lease")
     try:
         async with bot:
@@ -307,6 +323,7 @@ async def _serve_with(
         log.info("stop signal received: shutting down")
     finally:
         updating.cancel()
+        pruning.cancel()
         heartbeat.cancel()
         await ops.stop()
         await engine.close()

@@ -1,9 +1,11 @@
-"""Buttons that keep working after a restart: Reroll, Delete (on results), Cancel (on progress).
+"""Buttons that keep working after a restart: Upscale, Vary, Reroll and Delete on results
+(U1-U4 and V1-V4 on a grid), Cancel on progress.
 
 Each `custom_id` is `imagine:<action>:<job id>:<job key>` (a `JobRef`; buttons posted before
-keys existed have no key); the job is looked up when the button is pressed, so no view object
-has to survive in memory (discord.py's `DynamicItem`). One item
-class serves every action through a table, so a new button is one row. discord.py only logs
+keys existed have no key), and an image's buttons add its index to the action (`u2`, `vx0`);
+the job is looked up when the button is pressed, so no view object has to survive in memory
+(discord.py's `DynamicItem`). One item class serves every action through a table, so a new
+button is one row. discord.py only logs
 errors raised in item callbacks; these route them to `tree.report`, the one place that
 answers users about errors.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +23,20 @@ import discord
 from .services import JobActions, JobRef, host_of
 from .tree import rate_limited, report
 
-__all__ = ["Action", "JobButton", "progress_view", "result_view"]
+__all__ = ["PER_IMAGE", "Action", "JobButton", "progress_view", "result_view"]
 
 
 class Action(enum.StrEnum):
     REROLL = "reroll"
     DELETE = "delete"
     CANCEL = "cancel"
+    UPSCALE = "u"  # with the image's index: u0..u9
+    VARY_SUBTLE = "vs"
+    VARY_STRONG = "vx"
+
+
+#: Actions that act on one image of the result, named by its index in the custom id.
+PER_IMAGE = frozenset({Action.UPSCALE, Action.VARY_SUBTLE, Action.VARY_STRONG})
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +50,26 @@ _LOOKS: dict[Action, _Look] = {
     Action.REROLL: _Look("Reroll", "\N{GAME DIE}", discord.ButtonStyle.secondary),
     Action.DELETE: _Look("Delete", "\N{WASTEBASKET}", discord.ButtonStyle.danger),
     Action.CANCEL: _Look("Cancel", None, discord.ButtonStyle.secondary),
+    Action.UPSCALE: _Look("Upscale", None, discord.ButtonStyle.primary),
+    Action.VARY_SUBTLE: _Look("Vary (subtle)", None, discord.ButtonStyle.secondary),
+    Action.VARY_STRONG: _Look("Vary (strong)", None, discord.ButtonStyle.secondary),
 }
 
 
 async def _act(
-    actions: JobActions, action: Action, i: discord.Interaction[Any], job: JobRef
+    actions: JobActions,
+    action: Action,
+    i: discord.Interaction[Any],
+    job: JobRef,
+    index: int | None,
 ) -> None:
-    if action is Action.REROLL:
+    if action in PER_IMAGE:
+        assert index is not None
+        if action is Action.UPSCALE:
+            await actions.upscale(i, job, index)
+        else:
+            await actions.vary(i, job, index, strong=action is Action.VARY_STRONG)
+    elif action is Action.REROLL:
         await actions.reroll(i, job)
     elif action is Action.DELETE:
         await actions.delete(i, job)
@@ -56,32 +79,50 @@ async def _act(
 
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"imagine:(?P<action>reroll|delete|cancel):(?P<job>[0-9]{1,19})(?::(?P<key>[0-9a-f]{1,16}))?",
+    template=(
+        r"imagine:(?P<action>reroll|delete|cancel|(?:u|vs|vx)(?P<index>[0-9]))"
+        r":(?P<job>[0-9]{1,19})(?::(?P<key>[0-9a-f]{1,16}))?"
+    ),
 ):
     """A job's button; only its requester or a moderator may use it (the job service checks).
 
-    Every press counts against the presser's rate limit before any other work.
+    Every press counts against the presser's rate limit before any other work. `label`
+    overrides the action's own (U2, V3 on a grid).
     """
 
-    def __init__(self, action: Action, job: JobRef) -> None:
+    def __init__(
+        self,
+        action: Action,
+        job: JobRef,
+        index: int | None = None,
+        *,
+        label: str | None = None,
+        row: int | None = None,
+    ) -> None:
         look = _LOOKS[action]
-        custom_id = f"imagine:{action}:{job.id}" + ("" if job.key is None else f":{job.key}")
+        code = f"{action}{index}" if action in PER_IMAGE else str(action)
+        custom_id = f"imagine:{code}:{job.id}" + ("" if job.key is None else f":{job.key}")
         super().__init__(
             discord.ui.Button(
-                label=look.label,
-                emoji=look.emoji,
+                label=label or look.label,
+                emoji=None if label else look.emoji,
                 style=look.style,
                 custom_id=custom_id,
+                row=row,
             )
         )
         self.action = action
         self.job = job
+        self.index = index
 
     @classmethod
     async def from_custom_id(
         cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
     ) -> JobButton:
-        return cls(Action(match["action"]), JobRef(int(match["job"]), match["key"]))
+        code, index = match["action"], match["index"]
+        action = Action(code[: -len(index)] if index else code)
+        job = JobRef(int(match["job"]), match["key"])
+        return cls(action, job, int(index) if index else None)
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         limited = rate_limited(interaction)
@@ -89,21 +130,34 @@ class JobButton(
             await report(interaction, limited)
             return
         try:
-            await _act(host_of(interaction).job_actions, self.action, interaction, self.job)
+            actions = host_of(interaction).job_actions
+            await _act(actions, self.action, interaction, self.job, self.index)
         except Exception as exc:
             await report(interaction, exc)
 
 
-def _view(job: JobRef, *actions: Action) -> discord.ui.View:
+def result_view(job: JobRef, indexes: Sequence[int], *, upscaled: bool = False) -> discord.ui.View:
+    """The buttons under a result: for one image Upscale and both Vary (an upscale: Vary
+    only), for several U1..Un and V1..Vn (strong variations); then Reroll and Delete."""
     view = discord.ui.View(timeout=None)
-    for action in actions:
-        view.add_item(JobButton(action, job))
+    if len(indexes) == 1:
+        (index,) = indexes
+        if not upscaled:
+            view.add_item(JobButton(Action.UPSCALE, job, index, row=0))
+        view.add_item(JobButton(Action.VARY_SUBTLE, job, index, row=0))
+        view.add_item(JobButton(Action.VARY_STRONG, job, index, row=0))
+    else:
+        for n, index in enumerate(indexes, start=1):
+            view.add_item(JobButton(Action.UPSCALE, job, index, label=f"U{n}", row=0))
+        for n, index in enumerate(indexes, start=1):
+            view.add_item(JobButton(Action.VARY_STRONG, job, index, label=f"V{n}", row=1))
+    if not upscaled:
+        view.add_item(JobButton(Action.REROLL, job, row=2))
+    view.add_item(JobButton(Action.DELETE, job, row=2))
     return view
 
 
-def result_view(job: JobRef) -> discord.ui.View:
-    return _view(job, Action.REROLL, Action.DELETE)
-
-
 def progress_view(job: JobRef) -> discord.ui.View:
-    return _view(job, Action.CANCEL)
+    view = discord.ui.View(timeout=None)
+    view.add_item(JobButton(Action.CANCEL, job))
+    return view

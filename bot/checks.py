@@ -67,6 +67,11 @@ def _guild_only(command: app_commands.Command[Any, ..., Any] | app_commands.Grou
 
 def _broken_rule(parameter: app_commands.Parameter, value: object) -> str | None:
     """Why `value` breaks what `parameter` declared to Discord, else None."""
+    choices = [choice.value for choice in parameter.choices]
+    if choices and value not in choices:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "…"
+        listed = ", ".join(str(c) for c in choices)
+        return f"`{parameter.display_name}` must be one of {listed}, not {shown}."
     low, high = parameter.min_value, parameter.max_value
     if isinstance(value, str):
         size, unit = len(value), " characters long"

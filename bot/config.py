@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError",
     "DatabaseSettings",
     "DiscordSettings",
+    "ImagesSettings",
     "ModerationSettings",
     "OpsSettings",
     "QuotaSettings",
@@ -72,6 +73,35 @@ class ModerationSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ImagesSettings:
+    """Pictures in and out: attachments users start from, and what Upscale and Vary need."""
+
+    store_dir: Path = Path("imagine-bot-images")  # full-size results and start pictures
+    keep_days: int = 30  # then Upscale/Vary on older results says the image is gone
+    max_picture_mb: float = 10.0  # largest attachment /imagine downloads
+    upscale_cost: int = 2  # images of the allowance an upscale costs (4x the pixels)
+    subtle_variation: float = 0.35  # image-to-image strength of "Vary (subtle)"
+    strong_variation: float = 0.7  # of "Vary (strong)" and of V1-V4 on a grid
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.keep_days < 1:
+            problems.append(f"keep_days must be 1 or more, not {self.keep_days}")
+        if not 0 < self.max_picture_mb <= 100:
+            problems.append(
+                f"max_picture_mb must be above 0 and at most 100, not {self.max_picture_mb:g}"
+            )
+        if self.upscale_cost < 0:
+            problems.append(f"upscale_cost must be 0 or more, not {self.upscale_cost}")
+        for name in ("subtle_variation", "strong_variation"):
+            value = getattr(self, name)
+            if not 0.05 <= value <= 1.0:
+                problems.append(f"{name} must be between 0.05 and 1, not {value:g}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
 class OpsSettings:
     listen: str = ""  # e.g. "127.0.0.1:9108" for /healthz and /metrics; empty: off
 
@@ -83,6 +113,7 @@ class BotConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)  # `[engine]` is EngineConfig
     quota: QuotaSettings = field(default_factory=QuotaSettings)
     moderation: ModerationSettings = field(default_factory=ModerationSettings)
+    images: ImagesSettings = field(default_factory=ImagesSettings)
     ops: OpsSettings = field(default_factory=OpsSettings)
     path: Path | None = None  # where it was read from, for messages
 
@@ -98,6 +129,7 @@ _SECTIONS: dict[str, type] = {
     "engine": EngineConfig,  # the engine's own settings, declared once (engine/config.py)
     "quota": QuotaSettings,
     "moderation": ModerationSettings,
+    "images": ImagesSettings,
     "ops": OpsSettings,
 }
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from engine import Limits
+from engine import ASPECT_RATIOS, MAX_STRENGTH, MIN_STRENGTH, Limits
 
 from .errors import BotError
+from .pictures import PictureRef
 
 __all__ = ["MAX_PROMPT", "ImagineOptions", "InvalidShape", "Shape", "parse_shape", "size_for"]
 
@@ -76,10 +77,19 @@ class ImagineOptions:
     width: int | None = None  # exact size (rerolls); wins over `shape`
     height: int | None = None
     count: int = 1
+    aspect: str | None = None  # "16:9": the model's native area at that aspect ratio
+    picture: PictureRef | None = None  # an attachment to start from (image-to-image)
+    strength: float | None = None  # with a picture: how much of it may change
 
     def problem(self) -> str | None:
         """Why Discord would never have sent these options (a forged payload), else None."""
         for name, text in (("prompt", self.prompt), ("negative prompt", self.negative)):
             if len(text) > MAX_PROMPT:
                 return f"The {name} is too long (limit {MAX_PROMPT} characters)."
+        if self.aspect is not None and self.aspect not in ASPECT_RATIOS:
+            return f"The aspect ratio must be one of {', '.join(ASPECT_RATIOS)}."
+        if self.aspect is not None and self.shape is not None:
+            return "Choose a size or an aspect ratio, not both."
+        if self.strength is not None and not MIN_STRENGTH <= self.strength <= MAX_STRENGTH:
+            return f"Strength must be between {MIN_STRENGTH:g} and {MAX_STRENGTH:g}."
         return None

@@ -85,6 +85,11 @@ def result_embed(job: JobRecord, result: GenerationResult, verdict: Verdict) -> 
     footer = f"Job #{job.id} · {result.run_s:.1f} s"
     if job.reroll_of is not None:
         footer += f" · reroll of #{job.reroll_of}"
+    if job.source_job_id is not None and job.source_index is not None:
+        what = "upscale" if job.kind == "upscale" else "variation"
+        footer += f" · {what} of #{job.source_job_id} image {job.source_index + 1}"
+    if job.strength is not None:
+        footer += f" · strength {job.strength:g}"
     if spoilers:
         footer += f" · {spoilers} flagged image(s) hidden as spoilers"
     embed.set_footer(text=footer)
@@ -132,6 +137,12 @@ def usage_embed(summary: UsageSummary, days: int) -> discord.Embed:
         name="Top users",
         value="\n".join(f"<@{u.user_id}>: {u.images} images ({u.jobs} jobs)" for u in top)
         or "nobody yet",
+        inline=False,
+    )
+    embed.add_field(
+        name="By kind",
+        value="\n".join(f"{k.kind}: {k.images} images ({k.jobs} jobs)" for k in summary.kinds)
+        or "nothing yet",
         inline=False,
     )
     embed.add_field(

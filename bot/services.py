@@ -18,33 +18,15 @@ from engine import Engine
 
 from .clock import DiscordClock
 from .config import BotConfig
-from .ledger import JobRecord, Ledger
+from .imagestore import ImageStore
+from .jobref import JobRef
+from .ledger import Ledger
 from .moderation import Moderation
 from .ops import Metrics
 from .options import ImagineOptions
 from .throttle import EditThrottle, UserRateLimit
 
 __all__ = ["Channels", "JobActions", "JobRef", "ServiceHost", "Services", "host_of"]
-
-
-@dataclass(frozen=True, slots=True)
-class JobRef:
-    """A job as a button or an attachment names it: its id and its random key.
-
-    Ids start again after a database reset or an older backup's restore; the key does not,
-    so a stale button can never name another job. `key` is None only for jobs (and buttons)
-    from before keys existed.
-    """
-
-    id: int
-    key: str | None = None
-
-    @classmethod
-    def of(cls, record: JobRecord) -> JobRef:
-        return cls(record.id, record.key)
-
-    def names(self, record: JobRecord | None) -> bool:
-        return record is not None and (record.id, record.key) == (self.id, self.key)
 
 
 class Channels(Protocol):
@@ -83,6 +65,14 @@ class JobActions(Protocol):
 
     async def cancel(self, interaction: discord.Interaction[Any], job: JobRef) -> None: ...
 
+    async def upscale(
+        self, interaction: discord.Interaction[Any], job: JobRef, index: int
+    ) -> None: ...
+
+    async def vary(
+        self, interaction: discord.Interaction[Any], job: JobRef, index: int, *, strong: bool
+    ) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Services:
@@ -97,6 +87,7 @@ class Services:
     edit_throttle: EditThrottle
     metrics: Metrics
     channels: Channels
+    images: ImageStore
 
 
 class ServiceHost(Protocol):

@@ -12,14 +12,16 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from engine import MAX_SEED, Limits
+from engine import ASPECT_RATIOS, MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, Limits
 
 from ..options import MAX_PROMPT, ImagineOptions, Shape, parse_shape
+from ..pictures import PictureRef
 from ..services import JobActions
 
 __all__ = ["make_imagine_cog"]
 
 _SHAPES = Literal[tuple(shape.value for shape in Shape)]  # type: ignore[valid-type]
+_ASPECTS = Literal[ASPECT_RATIOS]  # type: ignore[valid-type]
 
 
 def make_imagine_cog(limits: Limits, jobs: JobActions) -> commands.Cog:
@@ -27,7 +29,9 @@ def make_imagine_cog(limits: Limits, jobs: JobActions) -> commands.Cog:
     max_steps, max_count, max_guidance = limits.max_steps, limits.max_count, limits.max_guidance
 
     class ImagineCog(commands.Cog):
-        @app_commands.command(name="imagine", description="Make images from a text prompt")
+        @app_commands.command(
+            name="imagine", description="Make images from a text prompt (and a picture)"
+        )
         @app_commands.describe(
             prompt="What the image should show",
             negative="What the image should not show",
@@ -35,7 +39,10 @@ def make_imagine_cog(limits: Limits, jobs: JobActions) -> commands.Cog:
             steps="Denoising steps: more is slower and often finer",
             guidance="How closely to follow the prompt",
             size="Shape of the image",
+            ar="Aspect ratio (width:height), at the model's usual number of pixels",
             count="How many images (each counts against your allowance)",
+            image="A picture to start from (PNG, JPEG or WebP)",
+            strength="With an image: how much of it may change (0.05 to 1; 0.6 by default)",
         )
         @app_commands.guild_only()
         async def imagine(
@@ -47,7 +54,10 @@ def make_imagine_cog(limits: Limits, jobs: JobActions) -> commands.Cog:
             steps: app_commands.Range[int, 1, max_steps] | None = None,
             guidance: app_commands.Range[float, 0.0, max_guidance] | None = None,
             size: _SHAPES | None = None,
+            ar: _ASPECTS | None = None,
             count: app_commands.Range[int, 1, max_count] = 1,
+            image: discord.Attachment | None = None,
+            strength: app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH] | None = None,
         ) -> None:
             options = ImagineOptions(
                 prompt=prompt,
@@ -57,6 +67,11 @@ def make_imagine_cog(limits: Limits, jobs: JobActions) -> commands.Cog:
                 guidance=guidance,
                 shape=parse_shape(size),  # a forged size is refused, not a crash
                 count=count,
+                aspect=ar,
+                picture=None
+                if image is None
+                else PictureRef(url=image.url, filename=image.filename, size=image.size),
+                strength=strength,
             )
             await jobs.imagine(interaction, options)
 

@@ -3,7 +3,8 @@
 In order, each refusal recorded in the ledger (so moderators see it in `/usage`) and raised
 as a `Refusal` the tree turns into a private message:
 
-    rate limit → channel → blocked words → forged options → validation → reservation → submit
+    rate limit → channel → blocked words → forged options → picture → validation →
+    reservation → the picture stored → submit
 
 Nothing here knows a `discord.Interaction`: the caller describes the request's `Origin`.
 A request refused before the reservation costs nothing; after it, the reservation is undone.
@@ -11,17 +12,26 @@ A request refused before the reservation costs nothing; after it, the reservatio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from engine import Busy, EngineError, ImageRequest, InvalidRequest, Job
 
 from ..errors import RateLimited, Refusal
-from ..ledger import JobRecord, JobRequest, RefusalReason, Reservation
+from ..ledger import JobKind, JobRecord, JobRequest, RefusalReason, Reservation
 from ..options import ImagineOptions
-from ..services import Services
+from ..pictures import BadPicture, fetch_picture
+from ..services import JobRef, Services
 from .convert import Origin, engine_request, ledger_request
 
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
 __all__ = ["Admission", "Admitted", "refusal_for"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +76,18 @@ class Admission:
         self.services = services
 
     async def admit(
-        self, origin: Origin, options: ImagineOptions, *, reroll_of: int | None = None
+        self,
+        origin: Origin,
+        options: ImagineOptions,
+        *,
+        reroll_of: int | None = None,
+        picture: Image | None = None,
     ) -> Admitted:
-        """Queue the request, or raise the `Refusal` to show (recorded in the ledger)."""
+        """Queue the request, or raise the `Refusal` to show (recorded in the ledger).
+
+        An image-to-image request starts from `picture`, else from the attachment in
+        `options` (fetched here, after the cheap checks).
+        """
         s = self.services
         asked = engine_request(
             options,
@@ -103,11 +122,60 @@ class Admission:
         forged = options.problem()
         if forged is not None:
             raise await refuse(RefusalReason.INVALID, forged, forged)
+        if picture is None and options.picture is not None:
+            try:
+                picture = await fetch_picture(
+                    options.picture,
+                    api_base_url=s.config.discord.api_base_url,
+                    max_mb=s.config.images.max_picture_mb,
+                )
+            except BadPicture as exc:
+                raise await refuse(RefusalReason.INVALID, str(exc), str(exc)) from exc
+        if picture is not None:
+            asked = replace(asked, init_image=picture)
         try:
             request, warnings = s.engine.prepare(asked)
         except InvalidRequest as exc:
             raise await refuse(RefusalReason.INVALID, str(exc), str(exc)) from exc
-        return await self._reserve_and_submit(origin, request, warnings, reroll_of)
+        return await self._reserve_and_submit(
+            self._stored(origin, request, reroll_of), request, warnings
+        )
+
+    async def admit_derived(
+        self,
+        origin: Origin,
+        asked: ImageRequest,
+        *,
+        kind: JobKind,
+        source: JobRecord,
+        index: int,
+        charge: int,
+    ) -> Admitted:
+        """Queue an upscale or variation of image `index` of `source` (a button press, whose
+        rate limit the button counted), charging `charge` images; or raise the `Refusal`."""
+        s = self.services
+
+        def stored(request: ImageRequest) -> JobRequest:
+            return replace(
+                self._stored(origin, request, None),
+                kind=kind,
+                source_job_id=source.id,
+                source_index=index,
+                image_count=charge,
+            )
+
+        async def refuse(reason: RefusalReason, text: str) -> Refusal:
+            await s.ledger.record_refusal(stored(asked), reason, text)
+            return Refusal(reason, text)
+
+        if not s.moderation.channel_allowed(origin.channel_id, origin.parent_channel_id):
+            allowed = " ".join(f"<#{c}>" for c in s.config.moderation.allowed_channel_ids)
+            raise await refuse(RefusalReason.CHANNEL, f"Images can't be made here. Try {allowed}.")
+        try:
+            request, warnings = s.engine.prepare(asked)
+        except InvalidRequest as exc:
+            raise await refuse(RefusalReason.INVALID, str(exc)) from exc
+        return await self._reserve_and_submit(stored(request), request, warnings)
 
     def _stored(self, origin: Origin, request: ImageRequest, reroll_of: int | None) -> JobRequest:
         engine = self.services.config.engine
@@ -116,17 +184,23 @@ class Admission:
         )
 
     async def _reserve_and_submit(
-        self,
-        origin: Origin,
-        request: ImageRequest,
-        warnings: tuple[str, ...],
-        reroll_of: int | None,
+        self, stored: JobRequest, request: ImageRequest, warnings: tuple[str, ...]
     ) -> Admitted:
         s = self.services
-        reservation = await s.ledger.reserve(self._stored(origin, request, reroll_of))
+        reservation = await s.ledger.reserve(stored)
         if not reservation.accepted:
             raise refusal_for(reservation)
         record = reservation.job
+        if request.init_image is not None:
+            try:  # before the engine: a restart must find the picture to run the job again
+                await asyncio.to_thread(s.images.save_input, JobRef.of(record), request.init_image)
+            except OSError as exc:
+                log.error("job %d: cannot store its picture: %s", record.id, exc)
+                await s.ledger.mark_failed(record.id, f"cannot store the picture: {exc}")
+                raise Refusal(
+                    RefusalReason.INVALID,
+                    "The bot cannot store pictures right now; nothing was charged.",
+                ) from exc
         try:
             engine_job = s.engine.submit(request, job_id=str(record.id))
         except Busy as exc:

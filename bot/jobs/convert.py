@@ -9,13 +9,24 @@ added in one module.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from engine import ImageRequest, Limits
+from engine import UPSCALE_FACTOR, ImageRequest, Limits
 
-from ..ledger import JobRecord, JobRequest
+from ..ledger import JobKind, JobRecord, JobRequest
 from ..options import ImagineOptions, size_for
 
-__all__ = ["Origin", "engine_request", "ledger_request", "reroll_options", "resumed_request"]
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+__all__ = [
+    "Origin",
+    "engine_request",
+    "ledger_request",
+    "reroll_options",
+    "resumed_request",
+    "source_parameters",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +77,8 @@ def engine_request(
         height=height,
         count=options.count,
         user=user,
+        aspect=options.aspect,
+        strength=options.strength,
     )
 
 
@@ -96,14 +109,31 @@ def ledger_request(
         height=request.height or 0,
         image_count=request.count,
         reroll_of=reroll_of,
+        strength=request.strength if request.init_image is not None else None,
     )
 
 
-def resumed_request(record: JobRecord) -> ImageRequest:
-    """The engine request that makes a stored job's images again (same seed: same images)."""
+def resumed_request(record: JobRecord, picture: Image | None = None) -> ImageRequest:
+    """The engine request that makes a stored job's images again (same seed: same images);
+    an image-to-image job needs the `picture` it started from."""
     options = replace(reroll_options(record), seed=record.seed)
     user = fairness_key(record.guild_id, record.user_id)
-    return engine_request(options, negative=record.negative_prompt, user=user)
+    request = engine_request(options, negative=record.negative_prompt, user=user)
+    if record.strength is None:
+        return request
+    return replace(
+        request, init_image=picture, strength=record.strength, parameters=source_parameters(record)
+    )
+
+
+def source_parameters(record: JobRecord) -> tuple[tuple[str, str], ...]:
+    """The PNG fields naming where an upscale or variation came from (as first written)."""
+    if record.source_job_id is None or record.source_index is None:
+        return ()
+    source = ("Source", f"job {record.source_job_id}, image {record.source_index + 1}")
+    if record.kind is JobKind.UPSCALE:
+        return (("Hires upscale", f"{UPSCALE_FACTOR:g}"), source)
+    return (source,)
 
 
 def reroll_options(record: JobRecord) -> ImagineOptions:
@@ -115,5 +145,6 @@ def reroll_options(record: JobRecord) -> ImagineOptions:
         guidance=record.guidance,
         width=record.width,
         height=record.height,
-        count=record.image_count,
+        count=1 if record.kind is JobKind.UPSCALE else record.image_count,  # it costs more
+        strength=record.strength,  # an image job's reroll starts from the same picture
     )

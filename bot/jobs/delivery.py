@@ -29,12 +29,14 @@ from ..services import JobRef, Services
 
 __all__ = [
     "DELIVERY_PATIENCE",
+    "GRID",
     "RETRY_FIRST",
     "RETRY_MAX",
     "find_posted",
     "is_transient",
     "persist",
     "result_filename",
+    "result_images",
     "result_job",
 ]
 
@@ -51,14 +53,25 @@ RETRY_MAX = 30.0
 HISTORY_LIMIT = 100
 HISTORY_MARGIN = timedelta(minutes=2)
 
-_RESULT_FILE = re.compile(r"^(?:SPOILER_)?imagine-(?P<job>\d+)(?:-(?P<key>[0-9a-f]+))?-\d+\.png$")
+_RESULT_FILE = re.compile(
+    r"^(?:SPOILER_)?imagine-(?P<job>\d+)(?:-(?P<key>[0-9a-f]+))?-(?P<what>\d+|grid)\.png$"
+)
+#: The name's last part for a 2×2 grid (four images in one file).
+GRID = "grid"
 
 
-def result_filename(job: JobRef, seed: int) -> str:
-    """The attachment name of one result image: it names the job (id and key), so a restart
-    can find a result it posted, and never mistakes another database's job for it."""
+def result_filename(job: JobRef, seed: int | str) -> str:
+    """The attachment name of one result image (`seed`), or of a grid (`GRID`): it names the
+    job (id and key), so a restart can find a result it posted, and never mistakes another
+    database's job for it."""
     key = "" if job.key is None else f"-{job.key}"
     return f"imagine-{job.id}{key}-{seed}.png"
+
+
+def result_images(filename: str) -> int:
+    """Images an attachment of a result holds (4 for a grid)."""
+    found = _RESULT_FILE.match(filename)
+    return 0 if found is None else 4 if found["what"] == GRID else 1
 
 
 def result_job(filename: str) -> JobRef | None:

@@ -29,10 +29,12 @@ from engine import ShuttingDown as EngineShuttingDown
 from .. import render
 from ..buttons import progress_view, result_view
 from ..errors import describe
-from ..ledger import JobRecord, JobStatus, give_up
+from ..grid import GRID_IMAGES, grid_png
+from ..ledger import JobKind, JobRecord, JobStatus, give_up
 from ..services import JobRef, Services
 from .delivery import (
     DELIVERY_PATIENCE,
+    GRID,
     RETRY_FIRST,
     RETRY_MAX,
     find_posted,
@@ -115,6 +117,7 @@ class JobRun:
             except EngineShuttingDown:
                 return  # the engine stops with the bot: the ledger keeps the job for a restart
             except Cancelled:
+                log.info("job %d: cancelled", self.id)
                 self._ended(JobStatus.CANCELLED, await ledger.mark_cancelled(self.id))
                 await self.tell(f"Job #{self.id} was cancelled; its images were given back.")
                 return
@@ -266,17 +269,30 @@ class JobRun:
             record.user_id, len(verdict.post), verdict.withheld, self.warnings
         )
 
+        ref = JobRef.of(record)
+        posted = [image for image, _spoiler in verdict.post]
+        try:  # full size, for Upscale and Vary (a grid posts them scaled down)
+            await asyncio.to_thread(services.images.save_outputs, ref, posted)
+        except OSError as exc:
+            log.warning("job %d: cannot keep its images for Upscale/Vary: %s", self.id, exc)
+        grid = None
+        if len(posted) == GRID_IMAGES and not any(spoiler for _image, spoiler in verdict.post):
+            grid = await asyncio.to_thread(grid_png, posted)
+
         def files() -> list[discord.File]:
+            if grid is not None:
+                return [discord.File(io.BytesIO(grid), filename=result_filename(ref, GRID))]
             return [
                 discord.File(
                     io.BytesIO(image.png),
-                    filename=result_filename(JobRef.of(record), image.seed),
+                    filename=result_filename(ref, image.seed),
                     spoiler=spoiler,
                 )
                 for image, spoiler in verdict.post
             ]
 
-        view = result_view(JobRef.of(record))
+        upscaled = record.kind is JobKind.UPSCALE
+        view = result_view(ref, [image.index for image in posted], upscaled=upscaled)
         post = ResultPost(content, embed, files, view, mention=record.user_id)
         since = discord.utils.utcnow()
         await persist("the start of its delivery", self.id, lambda: ledger.start_delivery(self.id))
@@ -294,8 +310,9 @@ class JobRun:
             log.warning("job %d: posted, but the ledger no longer had it active", self.id)
         services.metrics.images.inc(len(verdict.post))
         services.metrics.step_seconds.observe(result.run_s / max(1, result.request.steps or 1))
-        if verdict.withheld:
-            await ledger.refund_images(self.id, verdict.withheld)
+        if verdict.withheld:  # an upscale's one image carries its whole cost
+            refund = record.image_count if upscaled else verdict.withheld
+            await ledger.refund_images(self.id, refund)
         log.info(
             "job %d: delivered %d image(s), message %d", self.id, len(verdict.post), message.id
         )

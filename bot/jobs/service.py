@@ -3,35 +3,50 @@
     defer (ephemeral) → admission (checks, reservation, engine) → private progress message
     → `JobRun` (progress, delivery, final ledger state)
 
-It keeps the registry of runs, answers the job buttons (Reroll, Delete, Cancel: the
-requester or a moderator of the job's own server only), runs again at start-up the jobs a
-previous process left unfinished, and on shutdown leaves unfinished jobs to the next start.
+It keeps the registry of runs, answers the job buttons (Upscale, Vary, Reroll, Delete,
+Cancel: the requester or a moderator of the job's own server only; an Upscale or Vary is a
+new image-to-image job from the chosen image, kept full size by `ImageStore`), runs again
+at start-up the jobs a previous process left unfinished, and on shutdown leaves unfinished
+jobs to the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import discord
 
-from engine import EngineError, Job
+from engine import (
+    EngineError,
+    ImageRequest,
+    Job,
+    Parameters,
+    read_parameters,
+    upscale_request,
+    variation_request,
+)
 
 from .. import render
 from ..buttons import progress_view
 from ..checks import is_moderator
 from ..discord_limits import TOKEN_USABLE_FOR
 from ..errors import NotAllowed, ShuttingDown, UnknownJob
-from ..ledger import JobRecord, JobStatus, LedgerError, give_up, plan_recovery
+from ..grid import GRID_IMAGES
+from ..ledger import JobKind, JobRecord, JobStatus, LedgerError, give_up, plan_recovery
 from ..options import ImagineOptions
 from ..services import JobRef, Services
-from .admission import Admission
+from .admission import Admission, Admitted
 from .convert import Origin, reroll_options, resumed_request
-from .delivery import find_posted, persist, result_job
+from .delivery import find_posted, persist, result_images, result_job
 from .run import PROGRESS_INTERVAL, JobRun, channel_target, is_nsfw
 from .targets import InteractionTarget, Target
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 __all__ = ["JobService", "origin_of"]
 
@@ -53,6 +68,13 @@ def origin_of(interaction: discord.Interaction[Any]) -> Origin:
         interaction_id=interaction.id,
         token=interaction.token,
     )
+
+
+def _decoded(png: bytes) -> Image:
+    from PIL import Image as PILImage
+
+    with PILImage.open(io.BytesIO(png)) as image:
+        return image.convert("RGB")
 
 
 def _on_its_message(interaction: discord.Interaction[Any], message_id: int | None) -> bool:
@@ -92,8 +114,10 @@ class JobService:
         options: ImagineOptions,
         *,
         reroll_of: int | None = None,
+        picture: Image | None = None,
     ) -> None:
-        """Answer `/imagine` (or a Reroll press): refuse privately, or queue and follow."""
+        """Answer `/imagine` (or a Reroll press): refuse privately, or queue and follow.
+        A reroll of an image-to-image job starts from the same `picture`."""
         if not self.accepting:
             raise ShuttingDown()
         admitting = asyncio.current_task()
@@ -104,27 +128,60 @@ class JobService:
             if not interaction.response.is_done():  # a Reroll press has answered already
                 await interaction.response.defer(ephemeral=True, thinking=True)
             admitted = await self.admission.admit(
-                origin_of(interaction), options, reroll_of=reroll_of
+                origin_of(interaction), options, reroll_of=reroll_of, picture=picture
             )
-            record, engine_job = admitted.record, admitted.engine_job
-            # From here the job runs whatever happens to its first message.
-            self._submitted[record.id] = (record, engine_job)
-            try:
-                target = await self._progress_message(interaction, record, engine_job)
-            finally:
-                self._submitted.pop(record.id, None)
-            run = JobRun(
-                self.services,
-                record,
-                engine_job,
-                target,
-                nsfw=is_nsfw(interaction.channel),
-                warnings=admitted.warnings,
-                progress_interval=self.progress_interval,
-            )
-            self._start(run)
+            await self._follow(interaction, admitted)
         finally:
             self._admitting.discard(admitting)  # type: ignore[arg-type]
+
+    async def _derived(
+        self,
+        interaction: discord.Interaction[Any],
+        request: ImageRequest,
+        *,
+        kind: JobKind,
+        source: JobRecord,
+        index: int,
+        charge: int,
+    ) -> None:
+        """Queue an upscale or variation (the press was answered already) and follow it."""
+        if not self.accepting:
+            raise ShuttingDown()
+        admitting = asyncio.current_task()
+        if admitting is not None:
+            self._admitting.add(admitting)
+        try:
+            admitted = await self.admission.admit_derived(
+                origin_of(interaction),
+                request,
+                kind=kind,
+                source=source,
+                index=index,
+                charge=charge,
+            )
+            await self._follow(interaction, admitted)
+        finally:
+            self._admitting.discard(admitting)  # type: ignore[arg-type]
+
+    async def _follow(self, interaction: discord.Interaction[Any], admitted: Admitted) -> None:
+        """Post the progress message of an admitted job and start its run."""
+        record, engine_job = admitted.record, admitted.engine_job
+        # From here the job runs whatever happens to its first message.
+        self._submitted[record.id] = (record, engine_job)
+        try:
+            target = await self._progress_message(interaction, record, engine_job)
+        finally:
+            self._submitted.pop(record.id, None)
+        run = JobRun(
+            self.services,
+            record,
+            engine_job,
+            target,
+            nsfw=is_nsfw(interaction.channel),
+            warnings=admitted.warnings,
+            progress_interval=self.progress_interval,
+        )
+        self._start(run)
 
     async def _progress_message(
         self, interaction: discord.Interaction[Any], record: JobRecord, engine_job: Job
@@ -162,7 +219,85 @@ class JobService:
             raise NotAllowed(
                 "Only the person who asked for these images, or a moderator, can reroll them."
             )
-        await self.imagine(interaction, reroll_options(record), reroll_of=record.id)
+        picture = None
+        if record.strength is not None:
+            picture = await asyncio.to_thread(self.services.images.load_input, job)
+            if picture is None:
+                raise NotAllowed(self._gone(f"The picture job #{record.id} started from"))
+        options = reroll_options(record)
+        await self.imagine(interaction, options, reroll_of=record.id, picture=picture)
+
+    async def upscale(self, interaction: discord.Interaction[Any], job: JobRef, index: int) -> None:
+        """Image `index` of `job` at twice its size (hires fix), charged to the presser."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        record, params, image = await self._chosen(interaction, job, index, "upscale")
+        settings = self.services.config.images
+        request = upscale_request(
+            params,
+            image,
+            self.services.engine.limits,
+            user=origin_of(interaction).fairness_key,
+            origin=f"job {record.id}, image {index + 1}",
+        )
+        await self._derived(
+            interaction,
+            request,
+            kind=JobKind.UPSCALE,
+            source=record,
+            index=index,
+            charge=settings.upscale_cost,
+        )
+
+    async def vary(
+        self, interaction: discord.Interaction[Any], job: JobRef, index: int, *, strong: bool
+    ) -> None:
+        """New images from image `index` of `job` (up to four, as a grid), charged to the
+        presser: subtle or strong, at the configured strengths."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        record, params, image = await self._chosen(interaction, job, index, "vary")
+        settings = self.services.config.images
+        limits = self.services.engine.limits
+        request = variation_request(
+            params,
+            image,
+            limits,
+            strength=settings.strong_variation if strong else settings.subtle_variation,
+            count=min(GRID_IMAGES, limits.max_count),
+            user=origin_of(interaction).fairness_key,
+            origin=f"job {record.id}, image {index + 1}",
+        )
+        await self._derived(
+            interaction,
+            request,
+            kind=JobKind.VARIATION,
+            source=record,
+            index=index,
+            charge=request.count,
+        )
+
+    async def _chosen(
+        self, interaction: discord.Interaction[Any], job: JobRef, index: int, verb: str
+    ) -> tuple[JobRecord, Parameters, Image]:
+        """The job, parameters and full-size picture of image `index` a button names; only
+        its requester or a moderator, on the job's own message, while the image is kept."""
+        record = await self.services.ledger.get_job(job.id)
+        if not job.names(record) or record.guild_id != (interaction.guild_id or 0):
+            raise UnknownJob()
+        if not _on_its_message(interaction, record.message_id):
+            raise NotAllowed(f"This button does not belong to job #{job.id}.")
+        if not self._may_manage(interaction, record):
+            raise NotAllowed(
+                f"Only the person who asked for these images, or a moderator, can {verb} them."
+            )
+        png = await asyncio.to_thread(self.services.images.load_output, job, index)
+        params = read_parameters(png) if png is not None else None
+        if png is None or params is None:
+            raise NotAllowed(self._gone(f"Image {index + 1} of job #{job.id}"))
+        return record, params, await asyncio.to_thread(_decoded, png)
+
+    def _gone(self, what: str) -> str:
+        days = self.services.config.images.keep_days
+        return f"{what} is no longer kept (the bot keeps images for {days} days)."
 
     async def delete(self, interaction: discord.Interaction[Any], job: JobRef) -> None:
         """Delete the result message the button is on: its requester or a moderator only."""
@@ -293,7 +428,11 @@ class JobService:
         done = await persist(
             "its delivery", record.id, lambda: ledger.mark_done(record.id, message_id=message.id)
         )
-        posted = sum(result_job(a.filename) == JobRef.of(record) for a in message.attachments)
+        posted = sum(
+            result_images(a.filename)
+            for a in message.attachments
+            if result_job(a.filename) == JobRef.of(record)
+        )
         if done and posted < record.image_count:  # moderation had withheld some of them
             await ledger.refund_images(record.id, record.image_count - posted)
         if done:
@@ -306,8 +445,21 @@ class JobService:
         return True
 
     async def _resume(self, record: JobRecord, target: Target) -> None:
+        picture = None
+        if record.strength is not None:  # image-to-image: the picture it started from
+            try:
+                picture = await asyncio.to_thread(
+                    self.services.images.load_input, JobRef.of(record)
+                )
+            except OSError as exc:
+                log.warning("job %d: cannot read its picture: %s", record.id, exc)
+            if picture is None:
+                reason = "could not resume after a restart: the picture it started from is gone"
+                await give_up(self.services.ledger, record.id, reason)
+                return
         try:
-            engine_job = self.services.engine.submit(resumed_request(record), job_id=str(record.id))
+            request = resumed_request(record, picture)
+            engine_job = self.services.engine.submit(request, job_id=str(record.id))
         except EngineError as exc:
             log.warning("job %d: cannot resume after a restart: %s", record.id, exc)
             reason = f"could not resume after a restart: {exc}"

@@ -24,6 +24,7 @@ from .jobs import (
     ACTIVE_STATUSES,
     COUNTED_STATUSES,
     TERMINAL_STATUSES,
+    JobKind,
     JobRecord,
     JobRequest,
     JobStatus,
@@ -41,7 +42,7 @@ from .quota import (
 )
 from .recovery import RecoveryPlan, TokenCheck, classify, give_up, plan_recovery
 from .store import Ledger, RetryPolicy, open_ledger, utcnow
-from .usage import DayUsage, RefusalCount, UsageSummary, UserDayUsage, UserUsage
+from .usage import DayUsage, KindUsage, RefusalCount, UsageSummary, UserDayUsage, UserUsage
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -55,9 +56,11 @@ __all__ = [
     "DatabaseState",
     "DatabaseUnavailable",
     "DayUsage",
+    "JobKind",
     "JobRecord",
     "JobRequest",
     "JobStatus",
+    "KindUsage",
     "LeaseHeld",
     "LeaseHolder",
     "LeaseKeeper",

@@ -15,6 +15,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "COUNTED_STATUSES",
     "TERMINAL_STATUSES",
+    "JobKind",
     "JobRecord",
     "JobRequest",
     "JobStatus",
@@ -29,6 +30,14 @@ JOB_KEY_HEX = 12
 def new_job_key() -> str:
     """A fresh random key for a new job (see `JobRecord.key`)."""
     return secrets.token_hex(JOB_KEY_HEX // 2)
+
+
+class JobKind(StrEnum):
+    """What a job makes: images from a prompt (and maybe a picture), or from an earlier image."""
+
+    IMAGINE = "imagine"
+    UPSCALE = "upscale"  # one image at twice the size; costs `upscale_cost` images
+    VARIATION = "variation"  # new images from one earlier image
 
 
 #: Seeds are stored in a signed 64-bit column.
@@ -94,8 +103,12 @@ class JobRequest:
     height: int
     negative_prompt: str = ""
     scheduler: str = "default"
-    image_count: int = 1
+    image_count: int = 1  # images charged against the allowance
     reroll_of: int | None = None
+    kind: JobKind = JobKind.IMAGINE
+    source_job_id: int | None = None
+    source_index: int | None = None
+    strength: float | None = None  # image-to-image (None: from the prompt alone)
 
     def problems(self) -> list[str]:
         """Why the ledger cannot store this request, empty when it can."""
@@ -139,6 +152,10 @@ class JobRecord:
     finished_at: datetime | None
     delivery_started_at: datetime | None  # set before posting: a post may exist
     delivered_at: datetime | None
+    kind: JobKind
+    source_job_id: int | None
+    source_index: int | None
+    strength: float | None
 
     @property
     def delivered(self) -> bool:

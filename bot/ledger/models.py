@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from .jobs import JobStatus
+from .jobs import JobKind, JobStatus
 from .quota import QuotaKind
 
 __all__ = [
@@ -114,6 +114,14 @@ class Job(Base):
     reroll_of: Mapped[int | None] = mapped_column(
         Integer, ForeignKey("jobs.id", ondelete="SET NULL")
     )
+    # Jobs made from an image: an upscale or variation of `source_index` of `source_job_id`,
+    # or an /imagine from an attachment (no source job); `strength` is image-to-image's.
+    kind: Mapped[str] = mapped_column(String(16), server_default="imagine")
+    source_job_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("jobs.id", ondelete="SET NULL")
+    )
+    source_index: Mapped[int | None] = mapped_column(Integer)
+    strength: Mapped[float | None] = mapped_column(Float)
 
     queued_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
@@ -127,6 +135,7 @@ class Job(Base):
             "(status = 'refused') = (refusal_reason IS NOT NULL)", name="refusal_reason"
         ),
         CheckConstraint("image_count >= 0", name="image_count"),
+        CheckConstraint(_in_list("kind", JobKind), name="kind"),
         # The quota window and a user's job list: WHERE guild_id, user_id AND queued_at > ...
         Index("ix_jobs_guild_user_queued", "guild_id", "user_id", "queued_at"),
         # /usage over a period: WHERE guild_id AND queued_at BETWEEN ...
@@ -134,6 +143,7 @@ class Job(Base):
         # active_jobs() and restart recovery: WHERE status IN ('queued', 'running')
         Index("ix_jobs_status_queued", "status", "queued_at"),
         Index("ix_jobs_reroll_of", "reroll_of"),
+        Index("ix_jobs_source_job_id", "source_job_id"),
     )
 
 

@@ -34,6 +34,7 @@ from .errors import DatabaseGone, DatabaseUnavailable, LedgerBusyError
 from .jobs import (
     ACTIVE_STATUSES,
     COUNTED_STATUSES,
+    JobKind,
     JobRecord,
     JobRequest,
     JobStatus,
@@ -123,6 +124,7 @@ def _record(job: Job) -> JobRecord:
     """The frozen view of a row (every `JobRecord` field is a column of the same name)."""
     values = {name: getattr(job, name) for name in _RECORD_FIELDS}
     values |= {"status": _status(job.status), "refusal_reason": _reason(job.refusal_reason)}
+    values["kind"] = JobKind(job.kind)
     return JobRecord(**values)
 
 
@@ -339,6 +341,7 @@ class Ledger:
             **values
             | {
                 "key": new_job_key(),
+                "kind": str(request.kind),
                 "interaction_token": None if refused else request.interaction_token,
                 "status": str(JobStatus.REFUSED if refused else JobStatus.QUEUED),
                 "refusal_reason": None if reason is None else str(reason),

@@ -16,11 +16,12 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from .jobs import COUNTED_STATUSES, JobStatus, RefusalReason
+from .jobs import COUNTED_STATUSES, JobKind, JobStatus, RefusalReason
 from .models import Job
 
 __all__ = [
     "DayUsage",
+    "KindUsage",
     "RefusalCount",
     "UsageSummary",
     "UserDayUsage",
@@ -56,6 +57,15 @@ class UserDayUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class KindUsage:
+    """Counted images and jobs of one kind (an upscale's images are its cost)."""
+
+    kind: JobKind | str
+    images: int
+    jobs: int
+
+
+@dataclass(frozen=True, slots=True)
 class RefusalCount:
     reason: RefusalReason | str
     count: int
@@ -72,6 +82,7 @@ class UsageSummary:
     users: tuple[UserUsage, ...]  # most images first
     user_days: tuple[UserDayUsage, ...]  # by day, then most images first
     refusals: tuple[RefusalCount, ...]  # most frequent first
+    kinds: tuple[KindUsage, ...] = ()  # imagine, upscale, variation: most images first
 
     @property
     def total_images(self) -> int:
@@ -173,4 +184,19 @@ async def summarize(
     )
     refusals = tuple(RefusalCount(_reason(r), n) for r, n in refusal_rows)
 
-    return UsageSummary(guild_id, since, until, days, users, user_days, refusals)
+    kind_rows = await session.execute(
+        select(Job.kind, images, jobs)
+        .where(*in_period, counted)
+        .group_by(Job.kind)
+        .order_by(images.desc(), Job.kind)
+    )
+    kinds = tuple(KindUsage(_kind(k), n, j) for k, n, j in kind_rows)
+
+    return UsageSummary(guild_id, since, until, days, users, user_days, refusals, kinds)
+
+
+def _kind(value: str) -> JobKind | str:
+    try:
+        return JobKind(value)
+    except ValueError:
+        return value

@@ -103,7 +103,10 @@ async def test_imagine_delivers_pngs_whose_seeds_match_the_embed(world: World) -
     assert result.pinged_user_ids == {world.alice.id} and not result.pings_everyone
     assert result.allowed_mentions is not None
     assert [int(u) for u in result.allowed_mentions["users"]] == [world.alice.id]
-    assert result.custom_ids == [f"imagine:reroll:{job_id}:{key}", f"imagine:delete:{job_id}:{key}"]
+    ids = [
+        f"imagine:{code}:{job_id}:{key}" for code in ("u0", "u1", "vx0", "vx1", "reroll", "delete")
+    ]
+    assert result.custom_ids == ids  # U1 U2 / V1 V2 / Reroll Delete
     (embed,) = result.embeds
     fields = {f["name"]: f["value"] for f in embed["fields"]}
     assert embed["title"] == "a lighthouse at dusk"

@@ -8,6 +8,8 @@ import pytest
 
 from bot.ledger import (
     DayUsage,
+    JobKind,
+    KindUsage,
     Ledger,
     QuotaPolicy,
     RefusalCount,
@@ -100,3 +102,22 @@ def test_period_start() -> None:
     assert period_start(now, 7) == datetime(2025, 2, 23, tzinfo=UTC)
     with pytest.raises(ValueError):
         period_start(now, 0)
+
+
+async def test_usage_counts_images_by_kind(make_ledger: LedgerFactory, clock: FakeClock) -> None:
+    """An upscale counts its cost, a variation its images; refused jobs count nowhere."""
+    ledger = make_ledger(QuotaPolicy(daily_images=100, max_queued_per_user=100))
+    clock.now = at(27, 12)
+    await _done(ledger, A, 4)
+    await _done(ledger, A, 2, kind=JobKind.UPSCALE, source_job_id=1, source_index=0)
+    await _done(ledger, B, 2, kind=JobKind.UPSCALE, source_job_id=1, source_index=3)
+    await _done(ledger, B, 4, kind=JobKind.VARIATION, source_job_id=1, source_index=1)
+    await ledger.record_refusal(req(user_id=C, kind=JobKind.UPSCALE), RefusalReason.QUOTA)
+    clock.now = at(27, 13)
+    s = await ledger.usage_summary(GUILD, days=1)
+    assert s.kinds == (
+        KindUsage(JobKind.IMAGINE, 4, 1),
+        KindUsage(JobKind.UPSCALE, 4, 2),
+        KindUsage(JobKind.VARIATION, 4, 1),
+    )
+    assert s.total_images == 12

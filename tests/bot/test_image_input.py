@@ -1,0 +1,135 @@
+"""`/imagine image:<attachment>` end to end: the real bot, the Discord-compatible server
+serving the attachment from its CDN-like route, the database and the image store read back.
+
+Every bad attachment gets one clear private message and costs nothing; a URL off Discord's
+servers is never fetched (a decoy HTTP server counts the requests it gets).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from PIL import Image
+
+from bot.jobref import JobRef
+from bot.ledger import JobStatus, RefusalReason
+from engine import read_parameters
+from testkit.discord_server import AttachmentOption
+from testkit.jobs import job_id_of, job_of, read_ledger, wait_result
+from testkit.world import NewWorld, World
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("clean_world")]
+
+LIMIT_MB = 0.05  # [images] max_picture_mb: 52 428 bytes
+
+
+def png(size: tuple[int, int], colour: str = "teal", mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def noisy_png(size: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.effect_noise(size, 80).convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def gif() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, format="GIF")
+    return buf.getvalue()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(new_world: NewWorld) -> AsyncIterator[World]:
+    async with new_world(guild="Picture Club", users=("alice", "bob", "carol")) as world:
+        world.configure(images={"max_picture_mb": LIMIT_MB})
+        async with world.running_bot():
+            yield world
+
+
+async def test_imagine_from_an_attachment_keeps_its_aspect_and_stores_the_picture(
+    world: World,
+) -> None:
+    picture = AttachmentOption("beach.png", noisy_png((120, 60)), "image/png")
+    interaction = await world.server.invoke(
+        "imagine",
+        user=world.alice,
+        options={"prompt": "a beach at dawn", "image": picture, "strength": 0.5, "steps": 4},
+    )
+    result = await wait_result(interaction)
+    job_id = job_id_of(result)
+    params = read_parameters(result.attachments[0].data)
+    assert params is not None and params.denoising_strength == 0.5
+    assert params.width > params.height and params.width % 8 == 0  # 2:1 kept (not square)
+    assert world.server.requests_to("GET", r"^/attachments/")  # fetched from the "CDN"
+    async with read_ledger(world.tmp) as ledger:
+        job = await job_of(ledger, job_id)
+        assert job.status is JobStatus.DONE and job.strength == 0.5
+    stored = world.tmp / "imagine-bot-images" / "inputs" / f"{job_id}-{JobRef.of(job).key}.png"
+    with Image.open(stored) as kept:
+        assert kept.size == (params.width, params.height)  # what the pipeline started from
+
+
+@pytest.mark.parametrize(
+    ("attachment", "expected"),
+    [
+        (AttachmentOption("notes.txt", b"just text", "text/plain"), "not a picture"),
+        (AttachmentOption("anim.gif", gif(), "image/gif"), "GIF pictures are not supported"),
+        (AttachmentOption("big.png", noisy_png((200, 200)), "image/png"), "the limit is 0.05 MB"),
+        (AttachmentOption("cut.png", noisy_png((64, 64))[:900], "image/png"), "damaged or cut"),
+        (AttachmentOption("bomb.png", png((20000, 20000), "black", "1")), "pixels"),
+    ],
+    ids=["text", "gif", "too-big", "truncated", "pixel-bomb"],
+)
+async def test_a_bad_attachment_gets_a_clear_message_and_costs_nothing(
+    world: World, attachment: AttachmentOption, expected: str
+) -> None:
+    async with read_ledger(world.tmp) as ledger:
+        before = await ledger.user_status(world.guild.id, world.bob.id)
+    interaction = await world.server.invoke(
+        "imagine", user=world.bob, options={"prompt": "from a file", "image": attachment}
+    )
+    message = await interaction.wait_for_original()
+    assert interaction.ephemeral and expected in message.content, message.content
+    assert not message.custom_ids and "Traceback" not in message.content
+    async with read_ledger(world.tmp) as ledger:
+        after = await ledger.user_status(world.guild.id, world.bob.id)
+        assert (after.used, after.queued) == (before.used, before.queued)
+        refusals = await ledger.jobs_for_user(world.guild.id, world.bob.id)
+        assert refusals[0].refusal_reason == RefusalReason.INVALID
+
+
+async def test_an_attachment_url_off_discord_is_never_fetched(world: World) -> None:
+    hits: list[str] = []
+
+    async def decoy(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(body=png((64, 64)), content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/{name}", decoy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        payload = world.server.build_command_interaction(
+            "imagine",
+            user=world.carol,
+            options={"prompt": "a forged file", "image": AttachmentOption("x.png", png((8, 8)))},
+        )
+        (attachment,) = payload["data"]["resolved"]["attachments"].values()
+        attachment["url"] = attachment["proxy_url"] = f"http://127.0.0.1:{port}/x.png"
+        interaction = await world.server.dispatch_interaction(payload)
+        message = await interaction.wait_for_original()
+        assert interaction.ephemeral and "not on Discord's servers" in message.content
+        assert hits == []
+    finally:
+        await runner.cleanup()

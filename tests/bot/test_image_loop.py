@@ -1,0 +1,139 @@
+"""The image loop end to end: a 2×2 grid, U and V buttons, Upscale and Vary on one image,
+a restart between the grid and a press, a Cancel during an upscale, and what each costs.
+
+The real bot against the Discord-compatible server, the database read back after each step.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from bot.ledger import JobKind, JobStatus
+from engine import read_parameters
+from testkit.discord_server import Interaction, Message
+from testkit.jobs import button_id, job_id_of, job_of, read_ledger, wait_result
+from testkit.world import NewWorld, World
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("clean_world")]
+
+UPSCALE_COST = 3  # [images] upscale_cost, not the default, so the test sees it is used
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(new_world: NewWorld) -> AsyncIterator[World]:
+    async with new_world(guild="Loop Club", users=("alice", "bob", "carol")) as world:
+        world.configure(
+            quota={"daily_images": 40, "max_queued_per_user": 3},
+            images={"upscale_cost": UPSCALE_COST},
+        )
+        async with world.running_bot():
+            yield world
+
+
+def size_of(png: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(png)) as image:
+        return image.size
+
+
+async def press(world: World, message: Message, action: str, user: object) -> Interaction:
+    return await world.server.click(message, button_id(message, action), user=user)
+
+
+async def used(world: World, user_id: int) -> int:
+    async with read_ledger(world.tmp) as ledger:
+        return (await ledger.user_status(world.guild.id, user_id)).used
+
+
+async def test_a_grid_then_upscale_and_variations(world: World) -> None:
+    alice = world.alice
+    interaction = await world.server.invoke(
+        "imagine", user=alice, options={"prompt": "four owls", "count": 4, "seed": 20, "steps": 3}
+    )
+    grid = await wait_result(interaction)
+    grid_id = job_id_of(grid)
+    (attachment,) = grid.attachments  # one 2x2 grid, not four files
+    assert attachment.filename.endswith("-grid.png") and size_of(attachment.data) == (128, 128)
+    labels = [c["label"] for row in grid.components for c in row["components"]]
+    assert labels == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4", "Reroll", "Delete"]
+    assert await used(world, alice.id) == 4
+
+    # Someone else may not upscale it.
+    refused = await press(world, grid, "u1", world.bob)
+    note = await refused.wait_for_original(lambda m: m is not grid)
+    assert refused.ephemeral and "Only the person who asked" in note.content
+
+    upscale = await press(world, grid, "u1", alice)  # U2
+    big = await wait_result(upscale)
+    (image,) = big.attachments
+    assert size_of(image.data) == (128, 128)  # the 64x64 image at twice its size
+    params = read_parameters(image.data)
+    assert params is not None and params.seed == 21 and params.prompt == "four owls"
+    assert params.denoising_strength == 0.35
+    assert ("Source", f"job {grid_id}, image 2") in params.extra
+    big_labels = [c["label"] for row in big.components for c in row["components"]]
+    assert big_labels == ["Vary (subtle)", "Vary (strong)", "Delete"]
+    assert await used(world, alice.id) == 4 + UPSCALE_COST
+
+    vary = await press(world, grid, "vx0", alice)  # V1
+    variations = await wait_result(vary)
+    (varied,) = variations.attachments
+    assert varied.filename.endswith("-grid.png")
+    first = read_parameters(varied.data)
+    assert first is not None and first.denoising_strength == 0.7 and first.seed != 20
+    async with read_ledger(world.tmp) as ledger:
+        up = await job_of(ledger, job_id_of(big))
+        assert (up.kind, up.source_job_id, up.source_index) == (JobKind.UPSCALE, grid_id, 1)
+        assert up.image_count == UPSCALE_COST and up.status is JobStatus.DONE
+        var = await job_of(ledger, job_id_of(variations))
+        assert (var.kind, var.source_index, var.image_count) == (JobKind.VARIATION, 0, 4)
+    assert await used(world, alice.id) == 4 + UPSCALE_COST + 4
+
+
+async def test_one_image_offers_upscale_and_both_variations(world: World) -> None:
+    interaction = await world.server.invoke(
+        "imagine", user=world.bob, options={"prompt": "one heron", "steps": 3}
+    )
+    single = await wait_result(interaction)
+    labels = [c["label"] for row in single.components for c in row["components"]]
+    assert labels == ["Upscale", "Vary (subtle)", "Vary (strong)", "Reroll", "Delete"]
+    subtle = await wait_result(await press(world, single, "vs0", world.bob))
+    params = read_parameters(subtle.attachments[0].data)
+    assert params is not None and params.denoising_strength == 0.35
+
+
+async def test_a_cancelled_upscale_gives_its_cost_back(world: World) -> None:
+    carol = world.carol
+    interaction = await world.server.invoke(
+        "imagine", user=carol, options={"prompt": "a slow fox", "steps": 50}
+    )
+    single = await wait_result(interaction)
+    before = await used(world, carol.id)
+    upscale = await press(world, single, "u0", carol)
+    progress = await upscale.wait_for_message(lambda m: bool(m.custom_ids))
+    await upscale.wait_for_message(lambda m: m is progress and "being made" in m.content)
+    job_id = job_id_of(progress)
+    cancel = await world.server.click(progress, button_id(progress, "cancel"), user=carol)
+    await cancel.wait_for_response()
+    await world.bot.wait_for_line(rf"job {job_id}: cancelled", within=60)
+    async with read_ledger(world.tmp) as ledger:
+        job = await job_of(ledger, job_id)
+        assert job.kind is JobKind.UPSCALE and job.status is JobStatus.CANCELLED
+    assert await used(world, carol.id) == before  # the upscale's cost came back
+
+
+async def test_buttons_of_a_grid_work_after_a_restart(world: World) -> None:
+    interaction = await world.server.invoke(
+        "imagine", user=world.alice, options={"prompt": "four wrens", "count": 4, "steps": 2}
+    )
+    grid = await wait_result(interaction)
+    await world.bot.stop()
+    await world.start_bot()
+    big = await wait_result(await press(world, grid, "u3", world.alice))  # U4
+    params = read_parameters(big.attachments[0].data)
+    assert params is not None and size_of(big.attachments[0].data) == (128, 128)
+    assert ("Source", f"job {job_id_of(grid)}, image 4") in params.extra
