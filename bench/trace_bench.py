@@ -86,8 +86,10 @@ def make_trace(args: argparse.Namespace) -> list[Arrival]:
             )
         elif draw < args.upscale_share + args.image_share:
             arrival = dataclasses.replace(arrival, kind="image")
-        if arrival.kind != "text":
-            arrival = dataclasses.replace(arrival, strength=STRENGTHS[arrival.kind])
+        if arrival.kind != "text":  # at least one step to run, as engine/derived.py does
+            strength = STRENGTHS[arrival.kind]
+            steps = max(arrival.steps, math.ceil(1 / strength - 1e-9))
+            arrival = dataclasses.replace(arrival, strength=strength, steps=steps)
         trace.append(arrival)
     return trace
 
