@@ -1,6 +1,9 @@
 """GPU figures: full-size SD 1.5 (512x512) and SDXL (1024x1024) architectures, random weights,
-fp16, SDPA, 25 steps: images/s, seconds per image and peak GPU memory at each batch size,
-plain and with channels-last and `torch.compile` on the UNet.
+fp16, SDPA, 25 steps: images/s, it/s, seconds per image and peak GPU memory at each batch
+size: the raw pipeline plain, with channels-last and with `torch.compile` on the UNet, and
+through the engine (`engine`: as the bot runs it; `engine_compiled`: `[engine] compile =
+"max-autotune"` with its batch-size buckets, warmed up at start-up). JSON is written after
+every row, so a run cut off by a timeout still keeps what it measured.
 
 Needs CUDA (run it on a GPU machine; tests never do). `--smoke` runs scaled-down models on the
 CPU for a few seconds, only to check the script itself.
@@ -11,8 +14,12 @@ CPU for a few seconds, only to check the script itself.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,39 +53,120 @@ def measure(pipe: Any, batch: int, size: int, steps: int, repeats: int) -> dict[
     if cuda:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / repeats
+    return figures(batch, steps, seconds, cuda)
+
+
+def figures(batch: int, steps: int, seconds: float, cuda: bool) -> dict[str, float]:
     return {
         "images_per_s": batch / seconds,
+        "it_per_s": steps / seconds,
         "s_per_image": seconds / batch,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
     }
 
 
+async def measure_engine(
+    folder: Path, batch: int, size: int, steps: int, repeats: int, *, smoke: bool, compiled: bool
+) -> dict[str, float]:
+    """The same work through `Engine.generate`, as the bot asks for it."""
+    from engine import Engine, EngineConfig, ImageRequest
+
+    config = EngineConfig(
+        model=str(folder),
+        device="cpu" if smoke else "cuda",
+        dtype="float32" if smoke else "float16",
+        safety_checker=False,
+        max_batch_size=batch,
+        max_count=batch,
+        max_width=size,
+        max_height=size,
+        batch_wait_ms=0,
+        compile=("default" if smoke else "max-autotune") if compiled else "off",
+        compile_backend="eager" if smoke else "inductor",
+        compile_buckets=(2 * batch,),
+    )
+    request = ImageRequest(
+        "a robot painting with water colours",
+        seed=1,
+        steps=steps,
+        guidance=7.0,
+        width=size,
+        height=size,
+        count=batch,
+    )
+    async with Engine(config) as engine:
+        await engine.generate(request)  # warm-up
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            await engine.generate(request)
+        seconds = (time.perf_counter() - start) / repeats
+    return figures(batch, steps, seconds, cuda)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = "cpu" if args.smoke else "cuda"
     dtype = torch.float32 if args.smoke else torch.float16
-    rows = []
+    rows: list[dict[str, Any]] = []
+    result = {"benchmark": "gpu", "machine": machine(), "settings": vars(args), "rows": rows}
+    name_out = "gpu_bench_smoke" if args.smoke else "gpu_bench"
     for name in args.models:
         size = 64 if args.smoke else SIZES[name]
         pipe = build(name, device=device, dtype=dtype, scale=0.1 if args.smoke else 1.0)
-        for variant in args.variants:
+        folder = None
+        if any(v.startswith("engine") for v in args.variants):
+            folder = Path(tempfile.mkdtemp(prefix=f"gpu-bench-{name}-"))
+            pipe.save_pretrained(folder)
+        for variant in sorted(args.variants, key=lambda v: v.startswith("engine")):
+            if variant.startswith("engine"):
+                assert folder is not None
+                for batch in args.batches:
+                    try:
+                        got = asyncio.run(
+                            measure_engine(
+                                folder,
+                                batch,
+                                size,
+                                args.steps,
+                                args.repeats,
+                                smoke=args.smoke,
+                                compiled=variant == "engine_compiled",
+                            )
+                        )
+                    except torch.cuda.OutOfMemoryError:
+                        got = {"images_per_s": 0.0, "it_per_s": 0.0, "s_per_image": 0.0}
+                        got["peak_gib"] = -1.0
+                        torch.cuda.empty_cache()
+                    rows.append({"model": name, "size": size, "variant": variant, "batch": batch})
+                    rows[-1] |= got
+                    print(rows[-1], flush=True)
+                    save(name_out, result)
+                continue
             if variant == "channels_last":
                 pipe.unet.to(memory_format=torch.channels_last)
             if variant == "compile":
                 pipe.unet = torch.compile(pipe.unet)
             for batch in args.batches:
                 try:
-                    figures = measure(pipe, batch, size, args.steps, args.repeats)
+                    got = measure(pipe, batch, size, args.steps, args.repeats)
                 except torch.cuda.OutOfMemoryError:
-                    figures = {"images_per_s": 0.0, "s_per_image": 0.0, "peak_gib": -1.0}
+                    got = {"images_per_s": 0.0, "it_per_s": 0.0, "s_per_image": 0.0}
+                    got["peak_gib"] = -1.0
                     torch.cuda.empty_cache()
                 rows.append(
-                    {"model": name, "size": size, "variant": variant, "batch": batch, **figures}
+                    {"model": name, "size": size, "variant": variant, "batch": batch, **got}
                 )
                 print(rows[-1], flush=True)
+                save(name_out, result)
         del pipe
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    return {"benchmark": "gpu", "machine": machine(), "settings": vars(args), "rows": rows}
+    return result
 
 
 def table(result: dict[str, Any]) -> str:
@@ -94,6 +182,7 @@ def table(result: dict[str, Any]) -> str:
             r["variant"],
             r["batch"],
             r["images_per_s"],
+            r.get("it_per_s", 0.0),
             r["s_per_image"],
             "OOM" if r["peak_gib"] < 0 else f"{r['peak_gib']:.1f}",
         ]
@@ -103,7 +192,8 @@ def table(result: dict[str, Any]) -> str:
         head
         + "\n\n"
         + markdown_table(
-            ["model", "size", "variant", "batch", "images/s", "s/image", "peak GiB"], rows
+            ["model", "size", "variant", "batch", "images/s", "it/s", "s/image", "peak GiB"],
+            rows,
         )
     )
 
@@ -115,8 +205,8 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=["plain", "channels_last", "compile"],
-        choices=["plain", "channels_last", "compile"],
+        default=["plain", "channels_last", "compile", "engine", "engine_compiled"],
+        choices=["plain", "channels_last", "compile", "engine", "engine_compiled"],
     )
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=2)

@@ -28,10 +28,12 @@ from engine import (
     EngineError,
     ImageRequest,
     InvalidRequest,
+    ModelProfile,
     read_parameters,
     upscale_request,
 )
 from engine.picture import decode_picture
+from engine.request import validate
 
 from .config import BotConfig, ConfigError, load_config
 
@@ -170,7 +172,22 @@ async def _upscale(args: argparse.Namespace) -> int:
     return await _make(config, request, out)
 
 
+def _precheck(config: BotConfig, request: ImageRequest, out: str) -> None:
+    """Refuse bad options before a model is loaded (a real model may first download GBs):
+    validation against the limits with a stand-in model profile, whose defaults are only
+    used to resolve what the user left out, and the output path."""
+    limits = config.engine.limits
+    native = max(limits.min_size, min(512, limits.max_width, limits.max_height) // 8 * 8)
+    stand_in = ModelProfile(
+        name="", family="sd", native_size=native, default_steps=1, default_guidance=0.0, sampler=""
+    )
+    validate(request, limits, stand_in, lambda text: 0)
+    if Path(out).is_dir():
+        raise ConfigError([f"--out {out} is a folder; name a .png file"], "options")
+
+
 async def _make(config: BotConfig, request: ImageRequest, out: str) -> int:
+    _precheck(config, request, out)
     async with Engine(config.engine) as engine:
         job = engine.submit(request)
         for warning in job.warnings:

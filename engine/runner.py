@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .acceleration import accelerate, warm_up
 from .config import EngineConfig
 from .job import Slot
 from .loader import LoadedModel, image_to_image, load_model
@@ -45,6 +46,8 @@ class Runner:
     def load(self) -> ModelProfile:
         torch.set_grad_enabled(False)
         self._model = load_model(self.config)
+        log.info("%s", accelerate(self._model, self.config))
+        warm_up(self._model)
         params = inspect.signature(self._model.pipe.__call__).parameters
         self._step_callback_ok = "callback_on_step_end" in params
         tokenizer = getattr(self._model.pipe, "tokenizer", None)

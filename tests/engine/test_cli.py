@@ -145,6 +145,7 @@ def test_image_to_image_and_upscale_from_the_command_line(
         (["generate", "x", "--strength", "0.5"], "only when starting from an image"),
         (["generate", "x", "--ar", "16x9"], "must look like 16:9"),
         (["upscale", "notes.png"], "no generation parameters"),
+        (["generate", "x", "--out", "."], "is a folder"),
     ],
 )
 def test_bad_pictures_and_options_get_one_line(
