@@ -89,6 +89,7 @@ class JobRun:
         resumed: bool = False,
         warnings: tuple[str, ...] = (),
         progress_interval: float = PROGRESS_INTERVAL,
+        shown: str = "",
     ) -> None:
         self.services = services
         self.record = record
@@ -100,6 +101,10 @@ class JobRun:
         self.progress_interval = progress_interval
         self.delivering = False  # the result is being posted: a shutdown lets it finish
         self._said_no_progress = False
+        # What the progress message says now: the text it was posted with. Not the job's
+        # state when the run starts, which may be ahead of it: then the next edit would be
+        # skipped as "unchanged", and a job parked on its first step would never show it.
+        self._shown = shown
 
     @property
     def id(self) -> int:
@@ -111,7 +116,8 @@ class JobRun:
         try:
             if self.resumed:
                 text = render.progress_text(self.id, self.engine_job.progress, resumed=True)
-                await self.show(text, must=True)
+                if await self.show(text, must=True):
+                    self._shown = text
             try:
                 result = await self._follow()
             except EngineShuttingDown:
@@ -148,7 +154,6 @@ class JobRun:
         job = self.engine_job
         result = asyncio.ensure_future(job.result())
         marked_running = False
-        shown = render.progress_text(self.id, job.progress, resumed=self.resumed)
         try:
             while True:
                 done, _ = await asyncio.wait({result}, timeout=self.progress_interval)
@@ -170,8 +175,8 @@ class JobRun:
                 if progress.state is JobState.RUNNING:
                     job.request_preview()  # shown by the next edit
                 text = render.progress_text(self.id, progress, resumed=self.resumed)
-                if text != shown and await self.show(text, preview=progress.preview):
-                    shown = text
+                if text != self._shown and await self.show(text, preview=progress.preview):
+                    self._shown = text
         finally:
             if not result.done():
                 result.cancel()  # only our wait: the engine job itself is untouched

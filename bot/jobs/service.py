@@ -169,7 +169,7 @@ class JobService:
         # From here the job runs whatever happens to its first message.
         self._submitted[record.id] = (record, engine_job)
         try:
-            target = await self._progress_message(interaction, record, engine_job)
+            target, shown = await self._progress_message(interaction, record, engine_job)
         finally:
             self._submitted.pop(record.id, None)
         run = JobRun(
@@ -180,30 +180,33 @@ class JobService:
             nsfw=is_nsfw(interaction.channel),
             warnings=admitted.warnings,
             progress_interval=self.progress_interval,
+            shown=shown,
         )
         self._start(run)
 
     async def _progress_message(
         self, interaction: discord.Interaction[Any], record: JobRecord, engine_job: Job
-    ) -> Target:
-        """Post the private progress message; where the job's messages go from now on."""
+    ) -> tuple[Target, str]:
+        """Post the private progress message; where the job's messages go from now on, and
+        the text it shows."""
         services = self.services
+        text = render.progress_text(record.id, engine_job.progress)
         try:
             first = await interaction.followup.send(
-                render.progress_text(record.id, engine_job.progress),
+                text,
                 view=progress_view(JobRef.of(record)),
                 ephemeral=True,
                 wait=True,
             )
         except discord.HTTPException as exc:
             log.warning("job %d: no progress message (%s); posting to the channel", record.id, exc)
-            return channel_target(services, record)
+            return channel_target(services, record), ""
         services.clock.observe(first.created_at)
         try:
             await services.ledger.set_message(record.id, first.id)
         except LedgerError as exc:  # only a restart would miss it: it edits no progress
             log.warning("job %d: could not store the progress message: %s", record.id, exc)
-        return InteractionTarget.for_job(services, record, message_id=first.id)
+        return InteractionTarget.for_job(services, record, message_id=first.id), text
 
     # -- buttons ----------------------------------------------------------------------------
 
