@@ -27,6 +27,7 @@ PACKAGES = ("bot", "engine", "bench", "tests", "testkit", "migrations")
 # Every other engine module is torch-free: `import engine` and the front end must not load torch.
 TORCH_SIDE = frozenset(
     {
+        "engine.acceleration",
         "engine.loader",
         "engine.preview",
         "engine.runner",
