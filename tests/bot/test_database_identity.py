@@ -9,6 +9,7 @@ must never act for the new job that now has their id.
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator
 
 import pytest
@@ -42,19 +43,18 @@ async def test_a_lost_or_other_database_stops_start_up_and_a_restore_keeps_butto
     marker = DatabaseMarker.beside(world.config).path
     server = world.server
 
+    backup = world.tmp / "backup.db"
     async with world.running_bot():
         _job, progress = await world.imagine(world.alice, "a first picture")
         assert progress.interaction is not None
         await wait_result(progress.interaction)
-    identity = (await inspect_database(url)).identity
-    assert identity is not None and f'database_id = "{identity}"' in marker.read_text()
-    backup = world.tmp / "backup.db"
-    shutil.copy(db, backup)  # the bot is stopped: the file is consistent
-
-    async with world.running_bot():
+        with sqlite3.connect(db) as live, sqlite3.connect(backup) as copy:
+            live.backup(copy)  # SQLite's online backup: consistent while the bot runs
         alices_id, progress = await world.imagine(world.alice, "a second picture")
         assert progress.interaction is not None
         alices = await wait_result(progress.interaction)
+    identity = (await inspect_database(url)).identity
+    assert identity is not None and f'database_id = "{identity}"' in marker.read_text()
 
     # The file is deleted: the next start refuses to make an empty one in its place.
     db.unlink()
