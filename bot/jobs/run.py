@@ -123,8 +123,9 @@ class JobRun:
             except EngineShuttingDown:
                 return  # the engine stops with the bot: the ledger keeps the job for a restart
             except Cancelled:
-                log.info("job %d: cancelled", self.id)
-                self._ended(JobStatus.CANCELLED, await ledger.mark_cancelled(self.id))
+                changed = await ledger.mark_cancelled(self.id)
+                log.info("job %d: cancelled, its images given back", self.id)  # once recorded
+                self._ended(JobStatus.CANCELLED, changed)
                 await self.tell(f"Job #{self.id} was cancelled; its images were given back.")
                 return
             except EngineError as exc:
