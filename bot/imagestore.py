@@ -31,9 +31,17 @@ if TYPE_CHECKING:
 
     from .jobref import JobRef
 
-__all__ = ["ImageStore"]
+__all__ = ["ImageStore", "png_to_rgb"]
 
 DAY = 24 * 3600.0
+
+
+def png_to_rgb(data: bytes) -> Image:
+    """A stored PNG (ours, so trusted) as an RGB image to start image-to-image from."""
+    from PIL import Image as PILImage
+
+    with PILImage.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
 
 
 class ImageStore:
@@ -72,12 +80,7 @@ class ImageStore:
     def load_input(self, job: JobRef) -> Image | None:
         """The picture job `job` starts from, or None when it is gone."""
         data = self._read(self._input(job))
-        if data is None:
-            return None
-        from PIL import Image as PILImage
-
-        with PILImage.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
+        return None if data is None else png_to_rgb(data)
 
     def save_outputs(self, job: JobRef, images: Sequence[GeneratedImage]) -> None:
         """Each image under its own index (its place in the job's seed order)."""

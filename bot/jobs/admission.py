@@ -109,9 +109,9 @@ class Admission:
                 limited = RateLimited.after(wait)
                 await refuse(RefusalReason.RATE_LIMITED, str(limited))
                 raise limited
-        if not s.moderation.channel_allowed(origin.channel_id, origin.parent_channel_id):
-            allowed = " ".join(f"<#{c}>" for c in s.config.moderation.allowed_channel_ids)
-            raise await refuse(RefusalReason.CHANNEL, f"Images can't be made here. Try {allowed}.")
+        elsewhere = self._wrong_channel(origin)
+        if elsewhere is not None:
+            raise await refuse(RefusalReason.CHANNEL, elsewhere)
         word = s.moderation.blocked_word(options.prompt, options.negative)
         if word is not None:
             raise await refuse(
@@ -168,14 +168,22 @@ class Admission:
             await s.ledger.record_refusal(stored(asked), reason, text)
             return Refusal(reason, text)
 
-        if not s.moderation.channel_allowed(origin.channel_id, origin.parent_channel_id):
-            allowed = " ".join(f"<#{c}>" for c in s.config.moderation.allowed_channel_ids)
-            raise await refuse(RefusalReason.CHANNEL, f"Images can't be made here. Try {allowed}.")
+        elsewhere = self._wrong_channel(origin)
+        if elsewhere is not None:
+            raise await refuse(RefusalReason.CHANNEL, elsewhere)
         try:
             request, warnings = s.engine.prepare(asked)
         except InvalidRequest as exc:
             raise await refuse(RefusalReason.INVALID, str(exc)) from exc
         return await self._reserve_and_submit(stored(request), request, warnings)
+
+    def _wrong_channel(self, origin: Origin) -> str | None:
+        """The refusal for a channel where images may not be made, else None."""
+        s = self.services
+        if s.moderation.channel_allowed(origin.channel_id, origin.parent_channel_id):
+            return None
+        allowed = " ".join(f"<#{c}>" for c in s.config.moderation.allowed_channel_ids)
+        return f"Images can't be made here. Try {allowed}."
 
     def _stored(self, origin: Origin, request: ImageRequest, reroll_of: int | None) -> JobRequest:
         engine = self.services.config.engine

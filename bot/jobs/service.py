@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -36,6 +36,7 @@ from ..checks import is_moderator
 from ..discord_limits import TOKEN_USABLE_FOR
 from ..errors import NotAllowed, ShuttingDown, UnknownJob
 from ..grid import GRID_IMAGES
+from ..imagestore import png_to_rgb
 from ..ledger import JobKind, JobRecord, JobStatus, LedgerError, give_up, plan_recovery
 from ..options import ImagineOptions
 from ..services import JobRef, Services
@@ -68,13 +69,6 @@ def origin_of(interaction: discord.Interaction[Any]) -> Origin:
         interaction_id=interaction.id,
         token=interaction.token,
     )
-
-
-def _decoded(png: bytes) -> Image:
-    from PIL import Image as PILImage
-
-    with PILImage.open(io.BytesIO(png)) as image:
-        return image.convert("RGB")
 
 
 def _on_its_message(interaction: discord.Interaction[Any], message_id: int | None) -> bool:
@@ -118,12 +112,7 @@ class JobService:
     ) -> None:
         """Answer `/imagine` (or a Reroll press): refuse privately, or queue and follow.
         A reroll of an image-to-image job starts from the same `picture`."""
-        if not self.accepting:
-            raise ShuttingDown()
-        admitting = asyncio.current_task()
-        if admitting is not None:  # a shutdown waits for it, so no job slips past it
-            self._admitting.add(admitting)
-        try:
+        async with self._admitting_now():
             # Answer within Discord's 3 s first; everything after may take its time.
             if not interaction.response.is_done():  # a Reroll press has answered already
                 await interaction.response.defer(ephemeral=True, thinking=True)
@@ -131,8 +120,6 @@ class JobService:
                 origin_of(interaction), options, reroll_of=reroll_of, picture=picture
             )
             await self._follow(interaction, admitted)
-        finally:
-            self._admitting.discard(admitting)  # type: ignore[arg-type]
 
     async def _derived(
         self,
@@ -145,12 +132,7 @@ class JobService:
         charge: int,
     ) -> None:
         """Queue an upscale or variation (the press was answered already) and follow it."""
-        if not self.accepting:
-            raise ShuttingDown()
-        admitting = asyncio.current_task()
-        if admitting is not None:
-            self._admitting.add(admitting)
-        try:
+        async with self._admitting_now():
             admitted = await self.admission.admit_derived(
                 origin_of(interaction),
                 request,
@@ -160,6 +142,18 @@ class JobService:
                 charge=charge,
             )
             await self._follow(interaction, admitted)
+
+    @contextlib.asynccontextmanager
+    async def _admitting_now(self) -> AsyncIterator[None]:
+        """Admit only while accepting, and let a shutdown wait for this admission, so no
+        job slips past it."""
+        if not self.accepting:
+            raise ShuttingDown()
+        admitting = asyncio.current_task()
+        if admitting is not None:
+            self._admitting.add(admitting)
+        try:
+            yield
         finally:
             self._admitting.discard(admitting)  # type: ignore[arg-type]
 
@@ -215,9 +209,7 @@ class JobService:
         charged to whoever pressed the button)."""
         # The database may be slow under load: answer Discord first.
         await interaction.response.defer(ephemeral=True, thinking=True)
-        record = await self.services.ledger.get_job(job.id)
-        if not job.names(record) or record.guild_id != (interaction.guild_id or 0):
-            raise UnknownJob()
+        record = await self._known(interaction, job)
         if not self._may_manage(interaction, record):
             raise NotAllowed(
                 "Only the person who asked for these images, or a moderator, can reroll them."
@@ -283,9 +275,7 @@ class JobService:
     ) -> tuple[JobRecord, Parameters, Image]:
         """The job, parameters and full-size picture of image `index` a button names; only
         its requester or a moderator, on the job's own message, while the image is kept."""
-        record = await self.services.ledger.get_job(job.id)
-        if not job.names(record) or record.guild_id != (interaction.guild_id or 0):
-            raise UnknownJob()
+        record = await self._known(interaction, job)
         if not _on_its_message(interaction, record.message_id):
             raise NotAllowed(f"This button does not belong to job #{job.id}.")
         if not self._may_manage(interaction, record):
@@ -296,7 +286,14 @@ class JobService:
         params = read_parameters(png) if png is not None else None
         if png is None or params is None:
             raise NotAllowed(self._gone(f"Image {index + 1} of job #{job.id}"))
-        return record, params, await asyncio.to_thread(_decoded, png)
+        return record, params, await asyncio.to_thread(png_to_rgb, png)
+
+    async def _known(self, interaction: discord.Interaction[Any], job: JobRef) -> JobRecord:
+        """The job a button names, in the presser's server; else `UnknownJob`."""
+        record = await self.services.ledger.get_job(job.id)
+        if not job.names(record) or record.guild_id != (interaction.guild_id or 0):
+            raise UnknownJob()
+        return record
 
     def _gone(self, what: str) -> str:
         days = self.services.config.images.keep_days
