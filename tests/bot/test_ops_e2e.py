@@ -17,7 +17,7 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.ledger import JobStatus, RefusalReason
-from testkit.jobs import read_ledger, wait_result
+from testkit.jobs import job_id_of, read_ledger, wait_result
 from testkit.world import NewWorld, World
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("clean_world")]
@@ -57,7 +57,10 @@ async def test_health_and_metrics_after_one_imagine(world: World) -> None:
     interaction = await world.server.invoke(
         "imagine", user=world.alice, channel=world.art, options={"prompt": "a kite", "steps": 2}
     )
-    await wait_result(interaction)
+    result = await wait_result(interaction)
+    # The image metric counts delivered images: it moves once the post is recorded, just
+    # after the message appears.
+    await world.bot.wait_for_line(rf"job {job_id_of(result)}: delivered", within=30)
     async with aiohttp.ClientSession() as http, http.get(world.ops + "/healthz") as response:
         body = await response.json()
         assert response.status == 200, body
