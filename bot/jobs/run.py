@@ -100,6 +100,9 @@ class JobRun:
         self.warnings = warnings
         self.progress_interval = progress_interval
         self.delivering = False  # the result is being posted: a shutdown lets it finish
+        # Set once the ledger holds the job's end (its result message, for a delivery): a
+        # button pressed on a result posted a moment ago waits for it (`JobService`).
+        self.recorded = asyncio.Event()
         self._said_no_progress = False
         # What the progress message says now: the text it was posted with. Not the job's
         # state when the run starts, which may be ahead of it: then the next edit would be
@@ -112,6 +115,12 @@ class JobRun:
 
     async def run(self) -> None:
         """Follow the job to its end; never raises (errors end the job as failed)."""
+        try:
+            await self._run()
+        finally:
+            self.recorded.set()
+
+    async def _run(self) -> None:
         ledger = self.services.ledger
         try:
             if self.resumed:
@@ -310,6 +319,7 @@ class JobRun:
         done = await persist(
             "its delivery", self.id, lambda: ledger.mark_done(self.id, message_id=message.id)
         )
+        self.recorded.set()
         if done:
             self._ended(JobStatus.DONE, True)
         else:

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: How long a shutdown waits for results being posted right now.
 SHUTDOWN_GRACE = 10.0
+#: How long a button press on a result being recorded waits for the ledger.
+DELIVERY_RECORD_WAIT = 30.0
 #: How long a shutdown waits to tell a user that their job will resume after the restart.
 SHUTDOWN_NOTE = 5.0
 
@@ -290,10 +292,19 @@ class JobService:
 
     async def _known(self, interaction: discord.Interaction[Any], job: JobRef) -> JobRecord:
         """The job a button names, in the presser's server; else `UnknownJob`."""
+        await self._recorded(job.id)
         record = await self.services.ledger.get_job(job.id)
         if not job.names(record) or record.guild_id != (interaction.guild_id or 0):
             raise UnknownJob()
         return record
+
+    async def _recorded(self, job_id: int) -> None:
+        """Wait until a result this process is posting is in the ledger: a press on a result
+        that appeared a moment ago must find its message id there, not the progress message's."""
+        running = self._runs.get(job_id)
+        if running is not None and running[0].delivering:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(running[0].recorded.wait(), DELIVERY_RECORD_WAIT)
 
     def _gone(self, what: str) -> str:
         days = self.services.config.images.keep_days
@@ -302,6 +313,7 @@ class JobService:
     async def delete(self, interaction: discord.Interaction[Any], job: JobRef) -> None:
         """Delete the result message the button is on: its requester or a moderator only."""
         await interaction.response.defer()  # acknowledges the click before the database
+        await self._recorded(job.id)
         record = await self.services.ledger.get_job(job.id)
         if not job.names(record) or not _on_its_message(interaction, record.message_id):
             # A forged id, or a job of a reset database: the message is not this job's result.

@@ -266,6 +266,7 @@ class RestApi:
             server.violate(ViolationKind.SERVER_BUG, detail, request=record)
             response = json_response({"message": f"test server bug: {exc!r}", "code": 0}, 400)
         record.status = response.status
+        server.answering(record)
         if (
             record.response is None
             and isinstance(response, web.Response)

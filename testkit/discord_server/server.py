@@ -58,6 +58,10 @@ from .state import (
 )
 from .waiting import Notifier
 
+#: An action run on a request after it is handled, before its answer leaves.
+AnswerHook = Callable[[RecordedRequest], None]
+AnswerTest = Callable[[RecordedRequest], bool]
+
 T = TypeVar("T")
 UserLike = User | Member
 
@@ -116,6 +120,7 @@ class DiscordTestServer:
         self.violations: list[Violation] = []
         """Rules broken and unimplemented routes hit (see :meth:`assert_clean`)."""
         self.injections: list[FailureInjection] = []
+        self._before_answer: list[tuple[str, re.Pattern[str], AnswerHook, AnswerTest]] = []
         self.interactions: list[Interaction] = []
         self.interactions_by_id: dict[int, Interaction] = {}
         self.interactions_by_token: dict[str, Interaction] = {}
@@ -619,6 +624,31 @@ class DiscordTestServer:
         injection = FailureInjection.create(method, path_regex, failures)
         self.injections.append(injection)
         return injection
+
+    def before_answering(
+        self,
+        method: str,
+        path_regex: str,
+        action: AnswerHook,
+        *,
+        when: AnswerTest = lambda _request: True,
+    ) -> None:
+        """Run ``action`` once, when the next request matching ``method``, ``path_regex`` and
+        ``when`` has been handled but before the client gets the answer: e.g. lock the bot's
+        database in the window between a post and the bot recording it."""
+        self._before_answer.append((method, re.compile(path_regex), action, when))
+
+    def answering(self, record: RecordedRequest) -> None:
+        """Used by the REST middleware: run the `before_answering` actions this request is due."""
+        for hook in list(self._before_answer):
+            method, pattern, action, when = hook
+            if (
+                method in ("*", record.method)
+                and pattern.search(record.path) is not None
+                and when(record)
+            ):
+                self._before_answer.remove(hook)
+                action(record)
 
     def take_injected_failure(
         self, method: str, path: str, record: RecordedRequest

@@ -7,6 +7,7 @@ The real bot against the Discord-compatible server, the database read back after
 from __future__ import annotations
 
 import io
+import sqlite3
 from collections.abc import AsyncIterator
 
 import pytest
@@ -95,13 +96,37 @@ async def test_a_grid_then_upscale_and_variations(world: World) -> None:
 
 
 async def test_one_image_offers_upscale_and_both_variations(world: World) -> None:
+    """Also: a press that arrives between the result's post and the bot recording it (the
+    database busy for that moment) acts on the result, not refused as another message's."""
+    busy: list[sqlite3.Connection] = []
+
+    def lock_the_database(_post: object) -> None:
+        database = sqlite3.connect(world.tmp / "imagine.db", isolation_level=None)
+        database.execute("BEGIN IMMEDIATE")  # the bot's writes wait; its reads go on
+        busy.append(database)
+
+    world.server.before_answering(
+        "POST", r"^/webhooks/\d+/[^/]+$", lock_the_database, when=lambda post: bool(post.files)
+    )
     interaction = await world.server.invoke(
         "imagine", user=world.bob, options={"prompt": "one heron", "steps": 3}
     )
     single = await wait_result(interaction)
     labels = [c["label"] for row in single.components for c in row["components"]]
     assert labels == ["Upscale", "Vary (subtle)", "Vary (strong)", "Reroll", "Delete"]
-    subtle = await wait_result(await press(world, single, "vs0", world.bob))
+    (database,) = busy  # the result is posted, and the bot cannot record it yet
+    waits = len(world.bot.lines)
+    pressed = await press(world, single, "vs0", world.bob)
+    await pressed.wait_for_response()
+    # Held until the bot has waited out its busy timeout once: long past the press's read.
+    await world.server.wait_until(
+        lambda: any("database locked" in line for line in world.bot.lines[waits:]),
+        timeout=30,
+        what="the bot to find its database locked",
+    )
+    database.execute("ROLLBACK")
+    database.close()
+    subtle = await wait_result(pressed)
     params = read_parameters(subtle.attachments[0].data)
     assert params is not None and params.denoising_strength == 0.35
 
