@@ -11,6 +11,12 @@ Discord image loop sends them.
 
     python -m bench.trace_bench                # CPU: builtin:tiny, steps and rate scaled down
     python -m bench.trace_bench --gpu          # CUDA: full-size SD 1.5, random fp16 weights
+    python -m bench.trace_bench --models 2     # what switching models costs (below)
+
+With `--models 2` each request names one of two models (`builtin:tiny` and `builtin:tiny-b`,
+drawn at random) and the trace is replayed three times in `--scheduling` mode: every request
+on one model (the baseline), two models with both loaded, and two models with
+`max_loaded_models = 1`, where a request for the other model waits while it loads.
 
 On the CPU the tiny model's 4/20/30-step mix becomes 2/10/15 steps at 64x64 and 96x96, at about
 60 % of one core's capacity, so the replay takes a few minutes.
@@ -54,6 +60,7 @@ class Arrival:
     count: int
     kind: str = "text"  # "text", "image" (image-to-image) or "upscale"
     strength: float | None = None
+    model: str | None = None  # with --models: which configured model
 
 
 KINDS = ("text", "image", "upscale")
@@ -64,6 +71,7 @@ def make_trace(args: argparse.Namespace) -> list[Arrival]:
     """A seeded trace: exponential gaps at `rate`/s, steps and sizes drawn from the mixes."""
     rng = random.Random(args.seed)
     kinds = random.Random(args.seed + 1)  # its own stream: the text mix stays as it was
+    models = random.Random(args.seed + 2)
     at = 0.0
     trace = []
     for n in range(args.requests):
@@ -90,6 +98,8 @@ def make_trace(args: argparse.Namespace) -> list[Arrival]:
             strength = STRENGTHS[arrival.kind]
             steps = max(arrival.steps, math.ceil(1 / strength - 1e-9))
             arrival = dataclasses.replace(arrival, strength=strength, steps=steps)
+        if args.models > 1:
+            arrival = dataclasses.replace(arrival, model=f"m{models.randrange(args.models)}")
         trace.append(arrival)
     return trace
 
@@ -119,6 +129,7 @@ async def replay(config: EngineConfig, trace: list[Arrival]) -> dict[str, Any]:
             (a.width, a.height): picture(a.width, a.height) for a in trace if a.kind != "text"
         }
         base = (engine.stats.images, engine.stats.calls, engine.stats.call_images)
+        loads = engine.model_loads
         loop = asyncio.get_running_loop()
         start = loop.time()
 
@@ -137,6 +148,7 @@ async def replay(config: EngineConfig, trace: list[Arrival]) -> dict[str, Any]:
                     user=a.user,
                     init_image=pictures.get((a.width, a.height)) if a.strength else None,
                     strength=a.strength,
+                    model=a.model,
                 )
             )
             await job.result()
@@ -148,6 +160,7 @@ async def replay(config: EngineConfig, trace: list[Arrival]) -> dict[str, Any]:
         images = stats.images - base[0]
         calls = stats.calls - base[1]
         call_images = stats.call_images - base[2]
+        loads = engine.model_loads - loads
     latencies = [latency for latency, _ in outcomes]
     makespan = max(end for _, end in outcomes)
     shortest = min(a.steps for a in trace)
@@ -171,6 +184,7 @@ async def replay(config: EngineConfig, trace: list[Arrival]) -> dict[str, Any]:
         "short_p95_s": percentile(short, 95),
         "unet_calls": calls,  # pipeline calls (batch) or ticks (step)
         "images_per_call": call_images / calls if calls else 0.0,
+        "model_loads": loads,
         "latencies_s": latencies,
     }
 
@@ -187,9 +201,15 @@ def build_gpu_model(folder: Path) -> None:
     torch.cuda.empty_cache()
 
 
-async def run(args: argparse.Namespace, model: str) -> dict[str, Any]:
-    trace = make_trace(args)
-    base = EngineConfig(
+def models_config(args: argparse.Namespace) -> EngineConfig:
+    """`--models`: the tiny models' engine at the trace's sizes, in `--scheduling` mode."""
+    return dataclasses.replace(
+        engine_config(args, "builtin:tiny", make_trace(args)), scheduling=args.scheduling
+    )
+
+
+def engine_config(args: argparse.Namespace, model: str, trace: list[Arrival]) -> EngineConfig:
+    return EngineConfig(
         model=model,
         device="cuda" if args.gpu else "auto",
         dtype="float16" if args.gpu else "auto",
@@ -203,6 +223,11 @@ async def run(args: argparse.Namespace, model: str) -> dict[str, Any]:
         max_width=max(a.width for a in trace),
         max_height=max(a.height for a in trace),
     )
+
+
+async def run(args: argparse.Namespace, model: str) -> dict[str, Any]:
+    trace = make_trace(args)
+    base = engine_config(args, model, trace)
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
     for repeat in range(args.repeats):
         # Alternate the order so drift on a shared machine hits both engines alike.
@@ -237,6 +262,88 @@ async def run(args: argparse.Namespace, model: str) -> dict[str, Any]:
         "runs": runs,
         "ratio_step_over_batch": ratio,
     }
+
+
+#: `--models`: the models requests are spread over (same shape, different random weights).
+MIXED_SOURCES = ("builtin:tiny", "builtin:tiny-b")
+
+
+async def run_models(args: argparse.Namespace, base: EngineConfig) -> dict[str, Any]:
+    """The same mixed-model trace on one model, on N models all loaded, and on N models with
+    one loaded at a time: what switching costs."""
+    from engine import ModelSpec
+
+    trace = make_trace(args)
+    specs = tuple(
+        ModelSpec(f"m{n}", MIXED_SOURCES[n % len(MIXED_SOURCES)]) for n in range(args.models)
+    )
+    one = [dataclasses.replace(a, model=None) for a in trace]
+    setups = {
+        "one model": (dataclasses.replace(base, models=specs[:1]), one),
+        f"{args.models} models, all loaded": (
+            dataclasses.replace(base, models=specs, max_loaded_models=args.models),
+            trace,
+        ),
+        f"{args.models} models, 1 loaded": (
+            dataclasses.replace(base, models=specs, max_loaded_models=1),
+            trace,
+        ),
+    }
+    runs: dict[str, dict[str, Any]] = {}
+    for name, (config, arrivals) in setups.items():
+        t0 = time.perf_counter()
+        runs[name] = await replay(config, arrivals)
+        r = runs[name]
+        print(
+            f"{name}: {r['images_per_s']:.2f} images/s, p50 {r['p50_s']:.2f} s, "
+            f"p95 {r['p95_s']:.2f} s, {r['model_loads']} model loads "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+    baseline = runs["one model"]
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings["cache_dir"] = str(settings["cache_dir"]) if settings["cache_dir"] else None
+    return {
+        "benchmark": "trace_models",
+        "machine": machine(),
+        "settings": settings,
+        "trace": {"requests": len(trace), "images": sum(a.count for a in trace)},
+        "runs": runs,
+        "ratio_over_one_model": {
+            name: {k: r[k] / baseline[k] for k in ("images_per_s", "p50_s", "p95_s")}
+            for name, r in runs.items()
+        },
+    }
+
+
+def models_table(result: dict[str, Any]) -> str:
+    s, m, t = result["settings"], result["machine"], result["trace"]
+    device = m.get("gpu") or f"CPU ({m['cores']} cores)"
+    head = (
+        f"Model switching on {device}, torch {m.get('torch')}, {m['date']}: {t['requests']} "
+        f"requests ({t['images']} images) spread over {s['models']} tiny models, Poisson "
+        f"{s['rate']}/s, steps {s['steps']}, {s['scheduling']}-level scheduling."
+    )
+    rows = []
+    for name, r in result["runs"].items():
+        x = result["ratio_over_one_model"][name]
+        rows.append(
+            [
+                name,
+                f"{r['images_per_s']:.3g} ({x['images_per_s']:.2f}x)",
+                f"{r['p50_s']:.3g} / {r['p95_s']:.3g} ({x['p50_s']:.2f}x / {x['p95_s']:.2f}x)",
+                f"{r['model_loads']}",
+                f"{r['unet_calls']} ({r['images_per_call']:.2f})",
+            ]
+        )
+    headers = [
+        "setup",
+        "images/s (vs one model)",
+        "p50 / p95 submit to image, s (vs one model)",
+        "model loads",
+        "calls (images per call)",
+    ]
+    return head + "\n\n" + markdown_table(headers, rows)
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -328,6 +435,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, help="where builtin:tiny is built")
     parser.add_argument("--out", default=None, help="results name under bench/results/")
     parser.add_argument("--readme", action="store_true", help="refresh the README's table")
+    parser.add_argument("--models", type=int, default=1, help="spread requests over N models")
+    parser.add_argument("--scheduling", default="batch", choices=MODES, help="with --models")
     args = parser.parse_args()
     gpu = args.gpu
     args.requests = args.requests or (300 if gpu else 40)
@@ -350,6 +459,16 @@ def main() -> None:
             print("building a random-weight SD 1.5 pipeline (fp16)...", flush=True)
             build_gpu_model(Path(tmp))
             model = tmp
+        if args.models > 1:
+            if gpu:
+                sys.exit("--models runs on the CPU's tiny models only")
+            result = asyncio.run(run_models(args, models_config(args)))
+            text = models_table(result)
+            print(text)
+            print(f"wrote {save(args.out or 'trace_models', result)}")
+            if args.readme:
+                update_readme("trace_models", text)
+            return
         result = asyncio.run(run(args, model))
     text = table(result)
     print(text)

@@ -32,6 +32,7 @@ from engine import (
     read_parameters,
     upscale_request,
 )
+from engine.config import ModelSpec, model_name_of
 from engine.picture import decode_picture
 from engine.request import validate
 
@@ -57,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--config", help=f"TOML config for [engine] (default: {DEFAULT_CONFIG} if present)"
     )
-    gen.add_argument("--model", help="hub id, local folder or builtin:tiny (overrides the config)")
+    gen.add_argument(
+        "--model", help="a configured model's name, or a hub id, folder or builtin:tiny"
+    )
     gen.add_argument("--device", help="auto, cuda, mps or cpu (overrides the config)")
     gen.add_argument("--negative", default="", help="negative prompt")
     gen.add_argument("--seed", type=int, help="seed (random when omitted)")
@@ -77,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upscale", help="an image made by imagine-bot, at twice its size")
     up.add_argument("image", help="a PNG made by imagine-bot (or A1111): its prompt and seed")
     up.add_argument("--config", help=f"TOML config for [engine] (default: {DEFAULT_CONFIG})")
-    up.add_argument("--model", help="hub id, local folder or builtin:tiny (overrides the config)")
+    up.add_argument(
+        "--model", help="a configured model's name, or a hub id, folder or builtin:tiny"
+    )
     up.add_argument("--device", help="auto, cuda, mps or cpu (overrides the config)")
     up.add_argument(
         "--strength",
@@ -101,14 +106,25 @@ def _size(text: str | None) -> tuple[int | None, int | None]:
 def _engine_config(args: argparse.Namespace) -> BotConfig:
     path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
     config = load_config(path) if path else BotConfig()
-    overrides = {k: v for k, v in (("model", args.model), ("device", args.device)) if v}
-    if overrides:
-        try:
-            engine = dataclasses.replace(config.engine, **overrides)  # validates itself
-        except ValueError as exc:
-            raise ConfigError([str(exc)], "options") from None
-        config = dataclasses.replace(config, engine=engine)
-    return config
+    engine = config.engine
+    # One model only (a one-shot command should not load every configured model): `--model`
+    # names a configured model, or is a hub id or folder; by default, the default model.
+    names = [spec.name for spec in engine.model_specs]
+    if args.model and args.model not in names:
+        spec = ModelSpec(name=model_name_of(args.model), source=args.model)
+    else:
+        spec = engine.model_spec(args.model or engine.default_model_name)
+    loras = tuple(
+        dataclasses.replace(lora, models=()) for lora in engine.loras if lora.fits(spec.name)
+    )
+    overrides: dict[str, Any] = {"models": (spec,), "default_model": spec.name, "loras": loras}
+    if args.device:
+        overrides["device"] = args.device
+    try:
+        engine = dataclasses.replace(engine, **overrides)  # validates itself
+    except ValueError as exc:
+        raise ConfigError([str(exc)], "options") from None
+    return dataclasses.replace(config, engine=engine)
 
 
 def _outputs(out: str, count: int) -> list[Path]:
@@ -167,6 +183,7 @@ async def _upscale(args: argparse.Namespace) -> int:
         strength=args.strength,
         user="cli",
         origin=source.name,
+        models=(config.engine.default_model_name,),
     )
     out = args.out or str(source.with_name(f"{source.stem}-upscaled.png"))
     return await _make(config, request, out)
@@ -179,9 +196,15 @@ def _precheck(config: BotConfig, request: ImageRequest, out: str) -> None:
     limits = config.engine.limits
     native = max(limits.min_size, min(512, limits.max_width, limits.max_height) // 8 * 8)
     stand_in = ModelProfile(
-        name="", family="sd", native_size=native, default_steps=1, default_guidance=0.0, sampler=""
+        name=config.engine.default_model_name,
+        family="sd",
+        native_size=native,
+        default_steps=1,
+        default_guidance=0.0,
+        sampler="",
     )
-    validate(request, limits, stand_in, lambda text: 0)
+    loras = {lora.name: lora for lora in config.engine.loras}
+    validate(request, limits, stand_in, lambda text: 0, loras=loras)
     if Path(out).is_dir():
         raise ConfigError([f"--out {out} is a folder; name a .png file"], "options")
 

@@ -11,11 +11,11 @@ import os
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from engine import EngineConfig
+from engine import EngineConfig, LoraSpec, ModelSpec
 
 from .discord_limits import DISCORD_API
 
@@ -186,7 +186,9 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {hint!r} at {where}")
 
 
-def _section(cls: type, table: Any, name: str, problems: list[str]) -> Any:
+def _section(
+    cls: type, table: Any, name: str, problems: list[str], extra: dict[str, Any] | None = None
+) -> Any:
     if not isinstance(table, dict):
         problems.append(f"[{name}] must be a table, not {type(table).__name__}")
         return cls()
@@ -202,22 +204,87 @@ def _section(cls: type, table: Any, name: str, problems: list[str]) -> Any:
         except ValueError as exc:
             secret = name == "discord" and key == "token"  # never echo a token, even a bad one
             problems.append(f"[{name}] {key} must be a string" if secret else str(exc))
+    missing = [
+        f.name
+        for f in fields(cls)
+        if f.name not in values
+        and f.default is MISSING
+        and f.default_factory is MISSING
+        and f.name not in (extra or {})
+    ]
+    if missing:
+        problems += [f"[{name}] {key} is required" for key in missing]
+        return None
     try:
-        return cls(**values)
+        return cls(**values, **(extra or {}))
     except ValueError as exc:  # the section's own checks (EngineConfig validates itself)
         problems += [f"[{name}] {p}" for p in str(exc).split("; ")]
         return cls()
+
+
+#: Tables of named entries, `[models.<name>]` and `[loras.<name>]`: parts of `[engine]`.
+_NAMED: dict[str, type] = {"models": ModelSpec, "loras": LoraSpec}
+
+
+def _named(kind: str, tables: Any, problems: list[str]) -> tuple[Any, ...]:
+    """`[models.<name>]` (or `[loras.<name>]`) tables as specs named by their key."""
+    if not isinstance(tables, dict):
+        problems.append(f"[{kind}] must hold tables such as [{kind}.<name>]")
+        return ()
+    cls = _NAMED[kind]
+    out = []
+    for name, table in tables.items():
+        if isinstance(table, dict) and "name" in table:
+            problems.append(f"[{kind}.{name}] takes its name from the table; remove name")
+            continue
+        count = len(problems)
+        spec = _section(
+            cls,
+            {"name": name, **table} if isinstance(table, dict) else table,
+            f"{kind}.{name}",
+            problems,
+        )
+        if len(problems) == count and spec is not None:
+            out.append(spec)
+    return tuple(out)
+
+
+def _near(path: Path | None, specs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Sources given relative to the config file (`./loras/ink.safetensors`) made absolute, so
+    the bot finds them whatever folder it is started from."""
+    if path is None:
+        return specs
+    out = []
+    for spec in specs:
+        local = Path(spec.source).expanduser()
+        near = path.parent / local
+        if not local.is_absolute() and near.exists():
+            spec = replace(spec, source=str(near.resolve()))
+        out.append(spec)
+    return tuple(out)
 
 
 def parse_config(data: dict[str, Any], path: Path | None = None) -> BotConfig:
     """Build a `BotConfig` from parsed TOML; raises `ConfigError` listing every problem."""
     problems: list[str] = []
     sections: dict[str, Any] = {}
+    # Named tables first: `[engine]` is checked with them (default_model, a LoRA's models).
+    named = {key: _near(path, _named(key, data[key], problems)) for key in _NAMED if key in data}
+    if named and "engine" not in data:
+        data = {**data, "engine": {}}
     for key, table in data.items():
-        if key not in _SECTIONS:
-            problems.append(_unknown(key, _SECTIONS, "section "))
+        if key in _NAMED:
             continue
-        sections[key] = _section(_SECTIONS[key], table, key, problems)
+        if key not in _SECTIONS:
+            problems.append(_unknown(key, [*_SECTIONS, *_NAMED], "section "))
+            continue
+        extra = named if key == "engine" else None
+        if key == "engine" and isinstance(table, dict):
+            for name in _NAMED:
+                if name in table:
+                    problems.append(f"[engine] {name}: write [{name}.<name>] tables instead")
+            table = {k: v for k, v in table.items() if k not in _NAMED}
+        sections[key] = _section(_SECTIONS[key], table, key, problems, extra)
     config = BotConfig(**sections, path=path)
     problems += _check(config)
     if problems:

@@ -80,6 +80,7 @@ class ImagineOptions:
     aspect: str | None = None  # "16:9": the model's native area at that aspect ratio
     picture: PictureRef | None = None  # an attachment to start from (image-to-image)
     strength: float | None = None  # with a picture: how much of it may change
+    model: str | None = None  # a configured model's name (None: the default one)
 
     def problem(self) -> str | None:
         """Why Discord would never have sent these options (a forged payload), else None."""

@@ -6,11 +6,12 @@ steps, guidance, size, model, sampler): the same values the PNG's `parameters` c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import discord
 
-from engine import GenerationResult, JobState, Progress
+from engine import GenerationResult, JobState, ModelInfo, Progress
 
 from .ledger import JobRecord, QuotaChange, UsageSummary, UserStatus
 from .moderation import Verdict
@@ -41,6 +42,9 @@ def progress_text(job_id: int, progress: Progress, *, resumed: bool = False) -> 
     """One line for the requester's progress message."""
     lead = "Resumed after a restart. " if resumed else ""
     if progress.state is JobState.QUEUED:
+        if progress.loading:
+            place = f" (position {progress.position})" if progress.position else ""
+            return f"{lead}Job #{job_id} is queued{place}: loading model {progress.loading}…"
         if progress.position:
             ahead = progress.position - 1
             line = "next in line" if ahead == 0 else f"{ahead} job(s) ahead"
@@ -79,6 +83,9 @@ def result_embed(job: JobRecord, result: GenerationResult, verdict: Verdict) -> 
     embed.add_field(name="Size", value=f"{request.width}x{request.height}")
     embed.add_field(name="Model", value=_cut(result.model, 1024))
     embed.add_field(name="Sampler", value=_cut(result.sampler, 1024))
+    if request.loras:
+        loras = ", ".join(f"{name} {weight:g}" for name, weight in request.loras)
+        embed.add_field(name="LoRAs", value=_cut(loras, 1024))
     if request.negative_prompt:
         embed.add_field(name="Negative", value=_cut(request.negative_prompt, 1024), inline=False)
     spoilers = sum(1 for _, spoiler in verdict.post if spoiler)
@@ -94,6 +101,31 @@ def result_embed(job: JobRecord, result: GenerationResult, verdict: Verdict) -> 
         footer += f" · {spoilers} flagged image(s) hidden as spoilers"
     embed.set_footer(text=footer)
     return embed
+
+
+def models_text(models: Sequence[ModelInfo]) -> str:
+    """`/models`: each model with its description, defaults, state and fitting LoRAs."""
+    lines = []
+    for info in models:
+        profile = info.profile
+        state = "loading" if info.loading else "loaded" if info.loaded else "not loaded"
+        if info.loaded and info.memory_bytes:
+            mib = info.memory_bytes / 2**20
+            state += f" ({mib / 1024:.1f} GiB)" if mib >= 1024 else f" ({mib:.0f} MiB)"
+        head = f"**{profile.name}**" + (" (default)" if info.default else "") + f" · {state}"
+        lines.append(head)
+        if profile.description:
+            lines.append(f"  {profile.description}")
+        size = profile.native_size
+        lines.append(
+            f"  {profile.default_steps} steps · guidance {profile.default_guidance:g} · "
+            f"{size}x{size} · {profile.sampler}"
+        )
+        if info.loras:
+            tags = ", ".join(f"`<lora:{lora.name}:{lora.weight:g}>`" for lora in info.loras)
+            lines.append(f"  LoRAs: {tags}")
+    lines.append("Choose one with `/imagine model:`; add a LoRA by writing its tag in the prompt.")
+    return _cut("\n".join(lines), 2000)
 
 
 def info_text(status: UserStatus, *, mention: str | None = None) -> str:

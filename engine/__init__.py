@@ -4,7 +4,7 @@ Importing this package does not import torch; `Engine.start()` does, on its work
 The engine knows nothing of Discord: it speaks the frozen dataclasses below.
 """
 
-from .config import DEFAULT_MODEL, SCHEDULERS, EngineConfig, Limits
+from .config import DEFAULT_MODEL, SCHEDULERS, EngineConfig, Limits, LoraSpec, ModelSpec
 from .derived import (
     STRONG_VARIATION,
     SUBTLE_VARIATION,
@@ -32,11 +32,14 @@ from .request import (
     MIN_STRENGTH,
     BatchKey,
     ImageRequest,
+    LoraSet,
     ModelProfile,
     clean_text,
+    extract_loras,
+    lora_tags,
 )
 from .result import GeneratedImage, GenerationResult
-from .service import Engine
+from .service import Engine, ModelInfo
 from .stats import CallRecord, EngineStats
 
 __all__ = [
@@ -68,12 +71,18 @@ __all__ = [
     "Job",
     "JobState",
     "Limits",
+    "LoraSet",
+    "LoraSpec",
+    "ModelInfo",
     "ModelProfile",
+    "ModelSpec",
     "Parameters",
     "Progress",
     "ShuttingDown",
     "clean_text",
+    "extract_loras",
     "format_parameters",
+    "lora_tags",
     "parse_parameters",
     "read_parameters",
     "upscale_request",

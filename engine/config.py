@@ -10,7 +10,16 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-__all__ = ["COMPILE_MODES", "DEFAULT_MODEL", "SCHEDULERS", "EngineConfig", "Limits"]
+__all__ = [
+    "COMPILE_MODES",
+    "DEFAULT_MODEL",
+    "SCHEDULERS",
+    "EngineConfig",
+    "Limits",
+    "LoraSpec",
+    "ModelSpec",
+    "model_name_of",
+]
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
 
@@ -30,6 +39,79 @@ SCHEDULERS: dict[str, str] = {
 #: `[engine] compile`: off, or a `torch.compile` mode for the UNet.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+#: Model and LoRA names: what users type in `model:` and `<lora:name>`.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def model_name_of(source: str) -> str:
+    """The name the single `[engine] model` is known by: its last path part
+    ("stabilityai/sd-turbo" -> "sd-turbo", "builtin:tiny" -> "tiny")."""
+    tail = source.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1].removeprefix("builtin:")
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", tail).strip("-.") or "model"
+    return cleaned[:64]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One named model (`[models.<name>]`): where it comes from and what is normal for it.
+
+    Zero or negative defaults mean "the model family's own" (few-step models such as SD-Turbo
+    get 1 step and guidance 0, which also skips the unconditional half of each UNet call).
+    """
+
+    name: str
+    source: str
+    description: str = ""
+    steps: int = 0
+    guidance: float = -1.0
+    scheduler: str = "default"
+    size: int = 0
+
+    def problems(self) -> list[str]:
+        out = []
+        if not _NAME.match(self.name):
+            out.append(
+                f"model name {self.name!r} must be letters, digits, '-', '_' or '.' (up to 64)"
+            )
+        if not self.source.strip():
+            out.append(f"model {self.name}: source must name a hub id, a folder or builtin:tiny")
+        if self.scheduler not in SCHEDULERS:
+            out.append(
+                f"model {self.name}: scheduler must be one of {', '.join(SCHEDULERS)}, "
+                f"not {self.scheduler!r}"
+            )
+        if self.size and (self.size < 8 or self.size % 8):
+            out.append(f"model {self.name}: size must be a positive multiple of 8")
+        if self.steps < 0:
+            out.append(f"model {self.name}: steps must be 0 (the model's own) or more")
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class LoraSpec:
+    """One named LoRA (`[loras.<name>]`): a `.safetensors` file or a hub id
+    ("org/repo", or "org/repo/file.safetensors" for one file of a repo), its default weight,
+    and the models it fits (empty: every model)."""
+
+    name: str
+    source: str
+    weight: float = 1.0
+    models: tuple[str, ...] = ()
+
+    def fits(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+    def problems(self) -> list[str]:
+        out = []
+        if not _NAME.match(self.name):
+            out.append(
+                f"LoRA name {self.name!r} must be letters, digits, '-', '_' or '.' (up to 64)"
+            )
+        if not self.source.strip():
+            out.append(f"LoRA {self.name}: source must name a .safetensors file or a hub id")
+        if not -10.0 <= self.weight <= 10.0:
+            out.append(f"LoRA {self.name}: weight must be between -10 and 10")
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +150,39 @@ class EngineConfig:
     compile_buckets: tuple[int, ...] = ()
     compile_backend: str = "inductor"  # torch.compile's backend; "eager" only checks tracing
     channels_last: bool = False  # the UNet's memory format (helps on some GPUs)
+    # Several models (`[models.<name>]` in the bot's config); empty: `model` is the only one,
+    # named after its last path part. `default_model` names the one a bare request gets.
+    models: tuple[ModelSpec, ...] = ()
+    default_model: str = ""
+    loras: tuple[LoraSpec, ...] = ()
+    max_loaded_models: int = 1  # pipelines kept loaded; the least recently used goes first
+
+    @property
+    def model_specs(self) -> tuple[ModelSpec, ...]:
+        """Every model this engine serves; the single `model` when none are named."""
+        if self.models:
+            return self.models
+        return (
+            ModelSpec(
+                name=model_name_of(self.model),
+                source=self.model,
+                steps=self.default_steps,
+                guidance=self.default_guidance,
+                scheduler=self.scheduler,
+                size=self.default_size,
+            ),
+        )
+
+    @property
+    def default_model_name(self) -> str:
+        return self.default_model or self.model_specs[0].name
+
+    def model_spec(self, name: str) -> ModelSpec:
+        """The model called `name`; KeyError if there is none."""
+        for spec in self.model_specs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
 
     @property
     def limits(self) -> Limits:
@@ -96,6 +211,7 @@ class EngineConfig:
             out.append(f"dtype must be auto, float16, bfloat16 or float32, not {self.dtype!r}")
         if not self.model.strip():
             out.append("model must name a hub id, a folder or builtin:tiny")
+        out += self._model_problems()
         if self.max_count < 1:
             out.append("max_count must be at least 1")
         if self.max_batch_size < self.max_count:
@@ -115,6 +231,34 @@ class EngineConfig:
                 out.append(f"{name} must be a positive multiple of 8, not {value}")
         if self.min_size > min(self.max_width, self.max_height):
             out.append("min_size must not exceed max_width or max_height")
+        return out
+
+    def _model_problems(self) -> list[str]:
+        out: list[str] = []
+        names = [spec.name for spec in self.model_specs]
+        for spec in self.models:
+            out += spec.problems()
+        if len(set(names)) != len(names):
+            out.append("model names must be unique")
+        if self.default_model and self.default_model not in names:
+            out.append(
+                f"default_model {self.default_model!r} is not a configured model "
+                f"({', '.join(names)})"
+            )
+        if self.max_loaded_models < 1:
+            out.append("max_loaded_models must be at least 1")
+        seen: set[str] = set()
+        for lora in self.loras:
+            out += lora.problems()
+            if lora.name in seen:
+                out.append(f"LoRA {lora.name} is configured twice")
+            seen.add(lora.name)
+            unknown = [m for m in lora.models if m not in names]
+            if unknown:
+                out.append(
+                    f"LoRA {lora.name}: models {', '.join(unknown)} are not configured "
+                    f"(configured: {', '.join(names)})"
+                )
         return out
 
 

@@ -8,6 +8,7 @@ line. Pure Python and Pillow (no torch).
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from .config import Limits
@@ -39,6 +40,10 @@ def _steps(source: Parameters, strength: float, limits: Limits) -> int:
     return min(limits.max_steps, max(source.steps, math.ceil(1 / strength - 1e-9)))
 
 
+def _model(source: Parameters, models: Collection[str]) -> str | None:
+    return source.model if source.model in models else None
+
+
 def _rgb(image: Image) -> Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
@@ -52,9 +57,11 @@ def upscale_request(
     strength: float = UPSCALE_STRENGTH,
     user: str = "",
     origin: str | None = None,
+    models: Collection[str] = (),
 ) -> ImageRequest:
     """`image` at `factor`× its size (less where the limits cap it, keeping its aspect),
-    refined by image-to-image from its own prompt and seed at a low `strength`."""
+    refined by image-to-image from its own prompt and seed at a low `strength`, by the same
+    model when it is one of `models` (else the default one)."""
     from PIL import Image as PILImage
 
     area = round(factor * factor * image.width * image.height)
@@ -75,6 +82,7 @@ def upscale_request(
         init_image=init,
         strength=strength,
         parameters=tuple(extra),
+        model=_model(source, models),
     )
 
 
@@ -88,8 +96,10 @@ def variation_request(
     seed: int | None = None,
     user: str = "",
     origin: str | None = None,
+    models: Collection[str] = (),
 ) -> ImageRequest:
-    """`count` new images from `image` by image-to-image with new seeds (random when None)."""
+    """`count` new images from `image` by image-to-image with new seeds (random when None),
+    by the same model when it is one of `models` (else the default one)."""
     return ImageRequest(
         prompt=source.prompt,
         negative_prompt=source.negative_prompt,
@@ -103,4 +113,5 @@ def variation_request(
         init_image=_rgb(image),
         strength=strength,
         parameters=(("Source", origin),) if origin else (),
+        model=_model(source, models),
     )

@@ -36,6 +36,7 @@ class Progress:
     step: int = 0
     total_steps: int = 0
     preview: bytes | None = None  # small PNG of the current latents, when asked for
+    loading: str | None = None  # queued while this model loads
 
     @property
     def fraction(self) -> float:

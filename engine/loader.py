@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .config import SCHEDULERS, EngineConfig
+from .config import SCHEDULERS, EngineConfig, ModelSpec
 from .request import ModelProfile
 from .tiny import BUILTIN_MODELS, builtin_folder, rebuild_builtin
 
@@ -20,6 +20,7 @@ __all__ = [
     "LoadedModel",
     "image_to_image",
     "load_model",
+    "model_hash",
     "pick_device",
     "pick_dtype",
     "sampler_name",
@@ -76,6 +77,16 @@ class LoadedModel:
     checker: Any = None
     feature_extractor: Any = None
     img2img: Any = None  # the image-to-image pipeline on the same modules, made on first use
+    folder: Path | None = None  # the files it was loaded from (for its hash)
+
+    def memory_bytes(self) -> int:
+        """Bytes its weights take on its device (what `/models` and the logs report)."""
+        total = 0
+        for module in getattr(self.pipe, "components", {}).values():
+            if isinstance(module, torch.nn.Module):
+                total += sum(t.numel() * t.element_size() for t in module.parameters())
+                total += sum(t.numel() * t.element_size() for t in module.buffers())
+        return total
 
 
 def image_to_image(model: LoadedModel, scheduler: Any = None) -> Any:
@@ -94,19 +105,18 @@ def image_to_image(model: LoadedModel, scheduler: Any = None) -> Any:
     return model.img2img
 
 
-def _source(config: EngineConfig) -> tuple[str, dict[str, Any]]:
-    if config.model in BUILTIN_MODELS:
-        return str(builtin_folder(config.model, config.cache_dir)), {"local_files_only": True}
-    if config.model.startswith("builtin:"):
-        raise ValueError(
-            f"unknown builtin model {config.model!r}; known: {', '.join(BUILTIN_MODELS)}"
-        )
-    if Path(config.model).expanduser().exists():
-        return str(Path(config.model).expanduser()), {"local_files_only": True}
+def _source(spec: ModelSpec, config: EngineConfig) -> tuple[str, dict[str, Any]]:
+    source = spec.source
+    if source in BUILTIN_MODELS:
+        return str(builtin_folder(source, config.cache_dir)), {"local_files_only": True}
+    if source.startswith("builtin:"):
+        raise ValueError(f"unknown builtin model {source!r}; known: {', '.join(BUILTIN_MODELS)}")
+    if Path(source).expanduser().exists():
+        return str(Path(source).expanduser()), {"local_files_only": True}
     extra: dict[str, Any] = {}
     if config.cache_dir is not None:
         extra["cache_dir"] = str(config.cache_dir / "hub")
-    return config.model, extra
+    return source, extra
 
 
 def _first_line(exc: BaseException) -> str:
@@ -114,17 +124,17 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _hub_folder(config: EngineConfig) -> Path:
-    """Where the hub cache keeps `config.model` (huggingface_hub's `models--org--name`)."""
+def _hub_folder(source: str, config: EngineConfig) -> Path:
+    """Where the hub cache keeps `source` (huggingface_hub's `models--org--name`)."""
     from huggingface_hub import constants
 
     root = (
         config.cache_dir / "hub" if config.cache_dir is not None else Path(constants.HF_HUB_CACHE)
     )
-    return root / ("models--" + config.model.replace("/", "--"))
+    return root / ("models--" + source.replace("/", "--"))
 
 
-def _unreadable(config: EngineConfig, source: str, exc: Exception) -> Exception:
+def _unreadable(spec: ModelSpec, config: EngineConfig, source: str, exc: Exception) -> Exception:
     """The load error, naming the files to check or delete when they are on this disk."""
     why = _first_line(exc)
     if Path(source).exists():  # a local folder the operator gave
@@ -132,7 +142,7 @@ def _unreadable(config: EngineConfig, source: str, exc: Exception) -> Exception:
             f"the model folder {source} cannot be loaded ({why}): check that it holds a "
             "complete diffusers model (model_index.json and the folders it names)"
         )
-    cached = _hub_folder(config)
+    cached = _hub_folder(spec.source, config)
     if cached.exists():
         return ValueError(
             f"{why}. Its downloaded files in {cached} may be damaged or incomplete: delete "
@@ -147,40 +157,42 @@ def _from_pretrained(source: str, dtype: torch.dtype, kwargs: dict[str, Any]) ->
     return AutoPipelineForText2Image.from_pretrained(source, dtype=dtype, **kwargs)
 
 
-def _load_pipeline(config: EngineConfig, dtype: torch.dtype) -> Any:
+def _load_pipeline(spec: ModelSpec, config: EngineConfig, dtype: torch.dtype) -> Any:
     """The pipeline; a damaged builtin model is rebuilt, other models' files are named."""
-    source, kwargs = _source(config)
+    source, kwargs = _source(spec, config)
     try:
         return _from_pretrained(source, dtype, kwargs)
     except Exception as exc:
-        if config.model not in BUILTIN_MODELS:
-            raise _unreadable(config, source, exc) from exc
+        if spec.source not in BUILTIN_MODELS:
+            raise _unreadable(spec, config, source, exc) from exc
         log.warning(
             "the cached %s in %s cannot be loaded (%s): building it again",
-            config.model,
+            spec.source,
             source,
             _first_line(exc),
         )
-        rebuilt = rebuild_builtin(config.model, config.cache_dir)
+        rebuilt = rebuild_builtin(spec.source, config.cache_dir)
         return _from_pretrained(str(rebuilt), dtype, kwargs)
 
 
-def load_model(config: EngineConfig) -> LoadedModel:
-    """Load `config.model` with diffusers' AutoPipeline; raises with a readable message."""
+def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedModel:
+    """Load `spec` (default: the config's default model) with diffusers' AutoPipeline;
+    raises with a readable message."""
     from diffusers.utils import logging as dlogging
     from transformers.utils import logging as tlogging
 
+    spec = spec or config.model_spec(config.default_model_name)
     dlogging.disable_progress_bar()
     tlogging.disable_progress_bar()
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
-    log.info("loading %s on %s (%s)", config.model, device, dtype)
-    pipe = _load_pipeline(config, dtype)
+    log.info("loading %s on %s (%s)", spec.source, device, dtype)
+    pipe = _load_pipeline(spec, config, dtype)
 
-    if SCHEDULERS[config.scheduler]:
+    if SCHEDULERS[spec.scheduler]:
         import diffusers
 
-        cls = getattr(diffusers, SCHEDULERS[config.scheduler])
+        cls = getattr(diffusers, SCHEDULERS[spec.scheduler])
         pipe.scheduler = cls.from_config(pipe.scheduler.config)
 
     # The checker is run by the runner itself, so flagged images are reported instead of
@@ -195,28 +207,52 @@ def load_model(config: EngineConfig) -> LoadedModel:
         checker.to(device)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
+    folder = Path(getattr(pipe, "_name_or_path", "") or "")
+    folder = folder if folder.is_dir() else None
     return LoadedModel(
         pipe=pipe,
         device=device,
         dtype=dtype,
-        profile=_profile(config, pipe, has_checker=checker is not None),
+        profile=_profile(spec, pipe, has_checker=checker is not None, folder=folder),
         checker=checker,
         feature_extractor=extractor if checker is not None else None,
+        folder=folder,
     )
 
 
-def _profile(config: EngineConfig, pipe: Any, *, has_checker: bool) -> ModelProfile:
+def model_hash(folder: Path | None) -> str:
+    """A short, stable id of a model's files for the PNG's `Model hash`: the hub commit when
+    the folder is a hub snapshot, else a hash of its file names, sizes and config files
+    (hashing gigabytes of weights on every start would take minutes)."""
+    if folder is None:
+        return ""
+    if folder.parent.name == "snapshots" and len(folder.name) >= 10:
+        return folder.name[:10]
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        digest.update(f"{relative}:{path.stat().st_size}\n".encode())
+        if path.suffix == ".json":
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def _profile(spec: ModelSpec, pipe: Any, *, has_checker: bool, folder: Path | None) -> ModelProfile:
     cls = type(pipe).__name__
     family = "sdxl" if "XL" in cls else "sd" if cls.startswith("StableDiffusion") else "other"
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
     scale = getattr(pipe, "vae_scale_factor", 8)
     native = int(sample * scale) if isinstance(sample, int) else (1024 if family == "sdxl" else 512)
-    turbo = "turbo" in config.model.lower() or "lightning" in config.model.lower()
-    if config.model in BUILTIN_MODELS:
+    few_steps = any(word in spec.source.lower() for word in ("turbo", "lightning", "lcm"))
+    if spec.source in BUILTIN_MODELS:
         steps, guidance = 4, 7.0
-    elif turbo:
-        steps, guidance = 1, 0.0
+    elif few_steps:
+        steps, guidance = (4, 1.0) if "lightning" in spec.source.lower() else (1, 0.0)
+        if "lcm" in spec.source.lower():
+            steps, guidance = 4, 1.0
     elif family == "sdxl":
         steps, guidance = 30, 6.0
     else:
@@ -224,13 +260,15 @@ def _profile(config: EngineConfig, pipe: Any, *, has_checker: bool) -> ModelProf
     tokenizer = getattr(pipe, "tokenizer", None)
     max_len = getattr(tokenizer, "model_max_length", 77)
     return ModelProfile(
-        name=config.model,
+        name=spec.name,
         family=family,
-        native_size=config.default_size or native,
-        default_steps=config.default_steps or steps,
-        default_guidance=config.default_guidance if config.default_guidance >= 0 else guidance,
+        native_size=spec.size or native,
+        default_steps=spec.steps or steps,
+        default_guidance=spec.guidance if spec.guidance >= 0 else guidance,
         sampler=sampler_name(pipe.scheduler),
         max_tokens=max(1, min(int(max_len), 1024) - 2),
         has_safety_checker=has_checker,
-        extra={"pipeline": cls, "device": str(pipe.device)},
+        extra={"pipeline": cls, "device": str(pipe.device), "source": spec.source},
+        hash=model_hash(folder),
+        description=spec.description,
     )

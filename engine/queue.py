@@ -169,6 +169,10 @@ class FairQueue(Generic[T]):
         except TimeoutError:
             pass
 
+    def notify(self) -> None:
+        """Wake the waiter: something it waits on besides the queue changed (a model loaded)."""
+        self._changed.set()
+
     def _touch(self) -> None:
         self._positions = None
         self._changed.set()

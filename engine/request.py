@@ -6,13 +6,14 @@ Pure Python (no torch): the schedulers and the front end import it freely.
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from .config import Limits
+from .config import Limits, LoraSpec
 from .errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -27,9 +28,12 @@ __all__ = [
     "MIN_STRENGTH",
     "BatchKey",
     "ImageRequest",
+    "LoraSet",
     "ModelProfile",
     "clean_text",
+    "extract_loras",
     "fit_aspect",
+    "lora_tags",
     "parse_aspect",
     "validate",
 ]
@@ -43,6 +47,15 @@ ASPECT_RATIOS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16")
 MIN_STRENGTH = 0.05
 MAX_STRENGTH = 1.0
 DEFAULT_STRENGTH = 0.6
+#: LoRAs in one request, and their weights' range.
+MAX_LORAS = 5
+LORA_WEIGHT_RANGE = (-5.0, 5.0)
+
+#: The LoRAs of a request with their weights, sorted by name; () for none.
+LoraSet = tuple[tuple[str, float], ...]
+
+# A1111's `<lora:name>` / `<lora:name:weight>`.
+_LORA_TAG = re.compile(r"<lora:([^:<>]*)(?::([^:<>]*))?>", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +85,30 @@ class ImageRequest:
     parameters: tuple[tuple[str, str], ...] = ()
     #: "W:H": the model's native pixel area at this aspect ratio (instead of width/height).
     aspect: str | None = None
+    #: A configured model's name (None: the default model).
+    model: str | None = None
+    #: LoRAs and weights; `validate` adds those written `<lora:name:weight>` in the prompt.
+    loras: LoraSet = ()
+    #: 77-token windows the prompts take once weighted and chunked (set by `validate`);
+    #: requests with different counts cannot share a UNet call.
+    chunks: int = 1
 
     @property
     def key(self) -> BatchKey:
         """What must match for two requests to share one pipeline call."""
         assert self.width is not None and self.height is not None and self.steps is not None
-        assert self.guidance is not None
+        assert self.guidance is not None and self.model is not None
         strength = None if self.init_image is None else self.strength
-        return BatchKey(self.width, self.height, self.steps, float(self.guidance), strength)
+        return BatchKey(
+            self.width,
+            self.height,
+            self.steps,
+            float(self.guidance),
+            strength,
+            model=self.model,
+            loras=self.loras,
+            chunks=self.chunks,
+        )
 
     @property
     def denoising_steps(self) -> int:
@@ -106,6 +135,15 @@ class BatchKey:
     steps: int
     guidance: float
     strength: float | None = None  # image-to-image (None: text-to-image)
+    model: str = ""  # never mixed: each model is its own pipeline
+    loras: LoraSet = ()  # adapters are set per pipeline call, not per image
+    chunks: int = 1  # text embeddings of one length per UNet call
+
+    @property
+    def group(self) -> tuple[str, LoraSet, int, int, int]:
+        """What must match to share one UNet forward (step scheduling): steps, guidance and
+        strength may differ there."""
+        return (self.model, self.loras, self.chunks, self.width, self.height)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +159,8 @@ class ModelProfile:
     max_tokens: int = 75  # tokens a prompt may use, BOS/EOS excluded
     has_safety_checker: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    hash: str = ""  # `Model hash` in the PNG's parameters
+    description: str = ""
 
 
 def clean_text(text: str) -> str:
@@ -139,6 +179,66 @@ def clean_text(text: str) -> str:
         else:
             kept.append(ch)
     return " ".join("".join(kept).split())
+
+
+def extract_loras(prompt: str) -> tuple[str, list[tuple[str, float | None]]]:
+    """The prompt without its `<lora:name:weight>` tags, and the tags (weight None when not
+    written); `InvalidRequest` for a tag whose weight is not a number."""
+    found: list[tuple[str, float | None]] = []
+    for match in _LORA_TAG.finditer(prompt):
+        name, weight = match.group(1).strip(), match.group(2)
+        value: float | None = None
+        if weight is not None and weight.strip():
+            try:
+                value = float(weight)
+            except ValueError:
+                raise InvalidRequest(
+                    "prompt",
+                    f"The weight in {match.group(0)} must be a number, like <lora:{name}:0.8>.",
+                ) from None
+            if not math.isfinite(value):
+                raise InvalidRequest("prompt", f"The weight in {match.group(0)} must be finite.")
+        found.append((name, value))
+    return " ".join(_LORA_TAG.sub(" ", prompt).split()), found
+
+
+def lora_tags(loras: LoraSet) -> str:
+    """The LoRAs as A1111 writes them in a prompt (for the PNG's parameters)."""
+    return " ".join(f"<lora:{name}:{weight:g}>" for name, weight in loras)
+
+
+def _resolve_loras(
+    tags: list[tuple[str, float | None]],
+    given: LoraSet,
+    model: str,
+    known: Mapping[str, LoraSpec],
+) -> LoraSet:
+    chosen: dict[str, float] = dict(given)
+    for name, weight in tags:
+        spec = known.get(name) or next(
+            (s for n, s in known.items() if n.lower() == name.lower()), None
+        )
+        if spec is None:
+            names = ", ".join(sorted(known)) or "none are configured"
+            raise InvalidRequest("prompt", f"There is no LoRA called {name!r} (known: {names}).")
+        chosen[spec.name] = spec.weight if weight is None else weight
+    low, high = LORA_WEIGHT_RANGE
+    for name, weight in chosen.items():
+        spec = known.get(name)
+        if spec is None:
+            raise InvalidRequest("prompt", f"There is no LoRA called {name!r}.")
+        if not spec.fits(model):
+            fits = ", ".join(spec.models)
+            raise InvalidRequest(
+                "prompt", f"The LoRA {name} does not fit the model {model} (it fits: {fits})."
+            )
+        if not low <= weight <= high:
+            raise InvalidRequest(
+                "prompt", f"A LoRA weight must be between {low:g} and {high:g}, not {weight:g}."
+            )
+    if len(chosen) > MAX_LORAS:
+        raise InvalidRequest("prompt", f"At most {MAX_LORAS} LoRAs per image.")
+    return tuple(sorted((n, float(w)) for n, w in chosen.items() if w != 0.0))
 
 
 def fit_aspect(aspect: float, area: int, limits: Limits, *, multiple: int = 8) -> tuple[int, int]:
@@ -171,11 +271,17 @@ def validate(
     limits: Limits,
     profile: ModelProfile,
     count_tokens: Callable[[str], int],
+    *,
+    loras: Mapping[str, LoraSpec] | None = None,
+    count_chunks: Callable[[str, str], int] | None = None,
 ) -> tuple[ImageRequest, list[str]]:
     """Return the request with every field resolved, and warnings for the user.
 
-    Raises `InvalidRequest` naming the field and the allowed range. A prompt longer than the
-    tokenizer's window is not an error (every SD tool truncates) but gets a warning.
+    `profile` is the request's model's. Raises `InvalidRequest` naming the field and the
+    allowed range. `<lora:name:weight>` tags leave the prompt for `loras` (checked against the
+    configured `loras` and the model). With `count_chunks` (models whose prompts are weighted
+    and chunked) a long prompt takes more 77-token windows; without, a prompt longer than the
+    window is truncated (as every SD tool does) with a warning.
     """
     warnings: list[str] = []
     if not isinstance(request.prompt, str) or not isinstance(request.negative_prompt, str):
@@ -184,22 +290,24 @@ def validate(
         raise InvalidRequest(
             "prompt", f"The prompt is too long (limit {MAX_PROMPT_CHARS} characters)."
         )
-    prompt = clean_text(request.prompt)
+    prompt, tags = extract_loras(clean_text(request.prompt))
     negative = clean_text(request.negative_prompt)
     if not prompt:
         raise InvalidRequest("prompt", "The prompt is empty. Describe the image you want.")
+    chosen_loras = _resolve_loras(tags, request.loras, profile.name, loras or {})
     for name, text in (("prompt", prompt), ("negative_prompt", negative)):
         if len(text) > MAX_PROMPT_CHARS:
             raise InvalidRequest(
                 name,
                 f"The {name.replace('_', ' ')} is too long (limit {MAX_PROMPT_CHARS} characters).",
             )
-        used = count_tokens(text) if text else 0
+        used = count_tokens(text) if text and count_chunks is None else 0
         if used > profile.max_tokens:
             warnings.append(
                 f"The {name.replace('_', ' ')} is {used} tokens long; the model reads only "
                 f"the first {profile.max_tokens}, so the rest was truncated."
             )
+    chunks = count_chunks(prompt, negative) if count_chunks is not None else 1
 
     init = request.init_image
     strength = request.strength
@@ -277,6 +385,9 @@ def validate(
         user=str(request.user),
         init_image=None if init is None else _fitted(init, sizes["width"], sizes["height"]),
         strength=strength,
+        model=profile.name,
+        loras=chosen_loras,
+        chunks=chunks,
     )
     return resolved, warnings
 

@@ -1,13 +1,15 @@
-"""Loads the model and runs a batch of requests as one pipeline call.
+"""Loads one model (with its LoRAs) and runs a batch of requests as one pipeline call.
 
-Everything here executes on the engine's single worker thread (`worker.Worker` owns it). The
-batch scheduler hands it a list of `Slot`s that share a `BatchKey`; it returns their images or
-raises, and the scheduler decides whether to split and retry.
+`load` runs on the worker's loader thread while the model is nobody else's; from then on
+everything executes on the engine's single worker thread (`worker.Worker` owns it). The
+batch scheduler hands it a list of `Slot`s that share a `BatchKey` (one model, one LoRA
+set); it returns their images or raises, and the scheduler decides whether to split and retry.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -15,13 +17,20 @@ from typing import Any
 
 import torch
 
+from . import weighting
 from .acceleration import accelerate, warm_up
-from .config import EngineConfig
+from .config import EngineConfig, ModelSpec
+from .errors import InvalidRequest
 from .job import Slot
 from .loader import LoadedModel, image_to_image, load_model
-from .request import ModelProfile
+from .lora import LoraState, load_loras
+from .request import ImageRequest, ModelProfile
 from .result import GeneratedImage
+from .stepper import unsupported_reason
 from .torch_ops import check_safety, package_images, preview_png, seeded_generators
+
+#: Families whose prompts are weighted and chunked (A1111 syntax); others get the text as is.
+WEIGHTED_FAMILIES = ("sd", "sdxl")
 
 __all__ = ["Runner"]
 
@@ -29,13 +38,17 @@ log = logging.getLogger(__name__)
 
 
 class Runner:
-    """Loads the model once and runs batches; not thread-safe by design (one owner thread)."""
+    """Loads one model and runs its batches; not thread-safe by design (one owner thread)."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, spec: ModelSpec | None = None) -> None:
         self.config = config
+        self.spec = spec or config.model_spec(config.default_model_name)
         self._model: LoadedModel | None = None
+        self._loras: LoraState | None = None
         self._step_callback_ok = False
         self._counter: Any = None  # the loop thread's own tokenizer, see `count_tokens`
+        self.profile: ModelProfile | None = None  # kept after `unload`, for validation
+        self.step_reason: str | None = None  # why it cannot run step by step, once loaded
 
     @property
     def model(self) -> LoadedModel:
@@ -43,16 +56,68 @@ class Runner:
             raise RuntimeError("the model is not loaded")
         return self._model
 
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
     def load(self) -> ModelProfile:
+        """Load the model and every configured LoRA that fits it (left inactive); raises
+        `ValueError` with one line when a LoRA cannot load into it."""
         torch.set_grad_enabled(False)
-        self._model = load_model(self.config)
-        log.info("%s", accelerate(self._model, self.config))
-        warm_up(self._model)
-        params = inspect.signature(self._model.pipe.__call__).parameters
+        model = load_model(self.config, self.spec)
+        fitting = [lora for lora in self.config.loras if lora.fits(self.spec.name)]
+        if fitting and self.config.compile != "off":
+            log.warning(
+                "model %s: LoRAs with compile = %r: every LoRA set and weight compiles the UNet "
+                'again (peft keeps weights as Python numbers); consider compile = "off"',
+                self.spec.name,
+                self.config.compile,
+            )
+        if fitting:
+            load_loras(
+                model.pipe, fitting, model_name=self.spec.name, cache_dir=self.config.cache_dir
+            )
+        log.info("%s", accelerate(model, self.config))
+        warm_up(model)
+        params = inspect.signature(model.pipe.__call__).parameters
         self._step_callback_ok = "callback_on_step_end" in params
-        tokenizer = getattr(self._model.pipe, "tokenizer", None)
+        tokenizer = getattr(model.pipe, "tokenizer", None)
         self._counter = copy.deepcopy(tokenizer) if tokenizer is not None else None
-        return self._model.profile
+        self._loras = LoraState(model.pipe)
+        self._model = model
+        self.profile = model.profile
+        self.step_reason = unsupported_reason(model)
+        return model.profile
+
+    def unload(self) -> None:
+        """Free the pipeline (its profile and token counter stay, for validation)."""
+        self._model = None
+        self._loras = None
+        gc.collect()
+        self.release_memory()
+
+    @property
+    def weighted(self) -> bool:
+        return self.profile is not None and self.profile.family in WEIGHTED_FAMILIES
+
+    def count_chunks(self, prompt: str, negative: str) -> int:
+        """77-token windows the weighted prompts take; safe on the loop thread (own tokenizer).
+        `InvalidRequest` for weighting syntax A1111 would fail on, such as `(a:1.2.3)`."""
+        for name, text in (("prompt", prompt), ("negative_prompt", negative)):
+            try:
+                weighting.parse_attention(text)
+            except ValueError:
+                raise InvalidRequest(
+                    name, "A weight in the prompt is not a number: write it like (word:1.2)."
+                ) from None
+        if self._counter is None:
+            return 1
+        return weighting.chunks_needed(prompt, negative, self._counter)
+
+    def activate(self, request: ImageRequest) -> None:
+        """Make the request's LoRA set the active one (cheap when it already is)."""
+        assert self._loras is not None
+        self._loras.activate(request.loras)
 
     def count_tokens(self, text: str) -> int:
         """Tokens the prompt uses without BOS/EOS; safe to call from the loop thread.
@@ -70,20 +135,16 @@ class Runner:
         model = self.model
         key = slots[0].request.key
         if any(s.request.key != key for s in slots):
-            raise ValueError("a batch mixes sizes, steps or guidance")
-        prompts: list[str] = []
-        negatives: list[str] = []
+            raise ValueError("a batch mixes models, LoRAs, sizes, steps or guidance")
+        self.activate(slots[0].request)
         generators: list[torch.Generator] = []
         inits: list[Any] = []
         for slot in slots:
-            prompts += [slot.request.prompt] * slot.request.count
-            negatives += [slot.request.negative_prompt] * slot.request.count
             generators += seeded_generators(slot.request)
             inits += [slot.request.init_image] * slot.request.count
 
         kwargs: dict[str, Any] = {
-            "prompt": prompts,
-            "negative_prompt": self._negatives(negatives),
+            **self._texts(slots, cfg=key.guidance > 1.0),
             "num_inference_steps": key.steps,
             "guidance_scale": key.guidance,
             "generator": generators,
@@ -114,6 +175,55 @@ class Runner:
         """After an out-of-memory error, hand cached blocks back before the retry."""
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def needs_embeddings(self, request: ImageRequest) -> bool:
+        """Whether the request's prompts are weighted or longer than one window (worker thread:
+        it tokenizes with the pipeline's own tokenizer)."""
+        pipe = self.model.pipe
+        return self.weighted and weighting.needs_embeddings(
+            request.prompt, request.negative_prompt, pipe.tokenizer
+        )
+
+    def embeddings(self, request: ImageRequest, *, cfg: bool) -> weighting.Embeddings:
+        """The request's weighted, chunked text embeddings, one row per image."""
+        model = self.model
+        assert self.profile is not None
+        return weighting.encode(
+            model.pipe,
+            self.profile.family,
+            request.prompt,
+            request.negative_prompt,
+            device=model.device,
+            count=request.count,
+            cfg=cfg,
+        )
+
+    def _texts(self, slots: Sequence[Slot], *, cfg: bool) -> dict[str, Any]:
+        """The pipeline's text arguments: plain strings (the stock path) unless a request is
+        weighted or long, then every request's embeddings (equal to the stock ones when plain)."""
+        requests = [slot.request for slot in slots]
+        if not any(self.needs_embeddings(r) for r in requests):
+            prompts: list[str] = []
+            negatives: list[str] = []
+            for r in requests:
+                plain = weighting.plain_text(r.prompt) if self.weighted else r.prompt
+                negative = (
+                    weighting.plain_text(r.negative_prompt) if self.weighted else r.negative_prompt
+                )
+                prompts += [plain] * r.count
+                negatives += [negative] * r.count
+            return {"prompt": prompts, "negative_prompt": self._negatives(negatives)}
+        made = [self.embeddings(r, cfg=cfg) for r in requests]
+        out: dict[str, Any] = {"prompt_embeds": torch.cat([e.cond for e in made])}
+        if cfg:
+            out["negative_prompt_embeds"] = torch.cat([e.uncond for e in made])  # type: ignore[misc]
+        if self.profile is not None and self.profile.family == "sdxl":
+            out["pooled_prompt_embeds"] = torch.cat([e.pooled for e in made])  # type: ignore[misc]
+            if cfg:
+                out["negative_pooled_prompt_embeds"] = torch.cat(
+                    [e.negative_pooled for e in made]  # type: ignore[misc]
+                )
+        return out
 
     def _negatives(self, negatives: list[str]) -> list[str] | None:
         # SDXL uses zero embeddings for "no negative prompt" but encodes "" when given one, so

@@ -12,13 +12,15 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .config import EngineConfig
-from .errors import EngineDead, EngineError, ShuttingDown
+from .config import EngineConfig, LoraSpec
+from .errors import EngineDead, EngineError, InvalidRequest, ShuttingDown
 from .job import Job
 from .request import ImageRequest, ModelProfile, validate
+from .residency import Residency
 from .result import GenerationResult
 from .scheduling import Lifecycle, Scheduler, make_scheduler
 from .stats import EngineStats
@@ -26,14 +28,34 @@ from .stats import EngineStats
 if TYPE_CHECKING:
     from .worker import Worker
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "ModelInfo"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One configured model as `/models` shows it."""
+
+    profile: ModelProfile
+    loaded: bool
+    loading: bool
+    memory_bytes: int
+    loras: tuple[LoraSpec, ...]
+    default: bool
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+
 class Engine:
-    """`async with Engine(config) as engine: job = engine.submit(ImageRequest("a cat"))`."""
+    """`async with Engine(config) as engine: job = engine.submit(ImageRequest("a cat"))`.
+
+    Every configured model is loaded once at start-up (its profile learnt, its LoRAs
+    checked); afterwards a request names its model and waits in the queue while it loads.
+    """
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -45,6 +67,8 @@ class Engine:
         self._task: asyncio.Task[None] | None = None
         self._dead: EngineDead | None = None
         self._ids = itertools.count(1)
+        self._residency: Residency | None = None
+        self._loras = {lora.name: lora for lora in config.loras}
 
     # Lifecycle
     async def start(self) -> None:
@@ -52,10 +76,23 @@ class Engine:
         from .worker import Worker  # torch is imported here, never at package import
 
         worker = Worker(self.config)
-        profile = await worker.start()
+        loaded = await worker.start()
         self._worker = worker
-        self._lifecycle = Lifecycle(profile, self.stats)
-        self._scheduler = await make_scheduler(self.config, worker, self._lifecycle)
+        profile = worker.profile(self.config.default_model_name)
+        assert profile is not None
+        self._lifecycle = Lifecycle(profile, self.stats, worker.profile)
+        scheduler = await make_scheduler(self.config, worker, self._lifecycle)
+        residency = Residency(
+            worker,
+            self.config.max_loaded_models,
+            in_use=scheduler.in_use,
+            on_change=scheduler.changed,
+        )
+        for name in loaded:
+            residency.mark_loaded(name)
+        scheduler.attach(residency)
+        self._residency = residency
+        self._scheduler = scheduler
         self._task = asyncio.create_task(self._run(), name="imagine-engine-loop")
 
     async def close(self, grace_s: float = 60.0) -> None:
@@ -79,6 +116,8 @@ class Engine:
         if lifecycle is not None:
             for job in lifecycle.running:
                 lifecycle.fail(job, ShuttingDown())
+        if self._residency is not None:
+            await self._residency.close()
         if self._worker is not None:
             await self._worker.close()
 
@@ -94,7 +133,56 @@ class Engine:
     # Introspection
     @property
     def profile(self) -> ModelProfile:
+        """The default model's profile."""
         return self._started()[0].profile
+
+    @property
+    def default_model(self) -> str:
+        return self.config.default_model_name
+
+    @property
+    def model_names(self) -> list[str]:
+        return [spec.name for spec in self.config.model_specs]
+
+    def profile_of(self, model: str | None) -> ModelProfile:
+        """Model `model`'s profile (None: the default's); `InvalidRequest` for a name that
+        is not configured."""
+        self._started()
+        assert self._worker is not None
+        name = model or self.default_model
+        if name not in self._worker.model_names:  # jobs stored before models had names
+            name = next((m.name for m in self.config.model_specs if m.source == name), name)
+        profile = self._worker.profile(name) if name in self._worker.model_names else None
+        if profile is None:
+            known = ", ".join(self._worker.model_names)
+            raise InvalidRequest("model", f"There is no model called {name!r} (known: {known}).")
+        return profile
+
+    def models(self) -> list[ModelInfo]:
+        """Every configured model: its profile, whether it is loaded, its memory, its LoRAs."""
+        self._started()
+        assert self._worker is not None
+        worker, residency = self._worker, self._residency
+        out = []
+        for name in worker.model_names:
+            profile = worker.profile(name)
+            assert profile is not None  # every model loaded once at start-up
+            out.append(
+                ModelInfo(
+                    profile=profile,
+                    loaded=worker.is_loaded(name),
+                    loading=residency is not None and name in residency.loading,
+                    memory_bytes=worker.memory_bytes(name),
+                    loras=tuple(lora for lora in self.config.loras if lora.fits(name)),
+                    default=name == self.default_model,
+                )
+            )
+        return out
+
+    @property
+    def model_loads(self) -> int:
+        """Models loaded since start-up to serve a request (what switching costs)."""
+        return self._residency.loads if self._residency is not None else 0
 
     @property
     def scheduling(self) -> str:
@@ -113,24 +201,32 @@ class Engine:
     def running(self) -> tuple[Job, ...]:
         return self._lifecycle.running if self._lifecycle is not None else ()
 
-    async def run_in_worker(self, fn: Callable[[Any], T]) -> T:
-        """Run `fn(pipeline)` on the worker thread, between calls.
+    async def run_in_worker(self, fn: Callable[[Any], T], model: str | None = None) -> T:
+        """Run `fn(pipeline)` on the worker thread, between calls (default: the default model,
+        which must be loaded).
 
-        The only safe way to touch the pipeline from outside: adding a hook, loading a LoRA.
+        The only safe way to touch a pipeline from outside: adding a hook, say.
         """
         if self._worker is None:
             raise EngineError("The engine has not been started.")
-        return await self._worker.with_pipeline(fn)
+        return await self._worker.with_pipeline(fn, model)
 
     # Submitting
     def prepare(self, request: ImageRequest) -> tuple[ImageRequest, tuple[str, ...]]:
         """Validate and resolve defaults without queueing (front ends check before reserving)."""
         if self._dead is not None:
             raise self._dead
-        lifecycle, _ = self._started()
-        assert self._worker is not None
+        self._started()
+        worker = self._worker
+        assert worker is not None
+        profile = self.profile_of(request.model)
         resolved, warnings = validate(
-            request, self.limits, lifecycle.profile, self._worker.count_tokens
+            request,
+            self.limits,
+            profile,
+            lambda text: worker.count_tokens(profile.name, text),
+            loras=self._loras,
+            count_chunks=worker.count_chunks(profile.name),
         )
         return resolved, tuple(warnings)
 

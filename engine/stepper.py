@@ -18,16 +18,31 @@ import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from . import weighting
 from .job import Slot
 from .loader import LoadedModel, image_to_image
 from .request import ImageRequest
 from .result import GeneratedImage
 from .torch_ops import check_safety, package_images, preview_png, seeded_generators
+
+
+class Texts(Protocol):
+    """What the stepper needs of its model's `Runner`: LoRAs and weighted prompts."""
+
+    @property
+    def weighted(self) -> bool: ...
+
+    def activate(self, request: ImageRequest) -> None: ...
+
+    def needs_embeddings(self, request: ImageRequest) -> bool: ...
+
+    def embeddings(self, request: ImageRequest, *, cfg: bool) -> weighting.Embeddings: ...
+
 
 __all__ = ["Sample", "Stepper", "unsupported_reason"]
 
@@ -100,11 +115,14 @@ class Sample:
 class Stepper:
     """Admits requests, runs ticks and finishes requests; not thread-safe (one owner thread)."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, runner: Texts | None = None) -> None:
+        """`runner` (the model's own) sets each request's LoRAs and weights its prompts;
+        without one, prompts are plain text and no LoRA is active."""
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(reason)
         self.model = model
+        self.runner = runner
         self.family = _PIPELINES[type(model.pipe).__name__]
 
     # Admission
@@ -127,16 +145,27 @@ class Stepper:
         generators = seeded_generators(r)
         cond_added: dict[str, torch.Tensor] = {}
         uncond_added: dict[str, torch.Tensor] = {}
+        runner = self.runner
+        if runner is not None:
+            runner.activate(r)  # a LoRA on the text encoder changes the embeddings too
+        embedded = runner.embeddings(r, cfg=cfg) if runner and runner.needs_embeddings(r) else None
+        prompt, negative = r.prompt, r.negative_prompt
+        if runner is not None and runner.weighted:
+            prompt, negative = weighting.plain_text(prompt), weighting.plain_text(negative)
         with torch.inference_mode():
             if self.family == "sdxl":
                 # Zero embeddings for "no negative prompt", as a lone SDXL call would use.
-                cond, uncond, pooled, neg_pooled = pipe.encode_prompt(
-                    prompt=r.prompt,
-                    device=device,
-                    num_images_per_prompt=r.count,
-                    do_classifier_free_guidance=cfg,
-                    negative_prompt=r.negative_prompt or None,
-                )
+                if embedded is not None:
+                    cond, uncond = embedded.cond, embedded.uncond
+                    pooled, neg_pooled = embedded.pooled, embedded.negative_pooled
+                else:
+                    cond, uncond, pooled, neg_pooled = pipe.encode_prompt(
+                        prompt=prompt,
+                        device=device,
+                        num_images_per_prompt=r.count,
+                        do_classifier_free_guidance=cfg,
+                        negative_prompt=negative or None,
+                    )
                 encoder_2 = getattr(pipe, "text_encoder_2", None)
                 projection = (
                     encoder_2.config.projection_dim
@@ -151,13 +180,15 @@ class Stepper:
                 cond_added = {"text_embeds": pooled.to(device), "time_ids": time_ids}
                 if cfg:
                     uncond_added = {"text_embeds": neg_pooled.to(device), "time_ids": time_ids}
+            elif embedded is not None:
+                cond, uncond = embedded.cond, embedded.uncond
             else:
                 cond, uncond = pipe.encode_prompt(
-                    prompt=r.prompt,
+                    prompt=prompt,
                     device=device,
                     num_images_per_prompt=r.count,
                     do_classifier_free_guidance=cfg,
-                    negative_prompt=r.negative_prompt,
+                    negative_prompt=negative,
                 )
             if r.init_image is not None:
                 timesteps, latents = self._init_latents(r, scheduler, generators, cond.dtype)
@@ -222,6 +253,8 @@ class Stepper:
         may retry any subset. A scheduler step that fails is returned in its sample's place
         (that request fails alone; the others have stepped).
         """
+        if self.runner is not None and samples:
+            self.runner.activate(samples[0].request)  # a tick shares one LoRA set
         with torch.inference_mode():
             predictions = self._predict(samples)
             errors: list[Exception | None] = []

@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 _VERSION = 1
-BUILTIN_MODELS = ("builtin:tiny", "builtin:tiny-flagging")
+#: `builtin:tiny-b` has the same shape with other random weights: a second model for tests
+#: and offline trials of several models (and of LoRAs made for the tiny UNet).
+BUILTIN_MODELS = ("builtin:tiny", "builtin:tiny-flagging", "builtin:tiny-b")
 _VOCAB = Path(__file__).parent / "vocab"
 
 
@@ -51,7 +53,7 @@ def builtin_folder(name: str, cache_dir: Path | None = None) -> Path:
         raise ValueError(f"unknown builtin model {name!r}; known: {', '.join(BUILTIN_MODELS)}")
     root = _folder(name, cache_dir)
     if not (root / "model_index.json").exists():
-        _build(root, flagging=name.endswith("-flagging"))
+        _build(root, flagging=name.endswith("-flagging"), seed=1 if name.endswith("-b") else 0)
     return root
 
 
@@ -126,12 +128,12 @@ def tiny_text_config(tokenizer: CLIPTokenizer, **changes: Any) -> CLIPTextConfig
     )
 
 
-def _build(root: Path, *, flagging: bool) -> None:
+def _build(root: Path, *, flagging: bool, seed: int = 0) -> None:
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextModel
 
-    torch.manual_seed(0)  # the same weights on every machine
+    torch.manual_seed(seed)  # the same weights on every machine
     tokenizer = clip_tokenizer()
     unet = tiny_unet()
     scheduler = DDIMScheduler(

@@ -17,7 +17,7 @@ import torch
 from .loader import LoadedModel
 from .pngmeta import Parameters, encode_png
 from .preview import latents_to_preview
-from .request import ImageRequest
+from .request import ImageRequest, lora_tags
 from .result import GeneratedImage
 
 __all__ = ["check_safety", "package_images", "preview_png", "seeded_generators"]
@@ -57,8 +57,13 @@ def package_images(
     assert request.width is not None and request.height is not None
     made = []
     for n, (seed, image, flagged) in enumerate(zip(request.seeds, images, flags, strict=True)):
+        extra = list(request.parameters)
+        if model.profile.hash:
+            extra.insert(0, ("Model hash", model.profile.hash))
         params = Parameters(
-            prompt=request.prompt,
+            # A1111 keeps `<lora:name:weight>` in the prompt: another tool (and this one,
+            # reading the PNG back) applies the same LoRAs.
+            prompt=" ".join(filter(None, (request.prompt, lora_tags(request.loras)))),
             negative_prompt=request.negative_prompt,
             steps=request.steps,
             sampler=model.profile.sampler,
@@ -68,7 +73,7 @@ def package_images(
             height=request.height,
             model=model.profile.name,
             denoising_strength=request.strength if request.init_image is not None else None,
-            extra=request.parameters,
+            extra=tuple(extra),
         )
         made.append(
             GeneratedImage(

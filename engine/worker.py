@@ -1,9 +1,12 @@
-"""The engine's one worker thread and everything that lives on it: the model, the `Runner`
-and, for step scheduling, the `Stepper`.
+"""The engine's one worker thread and everything that lives on it: the models, one `Runner`
+each and, for step scheduling, a `Stepper` each.
 
-diffusers pipelines keep state between calls (schedulers, attention processors), so exactly
-one thread ever touches them; the event loop only awaits this object's methods, each one hop
-onto that thread. This is the only `run_in_executor` into it.
+diffusers pipelines keep state between calls (schedulers, attention processors, active LoRA
+adapters), so exactly one thread ever runs them; the event loop only awaits this object's
+methods, each one hop onto that thread. A model is loaded on a second thread, the loader,
+while it is nobody else's, so the other models keep serving meanwhile; it is handed to the
+worker thread only once loaded. Which models stay loaded is the event loop's decision
+(`residency.Residency`); this object only loads and unloads when told.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import torch
+
 from .config import EngineConfig
 from .errors import EngineError
 from .job import Slot
 from .request import ModelProfile
 from .result import GeneratedImage
 from .runner import Runner
-from .stepper import Sample, Stepper, unsupported_reason
+from .stepper import Sample, Stepper
 
 __all__ = ["Worker"]
 
@@ -28,82 +33,165 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _no_grad() -> None:
+    torch.set_grad_enabled(False)  # per thread: both of ours only ever run inference
+
+
 class Worker:
-    """`await Worker(config).start()` loads the model on a new thread and returns its profile."""
+    """`await Worker(config).start()` loads the default model on a new thread and returns its
+    profile; `check_models()` loads each other model once to learn its profile."""
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self._runner = Runner(config)
+        self._runners = {spec.name: Runner(config, spec) for spec in config.model_specs}
         self._executor: ThreadPoolExecutor | None = None
-        self._stepper: Stepper | None = None
+        self._loader: ThreadPoolExecutor | None = None
+        self._steppers: dict[str, Stepper] = {}
+        self.stepping = False
 
-    async def start(self) -> ModelProfile:
-        """Start the thread and load the model on it; raises `EngineError` if it cannot load."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagine-engine")
+    async def start(self) -> list[str]:
+        """Start the threads and load every model once, the default one last: each model's
+        profile is learnt and its LoRAs checked (`EngineError` names the one that cannot
+        load), and no more than `max_loaded_models` are ever loaded at once. Returns the
+        models left loaded, least recently used first."""
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="imagine-engine", initializer=_no_grad
+        )
+        self._loader = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="imagine-loader", initializer=_no_grad
+        )
+        default = self.config.default_model_name
+        order = [name for name in self._runners if name != default] + [default]
+        keep = set(order[-self.config.max_loaded_models :])
         try:
-            return await self._call(self._runner.load)
-        except Exception as exc:
+            for n, name in enumerate(order, 1):
+                if len(order) > 1:
+                    log.info("checking model %s (%d of %d)", name, n, len(order))
+                await self.load(name)
+                if name not in keep:
+                    await self.unload(name)
+        except EngineError:
             self._executor.shutdown(wait=False)
-            raise EngineError(f"Could not load model {self.config.model!r}: {exc}") from exc
+            self._loader.shutdown(wait=False)
+            raise
+        return [name for name in order if name in keep]
 
     async def close(self) -> None:
-        """Let the current call finish, drop queued ones, and end the thread."""
-        if self._executor is not None:
-            executor = self._executor
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: executor.shutdown(wait=True, cancel_futures=True)
-            )
+        """Let the current calls finish, drop queued ones, and end the threads."""
+        for executor in (self._loader, self._executor):
+            if executor is not None:
+                pool = executor
+                await asyncio.get_running_loop().run_in_executor(
+                    None, lambda pool=pool: pool.shutdown(wait=True, cancel_futures=True)
+                )
 
-    def count_tokens(self, text: str) -> int:
+    # Models
+    @property
+    def model_names(self) -> list[str]:
+        return list(self._runners)
+
+    def profile(self, name: str) -> ModelProfile | None:
+        """The model's profile once it has loaded (kept after it is unloaded)."""
+        return self._runners[name].profile
+
+    def is_loaded(self, name: str) -> bool:
+        return self._runners[name].loaded
+
+    def memory_bytes(self, name: str) -> int:
+        runner = self._runners[name]
+        return runner.model.memory_bytes() if runner.loaded else 0
+
+    async def load(self, name: str) -> ModelProfile:
+        """Load model `name` on the loader thread (its LoRAs too, and its stepper when step
+        scheduling is on); raises `EngineError` with the cause in one line."""
+        runner = self._runners[name]
+        if self._loader is None:
+            raise EngineError("The engine has not been started.")
+        loop = asyncio.get_running_loop()
+
+        def build() -> tuple[ModelProfile, Stepper | None]:
+            profile = runner.load()
+            stepper = None
+            if self.stepping and runner.step_reason is None:
+                stepper = Stepper(runner.model, runner)
+            return profile, stepper
+
+        try:
+            profile, stepper = await loop.run_in_executor(self._loader, build)
+        except Exception as exc:
+            raise EngineError(f"Could not load model {name!r}: {exc}") from exc
+        if stepper is not None:
+            self._steppers[name] = stepper
+        return profile
+
+    async def unload(self, name: str) -> None:
+        """Free model `name` on the worker thread, between calls."""
+        self._steppers.pop(name, None)
+        await self._call(self._runners[name].unload)
+
+    def count_tokens(self, name: str, text: str) -> int:
         """Tokens a prompt uses; runs on the calling (loop) thread with its own tokenizer."""
-        return self._runner.count_tokens(text)
+        return self._runners[name].count_tokens(text)
 
-    async def with_pipeline(self, fn: Callable[[Any], T]) -> T:
-        """`fn(pipeline)` on the worker thread, between calls."""
-        runner = self._runner
+    def count_chunks(self, name: str) -> Callable[[str, str], int] | None:
+        """How many 77-token windows model `name` takes for a prompt pair (loop thread), or
+        None when the model reads plain text only (its prompts are truncated)."""
+        runner = self._runners[name]
+        return runner.count_chunks if runner.weighted else None
+
+    async def with_pipeline(self, fn: Callable[[Any], T], name: str | None = None) -> T:
+        """`fn(pipeline)` on the worker thread, between calls (default: the default model)."""
+        runner = self._runners[name or self.config.default_model_name]
         return await self._call(lambda: fn(runner.model.pipe))
 
     # Batch scheduling
     async def run(self, slots: Sequence[Slot]) -> list[list[GeneratedImage]]:
-        """One pipeline call over every slot's images."""
-        return await self._call(self._runner.run, slots)
+        """One pipeline call over every slot's images (one model: the slots share a key)."""
+        return await self._call(self._runner_of(slots[0]).run, slots)
 
     async def release_memory(self) -> None:
         """After an out-of-memory error, hand cached blocks back before a retry."""
-        await self._call(self._runner.release_memory)
+        await self._call(self._runners[self.config.default_model_name].release_memory)
 
     # Step scheduling
     async def start_stepping(self) -> str | None:
-        """Build the stepper for the loaded model; the reason it cannot step, or None."""
-        runner = self._runner
-
-        def build() -> Stepper | str:
-            model = runner.model
-            reason = unsupported_reason(model)
-            return reason if reason is not None else Stepper(model)
-
-        built = await self._call(build)
-        if isinstance(built, str):
-            return built
-        self._stepper = built
+        """Step from now on; the reason a configured model cannot step, or None (every model
+        must step, or the engine batches whole calls for all of them)."""
+        for name, runner in self._runners.items():
+            if runner.step_reason is not None:
+                return f"model {name}: {runner.step_reason}"
+        for runner in self._runners.values():
+            if runner.loaded:
+                self._steppers[runner.spec.name] = await self._call(
+                    lambda runner=runner: Stepper(runner.model, runner)
+                )
+        self.stepping = True
         return None
+
+    def can_step(self, name: str) -> bool:
+        return name in self._steppers
 
     async def admit(self, slots: Sequence[Slot]) -> list[Sample | Exception]:
         """Start denoising state for each slot; a failure stands in its place."""
-        return await self._call(self._stepping().admit_all, slots)
+        return await self._call(self._stepper_of(slots[0]).admit_all, slots)
 
     async def tick(self, samples: Sequence[Sample]) -> list[Exception | None]:
         """One denoising step over every sample; raises only if the shared forward fails."""
-        return await self._call(self._stepping().tick, samples)
+        return await self._call(self._stepper_of(samples[0].slot).tick, samples)
 
     async def finish(self, samples: Sequence[Sample]) -> list[list[GeneratedImage] | Exception]:
         """Decode, check and encode finished samples; a failure stands in its place."""
-        return await self._call(self._stepping().finish_all, samples)
+        return await self._call(self._stepper_of(samples[0].slot).finish_all, samples)
 
-    def _stepping(self) -> Stepper:
-        if self._stepper is None:
-            raise RuntimeError("start_stepping() has not succeeded")
-        return self._stepper
+    def _runner_of(self, slot: Slot) -> Runner:
+        return self._runners[slot.request.model or self.config.default_model_name]
+
+    def _stepper_of(self, slot: Slot) -> Stepper:
+        name = slot.request.model or self.config.default_model_name
+        stepper = self._steppers.get(name)
+        if stepper is None:
+            raise RuntimeError(f"model {name} has no stepper (not loaded, or cannot step)")
+        return stepper
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:

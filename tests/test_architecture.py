@@ -34,10 +34,11 @@ TORCH_SIDE = frozenset(
         "engine.stepper",
         "engine.tiny",
         "engine.torch_ops",
+        "engine.weighting",
         "engine.worker",
     }
 )
-TORCH_LIBS = ("torch", "diffusers", "transformers", "accelerate", "safetensors")
+TORCH_LIBS = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "peft")
 
 # The composition root: the only module besides `bot.client` itself that may import it.
 COMPOSITION_ROOT = "bot.app"

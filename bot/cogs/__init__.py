@@ -16,7 +16,12 @@ __all__ = ["InfoCog", "QuotaCog", "UsageCog", "make_cogs", "make_imagine_cog"]
 def make_cogs(services: Services, jobs: JobActions) -> list[commands.Cog]:
     """Every cog the bot adds in `setup_hook`, in order."""
     return [
-        make_imagine_cog(services.engine.limits, jobs),
+        make_imagine_cog(
+            services.engine.limits,
+            jobs,
+            # From the config: the cogs are added at login, before the models load.
+            [(spec.name, spec.description) for spec in services.config.engine.model_specs],
+        ),
         InfoCog(services),
         QuotaCog(services),
         UsageCog(services),

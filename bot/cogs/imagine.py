@@ -6,6 +6,7 @@ is what Discord offers; this module has no `from __future__ import annotations` 
 discord.py reads the option ranges from the annotations at class creation.
 """
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import discord
@@ -24,8 +25,29 @@ _SHAPES = Literal[tuple(shape.value for shape in Shape)]  # type: ignore[valid-t
 _ASPECTS = Literal[ASPECT_RATIOS]  # type: ignore[valid-type]
 
 
-def make_imagine_cog(limits: Limits, jobs: JobActions) -> commands.Cog:
-    """The `/imagine` cog with option ranges taken from `limits`."""
+#: Discord's limits on autocomplete answers: 25 choices, names of 100 characters.
+MAX_CHOICES = 25
+MAX_CHOICE_NAME = 100
+
+
+def model_choices(
+    models: Sequence[tuple[str, str]], current: str
+) -> list[app_commands.Choice[str]]:
+    """Models whose name (or description) contains what the user typed so far, names first."""
+    typed = current.strip().lower()
+    named = [m for m in models if typed in m[0].lower()]
+    described = [m for m in models if m not in named and typed and typed in m[1].lower()]
+    return [
+        app_commands.Choice(name=(f"{n} — {d}" if d else n)[:MAX_CHOICE_NAME], value=n)
+        for n, d in [*named, *described][:MAX_CHOICES]
+    ]
+
+
+def make_imagine_cog(
+    limits: Limits, jobs: JobActions, models: Sequence[tuple[str, str]] = ()
+) -> commands.Cog:
+    """The `/imagine` cog with option ranges taken from `limits`; `models` (name,
+    description) feed the `model` option's autocomplete (the engine checks the name)."""
     max_steps, max_count, max_guidance = limits.max_steps, limits.max_count, limits.max_guidance
 
     class ImagineCog(commands.Cog):
@@ -43,6 +65,7 @@ def make_imagine_cog(limits: Limits, jobs: JobActions) -> commands.Cog:
             count="How many images (each counts against your allowance)",
             image="A picture to start from (PNG, JPEG or WebP)",
             strength="With an image: how much of it may change (0.05 to 1; 0.6 by default)",
+            model="The model to use (see /models); the server's default when empty",
         )
         @app_commands.guild_only()
         async def imagine(
@@ -58,6 +81,7 @@ def make_imagine_cog(limits: Limits, jobs: JobActions) -> commands.Cog:
             count: app_commands.Range[int, 1, max_count] = 1,
             image: discord.Attachment | None = None,
             strength: app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH] | None = None,
+            model: app_commands.Range[str, 1, 64] | None = None,
         ) -> None:
             options = ImagineOptions(
                 prompt=prompt,
@@ -72,7 +96,14 @@ def make_imagine_cog(limits: Limits, jobs: JobActions) -> commands.Cog:
                 if image is None
                 else PictureRef(url=image.url, filename=image.filename, size=image.size),
                 strength=strength,
+                model=model,
             )
             await jobs.imagine(interaction, options)
+
+        @imagine.autocomplete("model")
+        async def model_autocomplete(
+            self, interaction: discord.Interaction[Any], current: str
+        ) -> list[app_commands.Choice[str]]:
+            return model_choices(models, current)
 
     return ImagineCog()

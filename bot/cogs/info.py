@@ -1,4 +1,5 @@
-"""`/info`: the user's own allowance, when it refills, and their jobs in flight."""
+"""`/info`: the user's own allowance, when it refills, and their jobs in flight; `/models`:
+the models to choose from."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from ..render import info_text
+from ..render import info_text, models_text
 from ..services import Services
 
 __all__ = ["InfoCog"]
@@ -25,3 +26,10 @@ class InfoCog(commands.Cog):
         ledger = self.services.ledger
         status = await ledger.user_status(interaction.guild_id or 0, interaction.user.id)
         await interaction.followup.send(info_text(status), ephemeral=True)
+
+    @app_commands.command(name="models", description="The models you can choose, and their LoRAs")
+    @app_commands.guild_only()
+    async def models(self, interaction: discord.Interaction[Any]) -> None:
+        # From memory (no database): answered at once, within Discord's 3 s.
+        text = models_text(self.services.engine.models())
+        await interaction.response.send_message(text, ephemeral=True)

@@ -89,10 +89,14 @@ class Admission:
         `options` (fetched here, after the cheap checks).
         """
         s = self.services
+        try:
+            native = s.engine.profile_of(options.model).native_size
+        except InvalidRequest:  # an unknown model: refused below by `prepare`, with its name
+            native = s.engine.profile.native_size
         asked = engine_request(
             options,
             negative=s.moderation.negative_prompt(options.negative),
-            native=s.engine.profile.native_size,
+            native=native,
             limits=s.engine.limits,
             user=origin.fairness_key,
         )
@@ -186,9 +190,14 @@ class Admission:
         return f"Images can't be made here. Try {allowed}."
 
     def _stored(self, origin: Origin, request: ImageRequest, reroll_of: int | None) -> JobRequest:
-        engine = self.services.config.engine
+        engine = self.services.engine
+        model = request.model or engine.default_model
+        try:
+            scheduler = engine.config.model_spec(model).scheduler
+        except KeyError:  # an unknown model, being refused
+            scheduler = "default"
         return ledger_request(
-            origin, request, model=engine.model, scheduler=engine.scheduler, reroll_of=reroll_of
+            origin, request, model=model, scheduler=scheduler, reroll_of=reroll_of
         )
 
     async def _reserve_and_submit(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from engine import UPSCALE_FACTOR, ImageRequest, Limits
+from engine import UPSCALE_FACTOR, ImageRequest, Limits, lora_tags
 
 from ..ledger import JobKind, JobRecord, JobRequest
 from ..options import ImagineOptions, size_for
@@ -79,6 +79,7 @@ def engine_request(
         user=user,
         aspect=options.aspect,
         strength=options.strength,
+        model=options.model,
     )
 
 
@@ -90,7 +91,8 @@ def ledger_request(
     scheduler: str,
     reroll_of: int | None,
 ) -> JobRequest:
-    """What the ledger stores for `request` (unresolved fields are stored as 0)."""
+    """What the ledger stores for `request` (unresolved fields are stored as 0). The prompt
+    keeps its LoRAs as `<lora:name:weight>` tags, so a restart or a reroll applies them."""
     return JobRequest(
         guild_id=origin.guild_id,
         channel_id=origin.channel_id,
@@ -98,7 +100,7 @@ def ledger_request(
         application_id=origin.application_id,
         interaction_id=origin.interaction_id,
         interaction_token=origin.token,
-        prompt=request.prompt,
+        prompt=" ".join(filter(None, (request.prompt, lora_tags(request.loras)))),
         negative_prompt=request.negative_prompt,
         seed=request.seed if request.seed is not None else 0,
         model=model,
@@ -147,4 +149,5 @@ def reroll_options(record: JobRecord) -> ImagineOptions:
         height=record.height,
         count=1 if record.kind is JobKind.UPSCALE else record.image_count,  # it costs more
         strength=record.strength,  # an image job's reroll starts from the same picture
+        model=record.model or None,
     )

@@ -235,6 +235,7 @@ class JobService:
             self.services.engine.limits,
             user=origin_of(interaction).fairness_key,
             origin=f"job {record.id}, image {index + 1}",
+            models=self.services.engine.model_names,
         )
         await self._derived(
             interaction,
@@ -262,6 +263,7 @@ class JobService:
             count=min(GRID_IMAGES, limits.max_count),
             user=origin_of(interaction).fairness_key,
             origin=f"job {record.id}, image {index + 1}",
+            models=self.services.engine.model_names,
         )
         await self._derived(
             interaction,

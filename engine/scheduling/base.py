@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Generic, Protocol, TypeVar
 
-from ..errors import Cancelled, EngineDead
+from ..errors import Cancelled, EngineDead, GenerationFailed
 from ..job import Job
 from ..queue import FairQueue
+from ..residency import Residency
 from .lifecycle import Lifecycle
 
 __all__ = ["QueueingScheduler", "Scheduler"]
@@ -52,6 +53,18 @@ class Scheduler(Protocol):
         """Refuse new jobs with `reason`; return the queued ones (running ones go on)."""
         ...
 
+    def in_use(self) -> set[str]:
+        """Models with work running now (they must stay loaded)."""
+        ...
+
+    def attach(self, residency: Residency) -> None:
+        """Use `residency` to know which models are loaded and to ask for others."""
+        ...
+
+    def changed(self) -> None:
+        """Something besides the queue changed (a model loaded or failed): look again."""
+        ...
+
 
 Q = TypeVar("Q", bound=FairQueue[Job])
 
@@ -62,6 +75,30 @@ class QueueingScheduler(Generic[Q]):
     def __init__(self, queue: Q, lifecycle: Lifecycle) -> None:
         self.queue = queue
         self.lifecycle = lifecycle
+        self.residency: Residency | None = None  # set by the engine after start-up
+
+    def attach(self, residency: Residency) -> None:
+        self.residency = residency
+
+    def ready(self, model: str) -> bool:
+        """Whether `model` is loaded (always, for an engine without a residency)."""
+        return self.residency is None or self.residency.ready(model)
+
+    def want(self, models: list[str]) -> None:
+        """Ask for the model the most deserving waiting work needs (`models[0]`); the others
+        are kept loaded rather than unloaded to make room, when there is a choice. Only the
+        first is asked for: asking for all would unload each for the next before it ran."""
+        if self.residency is None or not models:
+            return
+        loading = self.residency.loading
+        self.residency.want(models[0], needed=models)
+        failed = self.residency.take_failures()
+        for job in [j for j in self.queue.items() if j.request.model in failed]:
+            self.queue.remove(job)
+            error = failed[job.request.model or ""]
+            self.lifecycle.fail(job, GenerationFailed(str(error), error))
+        if failed or self.residency.loading != loading:  # say "loading model X" at once
+            self.show_positions()
 
     def submit(self, job: Job) -> None:
         self.queue.put(job)
@@ -84,6 +121,12 @@ class QueueingScheduler(Generic[Q]):
     def close(self, reason: EngineDead) -> list[Job]:
         return self.queue.close(reason)
 
+    def changed(self) -> None:
+        """Something besides the queue changed (a model loaded or failed): look again."""
+        self.queue.notify()
+        self.show_positions()
+
     def show_positions(self) -> None:
         """Tell every queued job its place in line (after the queue changed)."""
-        self.lifecycle.place(self.queue.positions())
+        loading = self.residency.loading if self.residency is not None else ()
+        self.lifecycle.place(self.queue.positions(), loading)

@@ -4,14 +4,16 @@ A batch is led by the least recently served user's oldest request and filled rou
 request per user per pass, with requests that share its `BatchKey`, up to `capacity` images.
 So a user with twenty queued requests delays another user's single request by at most one
 batch, and compatible requests from everyone ride together. A batch closes when full or
-`wait_s` after its leader was queued. Pure asyncio: the pipeline runs on the worker thread.
+`wait_s` after its leader was queued. A batch whose model is not loaded waits for it (and asks
+for it) while batches for loaded models run. Pure asyncio: the pipeline runs on the worker
+thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from ..config import EngineConfig
@@ -76,16 +78,23 @@ class Batcher(FairQueue[T]):
         """Queued entries in the order their batches will run."""
         return [entry for batch in plan_batches(self, self.capacity) for entry in batch]
 
-    async def next_batch(self) -> list[T]:
-        """Take the next batch once full, or once its leader has waited `wait_s`."""
+    async def next_batch(
+        self,
+        ready: Callable[[T], bool] = lambda _item: True,
+        want: Callable[[list[T]], None] = lambda _items: None,
+    ) -> list[T]:
+        """Take the next batch once full, or once its leader has waited `wait_s`; only a batch
+        whose items are `ready` (their model loaded), asking `want` for the others' models."""
         loop = asyncio.get_running_loop()
         while True:
             self.raise_if_closed()
-            planned = plan_batches(self, self.capacity, first_only=True)
-            if not planned:
+            planned = plan_batches(self, self.capacity)
+            if planned and not ready(planned[0][0].item):  # the leader's model: load it
+                want([b[0].item for b in planned if not ready(b[0].item)])
+            batch = next((b for b in planned if ready(b[0].item)), None)
+            if batch is None:
                 await self.wait()
                 continue
-            batch = planned[0]
             deadline = min(e.enqueued for e in batch) + self.wait_s
             full = sum(e.item.images for e in batch) >= self.capacity
             if full or loop.time() >= deadline:
@@ -104,12 +113,19 @@ class BatchScheduler(QueueingScheduler[Batcher[Job]]):
         )
         super().__init__(queue, lifecycle)
         self.worker = worker
+        self.running_model: str | None = None  # never unloaded while its batch runs
+
+    def in_use(self) -> set[str]:
+        return {self.running_model} if self.running_model else set()
 
     async def run(self) -> None:
         """Choose a batch, run it on the worker, record the outcome; until closed."""
         while True:
             try:
-                batch = await self.queue.next_batch()
+                batch = await self.queue.next_batch(
+                    lambda job: self.ready(job.key.model),
+                    lambda jobs: self.want([job.key.model for job in jobs]),
+                )
             except EngineDead:  # closed: nothing is left to run
                 return
             self.show_positions()
@@ -130,8 +146,15 @@ class BatchScheduler(QueueingScheduler[Batcher[Job]]):
         if not jobs:
             return
         self.lifecycle.start(jobs)
+        model = jobs[0].key.model
+        if self.residency is not None:
+            self.residency.touch(model)
+        self.running_model = model
         t0 = time.perf_counter()
-        outputs = await self.worker.run([self.lifecycle.slot(job) for job in jobs])
+        try:
+            outputs = await self.worker.run([self.lifecycle.slot(job) for job in jobs])
+        finally:
+            self.running_model = None
         seconds = time.perf_counter() - t0
         key = jobs[0].key
         images = self.lifecycle.record("batch", (key.width, key.height), jobs, seconds)

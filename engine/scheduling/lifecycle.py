@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Literal
 
 from ..errors import Cancelled, GenerationFailed
@@ -31,9 +31,15 @@ log = logging.getLogger(__name__)
 class Lifecycle:
     """Job state changes, the running set and `EngineStats`, for one started engine."""
 
-    def __init__(self, profile: ModelProfile, stats: EngineStats) -> None:
-        self.profile = profile
+    def __init__(
+        self,
+        profile: ModelProfile,
+        stats: EngineStats,
+        profile_of: Callable[[str], ModelProfile | None] | None = None,
+    ) -> None:
+        self.profile = profile  # the default model's
         self.stats = stats
+        self._profile_of = profile_of or (lambda _name: None)
         self._running: list[Job] = []
 
     @property
@@ -42,10 +48,11 @@ class Lifecycle:
         return tuple(self._running)
 
     # Queued
-    def place(self, positions: Mapping[Job, int]) -> None:
-        """Show each queued job its place in line."""
+    def place(self, positions: Mapping[Job, int], loading: Collection[str] = ()) -> None:
+        """Show each queued job its place in line, and the model loading for it, if any."""
         for job, position in positions.items():
-            job.update_progress(position=position)
+            model = job.request.model
+            job.update_progress(position=position, loading=model if model in loading else None)
 
     # Running
     def start(self, jobs: Sequence[Job]) -> None:
@@ -54,7 +61,7 @@ class Lifecycle:
         for job in jobs:
             if job.started_at is None:
                 job.started_at = now
-            job.update_progress(state=JobState.RUNNING, position=None, step=0)
+            job.update_progress(state=JobState.RUNNING, position=None, step=0, loading=None)
             if job not in self._running:
                 self._running.append(job)
 
@@ -114,11 +121,12 @@ class Lifecycle:
         self.put_back([job])
         self.stats.images += len(images)
         assert job.started_at is not None
+        profile = self._profile_of(job.request.model or "") or self.profile
         result = GenerationResult(
             request=job.request,
             images=tuple(images),
-            model=self.profile.name,
-            sampler=self.profile.sampler,
+            model=profile.name,
+            sampler=profile.sampler,
             warnings=job.warnings,
             queued_s=job.started_at - job.submitted_at,
             run_s=run_s,

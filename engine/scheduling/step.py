@@ -5,8 +5,9 @@ Runs on the event loop and never touches torch: every tensor operation is a call
 worker's `Stepper`. One tick reads as schedule → execute → update: drop cancelled requests,
 pick the size group whose turn it is, admit queued requests into its free slots (fairly
 between users), run one denoising step over the group, finish the requests with no steps left.
-Requests of one size share ticks whatever their steps, guidance and seeds; different sizes
-cannot share a UNet call, so their groups take turns.
+Requests of one group (model, LoRA set, text length and size) share ticks whatever their
+steps, guidance and seeds; different groups cannot share a UNet call, so they take turns, and
+a group whose model is not loaded waits for it (and asks for it) while the others run.
 
 Failures keep the batch policy's contract: a failing tick is retried by halves down to the one
 request that fails, which fails alone with `GenerationFailed`; a fatal error propagates to the
@@ -35,16 +36,25 @@ if TYPE_CHECKING:
     from ..stepper import Sample
     from ..worker import Worker
 
-__all__ = ["Size", "StepQueue", "StepScheduler"]
+__all__ = ["Group", "StepQueue", "StepScheduler"]
 
-Size = tuple[int, int]  # (width, height): requests of one size can share a UNet call
+#: (model, LoRA set, text windows, width, height): requests that can share a UNet call.
+Group = tuple[str, tuple[tuple[str, float], ...], int, int, int]
 T = TypeVar("T", bound=Queueable)
 
 
-def size_of(key: Hashable) -> Size:
-    """The size a queued item's `BatchKey` asks for."""
+def group_of(key: Hashable) -> Group:
+    """The group a queued item's `BatchKey` belongs to."""
     assert isinstance(key, BatchKey)
-    return (key.width, key.height)
+    return key.group
+
+
+def model_of(group: Group) -> str:
+    return group[0]
+
+
+def size_of(group: Group) -> tuple[int, int]:
+    return (group[3], group[4])
 
 
 class StepQueue(FairQueue[T]):
@@ -57,15 +67,15 @@ class StepQueue(FairQueue[T]):
     by a stream of single images.
     """
 
-    def sizes(self) -> list[Size]:
-        """Sizes with queued requests, the most deserving first."""
-        return list(dict.fromkeys(size_of(e.item.key) for e in self.fair_order()))
+    def groups(self) -> list[Group]:
+        """Groups with queued requests, the most deserving first."""
+        return list(dict.fromkeys(group_of(e.item.key) for e in self.fair_order()))
 
-    def take(self, size: Size, room: int) -> list[T]:
-        """Admit requests of `size` in fair order while their images fit in `room`."""
+    def take(self, group: Group, room: int) -> list[T]:
+        """Admit requests of `group` in fair order while their images fit in `room`."""
         chosen: list[Queued[T]] = []
         for entry in self.fair_order():
-            if size_of(entry.item.key) != size:
+            if group_of(entry.item.key) != group:
                 continue
             if entry.item.images > room:
                 break
@@ -112,10 +122,14 @@ class StepScheduler(QueueingScheduler[StepQueue[Job]]):
         super().__init__(StepQueue(config.max_queue), lifecycle)
         self.worker = worker
         self.capacity = config.max_batch_size
-        self._groups: dict[Size, list[_Active]] = {}
-        self._turns: dict[Size, int] = {}  # tick number a group last ran at
-        self._row_limits: dict[Size, int] = {}  # UNet rows per forward that fit, after an OOM
+        self._groups: dict[Group, list[_Active]] = {}
+        self._turns: dict[Group, int] = {}  # tick number a group last ran at
+        self._row_limits: dict[Group, int] = {}  # UNet rows per forward that fit, after an OOM
         self._tick_no = 0
+
+    def in_use(self) -> set[str]:
+        """Models with admitted requests: never unloaded under them."""
+        return {model_of(group) for group, actives in self._groups.items() if actives}
 
     async def run(self) -> None:
         """Tick until closed and drained.
@@ -128,6 +142,9 @@ class StepScheduler(QueueingScheduler[StepQueue[Job]]):
             self._drop_cancelled()
             size = self._next_group()
             if size is None:
+                if len(self.queue):  # everything queued waits for a model to load
+                    await self.queue.wait()
+                    continue
                 try:
                     await self.queue.wait_for_work()
                 except EngineDead:  # closed and nothing left to run
@@ -142,9 +159,16 @@ class StepScheduler(QueueingScheduler[StepQueue[Job]]):
                 await self._finish(size)
 
     # Schedule
-    def _next_group(self) -> Size | None:
-        """The size whose turn it is: the one that ran least recently, then the most deserving."""
-        queued = self.queue.sizes()
+    def _next_group(self) -> Group | None:
+        """The group whose turn it is: the one that ran least recently, then the most
+        deserving; among those whose model is loaded (the others' models are asked for)."""
+        queued = self.queue.groups()
+        if queued and not self.ready(model_of(queued[0])):
+            # The most deserving request waits for its model: admit nobody else meanwhile,
+            # so the running groups drain and a busy model cannot starve another.
+            self.want([model_of(g) for g in queued if not self.ready(model_of(g))])
+            queued = []
+        queued = [g for g in queued if self.ready(model_of(g))]
         candidates = {s for s, g in self._groups.items() if g} | set(queued)
         if not candidates:
             return None
@@ -157,12 +181,14 @@ class StepScheduler(QueueingScheduler[StepQueue[Job]]):
                 group.remove(active)  # its slot is free for this tick's admission
                 self.lifecycle.fail(active.job, Cancelled())
 
-    async def _admit(self, size: Size) -> None:
+    async def _admit(self, size: Group) -> None:
         group = self._groups.setdefault(size, [])
         room = self.capacity - sum(a.sample.count for a in group)
         jobs = self.queue.take(size, room)
         if not jobs:
             return
+        if self.residency is not None:
+            self.residency.touch(model_of(size))
         self.show_positions()
         self.lifecycle.start(jobs)
         outcomes = await self.worker.admit([self.lifecycle.slot(job) for job in jobs])
@@ -173,7 +199,7 @@ class StepScheduler(QueueingScheduler[StepQueue[Job]]):
                 group.append(_Active(job, outcome))
 
     # Execute
-    async def _tick(self, size: Size, actives: list[_Active]) -> None:
+    async def _tick(self, size: Group, actives: list[_Active]) -> None:
         images = sum(a.sample.count for a in actives)
         for active in actives:
             active.peak = max(active.peak, images)
@@ -189,7 +215,7 @@ class StepScheduler(QueueingScheduler[StepQueue[Job]]):
                 what="tick",
             )
         seconds = time.perf_counter() - t0
-        self.lifecycle.record("tick", size, [a.job for a in actives], seconds)
+        self.lifecycle.record("tick", size_of(size), [a.job for a in actives], seconds)
 
     async def _step(self, actives: Sequence[_Active]) -> None:
         """One step for `actives`; raises only when the shared forward fails."""
@@ -202,17 +228,17 @@ class StepScheduler(QueueingScheduler[StepQueue[Job]]):
         """Out of memory also lowers the group's rows per forward for later ticks, so a group
         that does not fit is chunked up front instead of failing and splitting every step."""
         if len(actives) > 1 and is_out_of_memory(exc):
-            size = size_of(actives[0].job.key)
+            size = group_of(actives[0].job.key)
             rows = sum(a.sample.rows for a in actives)
             self._row_limits[size] = min(self._row_limits.get(size, rows), max(1, rows // 2))
         await self.worker.release_memory()
 
     def _fail_alone(self, active: _Active, exc: Exception) -> None:
-        self._groups[size_of(active.job.key)].remove(active)
+        self._groups[group_of(active.job.key)].remove(active)
         self.lifecycle.fail_alone(active.job, exc)
 
     # Update
-    async def _finish(self, size: Size) -> None:
+    async def _finish(self, size: Group) -> None:
         group = self._groups[size]
         done = [a for a in group if a.sample.done]
         if not done:

@@ -21,6 +21,8 @@ def test_the_example_documents_every_key_with_its_default() -> None:
         if section.name == "path":
             continue
         keys = {f.name for f in dataclasses.fields(getattr(BotConfig(), section.name))}
+        if section.name == "engine":  # [models.<name>] and [loras.<name>] tables, not keys
+            keys -= {"models", "loras"}
         documented = set(data[section.name]) | ({"token"} if section.name == "discord" else set())
         assert documented == keys, section.name
 
@@ -48,6 +50,12 @@ def test_a_config_with_a_few_keys_runs_on_defaults() -> None:
         ),
         ("[ops]\nlisten = 'localhost'", "[ops] listen must look like '127.0.0.1:9108'"),
         ("discord = 3", "[discord] must be a table"),
+        ("[models.a]\nsourc = 'x'", "unknown key [models.a] sourc (did you mean 'source'?)"),
+        ("[models.a]\ndescription = 'x'", "[models.a] source is required"),
+        ("[engine]\ndefault_model = 'zz'", "default_model 'zz' is not a configured model"),
+        ("[loras.l]\nsource = 's'\nmodels = ['q']", "LoRA l: models q are not configured"),
+        ("[engine]\nmodels = []", "[engine] models: write [models.<name>] tables instead"),
+        ("[models.'a b']\nsource = 'x'", "model name 'a b' must be letters, digits"),
     ],
 )
 def test_bad_files_say_what_to_fix(tmp_path: Path, text: str, message: str) -> None:
@@ -57,6 +65,28 @@ def test_bad_files_say_what_to_fix(tmp_path: Path, text: str, message: str) -> N
         load_config(path)
     assert message in str(info.value)
     assert str(path) in str(info.value)
+
+
+def test_named_models_and_loras() -> None:
+    config = parse_config(
+        {
+            "engine": {"default_model": "b", "max_loaded_models": 2},
+            "models": {"a": {"source": "builtin:tiny"}, "b": {"source": "org/b", "steps": 4}},
+            "loras": {"ink": {"source": "ink.safetensors", "weight": 0.5, "models": ["a"]}},
+        }
+    )
+    engine = config.engine
+    assert [(m.name, m.source, m.steps) for m in engine.model_specs] == [
+        ("a", "builtin:tiny", 0),
+        ("b", "org/b", 4),
+    ]
+    assert engine.default_model_name == "b" and engine.max_loaded_models == 2
+    assert [(lora.name, lora.weight, lora.models) for lora in engine.loras] == [
+        ("ink", 0.5, ("a",))
+    ]
+    # Without tables, `[engine] model` is the one model, named after its last part.
+    (only,) = parse_config({"engine": {"model": "stabilityai/sd-turbo"}}).engine.model_specs
+    assert (only.name, only.source) == ("sd-turbo", "stabilityai/sd-turbo")
 
 
 def test_a_missing_file_says_how_to_make_one(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ async def test_without_guild_ids_commands_are_synced_globally(world: World) -> N
     assert {c["name"] for c in world.server.synced_commands()} == {
         "imagine",
         "info",
+        "models",
         "quota",
         "usage",
     }

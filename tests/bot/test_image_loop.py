@@ -1,5 +1,6 @@
 """The image loop end to end: a 2×2 grid, U and V buttons, Upscale and Vary on one image,
-a restart between the grid and a press, a Cancel during an upscale, and what each costs.
+a restart between the grid and a press, a Cancel during an upscale, and what each costs;
+and choosing among two models, with a LoRA, from Discord.
 
 The real bot against the Discord-compatible server, the database read back after each step.
 """
@@ -7,17 +8,21 @@ The real bot against the Discord-compatible server, the database read back after
 from __future__ import annotations
 
 import io
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from bot.ledger import JobKind, JobStatus
 from engine import read_parameters
+from engine.tiny import builtin_folder
 from testkit.discord_server import Interaction, Message
 from testkit.jobs import button_id, job_id_of, job_of, read_ledger, wait_result
+from testkit.lora import make_tiny_lora
 from testkit.world import NewWorld, World
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("clean_world")]
@@ -28,9 +33,19 @@ UPSCALE_COST = 3  # [images] upscale_cost, not the default, so the test sees it 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(new_world: NewWorld) -> AsyncIterator[World]:
     async with new_world(guild="Loop Club", users=("alice", "bob", "carol")) as world:
+        unet = builtin_folder("builtin:tiny-b", world.model_cache) / "unet"
+        lora = make_tiny_lora(
+            UNet2DConditionModel.from_pretrained(unet), world.tmp / "ink.safetensors", seed=3
+        )
         world.configure(
             quota={"daily_images": 40, "max_queued_per_user": 3},
             images={"upscale_cost": UPSCALE_COST},
+            engine={"default_model": "tiny", "max_loaded_models": 1},
+            models={
+                "tiny": {"source": "builtin:tiny"},
+                "other": {"source": "builtin:tiny-b", "description": "other weights"},
+            },
+            loras={"ink": {"source": str(lora), "weight": 0.8, "models": ["other"]}},
         )
         async with world.running_bot():
             yield world
@@ -162,3 +177,51 @@ async def test_buttons_of_a_grid_work_after_a_restart(world: World) -> None:
     params = read_parameters(big.attachments[0].data)
     assert params is not None and size_of(big.attachments[0].data) == (128, 128)
     assert ("Source", f"job {job_id_of(grid)}, image 4") in params.extra
+
+
+async def test_models_and_loras_chosen_from_discord(world: World) -> None:
+    bob, server = world.bob, world.server
+    typed = await server.autocomplete(
+        "imagine", user=bob, focused="model", options={"prompt": "a fox", "model": "oth"}
+    )
+    await typed.wait_for_response()
+    assert typed.autocomplete_choices == [{"name": "other — other weights", "value": "other"}]
+    listing = await server.invoke("models", user=bob)
+    text = (await listing.wait_for_original()).content
+    assert listing.ephemeral and re.search(r"\*\*tiny\*\* \(default\) · loaded \(\d+ MiB\)", text)
+    assert "**other** · not loaded" in text and "`<lora:ink:0.8>`" in text
+
+    before = await used(world, bob.id)
+    for options, why in (
+        ({"prompt": "a fox", "model": "nope"}, "There is no model called 'nope'"),
+        ({"prompt": "a fox <lora:zz>"}, "There is no LoRA called 'zz'"),
+        ({"prompt": "a fox <lora:ink>"}, "does not fit the model tiny"),
+        ({"prompt": "a (fox:1.2.3)", "model": "other"}, "not a number"),
+    ):
+        refused = await server.invoke("imagine", user=bob, options=options)
+        note = await refused.wait_for_original()
+        assert refused.ephemeral and why in note.content, note.content
+    assert await used(world, bob.id) == before  # refusals cost nothing
+
+    asked = await server.invoke(
+        "imagine",
+        user=bob,
+        options={"prompt": "a (fox:1.3) in snow <lora:ink>", "model": "other", "steps": 3},
+    )
+    result = await wait_result(asked)
+    params = read_parameters(result.attachments[0].data)
+    assert params is not None and params.model == "other"
+    assert params.prompt == "a (fox:1.3) in snow <lora:ink:0.8>"  # as A1111 writes it
+    assert dict(params.extra).get("Model hash")
+    fields = {f["name"]: f["value"] for f in result.embeds[0]["fields"]}
+    assert fields["Model"] == "other" and fields["LoRAs"] == "ink 0.8"
+    assert await used(world, bob.id) == before + 1
+
+    # A reroll keeps the model and the LoRA (the ledger stores both).
+    again = await wait_result(await press(world, result, "reroll", bob))
+    rerolled = read_parameters(again.attachments[0].data)
+    assert rerolled is not None and rerolled.model == "other"
+    assert rerolled.prompt == params.prompt and rerolled.seed != params.seed
+    async with read_ledger(world.tmp) as ledger:
+        job = await job_of(ledger, job_id_of(again))
+        assert job.model == "other" and job.prompt == params.prompt

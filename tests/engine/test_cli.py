@@ -49,7 +49,7 @@ def test_generate_writes_pngs_with_the_seed(model_cache: Path, tmp_path: Path) -
         assert (params.seed, params.prompt, params.model) == (
             seed,
             "a robot painting",
-            "builtin:tiny",
+            "tiny",  # the model's name: `[engine] model`'s last part
         )
 
 

@@ -51,7 +51,7 @@ async def test_images_carry_their_parameters_and_the_drawn_seed(make_engine: Eng
     assert (params.width, params.height, params.model, params.sampler) == (
         64,
         64,
-        "builtin:tiny",
+        "tiny",  # the model's name
         "DDIM",
     )
 

@@ -216,10 +216,10 @@ async def test_a_large_request_is_not_overtaken_by_smaller_ones() -> None:
     big, small, other_size = Item("a", images=4), Item("b"), Item("c", key=BatchKey(80, 64, 4, 7))
     for item in (big, small, other_size):
         queue.put(item)
-    assert queue.take((64, 64), room=2) == []  # the 4-image request waits at the head...
-    assert queue.take((80, 64), room=4) == [other_size]  # ...without blocking another size
-    assert queue.take((64, 64), room=4) == [big]
-    assert queue.take((64, 64), room=4) == [small]
+    assert queue.take(SQUARE.group, room=2) == []  # the 4-image request waits at the head...
+    assert queue.take(other_size.key.group, room=4) == [other_size]  # ...not blocking others
+    assert queue.take(SQUARE.group, room=4) == [big]
+    assert queue.take(SQUARE.group, room=4) == [small]
 
 
 # Failures
