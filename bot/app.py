@@ -238,6 +238,7 @@ async def serve(config: BotConfig, token: str) -> int:
     _install_signals(stop)
     point_discord_at(config.discord.api_base_url)
     url = config.database.url
+    log.info("database: %s", _safe_url(url))
     marker = DatabaseMarker.beside(config.path) if config.path is not None else None
     try:
         if marker is not None and (await inspect_database(url)).empty:
@@ -301,7 +302,12 @@ async def _serve_with(
                 await _until(stop, _login(bot, config, token))  # checks the token only
                 # The model before the commands: a model that cannot load must never show
                 # Discord users commands that cannot work.
-                log.info("loading model %s", config.engine.model)
+                specs = config.engine.model_specs
+                log.info(
+                    "loading model %s%s",
+                    config.engine.default_model_name,
+                    f" (and checking {len(specs) - 1} more)" if len(specs) > 1 else "",
+                )
                 await _until(stop, engine.start())
                 await _until(stop, bot.sync_commands())
                 await jobs.recover()

@@ -43,11 +43,22 @@ __all__ = ["default_to_run", "main"]
 DEFAULT_CONFIG = "config.toml"
 
 
+def _version() -> str:
+    """The installed package's version (`pyproject.toml`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imagine-bot")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagine-bot", description="Self-hosted Stable Diffusion bot for Discord."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the Discord bot")
@@ -227,7 +238,7 @@ async def _make(config: BotConfig, request: ImageRequest, out: str) -> int:
 def default_to_run(argv: Sequence[str]) -> list[str]:
     """`imagine-bot --config x.toml` means `imagine-bot run --config x.toml`."""
     args = list(argv)
-    if any(a in ("run", "generate", "upscale", "-h", "--help") for a in args):
+    if any(a in ("run", "generate", "upscale", "-h", "--help", "--version") for a in args):
         return args
     if not any(a == "--config" or a.startswith("--config=") for a in args):
         return args  # nothing to guess: argparse explains the usage

@@ -249,6 +249,15 @@ def _named(kind: str, tables: Any, problems: list[str]) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def sqlite_near(config_path: Path, url: str) -> str:
+    """A relative SQLite file (`sqlite+aiosqlite:///imagine-bot.db`) next to the config file,
+    not in whatever folder the bot happens to be started from."""
+    prefix, sep, file = url.partition(":///")
+    if not sep or not prefix.startswith("sqlite") or not file or file.startswith(("/", ":")):
+        return url
+    return f"{prefix}:///{(config_path.parent / file).resolve()}"
+
+
 def _near(path: Path | None, specs: tuple[Any, ...]) -> tuple[Any, ...]:
     """Sources given relative to the config file (`./loras/ink.safetensors`) made absolute, so
     the bot finds them whatever folder it is started from."""
@@ -285,6 +294,11 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> BotConfig:
                     problems.append(f"[engine] {name}: write [{name}.<name>] tables instead")
             table = {k: v for k, v in table.items() if k not in _NAMED}
         sections[key] = _section(_SECTIONS[key], table, key, problems, extra)
+    if path is not None and "database" in sections:
+        database = sections["database"]
+        sections["database"] = replace(database, url=sqlite_near(path, database.url))
+    elif path is not None:
+        sections["database"] = DatabaseSettings(url=sqlite_near(path, DatabaseSettings().url))
     config = BotConfig(**sections, path=path)
     problems += _check(config)
     if problems:

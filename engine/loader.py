@@ -6,6 +6,7 @@ Runs on the engine's worker thread only (it imports torch and diffusers).
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,8 +183,12 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
     from transformers.utils import logging as tlogging
 
     spec = spec or config.model_spec(config.default_model_name)
-    dlogging.disable_progress_bar()
-    tlogging.disable_progress_bar()
+    if not sys.stderr.isatty():  # a terminal sees the (first, multi-GB) download's progress
+        from huggingface_hub.utils import disable_progress_bars
+
+        dlogging.disable_progress_bar()
+        tlogging.disable_progress_bar()
+        disable_progress_bars()
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
     log.info("loading %s on %s (%s)", spec.source, device, dtype)

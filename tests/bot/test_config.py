@@ -15,7 +15,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_example_documents_every_key_with_its_default() -> None:
     example = load_config(ROOT / "config.example.toml")
-    assert dataclasses.replace(example, path=None) == BotConfig()
+    # A relative SQLite file is made absolute, next to the config file.
+    assert example.database.url == f"sqlite+aiosqlite:///{ROOT / 'imagine-bot.db'}"
+    defaults = dataclasses.replace(example.database, url=BotConfig().database.url)
+    assert dataclasses.replace(example, path=None, database=defaults) == BotConfig()
     data = tomllib.loads((ROOT / "config.example.toml").read_text())
     for section in dataclasses.fields(BotConfig):
         if section.name == "path":

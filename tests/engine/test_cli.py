@@ -150,3 +150,17 @@ def test_bad_pictures_and_options_get_one_line(
     done = run_cli(*args, "--model", "builtin:tiny", cache=model_cache, cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert message in done.stderr.strip().splitlines()[-1]
+
+
+def test_version_is_the_installed_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import tomllib
+    from importlib.metadata import version
+
+    from bot.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert version("imagine-bot") == project["project"]["version"]  # installed from this tree
+    assert capsys.readouterr().out.strip() == f"imagine-bot {project['project']['version']}"
