@@ -26,8 +26,11 @@ from engine import (
     UPSCALE_STRENGTH,
     Engine,
     EngineError,
+    GenerationResult,
     ImageRequest,
     InvalidRequest,
+    Job,
+    JobState,
     ModelProfile,
     read_parameters,
     upscale_request,
@@ -226,13 +229,35 @@ async def _make(config: BotConfig, request: ImageRequest, out: str) -> int:
         job = engine.submit(request)
         for warning in job.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-        result = await job.result()
+        try:
+            result = await _follow(job)
+        except asyncio.CancelledError:  # Ctrl-C: stop at the next step, not after the image
+            job.cancel()
+            print("imagine-bot: cancelled", file=sys.stderr)
+            raise
     for path, image in zip(_outputs(out, len(result.images)), result.images, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(image.png)
         flag = " (flagged by the safety checker)" if image.flagged else ""
         print(f"wrote {path} ({image.width}x{image.height}, seed {image.seed}){flag}")
     return 0
+
+
+async def _follow(job: Job) -> GenerationResult:
+    """The job's result; its step progress on one terminal line meanwhile."""
+    print("generating... (Ctrl-C stops)", file=sys.stderr, flush=True)
+    if not sys.stderr.isatty():
+        return await job.result()
+    async for progress in job.updates():
+        if progress.loading:
+            text = f"loading model {progress.loading}"
+        elif progress.total_steps and progress.state is JobState.RUNNING:
+            text = f"step {progress.step}/{progress.total_steps}"
+        else:
+            continue
+        print(f"\r{text}   ", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return await job.result()
 
 
 def default_to_run(argv: Sequence[str]) -> list[str]:

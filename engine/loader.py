@@ -6,6 +6,7 @@ Runs on the engine's worker thread only (it imports torch and diffusers).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,8 @@ def _source(spec: ModelSpec, config: EngineConfig) -> tuple[str, dict[str, Any]]
         raise ValueError(f"unknown builtin model {source!r}; known: {', '.join(BUILTIN_MODELS)}")
     if Path(source).expanduser().exists():
         return str(Path(source).expanduser()), {"local_files_only": True}
+    if _looks_local(source):
+        raise ValueError(f"the model folder {source} does not exist (a hub id looks like org/name)")
     extra: dict[str, Any] = {}
     if config.cache_dir is not None:
         extra["cache_dir"] = str(config.cache_dir / "hub")
@@ -135,9 +138,60 @@ def _hub_folder(source: str, config: EngineConfig) -> Path:
     return root / ("models--" + source.replace("/", "--"))
 
 
+def _causes(exc: BaseException) -> list[str]:
+    """The class names along an exception's chain (diffusers wraps the hub's errors)."""
+    names: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(names) < 20:
+        names.append(type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    return names
+
+
+def _hub_problem(source: str, exc: BaseException) -> str | None:
+    """The cause of a failed hub download, in the operator's terms, or None."""
+    causes = _causes(exc)
+    page = f"https://huggingface.co/{source}"
+    if "GatedRepoError" in causes:
+        return (
+            f"the model {source} is gated: accept its licence on {page} with your account, "
+            "then set HF_TOKEN to one of your access tokens"
+        )
+    if "RepositoryNotFoundError" in causes:
+        return (
+            f"there is no model {source} on the Hugging Face hub: check the id "
+            "(a private model needs HF_TOKEN), or give a local folder"
+        )
+    if "EntryNotFoundError" in causes:
+        return f"{source} on the Hugging Face hub is not a diffusers model (no model_index.json)"
+    if "OfflineModeIsEnabled" in causes or (
+        "LocalEntryNotFoundError" in causes and os.environ.get("HF_HUB_OFFLINE") in {"1", "ON"}
+    ):
+        return (
+            f"the model {source} is not in the local cache and downloads are off "
+            "(HF_HUB_OFFLINE is set): unset it to download the model once"
+        )
+    network = {"ConnectError", "ConnectionError", "ConnectTimeout", "ConnectionRefusedError"}
+    if "LocalEntryNotFoundError" in causes or network & set(causes):
+        return (
+            f"cannot reach the Hugging Face hub to download {source} (no network?): check "
+            "the connection or proxy, or give a local folder"
+        )
+    return None
+
+
+def _looks_local(source: str) -> bool:
+    """A path, not a hub id ("org/name"): the operator meant a folder on this disk."""
+    return source.startswith(("/", ".", "~", "\\")) or source.count("/") > 1 or ":" in source
+
+
 def _unreadable(spec: ModelSpec, config: EngineConfig, source: str, exc: Exception) -> Exception:
-    """The load error, naming the files to check or delete when they are on this disk."""
+    """The load error, naming its cause: the network, the hub (no such model, gated), the
+    files on this disk (which to check or delete)."""
     why = _first_line(exc)
+    hub = _hub_problem(spec.source, exc)
+    if hub is not None and not Path(source).exists():
+        return ValueError(hub)
     if Path(source).exists():  # a local folder the operator gave
         return ValueError(
             f"the model folder {source} cannot be loaded ({why}): check that it holds a "
@@ -212,7 +266,7 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
         checker.to(device)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    folder = Path(getattr(pipe, "_name_or_path", "") or "")
+    folder = Path(getattr(pipe.config, "_name_or_path", "") or "")
     folder = folder if folder.is_dir() else None
     return LoadedModel(
         pipe=pipe,

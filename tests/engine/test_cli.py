@@ -164,3 +164,31 @@ def test_version_is_the_installed_package_version(capsys: pytest.CaptureFixture[
     project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     assert version("imagine-bot") == project["project"]["version"]  # installed from this tree
     assert capsys.readouterr().out.strip() == f"imagine-bot {project['project']['version']}"
+
+
+def test_ctrl_c_stops_generate_within_a_step(model_cache: Path, tmp_path: Path) -> None:
+    """50 steps at 256x256 take over a minute here; Ctrl-C must end it at the next step."""
+    import signal
+
+    exe = shutil.which("imagine-bot")
+    command = [exe] if exe else [sys.executable, "-m", "bot"]
+    args = ["generate", "--model", "builtin:tiny", "a slow fox", "--steps", "50"]
+    child = subprocess.Popen(
+        [*command, *args, "--size", "256x256", "--out", "fox.png"],
+        cwd=tmp_path,
+        env={**os.environ, "IMAGINE_BOT_CACHE": str(model_cache)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stderr is not None
+    for line in child.stderr:  # blocks until the command says it is generating
+        if line.startswith("generating"):
+            break
+    child.send_signal(signal.SIGINT)
+    try:
+        rest = child.communicate(timeout=40)[1]
+    finally:
+        child.kill()
+    assert child.returncode == 130
+    assert "cancelled" in rest and "Traceback" not in rest
+    assert not (tmp_path / "fox.png").exists()
