@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the Discord bot")
     run.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (default: %(default)s)")
 
+    doc = sub.add_parser("doctor", help="check a set-up and say what to fix (changes nothing)")
+    doc.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (default: %(default)s)")
+
     gen = sub.add_parser("generate", help="make images once, without Discord")
     gen.add_argument("prompt")
     gen.add_argument(
@@ -263,7 +266,8 @@ async def _follow(job: Job) -> GenerationResult:
 def default_to_run(argv: Sequence[str]) -> list[str]:
     """`imagine-bot --config x.toml` means `imagine-bot run --config x.toml`."""
     args = list(argv)
-    if any(a in ("run", "generate", "upscale", "-h", "--help", "--version") for a in args):
+    commands = ("run", "generate", "upscale", "doctor", "-h", "--help", "--version")
+    if any(a in commands for a in args):
         return args
     if not any(a == "--config" or a.startswith("--config=") for a in args):
         return args  # nothing to guess: argparse explains the usage
@@ -286,6 +290,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_generate(args))
         if args.command == "upscale":
             return asyncio.run(_upscale(args))
+        if args.command == "doctor":
+            from .doctor import run_doctor
+
+            return asyncio.run(run_doctor(args.config))
         from .app import run_bot  # the Discord side is imported only when it runs
 
         return run_bot(args.config)

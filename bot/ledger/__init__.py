@@ -10,6 +10,7 @@ from .database import (
     create_engine,
     database_url,
     make_sessionmaker,
+    schema_status,
     upgrade_to_head,
 )
 from .errors import (
@@ -91,6 +92,7 @@ __all__ = [
     "make_sessionmaker",
     "open_ledger",
     "plan_recovery",
+    "schema_status",
     "upgrade_to_head",
     "utcnow",
 ]

@@ -176,6 +176,27 @@ def _upgrade(connection: Connection, cfg: Config, revision: str) -> None:
     command.upgrade(cfg, revision)
 
 
+def _status(connection: Connection, cfg: Config) -> str:
+    script = ScriptDirectory.from_config(cfg)
+    known = {s.revision for s in script.walk_revisions()}
+    heads = set(MigrationContext.configure(connection).get_current_heads())
+    for current in heads - known:
+        raise SchemaTooNew(current)
+    return "current" if heads == set(script.get_heads()) else "behind"
+
+
+async def schema_status(url: str) -> str:
+    """ "current" (at this version's head) or "behind" (upgraded at the next start), without
+    changing anything; `SchemaTooNew` for a schema a newer version made. Only for a database
+    that exists (connecting to a missing SQLite file would create it)."""
+    engine = create_engine(url, foreign_keys=False, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(_status, alembic_config(url))
+    finally:
+        await engine.dispose()
+
+
 async def upgrade_to_head(url: str, *, revision: str = "head") -> None:
     """Bring the database at `url` up to `revision`; safe to call at every start-up.
 

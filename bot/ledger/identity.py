@@ -124,6 +124,26 @@ class DatabaseMarker:
                 "database (quotas, blocks and history start over)"
             )
 
+    def problem(self, url: str, state: DatabaseState) -> str | None:
+        """Why `refuse_empty` or `check` would stop start-up, without writing anything."""
+        try:
+            if state.empty:
+                self.refuse_empty(url)
+                return None
+            remembered = self.remembered()
+        except DatabaseMismatch as exc:
+            return str(exc)
+        if remembered is None or state.identity in (None, remembered):
+            return None
+        return self._other(url, state, remembered)
+
+    def _other(self, url: str, state: DatabaseState, remembered: str) -> str:
+        return (
+            f"the database {_safe(url)} is database {state.identity}, but this "
+            f"configuration used database {remembered} (named in {self.path}). Check "
+            f"[database] url; if you moved to this database on purpose, delete {self.path}"
+        )
+
     def check(self, url: str, state: DatabaseState) -> bool:
         """After migrating: the database must be the remembered one. Remembers it on the
         first start (True when the marker was written now)."""
@@ -140,9 +160,5 @@ class DatabaseMarker:
             )
             return True
         if remembered != state.identity:
-            raise DatabaseMismatch(
-                f"the database {_safe(url)} is database {state.identity}, but this "
-                f"configuration used database {remembered} (named in {self.path}). Check "
-                f"[database] url; if you moved to this database on purpose, delete {self.path}"
-            )
+            raise DatabaseMismatch(self._other(url, state, remembered))
         return False

@@ -91,7 +91,10 @@ def channel_payload(channel: Channel, *, permissions: int | None = None) -> dict
             "guild_id": str(channel.guild_id),
             "name": channel.name,
             "position": channel.position,
-            "permission_overwrites": [],
+            "permission_overwrites": [
+                {**o, "id": str(o["id"]), "allow": str(o["allow"]), "deny": str(o["deny"])}
+                for o in channel.permission_overwrites
+            ],
             "nsfw": channel.nsfw,
             "topic": channel.topic,
             "parent_id": None,

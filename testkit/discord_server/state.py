@@ -171,6 +171,9 @@ class Channel:
     recipients: list[User] = field(default_factory=list)
     bot_can_send: bool = True
     """False makes ``POST /channels/{id}/messages`` answer 403 code 50013 Missing Permissions."""
+    permission_overwrites: list[dict[str, Any]] = field(default_factory=list)
+    """As Discord sends them (``{"id", "type": 0 role / 1 member, "allow", "deny"}``); shown
+    in channel payloads, for code that computes permissions (e.g. ``imagine-bot doctor``)."""
     messages: list[Message] = field(default_factory=list)
 
     @property

@@ -1,0 +1,361 @@
+"""`imagine-bot doctor --config config.toml`: check a set-up before running it, and say what to fix.
+
+Each check prints one line, `ok` or `FIX`, and the fix in the operator's terms:
+
+- the config file (every key, as `run` reads it);
+- the token: a REST login, without connecting the gateway (the bot does not show online);
+- the database: reachable, writable, its schema at this version's head or behind (migrations
+  run at start-up) but not newer, and the one this configuration used before;
+- each model: a builtin, a local diffusers folder, or a hub id already in the cache or
+  downloadable, and whether its weights fit the device's memory;
+- each `[discord] guild_ids` server: the bot is in it, and in every allowed channel it may
+  View Channel, Send Messages, Attach Files and Embed Links (roles and channel overwrites
+  computed as Discord does).
+
+Nothing is written: no migration, no database identity file, no model download.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import discord
+
+from engine import EngineConfig, ModelSpec
+
+from .config import BotConfig, ConfigError, load_config
+from .ledger import DatabaseMarker, SchemaTooNew, inspect_database, schema_status
+
+__all__ = ["CHANNEL_PERMISSIONS", "Check", "channel_permissions", "run_doctor"]
+
+VIEW_CHANNEL = 1 << 10
+SEND_MESSAGES = 1 << 11
+EMBED_LINKS = 1 << 14
+ATTACH_FILES = 1 << 15
+ADMINISTRATOR = 1 << 3
+ALL = (1 << 53) - 1
+#: What the bot needs in each channel where images are made, with Discord's names.
+CHANNEL_PERMISSIONS = {
+    VIEW_CHANNEL: "View Channel",
+    SEND_MESSAGES: "Send Messages",
+    ATTACH_FILES: "Attach Files",
+    EMBED_LINKS: "Embed Links",
+}
+GUILD_TEXT, GUILD_ANNOUNCEMENT = 0, 5
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok ' if self.ok else 'FIX'}  {self.name}: {self.detail}"
+
+
+def channel_permissions(
+    base_roles: Iterable[Mapping[str, Any]],
+    member_role_ids: Iterable[int],
+    member_id: int,
+    guild_id: int,
+    overwrites: Iterable[Mapping[str, Any]],
+) -> int:
+    """A member's permission bits in a channel, computed as Discord documents it: @everyone
+    and the member's roles, Administrator, then the channel's @everyone, role and member
+    overwrites in that order."""
+    roles = {int(r["id"]): int(r["permissions"]) for r in base_roles}
+    mine = {int(r) for r in member_role_ids}
+    bits = roles.get(guild_id, 0)
+    for role_id in mine:
+        bits |= roles.get(role_id, 0)
+    if bits & ADMINISTRATOR:
+        return ALL
+    by_id = {int(o["id"]): o for o in overwrites}
+    everyone = by_id.get(guild_id)
+    if everyone is not None:
+        bits = (bits & ~int(everyone["deny"])) | int(everyone["allow"])
+    allow = deny = 0
+    for role_id in mine:
+        o = by_id.get(role_id)
+        if o is not None and int(o.get("type", 0)) == 0:
+            allow |= int(o["allow"])
+            deny |= int(o["deny"])
+    bits = (bits & ~deny) | allow
+    member = by_id.get(member_id)
+    if member is not None and int(member.get("type", 1)) == 1:
+        bits = (bits & ~int(member["deny"])) | int(member["allow"])
+    return bits
+
+
+async def run_doctor(config_path: str | Path, out: TextIO = sys.stdout) -> int:
+    """Run every check and print the checklist; 0 when all pass, 1 otherwise."""
+    checks: list[Check] = []
+
+    def report(check: Check) -> None:
+        checks.append(check)
+        print(check.line(), file=out, flush=True)
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        report(Check("config", False, str(exc)))
+        return 1
+    report(Check("config", True, str(config_path)))
+    await _database(config, report)
+    for spec in config.engine.model_specs:
+        report(_model(config.engine, spec))
+    await _discord(config, report)
+    failed = [c for c in checks if not c.ok]
+    summary = "everything is ready" if not failed else f"{len(failed)} thing(s) to fix"
+    print(f"\n{summary}", file=out)
+    return 0 if not failed else 1
+
+
+# -- the database ----------------------------------------------------------------------------
+
+
+async def _database(config: BotConfig, report: Callable[[Check], None]) -> None:
+    url = config.database.url
+    shown = _safe(url)
+    sqlite = _sqlite_file(url)
+    if sqlite is not None:
+        folder = sqlite.parent
+        if not folder.is_dir():
+            report(Check("database", False, f"{shown}: the folder {folder} does not exist"))
+            return
+        target = sqlite if sqlite.exists() else folder
+        if not os.access(target, os.W_OK):
+            report(Check("database", False, f"{shown}: {target} is not writable by this user"))
+            return
+    try:
+        state = await inspect_database(url)
+        status = "new" if state.empty else await schema_status(url)
+    except SchemaTooNew as exc:
+        report(Check("database", False, f"{shown}: {exc}"))
+        return
+    except Exception as exc:  # unreachable server, bad credentials, not a database
+        report(Check("database", False, f"{shown}: cannot open it ({_first_line(exc)})"))
+        return
+    if config.path is not None:
+        marker = DatabaseMarker.beside(config.path)
+        problem = marker.problem(url, state)
+        if problem is not None:
+            report(Check("database", False, problem))
+            return
+    detail = {
+        "new": "new: its tables are made at the first start",
+        "behind": "reachable; its schema is upgraded at the next start",
+        "current": "reachable, writable, schema up to date",
+    }[status]
+    report(Check("database", True, f"{shown}: {detail}"))
+
+
+def _sqlite_file(url: str) -> Path | None:
+    prefix, sep, file = url.partition(":///")
+    if not sep or not prefix.startswith("sqlite") or not file or file.startswith(":"):
+        return None
+    return Path(file)
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unreadable URL)"
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
+def _model(engine: EngineConfig, spec: ModelSpec) -> Check:
+    name = f"model {spec.name}"
+    source = spec.source
+    if source.startswith("builtin:"):
+        return Check(name, True, f"{source} (built offline, random weights)")
+    local = Path(source).expanduser()
+    if local.exists():
+        if not (local / "model_index.json").is_file():
+            return Check(name, False, f"{local} has no model_index.json: not a diffusers model")
+        return _fits(name, f"local folder {local}", _weights_bytes(local))
+    if source.startswith(("/", ".", "~")) or source.count("/") != 1:
+        return Check(name, False, f"the folder {source} does not exist")
+    cache = str(engine.cache_dir / "hub") if engine.cache_dir is not None else None
+    try:
+        from huggingface_hub import scan_cache_dir, try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "model_index.json", cache_dir=cache)
+        if isinstance(cached, str):
+            size = next(
+                (r.size_on_disk for r in scan_cache_dir(cache).repos if r.repo_id == source), 0
+            )
+            return _fits(name, f"{source} is in the download cache", size)
+        from huggingface_hub import model_info
+
+        info = model_info(source, files_metadata=True, timeout=15)
+    except Exception as exc:
+        return Check(name, False, _hub_cause(source, exc))
+    size = sum(s.size or 0 for s in info.siblings or () if s.rfilename.endswith(".safetensors"))
+    return _fits(name, f"{source} can be downloaded (once, at the first start)", size)
+
+
+def _weights_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+
+
+def _fits(name: str, where: str, weights: int) -> Check:
+    """Compare the weights with the memory of the device the model will run on."""
+    if weights <= 0:
+        return Check(name, True, where)
+    gib = weights / 2**30
+    free, device = _device_memory()
+    if free is None:
+        return Check(name, True, f"{where}, about {gib:.1f} GiB of weights")
+    if weights > free:
+        return Check(
+            name,
+            False,
+            f"{where}, but its {gib:.1f} GiB of weights (all variants) exceed the "
+            f"{free / 2**30:.1f} GiB free on {device}: use a smaller model or dtype",
+        )
+    return Check(name, True, f"{where}, {gib:.1f} GiB of weights, {free / 2**30:.1f} GiB free")
+
+
+def _device_memory() -> tuple[int | None, str]:
+    """Free bytes on the GPU if there is one, else available RAM; (None, "") if unknown."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            free, _total = torch.cuda.mem_get_info()
+            return int(free), torch.cuda.get_device_name()
+    except Exception:
+        pass
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return int(pages), "this machine's memory (no GPU)"
+    except (ValueError, OSError, AttributeError):
+        return None, ""
+
+
+def _hub_cause(source: str, exc: BaseException) -> str:
+    names = []
+    seen: BaseException | None = exc
+    while seen is not None and len(names) < 20:
+        names.append(type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    if "GatedRepoError" in names:
+        return f"{source} is gated: accept its licence on huggingface.co, then set HF_TOKEN"
+    if "RepositoryNotFoundError" in names:
+        return f"there is no model {source} on the Hugging Face hub (check the id)"
+    return f"cannot check {source} on the Hugging Face hub ({_first_line(exc)}): no network?"
+
+
+# -- Discord -------------------------------------------------------------------------------------
+
+
+async def _discord(config: BotConfig, report: Callable[[Check], None]) -> None:
+    from .ops import point_discord_at
+
+    token = config.resolve_token()
+    if not token:
+        env = config.discord.token_env
+        report(Check("token", False, f"no token: set the {env} environment variable"))
+        return
+    point_discord_at(config.discord.api_base_url)
+    http = discord.http.HTTPClient(None)  # REST only: the gateway is never connected
+    try:
+        try:
+            me = await http.static_login(token)
+        except discord.LoginFailure:
+            report(
+                Check(
+                    "token",
+                    False,
+                    "Discord rejected it: reset the token in the developer portal (Bot page)",
+                )
+            )
+            return
+        except (discord.HTTPException, OSError) as exc:
+            report(Check("token", False, f"cannot reach Discord ({_first_line(exc)})"))
+            return
+        report(Check("token", True, f"logs in as {me['username']} (id {me['id']})"))
+        if not config.discord.guild_ids:
+            report(
+                Check(
+                    "servers",
+                    True,
+                    "commands are global; list [discord] guild_ids to check each server",
+                )
+            )
+            return
+        for guild_id in config.discord.guild_ids:
+            await _guild(http, config, int(me["id"]), guild_id, report)
+    finally:
+        await http.close()
+
+
+async def _guild(
+    http: discord.http.HTTPClient,
+    config: BotConfig,
+    bot_id: int,
+    guild_id: int,
+    report: Callable[[Check], None],
+) -> None:
+    name = f"server {guild_id}"
+    try:
+        guild = await http.get_guild(guild_id, with_counts=False)
+        member = await http.get_member(guild_id, bot_id)
+        roles = await http.get_roles(guild_id)
+        channels = await http.get_all_guild_channels(guild_id)
+    except (discord.NotFound, discord.Forbidden):
+        report(
+            Check(
+                name,
+                False,
+                "the bot is not in this server: invite it with the OAuth2 URL Generator "
+                "(scopes bot and applications.commands), or fix [discord] guild_ids "
+                "(Discord's Developer Mode, then right-click the server, Copy Server ID)",
+            )
+        )
+        return
+    report(Check(name, True, f"the bot is in {guild['name']!r}"))
+    allowed = set(config.moderation.allowed_channel_ids)
+    texts = [c for c in channels if int(c.get("type", -1)) in (GUILD_TEXT, GUILD_ANNOUNCEMENT)]
+    chosen = [c for c in texts if not allowed or int(c["id"]) in allowed]
+    missing_ids = allowed - {int(c["id"]) for c in texts}
+    for channel_id in sorted(missing_ids):
+        report(Check(f"channel {channel_id}", False, "allowed in the config, not in this server"))
+    for channel in chosen:
+        bits = channel_permissions(
+            roles,
+            [int(r) for r in member.get("roles", [])],
+            bot_id,
+            guild_id,
+            channel.get("permission_overwrites", []),
+        )
+        lacking = [label for bit, label in CHANNEL_PERMISSIONS.items() if not bits & bit]
+        where = f"#{channel['name']}"
+        if lacking:
+            report(
+                Check(
+                    where,
+                    False,
+                    f"the bot lacks {', '.join(lacking)}: allow them for its role in the "
+                    "channel's settings (Permissions)",
+                )
+            )
+        else:
+            report(Check(where, True, "the bot may post images here"))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,98 @@
+"""`imagine-bot doctor` against the Discord-compatible server: a ready set-up passes, and each
+check that fails (config, token, database, model, server, channel permissions) says what to fix.
+
+Run in-process (real REST over a socket, a real SQLite file, the real loader's checks); no
+bot is started, and doctor must change nothing.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from bot.doctor import ATTACH_FILES, EMBED_LINKS, channel_permissions, run_doctor
+from testkit.world import NewWorld
+
+
+async def _doctor(config: Path) -> tuple[int, dict[str, str]]:
+    out = io.StringIO()
+    code = await run_doctor(config, out)
+    lines = [line for line in out.getvalue().splitlines() if line[:3] in ("ok ", "FIX")]
+    return code, {line[5:].split(": ", 1)[0]: line for line in lines}
+
+
+async def test_a_ready_set_up_passes_every_check(new_world: NewWorld) -> None:
+    async with new_world(channels=("art", "lounge")) as world:
+        config = world.configure(
+            discord={"token": world.token}, moderation={"allowed_channel_ids": [world.art.id]}
+        )
+        code, lines = await _doctor(config)
+    assert code == 0, lines
+    assert list(lines) == [
+        "config",
+        "database",
+        "model tiny",
+        "token",
+        f"server {world.guild.id}",
+        "#art",
+    ]
+    assert all(line.startswith("ok ") for line in lines.values())
+    assert "new: its tables are made at the first start" in lines["database"]
+    assert "logs in as imagine-bot" in lines["token"]
+    # Doctor writes nothing: no database file, no identity file beside the config.
+    assert not (world.tmp / "imagine.db").exists()
+    assert not (world.tmp / "config.database-id").exists()
+
+
+async def test_each_failing_check_says_what_to_fix(new_world: NewWorld, tmp_path: Path) -> None:
+    async with new_world(channels=("art", "lounge")) as world:
+        bot_role = world.guild.roles[1]  # the bot's own role
+        world.lounge.permission_overwrites.append(
+            {"id": bot_role.id, "type": 0, "allow": 0, "deny": ATTACH_FILES}
+        )
+        stranger = 4242  # a server the bot was never invited to
+        config = world.configure(
+            guild_ids=[world.guild.id, stranger],
+            discord={"token": world.token},
+            database={"url": f"sqlite+aiosqlite:///{tmp_path / 'gone' / 'imagine.db'}"},
+            engine={"model": str(tmp_path / "no-such-model")},
+        )
+        code, lines = await _doctor(config)
+        assert code == 1
+        assert lines["database"].startswith("FIX") and "does not exist" in lines["database"]
+        assert (
+            lines["model no-such-model"].startswith("FIX")
+            and "does not exist" in (lines["model no-such-model"])
+        )
+        assert (
+            lines[f"server {stranger}"].startswith("FIX")
+            and "not in this server" in (lines[f"server {stranger}"])
+        )
+        assert lines["#lounge"].startswith("FIX") and "lacks Attach Files" in lines["#lounge"]
+        assert lines["#art"].startswith("ok ")
+
+        world.configure(discord={"token": "not-the-token"})
+        code, lines = await _doctor(config)
+        assert code == 1 and lines["token"].startswith("FIX") and "rejected" in lines["token"]
+
+        config.write_text("[engine]\nmax_batch_size = 2\n")
+        code, lines = await _doctor(config)
+        assert code == 1 and list(lines) == ["config"]
+        assert "max_batch_size (2) must be at least max_count" in lines["config"]
+
+
+def test_permissions_follow_roles_and_overwrites_in_discords_order() -> None:
+    guild, member, role, other = 1, 7, 2, 3
+    roles = [
+        {"id": guild, "permissions": 0},
+        {"id": role, "permissions": ATTACH_FILES | EMBED_LINKS},
+        {"id": other, "permissions": 8},  # Administrator, not the member's
+    ]
+    assert channel_permissions(roles, [role], member, guild, []) == ATTACH_FILES | EMBED_LINKS
+    denied = [{"id": role, "type": 0, "allow": 0, "deny": ATTACH_FILES}]
+    assert channel_permissions(roles, [role], member, guild, denied) == EMBED_LINKS
+    # The member's own overwrite comes last and wins over its roles'.
+    back = [*denied, {"id": member, "type": 1, "allow": ATTACH_FILES, "deny": 0}]
+    assert channel_permissions(roles, [role], member, guild, back) & ATTACH_FILES
+    # Administrator (a role's) ignores every overwrite.
+    assert channel_permissions(roles, [other], member, guild, denied) & ATTACH_FILES
