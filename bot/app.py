@@ -42,6 +42,7 @@ from engine import Engine
 from .client import ImagineBot
 from .clock import DiscordClock
 from .config import BotConfig, ConfigError, load_config
+from .guildrules import GuildRules
 from .imagestore import ImageStore
 from .jobs import JobService
 from .ledger import (
@@ -56,7 +57,6 @@ from .ledger import (
     open_ledger,
     upgrade_to_head,
 )
-from .moderation import Moderation
 from .ops import (
     HealthChecks,
     HttpMeter,
@@ -212,7 +212,7 @@ def _assemble(
         config=config,
         ledger=ledger,
         engine=engine,
-        moderation=Moderation(config.moderation),
+        rules=GuildRules(ledger, config.moderation, config.quota.daily_images),
         rate_limit=UserRateLimit(config.moderation.commands_per_minute),
         clock=DiscordClock(),
         edit_throttle=EditThrottle(),

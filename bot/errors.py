@@ -28,6 +28,7 @@ from engine import ShuttingDown as EngineShuttingDown
 from .ledger import LedgerBusyError, LedgerError, RefusalReason
 
 __all__ = [
+    "BadSetting",
     "BotError",
     "NotAllowed",
     "NotModerator",
@@ -96,6 +97,10 @@ class OutsideDeclaredRules(app_commands.CheckFailure, BotError):
 
 class NotAllowed(BotError):
     """A button pressed by someone it is not for (delete or cancel another user's job)."""
+
+
+class BadSetting(BotError):
+    """A `/settings set` value that does not fit the setting; says what to type instead."""
 
 
 class UnknownJob(BotError):

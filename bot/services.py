@@ -18,10 +18,10 @@ from engine import Engine
 
 from .clock import DiscordClock
 from .config import BotConfig
+from .guildrules import GuildRules
 from .imagestore import ImageStore
 from .jobref import JobRef
 from .ledger import Ledger
-from .moderation import Moderation
 from .ops import Metrics
 from .options import ImagineOptions
 from .throttle import EditThrottle, UserRateLimit
@@ -81,7 +81,7 @@ class Services:
     config: BotConfig
     ledger: Ledger
     engine: Engine
-    moderation: Moderation
+    rules: GuildRules  # each guild's [moderation] rules, with its own /settings
     rate_limit: UserRateLimit
     clock: DiscordClock
     edit_throttle: EditThrottle

@@ -8,9 +8,10 @@ from ..services import JobActions, Services
 from .imagine import make_imagine_cog
 from .info import InfoCog
 from .quota import QuotaCog
+from .settings import SettingsCog
 from .usage import UsageCog
 
-__all__ = ["InfoCog", "QuotaCog", "UsageCog", "make_cogs", "make_imagine_cog"]
+__all__ = ["InfoCog", "QuotaCog", "SettingsCog", "UsageCog", "make_cogs", "make_imagine_cog"]
 
 
 def make_cogs(services: Services, jobs: JobActions) -> list[commands.Cog]:
@@ -24,5 +25,6 @@ def make_cogs(services: Services, jobs: JobActions) -> list[commands.Cog]:
         ),
         InfoCog(services),
         QuotaCog(services),
+        SettingsCog(services),
         UsageCog(services),
     ]

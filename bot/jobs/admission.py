@@ -21,6 +21,7 @@ from engine import Busy, EngineError, ImageRequest, InvalidRequest, Job
 
 from ..errors import RateLimited, Refusal
 from ..ledger import JobKind, JobRecord, JobRequest, RefusalReason, Reservation
+from ..moderation import Moderation
 from ..options import ImagineOptions
 from ..pictures import BadPicture, fetch_picture
 from ..services import JobRef, Services
@@ -89,13 +90,14 @@ class Admission:
         `options` (fetched here, after the cheap checks).
         """
         s = self.services
+        rules = await s.rules.moderation(origin.guild_id)
         try:
             native = s.engine.profile_of(options.model).native_size
         except InvalidRequest:  # an unknown model: refused below by `prepare`, with its name
             native = s.engine.profile.native_size
         asked = engine_request(
             options,
-            negative=s.moderation.negative_prompt(options.negative),
+            negative=rules.negative_prompt(options.negative),
             native=native,
             limits=s.engine.limits,
             user=origin.fairness_key,
@@ -113,10 +115,10 @@ class Admission:
                 limited = RateLimited.after(wait)
                 await refuse(RefusalReason.RATE_LIMITED, str(limited))
                 raise limited
-        elsewhere = self._wrong_channel(origin)
+        elsewhere = self._wrong_channel(origin, rules)
         if elsewhere is not None:
             raise await refuse(RefusalReason.CHANNEL, elsewhere)
-        word = s.moderation.blocked_word(options.prompt, options.negative)
+        word = rules.blocked_word(options.prompt, options.negative)
         if word is not None:
             raise await refuse(
                 RefusalReason.BLOCKED_WORD,
@@ -172,7 +174,7 @@ class Admission:
             await s.ledger.record_refusal(stored(asked), reason, text)
             return Refusal(reason, text)
 
-        elsewhere = self._wrong_channel(origin)
+        elsewhere = self._wrong_channel(origin, await s.rules.moderation(origin.guild_id))
         if elsewhere is not None:
             raise await refuse(RefusalReason.CHANNEL, elsewhere)
         try:
@@ -181,12 +183,11 @@ class Admission:
             raise await refuse(RefusalReason.INVALID, str(exc)) from exc
         return await self._reserve_and_submit(stored(request), request, warnings)
 
-    def _wrong_channel(self, origin: Origin) -> str | None:
+    def _wrong_channel(self, origin: Origin, rules: Moderation) -> str | None:
         """The refusal for a channel where images may not be made, else None."""
-        s = self.services
-        if s.moderation.channel_allowed(origin.channel_id, origin.parent_channel_id):
+        if rules.channel_allowed(origin.channel_id, origin.parent_channel_id):
             return None
-        allowed = " ".join(f"<#{c}>" for c in s.config.moderation.allowed_channel_ids)
+        allowed = " ".join(f"<#{c}>" for c in rules.settings.allowed_channel_ids)
         return f"Images can't be made here. Try {allowed}."
 
     def _stored(self, origin: Origin, request: ImageRequest, reroll_of: int | None) -> JobRequest:

@@ -267,7 +267,8 @@ class JobRun:
     async def _deliver(self, result: GenerationResult) -> None:
         services, record = self.services, self.record
         ledger = services.ledger
-        verdict = services.moderation.review(result.images, nsfw_channel=await self._nsfw())
+        rules = await services.rules.moderation(record.guild_id)
+        verdict = rules.review(result.images, nsfw_channel=await self._nsfw())
         if verdict.nothing_to_post:
             changed = await ledger.mark_failed(
                 self.id, "every image was flagged by the safety checker"

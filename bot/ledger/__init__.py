@@ -42,6 +42,7 @@ from .quota import (
     UserStatus,
 )
 from .recovery import RecoveryPlan, TokenCheck, classify, give_up, plan_recovery
+from .settings import FLAGGED_POLICIES, SETTINGS, GuildSettings, SettingsChange, parse_setting
 from .store import Ledger, RetryPolicy, open_ledger, utcnow
 from .usage import DayUsage, KindUsage, RefusalCount, UsageSummary, UserDayUsage, UserUsage
 
@@ -49,6 +50,8 @@ __all__ = [
     "ACTIVE_STATUSES",
     "COUNTED_STATUSES",
     "DEFAULT_DATABASE_URL",
+    "FLAGGED_POLICIES",
+    "SETTINGS",
     "TERMINAL_STATUSES",
     "WINDOW",
     "DatabaseGone",
@@ -57,6 +60,7 @@ __all__ = [
     "DatabaseState",
     "DatabaseUnavailable",
     "DayUsage",
+    "GuildSettings",
     "JobKind",
     "JobRecord",
     "JobRequest",
@@ -78,6 +82,7 @@ __all__ = [
     "Reservation",
     "RetryPolicy",
     "SchemaTooNew",
+    "SettingsChange",
     "TokenCheck",
     "UsageSummary",
     "UserDayUsage",
@@ -91,6 +96,7 @@ __all__ = [
     "inspect_database",
     "make_sessionmaker",
     "open_ledger",
+    "parse_setting",
     "plan_recovery",
     "schema_status",
     "upgrade_to_head",

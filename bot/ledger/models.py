@@ -32,10 +32,12 @@ __all__ = [
     "NAMING_CONVENTION",
     "Base",
     "DatabaseIdentity",
+    "GuildSettingsRow",
     "Job",
     "Lease",
     "QuotaAudit",
     "QuotaOverride",
+    "SettingsAudit",
     "UTCDateTime",
 ]
 
@@ -210,3 +212,38 @@ class DatabaseIdentity(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     created_at: Mapped[datetime]
+
+
+class GuildSettingsRow(Base):
+    """A guild's own rules, set by its moderators with `/settings`; NULL: the config's."""
+
+    __tablename__ = "guild_settings"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    daily_images: Mapped[int | None] = mapped_column(Integer)
+    allowed_channel_ids: Mapped[str | None] = mapped_column(Text)  # JSON list of ids
+    blocked_words: Mapped[str | None] = mapped_column(Text)  # JSON list of words
+    forced_negative_prompt: Mapped[str | None] = mapped_column(Text)
+    flagged_images: Mapped[str | None] = mapped_column(String(32))
+    updated_by: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        CheckConstraint("daily_images IS NULL OR daily_images >= 0", name="daily_images"),
+    )
+
+
+class SettingsAudit(Base):
+    """Who changed which of a guild's settings, when, from what to what (NULL: the default)."""
+
+    __tablename__ = "settings_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger)
+    moderator_id: Mapped[int] = mapped_column(BigInteger)
+    changed_at: Mapped[datetime]
+    setting: Mapped[str] = mapped_column(String(32))
+    old_value: Mapped[str | None] = mapped_column(Text)
+    new_value: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_settings_audit_guild_changed", "guild_id", "changed_at"),)

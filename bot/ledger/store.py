@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -42,7 +43,7 @@ from .jobs import (
     new_job_key,
 )
 from .lease import LeaseHolder
-from .models import Job, Lease, QuotaAudit, QuotaOverride
+from .models import GuildSettingsRow, Job, Lease, QuotaAudit, QuotaOverride, SettingsAudit
 from .quota import (
     WINDOW,
     CountedImages,
@@ -56,6 +57,9 @@ from .quota import (
     images_used,
     next_increase,
 )
+from .settings import SETTINGS, GuildSettings, SettingsChange
+from .settings import from_text as settings_value
+from .settings import to_text as settings_text
 from .usage import UsageSummary, period_start, summarize
 
 __all__ = ["Ledger", "RetryPolicy", "open_ledger", "utcnow"]
@@ -276,10 +280,10 @@ class Ledger:
         problems = request.problems()
         if problems:
             raise ValueError("; ".join(problems))
-        policy = self.policy_for(request.guild_id)
 
         async def work(session: AsyncSession) -> Reservation:
             await self._lock_user(session, request.guild_id, request.user_id)
+            policy = await self._policy(session, request.guild_id)
             now = self._clock()
             setting = await self._setting(session, request.guild_id, request.user_id)
             limit = setting.limit(policy)
@@ -604,6 +608,81 @@ class Ledger:
 
         return await self._run(work, write=True)
 
+    # -- guild settings ---------------------------------------------------------------------
+
+    async def guild_settings(self, guild_id: int) -> GuildSettings:
+        """The guild's own settings (fields left None take the config's)."""
+
+        async def work(session: AsyncSession) -> GuildSettings:
+            return await self._guild_settings(session, guild_id)
+
+        return await self._run(work, write=False)
+
+    async def change_guild_setting(
+        self, guild_id: int, name: str, value: Any, by: int
+    ) -> SettingsChange:
+        """Set (or, with None, reset to the config's) one setting of a guild, audited."""
+        if name not in SETTINGS:
+            raise ValueError(f"unknown setting {name!r}")
+
+        async def work(session: AsyncSession) -> SettingsChange:
+            now = self._clock()
+            row = await session.get(GuildSettingsRow, guild_id)
+            if row is None:
+                row = GuildSettingsRow(guild_id=guild_id, updated_by=by, updated_at=now)
+                session.add(row)
+            stored = getattr(row, name)
+            old = None if stored is None else str(stored)
+            new = settings_text(value)
+            setattr(row, name, value if name == "daily_images" else new)
+            row.updated_by, row.updated_at = by, now
+            session.add(
+                SettingsAudit(
+                    guild_id=guild_id,
+                    moderator_id=by,
+                    changed_at=now,
+                    setting=name,
+                    old_value=old,
+                    new_value=new,
+                )
+            )
+            return SettingsChange(guild_id, by, name, old, new)
+
+        return await self._run(work, write=True)
+
+    async def settings_history(
+        self, guild_id: int, *, limit: int = 25
+    ) -> tuple[SettingsChange, ...]:
+        """The guild's settings changes, newest first."""
+        stmt = (
+            select(SettingsAudit)
+            .where(SettingsAudit.guild_id == guild_id)
+            .order_by(SettingsAudit.changed_at.desc(), SettingsAudit.id.desc())
+            .limit(limit)
+        )
+
+        async def work(session: AsyncSession) -> tuple[SettingsChange, ...]:
+            rows = (await session.execute(stmt)).scalars()
+            return tuple(
+                SettingsChange(r.guild_id, r.moderator_id, r.setting, r.old_value, r.new_value)
+                for r in rows
+            )
+
+        return await self._run(work, write=False)
+
+    @staticmethod
+    async def _guild_settings(session: AsyncSession, guild_id: int) -> GuildSettings:
+        row = await session.get(GuildSettingsRow, guild_id)
+        if row is None:
+            return GuildSettings()
+        return GuildSettings(**{n: settings_value(n, getattr(row, n)) for n in SETTINGS})
+
+    async def _policy(self, session: AsyncSession, guild_id: int) -> QuotaPolicy:
+        """The guild's quota policy: its moderators' default allowance over the config's."""
+        policy = self.policy_for(guild_id)
+        daily = (await self._guild_settings(session, guild_id)).daily_images
+        return policy if daily is None else dataclasses.replace(policy, daily_images=daily)
+
     async def quota_setting(self, guild_id: int, user_id: int) -> QuotaSetting:
         async def work(session: AsyncSession) -> QuotaSetting:
             return await self._setting(session, guild_id, user_id)
@@ -647,7 +726,7 @@ class Ledger:
                 guild_id=guild_id,
                 user_id=user_id,
                 setting=setting,
-                limit=setting.limit(self.policy_for(guild_id)),
+                limit=setting.limit(await self._policy(session, guild_id)),
                 used=images_used(counted, now),
                 queued=by_status.get(JobStatus.QUEUED, 0),
                 running=by_status.get(JobStatus.RUNNING, 0),

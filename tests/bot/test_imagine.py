@@ -64,7 +64,7 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
 
 async def test_commands_are_synced_to_the_guild_with_declared_limits(world: World) -> None:
     commands = {c["name"]: c for c in world.server.synced_commands(world.guild)}
-    assert set(commands) == {"imagine", "info", "models", "quota", "usage"}
+    assert set(commands) == {"imagine", "info", "models", "quota", "settings", "usage"}
     options = {o["name"]: o for o in commands["imagine"]["options"]}
     assert options["prompt"]["required"] and options["prompt"]["max_length"] == 1000
     assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (1, 50)
@@ -215,6 +215,24 @@ async def test_blocked_words_and_closed_channels_are_refused_privately(world: Wo
         assert reasons[RefusalReason.BLOCKED_WORD] == 1 and reasons[RefusalReason.CHANNEL] == 1
 
 
+async def ask(
+    world: World,
+    who: User,
+    command: str,
+    options: dict[str, object] | None = None,
+    *,
+    forged: bool = False,
+) -> str:
+    """Run a command in #art and return its private answer (`forged`: not validated, as a
+    payload Discord would not send)."""
+    interaction = await world.server.invoke(
+        command, user=who, channel=world.art, options=options, validate=not forged
+    )
+    message = await interaction.wait_for_original()
+    assert interaction.ephemeral and message.pinged_user_ids == set()
+    return message.content
+
+
 async def test_moderators_manage_quotas_and_members_cannot(world: World) -> None:
     server = world.server
     frank = world.frank
@@ -222,12 +240,7 @@ async def test_moderators_manage_quotas_and_members_cannot(world: World) -> None
     async def run(
         who: User, command: str, options: dict[str, object] | None = None, *, forged: bool = False
     ) -> str:
-        interaction = await server.invoke(
-            command, user=who, channel=world.art, options=options, validate=not forged
-        )
-        message = await interaction.wait_for_original()
-        assert interaction.ephemeral and message.pinged_user_ids == set()
-        return message.content
+        return await ask(world, who, command, options, forged=forged)
 
     # A member cannot: Discord hides the commands, so these are forged payloads.
     with pytest.raises(ValueError, match="would not see it"):
@@ -387,3 +400,42 @@ async def test_a_job_that_outlives_its_token_is_posted_to_the_channel(world: Wor
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id)
         assert job.status is JobStatus.DONE and job.message_id == posted.id
+
+
+async def test_moderators_change_this_servers_rules_with_settings(world: World) -> None:
+    async def run(
+        who: User, command: str, options: dict[str, object] | None = None, *, forged: bool = False
+    ) -> str:
+        return await ask(world, who, command, options, forged=forged)
+
+    words = {"setting": "blocked_words", "value": "boat, dragon"}
+    assert "Only moderators" in await run(world.alice, "settings set", words, forged=True)
+    assert "is now boat, dragon" in await run(world.admin, "settings set", words)
+    refused = await run(world.dave, "imagine", {"prompt": "a red Boat at dawn"})
+    assert "does not allow" in refused and "boat" in refused.lower()
+
+    lounge = {"setting": "allowed_channel_ids", "value": world.lounge.mention}
+    assert world.lounge.mention in await run(world.admin, "settings set", lounge)
+    closed = await run(world.dave, "imagine", {"prompt": "a cat"})  # from #art, now closed
+    assert "can't be made here" in closed and world.lounge.mention in closed
+
+    bad = await run(world.admin, "settings set", {"setting": "daily_images", "value": "lots"})
+    assert "whole number" in bad
+    shown = await run(world.admin, "settings show")
+    assert "**blocked_words**: boat, dragon (set here)" in shown
+    assert "**forced_negative_prompt**: blurry (the bot's default)" in shown
+    assert "Recent changes" in shown
+
+    for name in ("blocked_words", "allowed_channel_ids"):
+        assert "default again" in await run(world.admin, "settings reset", {"setting": name})
+    still = await run(world.dave, "imagine", {"prompt": "a FORBIDDEN boat"})  # config's word
+    assert "forbidden" in still.lower()
+    async with read_ledger(world.tmp) as ledger:
+        history = await ledger.settings_history(world.guild.id)
+        assert [(c.setting, c.new is None) for c in history] == [
+            ("allowed_channel_ids", True),
+            ("blocked_words", True),
+            ("allowed_channel_ids", False),
+            ("blocked_words", False),
+        ]
+        assert {c.moderator_id for c in history} == {world.admin.id}

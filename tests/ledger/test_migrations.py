@@ -23,7 +23,15 @@ from bot.ledger.models import Base
 from .conftest import make_request
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"jobs", "quota_overrides", "quota_audit", "leases", "database_identity"}
+TABLES = {
+    "jobs",
+    "quota_overrides",
+    "quota_audit",
+    "leases",
+    "database_identity",
+    "guild_settings",
+    "settings_audit",
+}
 
 
 def _state(conn: Connection) -> dict[str, Any]:

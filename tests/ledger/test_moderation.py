@@ -95,3 +95,38 @@ async def test_job_listings(make_ledger: LedgerFactory, clock: FakeClock) -> Non
     assert [j.id for j in await ledger.jobs_for_user(GUILD, USER, limit=2)] == ids[:1:-1]
     assert [j.id for j in await ledger.active_jobs()] == [ids[0], ids[1], ids[3], other]
     assert [j.id for j in await ledger.active_jobs(GUILD)] == [ids[0], ids[1], ids[3]]
+
+
+async def test_guild_settings_are_per_guild_audited_and_set_the_default_allowance(
+    make_ledger: LedgerFactory, clock: FakeClock
+) -> None:
+    from bot.ledger import GuildSettings, RefusalReason, parse_setting
+
+    ledger = make_ledger(QuotaPolicy(daily_images=5))
+    assert await ledger.guild_settings(GUILD) == GuildSettings()
+    words = parse_setting("blocked_words", "boat, dragon,  boat")
+    await ledger.change_guild_setting(GUILD, "blocked_words", words, by=MODERATOR)
+    await ledger.change_guild_setting(GUILD, "daily_images", 1, by=MODERATOR + 1)
+    own = await ledger.guild_settings(GUILD)
+    assert own.blocked_words == ("boat", "dragon") and own.daily_images == 1
+    assert await ledger.guild_settings(OTHER_GUILD) == GuildSettings()  # its own, untouched
+
+    # The guild's default allowance is used by reservations and shown in user_status.
+    assert (await ledger.reserve(req(image_count=1))).accepted
+    refused = await ledger.reserve(req(image_count=1))
+    assert refused.reason == RefusalReason.QUOTA
+    assert (await ledger.user_status(GUILD, USER)).limit == 1
+    assert (await ledger.reserve(req(guild_id=OTHER_GUILD, image_count=2))).accepted
+
+    clock.advance(minutes=1)
+    back = await ledger.change_guild_setting(GUILD, "daily_images", None, by=MODERATOR)
+    assert (back.old, back.new) == ("1", None)
+    assert (await ledger.user_status(GUILD, USER)).limit == 5
+    history = await ledger.settings_history(GUILD)
+    assert [(c.setting, c.old, c.new, c.moderator_id) for c in history] == [
+        ("daily_images", "1", None, MODERATOR),
+        ("daily_images", None, "1", MODERATOR + 1),
+        ("blocked_words", None, '["boat", "dragon"]', MODERATOR),
+    ]
+    with pytest.raises(ValueError, match="whole number"):
+        parse_setting("daily_images", "lots")
