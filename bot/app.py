@@ -3,13 +3,14 @@
 Start-up order, each step failing with one line and exit code 2 when the operator can fix it:
 
 1. read the config and the token (from the environment variable it names; a token written in
-   the config file is used only with a warning, and refused when others can read the file);
+   the config file is used only with a warning, and refused when others can read the file),
+   and check the token with a REST login: a rejected one stops here, before a database file
+   is created;
 2. check the database is the one this configuration used (`ledger/identity.py`: a lost
    database is never replaced by an empty one), migrate it to head (refusing a schema newer
    than this version), open the ledger, and claim its lease: a second process on the same
    database stops here;
-3. point discord.py's REST at `[discord] api_base_url` and log in over REST (a rejected
-   token stops here, before a model is loaded for nothing; nothing is shown to users yet);
+3. log the bot's client in over REST (nothing is shown to users yet);
 4. load the model on the engine's worker thread (the event loop stays free): a model that
    cannot load stops here, before any command is registered with Discord;
 5. register the slash commands, re-queue jobs a previous process left unfinished, then
@@ -30,7 +31,7 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -169,9 +170,24 @@ def _install_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
-async def _login(bot: ImagineBot, config: BotConfig, token: str) -> None:
+async def _check_token(config: BotConfig, token: str) -> None:
+    """A REST login with a throwaway client before anything is created: a rejected token
+    leaves no database file behind."""
+    http = discord.http.HTTPClient(None)
     try:
-        await bot.login(token)
+        await _rest_login(config, lambda: http.static_login(token))
+    finally:
+        await http.close()
+
+
+async def _login(bot: ImagineBot, config: BotConfig, token: str) -> None:
+    await _rest_login(config, lambda: bot.login(token))
+    await follow_gateway(bot.http, config.discord.api_base_url)
+
+
+async def _rest_login(config: BotConfig, login: Callable[[], Awaitable[object]]) -> None:
+    try:
+        await login()
     except discord.LoginFailure:
         where = (
             f"${config.discord.token_env}"
@@ -187,7 +203,6 @@ async def _login(bot: ImagineBot, config: BotConfig, token: str) -> None:
             f"cannot reach Discord at {config.discord.api_base_url}: {exc}; "
             "check [discord] api_base_url and the network"
         ) from None
-    await follow_gateway(bot.http, config.discord.api_base_url)
 
 
 async def _prune_images(store: ImageStore, every: float = 3600.0) -> None:
@@ -237,6 +252,7 @@ async def serve(config: BotConfig, token: str) -> int:
     stop = asyncio.Event()
     _install_signals(stop)
     point_discord_at(config.discord.api_base_url)
+    await _check_token(config, token)
     url = config.database.url
     log.info("database: %s", _safe_url(url))
     marker = DatabaseMarker.beside(config.path) if config.path is not None else None

@@ -74,6 +74,7 @@ async def test_a_rejected_token_stops_before_loading_the_model(tmp_path: Path) -
         assert secret not in output  # the token is never printed
         assert "loading model" not in output
         assert [r.status for r in server.requests_to("GET", r"^/users/@me$")] == [401]
+        assert not (tmp_path / "imagine.db").exists()  # checked before the database is made
         server.assert_clean()
 
 
@@ -94,7 +95,8 @@ async def test_a_model_that_cannot_load_stops_before_any_command_is_shown(
         code, output = await run_once(config, token=app.token)
         assert code == 2
         assert_one_clear_line(output, f"the model folder {local} cannot be loaded")
-        assert [r.status for r in server.requests_to("GET", r"^/users/@me$")] == [200]
+        # The token is checked before the database, then the bot logs in: no 401 anywhere.
+        assert [r.status for r in server.requests_to("GET", r"^/users/@me$")] == [200, 200]
         assert server.requests_to("PUT", r"/commands$") == []  # no command was registered
         assert server.gateway.identify_count == 0  # never went online
         server.assert_clean()

@@ -441,10 +441,13 @@ async def test_a_second_bot_on_the_same_database_refuses_to_start(world: World) 
     before it touches a job or Discord; the running bot goes on and delivers once."""
     assert world.config is not None
     logins = len(world.server.requests_to("GET", r"^/users/@me$"))
+    identified = world.server.gateway.identify_count
     code, output = await run_once(world.config, token=world.token)
     assert code == 2, output[-3000:]
     lines = [line for line in output.splitlines() if "another imagine-bot" in line]
     assert len(lines) == 1 and f"pid {world.bot.pid}" in lines[0], output[-3000:]
-    assert len(world.server.requests_to("GET", r"^/users/@me$")) == logins  # never logged in
+    # Its token was checked (one REST call, before its database); it never went online.
+    assert len(world.server.requests_to("GET", r"^/users/@me$")) == logins + 1
+    assert world.server.gateway.identify_count == identified
     job_id, progress = await world.imagine(world.dave, "still the only one")
     await assert_delivered_once(world, job_id, await wait_result(interaction_of(progress)))
