@@ -113,8 +113,15 @@ def _source(spec: ModelSpec, config: EngineConfig) -> tuple[str, dict[str, Any]]
         return str(builtin_folder(source, config.cache_dir)), {"local_files_only": True}
     if source.startswith("builtin:"):
         raise ValueError(f"unknown builtin model {source!r}; known: {', '.join(BUILTIN_MODELS)}")
-    if Path(source).expanduser().exists():
-        return str(Path(source).expanduser()), {"local_files_only": True}
+    local = Path(source).expanduser()
+    if local.is_file():
+        raise ValueError(
+            f"{source} is a single checkpoint file; give a diffusers folder instead (convert "
+            "it once with diffusers' scripts/convert_original_stable_diffusion_to_diffusers.py "
+            "--checkpoint_path FILE --dump_path FOLDER --from_safetensors)"
+        )
+    if local.exists():
+        return str(local), {"local_files_only": True}
     if _looks_local(source):
         raise ValueError(f"the model folder {source} does not exist (a hub id looks like org/name)")
     extra: dict[str, Any] = {}

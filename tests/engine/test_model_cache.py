@@ -80,6 +80,7 @@ async def test_a_model_that_cannot_load_names_the_cause(tmp_path: Path) -> None:
         headers = {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"}
         return web.Response(status=404, headers=headers)
 
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 16)  # a single-file checkpoint
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", hub)
     runner = web.AppRunner(app)
@@ -96,6 +97,7 @@ async def test_a_model_that_cannot_load_names_the_cause(tmp_path: Path) -> None:
             "someone/missing",
             "someone/gated-model",
             str(tmp_path / "no-such-folder"),
+            str(tmp_path / "model.safetensors"),
             env=env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
@@ -123,4 +125,8 @@ async def test_a_model_that_cannot_load_names_the_cause(tmp_path: Path) -> None:
         "does not exist (a hub id looks like org/name)"
     )
     assert "not in the local cache and downloads are off" in said["someone/not-cached"]
+    assert (
+        "is a single checkpoint file; give a diffusers folder"
+        in (said[str(tmp_path / "model.safetensors")])
+    )
     assert all("\n" not in text for text in said.values())
