@@ -299,6 +299,10 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> BotConfig:
         sections["database"] = replace(database, url=sqlite_near(path, database.url))
     elif path is not None:
         sections["database"] = DatabaseSettings(url=sqlite_near(path, DatabaseSettings().url))
+    if path is not None:  # relative folders are next to the config file too
+        images = sections.get("images") or ImagesSettings()
+        if not images.store_dir.is_absolute():
+            sections["images"] = replace(images, store_dir=path.parent / images.store_dir)
     config = BotConfig(**sections, path=path)
     problems += _check(config)
     if problems:

@@ -17,8 +17,10 @@ def test_the_example_documents_every_key_with_its_default() -> None:
     example = load_config(ROOT / "config.example.toml")
     # A relative SQLite file is made absolute, next to the config file.
     assert example.database.url == f"sqlite+aiosqlite:///{ROOT / 'imagine-bot.db'}"
+    assert example.images.store_dir == ROOT / "imagine-bot-images"  # so is the image store
     defaults = dataclasses.replace(example.database, url=BotConfig().database.url)
-    assert dataclasses.replace(example, path=None, database=defaults) == BotConfig()
+    images = dataclasses.replace(example.images, store_dir=BotConfig().images.store_dir)
+    assert dataclasses.replace(example, path=None, database=defaults, images=images) == BotConfig()
     data = tomllib.loads((ROOT / "config.example.toml").read_text())
     for section in dataclasses.fields(BotConfig):
         if section.name == "path":
