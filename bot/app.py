@@ -31,7 +31,7 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
 
@@ -172,37 +172,42 @@ def _install_signals(stop: asyncio.Event) -> None:
 
 async def _check_token(config: BotConfig, token: str) -> None:
     """A REST login with a throwaway client before anything is created: a rejected token
-    leaves no database file behind."""
+    leaves no database file behind. Discord out of reach is not decided here: the database is
+    checked first, and the real login says so."""
     http = discord.http.HTTPClient(None)
     try:
-        await _rest_login(config, lambda: http.static_login(token))
+        await http.static_login(token)
+    except discord.LoginFailure:
+        raise StartupError(_rejected(config)) from None
+    except (discord.HTTPException, OSError):
+        return
     finally:
         await http.close()
 
 
 async def _login(bot: ImagineBot, config: BotConfig, token: str) -> None:
-    await _rest_login(config, lambda: bot.login(token))
-    await follow_gateway(bot.http, config.discord.api_base_url)
-
-
-async def _rest_login(config: BotConfig, login: Callable[[], Awaitable[object]]) -> None:
     try:
-        await login()
+        await bot.login(token)
     except discord.LoginFailure:
-        where = (
-            f"${config.discord.token_env}"
-            if os.environ.get(config.discord.token_env, "").strip()
-            else f"[discord] token of {config.path}"
-        )
-        raise StartupError(
-            f"Discord rejected the bot token in {where}: copy the token "
-            "again from the developer portal (Bot → Reset Token)"
-        ) from None
+        raise StartupError(_rejected(config)) from None
     except (discord.HTTPException, OSError) as exc:
         raise StartupError(
             f"cannot reach Discord at {config.discord.api_base_url}: {exc}; "
             "check [discord] api_base_url and the network"
         ) from None
+    await follow_gateway(bot.http, config.discord.api_base_url)
+
+
+def _rejected(config: BotConfig) -> str:
+    where = (
+        f"${config.discord.token_env}"
+        if os.environ.get(config.discord.token_env, "").strip()
+        else f"[discord] token of {config.path}"
+    )
+    return (
+        f"Discord rejected the bot token in {where}: copy the token "
+        "again from the developer portal (Bot → Reset Token)"
+    )
 
 
 async def _prune_images(store: ImageStore, every: float = 3600.0) -> None:
