@@ -2,9 +2,14 @@
 
 Front ends turn these into user messages in one place; the engine never formats
 Discord text, but every message here is written to be shown to a user as is.
+
+Each one pickles to itself (`__reduce__` gives back its own constructor arguments), so an
+engine running in another process (a Ray Serve replica) can raise it to the bot as it is.
 """
 
 from __future__ import annotations
+
+import pickle
 
 __all__ = [
     "Busy",
@@ -17,6 +22,18 @@ __all__ = [
 ]
 
 
+def _portable(cause: BaseException | None) -> BaseException | None:
+    """The cause if it pickles, else a plain `Exception` with its text (a CUDA error's
+    internals may not pickle: the message must still reach the other process)."""
+    if cause is None:
+        return None
+    try:
+        pickle.dumps(cause)
+    except Exception:
+        return Exception(f"{type(cause).__name__}: {cause}")
+    return cause
+
+
 class EngineError(Exception):
     """Base class of every error the engine raises to its callers."""
 
@@ -27,6 +44,10 @@ class InvalidRequest(EngineError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+        self.message = message
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (self.field, self.message)
 
 
 class Busy(EngineError):
@@ -37,6 +58,9 @@ class Busy(EngineError):
         self.queued = queued
         self.limit = limit
 
+    def __reduce__(self) -> tuple[type, tuple[int, int]]:
+        return type(self), (self.queued, self.limit)
+
 
 class Cancelled(EngineError):
     """The request was cancelled before it finished."""
@@ -44,13 +68,20 @@ class Cancelled(EngineError):
     def __init__(self) -> None:
         super().__init__("The request was cancelled.")
 
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return type(self), ()
+
 
 class GenerationFailed(EngineError):
     """The request failed on its own (after splitting its batch); `original` is the cause."""
 
     def __init__(self, message: str, original: BaseException | None = None) -> None:
         super().__init__(message)
+        self.message = message
         self.original = original
+
+    def __reduce__(self) -> tuple[type, tuple[str, BaseException | None]]:
+        return type(self), (self.message, _portable(self.original))
 
 
 class EngineDead(EngineError):
@@ -62,9 +93,15 @@ class EngineDead(EngineError):
         self.reason = reason
         self.original = original
 
+    def __reduce__(self) -> tuple[type, tuple[str, BaseException | None]]:
+        return type(self), (self.reason, _portable(self.original))
+
 
 class ShuttingDown(EngineDead):
     """The engine is stopping on purpose; the job did not fail and may be run after a restart."""
 
     def __init__(self) -> None:
         super().__init__("shutting down")
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:  # type: ignore[override]
+        return type(self), ()

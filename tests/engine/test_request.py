@@ -84,3 +84,29 @@ def test_clean_text_drops_invisible_and_control_characters() -> None:
 def test_seeds_follow_on_and_wrap() -> None:
     request, _ = check(seed=MAX_SEED, count=3)
     assert request.seeds == [MAX_SEED, 0, 1]
+
+
+def test_engine_errors_pickle_to_themselves() -> None:
+    """An engine in another process (a Ray Serve replica) raises these to the bot."""
+    import pickle
+    import threading
+
+    from engine import Busy, Cancelled, EngineDead, GenerationFailed, ShuttingDown
+
+    unpicklable = RuntimeError("CUDA error")
+    unpicklable.lock = threading.Lock()  # type: ignore[attr-defined]
+    errors = [
+        InvalidRequest("steps", "Steps must be between 1 and 50, not 80."),
+        Busy(64, 64),
+        Cancelled(),
+        GenerationFailed("out of memory", ValueError("boom")),
+        GenerationFailed("the GPU failed", unpicklable),
+        EngineDead("worker died", ValueError("x")),
+        ShuttingDown(),
+    ]
+    for error in errors:
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error) and str(back) == str(error)
+        assert vars(back).keys() == vars(error).keys()
+    assert pickle.loads(pickle.dumps(errors[0])).field == "steps"
+    assert str(pickle.loads(pickle.dumps(errors[4])).original) == "RuntimeError: CUDA error"
