@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import discord
-from sqlalchemy.engine import make_url
 
 from engine import Engine
 
@@ -56,6 +55,7 @@ from .ledger import (
     SchemaTooNew,
     inspect_database,
     open_ledger,
+    safe_url,
     upgrade_to_head,
 )
 from .ops import (
@@ -138,13 +138,6 @@ def _check_inline_token(config: BotConfig, path: Path) -> None:
         path,
         config.discord.token_env,
     )
-
-
-def _safe_url(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "(unparsable URL)"
 
 
 async def _until(stop: asyncio.Event, work: Awaitable[T]) -> T:
@@ -259,22 +252,22 @@ async def serve(config: BotConfig, token: str) -> int:
     point_discord_at(config.discord.api_base_url)
     await _check_token(config, token)
     url = config.database.url
-    log.info("database: %s", _safe_url(url))
+    log.info("database: %s", safe_url(url))
     marker = DatabaseMarker.beside(config.path) if config.path is not None else None
     try:
         if marker is not None and (await inspect_database(url)).empty:
             marker.refuse_empty(url)  # never make a fresh database where one was lost
         await upgrade_to_head(url)
         if marker is not None and marker.check(url, await inspect_database(url)):
-            log.info("this configuration now uses database %s (%s)", _safe_url(url), marker.path)
+            log.info("this configuration now uses database %s (%s)", safe_url(url), marker.path)
     except DatabaseMismatch as exc:
         raise StartupError(str(exc)) from None
     except SchemaTooNew as exc:
-        raise StartupError(f"{exc} ({_safe_url(url)})") from None
+        raise StartupError(f"{exc} ({safe_url(url)})") from None
     except Exception as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [repr(exc)]
         raise StartupError(
-            f"cannot open the database {_safe_url(url)}: {reason[0]}. Check [database] url"
+            f"cannot open the database {safe_url(url)}: {reason[0]}. Check [database] url"
         ) from None
     policy = QuotaPolicy(
         daily_images=config.quota.daily_images,

@@ -249,13 +249,21 @@ def _named(kind: str, tables: Any, problems: list[str]) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (relative as written), or None (another database, memory)."""
+    prefix, sep, file = url.partition(":///")
+    if not sep or not prefix.startswith("sqlite") or not file or file.startswith(":"):
+        return None
+    return Path(file)
+
+
 def sqlite_near(config_path: Path, url: str) -> str:
     """A relative SQLite file (`sqlite+aiosqlite:///imagine-bot.db`) next to the config file,
     not in whatever folder the bot happens to be started from."""
-    prefix, sep, file = url.partition(":///")
-    if not sep or not prefix.startswith("sqlite") or not file or file.startswith(("/", ":")):
+    file = sqlite_file(url)
+    if file is None or file.is_absolute():
         return url
-    return f"{prefix}:///{(config_path.parent / file).resolve()}"
+    return f"{url.partition(':///')[0]}:///{(config_path.parent / file).resolve()}"
 
 
 def _near(path: Path | None, specs: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -27,9 +27,10 @@ from typing import Any, TextIO
 import discord
 
 from engine import EngineConfig, ModelSpec
+from engine.sources import first_line, hub_problem, looks_local
 
-from .config import BotConfig, ConfigError, load_config
-from .ledger import DatabaseMarker, SchemaTooNew, inspect_database, schema_status
+from .config import BotConfig, ConfigError, load_config, sqlite_file
+from .ledger import DatabaseMarker, SchemaTooNew, inspect_database, safe_url, schema_status
 
 __all__ = ["CHANNEL_PERMISSIONS", "Check", "channel_permissions", "run_doctor"]
 
@@ -122,8 +123,8 @@ async def run_doctor(config_path: str | Path, out: TextIO = sys.stdout) -> int:
 
 async def _database(config: BotConfig, report: Callable[[Check], None]) -> None:
     url = config.database.url
-    shown = _safe(url)
-    sqlite = _sqlite_file(url)
+    shown = safe_url(url)
+    sqlite = sqlite_file(url)
     if sqlite is not None:
         folder = sqlite.parent
         if not folder.is_dir():
@@ -140,7 +141,7 @@ async def _database(config: BotConfig, report: Callable[[Check], None]) -> None:
         report(Check("database", False, f"{shown}: {exc}"))
         return
     except Exception as exc:  # unreachable server, bad credentials, not a database
-        report(Check("database", False, f"{shown}: cannot open it ({_first_line(exc)})"))
+        report(Check("database", False, f"{shown}: cannot open it ({first_line(exc)})"))
         return
     if config.path is not None:
         marker = DatabaseMarker.beside(config.path)
@@ -156,22 +157,6 @@ async def _database(config: BotConfig, report: Callable[[Check], None]) -> None:
     report(Check("database", True, f"{shown}: {detail}"))
 
 
-def _sqlite_file(url: str) -> Path | None:
-    prefix, sep, file = url.partition(":///")
-    if not sep or not prefix.startswith("sqlite") or not file or file.startswith(":"):
-        return None
-    return Path(file)
-
-
-def _safe(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "(unreadable URL)"
-
-
 # -- models ------------------------------------------------------------------------------------
 
 
@@ -185,7 +170,7 @@ def _model(engine: EngineConfig, spec: ModelSpec) -> Check:
         if not (local / "model_index.json").is_file():
             return Check(name, False, f"{local} has no model_index.json: not a diffusers model")
         return _fits(name, f"local folder {local}", _weights_bytes(local))
-    if source.startswith(("/", ".", "~")) or source.count("/") != 1:
+    if looks_local(source):
         return Check(name, False, f"the folder {source} does not exist")
     cache = str(engine.cache_dir / "hub") if engine.cache_dir is not None else None
     try:
@@ -201,7 +186,8 @@ def _model(engine: EngineConfig, spec: ModelSpec) -> Check:
 
         info = model_info(source, files_metadata=True, timeout=15)
     except Exception as exc:
-        return Check(name, False, _hub_cause(source, exc))
+        why = hub_problem(source, exc) or f"cannot check {source} on the hub ({first_line(exc)})"
+        return Check(name, False, why)
     size = sum(s.size or 0 for s in info.siblings or () if s.rfilename.endswith(".safetensors"))
     return _fits(name, f"{source} can be downloaded (once, at the first start)", size)
 
@@ -245,19 +231,6 @@ def _device_memory() -> tuple[int | None, str]:
         return None, ""
 
 
-def _hub_cause(source: str, exc: BaseException) -> str:
-    names = []
-    seen: BaseException | None = exc
-    while seen is not None and len(names) < 20:
-        names.append(type(seen).__name__)
-        seen = seen.__cause__ or seen.__context__
-    if "GatedRepoError" in names:
-        return f"{source} is gated: accept its licence on huggingface.co, then set HF_TOKEN"
-    if "RepositoryNotFoundError" in names:
-        return f"there is no model {source} on the Hugging Face hub (check the id)"
-    return f"cannot check {source} on the Hugging Face hub ({_first_line(exc)}): no network?"
-
-
 # -- Discord -------------------------------------------------------------------------------------
 
 
@@ -284,7 +257,7 @@ async def _discord(config: BotConfig, report: Callable[[Check], None]) -> None:
             )
             return
         except (discord.HTTPException, OSError) as exc:
-            report(Check("token", False, f"cannot reach Discord ({_first_line(exc)})"))
+            report(Check("token", False, f"cannot reach Discord ({first_line(exc)})"))
             return
         report(Check("token", True, f"logs in as {me['username']} (id {me['id']})"))
         if not config.discord.guild_ids:
@@ -354,8 +327,3 @@ async def _guild(
             )
         else:
             report(Check(where, True, "the bot may post images here"))
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

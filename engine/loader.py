@@ -6,7 +6,6 @@ Runs on the engine's worker thread only (it imports torch and diffusers).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 from .config import SCHEDULERS, EngineConfig, ModelSpec
 from .request import ModelProfile
+from .sources import first_line, hub_problem, looks_local
 from .tiny import BUILTIN_MODELS, builtin_folder, rebuild_builtin
 
 __all__ = [
@@ -122,17 +122,12 @@ def _source(spec: ModelSpec, config: EngineConfig) -> tuple[str, dict[str, Any]]
         )
     if local.exists():
         return str(local), {"local_files_only": True}
-    if _looks_local(source):
+    if looks_local(source):
         raise ValueError(f"the model folder {source} does not exist (a hub id looks like org/name)")
     extra: dict[str, Any] = {}
     if config.cache_dir is not None:
         extra["cache_dir"] = str(config.cache_dir / "hub")
     return source, extra
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _hub_folder(source: str, config: EngineConfig) -> Path:
@@ -145,58 +140,11 @@ def _hub_folder(source: str, config: EngineConfig) -> Path:
     return root / ("models--" + source.replace("/", "--"))
 
 
-def _causes(exc: BaseException) -> list[str]:
-    """The class names along an exception's chain (diffusers wraps the hub's errors)."""
-    names: list[str] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(names) < 20:
-        names.append(type(seen).__name__)
-        seen = seen.__cause__ or seen.__context__
-    return names
-
-
-def _hub_problem(source: str, exc: BaseException) -> str | None:
-    """The cause of a failed hub download, in the operator's terms, or None."""
-    causes = _causes(exc)
-    page = f"https://huggingface.co/{source}"
-    if "GatedRepoError" in causes:
-        return (
-            f"the model {source} is gated: accept its licence on {page} with your account, "
-            "then set HF_TOKEN to one of your access tokens"
-        )
-    if "RepositoryNotFoundError" in causes:
-        return (
-            f"there is no model {source} on the Hugging Face hub: check the id "
-            "(a private model needs HF_TOKEN), or give a local folder"
-        )
-    if "EntryNotFoundError" in causes:
-        return f"{source} on the Hugging Face hub is not a diffusers model (no model_index.json)"
-    if "OfflineModeIsEnabled" in causes or (
-        "LocalEntryNotFoundError" in causes and os.environ.get("HF_HUB_OFFLINE") in {"1", "ON"}
-    ):
-        return (
-            f"the model {source} is not in the local cache and downloads are off "
-            "(HF_HUB_OFFLINE is set): unset it to download the model once"
-        )
-    network = {"ConnectError", "ConnectionError", "ConnectTimeout", "ConnectionRefusedError"}
-    if "LocalEntryNotFoundError" in causes or network & set(causes):
-        return (
-            f"cannot reach the Hugging Face hub to download {source} (no network?): check "
-            "the connection or proxy, or give a local folder"
-        )
-    return None
-
-
-def _looks_local(source: str) -> bool:
-    """A path, not a hub id ("org/name"): the operator meant a folder on this disk."""
-    return source.startswith(("/", ".", "~", "\\")) or source.count("/") > 1 or ":" in source
-
-
 def _unreadable(spec: ModelSpec, config: EngineConfig, source: str, exc: Exception) -> Exception:
     """The load error, naming its cause: the network, the hub (no such model, gated), the
     files on this disk (which to check or delete)."""
-    why = _first_line(exc)
-    hub = _hub_problem(spec.source, exc)
+    why = first_line(exc)
+    hub = hub_problem(spec.source, exc)
     if hub is not None and not Path(source).exists():
         return ValueError(hub)
     if Path(source).exists():  # a local folder the operator gave
@@ -231,7 +179,7 @@ def _load_pipeline(spec: ModelSpec, config: EngineConfig, dtype: torch.dtype) ->
             "the cached %s in %s cannot be loaded (%s): building it again",
             spec.source,
             source,
-            _first_line(exc),
+            first_line(exc),
         )
         rebuilt = rebuild_builtin(spec.source, config.cache_dir)
         return _from_pretrained(str(rebuilt), dtype, kwargs)

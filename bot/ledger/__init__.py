@@ -10,6 +10,7 @@ from .database import (
     create_engine,
     database_url,
     make_sessionmaker,
+    safe_url,
     schema_status,
     upgrade_to_head,
 )
@@ -98,6 +99,7 @@ __all__ = [
     "open_ledger",
     "parse_setting",
     "plan_recovery",
+    "safe_url",
     "schema_status",
     "upgrade_to_head",
     "utcnow",

@@ -23,7 +23,7 @@ from sqlalchemy import inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from .database import create_engine
+from .database import create_engine, safe_url
 from .errors import LedgerError
 from .models import DatabaseIdentity
 
@@ -44,10 +44,6 @@ class DatabaseState:
     empty: bool  # no schema at all (a missing SQLite file counts as empty)
     identity: str | None  # None when empty, or made before identities existed
     created_at: datetime | None = None
-
-
-def _safe(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def _missing_or_empty(path: Path) -> bool:
@@ -118,7 +114,7 @@ class DatabaseMarker:
         remembered = self.remembered()
         if remembered is not None:
             raise DatabaseMismatch(
-                f"the database {_safe(url)} is empty, but this configuration used database "
+                f"the database {safe_url(url)} is empty, but this configuration used database "
                 f"{remembered} (named in {self.path}): it was deleted, or [database] url "
                 f"changed. Restore it, or delete {self.path} to start afresh with an empty "
                 "database (quotas, blocks and history start over)"
@@ -139,7 +135,7 @@ class DatabaseMarker:
 
     def _other(self, url: str, state: DatabaseState, remembered: str) -> str:
         return (
-            f"the database {_safe(url)} is database {state.identity}, but this "
+            f"the database {safe_url(url)} is database {state.identity}, but this "
             f"configuration used database {remembered} (named in {self.path}). Check "
             f"[database] url; if you moved to this database on purpose, delete {self.path}"
         )
@@ -148,14 +144,14 @@ class DatabaseMarker:
         """After migrating: the database must be the remembered one. Remembers it on the
         first start (True when the marker was written now)."""
         if state.identity is None:  # made before identities: nothing to compare yet
-            raise DatabaseMismatch(f"the database {_safe(url)} has no identity row")
+            raise DatabaseMismatch(f"the database {safe_url(url)} has no identity row")
         remembered = self.remembered()
         if remembered is None:
             self.path.write_text(
                 "# imagine-bot: the database this configuration uses. Delete this file only\n"
                 "# to start on purpose with another (or an empty) database.\n"
                 f"database_id = {json.dumps(state.identity)}\n"
-                f"url = {json.dumps(_safe(url))}\n",
+                f"url = {json.dumps(safe_url(url))}\n",
                 encoding="utf-8",
             )
             return True
