@@ -38,6 +38,7 @@ from typing import TypeVar
 import discord
 
 from engine import Engine
+from engine.cluster import AnyEngine, RayEngine
 
 from .client import ImagineBot
 from .clock import DiscordClock
@@ -217,10 +218,15 @@ async def _prune_images(store: ImageStore, every: float = 3600.0) -> None:
 
 
 def _assemble(
-    config: BotConfig, ledger: Ledger, engine: Engine
+    config: BotConfig, ledger: Ledger, engine: AnyEngine
 ) -> tuple[ImagineBot, Services, JobService]:
     """The bot and what its parts share; the only place that knows the concrete client."""
-    bot = ImagineBot(guild_ids=config.discord.guild_ids)
+    shards = config.discord.shards
+    bot = ImagineBot(
+        guild_ids=config.discord.guild_ids,
+        shard_count=None if shards.everything else shards.count,
+        shard_ids=None if shards.everything else shards.ids,
+    )
     services = Services(
         config=config,
         ledger=ledger,
@@ -274,7 +280,10 @@ async def serve(config: BotConfig, token: str) -> int:
         max_queued_per_user=config.quota.max_queued_per_user,
     )
     async with open_ledger(url, policy, migrate=False) as ledger:
-        lease = LeaseKeeper(ledger)
+        shards = config.discord.shards
+        lease = LeaseKeeper(ledger, shards=shards)
+        if not shards.everything:
+            log.info("this process runs %s", shards.describe())
         try:
             await lease.acquire()  # before anything touches jobs: one process per database
         except LeaseHeld as exc:
@@ -289,7 +298,11 @@ async def _serve_with(
     config: BotConfig, token: str, ledger: Ledger, lease: LeaseKeeper, stop: asyncio.Event
 ) -> int:
     """`serve` once the database is open and this process owns it."""
-    engine = Engine(config.engine)
+    engine: AnyEngine = (
+        RayEngine(config.engine, config.ray)
+        if config.engine.backend == "ray"
+        else Engine(config.engine)
+    )
     bot, services, jobs = _assemble(config, ledger, engine)
     connection: asyncio.Task[None] | None = None
     watchdog: asyncio.Task[None] | None = None
@@ -298,7 +311,12 @@ async def _serve_with(
     async def database_ok() -> bool:  # a write (the lease heartbeat) and a read
         return lease.healthy() and await ledger.ping()
 
-    checks = HealthChecks(gateway=bot.ready, engine=lambda: engine.alive, database=database_ok)
+    checks = HealthChecks(
+        gateway=bot.ready,
+        engine=lambda: engine.alive,
+        database=database_ok,
+        backend=engine.backend,
+    )
     ops = OpsServer(services.metrics, checks, refresh=updater.refresh)
     if config.ops.listen:
         try:

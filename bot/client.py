@@ -30,7 +30,12 @@ class ImagineBot(commands.AutoShardedBot):
     """Slash commands only: no message content, no member list, no prefix commands."""
 
     def __init__(
-        self, *, guild_ids: tuple[int, ...] = (), guild_ready_timeout: float = 2.0
+        self,
+        *,
+        guild_ids: tuple[int, ...] = (),
+        guild_ready_timeout: float = 2.0,
+        shard_count: int | None = None,
+        shard_ids: tuple[int, ...] | None = None,
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # channels (NSFW flag), roles and our own permissions
@@ -42,6 +47,10 @@ class ImagineBot(commands.AutoShardedBot):
             # Nothing pings unless a message names who it may ping (the requester).
             allowed_mentions=discord.AllowedMentions.none(),
             guild_ready_timeout=guild_ready_timeout,
+            # None: the shards Discord recommends, all in this process; else this process's
+            # share of `shard_count` (several processes on one database: `[discord]`).
+            shard_count=shard_count,
+            shard_ids=list(shard_ids) if shard_ids else None,
         )
         self.guild_ids = guild_ids
         self._services: Services | None = None

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine import EngineConfig, LoraSpec, ModelSpec
+from engine.cluster import RayConfig
 
 from .discord_limits import DISCORD_API
+from .ledger.shards import Shards
 
 __all__ = [
     "BotConfig",
@@ -50,6 +52,13 @@ class DiscordSettings:
     guild_ids: tuple[int, ...] = ()  # sync commands to these guilds at start-up (instant)
     moderator_role_ids: tuple[int, ...] = ()  # besides members with Manage Server
     ready_timeout: float = 60.0  # seconds to wait for the gateway's READY before reconnecting
+    shard_count: int = 0  # 0: one process runs every guild; N: Discord's shards, split below
+    shard_ids: tuple[int, ...] = ()  # the shards this process runs; empty: all of them
+
+    @property
+    def shards(self) -> Shards:
+        """The guilds this process owns (`Shards()`: every guild)."""
+        return Shards.of(self.shard_count, self.shard_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +124,7 @@ class BotConfig:
     moderation: ModerationSettings = field(default_factory=ModerationSettings)
     images: ImagesSettings = field(default_factory=ImagesSettings)
     ops: OpsSettings = field(default_factory=OpsSettings)
+    ray: RayConfig = field(default_factory=RayConfig)  # `[ray]`: used with backend = "ray"
     path: Path | None = None  # where it was read from, for messages
 
     def resolve_token(self, environ: typing.Mapping[str, str] | None = None) -> str:
@@ -131,6 +141,7 @@ _SECTIONS: dict[str, type] = {
     "moderation": ModerationSettings,
     "images": ImagesSettings,
     "ops": OpsSettings,
+    "ray": RayConfig,  # the Ray backend's own settings (engine/cluster/config.py)
 }
 
 
@@ -320,6 +331,19 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> BotConfig:
 
 def _check(config: BotConfig) -> list[str]:
     problems = []
+    discord = config.discord
+    if discord.shard_count < 0:
+        problems.append("[discord] shard_count must be 0 (no sharding) or more")
+    if discord.shard_ids and discord.shard_count < 1:
+        problems.append("[discord] shard_ids needs shard_count")
+    bad = [i for i in discord.shard_ids if not 0 <= i < max(discord.shard_count, 1)]
+    if bad:
+        problems.append(
+            f"[discord] shard_ids must be between 0 and shard_count - 1 "
+            f"({max(discord.shard_count, 1) - 1}), not {', '.join(map(str, bad))}"
+        )
+    if len(set(discord.shard_ids)) != len(discord.shard_ids):
+        problems.append("[discord] shard_ids lists a shard twice")
     if not config.discord.ready_timeout > 0:
         problems.append("[discord] ready_timeout must be a number of seconds above 0")
     if not config.discord.api_base_url.startswith(("http://", "https://")):

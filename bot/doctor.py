@@ -166,6 +166,10 @@ def _model(engine: EngineConfig, spec: ModelSpec) -> Check:
     if source.startswith("builtin:"):
         return Check(name, True, f"{source} (built offline, random weights)")
     local = Path(source).expanduser()
+    if local.is_file():  # a single checkpoint: the loader reads it (and names what is wrong)
+        if local.suffix.lower() not in (".safetensors", ".ckpt"):
+            return Check(name, False, f"{local} is not a .safetensors or .ckpt checkpoint")
+        return _fits(name, f"checkpoint file {local}", local.stat().st_size)
     if local.exists():
         if not (local / "model_index.json").is_file():
             return Check(name, False, f"{local} has no model_index.json: not a diffusers model")

@@ -20,6 +20,7 @@ from engine import (
     Cancelled,
     EngineDead,
     EngineError,
+    EngineUnavailable,
     GenerationFailed,
     InvalidRequest,
 )
@@ -151,6 +152,10 @@ def describe(error: BaseException) -> UserMessage:
         return UserMessage("The job was cancelled.")
     if isinstance(error, EngineShuttingDown):
         return UserMessage("The bot is restarting. Try again in a minute.")
+    if isinstance(error, EngineUnavailable):
+        return UserMessage(
+            "The image engine cannot be reached right now. Try again in a few minutes."
+        )
     if isinstance(error, EngineDead):
         return UserMessage("The image engine stopped. A moderator needs to restart the bot.")
     if isinstance(error, GenerationFailed):

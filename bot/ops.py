@@ -33,7 +33,7 @@ from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from engine import Engine
+from engine.cluster import AnyEngine
 
 from .discord_limits import DISCORD_API
 
@@ -67,6 +67,15 @@ class Metrics:
             "imagine_queue_depth", "Requests waiting in the engine", registry=r
         )
         self.running = Gauge("imagine_running_jobs", "Requests being generated", registry=r)
+        self.replicas = Gauge(
+            "imagine_replicas_alive", "Engine replicas running (1: the local engine)", registry=r
+        )
+        self.replica_jobs = Gauge(
+            "imagine_replica_jobs",
+            "This bot's jobs queued or running on each Ray replica",
+            ["replica"],
+            registry=r,
+        )
         self.images = Counter("imagine_images_generated", "Images delivered", registry=r)
         self.jobs = Counter("imagine_jobs", "Jobs by final status", ["status"], registry=r)
         self.refusals = Counter(
@@ -108,7 +117,7 @@ class Metrics:
 class MetricsUpdater:
     """Turns the engine's counters into metrics; `run()` refreshes every second."""
 
-    def __init__(self, metrics: Metrics, engine: Engine) -> None:
+    def __init__(self, metrics: Metrics, engine: AnyEngine) -> None:
         self.metrics = metrics
         self.engine = engine
         self._calls_seen = 0  # engine pipeline calls already turned into metrics
@@ -117,6 +126,10 @@ class MetricsUpdater:
         metrics, engine = self.metrics, self.engine
         metrics.queue_depth.set(engine.queue_depth)
         metrics.running.set(len(engine.running))
+        backend = engine.backend()
+        metrics.replicas.set(backend.get("replicas_alive", 1 if engine.alive else 0))
+        for replica, jobs in backend.get("replica_jobs", {}).items():
+            metrics.replica_jobs.labels(replica=replica).set(jobs)
         stats = engine.stats  # pipeline calls, or denoising ticks in step mode
         recent = stats.recent_calls
         new = min(stats.calls - self._calls_seen, len(recent))
@@ -206,6 +219,7 @@ class HealthChecks:
     gateway: Callable[[], bool]
     engine: Callable[[], bool]
     database: Callable[[], Awaitable[bool]]
+    backend: Callable[[], dict[str, Any]] = dict  # what runs the engine (`Engine.backend`)
 
 
 class OpsServer:
@@ -252,7 +266,8 @@ class OpsServer:
             "database": database,
         }
         healthy = all(status.values())
-        return web.json_response({"ok": healthy, **status}, status=200 if healthy else 503)
+        body = {"ok": healthy, **status, "backend": self.checks.backend()}
+        return web.json_response(body, status=200 if healthy else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         if self.refresh is not None:

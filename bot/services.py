@@ -14,7 +14,7 @@ from typing import Any, Protocol, cast
 
 import discord
 
-from engine import Engine
+from engine.cluster import AnyEngine
 
 from .clock import DiscordClock
 from .config import BotConfig
@@ -26,7 +26,15 @@ from .ops import Metrics
 from .options import ImagineOptions
 from .throttle import EditThrottle, UserRateLimit
 
-__all__ = ["Channels", "JobActions", "JobRef", "ServiceHost", "Services", "host_of"]
+__all__ = [
+    "AnyEngine",
+    "Channels",
+    "JobActions",
+    "JobRef",
+    "ServiceHost",
+    "Services",
+    "host_of",
+]
 
 
 class Channels(Protocol):
@@ -80,7 +88,7 @@ class Services:
 
     config: BotConfig
     ledger: Ledger
-    engine: Engine
+    engine: AnyEngine
     rules: GuildRules  # each guild's [moderation] rules, with its own /settings
     rate_limit: UserRateLimit
     clock: DiscordClock

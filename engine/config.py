@@ -45,8 +45,12 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def model_name_of(source: str) -> str:
     """The name the single `[engine] model` is known by: its last path part
-    ("stabilityai/sd-turbo" -> "sd-turbo", "builtin:tiny" -> "tiny")."""
+    ("stabilityai/sd-turbo" -> "sd-turbo", "builtin:tiny" -> "tiny", a checkpoint file
+    "models/dreamshaper_8.safetensors" -> "dreamshaper_8")."""
     tail = source.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1].removeprefix("builtin:")
+    for suffix in (".safetensors", ".ckpt"):
+        if tail.lower().endswith(suffix):
+            tail = tail[: -len(suffix)]
     cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", tail).strip("-.") or "model"
     return cleaned[:64]
 
@@ -155,6 +159,8 @@ class EngineConfig:
     models: tuple[ModelSpec, ...] = ()
     default_model: str = ""
     loras: tuple[LoraSpec, ...] = ()
+    # "local": this process runs the engine; "ray": Ray Serve replicas do (`[ray]`)
+    backend: str = "local"
     max_loaded_models: int = 1  # pipelines kept loaded; the least recently used goes first
 
     @property
@@ -199,6 +205,8 @@ class EngineConfig:
         out: list[str] = []
         if self.scheduler not in SCHEDULERS:
             out.append(f"scheduler must be one of {', '.join(SCHEDULERS)}, not {self.scheduler!r}")
+        if self.backend not in {"local", "ray"}:
+            out.append(f"backend must be local or ray, not {self.backend!r}")
         if self.scheduling not in {"batch", "step"}:
             out.append(f"scheduling must be batch or step, not {self.scheduling!r}")
         if not _DEVICE.match(self.device):

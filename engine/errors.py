@@ -16,6 +16,7 @@ __all__ = [
     "Cancelled",
     "EngineDead",
     "EngineError",
+    "EngineUnavailable",
     "GenerationFailed",
     "InvalidRequest",
     "ShuttingDown",
@@ -95,6 +96,19 @@ class EngineDead(EngineError):
 
     def __reduce__(self) -> tuple[type, tuple[str, BaseException | None]]:
         return type(self), (self.reason, _portable(self.original))
+
+
+class EngineUnavailable(EngineError):
+    """The engine cannot be reached for now (a cluster that is down or cut off); it may come
+    back without a restart, so a front end refunds and asks the user to try later."""
+
+    def __init__(self, reason: str = "") -> None:
+        detail = f" ({reason})" if reason else ""
+        super().__init__(f"The image engine cannot be reached right now{detail}.")
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return type(self), (self.reason,)
 
 
 class ShuttingDown(EngineDead):

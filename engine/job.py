@@ -99,6 +99,14 @@ class Job:
         """The images; raises `Cancelled`, `GenerationFailed` or `EngineDead`."""
         return await asyncio.shield(self._future)
 
+    async def awaited(self) -> GenerationResult:
+        """`result()` for a caller who owns the job: if the caller is cancelled, so is it."""
+        try:
+            return await self.result()
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+
     def cancel(self) -> bool:
         """Leave the queue, or stop counting on a running batch; False if already finished."""
         if self.done():

@@ -1,12 +1,24 @@
 """Loading a diffusers text-to-image pipeline: device, dtype, scheduler, and what it expects.
 
 Runs on the engine's worker thread only (it imports torch and diffusers).
+
+A model comes from a hub id, a diffusers folder, a builtin tiny model, or a single checkpoint
+file as civitai and A1111 users have them (`.safetensors`, or a `.ckpt` torch reads without
+running code): diffusers' `from_single_file` converts it, with the component configs of its
+family's reference repository on the hub (configs and tokenizers only, a few MB, fetched once
+into the hub cache).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import re
 import sys
+import zipfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +28,10 @@ import torch
 from .config import SCHEDULERS, EngineConfig, ModelSpec
 from .request import ModelProfile
 from .sources import first_line, hub_problem, looks_local
-from .tiny import BUILTIN_MODELS, builtin_folder, rebuild_builtin
+from .tiny import BUILTIN_MODELS, builtin_folder, default_cache_dir, rebuild_builtin
 
 __all__ = [
+    "CHECKPOINT_SUFFIXES",
     "LoadedModel",
     "image_to_image",
     "load_model",
@@ -29,6 +42,16 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The single checkpoint files a model `source` may be.
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+#: The single-file families served (diffusers' `infer_diffusers_model_type` names), their
+#: pipeline class and what operators call them.
+_SINGLE_FILE = {
+    "v1": ("StableDiffusionPipeline", "SD 1.x"),
+    "v2": ("StableDiffusionPipeline", "SD 2.x"),
+    "xl_base": ("StableDiffusionXLPipeline", "SDXL"),
+}
 
 _SAMPLERS = {
     "DDIMScheduler": "DDIM",
@@ -79,7 +102,7 @@ class LoadedModel:
     checker: Any = None
     feature_extractor: Any = None
     img2img: Any = None  # the image-to-image pipeline on the same modules, made on first use
-    folder: Path | None = None  # the files it was loaded from (for its hash)
+    folder: Path | None = None  # its folder or single checkpoint file (for its hash)
 
     def memory_bytes(self) -> int:
         """Bytes its weights take on its device (what `/models` and the logs report)."""
@@ -114,19 +137,17 @@ def _source(spec: ModelSpec, config: EngineConfig) -> tuple[str, dict[str, Any]]
     if source.startswith("builtin:"):
         raise ValueError(f"unknown builtin model {source!r}; known: {', '.join(BUILTIN_MODELS)}")
     local = Path(source).expanduser()
-    if local.is_file():
-        raise ValueError(
-            f"{source} is a single checkpoint file; give a diffusers folder instead (convert "
-            "it once with diffusers' scripts/convert_original_stable_diffusion_to_diffusers.py "
-            "--checkpoint_path FILE --dump_path FOLDER --from_safetensors)"
-        )
-    if local.exists():
-        return str(local), {"local_files_only": True}
-    if looks_local(source):
-        raise ValueError(f"the model folder {source} does not exist (a hub id looks like org/name)")
     extra: dict[str, Any] = {}
     if config.cache_dir is not None:
         extra["cache_dir"] = str(config.cache_dir / "hub")
+    if local.is_file():  # its configs may come from the hub: the same cache
+        return str(local), extra
+    if local.exists():
+        return str(local), {"local_files_only": True}
+    if local.suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise ValueError(f"the checkpoint file {source} does not exist")
+    if looks_local(source):
+        raise ValueError(f"the model folder {source} does not exist (a hub id looks like org/name)")
     return source, extra
 
 
@@ -167,11 +188,16 @@ def _from_pretrained(source: str, dtype: torch.dtype, kwargs: dict[str, Any]) ->
     return AutoPipelineForText2Image.from_pretrained(source, dtype=dtype, **kwargs)
 
 
-def _load_pipeline(spec: ModelSpec, config: EngineConfig, dtype: torch.dtype) -> Any:
-    """The pipeline; a damaged builtin model is rebuilt, other models' files are named."""
+def _load_pipeline(
+    spec: ModelSpec, config: EngineConfig, dtype: torch.dtype
+) -> tuple[Any, Path | None]:
+    """The pipeline and the files it came from (its folder, or its single checkpoint file); a
+    damaged builtin model is rebuilt, other models' files are named."""
     source, kwargs = _source(spec, config)
+    if Path(source).is_file():
+        return _from_single_file(Path(source), dtype, kwargs), Path(source)
     try:
-        return _from_pretrained(source, dtype, kwargs)
+        pipe = _from_pretrained(source, dtype, kwargs)
     except Exception as exc:
         if spec.source not in BUILTIN_MODELS:
             raise _unreadable(spec, config, source, exc) from exc
@@ -182,7 +208,149 @@ def _load_pipeline(spec: ModelSpec, config: EngineConfig, dtype: torch.dtype) ->
             first_line(exc),
         )
         rebuilt = rebuild_builtin(spec.source, config.cache_dir)
-        return _from_pretrained(str(rebuilt), dtype, kwargs)
+        pipe = _from_pretrained(str(rebuilt), dtype, kwargs)
+    name = getattr(pipe.config, "_name_or_path", "")
+    return pipe, Path(name) if name and Path(name).is_dir() else None
+
+
+# --- single checkpoint files -----------------------------------------------------------------
+
+
+class _Tensors(Mapping[str, Any]):
+    """A `.safetensors` file's tensors, each read when asked for: its header names them all,
+    and diffusers' family check only looks at the shapes of a few."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self._keys = list(handle.keys())
+        self._known = set(self._keys)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._known:
+            raise KeyError(key)
+        return self._handle.get_tensor(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._known
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def _unreadable_file(path: Path, why: str) -> ValueError:
+    return ValueError(
+        f"the checkpoint {path} cannot be read ({why}): it is damaged, cut off or not a "
+        "checkpoint; download it again"
+    )
+
+
+def _pickled_checkpoint(path: Path) -> Mapping[str, Any]:
+    """A `.ckpt`'s state dict, read with torch's weights-only unpickler: a file that holds
+    anything but tensors and plain values (objects whose loading could run code) is refused."""
+    version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    if version < (2, 6):  # CVE-2025-32434: weights_only could be bypassed before 2.6
+        raise ValueError(
+            f"{path} is a pickled .ckpt checkpoint, which torch {torch.__version__} cannot load "
+            "safely: use the model's .safetensors file, or torch 2.6 or later"
+        )
+    try:
+        data = torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
+    except Exception as exc:
+        text = str(exc)
+        if found := re.search(r"Unsupported global: GLOBAL (\S+)", text):
+            raise ValueError(
+                f"{path} is refused: besides weights it holds Python objects ({found[1]}) "
+                "whose loading could run code; use the model's .safetensors file instead"
+            ) from exc
+        why = "not a torch file" if "Weights only load failed" in text else None
+        raise _unreadable_file(path, why or f"{type(exc).__name__}: {first_line(exc)}") from exc
+    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a Stable Diffusion checkpoint (it holds no weights)")
+    return data
+
+
+def _checkpoint_family(path: Path, checkpoint: Mapping[str, Any]) -> str:
+    """The checkpoint's family (a key of `_SINGLE_FILE`), from its weight names, or a
+    one-line ValueError saying what it is instead."""
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    try:
+        family = infer_diffusers_model_type(checkpoint)
+    except Exception:  # a check of some other family read a weight it does not have
+        family = ""
+    if family and family not in _SINGLE_FILE:
+        raise ValueError(
+            f"{path} is a checkpoint of another kind ({family}): single files of Stable "
+            "Diffusion 1.x, 2.x and SDXL text-to-image models are supported (give others as a "
+            "diffusers folder or hub id)"
+        )
+    if "model.diffusion_model.input_blocks.0.0.weight" not in checkpoint:
+        lora = any("lora" in key.lower() for key in checkpoint)
+        raise ValueError(
+            f"{path} is not a Stable Diffusion checkpoint (it has no UNet weights, "
+            "model.diffusion_model.*)"
+            + ("; it looks like a LoRA: configure it in a [loras.<name>] table" if lora else "")
+        )
+    return family
+
+
+def _from_single_file(path: Path, dtype: torch.dtype, kwargs: dict[str, Any]) -> Any:
+    """A single-file checkpoint through diffusers' `from_single_file`, with the pipeline class
+    of its family; every problem is one ValueError line naming the file."""
+    import diffusers
+
+    suffix = path.suffix.lower()
+    if suffix not in CHECKPOINT_SUFFIXES:
+        raise ValueError(
+            f"{path} is a file but not a checkpoint: a model source is a .safetensors (or "
+            ".ckpt) file, a diffusers folder, a hub id or builtin:tiny"
+        )
+    if suffix == ".ckpt":
+        family = _checkpoint_family(path, _pickled_checkpoint(path))
+    else:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                family = _checkpoint_family(path, _Tensors(handle))
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise _unreadable_file(path, first_line(exc)) from exc
+    class_name, label = _SINGLE_FILE[family]
+    cls = getattr(diffusers, class_name)
+    extra: dict[str, Any] = {}
+    if class_name == "StableDiffusionPipeline":  # none in the file: load_model logs that
+        extra["requires_safety_checker"] = False
+    log.info("%s is a %s checkpoint: loading it with %s", path, label, class_name)
+    try:
+        return cls.from_single_file(str(path), dtype=dtype, **kwargs, **extra)
+    except Exception as exc:
+        from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
+
+        repo = DIFFUSERS_DEFAULT_PIPELINE_PATHS[family]["pretrained_model_name_or_path"]
+        hub = hub_problem(repo, exc)
+        if hub is not None:
+            raise ValueError(
+                f"the {label} checkpoint {path} needs the small config files of {repo} from "
+                f"the Hugging Face hub: {hub}"
+            ) from exc
+        if "meta tensor" in str(exc):  # diffusers leaves the weights a file lacks unset
+            raise ValueError(
+                f"the {label} checkpoint {path} is incomplete: some of its weights are "
+                "missing; download it again"
+            ) from exc
+        raise ValueError(
+            f"the {label} checkpoint {path} cannot be loaded ({first_line(exc)}): it may be "
+            "damaged or cut off; download it again"
+        ) from exc
 
 
 def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedModel:
@@ -201,7 +369,7 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
     log.info("loading %s on %s (%s)", spec.source, device, dtype)
-    pipe = _load_pipeline(spec, config, dtype)
+    pipe, files = _load_pipeline(spec, config, dtype)
 
     if SCHEDULERS[spec.scheduler]:
         import diffusers
@@ -217,43 +385,84 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
         pipe.safety_checker = None
         if not config.safety_checker:
             checker = None
+    elif config.safety_checker and files is not None and files.is_file():
+        log.warning(
+            "model %s: a single checkpoint file brings no safety checker; its images are "
+            "not checked",
+            spec.name,
+        )
     if checker is not None:
         checker.to(device)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    folder = Path(getattr(pipe.config, "_name_or_path", "") or "")
-    folder = folder if folder.is_dir() else None
     return LoadedModel(
         pipe=pipe,
         device=device,
         dtype=dtype,
-        profile=_profile(spec, pipe, has_checker=checker is not None, folder=folder),
+        profile=_profile(
+            spec,
+            pipe,
+            has_checker=checker is not None,
+            files_hash=model_hash(files, config.cache_dir),
+        ),
         checker=checker,
         feature_extractor=extractor if checker is not None else None,
-        folder=folder,
+        folder=files,
     )
 
 
-def model_hash(folder: Path | None) -> str:
-    """A short, stable id of a model's files for the PNG's `Model hash`: the hub commit when
-    the folder is a hub snapshot, else a hash of its file names, sizes and config files
-    (hashing gigabytes of weights on every start would take minutes)."""
-    if folder is None:
-        return ""
-    if folder.parent.name == "snapshots" and len(folder.name) >= 10:
-        return folder.name[:10]
-    import hashlib
+def model_hash(files: Path | None, cache_dir: Path | None = None) -> str:
+    """A short, stable id of a model's files for the PNG's `Model hash`.
 
+    A single checkpoint file: A1111's and civitai's (AutoV2), the first 10 hex digits of the
+    file's SHA-256, so other tools find the model; it is computed once and kept in
+    `<cache_dir>/file-hashes.json` by path, size and modification time. A hub snapshot: its
+    commit. Another folder: a hash of its file names, sizes and config files (hashing gigabytes
+    of weights on every start would take minutes)."""
+    if files is None:
+        return ""
+    if files.is_file():
+        return _file_sha256(files, cache_dir or default_cache_dir())[:10]
+    if files.parent.name == "snapshots" and len(files.name) >= 10:
+        return files.name[:10]
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        relative = path.relative_to(folder).as_posix()
+    for path in sorted(p for p in files.rglob("*") if p.is_file()):
+        relative = path.relative_to(files).as_posix()
         digest.update(f"{relative}:{path.stat().st_size}\n".encode())
         if path.suffix == ".json":
             digest.update(path.read_bytes())
     return digest.hexdigest()[:10]
 
 
-def _profile(spec: ModelSpec, pipe: Any, *, has_checker: bool, folder: Path | None) -> ModelProfile:
+def _file_sha256(path: Path, cache_dir: Path) -> str:
+    """The file's SHA-256 (hex), from the cache while its size and modification time hold."""
+    stat = path.stat()
+    key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
+    index = cache_dir / "file-hashes.json"
+    try:
+        known = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and entry.get("stamp") == stamp and entry.get("sha256"):
+        return str(entry["sha256"])
+    log.info("hashing %s (%.1f GB) for its model hash, once", path, stat.st_size / 1e9)
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    known[key] = {"stamp": stamp, "sha256": digest}
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = index.with_name(f"{index.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(known, indent=1), encoding="utf-8")
+        partial.replace(index)
+    except OSError as exc:  # a read-only cache: hash again next time
+        log.warning("cannot keep the hash of %s in %s: %s", path, index, exc)
+    return digest
+
+
+def _profile(spec: ModelSpec, pipe: Any, *, has_checker: bool, files_hash: str) -> ModelProfile:
     cls = type(pipe).__name__
     family = "sdxl" if "XL" in cls else "sd" if cls.startswith("StableDiffusion") else "other"
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
@@ -283,6 +492,6 @@ def _profile(spec: ModelSpec, pipe: Any, *, has_checker: bool, folder: Path | No
         max_tokens=max(1, min(int(max_len), 1024) - 2),
         has_safety_checker=has_checker,
         extra={"pipeline": cls, "device": str(pipe.device), "source": spec.source},
-        hash=model_hash(folder),
+        hash=files_hash,
         description=spec.description,
     )

@@ -193,6 +193,10 @@ class Engine:
     def alive(self) -> bool:
         return self._dead is None and self._task is not None and not self._task.done()
 
+    def backend(self) -> dict[str, Any]:
+        """What runs the engine, for `/healthz`: this process."""
+        return {"kind": "local", "replicas_alive": 1 if self.alive else 0}
+
     @property
     def queue_depth(self) -> int:
         return self._scheduler.queue_depth if self._scheduler is not None else 0
@@ -230,6 +234,10 @@ class Engine:
         )
         return resolved, tuple(warnings)
 
+    async def check(self, request: ImageRequest) -> tuple[ImageRequest, tuple[str, ...]]:
+        """`prepare`, as the Ray backend offers it (where it is a call to a replica)."""
+        return self.prepare(request)
+
     def submit(self, request: ImageRequest, *, job_id: str | None = None) -> Job:
         """Validate and queue; raises `InvalidRequest`, `Busy` or `EngineDead` at once."""
         resolved, warnings = self.prepare(request)
@@ -240,12 +248,7 @@ class Engine:
 
     async def generate(self, request: ImageRequest) -> GenerationResult:
         """Submit and wait; cancels the job if the caller is cancelled."""
-        job = self.submit(request)
-        try:
-            return await job.result()
-        except asyncio.CancelledError:
-            job.cancel()
-            raise
+        return await self.submit(request).awaited()
 
     # Internals
     def _started(self) -> tuple[Lifecycle, Scheduler]:

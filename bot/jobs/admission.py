@@ -140,7 +140,7 @@ class Admission:
         if picture is not None:
             asked = replace(asked, init_image=picture)
         try:
-            request, warnings = s.engine.prepare(asked)
+            request, warnings = await s.engine.check(asked)
         except InvalidRequest as exc:
             raise await refuse(RefusalReason.INVALID, str(exc), str(exc)) from exc
         return await self._reserve_and_submit(
@@ -178,7 +178,7 @@ class Admission:
         if elsewhere is not None:
             raise await refuse(RefusalReason.CHANNEL, elsewhere)
         try:
-            request, warnings = s.engine.prepare(asked)
+            request, warnings = await s.engine.check(asked)
         except InvalidRequest as exc:
             raise await refuse(RefusalReason.INVALID, str(exc)) from exc
         return await self._reserve_and_submit(stored(request), request, warnings)

@@ -399,7 +399,7 @@ class JobService:
             young = clock.now() - job.queued_at < TOKEN_USABLE_FOR
             return young and clock.token_usable(job.interaction_id)
 
-        plan = await plan_recovery(services.ledger, token_usable)
+        plan = await plan_recovery(services.ledger, token_usable, services.config.discord.shards)
         reconciled = 0
         for record in plan:
             if record.delivery_started_at is not None and await self._reconcile(record):

@@ -32,7 +32,7 @@ from .jobs import (
     JobStatus,
     RefusalReason,
 )
-from .lease import LeaseHeld, LeaseHolder, LeaseKeeper
+from .lease import LayoutMismatch, LeaseHeld, LeaseHolder, LeaseKeeper
 from .quota import (
     WINDOW,
     QuotaChange,
@@ -44,6 +44,7 @@ from .quota import (
 )
 from .recovery import RecoveryPlan, TokenCheck, classify, give_up, plan_recovery
 from .settings import FLAGGED_POLICIES, SETTINGS, GuildSettings, SettingsChange, parse_setting
+from .shards import Shards
 from .store import Ledger, RetryPolicy, open_ledger, utcnow
 from .usage import DayUsage, KindUsage, RefusalCount, UsageSummary, UserDayUsage, UserUsage
 
@@ -67,6 +68,7 @@ __all__ = [
     "JobRequest",
     "JobStatus",
     "KindUsage",
+    "LayoutMismatch",
     "LeaseHeld",
     "LeaseHolder",
     "LeaseKeeper",
@@ -84,6 +86,7 @@ __all__ = [
     "RetryPolicy",
     "SchemaTooNew",
     "SettingsChange",
+    "Shards",
     "TokenCheck",
     "UsageSummary",
     "UserDayUsage",

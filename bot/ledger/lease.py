@@ -23,8 +23,16 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from .errors import LedgerError
+from .shards import OWNER_LEASE, Shards
 
-__all__ = ["HEARTBEAT_INTERVAL", "LEASE_TTL", "LeaseHeld", "LeaseHolder", "LeaseKeeper"]
+__all__ = [
+    "HEARTBEAT_INTERVAL",
+    "LEASE_TTL",
+    "LayoutMismatch",
+    "LeaseHeld",
+    "LeaseHolder",
+    "LeaseKeeper",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +66,39 @@ class LeaseHolder:
 
 
 class LeaseHeld(LedgerError):
-    """Another live process owns this database."""
+    """Another live process owns this database, or the same shard of it, or runs it with
+    another shard layout."""
 
-    def __init__(self, owner: LeaseHolder, now: datetime) -> None:
-        super().__init__(
-            f"another imagine-bot is using this database ({owner.describe(now)}): stop it "
-            "first, or give each bot its own [database] url"
+    def __init__(self, owner: LeaseHolder, now: datetime, name: str = OWNER_LEASE) -> None:
+        who = owner.describe(now)
+        if name == OWNER_LEASE:
+            text = (
+                f"another imagine-bot is using this database ({who}): stop it first, or give "
+                "each bot its own [database] url"
+            )
+        else:
+            text = (
+                f"another imagine-bot runs {name} on this "
+                f"database ({who}): stop it first, or give this process other [discord] "
+                "shard_ids"
+            )
+        super().__init__(text)
+        self.owner = owner
+        self.name = name
+
+
+class LayoutMismatch(LeaseHeld):
+    """A live process runs this database with another `[discord] shard_count`."""
+
+    def __init__(self, owner: LeaseHolder, now: datetime, theirs: int, ours: int) -> None:
+        LedgerError.__init__(
+            self,
+            f"another imagine-bot uses this database with shard_count = {theirs} "
+            f"({owner.describe(now)}), this one with {ours}: every process on one database "
+            "needs the same [discord] shard_count",
         )
         self.owner = owner
+        self.name = ""
 
 
 def _pid_running(pid: int) -> bool:
@@ -79,11 +112,15 @@ def _pid_running(pid: int) -> bool:
 
 
 class LeaseKeeper:
-    """Claims the lease, renews it, and releases it for one bot process."""
+    """Claims the leases of one bot process (the database's, or one per shard it runs),
+    renews them, and releases them."""
 
-    def __init__(self, ledger: LeaseLedger, me: LeaseHolder | None = None) -> None:
+    def __init__(
+        self, ledger: LeaseLedger, me: LeaseHolder | None = None, shards: Shards | None = None
+    ) -> None:
         self.ledger = ledger
         self.me = me or LeaseHolder.this_process()
+        self.shards = shards or Shards()
         self._last_write: float | None = None  # monotonic time of the last successful write
 
     def stale(self, owner: LeaseHolder) -> bool:
@@ -95,10 +132,21 @@ class LeaseKeeper:
         return owner.pid == self.me.pid or not _pid_running(owner.pid)
 
     async def acquire(self) -> None:
-        """Become the owner, or raise `LeaseHeld` naming the live owner."""
-        owner = await self.ledger.claim_lease(self.me, self.stale)
-        if owner.holder != self.me.holder:
-            raise LeaseHeld(owner, self.ledger.now())
+        """Take every lease this process needs, or raise `LeaseHeld` naming the live owner
+        (and take none)."""
+        ours = self.shards.count
+        for name, owner in await self.ledger.leases():
+            live = owner.holder != self.me.holder and not self.stale(owner)
+            if live and Shards.layout(name) != ours:
+                raise LayoutMismatch(owner, self.ledger.now(), Shards.layout(name), ours)
+        taken: list[str] = []
+        for name in self.shards.lease_names:
+            owner = await self.ledger.claim_lease(self.me, self.stale, name)
+            if owner.holder != self.me.holder:
+                for mine in taken:
+                    await self.ledger.release_lease(self.me, mine)
+                raise LeaseHeld(owner, self.ledger.now(), name)
+            taken.append(name)
         self._last_write = time.monotonic()
 
     async def run(self, on_lost: Callable[[], None]) -> None:
@@ -106,7 +154,7 @@ class LeaseKeeper:
         while True:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             try:
-                held = await self.ledger.renew_lease(self.me)
+                held = all([await self.ledger.renew_lease(self.me, n) for n in self.names])
             except Exception as exc:  # a full or lost database: health says so; keep trying
                 log.error("could not renew the database lease: %s", exc)
                 continue
@@ -116,6 +164,10 @@ class LeaseKeeper:
                 return
             self._last_write = time.monotonic()
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.shards.lease_names
+
     def healthy(self) -> bool:
         """Whether a write (claim or heartbeat) succeeded within two heartbeat intervals."""
         last = self._last_write
@@ -124,7 +176,8 @@ class LeaseKeeper:
     async def release(self) -> None:
         """Give the lease up on a clean stop, so the next start need not wait."""
         try:
-            await self.ledger.release_lease(self.me)
+            for name in self.names:
+                await self.ledger.release_lease(self.me, name)
         except Exception as exc:
             log.warning("could not release the database lease: %s", exc)
 
@@ -134,10 +187,12 @@ class LeaseLedger(Protocol):
 
     def now(self) -> datetime: ...
 
+    async def leases(self) -> tuple[tuple[str, LeaseHolder], ...]: ...
+
     async def claim_lease(
-        self, me: LeaseHolder, stale: Callable[[LeaseHolder], bool]
+        self, me: LeaseHolder, stale: Callable[[LeaseHolder], bool], name: str = ...
     ) -> LeaseHolder: ...
 
-    async def renew_lease(self, me: LeaseHolder) -> bool: ...
+    async def renew_lease(self, me: LeaseHolder, name: str = ...) -> bool: ...
 
-    async def release_lease(self, me: LeaseHolder) -> None: ...
+    async def release_lease(self, me: LeaseHolder, name: str = ...) -> None: ...

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from .jobs import JobRecord
+from .shards import Shards
 from .store import Ledger
 
 __all__ = ["RecoveryPlan", "TokenCheck", "classify", "give_up", "plan_recovery"]
@@ -57,9 +58,12 @@ def classify(jobs: Iterable[JobRecord], token_usable: TokenCheck) -> RecoveryPla
     return RecoveryPlan(tuple(requeue), tuple(post))
 
 
-async def plan_recovery(ledger: Ledger, token_usable: TokenCheck) -> RecoveryPlan:
-    """Re-queue every interrupted job and say how to deliver each (see the module doc)."""
-    jobs = await ledger.requeue_interrupted()
+async def plan_recovery(
+    ledger: Ledger, token_usable: TokenCheck, shards: Shards | None = None
+) -> RecoveryPlan:
+    """Re-queue every interrupted job of `shards`' guilds (default: all) and say how to
+    deliver each (see the module doc)."""
+    jobs = await ledger.requeue_interrupted(shards)
     plan = classify(jobs, token_usable)
     await ledger.forget_tokens(j.id for j in plan.post_to_channel)
     return RecoveryPlan(

@@ -60,6 +60,7 @@ from .quota import (
 from .settings import SETTINGS, GuildSettings, SettingsChange
 from .settings import from_text as settings_value
 from .settings import to_text as settings_text
+from .shards import OWNER_LEASE, Shards
 from .usage import UsageSummary, period_start, summarize
 
 __all__ = ["Ledger", "RetryPolicy", "open_ledger", "utcnow"]
@@ -67,8 +68,6 @@ __all__ = ["Ledger", "RetryPolicy", "open_ledger", "utcnow"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-#: The one lease row: the process that owns this database.
-LEASE_NAME = "owner"
 #: Characters of a prompt the ledger keeps (more than any accepted prompt has).
 MAX_PROMPT_CHARS = 2000
 #: Seconds the database may take to answer a health check before it counts as down.
@@ -447,22 +446,25 @@ class Ledger:
 
     # -- restart recovery (see recovery.py) -------------------------------------------------
 
-    async def requeue_interrupted(self) -> tuple[JobRecord, ...]:
+    async def requeue_interrupted(self, shards: Shards | None = None) -> tuple[JobRecord, ...]:
         """Put jobs left `running` by a dead process back to `queued`; list all queued jobs.
 
+        Only the guilds of `shards` (default: every guild): another process owns the rest.
         Their rows, and so their reservations, are kept: nothing is counted twice.
         """
+        mine = (shards or Shards()).clause(Job.guild_id)
+        where = () if mine is None else (mine,)
 
         async def work(session: AsyncSession) -> tuple[JobRecord, ...]:
             await session.execute(
                 update(Job)
-                .where(Job.status == str(JobStatus.RUNNING))
+                .where(Job.status == str(JobStatus.RUNNING), *where)
                 .values(status=str(JobStatus.QUEUED), started_at=None)
                 .execution_options(synchronize_session=False)
             )
             rows = await session.scalars(
                 select(Job)
-                .where(Job.status == str(JobStatus.QUEUED))
+                .where(Job.status == str(JobStatus.QUEUED), *where)
                 .order_by(Job.queued_at, Job.id)
             )
             return tuple(_record(j) for j in rows)
@@ -490,20 +492,29 @@ class Ledger:
 
     # -- ownership ------------------------------------------------------------------------
 
+    async def leases(self) -> tuple[tuple[str, LeaseHolder], ...]:
+        """Every lease row: its name (`Shards.lease_names`) and holder."""
+
+        async def work(session: AsyncSession) -> tuple[tuple[str, LeaseHolder], ...]:
+            rows = await session.scalars(select(Lease).order_by(Lease.name))
+            return tuple((row.name, _holder(row)) for row in rows)
+
+        return await self._run(work, write=False)
+
     async def claim_lease(
-        self, me: LeaseHolder, stale: Callable[[LeaseHolder], bool]
+        self, me: LeaseHolder, stale: Callable[[LeaseHolder], bool], name: str = OWNER_LEASE
     ) -> LeaseHolder:
-        """Make `me` the database's owner unless a live process is (`stale` says which
-        are gone); returns the owner after the attempt."""
+        """Make `me` the owner of lease `name` (the database, or a shard of it) unless a live
+        process is (`stale` says which are gone); returns the owner after the attempt."""
 
         async def work(session: AsyncSession) -> LeaseHolder:
-            row = await session.get(Lease, LEASE_NAME)
+            row = await session.get(Lease, name)
             if row is not None and row.holder != me.holder and not stale(_holder(row)):
                 return _holder(row)
             now = self._clock()
             values = {"holder": me.holder, "host": me.host, "pid": me.pid}
             if row is None:
-                row = Lease(name=LEASE_NAME, acquired_at=now, heartbeat_at=now, **values)
+                row = Lease(name=name, acquired_at=now, heartbeat_at=now, **values)
                 session.add(row)
             else:
                 for key, value in (values | {"acquired_at": now, "heartbeat_at": now}).items():
@@ -516,19 +527,17 @@ class Ledger:
         except IntegrityError:  # another process inserted the row first (PostgreSQL)
             return await self._run(work, write=True)
 
-    async def renew_lease(self, me: LeaseHolder) -> bool:
+    async def renew_lease(self, me: LeaseHolder, name: str = OWNER_LEASE) -> bool:
         """The owner's heartbeat; False if another process holds the lease now."""
         return await self._lease_write(
             update(Lease)
-            .where(Lease.name == LEASE_NAME, Lease.holder == me.holder)
+            .where(Lease.name == name, Lease.holder == me.holder)
             .values(heartbeat_at=self._clock())
         )
 
-    async def release_lease(self, me: LeaseHolder) -> None:
+    async def release_lease(self, me: LeaseHolder, name: str = OWNER_LEASE) -> None:
         """Give the lease up (a clean stop), if `me` still holds it."""
-        await self._lease_write(
-            delete(Lease).where(Lease.name == LEASE_NAME, Lease.holder == me.holder)
-        )
+        await self._lease_write(delete(Lease).where(Lease.name == name, Lease.holder == me.holder))
 
     async def _lease_write(self, stmt: Any) -> bool:
         async def work(session: AsyncSession) -> bool:

@@ -36,7 +36,10 @@ async def test_health_and_metrics_over_http() -> None:
     server = OpsServer(
         metrics,
         HealthChecks(
-            gateway=lambda: state["gateway"], engine=lambda: state["engine"], database=database
+            gateway=lambda: state["gateway"],
+            engine=lambda: state["engine"],
+            database=database,
+            backend=lambda: {"kind": "ray", "replicas_alive": 2},
         ),
     )
     await server.start("127.0.0.1:0")
@@ -50,6 +53,7 @@ async def test_health_and_metrics_over_http() -> None:
                     "gateway": True,
                     "engine": True,
                     "database": True,
+                    "backend": {"kind": "ray", "replicas_alive": 2},
                 }
             state["database"] = False
             state["gateway"] = False

@@ -1,0 +1,574 @@
+"""`RayEngine`: the bot's engine when the GPUs are Ray Serve replicas.
+
+It offers the calls the bot makes of `Engine` (check, submit, a `Job` with progress and a
+result, cancel, `Busy`, `EngineDead`), and keeps what only the bot process can keep:
+
+- **A job is one streaming call** to the deployment; the replica's engine batches it with
+  other users' jobs on its GPU, and its progress, previews and end come back as
+  `ReplicaEvent`s. Cancel cancels the call, and the replica frees the job's place.
+- **A replica lost mid-job** (its process killed, its GPU gone, its engine dead) is not the
+  job's fault: the job runs again on a live replica with the same request and seed, so the
+  same images come back once (at most `MAX_ATTEMPTS` times, then it fails).
+- **A cluster that cannot be reached** makes the engine "unavailable" (`alive` is False,
+  new submits raise `EngineUnavailable`); accepted jobs wait up to `[ray] outage_s` for it
+  to come back and then run, else fail with `EngineUnavailable` (the bot refunds them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import EngineConfig
+from ..errors import (
+    Busy,
+    Cancelled,
+    EngineDead,
+    EngineError,
+    EngineUnavailable,
+    InvalidRequest,
+    ShuttingDown,
+)
+from ..job import Job, JobState, Progress
+from ..request import ImageRequest, ModelProfile
+from ..result import GenerationResult
+from ..service import ModelInfo
+from ..sources import first_line
+from ..stats import EngineStats
+from .config import RayConfig
+from .replica import DEPLOYMENT, config_hash, deployment
+from .wire import ReplicaEvent, ReplicaInfo, ReplicaLoad
+
+__all__ = ["MAX_ATTEMPTS", "RayEngine"]
+
+log = logging.getLogger(__name__)
+
+#: Runs of one job on replicas that were lost under it before it fails.
+MAX_ATTEMPTS = 4
+#: Seconds before a job whose replica was lost runs again (times its attempts so far).
+RETRY_PAUSE = 1.0
+#: Seconds between checks of the cluster (replicas alive, reachable).
+WATCH_INTERVAL = 2.0
+#: Seconds a check of the cluster may take before it counts as unreachable.
+PROBE_TIMEOUT = 10.0
+#: Seconds between previews a replica sends of a running job.
+PREVIEW_EVERY = 1.5
+NEEDS_RAY = 'backend = "ray" needs Ray Serve: pip install "imagine-bot[ray]"'
+
+
+class _Lost(Exception):
+    """The call's replica went away (or the cluster did): not the job's fault."""
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A submitted job and the streaming call that runs it now."""
+
+    job: Job
+    task: asyncio.Task[None] | None = None
+    response: Any = None  # Serve's DeploymentResponseGenerator
+    replica: str | None = None
+    attempts: int = 0
+
+
+class RayEngine:
+    """`Engine`'s calls over a Ray Serve deployment (see the module doc)."""
+
+    def __init__(self, config: EngineConfig, ray: RayConfig) -> None:
+        self.config = config
+        self.ray_config = ray
+        self.limits = config.limits
+        self.stats = EngineStats()
+        self._info: ReplicaInfo | None = None
+        self._handle: Any = None
+        self._flights: dict[str, _Flight] = {}
+        self._replicas: dict[str, ReplicaLoad] = {}  # last report of each replica seen
+        self._replicas_alive = 0
+        self._reachable = asyncio.Event()
+        self._lost_since: float | None = None
+        self._closing = False
+        self._watch_task: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+        self._owns_cluster = False
+        self._errors: dict[str, tuple[type[BaseException], ...]] = {}
+
+    # Lifecycle
+    async def start(self) -> None:
+        """Reach the cluster and deploy (or join) the engine's Serve application; raises
+        `EngineError` with one line when Ray is missing, the cluster cannot be reached, or
+        the replicas cannot be placed or start (a model that does not load)."""
+        await asyncio.to_thread(self._connect)
+        timeout = self.ray_config.start_timeout_s
+        try:
+            self._handle = await asyncio.wait_for(asyncio.to_thread(self._deploy), timeout)
+        except TimeoutError:
+            raise EngineError(
+                f"the engine's replicas did not start within {timeout:.0f} s: "
+                f"{await asyncio.to_thread(self._deploy_status)}"
+            ) from None
+        self._info = await self._call(self._handle.describe.remote())
+        self._seen(self._info.load)
+        self._replicas_alive = self.ray_config.replicas
+        self._reachable.set()
+        self._watch_task = asyncio.create_task(self._watch(), name="ray-cluster-watch")
+        log.info(
+            "engine on Ray: application %r, %s replica(s), %s scheduling",
+            self.ray_config.app,
+            self._replicas_alive,
+            self._info.scheduling,
+        )
+
+    async def close(self, grace_s: float = 60.0) -> None:
+        """Stop accepting; queued jobs end with `ShuttingDown` (kept for a restart), running
+        ones may finish for `grace_s` seconds. The application keeps running on a shared
+        cluster (other bot processes use it); a private ("local") cluster is shut down."""
+        self._closing = True
+        for flight in list(self._flights.values()):
+            if flight.job.state is JobState.QUEUED:
+                self._drop(flight, ShuttingDown())
+        running = [f.task for f in self._flights.values() if f.task is not None]
+        if running:
+            await asyncio.wait(running, timeout=grace_s)
+            for flight in list(self._flights.values()):
+                self._drop(flight, ShuttingDown())
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        if self._owns_cluster:
+            await asyncio.to_thread(self._shutdown_cluster)
+
+    async def __aenter__(self) -> RayEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # Introspection (what the bot reads of `Engine`)
+    @property
+    def profile(self) -> ModelProfile:
+        return self.profile_of(None)
+
+    @property
+    def default_model(self) -> str:
+        return self.config.default_model_name
+
+    @property
+    def model_names(self) -> list[str]:
+        return [spec.name for spec in self.config.model_specs]
+
+    def profile_of(self, model: str | None) -> ModelProfile:
+        """Model `model`'s profile as the replicas loaded it; `InvalidRequest` if unknown."""
+        name = model or self.default_model
+        for info in self.models():
+            if info.name == name or info.profile.source == name:
+                return info.profile
+        known = ", ".join(self.model_names)
+        raise InvalidRequest("model", f"There is no model called {name!r} (known: {known}).")
+
+    def models(self) -> list[ModelInfo]:
+        """The configured models as a replica last described them."""
+        return list(self._started().models)
+
+    @property
+    def model_loads(self) -> int:
+        return 0  # counted by each replica's engine
+
+    @property
+    def scheduling(self) -> str:
+        return self._started().scheduling
+
+    @property
+    def alive(self) -> bool:
+        """Reachable, with a replica running, and not closing."""
+        return (
+            self._info is not None
+            and not self._closing
+            and self._reachable.is_set()
+            and self._replicas_alive > 0
+        )
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(1 for f in self._flights.values() if f.job.state is JobState.QUEUED)
+
+    @property
+    def running(self) -> tuple[Job, ...]:
+        return tuple(f.job for f in self._flights.values() if f.job.state is JobState.RUNNING)
+
+    @property
+    def replicas_alive(self) -> int:
+        """Replicas Serve reports running (0 while the cluster cannot be reached)."""
+        return self._replicas_alive if self._reachable.is_set() else 0
+
+    def backend(self) -> dict[str, Any]:
+        """What runs the engine, for `/healthz` and `/metrics`: the replicas and their load."""
+        return {
+            "kind": "ray",
+            "address": self.ray_config.address,
+            "replicas_alive": self.replicas_alive,
+            "replica_jobs": self.replica_jobs(),
+            "reachable": self._reachable.is_set(),
+        }
+
+    def replica_jobs(self) -> dict[str, int]:
+        """This bot's jobs on each replica seen (queued there or running)."""
+        out = dict.fromkeys(self._replicas, 0)
+        for flight in self._flights.values():
+            if flight.replica is not None:
+                out[flight.replica] = out.get(flight.replica, 0) + 1
+        return out
+
+    async def replica_report(self) -> ReplicaLoad:
+        """One replica's own report of its load (Serve picks which)."""
+        return await self._call(self._handle.status.remote(), within=PROBE_TIMEOUT)
+
+    def replica_of(self, job: Job) -> ReplicaLoad | None:
+        """The replica running `job` now, as it last reported itself."""
+        flight = self._flights.get(job.id)
+        return self._replicas.get(flight.replica) if flight and flight.replica else None
+
+    @property
+    def capacity(self) -> int:
+        """Jobs this bot keeps in flight before `Busy`: each live replica's queue and batch."""
+        per_replica = self.config.max_queue + self.config.max_batch_size
+        return per_replica * max(1, self._replicas_alive)
+
+    # Submitting
+    async def check(self, request: ImageRequest) -> tuple[ImageRequest, tuple[str, ...]]:
+        """Validate on a replica (where the tokenizers are) and resolve the defaults."""
+        self._open()
+        answer = await self._call(self._handle.check.remote(request))
+        if isinstance(answer, EngineError):
+            raise answer
+        return answer
+
+    def submit(self, request: ImageRequest, *, job_id: str | None = None) -> Job:
+        """Queue at once (`Busy`, `ShuttingDown`, `EngineUnavailable` raise here); the job's
+        call to a replica starts on the event loop."""
+        self._open()
+        if len(self._flights) >= self.capacity:
+            raise Busy(len(self._flights), self.capacity)
+        job = Job(job_id or f"job-{next(self._ids)}", request, (), self._cancel)
+        flight = _Flight(job)
+        self._flights[job.id] = flight
+        flight.task = asyncio.create_task(self._fly(flight), name=f"ray-job-{job.id}")
+        return job
+
+    async def generate(self, request: ImageRequest) -> GenerationResult:
+        """Submit and wait; cancels the job if the caller is cancelled."""
+        return await self.submit(request).awaited()
+
+    # One job
+    async def _fly(self, flight: _Flight) -> None:
+        job = flight.job
+        try:
+            while not job.done():
+                await self._until_reachable(job)
+                try:
+                    await self._stream(flight)
+                except _Lost as exc:
+                    if job.done():
+                        break
+                    if not await self._probe():
+                        self._lost(f"{exc}")
+                        continue  # not the replica: the cluster; wait for it
+                    flight.attempts += 1
+                    if flight.attempts >= MAX_ATTEMPTS:
+                        lost = EngineDead(f"its replica was lost {MAX_ATTEMPTS} times")
+                        self._end(job, None, lost)
+                        break
+                    log.warning("job %s: its replica was lost (%s): running it again", job.id, exc)
+                    job.update_progress(state=JobState.QUEUED, step=0, position=None, preview=None)
+                    # Serve takes a moment to stop routing to a dead replica.
+                    await asyncio.sleep(RETRY_PAUSE * flight.attempts)
+        except EngineError as exc:
+            self._end(job, None, exc)
+        except asyncio.CancelledError:
+            self._end(job, None, ShuttingDown())
+            raise
+        except Exception as exc:  # a bug here must not leave the job hanging
+            log.error("job %s: %r", job.id, exc, exc_info=exc)
+            self._end(job, None, EngineDead(f"{type(exc).__name__}: {exc}", exc))
+        finally:
+            self._flights.pop(job.id, None)
+
+    async def _stream(self, flight: _Flight) -> None:
+        """One call to a replica: apply its events until the job ends; `_Lost` if cut off."""
+        job = flight.job
+        model = job.request.model or self.default_model
+        handle = self._handle.options(stream=True, multiplexed_model_id=model)
+        response = handle.generate.remote(job.request, job.id, PREVIEW_EVERY)
+        flight.response = response
+        flight.replica = None
+        lost, task_error = self._errors["lost"], self._errors["task"]
+        try:
+            async for event in response:
+                if self._apply(flight, event):
+                    return
+        except self._errors["cancelled"]:
+            if job.done():
+                return
+            raise _Lost("the call was cancelled") from None
+        except lost as exc:
+            raise _Lost(first_line(exc)) from None
+        except task_error as exc:  # the replica's code raised: this job's own failure
+            self._end(job, None, EngineError(f"the engine failed: {first_line(exc)}"))
+            return
+        finally:
+            flight.response = None
+        if not job.done():
+            raise _Lost("the replica's stream ended without a result")
+
+    def _apply(self, flight: _Flight, event: ReplicaEvent) -> bool:
+        """One event into the job; True once the job has ended."""
+        job = flight.job
+        self._seen(event.load)
+        if flight.replica != event.load.replica:
+            flight.replica = event.load.replica
+            log.info(
+                "job %s: on replica %s (pid %d on %s)",
+                job.id,
+                event.load.replica,
+                event.load.pid,
+                event.load.node,
+            )
+        if event.error is not None:
+            if isinstance(event.error, EngineDead):  # the replica's engine, not the job
+                raise _Lost(str(event.error))
+            self._end(job, None, event.error)
+            return True
+        if event.result is not None:
+            self._end(job, event.result, None)
+            return True
+        if event.progress is not None and not job.done():
+            self._show(job, event.progress)
+        return False
+
+    def _show(self, job: Job, progress: Progress) -> None:
+        if progress.state is JobState.RUNNING and job.started_at is None:
+            job.started_at = asyncio.get_running_loop().time()
+        preview = progress.preview if progress.preview is not None else job.progress.preview
+        job.update_progress(
+            **{f: getattr(progress, f) for f in ("state", "position", "step", "total_steps")},
+            loading=progress.loading,
+            preview=preview if progress.state is JobState.RUNNING else None,
+        )
+
+    def _end(self, job: Job, result: GenerationResult | None, error: BaseException | None) -> None:
+        """The one place a job ends here, counted once."""
+        if job.done():
+            return
+        if result is not None:
+            self.stats.images += len(result.images)
+        elif isinstance(error, Cancelled):
+            self.stats.cancelled += 1
+        elif not isinstance(error, ShuttingDown):
+            self.stats.failed += 1
+        job.resolve(result, error)
+
+    def _cancel(self, job: Job) -> None:
+        flight = self._flights.get(job.id)
+        if flight is not None:
+            self._drop(flight, Cancelled())
+
+    def _drop(self, flight: _Flight, error: EngineError) -> None:
+        """End a job now and cancel its call, so its replica frees its place."""
+        self._end(flight.job, None, error)
+        if flight.response is not None:
+            flight.response.cancel()
+        elif flight.task is not None and not flight.task.done():
+            flight.task.cancel()
+
+    # The cluster
+    def _open(self) -> None:
+        if self._closing:
+            raise ShuttingDown()
+        self._started()
+        if not self._reachable.is_set():
+            raise EngineUnavailable("the Ray cluster cannot be reached")
+
+    async def _until_reachable(self, job: Job) -> None:
+        if self._reachable.is_set():
+            return
+        lost_since = self._lost_since or time.monotonic()
+        left = self.ray_config.outage_s - (time.monotonic() - lost_since)
+        job.update_progress(state=JobState.QUEUED, position=None, step=0, preview=None)
+        try:
+            await asyncio.wait_for(self._reachable.wait(), max(0.0, left))
+        except TimeoutError:
+            raise EngineUnavailable(
+                f"the Ray cluster was unreachable for {self.ray_config.outage_s:.0f} s"
+            ) from None
+
+    def _lost(self, why: str) -> None:
+        if self._reachable.is_set():
+            log.error("the Ray cluster cannot be reached (%s): jobs wait for it", why)
+            self._reachable.clear()
+            self._lost_since = time.monotonic()
+
+    async def _watch(self) -> None:
+        """Every `WATCH_INTERVAL`: replicas alive, or the cluster lost and back."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            alive = await self._replica_count()
+            if alive is None:
+                self._lost("no answer from Serve")
+                continue
+            if alive != self._replicas_alive:
+                log.info("Ray replicas running: %d (were %d)", alive, self._replicas_alive)
+            self._replicas_alive = alive
+            if not self._reachable.is_set():
+                log.info("the Ray cluster answers again: jobs resume")
+                self._lost_since = None
+                self._reachable.set()
+            with contextlib.suppress(Exception):  # fresh "loaded" marks for /models
+                self._info = await self._call(self._handle.describe.remote(), within=5.0)
+
+    async def _probe(self) -> bool:
+        return await self._replica_count() is not None
+
+    async def _replica_count(self) -> int | None:
+        """Running replicas of the deployment, or None when Serve does not answer."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._count), PROBE_TIMEOUT)
+        except Exception as exc:
+            log.debug("Serve status failed: %r", exc)
+            return None
+
+    def _seen(self, load: ReplicaLoad) -> None:
+        self._replicas[load.replica] = load
+
+    async def _call(self, response: Any, within: float = 60.0) -> Any:
+        """Await a unary call to a replica; engine errors raised there come back as such."""
+        try:
+            return await asyncio.wait_for(response, within)
+        except EngineError:
+            raise
+        except TimeoutError:
+            raise EngineUnavailable("a replica did not answer in time") from None
+        except self._errors["task"] as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, EngineError):
+                raise cause from None
+            raise EngineError(f"the engine failed: {first_line(exc)}") from None
+        except self._errors["lost"] as exc:
+            raise EngineUnavailable(f"no replica answered: {first_line(exc)}") from None
+
+    def _started(self) -> ReplicaInfo:
+        if self._info is None:
+            raise EngineError("The engine has not been started.")
+        return self._info
+
+    # On worker threads: Ray's calls block
+    def _connect(self) -> None:
+        try:
+            import ray
+            from ray import exceptions as rx
+            from ray.serve import exceptions as sx
+        except ImportError:
+            raise EngineError(NEEDS_RAY) from None
+        self._errors = {
+            "cancelled": (sx.RequestCancelledError, asyncio.CancelledError),
+            "lost": (
+                rx.RayActorError,
+                rx.ActorUnavailableError,
+                sx.ReplicaUnavailableError,
+                sx.DeploymentUnavailableError,
+                rx.RaySystemError,
+                rx.ObjectLostError,
+            ),
+            "task": (rx.RayTaskError,),
+        }
+        address = self.ray_config.address
+        options: dict[str, Any] = {"namespace": "imagine-bot", "logging_level": logging.WARNING}
+        _reachable_or_raise(address)
+        if ray.is_initialized():  # a second engine in this process: one connection
+            return
+        try:
+            if address == "local":
+                ray.init(include_dashboard=False, **options)
+                self._owns_cluster = True
+            else:
+                ray.init(address=address, log_to_driver=False, **options)
+        except Exception as exc:
+            raise EngineError(
+                f"cannot reach the Ray cluster at [ray] address = {address!r}: {first_line(exc)}"
+            ) from None
+
+    def _deploy(self) -> Any:
+        """Join the running application if it was deployed from this config, else deploy."""
+        from ray import serve
+
+        app = self.ray_config.app
+        serve.start(proxy_location="Disabled")
+        status = serve.status().applications.get(app)
+        if status is not None and str(status.status) == "RUNNING":
+            handle = serve.get_app_handle(app)
+            info = handle.describe.remote().result(timeout_s=60)
+            if info.config_hash == config_hash(self.config):
+                log.info("joining the running Ray Serve application %r", app)
+                return handle
+            log.warning("application %r runs another [engine] config: redeploying it", app)
+        try:
+            return serve.run(deployment(self.config, self.ray_config), name=app, route_prefix=None)
+        except Exception as exc:
+            raise EngineError(f"the engine's replicas failed to start: {_cause(exc)}") from None
+
+    def _deploy_status(self) -> str:
+        from ray import serve
+
+        try:
+            status = serve.status().applications[self.ray_config.app]
+            message = status.deployments[DEPLOYMENT].message or status.message
+        except Exception as exc:
+            return first_line(exc)
+        return " ".join(message.split())[:400] or "no message from Serve"
+
+    def _count(self) -> int:
+        from ray import serve
+
+        status = serve.status().applications[self.ray_config.app]
+        states = status.deployments[DEPLOYMENT].replica_states
+        return int(states.get("RUNNING", 0))
+
+    def _shutdown_cluster(self) -> None:
+        import ray
+        from ray import serve
+
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+
+
+def _reachable_or_raise(address: str) -> None:
+    """A quick TCP check of a `host:port` or `ray://host:port` address: Ray itself retries
+    an unreachable one for minutes before it says so."""
+    if address in {"local", "auto"}:
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise EngineError(f'[ray] address = {address!r} must be "local", "auto" or host:port')
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5.0).close()
+    except OSError as exc:
+        raise EngineError(
+            f"cannot reach the Ray cluster at [ray] address = {address!r}: {exc.strerror or exc}"
+        ) from None
+
+
+def _cause(exc: BaseException) -> str:
+    """The replica constructor's own error line from Serve's deployment failure report."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error:" in line or "Exception:" in line:
+            name, _, text = line.partition(": ")
+            return text if name.rsplit(".", 1)[-1].endswith(("Error", "Exception")) else line
+    return lines[-1] if lines else type(exc).__name__

@@ -1,0 +1,253 @@
+"""The Ray backend on a real local Ray cluster: two "nodes" (Ray's own multi-node test
+cluster), each with two GPUs that Ray counts but that do not exist (replicas ask for one, so
+they spread one per GPU as on real machines; torch then runs on the CPU).
+
+The engine-level tests drive `RayEngine` in this process; the end-to-end tests run the real
+bot with `backend = "ray"` against the Discord-compatible server. Every image is compared
+with the local engine's for the same request: the replicas run the same engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from bot.ledger import JobStatus
+from engine import (
+    Cancelled,
+    Engine,
+    EngineConfig,
+    EngineError,
+    ImageRequest,
+    JobState,
+)
+from engine.cluster import RayConfig, RayEngine
+from engine.cluster.backend import NEEDS_RAY
+from testkit.jobs import JOB_TIMEOUT, button_id, job_of, read_ledger, result_of, wait_result
+from testkit.world import NewWorld, World
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Ray's multi-node test cluster: a head and one worker node, 2 CPUs and 2 GPUs each."""
+    from ray.cluster_utils import Cluster
+
+    node = {"num_cpus": 2, "num_gpus": 2}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    yield cluster
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster.shutdown()
+
+
+def engine_config(model_cache: Path) -> EngineConfig:
+    return EngineConfig(model="builtin:tiny", cache_dir=model_cache, device="cpu")
+
+
+def ray_config(cluster: Any, app: str) -> RayConfig:
+    return RayConfig(address=cluster.address, replicas=2, num_gpus=1, num_cpus=0.5, app=app)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine(cluster: Any, model_cache: Path) -> AsyncIterator[RayEngine]:
+    """`RayEngine` in this process, with its own application of two replicas."""
+    async with RayEngine(engine_config(model_cache), ray_config(cluster, "engine-tests")) as eng:
+        yield eng
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def local(model_cache: Path) -> AsyncIterator[Engine]:
+    """The in-process engine, to compare images with."""
+    async with Engine(engine_config(model_cache)) as eng:
+        yield eng
+
+
+def request(prompt: str, *, seed: int, steps: int = 3, user: str = "u") -> ImageRequest:
+    return ImageRequest(prompt, seed=seed, steps=steps, width=64, height=64, user=user)
+
+
+async def test_replicas_give_the_local_engines_images_with_progress(
+    engine: RayEngine, local: Engine
+) -> None:
+    assert engine.alive and engine.replicas_alive == 2 and engine.scheduling == "batch"
+    assert [m.name for m in engine.models()] == ["tiny"] and engine.profile.native_size == 64
+    asks = [request("a cat", seed=3, user="a"), request("a dog", seed=9, user="b")]
+    jobs = [engine.submit(ask) for ask in asks]
+    seen: list[set[JobState]] = [set(), set()]
+
+    async def follow(i: int) -> None:
+        async for progress in jobs[i].updates():
+            seen[i].add(progress.state)
+
+    await asyncio.gather(follow(0), follow(1))
+    for i, ask in enumerate(asks):
+        result = await jobs[i].result()
+        expected = await local.generate((await local.check(ask))[0])
+        assert [im.png for im in result.images] == [im.png for im in expected.images]
+        assert {JobState.RUNNING, JobState.DONE} <= seen[i]
+    assert engine.stats.images == 2 and not engine.running and engine.queue_depth == 0
+
+
+async def test_a_refused_request_is_refused_by_the_replica(engine: RayEngine) -> None:
+    from engine import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="Steps must be between 1 and 50"):
+        await engine.check(request("x", seed=1, steps=500))
+    resolved, _ = await engine.check(ImageRequest("a cat"))
+    assert resolved.model == "tiny" and resolved.steps and resolved.width == 64
+
+
+async def test_cancel_reaches_the_replica(engine: RayEngine) -> None:
+    job = engine.submit(request("a long one", seed=5, steps=50))
+    async for progress in job.updates():
+        if progress.step >= 1:
+            break
+    replica = engine.replica_of(job)
+    assert replica is not None
+    assert job.cancel()
+    with pytest.raises(Cancelled):
+        await job.result()
+    # The replica frees the job's place: its own queue and running set empty again.
+    status = await engine_status_until(engine, lambda load: load.running == 0, replica.replica)
+    assert status.queue_depth == 0
+
+
+async def engine_status_until(engine: RayEngine, ok: Any, replica: str) -> Any:
+    """The replica's own report, asked until `ok(report)` (Serve picks the replica: retry)."""
+    for _ in range(200):
+        load = await engine.replica_report()
+        if load.replica == replica and ok(load):
+            return load
+        await asyncio.sleep(0.05)  # polling another process: nothing to await
+    raise AssertionError(f"replica {replica} never reported what was expected")
+
+
+async def test_a_replica_killed_mid_job_runs_it_again_once(
+    engine: RayEngine, local: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "engine.cluster")
+    before = engine.stats.images
+    ask = request("a storm", seed=21, steps=40)
+    job = engine.submit(ask)
+    async for progress in job.updates():
+        if progress.step >= 2:
+            break
+    replica = engine.replica_of(job)
+    assert replica is not None and replica.pid != os.getpid()
+    os.kill(replica.pid, signal.SIGKILL)
+    result = await asyncio.wait_for(job.result(), JOB_TIMEOUT)
+    expected = await local.generate((await local.check(ask))[0])
+    assert [im.png for im in result.images] == [im.png for im in expected.images]
+    assert engine.stats.images == before + 1  # delivered and counted once
+    assert "its replica was lost" in caplog.text
+    again = engine.replica_of(job)
+    assert again is None or again.replica != replica.replica
+
+
+async def test_an_unreachable_cluster_is_one_line(model_cache: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    engine = RayEngine(engine_config(model_cache), RayConfig(address=address))
+    with pytest.raises(EngineError) as caught:
+        await engine.start()
+    expected = f"cannot reach the Ray cluster at [ray] address = '{address}'"
+    assert str(caught.value).startswith(expected)
+    assert "\n" not in str(caught.value)
+
+
+async def test_without_ray_installed_start_up_says_what_to_install(
+    model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as when not installed
+    with pytest.raises(EngineError, match="pip install"):
+        await RayEngine(engine_config(model_cache), RayConfig()).start()
+    assert "imagine-bot[ray]" in NEEDS_RAY
+
+
+# -- the bot ----------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(new_world: NewWorld, cluster: Any) -> AsyncIterator[World]:
+    async with new_world(users=("alice", "bob")) as world:
+        world.configure(
+            engine={"backend": "ray"},
+            ray={
+                "address": cluster.address,
+                "replicas": 2,
+                "num_gpus": 1,
+                "num_cpus": 0.5,
+                "app": "bot-tests",
+            },
+            ops={"listen": "127.0.0.1:0"},
+        )
+        async with world.running_bot():
+            yield world
+
+
+async def test_the_bot_on_ray_delivers_with_progress(world: World) -> None:
+    interaction = await world.server.invoke(
+        "imagine",
+        user=world.alice,
+        channel=world.art,
+        options={"prompt": "a lighthouse", "steps": 30},
+    )
+    progress = await interaction.wait_for_original(lambda m: bool(m.custom_ids))
+    result = await wait_result(interaction)
+    shown = [version.content for version in progress.history] + [progress.content]
+    assert any("is being made: step" in text for text in shown), shown  # steps came back
+    assert result.attachments and result.content.startswith(world.alice.mention)
+    job_id = int(button_id(progress, "cancel").split(":")[2])
+    async with read_ledger(world.tmp) as ledger:
+        assert (await job_of(ledger, job_id)).status is JobStatus.DONE
+    assert await world.bot.wait_for_line(rf"job {job_id}: on replica \w+ \(pid \d+")
+
+
+async def test_the_bot_on_ray_cancels(world: World) -> None:
+    job_id, progress = await world.imagine(world.bob, "a slow one", steps=50)
+    await world.bot.wait_for_line(rf"job {job_id}: on replica")
+    click = await world.server.click(progress, button_id(progress, "cancel"), user=world.bob)
+    await click.wait_for_response()
+    assert progress.interaction is not None
+    await progress.interaction.wait_for_original(lambda m: "cancelled" in m.content, timeout=60)
+    async with read_ledger(world.tmp) as ledger:
+        assert (await job_of(ledger, job_id)).status is JobStatus.CANCELLED
+
+
+async def test_the_bot_survives_a_replica_killed_mid_job(world: World) -> None:
+    job_id, progress = await world.imagine(world.alice, "a storm at sea", steps=40)
+    line = await world.bot.wait_for_line(rf"job {job_id}: on replica \w+ \(pid \d+", within=60)
+    pid = int(line.split("(pid ")[1].split()[0])
+    assert progress.interaction is not None
+    await progress.interaction.wait_for_original(lambda m: "step" in m.content, timeout=60)
+    os.kill(pid, signal.SIGKILL)
+    result = await wait_result(progress.interaction)
+    assert result_of(progress.interaction) is result
+    assert len(world.results_for(job_id)) == 1  # posted once
+    await world.bot.wait_for_line(rf"job {job_id}: its replica was lost")
+    async with read_ledger(world.tmp) as ledger:
+        job = await job_of(ledger, job_id)
+        assert job.status is JobStatus.DONE
+        status = await ledger.user_status(world.guild.id, world.alice.id)
+        jobs = await ledger.jobs_for_user(world.guild.id, world.alice.id)
+    # Counted once: what alice used is exactly her delivered jobs' images.
+    assert status.used == sum(j.image_count for j in jobs if j.status is JobStatus.DONE) > 0
