@@ -165,13 +165,17 @@ async def open_world(
     default_timeout: float = 15.0,
     heartbeat_interval_ms: int = 41_250,
     clean: bool = True,
+    shard_count: int = 1,
 ) -> AsyncIterator[World]:
     """A started Discord test server (its waits time out after `default_timeout` s) with the bot's
     application, `guild`, its text `channels` and `users` as members; the bot's files go in
     `tmp`. On the way out a bot still running is killed and, with `clean`, the server's
-    `assert_clean()` is checked."""
+    `assert_clean()` is checked. `shard_count`: the gateway's shards (guilds are on shard
+    `(guild_id >> 22) % shard_count`)."""
     async with DiscordTestServer(
-        default_timeout=default_timeout, heartbeat_interval_ms=heartbeat_interval_ms
+        default_timeout=default_timeout,
+        heartbeat_interval_ms=heartbeat_interval_ms,
+        shard_count=shard_count,
     ) as server:
         server.create_application("imagine-bot")
         world = World(server, server.create_guild(guild), tmp, model_cache)

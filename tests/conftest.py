@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from testkit.pg import PgServer
     from testkit.world import NewWorld
 
 # Tests share two cores between pytest, the Discord test server and bot subprocesses; torch's
@@ -27,6 +30,18 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     builtin_folder("builtin:tiny", path)
     return path
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The PostgreSQL server of $IMAGINE_BOT_TEST_PG_URL (skips without it)."""
+    from testkit.pg import PG_ENV, PG_SKIP, PgServer
+
+    url = os.environ.get(PG_ENV)
+    if not url:
+        pytest.skip(PG_SKIP)
+    with PgServer.session(url) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

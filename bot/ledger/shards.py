@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, func
+from sqlalchemy import ColumnElement, Integer, func, literal
 
 __all__ = ["OWNER_LEASE", "Shards"]
 
@@ -60,7 +60,8 @@ class Shards:
         """SQL: the guild column's shard is one of ours (None: no filter needed)."""
         if self.everything:
             return None
-        shard = func.coalesce(guild_id, 0).op(">>")(22) % self.count
+        # PostgreSQL shifts a bigint by an integer only: the 22 must not be sent as a bigint.
+        shard = func.coalesce(guild_id, 0).op(">>")(literal(22, Integer())) % self.count
         return shard.in_(self.ids)
 
     def describe(self) -> str:

@@ -61,6 +61,13 @@ def test_a_config_with_a_few_keys_runs_on_defaults() -> None:
         ("[loras.l]\nsource = 's'\nmodels = ['q']", "LoRA l: models q are not configured"),
         ("[engine]\nmodels = []", "[engine] models: write [models.<name>] tables instead"),
         ("[models.'a b']\nsource = 'x'", "model name 'a b' must be letters, digits"),
+        ("[engine]\nbackend = 'cloud'", "[engine] backend must be local or ray, not 'cloud'"),
+        ("[ray]\nreplicas = 0", "[ray] replicas must be at least 1"),
+        ("[ray]\nmax_replicas = 2\nmin_replicas = 3", "min_replicas must be between 1 and"),
+        ("[ray]\nadress = 'auto'", "unknown key [ray] adress (did you mean 'address'?)"),
+        ("[discord]\nshard_ids = [0]", "[discord] shard_ids needs shard_count"),
+        ("[discord]\nshard_count = 2\nshard_ids = [2]", "between 0 and shard_count - 1 (1), not 2"),
+        ("[discord]\nshard_count = 2\nshard_ids = [1, 1]", "shard_ids lists a shard twice"),
     ],
 )
 def test_bad_files_say_what_to_fix(tmp_path: Path, text: str, message: str) -> None:

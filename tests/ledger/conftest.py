@@ -6,25 +6,20 @@ Alembic migrations, never by `create_all`.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.ledger import JobRequest, Ledger, QuotaPolicy, create_engine, upgrade_to_head
+from testkit.pg import PgServer
 
-PG_ENV = "IMAGINE_BOT_TEST_PG_URL"
-PG_SKIP = f'${PG_ENV} is not set: start a server with `eval "$(bash tests/pg/start_postgres.sh)"`'
 BACKENDS = ["sqlite", "postgresql"]
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -69,47 +64,6 @@ def make_request(**changes: Any) -> JobRequest:
         image_count=1,
     )
     return replace(base, **changes)
-
-
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _with_database(url: str, name: str) -> str:
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(_asyncpg_dsn(url))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@dataclass
-class PgServer:
-    """The server from $IMAGINE_BOT_TEST_PG_URL; tests get databases of their own on it."""
-
-    url: str
-    created: list[str]
-
-    def new_database(self) -> str:
-        name = f"ledger_test_{uuid.uuid4().hex[:12]}"
-        asyncio.run(_admin(self.url, f'CREATE DATABASE "{name}"'))
-        self.created.append(name)
-        return _with_database(self.url, name)
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    url = os.environ.get(PG_ENV)
-    if not url:
-        pytest.skip(PG_SKIP)
-    server = PgServer(url, [])
-    yield server
-    for name in server.created:
-        asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,17 @@ from dataclasses import replace
 
 import pytest
 
-from bot.ledger import LeaseHeld, LeaseHolder, LeaseKeeper, Ledger
+from bot.ledger import (
+    JobStatus,
+    LayoutMismatch,
+    LeaseHeld,
+    LeaseHolder,
+    LeaseKeeper,
+    Ledger,
+    Shards,
+)
 
-from .conftest import FakeClock
+from .conftest import GUILD, FakeClock, make_request
 
 HOST = "bot-host"
 
@@ -70,3 +78,41 @@ async def _dead_pid() -> int:
     process = await asyncio.create_subprocess_exec("true")
     await process.wait()
     return process.pid
+
+
+async def test_shards_each_have_a_lease_and_one_layout(ledger: Ledger, clock: FakeClock) -> None:
+    """Processes on shards 0 and 1 of 2 run side by side; a second one for shard 1, or one
+    with another shard count, is refused, and takes nothing."""
+    live = os.getppid()  # processes that run, on this host
+    zero = LeaseKeeper(ledger, holder("zero", pid=live), Shards.of(2, [0]))
+    one = LeaseKeeper(ledger, holder("one", pid=live), Shards.of(2, [1]))
+    await zero.acquire()
+    await one.acquire()
+    assert zero.names == ("shard 0/2",) and one.names == ("shard 1/2",)
+    me = os.getpid()  # a live process that is not the owners'
+    again = LeaseKeeper(ledger, holder("again", pid=me), Shards.of(2, [0, 1]))
+    with pytest.raises(LeaseHeld, match="runs shard 0/2 on this database"):
+        await again.acquire()
+    for other in (Shards(), Shards.of(4, [2])):
+        keeper = LeaseKeeper(ledger, holder("other", pid=me), other)
+        with pytest.raises(LayoutMismatch, match="with shard_count = 2"):
+            await keeper.acquire()
+    holders = {name: owner.holder for name, owner in await ledger.leases()}
+    assert holders == {"shard 0/2": "zero", "shard 1/2": "one"}  # the refused took nothing
+    await one.release()
+    clock.advance(seconds=31)  # zero is silent now too: both layouts may change
+    await LeaseKeeper(ledger, holder("whole", pid=me)).acquire()
+
+
+async def test_recovery_takes_only_the_jobs_of_its_shards(ledger: Ledger) -> None:
+    shards = Shards.of(2, [1])
+    guilds = [GUILD + (i << 22) for i in range(8)]  # a guild's shard: its id >> 22
+    ours = [g for g in guilds if shards.owns(g)]
+    assert ours and len(ours) < len(guilds)
+    for guild in guilds:
+        job = (await ledger.reserve(make_request(guild_id=guild))).job
+        assert await ledger.mark_running(job.id)
+    requeued = await ledger.requeue_interrupted(shards)
+    assert sorted(j.guild_id for j in requeued) == sorted(ours)
+    running = [j for j in await ledger.active_jobs() if j.status is JobStatus.RUNNING]
+    assert sorted(j.guild_id for j in running) == sorted(set(guilds) - set(ours))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -230,3 +232,60 @@ async def test_a_huge_refused_prompt_is_not_stored_whole(ledger: Ledger) -> None
     stored = await ledger.get_job(job.id)
     assert stored is not None and stored.status is JobStatus.REFUSED
     assert stored.prompt == huge[:2000] and stored.negative_prompt == huge[:2000]
+
+
+ROOT = Path(__file__).resolve().parents[2]
+#: One bot process's share of a reservation race (`python -c`): open the ledger, say "ready",
+#: wait for "go" on stdin, reserve `n` images at once, print how many were accepted.
+RACER = """
+import asyncio, sys
+from bot.ledger import QuotaPolicy, open_ledger
+from tests.ledger.conftest import make_request
+
+async def main(url: str, n: int) -> None:
+    policy = QuotaPolicy(daily_images=10, max_queued_per_user=1000)
+    async with open_ledger(url, policy, migrate=False) as ledger:
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        results = await asyncio.gather(*(ledger.reserve(make_request()) for _ in range(n)))
+        print(sum(r.accepted for r in results), flush=True)
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+async def test_50_concurrent_reservations_from_two_processes(
+    make_ledger: LedgerFactory, db_url: str
+) -> None:
+    """Two bot processes (shards) on one database: 25 reservations each, at the same moment,
+    for a user with 10 images left. Exactly 10 are accepted across both."""
+    ledger = make_ledger(QuotaPolicy(daily_images=10, max_queued_per_user=1000))  # empties it
+    racers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            RACER,
+            db_url,
+            "25",
+            cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    for racer in racers:
+        assert racer.stdout is not None
+        assert (await asyncio.wait_for(racer.stdout.readline(), 60)).strip() == b"ready"
+    for racer in racers:
+        assert racer.stdin is not None
+        racer.stdin.write(b"go\n")
+        await racer.stdin.drain()
+    accepted = []
+    for racer in racers:
+        out, _ = await asyncio.wait_for(racer.communicate(), 120)
+        assert racer.returncode == 0
+        accepted.append(int(out.split()[-1]))
+    assert sum(accepted) == 10
+    assert await _jobs(ledger, JobStatus.QUEUED) == 10
+    assert await _jobs(ledger, JobStatus.REFUSED) == 40
+    assert (await ledger.user_status(GUILD, USER)).used == 10
