@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,10 +38,9 @@ from ..job import Job, JobState, Progress
 from ..request import ImageRequest, ModelProfile
 from ..result import GenerationResult
 from ..service import ModelInfo
-from ..sources import first_line
 from ..stats import EngineStats
+from .bridge import WATCH_INTERVAL, Bridge
 from .config import RayConfig
-from .replica import DEPLOYMENT, config_hash, deployment
 from .wire import ReplicaEvent, ReplicaInfo, ReplicaLoad
 
 __all__ = ["MAX_ATTEMPTS", "RayEngine"]
@@ -51,15 +49,14 @@ log = logging.getLogger(__name__)
 
 #: Runs of one job on replicas that were lost under it before it fails.
 MAX_ATTEMPTS = 4
+#: Checks of the cluster in a row without an answer before it counts as lost.
+SILENT_CHECKS = 5
 #: Seconds before a job whose replica was lost runs again (times its attempts so far).
 RETRY_PAUSE = 1.0
-#: Seconds between checks of the cluster (replicas alive, reachable).
-WATCH_INTERVAL = 2.0
 #: Seconds a check of the cluster may take before it counts as unreachable.
 PROBE_TIMEOUT = 10.0
 #: Seconds between previews a replica sends of a running job.
 PREVIEW_EVERY = 1.5
-NEEDS_RAY = 'backend = "ray" needs Ray Serve: pip install "imagine-bot[ray]"'
 
 
 class _Lost(Exception):
@@ -72,7 +69,7 @@ class _Flight:
 
     job: Job
     task: asyncio.Task[None] | None = None
-    response: Any = None  # Serve's DeploymentResponseGenerator
+    streaming: bool = False  # a replica holds the job's call now
     replica: str | None = None
     attempts: int = 0
 
@@ -86,7 +83,7 @@ class RayEngine:
         self.limits = config.limits
         self.stats = EngineStats()
         self._info: ReplicaInfo | None = None
-        self._handle: Any = None
+        self._bridge: Bridge | None = None
         self._flights: dict[str, _Flight] = {}
         self._replicas: dict[str, ReplicaLoad] = {}  # last report of each replica seen
         self._replicas_alive = 0
@@ -95,24 +92,16 @@ class RayEngine:
         self._closing = False
         self._watch_task: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
-        self._owns_cluster = False
-        self._errors: dict[str, tuple[type[BaseException], ...]] = {}
 
     # Lifecycle
     async def start(self) -> None:
-        """Reach the cluster and deploy (or join) the engine's Serve application; raises
-        `EngineError` with one line when Ray is missing, the cluster cannot be reached, or
-        the replicas cannot be placed or start (a model that does not load)."""
-        await asyncio.to_thread(self._connect)
-        timeout = self.ray_config.start_timeout_s
-        try:
-            self._handle = await asyncio.wait_for(asyncio.to_thread(self._deploy), timeout)
-        except TimeoutError:
-            raise EngineError(
-                f"the engine's replicas did not start within {timeout:.0f} s: "
-                f"{await asyncio.to_thread(self._deploy_status)}"
-            ) from None
-        self._info = await self._call(self._handle.describe.remote())
+        """Reach the cluster and deploy (or join) the engine's Serve application, through the
+        bridge process; raises `EngineError` with one line when Ray is missing, the cluster
+        cannot be reached, or the replicas cannot be placed or start (a model that does not
+        load)."""
+        bridge = Bridge(self.config, self.ray_config)
+        self._info = await bridge.start()
+        self._bridge = bridge
         self._seen(self._info.load)
         self._replicas_alive = self.ray_config.replicas
         self._reachable.set()
@@ -141,8 +130,8 @@ class RayEngine:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
-        if self._owns_cluster:
-            await asyncio.to_thread(self._shutdown_cluster)
+        if self._bridge is not None:
+            await self._bridge.close()
 
     async def __aenter__(self) -> RayEngine:
         await self.start()
@@ -228,7 +217,7 @@ class RayEngine:
 
     async def replica_report(self) -> ReplicaLoad:
         """One replica's own report of its load (Serve picks which)."""
-        return await self._call(self._handle.status.remote(), within=PROBE_TIMEOUT)
+        return await self._call("status")
 
     def replica_of(self, job: Job) -> ReplicaLoad | None:
         """The replica running `job` now, as it last reported itself."""
@@ -245,7 +234,7 @@ class RayEngine:
     async def check(self, request: ImageRequest) -> tuple[ImageRequest, tuple[str, ...]]:
         """Validate on a replica (where the tokenizers are) and resolve the defaults."""
         self._open()
-        answer = await self._call(self._handle.check.remote(request))
+        answer = await self._call("check", request)
         if isinstance(answer, EngineError):
             raise answer
         return answer
@@ -303,29 +292,28 @@ class RayEngine:
     async def _stream(self, flight: _Flight) -> None:
         """One call to a replica: apply its events until the job ends; `_Lost` if cut off."""
         job = flight.job
-        model = job.request.model or self.default_model
-        handle = self._handle.options(stream=True, multiplexed_model_id=model)
-        response = handle.generate.remote(job.request, job.id, PREVIEW_EVERY)
-        flight.response = response
+        bridge = self._bridge
+        assert bridge is not None
         flight.replica = None
-        lost, task_error = self._errors["lost"], self._errors["task"]
+        events = bridge.run(job.id, job.request, PREVIEW_EVERY)
+        flight.streaming = True
         try:
-            async for event in response:
-                if self._apply(flight, event):
+            while True:
+                kind, payload = await events.get()
+                if kind == "event":
+                    if self._apply(flight, payload):
+                        return
+                    continue
+                if kind == "failed":  # the replica's code raised: this job's own failure
+                    self._end(job, None, EngineError(payload))
                     return
-        except self._errors["cancelled"]:
-            if job.done():
-                return
-            raise _Lost("the call was cancelled") from None
-        except lost as exc:
-            raise _Lost(first_line(exc)) from None
-        except task_error as exc:  # the replica's code raised: this job's own failure
-            self._end(job, None, EngineError(f"the engine failed: {first_line(exc)}"))
-            return
+                if job.done():  # cancelled here, or ended by an event
+                    return
+                if kind == "lost":
+                    raise _Lost(payload)
+                raise _Lost(f"the replica's stream ended without a result ({kind})")
         finally:
-            flight.response = None
-        if not job.done():
-            raise _Lost("the replica's stream ended without a result")
+            flight.streaming = False
 
     def _apply(self, flight: _Flight, event: ReplicaEvent) -> bool:
         """One event into the job; True once the job has ended."""
@@ -382,8 +370,8 @@ class RayEngine:
     def _drop(self, flight: _Flight, error: EngineError) -> None:
         """End a job now and cancel its call, so its replica frees its place."""
         self._end(flight.job, None, error)
-        if flight.response is not None:
-            flight.response.cancel()
+        if flight.streaming and self._bridge is not None:
+            self._bridge.cancel(flight.job.id)
         elif flight.task is not None and not flight.task.done():
             flight.task.cancel()
 
@@ -415,160 +403,69 @@ class RayEngine:
             self._lost_since = time.monotonic()
 
     async def _watch(self) -> None:
-        """Every `WATCH_INTERVAL`: replicas alive, or the cluster lost and back."""
+        """Every `WATCH_INTERVAL`: replicas alive, or the cluster lost (the bridge process
+        gone, Serve not answering) and then a new bridge until it answers again."""
+        silent = 0  # checks in a row without a replica count
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
-            alive = await self._replica_count()
+            bridge = self._bridge
+            if bridge is None or not bridge.alive:
+                self._lost("the bridge process to it stopped")
+                await self._reconnect()
+                continue
+            alive = bridge.replicas
+            silent = silent + 1 if alive is None else 0
+            if silent >= SILENT_CHECKS:
+                self._lost("Serve does not answer")
+            if not self._reachable.is_set():
+                # A bridge whose cluster went away may hang in Ray's calls: start afresh.
+                await bridge.kill()
+                silent = 0
+                continue
             if alive is None:
-                self._lost("no answer from Serve")
                 continue
             if alive != self._replicas_alive:
                 log.info("Ray replicas running: %d (were %d)", alive, self._replicas_alive)
             self._replicas_alive = alive
-            if not self._reachable.is_set():
-                log.info("the Ray cluster answers again: jobs resume")
-                self._lost_since = None
-                self._reachable.set()
-            with contextlib.suppress(Exception):  # fresh "loaded" marks for /models
-                self._info = await self._call(self._handle.describe.remote(), within=5.0)
+            with contextlib.suppress(EngineError):  # fresh "loaded" marks for /models
+                self._info = await self._call("describe")
+
+    async def _reconnect(self) -> None:
+        """Start a new bridge; the cluster is back once it has connected and deployed."""
+        bridge = Bridge(self.config, self.ray_config)
+        try:
+            info = await bridge.start()
+        except EngineError as exc:
+            log.debug("the Ray cluster is still unreachable: %s", exc)
+            return
+        old, self._bridge, self._info = self._bridge, bridge, info
+        if old is not None:
+            await old.close()
+        self._back()
+
+    def _back(self) -> None:
+        if not self._reachable.is_set():
+            log.info("the Ray cluster answers again: jobs resume")
+            self._lost_since = None
+            self._reachable.set()
 
     async def _probe(self) -> bool:
-        return await self._replica_count() is not None
-
-    async def _replica_count(self) -> int | None:
-        """Running replicas of the deployment, or None when Serve does not answer."""
+        """Whether Serve answers now (else the cluster, not a replica, is lost)."""
         try:
-            return await asyncio.wait_for(asyncio.to_thread(self._count), PROBE_TIMEOUT)
-        except Exception as exc:
-            log.debug("Serve status failed: %r", exc)
-            return None
+            await asyncio.wait_for(self._call("count"), PROBE_TIMEOUT)
+        except (EngineError, TimeoutError):
+            return False
+        return True
 
     def _seen(self, load: ReplicaLoad) -> None:
         self._replicas[load.replica] = load
 
-    async def _call(self, response: Any, within: float = 60.0) -> Any:
-        """Await a unary call to a replica; engine errors raised there come back as such."""
-        try:
-            return await asyncio.wait_for(response, within)
-        except EngineError:
-            raise
-        except TimeoutError:
-            raise EngineUnavailable("a replica did not answer in time") from None
-        except self._errors["task"] as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, EngineError):
-                raise cause from None
-            raise EngineError(f"the engine failed: {first_line(exc)}") from None
-        except self._errors["lost"] as exc:
-            raise EngineUnavailable(f"no replica answered: {first_line(exc)}") from None
+    async def _call(self, method: str, *args: Any) -> Any:
+        if self._bridge is None:
+            raise EngineUnavailable("the Ray cluster cannot be reached")
+        return await self._bridge.call(method, *args)
 
     def _started(self) -> ReplicaInfo:
         if self._info is None:
             raise EngineError("The engine has not been started.")
         return self._info
-
-    # On worker threads: Ray's calls block
-    def _connect(self) -> None:
-        try:
-            import ray
-            from ray import exceptions as rx
-            from ray.serve import exceptions as sx
-        except ImportError:
-            raise EngineError(NEEDS_RAY) from None
-        self._errors = {
-            "cancelled": (sx.RequestCancelledError, asyncio.CancelledError),
-            "lost": (
-                rx.RayActorError,
-                rx.ActorUnavailableError,
-                sx.ReplicaUnavailableError,
-                sx.DeploymentUnavailableError,
-                rx.RaySystemError,
-                rx.ObjectLostError,
-            ),
-            "task": (rx.RayTaskError,),
-        }
-        address = self.ray_config.address
-        options: dict[str, Any] = {"namespace": "imagine-bot", "logging_level": logging.WARNING}
-        _reachable_or_raise(address)
-        if ray.is_initialized():  # a second engine in this process: one connection
-            return
-        try:
-            if address == "local":
-                ray.init(include_dashboard=False, **options)
-                self._owns_cluster = True
-            else:
-                ray.init(address=address, log_to_driver=False, **options)
-        except Exception as exc:
-            raise EngineError(
-                f"cannot reach the Ray cluster at [ray] address = {address!r}: {first_line(exc)}"
-            ) from None
-
-    def _deploy(self) -> Any:
-        """Join the running application if it was deployed from this config, else deploy."""
-        from ray import serve
-
-        app = self.ray_config.app
-        serve.start(proxy_location="Disabled")
-        status = serve.status().applications.get(app)
-        if status is not None and str(status.status) == "RUNNING":
-            handle = serve.get_app_handle(app)
-            info = handle.describe.remote().result(timeout_s=60)
-            if info.config_hash == config_hash(self.config):
-                log.info("joining the running Ray Serve application %r", app)
-                return handle
-            log.warning("application %r runs another [engine] config: redeploying it", app)
-        try:
-            return serve.run(deployment(self.config, self.ray_config), name=app, route_prefix=None)
-        except Exception as exc:
-            raise EngineError(f"the engine's replicas failed to start: {_cause(exc)}") from None
-
-    def _deploy_status(self) -> str:
-        from ray import serve
-
-        try:
-            status = serve.status().applications[self.ray_config.app]
-            message = status.deployments[DEPLOYMENT].message or status.message
-        except Exception as exc:
-            return first_line(exc)
-        return " ".join(message.split())[:400] or "no message from Serve"
-
-    def _count(self) -> int:
-        from ray import serve
-
-        status = serve.status().applications[self.ray_config.app]
-        states = status.deployments[DEPLOYMENT].replica_states
-        return int(states.get("RUNNING", 0))
-
-    def _shutdown_cluster(self) -> None:
-        import ray
-        from ray import serve
-
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        ray.shutdown()
-
-
-def _reachable_or_raise(address: str) -> None:
-    """A quick TCP check of a `host:port` or `ray://host:port` address: Ray itself retries
-    an unreachable one for minutes before it says so."""
-    if address in {"local", "auto"}:
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise EngineError(f'[ray] address = {address!r} must be "local", "auto" or host:port')
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5.0).close()
-    except OSError as exc:
-        raise EngineError(
-            f"cannot reach the Ray cluster at [ray] address = {address!r}: {exc.strerror or exc}"
-        ) from None
-
-
-def _cause(exc: BaseException) -> str:
-    """The replica constructor's own error line from Serve's deployment failure report."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error:" in line or "Exception:" in line:
-            name, _, text = line.partition(": ")
-            return text if name.rsplit(".", 1)[-1].endswith(("Error", "Exception")) else line
-    return lines[-1] if lines else type(exc).__name__

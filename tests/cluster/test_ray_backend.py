@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import signal
-import sys
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,12 @@ from engine import (
     Engine,
     EngineConfig,
     EngineError,
+    EngineUnavailable,
     ImageRequest,
     JobState,
 )
 from engine.cluster import RayConfig, RayEngine
-from engine.cluster.backend import NEEDS_RAY
+from engine.cluster.serve_client import NEEDS_RAY
 from testkit.jobs import JOB_TIMEOUT, button_id, job_of, read_ledger, result_of, wait_result
 from testkit.world import NewWorld, World
 
@@ -160,12 +161,7 @@ async def test_a_replica_killed_mid_job_runs_it_again_once(
 
 
 async def test_an_unreachable_cluster_is_one_line(model_cache: Path) -> None:
-    import socket
-
-    with socket.socket() as s:  # a port where nothing listens
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    address = f"127.0.0.1:{port}"
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
     engine = RayEngine(engine_config(model_cache), RayConfig(address=address))
     with pytest.raises(EngineError) as caught:
         await engine.start()
@@ -175,12 +171,60 @@ async def test_an_unreachable_cluster_is_one_line(model_cache: Path) -> None:
 
 
 async def test_without_ray_installed_start_up_says_what_to_install(
-    model_cache: Path, monkeypatch: pytest.MonkeyPatch
+    model_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as when not installed
-    with pytest.raises(EngineError, match="pip install"):
+    # The bridge process finds this `ray` first, and its import fails as when not installed.
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with pytest.raises(EngineError) as caught:
         await RayEngine(engine_config(model_cache), RayConfig()).start()
-    assert "imagine-bot[ray]" in NEEDS_RAY
+    assert str(caught.value) == NEEDS_RAY and "pip install" in NEEDS_RAY
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_lost_cluster_makes_the_engine_unavailable_until_it_is_back(
+    model_cache: Path, local: Engine
+) -> None:
+    """The whole cluster goes away mid-job (its head node, with the replica): the bot's
+    process lives on (Ray runs in its bridge process), new jobs are refused as unavailable,
+    and the accepted job waits and is made once the cluster is back at the same address."""
+    from ray.cluster_utils import Cluster
+
+    port = free_port()
+    head = {"num_cpus": 2, "num_gpus": 1, "include_dashboard": False, "gcs_server_port": port}
+    first = Cluster(initialize_head=True, head_node_args=head)
+    config = RayConfig(address=first.address, num_gpus=1, num_cpus=0.5, app="lost")
+    engine = RayEngine(engine_config(model_cache), config)
+    await engine.start()
+    second = None
+    try:
+        ask = request("through the outage", seed=33, steps=40)
+        job = engine.submit(ask)
+        async for progress in job.updates():
+            if progress.step >= 1:
+                break
+        first.shutdown()
+        async for progress in job.updates():  # back in the queue, waiting for the cluster
+            if progress.state is JobState.QUEUED:
+                break
+        assert not engine.alive and engine.backend()["reachable"] is False
+        with pytest.raises(EngineUnavailable):
+            engine.submit(request("during the outage", seed=1))
+        second = Cluster(initialize_head=True, head_node_args=head)  # back, same address
+        result = await asyncio.wait_for(job.result(), 300)
+        expected = await local.generate((await local.check(ask))[0])
+        assert [im.png for im in result.images] == [im.png for im in expected.images]
+        assert engine.alive and engine.stats.images == 1
+    finally:
+        await engine.close()
+        if second is not None:
+            second.shutdown()
 
 
 # -- the bot ----------------------------------------------------------------------------------
