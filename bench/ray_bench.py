@@ -12,19 +12,29 @@ the local p50 (goal: at most 10 % added).
     OMP_NUM_THREADS=1 python -m bench.ray_bench --smoke    # a tiny run to check the script
 
 The trace is `bench.trace_bench`'s (seeded Poisson arrivals, steps 2/10/15, 64x64 and 96x96,
-a fifth of the requests for two images), text-to-image only, at 2 arrivals/s: about three
-times what one single-threaded replica serves (~1.5 s of work per request) and half again
-what two serve, so every engine has a queue for most of the replay and images/s measures its
-capacity, not the arrival rate; a second replica can only help when there is work waiting for
-it. Under such a queue the p50 is mostly waiting, so a small per-request cost of the Ray path
-shows up scaled by the queue; the first `--idle` requests of the trace are therefore also
-run one at a time before the replay (nothing queued), which is the Ray path's own latency.
+a fifth of the requests for two images), text-to-image only, at 2 arrivals/s, about 2.3
+images/s: some two and a half times what one single-threaded replica serves here (~0.9
+images/s, ~1.1 s of CPU an image) and more than two can, so every engine has a queue for most
+of the replay and images/s over the makespan measures its capacity, not the arrival rate; a
+second replica can only help when there is work waiting for it. Under such a queue the p50 is
+mostly waiting, and which batch runs next (batch-level scheduling groups equal steps and
+sizes) shifts with a few milliseconds of delay, so the p50 under the trace moves either way
+between engines that are equally fast; the first `--idle` requests of the trace are therefore
+also run one at a time before the replay (nothing queued, `--idle-rounds` times, since this
+VM's CPU steal comes and goes): that p50 is the path's own cost.
+
+`RayEngine` keeps Ray out of the bot's process: it starts a bridge child (`python -m
+engine.cluster.child`) that connects and streams the jobs, and with `address = "local"` that
+child starts a private cluster and shuts it down on close, so (b) and (c) each start from
+nothing. The children inherit this process's environment: `OMP_NUM_THREADS=1` is set before
+they start, and `RAY_ADDRESS=local` so the child's `ray.init()` starts a new cluster rather
+than joining one already running on the machine (a test's, or one from `ray start`).
 
 Everything runs on the same cores: the driver (this process: the bot's side of `RayEngine`),
-Ray's daemons and Serve's controller compete with the replicas, so two replicas on two cores
-can at best approach 2x. CPU seconds per role (driver, replicas, Ray and Serve, anything else
-on the machine) are recorded for each replay to show where the time went. One Ray cluster,
-started here, serves (b) and (c); (b)'s application is deleted before (c) deploys.
+the bridge, Ray's daemons and Serve's controller compete with the replicas, so two replicas
+on two cores can at best approach 2x. CPU seconds per role (driver, bridge, replicas, Ray and
+Serve, anything else on the machine) are recorded for each replay to show where the time
+went, and the table warns when other work or CPU steal took over a tenth of the machine.
 
 Figures are measured side by side in one run; absolute times on a shared CPU are noisy.
 """
@@ -35,7 +45,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import logging
 import os
 import tempfile
 import time
@@ -43,7 +52,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from engine import Engine, ImageRequest
+from engine import Engine, ImageRequest, Job
 from engine.cluster import AnyEngine, RayConfig, RayEngine
 
 from .report import machine, markdown_table, save, update_readme
@@ -53,6 +62,8 @@ from .trace_bench import Arrival, engine_config, make_trace, parse_size, percent
 SETUPS = ("local", "ray x1", "ray x2")
 GOAL_SCALING = 1.8  # 2-replica over 1-replica throughput
 GOAL_ADDED_P50 = 0.10  # Ray 1 replica over local, p50 submit to image
+#: Processes whose CPU time is counted apart (see `cpu_snapshot`).
+ROLES = ("driver", "bridge", "replicas", "ray_and_serve")
 
 
 def request_of(a: Arrival) -> ImageRequest:
@@ -95,15 +106,16 @@ async def replay(engine: AnyEngine, trace: list[Arrival]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     start = loop.time()
 
-    async def one(a: Arrival) -> tuple[int, float, float]:
-        # Sleeping is the trace's schedule here, not a wait for an event.
-        await asyncio.sleep(max(0.0, start + a.at - loop.time()))
-        submitted = loop.time()
-        result = await engine.submit(request_of(a)).result()
+    async def finish(job: Job, submitted: float) -> tuple[int, float, float]:
+        result = await job.result()
         done = loop.time()
         return len(result.images), done - submitted, done - start
 
-    outcomes = await asyncio.gather(*(one(a) for a in trace))
+    waiting = []
+    for a in trace:  # one submitter; sleeping is the trace's schedule, not a wait for an event
+        await asyncio.sleep(max(0.0, start + a.at - loop.time()))
+        waiting.append(asyncio.create_task(finish(engine.submit(request_of(a)), loop.time())))
+    outcomes = await asyncio.gather(*waiting)
     images = sum(n for n, _, _ in outcomes)
     latencies = [lat for _, lat, _ in outcomes]
     makespan = max(end for _, _, end in outcomes)
@@ -118,43 +130,61 @@ async def replay(engine: AnyEngine, trace: list[Arrival]) -> dict[str, Any]:
 
 
 # Where the CPU time goes
-def _role(pid: int, cmdline: list[str]) -> str:
-    line = " ".join(cmdline)
-    if pid == os.getpid():
-        return "driver"
-    if "ServeReplica" in line:
-        return "replicas"
-    if "ray" in line.lower():  # gcs_server, raylet, ServeController, idle workers, agents
-        return "ray_and_serve"
-    return "other"
-
-
 def cpu_snapshot() -> dict[str, Any]:
-    """Busy CPU seconds of the whole machine and of each process, by pid (psutil comes with
-    Ray; without it nothing is recorded)."""
+    """Busy CPU seconds of the whole machine, and of this process and each of its
+    descendants (the bridge child, its Ray daemons and workers) by pid and role, with the
+    replicas' OMP_NUM_THREADS. psutil comes with Ray; without it nothing is recorded."""
     try:
         import psutil
     except ImportError:
         return {}
-    t = psutil.cpu_times()
+    me = psutil.Process()
     procs: dict[int, tuple[str, float]] = {}
-    for p in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
-        times, cmdline = p.info["cpu_times"], p.info["cmdline"]
-        if times is not None:
-            procs[p.info["pid"]] = (_role(p.info["pid"], cmdline or []), times.user + times.system)
-    return {"busy": t.user + t.nice + t.system + t.irq + t.softirq, "procs": procs}
+    threads: set[str | None] = set()
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            with p.oneshot():
+                line, times = " ".join(p.cmdline()), p.cpu_times()
+            role = _role(line) if p.pid != me.pid else "driver"
+            if role == "replicas":
+                threads.add(p.environ().get("OMP_NUM_THREADS"))
+        except psutil.Error:  # ended meanwhile
+            continue
+        procs[p.pid] = (role, times.user + times.system)
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + t.irq + t.softirq
+    return {
+        "busy": busy,
+        "steal": getattr(t, "steal", 0.0),
+        "procs": procs,
+        "replica_omp_threads": sorted(str(n) for n in threads),
+    }
 
 
-def cpu_spent(before: dict[str, Any], after: dict[str, Any], wall: float) -> dict[str, float]:
-    """CPU seconds by role between two snapshots; "other" is the machine's busy time that no
-    role's process accounts for (other work on the machine, processes that ended)."""
+def _role(cmdline: str) -> str:
+    if "engine.cluster.child" in cmdline:
+        return "bridge"
+    if "ServeReplica" in cmdline:  # Ray names its worker processes after their actor
+        return "replicas"
+    return "ray_and_serve"  # gcs_server, raylet, ServeController, agents, idle workers
+
+
+def cpu_spent(before: dict[str, Any], after: dict[str, Any], wall: float) -> dict[str, Any]:
+    """CPU seconds by role between two snapshots; "other" is the machine's busy time that
+    none of ours accounts for (other work on the machine, processes that ended)."""
     if not before or not after:
         return {}
-    out = dict.fromkeys(("driver", "replicas", "ray_and_serve"), 0.0)
+    out: dict[str, Any] = dict.fromkeys(ROLES, 0.0)
+    each = []
     for pid, (role, seconds) in after["procs"].items():
-        if role != "other":
-            out[role] += seconds - before["procs"].get(pid, (role, 0.0))[1]
+        spent = seconds - before["procs"].get(pid, (role, 0.0))[1]
+        out[role] += spent
+        if role == "replicas":
+            each.append(round(spent, 2))
     out["other"] = max(0.0, after["busy"] - before["busy"] - sum(out.values()))
+    out["each_replica"] = sorted(each)  # how evenly Serve spread the work
+    out["replica_omp_threads"] = after["replica_omp_threads"]
+    out["steal"] = after["steal"] - before["steal"]  # a VM's cores lent to other guests
     out["wall_s"] = wall
     return out
 
@@ -165,14 +195,19 @@ async def measure(
     """Warm up, run the idle requests one at a time, then replay the trace."""
     t0 = time.perf_counter()
     await warm_up(engine, trace, per_size=2 * replicas)
-    idle = await one_at_a_time(engine, trace[: args.idle])
+    before, t1 = cpu_snapshot(), time.perf_counter()
+    idle = []
+    for _ in range(args.idle_rounds):  # rounds: one slow moment of the VM weighs less
+        idle += await one_at_a_time(engine, trace[: args.idle])
+    idle_cpu = cpu_spent(before, cpu_snapshot(), time.perf_counter() - t1)
     load = os.getloadavg()[0]
     before, t1 = cpu_snapshot(), time.perf_counter()
     result = await replay(engine, trace)
     wall = time.perf_counter() - t1
     result["cpu_s"] = cpu_spent(before, cpu_snapshot(), wall)
-    result["idle_p50_s"] = percentile(idle, 50)
+    result["idle_p50_s"] = percentile(idle, 50) if idle else float("nan")
     result["idle_latencies_s"] = idle
+    result["idle_cpu_s"] = idle_cpu
     result["load_before"] = load
     result["warm_up_and_idle_s"] = t1 - t0
     print(
@@ -182,49 +217,6 @@ async def measure(
         flush=True,
     )
     return result
-
-
-# The Ray cluster: started here, so closing a RayEngine leaves it up for the next one
-def start_cluster(cpus: int) -> None:
-    import ray
-
-    ray.init(
-        num_cpus=cpus,
-        include_dashboard=False,
-        namespace="imagine-bot",
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
-
-
-def worker_threads() -> dict[str, Any]:
-    """What a Ray worker on this cluster sees: OMP_NUM_THREADS and torch's thread count."""
-    import ray
-
-    @ray.remote(num_cpus=0)
-    def probe() -> dict[str, Any]:
-        import torch
-
-        return {
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "torch": torch.get_num_threads(),
-        }
-
-    return ray.get(probe.remote(), timeout=120)
-
-
-def delete_app(app: str) -> None:
-    from ray import serve
-
-    serve.delete(app)
-
-
-def stop_cluster() -> None:
-    import ray
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
 
 
 async def timed(step: Callable[[], Awaitable[Any]]) -> float:
@@ -248,24 +240,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await local.close()
 
-    t0 = time.perf_counter()
-    await asyncio.to_thread(start_cluster, max(2, os.cpu_count() or 1))
-    starts["ray cluster"] = time.perf_counter() - t0
-    workers: dict[str, Any] = {}
-    try:
-        workers = await asyncio.to_thread(worker_threads)
-        for replicas in (1, 2):
-            name, app = f"ray x{replicas}", f"ray-bench-{replicas}"
-            ray = RayConfig(address="local", replicas=replicas, num_gpus=0, num_cpus=1, app=app)
-            engine = RayEngine(config, ray)
-            starts[name] = await timed(engine.start)
-            try:
-                runs[name] = await measure(name, engine, trace, args, replicas=replicas)
-            finally:
-                await engine.close()
-                await asyncio.to_thread(delete_app, app)  # its replica holds a CPU
-    finally:
-        await asyncio.to_thread(stop_cluster)
+    for replicas in (1, 2):
+        name = f"ray x{replicas}"
+        app = f"ray-bench-{replicas}"
+        ray = RayConfig(address="local", replicas=replicas, num_gpus=0, num_cpus=1, app=app)
+        engine = RayEngine(config, ray)
+        starts[name] = await timed(engine.start)  # its bridge starts a private cluster
+        try:
+            runs[name] = await measure(name, engine, trace, args, replicas=replicas)
+        finally:
+            await engine.close()  # and shuts it down: (c) starts from nothing as (b) did
 
     a, b, c = (runs[s] for s in SETUPS)
     ratios = {
@@ -277,14 +261,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "idle_p50_1_over_local": b["idle_p50_s"] / a["idle_p50_s"],
         "p50_2_over_1": c["p50_s"] / b["p50_s"],
     }
-    settings = {k: v for k, v in vars(args).items() if k not in {"out", "readme"}}
-    settings["cache_dir"] = str(settings["cache_dir"]) if settings["cache_dir"] else None
+    settings = {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in vars(args).items()
+        if k not in {"out", "readme"}
+    }
     return {
         "benchmark": "ray",
         "machine": machine(),
         "model": "builtin:tiny",
         "settings": settings,
-        "worker": {"driver_torch_threads": _torch_threads(), "ray_worker": workers},
+        "torch_threads": _torch_threads(),
+        "environment": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "RAY_ADDRESS")},
         "start_s": starts,
         "trace": {
             "requests": len(trace),
@@ -322,18 +310,21 @@ def table(result: dict[str, Any]) -> str:
         f"one torch thread per engine, replicas num_cpus=1; one run each."
     )
     rows: list[list[Any]] = []
+    per_image = []
     for name in SETUPS:
         x = result["runs"][name]
         cpu = x["cpu_s"]
+        if cpu:
+            engine_s = cpu["driver"] if name == "local" else cpu["replicas"]
+            cores = engine_s / cpu["wall_s"]
+            per_image.append(f"{name} {engine_s / x['images']:.2f} s, {cores:.2f} cores")
         rows.append(
             [
                 name,
                 f"{x['images_per_s']:.3g}",
                 f"{x['p50_s']:.3g} / {x['p95_s']:.3g}",
                 f"{x['idle_p50_s']:.3g}",
-                " / ".join(
-                    f"{cpu[k]:.0f}" for k in ("driver", "replicas", "ray_and_serve", "other")
-                )
+                " / ".join(f"{cpu[k]:.1f}" for k in (*ROLES, "other"))
                 + f" (in {cpu['wall_s']:.0f} s)"
                 if cpu
                 else "",
@@ -344,8 +335,8 @@ def table(result: dict[str, Any]) -> str:
         "engine",
         "images/s",
         "p50 / p95 submit to image (s)",
-        f"p50 one at a time, {s['idle']} requests (s)",
-        "CPU s during the replay: driver / replicas / Ray+Serve / other",
+        f"p50 one at a time, {s['idle']} requests x {s['idle_rounds']} (s)",
+        "CPU s in the replay: driver / bridge / replicas / Ray+Serve / other",
         "start (s)",
     ]
     scaling, added = r["throughput_2_over_1"], r["p50_1_over_local"] - 1
@@ -356,11 +347,32 @@ def table(result: dict[str, Any]) -> str:
         f"{r['throughput_2_over_local']:.2f}x. Ray with 1 replica vs local: "
         f"{r['throughput_1_over_local']:.2f}x images/s, p50 {added:+.0%} under the trace "
         f"(goal <= +{GOAL_ADDED_P50:.0%}: {_verdict(added <= GOAL_ADDED_P50)}), p95 "
-        f"{r['p95_1_over_local'] - 1:+.0%}, p50 one at a time {idle_added:+.0%}. The CPU "
-        f"columns: in-process replicas count as the driver for local; the Ray cluster took "
-        f"{starts['ray cluster']:.0f} s to start."
+        f"{r['p95_1_over_local'] - 1:+.0%}, p50 one at a time {idle_added:+.0%} (under a queue "
+        f"the p50 follows the order batches happen to run in; one at a time it is the path's "
+        f"own cost). Engine CPU per image and cores kept busy: {'; '.join(per_image)}. The "
+        f"local engine runs in the driver; Ray's start includes its private cluster's."
     )
-    return head + "\n\n" + markdown_table(headers, rows) + notes
+    return head + "\n\n" + markdown_table(headers, rows) + notes + _disturbed(result)
+
+
+def _disturbed(result: dict[str, Any]) -> str:
+    """A warning when other work (or the hypervisor) took over a tenth of the machine's CPU
+    during a replay: its figures then say little about the engine."""
+    cores = result["machine"]["cores"] or 1
+    shares = []
+    for name in SETUPS:
+        for phase, key in (("one at a time", "idle_cpu_s"), ("replay", "cpu_s")):
+            cpu = result["runs"][name][key]
+            if cpu and cpu["wall_s"] > 0:
+                share = (cpu["other"] + cpu["steal"]) / (cores * cpu["wall_s"])
+                if share > 0.1:
+                    shares.append(f"{name} {phase} {share:.0%}")
+    if not shares:
+        return ""
+    return (
+        "\n\n**Disturbed:** other work on the machine or CPU steal took a share of its CPU "
+        "time: " + ", ".join(shares) + "; those figures are less reliable (rerun when quiet)."
+    )
 
 
 def main() -> None:
@@ -374,6 +386,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=6)
     parser.add_argument("--two-image-share", type=float, default=0.2)
     parser.add_argument("--idle", type=int, help="requests run one at a time; default 6 (smoke 2)")
+    parser.add_argument("--idle-rounds", type=int, help="times they are run; default 3 (smoke 1)")
     parser.add_argument("--scheduler", default="ddim")
     parser.add_argument("--scheduling", default="batch", choices=("batch", "step"))
     parser.add_argument("--max-batch-size", type=int, default=8, help="images per UNet call")
@@ -392,11 +405,14 @@ def main() -> None:
     args.sizes = args.sizes or ([(64, 64)] if smoke else [(64, 64), (96, 96)])
     args.size_weights = args.size_weights or ([1.0] if smoke else [0.7, 0.3])
     args.idle = args.idle if args.idle is not None else (2 if smoke else 6)
+    args.idle_rounds = args.idle_rounds or (1 if smoke else 3)
     if len(args.size_weights) != len(args.sizes):
         parser.error("--size-weights needs one weight per size")
 
-    # Before Ray starts: its workers (the replicas) inherit this process's environment.
+    # The bridge child, its Ray cluster and the replicas inherit this process's environment:
+    # one torch thread each, and a new private cluster (not one running on the machine).
     os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["RAY_ADDRESS"] = "local"
     import torch
 
     torch.set_num_threads(1)

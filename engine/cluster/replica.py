@@ -31,9 +31,11 @@ __all__ = ["DEPLOYMENT", "config_hash", "deployment"]
 DEPLOYMENT = "engine"
 
 
-def config_hash(config: EngineConfig) -> str:
-    """A short fingerprint of an engine config: replicas deployed from another are replaced."""
-    return hashlib.sha256(repr(config).encode()).hexdigest()[:16]
+def config_hash(config: EngineConfig, ray: RayConfig) -> str:
+    """A short fingerprint of what a deployment is made from (the engine config and the
+    replicas' number and size): a bot with another one redeploys instead of joining."""
+    sizing = (ray.replicas, ray.min_replicas, ray.max_replicas, ray.num_gpus, ray.num_cpus)
+    return hashlib.sha256(repr((config, sizing)).encode()).hexdigest()[:16]
 
 
 class EngineReplica:
@@ -145,4 +147,4 @@ def deployment(config: EngineConfig, ray: RayConfig) -> Any:
         }
     else:
         options["num_replicas"] = ray.replicas
-    return serve.deployment(**options)(Replica).bind(config, config_hash(config))
+    return serve.deployment(**options)(Replica).bind(config, config_hash(config, ray))

@@ -141,8 +141,8 @@ class ServeClient:
         reachable_or_raise(address)
         options: dict[str, Any] = {"namespace": "imagine-bot", "logging_level": logging.WARNING}
         try:
-            if address == "local":
-                ray.init(include_dashboard=False, **options)
+            if address == "local":  # a new private cluster, never one already running here
+                ray.init(address="local", include_dashboard=False, **options)
                 self._owns_cluster = True
             else:
                 ray.init(address=address, log_to_driver=False, **options)
@@ -161,7 +161,7 @@ class ServeClient:
         if status is not None and str(status.status) == "RUNNING":
             handle = serve.get_app_handle(app)
             info = handle.describe.remote().result(timeout_s=CALL_TIMEOUT)
-            if info.config_hash == config_hash(self.config):
+            if info.config_hash == config_hash(self.config, self.ray_config):
                 log.info("joining the running Ray Serve application %r", app)
                 return handle
             log.warning("application %r runs another [engine] config: redeploying it", app)

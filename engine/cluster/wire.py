@@ -29,7 +29,7 @@ class ReplicaInfo:
     """A replica's engine: what the bot shows and validates against without loading models."""
 
     load: ReplicaLoad
-    config_hash: str  # the EngineConfig it was deployed with: a changed config redeploys
+    config_hash: str  # what it was deployed from (`replica.config_hash`): another redeploys
     scheduling: str
     models: tuple[ModelInfo, ...]
 

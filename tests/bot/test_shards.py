@@ -7,6 +7,8 @@ recovers only its own shards' jobs. Needs $IMAGINE_BOT_TEST_PG_URL (CI starts Po
 from __future__ import annotations
 
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -36,11 +38,28 @@ def config_for(
     )
 
 
+@asynccontextmanager
+async def bots(world: World) -> AsyncIterator[list[BotProcess]]:
+    """The bot processes a test starts; any still running at the end (a failed check) are
+    killed, so none outlives the test."""
+    started: list[BotProcess] = []
+    try:
+        yield started
+    finally:
+        for bot in started:
+            if bot.running:
+                await bot.stop(signal.SIGKILL)
+
+
 async def test_two_processes_split_the_guilds_of_one_database(
     pg_server: PgServer, model_cache: Path, tmp_path: Path
 ) -> None:
     url = await pg_server.create_database()
-    async with open_world(tmp_path, model_cache, users=("alice",), shard_count=2) as world:
+    policy = QuotaPolicy()
+    async with (
+        open_world(tmp_path, model_cache, users=("alice",), shard_count=2) as world,
+        bots(world) as started,
+    ):
         server = world.server
         # A guild on each shard (a guild's shard is its id's timestamp bits, modulo 2).
         by_shard: dict[int, Guild] = {server.gateway.shard_for(world.guild.id): world.guild}
@@ -52,9 +71,14 @@ async def test_two_processes_split_the_guilds_of_one_database(
         first = config_for(world, tmp_path / "a", url, guilds, shard_count=2, shard_ids=[0])
         second = config_for(world, tmp_path / "b", url, guilds, shard_count=2, shard_ids=[1])
 
-        a = await BotProcess(server, first, token=world.token).start()
+        async def start(config: Path) -> BotProcess:
+            bot = await BotProcess(server, config, token=world.token).start()
+            started.append(bot)
+            return bot
+
+        a = await start(first)
         await a.wait_ready(1)
-        b = await BotProcess(server, second, token=world.token).start()
+        b = await start(second)
         await b.wait_ready(2)
         await a.wait_for_line("this process runs shard\\(s\\) 0 of 2")
 
@@ -84,10 +108,9 @@ async def test_two_processes_split_the_guilds_of_one_database(
         b.unwatch()
         b.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
         assert await b.exited() == -signal.SIGKILL
-        policy = QuotaPolicy()
         async with open_ledger(url, policy, migrate=False) as ledger:
             assert (await job_of(ledger, job_id)).status in ACTIVE_STATUSES  # A left it alone
-        b = await BotProcess(server, second, token=world.token).start()
+        b = await start(second)
         await b.wait_for_line(r"recovered 1 job\(s\)", within=JOB_TIMEOUT)
         assert progress.interaction is not None
         await wait_result(progress.interaction)

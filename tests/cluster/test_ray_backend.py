@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -264,6 +265,17 @@ async def test_the_bot_on_ray_delivers_with_progress(world: World) -> None:
     async with read_ledger(world.tmp) as ledger:
         assert (await job_of(ledger, job_id)).status is JobStatus.DONE
     assert await world.bot.wait_for_line(rf"job {job_id}: on replica \w+ \(pid \d+")
+    # /healthz and /metrics report the backend: two replicas alive.
+    line = await world.bot.wait_for_line(r"ops endpoint on http://127\.0\.0\.1:\d+")
+    ops = line[line.index("http://") :].split()[0]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{ops}/healthz") as response:
+            health = await response.json()
+        async with http.get(f"{ops}/metrics") as response:
+            metrics = await response.text()
+    assert health["ok"] and health["backend"]["kind"] == "ray", health
+    assert health["backend"]["replicas_alive"] == 2
+    assert "imagine_replicas_alive 2.0" in metrics and "imagine_replica_jobs{replica=" in metrics
 
 
 async def test_the_bot_on_ray_cancels(world: World) -> None:
