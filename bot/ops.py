@@ -76,6 +76,12 @@ class Metrics:
             ["replica"],
             registry=r,
         )
+        self.replica_queue = Gauge(
+            "imagine_replica_queue",
+            "Requests waiting in each Ray replica's engine, as it last reported",
+            ["replica"],
+            registry=r,
+        )
         self.images = Counter("imagine_images_generated", "Images delivered", registry=r)
         self.jobs = Counter("imagine_jobs", "Jobs by final status", ["status"], registry=r)
         self.refusals = Counter(
@@ -130,6 +136,8 @@ class MetricsUpdater:
         metrics.replicas.set(backend.get("replicas_alive", 1 if engine.alive else 0))
         for replica, jobs in backend.get("replica_jobs", {}).items():
             metrics.replica_jobs.labels(replica=replica).set(jobs)
+        for replica, queued in backend.get("replica_queues", {}).items():
+            metrics.replica_queue.labels(replica=replica).set(queued)
         stats = engine.stats  # pipeline calls, or denoising ticks in step mode
         recent = stats.recent_calls
         new = min(stats.calls - self._calls_seen, len(recent))

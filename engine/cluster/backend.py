@@ -204,6 +204,9 @@ class RayEngine:
             "address": self.ray_config.address,
             "replicas_alive": self.replicas_alive,
             "replica_jobs": self.replica_jobs(),
+            # Each replica's own queue and running jobs, as it last reported them (all bots').
+            "replica_queues": {r: load.queue_depth for r, load in self._replicas.items()},
+            "replica_running": {r: load.running for r, load in self._replicas.items()},
             "reachable": self._reachable.is_set(),
         }
 

@@ -69,6 +69,7 @@ async def test_health_and_metrics_after_one_imagine(world: World) -> None:
             "gateway": True,
             "engine": True,
             "database": True,
+            "backend": {"kind": "local", "replicas_alive": 1},
         }
     samples = await metrics(world)
     assert samples[("imagine_images_generated_total", ())] >= 1
@@ -76,6 +77,7 @@ async def test_health_and_metrics_after_one_imagine(world: World) -> None:
     assert samples[("imagine_step_seconds_count", ())] >= 1
     assert samples[("imagine_first_answer_seconds_count", ())] >= 1
     assert samples[("imagine_queue_depth", ())] == 0
+    assert samples[("imagine_replicas_alive", ())] == 1  # the local engine
     assert ("imagine_event_loop_lag_seconds_count", ()) in samples
 
 

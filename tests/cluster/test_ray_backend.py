@@ -276,6 +276,8 @@ async def test_the_bot_on_ray_delivers_with_progress(world: World) -> None:
     assert health["ok"] and health["backend"]["kind"] == "ray", health
     assert health["backend"]["replicas_alive"] == 2
     assert "imagine_replicas_alive 2.0" in metrics and "imagine_replica_jobs{replica=" in metrics
+    assert "imagine_replica_queue{replica=" in metrics
+    assert set(health["backend"]["replica_queues"]) <= set(health["backend"]["replica_jobs"])
 
 
 async def test_the_bot_on_ray_cancels(world: World) -> None:
