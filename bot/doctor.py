@@ -17,6 +17,7 @@ Nothing is written: no migration, no database identity file, no model download.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -26,7 +27,7 @@ from typing import Any, TextIO
 
 import discord
 
-from engine import EngineConfig, ModelSpec
+from engine import EngineConfig, EngineError, ModelSpec
 from engine.sources import first_line, hub_problem, looks_local
 
 from .config import BotConfig, ConfigError, load_config, sqlite_file
@@ -111,6 +112,8 @@ async def run_doctor(config_path: str | Path, out: TextIO = sys.stdout) -> int:
     await _database(config, report)
     for spec in config.engine.model_specs:
         report(_model(config.engine, spec))
+    if config.engine.backend == "ray":
+        report(await _ray(config))
     await _discord(config, report)
     failed = [c for c in checks if not c.ok]
     summary = "everything is ready" if not failed else f"{len(failed)} thing(s) to fix"
@@ -194,6 +197,27 @@ def _model(engine: EngineConfig, spec: ModelSpec) -> Check:
         return Check(name, False, why)
     size = sum(s.size or 0 for s in info.siblings or () if s.rfilename.endswith(".safetensors"))
     return _fits(name, f"{source} can be downloaded (once, at the first start)", size)
+
+
+async def _ray(config: BotConfig) -> Check:
+    """`backend = "ray"`: Ray Serve installed, and the cluster's address answering."""
+    import importlib.util
+
+    from engine.cluster.serve_client import NEEDS_RAY, reachable_or_raise
+
+    if importlib.util.find_spec("ray") is None:
+        return Check("ray", False, NEEDS_RAY)
+    address = config.ray.address
+    try:
+        await asyncio.to_thread(reachable_or_raise, address)
+    except EngineError as exc:
+        return Check("ray", False, str(exc))
+    where = {
+        "local": "a private Ray cluster starts inside the bot",
+        "auto": "joins this machine's Ray cluster (run `ray start` here first)",
+    }.get(address, f"the Ray cluster at {address} answers")
+    gpus = f"{config.ray.num_gpus:g} GPU(s) per replica"
+    return Check("ray", True, f"{where}; {config.ray.most_replicas} replica(s), {gpus}")
 
 
 def _weights_bytes(folder: Path) -> int:

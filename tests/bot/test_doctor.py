@@ -8,6 +8,7 @@ bot is started, and doctor must change nothing.
 from __future__ import annotations
 
 import io
+import socket
 from pathlib import Path
 
 from bot.doctor import ATTACH_FILES, EMBED_LINKS, channel_permissions, run_doctor
@@ -74,6 +75,15 @@ async def test_each_failing_check_says_what_to_fix(new_world: NewWorld, tmp_path
         world.configure(discord={"token": "not-the-token"})
         code, lines = await _doctor(config)
         assert code == 1 and lines["token"].startswith("FIX") and "rejected" in lines["token"]
+
+        # backend = "ray": the cluster's address is checked (nothing listens on this port).
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        world.configure(engine={"backend": "ray"}, ray={"address": f"127.0.0.1:{port}"})
+        code, lines = await _doctor(config)
+        assert code == 1 and lines["ray"].startswith("FIX")
+        assert "cannot reach the Ray cluster at [ray] address" in lines["ray"]
 
         config.write_text("[engine]\nmax_batch_size = 2\n")
         code, lines = await _doctor(config)
