@@ -19,7 +19,7 @@ from bot.jobref import JobRef
 from bot.ledger import JobStatus, RefusalReason
 from engine import read_parameters
 from testkit.discord_server import AttachmentOption
-from testkit.jobs import job_id_of, job_of, read_ledger, wait_result
+from testkit.jobs import JOB_TIMEOUT, job_id_of, job_of, read_ledger, wait_result
 from testkit.world import NewWorld, World
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("clean_world")]
@@ -68,6 +68,8 @@ async def test_imagine_from_an_attachment_keeps_its_aspect_and_stores_the_pictur
     assert params is not None and params.denoising_strength == 0.5
     assert params.width > params.height and params.width % 8 == 0  # 2:1 kept (not square)
     assert world.server.requests_to("GET", r"^/attachments/")  # fetched from the "CDN"
+    # The job is marked done just after its result is posted: wait for the bot to say so.
+    await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id)
         assert job.status is JobStatus.DONE and job.strength == 0.5

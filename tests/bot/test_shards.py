@@ -96,7 +96,7 @@ async def test_two_processes_split_the_guilds_of_one_database(
             job_id, progress = await world.imagine(world.alice, "a cat", channel=channel)
             assert progress.interaction is not None
             await wait_result(progress.interaction)
-            await bot.wait_for_line(rf"job {job_id}: ")
+            await bot.wait_for_line(rf"job {job_id}: delivered")
             assert f"job {job_id}: " not in other.output
             done.append(job_id)
 
@@ -114,6 +114,7 @@ async def test_two_processes_split_the_guilds_of_one_database(
         await b.wait_for_line(r"recovered 1 job\(s\)", within=JOB_TIMEOUT)
         assert progress.interaction is not None
         await wait_result(progress.interaction)
+        await b.wait_for_line(rf"job {job_id}: delivered")  # recorded after the post
         assert len(world.results_for(job_id)) == 1
         assert f"job {job_id}" not in a.output
         async with open_ledger(url, policy, migrate=False) as ledger:

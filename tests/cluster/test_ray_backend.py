@@ -262,6 +262,7 @@ async def test_the_bot_on_ray_delivers_with_progress(world: World) -> None:
     assert any("is being made: step" in text for text in shown), shown  # steps came back
     assert result.attachments and result.content.startswith(world.alice.mention)
     job_id = int(button_id(progress, "cancel").split(":")[2])
+    await world.bot.wait_for_line(rf"job {job_id}: delivered")  # recorded after the post
     async with read_ledger(world.tmp) as ledger:
         assert (await job_of(ledger, job_id)).status is JobStatus.DONE
     assert await world.bot.wait_for_line(rf"job {job_id}: on replica \w+ \(pid \d+")
@@ -302,6 +303,7 @@ async def test_the_bot_survives_a_replica_killed_mid_job(world: World) -> None:
     assert result_of(progress.interaction) is result
     assert len(world.results_for(job_id)) == 1  # posted once
     await world.bot.wait_for_line(rf"job {job_id}: its replica was lost")
+    await world.bot.wait_for_line(rf"job {job_id}: delivered")  # recorded after the post
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id)
         assert job.status is JobStatus.DONE
