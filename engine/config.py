@@ -196,6 +196,9 @@ class EngineConfig:
         return Limits.of(self)
 
     def __post_init__(self) -> None:
+        if isinstance(self.cache_dir, str):  # a caller's "~/models" works like a Path
+            folder = Path(self.cache_dir).expanduser() if self.cache_dir.strip() else None
+            object.__setattr__(self, "cache_dir", folder)
         problems = list(self.problems())
         if problems:
             raise ValueError("; ".join(problems))

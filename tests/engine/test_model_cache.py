@@ -130,3 +130,11 @@ async def test_a_model_that_cannot_load_names_the_cause(tmp_path: Path) -> None:
         in (said[str(tmp_path / "model.safetensors")])
     )
     assert all("\n" not in text for text in said.values())
+
+
+def test_a_cache_dir_given_as_text_works_like_a_path(model_cache: Path) -> None:
+    """Callers building an `EngineConfig` by hand may pass the folder as a string."""
+    config = EngineConfig(model="builtin:tiny", cache_dir=str(model_cache))  # type: ignore[arg-type]
+    assert config.cache_dir == model_cache
+    assert load_model(config).pipe is not None
+    assert EngineConfig(cache_dir="").cache_dir is None  # type: ignore[arg-type]
