@@ -66,18 +66,6 @@ GOAL_ADDED_P50 = 0.10  # Ray 1 replica over local, p50 submit to image
 ROLES = ("driver", "bridge", "replicas", "ray_and_serve")
 
 
-def request_of(a: Arrival) -> ImageRequest:
-    return ImageRequest(
-        a.prompt,
-        seed=a.seed,
-        steps=a.steps,
-        width=a.width,
-        height=a.height,
-        count=a.count,
-        user=a.user,
-    )
-
-
 async def warm_up(engine: AnyEngine, trace: list[Arrival], per_size: int) -> None:
     """First-call costs out of the way: `per_size` concurrent requests at each size (two
     per replica, so Serve's router reaches every replica)."""
@@ -96,7 +84,7 @@ async def one_at_a_time(engine: AnyEngine, arrivals: list[Arrival]) -> list[floa
     out = []
     for a in arrivals:
         t0 = time.perf_counter()
-        await engine.generate(request_of(a))
+        await engine.generate(a.request())
         out.append(time.perf_counter() - t0)
     return out
 
@@ -114,7 +102,7 @@ async def replay(engine: AnyEngine, trace: list[Arrival]) -> dict[str, Any]:
     waiting = []
     for a in trace:  # one submitter; sleeping is the trace's schedule, not a wait for an event
         await asyncio.sleep(max(0.0, start + a.at - loop.time()))
-        waiting.append(asyncio.create_task(finish(engine.submit(request_of(a)), loop.time())))
+        waiting.append(asyncio.create_task(finish(engine.submit(a.request()), loop.time())))
     outcomes = await asyncio.gather(*waiting)
     images = sum(n for n, _, _ in outcomes)
     latencies = [lat for _, lat, _ in outcomes]

@@ -37,11 +37,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import Engine, EngineConfig, ImageRequest
 
 from .report import machine, markdown_table, save, update_readme
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 MODES = ("batch", "step")
 
@@ -61,6 +64,21 @@ class Arrival:
     kind: str = "text"  # "text", "image" (image-to-image) or "upscale"
     strength: float | None = None
     model: str | None = None  # with --models: which configured model
+
+    def request(self, picture: Image | None = None) -> ImageRequest:
+        """The request to submit (`picture`: the start of an image-to-image kind)."""
+        return ImageRequest(
+            self.prompt,
+            seed=self.seed,
+            steps=self.steps,
+            width=self.width,
+            height=self.height,
+            count=self.count,
+            user=self.user,
+            init_image=picture if self.strength else None,
+            strength=self.strength,
+            model=self.model,
+        )
 
 
 KINDS = ("text", "image", "upscale")
@@ -137,20 +155,7 @@ async def replay(config: EngineConfig, trace: list[Arrival]) -> dict[str, Any]:
             # Sleeping is the trace's schedule here, not a wait for an event.
             await asyncio.sleep(max(0.0, start + a.at - loop.time()))
             submitted = loop.time()
-            job = engine.submit(
-                ImageRequest(
-                    a.prompt,
-                    seed=a.seed,
-                    steps=a.steps,
-                    width=a.width,
-                    height=a.height,
-                    count=a.count,
-                    user=a.user,
-                    init_image=pictures.get((a.width, a.height)) if a.strength else None,
-                    strength=a.strength,
-                    model=a.model,
-                )
-            )
+            job = engine.submit(a.request(pictures.get((a.width, a.height))))
             await job.result()
             done = loop.time()
             return done - submitted, done - start

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 import discord
 
 from engine import EngineConfig, EngineError, ModelSpec
-from engine.sources import first_line, hub_problem, looks_local
+from engine.sources import CHECKPOINT_SUFFIXES, first_line, hub_problem, looks_local
 
 from .config import BotConfig, ConfigError, load_config, sqlite_file
 from .ledger import DatabaseMarker, SchemaTooNew, inspect_database, safe_url, schema_status
@@ -170,7 +170,7 @@ def _model(engine: EngineConfig, spec: ModelSpec) -> Check:
         return Check(name, True, f"{source} (built offline, random weights)")
     local = Path(source).expanduser()
     if local.is_file():  # a single checkpoint: the loader reads it (and names what is wrong)
-        if local.suffix.lower() not in (".safetensors", ".ckpt"):
+        if local.suffix.lower() not in CHECKPOINT_SUFFIXES:
             return Check(name, False, f"{local} is not a .safetensors or .ckpt checkpoint")
         return _fits(name, f"checkpoint file {local}", local.stat().st_size)
     if local.exists():

@@ -133,7 +133,7 @@ class MetricsUpdater:
         metrics.queue_depth.set(engine.queue_depth)
         metrics.running.set(len(engine.running))
         backend = engine.backend()
-        metrics.replicas.set(backend.get("replicas_alive", 1 if engine.alive else 0))
+        metrics.replicas.set(backend["replicas_alive"])
         for replica, jobs in backend.get("replica_jobs", {}).items():
             metrics.replica_jobs.labels(replica=replica).set(jobs)
         for replica, queued in backend.get("replica_queues", {}).items():

@@ -10,6 +10,9 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .errors import InvalidRequest
+from .sources import CHECKPOINT_SUFFIXES
+
 __all__ = [
     "COMPILE_MODES",
     "DEFAULT_MODEL",
@@ -48,7 +51,7 @@ def model_name_of(source: str) -> str:
     ("stabilityai/sd-turbo" -> "sd-turbo", "builtin:tiny" -> "tiny", a checkpoint file
     "models/dreamshaper_8.safetensors" -> "dreamshaper_8")."""
     tail = source.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1].removeprefix("builtin:")
-    for suffix in (".safetensors", ".ckpt"):
+    for suffix in CHECKPOINT_SUFFIXES:
         if tail.lower().endswith(suffix):
             tail = tail[: -len(suffix)]
     cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", tail).strip("-.") or "model"
@@ -183,12 +186,28 @@ class EngineConfig:
     def default_model_name(self) -> str:
         return self.default_model or self.model_specs[0].name
 
+    @property
+    def model_names(self) -> list[str]:
+        return [spec.name for spec in self.model_specs]
+
     def model_spec(self, name: str) -> ModelSpec:
         """The model called `name`; KeyError if there is none."""
         for spec in self.model_specs:
             if spec.name == name:
                 return spec
         raise KeyError(name)
+
+    def model_named(self, model: str | None) -> str:
+        """The configured model a request's `model` means: its name (None: the default), or
+        its source, as jobs stored before models had names give it; else `InvalidRequest`."""
+        name = model or self.default_model_name
+        if name in self.model_names:
+            return name
+        for spec in self.model_specs:
+            if spec.source == name:
+                return spec.name
+        known = ", ".join(self.model_names)
+        raise InvalidRequest("model", f"There is no model called {name!r} (known: {known}).")
 
     @property
     def limits(self) -> Limits:

@@ -27,11 +27,10 @@ import torch
 
 from .config import SCHEDULERS, EngineConfig, ModelSpec
 from .request import ModelProfile
-from .sources import first_line, hub_problem, looks_local
+from .sources import CHECKPOINT_SUFFIXES, first_line, hub_problem, looks_local
 from .tiny import BUILTIN_MODELS, builtin_folder, default_cache_dir, rebuild_builtin
 
 __all__ = [
-    "CHECKPOINT_SUFFIXES",
     "LoadedModel",
     "image_to_image",
     "load_model",
@@ -43,8 +42,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The single checkpoint files a model `source` may be.
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 #: The single-file families served (diffusers' `infer_diffusers_model_type` names), their
 #: pipeline class and what operators call them.
 _SINGLE_FILE = {

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .config import EngineConfig, LoraSpec
-from .errors import EngineDead, EngineError, InvalidRequest, ShuttingDown
+from .errors import EngineDead, EngineError, ShuttingDown
 from .job import Job
 from .request import ImageRequest, ModelProfile, validate
 from .residency import Residency
@@ -142,20 +142,15 @@ class Engine:
 
     @property
     def model_names(self) -> list[str]:
-        return [spec.name for spec in self.config.model_specs]
+        return self.config.model_names
 
     def profile_of(self, model: str | None) -> ModelProfile:
         """Model `model`'s profile (None: the default's); `InvalidRequest` for a name that
         is not configured."""
         self._started()
         assert self._worker is not None
-        name = model or self.default_model
-        if name not in self._worker.model_names:  # jobs stored before models had names
-            name = next((m.name for m in self.config.model_specs if m.source == name), name)
-        profile = self._worker.profile(name) if name in self._worker.model_names else None
-        if profile is None:
-            known = ", ".join(self._worker.model_names)
-            raise InvalidRequest("model", f"There is no model called {name!r} (known: {known}).")
+        profile = self._worker.profile(self.config.model_named(model))
+        assert profile is not None  # every model loaded once at start-up
         return profile
 
     def models(self) -> list[ModelInfo]:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["first_line", "hub_problem", "looks_local"]
+__all__ = ["CHECKPOINT_SUFFIXES", "first_line", "hub_problem", "looks_local"]
+
+#: The files a model `source` may be besides a folder or a hub id: one checkpoint file.
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 
 
 def first_line(exc: BaseException) -> str:

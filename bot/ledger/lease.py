@@ -66,39 +66,40 @@ class LeaseHolder:
 
 
 class LeaseHeld(LedgerError):
-    """Another live process owns this database, or the same shard of it, or runs it with
-    another shard layout."""
+    """Another live process holds a lease this one needs: the database's, or a shard's
+    (`taken`), or any under another shard layout (`LayoutMismatch`)."""
 
-    def __init__(self, owner: LeaseHolder, now: datetime, name: str = OWNER_LEASE) -> None:
+    def __init__(self, owner: LeaseHolder, message: str) -> None:
+        super().__init__(message)
+        self.owner = owner
+
+    @classmethod
+    def taken(cls, owner: LeaseHolder, now: datetime, name: str = OWNER_LEASE) -> LeaseHeld:
+        """`owner` holds lease `name` (`OWNER_LEASE`: the whole database)."""
         who = owner.describe(now)
         if name == OWNER_LEASE:
-            text = (
+            return cls(
+                owner,
                 f"another imagine-bot is using this database ({who}): stop it first, or give "
-                "each bot its own [database] url"
+                "each bot its own [database] url",
             )
-        else:
-            text = (
-                f"another imagine-bot runs {name} on this "
-                f"database ({who}): stop it first, or give this process other [discord] "
-                "shard_ids"
-            )
-        super().__init__(text)
-        self.owner = owner
-        self.name = name
+        return cls(
+            owner,
+            f"another imagine-bot runs {name} on this database ({who}): stop it first, or "
+            "give this process other [discord] shard_ids",
+        )
 
 
 class LayoutMismatch(LeaseHeld):
     """A live process runs this database with another `[discord] shard_count`."""
 
     def __init__(self, owner: LeaseHolder, now: datetime, theirs: int, ours: int) -> None:
-        LedgerError.__init__(
-            self,
+        super().__init__(
+            owner,
             f"another imagine-bot uses this database with shard_count = {theirs} "
             f"({owner.describe(now)}), this one with {ours}: every process on one database "
             "needs the same [discord] shard_count",
         )
-        self.owner = owner
-        self.name = ""
 
 
 def _pid_running(pid: int) -> bool:
@@ -145,7 +146,7 @@ class LeaseKeeper:
             if owner.holder != self.me.holder:
                 for mine in taken:
                     await self.ledger.release_lease(self.me, mine)
-                raise LeaseHeld(owner, self.ledger.now(), name)
+                raise LeaseHeld.taken(owner, self.ledger.now(), name)
             taken.append(name)
         self._last_write = time.monotonic()
 

@@ -2,8 +2,9 @@
 
 `RayEngine` offers the bot the same calls as `Engine` (submit, progress, cancel, Busy,
 EngineDead); the requests, progress and results cross to the replicas as the engine's own
-dataclasses. Importing this package does not import Ray: `RayEngine.start()` does, so the
-`ray` extra is needed only where `[engine] backend = "ray"`.
+dataclasses. The bot's process never imports Ray: `RayEngine.start()` starts a bridge child
+process that does (`bridge.py`), so the `ray` extra is needed only where `[engine] backend
+= "ray"`, and a lost cluster cannot take the bot down with it.
 """
 
 from ..service import Engine

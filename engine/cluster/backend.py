@@ -31,7 +31,6 @@ from ..errors import (
     EngineDead,
     EngineError,
     EngineUnavailable,
-    InvalidRequest,
     ShuttingDown,
 )
 from ..job import Job, JobState, Progress
@@ -151,16 +150,13 @@ class RayEngine:
 
     @property
     def model_names(self) -> list[str]:
-        return [spec.name for spec in self.config.model_specs]
+        return self.config.model_names
 
     def profile_of(self, model: str | None) -> ModelProfile:
-        """Model `model`'s profile as the replicas loaded it; `InvalidRequest` if unknown."""
-        name = model or self.default_model
-        for info in self.models():
-            if info.name == name or info.profile.source == name:
-                return info.profile
-        known = ", ".join(self.model_names)
-        raise InvalidRequest("model", f"There is no model called {name!r} (known: {known}).")
+        """Model `model`'s profile as the replicas loaded it (they run this config, so every
+        configured model is there); `InvalidRequest` if unknown."""
+        name = self.config.model_named(model)
+        return next(info.profile for info in self.models() if info.name == name)
 
     def models(self) -> list[ModelInfo]:
         """The configured models as a replica last described them."""
