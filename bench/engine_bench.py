@@ -51,13 +51,15 @@ async def engine_rate(engine: Engine, total: int, size: int, steps: int) -> floa
     start = time.perf_counter()
     jobs = [
         engine.submit(
-            ImageRequest(
-                f"a robot painting {s}",
-                seed=s,
-                steps=steps,
-                width=size,
-                height=size,
-                user=f"user{s % 4}",
+            engine.prepare(
+                ImageRequest(
+                    f"a robot painting {s}",
+                    seed=s,
+                    steps=steps,
+                    width=size,
+                    height=size,
+                    user=f"user{s % 4}",
+                )
             )
         )
         for s in range(total)

@@ -52,8 +52,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from engine import Engine, ImageRequest, Job
-from engine.cluster import AnyEngine, RayConfig, RayEngine
+from engine import Engine, EngineClient, ImageRequest
+from engine.cluster import RayConfig, RayEngine
 
 from .report import machine, markdown_table, save, update_readme
 from .trace_bench import Arrival, engine_config, make_trace, parse_size, percentile
@@ -66,7 +66,7 @@ GOAL_ADDED_P50 = 0.10  # Ray 1 replica over local, p50 submit to image
 ROLES = ("driver", "bridge", "replicas", "ray_and_serve")
 
 
-async def warm_up(engine: AnyEngine, trace: list[Arrival], per_size: int) -> None:
+async def warm_up(engine: EngineClient, trace: list[Arrival], per_size: int) -> None:
     """First-call costs out of the way: `per_size` concurrent requests at each size (two
     per replica, so Serve's router reaches every replica)."""
     sizes = sorted({(a.width, a.height) for a in trace})
@@ -79,7 +79,7 @@ async def warm_up(engine: AnyEngine, trace: list[Arrival], per_size: int) -> Non
     )
 
 
-async def one_at_a_time(engine: AnyEngine, arrivals: list[Arrival]) -> list[float]:
+async def one_at_a_time(engine: EngineClient, arrivals: list[Arrival]) -> list[float]:
     """Submit to image for each request alone: the path's latency with nothing queued."""
     out = []
     for a in arrivals:
@@ -89,20 +89,20 @@ async def one_at_a_time(engine: AnyEngine, arrivals: list[Arrival]) -> list[floa
     return out
 
 
-async def replay(engine: AnyEngine, trace: list[Arrival]) -> dict[str, Any]:
+async def replay(engine: EngineClient, trace: list[Arrival]) -> dict[str, Any]:
     """Submit the trace on schedule; images/s over the makespan, and submit-to-image times."""
     loop = asyncio.get_running_loop()
     start = loop.time()
 
-    async def finish(job: Job, submitted: float) -> tuple[int, float, float]:
-        result = await job.result()
+    async def finish(request: ImageRequest, submitted: float) -> tuple[int, float, float]:
+        result = await engine.submit(await engine.check(request)).result()
         done = loop.time()
         return len(result.images), done - submitted, done - start
 
     waiting = []
     for a in trace:  # one submitter; sleeping is the trace's schedule, not a wait for an event
         await asyncio.sleep(max(0.0, start + a.at - loop.time()))
-        waiting.append(asyncio.create_task(finish(engine.submit(a.request()), loop.time())))
+        waiting.append(asyncio.create_task(finish(a.request(), loop.time())))
     outcomes = await asyncio.gather(*waiting)
     images = sum(n for n, _, _ in outcomes)
     latencies = [lat for _, lat, _ in outcomes]
@@ -178,7 +178,7 @@ def cpu_spent(before: dict[str, Any], after: dict[str, Any], wall: float) -> dic
 
 
 async def measure(
-    name: str, engine: AnyEngine, trace: list[Arrival], args: argparse.Namespace, replicas: int
+    name: str, engine: EngineClient, trace: list[Arrival], args: argparse.Namespace, replicas: int
 ) -> dict[str, Any]:
     """Warm up, run the idle requests one at a time, then replay the trace."""
     t0 = time.perf_counter()

@@ -155,7 +155,7 @@ async def replay(config: EngineConfig, trace: list[Arrival]) -> dict[str, Any]:
             # Sleeping is the trace's schedule here, not a wait for an event.
             await asyncio.sleep(max(0.0, start + a.at - loop.time()))
             submitted = loop.time()
-            job = engine.submit(a.request(pictures.get((a.width, a.height))))
+            job = engine.submit(engine.prepare(a.request(pictures.get((a.width, a.height)))))
             await job.result()
             done = loop.time()
             return done - submitted, done - start

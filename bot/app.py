@@ -37,8 +37,8 @@ from typing import TypeVar
 
 import discord
 
-from engine import Engine
-from engine.cluster import AnyEngine, RayEngine
+from engine import Engine, EngineClient
+from engine.cluster import RayEngine
 
 from .client import ImagineBot
 from .clock import DiscordClock
@@ -218,7 +218,7 @@ async def _prune_images(store: ImageStore, every: float = 3600.0) -> None:
 
 
 def _assemble(
-    config: BotConfig, ledger: Ledger, engine: AnyEngine
+    config: BotConfig, ledger: Ledger, engine: EngineClient
 ) -> tuple[ImagineBot, Services, JobService]:
     """The bot and what its parts share; the only place that knows the concrete client."""
     shards = config.discord.shards
@@ -298,7 +298,7 @@ async def _serve_with(
     config: BotConfig, token: str, ledger: Ledger, lease: LeaseKeeper, stop: asyncio.Event
 ) -> int:
     """`serve` once the database is open and this process owns it."""
-    engine: AnyEngine = (
+    engine: EngineClient = (
         RayEngine(config.engine, config.ray)
         if config.engine.backend == "ray"
         else Engine(config.engine)

@@ -229,7 +229,7 @@ def _precheck(config: BotConfig, request: ImageRequest, out: str) -> None:
 async def _make(config: BotConfig, request: ImageRequest, out: str) -> int:
     _precheck(config, request, out)
     async with Engine(config.engine) as engine:
-        job = engine.submit(request)
+        job = engine.submit(await engine.check(request))
         for warning in job.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         try:

@@ -5,12 +5,16 @@ from Discord's CDN hosts over HTTPS (or, with `[discord] api_base_url` pointing 
 Discord-compatible server, from that server's own host): never from an address a user
 chose. The size Discord declares is checked before the download, and the download is cut
 off at the limit and after `FETCH_TIMEOUT`, whatever the server says. Decoding is
-`engine.picture.decode_picture`, off the event loop.
+`engine.picture.decode_picture`, off the event loop on `DECODE_THREADS` threads of its own: a
+small file can hold a 40-megapixel picture (a second of CPU and ~0.5 GB to decode), so ten
+members posting one at once queue for those threads instead of taking ten times the memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -26,12 +30,27 @@ from .errors import BotError
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["CDN_HOSTS", "FETCH_TIMEOUT", "BadPicture", "PictureRef", "fetch_picture"]
+__all__ = [
+    "CDN_HOSTS",
+    "DECODE_THREADS",
+    "FETCH_TIMEOUT",
+    "BadPicture",
+    "PictureRef",
+    "fetch_picture",
+]
 
 #: Where Discord serves attachments.
 CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 #: Seconds a download may take in all.
 FETCH_TIMEOUT = 15.0
+#: Pictures decoded at once (the rest wait their turn, holding only their compressed bytes).
+DECODE_THREADS = 2
+
+
+@functools.cache
+def _decoder() -> ThreadPoolExecutor:
+    """The decoding threads (made at the first picture, shared by the process)."""
+    return ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="imagine-decode")
 
 
 class BadPicture(BotError):
@@ -81,7 +100,7 @@ async def fetch_picture(ref: PictureRef, *, api_base_url: str, max_mb: float) ->
     if data is None:
         raise BadPicture(f"That picture is larger than the limit of {limit_mb}.")
     try:
-        return await asyncio.to_thread(decode_picture, data)
+        return await asyncio.get_running_loop().run_in_executor(_decoder(), decode_picture, data)
     except InvalidRequest as exc:
         raise BadPicture(str(exc)) from None
 

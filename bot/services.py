@@ -14,7 +14,7 @@ from typing import Any, Protocol, cast
 
 import discord
 
-from engine.cluster import AnyEngine
+from engine import EngineClient
 
 from .clock import DiscordClock
 from .config import BotConfig
@@ -27,7 +27,6 @@ from .options import ImagineOptions
 from .throttle import EditThrottle, UserRateLimit
 
 __all__ = [
-    "AnyEngine",
     "Channels",
     "JobActions",
     "JobRef",
@@ -88,7 +87,7 @@ class Services:
 
     config: BotConfig
     ledger: Ledger
-    engine: AnyEngine
+    engine: EngineClient
     rules: GuildRules  # each guild's [moderation] rules, with its own /settings
     rate_limit: UserRateLimit
     clock: DiscordClock

@@ -4,6 +4,8 @@ Importing this package does not import torch; `Engine.start()` does, on its work
 The engine knows nothing of Discord: it speaks the frozen dataclasses below.
 """
 
+from .catalog import ModelInfo
+from .client import Checked, EngineClient
 from .config import DEFAULT_MODEL, SCHEDULERS, EngineConfig, Limits, LoraSpec, ModelSpec
 from .derived import (
     STRONG_VARIATION,
@@ -26,7 +28,6 @@ from .errors import (
 from .job import Job, JobState, Progress
 from .pngmeta import Parameters, format_parameters, parse_parameters, read_parameters
 from .request import (
-    ASPECT_RATIOS,
     DEFAULT_STRENGTH,
     MAX_SEED,
     MAX_STRENGTH,
@@ -40,7 +41,8 @@ from .request import (
     lora_tags,
 )
 from .result import GeneratedImage, GenerationResult
-from .service import Engine, ModelInfo
+from .service import Engine
+from .sizing import ASPECT_RATIOS, Shape
 from .stats import CallRecord, EngineStats
 
 __all__ = [
@@ -59,7 +61,9 @@ __all__ = [
     "Busy",
     "CallRecord",
     "Cancelled",
+    "Checked",
     "Engine",
+    "EngineClient",
     "EngineConfig",
     "EngineDead",
     "EngineError",
@@ -80,6 +84,7 @@ __all__ = [
     "ModelSpec",
     "Parameters",
     "Progress",
+    "Shape",
     "ShuttingDown",
     "clean_text",
     "extract_loras",

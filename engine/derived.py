@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from .config import Limits
 from .pngmeta import Parameters
-from .request import ImageRequest, fit_aspect
+from .request import ImageRequest
+from .sizing import fit_aspect
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 from .config import Limits, LoraSpec
 from .errors import InvalidRequest
+from .sizing import resolve_size
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 __all__ = [
-    "ASPECT_RATIOS",
     "DEFAULT_STRENGTH",
     "MAX_PROMPT_CHARS",
     "MAX_SEED",
@@ -32,17 +32,13 @@ __all__ = [
     "ModelProfile",
     "clean_text",
     "extract_loras",
-    "fit_aspect",
     "lora_tags",
-    "parse_aspect",
     "validate",
 ]
 
 MAX_SEED = 2**32 - 1
 #: Far above any tokenizer limit; keeps a 10 000-character paste from being tokenized at all.
 MAX_PROMPT_CHARS = 2000
-#: The aspect ratios offered to users (any "W:H" with small whole numbers is accepted).
-ASPECT_RATIOS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16")
 #: Image-to-image strength: the share of the denoising schedule run over the init image.
 MIN_STRENGTH = 0.05
 MAX_STRENGTH = 1.0
@@ -85,6 +81,8 @@ class ImageRequest:
     parameters: tuple[tuple[str, str], ...] = ()
     #: "W:H": the model's native pixel area at this aspect ratio (instead of width/height).
     aspect: str | None = None
+    #: "square", "portrait" or "landscape": the model's own sizes of that shape (`sizing`).
+    shape: str | None = None
     #: A configured model's name (None: the default model).
     model: str | None = None
     #: LoRAs and weights; `validate` adds those written `<lora:name:weight>` in the prompt.
@@ -241,23 +239,6 @@ def _resolve_loras(
     return tuple(sorted((n, float(w)) for n, w in chosen.items() if w != 0.0))
 
 
-def fit_aspect(aspect: float, area: int, limits: Limits, *, multiple: int = 8) -> tuple[int, int]:
-    """Width and height near `area` pixels at `aspect` (width / height), in multiples of
-    `multiple`, scaled (keeping the aspect) to fit between the size limits."""
-    width = math.sqrt(area * aspect)
-    height = width / aspect
-    low = -(-limits.min_size // multiple) * multiple
-    grow = max(1.0, low / width, low / height)  # a small native area: keep the aspect
-    scale = min(grow, limits.max_width / width, limits.max_height / height)
-    width, height = width * scale, height * scale
-
-    def snap(value: float, low: int, high: int) -> int:
-        snapped = max(multiple, round(value / multiple) * multiple)
-        return max(low, min(high - high % multiple, snapped))
-
-    return snap(width, low, limits.max_width), snap(height, low, limits.max_height)
-
-
 def _int_in(name: str, value: object, low: int, high: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(name, f"{what} must be a whole number, not {value!r}.")
@@ -345,17 +326,17 @@ def validate(
             "guidance", f"Guidance must be between 0 and {limits.max_guidance:g}, not {guidance:g}."
         )
 
-    width, height = request.width, request.height
     multiple = 64 if profile.family == "sdxl" else 8
-    if request.aspect is not None:
-        if width is not None or height is not None:
-            raise InvalidRequest("ar", "Give an aspect ratio or a size, not both.")
-        ratio = parse_aspect(request.aspect)
-        width, height = fit_aspect(ratio, profile.native_size**2, limits, multiple=multiple)
-    elif init is not None and width is None and height is None:
-        # The model's native area at the picture's own aspect ratio.
-        ratio = init.width / max(1, init.height)
-        width, height = fit_aspect(ratio, profile.native_size**2, limits, multiple=multiple)
+    width, height = resolve_size(
+        width=request.width,
+        height=request.height,
+        shape=request.shape,
+        aspect=request.aspect,
+        picture_aspect=None if init is None else init.width / max(1, init.height),
+        native=profile.native_size,
+        multiple=multiple,
+        limits=limits,
+    )
     sizes = {}
     for name, value, high in (
         ("width", width, limits.max_width),
@@ -381,6 +362,8 @@ def validate(
         guidance=float(guidance),
         width=sizes["width"],
         height=sizes["height"],
+        aspect=None,  # resolved into width and height: a checked request is self-consistent
+        shape=None,
         count=count,
         user=str(request.user),
         init_image=None if init is None else _fitted(init, sizes["width"], sizes["height"]),
@@ -390,16 +373,6 @@ def validate(
         chunks=chunks,
     )
     return resolved, warnings
-
-
-def parse_aspect(text: str) -> float:
-    """Width / height from "W:H" (whole numbers from 1 to 100); `InvalidRequest` otherwise."""
-    w, sep, h = str(text).strip().partition(":")
-    if not sep or not w.isdigit() or not h.isdigit() or not (0 < int(w) <= 100 >= int(h) > 0):
-        raise InvalidRequest(
-            "ar", f"The aspect ratio must look like 16:9 (whole numbers up to 100), not {text!r}."
-        )
-    return int(w) / int(h)
 
 
 def _fitted(image: Image, width: int, height: int) -> Image:

@@ -12,14 +12,16 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .config import EngineConfig, LoraSpec
+from .catalog import ModelCatalog, ModelInfo
+from .client import Checked
+from .config import EngineConfig
 from .errors import EngineDead, EngineError, ShuttingDown
 from .job import Job
-from .request import ImageRequest, ModelProfile, validate
+from .request import ImageRequest, validate
 from .residency import Residency
 from .result import GenerationResult
 from .scheduling import Lifecycle, Scheduler, make_scheduler
@@ -28,30 +30,14 @@ from .stats import EngineStats
 if TYPE_CHECKING:
     from .worker import Worker
 
-__all__ = ["Engine", "ModelInfo"]
+__all__ = ["Engine"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    """One configured model as `/models` shows it."""
-
-    profile: ModelProfile
-    loaded: bool
-    loading: bool
-    memory_bytes: int
-    loras: tuple[LoraSpec, ...]
-    default: bool
-
-    @property
-    def name(self) -> str:
-        return self.profile.name
-
-
-class Engine:
-    """`async with Engine(config) as engine: job = engine.submit(ImageRequest("a cat"))`.
+class Engine(ModelCatalog):
+    """`async with Engine(config) as engine: result = await engine.generate(ImageRequest("a cat"))`.
 
     Every configured model is loaded once at start-up (its profile learnt, its LoRAs
     checked); afterwards a request names its model and waits in the queue while it loads.
@@ -69,6 +55,7 @@ class Engine:
         self._ids = itertools.count(1)
         self._residency: Residency | None = None
         self._loras = {lora.name: lora for lora in config.loras}
+        self._checker: ThreadPoolExecutor | None = None  # where `check` runs
 
     # Lifecycle
     async def start(self) -> None:
@@ -93,6 +80,7 @@ class Engine:
         scheduler.attach(residency)
         self._residency = residency
         self._scheduler = scheduler
+        self._checker = ThreadPoolExecutor(1, thread_name_prefix="imagine-check")
         self._task = asyncio.create_task(self._run(), name="imagine-engine-loop")
 
     async def close(self, grace_s: float = 60.0) -> None:
@@ -116,6 +104,8 @@ class Engine:
         if lifecycle is not None:
             for job in lifecycle.running:
                 lifecycle.fail(job, ShuttingDown())
+        if self._checker is not None:
+            self._checker.shutdown(wait=False, cancel_futures=True)
         if self._residency is not None:
             await self._residency.close()
         if self._worker is not None:
@@ -131,28 +121,6 @@ class Engine:
         await self.close()
 
     # Introspection
-    @property
-    def profile(self) -> ModelProfile:
-        """The default model's profile."""
-        return self._started()[0].profile
-
-    @property
-    def default_model(self) -> str:
-        return self.config.default_model_name
-
-    @property
-    def model_names(self) -> list[str]:
-        return self.config.model_names
-
-    def profile_of(self, model: str | None) -> ModelProfile:
-        """Model `model`'s profile (None: the default's); `InvalidRequest` for a name that
-        is not configured."""
-        self._started()
-        assert self._worker is not None
-        profile = self._worker.profile(self.config.model_named(model))
-        assert profile is not None  # every model loaded once at start-up
-        return profile
-
     def models(self) -> list[ModelInfo]:
         """Every configured model: its profile, whether it is loaded, its memory, its LoRAs."""
         self._started()
@@ -211,8 +179,9 @@ class Engine:
         return await self._worker.with_pipeline(fn, model)
 
     # Submitting
-    def prepare(self, request: ImageRequest) -> tuple[ImageRequest, tuple[str, ...]]:
-        """Validate and resolve defaults without queueing (front ends check before reserving)."""
+    def prepare(self, request: ImageRequest) -> Checked:
+        """`check` on the calling thread (the command line and tests; the bot uses `check`,
+        which keeps tokenizing and resizing off its event loop)."""
         if self._dead is not None:
             raise self._dead
         self._started()
@@ -227,23 +196,32 @@ class Engine:
             loras=self._loras,
             count_chunks=worker.count_chunks(profile.name),
         )
-        return resolved, tuple(warnings)
+        return Checked(resolved, tuple(warnings))
 
-    async def check(self, request: ImageRequest) -> tuple[ImageRequest, tuple[str, ...]]:
-        """`prepare`, as the Ray backend offers it (where it is a call to a replica)."""
-        return self.prepare(request)
+    async def check(self, request: ImageRequest) -> Checked:
+        """Validate and resolve defaults without queueing, on the engine's checking thread:
+        one thread, so its tokenizer copies are never shared, and one check at a time, so a
+        burst of large pictures being resized holds one picture's memory, not ten."""
+        if self._checker is None:
+            self._started()
+            raise EngineError("The engine has not been started.")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._checker, self.prepare, request)
 
-    def submit(self, request: ImageRequest, *, job_id: str | None = None) -> Job:
-        """Validate and queue; raises `InvalidRequest`, `Busy` or `EngineDead` at once."""
-        resolved, warnings = self.prepare(request)
+    def submit(self, checked: Checked, *, job_id: str | None = None) -> Job:
+        """Queue a checked request as it is; raises `Busy` or `EngineDead` at once."""
+        if self._dead is not None:
+            raise self._dead
         _, scheduler = self._started()
-        job = Job(job_id or f"job-{next(self._ids)}", resolved, warnings, self._cancel)
+        job = Job(
+            job_id or f"job-{next(self._ids)}", checked.request, checked.warnings, self._cancel
+        )
         scheduler.submit(job)
         return job
 
     async def generate(self, request: ImageRequest) -> GenerationResult:
-        """Submit and wait; cancels the job if the caller is cancelled."""
-        return await self.submit(request).awaited()
+        """Check, submit and wait; cancels the job if the caller is cancelled."""
+        return await self.submit(await self.check(request)).awaited()
 
     # Internals
     def _started(self) -> tuple[Lifecycle, Scheduler]:

@@ -13,9 +13,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from engine import ASPECT_RATIOS, MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, Limits
+from engine import ASPECT_RATIOS, MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, Limits, Shape
 
-from ..options import MAX_PROMPT, ImagineOptions, Shape, parse_shape
+from ..options import MAX_PROMPT, ImagineOptions
 from ..pictures import PictureRef
 from ..services import JobActions
 
@@ -89,7 +89,7 @@ def make_imagine_cog(
                 seed=seed,
                 steps=steps,
                 guidance=guidance,
-                shape=parse_shape(size),  # a forged size is refused, not a crash
+                shape=size,  # the engine refuses a forged one (Discord offers choices)
                 count=count,
                 aspect=ar,
                 picture=None

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from engine import Busy, EngineError, ImageRequest, InvalidRequest, Job
+from engine import Busy, Checked, EngineError, ImageRequest, InvalidRequest, Job
 
 from ..errors import RateLimited, Refusal
 from ..ledger import JobKind, JobRecord, JobRequest, RefusalReason, Reservation
@@ -91,16 +91,8 @@ class Admission:
         """
         s = self.services
         rules = await s.rules.moderation(origin.guild_id)
-        try:
-            native = s.engine.profile_of(options.model).native_size
-        except InvalidRequest:  # an unknown model: refused below by `prepare`, with its name
-            native = s.engine.profile.native_size
         asked = engine_request(
-            options,
-            negative=rules.negative_prompt(options.negative),
-            native=native,
-            limits=s.engine.limits,
-            user=origin.fairness_key,
+            options, negative=rules.negative_prompt(options.negative), user=origin.fairness_key
         )
 
         async def refuse(reason: RefusalReason, text: str, detail: str | None = None) -> Refusal:
@@ -140,11 +132,11 @@ class Admission:
         if picture is not None:
             asked = replace(asked, init_image=picture)
         try:
-            request, warnings = await s.engine.check(asked)
+            checked = await s.engine.check(asked)
         except InvalidRequest as exc:
             raise await refuse(RefusalReason.INVALID, str(exc), str(exc)) from exc
         return await self._reserve_and_submit(
-            self._stored(origin, request, reroll_of), request, warnings
+            self._stored(origin, checked.request, reroll_of), checked
         )
 
     async def admit_derived(
@@ -178,10 +170,10 @@ class Admission:
         if elsewhere is not None:
             raise await refuse(RefusalReason.CHANNEL, elsewhere)
         try:
-            request, warnings = await s.engine.check(asked)
+            checked = await s.engine.check(asked)
         except InvalidRequest as exc:
             raise await refuse(RefusalReason.INVALID, str(exc)) from exc
-        return await self._reserve_and_submit(stored(request), request, warnings)
+        return await self._reserve_and_submit(stored(checked.request), checked)
 
     def _wrong_channel(self, origin: Origin, rules: Moderation) -> str | None:
         """The refusal for a channel where images may not be made, else None."""
@@ -191,20 +183,21 @@ class Admission:
         return f"Images can't be made here. Try {allowed}."
 
     def _stored(self, origin: Origin, request: ImageRequest, reroll_of: int | None) -> JobRequest:
+        """What the ledger keeps of `request` (checked, or being refused: then its model may
+        be unknown, and is stored as asked)."""
         engine = self.services.engine
         model = request.model or engine.default_model
-        try:
-            scheduler = engine.config.model_spec(model).scheduler
-        except KeyError:  # an unknown model, being refused
-            scheduler = "default"
         return ledger_request(
-            origin, request, model=model, scheduler=scheduler, reroll_of=reroll_of
+            origin,
+            request,
+            model=model,
+            scheduler=engine.scheduler_of(model),
+            reroll_of=reroll_of,
         )
 
-    async def _reserve_and_submit(
-        self, stored: JobRequest, request: ImageRequest, warnings: tuple[str, ...]
-    ) -> Admitted:
+    async def _reserve_and_submit(self, stored: JobRequest, checked: Checked) -> Admitted:
         s = self.services
+        request = checked.request
         reservation = await s.ledger.reserve(stored)
         if not reservation.accepted:
             raise refusal_for(reservation)
@@ -220,7 +213,7 @@ class Admission:
                     "The bot cannot store pictures right now; nothing was charged.",
                 ) from exc
         try:
-            engine_job = s.engine.submit(request, job_id=str(record.id))
+            engine_job = s.engine.submit(checked, job_id=str(record.id))
         except Busy as exc:
             await s.ledger.refuse(record.id, RefusalReason.QUEUE_FULL, str(exc))
             raise Refusal(
@@ -231,4 +224,4 @@ class Admission:
         except EngineError as exc:
             await s.ledger.mark_failed(record.id, str(exc))
             raise
-        return Admitted(record, engine_job, warnings)
+        return Admitted(record, engine_job, checked.warnings)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from engine import UPSCALE_FACTOR, ImageRequest, Limits, lora_tags
+from engine import UPSCALE_FACTOR, ImageRequest, lora_tags
 
 from ..ledger import JobKind, JobRecord, JobRequest
-from ..options import ImagineOptions, size_for
+from ..options import ImagineOptions
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -51,33 +51,21 @@ def fairness_key(guild_id: int, user_id: int) -> str:
     return f"{guild_id}:{user_id}"
 
 
-def engine_request(
-    options: ImagineOptions,
-    *,
-    negative: str,
-    user: str,
-    native: int = 0,
-    limits: Limits | None = None,
-) -> ImageRequest:
-    """The engine request for `options`; `negative` is the moderated negative prompt.
-
-    A shape choice needs the model's `native` size and the operator's `limits`.
-    """
-    width, height = options.width, options.height
-    if width is None and options.shape is not None:
-        assert limits is not None and native > 0, "a shape needs the native size and limits"
-        width, height = size_for(options.shape, native, limits)
+def engine_request(options: ImagineOptions, *, negative: str, user: str) -> ImageRequest:
+    """The engine request for `options`; `negative` is the moderated negative prompt. Sizes
+    (a shape, an aspect ratio) are left for the engine to resolve for the request's model."""
     return ImageRequest(
         prompt=options.prompt,
         negative_prompt=negative,
         seed=options.seed,
         steps=options.steps,
         guidance=options.guidance,
-        width=width,
-        height=height,
+        width=options.width,
+        height=options.height,
         count=options.count,
         user=user,
         aspect=options.aspect,
+        shape=options.shape,
         strength=options.strength,
         model=options.model,
     )

@@ -472,8 +472,8 @@ class JobService:
                 await give_up(self.services.ledger, record.id, reason)
                 return
         try:
-            request = resumed_request(record, picture)
-            engine_job = self.services.engine.submit(request, job_id=str(record.id))
+            checked = await self.services.engine.check(resumed_request(record, picture))
+            engine_job = self.services.engine.submit(checked, job_id=str(record.id))
         except EngineError as exc:
             log.warning("job %d: cannot resume after a restart: %s", record.id, exc)
             reason = f"could not resume after a restart: {exc}"

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..catalog import ModelCatalog, ModelInfo
+from ..client import Checked
 from ..config import EngineConfig
 from ..errors import (
     Busy,
@@ -34,9 +36,8 @@ from ..errors import (
     ShuttingDown,
 )
 from ..job import Job, JobState, Progress
-from ..request import ImageRequest, ModelProfile
+from ..request import ImageRequest
 from ..result import GenerationResult
-from ..service import ModelInfo
 from ..stats import EngineStats
 from .bridge import WATCH_INTERVAL, Bridge
 from .config import RayConfig
@@ -73,7 +74,7 @@ class _Flight:
     attempts: int = 0
 
 
-class RayEngine:
+class RayEngine(ModelCatalog):
     """`Engine`'s calls over a Ray Serve deployment (see the module doc)."""
 
     def __init__(self, config: EngineConfig, ray: RayConfig) -> None:
@@ -140,24 +141,6 @@ class RayEngine:
         await self.close()
 
     # Introspection (what the bot reads of `Engine`)
-    @property
-    def profile(self) -> ModelProfile:
-        return self.profile_of(None)
-
-    @property
-    def default_model(self) -> str:
-        return self.config.default_model_name
-
-    @property
-    def model_names(self) -> list[str]:
-        return self.config.model_names
-
-    def profile_of(self, model: str | None) -> ModelProfile:
-        """Model `model`'s profile as the replicas loaded it (they run this config, so every
-        configured model is there); `InvalidRequest` if unknown."""
-        name = self.config.model_named(model)
-        return next(info.profile for info in self.models() if info.name == name)
-
     def models(self) -> list[ModelInfo]:
         """The configured models as a replica last described them."""
         return list(self._started().models)
@@ -230,7 +213,7 @@ class RayEngine:
         return per_replica * max(1, self._replicas_alive)
 
     # Submitting
-    async def check(self, request: ImageRequest) -> tuple[ImageRequest, tuple[str, ...]]:
+    async def check(self, request: ImageRequest) -> Checked:
         """Validate on a replica (where the tokenizers are) and resolve the defaults."""
         self._open()
         answer = await self._call("check", request)
@@ -238,21 +221,22 @@ class RayEngine:
             raise answer
         return answer
 
-    def submit(self, request: ImageRequest, *, job_id: str | None = None) -> Job:
+    def submit(self, checked: Checked, *, job_id: str | None = None) -> Job:
         """Queue at once (`Busy`, `ShuttingDown`, `EngineUnavailable` raise here); the job's
         call to a replica starts on the event loop."""
         self._open()
         if len(self._flights) >= self.capacity:
             raise Busy(len(self._flights), self.capacity)
-        job = Job(job_id or f"job-{next(self._ids)}", request, (), self._cancel)
+        job_id = job_id or f"job-{next(self._ids)}"
+        job = Job(job_id, checked.request, checked.warnings, self._cancel)
         flight = _Flight(job)
         self._flights[job.id] = flight
         flight.task = asyncio.create_task(self._fly(flight), name=f"ray-job-{job.id}")
         return job
 
     async def generate(self, request: ImageRequest) -> GenerationResult:
-        """Submit and wait; cancels the job if the caller is cancelled."""
-        return await self.submit(request).awaited()
+        """Check, submit and wait; cancels the job if the caller is cancelled."""
+        return await self.submit(await self.check(request)).awaited()
 
     # One job
     async def _fly(self, flight: _Flight) -> None:
@@ -294,7 +278,7 @@ class RayEngine:
         bridge = self._bridge
         assert bridge is not None
         flight.replica = None
-        events = bridge.run(job.id, job.request, PREVIEW_EVERY)
+        events = bridge.run(job.id, Checked(job.request, job.warnings), PREVIEW_EVERY)
         flight.streaming = True
         try:
             while True:

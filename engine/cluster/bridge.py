@@ -23,9 +23,9 @@ import struct
 import sys
 from typing import Any
 
+from ..client import Checked
 from ..config import EngineConfig
 from ..errors import EngineError, EngineUnavailable
-from ..request import ImageRequest
 from ..sources import first_line
 from .config import RayConfig
 from .wire import ReplicaInfo
@@ -108,14 +108,14 @@ class Bridge:
             self._calls.pop(rid, None)
 
     def run(
-        self, job_id: str, request: ImageRequest, preview_every: float
+        self, job_id: str, checked: Checked, preview_every: float
     ) -> asyncio.Queue[tuple[str, Any]]:
         """Start a job's stream; its events come on the queue: ("event", ReplicaEvent), then
         one of ("ended" | "cancelled" | "lost" | "failed", text)."""
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._jobs[job_id] = queue
         if self._alive:
-            self._send(("run", job_id, request, preview_every))
+            self._send(("run", job_id, checked, preview_every))
         else:
             queue.put_nowait(("lost", "the Ray cluster cannot be reached"))
         return queue
@@ -248,11 +248,11 @@ async def _child() -> None:
             if kind == "call":
                 spawn(answer(*message[1:]))
             elif kind == "run":
-                _, job_id, request, every = message
+                _, job_id, checked, every = message
                 spawn(
                     client.run(
                         job_id,
-                        request,
+                        checked,
                         every,
                         lambda what, payload, j=job_id: send(("job", j, what, payload)),
                     )

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ..client import Checked
 from ..config import EngineConfig
 from ..errors import EngineError
 from ..job import JobState
@@ -62,27 +63,25 @@ class EngineReplica:
         engine = self.engine
         return ReplicaInfo(self.load(), self.fingerprint, engine.scheduling, tuple(engine.models()))
 
-    async def check(
-        self, request: ImageRequest
-    ) -> tuple[ImageRequest, tuple[str, ...]] | EngineError:
-        """`Engine.prepare` here, where the tokenizers are; a refusal is returned, not
+    async def check(self, request: ImageRequest) -> Checked | EngineError:
+        """`Engine.check` here, where the tokenizers are; a refusal is returned, not
         raised (an expected answer, not a failure for Serve to log)."""
         try:
-            return self.engine.prepare(request)
+            return await self.engine.check(request)
         except EngineError as exc:
             return exc
 
     async def generate(
-        self, request: ImageRequest, job_id: str, preview_every: float
+        self, checked: Checked, job_id: str, preview_every: float
     ) -> AsyncIterator[ReplicaEvent]:
         """Queue the request and stream its progress, then its end (see `ReplicaEvent`).
 
         A preview of the latents is asked for at most every `preview_every` seconds while it
         runs (the bot cannot ask mid-stream; it shows the newest one at its next edit).
         """
-        await self.note_model(request.model or self.engine.default_model)
+        await self.note_model(checked.request.model or self.engine.default_model)
         try:
-            job = self.engine.submit(request, job_id=job_id)
+            job = self.engine.submit(checked, job_id=job_id)
         except EngineError as exc:
             yield ReplicaEvent(self.load(), error=exc)
             return

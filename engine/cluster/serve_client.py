@@ -14,9 +14,9 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from ..client import Checked
 from ..config import EngineConfig
 from ..errors import EngineError, EngineUnavailable
-from ..request import ImageRequest
 from ..sources import first_line
 from .config import RayConfig
 from .replica import DEPLOYMENT, config_hash, deployment
@@ -78,14 +78,12 @@ class ServeClient:
         except self._errors["lost"] as exc:
             raise EngineUnavailable(f"no replica answered: {first_line(exc)}") from None
 
-    async def run(
-        self, job_id: str, request: ImageRequest, preview_every: float, emit: Emit
-    ) -> None:
+    async def run(self, job_id: str, checked: Checked, preview_every: float, emit: Emit) -> None:
         """Stream one job from a replica: `emit("event", ReplicaEvent)` for each event, then
         its end (see `Emit`)."""
-        model = request.model or self.config.default_model_name
+        model = checked.request.model or self.config.default_model_name
         handle = self._handle.options(stream=True, multiplexed_model_id=model)
-        response = handle.generate.remote(request, job_id, preview_every)
+        response = handle.generate.remote(checked, job_id, preview_every)
         self._responses[job_id] = response
         try:
             async for event in response:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..catalog import ModelInfo
 from ..errors import EngineError
 from ..job import Progress
 from ..result import GenerationResult
-from ..service import ModelInfo
 
 __all__ = ["ReplicaEvent", "ReplicaInfo", "ReplicaLoad"]
 

@@ -225,3 +225,32 @@ async def test_models_and_loras_chosen_from_discord(world: World) -> None:
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id_of(again))
         assert job.model == "other" and job.prompt == params.prompt
+
+
+async def test_aspect_ratio_and_shape_from_discord(world: World) -> None:
+    """`ar:` and `size:` are resolved once, by the engine, for the request's model: the
+    request `check` returns is the one queued (a second validation once refused every `ar:`)."""
+    carol, server = world.carol, world.server
+    before = await used(world, carol.id)
+    wide = await wait_result(
+        await server.invoke(
+            "imagine", user=carol, options={"prompt": "a wide valley", "ar": "16:9", "steps": 2}
+        )
+    )
+    assert size_of(wide.attachments[0].data) == (112, 64)  # 16:9 near the 64² native area
+    tall = await wait_result(
+        await server.invoke(
+            "imagine", user=carol, options={"prompt": "a tall tower", "size": "portrait"}
+        )
+    )
+    assert size_of(tall.attachments[0].data) == (64, 96)
+    again = await wait_result(await press(world, wide, "reroll", carol))
+    assert size_of(again.attachments[0].data) == (112, 64)  # the ledger keeps the size
+    assert await used(world, carol.id) == before + 3
+
+    both = await server.invoke(
+        "imagine", user=carol, options={"prompt": "a fox", "ar": "16:9", "size": "square"}
+    )
+    note = await both.wait_for_original()
+    assert both.ephemeral and "not both" in note.content, note.content
+    assert await used(world, carol.id) == before + 3  # refused: nothing charged

@@ -27,7 +27,7 @@ from bot.config import ModerationSettings
 from bot.errors import describe
 from bot.jobs.convert import engine_request
 from bot.moderation import Moderation, Verdict
-from bot.options import ImagineOptions, InvalidShape, Shape, parse_shape
+from bot.options import ImagineOptions
 from engine import (
     MAX_SEED,
     GeneratedImage,
@@ -38,6 +38,7 @@ from engine import (
     ModelProfile,
 )
 from engine.request import MAX_PROMPT_CHARS, validate
+from engine.sizing import Shape, parse_shape
 
 LIMITS = Limits(max_width=768, max_height=768, min_size=64, max_steps=50, max_count=4)
 PROFILE = ModelProfile(
@@ -78,13 +79,7 @@ options = st.builds(
 
 def admit(asked: ImagineOptions) -> tuple[ImageRequest, tuple[str, ...]] | str:
     """The request the engine would queue, or the text the user would read."""
-    request = engine_request(
-        asked,
-        negative=MODERATION.negative_prompt(asked.negative),
-        native=PROFILE.native_size,
-        limits=LIMITS,
-        user="1:2",
-    )
+    request = engine_request(asked, negative=MODERATION.negative_prompt(asked.negative), user="1:2")
     if MODERATION.blocked_word(asked.prompt, asked.negative) is not None:
         return "blocked"
     try:
@@ -177,7 +172,7 @@ def test_any_size_but_the_choices_is_refused_clearly(size: str) -> None:
     if not size:
         assert parse_shape(size) is None  # no size: the model's native square
         return
-    with pytest.raises(InvalidShape) as info:
+    with pytest.raises(InvalidRequest) as info:
         parse_shape(size)
     message = describe(info.value).text
     assert "not a valid size" in message and "square, portrait, landscape" in message

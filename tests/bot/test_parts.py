@@ -14,9 +14,9 @@ from bot.cli import default_to_run
 from bot.clock import DiscordClock
 from bot.errors import NotModerator, Refusal, describe
 from bot.ledger import DayUsage, RefusalReason, UsageSummary
-from bot.options import Shape, size_for
 from bot.throttle import EditThrottle
 from engine import Busy, InvalidRequest, Limits
+from engine.sizing import Shape, size_for
 
 
 @pytest.mark.parametrize(

@@ -101,7 +101,7 @@ async def test_replicas_give_the_local_engines_images_with_progress(
     assert engine.alive and engine.replicas_alive == 2 and engine.scheduling == "batch"
     assert [m.name for m in engine.models()] == ["tiny"] and engine.profile.native_size == 64
     asks = [request("a cat", seed=3, user="a"), request("a dog", seed=9, user="b")]
-    jobs = [engine.submit(ask) for ask in asks]
+    jobs = [engine.submit(await engine.check(ask)) for ask in asks]
     seen: list[set[JobState]] = [set(), set()]
 
     async def follow(i: int) -> None:
@@ -111,7 +111,7 @@ async def test_replicas_give_the_local_engines_images_with_progress(
     await asyncio.gather(follow(0), follow(1))
     for i, ask in enumerate(asks):
         result = await jobs[i].result()
-        expected = await local.generate((await local.check(ask))[0])
+        expected = await local.generate((await local.check(ask)).request)
         assert_same_images(result, expected)  # the two may share a batch on one replica
         assert {JobState.RUNNING, JobState.DONE} <= seen[i]
     assert engine.stats.images == 2 and not engine.running and engine.queue_depth == 0
@@ -122,12 +122,12 @@ async def test_a_refused_request_is_refused_by_the_replica(engine: RayEngine) ->
 
     with pytest.raises(InvalidRequest, match="Steps must be between 1 and 50"):
         await engine.check(request("x", seed=1, steps=500))
-    resolved, _ = await engine.check(ImageRequest("a cat"))
+    resolved = (await engine.check(ImageRequest("a cat"))).request
     assert resolved.model == "tiny" and resolved.steps and resolved.width == 64
 
 
 async def test_cancel_reaches_the_replica(engine: RayEngine) -> None:
-    job = engine.submit(request("a long one", seed=5, steps=50))
+    job = engine.submit(await engine.check(request("a long one", seed=5, steps=50)))
     async for progress in job.updates():
         if progress.step >= 1:
             break
@@ -157,7 +157,7 @@ async def test_a_replica_killed_mid_job_runs_it_again_once(
     caplog.set_level(logging.INFO, "engine.cluster")
     before = engine.stats.images
     ask = request("a storm", seed=21, steps=40)
-    job = engine.submit(ask)
+    job = engine.submit(await engine.check(ask))
     async for progress in job.updates():
         if progress.step >= 2:
             break
@@ -165,7 +165,7 @@ async def test_a_replica_killed_mid_job_runs_it_again_once(
     assert replica is not None and replica.pid != os.getpid()
     os.kill(replica.pid, signal.SIGKILL)
     result = await asyncio.wait_for(job.result(), JOB_TIMEOUT)
-    expected = await local.generate((await local.check(ask))[0])
+    expected = await local.generate((await local.check(ask)).request)
     assert [im.png for im in result.images] == [im.png for im in expected.images]  # alone
     assert engine.stats.images == before + 1  # delivered and counted once
     assert "its replica was lost" in caplog.text
@@ -218,7 +218,7 @@ async def test_a_lost_cluster_makes_the_engine_unavailable_until_it_is_back(
     second = None
     try:
         ask = request("through the outage", seed=33, steps=40)
-        job = engine.submit(ask)
+        job = engine.submit(await engine.check(ask))
         async for progress in job.updates():
             if progress.step >= 1:
                 break
@@ -228,10 +228,10 @@ async def test_a_lost_cluster_makes_the_engine_unavailable_until_it_is_back(
                 break
         assert not engine.alive and engine.backend()["reachable"] is False
         with pytest.raises(EngineUnavailable):
-            engine.submit(request("during the outage", seed=1))
+            engine.submit(await engine.check(request("during the outage", seed=1)))
         second = Cluster(initialize_head=True, head_node_args=head)  # back, same address
         result = await asyncio.wait_for(job.result(), 300)
-        expected = await local.generate((await local.check(ask))[0])
+        expected = await local.generate((await local.check(ask)).request)
         assert [im.png for im in result.images] == [im.png for im in expected.images]  # alone
         assert engine.alive and engine.stats.images == 1
     finally:

@@ -83,9 +83,15 @@ async def test_a_compiled_engine_matches_stock_and_never_recompiles_after_warm_u
         warmed = counters["stats"]["unique_graphs"]
         assert warmed >= 1  # the bucket's graph, compiled before the first request
         jobs = [
-            engine.submit(ImageRequest("a kite", seed=3, steps=3, guidance=7.0, user="a")),
-            engine.submit(ImageRequest("a boat", seed=5, steps=2, guidance=1.0, user="b")),
-            engine.submit(ImageRequest("two owls", seed=8, steps=2, guidance=4.0, count=2)),
+            engine.submit(
+                engine.prepare(ImageRequest("a kite", seed=3, steps=3, guidance=7.0, user="a"))
+            ),
+            engine.submit(
+                engine.prepare(ImageRequest("a boat", seed=5, steps=2, guidance=1.0, user="b"))
+            ),
+            engine.submit(
+                engine.prepare(ImageRequest("two owls", seed=8, steps=2, guidance=4.0, count=2))
+            ),
         ]
         results = await asyncio.gather(*(job.result() for job in jobs))
         assert counters["stats"]["unique_graphs"] == warmed  # no compile after the warm-up

@@ -21,7 +21,7 @@ async def test_a_batched_image_equals_the_same_request_alone(make_engine: Engine
         ImageRequest("a watercolour cat", negative_prompt="blurry", seed=22, user="bob"),
         ImageRequest("a castle at night", seed=33, user="carol"),
     ]
-    jobs = [engine.submit(r) for r in requests]
+    jobs = [engine.submit(engine.prepare(r)) for r in requests]
     batched = [await job.result() for job in jobs]
     assert {r.batch_images for r in batched} == {4}  # they really shared one pipeline call
 
@@ -38,7 +38,9 @@ async def test_a_batched_image_equals_the_same_request_alone(make_engine: Engine
 
 async def test_images_carry_their_parameters_and_the_drawn_seed(make_engine: EngineFactory) -> None:
     engine = await make_engine()
-    job = engine.submit(ImageRequest("a robot, painting", negative_prompt="ugly", user="u"))
+    job = engine.submit(
+        engine.prepare(ImageRequest("a robot, painting", negative_prompt="ugly", user="u"))
+    )
     assert job.request.seed is not None  # drawn at submit, so the caller can report it
     result = await job.result()
     image = result.images[0]
@@ -60,9 +62,9 @@ async def test_progress_reports_queue_position_steps_and_a_preview(
     make_engine: EngineFactory,
 ) -> None:
     engine = await make_engine(max_batch_size=1, max_count=1, batch_wait_ms=0)
-    first = engine.submit(ImageRequest("first", seed=1, steps=12, user="a"))
-    second = engine.submit(ImageRequest("second", seed=2, steps=6, user="b"))
-    third = engine.submit(ImageRequest("third", seed=3, steps=6, user="c"))
+    first = engine.submit(engine.prepare(ImageRequest("first", seed=1, steps=12, user="a")))
+    second = engine.submit(engine.prepare(ImageRequest("second", seed=2, steps=6, user="b")))
+    third = engine.submit(engine.prepare(ImageRequest("third", seed=3, steps=6, user="c")))
     assert (second.progress.position, third.progress.position) == (2, 3)
 
     third.request_preview()
@@ -87,11 +89,11 @@ async def test_progress_reports_queue_position_steps_and_a_preview(
 
 async def test_a_full_queue_refuses_at_once(make_engine: EngineFactory) -> None:
     engine = await make_engine(max_queue=2, max_batch_size=1, max_count=1, batch_wait_ms=0)
-    running = engine.submit(ImageRequest("long", steps=40, user="a"))
+    running = engine.submit(engine.prepare(ImageRequest("long", steps=40, user="a")))
     await until_running(running)
-    queued = [engine.submit(ImageRequest("q", user=f"u{i}")) for i in range(2)]
+    queued = [engine.submit(engine.prepare(ImageRequest("q", user=f"u{i}"))) for i in range(2)]
     with pytest.raises(Busy, match="queue is full"):
-        engine.submit(ImageRequest("one too many", user="z"))
+        engine.submit(engine.prepare(ImageRequest("one too many", user="z")))
     running.cancel()
     for job in queued:
         await job.result()
@@ -101,9 +103,9 @@ async def test_cancelling_a_queued_job_takes_it_out_of_the_queue(
     make_engine: EngineFactory,
 ) -> None:
     engine = await make_engine(max_batch_size=1, max_count=1, batch_wait_ms=0)
-    running = engine.submit(ImageRequest("running", steps=20, user="a"))
+    running = engine.submit(engine.prepare(ImageRequest("running", steps=20, user="a")))
     await until_running(running)
-    waiting = engine.submit(ImageRequest("waiting", user="b"))
+    waiting = engine.submit(engine.prepare(ImageRequest("waiting", user="b")))
     assert engine.queue_depth >= 1
     assert waiting.cancel()
     with pytest.raises(Cancelled):
@@ -117,7 +119,7 @@ async def test_cancelling_a_queued_job_takes_it_out_of_the_queue(
 
 async def test_cancelling_a_whole_running_batch_interrupts_it(make_engine: EngineFactory) -> None:
     engine = await make_engine(max_steps=200)
-    job = engine.submit(ImageRequest("long", steps=200, user="a"))
+    job = engine.submit(engine.prepare(ImageRequest("long", steps=200, user="a")))
     last_step = 0
     async for progress in job.updates():
         if progress.state is JobState.RUNNING and progress.step >= 2 and not job.cancel_requested:
@@ -132,7 +134,7 @@ async def test_cancelling_a_whole_running_batch_interrupts_it(make_engine: Engin
 
 async def test_the_event_loop_keeps_ticking_while_a_batch_runs(make_engine: EngineFactory) -> None:
     engine = await make_engine()
-    job = engine.submit(ImageRequest("busy", steps=30, count=4, user="a"))
+    job = engine.submit(engine.prepare(ImageRequest("busy", steps=30, count=4, user="a")))
     loop = asyncio.get_running_loop()
     gaps: list[float] = []
 
@@ -155,15 +157,15 @@ async def test_close_finishes_the_running_batch_and_releases_the_queue(
     make_engine: EngineFactory,
 ) -> None:
     engine = await make_engine(max_batch_size=1, max_count=1, batch_wait_ms=0)
-    running = engine.submit(ImageRequest("running", steps=10, user="a"))
+    running = engine.submit(engine.prepare(ImageRequest("running", steps=10, user="a")))
     await until_running(running)
-    queued = engine.submit(ImageRequest("queued", user="b"))
+    queued = engine.submit(engine.prepare(ImageRequest("queued", user="b")))
     await engine.close()
     assert len((await running.result()).images) == 1  # finished, not thrown away
     with pytest.raises(ShuttingDown):  # not a failure: a front end keeps it for a restart
         await queued.result()
     with pytest.raises(ShuttingDown):
-        engine.submit(ImageRequest("later", user="c"))
+        engine.submit(engine.prepare(ImageRequest("later", user="c")))
 
 
 @pytest.mark.parametrize("scheduling", ["batch", "step"])
@@ -172,7 +174,7 @@ async def test_close_fails_what_still_runs_after_the_grace_period(
 ) -> None:
     engine = await make_engine(max_steps=100, scheduling=scheduling)
     assert engine.scheduling == scheduling
-    running = engine.submit(ImageRequest("long", steps=100, user="a"))
+    running = engine.submit(engine.prepare(ImageRequest("long", steps=100, user="a")))
     await until_running(running)
     await engine.close(grace_s=0.01)
     with pytest.raises(ShuttingDown):  # ended, not left hanging

@@ -41,7 +41,7 @@ async def test_an_out_of_memory_batch_is_split_until_it_fits(make_engine: Engine
     alone = [await engine.generate(r) for r in requests]  # before the "GPU" shrinks
 
     await engine.run_in_worker(lambda pipe: limit_unet_batch(pipe, 2))  # CFG: 1 image = 2
-    jobs = [engine.submit(r) for r in requests]
+    jobs = [engine.submit(engine.prepare(r)) for r in requests]
     results = [await job.result() for job in jobs]
     assert engine.stats.splits == 3  # 4 -> 2 + 2 -> 1 + 1 + 1 + 1
     for a, b in zip(alone, results, strict=True):
@@ -64,8 +64,10 @@ async def test_a_request_that_always_fails_fails_alone(make_engine: EngineFactor
         pipe.text_encoder.register_forward_pre_hook(hook)
 
     await engine.run_in_worker(install)
-    good = [engine.submit(ImageRequest(f"fine {i}", user=f"u{i}")) for i in range(3)]
-    bad = engine.submit(ImageRequest(poison, user="mallory"))
+    good = [
+        engine.submit(engine.prepare(ImageRequest(f"fine {i}", user=f"u{i}"))) for i in range(3)
+    ]
+    bad = engine.submit(engine.prepare(ImageRequest(poison, user="mallory")))
     for job in good:
         assert len((await job.result()).images) == 1
     with pytest.raises(GenerationFailed) as info:
@@ -97,15 +99,15 @@ async def test_a_dead_worker_fails_everything_pending_and_later(
         pipe.unet.register_forward_pre_hook(hook)
 
     await engine.run_in_worker(poison_context)
-    running = engine.submit(ImageRequest("first", user="a"))
+    running = engine.submit(engine.prepare(ImageRequest("first", user="a")))
     await until_running(running)
-    queued = engine.submit(ImageRequest("second", user="b"))
+    queued = engine.submit(engine.prepare(ImageRequest("second", user="b")))
     for job in (running, queued):
         with pytest.raises(EngineDead):
             await job.result()
     assert not engine.alive
     with pytest.raises(EngineDead, match=error.partition(": ")[2]):
-        engine.submit(ImageRequest("later", user="c"))
+        engine.submit(engine.prepare(ImageRequest("later", user="c")))
 
 
 async def test_a_model_that_cannot_load_is_a_clear_error(tiny_config: EngineConfig) -> None:

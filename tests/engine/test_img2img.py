@@ -20,7 +20,8 @@ from PIL import Image
 
 from engine import EngineConfig, ImageRequest, InvalidRequest, Job, Limits, ModelProfile
 from engine.loader import LoadedModel, image_to_image, load_model
-from engine.request import DEFAULT_STRENGTH, fit_aspect, validate
+from engine.request import DEFAULT_STRENGTH, validate
+from engine.sizing import fit_aspect
 from engine.stepper import Sample, Stepper
 
 from .conftest import (
@@ -124,11 +125,15 @@ async def test_step_mode_runs_image_and_text_requests_in_shared_ticks(
     make_engine: EngineFactory, tiny_config: EngineConfig, stock_models: StockModels
 ) -> None:
     engine = await make_engine(scheduling="step", batch_wait_ms=0)
-    text = engine.submit(ImageRequest("a kite", seed=2, steps=6, guidance=7.0, user="a"))
+    text = engine.submit(
+        engine.prepare(ImageRequest("a kite", seed=2, steps=6, guidance=7.0, user="a"))
+    )
     await until_running(text)
     image = engine.submit(
-        ImageRequest(
-            "a kite at dusk", seed=4, steps=6, guidance=7.0, init_image=picture(6), user="b"
+        engine.prepare(
+            ImageRequest(
+                "a kite at dusk", seed=4, steps=6, guidance=7.0, init_image=picture(6), user="b"
+            )
         )
     )
     first, second = await asyncio.gather(text.result(), image.result())
@@ -146,9 +151,13 @@ async def test_batch_mode_batches_image_requests_and_each_matches_stock(
 ) -> None:
     engine = await make_engine(scheduling="batch", batch_wait_ms=200, max_batch_size=8)
     jobs = [
-        engine.submit(from_image("a fox", picture(7), 0.5, seed=1, user="a", count=2)),
-        engine.submit(from_image("a hare", picture(8), 0.5, seed=5, user="b")),
-        engine.submit(resolved("a stoat", seed=9, user="c")),  # text: a call of its own
+        engine.submit(
+            engine.prepare(from_image("a fox", picture(7), 0.5, seed=1, user="a", count=2))
+        ),
+        engine.submit(engine.prepare(from_image("a hare", picture(8), 0.5, seed=5, user="b"))),
+        engine.submit(
+            engine.prepare(resolved("a stoat", seed=9, user="c"))
+        ),  # text: a call of its own
     ]
     results = await asyncio.gather(*(job.result() for job in jobs))
     calls = [c.images for c in engine.stats.recent_calls]

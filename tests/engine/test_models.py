@@ -93,7 +93,7 @@ async def test_alternating_models_with_one_loaded_each_equal_their_model_alone(
         _request("a", 3, "a red fox <lora:ink>"),
         _request("b", 4),
     ]
-    jobs = [engine.submit(request) for request in asked]
+    jobs = [engine.submit(engine.prepare(request)) for request in asked]
     said_loading: set[str] = set()
 
     async def watch(job_index: int) -> None:
@@ -136,7 +136,7 @@ async def test_a_batch_never_mixes_models_or_lora_sets(
         _request("a", 2, "a red fox <lora:ink:0.5>"),
         _request("a", 3),
     ]
-    jobs = [engine.submit(request) for request in asked]
+    jobs = [engine.submit(engine.prepare(request)) for request in asked]
     await asyncio.gather(*(job.result() for job in jobs))
     # a (two plain requests together), a with the LoRA, b: three calls, not one.
     assert engine.stats.batches == 3
@@ -153,7 +153,7 @@ async def test_a_second_engine_model_and_lora_names_are_checked(
         engine.prepare(_request("a", 1, "a fox <lora:nope:0.5>"))
     with pytest.raises(InvalidRequest, match="does not fit the model b"):
         engine.prepare(_request("b", 1, "a fox <lora:ink>"))
-    resolved, _ = engine.prepare(_request("a", 1, "a fox <lora:ink:0.3>"))
+    resolved = engine.prepare(_request("a", 1, "a fox <lora:ink:0.3>")).request
     assert resolved.prompt == "a fox" and resolved.loras == (("ink", 0.3),)
 
 
@@ -187,7 +187,7 @@ async def test_prompt_weights_and_long_prompts(make_engine: EngineFactory, sched
         _request("tiny", 7, "a (robot:1.5) in the rain"),
         _request("tiny", 7, long),
     ]
-    jobs = [engine.submit(request) for request in asked]
+    jobs = [engine.submit(engine.prepare(request)) for request in asked]
     same, plain, heavy, chunked = [(await job.result()).images[0] for job in jobs]
     assert jobs[3].request.chunks >= 2 and jobs[0].request.chunks == 1
     assert np.array_equal(pixels(same.png), pixels(plain.png))  # weight 1.0 changes nothing

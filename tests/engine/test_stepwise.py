@@ -117,7 +117,7 @@ async def test_a_late_request_joins_running_ones_and_finishes_first(
     step_engine: EngineFactory, tiny_config: EngineConfig, stock_models: StockModels
 ) -> None:
     engine = await step_engine(scheduler="euler_a", max_batch_size=4)
-    long = engine.submit(ImageRequest("a long walk", seed=3, steps=12, user="a"))
+    long = engine.submit(engine.prepare(ImageRequest("a long walk", seed=3, steps=12, user="a")))
     long.request_preview()
     steps: list[int] = []
     previews: list[bytes] = []
@@ -127,9 +127,15 @@ async def test_a_late_request_joins_running_ones_and_finishes_first(
         if progress.step >= 2:
             break
     short = engine.submit(
-        ImageRequest("a sprint", negative_prompt="rain", seed=7, steps=3, guidance=1.0, user="b")
+        engine.prepare(
+            ImageRequest(
+                "a sprint", negative_prompt="rain", seed=7, steps=3, guidance=1.0, user="b"
+            )
+        )
     )
-    pair = engine.submit(ImageRequest("twins", seed=40, steps=4, guidance=5.0, count=2, user="c"))
+    pair = engine.submit(
+        engine.prepare(ImageRequest("twins", seed=40, steps=4, guidance=5.0, count=2, user="c"))
+    )
 
     short_result = await short.result()
     assert not long.done() and long.progress.step < 12  # it did not wait for the long one
@@ -151,9 +157,13 @@ async def test_sizes_take_turns_and_a_wide_image_matches_stock(
     step_engine: EngineFactory, tiny_config: EngineConfig, stock_models: StockModels
 ) -> None:
     engine = await step_engine()
-    square = engine.submit(ImageRequest("square", seed=1, steps=3, guidance=1.0, user="a"))
+    square = engine.submit(
+        engine.prepare(ImageRequest("square", seed=1, steps=3, guidance=1.0, user="a"))
+    )
     wide = engine.submit(
-        ImageRequest("wide", seed=2, steps=3, guidance=4.0, width=80, height=64, user="b")
+        engine.prepare(
+            ImageRequest("wide", seed=2, steps=3, guidance=4.0, width=80, height=64, user="b")
+        )
     )
     results = [await square.result(), await wide.result()]
     sizes = [call.size for call in engine.stats.recent_calls if call.kind == "tick"]
@@ -170,9 +180,11 @@ async def test_cancelling_a_running_request_frees_its_slot_at_the_next_tick(
     step_engine: EngineFactory,
 ) -> None:
     engine = await step_engine(max_batch_size=2, max_count=1)
-    first = engine.submit(ImageRequest("first", steps=20, guidance=1.0, user="a"))
-    second = engine.submit(ImageRequest("second", steps=20, guidance=1.0, user="b"))
-    waiting = engine.submit(ImageRequest("waiting", steps=2, guidance=1.0, user="c"))
+    first = engine.submit(engine.prepare(ImageRequest("first", steps=20, guidance=1.0, user="a")))
+    second = engine.submit(engine.prepare(ImageRequest("second", steps=20, guidance=1.0, user="b")))
+    waiting = engine.submit(
+        engine.prepare(ImageRequest("waiting", steps=2, guidance=1.0, user="c"))
+    )
     async for progress in first.updates():
         if progress.step >= 2:
             break
@@ -190,11 +202,13 @@ async def test_cancelling_a_running_request_frees_its_slot_at_the_next_tick(
 async def test_a_flood_from_one_user_does_not_starve_another(step_engine: EngineFactory) -> None:
     engine = await step_engine(max_batch_size=2, max_count=1)
     flood = [
-        engine.submit(ImageRequest(f"flood {i}", steps=2, guidance=1.0, user="flood"))
+        engine.submit(
+            engine.prepare(ImageRequest(f"flood {i}", steps=2, guidance=1.0, user="flood"))
+        )
         for i in range(6)
     ]
     await until_running(flood[0])
-    solo = engine.submit(ImageRequest("solo", steps=2, guidance=1.0, user="solo"))
+    solo = engine.submit(engine.prepare(ImageRequest("solo", steps=2, guidance=1.0, user="solo")))
     assert solo.progress.position == 1  # ahead of the flood's queued requests
     await solo.result()
     assert solo.started_at is not None
@@ -240,8 +254,10 @@ async def test_a_failing_request_fails_alone_and_the_others_match_stock(
         pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
 
     await engine.run_in_worker(install)
-    good = [engine.submit(resolved(f"fine {i}", seed=i, user=f"u{i}")) for i in range(3)]
-    bad = engine.submit(resolved(poison, user="mallory"))
+    good = [
+        engine.submit(engine.prepare(resolved(f"fine {i}", seed=i, user=f"u{i}"))) for i in range(3)
+    ]
+    bad = engine.submit(engine.prepare(resolved(poison, user="mallory")))
     with pytest.raises(GenerationFailed) as info:
         await bad.result()
     assert isinstance(info.value.original, RuntimeError)
@@ -268,7 +284,7 @@ async def test_out_of_memory_splits_once_then_chunks_later_ticks(
         pipe.unet.register_forward_pre_hook(hook)
 
     await engine.run_in_worker(limit_rows)
-    jobs = [engine.submit(r) for r in requests]
+    jobs = [engine.submit(engine.prepare(r)) for r in requests]
     results = [await job.result() for job in jobs]
     assert engine.stats.splits == 3  # the first tick only: 4 -> 2 + 2 -> 1 + 1 + 1 + 1
     for a, b in zip(alone, results, strict=True):
@@ -316,9 +332,13 @@ async def test_sdxl_runs_through_the_step_loop(
     config = dataclasses.replace(tiny_config, model=str(sdxl_folder), scheduling="step")
     async with Engine(config) as engine:
         assert engine.profile.family == "sdxl" and engine.scheduling == "step"
-        first = engine.submit(ImageRequest("a desert", seed=4, steps=4, guidance=5.0, user="a"))
+        first = engine.submit(
+            engine.prepare(ImageRequest("a desert", seed=4, steps=4, guidance=5.0, user="a"))
+        )
         await until_running(first)
-        second = engine.submit(ImageRequest("an oasis", seed=9, steps=2, guidance=5.0, user="b"))
+        second = engine.submit(
+            engine.prepare(ImageRequest("an oasis", seed=9, steps=2, guidance=5.0, user="b"))
+        )
         results = await asyncio.gather(first.result(), second.result())
     model = stock_models(dataclasses.replace(config, scheduling="batch"))
     for job, result in zip((first, second), results, strict=True):
