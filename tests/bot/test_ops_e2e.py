@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 import pytest_asyncio
-from prometheus_client.parser import text_string_to_metric_families
 
 from bot.ledger import JobStatus, RefusalReason
 from testkit.jobs import job_id_of, read_ledger, wait_result
+from testkit.ops import Samples, ops_address, read_metrics
+from testkit.ops import get as ops_get
 from testkit.world import NewWorld, World
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("clean_world")]
@@ -32,25 +33,16 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
     async with new_world(guild="Ops Club", users=("alice", "bob", "carol", "dave")) as world:
         world.configure(moderation={"commands_per_minute": LIMIT}, ops={"listen": "127.0.0.1:0"})
         async with world.running_bot() as bot:
-            line = await bot.wait_for_line(r"ops endpoint on http://127\.0\.0\.1:\d+", 60)
-            port = re.search(r"127\.0\.0\.1:(\d+)", line).group(1)  # type: ignore[union-attr]
-            world.ops = f"http://127.0.0.1:{port}"
+            world.ops = await ops_address(bot)
             yield world
 
 
 async def get(world: World, path: str) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as http, http.get(world.ops + path) as response:
-        return response.status, await response.text()
+    return await ops_get(world.ops, path)
 
 
-async def metrics(world: World) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, text = await get(world, "/metrics")
-    assert status == 200
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+async def metrics(world: World) -> Samples:
+    return await read_metrics(world.ops)
 
 
 async def test_health_and_metrics_after_one_imagine(world: World) -> None:
