@@ -1,0 +1,189 @@
+"""What a model family is to the engine: one small description per family, the way vLLM
+registers model architectures, and the generic parts every family shares.
+
+A family names the diffusers pipelines it serves and how one request becomes the stock
+pipeline's arguments (`call_kwargs`). The step-level loop (`stepper.py`) runs each request's
+own stock pipeline call and batches only the denoiser calls of all running requests into one
+forward; a family says how those calls merge and split (`merge`, `split`): which arguments
+are per sample (concatenated along the batch) and which are shared (positional ids, equal
+for requests of one group). Everything else (prompt encoding, latents, the scheduler with
+its resolution-dependent shift, guidance, decoding) is the stock pipeline's own code, so
+each image equals the stock pipeline run alone by construction.
+
+Runs on the engine's worker thread only (torch).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..request import ImageRequest
+
+__all__ = ["DenoiserCall", "Family", "FamilyDefaults"]
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyDefaults:
+    """What a bare prompt gets on a model of this family."""
+
+    steps: int
+    guidance: float
+    native_size: int
+    multiple: int = 8  # width and height are multiples of this
+
+
+@dataclass(slots=True)
+class DenoiserCall:
+    """One call of the denoiser as a pipeline made it (positional and keyword arguments)."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def first_tensor(self) -> torch.Tensor:
+        value = self.args[0] if self.args else next(iter(self.kwargs.values()))
+        if isinstance(value, (list, tuple)):  # a list of per-sample tensors
+            value = value[0]
+        assert isinstance(value, torch.Tensor)
+        return value
+
+
+def _cat(values: Sequence[Any], rows: Sequence[int], name: str) -> Any:
+    """Per-sample values of several calls as one batch."""
+    first = values[0]
+    if first is None:
+        if any(v is not None for v in values):
+            raise ValueError(f"denoiser argument {name!r} is set by only some requests")
+        return None
+    if isinstance(first, Mapping):
+        return {k: _cat([v[k] for v in values], rows, f"{name}.{k}") for k in first}
+    if isinstance(first, list):  # per-sample lists (variable-length inputs)
+        return [item for value in values for item in value]
+    if isinstance(first, torch.Tensor):
+        parts = []
+        for value, n in zip(values, rows, strict=True):
+            if value.ndim == 0 or (value.shape[0] == 1 and n != 1):
+                value = value.reshape(1, *value.shape[1:]).expand(n, *value.shape[1:])
+            parts.append(value)
+        return torch.cat(parts)
+    return _same(values, name)
+
+
+def _same(values: Sequence[Any], name: str) -> Any:
+    """A value every call must share (ids, flags, attention options)."""
+    first = values[0]
+    for value in values[1:]:
+        equal = (
+            torch.equal(value, first)
+            if isinstance(first, torch.Tensor) and isinstance(value, torch.Tensor)
+            else value == first
+        )
+        if not equal:
+            raise ValueError(f"denoiser argument {name!r} differs between batched requests")
+    return first
+
+
+class Family:
+    """A model family (see the module doc); subclasses fill in the class attributes and
+    override what their pipeline does differently."""
+
+    #: The name in `/models`, the PNG and the batch key ("sd", "sdxl", "flux"...).
+    name: str = ""
+    #: Text-to-image pipeline classes (diffusers class names) of this family.
+    pipelines: tuple[str, ...] = ()
+    #: The pipeline attribute of the module that denoises ("unet" or "transformer").
+    denoiser: str = "unet"
+    #: Positional arguments of the denoiser, by name, in order (for merging by name).
+    positional: tuple[str, ...] = ()
+    #: Denoiser arguments shared by every sample of a call: equal within a group.
+    shared: frozenset[str] = frozenset()
+    #: Whether the family reads a negative prompt (classifier-free guidance).
+    negative_prompt: bool = True
+    #: Whether A1111 weights are applied through CLIP embeddings (else removed from the text).
+    weighted: bool = False
+    #: The family's image-to-image pipeline classes by text-to-image class (absent: none).
+    img2img: Mapping[str, str] = {}
+    #: Tensors the pipeline's step callback may ask for (latents for progress previews).
+    callback_tensors: tuple[str, ...] = ("latents",)
+
+    def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
+        raise NotImplementedError
+
+    # One request's stock call
+    def call_kwargs(
+        self, pipe: Any, request: ImageRequest, generators: list[torch.Generator], texts: Any
+    ) -> dict[str, Any]:
+        """The stock pipeline's arguments for one request (`texts`: its weighted embeddings
+        when the family weights prompts and the request needs them, else None)."""
+        raise NotImplementedError
+
+    def batch_kwargs(
+        self,
+        pipe: Any,
+        requests: Sequence[ImageRequest],
+        generators: list[torch.Generator],
+        texts: Any,
+    ) -> dict[str, Any]:
+        """The stock pipeline's arguments for several requests that share a batch key (batch
+        scheduling: one whole call)."""
+        raise NotImplementedError
+
+    def request_pipeline(self, pipe: Any, scheduler: Any | None = None) -> Any:
+        """A pipeline of its own for one request: the same modules, its own scheduler and
+        per-call state (a shallow copy: no memory)."""
+        own = copy.copy(pipe)
+        own.scheduler = scheduler or type(pipe.scheduler).from_config(pipe.scheduler.config)
+        return own
+
+    # The batched denoiser call
+    def rows(self, call: DenoiserCall) -> int:
+        return int(call.first_tensor().shape[0])
+
+    def merge(self, calls: Sequence[DenoiserCall]) -> DenoiserCall:
+        """One call for every sample of `calls` (per-sample arguments concatenated, shared
+        ones checked equal)."""
+        rows = [self.rows(c) for c in calls]
+        named = [self._by_name(c) for c in calls]
+        merged: dict[str, Any] = {}
+        for name in named[0]:
+            values = [n.get(name) for n in named]
+            if name == "return_dict":
+                merged[name] = False
+            elif name in self.shared:
+                merged[name] = _same(values, name)
+            else:
+                merged[name] = _cat(values, rows, name)
+        return DenoiserCall((), merged)
+
+    def split(self, output: Any, calls: Sequence[DenoiserCall]) -> list[Any]:
+        """The merged call's output, cut back into each call's own (as `return_dict=False`
+        would give it: a one-tuple)."""
+        noise = output[0] if isinstance(output, (tuple, list)) else output.sample
+        parts = []
+        offset = 0
+        for call in calls:
+            n = self.rows(call)
+            part = noise[offset : offset + n]
+            offset += n
+            wants_dict = call.kwargs.get("return_dict", True)
+            parts.append(self.wrap(part) if wants_dict else (part,))
+        return parts
+
+    def wrap(self, noise: torch.Tensor) -> Any:
+        """The denoiser's output object, for a pipeline that asked for `return_dict=True`."""
+        return (noise,)
+
+    def _by_name(self, call: DenoiserCall) -> dict[str, Any]:
+        if len(call.args) > len(self.positional):
+            raise ValueError(f"{self.name}: the denoiser got more positional arguments than known")
+        return {**dict(zip(self.positional, call.args, strict=False)), **call.kwargs}
+
+    # Showing progress
+    def preview_latents(self, pipe: Any, latents: torch.Tensor, request: ImageRequest) -> Any:
+        """The first image's latents as (channels, h, w), for a progress preview; None when
+        the family has no preview."""
+        return latents[0] if latents.ndim == 4 else None

@@ -1,0 +1,125 @@
+"""Stable Diffusion 1.x/2.x and SDXL (and their derivatives: Pony, Illustrious, NoobAI...):
+UNet models whose prompts go through CLIP, so A1111 weights and long prompts are applied to
+the embeddings (`weighting.py`).
+
+The UNet takes one timestep per sample, so requests of any steps and guidance share a call;
+SDXL's extra conditioning (pooled text embeddings, size ids) is per sample too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .. import weighting
+from ..request import ImageRequest
+from .base import Family, FamilyDefaults
+
+__all__ = ["SD", "SDXL"]
+
+#: Few-step models recognised by their name, and what is normal for them.
+_FEW_STEPS = (("lightning", 4, 1.0), ("lcm", 4, 1.0), ("turbo", 1, 0.0))
+
+
+def _few_steps(source: str) -> tuple[int, float] | None:
+    lowered = source.lower()
+    for word, steps, guidance in _FEW_STEPS:
+        if word in lowered:
+            return steps, guidance
+    return None
+
+
+class SD(Family):
+    name = "sd"
+    pipelines = ("StableDiffusionPipeline",)
+    denoiser = "unet"
+    positional = ("sample", "timestep")
+    weighted = True
+    img2img = {"StableDiffusionPipeline": "StableDiffusionImg2ImgPipeline"}
+    base_steps, base_guidance, base_size = 25, 7.0, 512
+
+    def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
+        sample = getattr(pipe.unet.config, "sample_size", None)
+        scale = getattr(pipe, "vae_scale_factor", 8)
+        native = int(sample * scale) if isinstance(sample, int) else self.base_size
+        if source.startswith("builtin:"):
+            steps, guidance = 4, 7.0
+        else:
+            steps, guidance = _few_steps(source) or (self.base_steps, self.base_guidance)
+        return FamilyDefaults(steps, guidance, native, multiple=self.multiple)
+
+    multiple = 8
+
+    def _negative(self, negatives: list[str]) -> list[str] | None:
+        return negatives
+
+    def _texts(
+        self, pipe: Any, requests: Sequence[ImageRequest], embedded: Sequence[Any] | None
+    ) -> dict[str, Any]:
+        """Plain prompts (the stock path), or every request's weighted embeddings."""
+        cfg = (requests[0].guidance or 0.0) > 1.0
+        if embedded is None:
+            prompts: list[str] = []
+            negatives: list[str] = []
+            for r in requests:
+                prompts += [weighting.plain_text(r.prompt)] * r.count
+                negatives += [weighting.plain_text(r.negative_prompt)] * r.count
+            return {"prompt": prompts, "negative_prompt": self._negative(negatives)}
+        out: dict[str, Any] = {"prompt_embeds": torch.cat([e.cond for e in embedded])}
+        if cfg:
+            out["negative_prompt_embeds"] = torch.cat([e.uncond for e in embedded])
+        return out
+
+    def batch_kwargs(
+        self,
+        pipe: Any,
+        requests: Sequence[ImageRequest],
+        generators: list[torch.Generator],
+        texts: Any,
+    ) -> dict[str, Any]:
+        first = requests[0]
+        kwargs: dict[str, Any] = {
+            **self._texts(pipe, requests, texts),
+            "num_inference_steps": first.steps,
+            "guidance_scale": first.guidance,
+            "generator": generators,
+            "output_type": "pt",
+        }
+        if first.init_image is None:
+            kwargs |= {"width": first.width, "height": first.height}
+        else:  # the size is the pictures' (validation made them the request's size)
+            pictures = [r.init_image for r in requests for _ in range(r.count)]
+            kwargs |= {"image": pictures, "strength": first.strength}
+        return kwargs
+
+    def call_kwargs(
+        self, pipe: Any, request: ImageRequest, generators: list[torch.Generator], texts: Any
+    ) -> dict[str, Any]:
+        return self.batch_kwargs(pipe, [request], generators, None if texts is None else [texts])
+
+
+class SDXL(SD):
+    name = "sdxl"
+    pipelines = ("StableDiffusionXLPipeline",)
+    img2img = {"StableDiffusionXLPipeline": "StableDiffusionXLImg2ImgPipeline"}
+    base_steps, base_guidance, base_size = 30, 6.0, 1024
+    multiple = 64
+
+    def _negative(self, negatives: list[str]) -> list[str] | None:
+        # SDXL uses zero embeddings for "no negative prompt" but encodes "" when given one, so
+        # pass None when nobody asked for one, as a lone request would.
+        return negatives if any(negatives) else None
+
+    def _texts(
+        self, pipe: Any, requests: Sequence[ImageRequest], embedded: Sequence[Any] | None
+    ) -> dict[str, Any]:
+        out = super()._texts(pipe, requests, embedded)
+        if embedded is not None:
+            out["pooled_prompt_embeds"] = torch.cat([e.pooled for e in embedded])
+            if "negative_prompt_embeds" in out:
+                out["negative_pooled_prompt_embeds"] = torch.cat(
+                    [e.negative_pooled for e in embedded]
+                )
+        return out
