@@ -102,14 +102,13 @@ class Runner:
 
     def count_chunks(self, prompt: str, negative: str) -> int:
         """77-token windows the weighted prompts take; safe on the loop thread (own tokenizer).
-        `InvalidRequest` for weighting syntax A1111 would fail on, such as `(a:1.2.3)`."""
+        `InvalidRequest` for weights A1111 would fail on, such as `(a:1.2.3)`, or that would
+        overflow the encoder, such as `(a:1e9)` (`weighting.MAX_WEIGHT`)."""
         for name, text in (("prompt", prompt), ("negative_prompt", negative)):
             try:
-                weighting.parse_attention(text)
-            except ValueError:
-                raise InvalidRequest(
-                    name, "A weight in the prompt is not a number: write it like (word:1.2)."
-                ) from None
+                weighting.checked_attention(text, name.replace("_", " "))
+            except weighting.WeightError as exc:
+                raise InvalidRequest(name, str(exc)) from None
         if self._counter is None:
             return 1
         return weighting.chunks_needed(prompt, negative, self._counter)
