@@ -41,7 +41,10 @@ def seeded_generators(request: ImageRequest) -> list[torch.Generator]:
 
 
 def preview_png(latents: torch.Tensor, family: str) -> bytes | None:
-    """A fast PNG of one sample's latents `(4, h, w)`, or None for layouts it cannot read."""
+    """A fast PNG of one sample's latents `(4, h, w)`, or None for layouts it cannot read and
+    for latents that are not finite (a black preview of an image that will not come)."""
+    if not bool(torch.isfinite(latents).all()):
+        return None
     image = latents_to_preview(latents, family)
     if image is None:
         return None

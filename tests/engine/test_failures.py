@@ -25,6 +25,7 @@ from engine import (
     ImageRequest,
 )
 from engine.failures import NotFinite
+from engine.torch_ops import preview_png
 from tests.reliability.fault_hooks.sitecustomize import NAN_SEED, NOISE_MODULES
 from tests.reliability.fault_hooks.sitecustomize import nan_noise as nan_noise_of
 
@@ -173,3 +174,10 @@ async def test_a_nan_image_is_never_delivered_and_fails_only_itself(
     assert engine.stats.calls >= 2 and max(c.requests for c in engine.stats.recent_calls) >= 3
     assert (engine.stats.not_finite, engine.stats.failed) == (2, 1)
     assert engine.alive
+
+
+def test_nan_latents_have_no_preview() -> None:
+    latents = torch.randn(4, 8, 8)
+    assert preview_png(latents, "sd") is not None
+    latents[1, 2, 3] = float("nan")
+    assert preview_png(latents, "sd") is None
