@@ -243,6 +243,11 @@ async def _make(config: BotConfig, request: ImageRequest, out: str) -> int:
         path.write_bytes(image.png)
         flag = " (flagged by the safety checker)" if image.flagged else ""
         print(f"wrote {path} ({image.width}x{image.height}, seed {image.seed}){flag}")
+    if result.failed:
+        print(
+            f"warning: {result.failed} image(s) came out blank (NaN) and were not written",
+            file=sys.stderr,
+        )
     return 0
 
 

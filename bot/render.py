@@ -58,13 +58,26 @@ def progress_text(job_id: int, progress: Progress, *, resumed: bool = False) -> 
     return f"Job #{job_id} is finishing."
 
 
-def result_content(user_id: int, posted: int, withheld: int, warnings: tuple[str, ...] = ()) -> str:
+def result_content(
+    user_id: int,
+    posted: int,
+    withheld: int,
+    warnings: tuple[str, ...] = (),
+    failed: int = 0,
+) -> str:
+    """The result message's text: who it is for, and what was not posted and given back
+    (`withheld` by moderation, `failed`: came out blank, NaN)."""
     ready = "your image is ready" if posted == 1 else "your images are ready"
     lines = [f"<@{user_id}>, {ready}."]
     if withheld:
         lines.append(
             f"{withheld} image(s) were flagged by the safety checker and are not posted here "
             "(this channel is not NSFW); they were given back to your quota."
+        )
+    if failed:
+        lines.append(
+            f"{failed} image(s) came out blank (their numbers overflowed) and are not posted; "
+            "they were given back to your quota."
         )
     lines += [f"Note: {w}" for w in warnings]
     return _cut("\n".join(lines), 2000)

@@ -147,6 +147,10 @@ class EngineConfig:
     max_steps: int = 50
     max_count: int = 4
     max_guidance: float = 30.0
+    # 75-token text windows a prompt may take (each BREAK starts one). Every window is
+    # encoded and attended to at every step for the price of one image: A1111 prompts of
+    # 150-300 tokens take 2-4, so 6 leaves room while `a BREAK a BREAK ...` cannot buy 125.
+    max_prompt_chunks: int = 6
     default_steps: int = 0  # 0: the model family's own default
     default_guidance: float = -1.0  # < 0: the model family's own default
     default_size: int = 0  # 0: the model family's native size
@@ -255,6 +259,8 @@ class EngineConfig:
             out.append("max_queue must be at least 1")
         if self.max_steps < 1:
             out.append("max_steps must be at least 1")
+        if self.max_prompt_chunks < 1:
+            out.append("max_prompt_chunks must be at least 1")
         for name in ("max_width", "max_height", "min_size"):
             value = getattr(self, name)
             if value < 8 or value % 8:
@@ -305,6 +311,7 @@ class Limits:
     max_steps: int = _DEFAULTS.max_steps
     max_count: int = _DEFAULTS.max_count
     max_guidance: float = _DEFAULTS.max_guidance
+    max_prompt_chunks: int = _DEFAULTS.max_prompt_chunks
 
     @classmethod
     def of(cls, config: EngineConfig) -> Limits:

@@ -6,9 +6,21 @@ engine is dead" without importing torch: torch's `OutOfMemoryError` is recognise
 
 from __future__ import annotations
 
-__all__ = ["describe_failure", "is_fatal", "is_out_of_memory"]
+__all__ = ["NotFinite", "describe_failure", "is_fatal", "is_out_of_memory"]
 
 _FATAL_MARKERS = ("device-side assert", "illegal memory access", "CUDA error: unspecified launch")
+
+
+class NotFinite(ArithmeticError):
+    """Every image of a request came out as NaN or infinity, so there is nothing to deliver
+    (`torch_ops.pictures` left them out)."""
+
+    def __init__(self, images: int) -> None:
+        super().__init__(f"{images} image(s) with NaN or infinite numbers")
+        self.images = images
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:
+        return type(self), (self.images,)
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -27,4 +39,9 @@ def describe_failure(exc: BaseException) -> str:
     """A sentence for users: what went wrong and what they can change; never a traceback."""
     if is_out_of_memory(exc):
         return "The GPU ran out of memory making this image. Try a smaller size or fewer images."
+    if isinstance(exc, NotFinite):
+        return (
+            "The image's numbers overflowed (NaN), so it came out blank and was not posted. "
+            "Try lower prompt weights or other settings."
+        )
     return f"The image could not be generated (internal error: {type(exc).__name__})."

@@ -261,7 +261,8 @@ def validate(
     `profile` is the request's model's. Raises `InvalidRequest` naming the field and the
     allowed range. `<lora:name:weight>` tags leave the prompt for `loras` (checked against the
     configured `loras` and the model). With `count_chunks` (models whose prompts are weighted
-    and chunked) a long prompt takes more 77-token windows; without, a prompt longer than the
+    and chunked) a long prompt takes more 77-token windows, up to `limits.max_prompt_chunks`
+    (the longer of prompt and negative prompt counts); without, a prompt longer than the
     window is truncated (as every SD tool does) with a warning.
     """
     warnings: list[str] = []
@@ -289,6 +290,13 @@ def validate(
                 f"the first {profile.max_tokens}, so the rest was truncated."
             )
     chunks = count_chunks(prompt, negative) if count_chunks is not None else 1
+    if chunks > limits.max_prompt_chunks:
+        raise InvalidRequest(
+            "prompt",
+            f"The prompt is too long: it takes {chunks} windows of 75 tokens (each BREAK starts "
+            f"a new one), and at most {limits.max_prompt_chunks} are allowed. Shorten it or use "
+            "fewer BREAKs.",
+        )
 
     init = request.init_image
     strength = request.strength

@@ -33,6 +33,9 @@ class GenerationResult:
     queued_s: float = 0.0  # time from submit to the start of its batch
     run_s: float = 0.0  # time its batch took on the worker
     batch_images: int = 0  # images in the pipeline call that made it
+    #: Images of the request left out because their numbers were not finite (NaN or
+    #: infinity: they would be black): `images` holds the others, each with its own `index`.
+    failed: int = 0
 
     @property
     def any_flagged(self) -> bool:

@@ -27,7 +27,14 @@ from .lora import LoraState, load_loras
 from .request import ImageRequest, ModelProfile
 from .result import GeneratedImage
 from .stepper import unsupported_reason
-from .torch_ops import check_safety, package_images, preview_png, seeded_generators
+from .torch_ops import (
+    check_safety,
+    finite_rows,
+    package_images,
+    pictures,
+    preview_png,
+    seeded_generators,
+)
 
 #: Families whose prompts are weighted and chunked (A1111 syntax); others get the text as is.
 WEIGHTED_FAMILIES = ("sd", "sdxl")
@@ -102,14 +109,13 @@ class Runner:
 
     def count_chunks(self, prompt: str, negative: str) -> int:
         """77-token windows the weighted prompts take; safe on the loop thread (own tokenizer).
-        `InvalidRequest` for weighting syntax A1111 would fail on, such as `(a:1.2.3)`."""
+        `InvalidRequest` for weights A1111 would fail on, such as `(a:1.2.3)`, or that would
+        overflow the encoder, such as `(a:1e9)` (`weighting.MAX_WEIGHT`)."""
         for name, text in (("prompt", prompt), ("negative_prompt", negative)):
             try:
-                weighting.parse_attention(text)
-            except ValueError:
-                raise InvalidRequest(
-                    name, "A weight in the prompt is not a number: write it like (word:1.2)."
-                ) from None
+                weighting.checked_attention(text, name.replace("_", " "))
+            except weighting.WeightError as exc:
+                raise InvalidRequest(name, str(exc)) from None
         if self._counter is None:
             return 1
         return weighting.chunks_needed(prompt, negative, self._counter)
@@ -131,7 +137,8 @@ class Runner:
         return len(self._counter.tokenize(text))
 
     def run(self, slots: Sequence[Slot]) -> list[list[GeneratedImage]]:
-        """One pipeline call for every image of every slot; images come back per slot."""
+        """One pipeline call for every image of every slot; images come back per slot, less
+        those whose numbers are not finite (`torch_ops.pictures`)."""
         model = self.model
         key = slots[0].request.key
         if any(s.request.key != key for s in slots):
@@ -148,7 +155,7 @@ class Runner:
             "num_inference_steps": key.steps,
             "guidance_scale": key.guidance,
             "generator": generators,
-            "output_type": "pil",
+            "output_type": "np",  # floats, so NaN shows: `pictures` makes the PIL images
         }
         pipe = model.pipe
         if key.strength is None:
@@ -156,11 +163,14 @@ class Runner:
         else:  # the size is the init images' (validate made them the request's size)
             pipe = image_to_image(model)
             kwargs |= {"image": inits, "strength": key.strength}
+        last: dict[str, torch.Tensor] = {}  # the latents after the latest step
         if self._step_callback_ok:
             total = slots[0].request.denoising_steps
-            kwargs["callback_on_step_end"] = self._step_callback(slots, total)
+            kwargs["callback_on_step_end"] = self._step_callback(slots, total, last)
         with torch.inference_mode():
-            images = pipe(**kwargs).images
+            pixels = pipe(**kwargs).images
+            latents = last.get("latents")
+            images = pictures(pixels, None if latents is None else finite_rows(latents))
         flags = check_safety(model, images)
 
         out: list[list[GeneratedImage]] = []
@@ -232,11 +242,17 @@ class Runner:
             return None
         return negatives
 
-    def _step_callback(self, slots: Sequence[Slot], total: int) -> Callable[..., dict[str, Any]]:
+    def _step_callback(
+        self, slots: Sequence[Slot], total: int, last: dict[str, torch.Tensor]
+    ) -> Callable[..., dict[str, Any]]:
+        """Progress, previews and cancellation after each step; keeps the step's latents in
+        `last`, so the final ones are checked for NaN."""
         family = self.model.profile.family
 
         def callback(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             latents = tensors.get("latents")
+            if latents is not None:
+                last["latents"] = latents
             offset = 0
             live = False
             for slot in slots:

@@ -41,6 +41,7 @@ class EngineStats:
     ticks: int = 0
     call_images: int = 0
     failed: int = 0
+    not_finite: int = 0  # images left out: NaN or infinity in their latents or pixels
     cancelled: int = 0
     splits: int = 0  # failed calls retried as two halves
     recent_calls: deque[CallRecord] = field(default_factory=lambda: deque(maxlen=RECENT_CALLS))

@@ -28,7 +28,14 @@ from .job import Slot
 from .loader import LoadedModel, image_to_image
 from .request import ImageRequest
 from .result import GeneratedImage
-from .torch_ops import check_safety, package_images, preview_png, seeded_generators
+from .torch_ops import (
+    check_safety,
+    finite_rows,
+    package_images,
+    pictures,
+    preview_png,
+    seeded_generators,
+)
 
 
 class Texts(Protocol):
@@ -328,14 +335,16 @@ class Stepper:
         return _each(self.finish, samples)
 
     def finish(self, sample: Sample) -> list[GeneratedImage]:
-        """Decode, check and encode one finished request's images (its PNGs, in seed order)."""
+        """Decode, check and encode one finished request's images (its PNGs, in seed order),
+        less those whose latents or pixels are not finite (`torch_ops.pictures`)."""
         with torch.inference_mode():
-            images = self.decode(sample)
+            images = pictures(self.decode(sample), finite_rows(sample.latents))
         flags = check_safety(self.model, images)
         return package_images(self.model, sample.request, images, flags)
 
-    def decode(self, sample: Sample) -> list[Any]:
-        """PIL images from final latents, exactly as the family's pipeline decodes them."""
+    def decode(self, sample: Sample) -> Any:
+        """Float pixels `(n, h, w, c)` in 0..1 from final latents, exactly as the family's
+        pipeline decodes them with `output_type="np"`."""
         pipe = self.model.pipe
         vae = pipe.vae
         latents = sample.latents
@@ -344,7 +353,7 @@ class Stepper:
                 latents / vae.config.scaling_factor, return_dict=False, generator=sample.generators
             )[0]
             return pipe.image_processor.postprocess(
-                image, output_type="pil", do_denormalize=[True] * image.shape[0]
+                image, output_type="np", do_denormalize=[True] * image.shape[0]
             )
         # SDXL's VAE overflows in fp16: the pipeline decodes in fp32 when the config says so.
         upcast = vae.dtype == torch.float16 and vae.config.force_upcast
@@ -366,4 +375,4 @@ class Stepper:
                 vae.to(dtype=torch.float16)
         if getattr(pipe, "watermark", None) is not None:
             image = pipe.watermark.apply_watermark(image)
-        return pipe.image_processor.postprocess(image, output_type="pil")
+        return pipe.image_processor.postprocess(image, output_type="np")

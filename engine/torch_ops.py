@@ -1,8 +1,13 @@
 """Torch helpers shared by the two ways of running requests: `runner.Runner` (one pipeline
 call per batch) and `stepper.Stepper` (one UNet step per tick).
 
-Both must make the same images from the same request, so seeding, the safety check, PNG
-packing and previews are written once, here. Runs on the engine's worker thread.
+Both must make the same images from the same request, so seeding, the numbers check, the
+safety check, PNG packing and previews are written once, here. Runs on the engine's worker
+thread.
+
+An image whose latents or pixels hold NaN or infinity (an overflow: fp16, an extreme prompt
+weight, a broken LoRA) would come out black or as noise; `pictures` turns it into None and
+`package_images` leaves it out, so it is never delivered, whatever caused it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from .preview import latents_to_preview
 from .request import ImageRequest, lora_tags
 from .result import GeneratedImage
 
-__all__ = ["check_safety", "package_images", "preview_png", "seeded_generators"]
+__all__ = [
+    "check_safety",
+    "finite_rows",
+    "package_images",
+    "pictures",
+    "preview_png",
+    "seeded_generators",
+]
 
 
 def seeded_generators(request: ImageRequest) -> list[torch.Generator]:
@@ -29,7 +41,10 @@ def seeded_generators(request: ImageRequest) -> list[torch.Generator]:
 
 
 def preview_png(latents: torch.Tensor, family: str) -> bytes | None:
-    """A fast PNG of one sample's latents `(4, h, w)`, or None for layouts it cannot read."""
+    """A fast PNG of one sample's latents `(4, h, w)`, or None for layouts it cannot read and
+    for latents that are not finite (a black preview of an image that will not come)."""
+    if not bool(torch.isfinite(latents).all()):
+        return None
     image = latents_to_preview(latents, family)
     if image is None:
         return None
@@ -38,25 +53,55 @@ def preview_png(latents: torch.Tensor, family: str) -> bytes | None:
     return buf.getvalue()
 
 
-def check_safety(model: LoadedModel, images: Sequence[Any]) -> list[bool]:
-    """The safety checker's verdict per image (all False without one); images are not altered."""
-    if model.checker is None or model.feature_extractor is None:
+def finite_rows(tensor: torch.Tensor) -> list[bool]:
+    """Per image (the first axis): whether every number in it is finite."""
+    return torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(dim=1).tolist()
+
+
+def pictures(pixels: Any, latents_ok: Sequence[bool] | None = None) -> list[Any | None]:
+    """PIL images from a pipeline's float pixels `(n, h, w, c)` in 0..1 (`output_type="np"`),
+    made as diffusers' `numpy_to_pil` makes `output_type="pil"`; None in place of an image
+    whose pixels, or latents (`latents_ok`, when known), are not all finite."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    arrays = np.asarray(pixels)
+    ok = np.isfinite(arrays.reshape(len(arrays), -1)).all(axis=1)
+    if latents_ok is not None:
+        ok &= np.asarray(latents_ok, dtype=bool)
+    return [
+        VaeImageProcessor.numpy_to_pil(array)[0] if fine else None
+        for array, fine in zip(arrays, ok, strict=True)
+    ]
+
+
+def check_safety(model: LoadedModel, images: Sequence[Any | None]) -> list[bool]:
+    """The safety checker's verdict per image (all False without one; False for None, an
+    image that is not delivered); images are not altered."""
+    made = [im for im in images if im is not None]
+    if model.checker is None or model.feature_extractor is None or not made:
         return [False] * len(images)
-    inputs = model.feature_extractor(list(images), return_tensors="pt")
+    inputs = model.feature_extractor(made, return_tensors="pt")
     pixel = inputs.pixel_values.to(device=model.device, dtype=model.checker.dtype)
-    arrays = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
+    arrays = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in made])
     _, flags = model.checker(images=arrays, clip_input=pixel)
-    return [bool(f) for f in flags]
+    verdicts = iter(bool(f) for f in flags)
+    return [False if im is None else next(verdicts) for im in images]
 
 
 def package_images(
-    model: LoadedModel, request: ImageRequest, images: Sequence[Any], flags: Sequence[bool]
+    model: LoadedModel,
+    request: ImageRequest,
+    images: Sequence[Any | None],
+    flags: Sequence[bool],
 ) -> list[GeneratedImage]:
-    """PNGs carrying their parameters, one per seed of `request`, in seed order."""
+    """PNGs carrying their parameters, one per seed of `request`, in seed order; an image that
+    is None (not finite, see `pictures`) is left out, the others keep their `index`."""
     assert request.steps is not None and request.guidance is not None
     assert request.width is not None and request.height is not None
     made = []
     for n, (seed, image, flagged) in enumerate(zip(request.seeds, images, flags, strict=True)):
+        if image is None:
+            continue
         extra = list(request.parameters)
         if model.profile.hash:
             extra.insert(0, ("Model hash", model.profile.hash))

@@ -32,7 +32,10 @@ if TYPE_CHECKING:
 __all__ = [
     "CHUNK_TOKENS",
     "COMMA_BACKTRACK",
+    "MAX_WEIGHT",
     "Embeddings",
+    "WeightError",
+    "checked_attention",
     "chunks_needed",
     "encode",
     "is_plain",
@@ -46,6 +49,11 @@ CHUNK_TOKENS = 75
 COMMA_BACKTRACK = 20
 """A full chunk whose last comma is this close to its end is cut after that comma (A1111's
 default `comma_padding_backtrack`), so a phrase is not split across two chunks."""
+MAX_WEIGHT = 10.0
+"""The largest factor a piece of the prompt may end up with, either sign (nesting multiplies:
+`((a:3):4)` weighs 13.2). A1111 sets no bound, but `(cat:999…9)` is infinity, and the emphasis
+turns it into NaN: a black image. Past 2 or 3 an image already falls apart, so nothing a user
+means is refused."""
 
 _ROUND = 1.1
 _SQUARE = 1 / 1.1
@@ -131,6 +139,31 @@ def _is_break(fragment: str, weight: float) -> bool:
     return fragment == "BREAK" and weight == -1
 
 
+class WeightError(ValueError):
+    """A prompt's weights cannot be encoded; the message is a sentence for users."""
+
+
+def checked_attention(text: str, what: str = "prompt") -> list[tuple[str, float]]:
+    """`parse_attention(text)`, or `WeightError` naming `what` ("prompt", "negative prompt")
+    for a weight that is not a number (A1111 fails on it too) or whose piece ends up weighing
+    more than `MAX_WEIGHT` either way, infinity included."""
+    try:
+        parsed = parse_attention(text)
+    except ValueError:
+        raise WeightError(
+            f"A weight in the {what} is not a number: write it like (word:1.2)."
+        ) from None
+    for fragment, weight in parsed:
+        if not (_is_break(fragment, weight) or -MAX_WEIGHT <= weight <= MAX_WEIGHT):
+            piece = " ".join(fragment.split())
+            piece = piece if len(piece) <= 40 else piece[:39] + "…"
+            raise WeightError(
+                f"Prompt weights must be between {-MAX_WEIGHT:g} and {MAX_WEIGHT:g}; "
+                f"in the {what}, {piece!r} weighs {weight:.3g}."
+            )
+    return parsed
+
+
 def is_plain(text: str) -> bool:
     """Whether the syntax in `text` changes nothing: every weight is 1.0 and there is no BREAK.
 
@@ -177,8 +210,9 @@ def _comma_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
 def _chunks(
     tokenizer: PreTrainedTokenizerBase, text: str, convert: _Convert | None = None
 ) -> list[_Chunk]:
-    """A1111's `tokenize_line`: the prompt's chunks, BREAK and comma backtrack included."""
-    parsed = parse_attention(text)
+    """A1111's `tokenize_line`: the prompt's chunks, BREAK and comma backtrack included;
+    `WeightError` for weights it must not encode."""
+    parsed = checked_attention(text)
     fragments = [f for f, w in parsed if not _is_break(f, w)]
     if convert is not None:
         fragments = [convert(f, tokenizer) for f in fragments]
@@ -221,7 +255,8 @@ def _chunks(
 
 def chunks_needed(text: str, negative: str, tokenizer: PreTrainedTokenizerBase) -> int:
     """How many 77-token chunks (k >= 1) the prompt and negative prompt take, the larger count:
-    both are encoded to that many, the shorter padded with empty chunks as A1111 does."""
+    both are encoded to that many, the shorter padded with empty chunks as A1111 does.
+    `WeightError` for weights `encode` would refuse."""
     return max(len(_chunks(tokenizer, text)), len(_chunks(tokenizer, negative)))
 
 

@@ -269,6 +269,9 @@ class JobRun:
         ledger = services.ledger
         rules = await services.rules.moderation(record.guild_id)
         verdict = rules.review(result.images, nsfw_channel=await self._nsfw())
+        # One rule for every image made but not posted (withheld by moderation, or left out
+        # by the engine as NaN): given back; none posted fails the job, which gives back all.
+        unposted = verdict.withheld + result.failed
         if verdict.nothing_to_post:
             changed = await ledger.mark_failed(
                 self.id, "every image was flagged by the safety checker"
@@ -282,7 +285,7 @@ class JobRun:
         self.delivering = True
         embed = render.result_embed(record, result, verdict)
         content = render.result_content(
-            record.user_id, len(verdict.post), verdict.withheld, self.warnings
+            record.user_id, len(verdict.post), verdict.withheld, self.warnings, result.failed
         )
 
         ref = JobRef.of(record)
@@ -327,8 +330,8 @@ class JobRun:
             log.warning("job %d: posted, but the ledger no longer had it active", self.id)
         services.metrics.images.inc(len(verdict.post))
         services.metrics.step_seconds.observe(result.run_s / max(1, result.request.steps or 1))
-        if verdict.withheld:  # an upscale's one image carries its whole cost
-            refund = record.image_count if upscaled else verdict.withheld
+        if unposted:  # an upscale's one image carries its whole cost
+            refund = record.image_count if upscaled else unposted
             await ledger.refund_images(self.id, refund)
         log.info(
             "job %d: delivered %d image(s), message %d", self.id, len(verdict.post), message.id

@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Literal
 
 from ..errors import Cancelled, GenerationFailed
-from ..failures import describe_failure, is_fatal
+from ..failures import NotFinite, describe_failure, is_fatal
 from ..job import Job, JobState, Slot
 from ..request import ModelProfile
 from ..result import GeneratedImage, GenerationResult
@@ -114,10 +114,26 @@ class Lifecycle:
     def finish(
         self, job: Job, images: Sequence[GeneratedImage], *, run_s: float, batch_images: int
     ) -> None:
-        """Deliver a job's images, unless it was cancelled meanwhile."""
+        """Deliver a job's images, unless it was cancelled meanwhile.
+
+        Images missing from `images` were left out because their numbers were not finite: the
+        result counts them as `failed`, and a job left with none fails alone (`NotFinite`).
+        """
         if job.cancel_requested:
             self.fail(job, Cancelled())
             return
+        failed = job.request.count - len(images)
+        if failed:
+            self.stats.not_finite += failed
+            log.warning(
+                "request %s: %d of %d image(s) came out NaN or infinite; not delivered",
+                job.id,
+                failed,
+                job.request.count,
+            )
+            if not images:
+                self.fail_alone(job, NotFinite(failed))
+                return
         self.put_back([job])
         self.stats.images += len(images)
         assert job.started_at is not None
@@ -131,6 +147,7 @@ class Lifecycle:
             queued_s=job.started_at - job.submitted_at,
             run_s=run_s,
             batch_images=batch_images,
+            failed=failed,
         )
         job.resolve(result, None)
 

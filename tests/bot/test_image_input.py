@@ -11,10 +11,11 @@ import asyncio
 import io
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from PIL import Image
+from PIL import Image, ImageOps
 
 from bot.jobref import JobRef
 from bot.ledger import JobStatus, RefusalReason
@@ -22,6 +23,7 @@ from engine import read_parameters
 from testkit.discord_server import AttachmentOption
 from testkit.jobs import JOB_TIMEOUT, job_id_of, job_of, read_ledger, wait_result
 from testkit.ops import buckets_above, ops_address, read_metrics
+from testkit.pictures import GRAY, png_bytes
 from testkit.world import NewWorld, World
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("clean_world")]
@@ -81,6 +83,32 @@ async def test_imagine_from_an_attachment_keeps_its_aspect_and_stores_the_pictur
     stored = world.tmp / "imagine-bot-images" / "inputs" / f"{job_id}-{JobRef.of(job).key}.png"
     with Image.open(stored) as kept:
         assert kept.size == (params.width, params.height)  # what the pipeline started from
+
+
+async def test_a_16_bit_picture_starts_from_its_own_tones_not_white(world: World) -> None:
+    """A 16-bit grayscale PNG (Pillow's I;16, which `convert("RGB")` clips to white) is scaled
+    to 8 bits: the picture the job starts from is the gradient, as a viewer shows it."""
+    levels = np.tile(np.arange(64, dtype=np.uint32) * 4, (64, 1))  # 0..252, left to right
+    picture = AttachmentOption("scan.png", png_bytes(levels * 257, GRAY, 16), "image/png")
+    interaction = await world.server.invoke(
+        "imagine",
+        user=world.carol,
+        options={"prompt": "an old scan", "image": picture, "strength": 0.5, "steps": 2},
+    )
+    result = await wait_result(interaction)
+    job_id = job_id_of(result)
+    await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
+    async with read_ledger(world.tmp) as ledger:
+        job = await job_of(ledger, job_id)
+    stored = world.tmp / "imagine-bot-images" / "inputs" / f"{job_id}-{JobRef.of(job).key}.png"
+    with Image.open(stored) as kept:
+        expected = Image.fromarray(levels.astype(np.uint8)).convert("RGB")
+        if kept.size != expected.size:  # fitted to the request's size as the bot fits it
+            expected = ImageOps.fit(expected, kept.size, Image.Resampling.LANCZOS)
+        difference = np.abs(
+            np.asarray(kept.convert("RGB"), dtype=np.int16) - np.asarray(expected, dtype=np.int16)
+        )
+    assert difference.max() <= 2, f"off by up to {difference.max()} levels of 255"
 
 
 @pytest.mark.parametrize(

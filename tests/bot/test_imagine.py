@@ -215,6 +215,33 @@ async def test_blocked_words_and_closed_channels_are_refused_privately(world: Wo
         assert reasons[RefusalReason.BLOCKED_WORD] == 1 and reasons[RefusalReason.CHANNEL] == 1
 
 
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("a (cat:" + "9" * 60 + ")", "between -10 and 10; in the prompt, 'cat' weighs 1e+60"),
+        ("(" * 30 + "dog" + ")" * 30, "'dog' weighs 17.4"),  # 1.1 ** 30
+        ("a BREAK " * 124 + "a", "it takes 125 windows of 75 tokens"),  # 993 characters
+    ],
+    ids=["huge-weight", "deep-nesting", "125-breaks"],
+)
+async def test_an_overflowing_weight_or_too_many_windows_is_refused_and_costs_nothing(
+    world: World, prompt: str, expected: str
+) -> None:
+    async with read_ledger(world.tmp) as ledger:
+        before = await ledger.user_status(world.guild.id, world.bob.id)
+    refused = await world.server.invoke(
+        "imagine", user=world.bob, channel=world.art, options={"prompt": prompt}
+    )
+    answer = await refused.wait_for_original()
+    assert refused.ephemeral and expected in answer.content, answer.content
+    assert not answer.custom_ids and "Traceback" not in answer.content
+    async with read_ledger(world.tmp) as ledger:
+        after = await ledger.user_status(world.guild.id, world.bob.id)
+        assert (after.used, after.queued, after.running) == (before.used, before.queued, 0)
+        (latest, *_) = await ledger.jobs_for_user(world.guild.id, world.bob.id)
+        assert latest.refusal_reason == RefusalReason.INVALID
+
+
 async def ask(
     world: World,
     who: User,

@@ -7,20 +7,31 @@ Whatever a user types (control characters, null bytes, zero-width and bidi chara
 characters, markdown, `@everyone` and mentions, absurd numbers), each request either becomes
 a clean, in-range engine request or a clear user message; nothing crashes, and nothing
 echoed back can ping anyone but the requester.
+
+The last tests take A1111 syntax at its worst and pictures in every PNG mode through the real
+tiny engine's `check`, and make a few of the accepted requests: no NaN image is delivered.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import io
 import math
 import re
+import struct
 import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import discord
+import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from bot import render
 from bot.config import ModerationSettings
@@ -30,15 +41,22 @@ from bot.moderation import Moderation, Verdict
 from bot.options import ImagineOptions
 from engine import (
     MAX_SEED,
+    Engine,
+    EngineConfig,
     GeneratedImage,
+    GenerationFailed,
     GenerationResult,
     ImageRequest,
     InvalidRequest,
     Limits,
     ModelProfile,
 )
+from engine.failures import NotFinite
+from engine.picture import decode_picture
 from engine.request import MAX_PROMPT_CHARS, validate
 from engine.sizing import Shape, parse_shape
+from engine.weighting import MAX_WEIGHT, parse_attention
+from testkit.pictures import GRAY, GRAY_ALPHA, PALETTE, RGB, RGBA, png_bytes
 
 LIMITS = Limits(max_width=768, max_height=768, min_size=64, max_steps=50, max_count=4)
 PROFILE = ModelProfile(
@@ -177,3 +195,191 @@ def test_any_size_but_the_choices_is_refused_clearly(size: str) -> None:
     message = describe(info.value).text
     assert "not a valid size" in message and "square, portrait, landscape" in message
     assert len(message) < 200 and info.value.__cause__ is None
+
+
+# --- Hostile prompts and pictures through the real engine's checks (issue 21) ---------------
+#
+# A1111 syntax at its worst (weights huge, infinite, negative or not numbers; brackets nested
+# and unbalanced; BREAKs by the hundred; `<lora:…>` tags) and pictures in every PNG colour type
+# and bit depth, through what `/imagine` runs before anything is charged: moderation, the
+# request, the picture's decoding, and `Engine.check` on the real tiny model (its tokenizer,
+# its weighting). Every outcome is a checked request or one of the project's refusals; a few
+# accepted ones are made, and no image with NaN in it is ever delivered.
+
+WEIGHT_TEXT = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),  # "nan", "inf", "1e+300"
+    st.integers(-(10**80), 10**80).map(str),
+    st.sampled_from(["9" * 400, "1.2.3", ".", "-", "+1.5", " 1.5 ", "1e5", "..", "-0", "0"]),
+)
+ATOMS = st.one_of(
+    st.sampled_from(
+        ["cat", "a red dog", "BREAK", "\\(", "\\)", "\\", ":", ",", "(", ")", "[", "]", "é",
+         "<lora:ink:0.5>", "<lora:x>", "<lora::>", "<lora:a:nan>", "\u200b", "@everyone"]
+    ),
+    st.text(max_size=8),
+)  # fmt: skip
+PROMPTS = st.one_of(
+    st.recursive(
+        ATOMS,
+        lambda inner: st.one_of(
+            st.tuples(inner, WEIGHT_TEXT).map(lambda t: f"({t[0]}:{t[1]})"),
+            inner.map(lambda t: f"({t})"),
+            inner.map(lambda t: f"[{t}]"),
+            st.lists(inner, max_size=6).map(" ".join),
+        ),
+        max_leaves=30,
+    ),
+    st.one_of(st.integers(0, 8), st.integers(0, 130)).map(lambda n: "a BREAK " * n + "a"),
+    st.integers(0, 60).map(lambda n: "(" * n + "deep" + ")" * n),
+)
+#: (PNG colour type, bit depth) pairs the format allows at 8 and 16 bits.
+PNG_KINDS = [(t, d) for t in (GRAY, RGB, GRAY_ALPHA, RGBA) for d in (8, 16)] + [(PALETTE, 8)]
+
+
+@st.composite
+def png_attachments(draw: st.DrawFn) -> bytes:
+    """A PNG of any colour type and depth, any small size, maybe with `tRNS`, maybe cut off."""
+    colour, depth = draw(st.sampled_from(PNG_KINDS))
+    width, height = draw(st.integers(1, 96)), draw(st.integers(1, 96))
+    channels = {GRAY: 1, RGB: 3, GRAY_ALPHA: 2, RGBA: 4, PALETTE: 1}[colour]
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    top = 256 if colour == PALETTE else 2**depth
+    samples = rng.integers(0, top, (height, width, channels), dtype=np.uint32)
+    palette = [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(256)]
+    transparency = None
+    if draw(st.booleans()) and colour in (GRAY, RGB, PALETTE):
+        transparency = (
+            bytes(rng.integers(0, 256, 256, dtype=np.uint8))
+            if colour == PALETTE
+            else struct.pack(">" + "H" * channels, *(int(v) for v in samples[0, 0]))
+        )
+    data = png_bytes(
+        samples,
+        colour,
+        depth,
+        palette=palette if colour == PALETTE else None,
+        transparency=transparency,
+    )
+    if draw(st.integers(0, 3)):
+        return data
+    return data[: draw(st.integers(0, len(data) - 1))]
+
+
+@st.composite
+def pillow_attachments(draw: st.DrawFn) -> bytes:
+    """A JPEG or WebP as Pillow saves it, in the modes those formats keep (CMYK JPEGs too)."""
+    kind, mode = draw(
+        st.sampled_from(
+            [("JPEG", "L"), ("JPEG", "RGB"), ("JPEG", "CMYK"), ("WEBP", "RGB"), ("WEBP", "RGBA")]
+        )
+    )
+    size = (draw(st.integers(1, 96)), draw(st.integers(1, 96)))
+    noise = Image.effect_noise(size, draw(st.integers(0, 120)))
+    buf = io.BytesIO()
+    Image.merge(mode, [noise] * len(mode)).save(buf, format=kind)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(model_cache: Path) -> Iterator[tuple[asyncio.AbstractEventLoop, Engine]]:
+    """The real tiny engine on a loop of its own (hypothesis drives sync tests)."""
+    loop = asyncio.new_event_loop()
+    engine = Engine(
+        EngineConfig(model="builtin:tiny", cache_dir=model_cache, batch_wait_ms=0, max_count=2)
+    )
+    loop.run_until_complete(engine.start())
+    yield loop, engine
+    loop.run_until_complete(engine.close())
+    loop.close()
+
+
+def check_hostile(
+    loop: asyncio.AbstractEventLoop, engine: Engine, asked: ImagineOptions, picture: bytes | None
+) -> tuple[ImageRequest, ImageRequest] | str:
+    """What `/imagine` would queue (the request asked and as the engine resolved it), or the
+    refusal the user would read; any other exception fails the test."""
+    rules = MODERATION
+    if rules.blocked_word(asked.prompt, asked.negative) is not None:
+        return "blocked"
+    forged = asked.problem()
+    if forged is not None:
+        return forged
+    request = engine_request(asked, negative=rules.negative_prompt(asked.negative), user="1:2")
+    try:
+        if picture is not None:
+            request = dataclasses.replace(request, init_image=decode_picture(picture))
+        resolved = loop.run_until_complete(engine.check(request)).request
+    except InvalidRequest as exc:
+        return describe(exc).text
+    return request, resolved
+
+
+hostile = st.builds(
+    ImagineOptions,
+    prompt=PROMPTS,
+    negative=st.one_of(st.just(""), PROMPTS),
+    steps=st.none() | st.integers(1, 3),
+    count=st.integers(1, 2),
+    shape=st.none() | st.sampled_from(Shape),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    asked=hostile,
+    picture=st.none() | png_attachments() | pillow_attachments(),
+    strength=st.none() | st.floats(0.05, 1.0),
+)
+def test_hostile_prompts_and_pictures_are_checked_or_refused_never_crash(
+    tiny_engine: tuple[asyncio.AbstractEventLoop, Engine],
+    asked: ImagineOptions,
+    picture: bytes | None,
+    strength: float | None,
+) -> None:
+    loop, engine = tiny_engine
+    if picture is not None:
+        asked = dataclasses.replace(asked, strength=strength)
+    outcome = check_hostile(loop, engine, asked, picture)
+    if isinstance(outcome, str):
+        assert outcome and len(outcome) <= 2000 and "\n" not in outcome
+        assert "Traceback" not in outcome and "error `" not in outcome  # expected, not a bug
+        return
+    _asked, request = outcome
+    assert 1 <= request.chunks <= engine.limits.max_prompt_chunks
+    for text in (request.prompt, request.negative_prompt):
+        weights = [w for _, w in parse_attention(text)]
+        assert all(-MAX_WEIGHT <= w <= MAX_WEIGHT for w in weights), text
+    if request.init_image is not None:
+        assert request.init_image.mode == "RGB"
+        assert request.init_image.size == (request.width, request.height)
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(asked=hostile.map(lambda o: dataclasses.replace(o, shape=None, steps=1)))
+@example(asked=ImagineOptions("a (cat:" + "9" * 60 + ")", steps=1))  # was NaN: now refused
+@example(  # the extremes still allowed: weights of ±10, all the windows there are
+    asked=ImagineOptions(
+        "(cat:10) [(dog:-10)] " + "a BREAK " * 5 + "(" * 24 + "bird" + ")" * 24,  # 1.1**24: 9.8
+        negative="(blurry:-10)",
+        steps=1,
+        count=2,
+    )
+)
+def test_no_image_with_nan_in_it_is_ever_delivered(
+    tiny_engine: tuple[asyncio.AbstractEventLoop, Engine], asked: ImagineOptions
+) -> None:
+    loop, engine = tiny_engine
+    outcome = check_hostile(loop, engine, asked, None)
+    assume(not isinstance(outcome, str))  # made only when `/imagine` would make it
+    assert not isinstance(outcome, str)
+    request, _resolved = outcome
+    try:
+        result = loop.run_until_complete(engine.generate(request))
+    except GenerationFailed as exc:  # every image came out NaN: nothing delivered
+        assert isinstance(exc.original, NotFinite)
+        return
+    assert len(result.images) + result.failed == request.count
+    for image in result.images:
+        with Image.open(io.BytesIO(image.png)) as picture:
+            pixels = np.asarray(picture.convert("RGB"), dtype=np.float64)
+        assert pixels.std() > 0, "a flat (NaN) image was delivered"

@@ -9,6 +9,7 @@ installed through `Engine.run_in_worker`, on the thread that owns the pipeline.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,10 @@ from engine import (
     GenerationFailed,
     ImageRequest,
 )
+from engine.failures import NotFinite
+from engine.torch_ops import preview_png
+from tests.reliability.fault_hooks.sitecustomize import NAN_SEED, NOISE_MODULES
+from tests.reliability.fault_hooks.sitecustomize import nan_noise as nan_noise_of
 
 from .conftest import EngineFactory, pixels, until_running
 
@@ -132,3 +137,51 @@ async def test_the_safety_checker_flags_images_without_blacking_them_out(
         assert not engine.profile.has_safety_checker
         result = await engine.generate(ImageRequest("anything", seed=5, user="a"))
         assert not result.images[0].flagged
+
+
+@pytest.fixture
+def nan_noise(monkeypatch: pytest.MonkeyPatch) -> int:
+    """The fault hook of `tests/reliability/` in this process: the image drawn from the seed
+    returned starts from NaN noise (its latents are NaN, as an overflow leaves them)."""
+    for name in NOISE_MODULES:
+        module = importlib.import_module(name)
+        monkeypatch.setattr(module, "randn_tensor", nan_noise_of(module.randn_tensor))
+    return NAN_SEED
+
+
+@pytest.mark.parametrize("scheduling", ["batch", "step"])
+async def test_a_nan_image_is_never_delivered_and_fails_only_itself(
+    make_engine: EngineFactory, nan_noise: int, scheduling: str
+) -> None:
+    engine = await make_engine(max_batch_size=8, batch_wait_ms=200, scheduling=scheduling)
+    first = ImageRequest("a lighthouse", seed=7, user="a")
+    alone = await engine.generate(first)
+    # One batch (or one tick group): a request whose second image is NaN, one whose only
+    # image is, and a companion from another user.
+    partly = engine.submit(
+        engine.prepare(ImageRequest("a lighthouse", seed=nan_noise - 1, count=2, user="b"))
+    )
+    wholly = engine.submit(engine.prepare(ImageRequest("a lighthouse", seed=nan_noise, user="c")))
+    other = engine.submit(engine.prepare(dataclasses.replace(first, user="d")))
+
+    result = await partly.result()
+    assert [(image.seed, image.index) for image in result.images] == [(nan_noise - 1, 0)]
+    assert result.failed == 1
+    assert pixels(result.images[0].png).std() > 1  # a real picture, not a blank one
+    with pytest.raises(GenerationFailed, match="overflowed") as info:
+        await wholly.result()
+    assert isinstance(info.value.original, NotFinite)
+    companion = await other.result()
+    assert companion.failed == 0 and len(companion.images) == 1
+    # The NaN rows never leaked into the rows beside them.
+    assert np.abs(pixels(companion.images[0].png) - pixels(alone.images[0].png)).max() <= 1
+    assert engine.stats.calls >= 2 and max(c.requests for c in engine.stats.recent_calls) >= 3
+    assert (engine.stats.not_finite, engine.stats.failed) == (2, 1)
+    assert engine.alive
+
+
+def test_nan_latents_have_no_preview() -> None:
+    latents = torch.randn(4, 8, 8)
+    assert preview_png(latents, "sd") is not None
+    latents[1, 2, 3] = float("nan")
+    assert preview_png(latents, "sd") is None

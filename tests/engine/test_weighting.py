@@ -8,6 +8,7 @@ it) and against A1111's chunking and emphasis rules written out by hand here.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,14 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from engine import EngineConfig, ImageRequest, InvalidRequest
 from engine.tiny import builtin_folder
 from engine.weighting import (
     CHUNK_TOKENS,
+    MAX_WEIGHT,
     Embeddings,
+    WeightError,
+    checked_attention,
     chunks_needed,
     encode,
     is_plain,
@@ -27,6 +32,8 @@ from engine.weighting import (
     parse_attention,
     plain_text,
 )
+
+from .conftest import EngineFactory
 
 W = 77  # one chunk: BOS, 75 tokens, EOS
 WORDS = "robot cat dog horse dragon castle city forest mountain river lake ocean sea sky".split()
@@ -148,6 +155,42 @@ def test_parse_attention_is_a1111s(text: str, expected: list[tuple[str, float]])
 def test_a_weight_that_is_not_a_number_raises_as_in_a1111() -> None:
     with pytest.raises(ValueError):
         parse_attention("(a:1.2.3)")
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("a (cat:" + "9" * 60 + ")", "'cat' weighs 1e+60"),
+        ("a (cat:" + "9" * 400 + ")", "'cat' weighs inf"),  # float() of it is infinity
+        ("a (b:10.5) c", "'b' weighs 10.5"),
+        ("(x:-11)", "'x' weighs -11"),
+        ("((cat:5):3)", "'cat' weighs 15"),  # nesting multiplies
+        ("(" * 26 + "deep" + ")" * 26, "'deep' weighs 11.9"),  # 1.1 ** 26
+        ("(a:1.2.3)", "is not a number"),
+    ],
+)
+def test_weights_that_would_overflow_are_refused_with_the_range(text: str, said: str) -> None:
+    with pytest.raises(WeightError, match=re.escape(said)) as info:
+        checked_attention(text, "negative prompt")
+    message = str(info.value)
+    assert "negative prompt" in message and message.endswith(".")
+    if "number" not in said:
+        assert f"between {-MAX_WEIGHT:g} and {MAX_WEIGHT:g}" in message
+
+
+@pytest.mark.parametrize(
+    "text", ["(cat:10)", "(cat:-10)", "(a BREAK b)", "BREAK", "[" * 100 + "x", "(" * 24 + "x"]
+)
+def test_weights_within_the_range_are_a1111s(text: str) -> None:
+    assert checked_attention(text) == parse_attention(text)
+
+
+def test_the_encoder_itself_refuses_an_overflowing_weight(sd: StableDiffusionPipeline) -> None:
+    """Not only validation: `encode` never turns an infinite weight into NaN embeddings."""
+    with pytest.raises(WeightError):
+        chunks_needed("(cat:" + "9" * 400 + ")", "", sd.tokenizer)
+    with pytest.raises(WeightError):
+        encode(sd, "sd", "(cat:1000)", "", device="cpu", count=1, cfg=False)
 
 
 @pytest.mark.parametrize(
@@ -402,3 +445,34 @@ def test_images_sdxl(sdxl: StableDiffusionXLPipeline) -> None:
     stock = render(sdxl, prompt="robot")
     assert np.array_equal(from_embeddings(sdxl, enc(sdxl, "(robot:1.0)")), stock)
     assert not np.array_equal(from_embeddings(sdxl, enc(sdxl, "(robot:1.5)")), stock)
+
+
+# --- what the engine accepts: bounded weights and windows ------------------------------------
+
+
+async def test_check_refuses_overflowing_weights_and_too_many_windows(
+    make_engine: EngineFactory,
+) -> None:
+    """On the real tiny model: a weight past the bound or more than `max_prompt_chunks`
+    windows is refused before anything is queued, naming the field; the limit itself is fine."""
+    engine = await make_engine(max_prompt_chunks=3)
+    with pytest.raises(InvalidRequest, match="'cat' weighs 1e\\+60") as info:
+        await engine.check(ImageRequest("a (cat:" + "9" * 60 + ")"))
+    assert info.value.field == "prompt"
+    with pytest.raises(InvalidRequest, match="in the negative prompt") as info:
+        await engine.check(ImageRequest("a cat", negative_prompt="(blurry:-50)"))
+    assert info.value.field == "negative_prompt"
+    resolved = (await engine.check(ImageRequest("a BREAK b BREAK c"))).request
+    assert resolved.chunks == 3
+    with pytest.raises(InvalidRequest, match="it takes 4 windows of 75 tokens") as info:
+        await engine.check(ImageRequest("a BREAK b BREAK c BREAK d"))
+    assert "at most 3" in str(info.value) and info.value.field == "prompt"
+    with pytest.raises(InvalidRequest, match="it takes 4 windows"):  # the negative counts too
+        await engine.check(ImageRequest("a", negative_prompt="a BREAK b BREAK c BREAK d"))
+    assert engine.queue_depth == 0
+
+
+def test_max_prompt_chunks_is_at_least_one() -> None:
+    with pytest.raises(ValueError, match="max_prompt_chunks must be at least 1"):
+        EngineConfig(max_prompt_chunks=0)
+    assert EngineConfig().limits.max_prompt_chunks == 6

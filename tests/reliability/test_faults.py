@@ -32,6 +32,7 @@ from .fault_hooks.sitecustomize import (
     HOLD,
     IMMUTABLE_BEFORE_DONE,
     KILL_BEFORE_DONE,
+    NAN_SEED,
     POISON,
 )
 
@@ -204,6 +205,36 @@ async def test_out_of_memory_splits_the_batch_and_the_bad_request_fails_alone(
         carol = await ledger.user_status(job.guild_id, world.carol.id)
         assert carol.used == 1  # her earlier job only: the poisoned one was refunded
         assert (carol.queued, carol.running) == (0, 0)
+
+
+async def test_a_nan_image_is_never_posted_nor_charged(world: World) -> None:
+    """An image whose numbers overflow (NaN latents: the hook starts the image of `NAN_SEED`
+    from NaN noise inside the bot) would be black: it is left out and given back, the rest of
+    its job delivered; a job with nothing else fails, refunded."""
+    async with read_ledger(world.tmp) as ledger:
+        used = (await ledger.user_status(world.guild.id, world.alice.id)).used
+    # Two images, the second from NaN; guidance 1: one UNet sample per image, under the
+    # hook's simulated memory limit.
+    job_id, progress = await world.imagine(
+        world.alice, "half a picture", seed=NAN_SEED - 1, count=2, guidance=1.0
+    )
+    result = await wait_result(interaction_of(progress))
+    await assert_delivered_once(world, job_id, result)
+    assert [a.filename.rsplit("-", 1)[1] for a in result.attachments] == [f"{NAN_SEED - 1}.png"]
+    assert "1 image(s) came out blank" in result.content and "given back" in result.content
+    async with read_ledger(world.tmp) as ledger:
+        assert (await job_of(ledger, job_id)).image_count == 1  # the NaN one was given back
+        assert (await ledger.user_status(world.guild.id, world.alice.id)).used == used + 1
+
+    bad_id, bad = await world.imagine(world.alice, "a blank picture", seed=NAN_SEED)
+    told = await interaction_of(bad).wait_for_original(lambda m: "failed" in m.content)
+    assert "overflowed" in told.content and "given back" in told.content
+    assert "Traceback" not in told.content and "NotFinite" not in told.content
+    assert world.results_for(bad_id) == []
+    async with read_ledger(world.tmp) as ledger:
+        assert (await job_of(ledger, bad_id)).status is JobStatus.FAILED
+        alice = await ledger.user_status(world.guild.id, world.alice.id)
+        assert (alice.used, alice.queued, alice.running) == (used + 1, 0, 0)
 
 
 async def test_a_job_failing_after_its_progress_message_was_deleted_is_still_reported(

@@ -13,6 +13,9 @@ There is no GPU here, so out of memory is simulated the way a small GPU would be
   fail alone);
 - while the file `HOLD` exists in the bot's working directory, the UNet waits: a test parks a
   job mid-run, deterministically, to inject a fault while it runs.
+- the image drawn from seed `NAN_SEED` starts from NaN noise (`nan_noise`), as an overflow
+  would leave its latents: it must never be posted nor charged, and the other images of its
+  job and batch are delivered.
 
 Faults around the ledger, the same way (files in the bot's working directory):
 
@@ -26,11 +29,13 @@ Faults around the ledger, the same way (files in the bot's working directory):
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +48,40 @@ KILL_BEFORE_DONE = "kill-before-done"
 FAIL_DONE = "fail-done"
 IMMUTABLE_BEFORE_DONE = "immutable-before-done"
 DATABASE_FILE = "imagine.db"
+NAN_SEED = 4_000_000_013
+#: Where the initial noise of an image is drawn (diffusers' `randn_tensor`, as each module
+#: imported it): the stock pipelines (batch scheduling) and the engine's stepper.
+NOISE_MODULES = (
+    "engine.stepper",
+    "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",
+    "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img",
+    "diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl",
+    "diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img",
+)
 
 log = logging.getLogger("fault_hooks")
+
+
+def nan_noise(randn: Callable[..., Any]) -> Callable[..., Any]:
+    """`randn_tensor` giving NaN for the row drawn from a generator seeded `NAN_SEED`."""
+
+    def randn_tensor(shape: Any, generator: Any = None, *args: Any, **kwargs: Any) -> Any:
+        noise = randn(shape, generator, *args, **kwargs)
+        generators = generator if isinstance(generator, list) else [generator]
+        for row, drawn in enumerate(generators):
+            if drawn is not None and drawn.initial_seed() == NAN_SEED:
+                log.warning("fault hook: NaN noise for seed %d", NAN_SEED)
+                noise[row] = float("nan")
+        return noise
+
+    return randn_tensor
+
+
+def install_nan_noise() -> None:
+    """Put `nan_noise` in every module of `NOISE_MODULES`."""
+    for name in NOISE_MODULES:
+        module = importlib.import_module(name)
+        module.randn_tensor = nan_noise(module.randn_tensor)  # type: ignore[attr-defined]
 
 
 def install(pipe: Any) -> None:
@@ -75,6 +112,7 @@ def install(pipe: Any) -> None:
 
     pipe.text_encoder.register_forward_pre_hook(text_encoder)
     pipe.unet.register_forward_pre_hook(unet)
+    install_nan_noise()
 
 
 def patch_engine_start() -> None:
