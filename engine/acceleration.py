@@ -151,9 +151,9 @@ def accelerate(model: LoadedModel, config: EngineConfig) -> str:
 
 def warm_up(model: LoadedModel) -> None:
     """Compile every bucket now, at the native size, so no user waits for a compile."""
-    unet = model.pipe.unet
-    forward = unet.forward
-    if not isinstance(forward, BucketedForward):
+    unet = getattr(model.pipe, "unet", None)
+    forward = getattr(unet, "forward", None)
+    if unet is None or not isinstance(forward, BucketedForward):
         return
     size = model.profile.native_size // getattr(model.pipe, "vae_scale_factor", 8)
     channels = unet.config.in_channels

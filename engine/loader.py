@@ -11,6 +11,7 @@ into the hub cache).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ __all__ = [
     "model_hash",
     "pick_device",
     "pick_dtype",
+    "request_pipeline",
     "sampler_name",
 ]
 
@@ -111,20 +113,32 @@ class LoadedModel:
         return total
 
 
-def image_to_image(model: LoadedModel, scheduler: Any = None) -> Any:
-    """The model's image-to-image pipeline, sharing every module with the text-to-image one
-    (diffusers' `from_pipe`: no extra memory), with `scheduler` (default: the model's).
-
-    The engine's one worker thread owns both pipelines, so swapping the scheduler per call is
-    safe; the step loop passes each request's own scheduler copy.
-    """
+def image_to_image(model: LoadedModel) -> Any:
+    """The model's image-to-image pipeline (its family's), sharing every module with the
+    text-to-image one (diffusers' `from_pipe`: no extra memory); `ValueError` for a family
+    without one (validation refuses such requests first)."""
     if model.img2img is None:
-        from diffusers import AutoPipelineForImage2Image
+        import diffusers
 
-        model.img2img = AutoPipelineForImage2Image.from_pipe(model.pipe)
+        from .families import family_of
+
+        cls = type(model.pipe).__name__
+        name = family_of(model.pipe).img2img.get(cls)
+        if name is None:
+            raise ValueError(f"{cls} models have no image-to-image pipeline")
+        model.img2img = getattr(diffusers, name).from_pipe(model.pipe)
         model.img2img.set_progress_bar_config(disable=True)
-    model.img2img.scheduler = scheduler if scheduler is not None else model.pipe.scheduler
     return model.img2img
+
+
+def request_pipeline(model: LoadedModel, *, image: bool = False) -> Any:
+    """A pipeline of one request's own (step scheduling): the model's text-to-image (or
+    image-to-image) pipeline with the same modules but its own scheduler and per-call state.
+    A shallow copy: no memory."""
+    base = image_to_image(model) if image else model.pipe
+    own = copy.copy(base)
+    own.scheduler = type(model.pipe.scheduler).from_config(model.pipe.scheduler.config)
+    return own
 
 
 def _source(spec: ModelSpec, config: EngineConfig) -> tuple[str, dict[str, Any]]:
@@ -460,35 +474,26 @@ def _file_sha256(path: Path, cache_dir: Path) -> str:
 
 
 def _profile(spec: ModelSpec, pipe: Any, *, has_checker: bool, files_hash: str) -> ModelProfile:
+    from .families import family_of
+
     cls = type(pipe).__name__
-    family = "sdxl" if "XL" in cls else "sd" if cls.startswith("StableDiffusion") else "other"
-    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
-    scale = getattr(pipe, "vae_scale_factor", 8)
-    native = int(sample * scale) if isinstance(sample, int) else (1024 if family == "sdxl" else 512)
-    few_steps = any(word in spec.source.lower() for word in ("turbo", "lightning", "lcm"))
-    if spec.source in BUILTIN_MODELS:
-        steps, guidance = 4, 7.0
-    elif few_steps:
-        steps, guidance = (4, 1.0) if "lightning" in spec.source.lower() else (1, 0.0)
-        if "lcm" in spec.source.lower():
-            steps, guidance = 4, 1.0
-    elif family == "sdxl":
-        steps, guidance = 30, 6.0
-    else:
-        steps, guidance = 25, 7.0
+    family = family_of(pipe)
+    defaults = family.defaults(pipe, spec.source)
     tokenizer = getattr(pipe, "tokenizer", None)
     max_len = getattr(tokenizer, "model_max_length", 77)
     return ModelProfile(
         name=spec.name,
-        family=family,
-        native_size=spec.size or native,
-        default_steps=spec.steps or steps,
-        default_guidance=spec.guidance if spec.guidance >= 0 else guidance,
+        family=family.name,
+        native_size=spec.size or defaults.native_size,
+        default_steps=spec.steps or defaults.steps,
+        default_guidance=spec.guidance if spec.guidance >= 0 else defaults.guidance,
         sampler=sampler_name(pipe.scheduler),
         max_tokens=max(1, min(int(max_len), 1024) - 2),
         has_safety_checker=has_checker,
         extra={"pipeline": cls, "device": str(pipe.device), "source": spec.source},
         hash=files_hash,
         description=spec.description,
+        multiple=defaults.multiple,
+        negative_prompt=family.negative_prompt,
+        img2img=cls in family.img2img,
     )

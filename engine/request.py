@@ -149,7 +149,7 @@ class ModelProfile:
     """What the loaded model considers normal, so a bare prompt gets sensible settings."""
 
     name: str
-    family: str  # "sd", "sdxl", "other"
+    family: str  # "sd", "sdxl", "flux"... (`engine.families`)
     native_size: int
     default_steps: int
     default_guidance: float
@@ -159,6 +159,9 @@ class ModelProfile:
     extra: dict[str, str] = field(default_factory=dict)
     hash: str = ""  # `Model hash` in the PNG's parameters
     description: str = ""
+    multiple: int = 8  # width and height are multiples of this (64 for SDXL)
+    negative_prompt: bool = True  # whether the family reads a negative prompt
+    img2img: bool = True  # whether the family has an image-to-image pipeline
 
 
 def clean_text(text: str) -> str:
@@ -302,6 +305,10 @@ def validate(
     strength = request.strength
     if init is None and strength is not None:
         raise InvalidRequest("strength", "Strength applies only when starting from an image.")
+    if init is not None and not profile.img2img:
+        raise InvalidRequest(
+            "image", f"The model {profile.name} cannot start from a picture: leave out the image."
+        )
     if init is not None:
         strength = DEFAULT_STRENGTH if strength is None else strength
         if isinstance(strength, bool) or not isinstance(strength, int | float):
@@ -334,7 +341,7 @@ def validate(
             "guidance", f"Guidance must be between 0 and {limits.max_guidance:g}, not {guidance:g}."
         )
 
-    multiple = 64 if profile.family == "sdxl" else 8
+    multiple = profile.multiple
     width, height = resolve_size(
         width=request.width,
         height=request.height,

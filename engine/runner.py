@@ -21,6 +21,7 @@ from . import weighting
 from .acceleration import accelerate, warm_up
 from .config import EngineConfig, ModelSpec
 from .errors import InvalidRequest
+from .families import Family, family_of
 from .job import Slot
 from .loader import LoadedModel, image_to_image, load_model
 from .lora import LoraState, load_loras
@@ -35,9 +36,6 @@ from .torch_ops import (
     preview_png,
     seeded_generators,
 )
-
-#: Families whose prompts are weighted and chunked (A1111 syntax); others get the text as is.
-WEIGHTED_FAMILIES = ("sd", "sdxl")
 
 __all__ = ["Runner"]
 
@@ -56,6 +54,7 @@ class Runner:
         self._counter: Any = None  # the loop thread's own tokenizer, see `count_tokens`
         self.profile: ModelProfile | None = None  # kept after `unload`, for validation
         self.step_reason: str | None = None  # why it cannot run step by step, once loaded
+        self.family: Family | None = None  # known once loaded (and kept after `unload`)
 
     @property
     def model(self) -> LoadedModel:
@@ -92,6 +91,7 @@ class Runner:
         self._counter = copy.deepcopy(tokenizer) if tokenizer is not None else None
         self._loras = LoraState(model.pipe)
         self._model = model
+        self.family = family_of(model.pipe)
         self.profile = model.profile
         self.step_reason = unsupported_reason(model)
         return model.profile
@@ -105,7 +105,9 @@ class Runner:
 
     @property
     def weighted(self) -> bool:
-        return self.profile is not None and self.profile.family in WEIGHTED_FAMILIES
+        """Whether prompts are weighted and chunked (A1111 syntax through CLIP embeddings);
+        other families get their text with the syntax removed."""
+        return self.family is not None and self.family.weighted
 
     def count_chunks(self, prompt: str, negative: str) -> int:
         """77-token windows the weighted prompts take; safe on the loop thread (own tokenizer).
@@ -144,25 +146,15 @@ class Runner:
         if any(s.request.key != key for s in slots):
             raise ValueError("a batch mixes models, LoRAs, sizes, steps or guidance")
         self.activate(slots[0].request)
-        generators: list[torch.Generator] = []
-        inits: list[Any] = []
-        for slot in slots:
-            generators += seeded_generators(slot.request)
-            inits += [slot.request.init_image] * slot.request.count
-
-        kwargs: dict[str, Any] = {
-            **self._texts(slots, cfg=key.guidance > 1.0),
-            "num_inference_steps": key.steps,
-            "guidance_scale": key.guidance,
-            "generator": generators,
-            "output_type": "np",  # floats, so NaN shows: `pictures` makes the PIL images
-        }
-        pipe = model.pipe
-        if key.strength is None:
-            kwargs |= {"width": key.width, "height": key.height}
-        else:  # the size is the init images' (validate made them the request's size)
-            pipe = image_to_image(model)
-            kwargs |= {"image": inits, "strength": key.strength}
+        assert self.family is not None
+        requests = [slot.request for slot in slots]
+        generators = [g for r in requests for g in seeded_generators(r)]
+        texts = None
+        if self.family.weighted and any(self.needs_embeddings(r) for r in requests):
+            # Every request's embeddings (equal to the stock ones for a plain prompt).
+            texts = [self.embeddings(r, cfg=key.guidance > 1.0) for r in requests]
+        pipe = model.pipe if key.strength is None else image_to_image(model)
+        kwargs = self.family.batch_kwargs(pipe, requests, generators, texts)
         last: dict[str, torch.Tensor] = {}  # the latents after the latest step
         if self._step_callback_ok:
             total = slots[0].request.denoising_steps
@@ -207,40 +199,6 @@ class Runner:
             count=request.count,
             cfg=cfg,
         )
-
-    def _texts(self, slots: Sequence[Slot], *, cfg: bool) -> dict[str, Any]:
-        """The pipeline's text arguments: plain strings (the stock path) unless a request is
-        weighted or long, then every request's embeddings (equal to the stock ones when plain)."""
-        requests = [slot.request for slot in slots]
-        if not any(self.needs_embeddings(r) for r in requests):
-            prompts: list[str] = []
-            negatives: list[str] = []
-            for r in requests:
-                plain = weighting.plain_text(r.prompt) if self.weighted else r.prompt
-                negative = (
-                    weighting.plain_text(r.negative_prompt) if self.weighted else r.negative_prompt
-                )
-                prompts += [plain] * r.count
-                negatives += [negative] * r.count
-            return {"prompt": prompts, "negative_prompt": self._negatives(negatives)}
-        made = [self.embeddings(r, cfg=cfg) for r in requests]
-        out: dict[str, Any] = {"prompt_embeds": torch.cat([e.cond for e in made])}
-        if cfg:
-            out["negative_prompt_embeds"] = torch.cat([e.uncond for e in made])  # type: ignore[misc]
-        if self.profile is not None and self.profile.family == "sdxl":
-            out["pooled_prompt_embeds"] = torch.cat([e.pooled for e in made])  # type: ignore[misc]
-            if cfg:
-                out["negative_pooled_prompt_embeds"] = torch.cat(
-                    [e.negative_pooled for e in made]  # type: ignore[misc]
-                )
-        return out
-
-    def _negatives(self, negatives: list[str]) -> list[str] | None:
-        # SDXL uses zero embeddings for "no negative prompt" but encodes "" when given one, so
-        # pass None when nobody asked for one, as a lone request would.
-        if self.model.profile.family == "sdxl" and not any(negatives):
-            return None
-        return negatives
 
     def _step_callback(
         self, slots: Sequence[Slot], total: int, last: dict[str, torch.Tensor]

@@ -1,12 +1,15 @@
-"""Step-level batching on the worker thread: per-request denoising state and one shared tick.
+"""Step-level batching on the worker thread: each request runs its own stock pipeline call,
+and one shared tick runs the denoiser once for all of them.
 
-`runner.py` hands a whole batch to one pipeline call, so requests can only share a call if they
-match in size, steps and guidance, and a request that arrives a second late waits for the whole
-batch. Here requests join and leave between denoising steps: each keeps its own scheduler copy
-(diffusers schedulers are stateful), its own per-image generators, latents and step index, and a
-tick runs ONE UNet forward over every sample with per-sample timesteps. Guidance is applied per
-request and each request's scheduler steps only its slice, so its images equal the stock
-pipeline's run alone with the same seed and settings.
+`runner.py` hands a whole batch to one pipeline call, so requests can only share a call if
+they match in size, steps and guidance, and a request that arrives a second late waits for
+the whole batch. Here requests join and leave between denoising steps: each request's stock
+pipeline call runs as a `RequestRun` (`dispatch.py`) with its own scheduler copy, generators
+and latents, and stops whenever it calls the denoiser; a tick merges the waiting calls of
+every request of a group into ONE forward with per-sample timesteps (and per-sample guidance
+where the model takes it), and hands each request its share (`families.Family.merge` and
+`split`). Encoding, latents, scheduler steps, guidance and decoding are the stock pipeline's
+own code, so each request's images equal the stock pipeline's run alone.
 
 Everything here runs on the engine's single worker thread (`worker.Worker` owns it and
 `scheduling/step.py` schedules it).
@@ -14,18 +17,18 @@ Everything here runs on the engine's single worker thread (`worker.Worker` owns 
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 
 from . import weighting
+from .dispatch import RequestRun, with_proxy
+from .families import DenoiserCall, Family, family_of
 from .job import Slot
-from .loader import LoadedModel, image_to_image
+from .loader import LoadedModel, request_pipeline
 from .request import ImageRequest
 from .result import GeneratedImage
 from .torch_ops import (
@@ -36,6 +39,16 @@ from .torch_ops import (
     preview_png,
     seeded_generators,
 )
+
+__all__ = ["MAX_CALLS_PER_STEP", "Sample", "Stepper", "unsupported_reason"]
+
+#: Denoiser calls one step may make before its scheduler steps (a bound, should a pipeline
+#: never call back: two for true classifier-free guidance).
+MAX_CALLS_PER_STEP = 4
+
+log = logging.getLogger(__name__)
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 class Texts(Protocol):
@@ -51,26 +64,14 @@ class Texts(Protocol):
     def embeddings(self, request: ImageRequest, *, cfg: bool) -> weighting.Embeddings: ...
 
 
-__all__ = ["Sample", "Stepper", "unsupported_reason"]
-
-log = logging.getLogger(__name__)
-A = TypeVar("A")
-R = TypeVar("R")
-
-#: Pipelines whose denoising loop this module reproduces, by class name -> model family.
-_PIPELINES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
-
-
 def unsupported_reason(model: LoadedModel) -> str | None:
     """Why this model cannot run step by step (the engine then batches whole calls), or None."""
-    name = type(model.pipe).__name__
-    if name not in _PIPELINES:
-        return f"{name} has no step-level path (only {', '.join(_PIPELINES)})"
-    unet = getattr(model.pipe, "unet", None)
-    if unet is None:
-        return f"{name} has no UNet"
-    if getattr(unet.config, "time_cond_proj_dim", None) is not None:
-        return "UNets with a guidance embedding (LCM-style) are not supported"
+    try:
+        family = family_of(model.pipe)
+    except ValueError as exc:
+        return str(exc)
+    if getattr(model.pipe, family.denoiser, None) is None:
+        return f"{type(model.pipe).__name__} has no {family.denoiser}"
     return None
 
 
@@ -87,19 +88,16 @@ def _each(fn: Callable[[A], R], items: Sequence[A]) -> list[R | Exception]:
 
 @dataclass(eq=False, slots=True)
 class Sample:
-    """One request's denoising state between ticks; owned by the worker thread."""
+    """One request's run between ticks; owned by the worker thread."""
 
     slot: Slot
-    scheduler: Any  # this request's own copy: set_timesteps and step state are per request
-    generators: list[torch.Generator]  # one per image: initial and ancestral noise
-    timesteps: torch.Tensor
-    latents: torch.Tensor  # (count, C, h, w)
-    cond: torch.Tensor  # text embeddings, one row per image
-    uncond: torch.Tensor | None  # None when guidance <= 1: no unconditional half
-    cond_added: dict[str, torch.Tensor] = field(default_factory=dict)  # SDXL text_embeds/time_ids
-    uncond_added: dict[str, torch.Tensor] = field(default_factory=dict)
-    step_kwargs: dict[str, Any] = field(default_factory=dict)
-    index: int = 0  # timesteps done
+    run: RequestRun | None = None
+    call: DenoiserCall | None = None  # its denoiser call, waiting for the next tick
+    rows: int = 0  # denoiser batch rows that call takes (images, twice with guidance)
+    output: Any = None  # its pipeline's output, once the run has ended
+    latents: torch.Tensor | None = None  # after its latest step (previews, the NaN check)
+    calls: int = 0  # denoiser calls it has made (its steps, times two for some guidance)
+    stepped: bool = False  # its scheduler stepped since the tick began (its callback ran)
 
     @property
     def request(self) -> ImageRequest:
@@ -110,13 +108,8 @@ class Sample:
         return self.slot.request.count
 
     @property
-    def rows(self) -> int:
-        """UNet batch rows this sample takes in a tick (twice its images under guidance)."""
-        return self.count * (2 if self.uncond is not None else 1)
-
-    @property
     def done(self) -> bool:
-        return self.index >= len(self.timesteps)
+        return self.call is None
 
 
 class Stepper:
@@ -130,7 +123,8 @@ class Stepper:
             raise ValueError(reason)
         self.model = model
         self.runner = runner
-        self.family = _PIPELINES[type(model.pipe).__name__]
+        self.family: Family = family_of(model.pipe)
+        self.denoiser = getattr(model.pipe, self.family.denoiser)
 
     # Admission
     def admit_all(self, slots: Sequence[Slot]) -> list[Sample | Exception]:
@@ -138,196 +132,113 @@ class Stepper:
         return _each(self.admit, slots)
 
     def admit(self, slot: Slot) -> Sample:
-        """Encode the prompt once and draw the initial noise, as the pipeline's steps 3-6 do."""
-        pipe = self.model.pipe
-        device = self.model.device
+        """Start the request's stock pipeline call and run it to its first denoiser call
+        (its prompt encoded, its initial noise drawn)."""
         r = slot.request
-        assert r.steps is not None and r.guidance is not None
-        assert r.width is not None and r.height is not None
-        cfg = r.guidance > 1.0
-        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-        scheduler.set_timesteps(r.steps, device=device)
-        if self.family == "sdxl" and hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(0)  # as StableDiffusionXLPipeline does before its loop
-        generators = seeded_generators(r)
-        cond_added: dict[str, torch.Tensor] = {}
-        uncond_added: dict[str, torch.Tensor] = {}
+        assert r.guidance is not None
         runner = self.runner
         if runner is not None:
             runner.activate(r)  # a LoRA on the text encoder changes the embeddings too
-        embedded = runner.embeddings(r, cfg=cfg) if runner and runner.needs_embeddings(r) else None
-        prompt, negative = r.prompt, r.negative_prompt
-        if runner is not None and runner.weighted:
-            prompt, negative = weighting.plain_text(prompt), weighting.plain_text(negative)
-        with torch.inference_mode():
-            if self.family == "sdxl":
-                # Zero embeddings for "no negative prompt", as a lone SDXL call would use.
-                if embedded is not None:
-                    cond, uncond = embedded.cond, embedded.uncond
-                    pooled, neg_pooled = embedded.pooled, embedded.negative_pooled
-                else:
-                    cond, uncond, pooled, neg_pooled = pipe.encode_prompt(
-                        prompt=prompt,
-                        device=device,
-                        num_images_per_prompt=r.count,
-                        do_classifier_free_guidance=cfg,
-                        negative_prompt=negative or None,
-                    )
-                encoder_2 = getattr(pipe, "text_encoder_2", None)
-                projection = (
-                    encoder_2.config.projection_dim
-                    if encoder_2 is not None
-                    else int(pooled.shape[-1])
-                )
-                size = (r.height, r.width)
-                time_ids = pipe._get_add_time_ids(
-                    size, (0, 0), size, dtype=cond.dtype, text_encoder_projection_dim=projection
-                )
-                time_ids = time_ids.to(device).repeat(r.count, 1)
-                cond_added = {"text_embeds": pooled.to(device), "time_ids": time_ids}
-                if cfg:
-                    uncond_added = {"text_embeds": neg_pooled.to(device), "time_ids": time_ids}
-            elif embedded is not None:
-                cond, uncond = embedded.cond, embedded.uncond
-            else:
-                cond, uncond = pipe.encode_prompt(
-                    prompt=prompt,
-                    device=device,
-                    num_images_per_prompt=r.count,
-                    do_classifier_free_guidance=cfg,
-                    negative_prompt=negative,
-                )
-            if r.init_image is not None:
-                timesteps, latents = self._init_latents(r, scheduler, generators, cond.dtype)
-            else:
-                timesteps = scheduler.timesteps
-                shape = (
-                    r.count,
-                    pipe.unet.config.in_channels,
-                    r.height // pipe.vae_scale_factor,
-                    r.width // pipe.vae_scale_factor,
-                )
-                noise = randn_tensor(shape, generator=generators, device=device, dtype=cond.dtype)
-                # The request's OWN scheduler: sigma-based ones scale by their own largest sigma.
-                latents = noise * scheduler.init_noise_sigma
-        accepted = inspect.signature(scheduler.step).parameters
-        step_kwargs: dict[str, Any] = {}
-        if "eta" in accepted:
-            step_kwargs["eta"] = 0.0
-        if "generator" in accepted:
-            step_kwargs["generator"] = generators
-        return Sample(
-            slot=slot,
-            scheduler=scheduler,
-            generators=generators,
-            timesteps=timesteps,
-            latents=latents,
-            cond=cond,
-            uncond=uncond if cfg else None,
-            cond_added=cond_added,
-            uncond_added=uncond_added,
-            step_kwargs=step_kwargs,
+        pipe = with_proxy(
+            request_pipeline(self.model, image=r.init_image is not None), self.family.denoiser
         )
+        generators = seeded_generators(r)
+        with torch.inference_mode():
+            texts = None
+            if runner is not None and self.family.weighted and runner.needs_embeddings(r):
+                texts = runner.embeddings(r, cfg=r.guidance > 1.0)
+            kwargs = self.family.call_kwargs(pipe, r, generators, texts)
+        sample = Sample(slot)
+        kwargs["callback_on_step_end"] = self._callback(sample)
+        kwargs["callback_on_step_end_tensor_inputs"] = list(self.family.callback_tensors)
+        sample.run = RequestRun(lambda: pipe(**kwargs))
+        self._advance(sample, None)
+        return sample
 
-    def _init_latents(
-        self, r: ImageRequest, scheduler: Any, generators: list[torch.Generator], dtype: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image-to-image: the timesteps left after `strength`, and the init image encoded by
-        the VAE and noised to the first of them with the request's own generators.
+    def discard(self, samples: Sequence[Sample]) -> None:
+        """End runs that will not be ticked again (cancelled, failed): their pipelines stop
+        where they wait, here on the thread that owns them."""
+        for sample in samples:
+            if sample.run is not None and not sample.run.dead:
+                sample.run.throw()
+            sample.call = None
 
-        Runs the stock image-to-image pipeline's own `get_timesteps` and `prepare_latents`
-        with this request's scheduler swapped in, so the result is the stock one by
-        construction (the swap is safe: this thread owns both pipelines).
-        """
-        assert r.steps is not None and r.strength is not None
-        img2img = image_to_image(self.model, scheduler)
-        try:
-            timesteps, _ = img2img.get_timesteps(r.steps, r.strength, self.model.device)
-            image = img2img.image_processor.preprocess(r.init_image)
-            first = timesteps[:1].repeat(r.count)
-            latents = img2img.prepare_latents(
-                image, first, 1, r.count, dtype, self.model.device, generators
-            )
-        finally:
-            img2img.scheduler = self.model.pipe.scheduler
-        return timesteps, latents
+    def _advance(self, sample: Sample, share: Any) -> None:
+        """Start the request's run (`share` None), or resume it with its share of a denoiser
+        call, until its next call (or the end of its pipeline call)."""
+        run = sample.run
+        assert run is not None
+        with torch.inference_mode():
+            answer = run.switch() if share is None else run.switch(share)
+        if run.dead:
+            sample.call, sample.rows, sample.output = None, 0, answer
+        else:
+            assert isinstance(answer, DenoiserCall)
+            sample.call, sample.rows = answer, self.family.rows(answer)
+            sample.calls += 1
+
+    def _callback(self, sample: Sample) -> Callable[..., dict[str, Any]]:
+        """The pipeline's step callback: progress in the user's steps, previews on request."""
+        family, request = self.family, sample.request
+
+        def callback(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            latents = tensors.get("latents")
+            if latents is not None:
+                sample.latents = latents
+            sample.stepped = True
+            total = int(getattr(pipe, "num_timesteps", 0) or request.denoising_steps)
+            # Second-order schedulers take more timesteps than steps: count the user's.
+            order = getattr(pipe.scheduler, "order", 1) or 1
+            steps = max(1, round(total / order))
+            sample.slot.on_step(round((i + 1) * steps / max(1, total)), steps)
+            if latents is not None and sample.slot.wants_preview():
+                first = family.preview_latents(pipe, latents, request)
+                png = None if first is None else preview_png(first, family.name)
+                if png is not None:
+                    sample.slot.on_preview(png)
+            return tensors
+
+        return callback
 
     # One tick
     def tick(self, samples: Sequence[Sample]) -> list[Exception | None]:
-        """Advance every sample by one denoising step with one UNet forward.
+        """Advance every sample by one denoising step: one forward over all their waiting
+        denoiser calls, and another over the second calls of those whose step takes two
+        (true classifier-free guidance calls the denoiser twice before stepping).
 
-        Raises only when the shared forward fails; by then no sample has changed, so the caller
-        may retry any subset. A scheduler step that fails is returned in its sample's place
-        (that request fails alone; the others have stepped).
+        Raises only when a shared forward fails; a failed forward changes no sample, so the
+        caller may retry any subset (a sample between its two calls goes on with its second).
+        A run that fails after its share (its scheduler step, its decoding) is returned in
+        its sample's place: that request fails alone.
         """
-        if self.runner is not None and samples:
-            self.runner.activate(samples[0].request)  # a tick shares one LoRA set
-        with torch.inference_mode():
-            predictions = self._predict(samples)
-            errors: list[Exception | None] = []
-            for sample, prediction in zip(samples, predictions, strict=True):
-                try:
-                    t = sample.timesteps[sample.index]
-                    sample.latents = sample.scheduler.step(
-                        prediction, t, sample.latents, **sample.step_kwargs, return_dict=False
-                    )[0]
-                    sample.index += 1
-                except Exception as exc:
-                    errors.append(exc)
-                    continue
-                errors.append(None)
-                self._report(sample)
-        return errors
+        waiting = [s for s in samples if s.call is not None]
+        if self.runner is not None and waiting:
+            self.runner.activate(waiting[0].request)  # a tick shares one LoRA set
+        errors: dict[int, Exception | None] = {}
+        for sample in waiting:
+            sample.stepped = False
+        for _ in range(MAX_CALLS_PER_STEP):
+            if not waiting:
+                break
+            self._forward(waiting, errors)
+            waiting = [s for s in waiting if s.call is not None and not s.stepped]
+        return [errors.get(id(s)) for s in samples]
 
-    def _predict(self, samples: Sequence[Sample]) -> list[torch.Tensor]:
-        """Guided noise predictions per sample; mutates nothing a retry would see twice."""
-        inputs: list[torch.Tensor] = []
-        steps: list[torch.Tensor] = []
-        texts: list[torch.Tensor] = []
-        added: dict[str, list[torch.Tensor]] = {}
-        for s in samples:
-            t = s.timesteps[s.index]
-            # Idempotent: Euler-type schedulers only fix their step index on the first call.
-            x = s.scheduler.scale_model_input(s.latents, t)
-            halves = [(s.cond, s.cond_added)]
-            if s.uncond is not None:
-                halves.insert(0, (s.uncond, s.uncond_added))
-            for text, extra in halves:
-                inputs.append(x)
-                steps.append(t.reshape(1).expand(s.count))
-                texts.append(text)
-                for name, value in extra.items():
-                    added.setdefault(name, []).append(value)
-        if len({t.dtype for t in steps}) > 1:  # the UNet embeds timesteps as float anyway
-            steps = [t.float() for t in steps]
-        noise = self.model.pipe.unet(
-            torch.cat(inputs),
-            torch.cat(steps),
-            encoder_hidden_states=torch.cat(texts),
-            added_cond_kwargs={k: torch.cat(v) for k, v in added.items()} or None,
-            return_dict=False,
-        )[0]
-        out: list[torch.Tensor] = []
-        offset = 0
-        for s in samples:
-            n = s.count
-            if s.uncond is not None:
-                uncond, text = noise[offset : offset + n], noise[offset + n : offset + 2 * n]
-                out.append(uncond + s.request.guidance * (text - uncond))  # type: ignore[operator]
-            else:
-                out.append(noise[offset : offset + n])
-            offset += s.rows
-        return out
-
-    def _report(self, sample: Sample) -> None:
-        steps = sample.request.denoising_steps or len(sample.timesteps)
-        # Second-order schedulers take more timesteps than steps: report in the user's steps.
-        done = round(sample.index * steps / len(sample.timesteps))
-        sample.slot.on_step(done, steps)
-        if sample.slot.wants_preview():
-            png = preview_png(sample.latents[0], self.family)
-            if png is not None:
-                sample.slot.on_preview(png)
+    def _forward(self, waiting: Sequence[Sample], errors: dict[int, Exception | None]) -> None:
+        """One denoiser forward for the waiting calls of `waiting`; each run then goes on
+        with its share (an error in its place when its own code fails)."""
+        calls = [s.call for s in waiting]
+        with torch.inference_mode():  # inference tensors throughout, as compile expects
+            merged = self.family.merge(calls)  # type: ignore[arg-type]
+            output = self.denoiser(*merged.args, **merged.kwargs)
+            shares = self.family.split(output, calls)  # type: ignore[arg-type]
+        for sample, share in zip(waiting, shares, strict=True):
+            try:
+                self._advance(sample, share)
+                errors[id(sample)] = None
+            except Exception as exc:
+                sample.call = None
+                errors[id(sample)] = exc
 
     # Finishing
     def finish_all(self, samples: Sequence[Sample]) -> list[list[GeneratedImage] | Exception]:
@@ -335,44 +246,10 @@ class Stepper:
         return _each(self.finish, samples)
 
     def finish(self, sample: Sample) -> list[GeneratedImage]:
-        """Decode, check and encode one finished request's images (its PNGs, in seed order),
-        less those whose latents or pixels are not finite (`torch_ops.pictures`)."""
-        with torch.inference_mode():
-            images = pictures(self.decode(sample), finite_rows(sample.latents))
+        """Check and encode one finished request's images (its PNGs, in seed order), less
+        those whose latents or pixels are not finite (`torch_ops.pictures`)."""
+        assert sample.output is not None, "finish() before the run ended"
+        latents_ok = None if sample.latents is None else finite_rows(sample.latents)
+        images = pictures(sample.output.images, latents_ok)
         flags = check_safety(self.model, images)
         return package_images(self.model, sample.request, images, flags)
-
-    def decode(self, sample: Sample) -> Any:
-        """Float pixels `(n, h, w, c)` in 0..1 from final latents, exactly as the family's
-        pipeline decodes them with `output_type="np"`."""
-        pipe = self.model.pipe
-        vae = pipe.vae
-        latents = sample.latents
-        if self.family != "sdxl":
-            image = vae.decode(
-                latents / vae.config.scaling_factor, return_dict=False, generator=sample.generators
-            )[0]
-            return pipe.image_processor.postprocess(
-                image, output_type="np", do_denormalize=[True] * image.shape[0]
-            )
-        # SDXL's VAE overflows in fp16: the pipeline decodes in fp32 when the config says so.
-        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
-        if upcast:
-            vae.to(dtype=torch.float32)
-            latents = latents.to(torch.float32)
-        try:
-            mean = getattr(vae.config, "latents_mean", None)
-            std = getattr(vae.config, "latents_std", None)
-            if mean is not None and std is not None:
-                mean_t = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-                std_t = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-                latents = latents * std_t / vae.config.scaling_factor + mean_t
-            else:
-                latents = latents / vae.config.scaling_factor
-            image = vae.decode(latents, return_dict=False)[0]
-        finally:
-            if upcast:
-                vae.to(dtype=torch.float16)
-        if getattr(pipe, "watermark", None) is not None:
-            image = pipe.watermark.apply_watermark(image)
-        return pipe.image_processor.postprocess(image, output_type="np")

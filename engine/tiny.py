@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .tiny_dit import DIT_BUILDERS
+
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
@@ -35,8 +37,11 @@ __all__ = [
 _VERSION = 1
 #: `builtin:tiny-b` has the same shape with other random weights: a second model for tests
 #: and offline trials of several models (and of LoRAs made for the tiny UNet).
-BUILTIN_MODELS = ("builtin:tiny", "builtin:tiny-flagging", "builtin:tiny-b")
+_SD_MODELS = ("builtin:tiny", "builtin:tiny-flagging", "builtin:tiny-b")
 _VOCAB = Path(__file__).parent / "vocab"
+
+#: Every builtin model: the SD ones here, one per other family in `tiny_dit`.
+BUILTIN_MODELS = (*_SD_MODELS, *DIT_BUILDERS)
 
 
 def default_cache_dir() -> Path:
@@ -53,7 +58,11 @@ def builtin_folder(name: str, cache_dir: Path | None = None) -> Path:
         raise ValueError(f"unknown builtin model {name!r}; known: {', '.join(BUILTIN_MODELS)}")
     root = _folder(name, cache_dir)
     if not (root / "model_index.json").exists():
-        _build(root, flagging=name.endswith("-flagging"), seed=1 if name.endswith("-b") else 0)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        if name in _SD_MODELS:
+            _build(root, flagging=name.endswith("-flagging"), seed=1 if name.endswith("-b") else 0)
+        else:
+            DIT_BUILDERS[name](root)
     return root
 
 

@@ -179,6 +179,11 @@ class Worker:
         """One denoising step over every sample; raises only if the shared forward fails."""
         return await self._call(self._stepper_of(samples[0].slot).tick, samples)
 
+    async def discard(self, samples: Sequence[Sample]) -> None:
+        """End the runs of samples that leave without finishing (cancelled, failed alone)."""
+        if samples:
+            await self._call(self._stepper_of(samples[0].slot).discard, samples)
+
     async def finish(self, samples: Sequence[Sample]) -> list[list[GeneratedImage] | Exception]:
         """Decode, check and encode finished samples; a failure stands in its place."""
         return await self._call(self._stepper_of(samples[0].slot).finish_all, samples)

@@ -15,9 +15,9 @@ Runs on the engine's worker thread only (torch).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -106,7 +106,7 @@ class Family:
     #: Whether A1111 weights are applied through CLIP embeddings (else removed from the text).
     weighted: bool = False
     #: The family's image-to-image pipeline classes by text-to-image class (absent: none).
-    img2img: Mapping[str, str] = {}
+    img2img: Mapping[str, str] = MappingProxyType({})
     #: Tensors the pipeline's step callback may ask for (latents for progress previews).
     callback_tensors: tuple[str, ...] = ("latents",)
 
@@ -132,13 +132,6 @@ class Family:
         scheduling: one whole call)."""
         raise NotImplementedError
 
-    def request_pipeline(self, pipe: Any, scheduler: Any | None = None) -> Any:
-        """A pipeline of its own for one request: the same modules, its own scheduler and
-        per-call state (a shallow copy: no memory)."""
-        own = copy.copy(pipe)
-        own.scheduler = scheduler or type(pipe.scheduler).from_config(pipe.scheduler.config)
-        return own
-
     # The batched denoiser call
     def rows(self, call: DenoiserCall) -> int:
         return int(call.first_tensor().shape[0])
@@ -157,7 +150,9 @@ class Family:
                 merged[name] = _same(values, name)
             else:
                 merged[name] = _cat(values, rows, name)
-        return DenoiserCall((), merged)
+        # As the pipeline passed them (hooks on the module may read them by position).
+        positional = self.positional[: len(calls[0].args)]
+        return DenoiserCall(tuple(merged.pop(n) for n in positional), merged)
 
     def split(self, output: Any, calls: Sequence[DenoiserCall]) -> list[Any]:
         """The merged call's output, cut back into each call's own (as `return_dict=False`

@@ -9,6 +9,7 @@ SDXL's extra conditioning (pooled text embeddings, size ids) is per sample too.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -37,7 +38,7 @@ class SD(Family):
     denoiser = "unet"
     positional = ("sample", "timestep")
     weighted = True
-    img2img = {"StableDiffusionPipeline": "StableDiffusionImg2ImgPipeline"}
+    img2img = MappingProxyType({"StableDiffusionPipeline": "StableDiffusionImg2ImgPipeline"})
     base_steps, base_guidance, base_size = 25, 7.0, 512
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
@@ -85,7 +86,7 @@ class SD(Family):
             "num_inference_steps": first.steps,
             "guidance_scale": first.guidance,
             "generator": generators,
-            "output_type": "pt",
+            "output_type": "np",  # floats, so NaN shows (`torch_ops.pictures`)
         }
         if first.init_image is None:
             kwargs |= {"width": first.width, "height": first.height}
@@ -103,7 +104,7 @@ class SD(Family):
 class SDXL(SD):
     name = "sdxl"
     pipelines = ("StableDiffusionXLPipeline",)
-    img2img = {"StableDiffusionXLPipeline": "StableDiffusionXLImg2ImgPipeline"}
+    img2img = MappingProxyType({"StableDiffusionXLPipeline": "StableDiffusionXLImg2ImgPipeline"})
     base_steps, base_guidance, base_size = 30, 6.0, 1024
     multiple = 64
 

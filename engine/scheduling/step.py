@@ -126,6 +126,7 @@ class StepScheduler(QueueingScheduler[StepQueue[Job]]):
         self._turns: dict[Group, int] = {}  # tick number a group last ran at
         self._row_limits: dict[Group, int] = {}  # UNet rows per forward that fit, after an OOM
         self._tick_no = 0
+        self._left: list[Sample] = []  # samples that left unfinished: their runs end next
 
     def in_use(self) -> set[str]:
         """Models with admitted requests: never unloaded under them."""
@@ -140,6 +141,7 @@ class StepScheduler(QueueingScheduler[StepQueue[Job]]):
         """
         while True:
             self._drop_cancelled()
+            await self._discard_left()
             size = self._next_group()
             if size is None:
                 if len(self.queue):  # everything queued waits for a model to load
@@ -179,7 +181,17 @@ class StepScheduler(QueueingScheduler[StepQueue[Job]]):
         for group in self._groups.values():
             for active in [a for a in group if a.job.cancel_requested]:
                 group.remove(active)  # its slot is free for this tick's admission
+                self._left.append(active.sample)
                 self.lifecycle.fail(active.job, Cancelled())
+
+    async def _discard_left(self) -> None:
+        """End the runs of samples that left without finishing, on the worker (per model)."""
+        left, self._left = self._left, []
+        by_model: dict[str, list[Sample]] = {}
+        for sample in left:
+            by_model.setdefault(sample.request.model or "", []).append(sample)
+        for samples in by_model.values():
+            await self.worker.discard(samples)
 
     async def _admit(self, size: Group) -> None:
         group = self._groups.setdefault(size, [])
@@ -235,6 +247,7 @@ class StepScheduler(QueueingScheduler[StepQueue[Job]]):
 
     def _fail_alone(self, active: _Active, exc: Exception) -> None:
         self._groups[group_of(active.job.key)].remove(active)
+        self._left.append(active.sample)
         self.lifecycle.fail_alone(active.job, exc)
 
     # Update

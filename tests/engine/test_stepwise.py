@@ -345,23 +345,35 @@ async def test_sdxl_runs_through_the_step_loop(
         assert_matches_stock(model, job, result.images)
 
 
-async def test_a_model_that_cannot_step_falls_back_to_batches(
+async def test_an_lcm_unet_steps_too_and_matches_stock(
     tiny_config: EngineConfig, tmp_path: Path
 ) -> None:
+    """A UNet with a guidance embedding (LCM-style) takes its conditioning per sample too, so
+    it runs step by step like any other (the stock pipeline computes it for each request)."""
     from diffusers import UNet2DConditionModel
 
     base = load_model(tiny_config)
     unet_config = {k: v for k, v in base.pipe.unet.config.items() if not k.startswith("_")}
     torch.manual_seed(0)
     base.pipe.unet = UNet2DConditionModel(**{**unet_config, "time_cond_proj_dim": 32})  # LCM
-    assert unsupported_reason(base) is not None
+    assert unsupported_reason(base) is None
     base.pipe.save_pretrained(tmp_path)
 
     config = dataclasses.replace(tiny_config, model=str(tmp_path), scheduling="step")
+    request = ImageRequest("still works", seed=4, steps=2, guidance=3.0, user="a")
     async with Engine(config) as engine:
-        assert engine.scheduling == "batch"
-        result = await engine.generate(ImageRequest("still works", steps=2, user="a"))
-    assert len(result.images) == 1 and engine.stats.batches == 1
+        assert engine.scheduling == "step"
+        result = await engine.generate(request)
+    assert len(result.images) == 1 and engine.stats.ticks == 2
+    stock = load_model(config).pipe(
+        "still works",
+        num_inference_steps=2,
+        guidance_scale=3.0,
+        width=result.images[0].width,
+        height=result.images[0].height,
+        generator=[torch.Generator("cpu").manual_seed(4)],
+    ).images[0]
+    assert np.abs(pixels(result.images[0].png) - np.asarray(stock, dtype=np.int16)).max() <= 1
 
 
 def test_scheduling_is_validated() -> None:

@@ -52,7 +52,6 @@ NAN_SEED = 4_000_000_013
 #: Where the initial noise of an image is drawn (diffusers' `randn_tensor`, as each module
 #: imported it): the stock pipelines (batch scheduling) and the engine's stepper.
 NOISE_MODULES = (
-    "engine.stepper",
     "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",
     "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img",
     "diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl",

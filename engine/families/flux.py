@@ -1,0 +1,129 @@
+"""FLUX.1 (schnell, dev) and Chroma: rectified-flow transformers over packed 2x2 latents.
+
+FLUX.1 reads its prompt through CLIP (pooled) and T5 (the sequence); dev has a distilled
+guidance embedding (its guidance is a per-sample input, so requests of any guidance share a
+call), schnell has none. Neither reads a negative prompt. Chroma reads T5 only, with an
+attention mask, and uses true classifier-free guidance (two transformer calls a step when
+guidance is over 1). The transformer takes one timestep per sample; the positional ids of
+the image and text tokens are shared, and depend only on the size, so requests of one size
+share a call. The scheduler's resolution-dependent shift is the stock pipeline's own, per
+request.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from .. import weighting
+from ..request import ImageRequest
+from .base import Family, FamilyDefaults
+
+__all__ = ["Chroma", "Flux"]
+
+
+def _call_default(pipe: Any, name: str, fallback: Any) -> Any:
+    """A default of the stock pipeline's `__call__` (what a bare call would use)."""
+    parameter = inspect.signature(type(pipe).__call__).parameters.get(name)
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return fallback
+    return parameter.default
+
+
+def unpack(latents: torch.Tensor, height: int, width: int, scale: int) -> torch.Tensor:
+    """Packed latents `(n, (h/2)*(w/2), c*4)` as `(n, c, h, w)` (FluxPipeline's layout)."""
+    n, _, channels = latents.shape
+    h, w = 2 * (height // (scale * 2)), 2 * (width // (scale * 2))
+    latents = latents.view(n, h // 2, w // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return latents.reshape(n, channels // 4, h, w)
+
+
+class Flux(Family):
+    name = "flux"
+    pipelines = ("FluxPipeline",)
+    denoiser = "transformer"
+    shared = frozenset({"txt_ids", "img_ids", "joint_attention_kwargs"})
+    negative_prompt = False
+    img2img = MappingProxyType({"FluxPipeline": "FluxImg2ImgPipeline"})
+    multiple = 16  # 8x latents, packed 2x2
+
+    def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
+        native = pipe.default_sample_size * pipe.vae_scale_factor
+        if source.startswith("builtin:"):
+            native = 64
+        if getattr(pipe.transformer.config, "guidance_embeds", False):  # dev
+            steps = _call_default(pipe, "num_inference_steps", 28)
+            guidance = float(_call_default(pipe, "guidance_scale", 3.5))
+        else:  # schnell: four steps, no guidance at all
+            steps, guidance = 4, 0.0
+        if source.startswith("builtin:"):
+            steps = 4
+        return FamilyDefaults(steps, guidance, native, self.multiple)
+
+    def _texts(self, requests: Sequence[ImageRequest]) -> dict[str, Any]:
+        prompts = [weighting.plain_text(r.prompt) for r in requests for _ in range(r.count)]
+        return {"prompt": prompts}
+
+    def batch_kwargs(
+        self,
+        pipe: Any,
+        requests: Sequence[ImageRequest],
+        generators: list[torch.Generator],
+        texts: Any,
+    ) -> dict[str, Any]:
+        first = requests[0]
+        kwargs: dict[str, Any] = {
+            **self._texts(requests),
+            "num_inference_steps": first.steps,
+            "guidance_scale": first.guidance,
+            "generator": generators,
+            "output_type": "np",  # floats, so NaN shows (`torch_ops.pictures`)
+        }
+        if first.init_image is None:
+            kwargs |= {"width": first.width, "height": first.height}
+        else:
+            pictures = [r.init_image for r in requests for _ in range(r.count)]
+            kwargs |= {
+                "image": pictures,
+                "strength": first.strength,
+                "width": first.width,
+                "height": first.height,
+            }
+        return kwargs
+
+    def call_kwargs(
+        self, pipe: Any, request: ImageRequest, generators: list[torch.Generator], texts: Any
+    ) -> dict[str, Any]:
+        return self.batch_kwargs(pipe, [request], generators, texts)
+
+    def preview_latents(self, pipe: Any, latents: torch.Tensor, request: ImageRequest) -> Any:
+        assert request.height is not None and request.width is not None
+        if latents.ndim != 3:
+            return None
+        return unpack(latents[:1], request.height, request.width, pipe.vae_scale_factor)[0]
+
+
+class Chroma(Flux):
+    name = "chroma"
+    pipelines = ("ChromaPipeline",)
+    negative_prompt = True
+    img2img = MappingProxyType({"ChromaPipeline": "ChromaImg2ImgPipeline"})
+
+    def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
+        native = pipe.default_sample_size * pipe.vae_scale_factor
+        steps = _call_default(pipe, "num_inference_steps", 35)
+        guidance = float(_call_default(pipe, "guidance_scale", 5.0))
+        if source.startswith("builtin:"):
+            native, steps = 64, 4
+        return FamilyDefaults(steps, guidance, native, self.multiple)
+
+    def _texts(self, requests: Sequence[ImageRequest]) -> dict[str, Any]:
+        out = super()._texts(requests)
+        out["negative_prompt"] = [
+            weighting.plain_text(r.negative_prompt) for r in requests for _ in range(r.count)
+        ]
+        return out

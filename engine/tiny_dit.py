@@ -1,0 +1,181 @@
+"""Tiny random-weight diffusion-transformer pipelines, built in code like `builtin:tiny`.
+
+One per family the engine serves beside SD (`builtin:tiny-flux`, `builtin:tiny-flux-dev`,
+`builtin:tiny-chroma`): shaped like diffusers' own fast-test components, with a T5 tokenizer
+built here from a word list (the `tokenizers` library's Unigram model), so nothing comes
+from the hub. Each is saved once to the cache folder and loaded back through the real
+`from_pretrained`, like a real model. Their images are noise, by design: they exist to test
+the engine's paths against the stock pipelines, offline and fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DIT_BUILDERS", "t5_tokenizer", "tiny_t5"]
+
+_VOCAB = Path(__file__).parent / "vocab"
+
+
+def t5_tokenizer() -> Any:
+    """A T5 tokenizer (sentencepiece-style Unigram) over the tiny models' word list: the
+    whole words of `engine/vocab`'s CLIP vocabulary, single characters for the rest."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    clip = json.loads((_VOCAB / "vocab.json").read_text(encoding="utf-8"))
+    words = sorted({k[:-4] for k in clip if k.endswith("</w>") and k[:-4].isalpha()})
+    chars = sorted({c for k in clip for c in k.removesuffix("</w>") if c.isprintable()})
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -5.0)]
+    pieces += [(f"▁{w}", -1.0 - len(w) / 100) for w in words]
+    pieces += [(c, -10.0) for c in chars if c != "▁"]
+    model = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    model.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    model.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    model.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    return T5TokenizerFast(
+        tokenizer_object=model,
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_ids=0,
+        model_max_length=512,
+    )
+
+
+def tiny_t5(tokenizer: Any, width: int = 32) -> Any:
+    """A two-layer T5 encoder `width` wide for `tokenizer` (in eval mode: no dropout)."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=width,
+        d_ff=37,
+        d_kv=8,
+        num_heads=4,
+        num_layers=2,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def _flux_vae() -> Any:
+    """A four-block VAE (8x smaller latents, as Flux's), four latent channels."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+
+
+def _flow_scheduler(*, dynamic: bool) -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if dynamic:  # FLUX.1-dev's: the shift follows the image's token count
+        return FlowMatchEulerDiscreteScheduler(
+            shift=3.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=16,
+            max_image_seq_len=256,
+        )
+    return FlowMatchEulerDiscreteScheduler(shift=1.0)  # FLUX.1-schnell's
+
+
+def _save(pipe: Any, root: Path) -> None:
+    import os
+
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    pipe.save_pretrained(tmp)
+    tmp.rename(root) if not root.exists() else None
+
+
+def build_flux(root: Path, *, dev: bool, seed: int = 0) -> None:
+    """FLUX.1 shaped: CLIP for the pooled prompt, T5 for the sequence, packed 2x2 latents;
+    `dev` has the distilled guidance embedding (and dynamic shifting), else schnell's."""
+    import torch
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    from .tiny import clip_tokenizer, tiny_text_config
+
+    torch.manual_seed(seed)
+    tokenizer = clip_tokenizer()
+    tokenizer_2 = t5_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=dev,
+        axes_dims_rope=(4, 4, 8),
+    )
+    pipe = FluxPipeline(
+        scheduler=_flow_scheduler(dynamic=dev),
+        vae=_flux_vae(),
+        text_encoder=CLIPTextModel(tiny_text_config(tokenizer)).eval(),
+        tokenizer=tokenizer,
+        text_encoder_2=tiny_t5(tokenizer_2),
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+    _save(pipe, root)
+
+
+def build_chroma(root: Path, *, seed: int = 0) -> None:
+    """Chroma shaped: T5 only (with its attention mask), true classifier-free guidance."""
+    import torch
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel
+
+    torch.manual_seed(seed)
+    tokenizer = t5_tokenizer()
+    transformer = ChromaTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        axes_dims_rope=(4, 4, 8),
+        approximator_hidden_dim=32,
+        approximator_layers=1,
+        approximator_num_channels=16,
+    )
+    pipe = ChromaPipeline(
+        scheduler=_flow_scheduler(dynamic=True),
+        vae=_flux_vae(),
+        text_encoder=tiny_t5(tokenizer),
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    _save(pipe, root)
+
+
+#: Builtin name -> its builder (called with the folder to write).
+DIT_BUILDERS: dict[str, Any] = {
+    "builtin:tiny-flux": lambda root: build_flux(root, dev=False),
+    "builtin:tiny-flux-dev": lambda root: build_flux(root, dev=True, seed=1),
+    "builtin:tiny-chroma": lambda root: build_chroma(root, seed=2),
+}
