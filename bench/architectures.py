@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from engine.tiny import clip_tokenizer
+from engine.tiny_parts import clip_tokenizer
 
 __all__ = ["build", "sd15", "sdxl"]
 

@@ -10,35 +10,29 @@ are set so it flags every image: the way to test what happens to flagged images.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .tiny_dit import DIT_BUILDERS
+from .tiny_parts import clip_tokenizer, tiny_text_config, tiny_unet, tiny_vae
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTokenizer
+    from transformers import CLIPImageProcessor
 
 __all__ = [
     "BUILTIN_MODELS",
     "builtin_folder",
-    "clip_tokenizer",
     "default_cache_dir",
     "rebuild_builtin",
-    "tiny_text_config",
-    "tiny_unet",
-    "tiny_vae",
 ]
 
 _VERSION = 1
 #: `builtin:tiny-b` has the same shape with other random weights: a second model for tests
 #: and offline trials of several models (and of LoRAs made for the tiny UNet).
 _SD_MODELS = ("builtin:tiny", "builtin:tiny-flagging", "builtin:tiny-b")
-_VOCAB = Path(__file__).parent / "vocab"
 
 #: Every builtin model: the SD ones here, one per other family in `tiny_dit`.
 BUILTIN_MODELS = (*_SD_MODELS, *DIT_BUILDERS)
@@ -74,67 +68,6 @@ def rebuild_builtin(name: str, cache_dir: Path | None = None) -> Path:
 
 def _folder(name: str, cache_dir: Path | None) -> Path:
     return (cache_dir or default_cache_dir()) / f"{name.replace(':', '-')}-v{_VERSION}"
-
-
-def clip_tokenizer() -> CLIPTokenizer:
-    """The tiny models' CLIP tokenizer, from the small vocabulary shipped in `engine/vocab`."""
-    from transformers import CLIPTokenizer
-
-    vocab = json.loads((_VOCAB / "vocab.json").read_text(encoding="utf-8"))
-    lines = (_VOCAB / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]
-    merges = [tuple(line.split(" ")) for line in lines if line]
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
-
-
-def tiny_unet(**changes: Any) -> UNet2DConditionModel:
-    """The tiny UNet (diffusers' fast-test shape); `changes` adapt it, e.g. to SDXL."""
-    from diffusers import UNet2DConditionModel
-
-    config: dict[str, Any] = {
-        "block_out_channels": (32, 64),
-        "layers_per_block": 2,
-        "sample_size": 32,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
-        "cross_attention_dim": 32,
-    }
-    return UNet2DConditionModel(**{**config, **changes})
-
-
-def tiny_vae() -> AutoencoderKL:
-    """The tiny VAE: 4 latent channels, 8x smaller latents than pixels."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-    )
-
-
-def tiny_text_config(tokenizer: CLIPTokenizer, **changes: Any) -> CLIPTextConfig:
-    """A 32-wide CLIP text encoder config for `tokenizer`; `changes` adapt it."""
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        **{
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "layer_norm_eps": 1e-05,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 5,
-            "vocab_size": len(tokenizer),
-            **changes,
-        }
-    )
 
 
 def _build(root: Path, *, flagging: bool, seed: int = 0) -> None:

@@ -10,58 +10,12 @@ the engine's paths against the stock pipelines, offline and fast.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DIT_BUILDERS", "t5_tokenizer", "tiny_t5"]
+from .tiny_parts import clip_tokenizer, t5_tokenizer, tiny_t5, tiny_text_config
 
-_VOCAB = Path(__file__).parent / "vocab"
-
-
-def t5_tokenizer() -> Any:
-    """A T5 tokenizer (sentencepiece-style Unigram) over the tiny models' word list: the
-    whole words of `engine/vocab`'s CLIP vocabulary, single characters for the rest."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import T5TokenizerFast
-
-    clip = json.loads((_VOCAB / "vocab.json").read_text(encoding="utf-8"))
-    words = sorted({k[:-4] for k in clip if k.endswith("</w>") and k[:-4].isalpha()})
-    chars = sorted({c for k in clip for c in k.removesuffix("</w>") if c.isprintable()})
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -5.0)]
-    pieces += [(f"▁{w}", -1.0 - len(w) / 100) for w in words]
-    pieces += [(c, -10.0) for c in chars if c != "▁"]
-    model = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
-    model.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    model.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    model.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    return T5TokenizerFast(
-        tokenizer_object=model,
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_ids=0,
-        model_max_length=512,
-    )
-
-
-def tiny_t5(tokenizer: Any, width: int = 32) -> Any:
-    """A two-layer T5 encoder `width` wide for `tokenizer` (in eval mode: no dropout)."""
-    from transformers import T5Config, T5EncoderModel
-
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=width,
-        d_ff=37,
-        d_kv=8,
-        num_heads=4,
-        num_layers=2,
-        relative_attention_num_buckets=8,
-        dropout_rate=0.0,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return T5EncoderModel(config).eval()
+__all__ = ["DIT_BUILDERS", "build_chroma", "build_flux"]
 
 
 def _flux_vae() -> Any:
@@ -113,8 +67,6 @@ def build_flux(root: Path, *, dev: bool, seed: int = 0) -> None:
     import torch
     from diffusers import FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
-
-    from .tiny import clip_tokenizer, tiny_text_config
 
     torch.manual_seed(seed)
     tokenizer = clip_tokenizer()

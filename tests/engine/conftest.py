@@ -75,7 +75,7 @@ def build_tiny_sdxl(folder: Path) -> None:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from engine.tiny import clip_tokenizer, tiny_text_config, tiny_unet, tiny_vae
+    from engine.tiny_parts import clip_tokenizer, tiny_text_config, tiny_unet, tiny_vae
 
     torch.manual_seed(0)
     tokenizer = clip_tokenizer()

@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 from transformers import CLIPTextModel
 
 from engine.lora import LoraSet, LoraSpec, LoraState, load_loras, lora_set, resolve_source
-from engine.tiny import builtin_folder, clip_tokenizer, tiny_text_config, tiny_unet
+from engine.tiny import builtin_folder
+from engine.tiny_parts import clip_tokenizer, tiny_text_config, tiny_unet
 from testkit.lora import make_tiny_lora
 
 MODEL = "builtin:tiny"

@@ -161,7 +161,7 @@ async def test_a_lora_that_does_not_fit_stops_start_up_with_one_line(
     model_cache: Path, tmp_path: Path
 ) -> None:
     from engine import EngineConfig, EngineError
-    from engine.tiny import tiny_unet
+    from engine.tiny_parts import tiny_unet
 
     wrong = make_tiny_lora(
         tiny_unet(cross_attention_dim=64), tmp_path / "wrong.safetensors", seed=1

@@ -6,7 +6,7 @@ import pytest
 
 from engine import ImageRequest, InvalidRequest, Limits, ModelProfile, clean_text
 from engine.request import MAX_SEED, validate
-from engine.tiny import clip_tokenizer
+from engine.tiny_parts import clip_tokenizer
 
 PROFILE = ModelProfile(
     name="test",

@@ -365,14 +365,18 @@ async def test_an_lcm_unet_steps_too_and_matches_stock(
         assert engine.scheduling == "step"
         result = await engine.generate(request)
     assert len(result.images) == 1 and engine.stats.ticks == 2
-    stock = load_model(config).pipe(
-        "still works",
-        num_inference_steps=2,
-        guidance_scale=3.0,
-        width=result.images[0].width,
-        height=result.images[0].height,
-        generator=[torch.Generator("cpu").manual_seed(4)],
-    ).images[0]
+    stock = (
+        load_model(config)
+        .pipe(
+            "still works",
+            num_inference_steps=2,
+            guidance_scale=3.0,
+            width=result.images[0].width,
+            height=result.images[0].height,
+            generator=[torch.Generator("cpu").manual_seed(4)],
+        )
+        .images[0]
+    )
     assert np.abs(pixels(result.images[0].png) - np.asarray(stock, dtype=np.int16)).max() <= 1
 
 
