@@ -10,10 +10,12 @@ with the local engine's for the same request: the replicas run the same engine.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -238,6 +240,40 @@ async def test_a_lost_cluster_makes_the_engine_unavailable_until_it_is_back(
         await engine.close()
         if second is not None:
             second.shutdown()
+
+
+async def test_on_a_cluster_without_gpus_replicas_ask_for_what_the_device_needs(
+    model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster with no GPU: `device = "cpu"` with `num_gpus` unset asks for none, and its
+    replica starts; a replica that asks for a GPU can never be placed, and start-up stops
+    within a minute with Serve's report, not after `start_timeout_s`. Serve reports replicas
+    unplaced after 30 s; its own settings (read by its controller, which inherits this
+    cluster's environment) cut that to 2 s here."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_SERVE_SLOW_STARTUP_WARNING_S", "2")
+    monkeypatch.setenv("RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S", "2")
+    head = {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        config = RayConfig(address=cluster.address, num_cpus=0.5, app="cpu", start_timeout_s=90)
+        async with RayEngine(engine_config(model_cache), config) as engine:
+            assert engine.alive and engine.replicas_alive == 1
+            result = await engine.generate(request("on a CPU", seed=4, steps=1))
+            assert len(result.images) == 1
+        wants_gpu = dataclasses.replace(config, num_gpus=1.0, app="gpu")
+        started = time.monotonic()
+        with pytest.raises(EngineError) as caught:
+            await RayEngine(engine_config(model_cache), wants_gpu).start()
+        assert time.monotonic() - started < 60
+        said = str(caught.value)
+        assert said.startswith('the engine\'s replicas can never be placed: each asks for {"CPU"')
+        assert '"GPU": 1.0} and no node of the Ray cluster has that' in said
+        assert "; Serve: Deployment 'engine' in application 'gpu'" in said  # Serve's own words
+        assert "\n" not in said
+    finally:
+        cluster.shutdown()
 
 
 # -- the bot ----------------------------------------------------------------------------------
