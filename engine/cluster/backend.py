@@ -12,6 +12,8 @@ result, cancel, `Busy`, `EngineDead`), and keeps what only the bot process can k
 - **A cluster that cannot be reached** makes the engine "unavailable" (`alive` is False,
   new submits raise `EngineUnavailable`); accepted jobs wait up to `[ray] outage_s` for it
   to come back and then run, else fail with `EngineUnavailable` (the bot refunds them).
+  So does a bridge process that stops talking or talks garbage (`bridge.py`): it is killed
+  at once and a new one started; no call here waits without a deadline.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from ..request import ImageRequest, ModelProfile
 from ..result import GenerationResult
 from ..service import ModelInfo
 from ..stats import EngineStats
-from .bridge import WATCH_INTERVAL, Bridge
+from .bridge import CALL_DEADLINE, WATCH_INTERVAL, Bridge
 from .config import RayConfig
 from .wire import ReplicaEvent, ReplicaInfo, ReplicaLoad
 
@@ -172,11 +174,13 @@ class RayEngine:
 
     @property
     def alive(self) -> bool:
-        """Reachable, with a replica running, and not closing."""
+        """Reachable through a live bridge, with a replica running, and not closing."""
         return (
             self._info is not None
             and not self._closing
             and self._reachable.is_set()
+            and self._bridge is not None
+            and self._bridge.alive
             and self._replicas_alive > 0
         )
 
@@ -379,7 +383,8 @@ class RayEngine:
         if self._closing:
             raise ShuttingDown()
         self._started()
-        if not self._reachable.is_set():
+        bridge = self._bridge
+        if not self._reachable.is_set() or bridge is None or not bridge.alive:
             raise EngineUnavailable("the Ray cluster cannot be reached")
 
     async def _until_reachable(self, job: Job) -> None:
@@ -409,7 +414,7 @@ class RayEngine:
             await asyncio.sleep(WATCH_INTERVAL)
             bridge = self._bridge
             if bridge is None or not bridge.alive:
-                self._lost("the bridge process to it stopped")
+                self._lost(bridge.death if bridge and bridge.death else "its bridge process ended")
                 await self._reconnect()
                 continue
             alive = bridge.replicas
@@ -427,7 +432,7 @@ class RayEngine:
                 log.info("Ray replicas running: %d (were %d)", alive, self._replicas_alive)
             self._replicas_alive = alive
             with contextlib.suppress(EngineError):  # fresh "loaded" marks for /models
-                self._info = await self._call("describe")
+                self._info = await self._call("describe", within=PROBE_TIMEOUT)
 
     async def _reconnect(self) -> None:
         """Start a new bridge; the cluster is back once it has connected and deployed."""
@@ -451,18 +456,18 @@ class RayEngine:
     async def _probe(self) -> bool:
         """Whether Serve answers now (else the cluster, not a replica, is lost)."""
         try:
-            await asyncio.wait_for(self._call("count"), PROBE_TIMEOUT)
-        except (EngineError, TimeoutError):
+            await self._call("count", within=PROBE_TIMEOUT)
+        except EngineError:
             return False
         return True
 
     def _seen(self, load: ReplicaLoad) -> None:
         self._replicas[load.replica] = load
 
-    async def _call(self, method: str, *args: Any) -> Any:
+    async def _call(self, method: str, *args: Any, within: float = CALL_DEADLINE) -> Any:
         if self._bridge is None:
             raise EngineUnavailable("the Ray cluster cannot be reached")
-        return await self._bridge.call(method, *args)
+        return await self._bridge.call(method, *args, within=within)
 
     def _started(self) -> ReplicaInfo:
         if self._info is None:
