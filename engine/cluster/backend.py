@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 
 #: Runs of one job on replicas that were lost under it before it fails.
 MAX_ATTEMPTS = 4
-#: Checks of the cluster in a row without an answer before it counts as lost.
+#: The bridge's reports in a row without a replica count (Serve not answering it) before
+#: the cluster counts as lost; a bridge that sends no reports at all is its own death.
 SILENT_CHECKS = 5
 #: Seconds before a job whose replica was lost runs again (times its attempts so far).
 RETRY_PAUSE = 1.0
@@ -409,7 +410,6 @@ class RayEngine:
     async def _watch(self) -> None:
         """Every `WATCH_INTERVAL`: replicas alive, or the cluster lost (the bridge process
         gone, Serve not answering) and then a new bridge until it answers again."""
-        silent = 0  # checks in a row without a replica count
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             bridge = self._bridge
@@ -417,16 +417,14 @@ class RayEngine:
                 self._lost(bridge.death if bridge and bridge.death else "its bridge process ended")
                 await self._reconnect()
                 continue
-            alive = bridge.replicas
-            silent = silent + 1 if alive is None else 0
-            if silent >= SILENT_CHECKS:
+            if bridge.unanswered >= SILENT_CHECKS:
                 self._lost("Serve does not answer")
             if not self._reachable.is_set():
                 # A bridge whose cluster went away may hang in Ray's calls: start afresh.
                 await bridge.kill()
-                silent = 0
                 continue
-            if alive is None:
+            alive = bridge.replicas
+            if alive is None or bridge.unanswered:
                 continue
             if alive != self._replicas_alive:
                 log.info("Ray replicas running: %d (were %d)", alive, self._replicas_alive)

@@ -87,6 +87,7 @@ class Bridge:
         self.config = config
         self.ray_config = ray
         self.replicas: int | None = None  # last count the child reported
+        self.unanswered = 0  # its reports in a row without a count (Serve did not answer)
         self.death: str | None = None  # why the child was taken as dead, once it was
         self._process: asyncio.subprocess.Process | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -251,7 +252,11 @@ class Bridge:
                 if what != "event":
                     self._jobs.pop(job_id, None)
         elif kind == "replicas":
-            _, self.replicas = message
+            _, count = message
+            if count is None:
+                self.unanswered += 1
+            else:
+                self.replicas, self.unanswered = int(count), 0
         else:
             raise ValueError(f"unknown message {kind!r}")
 
@@ -312,15 +317,13 @@ async def _child() -> None:
     async def watch() -> None:
         """Report every `WATCH_INTERVAL`, the bot's sign of life from here: the count when a
         fresh one came back, else None (one look at Serve at a time, however slow)."""
-        look: asyncio.Task[int] | None = None
+        look = asyncio.create_task(client.call("count"))
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             count: int | None = None
-            if look is not None and look.done():
+            if look.done():
                 if not look.cancelled() and look.exception() is None:
                     count = look.result()
-                look = None
-            if look is None:
                 look = asyncio.create_task(client.call("count"))
             send(("replicas", count))
 
