@@ -216,7 +216,12 @@ async def _ray(config: BotConfig) -> Check:
         "local": "a private Ray cluster starts inside the bot",
         "auto": "joins this machine's Ray cluster (run `ray start` here first)",
     }.get(address, f"the Ray cluster at {address} answers")
-    gpus = f"{config.ray.num_gpus:g} GPU(s) per replica"
+    wanted = config.ray.num_gpus
+    gpus = (
+        f"{wanted:g} GPU(s) per replica"
+        if wanted is not None
+        else f"GPUs per replica as [engine] device = {config.engine.device!r} needs"
+    )
     return Check("ray", True, f"{where}; {config.ray.most_replicas} replica(s), {gpus}")
 
 
