@@ -310,8 +310,8 @@ class JobRun:
         upscaled = record.kind is JobKind.UPSCALE
         view = result_view(ref, [image.index for image in posted], upscaled=upscaled)
         post = ResultPost(content, embed, files, view, mention=record.user_id)
-        since = discord.utils.utcnow()
         await persist("the start of its delivery", self.id, lambda: ledger.start_delivery(self.id))
+        since = discord.utils.utcnow()  # once recorded (that may take long): no post before it
         message = await self._post_once(post, since)
         if message is None:
             gave_up = await persist("its refund", self.id, lambda: give_up(ledger, self.id))

@@ -30,6 +30,7 @@ from testkit.world import NewWorld, World
 from .fault_hooks.sitecustomize import (
     FAIL_DONE,
     HOLD,
+    HOLD_POST,
     IMMUTABLE_BEFORE_DONE,
     KILL_BEFORE_DONE,
     POISON,
@@ -322,10 +323,15 @@ async def test_sigterm_mid_job_exits_promptly_and_the_next_start_delivers_it_onc
         assert frank.used == 1  # counted once across the restart
 
 
+#: Messages members post between a delivery's start and its post in a busy channel.
+BUSY_CHANNEL = 1000
+
+
 async def test_a_kill_right_after_posting_never_posts_twice(world: World) -> None:
     """SIGKILL in the narrowest window, after the post and before it is recorded, several
-    times: each restart finds the post in the channel and records it; nothing is posted
-    twice, lost, or counted twice."""
+    times, once in a busy channel (1,000 messages between the delivery's start and its post):
+    each restart finds the post in the channel and records it; nothing is posted twice,
+    lost, or counted twice."""
     gate = world.tmp / KILL_BEFORE_DONE
     async with read_ledger(world.tmp) as ledger:
         used_before = (await ledger.user_status(world.guild.id, world.gwen.id)).used
@@ -333,11 +339,21 @@ async def test_a_kill_right_after_posting_never_posts_twice(world: World) -> Non
         bot = world.bot
         bot.unwatch()
         gate.touch()
+        busy = attempt == 1
+        hold = world.tmp / HOLD_POST
+        if busy:
+            hold.touch()
         try:
             job_id, _progress = await world.imagine(world.gwen, f"a narrow window {attempt}")
+            if busy:
+                await bot.wait_for_line(rf"holding the post of job {job_id}", within=JOB_TIMEOUT)
+                for n in range(BUSY_CHANNEL):
+                    await world.server.post_message(world.art, world.dave, f"chat {n}")
+                hold.unlink()
             assert await bot.exited(JOB_TIMEOUT) == -signal.SIGKILL, bot.output[-3000:]
         finally:
             gate.unlink(missing_ok=True)
+            hold.unlink(missing_ok=True)
         posted = world.results_for(job_id)
         assert len(posted) == 1  # it was posted just before the kill
         async with read_ledger(world.tmp) as ledger:
