@@ -122,8 +122,8 @@ def patch_ledger() -> None:
 
     start_delivery = store.Ledger.start_delivery
 
-    async def start_delivery_held(self: store.Ledger, job_id: int) -> bool:
-        started = await start_delivery(self, job_id)
+    async def start_delivery_held(self: store.Ledger, job_id: int, **options: Any) -> bool:
+        started = await start_delivery(self, job_id, **options)
         gate = Path.cwd() / HOLD_POST
         if gate.exists():
             log.warning("fault hook: holding the post of job %d", job_id)
