@@ -5,6 +5,7 @@ FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 \
+    IMAGINE_BOT_STATE_DIR=/data \
     IMAGINE_BOT_CACHE=/data/cache \
     HF_HOME=/data/cache/huggingface
 
@@ -24,7 +25,9 @@ COPY --chown=10001:10001 . /app
 USER 10001
 RUN bash .ci/setup
 
-# The model cache and the SQLite database (if used) live on /data; config.toml on /config.
+# Everything the bot writes lives on /data (IMAGINE_BOT_STATE_DIR): the database's identity
+# file, a SQLite database (if used), stored images and the model cache. config.toml is read
+# from /config, which may be mounted read-only: the bot never writes there.
 VOLUME ["/data"]
 EXPOSE 9108
 

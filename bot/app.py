@@ -6,10 +6,12 @@ Start-up order, each step failing with one line and exit code 2 when the operato
    the config file is used only with a warning, and refused when others can read the file),
    and check the token with a REST login: a rejected one stops here, before a database file
    is created;
-2. check the database is the one this configuration used (`ledger/identity.py`: a lost
-   database is never replaced by an empty one), migrate it to head (refusing a schema newer
-   than this version), open the ledger, and claim its lease: a second process on the same
-   database stops here;
+2. make the state folder (`[paths] state_dir`: the database's identity file, a relative
+   SQLite file, stored images; never beside the config file, which may be read-only) and
+   check it is writable; check the database is the one this configuration used
+   (`ledger/identity.py`: a lost database is never replaced by an empty one), migrate it to
+   head (refusing a schema newer than this version), open the ledger, and claim its lease: a
+   second process on the same database stops here;
 3. log the bot's client in over REST (nothing is shown to users yet);
 4. load the model on the engine's worker thread (the event loop stays free): a model that
    cannot load stops here, before any command is registered with Discord;
@@ -31,6 +33,7 @@ import os
 import signal
 import stat
 import sys
+import tempfile
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
@@ -42,7 +45,7 @@ from engine.cluster import RayEngine
 
 from .client import ImagineBot
 from .clock import DiscordClock
-from .config import BotConfig, ConfigError, load_config
+from .config import STATE_DIR_ENV, BotConfig, ConfigError, load_config
 from .guildrules import GuildRules
 from .imagestore import ImageStore
 from .jobs import JobService
@@ -52,6 +55,7 @@ from .ledger import (
     LeaseHeld,
     LeaseKeeper,
     Ledger,
+    MarkerUnwritable,
     QuotaPolicy,
     SchemaTooNew,
     inspect_database,
@@ -204,6 +208,25 @@ def _rejected(config: BotConfig) -> str:
     )
 
 
+def _open_state_dir(config: BotConfig) -> Path:
+    """Make the state folder and prove it writable before anything is written in it, so an
+    unwritable one stops start-up with one line naming it (not as a database error)."""
+    folder = config.paths.state_dir
+    assert folder is not None, "a config read from a file has its state folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise StartupError(
+            f"cannot write in the state folder {folder} ({exc.strerror or exc}): make it "
+            f"writable by this user, or set [paths] state_dir (or ${STATE_DIR_ENV}) to a "
+            "folder it can write"
+        ) from None
+    log.info("state folder: %s (%s)", folder, config.state_from)
+    return folder
+
+
 async def _prune_images(store: ImageStore, every: float = 3600.0) -> None:
     """Delete stored images past `[images] keep_days`, at start-up and then hourly."""
     while True:
@@ -257,16 +280,25 @@ async def serve(config: BotConfig, token: str) -> int:
     _install_signals(stop)
     point_discord_at(config.discord.api_base_url)
     await _check_token(config, token)
+    state_dir = _open_state_dir(config)
     url = config.database.url
     log.info("database: %s", safe_url(url))
-    marker = DatabaseMarker.beside(config.path) if config.path is not None else None
+    marker = DatabaseMarker.of(config.path, state_dir) if config.path is not None else None
+    earlier = marker.earlier if marker is not None else None
+    if marker is not None and earlier is not None and earlier.exists() and not marker.path.exists():
+        log.warning(
+            "%s was written by an earlier version, which kept the bot's state beside the config "
+            "file; the state folder is now %s (move the database and the image store there)",
+            earlier,
+            state_dir,
+        )
     try:
         if marker is not None and (await inspect_database(url)).empty:
             marker.refuse_empty(url)  # never make a fresh database where one was lost
         await upgrade_to_head(url)
         if marker is not None and marker.check(url, await inspect_database(url)):
             log.info("this configuration now uses database %s (%s)", safe_url(url), marker.path)
-    except DatabaseMismatch as exc:
+    except (DatabaseMismatch, MarkerUnwritable) as exc:
         raise StartupError(str(exc)) from None
     except SchemaTooNew as exc:
         raise StartupError(f"{exc} ({safe_url(url)})") from None

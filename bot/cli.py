@@ -16,7 +16,8 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from engine import (
     UPSCALE_FACTOR,
     UPSCALE_STRENGTH,
     Engine,
+    EngineConfig,
     EngineError,
     GenerationResult,
     ImageRequest,
@@ -32,12 +34,16 @@ from engine import (
     Job,
     JobState,
     ModelProfile,
+    Parameters,
     read_parameters,
     upscale_request,
 )
 from engine.config import ModelSpec, model_name_of
+from engine.loader import spec_hash
 from engine.picture import decode_picture
+from engine.pngmeta import png_to_jpeg
 from engine.request import validate
+from engine.tiny import BUILTIN_MODELS
 
 from .config import BotConfig, ConfigError, load_config
 
@@ -92,13 +98,17 @@ def _parser() -> argparse.ArgumentParser:
         "--strength", type=float, help="with --image: how much to change it, 0.05-1 (0.6)"
     )
     gen.add_argument("--count", type=int, default=1, help="images to make (default 1)")
-    gen.add_argument("--out", default="imagine.png", help="output PNG (default: %(default)s)")
+    gen.add_argument(
+        "--out", default="imagine.png", help="output .png or .jpg (default: %(default)s)"
+    )
 
     up = sub.add_parser("upscale", help="an image made by imagine-bot, at twice its size")
     up.add_argument("image", help="a PNG made by imagine-bot (or A1111): its prompt and seed")
     up.add_argument("--config", help=f"TOML config for [engine] (default: {DEFAULT_CONFIG})")
     up.add_argument(
-        "--model", help="a configured model's name, or a hub id, folder or builtin:tiny"
+        "--model",
+        help="a configured model's name, or a hub id, folder or builtin:tiny (default: the "
+        "model the image names, by its name or its Model hash)",
     )
     up.add_argument("--device", help="auto, cuda, mps or cpu (overrides the config)")
     up.add_argument(
@@ -107,7 +117,9 @@ def _parser() -> argparse.ArgumentParser:
         default=UPSCALE_STRENGTH,
         help="how much the refinement may change (default: %(default)s)",
     )
-    up.add_argument("--out", help="output PNG (default: the input's name with -upscaled)")
+    up.add_argument(
+        "--out", help="output .png or .jpg (default: the input's name with -upscaled.png)"
+    )
     return parser
 
 
@@ -120,17 +132,22 @@ def _size(text: str | None) -> tuple[int | None, int | None]:
     return int(w), int(h)
 
 
-def _engine_config(args: argparse.Namespace) -> BotConfig:
+def _engine_config(
+    args: argparse.Namespace, made_with: Callable[[EngineConfig], ModelSpec] | None = None
+) -> BotConfig:
+    """The config with one model only (a one-shot command should not load every configured
+    model): `--model` names a configured model, or is a hub id or folder; else `made_with`
+    picks it (upscale: the image's own), else the default model."""
     path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
     config = load_config(path) if path else BotConfig()
     engine = config.engine
-    # One model only (a one-shot command should not load every configured model): `--model`
-    # names a configured model, or is a hub id or folder; by default, the default model.
     names = [spec.name for spec in engine.model_specs]
     if args.model and args.model not in names:
         spec = ModelSpec(name=model_name_of(args.model), source=args.model)
-    else:
+    elif args.model or made_with is None:
         spec = engine.model_spec(args.model or engine.default_model_name)
+    else:
+        spec = made_with(engine)
     loras = tuple(
         dataclasses.replace(lora, models=()) for lora in engine.loras if lora.fits(spec.name)
     )
@@ -144,11 +161,37 @@ def _engine_config(args: argparse.Namespace) -> BotConfig:
     return dataclasses.replace(config, engine=engine)
 
 
-def _outputs(out: str, count: int) -> list[Path]:
+#: What `--out` may end in, and the format each writes.
+OUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def _out_path(out: str) -> Path:
+    """`--out`, checked before any model loads: a .png or .jpg in an existing folder this user
+    may write in. Folders are never made: a typo must not scatter files."""
     path = Path(out)
+    if path.is_dir():
+        raise ConfigError([f"--out {out} is a folder; name a .png or .jpg file"], "options")
+    if path.suffix.lower() not in OUT_FORMATS:
+        raise ConfigError([f"--out {out}: name a .png or .jpg file"], "options")
+    folder = path.parent
+    if not folder.exists():
+        raise ConfigError([f"--out {out}: the folder {folder} does not exist"], "options")
+    if not folder.is_dir():
+        raise ConfigError([f"--out {out}: {folder} is not a folder"], "options")
+    try:  # the one sure test (modes say nothing for root, /proc takes no new files)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".imagine-bot-"):
+            pass
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise ConfigError([f"--out {out}: cannot write in {folder} ({why})"], "options") from None
+    return path
+
+
+def _outputs(path: Path, count: int) -> list[Path]:
+    """The files for `count` images: `path`, or `x-1.png`, `x-2.png` ... for several."""
     if count == 1:
         return [path]
-    return [path.with_name(f"{path.stem}-{i + 1}{path.suffix or '.png'}") for i in range(count)]
+    return [path.with_name(f"{path.stem}-{i + 1}{path.suffix}") for i in range(count)]
 
 
 def _picture(path: str) -> tuple[bytes, Any]:
@@ -164,6 +207,7 @@ def _picture(path: str) -> tuple[bytes, Any]:
 
 
 async def _generate(args: argparse.Namespace) -> int:
+    out = _out_path(args.out)
     config = _engine_config(args)
     width, height = _size(args.size)
     request = ImageRequest(
@@ -180,18 +224,52 @@ async def _generate(args: argparse.Namespace) -> int:
         strength=args.strength,
         aspect=args.ar,
     )
-    return await _make(config, request, args.out)
+    return await _make(config, request, out)
+
+
+def _made_with(params: Parameters, source: Path) -> Callable[[EngineConfig], ModelSpec]:
+    """Picks the model an image was made with, and says which (one line): the configured
+    model its parameters name; else the one whose files have its `Model hash` (a model
+    renamed in the config); else the builtin of that name; else the default model."""
+
+    def pick(engine: EngineConfig) -> ModelSpec:
+        spec, why = _recorded_model(engine, params, source.name)
+        print(f"upscaling with model {spec.name} ({why})", file=sys.stderr)
+        return spec
+
+    return pick
+
+
+def _recorded_model(engine: EngineConfig, params: Parameters, name: str) -> tuple[ModelSpec, str]:
+    """The model `_made_with` picks for the image called `name`, and why."""
+    if params.model in engine.model_names:
+        return engine.model_spec(params.model), f"{name} was made with it"
+    recorded = dict(params.extra).get("Model hash", "")
+    if recorded:
+        same = [spec for spec in engine.model_specs if spec_hash(spec, engine) == recorded]
+        if len(same) == 1:
+            return same[0], f"{name} was made with {params.model!r}, Model hash {recorded}"
+    builtin = f"builtin:{params.model}"
+    if builtin in BUILTIN_MODELS:
+        return ModelSpec(name=params.model, source=builtin), f"{name} was made with it"
+    default = engine.model_spec(engine.default_model_name)
+    made = repr(params.model) if params.model else "a model it does not name"
+    return (
+        default,
+        f"the default: {name} was made with {made}, not configured here; --model picks another",
+    )
 
 
 async def _upscale(args: argparse.Namespace) -> int:
-    config = _engine_config(args)
     source = Path(args.image)
+    out = _out_path(args.out or str(source.with_name(f"{source.stem}-upscaled.png")))
     data, image = _picture(args.image)
     params = read_parameters(data)
     if params is None or not params.prompt:
         raise ConfigError(
             [f"{source} has no generation parameters (prompt, seed) to upscale from"], "options"
         )
+    config = _engine_config(args, _made_with(params, source))
     request = upscale_request(
         params,
         image,
@@ -202,14 +280,13 @@ async def _upscale(args: argparse.Namespace) -> int:
         origin=source.name,
         models=(config.engine.default_model_name,),
     )
-    out = args.out or str(source.with_name(f"{source.stem}-upscaled.png"))
     return await _make(config, request, out)
 
 
-def _precheck(config: BotConfig, request: ImageRequest, out: str) -> None:
+def _precheck(config: BotConfig, request: ImageRequest) -> None:
     """Refuse bad options before a model is loaded (a real model may first download GBs):
     validation against the limits with a stand-in model profile, whose defaults are only
-    used to resolve what the user left out, and the output path."""
+    used to resolve what the user left out (the output paths are checked first)."""
     limits = config.engine.limits
     native = max(limits.min_size, min(512, limits.max_width, limits.max_height) // 8 * 8)
     stand_in = ModelProfile(
@@ -222,12 +299,10 @@ def _precheck(config: BotConfig, request: ImageRequest, out: str) -> None:
     )
     loras = {lora.name: lora for lora in config.engine.loras}
     validate(request, limits, stand_in, lambda text: 0, loras=loras)
-    if Path(out).is_dir():
-        raise ConfigError([f"--out {out} is a folder; name a .png file"], "options")
 
 
-async def _make(config: BotConfig, request: ImageRequest, out: str) -> int:
-    _precheck(config, request, out)
+async def _make(config: BotConfig, request: ImageRequest, out: Path) -> int:
+    _precheck(config, request)
     async with Engine(config.engine) as engine:
         job = engine.submit(await engine.check(request))
         for warning in job.warnings:
@@ -239,8 +314,11 @@ async def _make(config: BotConfig, request: ImageRequest, out: str) -> int:
             print("imagine-bot: cancelled", file=sys.stderr)
             raise
     for path, image in zip(_outputs(out, len(result.images)), result.images, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(image.png)
+        jpeg = OUT_FORMATS[path.suffix.lower()] == "JPEG"
+        try:
+            path.write_bytes(png_to_jpeg(image.png) if jpeg else image.png)
+        except OSError as exc:  # the disk filled up while generating
+            raise ConfigError([f"cannot write {path}: {exc.strerror or exc}"], "options") from None
         flag = " (flagged by the safety checker)" if image.flagged else ""
         print(f"wrote {path} ({image.width}x{image.height}, seed {image.seed}){flag}")
     if result.failed:

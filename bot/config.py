@@ -19,9 +19,11 @@ from engine import EngineConfig, LoraSpec, ModelSpec
 from engine.cluster import RayConfig
 
 from .discord_limits import DISCORD_API
+from .ledger.identity import marker_name
 from .ledger.shards import Shards
 
 __all__ = [
+    "STATE_DIR_ENV",
     "BotConfig",
     "ConfigError",
     "DatabaseSettings",
@@ -29,10 +31,15 @@ __all__ = [
     "ImagesSettings",
     "ModerationSettings",
     "OpsSettings",
+    "PathsSettings",
     "QuotaSettings",
     "load_config",
     "parse_config",
 ]
+
+#: The environment variable naming the state folder when `[paths] state_dir` is empty (the
+#: Docker image sets it to its `/data` volume, the systemd unit to `/var/lib/imagine-bot`).
+STATE_DIR_ENV = "IMAGINE_BOT_STATE_DIR"
 
 
 class ConfigError(Exception):
@@ -62,8 +69,17 @@ class DiscordSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PathsSettings:
+    """Where the bot writes. It never writes beside its config file, which may be read-only
+    (a Compose bind mount, systemd's `ProtectSystem=strict`): the database's identity file, a
+    relative SQLite file and a relative `[images] store_dir` all go in `state_dir`."""
+
+    state_dir: Path | None = None  # None: `_default_state_dir` (made absolute when read)
+
+
+@dataclass(frozen=True, slots=True)
 class DatabaseSettings:
-    url: str = "sqlite+aiosqlite:///imagine-bot.db"
+    url: str = "sqlite+aiosqlite:///imagine-bot.db"  # a relative file is in the state folder
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +101,7 @@ class ModerationSettings:
 class ImagesSettings:
     """Pictures in and out: attachments users start from, and what Upscale and Vary need."""
 
-    store_dir: Path = Path("imagine-bot-images")  # full-size results and start pictures
+    store_dir: Path = Path("imagine-bot-images")  # in the state folder unless absolute
     keep_days: int = 30  # then Upscale/Vary on older results says the image is gone
     max_picture_mb: float = 10.0  # largest attachment /imagine downloads
     upscale_cost: int = 2  # images of the allowance an upscale costs (4x the pixels)
@@ -118,6 +134,7 @@ class OpsSettings:
 @dataclass(frozen=True, slots=True)
 class BotConfig:
     discord: DiscordSettings = field(default_factory=DiscordSettings)
+    paths: PathsSettings = field(default_factory=PathsSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     engine: EngineConfig = field(default_factory=EngineConfig)  # `[engine]` is EngineConfig
     quota: QuotaSettings = field(default_factory=QuotaSettings)
@@ -126,6 +143,7 @@ class BotConfig:
     ops: OpsSettings = field(default_factory=OpsSettings)
     ray: RayConfig = field(default_factory=RayConfig)  # `[ray]`: used with backend = "ray"
     path: Path | None = None  # where it was read from, for messages
+    state_from: str = ""  # how `paths.state_dir` was chosen, for the start-up log line
 
     def resolve_token(self, environ: typing.Mapping[str, str] | None = None) -> str:
         """The bot token from the environment variable named in the config, else the file."""
@@ -135,6 +153,7 @@ class BotConfig:
 
 _SECTIONS: dict[str, type] = {
     "discord": DiscordSettings,
+    "paths": PathsSettings,
     "database": DatabaseSettings,
     "engine": EngineConfig,  # the engine's own settings, declared once (engine/config.py)
     "quota": QuotaSettings,
@@ -173,7 +192,7 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             return None
         return _convert(value, kinds[0], where)
     if hint is Path:
-        if not isinstance(value, str):
+        if not isinstance(value, str) or "\0" in value:
             raise ValueError(f"{where} must be a path (a string), not {value!r}")
         return Path(value).expanduser()
     if hint is bool:
@@ -268,13 +287,62 @@ def sqlite_file(url: str) -> Path | None:
     return Path(file)
 
 
-def sqlite_near(config_path: Path, url: str) -> str:
-    """A relative SQLite file (`sqlite+aiosqlite:///imagine-bot.db`) next to the config file,
-    not in whatever folder the bot happens to be started from."""
+def sqlite_in(folder: Path, url: str) -> str:
+    """A relative SQLite file (`sqlite+aiosqlite:///imagine-bot.db`) made absolute in `folder`
+    (the state folder), not in whatever folder the bot happens to be started from."""
     file = sqlite_file(url)
     if file is None or file.is_absolute():
         return url
-    return f"{url.partition(':///')[0]}:///{(config_path.parent / file).resolve()}"
+    return f"{url.partition(':///')[0]}:///{(folder / file).resolve()}"
+
+
+def _default_state_dir(
+    config_path: Path | None,
+    beside_config: typing.Iterable[Path] = (),
+    environ: typing.Mapping[str, str] | None = None,
+) -> tuple[Path, str]:
+    """The state folder when `[paths] state_dir` is empty, and how it was chosen:
+    `$IMAGINE_BOT_STATE_DIR`; else the config file's folder when it already holds the state of
+    an earlier version (`beside_config`: its database identity file, a relative SQLite file,
+    the image store), so an existing install keeps its database; else
+    `$XDG_STATE_HOME/imagine-bot` (`~/.local/state/imagine-bot`)."""
+    env = os.environ if environ is None else environ
+    named = env.get(STATE_DIR_ENV, "").strip()
+    if named:
+        return Path(named).expanduser().resolve(), f"${STATE_DIR_ENV}"
+    if config_path is not None and any(p.exists() for p in beside_config):
+        return (
+            config_path.parent.resolve(),
+            "beside the config file, where an earlier version kept it",
+        )
+    base = env.get("XDG_STATE_HOME", "").strip() or "~/.local/state"
+    return (Path(base).expanduser() / "imagine-bot").resolve(), "the default"
+
+
+def _with_state_dir(
+    sections: dict[str, Any], path: Path, environ: typing.Mapping[str, str] | None
+) -> str:
+    """Resolve the state folder into `sections` (and a relative SQLite file and image store
+    into it); returns how the folder was chosen."""
+    database = sections.get("database") or DatabaseSettings()
+    images = sections.get("images") or ImagesSettings()
+    configured = (sections.get("paths") or PathsSettings()).state_dir
+    if configured is not None:
+        state_dir = (path.parent / configured).resolve()  # relative: to the config file
+        how = "[paths] state_dir"
+    else:
+        sqlite = sqlite_file(database.url)
+        earlier = [path.with_name(marker_name(path))]  # where earlier versions kept state
+        earlier += [
+            path.parent / p
+            for p in (sqlite, images.store_dir)
+            if p is not None and not p.is_absolute()
+        ]
+        state_dir, how = _default_state_dir(path, earlier, environ)
+    sections["paths"] = PathsSettings(state_dir=state_dir)
+    sections["database"] = replace(database, url=sqlite_in(state_dir, database.url))
+    sections["images"] = replace(images, store_dir=state_dir / images.store_dir)
+    return how
 
 
 def _near(path: Path | None, specs: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -292,8 +360,15 @@ def _near(path: Path | None, specs: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def parse_config(data: dict[str, Any], path: Path | None = None) -> BotConfig:
-    """Build a `BotConfig` from parsed TOML; raises `ConfigError` listing every problem."""
+def parse_config(
+    data: dict[str, Any],
+    path: Path | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+) -> BotConfig:
+    """Build a `BotConfig` from parsed TOML; raises `ConfigError` listing every problem.
+
+    With the file's `path`, relative paths are made absolute: model and LoRA files against the
+    file's folder, the state (a SQLite file, `[images] store_dir`) against the state folder."""
     problems: list[str] = []
     sections: dict[str, Any] = {}
     # Named tables first: `[engine]` is checked with them (default_model, a LoRA's models).
@@ -313,16 +388,8 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> BotConfig:
                     problems.append(f"[engine] {name}: write [{name}.<name>] tables instead")
             table = {k: v for k, v in table.items() if k not in _NAMED}
         sections[key] = _section(_SECTIONS[key], table, key, problems, extra)
-    if path is not None and "database" in sections:
-        database = sections["database"]
-        sections["database"] = replace(database, url=sqlite_near(path, database.url))
-    elif path is not None:
-        sections["database"] = DatabaseSettings(url=sqlite_near(path, DatabaseSettings().url))
-    if path is not None:  # relative folders are next to the config file too
-        images = sections.get("images") or ImagesSettings()
-        if not images.store_dir.is_absolute():
-            sections["images"] = replace(images, store_dir=path.parent / images.store_dir)
-    config = BotConfig(**sections, path=path)
+    state_from = _with_state_dir(sections, path, environ) if path is not None else ""
+    config = BotConfig(**sections, path=path, state_from=state_from)
     problems += _check(config)
     if problems:
         raise ConfigError(problems, str(path) if path else "config")

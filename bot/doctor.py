@@ -3,6 +3,7 @@
 Each check prints one line, `ok` or `FIX`, and the fix in the operator's terms:
 
 - the config file (every key, as `run` reads it);
+- the state folder (`[paths] state_dir`): writable, or creatable, by this user;
 - the token: a REST login, without connecting the gateway (the bot does not show online);
 - the database: reachable, writable, its schema at this version's head or behind (migrations
   run at start-up) but not newer, and the one this configuration used before;
@@ -12,7 +13,8 @@ Each check prints one line, `ok` or `FIX`, and the fix in the operator's terms:
   View Channel, Send Messages, Attach Files and Embed Links (roles and channel overwrites
   computed as Discord does).
 
-Nothing is written: no migration, no database identity file, no model download.
+Nothing is written: no state folder, no migration, no database identity file, no model
+download.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import discord
 from engine import EngineConfig, EngineError, ModelSpec
 from engine.sources import CHECKPOINT_SUFFIXES, first_line, hub_problem, looks_local
 
-from .config import BotConfig, ConfigError, load_config, sqlite_file
+from .config import STATE_DIR_ENV, BotConfig, ConfigError, load_config, sqlite_file
 from .ledger import DatabaseMarker, SchemaTooNew, inspect_database, safe_url, schema_status
 
 __all__ = ["CHANNEL_PERMISSIONS", "Check", "channel_permissions", "run_doctor"]
@@ -109,6 +111,7 @@ async def run_doctor(config_path: str | Path, out: TextIO = sys.stdout) -> int:
         report(Check("config", False, str(exc)))
         return 1
     report(Check("config", True, str(config_path)))
+    report(_state(config))
     await _database(config, report)
     for spec in config.engine.model_specs:
         report(_model(config.engine, spec))
@@ -121,14 +124,31 @@ async def run_doctor(config_path: str | Path, out: TextIO = sys.stdout) -> int:
     return 0 if not failed else 1
 
 
-# -- the database ----------------------------------------------------------------------------
+# -- the state folder and the database --------------------------------------------------------
+
+
+def _state(config: BotConfig) -> Check:
+    """The state folder is writable, or its nearest existing parent is (it is made at start)."""
+    folder = config.paths.state_dir
+    if folder is None:
+        return Check("state", True, "no state folder (no config file)")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    fix = f"set [paths] state_dir (or ${STATE_DIR_ENV}) to a folder this user can write"
+    if not existing.is_dir():
+        return Check("state", False, f"{folder}: {existing} is not a folder; {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return Check("state", False, f"{folder}: {existing} is not writable by this user; {fix}")
+    made = "" if existing == folder else " (made at the first start)"
+    return Check("state", True, f"{folder}{made}, {config.state_from}")
 
 
 async def _database(config: BotConfig, report: Callable[[Check], None]) -> None:
     url = config.database.url
     shown = safe_url(url)
     sqlite = sqlite_file(url)
-    if sqlite is not None:
+    state_dir = config.paths.state_dir
+    made_at_start = state_dir is not None and not state_dir.exists()  # the state folder
+    if sqlite is not None and not (made_at_start and sqlite.parent == state_dir):
         folder = sqlite.parent
         if not folder.is_dir():
             report(Check("database", False, f"{shown}: the folder {folder} does not exist"))
@@ -146,8 +166,8 @@ async def _database(config: BotConfig, report: Callable[[Check], None]) -> None:
     except Exception as exc:  # unreachable server, bad credentials, not a database
         report(Check("database", False, f"{shown}: cannot open it ({first_line(exc)})"))
         return
-    if config.path is not None:
-        marker = DatabaseMarker.beside(config.path)
+    if config.path is not None and state_dir is not None:
+        marker = DatabaseMarker.of(config.path, state_dir)
         problem = marker.problem(url, state)
         if problem is not None:
             report(Check("database", False, problem))
@@ -216,7 +236,12 @@ async def _ray(config: BotConfig) -> Check:
         "local": "a private Ray cluster starts inside the bot",
         "auto": "joins this machine's Ray cluster (run `ray start` here first)",
     }.get(address, f"the Ray cluster at {address} answers")
-    gpus = f"{config.ray.num_gpus:g} GPU(s) per replica"
+    wanted = config.ray.num_gpus
+    gpus = (
+        f"{wanted:g} GPU(s) per replica"
+        if wanted is not None
+        else f"GPUs per replica as [engine] device = {config.engine.device!r} needs"
+    )
     return Check("ray", True, f"{where}; {config.ray.most_replicas} replica(s), {gpus}")
 
 

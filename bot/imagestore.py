@@ -10,12 +10,14 @@ find another job's files:
   Upscale and Vary work on a grid's tiles (posted scaled down) and after a restart.
 
 Files older than `keep_days` are deleted by `prune`. Writes go to a temporary name and are
-renamed into place, so a crash never leaves half a file. Blocking: callers on the event loop
-use `asyncio.to_thread`.
+renamed into place, so a crash never leaves half a file, and a write that fails (a full disk)
+removes its temporary file. Blocking: callers on the event loop use `asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 import time
@@ -31,9 +33,20 @@ if TYPE_CHECKING:
 
     from .jobref import JobRef
 
-__all__ = ["ImageStore", "png_to_rgb"]
+__all__ = ["ImageStore", "png_to_rgb", "why_not_written"]
 
 DAY = 24 * 3600.0
+
+
+def why_not_written(exc: OSError) -> str:
+    """A failed write in words a member understands ("the disk is full")."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full"
+    if exc.errno == errno.EROFS:
+        return "the disk is read-only"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "the bot may not write there"
+    return (exc.strerror or str(exc)).lower()
 
 
 def png_to_rgb(data: bytes) -> Image:
@@ -59,11 +72,16 @@ class ImageStore:
     def _write(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with tmp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):  # a full disk: leave no partial file behind
+                tmp.unlink()
+            raise
 
     @staticmethod
     def _read(path: Path) -> bytes | None:
@@ -83,7 +101,8 @@ class ImageStore:
         return None if data is None else png_to_rgb(data)
 
     def save_outputs(self, job: JobRef, images: Sequence[GeneratedImage]) -> None:
-        """Each image under its own index (its place in the job's seed order)."""
+        """Each image under its own index (its place in the job's seed order); raises the
+        first write's `OSError` (those before it are kept)."""
         for image in images:
             self._write(self._output(job, image.index), image.png)
 

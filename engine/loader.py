@@ -40,6 +40,7 @@ __all__ = [
     "pick_dtype",
     "request_pipeline",
     "sampler_name",
+    "spec_hash",
 ]
 
 log = logging.getLogger(__name__)
@@ -443,6 +444,15 @@ def model_hash(files: Path | None, cache_dir: Path | None = None) -> str:
         if path.suffix == ".json":
             digest.update(path.read_bytes())
     return digest.hexdigest()[:10]
+
+
+def spec_hash(spec: ModelSpec, config: EngineConfig) -> str:
+    """The `Model hash` a model's images carry, from its files on this disk without loading
+    it (as `load_model` hashes them); "" for a hub model, whose images carry none."""
+    if spec.source in BUILTIN_MODELS:
+        return model_hash(builtin_folder(spec.source, config.cache_dir), config.cache_dir)
+    local = Path(spec.source).expanduser()
+    return model_hash(local, config.cache_dir) if local.exists() else ""
 
 
 def _file_sha256(path: Path, cache_dir: Path) -> str:

@@ -2,7 +2,9 @@
 
 The format is the one AUTOMATIC1111's web UI writes and most SD tools read (ComfyUI loaders,
 Civitai, image browsers): the prompt, then `Negative prompt: ...`, then one line of
-`Key: value` pairs. Anyone can drag a bot image into their own tool and reproduce it.
+`Key: value` pairs. Anyone can drag a bot image into their own tool and reproduce it. A JPEG
+carries the same text where A1111 puts it, in the EXIF `UserComment` (UTF-16, big-endian,
+after an 8-byte `UNICODE` header).
 """
 
 from __future__ import annotations
@@ -11,9 +13,19 @@ import io
 import re
 from dataclasses import dataclass
 
-from PIL import Image, PngImagePlugin
+from PIL import ExifTags, Image, PngImagePlugin
 
-__all__ = ["Parameters", "encode_png", "format_parameters", "parse_parameters", "read_parameters"]
+__all__ = [
+    "Parameters",
+    "encode_png",
+    "format_parameters",
+    "parse_parameters",
+    "png_to_jpeg",
+    "read_parameters",
+]
+
+#: The character code header of an EXIF UserComment in Unicode (EXIF 2.3, section 4.6.5).
+_UNICODE = b"UNICODE\0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +121,44 @@ def encode_png(image: Image.Image, params: Parameters) -> bytes:
     return buf.getvalue()
 
 
-def read_parameters(png: bytes) -> Parameters | None:
-    """The parameters a PNG carries, or None if it has none."""
+def png_to_jpeg(png: bytes, quality: int = 95) -> bytes:
+    """A PNG of ours as a JPEG, its parameters in the EXIF UserComment as A1111 writes them."""
     with Image.open(io.BytesIO(png)) as im:
         im.load()
         text = im.text.get("parameters") if hasattr(im, "text") else None
-    return parse_parameters(text) if text else None
+        exif = Image.Exif()
+        if text:
+            comment = _UNICODE + text.encode("utf-16-be")
+            exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = comment
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="JPEG", quality=quality, exif=exif)
+    return buf.getvalue()
+
+
+def _user_comment(im: Image.Image) -> str | None:
+    raw = im.getexif().get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment)
+    if not isinstance(raw, bytes) or len(raw) <= 8:
+        return None
+    header, body = raw[:8], raw[8:]
+    if header == _UNICODE:  # A1111 writes big-endian; a byte order mark says otherwise
+        return body.decode("utf-16" if body[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-16-be")
+    return body.decode("utf-8", errors="replace")
+
+
+def read_parameters(png: bytes) -> Parameters | None:
+    """The parameters a PNG (or a JPEG or WebP, from its EXIF UserComment) carries, or None
+    if it has none."""
+    with Image.open(io.BytesIO(png)) as im:
+        im.load()
+        text = im.text.get("parameters") if hasattr(im, "text") else None
+        if not text and im.format in ("JPEG", "WEBP"):
+            try:
+                text = _user_comment(im)
+            except (UnicodeDecodeError, ValueError, SyntaxError):
+                text = None
+    if not text:
+        return None
+    try:
+        return parse_parameters(text.rstrip("\0"))
+    except ValueError:  # another tool's text, not A1111's fields
+        return None

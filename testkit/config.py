@@ -48,10 +48,11 @@ def bot_config(
     guild_ids: Iterable[int],
     **sections: dict[str, Any],
 ) -> Path:
-    """A config for the test server, the tiny model and a SQLite file in `tmp`; each of
-    `sections` is merged key by key over the defaults."""
+    """A config for the test server, the tiny model and a SQLite file in `tmp` (the state
+    folder too); each of `sections` is merged key by key over the defaults."""
     base: Sections = {
         "discord": {"api_base_url": server.api_base_url, "guild_ids": list(guild_ids)},
+        "paths": {"state_dir": str(tmp)},
         "database": {"url": database_url(tmp)},
         "engine": {
             "model": "builtin:tiny",

@@ -20,6 +20,10 @@ from pathlib import Path
 
 from .discord_server import DiscordTestServer
 
+#: `$XDG_STATE_HOME` of a bot started here, in its config file's folder: a config without
+#: `[paths] state_dir` keeps its state in `<config folder>/state-home/imagine-bot`.
+STATE_HOME = "state-home"
+
 
 def bot_command() -> list[str]:
     """`imagine-bot` from this environment (as installed by `pip install -e .`)."""
@@ -35,10 +39,16 @@ def bot_env(
     *,
     pythonpath: Iterable[str | Path] = (),
     extra: Mapping[str, str] | None = None,
+    state_home: Path | None = None,
 ) -> dict[str, str]:
     """This environment for the bot: `token` as `DISCORD_TOKEN` (none: unset), `pythonpath`
-    put in front of `PYTHONPATH`, then `extra` on top."""
-    env = {k: v for k, v in os.environ.items() if k != "DISCORD_TOKEN"}
+    put in front of `PYTHONPATH`, then `extra` on top. The state folder is never the
+    caller's: `$IMAGINE_BOT_STATE_DIR` is not passed on, and `$XDG_STATE_HOME` (the default
+    state folder's parent) is `state_home`, a folder of the test's own."""
+    hidden = {"DISCORD_TOKEN", "IMAGINE_BOT_STATE_DIR", "XDG_STATE_HOME"}
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
+    if state_home is not None:
+        env["XDG_STATE_HOME"] = str(state_home)
     env["PYTHONUNBUFFERED"] = "1"
     # Two cores are shared by pytest, the test server and the bot: torch's default of one
     # thread per core makes its threads spin against each other (jobs 10x slower) and
@@ -74,7 +84,9 @@ class BotProcess:
         self.config = config
         self.token = token
         self.command = list(command) if command is not None else bot_command()
-        self.env = bot_env(token, pythonpath=pythonpath, extra=env)
+        self.env = bot_env(
+            token, pythonpath=pythonpath, extra=env, state_home=config.parent / STATE_HOME
+        )
         self.lines: list[str] = []
         self.process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -174,13 +186,20 @@ class _Tail:
         return "the imagine-bot process (last output:\n" + "\n".join(self.lines[-30:]) + "\n)"
 
 
-async def run_once(config: Path, *, token: str | None, args: Iterable[str] = ()) -> tuple[int, str]:
-    """Run the CLI to completion (start-up failures); returns (exit code, all output)."""
+async def run_once(
+    config: Path,
+    *,
+    token: str | None,
+    args: Iterable[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> tuple[int, str]:
+    """Run the CLI to completion (start-up failures); returns (exit code, all output).
+    `env` goes on top of the bot's environment (`bot_env`)."""
     command = list(args) or [*bot_command(), "run", "--config", str(config)]
     process = await asyncio.create_subprocess_exec(
         *command,
         cwd=config.parent,
-        env=bot_env(token),
+        env=bot_env(token, extra=env, state_home=config.parent / STATE_HOME),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

@@ -27,11 +27,15 @@ def test_the_dockerfile_passes_hadolint_and_uses_ci_set_up() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "RUN bash .ci/setup" in text  # the image is set up by CI's own script
     assert "USER 10001" in text and "HEALTHCHECK" in text and "/healthz" in text
+    # The bot's state goes on the /data volume, never beside the config in /config.
+    assert "IMAGINE_BOT_STATE_DIR=/data" in text and 'VOLUME ["/data"]' in text
 
 
 def test_compose_matches_the_compose_schema() -> None:
     done = _run(BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", "compose.yaml")
     assert done.returncode == 0, done.stdout + done.stderr
+    text = (ROOT / "compose.yaml").read_text()
+    assert "- ./config:/config:ro" in text and "- data:/data" in text  # state on a volume
 
 
 def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
@@ -46,3 +50,6 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
     done = _run(analyze, "verify", tmp_path / "imagine-bot.service")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "NoNewPrivileges=yes" in unit and "ProtectSystem=strict" in unit
+    # /etc is read-only under ProtectSystem=strict: the state goes to the StateDirectory.
+    assert "Environment=IMAGINE_BOT_STATE_DIR=/var/lib/imagine-bot" in unit
+    assert "StateDirectory=imagine-bot" in unit and "ReadWritePaths=/var/lib/imagine-bot" in unit

@@ -487,6 +487,35 @@ async def test_channel_post_and_edit(world: World) -> None:
     server.assert_clean()
 
 
+async def test_history_pages_as_discord_does(world: World) -> None:
+    """A channel's history as Discord serves it: 1 to 100 messages a request, newest first,
+    from one of `before`, `after` or `around`. discord.py pages through 250 messages either
+    way and stops at a bound; a bad query is Discord's 400."""
+    server = world.server
+    ids = [(await server.post_message(world.channel, world.bob, f"m{i}")).id for i in range(250)]
+    async with run_bot(server, world.bot) as running:
+        bot = running.bot
+        channel = bot.get_partial_messageable(world.channel.id)
+        assert [m.id async for m in channel.history(limit=None)] == ids[::-1]
+        after = channel.history(limit=None, after=discord.Object(ids[9]))
+        assert [m.id async for m in after] == ids[10:]  # oldest first, as discord.py yields
+        window = channel.history(
+            limit=None, after=discord.Object(ids[9]), before=discord.Object(ids[150])
+        )
+        assert [m.id async for m in window] == ids[10:150]
+        around = channel.history(limit=5, around=discord.Object(ids[100]))
+        assert [m.id async for m in around] == ids[98:103][::-1]
+        route = Route("GET", "/channels/{channel_id}/messages", channel_id=world.channel.id)
+        bad = ({"limit": 101}, {"limit": 0}, {"before": ids[5], "after": ids[1]})
+        for query in bad:
+            with pytest.raises(discord.HTTPException) as refused:
+                await bot.http.request(route, params=query)
+            assert (refused.value.status, refused.value.code) == (400, 50035), query
+    pages = server.requests_to("GET", r"^/channels/\d+/messages$")
+    assert [r.status for r in pages].count(400) == len(bad)
+    server.assert_clean(expected={"invalid_payload"})
+
+
 async def test_invalid_session_reidentifies_on_the_test_server(world: World) -> None:
     server = world.server
     async with run_bot(server, world.bot):

@@ -5,11 +5,16 @@
     succeeds or the process stops)
 
 A crash anywhere in that sequence leaves the job active with its delivery start recorded;
-the next start then *reconciles* before it posts again: it reads the channel's messages since
-the delivery started and, if the bot's message with the job's images is there (their file
-names carry the job id: `imagine-<job>-<seed>.png`), records it instead of posting twice.
-Only messages posted after the job's delivery started and written by the bot itself count,
-so an older message of a reset database, or a file a member uploads, never matches.
+the next start then *reconciles* before it posts again: it reads the channel's messages from
+the delivery's start to the last moment a post could have been made (`POST_WINDOW` later),
+every page of them however busy the channel is, and, if the bot's message with the job's
+images is there (their file names carry the job id: `imagine-<job>-<seed>.png`), records it
+instead of posting twice. Only messages in that window written by the bot itself count, so
+an older message of a reset database, or a file a member uploads, never matches.
+
+The history is the record because Discord keeps no other: a message's `nonce` with
+`enforce_nonce` makes a repeated create idempotent only for a few minutes, and interaction
+followups (webhooks) take no nonce at all, so it cannot span a restart.
 """
 
 from __future__ import annotations
@@ -48,10 +53,12 @@ DELIVERY_PATIENCE = 15 * 60.0
 #: First and longest wait between attempts (posting, or writing to the ledger).
 RETRY_FIRST = 1.0
 RETRY_MAX = 30.0
-#: Messages read back when looking for a post, and how far before the delivery start
-#: (the host's clock against Discord's).
-HISTORY_LIMIT = 100
+#: How far before the delivery start a post is looked for (the host's clock against
+#: Discord's).
 HISTORY_MARGIN = timedelta(minutes=2)
+#: How long after the delivery start a post can appear: the last attempt starts within
+#: `DELIVERY_PATIENCE`, and discord.py retries one request for a few minutes more.
+POST_WINDOW = timedelta(seconds=DELIVERY_PATIENCE) + timedelta(minutes=10)
 
 _RESULT_FILE = re.compile(
     r"^(?:SPOILER_)?imagine-(?P<job>\d+)(?:-(?P<key>[0-9a-f]+))?-(?P<what>\d+|grid)\.png$"
@@ -89,13 +96,19 @@ def is_transient(exc: BaseException) -> bool:
 async def find_posted(
     services: Services, job: JobRecord, since: datetime
 ) -> discord.Message | None:
-    """The bot's message with `job`'s images, posted after `since` (less a margin), if any."""
+    """The bot's message with `job`'s images, if its delivery (started at `since`) posted
+    one. Every message from `since` (less a margin) to `POST_WINDOW` later is read, oldest
+    first, 100 a request: the post is found after any number of other messages, and a
+    channel's later history is never read."""
     channels = services.channels
     me = channels.user
+    if me is None:
+        return None
     channel = channels.get_partial_messageable(job.channel_id, guild_id=job.guild_id or None)
     after = discord.Object(discord.utils.time_snowflake(since - HISTORY_MARGIN))
-    async for message in channel.history(limit=HISTORY_LIMIT, after=after):
-        if me is None or message.author.id != me.id:
+    before = discord.Object(discord.utils.time_snowflake(since + POST_WINDOW))
+    async for message in channel.history(limit=None, after=after, before=before):
+        if message.author.id != me.id:
             continue
         if any(result_job(a.filename) == JobRef.of(job) for a in message.attachments):
             return message

@@ -30,6 +30,7 @@ from .. import render
 from ..buttons import progress_view, result_view
 from ..errors import describe
 from ..grid import GRID_IMAGES, grid_png
+from ..imagestore import why_not_written
 from ..ledger import JobKind, JobRecord, JobStatus, give_up
 from ..services import JobRef, Services
 from .delivery import (
@@ -283,17 +284,25 @@ class JobRun:
             )
             return
         self.delivering = True
-        embed = render.result_embed(record, result, verdict)
-        content = render.result_content(
-            record.user_id, len(verdict.post), verdict.withheld, self.warnings, result.failed
-        )
-
         ref = JobRef.of(record)
         posted = [image for image, _spoiler in verdict.post]
+        unkept = None
         try:  # full size, for Upscale and Vary (a grid posts them scaled down)
             await asyncio.to_thread(services.images.save_outputs, ref, posted)
-        except OSError as exc:
+        except OSError as exc:  # still delivered; the message and later presses say why
             log.warning("job %d: cannot keep its images for Upscale/Vary: %s", self.id, exc)
+            unkept = why_not_written(exc)
+        warnings = self.warnings
+        if unkept is not None:
+            these, them = ("this image", "it") if len(posted) == 1 else ("these images", "them")
+            warnings += (
+                f"the bot could not keep {these} at full size ({unkept}), so Upscale and Vary "
+                f"cannot start from {them}.",
+            )
+        embed = render.result_embed(record, result, verdict)
+        content = render.result_content(
+            record.user_id, len(verdict.post), verdict.withheld, warnings, result.failed
+        )
         grid = None
         if len(posted) == GRID_IMAGES and not any(spoiler for _image, spoiler in verdict.post):
             grid = await asyncio.to_thread(grid_png, posted)
@@ -313,8 +322,12 @@ class JobRun:
         upscaled = record.kind is JobKind.UPSCALE
         view = result_view(ref, [image.index for image in posted], upscaled=upscaled)
         post = ResultPost(content, embed, files, view, mention=record.user_id)
-        since = discord.utils.utcnow()
-        await persist("the start of its delivery", self.id, lambda: ledger.start_delivery(self.id))
+        await persist(
+            "the start of its delivery",
+            self.id,
+            lambda: ledger.start_delivery(self.id, unkept=unkept),
+        )
+        since = discord.utils.utcnow()  # once recorded (that may take long): no post before it
         message = await self._post_once(post, since)
         if message is None:
             gave_up = await persist("its refund", self.id, lambda: give_up(ledger, self.id))

@@ -288,6 +288,11 @@ class JobService:
             )
         png = await asyncio.to_thread(self.services.images.load_output, job, index)
         params = read_parameters(png) if png is not None else None
+        if png is None and record.unkept:
+            raise NotAllowed(
+                f"The bot could not keep image {index + 1} of job #{job.id} when it was made "
+                f"({record.unkept}), so it cannot start from it."
+            )
         if png is None or params is None:
             raise NotAllowed(self._gone(f"Image {index + 1} of job #{job.id}"))
         return record, params, await asyncio.to_thread(png_to_rgb, png)

@@ -21,7 +21,13 @@ from .errors import (
     LedgerError,
     SchemaTooNew,
 )
-from .identity import DatabaseMarker, DatabaseMismatch, DatabaseState, inspect_database
+from .identity import (
+    DatabaseMarker,
+    DatabaseMismatch,
+    DatabaseState,
+    MarkerUnwritable,
+    inspect_database,
+)
 from .jobs import (
     ACTIVE_STATUSES,
     COUNTED_STATUSES,
@@ -75,6 +81,7 @@ __all__ = [
     "Ledger",
     "LedgerBusyError",
     "LedgerError",
+    "MarkerUnwritable",
     "QuotaChange",
     "QuotaKind",
     "QuotaPolicy",

@@ -158,6 +158,11 @@ class JobRecord:
     strength: float | None
 
     @property
+    def unkept(self) -> str | None:
+        """Why a delivered job's full-size images could not be kept (a full disk), if so."""
+        return self.error if self.status is JobStatus.DONE else None
+
+    @property
     def delivered(self) -> bool:
         """Whether the result was handed to Discord (never hand it over twice)."""
         return self.delivered_at is not None

@@ -112,6 +112,7 @@ class Job(Base):
 
     status: Mapped[str] = mapped_column(String(16))
     refusal_reason: Mapped[str | None] = mapped_column(String(32))
+    # Why it failed or was refused; for a job done, why its images could not be kept.
     error: Mapped[str | None] = mapped_column(Text)
     reroll_of: Mapped[int | None] = mapped_column(
         Integer, ForeignKey("jobs.id", ondelete="SET NULL")

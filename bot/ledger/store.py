@@ -380,13 +380,15 @@ class Ledger:
             values |= {"message_id": message_id, "delivered_at": now}
         return await self._set_where(job_id, ACTIVE_STATUSES, values)
 
-    async def start_delivery(self, job_id: int) -> bool:
+    async def start_delivery(self, job_id: int, *, unkept: str | None = None) -> bool:
         """Record that the result is about to be posted (queued/running jobs only).
 
         From then on a restart must look for the post before posting again; the mark stays
-        when a dead process's job is re-queued.
+        when a dead process's job is re-queued. `unkept`: why its full-size images could not
+        be kept (a full disk), kept as the job's error so a later Upscale or Vary press can
+        say so (`JobRecord.unkept`).
         """
-        values = {"delivery_started_at": self._clock()}
+        values = {"delivery_started_at": self._clock(), "error": _error_text(unkept)}
         return await self._set_where(job_id, ACTIVE_STATUSES, values)
 
     async def mark_failed(self, job_id: int, error: str) -> bool:

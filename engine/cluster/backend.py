@@ -12,6 +12,8 @@ result, cancel, `Busy`, `EngineDead`), and keeps what only the bot process can k
 - **A cluster that cannot be reached** makes the engine "unavailable" (`alive` is False,
   new submits raise `EngineUnavailable`); accepted jobs wait up to `[ray] outage_s` for it
   to come back and then run, else fail with `EngineUnavailable` (the bot refunds them).
+  So does a bridge process that stops talking or talks garbage (`bridge.py`): it is killed
+  at once and a new one started; no call here waits without a deadline.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from ..job import Job, JobState, Progress
 from ..request import ImageRequest
 from ..result import GenerationResult
 from ..stats import EngineStats
-from .bridge import WATCH_INTERVAL, Bridge
+from .bridge import CALL_DEADLINE, WATCH_INTERVAL, Bridge
 from .config import RayConfig
 from .wire import ReplicaEvent, ReplicaInfo, ReplicaLoad
 
@@ -49,7 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Runs of one job on replicas that were lost under it before it fails.
 MAX_ATTEMPTS = 4
-#: Checks of the cluster in a row without an answer before it counts as lost.
+#: The bridge's reports in a row without a replica count (Serve not answering it) before
+#: the cluster counts as lost; a bridge that sends no reports at all is its own death.
 SILENT_CHECKS = 5
 #: Seconds before a job whose replica was lost runs again (times its attempts so far).
 RETRY_PAUSE = 1.0
@@ -155,11 +158,13 @@ class RayEngine(ModelCatalog):
 
     @property
     def alive(self) -> bool:
-        """Reachable, with a replica running, and not closing."""
+        """Reachable through a live bridge, with a replica running, and not closing."""
         return (
             self._info is not None
             and not self._closing
             and self._reachable.is_set()
+            and self._bridge is not None
+            and self._bridge.alive
             and self._replicas_alive > 0
         )
 
@@ -363,7 +368,8 @@ class RayEngine(ModelCatalog):
         if self._closing:
             raise ShuttingDown()
         self._started()
-        if not self._reachable.is_set():
+        bridge = self._bridge
+        if not self._reachable.is_set() or bridge is None or not bridge.alive:
             raise EngineUnavailable("the Ray cluster cannot be reached")
 
     async def _until_reachable(self, job: Job) -> None:
@@ -388,30 +394,27 @@ class RayEngine(ModelCatalog):
     async def _watch(self) -> None:
         """Every `WATCH_INTERVAL`: replicas alive, or the cluster lost (the bridge process
         gone, Serve not answering) and then a new bridge until it answers again."""
-        silent = 0  # checks in a row without a replica count
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             bridge = self._bridge
             if bridge is None or not bridge.alive:
-                self._lost("the bridge process to it stopped")
+                self._lost(bridge.death if bridge and bridge.death else "its bridge process ended")
                 await self._reconnect()
                 continue
-            alive = bridge.replicas
-            silent = silent + 1 if alive is None else 0
-            if silent >= SILENT_CHECKS:
+            if bridge.unanswered >= SILENT_CHECKS:
                 self._lost("Serve does not answer")
             if not self._reachable.is_set():
                 # A bridge whose cluster went away may hang in Ray's calls: start afresh.
                 await bridge.kill()
-                silent = 0
                 continue
-            if alive is None:
+            alive = bridge.replicas
+            if alive is None or bridge.unanswered:
                 continue
             if alive != self._replicas_alive:
                 log.info("Ray replicas running: %d (were %d)", alive, self._replicas_alive)
             self._replicas_alive = alive
             with contextlib.suppress(EngineError):  # fresh "loaded" marks for /models
-                self._info = await self._call("describe")
+                self._info = await self._call("describe", within=PROBE_TIMEOUT)
 
     async def _reconnect(self) -> None:
         """Start a new bridge; the cluster is back once it has connected and deployed."""
@@ -435,18 +438,18 @@ class RayEngine(ModelCatalog):
     async def _probe(self) -> bool:
         """Whether Serve answers now (else the cluster, not a replica, is lost)."""
         try:
-            await asyncio.wait_for(self._call("count"), PROBE_TIMEOUT)
-        except (EngineError, TimeoutError):
+            await self._call("count", within=PROBE_TIMEOUT)
+        except EngineError:
             return False
         return True
 
     def _seen(self, load: ReplicaLoad) -> None:
         self._replicas[load.replica] = load
 
-    async def _call(self, method: str, *args: Any) -> Any:
+    async def _call(self, method: str, *args: Any, within: float = CALL_DEADLINE) -> Any:
         if self._bridge is None:
             raise EngineUnavailable("the Ray cluster cannot be reached")
-        return await self._bridge.call(method, *args)
+        return await self._bridge.call(method, *args, within=within)
 
     def _started(self) -> ReplicaInfo:
         if self._info is None:

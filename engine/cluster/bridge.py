@@ -2,14 +2,22 @@
 
 Frames on the child's stdin and stdout are 4-byte lengths and pickles of tuples (a pipe
 between two processes of one installation, never a network socket). The child moves its own
-fd 1 to stderr first, so nothing else Ray or a library prints can corrupt the frames.
+fd 1 to stderr first, so nothing else Ray or a library prints can corrupt the frames. What
+the child sends comes from the cluster's replicas (results, errors): the bot unpickles it,
+so the Ray nodes are trusted as the bot's own code is.
+
+A child that says nothing for `SILENT_S` (it reports every `WATCH_INTERVAL`, busy or not),
+or sends a frame that does not unpickle, is taken as dead: the bot kills it, its calls and
+jobs end as "cannot be reached", and `RayEngine`'s watchdog starts a new one. Every call has
+a deadline too.
 
     bot -> child: ("start", EngineConfig, RayConfig), then
                   ("call", rid, method, args)   ("run", job_id, request, preview_every)
                   ("cancel", job_id)            end of input: stop
     child -> bot: ("started", ReplicaInfo) or ("failed", one line), then
                   ("reply", rid, value, error)  ("job", job_id, kind, payload)
-                  ("replicas", count or None)   every `WATCH_INTERVAL`
+                  ("replicas", count or None)   every `WATCH_INTERVAL` (None: no fresh
+                                                count), whatever else it is doing
 """
 
 from __future__ import annotations
@@ -28,24 +36,43 @@ from ..config import EngineConfig
 from ..errors import EngineError, EngineUnavailable
 from ..sources import first_line
 from .config import RayConfig
+from .serve_client import CALL_TIMEOUT
 from .wire import ReplicaInfo
 
-__all__ = ["WATCH_INTERVAL", "Bridge", "child_main"]
+__all__ = ["CALL_DEADLINE", "SILENT_S", "WATCH_INTERVAL", "Bridge", "child_main"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds between the child's reports of running replicas.
 WATCH_INTERVAL = 2.0
+#: Seconds without a frame from the child before it is taken as dead (five reports missed).
+SILENT_S = 5 * WATCH_INTERVAL
+#: Seconds a call may take: the child gives up on a replica after `CALL_TIMEOUT` itself.
+CALL_DEADLINE = CALL_TIMEOUT + 10.0
+#: Seconds the child may take to connect (Ray's own retries), on top of `start_timeout_s`.
+CONNECT_S = 120.0
 _LENGTH = struct.Struct(">I")
 
 
+class Garbled(Exception):
+    """A frame that does not unpickle into a message."""
+
+
 async def read_frame(reader: asyncio.StreamReader) -> Any:
-    """The next message, or None at the end of the stream."""
+    """The next message (a tuple), or None at the end of the stream; `Garbled` if it is not
+    one."""
     try:
         head = await reader.readexactly(_LENGTH.size)
-        return pickle.loads(await reader.readexactly(_LENGTH.unpack(head)[0]))
+        body = await reader.readexactly(_LENGTH.unpack(head)[0])
     except asyncio.IncompleteReadError:
         return None
+    try:
+        message = pickle.loads(body)
+    except Exception as exc:  # anything can come of bytes that are not a pickle
+        raise Garbled(f"{type(exc).__name__}: {first_line(exc)}") from None
+    if not isinstance(message, tuple) or not message:
+        raise Garbled(f"not a message: {type(message).__name__}")
+    return message
 
 
 def frame(message: tuple[Any, ...]) -> bytes:
@@ -60,12 +87,15 @@ class Bridge:
         self.config = config
         self.ray_config = ray
         self.replicas: int | None = None  # last count the child reported
+        self.unanswered = 0  # its reports in a row without a count (Serve did not answer)
+        self.death: str | None = None  # why the child was taken as dead, once it was
         self._process: asyncio.subprocess.Process | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._jobs: dict[str, asyncio.Queue[tuple[str, Any]]] = {}
         self._next = 0
         self._alive = False
+        self._closing = False  # asked to stop: it may take its time (a private cluster's end)
 
     @property
     def alive(self) -> bool:
@@ -82,7 +112,17 @@ class Bridge:
         )
         assert process.stdout is not None
         self._send(("start", self.config, self.ray_config))
-        answer = await read_frame(process.stdout)
+        deadline = self.ray_config.start_timeout_s + CONNECT_S
+        try:
+            answer = await asyncio.wait_for(read_frame(process.stdout), deadline)
+        except (TimeoutError, Garbled) as exc:
+            await self.kill()
+            why = (
+                f"sent a frame that does not unpickle ({exc})"
+                if isinstance(exc, Garbled)
+                else f"said nothing for {deadline:.0f} s"
+            )
+            raise EngineError(f"the Ray bridge process {why}") from None
         if answer is None or answer[0] != "started":
             await self.close()
             if answer is None:
@@ -90,11 +130,13 @@ class Bridge:
             raise EngineError(answer[1])
         self._alive = True
         self._reader_task = asyncio.create_task(self._read(), name="ray-bridge-reader")
+        log.info("Ray bridge process (pid %d) connected", process.pid)
         info: ReplicaInfo = answer[1]
         return info
 
-    async def call(self, method: str, *args: Any) -> Any:
-        """A replica's method, or "count"; `EngineUnavailable` if the bridge is gone."""
+    async def call(self, method: str, *args: Any, within: float = CALL_DEADLINE) -> Any:
+        """A replica's method, or "count"; `EngineUnavailable` if the bridge is gone or the
+        answer does not come `within` seconds."""
         if not self._alive:
             raise EngineUnavailable("the Ray cluster cannot be reached")
         self._next += 1
@@ -103,7 +145,9 @@ class Bridge:
         self._calls[rid] = future
         self._send(("call", rid, method, args))
         try:
-            return await future
+            return await asyncio.wait_for(future, within)
+        except TimeoutError:
+            raise EngineUnavailable(f"no answer from the Ray cluster in {within:.0f} s") from None
         finally:
             self._calls.pop(rid, None)
 
@@ -137,6 +181,7 @@ class Bridge:
         """End the child (it cancels its calls and, for a private cluster, shuts it down)."""
         process = self._process
         self._alive = False
+        self._closing = True
         if process is None:
             return
         if process.stdin is not None and not process.stdin.is_closing():
@@ -156,36 +201,73 @@ class Bridge:
             process.stdin.write(frame(message))
 
     async def _read(self) -> None:
+        """Hand the child's frames out until it ends, or is taken as dead: silent for
+        `SILENT_S`, or garbled. Either way its calls and jobs end as unreachable."""
         process = self._process
         assert process is not None and process.stdout is not None
-        while (message := await read_frame(process.stdout)) is not None:
-            kind = message[0]
-            if kind == "reply":
-                _, rid, value, error = message
-                future = self._calls.get(rid)
-                if future is not None and not future.done():
-                    if error is not None:
-                        future.set_exception(error)
-                    else:
-                        future.set_result(value)
-            elif kind == "job":
-                _, job_id, what, payload = message
-                queue = self._jobs.get(job_id)
-                if queue is not None:
-                    queue.put_nowait((what, payload))
-                    if what != "event":
-                        self._jobs.pop(job_id, None)
-            elif kind == "replicas":
-                self.replicas = message[1]
-        # The child is gone (the cluster's node died under it, or it was stopped).
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(read_frame(process.stdout), SILENT_S)
+                except TimeoutError:
+                    if self._closing:  # it stops talking as it ends: `close` bounds that
+                        continue
+                    await self._dead(process, f"sent nothing for {SILENT_S:.0f} s")
+                    break
+                except Garbled as exc:
+                    await self._dead(process, f"sent a frame that does not unpickle ({exc})")
+                    break
+                if message is None:  # it exited (its cluster's node died, or it was stopped)
+                    break
+                try:
+                    self._take(message)
+                except Exception as exc:  # a frame of the wrong shape: garbled too
+                    await self._dead(process, f"sent a malformed message ({first_line(exc)})")
+                    break
+        finally:
+            self._alive = False
+            self.replicas = None
+            for future in self._calls.values():
+                if not future.done():
+                    future.set_exception(EngineUnavailable("the Ray cluster cannot be reached"))
+            for queue in self._jobs.values():
+                queue.put_nowait(("lost", "the connection to the Ray cluster was lost"))
+            self._jobs.clear()
+
+    def _take(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "reply":
+            _, rid, value, error = message
+            future = self._calls.get(rid)
+            if future is not None and not future.done():
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(value)
+        elif kind == "job":
+            _, job_id, what, payload = message
+            queue = self._jobs.get(job_id)
+            if queue is not None:
+                queue.put_nowait((what, payload))
+                if what != "event":
+                    self._jobs.pop(job_id, None)
+        elif kind == "replicas":
+            _, count = message
+            if count is None:
+                self.unanswered += 1
+            else:
+                self.replicas, self.unanswered = int(count), 0
+        else:
+            raise ValueError(f"unknown message {kind!r}")
+
+    async def _dead(self, process: asyncio.subprocess.Process, why: str) -> None:
+        """Take the child as dead: a bot that waits on it would hang while it looks healthy."""
         self._alive = False
-        self.replicas = None
-        for future in self._calls.values():
-            if not future.done():
-                future.set_exception(EngineUnavailable("the Ray cluster cannot be reached"))
-        for queue in self._jobs.values():
-            queue.put_nowait(("lost", "the connection to the Ray cluster was lost"))
-        self._jobs.clear()
+        self.death = f"the Ray bridge process (pid {process.pid}) {why}"
+        log.error("%s: it is taken as dead and restarted", self.death)
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 # -- the child ------------------------------------------------------------------------------
@@ -233,12 +315,16 @@ async def _child() -> None:
             send(("reply", rid, None, EngineUnavailable(first_line(exc))))
 
     async def watch() -> None:
+        """Report every `WATCH_INTERVAL`, the bot's sign of life from here: the count when a
+        fresh one came back, else None (one look at Serve at a time, however slow)."""
+        look = asyncio.create_task(client.call("count"))
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
-            try:
-                count: int | None = await client.call("count")
-            except Exception:
-                count = None
+            count: int | None = None
+            if look.done():
+                if not look.cancelled() and look.exception() is None:
+                    count = look.result()
+                look = asyncio.create_task(client.call("count"))
             send(("replicas", count))
 
     spawn(watch())

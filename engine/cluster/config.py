@@ -15,14 +15,15 @@ class RayConfig:
     "auto" joins the cluster this machine belongs to (`ray start` ran here), and
     "ray://host:10001" reaches one through Ray Client. `replicas` is a fixed count; with
     `max_replicas` above 0, Serve autoscales between `min_replicas` and `max_replicas` on
-    the requests each replica holds.
+    the requests each replica holds. `num_gpus` unset asks for what `[engine] device` needs
+    (`gpus_per_replica`); set, it is asked for as given (0.5: two replicas share a GPU).
     """
 
     address: str = "local"
     replicas: int = 1
     min_replicas: int = 1
     max_replicas: int = 0  # 0: a fixed `replicas`; more: autoscaling up to this many
-    num_gpus: float = 1.0  # per replica: one replica per GPU
+    num_gpus: float | None = None  # per replica; unset: what [engine] device needs
     num_cpus: float = 1.0
     app: str = "imagine-bot"  # the Serve application's name (several bots can share one)
     start_timeout_s: float = 600.0  # replicas placed and their models loaded
@@ -42,13 +43,26 @@ class RayConfig:
             out.append("replicas must be at least 1")
         if self.max_replicas and not 1 <= self.min_replicas <= self.max_replicas:
             out.append("min_replicas must be between 1 and max_replicas")
-        if self.num_gpus < 0 or self.num_cpus < 0:
+        if (self.num_gpus or 0) < 0 or self.num_cpus < 0:
             out.append("num_gpus and num_cpus must not be negative")
         if not self.app.strip() or "#" in self.app:
             out.append("app must be a name without #")
         if self.start_timeout_s <= 0 or self.outage_s < 0:
             out.append("start_timeout_s must be positive and outage_s not negative")
         return out
+
+    def gpus_per_replica(self, device: str, cluster_gpus: float) -> float:
+        """The GPUs each replica asks Serve for: `num_gpus` when set; else none for a CPU
+        (or Apple "mps", which Ray does not count as a GPU), one for "cuda", and for "auto"
+        one only where the cluster has GPUs (`cluster_gpus`, Ray's count), else none: a
+        replica that asks for a GPU no node has is never placed."""
+        if self.num_gpus is not None:
+            return self.num_gpus
+        if device.startswith("cuda"):
+            return 1.0
+        if device == "auto" and cluster_gpus > 0:
+            return 1.0
+        return 0.0
 
     @property
     def autoscaling(self) -> bool:

@@ -29,6 +29,7 @@ from .errors import (
     UNKNOWN_USER,
     UNKNOWN_WEBHOOK,
     ApiError,
+    form_error,
 )
 from .interactions import (
     APPLICATION_COMMAND,
@@ -753,17 +754,30 @@ class RestApi:
         return json_response(channel_payload(self._channel(request)))
 
     async def list_messages(self, request: web.Request) -> web.Response:
+        """A channel's history as Discord pages it: `limit` from 1 to 100 (50 by default), and
+        at most one of `before`, `after` and `around`; the `limit` messages nearest that
+        point (the newest without one), always newest first. A client pages on from the
+        last id it got."""
         self._require_auth(request)
         channel = self._channel(request)
-        messages = [m for m in channel.visible_messages() if not m.ephemeral]
         q = request.query
-        if "before" in q:
-            messages = [m for m in messages if m.id < int(q["before"])]
-        if "after" in q:
-            messages = [m for m in messages if m.id > int(q["after"])]
-        limit = int(q.get("limit", 50))
-        messages = messages[::-1][:limit] if "after" not in q else messages[:limit][::-1]
-        return json_response([message_payload(m) for m in messages])
+        limit = _query_int(q, "limit", 50, 1, 100)
+        anchors = [key for key in ("before", "after", "around") if key in q]
+        if len(anchors) > 1:
+            raise form_error(anchors[1], "before, after and around are mutually exclusive")
+        point = _query_int(q, anchors[0], 0, 0, 2**64 - 1) if anchors else None
+        messages = [m for m in channel.visible_messages() if not m.ephemeral]  # oldest first
+        if point is None:
+            page = messages[-limit:]
+        elif anchors[0] == "before":
+            page = [m for m in messages if m.id < point][-limit:]
+        elif anchors[0] == "after":
+            page = [m for m in messages if m.id > point][:limit]
+        else:  # around: the message (if any) in the middle of the page
+            middle = next((i for i, m in enumerate(messages) if m.id >= point), len(messages))
+            start = max(0, min(middle - limit // 2, len(messages) - limit))
+            page = messages[start : start + limit]
+        return json_response([message_payload(m) for m in reversed(page)])
 
     async def create_message(self, request: web.Request) -> web.Response:
         self._require_auth(request)
@@ -880,3 +894,23 @@ class RestApi:
             request=record,
         )
         return json_response({"message": "404: Not Found", "code": 0}, 404)
+
+
+def _query_int(query: Any, key: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter within [low, high], else Discord's 400 for the field."""
+    raw = query.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise form_error(key, f'Value "{raw}" is not int.', "NUMBER_TYPE_COERCE") from None
+    if value < low:
+        raise form_error(
+            key, f"Int value should be greater than or equal to {low}.", "NUMBER_TYPE_MIN"
+        )
+    if value > high:
+        raise form_error(
+            key, f"Int value should be less than or equal to {high}.", "NUMBER_TYPE_MAX"
+        )
+    return value

@@ -13,23 +13,61 @@ from bot.config import BotConfig, ConfigError, load_config, parse_config
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_example_documents_every_key_with_its_default() -> None:
-    example = load_config(ROOT / "config.example.toml")
-    # A relative SQLite file is made absolute, next to the config file.
-    assert example.database.url == f"sqlite+aiosqlite:///{ROOT / 'imagine-bot.db'}"
-    assert example.images.store_dir == ROOT / "imagine-bot-images"  # so is the image store
+def test_the_example_documents_every_key_with_its_default(tmp_path: Path) -> None:
+    path = ROOT / "config.example.toml"
+    data = tomllib.loads(path.read_text())
+    example = parse_config(data, path, environ={"XDG_STATE_HOME": str(tmp_path)})
+    # A relative SQLite file is made absolute in the state folder, and so is the image store.
+    state = tmp_path / "imagine-bot"
+    assert example.paths.state_dir == state and example.state_from == "the default"
+    assert example.database.url == f"sqlite+aiosqlite:///{state / 'imagine-bot.db'}"
+    assert example.images.store_dir == state / "imagine-bot-images"
     defaults = dataclasses.replace(example.database, url=BotConfig().database.url)
     images = dataclasses.replace(example.images, store_dir=BotConfig().images.store_dir)
-    assert dataclasses.replace(example, path=None, database=defaults, images=images) == BotConfig()
-    data = tomllib.loads((ROOT / "config.example.toml").read_text())
+    plain = dataclasses.replace(
+        example, path=None, state_from="", paths=BotConfig().paths, database=defaults
+    )
+    assert dataclasses.replace(plain, images=images) == BotConfig()
     for section in dataclasses.fields(BotConfig):
-        if section.name == "path":
+        if section.name in ("path", "state_from"):
             continue
         keys = {f.name for f in dataclasses.fields(getattr(BotConfig(), section.name))}
         if section.name == "engine":  # [models.<name>] and [loras.<name>] tables, not keys
             keys -= {"models", "loras"}
         documented = set(data[section.name]) | ({"token"} if section.name == "discord" else set())
         assert documented == keys, section.name
+
+
+def test_the_state_folder_is_never_beside_a_new_config(tmp_path: Path) -> None:
+    """`[paths] state_dir`, else `$IMAGINE_BOT_STATE_DIR`, else the config's folder only where
+    an earlier version already keeps its state there, else `$XDG_STATE_HOME/imagine-bot`."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    path = etc / "config.toml"
+    xdg = {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+    fresh = parse_config({}, path, environ=xdg)
+    assert fresh.paths.state_dir == tmp_path / "xdg" / "imagine-bot"
+    named = parse_config({}, path, environ={**xdg, "IMAGINE_BOT_STATE_DIR": "/data"})
+    assert (named.paths.state_dir, named.state_from) == (Path("/data"), "$IMAGINE_BOT_STATE_DIR")
+    assert named.database.url == "sqlite+aiosqlite:////data/imagine-bot.db"
+    assert named.images.store_dir == Path("/data/imagine-bot-images")
+    configured = parse_config(
+        {"paths": {"state_dir": "../var"}},
+        path,
+        environ={**xdg, "IMAGINE_BOT_STATE_DIR": "/elsewhere"},
+    )
+    assert configured.paths.state_dir == tmp_path / "var"  # relative to the config file
+    absolute = {"database": {"url": "sqlite+aiosqlite:////srv/x.db"}, "images": {"store_dir": "/i"}}
+    kept = parse_config(absolute, path, environ=xdg)
+    assert (kept.database.url, kept.images.store_dir) == (
+        "sqlite+aiosqlite:////srv/x.db",
+        Path("/i"),
+    )
+    for earlier in ("config.database-id", "imagine-bot.db", "imagine-bot-images"):
+        (etc / earlier).touch()  # what an earlier version kept beside its config
+        found = parse_config({}, path, environ=xdg)
+        assert found.paths.state_dir == etc and "earlier version" in found.state_from, earlier
+        (etc / earlier).unlink()
 
 
 def test_a_config_with_a_few_keys_runs_on_defaults() -> None:

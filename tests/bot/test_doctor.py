@@ -31,6 +31,7 @@ async def test_a_ready_set_up_passes_every_check(new_world: NewWorld) -> None:
     assert code == 0, lines
     assert list(lines) == [
         "config",
+        "state",
         "database",
         "model tiny",
         "token",
@@ -52,14 +53,17 @@ async def test_each_failing_check_says_what_to_fix(new_world: NewWorld, tmp_path
             {"id": bot_role.id, "type": 0, "allow": 0, "deny": ATTACH_FILES}
         )
         stranger = 4242  # a server the bot was never invited to
+        (tmp_path / "a-file").write_text("not a folder")
         config = world.configure(
             guild_ids=[world.guild.id, stranger],
             discord={"token": world.token},
+            paths={"state_dir": str(tmp_path / "a-file" / "state")},
             database={"url": f"sqlite+aiosqlite:///{tmp_path / 'gone' / 'imagine.db'}"},
             engine={"model": str(tmp_path / "no-such-model")},
         )
         code, lines = await _doctor(config)
         assert code == 1
+        assert lines["state"].startswith("FIX") and "a-file is not a folder" in lines["state"]
         assert lines["database"].startswith("FIX") and "does not exist" in lines["database"]
         assert (
             lines["model no-such-model"].startswith("FIX")

@@ -10,10 +10,15 @@ with the local engine's for the same request: the replicas run the same engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
+import re
 import signal
 import socket
+import struct
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,8 +40,10 @@ from engine import (
     JobState,
 )
 from engine.cluster import RayConfig, RayEngine
+from engine.cluster.bridge import SILENT_S
 from engine.cluster.serve_client import NEEDS_RAY
 from testkit.jobs import JOB_TIMEOUT, button_id, job_of, read_ledger, result_of, wait_result
+from testkit.process import BotProcess
 from testkit.world import NewWorld, World
 from tests.engine.conftest import pixels
 
@@ -240,6 +247,40 @@ async def test_a_lost_cluster_makes_the_engine_unavailable_until_it_is_back(
             second.shutdown()
 
 
+async def test_on_a_cluster_without_gpus_replicas_ask_for_what_the_device_needs(
+    model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster with no GPU: `device = "cpu"` with `num_gpus` unset asks for none, and its
+    replica starts; a replica that asks for a GPU can never be placed, and start-up stops
+    within a minute with Serve's report, not after `start_timeout_s`. Serve reports replicas
+    unplaced after 30 s; its own settings (read by its controller, which inherits this
+    cluster's environment) cut that to 2 s here."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_SERVE_SLOW_STARTUP_WARNING_S", "2")
+    monkeypatch.setenv("RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S", "2")
+    head = {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        config = RayConfig(address=cluster.address, num_cpus=0.5, app="cpu", start_timeout_s=90)
+        async with RayEngine(engine_config(model_cache), config) as engine:
+            assert engine.alive and engine.replicas_alive == 1
+            result = await engine.generate(request("on a CPU", seed=4, steps=1))
+            assert len(result.images) == 1
+        wants_gpu = dataclasses.replace(config, num_gpus=1.0, app="gpu")
+        started = time.monotonic()
+        with pytest.raises(EngineError) as caught:
+            await RayEngine(engine_config(model_cache), wants_gpu).start()
+        assert time.monotonic() - started < 60
+        said = str(caught.value)
+        assert said.startswith('the engine\'s replicas can never be placed: each asks for {"CPU"')
+        assert '"GPU": 1.0} and no node of the Ray cluster has that' in said
+        assert "; Serve: Deployment 'engine' in application 'gpu'" in said  # Serve's own words
+        assert "\n" not in said
+    finally:
+        cluster.shutdown()
+
+
 # -- the bot ----------------------------------------------------------------------------------
 
 
@@ -302,6 +343,118 @@ async def test_the_bot_on_ray_cancels(world: World) -> None:
     await progress.interaction.wait_for_original(lambda m: "cancelled" in m.content, timeout=60)
     async with read_ledger(world.tmp) as ledger:
         assert (await job_of(ledger, job_id)).status is JobStatus.CANCELLED
+
+
+async def test_a_silent_bridge_is_restarted_and_what_waited_on_it_refused(world: World) -> None:
+    """The bridge process stops answering (SIGSTOP: alive but silent, as when it hangs in a
+    Ray call). A /imagine that reaches it is refused "cannot be reached" once the bridge is
+    taken as dead (`SILENT_S`), and charged nothing; /healthz says 503 until a new bridge has
+    joined the running application; then it is 200 again."""
+    bot, ops = world.bot, await ops_url(world)
+    pid = bridge_pids(bot)[-1]
+    async with read_ledger(world.tmp) as ledger:
+        before = await ledger.user_status(world.guild.id, world.bob.id)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        interaction = await world.server.invoke(
+            "imagine", user=world.bob, channel=world.art, options={"prompt": "a hang", "steps": 2}
+        )
+        told = await interaction.wait_for_original(
+            lambda m: "cannot be reached" in m.content, timeout=SILENT_S + 30
+        )
+        assert time.monotonic() - started < SILENT_S + 15  # the bridge's deadline, not never
+        assert await health(ops) == 503  # before the new bridge is up (seconds later)
+        await bot.wait_for_line(rf"\(pid {pid}\) sent nothing for \d+ s: it is taken as dead")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)  # killed already, unless the test failed first
+    assert not told.custom_ids
+    await restarted(world, pid)
+    async with read_ledger(world.tmp) as ledger:
+        after = await ledger.user_status(world.guild.id, world.bob.id)
+    assert after.used == before.used  # charged nothing
+
+
+async def test_a_garbled_bridge_frame_restarts_the_bridge(world: World) -> None:
+    """A frame from the bridge that does not unpickle (written here into the real pipe the
+    bridge process writes its frames to) ends that bridge at once, not the bot's reading of
+    it in silence; /healthz is 503 until a new bridge answers, then the bot works again."""
+    bot, ops = world.bot, await ops_url(world)
+    pid = bridge_pids(bot)[-1]
+    write_into_frames_pipe(pid, struct.pack(">I", 8) + b"garbage!")
+    await bot.wait_for_line(rf"\(pid {pid}\) sent a frame that does not unpickle")
+    assert await health(ops) == 503
+    await restarted(world, pid)
+    job_id, progress = await world.imagine(world.alice, "after the garbage")
+    assert progress.interaction is not None
+    assert (await wait_result(progress.interaction)).attachments
+    await world.bot.wait_for_line(rf"job {job_id}: delivered")
+
+
+def bridge_pids(bot: BotProcess) -> list[int]:
+    """The bot's bridge processes so far, oldest first (each logs its pid once connected)."""
+    found = (re.search(r"Ray bridge process \(pid (\d+)\) connected", line) for line in bot.lines)
+    return [int(m[1]) for m in found if m]
+
+
+async def restarted(world: World, pid: int) -> int:
+    """Once a new bridge has replaced dead `pid` and the engine answers again, having joined
+    the running application (not redeployed it), with /healthz 200: the new bridge's pid."""
+
+    def since_death() -> list[str]:
+        lines = world.bot.lines
+        dead = [i for i, line in enumerate(lines) if f"(pid {pid}) " in line and "dead" in line]
+        return lines[dead[-1] :] if dead else []
+
+    await world.server.wait_until(
+        lambda: any("the Ray cluster answers again" in line for line in since_death()),
+        timeout=120,
+        what="a new Ray bridge process",
+        seen=lambda: world.bot.output[-3000:],
+    )
+    assert any("joining the running Ray Serve application" in line for line in since_death())
+    assert await health(await ops_url(world)) == 200
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the silent one was killed (and reaped)
+    new = bridge_pids(world.bot)[-1]
+    assert new != pid
+    return new
+
+
+async def ops_url(world: World) -> str:
+    line = await world.bot.wait_for_line(r"ops endpoint on http://127\.0\.0\.1:\d+")
+    return line[line.index("http://") :].split()[0]
+
+
+async def health(ops: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(f"{ops}/healthz") as response:
+        return response.status
+
+
+def write_into_frames_pipe(child: int, data: bytes) -> None:
+    """Write `data` into the pipe bridge process `child` sends its frames on: the one pipe it
+    holds open for writing that its parent (the bot) holds open for reading."""
+
+    def pipes(pid: int, mode: int) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+                flags = int(info.split("flags:")[1].split()[0], 8)
+                if target.startswith("pipe:") and flags & os.O_ACCMODE == mode:
+                    out[target] = int(fd)
+        return out
+
+    parent = int(Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[1])
+    writes = pipes(child, os.O_WRONLY)
+    [pipe] = set(writes) & set(pipes(parent, os.O_RDONLY))
+    fd = os.open(f"/proc/{child}/fd/{writes[pipe]}", os.O_WRONLY)
+    try:
+        assert os.write(fd, data) == len(data)  # under PIPE_BUF: never split between frames
+    finally:
+        os.close(fd)
 
 
 async def test_the_bot_survives_a_replica_killed_mid_job(world: World) -> None:

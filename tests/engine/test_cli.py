@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ def run_cli(*args: str, cache: Path, cwd: Path) -> subprocess.CompletedProcess[s
 
 
 def test_generate_writes_pngs_with_the_seed(model_cache: Path, tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
     done = run_cli(
         "generate",
         "--model",
@@ -85,9 +87,10 @@ def test_a_bad_config_file_is_named_with_the_key_to_fix(model_cache: Path, tmp_p
 def test_image_to_image_and_upscale_from_the_command_line(
     model_cache: Path, tmp_path: Path
 ) -> None:
-    """generate --ar, then upscale: the upscale is the stock image-to-image pipeline over
-    the image at twice its size, with its own prompt and seed (`--image` takes the same
-    path; its refusals are tested below, before any model loads)."""
+    """generate --ar, then upscale (with the model the image names): the upscale is the
+    stock image-to-image pipeline over the image at twice its size, with its own prompt and
+    seed (`--image` takes the same path; its refusals are tested below, before any model
+    loads)."""
     import io
 
     import numpy as np
@@ -105,8 +108,10 @@ def test_image_to_image_and_upscale_from_the_command_line(
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "wrote kite.png (64x88, seed 3)"  # 3:4 at 64x64's area
 
-    done = run_cli("upscale", *tiny, "kite.png", cache=model_cache, cwd=tmp_path)
+    # No --model and no config: the model kite.png names (`Model: tiny`), not the default.
+    done = run_cli("upscale", "kite.png", cache=model_cache, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert "upscaling with model tiny (kite.png was made with it)" in done.stderr
     assert done.stdout.strip() == "wrote kite-upscaled.png (128x176, seed 3)"
     big = (tmp_path / "kite-upscaled.png").read_bytes()
     params = read_parameters(big)
@@ -138,18 +143,71 @@ def test_image_to_image_and_upscale_from_the_command_line(
         (["generate", "x", "--ar", "16x9"], "must look like 16:9"),
         (["upscale", "notes.png"], "no generation parameters"),
         (["generate", "x", "--out", "."], "is a folder"),
+        (["generate", "x", "--out", "notes.txt/x.png"], "notes.txt is not a folder"),
+        (["generate", "x", "--out", "new/x.png"], "the folder new does not exist"),
+        (["generate", "x", "--out", "/proc/x.png"], "cannot write in /proc"),
+        (["generate", "x", "--out", "x.gif"], "name a .png or .jpg file"),
+        (["upscale", "notes.png", "--out", "new/big.png"], "the folder new does not exist"),
     ],
 )
 def test_bad_pictures_and_options_get_one_line(
     args: list[str], message: str, model_cache: Path, tmp_path: Path
 ) -> None:
+    """Refused with one line before any model loads, creating nothing."""
     from PIL import Image
 
     (tmp_path / "notes.txt").write_text("not a picture")
     Image.new("RGB", (64, 64)).save(tmp_path / "notes.png")  # a picture without parameters
+    before = sorted(tmp_path.iterdir())
     done = run_cli(*args, "--model", "builtin:tiny", cache=model_cache, cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert message in done.stderr.strip().splitlines()[-1]
+    assert "generating" not in done.stderr  # refused before the model loads
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_jpeg_out_and_upscale_with_the_model_the_image_names(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    """`--out x.jpg` writes a JPEG with its parameters where A1111 puts them (EXIF
+    UserComment). `upscale` without `--model` uses the configured model the image names, or,
+    when the config renamed it, the one with its `Model hash`, and says which in one line."""
+    from PIL import Image
+
+    # A copy of the tiny model as a folder: its own Model hash (the hash reads its configs).
+    mine = tmp_path / "mine"
+    shutil.copytree(next(model_cache.glob("builtin-tiny-v*")), mine)
+    index = mine / "model_index.json"
+    index.write_text(json.dumps(json.loads(index.read_text()), indent=4))
+    models = '[models.tiny]\nsource = "builtin:tiny"\n[models.{}]\nsource = "mine"\n'
+    (tmp_path / "a.toml").write_text(models.format("mine"))
+    done = run_cli(
+        "generate", "--config", "a.toml", "--model", "mine", "an owl", "--seed", "3",
+        "--steps", "2", "--out", "owl.jpg", cache=model_cache, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with Image.open(tmp_path / "owl.jpg") as jpeg:
+        assert jpeg.format == "JPEG"
+    owl = read_parameters((tmp_path / "owl.jpg").read_bytes())
+    assert owl is not None and (owl.prompt, owl.seed, owl.model) == ("an owl", 3, "mine")
+
+    done = run_cli("upscale", "--config", "a.toml", "owl.jpg", cache=model_cache, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "upscaling with model mine (owl.jpg was made with it)" in done.stderr
+    assert done.stdout.strip() == "wrote owl-upscaled.png (128x128, seed 3)"
+    big = read_parameters((tmp_path / "owl-upscaled.png").read_bytes())
+    assert big is not None and big.model == "mine"  # not the default, tiny
+
+    (tmp_path / "b.toml").write_text(models.format("renamed"))
+    done = run_cli(
+        "upscale", "--config", "b.toml", "owl.jpg", "--out", "owl-2.png",
+        cache=model_cache, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    made = f"owl.jpg was made with 'mine', Model hash {dict(owl.extra)['Model hash']}"
+    assert f"upscaling with model renamed ({made})" in done.stderr
+    big = read_parameters((tmp_path / "owl-2.png").read_bytes())
+    assert big is not None and big.model == "renamed"
 
 
 def test_version_is_the_installed_package_version(capsys: pytest.CaptureFixture[str]) -> None:

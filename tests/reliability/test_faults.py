@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 import re
 import signal
 import sqlite3
@@ -23,13 +25,22 @@ import pytest_asyncio
 
 from bot.ledger import ACTIVE_STATUSES, JobStatus
 from testkit.discord_server import Failure, Interaction, Message
-from testkit.jobs import JOB_TIMEOUT, job_id_of, job_of, read_ledger, result_of, wait_result
+from testkit.jobs import (
+    JOB_TIMEOUT,
+    button_id,
+    job_id_of,
+    job_of,
+    read_ledger,
+    result_of,
+    wait_result,
+)
 from testkit.process import run_once
 from testkit.world import NewWorld, World
 
 from .fault_hooks.sitecustomize import (
     FAIL_DONE,
     HOLD,
+    HOLD_POST,
     IMMUTABLE_BEFORE_DONE,
     KILL_BEFORE_DONE,
     NAN_SEED,
@@ -353,10 +364,15 @@ async def test_sigterm_mid_job_exits_promptly_and_the_next_start_delivers_it_onc
         assert frank.used == 1  # counted once across the restart
 
 
+#: Messages members post between a delivery's start and its post in a busy channel.
+BUSY_CHANNEL = 1000
+
+
 async def test_a_kill_right_after_posting_never_posts_twice(world: World) -> None:
     """SIGKILL in the narrowest window, after the post and before it is recorded, several
-    times: each restart finds the post in the channel and records it; nothing is posted
-    twice, lost, or counted twice."""
+    times, once in a busy channel (1,000 messages between the delivery's start and its post):
+    each restart finds the post in the channel and records it; nothing is posted twice,
+    lost, or counted twice."""
     gate = world.tmp / KILL_BEFORE_DONE
     async with read_ledger(world.tmp) as ledger:
         used_before = (await ledger.user_status(world.guild.id, world.gwen.id)).used
@@ -364,11 +380,21 @@ async def test_a_kill_right_after_posting_never_posts_twice(world: World) -> Non
         bot = world.bot
         bot.unwatch()
         gate.touch()
+        busy = attempt == 1
+        hold = world.tmp / HOLD_POST
+        if busy:
+            hold.touch()
         try:
             job_id, _progress = await world.imagine(world.gwen, f"a narrow window {attempt}")
+            if busy:
+                await bot.wait_for_line(rf"holding the post of job {job_id}", within=JOB_TIMEOUT)
+                for n in range(BUSY_CHANNEL):
+                    await world.server.post_message(world.art, world.dave, f"chat {n}")
+                hold.unlink()
             assert await bot.exited(JOB_TIMEOUT) == -signal.SIGKILL, bot.output[-3000:]
         finally:
             gate.unlink(missing_ok=True)
+            hold.unlink(missing_ok=True)
         posted = world.results_for(job_id)
         assert len(posted) == 1  # it was posted just before the kill
         async with read_ledger(world.tmp) as ledger:
@@ -448,6 +474,61 @@ async def test_a_database_made_immutable_right_after_posting_is_survived_and_rec
     async with read_ledger(world.tmp) as ledger:
         carol = await ledger.user_status(world.guild.id, world.carol.id)
         assert carol.queued == 0 and carol.running == 0
+
+
+@contextlib.contextmanager
+def full_disk(folder: Path) -> Iterator[Path]:
+    """A real full disk at `folder`: a 64 KiB tmpfs mounted there and filled to the last byte
+    (needs root and `mount`; skips elsewhere). Yields the filler file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)]
+    try:
+        mounted = subprocess.run(mount, capture_output=True, check=False).returncode == 0
+    except FileNotFoundError:
+        mounted = False
+    if not mounted:
+        pytest.skip("a small full filesystem needs root to mount a tmpfs")
+    try:
+        filler = folder / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        yield filler
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+async def test_a_full_disk_when_keeping_a_result_still_delivers_it_and_says_so(
+    world: World,
+) -> None:
+    """The image store's disk is full (a real one) when a result is to be kept at full size
+    for Upscale and Vary: the result is still delivered once and charged, its message says
+    its image could not be kept and why, no temporary file is left behind, and a press on
+    its Upscale says so too, not that the image expired."""
+    outputs = world.tmp / "imagine-bot-images" / "outputs"
+    async with read_ledger(world.tmp) as ledger:
+        used_before = (await ledger.user_status(world.guild.id, world.frank.id)).used
+    with full_disk(outputs) as filler:
+        job_id, progress = await world.imagine(world.frank, "a full image store")
+        result = await wait_result(interaction_of(progress), within=JOB_TIMEOUT)
+        await assert_delivered_once(world, job_id, result)
+        assert "could not keep this image at full size (the disk is full)" in result.content
+        assert list(outputs.iterdir()) == [filler]  # no temporary file left behind
+        press = await world.server.click(result, button_id(result, "u0"), user=world.frank)
+        note = await press.wait_for_original(lambda m: m is not result)
+        assert press.ephemeral and not note.custom_ids
+        assert f"could not keep image 1 of job #{job_id} when it was made (the disk is full)" in (
+            note.content
+        )
+    async with read_ledger(world.tmp) as ledger:
+        assert (await job_of(ledger, job_id)).unkept == "the disk is full"
+        frank = await ledger.user_status(world.guild.id, world.frank.id)
+        assert frank.used == used_before + 1  # the delivered image; the refused press is free
 
 
 async def test_a_discord_outage_while_posting_is_waited_out_and_delivered_once(

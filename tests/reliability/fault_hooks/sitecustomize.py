@@ -19,6 +19,8 @@ There is no GPU here, so out of memory is simulated the way a small GPU would be
 
 Faults around the ledger, the same way (files in the bot's working directory):
 
+- while `HOLD_POST` exists, a delivery waits between recording its start and posting: a test
+  fills the channel with messages in between;
 - while `KILL_BEFORE_DONE` exists, the bot SIGKILLs itself the moment a posted result is to be
   recorded as done: the narrowest window between posting and recording;
 - while `FAIL_DONE` exists, recording a posted result fails as on a full disk;
@@ -29,6 +31,7 @@ Faults around the ledger, the same way (files in the bot's working directory):
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import os
@@ -44,6 +47,7 @@ import engine.service
 POISON = "a poisoned prompt"
 MAX_SAMPLES = 2  # one image with classifier-free guidance
 HOLD = "hold-unet"
+HOLD_POST = "hold-post"
 KILL_BEFORE_DONE = "kill-before-done"
 FAIL_DONE = "fail-done"
 IMMUTABLE_BEFORE_DONE = "immutable-before-done"
@@ -127,7 +131,8 @@ def patch_engine_start() -> None:
 
 
 def patch_ledger() -> None:
-    """`Ledger.mark_done` with a message (a result was just posted) honours the ledger gates."""
+    """`Ledger.mark_done` with a message (a result was just posted) honours the ledger gates;
+    `Ledger.start_delivery` honours `HOLD_POST`."""
     import bot.ledger.store as store
     from bot.ledger import LedgerError
 
@@ -151,6 +156,19 @@ def patch_ledger() -> None:
         return await mark_done(self, job_id, message_id)
 
     store.Ledger.mark_done = mark_done_with_faults  # type: ignore[method-assign]
+
+    start_delivery = store.Ledger.start_delivery
+
+    async def start_delivery_held(self: store.Ledger, job_id: int, **options: Any) -> bool:
+        started = await start_delivery(self, job_id, **options)
+        gate = Path.cwd() / HOLD_POST
+        if gate.exists():
+            log.warning("fault hook: holding the post of job %d", job_id)
+            while gate.exists():  # noqa: ASYNC110 (another process's gate: a file)
+                await asyncio.sleep(0.02)
+        return started
+
+    store.Ledger.start_delivery = start_delivery_held  # type: ignore[method-assign]
 
 
 if __name__ == "sitecustomize":  # only in the bot subprocess; the tests import the names
