@@ -131,9 +131,17 @@ def models_text(models: Sequence[ModelInfo]) -> str:
             lines.append(f"  {profile.description}")
         size = profile.native_size
         lines.append(
-            f"  {profile.default_steps} steps · guidance {profile.default_guidance:g} · "
+            f"  {profile.family_label or profile.family} · "
+            f"{profile.default_steps} steps · guidance {profile.default_guidance:g} · "
             f"{size}x{size} · {profile.sampler}"
         )
+        reads = [
+            "negative prompt" if profile.negative_prompt else "no negative prompt",
+            "starts from pictures" if profile.img2img else "text only",
+        ]
+        if not profile.weighted:
+            reads.append("no prompt weights")
+        lines.append(f"  {' · '.join(reads)}")
         if info.loras:
             tags = ", ".join(f"`<lora:{lora.name}:{lora.weight:g}>`" for lora in info.loras)
             lines.append(f"  LoRAs: {tags}")

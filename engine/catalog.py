@@ -34,13 +34,18 @@ class ModelInfo:
 
 
 class ModelCatalog:
-    """What an engine backend knows of its models; a backend supplies `config` and
-    `models()` (the models as it loaded them), the rest is derived."""
+    """What an engine backend knows of its models; a backend supplies `config`, `models()`
+    (the models as it loaded them) and `profile_named` (one model's profile, cheaply: it is
+    read for every request), the rest is derived."""
 
     config: EngineConfig
 
     def models(self) -> list[ModelInfo]:
         """Every configured model: its profile, whether it is loaded, its memory, its LoRAs."""
+        raise NotImplementedError
+
+    def profile_named(self, name: str) -> ModelProfile:
+        """The profile of the configured model called `name`."""
         raise NotImplementedError
 
     @property
@@ -54,8 +59,7 @@ class ModelCatalog:
     def profile_of(self, model: str | None) -> ModelProfile:
         """Model `model`'s profile (None: the default's); `InvalidRequest` for a name that
         is not configured."""
-        name = self.config.model_named(model)
-        return next(info.profile for info in self.models() if info.name == name)
+        return self.profile_named(self.config.model_named(model))
 
     @property
     def profile(self) -> ModelProfile:

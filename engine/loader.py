@@ -494,6 +494,7 @@ def _profile(spec: ModelSpec, pipe: Any, *, has_checker: bool, files_hash: str) 
     return ModelProfile(
         name=spec.name,
         family=family.name,
+        family_label=family.label,
         native_size=spec.size or defaults.native_size,
         default_steps=spec.steps or defaults.steps,
         default_guidance=spec.guidance if spec.guidance >= 0 else defaults.guidance,
@@ -505,5 +506,6 @@ def _profile(spec: ModelSpec, pipe: Any, *, has_checker: bool, files_hash: str) 
         description=spec.description,
         multiple=defaults.multiple,
         negative_prompt=family.negative_prompt,
+        weighted=family.weighted,
         img2img=cls in family.img2img,
     )

@@ -161,6 +161,8 @@ class ModelProfile:
     description: str = ""
     multiple: int = 8  # width and height are multiples of this (64 for SDXL)
     negative_prompt: bool = True  # whether the family reads a negative prompt
+    weighted: bool = True  # whether A1111 weights reach the model (else they are removed)
+    family_label: str = ""  # the family as people call it: "SDXL", "FLUX.1"
     img2img: bool = True  # whether the family has an image-to-image pipeline
 
 
@@ -280,6 +282,11 @@ def validate(
     if not prompt:
         raise InvalidRequest("prompt", "The prompt is empty. Describe the image you want.")
     chosen_loras = _resolve_loras(tags, request.loras, profile.name, loras or {})
+    if negative and not profile.negative_prompt:
+        warnings.append(
+            f"The model {profile.name} does not read a negative prompt, so it was left out."
+        )
+        negative = ""
     for name, text in (("prompt", prompt), ("negative_prompt", negative)):
         if len(text) > MAX_PROMPT_CHARS:
             raise InvalidRequest(

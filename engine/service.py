@@ -21,7 +21,7 @@ from .client import Checked
 from .config import EngineConfig
 from .errors import EngineDead, EngineError, ShuttingDown
 from .job import Job
-from .request import ImageRequest, validate
+from .request import ImageRequest, ModelProfile, validate
 from .residency import Residency
 from .result import GenerationResult
 from .scheduling import Lifecycle, Scheduler, make_scheduler
@@ -121,6 +121,13 @@ class Engine(ModelCatalog):
         await self.close()
 
     # Introspection
+    def profile_named(self, name: str) -> ModelProfile:
+        self._started()
+        assert self._worker is not None
+        profile = self._worker.profile(name)
+        assert profile is not None  # every model loaded once at start-up
+        return profile
+
     def models(self) -> list[ModelInfo]:
         """Every configured model: its profile, whether it is loaded, its memory, its LoRAs."""
         self._started()

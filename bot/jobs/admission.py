@@ -91,9 +91,12 @@ class Admission:
         """
         s = self.services
         rules = await s.rules.moderation(origin.guild_id)
-        asked = engine_request(
-            options, negative=rules.negative_prompt(options.negative), user=origin.fairness_key
-        )
+        try:  # the server's forced negative prompt, for models that read one
+            forced = s.engine.profile_of(options.model).negative_prompt
+        except InvalidRequest:  # an unknown model: refused below by `check`, with its name
+            forced = True
+        negative = rules.negative_prompt(options.negative) if forced else options.negative
+        asked = engine_request(options, negative=negative, user=origin.fairness_key)
 
         async def refuse(reason: RefusalReason, text: str, detail: str | None = None) -> Refusal:
             await s.ledger.record_refusal(self._stored(origin, asked, reroll_of), reason, detail)

@@ -38,7 +38,7 @@ from ..errors import (
     ShuttingDown,
 )
 from ..job import Job, JobState, Progress
-from ..request import ImageRequest
+from ..request import ImageRequest, ModelProfile
 from ..result import GenerationResult
 from ..stats import EngineStats
 from .bridge import CALL_DEADLINE, WATCH_INTERVAL, Bridge
@@ -144,6 +144,9 @@ class RayEngine(ModelCatalog):
         await self.close()
 
     # Introspection (what the bot reads of `Engine`)
+    def profile_named(self, name: str) -> ModelProfile:
+        return next(info.profile for info in self._started().models if info.name == name)
+
     def models(self) -> list[ModelInfo]:
         """The configured models as a replica last described them."""
         return list(self._started().models)

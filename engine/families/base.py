@@ -91,8 +91,10 @@ class Family:
     """A model family (see the module doc); subclasses fill in the class attributes and
     override what their pipeline does differently."""
 
-    #: The name in `/models`, the PNG and the batch key ("sd", "sdxl", "flux"...).
+    #: The name in the batch key and the ledger ("sd", "sdxl", "flux"...).
     name: str = ""
+    #: As people call it (`/models`): "Stable Diffusion", "FLUX.1".
+    label: str = ""
     #: Text-to-image pipeline classes (diffusers class names) of this family.
     pipelines: tuple[str, ...] = ()
     #: The pipeline attribute of the module that denoises ("unet" or "transformer").

@@ -44,6 +44,7 @@ def unpack(latents: torch.Tensor, height: int, width: int, scale: int) -> torch.
 
 class Flux(Family):
     name = "flux"
+    label = "FLUX.1"
     pipelines = ("FluxPipeline",)
     denoiser = "transformer"
     shared = frozenset({"txt_ids", "img_ids", "joint_attention_kwargs"})
@@ -109,6 +110,7 @@ class Flux(Family):
 
 class Chroma(Flux):
     name = "chroma"
+    label = "Chroma"
     pipelines = ("ChromaPipeline",)
     negative_prompt = True
     img2img = MappingProxyType({"ChromaPipeline": "ChromaImg2ImgPipeline"})

@@ -34,6 +34,7 @@ def _few_steps(source: str) -> tuple[int, float] | None:
 
 class SD(Family):
     name = "sd"
+    label = "Stable Diffusion"
     pipelines = ("StableDiffusionPipeline",)
     denoiser = "unet"
     positional = ("sample", "timestep")
@@ -103,6 +104,7 @@ class SD(Family):
 
 class SDXL(SD):
     name = "sdxl"
+    label = "SDXL"
     pipelines = ("StableDiffusionXLPipeline",)
     img2img = MappingProxyType({"StableDiffusionXLPipeline": "StableDiffusionXLImg2ImgPipeline"})
     base_steps, base_guidance, base_size = 30, 6.0, 1024

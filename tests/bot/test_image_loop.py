@@ -1,8 +1,9 @@
 """The image loop end to end: a 2×2 grid, U and V buttons, Upscale and Vary on one image,
 a restart between the grid and a press, a Cancel during an upscale, and what each costs;
-and choosing among two models, with a LoRA, from Discord.
+choosing among three models (two SD, one FLUX.1), with a LoRA, from Discord.
 
-The real bot against the Discord-compatible server, the database read back after each step.
+The real bot against the Discord-compatible server, on the step-level scheduler (requests
+join and leave between denoising steps), the database read back after each step.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from bot.ledger import JobKind, JobStatus
 from engine import read_parameters
 from engine.tiny import builtin_folder
 from testkit.discord_server import Interaction, Message
-from testkit.jobs import button_id, job_id_of, job_of, read_ledger, wait_result
+from testkit.jobs import button_id, job_id_of, job_of, read_ledger, result_of, wait_result
 from testkit.lora import make_tiny_lora
 from testkit.world import NewWorld, World
 
@@ -40,10 +41,11 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
         world.configure(
             quota={"daily_images": 40, "max_queued_per_user": 3},
             images={"upscale_cost": UPSCALE_COST},
-            engine={"default_model": "tiny", "max_loaded_models": 1},
+            engine={"default_model": "tiny", "max_loaded_models": 1, "scheduling": "step"},
             models={
                 "tiny": {"source": "builtin:tiny"},
                 "other": {"source": "builtin:tiny-b", "description": "other weights"},
+                "flux": {"source": "builtin:tiny-flux-dev", "description": "a FLUX.1 [dev]"},
             },
             loras={"ink": {"source": str(lora), "weight": 0.8, "models": ["other"]}},
         )
@@ -254,3 +256,30 @@ async def test_aspect_ratio_and_shape_from_discord(world: World) -> None:
     note = await both.wait_for_original()
     assert both.ephemeral and "not both" in note.content, note.content
     assert await used(world, carol.id) == before + 3  # refused: nothing charged
+
+
+async def test_a_short_flux_request_joins_a_long_one_and_is_posted_first(world: World) -> None:
+    """Two members on a FLUX.1 model at once (a diffusion transformer, batched across users
+    step by step): the short request joins the long one's ticks and leaves first."""
+    alice, bob, server = world.alice, world.bob, world.server
+    listing = await server.invoke("models", user=bob)
+    text = (await listing.wait_for_original()).content
+    assert "**flux** · " in text and "FLUX.1 · " in text and "no negative prompt" in text
+    # In batch scheduling the short one would wait for the whole long call (other steps).
+    long = await server.invoke(
+        "imagine", user=alice, options={"prompt": "a long road", "model": "flux", "steps": 50}
+    )
+    short = await server.invoke(
+        "imagine",
+        user=bob,
+        options={"prompt": "a short walk", "negative": "rain", "model": "flux", "steps": 2},
+    )
+    quick = await wait_result(short)
+    assert result_of(long) is None  # the long one is still running
+    assert "does not read a negative prompt" in quick.content
+    slow = await wait_result(long)
+    assert quick.id < slow.id
+    for message, steps in ((quick, 2), (slow, 50)):
+        params = read_parameters(message.attachments[0].data)
+        assert params is not None and params.model == "flux" and params.steps == steps
+        assert params.negative_prompt == ""  # not read, so not recorded either
