@@ -16,6 +16,7 @@ from .sources import CHECKPOINT_SUFFIXES
 __all__ = [
     "COMPILE_MODES",
     "DEFAULT_MODEL",
+    "PREDICTIONS",
     "SCHEDULERS",
     "EngineConfig",
     "Limits",
@@ -38,6 +39,9 @@ SCHEDULERS: dict[str, str] = {
     "lms": "LMSDiscreteScheduler",
 }
 
+
+#: `[models.<name>] prediction`: what the UNet predicts ("default": its scheduler config's).
+PREDICTIONS = ("default", "epsilon", "v_prediction")
 
 #: `[engine] compile`: off, or a `torch.compile` mode for the UNet.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
@@ -73,6 +77,15 @@ class ModelSpec:
     guidance: float = -1.0
     scheduler: str = "default"
     size: int = 0
+    # Recipes of SD and SDXL derivatives (Pony, Illustrious, NoobAI...), as their model cards
+    # give them: CLIP layers to skip ("clip skip 2"), a v-prediction model's prediction type
+    # with its zero-terminal-SNR schedule, Karras sigmas, and the guidance rescale that goes
+    # with zero terminal SNR.
+    clip_skip: int = 0
+    prediction: str = "default"  # "default" (the model's own), "epsilon", "v_prediction"
+    zero_snr: bool = False
+    karras: bool = False
+    guidance_rescale: float = 0.0
 
     def problems(self) -> list[str]:
         out = []
@@ -91,7 +104,24 @@ class ModelSpec:
             out.append(f"model {self.name}: size must be a positive multiple of 8")
         if self.steps < 0:
             out.append(f"model {self.name}: steps must be 0 (the model's own) or more")
+        if not 0 <= self.clip_skip <= 12:
+            out.append(f"model {self.name}: clip_skip must be between 0 and 12")
+        if self.prediction not in PREDICTIONS:
+            out.append(
+                f"model {self.name}: prediction must be one of {', '.join(PREDICTIONS)}, "
+                f"not {self.prediction!r}"
+            )
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            out.append(f"model {self.name}: guidance_rescale must be between 0 and 1")
         return out
+
+    @property
+    def recipe(self) -> list[str]:
+        """The SD/SDXL recipe keys this model sets (other families cannot take them)."""
+        keys = [("clip_skip", self.clip_skip), ("prediction", self.prediction != "default")]
+        keys += [("zero_snr", self.zero_snr), ("karras", self.karras)]
+        keys += [("guidance_rescale", self.guidance_rescale)]
+        return [name for name, value in keys if value]
 
 
 @dataclass(frozen=True, slots=True)

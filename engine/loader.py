@@ -20,7 +20,7 @@ import re
 import sys
 import zipfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,9 @@ class LoadedModel:
     feature_extractor: Any = None
     img2img: Any = None  # the image-to-image pipeline on the same modules, made on first use
     folder: Path | None = None  # its folder or single checkpoint file (for its hash)
+    #: Arguments of every stock pipeline call of this model (its recipe: `clip_skip`, ...).
+    call_extra: dict[str, Any] = field(default_factory=dict)
+    clip_skip: int = 0  # also applied by weighted prompts' own encoding
 
     def memory_bytes(self) -> int:
         """Bytes its weights take on its device (what `/models` and the logs report)."""
@@ -383,11 +386,7 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
     log.info("loading %s on %s (%s)", spec.source, device, dtype)
     pipe, files = _load_pipeline(spec, config, dtype)
 
-    if SCHEDULERS[spec.scheduler]:
-        import diffusers
-
-        cls = getattr(diffusers, SCHEDULERS[spec.scheduler])
-        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    pipe.scheduler = _scheduler(spec, pipe)
 
     # The checker is run by the runner itself, so flagged images are reported instead of
     # silently blacked out; the operator's policy decides what users see.
@@ -420,7 +419,57 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
         checker=checker,
         feature_extractor=extractor if checker is not None else None,
         folder=files,
+        call_extra=_call_extra(spec),
+        clip_skip=spec.clip_skip,
     )
+
+
+def _call_extra(spec: ModelSpec) -> dict[str, Any]:
+    """The recipe's arguments of the stock SD/SDXL call (`_scheduler` checked the family)."""
+    extra: dict[str, Any] = {}
+    if spec.clip_skip:
+        extra["clip_skip"] = spec.clip_skip
+    if spec.guidance_rescale:
+        extra["guidance_rescale"] = spec.guidance_rescale
+    return extra
+
+
+def _scheduler(spec: ModelSpec, pipe: Any) -> Any:
+    """The model's scheduler: its own or the configured one, with the model's recipe
+    (prediction type, zero terminal SNR, Karras sigmas); `ValueError` with one line for a
+    recipe the model's family or scheduler cannot take."""
+    import inspect
+
+    import diffusers
+
+    from .families import family_of
+
+    family = family_of(pipe)
+    if spec.recipe and family.name not in ("sd", "sdxl"):
+        raise ValueError(
+            f"model {spec.name} is a {family.label} model: {', '.join(spec.recipe)} apply to "
+            "Stable Diffusion and SDXL models only"
+        )
+    cls = getattr(diffusers, SCHEDULERS[spec.scheduler]) if SCHEDULERS[spec.scheduler] else None
+    cls = cls or type(pipe.scheduler)
+    changes: dict[str, Any] = {}
+    if spec.prediction != "default":
+        changes["prediction_type"] = spec.prediction
+    if spec.zero_snr:
+        # Zero terminal SNR needs the schedule's last step at t = T (Lin et al. 2023).
+        changes |= {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    if spec.karras:
+        changes["use_karras_sigmas"] = True
+    accepted = inspect.signature(cls.__init__).parameters
+    refused = [key for key in changes if key not in accepted]
+    if refused:
+        raise ValueError(
+            f"model {spec.name}: the {cls.__name__} scheduler has no {', '.join(refused)}; "
+            "choose another [models] scheduler (euler, dpmpp_2m, ...)"
+        )
+    if cls is type(pipe.scheduler) and not changes:
+        return pipe.scheduler
+    return cls.from_config(pipe.scheduler.config, **changes)
 
 
 def model_hash(files: Path | None, cache_dir: Path | None = None) -> str:

@@ -155,6 +155,7 @@ class Runner:
             texts = [self.embeddings(r, cfg=key.guidance > 1.0) for r in requests]
         pipe = model.pipe if key.strength is None else image_to_image(model)
         kwargs = self.family.batch_kwargs(pipe, requests, generators, texts)
+        kwargs |= model.call_extra
         last: dict[str, torch.Tensor] = {}  # the latents after the latest step
         if self._step_callback_ok:
             total = slots[0].request.denoising_steps

@@ -147,7 +147,7 @@ class Stepper:
             texts = None
             if runner is not None and self.family.weighted and runner.needs_embeddings(r):
                 texts = runner.embeddings(r, cfg=r.guidance > 1.0)
-            kwargs = self.family.call_kwargs(pipe, r, generators, texts)
+            kwargs = self.family.call_kwargs(pipe, r, generators, texts) | self.model.call_extra
         sample = Sample(slot)
         kwargs["callback_on_step_end"] = self._callback(sample)
         kwargs["callback_on_step_end_tensor_inputs"] = list(self.family.callback_tensors)
