@@ -26,6 +26,7 @@ from ..options import ImagineOptions
 from ..pictures import BadPicture, fetch_picture
 from ..services import JobRef, Services
 from .convert import Origin, engine_request, ledger_request
+from .pricing import price
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -42,6 +43,14 @@ class Admitted:
     record: JobRecord
     engine_job: Job
     warnings: tuple[str, ...]
+
+
+def _blocked(word: str) -> tuple[str, str]:
+    """The user's message and the ledger's detail for a prompt with a blocked word."""
+    return (
+        f"Your prompt contains a word this server does not allow ({word!r}).",
+        f"blocked word {word!r}",
+    )
 
 
 def refusal_for(reservation: Reservation) -> Refusal:
@@ -120,11 +129,7 @@ class Admission:
             raise await refuse(RefusalReason.CHANNEL, elsewhere)
         word = rules.blocked_word(options.prompt, options.negative)
         if word is not None:
-            raise await refuse(
-                RefusalReason.BLOCKED_WORD,
-                f"Your prompt contains a word this server does not allow ({word!r}).",
-                f"blocked word {word!r}",
-            )
+            raise await refuse(RefusalReason.BLOCKED_WORD, *_blocked(word))
         forged = options.problem()
         if forged is not None:
             raise await refuse(RefusalReason.INVALID, forged, forged)
@@ -155,28 +160,33 @@ class Admission:
         kind: JobKind,
         source: JobRecord,
         index: int,
-        charge: int,
     ) -> Admitted:
         """Queue an upscale or variation of image `index` of `source` (a button press, whose
-        rate limit the button counted), charging `charge` images; or raise the `Refusal`."""
+        rate limit the button counted), charged by `price`; or raise the `Refusal`.
+
+        The server's rules of now apply, not those of the source's day: its blocked words
+        refuse it, and its forced negative prompt is added."""
         s = self.services
 
         def stored(request: ImageRequest) -> JobRequest:
             return replace(
-                self._stored(origin, request, None),
-                kind=kind,
+                self._stored(origin, request, None, kind),
                 source_job_id=source.id,
                 source_index=index,
-                image_count=charge,
             )
 
-        async def refuse(reason: RefusalReason, text: str) -> Refusal:
-            await s.ledger.record_refusal(stored(asked), reason, text)
+        async def refuse(reason: RefusalReason, text: str, detail: str | None = None) -> Refusal:
+            await s.ledger.record_refusal(stored(asked), reason, detail or text)
             return Refusal(reason, text)
 
-        elsewhere = self._wrong_channel(origin, await s.rules.moderation(origin.guild_id))
+        rules = await s.rules.moderation(origin.guild_id)
+        asked = replace(asked, negative_prompt=rules.negative_prompt(asked.negative_prompt))
+        elsewhere = self._wrong_channel(origin, rules)
         if elsewhere is not None:
             raise await refuse(RefusalReason.CHANNEL, elsewhere)
+        word = rules.blocked_word(asked.prompt, asked.negative_prompt)
+        if word is not None:
+            raise await refuse(RefusalReason.BLOCKED_WORD, *_blocked(word))
         try:
             request, warnings = await s.engine.check(asked)
         except InvalidRequest as exc:
@@ -190,16 +200,24 @@ class Admission:
         allowed = " ".join(f"<#{c}>" for c in rules.settings.allowed_channel_ids)
         return f"Images can't be made here. Try {allowed}."
 
-    def _stored(self, origin: Origin, request: ImageRequest, reroll_of: int | None) -> JobRequest:
-        engine = self.services.engine
+    def _stored(
+        self,
+        origin: Origin,
+        request: ImageRequest,
+        reroll_of: int | None,
+        kind: JobKind = JobKind.IMAGINE,
+    ) -> JobRequest:
+        s = self.services
+        engine = s.engine
         model = request.model or engine.default_model
         try:
             scheduler = engine.config.model_spec(model).scheduler
         except KeyError:  # an unknown model, being refused
             scheduler = "default"
-        return ledger_request(
+        stored = ledger_request(
             origin, request, model=model, scheduler=scheduler, reroll_of=reroll_of
         )
+        return replace(stored, kind=kind, image_count=price(kind, request.count, s.config.images))
 
     async def _reserve_and_submit(
         self, stored: JobRequest, request: ImageRequest, warnings: tuple[str, ...]

@@ -23,14 +23,14 @@ from datetime import datetime
 
 import discord
 
-from engine import Cancelled, EngineError, GenerationResult, Job, JobState
+from engine import Cancelled, EngineError, GenerationResult, Job, JobState, upscaled_size
 from engine import ShuttingDown as EngineShuttingDown
 
 from .. import render
 from ..buttons import progress_view, result_view
 from ..errors import describe
 from ..grid import GRID_IMAGES, grid_png
-from ..ledger import JobKind, JobRecord, JobStatus, give_up
+from ..ledger import JobRecord, JobStatus, give_up
 from ..services import JobRef, Services
 from .delivery import (
     DELIVERY_PATIENCE,
@@ -42,6 +42,7 @@ from .delivery import (
     persist,
     result_filename,
 )
+from .pricing import refund
 from .targets import (
     CannotPost,
     ChannelTarget,
@@ -307,8 +308,13 @@ class JobRun:
                 for image, spoiler in verdict.post
             ]
 
-        upscaled = record.kind is JobKind.UPSCALE
-        view = result_view(ref, [image.index for image in posted], upscaled=upscaled)
+        # No Upscale on images already at the size cap (it would be a same-size re-render).
+        upscalable = record.width > 0 < record.height and bool(
+            upscaled_size(record.width, record.height, services.engine.limits)
+        )
+        view = result_view(
+            ref, [image.index for image in posted], kind=record.kind, upscalable=upscalable
+        )
         post = ResultPost(content, embed, files, view, mention=record.user_id)
         since = discord.utils.utcnow()
         await persist("the start of its delivery", self.id, lambda: ledger.start_delivery(self.id))
@@ -327,9 +333,9 @@ class JobRun:
             log.warning("job %d: posted, but the ledger no longer had it active", self.id)
         services.metrics.images.inc(len(verdict.post))
         services.metrics.step_seconds.observe(result.run_s / max(1, result.request.steps or 1))
-        if verdict.withheld:  # an upscale's one image carries its whole cost
-            refund = record.image_count if upscaled else verdict.withheld
-            await ledger.refund_images(self.id, refund)
+        given = refund(record, len(verdict.post), services.config.images)
+        if given:  # moderation withheld some: the job keeps the price of what it posted
+            await ledger.refund_images(self.id, given)
         log.info(
             "job %d: delivered %d image(s), message %d", self.id, len(verdict.post), message.id
         )
