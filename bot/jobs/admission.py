@@ -6,6 +6,9 @@ as a `Refusal` the tree turns into a private message:
     rate limit → channel → blocked words → forged options → picture → validation →
     reservation → the picture stored → submit
 
+An Upscale or Vary (`admit_derived`) starts at the channel, then the blocked words: the
+server's rules of now, not those of the day its source was made.
+
 Nothing here knows a `discord.Interaction`: the caller describes the request's `Origin`.
 A request refused before the reservation costs nothing; after it, the reservation is undone.
 """
