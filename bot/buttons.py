@@ -5,7 +5,9 @@ Each `custom_id` is `imagine:<action>:<job id>:<job key>` (a `JobRef`; buttons p
 keys existed have no key), and an image's buttons add its index to the action (`u2`, `vx0`);
 the job is looked up when the button is pressed, so no view object has to survive in memory
 (discord.py's `DynamicItem`). One item class serves every action through a table, so a new
-button is one row. discord.py only logs
+button is one row. What a result offers depends on its job's kind (`OFFERED`): the same
+table builds the view and decides whether a press may run, since a custom id can be forged
+onto any message. discord.py only logs
 errors raised in item callbacks; these route them to `tree.report`, the one place that
 answers users about errors.
 """
@@ -14,16 +16,26 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import discord
 
+from .ledger import JobKind
 from .services import JobActions, JobRef, host_of
 from .tree import rate_limited, report
 
-__all__ = ["PER_IMAGE", "Action", "JobButton", "progress_view", "result_view"]
+__all__ = [
+    "OFFERED",
+    "PER_IMAGE",
+    "Action",
+    "JobButton",
+    "label_of",
+    "offered",
+    "progress_view",
+    "result_view",
+]
 
 
 class Action(enum.StrEnum):
@@ -37,6 +49,23 @@ class Action(enum.StrEnum):
 
 #: Actions that act on one image of the result, named by its index in the custom id.
 PER_IMAGE = frozenset({Action.UPSCALE, Action.VARY_SUBTLE, Action.VARY_STRONG})
+
+_MADE = frozenset(
+    {Action.UPSCALE, Action.VARY_SUBTLE, Action.VARY_STRONG, Action.REROLL, Action.DELETE}
+)
+#: What a result of each kind offers. An upscale offers no Upscale (it is as large as it
+#: gets) and no Reroll (another upscale would be recorded, and charged, as an image).
+OFFERED: Mapping[JobKind, frozenset[Action]] = {
+    JobKind.IMAGINE: _MADE,
+    JobKind.VARIATION: _MADE,
+    JobKind.UPSCALE: frozenset({Action.VARY_SUBTLE, Action.VARY_STRONG, Action.DELETE}),
+}
+
+
+def offered(kind: JobKind, *, upscalable: bool = True) -> frozenset[Action]:
+    """The actions on a result of `kind` (`upscalable`: its images can get any larger)."""
+    actions = OFFERED[kind]
+    return actions if upscalable else actions - {Action.UPSCALE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,24 +165,33 @@ class JobButton(
             await report(interaction, exc)
 
 
-def result_view(job: JobRef, indexes: Sequence[int], *, upscaled: bool = False) -> discord.ui.View:
-    """The buttons under a result: for one image Upscale and both Vary (an upscale: Vary
-    only), for several U1..Un and V1..Vn (strong variations); then Reroll and Delete."""
+def label_of(action: Action) -> str:
+    return _LOOKS[action].label
+
+
+def result_view(
+    job: JobRef, indexes: Sequence[int], *, kind: JobKind, upscalable: bool = True
+) -> discord.ui.View:
+    """The buttons under a result, those `offered` for its kind: for one image Upscale and
+    both Vary, for several U1..Un and V1..Vn (strong variations); then Reroll and Delete."""
+    actions = offered(kind, upscalable=upscalable)
     view = discord.ui.View(timeout=None)
+
+    def add(action: Action, index: int | None = None, **how: Any) -> None:
+        if action in actions:
+            view.add_item(JobButton(action, job, index, **how))
+
     if len(indexes) == 1:
         (index,) = indexes
-        if not upscaled:
-            view.add_item(JobButton(Action.UPSCALE, job, index, row=0))
-        view.add_item(JobButton(Action.VARY_SUBTLE, job, index, row=0))
-        view.add_item(JobButton(Action.VARY_STRONG, job, index, row=0))
+        for action in (Action.UPSCALE, Action.VARY_SUBTLE, Action.VARY_STRONG):
+            add(action, index, row=0)
     else:
         for n, index in enumerate(indexes, start=1):
-            view.add_item(JobButton(Action.UPSCALE, job, index, label=f"U{n}", row=0))
+            add(Action.UPSCALE, index, label=f"U{n}", row=0)
         for n, index in enumerate(indexes, start=1):
-            view.add_item(JobButton(Action.VARY_STRONG, job, index, label=f"V{n}", row=1))
-    if not upscaled:
-        view.add_item(JobButton(Action.REROLL, job, row=2))
-    view.add_item(JobButton(Action.DELETE, job, row=2))
+            add(Action.VARY_STRONG, index, label=f"V{n}", row=1)
+    add(Action.REROLL, row=2)
+    add(Action.DELETE, row=2)
     return view
 
 

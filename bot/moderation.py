@@ -10,14 +10,22 @@ which gives the whole job back.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine import GeneratedImage
+from engine import GeneratedImage, model_text
 
 from .config import ModerationSettings
 
-__all__ = ["Moderation", "Verdict"]
+__all__ = ["Moderation", "Verdict", "folded"]
+
+
+def folded(text: str) -> str:
+    """`text` compared case- and accent-insensitively: compatibility forms unfolded
+    (full-width letters, ligatures), accents dropped, case folded."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,14 +45,12 @@ class Moderation:
 
     def __init__(self, settings: ModerationSettings) -> None:
         self.settings = settings
-        words = [w.strip() for w in settings.blocked_words if w.strip()]
-        # Whole words only, case-insensitive: "ass" must not refuse "class".
+        # Each blocked word as compared, and as configured (what the refusal names).
+        self._words = {folded(w.strip()): w.strip() for w in settings.blocked_words if w.strip()}
+        # Whole words only: "ass" must not refuse "class".
         self._blocked = (
-            re.compile(
-                r"(?<!\w)(" + "|".join(re.escape(w) for w in words) + r")(?!\w)",
-                re.IGNORECASE,
-            )
-            if words
+            re.compile(r"(?<!\w)(" + "|".join(map(re.escape, self._words)) + r")(?!\w)")
+            if self._words
             else None
         )
 
@@ -55,15 +61,27 @@ class Moderation:
             return True
         return parent_id is not None and parent_id in allowed
 
-    def blocked_word(self, *texts: str) -> str | None:
-        """The first blocked word found in any of `texts`, or None."""
+    def blocked_word(self, prompt: str, negative: str = "") -> str | None:
+        """The first blocked word in the prompt or the negative prompt, or None.
+
+        Both are read as the model reads them (`engine.model_text`: invisible characters,
+        LoRA tags and weighting syntax gone), case- and accent-insensitively, so `nu()de`,
+        a zero-width space inside the word or `NÜDE` do not slip through. The forced
+        negative prompt is not the member's text: it is left out of the check.
+        """
         if self._blocked is None:
             return None
-        for text in texts:
-            found = self._blocked.search(text)
+        for text in (prompt, self._without_forced(negative)):
+            found = self._blocked.search(folded(model_text(text)))
             if found:
-                return found.group(1)
+                return self._words[found.group(1)]
         return None
+
+    def _without_forced(self, negative: str) -> str:
+        forced = self.settings.forced_negative_prompt.strip()
+        if not forced:
+            return negative
+        return re.sub(re.escape(forced), " ", negative, flags=re.IGNORECASE)
 
     def negative_prompt(self, negative: str) -> str:
         """The user's negative prompt plus the forced one (added once, even on a reroll)."""

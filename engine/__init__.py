@@ -13,6 +13,7 @@ from .derived import (
     UPSCALE_FACTOR,
     UPSCALE_STRENGTH,
     upscale_request,
+    upscaled_size,
     variation_request,
 )
 from .errors import (
@@ -39,6 +40,7 @@ from .request import (
     clean_text,
     extract_loras,
     lora_tags,
+    model_text,
 )
 from .result import GeneratedImage, GenerationResult
 from .service import Engine
@@ -90,8 +92,10 @@ __all__ = [
     "extract_loras",
     "format_parameters",
     "lora_tags",
+    "model_text",
     "parse_parameters",
     "read_parameters",
     "upscale_request",
+    "upscaled_size",
     "variation_request",
 ]

@@ -12,6 +12,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from .config import Limits
+from .errors import InvalidRequest
 from .pngmeta import Parameters
 from .request import ImageRequest
 from .sizing import fit_aspect
@@ -25,6 +26,7 @@ __all__ = [
     "UPSCALE_FACTOR",
     "UPSCALE_STRENGTH",
     "upscale_request",
+    "upscaled_size",
     "variation_request",
 ]
 
@@ -49,6 +51,17 @@ def _rgb(image: Image) -> Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def upscaled_size(
+    width: int, height: int, limits: Limits, factor: float = UPSCALE_FACTOR
+) -> tuple[int, int] | None:
+    """The size an upscale of a `width`×`height` image comes out at: `factor`× each side,
+    less where the limits cap it (keeping the aspect). None when that is no larger than the
+    image: at the size cap an upscale would only re-render the image at its own size."""
+    area = round(factor * factor * width * height)
+    bigger = fit_aspect(width / height, area, limits)
+    return bigger if bigger[0] * bigger[1] > width * height else None
+
+
 def upscale_request(
     source: Parameters,
     image: Image,
@@ -62,11 +75,20 @@ def upscale_request(
 ) -> ImageRequest:
     """`image` at `factor`× its size (less where the limits cap it, keeping its aspect),
     refined by image-to-image from its own prompt and seed at a low `strength`, by the same
-    model when it is one of `models` (else the default one)."""
+    model when it is one of `models` (else the default one).
+
+    `InvalidRequest` when the image is already at the largest size the limits allow.
+    """
     from PIL import Image as PILImage
 
-    area = round(factor * factor * image.width * image.height)
-    width, height = fit_aspect(image.width / image.height, area, limits)
+    size = upscaled_size(image.width, image.height, limits, factor)
+    if size is None:
+        raise InvalidRequest(
+            "upscale",
+            f"This image is already at the largest size the bot makes "
+            f"({image.width}x{image.height}), so it cannot be upscaled. Nothing was charged.",
+        )
+    width, height = size
     init = _rgb(image).resize((width, height), PILImage.Resampling.LANCZOS)
     extra = [("Hires upscale", f"{factor:g}")]
     if origin:
@@ -98,17 +120,23 @@ def variation_request(
     user: str = "",
     origin: str | None = None,
     models: Collection[str] = (),
+    native: bool = False,
 ) -> ImageRequest:
     """`count` new images from `image` by image-to-image with new seeds (random when None),
-    by the same model when it is one of `models` (else the default one)."""
+    by the same model when it is one of `models` (else the default one).
+
+    They are made at the image's size, or with `native` at the model's native area at the
+    image's aspect ratio (the engine sizes it), as `/imagine` makes them: variations of an
+    upscale are not four images at four times the pixels for the price of four.
+    """
     return ImageRequest(
         prompt=source.prompt,
         negative_prompt=source.negative_prompt,
         seed=seed,
         steps=_steps(source, strength, limits),
         guidance=source.cfg_scale,
-        width=image.width,
-        height=image.height,
+        width=None if native else image.width,
+        height=None if native else image.height,
         count=count,
         user=user,
         init_image=_rgb(image),

@@ -33,6 +33,7 @@ __all__ = [
     "clean_text",
     "extract_loras",
     "lora_tags",
+    "model_text",
     "validate",
 ]
 
@@ -203,6 +204,24 @@ def extract_loras(prompt: str) -> tuple[str, list[tuple[str, float | None]]]:
                 raise InvalidRequest("prompt", f"The weight in {match.group(0)} must be finite.")
         found.append((name, value))
     return " ".join(_LORA_TAG.sub(" ", prompt).split()), found
+
+
+def model_text(text: str) -> str:
+    """The words a text encoder reads of a prompt: `clean_text`, without `<lora:...>` tags and
+    without A1111's weighting syntax (escapes resolved, a BREAK read as a space).
+
+    What a word filter must look at: a zero-width space, a soft hyphen, empty brackets
+    (`nu()de`) or a lone backslash inside a word are gone by the time the model reads it.
+    Syntax the parser refuses (`(a:1.2.3)`, refused by `validate` too) is read with every
+    bracket and backslash dropped.
+    """
+    from .weighting import plain_text  # torch-free: that module imports torch lazily
+
+    prompt = " ".join(_LORA_TAG.sub(" ", clean_text(text)).split())
+    try:
+        return plain_text(prompt)
+    except ValueError:
+        return re.sub(r"[\\()\[\]]", "", prompt)
 
 
 def lora_tags(loras: LoraSet) -> str:

@@ -15,6 +15,10 @@ would encode it.
 The tokenizer calls here change a fast tokenizer's shared padding/truncation state: call the
 functions that take a tokenizer or a pipeline only on the thread that owns it (the worker), or
 on a copy of the tokenizer.
+
+The parser (`parse_attention`, `plain_text`) needs no torch, and this module imports torch
+only where a tensor is made: the front end reads prompts as the model will through
+`request.model_text` without loading torch.
 """
 
 from __future__ import annotations
@@ -24,9 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where a tensor is made: the parser is torch-free
+    import torch
     from transformers import PreTrainedTokenizerBase
 
 __all__ = [
@@ -306,6 +309,8 @@ def _ids(
 def _emphasize(z: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
     """A1111's "Original" emphasis: scale each position's vector by its weight, then restore
     the chunk's mean, which keeps the overall magnitude the UNet expects."""
+    import torch
+
     if all(w == 1.0 for w in weights):
         return z  # z * 1 * (mean / mean) is z exactly; skip the work
     z32 = z.float()
@@ -331,6 +336,8 @@ def _converter(pipe: Any) -> _Convert | None:
 def _encode_sd(pipe: Any, chunks: list[_Chunk], device: torch.device | str) -> torch.Tensor:
     """SD 1.x/2.x: the text encoder's last hidden state per chunk, as `encode_prompt` takes it
     (with its attention mask only where the encoder's config asks for one)."""
+    import torch
+
     encoder = pipe.text_encoder
     use_mask = bool(getattr(encoder.config, "use_attention_mask", False))
     parts = []
@@ -353,6 +360,7 @@ def _encode_sdxl(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SDXL: each encoder's penultimate hidden states per chunk, concatenated along features,
     and the pooled output of the first encoder that has one (text_encoder_2), first chunk."""
+    import torch
     from diffusers.utils.torch_utils import get_module_execution_device
 
     pooled = None
@@ -403,6 +411,8 @@ def encode(
     `force_zeros_for_empty_prompt` is set, as `encode_prompt(negative_prompt=None)` does.
     Call it under `torch.inference_mode()` (or `no_grad()`) on the pipeline's own thread.
     """
+    import torch
+
     if family not in ("sd", "sdxl"):
         raise ValueError(f"unknown pipeline family {family!r}; expected 'sd' or 'sdxl'")
     convert = _converter(pipe)

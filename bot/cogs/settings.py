@@ -14,6 +14,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from engine import ImageRequest, InvalidRequest
+
 from ..checks import moderator_only
 from ..errors import BadSetting
 from ..ledger import FLAGGED_POLICIES, SETTINGS, parse_setting
@@ -90,12 +92,28 @@ class SettingsCog(
             parsed = parse_setting(setting, value)  # also refuses a forged setting name
         except ValueError as exc:
             raise BadSetting(str(exc)) from None
+        if setting == "forced_negative_prompt":
+            await self._usable_negative(parsed)
         await self.services.rules.change(
             interaction.guild_id or 0, setting, parsed, interaction.user.id
         )
         await interaction.followup.send(
             f"**{setting}** is now {_shown(setting, parsed)} in this server.", ephemeral=True
         )
+
+    async def _usable_negative(self, text: str) -> None:
+        """Refuse a forced negative prompt the engine would refuse (`(x:1.2.3)`): it joins
+        every request of the server, so every request would fail. Checked as a request's
+        negative prompt is, by the engine's own validation, for every model."""
+        engine = self.services.engine
+        for model in engine.model_names:
+            try:
+                await engine.check(ImageRequest(prompt="a test", negative_prompt=text, model=model))
+            except InvalidRequest as exc:
+                raise BadSetting(
+                    f"That negative prompt cannot be used: {exc.message} It would be added to "
+                    "every request here, so nothing was changed."
+                ) from None
 
     @app_commands.command(name="reset", description="Give a rule the bot's default again")
     @app_commands.describe(setting="Which rule")

@@ -6,6 +6,9 @@ as a `Refusal` the tree turns into a private message:
     rate limit → channel → blocked words → forged options → picture → validation →
     reservation → the picture stored → submit
 
+An Upscale or Vary (`admit_derived`) starts at the channel, then the blocked words: the
+server's rules of now, not those of the day its source was made.
+
 Nothing here knows a `discord.Interaction`: the caller describes the request's `Origin`.
 A request refused before the reservation costs nothing; after it, the reservation is undone.
 """
@@ -26,6 +29,7 @@ from ..options import ImagineOptions
 from ..pictures import BadPicture, fetch_picture
 from ..services import JobRef, Services
 from .convert import Origin, engine_request, ledger_request
+from .pricing import price
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -42,6 +46,14 @@ class Admitted:
     record: JobRecord
     engine_job: Job
     warnings: tuple[str, ...]
+
+
+def _blocked(word: str) -> tuple[str, str]:
+    """The user's message and the ledger's detail for a prompt with a blocked word."""
+    return (
+        f"Your prompt contains a word this server does not allow ({word!r}).",
+        f"blocked word {word!r}",
+    )
 
 
 def refusal_for(reservation: Reservation) -> Refusal:
@@ -115,11 +127,7 @@ class Admission:
             raise await refuse(RefusalReason.CHANNEL, elsewhere)
         word = rules.blocked_word(options.prompt, options.negative)
         if word is not None:
-            raise await refuse(
-                RefusalReason.BLOCKED_WORD,
-                f"Your prompt contains a word this server does not allow ({word!r}).",
-                f"blocked word {word!r}",
-            )
+            raise await refuse(RefusalReason.BLOCKED_WORD, *_blocked(word))
         forged = options.problem()
         if forged is not None:
             raise await refuse(RefusalReason.INVALID, forged, forged)
@@ -150,28 +158,33 @@ class Admission:
         kind: JobKind,
         source: JobRecord,
         index: int,
-        charge: int,
     ) -> Admitted:
         """Queue an upscale or variation of image `index` of `source` (a button press, whose
-        rate limit the button counted), charging `charge` images; or raise the `Refusal`."""
+        rate limit the button counted), charged by `price`; or raise the `Refusal`.
+
+        The server's rules of now apply, not those of the source's day: its blocked words
+        refuse it, and its forced negative prompt is added."""
         s = self.services
 
         def stored(request: ImageRequest) -> JobRequest:
             return replace(
-                self._stored(origin, request, None),
-                kind=kind,
+                self._stored(origin, request, None, kind),
                 source_job_id=source.id,
                 source_index=index,
-                image_count=charge,
             )
 
-        async def refuse(reason: RefusalReason, text: str) -> Refusal:
-            await s.ledger.record_refusal(stored(asked), reason, text)
+        async def refuse(reason: RefusalReason, text: str, detail: str | None = None) -> Refusal:
+            await s.ledger.record_refusal(stored(asked), reason, detail or text)
             return Refusal(reason, text)
 
-        elsewhere = self._wrong_channel(origin, await s.rules.moderation(origin.guild_id))
+        rules = await s.rules.moderation(origin.guild_id)
+        asked = replace(asked, negative_prompt=rules.negative_prompt(asked.negative_prompt))
+        elsewhere = self._wrong_channel(origin, rules)
         if elsewhere is not None:
             raise await refuse(RefusalReason.CHANNEL, elsewhere)
+        word = rules.blocked_word(asked.prompt, asked.negative_prompt)
+        if word is not None:
+            raise await refuse(RefusalReason.BLOCKED_WORD, *_blocked(word))
         try:
             checked = await s.engine.check(asked)
         except InvalidRequest as exc:
@@ -185,18 +198,22 @@ class Admission:
         allowed = " ".join(f"<#{c}>" for c in rules.settings.allowed_channel_ids)
         return f"Images can't be made here. Try {allowed}."
 
-    def _stored(self, origin: Origin, request: ImageRequest, reroll_of: int | None) -> JobRequest:
+    def _stored(
+        self,
+        origin: Origin,
+        request: ImageRequest,
+        reroll_of: int | None,
+        kind: JobKind = JobKind.IMAGINE,
+    ) -> JobRequest:
         """What the ledger keeps of `request` (checked, or being refused: then its model may
-        be unknown, and is stored as asked)."""
-        engine = self.services.engine
+        be unknown, and is stored as asked), charged by its kind's price."""
+        s = self.services
+        engine = s.engine
         model = request.model or engine.default_model
-        return ledger_request(
-            origin,
-            request,
-            model=model,
-            scheduler=engine.scheduler_of(model),
-            reroll_of=reroll_of,
+        stored = ledger_request(
+            origin, request, model=model, scheduler=engine.scheduler_of(model), reroll_of=reroll_of
         )
+        return replace(stored, kind=kind, image_count=price(kind, request.count, s.config.images))
 
     async def _reserve_and_submit(self, stored: JobRequest, checked: Checked) -> Admitted:
         s = self.services

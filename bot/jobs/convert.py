@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from engine import UPSCALE_FACTOR, ImageRequest, lora_tags
+from engine import MAX_SEED, UPSCALE_FACTOR, ImageRequest, Parameters, lora_tags
 
 from ..ledger import JobKind, JobRecord, JobRequest
 from ..options import ImagineOptions
@@ -25,6 +25,7 @@ __all__ = [
     "ledger_request",
     "reroll_options",
     "resumed_request",
+    "source_of",
     "source_parameters",
 ]
 
@@ -98,6 +99,7 @@ def ledger_request(
         width=request.width or 0,
         height=request.height or 0,
         image_count=request.count,
+        images_asked=request.count,
         reroll_of=reroll_of,
         strength=request.strength if request.init_image is not None else None,
     )
@@ -113,6 +115,26 @@ def resumed_request(record: JobRecord, picture: Image | None = None) -> ImageReq
         return request
     return replace(
         request, init_image=picture, strength=record.strength, parameters=source_parameters(record)
+    )
+
+
+def source_of(record: JobRecord, index: int) -> Parameters:
+    """What image `index` of a stored job was made with, for an upscale or variation of it.
+
+    From the ledger, not the PNG's text read back: a prompt that itself reads like a PNG
+    field (`Negative prompt: ...`) stays the prompt, and LoRA tags are the stored ones.
+    """
+    return Parameters(
+        prompt=record.prompt,
+        negative_prompt=record.negative_prompt,
+        steps=record.steps,
+        sampler=record.scheduler,
+        cfg_scale=record.guidance,
+        seed=(record.seed + index) % (MAX_SEED + 1),  # the engine's seeds: seed + i
+        width=record.width,
+        height=record.height,
+        model=record.model,
+        denoising_strength=record.strength,
     )
 
 
@@ -135,7 +157,7 @@ def reroll_options(record: JobRecord) -> ImagineOptions:
         guidance=record.guidance,
         width=record.width,
         height=record.height,
-        count=1 if record.kind is JobKind.UPSCALE else record.image_count,  # it costs more
+        count=record.images_asked,  # not `image_count`: that is less after a refund
         strength=record.strength,  # an image job's reroll starts from the same picture
         model=record.model or None,
     )

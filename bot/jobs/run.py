@@ -23,7 +23,7 @@ from datetime import datetime
 
 import discord
 
-from engine import Cancelled, EngineError, GenerationResult, Job, JobState
+from engine import Cancelled, EngineError, GenerationResult, Job, JobState, upscaled_size
 from engine import ShuttingDown as EngineShuttingDown
 
 from .. import render
@@ -31,7 +31,7 @@ from ..buttons import progress_view, result_view
 from ..errors import describe
 from ..grid import GRID_IMAGES, grid_png
 from ..imagestore import why_not_written
-from ..ledger import JobKind, JobRecord, JobStatus, give_up
+from ..ledger import JobRecord, JobStatus, give_up
 from ..services import JobRef, Services
 from .delivery import (
     DELIVERY_PATIENCE,
@@ -43,6 +43,7 @@ from .delivery import (
     persist,
     result_filename,
 )
+from .pricing import refund
 from .targets import (
     CannotPost,
     ChannelTarget,
@@ -271,8 +272,8 @@ class JobRun:
         rules = await services.rules.moderation(record.guild_id)
         verdict = rules.review(result.images, nsfw_channel=await self._nsfw())
         # One rule for every image made but not posted (withheld by moderation, or left out
-        # by the engine as NaN): given back; none posted fails the job, which gives back all.
-        unposted = verdict.withheld + result.failed
+        # by the engine as NaN): given back by `pricing.refund`; none posted fails the job,
+        # which gives back all.
         if verdict.nothing_to_post:
             changed = await ledger.mark_failed(
                 self.id, "every image was flagged by the safety checker"
@@ -319,8 +320,13 @@ class JobRun:
                 for image, spoiler in verdict.post
             ]
 
-        upscaled = record.kind is JobKind.UPSCALE
-        view = result_view(ref, [image.index for image in posted], upscaled=upscaled)
+        # No Upscale on images already at the size cap (it would be a same-size re-render).
+        upscalable = record.width > 0 < record.height and bool(
+            upscaled_size(record.width, record.height, services.engine.limits)
+        )
+        view = result_view(
+            ref, [image.index for image in posted], kind=record.kind, upscalable=upscalable
+        )
         post = ResultPost(content, embed, files, view, mention=record.user_id)
         await persist(
             "the start of its delivery",
@@ -343,9 +349,9 @@ class JobRun:
             log.warning("job %d: posted, but the ledger no longer had it active", self.id)
         services.metrics.images.inc(len(verdict.post))
         services.metrics.step_seconds.observe(result.run_s / max(1, result.request.steps or 1))
-        if unposted:  # an upscale's one image carries its whole cost
-            refund = record.image_count if upscaled else unposted
-            await ledger.refund_images(self.id, refund)
+        given = refund(record, len(verdict.post), services.config.images)
+        if given:  # some were withheld or NaN: the job keeps the price of what it posted
+            await ledger.refund_images(self.id, given)
         log.info(
             "job %d: delivered %d image(s), message %d", self.id, len(verdict.post), message.id
         )

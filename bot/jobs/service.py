@@ -25,13 +25,12 @@ from engine import (
     ImageRequest,
     Job,
     Parameters,
-    read_parameters,
     upscale_request,
     variation_request,
 )
 
 from .. import render
-from ..buttons import progress_view
+from ..buttons import Action, label_of, offered, progress_view
 from ..checks import is_moderator
 from ..discord_limits import TOKEN_USABLE_FOR
 from ..errors import NotAllowed, ShuttingDown, UnknownJob
@@ -41,8 +40,9 @@ from ..ledger import JobKind, JobRecord, JobStatus, LedgerError, give_up, plan_r
 from ..options import ImagineOptions
 from ..services import JobRef, Services
 from .admission import Admission, Admitted
-from .convert import Origin, reroll_options, resumed_request
+from .convert import Origin, reroll_options, resumed_request, source_of
 from .delivery import find_posted, persist, result_images, result_job
+from .pricing import refund
 from .run import PROGRESS_INTERVAL, JobRun, channel_target, is_nsfw
 from .targets import InteractionTarget, Target
 
@@ -81,6 +81,13 @@ def _on_its_message(interaction: discord.Interaction[Any], message_id: int | Non
     """
     clicked = interaction.message.id if interaction.message is not None else None
     return message_id is None or clicked == message_id
+
+
+def _offers(record: JobRecord, action: Action) -> None:
+    """Refuse a press for an action the job's result does not offer (its custom id was
+    forged onto the message): what runs, and what it costs, follows the job's kind."""
+    if action not in offered(record.kind):
+        raise NotAllowed(f"Job #{record.id} is an {record.kind}: it offers no {label_of(action)}.")
 
 
 class JobService:
@@ -131,17 +138,11 @@ class JobService:
         kind: JobKind,
         source: JobRecord,
         index: int,
-        charge: int,
     ) -> None:
         """Queue an upscale or variation (the press was answered already) and follow it."""
         async with self._admitting_now():
             admitted = await self.admission.admit_derived(
-                origin_of(interaction),
-                request,
-                kind=kind,
-                source=source,
-                index=index,
-                charge=charge,
+                origin_of(interaction), request, kind=kind, source=source, index=index
             )
             await self._follow(interaction, admitted)
 
@@ -216,6 +217,7 @@ class JobService:
             raise NotAllowed(
                 "Only the person who asked for these images, or a moderator, can reroll them."
             )
+        _offers(record, Action.REROLL)
         picture = None
         if record.strength is not None:
             picture = await asyncio.to_thread(self.services.images.load_input, job)
@@ -227,8 +229,7 @@ class JobService:
     async def upscale(self, interaction: discord.Interaction[Any], job: JobRef, index: int) -> None:
         """Image `index` of `job` at twice its size (hires fix), charged to the presser."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        record, params, image = await self._chosen(interaction, job, index, "upscale")
-        settings = self.services.config.images
+        record, params, image = await self._chosen(interaction, job, index, Action.UPSCALE)
         request = upscale_request(
             params,
             image,
@@ -237,22 +238,17 @@ class JobService:
             origin=f"job {record.id}, image {index + 1}",
             models=self.services.engine.model_names,
         )
-        await self._derived(
-            interaction,
-            request,
-            kind=JobKind.UPSCALE,
-            source=record,
-            index=index,
-            charge=settings.upscale_cost,
-        )
+        await self._derived(interaction, request, kind=JobKind.UPSCALE, source=record, index=index)
 
     async def vary(
         self, interaction: discord.Interaction[Any], job: JobRef, index: int, *, strong: bool
     ) -> None:
         """New images from image `index` of `job` (up to four, as a grid), charged to the
-        presser: subtle or strong, at the configured strengths."""
+        presser: subtle or strong, at the configured strengths. Variations of an upscale are
+        made at the model's native size, as `/imagine` makes them (see `variation_request`)."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        record, params, image = await self._chosen(interaction, job, index, "vary")
+        action = Action.VARY_STRONG if strong else Action.VARY_SUBTLE
+        record, params, image = await self._chosen(interaction, job, index, action)
         settings = self.services.config.images
         limits = self.services.engine.limits
         request = variation_request(
@@ -264,38 +260,37 @@ class JobService:
             user=origin_of(interaction).fairness_key,
             origin=f"job {record.id}, image {index + 1}",
             models=self.services.engine.model_names,
+            native=record.kind is JobKind.UPSCALE,
         )
         await self._derived(
-            interaction,
-            request,
-            kind=JobKind.VARIATION,
-            source=record,
-            index=index,
-            charge=request.count,
+            interaction, request, kind=JobKind.VARIATION, source=record, index=index
         )
 
     async def _chosen(
-        self, interaction: discord.Interaction[Any], job: JobRef, index: int, verb: str
+        self, interaction: discord.Interaction[Any], job: JobRef, index: int, action: Action
     ) -> tuple[JobRecord, Parameters, Image]:
         """The job, parameters and full-size picture of image `index` a button names; only
-        its requester or a moderator, on the job's own message, while the image is kept."""
+        its requester or a moderator, on the job's own message, for an action its result
+        offers, while the image is kept. The parameters are the ledger's (`source_of`); the
+        kept PNG gives only the picture."""
         record = await self._known(interaction, job)
         if not _on_its_message(interaction, record.message_id):
             raise NotAllowed(f"This button does not belong to job #{job.id}.")
+        verb = "upscale" if action is Action.UPSCALE else "vary"
         if not self._may_manage(interaction, record):
             raise NotAllowed(
                 f"Only the person who asked for these images, or a moderator, can {verb} them."
             )
+        _offers(record, action)
         png = await asyncio.to_thread(self.services.images.load_output, job, index)
-        params = read_parameters(png) if png is not None else None
         if png is None and record.unkept:
             raise NotAllowed(
                 f"The bot could not keep image {index + 1} of job #{job.id} when it was made "
                 f"({record.unkept}), so it cannot start from it."
             )
-        if png is None or params is None:
+        if png is None:
             raise NotAllowed(self._gone(f"Image {index + 1} of job #{job.id}"))
-        return record, params, await asyncio.to_thread(png_to_rgb, png)
+        return record, source_of(record, index), await asyncio.to_thread(png_to_rgb, png)
 
     async def _known(self, interaction: discord.Interaction[Any], job: JobRef) -> JobRecord:
         """The job a button names, in the presser's server; else `UnknownJob`."""
@@ -452,8 +447,9 @@ class JobService:
             for a in message.attachments
             if result_job(a.filename) == JobRef.of(record)
         )
-        if done and posted < record.image_count:  # moderation had withheld some of them
-            await ledger.refund_images(record.id, record.image_count - posted)
+        given = refund(record, posted, services.config.images)
+        if done and given:  # moderation had withheld some of them
+            await ledger.refund_images(record.id, given)
         if done:
             services.metrics.jobs.labels(status=str(JobStatus.DONE)).inc()
         log.info(

@@ -104,6 +104,9 @@ class JobRequest:
     negative_prompt: str = ""
     scheduler: str = "default"
     image_count: int = 1  # images charged against the allowance
+    # Images the member asked for (an upscale: 1): what a reroll asks for again, whatever
+    # `image_count` became after images were withheld and given back.
+    images_asked: int = 1
     reroll_of: int | None = None
     kind: JobKind = JobKind.IMAGINE
     source_job_id: int | None = None
@@ -115,6 +118,8 @@ class JobRequest:
         out: list[str] = []
         if self.image_count < 1:
             out.append("image_count must be at least 1")
+        if self.images_asked < 1:
+            out.append("images_asked must be at least 1")
         if not 0 <= self.seed <= MAX_SEED:
             out.append(f"seed must be in 0..{MAX_SEED}")
         return out
@@ -156,6 +161,7 @@ class JobRecord:
     source_job_id: int | None
     source_index: int | None
     strength: float | None
+    images_asked: int  # as asked, before any refund (`image_count` is what is charged now)
 
     @property
     def unkept(self) -> str | None:

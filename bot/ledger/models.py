@@ -108,7 +108,8 @@ class Job(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     seed: Mapped[int] = mapped_column(BigInteger)
-    image_count: Mapped[int] = mapped_column(Integer)
+    image_count: Mapped[int] = mapped_column(Integer)  # charged now (less any refund)
+    images_asked: Mapped[int] = mapped_column(Integer, server_default="1")  # revision 0006
 
     status: Mapped[str] = mapped_column(String(16))
     refusal_reason: Mapped[str | None] = mapped_column(String(32))
@@ -138,6 +139,7 @@ class Job(Base):
             "(status = 'refused') = (refusal_reason IS NOT NULL)", name="refusal_reason"
         ),
         CheckConstraint("image_count >= 0", name="image_count"),
+        CheckConstraint("images_asked >= 1", name="images_asked"),
         CheckConstraint(_in_list("kind", JobKind), name="kind"),
         # The quota window and a user's job list: WHERE guild_id, user_id AND queued_at > ...
         Index("ix_jobs_guild_user_queued", "guild_id", "user_id", "queued_at"),

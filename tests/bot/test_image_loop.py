@@ -29,6 +29,7 @@ from testkit.world import NewWorld, World
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("clean_world")]
 
 UPSCALE_COST = 3  # [images] upscale_cost, not the default, so the test sees it is used
+LARGEST = 128  # [engine] max_width and max_height: the size cap, the "other" model's size
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -41,10 +42,20 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
         world.configure(
             quota={"daily_images": 40, "max_queued_per_user": 3},
             images={"upscale_cost": UPSCALE_COST},
-            engine={"default_model": "tiny", "max_loaded_models": 1, "scheduling": "step"},
+            engine={
+                "default_model": "tiny",
+                "max_loaded_models": 1,
+                "max_width": LARGEST,
+                "max_height": LARGEST,
+                "scheduling": "step",
+            },
             models={
                 "tiny": {"source": "builtin:tiny"},
-                "other": {"source": "builtin:tiny-b", "description": "other weights"},
+                "other": {
+                    "source": "builtin:tiny-b",
+                    "description": "other weights",
+                    "size": LARGEST,  # its images are at the size cap
+                },
                 "flux": {"source": "builtin:tiny-flux-dev", "description": "a FLUX.1 [dev]"},
             },
             loras={"ink": {"source": str(lora), "weight": 0.8, "models": ["other"]}},
@@ -96,6 +107,15 @@ async def test_a_grid_then_upscale_and_variations(world: World) -> None:
     big_labels = [c["label"] for row in big.components for c in row["components"]]
     assert big_labels == ["Vary (subtle)", "Vary (strong)", "Delete"]
     assert await used(world, alice.id) == 4 + UPSCALE_COST
+    # An upscale offers no Reroll and no Upscale: forged onto it, neither runs (a Reroll made
+    # another upscale for the price of one image, recorded as an ordinary image).
+    ref = button_id(big, "delete").split(":", 2)[2]  # "<job id>:<key>"
+    for code in ("reroll", "u0"):
+        forged = await world.server.click(big, f"imagine:{code}:{ref}", user=alice, validate=False)
+        note = await forged.wait_for_original(lambda m: m is not big)
+        assert forged.ephemeral and "offers no" in note.content, note.content
+        assert result_of(forged) is None
+    assert await used(world, alice.id) == 4 + UPSCALE_COST
 
     vary = await press(world, grid, "vx0", alice)  # V1
     variations = await wait_result(vary)
@@ -103,13 +123,21 @@ async def test_a_grid_then_upscale_and_variations(world: World) -> None:
     assert varied.filename.endswith("-grid.png")
     first = read_parameters(varied.data)
     assert first is not None and first.denoising_strength == 0.7 and first.seed != 20
+    # Variations of the upscale are made at the model's native size, as /imagine makes them:
+    # not four images at four times the pixels for the price of four.
+    again = await wait_result(await press(world, big, "vx0", alice))
+    params = read_parameters(again.attachments[0].data)
+    assert params is not None and (params.width, params.height) == (64, 64)
+    assert size_of(again.attachments[0].data) == (128, 128)  # a 2x2 grid of 64x64
     async with read_ledger(world.tmp) as ledger:
         up = await job_of(ledger, job_id_of(big))
         assert (up.kind, up.source_job_id, up.source_index) == (JobKind.UPSCALE, grid_id, 1)
         assert up.image_count == UPSCALE_COST and up.status is JobStatus.DONE
         var = await job_of(ledger, job_id_of(variations))
         assert (var.kind, var.source_index, var.image_count) == (JobKind.VARIATION, 0, 4)
-    assert await used(world, alice.id) == 4 + UPSCALE_COST + 4
+        var = await job_of(ledger, job_id_of(again))
+        assert (var.width, var.height, var.image_count) == (64, 64, 4)
+    assert await used(world, alice.id) == 4 + UPSCALE_COST + 4 + 4
 
 
 async def test_one_image_offers_upscale_and_both_variations(world: World) -> None:
@@ -166,6 +194,21 @@ async def test_a_cancelled_upscale_gives_its_cost_back(world: World) -> None:
         job = await job_of(ledger, job_id)
         assert job.kind is JobKind.UPSCALE and job.status is JobStatus.CANCELLED
     assert await used(world, carol.id) == before  # the upscale's cost came back
+
+
+async def test_a_prompt_that_reads_like_a_png_field_is_upscaled(world: World) -> None:
+    """The upscale takes its prompt from the ledger, not from the PNG's text read back (where
+    a prompt starting "Negative prompt:" reads as an empty prompt and a negative one)."""
+    prompt = "Negative prompt: a heron"
+    asked = {"prompt": prompt, "steps": 2, "seed": 5}
+    single = await wait_result(await world.server.invoke("imagine", user=world.bob, options=asked))
+    pressed = await press(world, single, "u0", world.bob)
+    first = await pressed.wait_for_original(lambda m: m is not single)
+    assert first.custom_ids, first.content  # its progress (Cancel), not a refusal
+    big = await wait_result(pressed)
+    async with read_ledger(world.tmp) as ledger:
+        up = await job_of(ledger, job_id_of(big))
+        assert (up.kind, up.prompt, up.seed) == (JobKind.UPSCALE, prompt, 5)
 
 
 async def test_buttons_of_a_grid_work_after_a_restart(world: World) -> None:
@@ -283,3 +326,22 @@ async def test_a_short_flux_request_joins_a_long_one_and_is_posted_first(world: 
         params = read_parameters(message.attachments[0].data)
         assert params is not None and params.model == "flux" and params.steps == steps
         assert params.negative_prompt == ""  # not read, so not recorded either
+
+
+async def test_an_image_at_the_size_cap_offers_no_upscale_and_is_not_charged_one(
+    world: World,
+) -> None:
+    """An upscale at the size cap would re-render the image at its own size for the
+    upscale's price: not offered, and refused when forged, charged nothing. (Last: it uses
+    the model the test before loaded.)"""
+    carol = world.carol
+    asked = {"prompt": "a wide bay", "model": "other", "steps": 2}  # LARGEST x LARGEST
+    result = await wait_result(await world.server.invoke("imagine", user=carol, options=asked))
+    labels = [c["label"] for row in result.components for c in row["components"]]
+    assert labels == ["Vary (subtle)", "Vary (strong)", "Reroll", "Delete"]
+    before = await used(world, carol.id)
+    ref = button_id(result, "delete").split(":", 2)[2]
+    forged = await world.server.click(result, f"imagine:u0:{ref}", user=carol, validate=False)
+    note = await forged.wait_for_original(lambda m: m is not result)
+    assert forged.ephemeral and "already at the largest size" in note.content, note.content
+    assert result_of(forged) is None and await used(world, carol.id) == before

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot.ledger import JobStatus, QuotaKind, RefusalReason
+from bot.ledger import JobKind, JobStatus, QuotaKind, RefusalReason
 from engine import read_parameters
 from testkit.discord_server import MANAGE_GUILD, Message, User
 from testkit.jobs import (
@@ -42,7 +42,7 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
     a violation."""
     async with new_world(
         channels=("art", "lounge"),
-        users=("alice", "bob", "carol", "dave", "erin", "frank"),
+        users=("alice", "bob", "carol", "dave", "erin", "frank", "gwen", "hank"),
     ) as world:
         world.server.rules.rate_limit_is_violation = True  # the bot must pace its edits itself
         helpers = world.guild.create_role("Helpers")
@@ -202,6 +202,10 @@ async def test_blocked_words_and_closed_channels_are_refused_privately(world: Wo
     text = answer.content
     assert blocked.ephemeral and blocked.messages == [answer]
     assert blocked.ephemeral and "does not allow" in text and "forbidden" in text.lower()
+    # The word as the model reads it: what the engine strips after the check hides nothing.
+    for hidden in HIDDEN_FORBIDDEN:  # gwen's: one member's commands stay under the rate limit
+        text = await ask(world, world.gwen, "imagine", {"prompt": hidden})
+        assert "does not allow ('forbidden')" in text, hidden
     closed = await server.invoke(
         "imagine", user=world.alice, channel=world.lounge, options={"prompt": "a castle"}
     )
@@ -212,7 +216,20 @@ async def test_blocked_words_and_closed_channels_are_refused_privately(world: Wo
     async with read_ledger(world.tmp) as ledger:
         summary = await ledger.usage_summary(world.guild.id, 1)
         reasons = {r.reason: r.count for r in summary.refusals}
-        assert reasons[RefusalReason.BLOCKED_WORD] == 1 and reasons[RefusalReason.CHANNEL] == 1
+        assert reasons[RefusalReason.BLOCKED_WORD] == 1 + len(HIDDEN_FORBIDDEN)
+        assert reasons[RefusalReason.CHANNEL] == 1
+        assert (await ledger.user_status(world.guild.id, world.gwen.id)).used == 0
+
+
+#: "forbidden" behind what the engine strips after the check, or in other letters.
+HIDDEN_FORBIDDEN = (
+    "a forbi\u200bdden castle",  # zero-width space
+    "a for\u00adbidden castle",  # soft hyphen
+    "a forbid\u2060den castle",  # word joiner
+    "a forbi()dden castle",
+    "a for\\bidden castle",  # a lone backslash
+    "a FÖRBIDDEN castle",
+)
 
 
 @pytest.mark.parametrize(
@@ -318,7 +335,8 @@ async def test_usage_shows_a_chart_top_users_and_refusals(world: World) -> None:
     (embed,) = message.embeds
     fields = {f["name"]: f["value"] for f in embed["fields"]}
     assert world.dave.mention in fields["Top users"]  # 3 images, the most
-    assert "quota: 1" in fields["Refusals"] and "blocked_word: 1" in fields["Refusals"]
+    assert "quota: 1" in fields["Refusals"]
+    assert f"blocked_word: {1 + len(HIDDEN_FORBIDDEN)}" in fields["Refusals"]
 
 
 async def test_reroll_and_delete_buttons(world: World) -> None:
@@ -466,3 +484,54 @@ async def test_moderators_change_this_servers_rules_with_settings(world: World) 
             ("blocked_words", False),
         ]
         assert {c.moderator_id for c in history} == {world.admin.id}
+
+
+async def test_upscale_and_vary_follow_the_rules_of_now(world: World) -> None:
+    """Results made under earlier rules are upscaled under today's: a word blocked since
+    refuses it, and today's forced negative prompt is added. A forced negative prompt the
+    engine cannot read (it would fail every request) is refused when a moderator sets it."""
+    server, hank = world.server, world.hank
+
+    async def run(command: str, options: dict[str, object]) -> str:
+        return await ask(world, world.mod, command, options, forged=True)  # see above
+
+    assert "20 images/24h" in await run("quota set", {"user": hank, "daily": 20})
+    made = [
+        await wait_result(
+            await server.invoke(
+                "imagine", user=hank, channel=world.art, options={"prompt": prompt, "steps": 2}
+            )
+        )
+        for prompt in ("a paper kite", "a paper lantern")
+    ]
+    kite, lantern = made
+    assert "is now kite" in await run("settings set", {"setting": "blocked_words", "value": "kite"})
+    refused = await server.click(kite, button_id(kite, "u0"), user=hank)
+    note = await refused.wait_for_original(lambda m: m is not kite)
+    assert refused.ephemeral and "does not allow ('kite')" in note.content
+
+    negative = {"setting": "forced_negative_prompt", "value": "(grainy:1.2.3)"}
+    text = await run("settings set", negative)
+    assert "cannot be used" in text and "not a number" in text
+    negative["value"] = "grainy"
+    assert "is now grainy" in await run("settings set", negative)
+    big = await wait_result(await server.click(lantern, button_id(lantern, "u0"), user=hank))
+    params = read_parameters(big.attachments[0].data)
+    assert params is not None and params.negative_prompt == "blurry, grainy"
+
+    for name in ("blocked_words", "forced_negative_prompt"):
+        assert "default again" in await run("settings reset", {"setting": name})
+    await world.bot.wait_for_line(rf"job {job_id_of(big)}: delivered", within=JOB_TIMEOUT)
+    async with read_ledger(world.tmp) as ledger:
+        status = await ledger.user_status(world.guild.id, hank.id)
+        assert status.used == 2 + 2  # two images and one upscale, not the refused one
+        jobs = await ledger.jobs_for_user(world.guild.id, hank.id)
+        refused = [(j.kind, j.refusal_reason) for j in jobs if j.status is JobStatus.REFUSED]
+        assert refused == [(JobKind.UPSCALE, RefusalReason.BLOCKED_WORD)]
+        history = await ledger.settings_history(world.guild.id)
+        assert [c.setting for c in history[:4]] == [
+            "forced_negative_prompt",
+            "blocked_words",
+            "forced_negative_prompt",  # "grainy": the refused one was not stored
+            "blocked_words",
+        ]

@@ -12,12 +12,44 @@ def image(seed: int, flagged: bool) -> GeneratedImage:
 
 
 def test_blocked_words_match_whole_words_in_any_case() -> None:
-    rules = Moderation(ModerationSettings(blocked_words=("ass", "gore ", "x-ray")))
+    rules = Moderation(ModerationSettings(blocked_words=("ass", "gore ", "X-ray")))
     assert rules.blocked_word("a glass of water", "classic") is None
-    assert rules.blocked_word("a kick-ASS robot") == "ASS"
-    assert rules.blocked_word("fine", "no GORE please") == "GORE"
-    assert rules.blocked_word("an X-Ray of a cat") == "X-Ray"
+    assert rules.blocked_word("a kick-ASS robot") == "ass"  # named as the server wrote it
+    assert rules.blocked_word("fine", "no GORE please") == "gore"
+    assert rules.blocked_word("an x-RAY of a cat") == "X-ray"
     assert Moderation(ModerationSettings()).blocked_word("anything") is None
+
+
+def test_blocked_words_are_found_in_the_text_the_model_reads() -> None:
+    """What the engine strips after the check (invisible characters, LoRA tags, weighting
+    syntax) cannot hide a word, nor can accents, full-width letters or case."""
+    rules = Moderation(ModerationSettings(blocked_words=("nude",)))
+    for hidden in (
+        "a nu\u200bde statue",  # zero-width space
+        "a nu\u00adde statue",  # soft hyphen
+        "a nu\u2060de statue",  # word joiner
+        "a nu()de statue",
+        "a nu[]de statue",
+        "a nu\\de statue",  # a lone backslash
+        "a (nude:1.4) statue",
+        "a NÜDE statue",
+        "a \uff4e\uff55\uff44\uff45 statue",  # full-width letters
+        "a nu()de (x:1.2.3) statue",  # with syntax the parser refuses
+        "a nude-coloured wall BREAK x",
+    ):
+        assert rules.blocked_word(hidden) == "nude", hidden
+    assert rules.blocked_word("fine", "no nu()de") == "nude"
+    assert rules.blocked_word("a nudelholz", "denuded") is None  # still whole words only
+    accented = Moderation(ModerationSettings(blocked_words=("Crème",)))
+    assert accented.blocked_word("CREME brulee") == "Crème"
+
+
+def test_the_forced_negative_prompt_is_not_checked_for_blocked_words() -> None:
+    """A server may block a word and force it into every negative prompt: a reroll, whose
+    negative prompt carries the forced one, is not refused for it."""
+    rules = Moderation(ModerationSettings(blocked_words=("nude",), forced_negative_prompt="Nude"))
+    negative = rules.negative_prompt("blurry")
+    assert negative == "blurry, Nude" and rules.blocked_word("a cat", negative) is None
 
 
 def test_channels_allow_listed_ones_and_their_threads() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from engine import ImageRequest, InvalidRequest, Limits, ModelProfile, clean_text
@@ -110,3 +113,16 @@ def test_engine_errors_pickle_to_themselves() -> None:
         assert vars(back).keys() == vars(error).keys()
     assert pickle.loads(pickle.dumps(errors[0])).field == "steps"
     assert str(pickle.loads(pickle.dumps(errors[4])).original) == "RuntimeError: CUDA error"
+
+
+def test_model_text_is_what_the_model_reads_and_loads_no_torch() -> None:
+    """The front end reads prompts as the model will (for blocked words) without torch."""
+    code = (
+        "import sys; from engine import model_text; "
+        "print(repr(model_text('a (nu()de:1.2) \\u200bfox <lora:ink:0.5> BREAK [x\\\\\\\\y]'))); "
+        "print('torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.splitlines() == ["'a nude fox x\\\\y'", "False"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.pool import NullPool
 
 from bot.ledger import QuotaPolicy, alembic_config, create_engine, open_ledger, upgrade_to_head
@@ -125,3 +126,34 @@ def test_the_ledger_imports_neither_discord_nor_the_engine() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _upgrade(conn: Connection, url: str, revision: str) -> None:
+    cfg = alembic_config(url)
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, revision)
+
+
+async def test_0006_keeps_what_is_known_of_the_images_asked(empty_db_url: str) -> None:
+    """Rows from before 0006: an upscale asked for one image (it was charged more), any
+    other job for what it is charged."""
+    engine = create_engine(empty_db_url, poolclass=NullPool)
+    try:
+        async with writer(engine).begin() as conn:
+            await conn.run_sync(_upgrade, empty_db_url, "0005")
+            for job_id, kind, count in ((1, "imagine", 3), (2, "upscale", 2), (3, "variation", 4)):
+                await conn.execute(
+                    text(
+                        "INSERT INTO jobs (id, key, guild_id, channel_id, user_id, "
+                        "application_id, interaction_id, prompt, negative_prompt, model, "
+                        "scheduler, steps, guidance, width, height, seed, image_count, status, "
+                        "kind, queued_at) VALUES (:id, 'k', 1, 2, 3, 4, 5, 'a cat', '', 'tiny', "
+                        "'default', 2, 7.5, 64, 64, 1, :count, 'done', :kind, :at)"
+                    ),
+                    {"id": job_id, "count": count, "kind": kind, "at": datetime.now(UTC)},
+                )
+            await conn.run_sync(_upgrade, empty_db_url, "head")
+            rows = await conn.execute(text("SELECT id, images_asked FROM jobs ORDER BY id"))
+            assert [tuple(row) for row in rows] == [(1, 3), (2, 1), (3, 4)]
+    finally:
+        await engine.dispose()

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.ledger import ACTIVE_STATUSES, JobStatus
+from bot.ledger import ACTIVE_STATUSES, JobKind, JobStatus
 from testkit.discord_server import Failure, Interaction, Message
 from testkit.jobs import (
     JOB_TIMEOUT,
@@ -39,6 +39,7 @@ from testkit.world import NewWorld, World
 
 from .fault_hooks.sitecustomize import (
     FAIL_DONE,
+    FLAGGED_SEED,
     HOLD,
     HOLD_POST,
     IMMUTABLE_BEFORE_DONE,
@@ -58,10 +59,11 @@ STOP_WITHIN = 20.0
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(new_world: NewWorld) -> AsyncIterator[World]:
-    """Seven users in #art; the bot runs with the fault hooks (`start_bot` starts it again)."""
+    """Seven users in #art; the bot runs with the fault hooks (`start_bot` starts it again).
+    Flagged images (only seed `FLAGGED_SEED`'s, see the hooks) are withheld in #art."""
     users = ("alice", "bob", "carol", "dave", "erin", "frank", "gwen")
     async with new_world(users=users) as world:
-        world.configure()
+        world.configure(moderation={"flagged_images": "refuse_outside_nsfw"})
         async with world.running_bot(pythonpath=[HOOKS]):
             try:
                 yield world
@@ -411,6 +413,60 @@ async def test_a_kill_right_after_posting_never_posts_twice(world: World) -> Non
             assert (job.status, job.message_id) == (JobStatus.DONE, posted[0].id)
             gwen = await ledger.user_status(world.guild.id, world.gwen.id)
             assert (gwen.used, gwen.queued, gwen.running) == (used_before + attempt + 1, 0, 0)
+
+
+async def test_a_kill_right_after_posting_an_upscale_keeps_its_whole_price(
+    world: World,
+) -> None:
+    """The restart that finds a posted upscale refunds what it did not post by the upscale's
+    price, not by its image count: one image posted, nothing given back."""
+    job_id, progress = await world.imagine(world.erin, "a window to upscale")
+    result = await wait_result(interaction_of(progress))
+    await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
+    async with read_ledger(world.tmp) as ledger:
+        before = (await ledger.user_status(world.guild.id, world.erin.id)).used
+    gate = world.tmp / KILL_BEFORE_DONE
+    bot = world.bot
+    bot.unwatch()
+    gate.touch()
+    try:
+        pressed = await world.server.click(result, button_id(result, "u0"), user=world.erin)
+        upscale_id = job_id_of(await pressed.wait_for_message(lambda m: bool(m.custom_ids)))
+        assert await bot.exited(JOB_TIMEOUT) == -signal.SIGKILL, bot.output[-3000:]
+    finally:
+        gate.unlink(missing_ok=True)
+    posted = world.results_for(upscale_id)
+    assert len(posted) == 1
+    await start_bot(world)
+    await world.bot.wait_for_line(
+        rf"job {upscale_id}: its result was already posted", within=JOB_TIMEOUT
+    )
+    async with read_ledger(world.tmp) as ledger:
+        upscale = await job_of(ledger, upscale_id)
+        assert (upscale.kind, upscale.status) == (JobKind.UPSCALE, JobStatus.DONE)
+        assert upscale.image_count == 2  # [images] upscale_cost, kept whole
+        assert (await ledger.user_status(world.guild.id, world.erin.id)).used == before + 2
+
+
+async def test_a_reroll_after_withheld_images_asks_for_the_images_asked(world: World) -> None:
+    """Two images asked, one withheld and given back: the job is charged one, and its reroll
+    asks for two again, not for the one that was posted. (Guidance 0: two images fit the
+    simulated GPU's two samples.)"""
+    job_id, progress = await world.imagine(
+        world.alice, "two statues", count=2, seed=FLAGGED_SEED - 1, guidance=0
+    )
+    result = await wait_result(interaction_of(progress))
+    assert len(result.attachments) == 1  # FLAGGED_SEED's image was withheld
+    await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
+    pressed = await world.server.click(result, button_id(result, "reroll"), user=world.alice)
+    again = await wait_result(pressed)
+    assert len(again.attachments) == 2  # new seeds: none flagged
+    await world.bot.wait_for_line(rf"job {job_id_of(again)}: delivered", within=JOB_TIMEOUT)
+    async with read_ledger(world.tmp) as ledger:
+        first = await job_of(ledger, job_id)
+        assert (first.image_count, first.images_asked) == (1, 2)
+        reroll = await job_of(ledger, job_id_of(again))
+        assert (reroll.reroll_of, reroll.image_count, reroll.images_asked) == (job_id, 2, 2)
 
 
 async def test_a_ledger_write_failing_after_posting_is_retried_not_reposted(

@@ -17,6 +17,10 @@ There is no GPU here, so out of memory is simulated the way a small GPU would be
   would leave its latents: it must never be posted nor charged, and the other images of its
   job and batch are delivered.
 
+The safety checker's verdict, the same way (`builtin:tiny` has no checker, and the tiny one
+of `builtin:tiny-flagging` flags every image): the image of seed `FLAGGED_SEED` is flagged,
+so a job can have some of its images withheld and the rest posted.
+
 Faults around the ledger, the same way (files in the bot's working directory):
 
 - while `HOLD_POST` exists, a delivery waits between recording its start and posting: a test
@@ -61,6 +65,7 @@ NOISE_MODULES = (
     "diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl",
     "diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img",
 )
+FLAGGED_SEED = 4242
 
 log = logging.getLogger("fault_hooks")
 
@@ -125,9 +130,27 @@ def patch_engine_start() -> None:
     async def start_with_hooks(self: engine.service.Engine) -> None:
         await start(self)
         await self.run_in_worker(install)
+        flag_one_seed()
         log.warning("fault hook: installed (test-only simulation of GPU faults)")
 
     engine.service.Engine.start = start_with_hooks  # type: ignore[method-assign]
+
+
+def flag_one_seed() -> None:
+    """The image of seed `FLAGGED_SEED` comes out flagged, as the safety checker says it
+    (both ways of running requests package their images through `package_images`)."""
+    import engine.runner
+    import engine.stepper
+    import engine.torch_ops
+
+    package_images = engine.torch_ops.package_images
+
+    def flagging(model: Any, request: Any, images: Any, flags: Any) -> Any:
+        flags = [f or seed == FLAGGED_SEED for seed, f in zip(request.seeds, flags, strict=True)]
+        return package_images(model, request, images, flags)
+
+    engine.runner.package_images = flagging  # type: ignore[attr-defined]
+    engine.stepper.package_images = flagging  # type: ignore[attr-defined]
 
 
 def patch_ledger() -> None:
