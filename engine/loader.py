@@ -406,28 +406,26 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
         checker.to(device)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
+    profile = _profile(
+        spec, pipe, has_checker=checker is not None, files_hash=model_hash(files, config.cache_dir)
+    )
     return LoadedModel(
         pipe=pipe,
         device=device,
         dtype=dtype,
-        profile=_profile(
-            spec,
-            pipe,
-            has_checker=checker is not None,
-            files_hash=model_hash(files, config.cache_dir),
-        ),
+        profile=profile,
         checker=checker,
         feature_extractor=extractor if checker is not None else None,
         folder=files,
-        call_extra=_call_extra(spec),
+        call_extra=_call_extra(spec, profile.family),
         clip_skip=spec.clip_skip,
     )
 
 
-def _call_extra(spec: ModelSpec) -> dict[str, Any]:
+def _call_extra(spec: ModelSpec, family: str) -> dict[str, Any]:
     """The recipe's arguments of the stock SD/SDXL call (`_scheduler` checked the family)."""
     extra: dict[str, Any] = {}
-    if spec.clip_skip:
+    if spec.clip_skip and family != "sd":  # SD's own clip_skip: the runner's embeddings
         extra["clip_skip"] = spec.clip_skip
     if spec.guidance_rescale:
         extra["guidance_rescale"] = spec.guidance_rescale

@@ -180,11 +180,17 @@ class Runner:
             torch.cuda.empty_cache()
 
     def needs_embeddings(self, request: ImageRequest) -> bool:
-        """Whether the request's prompts are weighted or longer than one window (worker thread:
-        it tokenizes with the pipeline's own tokenizer)."""
-        pipe = self.model.pipe
-        return self.weighted and weighting.needs_embeddings(
-            request.prompt, request.negative_prompt, pipe.tokenizer
+        """Whether the request's prompts are weighted or longer than one window, or the model
+        skips CLIP layers on SD 1.x/2.x (diffusers' own `clip_skip` fails there under
+        transformers 5), so its embeddings are made here (worker thread: it tokenizes with
+        the pipeline's own tokenizer)."""
+        model = self.model
+        if not self.weighted:
+            return False
+        if model.clip_skip and model.profile.family == "sd":
+            return True
+        return weighting.needs_embeddings(
+            request.prompt, request.negative_prompt, model.pipe.tokenizer
         )
 
     def embeddings(self, request: ImageRequest, *, cfg: bool) -> weighting.Embeddings:
@@ -199,6 +205,7 @@ class Runner:
             device=model.device,
             count=request.count,
             cfg=cfg,
+            clip_skip=model.clip_skip,
         )
 
     def _step_callback(

@@ -333,18 +333,29 @@ def _converter(pipe: Any) -> _Convert | None:
     return None
 
 
-def _encode_sd(pipe: Any, chunks: list[_Chunk], device: torch.device | str) -> torch.Tensor:
+def _encode_sd(
+    pipe: Any, chunks: list[_Chunk], device: torch.device | str, clip_skip: int = 0
+) -> torch.Tensor:
     """SD 1.x/2.x: the text encoder's last hidden state per chunk, as `encode_prompt` takes it
-    (with its attention mask only where the encoder's config asks for one)."""
+    (with its attention mask only where the encoder's config asks for one); with `clip_skip`,
+    the hidden state that many layers earlier through the final layer norm, as diffusers
+    defines it (its own `encode_prompt` cannot: it looks for `text_model`, which transformers
+    5's CLIPTextModel no longer has)."""
     import torch
 
     encoder = pipe.text_encoder
     use_mask = bool(getattr(encoder.config, "use_attention_mask", False))
+    norm = getattr(encoder, "final_layer_norm", None) or encoder.text_model.final_layer_norm
     parts = []
     for chunk in chunks:
         ids, mask, weights = _ids(pipe.tokenizer, chunk)
         attention = torch.tensor([mask], device=device) if use_mask else None
-        z = encoder(torch.tensor([ids]).to(device), attention_mask=attention)[0]
+        ids_t = torch.tensor([ids]).to(device)
+        if clip_skip:
+            out = encoder(ids_t, attention_mask=attention, output_hidden_states=True)
+            z = norm(out.hidden_states[-(clip_skip + 1)])
+        else:
+            z = encoder(ids_t, attention_mask=attention)[0]
         parts.append(_emphasize(z, weights))
     return torch.cat(parts, dim=1)
 
@@ -356,10 +367,11 @@ def _sdxl_pairs(pipe: Any) -> list[tuple[PreTrainedTokenizerBase, Any]]:
 
 
 def _encode_sdxl(
-    pipe: Any, per_encoder: list[list[_Chunk]], k: int
+    pipe: Any, per_encoder: list[list[_Chunk]], k: int, clip_skip: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SDXL: each encoder's penultimate hidden states per chunk, concatenated along features,
-    and the pooled output of the first encoder that has one (text_encoder_2), first chunk."""
+    """SDXL: each encoder's penultimate hidden states per chunk (`clip_skip` layers earlier
+    still, as the pipeline's own `clip_skip`), concatenated along features, and the pooled
+    output of the first encoder that has one (text_encoder_2), first chunk."""
     import torch
     from diffusers.utils.torch_utils import get_module_execution_device
 
@@ -373,7 +385,7 @@ def _encode_sdxl(
             out = encoder(torch.tensor([ids]).to(device), output_hidden_states=True)
             if pooled is None and out[0].ndim == 2:  # text_encoder_2, first chunk
                 pooled = out[0]
-            parts.append(_emphasize(out.hidden_states[-2], weights))
+            parts.append(_emphasize(out.hidden_states[-(clip_skip + 2)], weights))
         hidden.append(torch.cat(parts, dim=1))
     if pooled is None:
         raise ValueError("no SDXL text encoder returned a pooled output")
@@ -400,6 +412,7 @@ def encode(
     count: int,
     cfg: bool,
     min_chunks: int = 1,
+    clip_skip: int = 0,
 ) -> Embeddings:
     """Encode a weighted, possibly long prompt as `pipe.encode_prompt` encodes a plain one.
 
@@ -421,10 +434,11 @@ def encode(
         neg_chunks = _chunks(pipe.tokenizer, negative, convert) if cfg else []
         k = max(min_chunks, len(cond_chunks), len(neg_chunks))
         dtype = pipe.text_encoder.dtype
-        cond = _encode_sd(pipe, _padded(cond_chunks, k), device).to(dtype=dtype, device=device)
+        cond = _encode_sd(pipe, _padded(cond_chunks, k), device, clip_skip)
+        cond = cond.to(dtype=dtype, device=device)
         uncond = None
         if cfg:
-            uncond = _encode_sd(pipe, _padded(neg_chunks, k), device)
+            uncond = _encode_sd(pipe, _padded(neg_chunks, k), device, clip_skip)
             uncond = _repeat(uncond.to(dtype=dtype, device=device), count)
         return Embeddings(cond=_repeat(cond, count), uncond=uncond)
 
@@ -434,12 +448,12 @@ def encode(
     neg_chunks = [_chunks(t, negative, convert) for t, _ in pairs] if cfg and not zeros else []
     k = max([min_chunks, *(len(c) for c in cond_chunks + neg_chunks)])
     dtype = (pipe.text_encoder_2 if pipe.text_encoder_2 is not None else pipe.unet).dtype
-    cond, pooled = _encode_sdxl(pipe, cond_chunks, k)
+    cond, pooled = _encode_sdxl(pipe, cond_chunks, k, clip_skip)
     uncond = negative_pooled = None
     if zeros:
         uncond, negative_pooled = torch.zeros_like(cond), torch.zeros_like(pooled)
     elif cfg:
-        uncond, negative_pooled = _encode_sdxl(pipe, neg_chunks, k)
+        uncond, negative_pooled = _encode_sdxl(pipe, neg_chunks, k, clip_skip)
     return Embeddings(
         cond=_repeat(cond.to(dtype=dtype, device=device), count),
         uncond=None if uncond is None else _repeat(uncond.to(dtype=dtype, device=device), count),

@@ -28,8 +28,9 @@ def stock_pixels(config: EngineConfig, request: ImageRequest, **call: Any) -> np
     """The stock pipeline (the engine's loader, so the same scheduler) called as a user
     would with the recipe's arguments."""
     model = load_model(config)
+    text = {} if "prompt_embeds" in call else {"prompt": request.prompt}
     image = model.pipe(
-        request.prompt,
+        **text,
         num_inference_steps=request.steps,
         guidance_scale=request.guidance,
         width=64,
@@ -40,6 +41,19 @@ def stock_pixels(config: EngineConfig, request: ImageRequest, **call: Any) -> np
     return np.asarray(image, dtype=np.int16)
 
 
+def skipped_embeddings(config: EngineConfig, text: str, clip_skip: int) -> torch.Tensor:
+    """Diffusers' definition of `clip_skip` for SD 1.x/2.x (`encode_prompt`): the hidden state
+    `clip_skip` layers before the last, through the final layer norm. (The stock pipeline's own
+    `clip_skip` looks for `text_encoder.text_model`, which transformers 5 dropped.)"""
+    pipe = load_model(config).pipe
+    ids = pipe.tokenizer(
+        text, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
+    with torch.no_grad():
+        out = pipe.text_encoder(ids, output_hidden_states=True)
+        return pipe.text_encoder.final_layer_norm(out.hidden_states[-(clip_skip + 1)])
+
+
 @pytest.mark.parametrize("scheduling", ["step", "batch"])
 async def test_clip_skip_and_guidance_rescale_reach_the_stock_call(
     scheduling: str, make_engine: EngineFactory, tiny_config: EngineConfig
@@ -47,11 +61,18 @@ async def test_clip_skip_and_guidance_rescale_reach_the_stock_call(
     recipe = spec(clip_skip=2, guidance_rescale=0.7)
     engine = await make_engine(models=(recipe,), scheduling=scheduling)
     request = ImageRequest("a lighthouse", seed=3, steps=3, guidance=6.0, user="a")
-    ours = pixels((await engine.generate(request)).images[0].png)
+    weighted = dataclasses.replace(request, prompt="a (lighthouse:1.0)")  # the weighted path
+    ours = [pixels((await engine.generate(r)).images[0].png) for r in (request, weighted)]
     config = dataclasses.replace(tiny_config, models=(recipe,))
-    expected = stock_pixels(config, request, clip_skip=2, guidance_rescale=0.7)
-    assert np.abs(ours - expected).max() <= 1
-    assert np.abs(ours - stock_pixels(config, request)).max() > 5  # the recipe matters
+    expected = stock_pixels(
+        config,
+        request,
+        prompt_embeds=skipped_embeddings(config, request.prompt, 2),
+        negative_prompt_embeds=skipped_embeddings(config, "", 2),
+        guidance_rescale=0.7,
+    )
+    assert np.abs(ours[0] - expected).max() <= 1 and np.abs(ours[1] - expected).max() <= 1
+    assert np.abs(ours[0] - stock_pixels(config, request)).max() > 5  # the recipe matters
 
 
 async def test_a_v_prediction_zero_snr_karras_model_gets_its_scheduler(
