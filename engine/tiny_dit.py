@@ -1,9 +1,9 @@
 """Tiny random-weight diffusion-transformer pipelines, built in code like `builtin:tiny`.
 
 One per family the engine serves beside SD (`builtin:tiny-flux`, `builtin:tiny-flux-dev`,
-`builtin:tiny-chroma`): shaped like diffusers' own fast-test components, with a T5 tokenizer
-built here from a word list (the `tokenizers` library's Unigram model), so nothing comes
-from the hub. Each is saved once to the cache folder and loaded back through the real
+`builtin:tiny-chroma`, `builtin:tiny-sd3`, `builtin:tiny-zimage`): shaped like diffusers' own
+fast-test components, with T5 and Qwen tokenizers built from a word list (`tiny_parts`), so
+nothing comes from the hub. Each is saved once to the cache folder and loaded back through the real
 `from_pretrained`, like a real model. Their images are noise, by design: they exist to test
 the engine's paths against the stock pipelines, offline and fast.
 """
@@ -13,9 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .tiny_parts import clip_tokenizer, t5_tokenizer, tiny_t5, tiny_text_config
+from .tiny_parts import (
+    clip_tokenizer,
+    qwen_tokenizer,
+    t5_tokenizer,
+    tiny_qwen3,
+    tiny_t5,
+    tiny_text_config,
+)
 
-__all__ = ["DIT_BUILDERS", "build_chroma", "build_flux"]
+__all__ = ["DIT_BUILDERS", "build_chroma", "build_flux", "build_sd3", "build_zimage"]
 
 
 def _flux_vae() -> Any:
@@ -125,9 +132,111 @@ def build_chroma(root: Path, *, seed: int = 0) -> None:
     _save(pipe, root)
 
 
+def _vae16(*, scaling_factor: float, shift_factor: float) -> Any:
+    """A four-block VAE (8x smaller latents) with 16 latent channels, as SD3's and Flux's
+    (Z-Image reuses Flux's); the factors are the real model's."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=8,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=shift_factor,
+        scaling_factor=scaling_factor,
+    )
+
+
+def build_sd3(root: Path, *, seed: int = 3) -> None:
+    """SD3.5 medium shaped (MMDiT-X: a dual-attention layer, QK norm): two CLIP encoders with
+    projection (pooled and sequence) and a T5, true classifier-free guidance, 2x2 patches,
+    the flow-matching scheduler with SD3.5's static shift of 3."""
+    import torch
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2, tokenizer_3 = clip_tokenizer(), clip_tokenizer(), t5_tokenizer()
+    clip = tiny_text_config(tokenizer, hidden_act="gelu", projection_dim=32, num_hidden_layers=2)
+    transformer = SD3Transformer2DModel(
+        sample_size=8,  # 64 pixels
+        patch_size=2,
+        in_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=64,  # T5's width; both CLIPs' (32 + 32) are padded to it
+        caption_projection_dim=32,
+        pooled_projection_dim=64,  # both CLIPs' projections
+        out_channels=16,
+        pos_embed_max_size=32,  # up to 512 pixels
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    )
+    pipe = StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae16(scaling_factor=1.5305, shift_factor=0.0609),
+        text_encoder=CLIPTextModelWithProjection(clip).eval(),
+        tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(clip).eval(),
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=tiny_t5(tokenizer_3, width=64),
+        tokenizer_3=tokenizer_3,
+        transformer=transformer,
+    )
+    _save(pipe, root)
+
+
+def build_zimage(root: Path, *, seed: int = 4) -> None:
+    """Z-Image shaped: a Qwen3 text model (its second-to-last hidden states, one length per
+    prompt), the single-stream transformer taking per-sample lists of latents and caption
+    features, Flux's 16-channel VAE, Z-Image-Turbo's scheduler (static shift 3)."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    tokenizer = qwen_tokenizer()
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=32,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        cap_feat_dim=16,  # the text model's width
+        axes_dims=[8, 4, 4],
+        axes_lens=[1024, 64, 64],  # caption positions first: room for the longest prompt
+    )
+    with torch.no_grad():  # made with `torch.empty`: give them values
+        transformer.x_pad_token.normal_()
+        transformer.cap_pad_token.normal_()
+    pipe = ZImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae16(scaling_factor=0.3611, shift_factor=0.1159),
+        text_encoder=tiny_qwen3(tokenizer),
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    _save(pipe, root)
+
+
 #: Builtin name -> its builder (called with the folder to write).
 DIT_BUILDERS: dict[str, Any] = {
     "builtin:tiny-flux": lambda root: build_flux(root, dev=False),
     "builtin:tiny-flux-dev": lambda root: build_flux(root, dev=True, seed=1),
     "builtin:tiny-chroma": lambda root: build_chroma(root, seed=2),
+    "builtin:tiny-sd3": build_sd3,
+    "builtin:tiny-zimage": build_zimage,
 }

@@ -13,7 +13,16 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTokenizer
 
-__all__ = ["clip_tokenizer", "t5_tokenizer", "tiny_t5", "tiny_text_config", "tiny_unet", "tiny_vae"]
+__all__ = [
+    "clip_tokenizer",
+    "qwen_tokenizer",
+    "t5_tokenizer",
+    "tiny_qwen3",
+    "tiny_t5",
+    "tiny_text_config",
+    "tiny_unet",
+    "tiny_vae",
+]
 
 _VOCAB = Path(__file__).parent / "vocab"
 
@@ -122,3 +131,62 @@ def tiny_t5(tokenizer: Any, width: int = 32) -> Any:
         eos_token_id=tokenizer.eos_token_id,
     )
     return T5EncoderModel(config).eval()
+
+
+#: Qwen3's chat template, cut to what a text-to-image pipeline renders: one user turn and the
+#: assistant's opening (an empty thinking block when thinking is switched off).
+_QWEN_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
+)
+
+
+def qwen_tokenizer() -> Any:
+    """A Qwen tokenizer (`Qwen2Tokenizer`: byte-level BPE with Qwen's own pre-tokenizer, its
+    special tokens and a chat template) over the tiny models' word list: the 256 byte symbols,
+    then each whole word of `engine/vocab`'s CLIP vocabulary (bare and after a space) merged
+    left to right."""
+    from tokenizers import AddedToken, pre_tokenizers
+    from transformers import Qwen2Tokenizer
+
+    clip = json.loads((_VOCAB / "vocab.json").read_text(encoding="utf-8"))
+    words = sorted({k[:-4].lower() for k in clip if k.endswith("</w>") and k[:-4].isalpha()})
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    merges: list[tuple[str, str]] = []
+    for word in (w for w in words if w.isascii()):
+        for piece in (word, "\u0120" + word):  # "Ġ": a leading space in byte-level symbols
+            current = piece[0]
+            for char in piece[1:]:
+                if current + char not in vocab:
+                    merges.append((current, char))
+                    vocab[current + char] = len(vocab)
+                current += char
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    for token in specials:
+        vocab[token] = len(vocab)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, model_max_length=131072)
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tokenizer.chat_template = _QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_qwen3(tokenizer: Any, width: int = 16) -> Any:
+    """A two-layer Qwen3 text model `width` wide for `tokenizer` (Z-Image's encoder shape)."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return Qwen3Model(config).eval()

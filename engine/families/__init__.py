@@ -11,10 +11,12 @@ from typing import Any
 from .base import DenoiserCall, Family, FamilyDefaults
 from .flux import Chroma, Flux
 from .sd import SD, SDXL
+from .sd3 import SD3
+from .zimage import ZImage
 
 __all__ = ["FAMILIES", "DenoiserCall", "Family", "FamilyDefaults", "family_named", "family_of"]
 
-FAMILIES: tuple[Family, ...] = (SD(), SDXL(), Flux(), Chroma())
+FAMILIES: tuple[Family, ...] = (SD(), SDXL(), Flux(), Chroma(), SD3(), ZImage())
 
 
 def family_of(pipe: Any) -> Family:

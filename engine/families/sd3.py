@@ -1,0 +1,89 @@
+"""Stable Diffusion 3 and 3.5 (medium, large, large turbo): MMDiT transformers over 16-channel
+latents cut into 2x2 patches.
+
+Prompts go through two CLIP encoders (pooled and sequence) and T5. The sequence has one
+length for every prompt (77 CLIP tokens, then the pipeline's `max_sequence_length` T5
+tokens), so requests of one size share a call whatever their prompts. Guidance is true
+classifier-free guidance, and the stock pipeline puts the negative and the positive rows into
+ONE transformer call (over guidance 1), so a step is one call whatever the guidance; the
+transformer takes one timestep per sample, so requests of any steps and guidance share it.
+The scheduler's shift (a static 3.0 for SD3.5) is the stock pipeline's own, per request.
+A1111 weights are removed from the text (`weighted = False`). SD3.5 medium's skip-layer
+guidance stays off, as in a bare stock call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from .. import weighting
+from ..request import ImageRequest
+from .base import Family, FamilyDefaults
+
+__all__ = ["SD3"]
+
+
+def _recipe(config: Any, source: str) -> tuple[int, float]:
+    """Steps and guidance from the model cards: the variant shows in the transformer's
+    config (SD3.5 adds QK norm, its medium also dual-attention layers); turbo only in the name."""
+    if "turbo" in source.lower():  # SD3.5 large turbo (distilled): 4 steps, no guidance
+        return 4, 0.0
+    if getattr(config, "dual_attention_layers", None):  # SD3.5 medium (MMDiT-X)
+        return 40, 4.5
+    if getattr(config, "qk_norm", None):  # SD3.5 large
+        return 28, 3.5
+    return 28, 7.0  # SD3 medium: the stock pipeline's own defaults
+
+
+class SD3(Family):
+    name = "sd3"
+    pipelines = ("StableDiffusion3Pipeline",)
+    denoiser = "transformer"
+    positional = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep")
+    shared = frozenset({"joint_attention_kwargs", "skip_layers"})
+    negative_prompt = True
+    img2img = MappingProxyType({"StableDiffusion3Pipeline": "StableDiffusion3Img2ImgPipeline"})
+
+    def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
+        native = pipe.default_sample_size * pipe.vae_scale_factor
+        steps, guidance = _recipe(pipe.transformer.config, source)
+        if source.startswith("builtin:"):
+            steps = 4
+        # The pipeline refuses sizes that are not whole patches of latents.
+        multiple = pipe.vae_scale_factor * pipe.transformer.config.patch_size
+        return FamilyDefaults(steps, guidance, native, multiple)
+
+    def batch_kwargs(
+        self,
+        pipe: Any,
+        requests: Sequence[ImageRequest],
+        generators: list[torch.Generator],
+        texts: Any,
+    ) -> dict[str, Any]:
+        first = requests[0]
+        kwargs: dict[str, Any] = {
+            "prompt": [weighting.plain_text(r.prompt) for r in requests for _ in range(r.count)],
+            "negative_prompt": [
+                weighting.plain_text(r.negative_prompt) for r in requests for _ in range(r.count)
+            ],
+            "num_inference_steps": first.steps,
+            "guidance_scale": first.guidance,
+            "generator": generators,
+            "output_type": "np",  # floats, so NaN shows (`torch_ops.pictures`)
+            # Always the size: the image-to-image pipeline would resize the picture to 1024.
+            "width": first.width,
+            "height": first.height,
+        }
+        if first.init_image is not None:
+            pictures = [r.init_image for r in requests for _ in range(r.count)]
+            kwargs |= {"image": pictures, "strength": first.strength}
+        return kwargs
+
+    def call_kwargs(
+        self, pipe: Any, request: ImageRequest, generators: list[torch.Generator], texts: Any
+    ) -> dict[str, Any]:
+        return self.batch_kwargs(pipe, [request], generators, texts)
