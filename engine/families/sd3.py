@@ -41,6 +41,7 @@ def _recipe(config: Any, source: str) -> tuple[int, float]:
 
 class SD3(Family):
     name = "sd3"
+    label = "SD3"
     pipelines = ("StableDiffusion3Pipeline",)
     denoiser = "transformer"
     positional = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep")

@@ -35,6 +35,7 @@ _BASE = (50, 5.0)
 
 class ZImage(Family):
     name = "zimage"
+    label = "Z-Image"
     pipelines = ("ZImagePipeline",)
     denoiser = "transformer"
     positional = ("x", "t", "cap_feats")
