@@ -10,11 +10,13 @@ from typing import Any
 
 from .base import DenoiserCall, Family, FamilyDefaults
 from .flux import Chroma, Flux
+from .flux2 import Flux2Klein
+from .qwenimage import QwenImage
 from .sd import SD, SDXL
 
 __all__ = ["FAMILIES", "DenoiserCall", "Family", "FamilyDefaults", "family_named", "family_of"]
 
-FAMILIES: tuple[Family, ...] = (SD(), SDXL(), Flux(), Chroma())
+FAMILIES: tuple[Family, ...] = (SD(), SDXL(), Flux(), Chroma(), QwenImage(), Flux2Klein())
 
 
 def family_of(pipe: Any) -> Family:
