@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .tiny_dit import DIT_BUILDERS
+from .tiny_dit2 import DIT2_BUILDERS
 from .tiny_parts import clip_tokenizer, tiny_text_config, tiny_unet, tiny_vae
 
 if TYPE_CHECKING:
@@ -34,8 +36,11 @@ _VERSION = 1
 #: and offline trials of several models (and of LoRAs made for the tiny UNet).
 _SD_MODELS = ("builtin:tiny", "builtin:tiny-flagging", "builtin:tiny-b")
 
-#: Every builtin model: the SD ones here, one per other family in `tiny_dit`.
-BUILTIN_MODELS = (*_SD_MODELS, *DIT_BUILDERS)
+#: Diffusion-transformer builtins: one per other family (`tiny_dit`, `tiny_dit2`).
+_DIT_MODELS: dict[str, Callable[[Path], None]] = {**DIT_BUILDERS, **DIT2_BUILDERS}
+
+#: Every builtin model: the SD ones here and the diffusion transformers.
+BUILTIN_MODELS = (*_SD_MODELS, *_DIT_MODELS)
 
 
 def default_cache_dir() -> Path:
@@ -56,7 +61,7 @@ def builtin_folder(name: str, cache_dir: Path | None = None) -> Path:
         if name in _SD_MODELS:
             _build(root, flagging=name.endswith("-flagging"), seed=1 if name.endswith("-b") else 0)
         else:
-            DIT_BUILDERS[name](root)
+            _DIT_MODELS[name](root)
     return root
 
 

@@ -36,6 +36,7 @@ TORCH_SIDE = frozenset(
         "engine.stepper",
         "engine.tiny",
         "engine.tiny_dit",
+        "engine.tiny_dit2",
         "engine.tiny_parts",
         "engine.torch_ops",
         "engine.weighting",

@@ -10,13 +10,24 @@ from typing import Any
 
 from .base import DenoiserCall, Family, FamilyDefaults
 from .flux import Chroma, Flux
+from .flux2 import Flux2Klein
+from .qwenimage import QwenImage
 from .sd import SD, SDXL
 from .sd3 import SD3
 from .zimage import ZImage
 
 __all__ = ["FAMILIES", "DenoiserCall", "Family", "FamilyDefaults", "family_named", "family_of"]
 
-FAMILIES: tuple[Family, ...] = (SD(), SDXL(), Flux(), Chroma(), SD3(), ZImage())
+FAMILIES: tuple[Family, ...] = (
+    SD(),
+    SDXL(),
+    Flux(),
+    Chroma(),
+    SD3(),
+    ZImage(),
+    QwenImage(),
+    Flux2Klein(),
+)
 
 
 def family_of(pipe: Any) -> Family:

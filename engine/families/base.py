@@ -15,6 +15,7 @@ Runs on the engine's worker thread only (torch).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -24,7 +25,7 @@ import torch
 
 from ..request import ImageRequest
 
-__all__ = ["DenoiserCall", "Family", "FamilyDefaults"]
+__all__ = ["DenoiserCall", "Family", "FamilyDefaults", "call_default"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,14 @@ class DenoiserCall:
             value = value[0]
         assert isinstance(value, torch.Tensor)
         return value
+
+
+def call_default(pipe: Any, name: str, fallback: Any) -> Any:
+    """A default of the stock pipeline's `__call__` (what a bare call would use)."""
+    parameter = inspect.signature(type(pipe).__call__).parameters.get(name)
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return fallback
+    return parameter.default
 
 
 def _cat(values: Sequence[Any], rows: Sequence[int], name: str) -> Any:

@@ -12,7 +12,6 @@ request.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
@@ -21,17 +20,9 @@ import torch
 
 from .. import weighting
 from ..request import ImageRequest
-from .base import Family, FamilyDefaults
+from .base import Family, FamilyDefaults, call_default
 
 __all__ = ["Chroma", "Flux"]
-
-
-def _call_default(pipe: Any, name: str, fallback: Any) -> Any:
-    """A default of the stock pipeline's `__call__` (what a bare call would use)."""
-    parameter = inspect.signature(type(pipe).__call__).parameters.get(name)
-    if parameter is None or parameter.default is inspect.Parameter.empty:
-        return fallback
-    return parameter.default
 
 
 def unpack(latents: torch.Tensor, height: int, width: int, scale: int) -> torch.Tensor:
@@ -57,8 +48,8 @@ class Flux(Family):
         if source.startswith("builtin:"):
             native = 64
         if getattr(pipe.transformer.config, "guidance_embeds", False):  # dev
-            steps = _call_default(pipe, "num_inference_steps", 28)
-            guidance = float(_call_default(pipe, "guidance_scale", 3.5))
+            steps = call_default(pipe, "num_inference_steps", 28)
+            guidance = float(call_default(pipe, "guidance_scale", 3.5))
         else:  # schnell: four steps, no guidance at all
             steps, guidance = 4, 0.0
         if source.startswith("builtin:"):
@@ -117,8 +108,8 @@ class Chroma(Flux):
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
         native = pipe.default_sample_size * pipe.vae_scale_factor
-        steps = _call_default(pipe, "num_inference_steps", 35)
-        guidance = float(_call_default(pipe, "guidance_scale", 5.0))
+        steps = call_default(pipe, "num_inference_steps", 35)
+        guidance = float(call_default(pipe, "guidance_scale", 5.0))
         if source.startswith("builtin:"):
             native, steps = 64, 4
         return FamilyDefaults(steps, guidance, native, self.multiple)

@@ -1,0 +1,112 @@
+"""FLUX.2 [klein]: a FLUX.2 transformer over 2x2-patchified latents whose prompts are read
+by Qwen3 (hidden states of three of its layers, stacked).
+
+Guidance. The step-distilled klein models (`is_distilled` in the pipeline's config: 4 steps)
+ignore guidance and call the transformer once a step. The base models use true
+classifier-free guidance against an empty prompt (the pipeline takes no negative prompt),
+calling the transformer twice a step when guidance is over 1; a request's `guidance` is the
+pipeline's `guidance_scale` either way, and the defaults are the pipeline's and the model
+cards' (base: 50 steps, 4.0; distilled: 4 steps, 1.0).
+
+Batching. The transformer takes per-sample timesteps and no text mask: the pipeline pads
+every prompt to `max_sequence_length` (512) tokens, so every call's text has one length. Its
+position ids (`txt_ids`, `img_ids`) come per sample but it reads only the first row, so they
+must be equal across a merged call: they depend only on the size and the text length, which
+a group shares, and `merge` checks it.
+
+Image-to-image: none. `Flux2KleinPipeline`'s `image` is a reference image for editing (its
+tokens are appended to the sequence, the noise stays pure), not an init image with a
+strength, and `Flux2KleinInpaintPipeline` needs a mask; so `img2img` is empty and
+validation refuses an `image` for this family. Editing with reference images is left for
+later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .. import weighting
+from ..request import ImageRequest
+from .base import DenoiserCall, Family, FamilyDefaults, call_default
+
+__all__ = ["Flux2Klein"]
+
+
+class Flux2Klein(Family):
+    """FLUX.2 [klein]: `guidance` is `guidance_scale` (true CFG against an empty prompt on
+    the base models, ignored by the distilled ones); text-to-image only (see the module doc)."""
+
+    name = "flux2"
+    label = "FLUX.2 [klein]"
+    pipelines = ("Flux2KleinPipeline",)
+    denoiser = "transformer"
+    positional = ("hidden_states", "encoder_hidden_states", "timestep", "img_ids", "txt_ids")
+    shared = frozenset(
+        {
+            "joint_attention_kwargs",
+            "kv_cache",
+            "kv_cache_mode",
+            "num_ref_tokens",
+            "ref_fixed_timestep",
+        }
+    )
+    negative_prompt = False
+    multiple = 16  # 8x latents, patchified 2x2
+
+    def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
+        native = pipe.default_sample_size * pipe.vae_scale_factor
+        if pipe.config.get("is_distilled", False):
+            steps, guidance = 4, 1.0
+        else:
+            steps = call_default(pipe, "num_inference_steps", 50)
+            guidance = float(call_default(pipe, "guidance_scale", 4.0))
+        if source.startswith("builtin:"):
+            native, steps = 64, 4
+        return FamilyDefaults(steps, guidance, native, self.multiple)
+
+    def batch_kwargs(
+        self,
+        pipe: Any,
+        requests: Sequence[ImageRequest],
+        generators: list[torch.Generator],
+        texts: Any,
+    ) -> dict[str, Any]:
+        first = requests[0]
+        if first.init_image is not None:  # validation refuses it first (`img2img` is empty)
+            raise ValueError(f"{type(pipe).__name__} models have no image-to-image pipeline")
+        return {
+            "prompt": [weighting.plain_text(r.prompt) for r in requests for _ in range(r.count)],
+            "guidance_scale": first.guidance,
+            "num_inference_steps": first.steps,
+            "generator": generators,
+            "output_type": "np",  # floats, so NaN shows (`torch_ops.pictures`)
+            "width": first.width,
+            "height": first.height,
+        }
+
+    def call_kwargs(
+        self, pipe: Any, request: ImageRequest, generators: list[torch.Generator], texts: Any
+    ) -> dict[str, Any]:
+        return self.batch_kwargs(pipe, [request], generators, texts)
+
+    def merge(self, calls: Sequence[DenoiserCall]) -> DenoiserCall:
+        merged = super().merge(calls)
+        named = [{**dict(zip(self.positional, c.args, strict=False)), **c.kwargs} for c in calls]
+        for name in ("txt_ids", "img_ids"):
+            rows = [n[name][0] if n[name].ndim == 3 else n[name] for n in named]
+            if any(not torch.equal(row, rows[0]) for row in rows[1:]):
+                raise ValueError(f"denoiser argument {name!r} differs between batched requests")
+        return merged
+
+    def preview_latents(self, pipe: Any, latents: torch.Tensor, request: ImageRequest) -> Any:
+        """The packed tokens `(n, (h/2)*(w/2), c*4)` of the first image as `(c, h, w)`."""
+        assert request.height is not None and request.width is not None
+        if latents.ndim != 3:
+            return None
+        scale = pipe.vae_scale_factor * 2
+        h, w = request.height // scale, request.width // scale
+        patches = latents[0].T.reshape(-1, 2, 2, h, w)  # (c, 2, 2, h/2, w/2)
+        return patches.permute(0, 3, 1, 4, 2).reshape(patches.shape[0], h * 2, w * 2)

@@ -1,0 +1,136 @@
+"""Qwen-Image: an MMDiT over packed 2x2 latents whose prompts are read by Qwen2.5-VL.
+
+Guidance. Qwen-Image is not guidance-distilled: its pipeline's `guidance_scale` is ignored
+(it is there for future distilled models) and guidance is true classifier-free guidance,
+`true_cfg_scale`, which applies only when a negative prompt is given. So a request's
+`guidance` is sent as `true_cfg_scale`, always with a negative prompt: the user's, else one
+space, as the model card recommends when there is none (`negative_prompt = " "`, with
+`true_cfg_scale=4.0` and 50 steps: the defaults here). Guidance over 1 calls the transformer
+twice a step (the prompt, then the negative prompt), in one tick; guidance 1 or less (the
+few-step "Lightning" LoRAs) calls it once and reads no negative prompt.
+
+Batching. The transformer takes per-sample timesteps, and text of any length with a mask
+(`encoder_hidden_states_mask`): the text tokens' rotary positions start after the image's
+and do not depend on the text's length, and masked tokens are left out of the attention,
+so a prompt padded to a longer one's length with the mask set gives the image tokens the
+same attention and the same output. `merge` pads the calls of one tick to the longest text
+and sets the masks (the pipeline passes no mask when none of its prompts is padded), so
+requests whose prompts tokenize to different lengths share one forward; the batch key needs
+no text length. `img_shapes` (one entry per sample) depend only on the size, which the
+group shares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from .. import weighting
+from ..request import ImageRequest
+from .base import DenoiserCall, Family, FamilyDefaults, call_default
+from .flux import unpack
+
+__all__ = ["QwenImage"]
+
+#: The negative prompt of a request without one: the model card's (one space).
+NO_NEGATIVE = " "
+
+
+class QwenImage(Family):
+    """Qwen-Image: `guidance` is `true_cfg_scale`, always with a negative prompt (the
+    user's, else one space); texts of any length share a forward (see the module doc)."""
+
+    name = "qwenimage"
+    label = "Qwen-Image"
+    pipelines = ("QwenImagePipeline",)
+    denoiser = "transformer"
+    positional = (
+        "hidden_states",
+        "encoder_hidden_states",
+        "encoder_hidden_states_mask",
+        "timestep",
+        "img_shapes",
+        "guidance",
+        "attention_kwargs",
+    )
+    shared = frozenset({"attention_kwargs"})
+    negative_prompt = True
+    img2img = MappingProxyType({"QwenImagePipeline": "QwenImageImg2ImgPipeline"})
+    multiple = 16  # 8x latents, packed 2x2
+
+    def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
+        native = pipe.default_sample_size * pipe.vae_scale_factor
+        steps = call_default(pipe, "num_inference_steps", 50)
+        guidance = float(call_default(pipe, "true_cfg_scale", 4.0))
+        if source.startswith("builtin:"):
+            native, steps = 64, 4
+        return FamilyDefaults(steps, guidance, native, self.multiple)
+
+    def batch_kwargs(
+        self,
+        pipe: Any,
+        requests: Sequence[ImageRequest],
+        generators: list[torch.Generator],
+        texts: Any,
+    ) -> dict[str, Any]:
+        first = requests[0]
+        assert first.guidance is not None
+        cfg = first.guidance > 1.0
+        prompts, negatives = [], []
+        for r in requests:
+            prompts += [weighting.plain_text(r.prompt)] * r.count
+            negatives += [weighting.plain_text(r.negative_prompt) or NO_NEGATIVE] * r.count
+        kwargs: dict[str, Any] = {
+            "prompt": prompts,
+            "negative_prompt": negatives if cfg else None,
+            "true_cfg_scale": first.guidance,
+            "num_inference_steps": first.steps,
+            "generator": generators,
+            "output_type": "np",  # floats, so NaN shows (`torch_ops.pictures`)
+            "width": first.width,
+            "height": first.height,
+        }
+        if first.init_image is not None:
+            kwargs["image"] = [r.init_image for r in requests for _ in range(r.count)]
+            kwargs["strength"] = first.strength
+        return kwargs
+
+    def call_kwargs(
+        self, pipe: Any, request: ImageRequest, generators: list[torch.Generator], texts: Any
+    ) -> dict[str, Any]:
+        return self.batch_kwargs(pipe, [request], generators, texts)
+
+    def merge(self, calls: Sequence[DenoiserCall]) -> DenoiserCall:
+        """One call for every sample, the text of each padded to the longest (masked)."""
+        named = [{**dict(zip(self.positional, c.args, strict=False)), **c.kwargs} for c in calls]
+        lengths = [int(n["encoder_hidden_states"].shape[1]) for n in named]
+        longest = max(lengths)
+        if any(n.get("encoder_hidden_states_mask") is not None for n in named) or any(
+            length != longest for length in lengths
+        ):
+            named = [_padded(n, longest) for n in named]
+        return super().merge([DenoiserCall((), n) for n in named])
+
+    def preview_latents(self, pipe: Any, latents: torch.Tensor, request: ImageRequest) -> Any:
+        assert request.height is not None and request.width is not None
+        if latents.ndim != 3:
+            return None
+        return unpack(latents[:1], request.height, request.width, pipe.vae_scale_factor)[0]
+
+
+def _padded(named: dict[str, Any], length: int) -> dict[str, Any]:
+    """A call's arguments with its text zero-padded to `length` tokens and its mask set
+    (1 for its own tokens, 0 for the padding)."""
+    text: torch.Tensor = named["encoder_hidden_states"]
+    rows, own = int(text.shape[0]), int(text.shape[1])
+    mask = named.get("encoder_hidden_states_mask")
+    if mask is None:
+        mask = torch.ones(rows, own, dtype=torch.long, device=text.device)
+    mask = mask.to(torch.long)
+    if own < length:
+        text = torch.cat([text, text.new_zeros(rows, length - own, text.shape[2])], dim=1)
+        mask = torch.cat([mask, mask.new_zeros(rows, length - own)], dim=1)
+    return {**named, "encoder_hidden_states": text, "encoder_hidden_states_mask": mask}
