@@ -124,24 +124,64 @@ class Family:
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
         raise NotImplementedError
 
-    # One request's stock call
+    #: The stock `__call__`'s argument our `guidance` goes to.
+    guidance_argument: str = "guidance_scale"
+    #: Whether the image-to-image pipeline takes width and height (SD's does not: the
+    #: picture's size is the image's).
+    sized_img2img: bool = True
+
+    # The stock call
     def call_kwargs(
         self, pipe: Any, request: ImageRequest, generators: list[torch.Generator], texts: Any
     ) -> dict[str, Any]:
         """The stock pipeline's arguments for one request (`texts`: its weighted embeddings
         when the family weights prompts and the request needs them, else None)."""
-        raise NotImplementedError
+        return self.batch_kwargs(pipe, [request], generators, None if texts is None else [texts])
 
     def batch_kwargs(
         self,
         pipe: Any,
         requests: Sequence[ImageRequest],
         generators: list[torch.Generator],
-        texts: Any,
+        texts: Sequence[Any] | None,
     ) -> dict[str, Any]:
         """The stock pipeline's arguments for several requests that share a batch key (batch
-        scheduling: one whole call)."""
-        raise NotImplementedError
+        scheduling: one whole call; one request in step scheduling): one prompt (and picture)
+        and one generator per image, float pixels out (so NaN shows: `torch_ops.pictures`)."""
+        first = requests[0]
+        kwargs: dict[str, Any] = {
+            **self.texts(requests, texts),
+            "num_inference_steps": first.steps,
+            self.guidance_argument: first.guidance,
+            "generator": generators,
+            "output_type": "np",
+        }
+        if first.init_image is None or self.sized_img2img:
+            kwargs |= {"width": first.width, "height": first.height}
+        if first.init_image is not None:
+            if not self.img2img:  # validation refuses it first (`ModelProfile.img2img`)
+                raise ValueError(f"{type(pipe).__name__} models have no image-to-image pipeline")
+            kwargs["image"] = [r.init_image for r in requests for _ in range(r.count)]
+            kwargs["strength"] = first.strength
+        return kwargs
+
+    def texts(
+        self, requests: Sequence[ImageRequest], embedded: Sequence[Any] | None
+    ) -> dict[str, Any]:
+        """The prompts' arguments: plain text (A1111 syntax removed), one per image, and the
+        negative prompts where the family reads them."""
+        out: dict[str, Any] = {"prompt": self.each_image(requests, "prompt")}
+        if self.negative_prompt:
+            out["negative_prompt"] = self.each_image(requests, "negative_prompt")
+        return out
+
+    @staticmethod
+    def each_image(requests: Sequence[ImageRequest], field: str) -> list[str]:
+        """`field` of each request as the model reads it (`weighting.plain_text`), once per
+        image."""
+        from .. import weighting
+
+        return [weighting.plain_text(getattr(r, field)) for r in requests for _ in range(r.count)]
 
     # The batched denoiser call
     def rows(self, call: DenoiserCall) -> int:

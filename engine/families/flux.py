@@ -12,13 +12,11 @@ request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
 
 import torch
 
-from .. import weighting
 from ..request import ImageRequest
 from .base import Family, FamilyDefaults, call_default
 
@@ -56,42 +54,6 @@ class Flux(Family):
             steps = 4
         return FamilyDefaults(steps, guidance, native, self.multiple)
 
-    def _texts(self, requests: Sequence[ImageRequest]) -> dict[str, Any]:
-        prompts = [weighting.plain_text(r.prompt) for r in requests for _ in range(r.count)]
-        return {"prompt": prompts}
-
-    def batch_kwargs(
-        self,
-        pipe: Any,
-        requests: Sequence[ImageRequest],
-        generators: list[torch.Generator],
-        texts: Any,
-    ) -> dict[str, Any]:
-        first = requests[0]
-        kwargs: dict[str, Any] = {
-            **self._texts(requests),
-            "num_inference_steps": first.steps,
-            "guidance_scale": first.guidance,
-            "generator": generators,
-            "output_type": "np",  # floats, so NaN shows (`torch_ops.pictures`)
-        }
-        if first.init_image is None:
-            kwargs |= {"width": first.width, "height": first.height}
-        else:
-            pictures = [r.init_image for r in requests for _ in range(r.count)]
-            kwargs |= {
-                "image": pictures,
-                "strength": first.strength,
-                "width": first.width,
-                "height": first.height,
-            }
-        return kwargs
-
-    def call_kwargs(
-        self, pipe: Any, request: ImageRequest, generators: list[torch.Generator], texts: Any
-    ) -> dict[str, Any]:
-        return self.batch_kwargs(pipe, [request], generators, texts)
-
     def preview_latents(self, pipe: Any, latents: torch.Tensor, request: ImageRequest) -> Any:
         assert request.height is not None and request.width is not None
         if latents.ndim != 3:
@@ -113,10 +75,3 @@ class Chroma(Flux):
         if source.startswith("builtin:"):
             native, steps = 64, 4
         return FamilyDefaults(steps, guidance, native, self.multiple)
-
-    def _texts(self, requests: Sequence[ImageRequest]) -> dict[str, Any]:
-        out = super()._texts(requests)
-        out["negative_prompt"] = [
-            weighting.plain_text(r.negative_prompt) for r in requests for _ in range(r.count)
-        ]
-        return out

@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 
-from .. import weighting
 from ..request import ImageRequest
 from .base import DenoiserCall, Family, FamilyDefaults, call_default
 
@@ -66,31 +65,6 @@ class Flux2Klein(Family):
         if source.startswith("builtin:"):
             native, steps = 64, 4
         return FamilyDefaults(steps, guidance, native, self.multiple)
-
-    def batch_kwargs(
-        self,
-        pipe: Any,
-        requests: Sequence[ImageRequest],
-        generators: list[torch.Generator],
-        texts: Any,
-    ) -> dict[str, Any]:
-        first = requests[0]
-        if first.init_image is not None:  # validation refuses it first (`img2img` is empty)
-            raise ValueError(f"{type(pipe).__name__} models have no image-to-image pipeline")
-        return {
-            "prompt": [weighting.plain_text(r.prompt) for r in requests for _ in range(r.count)],
-            "guidance_scale": first.guidance,
-            "num_inference_steps": first.steps,
-            "generator": generators,
-            "output_type": "np",  # floats, so NaN shows (`torch_ops.pictures`)
-            "width": first.width,
-            "height": first.height,
-        }
-
-    def call_kwargs(
-        self, pipe: Any, request: ImageRequest, generators: list[torch.Generator], texts: Any
-    ) -> dict[str, Any]:
-        return self.batch_kwargs(pipe, [request], generators, texts)
 
     def merge(self, calls: Sequence[DenoiserCall]) -> DenoiserCall:
         merged = super().merge(calls)

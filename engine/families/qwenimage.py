@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 
-from .. import weighting
 from ..request import ImageRequest
 from .base import DenoiserCall, Family, FamilyDefaults, call_default
 from .flux import unpack
@@ -69,39 +68,19 @@ class QwenImage(Family):
             native, steps = 64, 4
         return FamilyDefaults(steps, guidance, native, self.multiple)
 
-    def batch_kwargs(
-        self,
-        pipe: Any,
-        requests: Sequence[ImageRequest],
-        generators: list[torch.Generator],
-        texts: Any,
-    ) -> dict[str, Any]:
-        first = requests[0]
-        assert first.guidance is not None
-        cfg = first.guidance > 1.0
-        prompts, negatives = [], []
-        for r in requests:
-            prompts += [weighting.plain_text(r.prompt)] * r.count
-            negatives += [weighting.plain_text(r.negative_prompt) or NO_NEGATIVE] * r.count
-        kwargs: dict[str, Any] = {
-            "prompt": prompts,
-            "negative_prompt": negatives if cfg else None,
-            "true_cfg_scale": first.guidance,
-            "num_inference_steps": first.steps,
-            "generator": generators,
-            "output_type": "np",  # floats, so NaN shows (`torch_ops.pictures`)
-            "width": first.width,
-            "height": first.height,
-        }
-        if first.init_image is not None:
-            kwargs["image"] = [r.init_image for r in requests for _ in range(r.count)]
-            kwargs["strength"] = first.strength
-        return kwargs
+    guidance_argument = "true_cfg_scale"
 
-    def call_kwargs(
-        self, pipe: Any, request: ImageRequest, generators: list[torch.Generator], texts: Any
+    def texts(
+        self, requests: Sequence[ImageRequest], embedded: Sequence[Any] | None
     ) -> dict[str, Any]:
-        return self.batch_kwargs(pipe, [request], generators, texts)
+        """The prompts; a negative one (one space when none is given, as the model card does)
+        only under guidance, where the stock pipeline turns true CFG on by it."""
+        cfg = (requests[0].guidance or 0.0) > 1.0
+        negatives = [text or NO_NEGATIVE for text in self.each_image(requests, "negative_prompt")]
+        return {
+            "prompt": self.each_image(requests, "prompt"),
+            "negative_prompt": negatives if cfg else None,
+        }
 
     def merge(self, calls: Sequence[DenoiserCall]) -> DenoiserCall:
         """One call for every sample, the text of each padded to the longest (masked)."""

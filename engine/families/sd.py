@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from .. import weighting
 from ..request import ImageRequest
 from .base import Family, FamilyDefaults
 
@@ -53,53 +52,24 @@ class SD(Family):
         return FamilyDefaults(steps, guidance, native, multiple=self.multiple)
 
     multiple = 8
+    sized_img2img = False  # the size is the picture's (validation made it the request's)
 
     def _negative(self, negatives: list[str]) -> list[str] | None:
         return negatives
 
-    def _texts(
-        self, pipe: Any, requests: Sequence[ImageRequest], embedded: Sequence[Any] | None
+    def texts(
+        self, requests: Sequence[ImageRequest], embedded: Sequence[Any] | None
     ) -> dict[str, Any]:
         """Plain prompts (the stock path), or every request's weighted embeddings."""
-        cfg = (requests[0].guidance or 0.0) > 1.0
         if embedded is None:
-            prompts: list[str] = []
-            negatives: list[str] = []
-            for r in requests:
-                prompts += [weighting.plain_text(r.prompt)] * r.count
-                negatives += [weighting.plain_text(r.negative_prompt)] * r.count
-            return {"prompt": prompts, "negative_prompt": self._negative(negatives)}
+            return {
+                "prompt": self.each_image(requests, "prompt"),
+                "negative_prompt": self._negative(self.each_image(requests, "negative_prompt")),
+            }
         out: dict[str, Any] = {"prompt_embeds": torch.cat([e.cond for e in embedded])}
-        if cfg:
+        if (requests[0].guidance or 0.0) > 1.0:
             out["negative_prompt_embeds"] = torch.cat([e.uncond for e in embedded])
         return out
-
-    def batch_kwargs(
-        self,
-        pipe: Any,
-        requests: Sequence[ImageRequest],
-        generators: list[torch.Generator],
-        texts: Any,
-    ) -> dict[str, Any]:
-        first = requests[0]
-        kwargs: dict[str, Any] = {
-            **self._texts(pipe, requests, texts),
-            "num_inference_steps": first.steps,
-            "guidance_scale": first.guidance,
-            "generator": generators,
-            "output_type": "np",  # floats, so NaN shows (`torch_ops.pictures`)
-        }
-        if first.init_image is None:
-            kwargs |= {"width": first.width, "height": first.height}
-        else:  # the size is the pictures' (validation made them the request's size)
-            pictures = [r.init_image for r in requests for _ in range(r.count)]
-            kwargs |= {"image": pictures, "strength": first.strength}
-        return kwargs
-
-    def call_kwargs(
-        self, pipe: Any, request: ImageRequest, generators: list[torch.Generator], texts: Any
-    ) -> dict[str, Any]:
-        return self.batch_kwargs(pipe, [request], generators, None if texts is None else [texts])
 
 
 class SDXL(SD):
@@ -115,10 +85,10 @@ class SDXL(SD):
         # pass None when nobody asked for one, as a lone request would.
         return negatives if any(negatives) else None
 
-    def _texts(
-        self, pipe: Any, requests: Sequence[ImageRequest], embedded: Sequence[Any] | None
+    def texts(
+        self, requests: Sequence[ImageRequest], embedded: Sequence[Any] | None
     ) -> dict[str, Any]:
-        out = super()._texts(pipe, requests, embedded)
+        out = super().texts(requests, embedded)
         if embedded is not None:
             out["pooled_prompt_embeds"] = torch.cat([e.pooled for e in embedded])
             if "negative_prompt_embeds" in out:

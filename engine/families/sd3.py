@@ -14,14 +14,9 @@ guidance stays off, as in a bare stock call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
 
-import torch
-
-from .. import weighting
-from ..request import ImageRequest
 from .base import Family, FamilyDefaults
 
 __all__ = ["SD3"]
@@ -57,34 +52,3 @@ class SD3(Family):
         # The pipeline refuses sizes that are not whole patches of latents.
         multiple = pipe.vae_scale_factor * pipe.transformer.config.patch_size
         return FamilyDefaults(steps, guidance, native, multiple)
-
-    def batch_kwargs(
-        self,
-        pipe: Any,
-        requests: Sequence[ImageRequest],
-        generators: list[torch.Generator],
-        texts: Any,
-    ) -> dict[str, Any]:
-        first = requests[0]
-        kwargs: dict[str, Any] = {
-            "prompt": [weighting.plain_text(r.prompt) for r in requests for _ in range(r.count)],
-            "negative_prompt": [
-                weighting.plain_text(r.negative_prompt) for r in requests for _ in range(r.count)
-            ],
-            "num_inference_steps": first.steps,
-            "guidance_scale": first.guidance,
-            "generator": generators,
-            "output_type": "np",  # floats, so NaN shows (`torch_ops.pictures`)
-            # Always the size: the image-to-image pipeline would resize the picture to 1024.
-            "width": first.width,
-            "height": first.height,
-        }
-        if first.init_image is not None:
-            pictures = [r.init_image for r in requests for _ in range(r.count)]
-            kwargs |= {"image": pictures, "strength": first.strength}
-        return kwargs
-
-    def call_kwargs(
-        self, pipe: Any, request: ImageRequest, generators: list[torch.Generator], texts: Any
-    ) -> dict[str, Any]:
-        return self.batch_kwargs(pipe, [request], generators, texts)

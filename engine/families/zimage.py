@@ -15,14 +15,9 @@ the stock pipeline's own, per request. A1111 weights are removed from the text.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
 
-import torch
-
-from .. import weighting
-from ..request import ImageRequest
 from .base import DenoiserCall, Family, FamilyDefaults
 
 __all__ = ["ZImage"]
@@ -49,36 +44,6 @@ class ZImage(Family):
         if source.startswith("builtin:"):
             native, steps = 64, 4
         return FamilyDefaults(steps, guidance, native, multiple=pipe.vae_scale_factor * 2)
-
-    def batch_kwargs(
-        self,
-        pipe: Any,
-        requests: Sequence[ImageRequest],
-        generators: list[torch.Generator],
-        texts: Any,
-    ) -> dict[str, Any]:
-        first = requests[0]
-        kwargs: dict[str, Any] = {
-            "prompt": [weighting.plain_text(r.prompt) for r in requests for _ in range(r.count)],
-            "negative_prompt": [
-                weighting.plain_text(r.negative_prompt) for r in requests for _ in range(r.count)
-            ],
-            "num_inference_steps": first.steps,
-            "guidance_scale": first.guidance,
-            "generator": generators,
-            "output_type": "np",  # floats, so NaN shows (`torch_ops.pictures`)
-            "width": first.width,
-            "height": first.height,
-        }
-        if first.init_image is not None:
-            pictures = [r.init_image for r in requests for _ in range(r.count)]
-            kwargs |= {"image": pictures, "strength": first.strength}
-        return kwargs
-
-    def call_kwargs(
-        self, pipe: Any, request: ImageRequest, generators: list[torch.Generator], texts: Any
-    ) -> dict[str, Any]:
-        return self.batch_kwargs(pipe, [request], generators, texts)
 
     def rows(self, call: DenoiserCall) -> int:
         latents = call.args[0] if call.args else call.kwargs["x"]
