@@ -16,6 +16,7 @@ from typing import Any
 from .tiny_parts import (
     clip_tokenizer,
     qwen_tokenizer,
+    save_pipeline,
     t5_tokenizer,
     tiny_qwen3,
     tiny_t5,
@@ -60,14 +61,6 @@ def _flow_scheduler(*, dynamic: bool) -> Any:
     return FlowMatchEulerDiscreteScheduler(shift=1.0)  # FLUX.1-schnell's
 
 
-def _save(pipe: Any, root: Path) -> None:
-    import os
-
-    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-    pipe.save_pretrained(tmp)
-    tmp.rename(root) if not root.exists() else None
-
-
 def build_flux(root: Path, *, dev: bool, seed: int = 0) -> None:
     """FLUX.1 shaped: CLIP for the pooled prompt, T5 for the sequence, packed 2x2 latents;
     `dev` has the distilled guidance embedding (and dynamic shifting), else schnell's."""
@@ -99,7 +92,7 @@ def build_flux(root: Path, *, dev: bool, seed: int = 0) -> None:
         tokenizer_2=tokenizer_2,
         transformer=transformer,
     )
-    _save(pipe, root)
+    save_pipeline(pipe, root)
 
 
 def build_chroma(root: Path, *, seed: int = 0) -> None:
@@ -129,7 +122,7 @@ def build_chroma(root: Path, *, seed: int = 0) -> None:
         tokenizer=tokenizer,
         transformer=transformer,
     )
-    _save(pipe, root)
+    save_pipeline(pipe, root)
 
 
 def _vae16(*, scaling_factor: float, shift_factor: float) -> Any:
@@ -194,7 +187,7 @@ def build_sd3(root: Path, *, seed: int = 3) -> None:
         tokenizer_3=tokenizer_3,
         transformer=transformer,
     )
-    _save(pipe, root)
+    save_pipeline(pipe, root)
 
 
 def build_zimage(root: Path, *, seed: int = 4) -> None:
@@ -229,7 +222,7 @@ def build_zimage(root: Path, *, seed: int = 4) -> None:
         tokenizer=tokenizer,
         transformer=transformer,
     )
-    _save(pipe, root)
+    save_pipeline(pipe, root)
 
 
 #: Builtin name -> its builder (called with the folder to write).

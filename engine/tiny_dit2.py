@@ -12,93 +12,12 @@ about 1 MB each. Their images are noise, by design.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DIT2_BUILDERS", "build_flux2_klein", "build_qwenimage", "qwen_tokenizer"]
+from .tiny_parts import QWEN_SPECIAL, qwen_tokenizer, save_pipeline
 
-_VOCAB = Path(__file__).parent / "vocab"
-
-#: Qwen-Image's prompt template, as `QwenImagePipeline` writes it; its first 34 tokens (up to
-#: the prompt) are dropped from the embeddings.
-_QWEN_TEMPLATE = (
-    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, "
-    "quantity, text, spatial relationships of the objects and background:<|im_end|>\n"
-    "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
-)
-_QWEN_DROPPED = 34
-
-#: Qwen3's chat template, reduced to what `Flux2KleinPipeline` asks of it: user turns and the
-#: generation prompt, with the empty thinking block Qwen3 writes when thinking is off.
-_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}"
-    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
-)
-
-_SPECIAL = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
-
-
-def qwen_tokenizer() -> Any:
-    """A Qwen2 tokenizer (byte-level BPE, Qwen's pre-tokenizer and special tokens) trained
-    on the tiny models' word list and Qwen-Image's system prompt: every word of them is one
-    token, anything else falls back to bytes."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import AddedToken, Qwen2Tokenizer
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
-    clip = json.loads((_VOCAB / "vocab.json").read_text(encoding="utf-8"))
-    words = sorted({k[:-4] for k in clip if k.endswith("</w>") and k[:-4].isalpha()})
-    model = Tokenizer(models.BPE())
-    model.normalizer = normalizers.NFC()
-    model.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=100_000,  # more than the corpus needs: every word ends up one token
-        special_tokens=list(_SPECIAL),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    corpus = [_QWEN_TEMPLATE.format(" ".join(words)), "system user assistant"]
-    corpus += words + [w.capitalize() for w in words]
-    model.train_from_iterator(corpus, trainer)
-    trained = json.loads(model.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
-    tokenizer = Qwen2Tokenizer(
-        vocab=trained["vocab"],
-        merges=merges,
-        additional_special_tokens=list(_SPECIAL[1:]),
-        model_max_length=32768,
-    )
-    tokenizer.add_tokens([AddedToken(t, special=False) for t in ("<think>", "</think>")])
-    tokenizer.chat_template = _CHAT_TEMPLATE
-    prefix = tokenizer(_QWEN_TEMPLATE.split("{}")[0])["input_ids"]
-    assert len(prefix) == _QWEN_DROPPED, f"the system prompt takes {len(prefix)} tokens"
-    return tokenizer
-
-
-def _save(pipe: Any, root: Path) -> None:
-    import os
-
-    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-    pipe.save_pretrained(tmp)
-    tmp.rename(root) if not root.exists() else None
+__all__ = ["DIT2_BUILDERS", "build_flux2_klein", "build_qwenimage"]
 
 
 def build_qwenimage(root: Path, *, seed: int = 0) -> None:
@@ -117,7 +36,7 @@ def build_qwenimage(root: Path, *, seed: int = 0) -> None:
 
     torch.manual_seed(seed)
     tokenizer = qwen_tokenizer()
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _SPECIAL}
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL}
     config = Qwen2_5_VLConfig(
         text_config={
             "hidden_size": 16,
@@ -183,7 +102,7 @@ def build_qwenimage(root: Path, *, seed: int = 0) -> None:
         tokenizer=tokenizer,
         transformer=transformer,
     )
-    _save(pipe, root)
+    save_pipeline(pipe, root)
 
 
 def build_flux2_klein(root: Path, *, seed: int = 0) -> None:
@@ -253,7 +172,7 @@ def build_flux2_klein(root: Path, *, seed: int = 0) -> None:
         transformer=transformer,
         is_distilled=False,
     )
-    _save(pipe, root)
+    save_pipeline(pipe, root)
 
 
 #: Builtin name -> its builder (called with the folder to write).

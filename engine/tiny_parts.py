@@ -14,8 +14,12 @@ if TYPE_CHECKING:
     from transformers import CLIPTextConfig, CLIPTokenizer
 
 __all__ = [
+    "QWEN_DROPPED",
+    "QWEN_SPECIAL",
+    "QWEN_TEMPLATE",
     "clip_tokenizer",
     "qwen_tokenizer",
+    "save_pipeline",
     "t5_tokenizer",
     "tiny_qwen3",
     "tiny_t5",
@@ -133,47 +137,6 @@ def tiny_t5(tokenizer: Any, width: int = 32) -> Any:
     return T5EncoderModel(config).eval()
 
 
-#: Qwen3's chat template, cut to what a text-to-image pipeline renders: one user turn and the
-#: assistant's opening (an empty thinking block when thinking is switched off).
-_QWEN_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}"
-    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
-)
-
-
-def qwen_tokenizer() -> Any:
-    """A Qwen tokenizer (`Qwen2Tokenizer`: byte-level BPE with Qwen's own pre-tokenizer, its
-    special tokens and a chat template) over the tiny models' word list: the 256 byte symbols,
-    then each whole word of `engine/vocab`'s CLIP vocabulary (bare and after a space) merged
-    left to right."""
-    from tokenizers import AddedToken, pre_tokenizers
-    from transformers import Qwen2Tokenizer
-
-    clip = json.loads((_VOCAB / "vocab.json").read_text(encoding="utf-8"))
-    words = sorted({k[:-4].lower() for k in clip if k.endswith("</w>") and k[:-4].isalpha()})
-    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    merges: list[tuple[str, str]] = []
-    for word in (w for w in words if w.isascii()):
-        for piece in (word, "\u0120" + word):  # "Ġ": a leading space in byte-level symbols
-            current = piece[0]
-            for char in piece[1:]:
-                if current + char not in vocab:
-                    merges.append((current, char))
-                    vocab[current + char] = len(vocab)
-                current += char
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
-    for token in specials:
-        vocab[token] = len(vocab)
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, model_max_length=131072)
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    tokenizer.chat_template = _QWEN_CHAT_TEMPLATE
-    return tokenizer
-
-
 def tiny_qwen3(tokenizer: Any, width: int = 16) -> Any:
     """A two-layer Qwen3 text model `width` wide for `tokenizer` (Z-Image's encoder shape)."""
     from transformers import Qwen3Config, Qwen3Model
@@ -190,3 +153,86 @@ def tiny_qwen3(tokenizer: Any, width: int = 16) -> Any:
         pad_token_id=tokenizer.pad_token_id,
     )
     return Qwen3Model(config).eval()
+
+
+#: Qwen-Image's prompt template, as `QwenImagePipeline` writes it; its first 34 tokens (up to
+#: the prompt) are dropped from the embeddings.
+QWEN_TEMPLATE = (
+    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, "
+    "quantity, text, spatial relationships of the objects and background:<|im_end|>\n"
+    "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+)
+QWEN_DROPPED = 34
+
+#: Qwen3's chat template, reduced to what `Flux2KleinPipeline` asks of it: user turns and the
+#: generation prompt, with the empty thinking block Qwen3 writes when thinking is off.
+_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
+)
+
+QWEN_SPECIAL = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+
+def qwen_tokenizer() -> Any:
+    """A Qwen2 tokenizer (byte-level BPE, Qwen's pre-tokenizer and special tokens) trained
+    on the tiny models' word list and Qwen-Image's system prompt: every word of them is one
+    token, anything else falls back to bytes."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import AddedToken, Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    clip = json.loads((_VOCAB / "vocab.json").read_text(encoding="utf-8"))
+    words = sorted({k[:-4] for k in clip if k.endswith("</w>") and k[:-4].isalpha()})
+    model = Tokenizer(models.BPE())
+    model.normalizer = normalizers.NFC()
+    model.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=100_000,  # more than the corpus needs: every word ends up one token
+        special_tokens=list(QWEN_SPECIAL),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [QWEN_TEMPLATE.format(" ".join(words)), "system user assistant"]
+    corpus += words + [w.capitalize() for w in words]
+    model.train_from_iterator(corpus, trainer)
+    trained = json.loads(model.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
+    tokenizer = Qwen2Tokenizer(
+        vocab=trained["vocab"],
+        merges=merges,
+        additional_special_tokens=list(QWEN_SPECIAL[1:]),
+        model_max_length=32768,
+    )
+    tokenizer.add_tokens([AddedToken(t, special=False) for t in ("<think>", "</think>")])
+    tokenizer.chat_template = _CHAT_TEMPLATE
+    prefix = tokenizer(QWEN_TEMPLATE.split("{}")[0])["input_ids"]
+    assert len(prefix) == QWEN_DROPPED, f"the system prompt takes {len(prefix)} tokens"
+    return tokenizer
+
+
+def save_pipeline(pipe: Any, root: Path) -> None:
+    """Save `pipe` to `root` through a temporary folder renamed into place (a crash never
+    leaves half a model; another process that built it first wins)."""
+    import os
+
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    pipe.save_pretrained(tmp)
+    tmp.rename(root) if not root.exists() else None
