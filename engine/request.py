@@ -306,6 +306,16 @@ def validate(
             f"The model {profile.name} does not read a negative prompt, so it was left out."
         )
         negative = ""
+    if not profile.weighted:  # its text encoder would read the brackets as words
+        plain, plain_negative = model_text(prompt), model_text(negative)
+        if (plain, plain_negative) != (prompt, negative):
+            warnings.append(
+                f"The model {profile.name} reads no prompt weights, so (word:1.2), [word] and "
+                "BREAK were taken out of the prompt."
+            )
+            prompt, negative = plain, plain_negative
+        if not prompt:
+            raise InvalidRequest("prompt", "The prompt is empty. Describe the image you want.")
     for name, text in (("prompt", prompt), ("negative_prompt", negative)):
         if len(text) > MAX_PROMPT_CHARS:
             raise InvalidRequest(

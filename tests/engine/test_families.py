@@ -157,3 +157,21 @@ def test_a_negative_prompt_is_read_only_by_the_families_that_read_one(
     assert flux.profile.img2img and chroma.profile.img2img
     assert flux.profile.multiple == 16
     assert dataclasses.replace(flux.profile).default_steps == 4
+
+
+async def test_weights_a_family_does_not_read_are_taken_out_with_a_note(
+    make_engine: EngineFactory, stock_models: StockModels, config_of: Any
+) -> None:
+    """FLUX.1 reads its prompt through T5 without A1111 weights: the syntax is taken out of
+    the text (never sent as literal brackets), the requester is told, and the image is the
+    plain prompt's."""
+    engine = await make_engine(model="builtin:tiny-flux", scheduling="step")
+    checked = engine.prepare(
+        ImageRequest("a (red:1.3) fox BREAK [snow]", seed=4, steps=2, guidance=0.0)
+    )
+    assert checked.request.prompt == "a red fox snow"
+    assert any("reads no prompt weights" in w for w in checked.warnings)
+    plain = engine.prepare(ImageRequest("a red fox snow", seed=4, steps=2, guidance=0.0))
+    assert not plain.warnings
+    weighted, alone = [await engine.submit(c).result() for c in (checked, plain)]
+    assert weighted.images[0].png == alone.images[0].png
