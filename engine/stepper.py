@@ -98,6 +98,14 @@ class Sample:
     latents: torch.Tensor | None = None  # after its latest step (previews, the NaN check)
     calls: int = 0  # denoiser calls it has made (its steps, times two for some guidance)
     stepped: bool = False  # its scheduler stepped since the tick began (its callback ran)
+    steps_done: int = 0  # in the user's steps, as its progress shows them
+    steps_total: int = 0
+
+    @property
+    def steps_left(self) -> int:
+        """Denoising steps it still has to run (all of them before its first step)."""
+        total = self.steps_total or self.slot.request.denoising_steps
+        return max(0, total - self.steps_done)
 
     @property
     def request(self) -> ImageRequest:
@@ -190,7 +198,9 @@ class Stepper:
             # Second-order schedulers take more timesteps than steps: count the user's.
             order = getattr(pipe.scheduler, "order", 1) or 1
             steps = max(1, round(total / order))
-            sample.slot.on_step(round((i + 1) * steps / max(1, total)), steps)
+            sample.steps_done = round((i + 1) * steps / max(1, total))
+            sample.steps_total = steps
+            sample.slot.on_step(sample.steps_done, steps)
             if latents is not None and sample.slot.wants_preview():
                 first = family.preview_latents(pipe, latents, request)
                 png = None if first is None else preview_png(first, family.name)

@@ -36,7 +36,11 @@ if TYPE_CHECKING:
     from ..stepper import Sample
     from ..worker import Worker
 
-__all__ = ["Group", "StepQueue", "StepScheduler"]
+__all__ = ["MAX_GROUP_WAIT", "Group", "StepQueue", "StepScheduler"]
+
+#: Seconds a group with work may wait while others with less work left run (its ageing
+#: bound): past it, the longest-waiting group runs next.
+MAX_GROUP_WAIT = 3.0
 
 #: (model, LoRA set, text windows, width, height): requests that can share a UNet call.
 Group = tuple[str, tuple[tuple[str, float], ...], int, int, int]
@@ -70,6 +74,13 @@ class StepQueue(FairQueue[T]):
     def groups(self) -> list[Group]:
         """Groups with queued requests, the most deserving first."""
         return list(dict.fromkeys(group_of(e.item.key) for e in self.fair_order()))
+
+    def heads(self) -> dict[Group, Queued[T]]:
+        """Each group's most deserving queued entry."""
+        heads: dict[Group, Queued[T]] = {}
+        for entry in self.fair_order():
+            heads.setdefault(group_of(entry.item.key), entry)
+        return heads
 
     def take(self, group: Group, room: int) -> list[T]:
         """Admit requests of `group` in fair order while their images fit in `room`."""
@@ -123,9 +134,8 @@ class StepScheduler(QueueingScheduler[StepQueue[Job]]):
         self.worker = worker
         self.capacity = config.max_batch_size
         self._groups: dict[Group, list[_Active]] = {}
-        self._turns: dict[Group, int] = {}  # tick number a group last ran at
+        self._ran_at: dict[Group, float] = {}  # loop time a group last ran
         self._row_limits: dict[Group, int] = {}  # UNet rows per forward that fit, after an OOM
-        self._tick_no = 0
         self._left: list[Sample] = []  # samples that left unfinished: their runs end next
 
     def in_use(self) -> set[str]:
@@ -152,8 +162,7 @@ class StepScheduler(QueueingScheduler[StepQueue[Job]]):
                 except EngineDead:  # closed and nothing left to run
                     return
                 continue
-            self._turns[size] = self._tick_no
-            self._tick_no += 1
+            self._ran_at[size] = asyncio.get_running_loop().time()
             await self._admit(size)
             group = self._groups.get(size)
             if group:
@@ -162,9 +171,13 @@ class StepScheduler(QueueingScheduler[StepQueue[Job]]):
 
     # Schedule
     def _next_group(self) -> Group | None:
-        """The group whose turn it is: the one that ran least recently, then the most
-        deserving; among those whose model is loaded (the others' models are asked for)."""
-        queued = self.queue.groups()
+        """The group whose turn it is, among those whose model is loaded (the others' models
+        are asked for): the one with the least work left (its requests' remaining steps times
+        their denoiser rows and pixels: the shortest finish first, so short requests are not
+        slowed by long ones taking turns with them), unless a group has waited longer than
+        `MAX_GROUP_WAIT` (the longest-waiting then), so no group starves."""
+        heads = self.queue.heads()
+        queued = list(heads)
         if queued and not self.ready(model_of(queued[0])):
             # The most deserving request waits for its model: admit nobody else meanwhile,
             # so the running groups drain and a busy model cannot starve another.
@@ -174,8 +187,32 @@ class StepScheduler(QueueingScheduler[StepQueue[Job]]):
         candidates = {s for s, g in self._groups.items() if g} | set(queued)
         if not candidates:
             return None
+        now = asyncio.get_running_loop().time()
+
+        def waited(group: Group) -> float:
+            since = self._ran_at.get(group)
+            if since is None or not self._groups.get(group):  # queued: since its oldest
+                since = heads[group].enqueued if group in heads else now
+            return now - since
+
+        overdue = [g for g in candidates if waited(g) > MAX_GROUP_WAIT]
+        if overdue:
+            return max(overdue, key=waited)
         rank = {s: n for n, s in enumerate(queued)}
-        return min(candidates, key=lambda s: (self._turns.get(s, -1), rank.get(s, len(rank))))
+        return min(candidates, key=lambda s: (self._work_left(s, heads), rank.get(s, len(rank))))
+
+    def _work_left(self, group: Group, heads: dict[Group, Queued[Job]]) -> float:
+        """Denoiser work the group needs to finish what runs in it (or, with nothing running,
+        its next request): steps left x rows x pixels."""
+        width, height = size_of(group)
+        actives = self._groups.get(group)
+        if actives:
+            rows = sum(a.sample.steps_left * max(1, a.sample.rows) for a in actives)
+        else:
+            request = heads[group].item.request
+            guided = 2 if (request.guidance or 0.0) > 1.0 else 1
+            rows = request.denoising_steps * request.count * guided
+        return float(rows * width * height)
 
     def _drop_cancelled(self) -> None:
         for group in self._groups.values():

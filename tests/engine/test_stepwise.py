@@ -153,7 +153,7 @@ async def test_a_late_request_joins_running_ones_and_finishes_first(
     assert engine.stats.images == 4
 
 
-async def test_sizes_take_turns_and_a_wide_image_matches_stock(
+async def test_sizes_never_share_a_tick_and_a_wide_image_matches_stock(
     step_engine: EngineFactory, tiny_config: EngineConfig, stock_models: StockModels
 ) -> None:
     engine = await step_engine()
@@ -167,7 +167,9 @@ async def test_sizes_take_turns_and_a_wide_image_matches_stock(
     )
     results = [await square.result(), await wide.result()]
     sizes = [call.size for call in engine.stats.recent_calls if call.kind == "tick"]
-    assert sizes == [(64, 64), (80, 64)] * 3  # alternating, never mixed in one UNet call
+    # The group with less work left first (3 x 64² unguided, against 3 x 80x64 with guidance:
+    # twice the rows), never mixed in one UNet call.
+    assert sizes == [(64, 64)] * 3 + [(80, 64)] * 3
     model = stock_models(tiny_config)
     for job, result in zip((square, wide), results, strict=True):
         assert_matches_stock(model, job, result.images)
@@ -216,6 +218,29 @@ async def test_a_flood_from_one_user_does_not_starve_another(step_engine: Engine
     assert all(t is None or t >= solo.started_at for t in later)
     for job in flood:
         await job.result()
+
+
+async def test_the_group_with_the_least_work_left_runs_first(
+    step_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Groups of different sizes cannot share a tick: the one that finishes soonest runs
+    first (its requests leave sooner), not turn about; past the ageing bound, the group that
+    waited longest runs, so the longer one is never starved."""
+    import engine.scheduling.step as step
+
+    engine = await step_engine(max_batch_size=4)
+
+    def ticks() -> list[tuple[int, int]]:
+        return [call.size for call in engine.stats.recent_calls if call.kind == "tick"]
+
+    for bound, expected in ((step.MAX_GROUP_WAIT, [(96, 96)] * 3), (0.0, [(64, 64), (96, 96)])):
+        monkeypatch.setattr(step, "MAX_GROUP_WAIT", bound)  # 0: every group overdue
+        before = len(ticks())
+        long = engine.submit(engine.prepare(ImageRequest("a long one", steps=10, user="a")))
+        short = engine.prepare(ImageRequest("short", steps=3, width=96, height=96, user="b"))
+        await engine.submit(short).result()  # 3 x 96² of work, against 10 x 64²
+        assert ticks()[before : before + len(expected)] == expected
+        await long.result()
 
 
 async def test_a_large_request_is_not_overtaken_by_smaller_ones() -> None:
