@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
@@ -71,8 +72,9 @@ class Job:
     def user(self) -> str:
         return self.request.user
 
-    @property
+    @functools.cached_property
     def key(self) -> BatchKey:
+        """Computed once: the schedulers read it for every queued job on every decision."""
         return self.request.key
 
     @property

@@ -17,7 +17,19 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from .errors import Busy
 
-__all__ = ["FairQueue", "Queueable", "Queued", "serving_order"]
+__all__ = [
+    "EXACT_POSITIONS_UP_TO",
+    "POSITIONS_EVERY",
+    "FairQueue",
+    "Queueable",
+    "Queued",
+    "serving_order",
+]
+
+#: Seconds between recomputations of every queued job's place in line while a long queue
+#: changes; a queue of at most `EXACT_POSITIONS_UP_TO` jobs is placed again at every change.
+POSITIONS_EVERY = 0.25
+EXACT_POSITIONS_UP_TO = 64
 
 
 class Queueable(Protocol):
@@ -69,6 +81,8 @@ class FairQueue(Generic[T]):
         self._changed = asyncio.Event()
         self._closed: BaseException | None = None
         self._positions: dict[T, int] | None = None
+        self._positions_at = 0.0
+        self._stale = False  # the queue changed since `positions` were worked out
 
     def __len__(self) -> int:
         return len(self._where)
@@ -125,10 +139,34 @@ class FairQueue(Generic[T]):
         return self.fair_order()
 
     def positions(self) -> dict[T, int]:
-        """1-based place in `line()` of every queued item (cached until the queue changes)."""
+        """1-based place in `line()` of every queued item, as last worked out (`refresh`)."""
         if self._positions is None:
-            self._positions = {e.item: n for n, e in enumerate(self.line(), 1)}
+            self.refresh_positions()
+        assert self._positions is not None
         return self._positions
+
+    def refresh_positions(self) -> dict[T, int] | None:
+        """Work the places out again if the queue changed: at once for a short queue, else once
+        `POSITIONS_EVERY` seconds have passed since the last time (a burst of a thousand
+        requests changes it a thousand times: each time would be a thousand places); the new
+        places, else None."""
+        now = asyncio.get_running_loop().time()
+        if self._positions is not None and not self._stale:
+            return None
+        busy = len(self._where) > EXACT_POSITIONS_UP_TO
+        if busy and self._positions is not None and now - self._positions_at < POSITIONS_EVERY:
+            return None
+        self._positions = {e.item: n for n, e in enumerate(self.line(), 1)}
+        self._positions_at, self._stale = now, False
+        return self._positions
+
+    @property
+    def positions_due(self) -> float | None:
+        """Seconds until stale places may be worked out again (None: they are not stale)."""
+        if not self._stale or self._positions is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        return max(0.0, self._positions_at + POSITIONS_EVERY - now)
 
     def serve(self, entries: Iterable[Queued[T]]) -> list[T]:
         """Take `entries` out (one turn of the policy) and mark their users as just served."""
@@ -174,5 +212,5 @@ class FairQueue(Generic[T]):
         self._changed.set()
 
     def _touch(self) -> None:
-        self._positions = None
+        self._stale = True
         self._changed.set()

@@ -8,6 +8,7 @@ while queued, and show every waiting job its place in line, so that half is writ
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Generic, Protocol, TypeVar
 
@@ -76,6 +77,7 @@ class QueueingScheduler(Generic[Q]):
         self.queue = queue
         self.lifecycle = lifecycle
         self.residency: Residency | None = None  # set by the engine after start-up
+        self._show_later: asyncio.TimerHandle | None = None  # places shown once due
 
     def attach(self, residency: Residency) -> None:
         self.residency = residency
@@ -98,7 +100,7 @@ class QueueingScheduler(Generic[Q]):
             error = failed[job.request.model or ""]
             self.lifecycle.fail(job, GenerationFailed(str(error), error))
         if failed or self.residency.loading != loading:  # say "loading model X" at once
-            self.show_positions()
+            self.show_positions(loading_changed=True)
 
     def submit(self, job: Job) -> None:
         self.queue.put(job)
@@ -124,9 +126,24 @@ class QueueingScheduler(Generic[Q]):
     def changed(self) -> None:
         """Something besides the queue changed (a model loaded or failed): look again."""
         self.queue.notify()
-        self.show_positions()
+        self.show_positions(loading_changed=True)
 
-    def show_positions(self) -> None:
-        """Tell every queued job its place in line (after the queue changed)."""
+    def show_positions(self, *, loading_changed: bool = False) -> None:
+        """Tell every queued job its place in line after the queue changed: at once, or,
+        during a burst of changes, once the places are due to be worked out again (at most
+        every `queue.POSITIONS_EVERY` seconds); and the model loading for it, at once."""
+        positions = self.queue.refresh_positions()
+        if positions is None and loading_changed:
+            positions = self.queue.positions()
+        if positions is None:
+            due = self.queue.positions_due
+            if due is not None and self._show_later is None:
+                loop = asyncio.get_running_loop()
+                self._show_later = loop.call_later(due, self._show_due)
+            return
         loading = self.residency.loading if self.residency is not None else ()
-        self.lifecycle.place(self.queue.positions(), loading)
+        self.lifecycle.place(positions, loading)
+
+    def _show_due(self) -> None:
+        self._show_later = None
+        self.show_positions()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from typing import Any
 
 import numpy as np
 import pytest
@@ -191,3 +192,39 @@ async def test_stats_count_pipeline_calls_and_ticks_apart(make_engine: EngineFac
     assert (step.stats.batches, step.stats.ticks, step.stats.batch_sizes) == (0, 3, [])
     assert [call.images for call in step.stats.recent_calls] == [2, 2, 2]
     assert step.stats.calls == 3 and step.stats.call_images == 6
+
+
+@pytest.mark.parametrize("scheduling", ["batch", "step"])
+async def test_a_burst_is_placed_in_line_once_it_settles_not_at_every_request(
+    make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch, scheduling: str
+) -> None:
+    """Two hundred requests at once: working every queued job's place out again at each one
+    would be 200 x 200 places on the event loop. The line is worked out at most every
+    `POSITIONS_EVERY` seconds while it changes, and every job ends up shown its exact place."""
+    from engine.queue import FairQueue
+
+    engine = await make_engine(max_queue=250, max_batch_size=4, scheduling=scheduling)
+    running = engine.submit(engine.prepare(ImageRequest("long", steps=40, user="a")))
+    await until_running(running)
+    lines = 0
+    line = FairQueue.line
+
+    def counted(self: FairQueue[Any]) -> Any:
+        nonlocal lines
+        lines += 1
+        return line(self)
+
+    monkeypatch.setattr(FairQueue, "line", counted)
+    burst = [
+        engine.submit(engine.prepare(ImageRequest(f"p{i}", steps=1, user=f"u{i}")))
+        for i in range(200)
+    ]
+    assert lines < 70  # exact for the first 64, then once per POSITIONS_EVERY at most
+    async for progress in burst[-1].updates():  # placed once the burst settled
+        if progress.position == engine.queue_depth:
+            break
+    queued = [job.progress.position for job in burst if job.progress.position is not None]
+    assert sorted(queued) == list(range(1, engine.queue_depth + 1))
+    running.cancel()
+    for job in burst:
+        job.cancel()
