@@ -12,3 +12,5 @@ Tests run from the repository root (`python -m pytest`) and benchmarks as `pytho
 both have the root on `sys.path`, so `import testkit` needs no install. Import the modules
 themselves; this file imports nothing, so the server needs neither `bot` nor `engine`.
 """
+
+__all__: list[str] = []

@@ -66,3 +66,6 @@ def bot_config(
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}
     return write_config(tmp / "config.toml", base)
+
+
+__all__ = ["Sections", "bot_config", "database_url", "toml_value", "write_config"]

@@ -62,3 +62,15 @@ async def job_of(ledger: Ledger, job_id: int) -> JobRecord:
     job = await ledger.get_job(job_id)
     assert job is not None, f"job {job_id} is not in the database"
     return job
+
+
+__all__ = [
+    "JOB_ID",
+    "JOB_TIMEOUT",
+    "button_id",
+    "job_id_of",
+    "job_of",
+    "read_ledger",
+    "result_of",
+    "wait_result",
+]

@@ -207,3 +207,6 @@ async def run_once(
     out, _ = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode is not None
     return process.returncode, out.decode(errors="replace")
+
+
+__all__ = ["STATE_HOME", "BotProcess", "bot_command", "bot_env", "run_once"]

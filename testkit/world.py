@@ -191,3 +191,6 @@ async def open_world(
                 await bot.stop(signal.SIGKILL)
         if clean:
             server.assert_clean()
+
+
+__all__ = ["NewWorld", "World", "open_world"]

@@ -55,31 +55,33 @@ Example (a whole bot test; see ``tests/test_discord_server.py`` for more)::
 
 Rules are on by default; turn one off with ``server.rules.edit_rate_limit = None`` (see
 :class:`Rules`), or accept a provoked one with ``server.assert_clean(expected={"late_response"})``.
+
+The modules, bottom up: the world (``state`` with ``users``, ``attachments`` and ``flags``, on
+the ``clock`` and ``rules``); its JSON shapes (``payloads``); what is done to it (``messages``,
+``commands``, ``interactions``); the handlers, which depend on the world and the small
+``notifier.Notifier``, never on the server (``gateway`` and the ``rest`` package); and
+``server``, which wires them and offers the test API in four parts: ``world_setup``,
+``actions`` (payloads built by ``invocation``), ``faults`` and ``checks`` (records and waits).
 """
 
+from .attachments import Attachment
 from .clock import ServerClock
 from .commands import AttachmentOption
 from .errors import ApiError
+from .flags import (
+    ADMINISTRATOR,
+    DEFAULT_BOT_PERMISSIONS,
+    DEFAULT_MEMBER_PERMISSIONS,
+    MANAGE_GUILD,
+)
 from .gateway import Gateway, GatewaySession
 from .interactions import CallbackRecord, Interaction
 from .recording import Failure, FailureInjection, RecordedRequest, UploadedFile
 from .rules import RateLimit, Rules, Violation, ViolationKind
 from .runner import RunningBot, run_bot
 from .server import DiscordTestServer
-from .state import (
-    ADMINISTRATOR,
-    DEFAULT_BOT_PERMISSIONS,
-    DEFAULT_MEMBER_PERMISSIONS,
-    MANAGE_GUILD,
-    Application,
-    Attachment,
-    Channel,
-    Guild,
-    Member,
-    Message,
-    Role,
-    User,
-)
+from .state import Channel, Guild, Member, Message, Role
+from .users import Application, User
 
 __all__ = [
     "ADMINISTRATOR",

@@ -66,3 +66,6 @@ class SnowflakeFactory:
             value = self._last + 1
         self._last = value
         return value
+
+
+__all__ = ["DISCORD_EPOCH_MS", "ServerClock", "SnowflakeFactory"]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .attachments import Attachment
 from .errors import form_error
 from .payloads import (
     attachment_payload,
@@ -20,7 +21,8 @@ from .payloads import (
     role_payload,
     user_payload,
 )
-from .state import Attachment, Channel, Guild, Member, Role, State, User
+from .state import Channel, Guild, Member, Role, State
+from .users import User
 
 SUB_COMMAND = 1
 SUB_COMMAND_GROUP = 2
@@ -321,3 +323,23 @@ def _encode_option(
     if validate and choices and out not in [c["value"] for c in choices]:
         raise fail(f"not one of the choices {[c['value'] for c in choices]}")
     return {"type": option_type, "name": name, "value": out}
+
+
+__all__ = [
+    "ATTACHMENT",
+    "BOOLEAN",
+    "CHANNEL",
+    "INTEGER",
+    "MENTIONABLE",
+    "NUMBER",
+    "ROLE",
+    "STRING",
+    "SUB_COMMAND",
+    "SUB_COMMAND_GROUP",
+    "USER",
+    "AttachmentOption",
+    "BuiltOptions",
+    "CommandRegistry",
+    "build_options",
+    "validate_definitions",
+]

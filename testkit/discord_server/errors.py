@@ -11,8 +11,10 @@ from typing import Any
 
 # JSON error codes used by the server (https://discord.com/developers/docs/topics/opcodes-and-status-codes).
 GENERAL_ERROR = 0
+UNKNOWN_APPLICATION = 10002
 UNKNOWN_CHANNEL = 10003
 UNKNOWN_GUILD = 10004
+UNKNOWN_MEMBER = 10007
 UNKNOWN_MESSAGE = 10008
 UNKNOWN_USER = 10013
 UNKNOWN_WEBHOOK = 10015
@@ -20,8 +22,9 @@ UNKNOWN_INTERACTION = 10062
 UNKNOWN_APPLICATION_COMMAND = 10063
 REQUEST_TOO_LARGE = 40005
 ALREADY_ACKNOWLEDGED = 40060
-MISSING_PERMISSIONS = 50013
+CANNOT_EDIT_OTHERS = 50005
 EMPTY_MESSAGE = 50006
+MISSING_PERMISSIONS = 50013
 INVALID_WEBHOOK_TOKEN = 50027
 INVALID_FORM_BODY = 50035
 
@@ -71,3 +74,26 @@ def form_error(field: str, message: str, code: str = "BASE_TYPE_INVALID") -> Api
         detail=f"{field}: {message}",
         errors={field: {"_errors": [{"code": code, "message": message}]}},
     )
+
+
+__all__ = [
+    "ALREADY_ACKNOWLEDGED",
+    "CANNOT_EDIT_OTHERS",
+    "EMPTY_MESSAGE",
+    "GENERAL_ERROR",
+    "INVALID_FORM_BODY",
+    "INVALID_WEBHOOK_TOKEN",
+    "MISSING_PERMISSIONS",
+    "REQUEST_TOO_LARGE",
+    "UNKNOWN_APPLICATION",
+    "UNKNOWN_APPLICATION_COMMAND",
+    "UNKNOWN_CHANNEL",
+    "UNKNOWN_GUILD",
+    "UNKNOWN_INTERACTION",
+    "UNKNOWN_MEMBER",
+    "UNKNOWN_MESSAGE",
+    "UNKNOWN_USER",
+    "UNKNOWN_WEBHOOK",
+    "ApiError",
+    "form_error",
+]

@@ -14,20 +14,23 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from .address import Address
+from .notifier import Notifier
 from .payloads import (
     bot_user_payload,
+    channel_payload,
     guild_create_payload,
     member_payload,
+    message_payload,
+    role_payload,
     unavailable_guild_payload,
 )
 from .rules import ViolationKind
-
-if TYPE_CHECKING:
-    from .server import DiscordTestServer
+from .state import Message, State
 
 # Opcodes.
 DISPATCH = 0
@@ -108,12 +111,20 @@ class GatewayConnection:
 
 
 class Gateway:
-    """Gateway endpoint and session registry of a :class:`DiscordTestServer`."""
+    """Gateway endpoint and session registry: what the world does reaches the bot from here."""
 
     def __init__(
-        self, server: DiscordTestServer, *, shard_count: int, heartbeat_interval_ms: int
+        self,
+        state: State,
+        notifier: Notifier,
+        address: Address,
+        *,
+        shard_count: int,
+        heartbeat_interval_ms: int,
     ) -> None:
-        self.server = server
+        self.state = state
+        self.notifier = notifier
+        self.address = address
         self.shard_count = shard_count
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.sessions: dict[str, GatewaySession] = {}
@@ -155,8 +166,62 @@ class Gateway:
         if intent is not None and not session.intents & intent:
             return None
         seq = session.append(event, data)
-        self.server.notify()
+        self.notifier.notify()
         return seq
+
+    def message_event(self, event: str, message: Message) -> None:
+        """Send MESSAGE_CREATE/UPDATE/DELETE for a non-ephemeral message, honouring intents."""
+        if message.ephemeral:
+            return
+        guild_id = message.guild_id
+        intent = GUILD_MESSAGES if guild_id is not None else DIRECT_MESSAGES
+        if event == "MESSAGE_DELETE":
+            data: dict[str, Any] = {"id": str(message.id), "channel_id": str(message.channel_id)}
+            if guild_id is not None:
+                data["guild_id"] = str(guild_id)
+        else:
+            data = message_payload(message)
+            guild = message.channel.guild
+            if guild is not None and message.author.id in guild.members:
+                data["member"] = member_payload(guild.members[message.author.id], with_user=False)
+            session = self.session_for(guild_id)
+            bot = self.state.application.bot if self.state.application else None
+            hidden = (
+                session is not None
+                and not session.intents & MESSAGE_CONTENT
+                and guild_id is not None
+                and bot is not None
+                and message.author.id != bot.id
+                and bot.id not in message.pinged_user_ids
+            )
+            if hidden:
+                data.update(content="", embeds=[], attachments=[], components=[])
+        self.dispatch(event, data, guild_id=guild_id, intent=intent)
+
+    def world_changed(self, kind: str, obj: Any) -> None:
+        """The :class:`State` listener: a guild, channel, role or member created while the bot
+        may be connected gets its gateway event."""
+        if kind == "guild_create":
+            self.dispatch("GUILD_CREATE", guild_create_payload(obj), guild_id=obj.id, intent=GUILDS)
+        elif kind == "channel_create" and obj.guild is not None:
+            self.dispatch(
+                "CHANNEL_CREATE", channel_payload(obj), guild_id=obj.guild.id, intent=GUILDS
+            )
+        elif kind == "role_create":
+            self.dispatch(
+                "GUILD_ROLE_CREATE",
+                {"guild_id": str(obj.guild.id), "role": role_payload(obj)},
+                guild_id=obj.guild.id,
+                intent=GUILDS,
+            )
+        elif kind == "member_add":
+            self.dispatch(
+                "GUILD_MEMBER_ADD",
+                {**member_payload(obj), "guild_id": str(obj.guild.id)},
+                guild_id=obj.guild.id,
+                intent=GUILD_MEMBERS,
+            )
+        self.notifier.notify()
 
     # -- websocket -----------------------------------------------------------------------------
 
@@ -179,7 +244,7 @@ class Gateway:
                 if msg.type is WSMsgType.TEXT:
                     await self._on_frame(conn, json.loads(msg.data))
                 elif msg.type is WSMsgType.BINARY:
-                    self.server.violate(
+                    self.notifier.violate(
                         ViolationKind.UNIMPLEMENTED, "binary (ETF/compressed) gateway frame"
                     )
         finally:
@@ -199,7 +264,7 @@ class Gateway:
             # A client closing with 1000/1001 ends its session, as on Discord.
             if not conn.dropped_by_server and conn.ws.close_code in (1000, 1001):
                 session.invalid = True
-        self.server.notify()
+        self.notifier.notify()
 
     async def _on_frame(self, conn: GatewayConnection, frame: dict[str, Any]) -> None:
         self.received.append(frame)
@@ -217,11 +282,11 @@ class Gateway:
         elif op in (PRESENCE_UPDATE, VOICE_STATE_UPDATE):
             pass  # recorded in `received`; nothing to answer
         else:
-            self.server.violate(ViolationKind.UNIMPLEMENTED, f"gateway opcode {op}")
-        self.server.notify()
+            self.notifier.violate(ViolationKind.UNIMPLEMENTED, f"gateway opcode {op}")
+        self.notifier.notify()
 
     async def _identify(self, conn: GatewayConnection, data: dict[str, Any]) -> None:
-        app = self.server.state.application
+        app = self.state.application
         if app is None or data.get("token") != app.token:
             await conn.ws.close(code=CLOSE_AUTHENTICATION_FAILED, message=b"Authentication failed.")
             return
@@ -236,7 +301,7 @@ class Gateway:
         if self.withhold_ready > 0:  # a gateway that takes the IDENTIFY and then says nothing
             self.withhold_ready -= 1
             self.withheld_identifies += 1
-            self.server.notify()
+            self.notifier.notify()
             return
         previous = self.current.get(shard_id)
         if previous is not None:
@@ -250,7 +315,7 @@ class Gateway:
         )
         self.sessions[session.session_id] = session
         self.current[shard_id] = session
-        guilds = [g for g in self.server.state.guilds.values() if self.shard_for(g.id) == shard_id]
+        guilds = [g for g in self.state.guilds.values() if self.shard_for(g.id) == shard_id]
         session.append(
             "READY",
             {
@@ -258,7 +323,7 @@ class Gateway:
                 "user": bot_user_payload(app.bot),
                 "guilds": [unavailable_guild_payload(g) for g in guilds],
                 "session_id": session.session_id,
-                "resume_gateway_url": self.server.gateway_url,
+                "resume_gateway_url": self.address.gateway_url,
                 "shard": [shard_id, shard_count],
                 "application": {"id": str(app.id), "flags": app.flags},
                 "private_channels": [],
@@ -279,7 +344,7 @@ class Gateway:
         self._attach(conn, session, next_seq=1)
 
     async def _resume(self, conn: GatewayConnection, data: dict[str, Any]) -> None:
-        app = self.server.state.application
+        app = self.state.application
         session = self.sessions.get(str(data.get("session_id")))
         seq = int(data.get("seq") or 0)
         if (
@@ -321,7 +386,7 @@ class Gateway:
 
     def _request_members(self, conn: GatewayConnection, data: dict[str, Any]) -> None:
         session = conn.session
-        guild = self.server.state.guilds.get(int(data.get("guild_id") or 0))
+        guild = self.state.guilds.get(int(data.get("guild_id") or 0))
         if session is None or guild is None:
             return
         members = list(guild.members.values())
@@ -364,7 +429,7 @@ class Gateway:
                     transport.abort()
             else:
                 await conn.ws.close(code=code, message=b"dropped by test")
-        self.server.notify()
+        self.notifier.notify()
         return dropped
 
     async def send_op(self, op: int, data: Any, *, shard_id: int | None = None) -> None:
@@ -382,3 +447,33 @@ class Gateway:
             conn.dropped_by_server = True
             with contextlib.suppress(Exception):
                 await conn.ws.close(code=1001, message=b"server shutting down")
+
+
+__all__ = [
+    "CLOSE_AUTHENTICATION_FAILED",
+    "CLOSE_DISALLOWED_INTENTS",
+    "CLOSE_INVALID_SHARD",
+    "CLOSE_SESSION_TIMED_OUT",
+    "CLOSE_UNKNOWN_ERROR",
+    "DIRECT_MESSAGES",
+    "DISPATCH",
+    "GUILDS",
+    "GUILD_MEMBERS",
+    "GUILD_MESSAGES",
+    "GUILD_PRESENCES",
+    "HEARTBEAT",
+    "HEARTBEAT_ACK",
+    "HELLO",
+    "IDENTIFY",
+    "INVALID_SESSION",
+    "MESSAGE_CONTENT",
+    "PRESENCE_UPDATE",
+    "PRIVILEGED_INTENTS",
+    "RECONNECT",
+    "REQUEST_GUILD_MEMBERS",
+    "RESUME",
+    "VOICE_STATE_UPDATE",
+    "Gateway",
+    "GatewayConnection",
+    "GatewaySession",
+]

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
+from .clock import ServerClock
+from .flags import FLAG_EPHEMERAL
 from .recording import RecordedRequest, UploadedFile
-from .rules import Violation
-from .state import FLAG_EPHEMERAL, Channel, Guild, Member, Message, User
+from .rules import Rules, Violation
+from .state import DEFAULT_ATTACHMENT_SIZE_LIMIT, Channel, Guild, Member, Message, State
+from .users import User
 
-if TYPE_CHECKING:
-    from .server import DiscordTestServer
+T = TypeVar("T")
 
 # Interaction types.
 PING = 1
@@ -27,6 +29,26 @@ DEFERRED_UPDATE_MESSAGE = 6
 UPDATE_MESSAGE = 7
 AUTOCOMPLETE_RESULT = 8
 MODAL = 9
+
+
+class InteractionHost(Protocol):
+    """What an interaction handle reads from its server: the rules and clock, and a way to wait
+    (:class:`~testkit.discord_server.server.DiscordTestServer` is one; this module never
+    imports it)."""
+
+    clock: ServerClock
+
+    @property
+    def rules(self) -> Rules: ...
+
+    async def wait_until(
+        self,
+        predicate: Callable[[], T | None],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        what: str = "a condition",
+        seen: Callable[[], str] | None = None,
+    ) -> T: ...
 
 
 @dataclass
@@ -51,7 +73,7 @@ class CallbackRecord:
 class Interaction:
     """An interaction the server sent to the bot, and everything the bot did with it."""
 
-    server: DiscordTestServer = field(repr=False)
+    server: InteractionHost = field(repr=False)
     id: int
     token: str
     type: int
@@ -220,3 +242,74 @@ class Interaction:
             timeout=timeout,
             what=what,
         )
+
+
+class InteractionLog:
+    """Every interaction the server sent, in order, by id and by token (the REST routes find the
+    interaction a callback or webhook names here)."""
+
+    def __init__(self, state: State, host: InteractionHost) -> None:
+        self.state = state
+        self.host = host
+        self.all: list[Interaction] = []
+        self.by_id: dict[int, Interaction] = {}
+        self.by_token: dict[str, Interaction] = {}
+
+    def open(
+        self, payload: dict[str, Any], *, source_message: Message | None = None
+    ) -> Interaction:
+        """The handle of an INTERACTION_CREATE payload about to be sent, kept from now on.
+
+        Who, where and what are read back from the payload (a forged one too), so the handle
+        describes what the bot received.
+        """
+        state = self.state
+        guild = state.guilds.get(int(payload["guild_id"])) if payload.get("guild_id") else None
+        channel_id = payload.get("channel_id") or (payload.get("channel") or {}).get("id")
+        channel = state.channels.get(int(channel_id)) if channel_id else None
+        raw_user = (payload.get("member") or {}).get("user") or payload.get("user") or {}
+        user = state.users.get(int(raw_user.get("id") or 0)) or User(
+            id=int(raw_user.get("id") or 0), name=str(raw_user.get("username", "unknown"))
+        )
+        data = payload.get("data") or {}
+        interaction = Interaction(
+            server=self.host,
+            id=int(payload["id"]),
+            token=str(payload["token"]),
+            type=int(payload["type"]),
+            payload=payload,
+            user=user,
+            member=guild.members.get(user.id) if guild else None,
+            guild=guild,
+            channel=channel,
+            created_at=state.clock.now(),
+            attachment_size_limit=int(
+                payload.get("attachment_size_limit") or DEFAULT_ATTACHMENT_SIZE_LIMIT
+            ),
+            command_name=data.get("name"),
+            custom_id=data.get("custom_id"),
+            source_message=source_message,
+        )
+        self.all.append(interaction)
+        self.by_id[interaction.id] = interaction
+        self.by_token[interaction.token] = interaction
+        return interaction
+
+
+__all__ = [
+    "APPLICATION_COMMAND",
+    "AUTOCOMPLETE",
+    "AUTOCOMPLETE_RESULT",
+    "CHANNEL_MESSAGE",
+    "DEFERRED_CHANNEL_MESSAGE",
+    "DEFERRED_UPDATE_MESSAGE",
+    "MESSAGE_COMPONENT",
+    "MODAL",
+    "MODAL_SUBMIT",
+    "PING",
+    "UPDATE_MESSAGE",
+    "CallbackRecord",
+    "Interaction",
+    "InteractionHost",
+    "InteractionLog",
+]

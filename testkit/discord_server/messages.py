@@ -10,23 +10,19 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from .attachments import Attachment, guess_content_type
 from .errors import EMPTY_MESSAGE, INVALID_FORM_BODY, REQUEST_TOO_LARGE, ApiError, form_error
-from .recording import UploadedFile
-from .rules import Rules, ViolationKind
-from .state import (
+from .flags import (
     FLAG_COMPONENTS_V2,
     FLAG_EPHEMERAL,
     FLAG_LOADING,
     FLAG_SUPPRESS_EMBEDS,
     FLAG_SUPPRESS_NOTIFICATIONS,
-    Attachment,
-    Channel,
-    Message,
-    MessageVersion,
-    State,
-    User,
-    guess_content_type,
 )
+from .recording import UploadedFile
+from .rules import Rules, ViolationKind
+from .state import Channel, Message, MessageVersion, State
+from .users import User
 
 USER_MENTION = re.compile(r"<@!?(\d+)>")
 ROLE_MENTION = re.compile(r"<@&(\d+)>")
@@ -39,12 +35,14 @@ SENDABLE_FLAGS = (
 class MessageStore:
     """Applies message bodies to :class:`Message` objects and keeps :class:`State` indexes."""
 
-    def __init__(
-        self, state: State, rules: Rules, attachment_url: Callable[[Attachment, Channel], str]
-    ) -> None:
+    def __init__(self, state: State, attachment_url: Callable[[Attachment, Channel], str]) -> None:
         self.state = state
-        self.rules = rules
         self._attachment_url = attachment_url
+
+    @property
+    def rules(self) -> Rules:
+        """The world's rules, read on each use (a test may replace them)."""
+        return self.state.rules
 
     # -- validation -------------------------------------------------------------------------
 
@@ -338,3 +336,6 @@ def _validate_components(components: list[Any], *, v2: bool) -> None:
                 stack.append((f"{where}.{key}", component[key]))
     if v2 and count > 40:
         raise form_error("components", "Must be 40 or fewer in total.")
+
+
+__all__ = ["ROLE_MENTION", "SENDABLE_FLAGS", "USER_MENTION", "MessageStore"]

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .state import DM, Application, Attachment, Channel, Guild, Member, Message, Role, User
+from .attachments import Attachment
+from .flags import DM
+from .state import Channel, Guild, Member, Message, Role
+from .users import Application, User
 
 
 def user_payload(user: User) -> dict[str, Any]:
@@ -261,3 +264,18 @@ def _known_user(message: Message, user_id: int) -> User | None:
         if user.id == user_id:
             return user
     return None
+
+
+__all__ = [
+    "application_payload",
+    "attachment_payload",
+    "bot_user_payload",
+    "channel_payload",
+    "guild_create_payload",
+    "guild_payload",
+    "member_payload",
+    "message_payload",
+    "role_payload",
+    "unavailable_guild_payload",
+    "user_payload",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,3 +105,66 @@ class FailureInjection:
     def exhausted(self) -> bool:
         """All queued failures were answered."""
         return not self.pending
+
+
+#: An action run on a request after it is handled, before its answer leaves.
+AnswerHook = Callable[[RecordedRequest], None]
+AnswerTest = Callable[[RecordedRequest], bool]
+
+
+class InjectionQueue:
+    """What a test queued for coming requests: failures to answer instead of the handler, and
+    actions to run before an answer leaves. The REST middleware consults it on each request."""
+
+    def __init__(self) -> None:
+        self.injections: list[FailureInjection] = []
+        self.hooks: list[tuple[str, re.Pattern[str], AnswerHook, AnswerTest]] = []
+
+    def inject(
+        self, method: str, path_regex: str, failures: Iterable[FailureSpec]
+    ) -> FailureInjection:
+        """Queue ``failures`` for the requests matching ``method`` and ``path_regex``."""
+        injection = FailureInjection.create(method, path_regex, failures)
+        self.injections.append(injection)
+        return injection
+
+    def before_answering(
+        self, method: str, path_regex: str, action: AnswerHook, when: AnswerTest
+    ) -> None:
+        """Run ``action`` once, on the next matching request, before its answer leaves."""
+        self.hooks.append((method, re.compile(path_regex), action, when))
+
+    def take(self, method: str, path: str, record: RecordedRequest) -> Failure | None:
+        """The failure to answer this request with, if one is queued (counted as used)."""
+        for injection in self.injections:
+            if injection.matches(method, path):
+                failure = injection.pending.popleft()
+                injection.hits.append(record)
+                record.injected = True
+                return failure
+        return None
+
+    def answering(self, record: RecordedRequest) -> None:
+        """Run the ``before_answering`` actions this request is due (each once)."""
+        for hook in list(self.hooks):
+            method, pattern, action, when = hook
+            if (
+                method in ("*", record.method)
+                and pattern.search(record.path) is not None
+                and when(record)
+            ):
+                self.hooks.remove(hook)
+                action(record)
+
+
+__all__ = [
+    "AnswerHook",
+    "AnswerTest",
+    "Failure",
+    "FailureInjection",
+    "FailureSpec",
+    "InjectionQueue",
+    "RecordedRequest",
+    "UploadedFile",
+    "as_failure",
+]

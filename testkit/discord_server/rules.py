@@ -130,3 +130,14 @@ class SlidingWindowLimiter:
         window.append(now)
         reset_after = window[0] + rule.per - now
         return RateDecision(True, rule.count, rule.count - len(window), max(reset_after, 0.001))
+
+
+__all__ = [
+    "MIB",
+    "RateDecision",
+    "RateLimit",
+    "Rules",
+    "SlidingWindowLimiter",
+    "Violation",
+    "ViolationKind",
+]

@@ -167,3 +167,6 @@ class run_bot:
             self.server.violate(ViolationKind.BOT_CRASHED, f"bot.start() ended with {crash!r}")
         if crash is not None and raise_crash:
             raise AssertionError(f"bot.start() crashed while the test ran: {crash!r}") from crash
+
+
+__all__ = ["RunningBot", "run_bot"]

@@ -2,100 +2,36 @@
 
 Plain mutable objects, created through :class:`State` (or helpers on :class:`Guild`) so ids are
 real snowflakes and, once the bot is connected, the matching gateway events (GUILD_CREATE,
-CHANNEL_CREATE, ...) are sent. Permission bits are ints, as Discord sends them.
+CHANNEL_CREATE, ...) are sent. Permission bits are ints, as Discord sends them (:mod:`.flags`).
+
+The bottom of the server: this module imports no other part of it but the clock, the rules and
+the numbers, so every handler can depend on the world without depending on the server.
 """
 
 from __future__ import annotations
 
-import mimetypes
 import secrets
-import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
+from .attachments import Attachment
 from .clock import ServerClock, SnowflakeFactory
-from .rules import MIB
-
-if TYPE_CHECKING:
-    from .interactions import Interaction
-
-# Permission bits (https://discord.com/developers/docs/topics/permissions).
-CREATE_INSTANT_INVITE = 1 << 0
-ADMINISTRATOR = 1 << 3
-MANAGE_CHANNELS = 1 << 4
-MANAGE_GUILD = 1 << 5
-ADD_REACTIONS = 1 << 6
-VIEW_CHANNEL = 1 << 10
-SEND_MESSAGES = 1 << 11
-MANAGE_MESSAGES = 1 << 13
-EMBED_LINKS = 1 << 14
-ATTACH_FILES = 1 << 15
-READ_MESSAGE_HISTORY = 1 << 16
-MENTION_EVERYONE = 1 << 17
-USE_EXTERNAL_EMOJIS = 1 << 18
-CHANGE_NICKNAME = 1 << 26
-USE_APPLICATION_COMMANDS = 1 << 31
-ALL_PERMISSIONS = (1 << 51) - 1
-DEFAULT_MEMBER_PERMISSIONS = (
-    CREATE_INSTANT_INVITE
-    | ADD_REACTIONS
-    | VIEW_CHANNEL
-    | SEND_MESSAGES
-    | EMBED_LINKS
-    | ATTACH_FILES
-    | READ_MESSAGE_HISTORY
-    | USE_EXTERNAL_EMOJIS
-    | CHANGE_NICKNAME
-    | USE_APPLICATION_COMMANDS
+from .flags import (
+    ADMINISTRATOR,
+    ALL_PERMISSIONS,
+    DEFAULT_BOT_PERMISSIONS,
+    DEFAULT_MEMBER_PERMISSIONS,
+    DM,
+    FLAG_EPHEMERAL,
+    FLAG_LOADING,
+    GUILD_TEXT,
 )
-DEFAULT_BOT_PERMISSIONS = DEFAULT_MEMBER_PERMISSIONS | MANAGE_MESSAGES
-
-# Message flags.
-FLAG_SUPPRESS_EMBEDS = 1 << 2
-FLAG_EPHEMERAL = 1 << 6
-FLAG_LOADING = 1 << 7
-FLAG_SUPPRESS_NOTIFICATIONS = 1 << 12
-FLAG_COMPONENTS_V2 = 1 << 15
-
-# Channel types.
-GUILD_TEXT = 0
-DM = 1
+from .rules import MIB, Rules
+from .users import Application, User
 
 DEFAULT_ATTACHMENT_SIZE_LIMIT = 10 * MIB
-
-
-@dataclass(eq=False)
-class User:
-    """A Discord user (a person or a bot)."""
-
-    id: int
-    name: str
-    bot: bool = False
-    global_name: str | None = None
-    locale: str = "en-US"
-
-    @property
-    def mention(self) -> str:
-        return f"<@{self.id}>"
-
-    def __repr__(self) -> str:
-        return f"User({self.name!r}, id={self.id}{', bot' if self.bot else ''})"
-
-
-@dataclass(eq=False)
-class Application:
-    """The bot's application: its id, bot user and token (a wrong token gets 401)."""
-
-    id: int
-    name: str
-    token: str
-    bot: User
-    owner: User
-    flags: int = 0
-    allowed_intents: int | None = None
-    """Intent bits IDENTIFY may ask for; ``None`` allows all (else close 4014 like Discord)."""
 
 
 @dataclass(eq=False)
@@ -282,44 +218,18 @@ class Guild:
         return f"Guild({self.name!r}, id={self.id})"
 
 
-@dataclass(eq=False)
-class Attachment:
-    """A stored file; ``data`` is what the bot uploaded, served at ``url``."""
+class InteractionOrigin(Protocol):
+    """What a message knows of the interaction it answers (Discord's ``interaction_metadata``).
+
+    The object is the test's :class:`~testkit.discord_server.interactions.Interaction` handle,
+    one layer up: the world names only what it reads, so it never imports the handle.
+    """
 
     id: int
-    filename: str
-    data: bytes
-    content_type: str | None
-    url: str
-    description: str | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
-    @property
-    def spoiler(self) -> bool:
-        """Discord marks files whose name starts with ``SPOILER_`` as spoilers."""
-        return self.filename.startswith("SPOILER_")
-
-    @property
-    def dimensions(self) -> tuple[int, int] | None:
-        """(width, height) for PNG files, as Discord reports for images."""
-        if self.data[:8] == b"\x89PNG\r\n\x1a\n" and len(self.data) >= 24:
-            width, height = struct.unpack(">II", self.data[16:24])
-            return width, height
-        return None
-
-    def __repr__(self) -> str:
-        return f"Attachment({self.filename!r}, {self.size} bytes, {self.content_type})"
-
-
-def guess_content_type(filename: str, declared: str | None) -> str | None:
-    """Discord sniffs the type; discord.py always declares octet-stream, so trust the name."""
-    if declared and declared != "application/octet-stream":
-        return declared
-    guessed, _ = mimetypes.guess_type(filename)
-    return guessed or declared
+    type: int
+    user: User
+    command_name: str | None
+    payload: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -353,8 +263,9 @@ class Message:
     edited_at: datetime | None = None
     history: list[MessageVersion] = field(default_factory=list)
     deleted: bool = False
-    interaction: Interaction | None = None
-    """The interaction whose response/followup this message is, if any."""
+    interaction: InteractionOrigin | None = None
+    """The interaction whose response/followup this message is, if any (its
+    :class:`~testkit.discord_server.interactions.Interaction` handle)."""
     webhook_id: int | None = None
     application_id: int | None = None
     message_type: int = 0
@@ -443,10 +354,15 @@ class GuildOptions(TypedDict, total=False):
 
 
 class State:
-    """Everything the server knows, indexed by id; ``emit`` forwards changes to the gateway."""
+    """Everything the server knows, indexed by id; ``emit`` forwards changes to the gateway.
 
-    def __init__(self, clock: ServerClock) -> None:
+    It also carries the clock and the :class:`Rules` every part reads, so that a test that
+    replaces ``server.rules`` changes them for all at once.
+    """
+
+    def __init__(self, clock: ServerClock, rules: Rules | None = None) -> None:
         self.clock = clock
+        self.rules = rules or Rules()
         self.ids = SnowflakeFactory(clock)
         self.application: Application | None = None
         self.users: dict[int, User] = {}
@@ -559,3 +475,18 @@ class State:
         if isinstance(user, User):
             return user
         return self.users[user]
+
+
+__all__ = [
+    "DEFAULT_ATTACHMENT_SIZE_LIMIT",
+    "Channel",
+    "Guild",
+    "GuildOptions",
+    "InteractionOrigin",
+    "Listener",
+    "Member",
+    "Message",
+    "MessageVersion",
+    "Role",
+    "State",
+]

@@ -1,7 +1,7 @@
 """Awaiting server state changes without sleeping.
 
 Every state change (request recorded, message created or edited, interaction answered, clock
-advanced, gateway event sent) calls :meth:`Notifier.notify`; waiters re-check their predicate on
+advanced, gateway event sent) calls :meth:`Changes.notify`; waiters re-check their predicate on
 each change and fail with an :class:`AssertionError` that says what they waited for and what the
 server saw, so a failing end-to-end test explains itself.
 
@@ -18,7 +18,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-class Notifier:
+class Changes:
     """Broadcasts "something changed" to any number of waiters (an Event swapped per change)."""
 
     def __init__(self, poll_interval: float = 0.02) -> None:
@@ -65,3 +65,6 @@ class Notifier:
                 await asyncio.wait_for(event.wait(), min(remaining, self.poll_interval))
             except TimeoutError:
                 pass
+
+
+__all__ = ["Changes"]

@@ -20,7 +20,7 @@ from bot.ledger import ACTIVE_STATUSES, JobStatus
 from bot.ledger.models import Job
 from engine import read_parameters
 from testkit.discord_server import DEFAULT_BOT_PERMISSIONS, DEFAULT_MEMBER_PERMISSIONS
-from testkit.discord_server.state import SEND_MESSAGES
+from testkit.discord_server.flags import SEND_MESSAGES
 from testkit.jobs import (
     JOB_TIMEOUT,
     button_id,

@@ -1,0 +1,77 @@
+"""Permission bits, message flags and channel types, as Discord numbers them (ints on the wire).
+
+Kept apart from :mod:`.state` so that payloads, handlers and tests can name a bit without
+pulling in the world's classes.
+"""
+
+from __future__ import annotations
+
+# Permission bits (https://discord.com/developers/docs/topics/permissions).
+CREATE_INSTANT_INVITE = 1 << 0
+ADMINISTRATOR = 1 << 3
+MANAGE_CHANNELS = 1 << 4
+MANAGE_GUILD = 1 << 5
+ADD_REACTIONS = 1 << 6
+VIEW_CHANNEL = 1 << 10
+SEND_MESSAGES = 1 << 11
+MANAGE_MESSAGES = 1 << 13
+EMBED_LINKS = 1 << 14
+ATTACH_FILES = 1 << 15
+READ_MESSAGE_HISTORY = 1 << 16
+MENTION_EVERYONE = 1 << 17
+USE_EXTERNAL_EMOJIS = 1 << 18
+CHANGE_NICKNAME = 1 << 26
+USE_APPLICATION_COMMANDS = 1 << 31
+ALL_PERMISSIONS = (1 << 51) - 1
+DEFAULT_MEMBER_PERMISSIONS = (
+    CREATE_INSTANT_INVITE
+    | ADD_REACTIONS
+    | VIEW_CHANNEL
+    | SEND_MESSAGES
+    | EMBED_LINKS
+    | ATTACH_FILES
+    | READ_MESSAGE_HISTORY
+    | USE_EXTERNAL_EMOJIS
+    | CHANGE_NICKNAME
+    | USE_APPLICATION_COMMANDS
+)
+DEFAULT_BOT_PERMISSIONS = DEFAULT_MEMBER_PERMISSIONS | MANAGE_MESSAGES
+
+# Message flags.
+FLAG_SUPPRESS_EMBEDS = 1 << 2
+FLAG_EPHEMERAL = 1 << 6
+FLAG_LOADING = 1 << 7
+FLAG_SUPPRESS_NOTIFICATIONS = 1 << 12
+FLAG_COMPONENTS_V2 = 1 << 15
+
+# Channel types.
+GUILD_TEXT = 0
+DM = 1
+
+__all__ = [
+    "ADD_REACTIONS",
+    "ADMINISTRATOR",
+    "ALL_PERMISSIONS",
+    "ATTACH_FILES",
+    "CHANGE_NICKNAME",
+    "CREATE_INSTANT_INVITE",
+    "DEFAULT_BOT_PERMISSIONS",
+    "DEFAULT_MEMBER_PERMISSIONS",
+    "DM",
+    "EMBED_LINKS",
+    "FLAG_COMPONENTS_V2",
+    "FLAG_EPHEMERAL",
+    "FLAG_LOADING",
+    "FLAG_SUPPRESS_EMBEDS",
+    "FLAG_SUPPRESS_NOTIFICATIONS",
+    "GUILD_TEXT",
+    "MANAGE_CHANNELS",
+    "MANAGE_GUILD",
+    "MANAGE_MESSAGES",
+    "MENTION_EVERYONE",
+    "READ_MESSAGE_HISTORY",
+    "SEND_MESSAGES",
+    "USE_APPLICATION_COMMANDS",
+    "USE_EXTERNAL_EMOJIS",
+    "VIEW_CHANNEL",
+]
