@@ -45,13 +45,41 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The single-file families served (diffusers' `infer_diffusers_model_type` names), their
-#: pipeline class and what operators call them.
+
+@dataclass(frozen=True, slots=True)
+class _FileKind:
+    """A kind of single file: the pipeline it makes and what operators call it. A whole
+    pipeline in one file (SD's: UNet, VAE and text encoders) is converted by the pipeline's
+    own `from_single_file`; a diffusion transformer's file holds the denoiser alone, and the
+    other components come from a reference repository (`[models.<name>] base`, else the one
+    diffusers names for the kind in `DIFFUSERS_DEFAULT_PIPELINE_PATHS`)."""
+
+    pipeline: str
+    label: str
+    whole: bool = False
+
+
+#: The single files served, by diffusers' model type (`infer_diffusers_model_type`'s names).
+#: A new family's transformer files: one line here (its pipeline must be in `families`).
 _SINGLE_FILE = {
-    "v1": ("StableDiffusionPipeline", "SD 1.x"),
-    "v2": ("StableDiffusionPipeline", "SD 2.x"),
-    "xl_base": ("StableDiffusionXLPipeline", "SDXL"),
+    "v1": _FileKind("StableDiffusionPipeline", "SD 1.x", whole=True),
+    "v2": _FileKind("StableDiffusionPipeline", "SD 2.x", whole=True),
+    "xl_base": _FileKind("StableDiffusionXLPipeline", "SDXL", whole=True),
+    "flux-schnell": _FileKind("FluxPipeline", "FLUX.1-schnell"),
+    "flux-dev": _FileKind("FluxPipeline", "FLUX.1-dev"),
+    "chroma": _FileKind("ChromaPipeline", "Chroma"),
 }
+
+#: Weight names only a diffusers-layout transformer file has (a transformer folder's
+#: `diffusion_pytorch_model.safetensors` saved as one file), by the kind they mean; the first
+#: found wins. `infer_diffusers_model_type` knows the original (BFL, ComfyUI) layouts only,
+#: except Chroma's, whose marker both layouts share; `from_single_file` reads both layouts.
+_DIFFUSERS_LAYOUT = (
+    ("time_text_embed.guidance_embedder.linear_1.weight", "flux-dev"),
+    ("single_transformer_blocks.0.proj_mlp.weight", "flux-schnell"),
+)
+#: The weight only a whole SD 1.x/2.x/SDXL checkpoint has (its UNet's first layer).
+_SD_UNET = "model.diffusion_model.input_blocks.0.0.weight"
 
 _SAMPLERS = {
     "DDIMScheduler": "DDIM",
@@ -163,6 +191,14 @@ def _source(spec: ModelSpec, config: EngineConfig) -> tuple[str, dict[str, Any]]
     return source, extra
 
 
+def _base(spec: ModelSpec) -> str:
+    """The model's `base`: a hub id, or a folder (relative to the working directory)."""
+    base = spec.base.strip()
+    if base and (Path(base).expanduser().exists() or looks_local(base)):
+        return str(Path(base).expanduser())
+    return base
+
+
 def _hub_folder(source: str, config: EngineConfig) -> Path:
     """Where the hub cache keeps `source` (huggingface_hub's `models--org--name`)."""
     from huggingface_hub import constants
@@ -207,7 +243,7 @@ def _load_pipeline(
     damaged builtin model is rebuilt, other models' files are named."""
     source, kwargs = _source(spec, config)
     if Path(source).is_file():
-        return _from_single_file(Path(source), dtype, kwargs), Path(source)
+        return _from_single_file(Path(source), dtype, kwargs, _base(spec)), Path(source)
     try:
         pipe = _from_pretrained(source, dtype, kwargs)
     except Exception as exc:
@@ -288,36 +324,45 @@ def _pickled_checkpoint(path: Path) -> Mapping[str, Any]:
     return data
 
 
-def _checkpoint_family(path: Path, checkpoint: Mapping[str, Any]) -> str:
-    """The checkpoint's family (a key of `_SINGLE_FILE`), from its weight names, or a
-    one-line ValueError saying what it is instead."""
+def _checkpoint_kind(path: Path, checkpoint: Mapping[str, Any], *, based: bool) -> str:
+    """The file's kind (a key of `_SINGLE_FILE`) from its weight names; "" when none is known
+    and `based` (its `base` then says); else a one-line ValueError saying what it is."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
     try:
-        family = infer_diffusers_model_type(checkpoint)
+        kind = infer_diffusers_model_type(checkpoint)
     except Exception:  # a check of some other family read a weight it does not have
-        family = ""
-    if family and family not in _SINGLE_FILE:
+        kind = ""
+    if kind == "v1" and _SD_UNET not in checkpoint:  # its answer when it knows none
+        kind = next((found for key, found in _DIFFUSERS_LAYOUT if key in checkpoint), "")
+    if kind and kind not in _SINGLE_FILE:
+        served = ", ".join(dict.fromkeys(k.label for k in _SINGLE_FILE.values()))
         raise ValueError(
-            f"{path} is a checkpoint of another kind ({family}): single files of Stable "
-            "Diffusion 1.x, 2.x and SDXL text-to-image models are supported (give others as a "
-            "diffusers folder or hub id)"
+            f"{path} is a checkpoint of another kind ({kind}): single files of {served} are "
+            "supported (give others as a diffusers folder or hub id)"
         )
-    if "model.diffusion_model.input_blocks.0.0.weight" not in checkpoint:
+    if kind and _SINGLE_FILE[kind].whole and _SD_UNET not in checkpoint:
+        raise ValueError(
+            f"{path} is not a whole Stable Diffusion checkpoint (it has no UNet weights, "
+            "model.diffusion_model.*)"
+        )
+    if not kind and not based:
         lora = any("lora" in key.lower() for key in checkpoint)
         raise ValueError(
-            f"{path} is not a Stable Diffusion checkpoint (it has no UNet weights, "
-            "model.diffusion_model.*)"
-            + ("; it looks like a LoRA: configure it in a [loras.<name>] table" if lora else "")
+            f"{path} is not a checkpoint of a model family served here (none of its weight "
+            "names is known)"
+            + (
+                "; it looks like a LoRA: configure it in a [loras.<name>] table"
+                if lora
+                else "; if it is a transformer file, name its family's reference repository "
+                "in [models.<name>] base (such as black-forest-labs/FLUX.1-dev)"
+            )
         )
-    return family
+    return kind
 
 
-def _from_single_file(path: Path, dtype: torch.dtype, kwargs: dict[str, Any]) -> Any:
-    """A single-file checkpoint through diffusers' `from_single_file`, with the pipeline class
-    of its family; every problem is one ValueError line naming the file."""
-    import diffusers
-
+def _file_kind(path: Path, based: bool) -> str:
+    """`_checkpoint_kind` of a `.safetensors` (its header only) or `.ckpt` file."""
     suffix = path.suffix.lower()
     if suffix not in CHECKPOINT_SUFFIXES:
         raise ValueError(
@@ -325,43 +370,141 @@ def _from_single_file(path: Path, dtype: torch.dtype, kwargs: dict[str, Any]) ->
             ".ckpt) file, a diffusers folder, a hub id or builtin:tiny"
         )
     if suffix == ".ckpt":
-        family = _checkpoint_family(path, _pickled_checkpoint(path))
-    else:
-        from safetensors import safe_open
+        return _checkpoint_kind(path, _pickled_checkpoint(path), based=based)
+    from safetensors import safe_open
 
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                family = _checkpoint_family(path, _Tensors(handle))
-        except ValueError:
-            raise
-        except Exception as exc:
-            raise _unreadable_file(path, first_line(exc)) from exc
-    class_name, label = _SINGLE_FILE[family]
-    cls = getattr(diffusers, class_name)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return _checkpoint_kind(path, _Tensors(handle), based=based)
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise _unreadable_file(path, first_line(exc)) from exc
+
+
+def _from_single_file(
+    path: Path, dtype: torch.dtype, kwargs: dict[str, Any], base: str = ""
+) -> Any:
+    """A single file through diffusers' `from_single_file`: a whole SD checkpoint with its
+    family's pipeline class, a transformer with its reference repository's other components;
+    every problem is one ValueError line naming the file."""
+    kind = _file_kind(path, bool(base))
+    if not kind or not _SINGLE_FILE[kind].whole:
+        return _transformer_file(path, kind, base, dtype, kwargs)
+    import diffusers
+    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
+
+    spec = _SINGLE_FILE[kind]
+    cls = getattr(diffusers, spec.pipeline)
     extra: dict[str, Any] = {}
-    if class_name == "StableDiffusionPipeline":  # none in the file: load_model logs that
+    if spec.pipeline == "StableDiffusionPipeline":  # none in the file: load_model logs that
         extra["requires_safety_checker"] = False
-    log.info("%s is a %s checkpoint: loading it with %s", path, label, class_name)
+    if base:
+        extra["config"] = base
+    log.info("%s is a %s checkpoint: loading it with %s", path, spec.label, spec.pipeline)
+    repo = base or DIFFUSERS_DEFAULT_PIPELINE_PATHS[kind]["pretrained_model_name_or_path"]
     try:
         return cls.from_single_file(str(path), dtype=dtype, **kwargs, **extra)
     except Exception as exc:
-        from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
-
-        repo = DIFFUSERS_DEFAULT_PIPELINE_PATHS[family]["pretrained_model_name_or_path"]
         hub = hub_problem(repo, exc)
         if hub is not None:
             raise ValueError(
-                f"the {label} checkpoint {path} needs the small config files of {repo} from "
-                f"the Hugging Face hub: {hub}"
+                f"the {spec.label} checkpoint {path} needs the small config files of {repo} "
+                f"from the Hugging Face hub: {hub}"
             ) from exc
         if "meta tensor" in str(exc):  # diffusers leaves the weights a file lacks unset
             raise ValueError(
-                f"the {label} checkpoint {path} is incomplete: some of its weights are "
+                f"the {spec.label} checkpoint {path} is incomplete: some of its weights are "
                 "missing; download it again"
             ) from exc
         raise ValueError(
-            f"the {label} checkpoint {path} cannot be loaded ({first_line(exc)}): it may be "
-            "damaged or cut off; download it again"
+            f"the {spec.label} checkpoint {path} cannot be loaded ({first_line(exc)}): it may "
+            "be damaged or cut off; download it again"
+        ) from exc
+
+
+def _reference_folder(repo: str, kwargs: dict[str, Any]) -> Path:
+    """The reference repository's folder: a local diffusers folder, or its snapshot in the hub
+    cache with its model index and configs (a few kB, downloaded once)."""
+    local = Path(repo).expanduser()
+    if local.is_dir():
+        return local
+    if looks_local(repo):
+        raise ValueError(f"the base folder {repo} does not exist (a hub id looks like org/name)")
+    from huggingface_hub import snapshot_download
+
+    # Not `from_single_file(config=repo)`: diffusers reads that config without `cache_dir`.
+    return Path(
+        snapshot_download(
+            repo,
+            cache_dir=kwargs.get("cache_dir"),
+            allow_patterns=["model_index.json", "*/config.json"],
+        )
+    )
+
+
+def _transformer_file(
+    path: Path, kind: str, base: str, dtype: torch.dtype, kwargs: dict[str, Any]
+) -> Any:
+    """A diffusion transformer's single file as the denoiser of its reference repository's
+    pipeline (`base`, else the kind's own); the other components (text encoders, VAE,
+    tokenizers, scheduler) are that repository's, downloaded once into the hub cache."""
+    import diffusers
+    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
+
+    from .families import FAMILIES
+
+    label = _SINGLE_FILE[kind].label if kind else "transformer"
+    repo = base or DIFFUSERS_DEFAULT_PIPELINE_PATHS[kind]["pretrained_model_name_or_path"]
+    what = f"the {label} file {path}"
+    try:
+        folder = _reference_folder(repo, kwargs)
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from exc
+    except Exception as exc:
+        hub = hub_problem(repo, exc)
+        raise ValueError(
+            f"{what} needs the other components (text encoders, VAE, configs) of {repo}"
+            + (f" from the Hugging Face hub: {hub}" if hub else f": {first_line(exc)}")
+        ) from exc
+    class_name = str(index.get("_class_name", ""))
+    family = next((f for f in FAMILIES if class_name in f.pipelines), None)
+    if family is None:
+        raise ValueError(f"the base {repo} is a {class_name or 'unknown'} model: not served")
+    if kind and _SINGLE_FILE[kind].pipeline != class_name:
+        raise ValueError(
+            f"{what} holds a {label} transformer, but its base {repo} is a {class_name} "
+            "model: set [models.<name>] base to a repository of its own family"
+        )
+    denoiser_class = getattr(diffusers, str(index.get(family.denoiser, [None, ""])[1]), None)
+    if denoiser_class is None or not hasattr(denoiser_class, "from_single_file"):
+        raise ValueError(f"diffusers cannot read a {class_name}'s {family.denoiser} from a file")
+    log.info(
+        "%s is a %s transformer: loading %s with the rest of %s", path, label, class_name, repo
+    )
+    try:
+        denoiser = denoiser_class.from_single_file(
+            str(path), config=str(folder), subfolder=family.denoiser, dtype=dtype
+        )
+    except Exception as exc:
+        raise ValueError(
+            f"{what} does not fit the {family.denoiser} of {repo} ({first_line(exc)}): "
+            "check [models.<name>] base, or download the file again"
+        ) from exc
+    try:
+        return getattr(diffusers, class_name).from_pretrained(
+            repo, dtype=dtype, **{family.denoiser: denoiser}, **kwargs
+        )
+    except Exception as exc:
+        hub = hub_problem(repo, exc)
+        raise ValueError(
+            f"{what} needs the other components (text encoders, VAE) of {repo}"
+            + (
+                f" from the Hugging Face hub: {hub}"
+                if hub
+                else f", which cannot be loaded ({first_line(exc)})"
+            )
         ) from exc
 
 
