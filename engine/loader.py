@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -27,20 +28,26 @@ from typing import Any
 import torch
 
 from .config import SCHEDULERS, EngineConfig, ModelSpec
+from .memory import Weights, gib, weights_of_files
 from .request import ModelProfile
 from .sources import CHECKPOINT_SUFFIXES, first_line, hub_problem, looks_local
 from .tiny import BUILTIN_MODELS, builtin_folder, default_cache_dir, rebuild_builtin
 
 __all__ = [
     "LoadedModel",
+    "check_memory",
     "image_to_image",
     "load_model",
+    "memory_budget",
     "model_hash",
     "pick_device",
     "pick_dtype",
+    "quantization_config",
     "request_pipeline",
+    "resident_estimate",
     "sampler_name",
     "spec_hash",
+    "weights_estimate",
 ]
 
 log = logging.getLogger(__name__)
@@ -131,15 +138,36 @@ class LoadedModel:
     feature_extractor: Any = None
     img2img: Any = None  # the image-to-image pipeline on the same modules, made on first use
     folder: Path | None = None  # its folder or single checkpoint file (for its hash)
+    offloaded: bool = False  # `offload = "model"`: components wait in CPU memory
+
+    def component_bytes(self) -> dict[str, int]:
+        """Bytes each component's weights take (quantized ones as stored)."""
+        out = {}
+        for name, module in getattr(self.pipe, "components", {}).items():
+            if isinstance(module, torch.nn.Module):
+                tensors = [*module.parameters(), *module.buffers()]
+                out[name] = sum(_stored_bytes(t) for t in tensors)
+        return out
 
     def memory_bytes(self) -> int:
-        """Bytes its weights take on its device (what `/models` and the logs report)."""
-        total = 0
-        for module in getattr(self.pipe, "components", {}).values():
-            if isinstance(module, torch.nn.Module):
-                total += sum(t.numel() * t.element_size() for t in module.parameters())
-                total += sum(t.numel() * t.element_size() for t in module.buffers())
-        return total
+        """Bytes its weights take (what `/models` and the logs report)."""
+        return sum(self.component_bytes().values())
+
+    def resident_bytes(self) -> int:
+        """Bytes it holds on its device while loaded: all its weights, or with offload its
+        largest component (the others wait in CPU memory)."""
+        sizes = self.component_bytes()
+        return max(sizes.values(), default=0) if self.offloaded else sum(sizes.values())
+
+
+def _stored_bytes(tensor: torch.Tensor) -> int:
+    """A tensor's bytes as stored: a quantized tensor (torchao's subclasses) holds its data
+    in inner tensors (int8 or fp8 values, scales), while its `element_size` is the dtype's."""
+    flatten = getattr(type(tensor), "__tensor_flatten__", None)
+    if flatten is None:
+        return tensor.numel() * tensor.element_size()
+    names, _ = flatten(tensor)
+    return sum(_stored_bytes(getattr(tensor, name)) for name in names)
 
 
 def image_to_image(model: LoadedModel) -> Any:
@@ -230,6 +258,79 @@ def _unreadable(spec: ModelSpec, config: EngineConfig, source: str, exc: Excepti
     return exc
 
 
+# --- quantization ------------------------------------------------------------------------------
+
+#: What each `quantize` mode needs installed, and the extra that installs it.
+_BACKENDS = {
+    "int8": ("torchao", "quantize"),
+    "fp8": ("torchao", "quantize"),
+    "nf4": ("bitsandbytes", "nf4"),
+}
+
+
+def quantization_config(mode: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """diffusers' quantization config of a model's denoiser for `[models.<name>] quantize`
+    (None for "none"): int8 weight-only and fp8 (dynamic activations, fp8 matmuls) through
+    torchao, nf4 through bitsandbytes. A one-line ValueError when the backend is not installed
+    or the device cannot run it."""
+    if mode == "none":
+        return None
+    package, extra = _BACKENDS[mode]
+    if importlib.util.find_spec(package) is None:
+        raise ValueError(
+            f'quantize = "{mode}" needs {package}, which is not installed: '
+            f'pip install "imagine-bot[{extra}]"'
+        )
+    if mode == "fp8":
+        capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+        if capability is None or capability < (8, 9):
+            raise ValueError(
+                f'quantize = "fp8" needs an NVIDIA GPU with fp8 (compute capability 8.9 or '
+                f"later: Ada, Hopper, Blackwell), not {_device_name(device)}: use int8 or nf4"
+            )
+    if mode == "nf4" and device.type != "cuda":
+        raise ValueError(
+            f'quantize = "nf4" needs an NVIDIA GPU (bitsandbytes), not {_device_name(device)}: '
+            "use int8"
+        )
+    from diffusers import BitsAndBytesConfig, TorchAoConfig
+
+    if mode == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        Int8WeightOnlyConfig,
+    )
+
+    if mode == "fp8":
+        return TorchAoConfig(Float8DynamicActivationFloat8WeightConfig())
+    return TorchAoConfig(Int8WeightOnlyConfig())
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    return f"the {device.type.upper()}"
+
+
+def _pipeline_quantization(source: str, quantization: Any, kwargs: dict[str, Any]) -> Any:
+    """A pipeline-level config quantizing only the denoiser of `source`'s family."""
+    from diffusers import DiffusionPipeline
+    from diffusers.quantizers import PipelineQuantizationConfig
+
+    from .families import FAMILIES
+
+    try:
+        class_name = DiffusionPipeline.load_config(source, **kwargs).get("_class_name", "")
+    except Exception:  # unreadable: from_pretrained says why, once
+        class_name = ""
+    family = next((f for f in FAMILIES if class_name in f.pipelines), None)
+    names = [family.denoiser] if family else sorted({f.denoiser for f in FAMILIES})
+    return PipelineQuantizationConfig(quant_mapping={name: quantization for name in names})
+
+
 def _from_pretrained(source: str, dtype: torch.dtype, kwargs: dict[str, Any]) -> Any:
     from diffusers import AutoPipelineForText2Image
 
@@ -237,13 +338,20 @@ def _from_pretrained(source: str, dtype: torch.dtype, kwargs: dict[str, Any]) ->
 
 
 def _load_pipeline(
-    spec: ModelSpec, config: EngineConfig, dtype: torch.dtype
+    spec: ModelSpec, config: EngineConfig, dtype: torch.dtype, quantization: Any = None
 ) -> tuple[Any, Path | None]:
     """The pipeline and the files it came from (its folder, or its single checkpoint file); a
-    damaged builtin model is rebuilt, other models' files are named."""
+    damaged builtin model is rebuilt, other models' files are named. `quantization`: the
+    denoiser's quantization config (`quantization_config`), or None."""
     source, kwargs = _source(spec, config)
     if Path(source).is_file():
-        return _from_single_file(Path(source), dtype, kwargs, _base(spec)), Path(source)
+        pipe = _from_single_file(Path(source), dtype, kwargs, _base(spec), quantization)
+        return pipe, Path(source)
+    if quantization is not None:
+        kwargs = {
+            **kwargs,
+            "quantization_config": _pipeline_quantization(source, quantization, kwargs),
+        }
     try:
         pipe = _from_pretrained(source, dtype, kwargs)
     except Exception as exc:
@@ -383,14 +491,19 @@ def _file_kind(path: Path, based: bool) -> str:
 
 
 def _from_single_file(
-    path: Path, dtype: torch.dtype, kwargs: dict[str, Any], base: str = ""
+    path: Path, dtype: torch.dtype, kwargs: dict[str, Any], base: str = "", quantization: Any = None
 ) -> Any:
     """A single file through diffusers' `from_single_file`: a whole SD checkpoint with its
     family's pipeline class, a transformer with its reference repository's other components;
     every problem is one ValueError line naming the file."""
     kind = _file_kind(path, bool(base))
     if not kind or not _SINGLE_FILE[kind].whole:
-        return _transformer_file(path, kind, base, dtype, kwargs)
+        return _transformer_file(path, kind, base, dtype, kwargs, quantization)
+    if quantization is not None:  # diffusers converts whole checkpoints unquantized
+        raise ValueError(
+            f"{path} is a whole {_SINGLE_FILE[kind].label} checkpoint, which diffusers loads "
+            "unquantized: remove quantize, or give the model as a diffusers folder or hub id"
+        )
     import diffusers
     from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
 
@@ -444,7 +557,12 @@ def _reference_folder(repo: str, kwargs: dict[str, Any]) -> Path:
 
 
 def _transformer_file(
-    path: Path, kind: str, base: str, dtype: torch.dtype, kwargs: dict[str, Any]
+    path: Path,
+    kind: str,
+    base: str,
+    dtype: torch.dtype,
+    kwargs: dict[str, Any],
+    quantization: Any = None,
 ) -> Any:
     """A diffusion transformer's single file as the denoiser of its reference repository's
     pipeline (`base`, else the kind's own); the other components (text encoders, VAE,
@@ -485,7 +603,11 @@ def _transformer_file(
     )
     try:
         denoiser = denoiser_class.from_single_file(
-            str(path), config=str(folder), subfolder=family.denoiser, dtype=dtype
+            str(path),
+            config=str(folder),
+            subfolder=family.denoiser,
+            dtype=dtype,
+            quantization_config=quantization,
         )
     except Exception as exc:
         raise ValueError(
@@ -523,8 +645,14 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
         disable_progress_bars()
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
-    log.info("loading %s on %s (%s)", spec.source, device, dtype)
-    pipe, files = _load_pipeline(spec, config, dtype)
+    quantization = quantization_config(spec.quantize, device, dtype)
+    if spec.offload == "model" and device.type == "cpu":
+        raise ValueError(
+            'offload = "model" needs a GPU: on the CPU every component is in its memory already'
+        )
+    how = "" if spec.quantize == "none" else f", its denoiser in {spec.quantize}"
+    log.info("loading %s on %s (%s%s)", spec.source, device, dtype, how)
+    pipe, files = _load_pipeline(spec, config, dtype, quantization)
 
     if SCHEDULERS[spec.scheduler]:
         import diffusers
@@ -548,7 +676,10 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
         )
     if checker is not None:
         checker.to(device)
-    pipe.to(device)
+    if spec.offload == "model":  # each component moves to the device when it runs
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(
         pipe=pipe,
@@ -563,7 +694,110 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
         checker=checker,
         feature_extractor=extractor if checker is not None else None,
         folder=files,
+        offloaded=spec.offload == "model",
     )
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+def _cached_snapshot(repo: str, config: EngineConfig) -> Path | None:
+    """The hub cache's snapshot folder of `repo`, when its model index is there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = str(config.cache_dir / "hub") if config.cache_dir is not None else None
+    found = try_to_load_from_cache(repo, "model_index.json", cache_dir=cache)
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def weights_estimate(spec: ModelSpec, config: EngineConfig) -> Weights | None:
+    """The model's weights, from its files on this disk (for a transformer file, with its
+    reference repository's when that is here too); None when they are not (a hub model not
+    downloaded yet) or cannot be read (loading says why)."""
+    from .families import FAMILIES
+
+    denoisers = {f.denoiser for f in FAMILIES}
+    try:
+        if spec.source in BUILTIN_MODELS:
+            return weights_of_files(builtin_folder(spec.source, config.cache_dir))
+        local = Path(spec.source).expanduser()
+        if local.is_dir():
+            return weights_of_files(local, denoisers=denoisers)
+        if not local.is_file():
+            snapshot = _cached_snapshot(spec.source, config)
+            return None if snapshot is None else weights_of_files(snapshot, denoisers=denoisers)
+        base = _base(spec)
+        kind = _file_kind(local, bool(base))
+        if kind and _SINGLE_FILE[kind].whole:
+            return weights_of_files(local)
+        if not base:
+            from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
+
+            base = DIFFUSERS_DEFAULT_PIPELINE_PATHS[kind]["pretrained_model_name_or_path"]
+        folder = Path(base) if Path(base).is_dir() else _cached_snapshot(base, config)
+        return weights_of_files(local, base=folder, denoisers=denoisers)
+    except Exception as exc:  # unreadable files: the load itself reports them
+        log.debug("no memory estimate for model %s: %s", spec.name, first_line(exc))
+        return None
+
+
+def memory_budget(config: EngineConfig) -> tuple[int | None, str]:
+    """Bytes the loaded models' weights may take together, and what sets it in words:
+    `[engine] max_memory_gb`, else the GPU's memory; (None, "") on a CPU without a bound."""
+    if config.max_memory_gb > 0:
+        return int(
+            config.max_memory_gb * 2**30
+        ), f"[engine] max_memory_gb ({config.max_memory_gb:g} GiB)"
+    device = pick_device(config.device)
+    if device.type != "cuda":
+        return None, ""
+    total = torch.cuda.get_device_properties(device).total_memory
+    return int(total), f"the {gib(total)} of {_device_name(device)}"
+
+
+def _dtype_name(config: EngineConfig) -> str:
+    return str(pick_dtype(config.dtype, pick_device(config.device))).removeprefix("torch.")
+
+
+def resident_estimate(spec: ModelSpec, config: EngineConfig) -> int | None:
+    """Bytes the model is estimated to hold on its device once loaded (its `quantize` and
+    `offload` applied), or None when its files are not here to tell."""
+    weights = weights_estimate(spec, config)
+    if weights is None:
+        return None
+    return weights.bytes(_dtype_name(config), spec.quantize, spec.offload)
+
+
+def check_memory(config: EngineConfig) -> dict[str, int]:
+    """Each model's estimated bytes on its device (those whose files are here); a one-line
+    ValueError naming the first that can never fit the memory budget, and what would help."""
+    budget, where = memory_budget(config)
+    dtype = _dtype_name(config)
+    sizes: dict[str, int] = {}
+    for spec in config.model_specs:
+        weights = weights_estimate(spec, config)
+        if weights is None:
+            continue
+        size = sizes[spec.name] = weights.bytes(dtype, spec.quantize, spec.offload)
+        if budget is None or size <= budget:
+            continue
+        options = [
+            f"quantize = {label} ({gib(weights.bytes(dtype, mode, spec.offload))})"
+            for mode, label in (("int8", '"fp8" or "int8"'), ("nf4", '"nf4"'))
+            if mode != spec.quantize and weights.bytes(dtype, mode, spec.offload) <= budget
+        ]
+        if spec.offload == "none" and weights.bytes(dtype, spec.quantize, "model") <= budget:
+            offloaded = gib(weights.bytes(dtype, spec.quantize, "model"))
+            options.append(f'offload = "model" ({offloaded})')
+        quantized = "" if spec.quantize == "none" else f", quantize = {spec.quantize!r}"
+        help_ = (
+            f": set {' or '.join(options)}" if options else ": no quantize or offload makes it fit"
+        )
+        raise ValueError(
+            f"model {spec.name} needs about {gib(size)} for its weights ({dtype}{quantized}), "
+            f"more than {where}{help_}"
+        )
+    return sizes
 
 
 def model_hash(files: Path | None, cache_dir: Path | None = None) -> str:
