@@ -726,6 +726,8 @@ def weights_estimate(spec: ModelSpec, config: EngineConfig) -> Weights | None:
         if not local.is_file():
             snapshot = _cached_snapshot(spec.source, config)
             return None if snapshot is None else weights_of_files(snapshot, denoisers=denoisers)
+        if local.suffix.lower() != ".safetensors":  # a .ckpt has no header to read
+            return None
         base = _base(spec)
         kind = _file_kind(local, bool(base))
         if kind and _SINGLE_FILE[kind].whole:
