@@ -746,10 +746,9 @@ def weights_estimate(spec: ModelSpec, config: EngineConfig) -> Weights | None:
 def memory_budget(config: EngineConfig) -> tuple[int | None, str]:
     """Bytes the loaded models' weights may take together, and what sets it in words:
     `[engine] max_memory_gb`, else the GPU's memory; (None, "") on a CPU without a bound."""
-    if config.max_memory_gb > 0:
-        return int(
-            config.max_memory_gb * 2**30
-        ), f"[engine] max_memory_gb ({config.max_memory_gb:g} GiB)"
+    gb = config.max_memory_gb
+    if gb > 0:
+        return int(gb * 2**30), f"[engine] max_memory_gb ({gb:g} GiB)"
     device = pick_device(config.device)
     if device.type != "cuda":
         return None, ""
