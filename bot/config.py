@@ -346,16 +346,19 @@ def _with_state_dir(
 
 
 def _near(path: Path | None, specs: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Sources given relative to the config file (`./loras/ink.safetensors`) made absolute, so
-    the bot finds them whatever folder it is started from."""
+    """Sources (and a model's `base` folder) given relative to the config file
+    (`./loras/ink.safetensors`) made absolute, so the bot finds them whatever folder it is
+    started from."""
     if path is None:
         return specs
     out = []
     for spec in specs:
-        local = Path(spec.source).expanduser()
-        near = path.parent / local
-        if not local.is_absolute() and near.exists():
-            spec = replace(spec, source=str(near.resolve()))
+        for key in ("source", "base"):
+            value = getattr(spec, key, "")
+            local = Path(value).expanduser()
+            near = path.parent / local
+            if value and not local.is_absolute() and near.exists():
+                spec = replace(spec, **{key: str(near.resolve())})
         out.append(spec)
     return tuple(out)
 

@@ -7,8 +7,10 @@ Each check prints one line, `ok` or `FIX`, and the fix in the operator's terms:
 - the token: a REST login, without connecting the gateway (the bot does not show online);
 - the database: reachable, writable, its schema at this version's head or behind (migrations
   run at start-up) but not newer, and the one this configuration used before;
-- each model: a builtin, a local diffusers folder, or a hub id already in the cache or
-  downloadable, and whether its weights fit the device's memory;
+- each model: a builtin, a local diffusers folder, a single file, or a hub id already in the
+  cache or downloadable, and whether it fits the GPU found (its weights at 16 bits, int8/fp8
+  and nf4, estimated from the files' headers; as configured with `quantize` and `offload`,
+  against `[engine] max_memory_gb` or the GPU's memory; with no GPU it says so);
 - each `[discord] guild_ids` server: the bot is in it, and in every allowed channel it may
   View Channel, Send Messages, Attach Files and Embed Links (roles and channel overwrites
   computed as Discord does).
@@ -192,11 +194,11 @@ def _model(engine: EngineConfig, spec: ModelSpec) -> Check:
     if local.is_file():  # a single checkpoint: the loader reads it (and names what is wrong)
         if local.suffix.lower() not in CHECKPOINT_SUFFIXES:
             return Check(name, False, f"{local} is not a .safetensors or .ckpt checkpoint")
-        return _fits(name, f"checkpoint file {local}", local.stat().st_size)
+        return _fits(name, f"checkpoint file {local}", engine, spec, local.stat().st_size)
     if local.exists():
         if not (local / "model_index.json").is_file():
             return Check(name, False, f"{local} has no model_index.json: not a diffusers model")
-        return _fits(name, f"local folder {local}", _weights_bytes(local))
+        return _fits(name, f"local folder {local}", engine, spec, _weights_bytes(local))
     if looks_local(source):
         return Check(name, False, f"the folder {source} does not exist")
     cache = str(engine.cache_dir / "hub") if engine.cache_dir is not None else None
@@ -208,7 +210,7 @@ def _model(engine: EngineConfig, spec: ModelSpec) -> Check:
             size = next(
                 (r.size_on_disk for r in scan_cache_dir(cache).repos if r.repo_id == source), 0
             )
-            return _fits(name, f"{source} is in the download cache", size)
+            return _fits(name, f"{source} is in the download cache", engine, spec, size)
         from huggingface_hub import model_info
 
         info = model_info(source, files_metadata=True, timeout=15)
@@ -216,7 +218,8 @@ def _model(engine: EngineConfig, spec: ModelSpec) -> Check:
         why = hub_problem(source, exc) or f"cannot check {source} on the hub ({first_line(exc)})"
         return Check(name, False, why)
     size = sum(s.size or 0 for s in info.siblings or () if s.rfilename.endswith(".safetensors"))
-    return _fits(name, f"{source} can be downloaded (once, at the first start)", size)
+    where = f"{source} can be downloaded (once, at the first start)"
+    return _fits(name, where, engine, spec, size)
 
 
 async def _ray(config: BotConfig) -> Check:
@@ -249,39 +252,89 @@ def _weights_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
 
 
-def _fits(name: str, where: str, weights: int) -> Check:
-    """Compare the weights with the memory of the device the model will run on."""
-    if weights <= 0:
-        return Check(name, True, where)
-    gib = weights / 2**30
-    free, device = _device_memory()
-    if free is None:
-        return Check(name, True, f"{where}, about {gib:.1f} GiB of weights")
-    if weights > free:
+def _fits(name: str, where: str, engine: EngineConfig, spec: ModelSpec, download: int) -> Check:
+    """Whether the model fits the memory it may use: `[engine] max_memory_gb`, else the GPU
+    found (else this machine's available memory), by its weights estimated from its files'
+    headers (or, for a model not downloaded yet, its download size)."""
+    from engine.loader import weights_estimate
+    from engine.memory import gib
+
+    weights = weights_estimate(spec, engine)
+    gpu, device = _gpu_memory()
+    limit = int(engine.max_memory_gb * 2**30) if engine.max_memory_gb > 0 else gpu
+    limit_name = (
+        f"[engine] max_memory_gb ({engine.max_memory_gb:g} GiB)"
+        if engine.max_memory_gb > 0
+        else f"the {gib(gpu)} of {device}"
+        if gpu is not None
+        else ""
+    )
+    if weights is None:  # not downloaded yet: its files' size is all there is to go by
+        if download <= 0:
+            return Check(name, True, where)
+        sizes, needed, partial = f"{gib(download)} of files", download, ""
+    else:
+        sizes = (
+            f"weights {gib(weights.bytes('float16'))} at 16 bits, "
+            f"{gib(weights.bytes('float16', 'int8'))} int8/fp8, "
+            f"{gib(weights.bytes('float16', 'nf4'))} nf4"
+        )
+        needed = weights.bytes("float16", spec.quantize, spec.offload)
+        partial = "" if weights.complete else " (its reference repository is not here yet)"
+    configured = [
+        f"{key} = {getattr(spec, key)!r}"
+        for key in ("quantize", "offload")
+        if getattr(spec, key) != "none"
+    ]
+    how = f" with {', '.join(configured)}" if configured else ""
+    needs_gpu = [part for part in configured if part != "quantize = 'int8'"]
+    if gpu is None and needs_gpu:
         return Check(
             name,
             False,
-            f"{where}, but its {gib:.1f} GiB of weights (all variants) exceed the "
-            f"{free / 2**30:.1f} GiB free on {device}: use a smaller model or dtype",
+            f"{where}; {sizes}{partial}; no GPU found, and {' and '.join(needs_gpu)} needs an "
+            'NVIDIA GPU: use quantize = "int8" or "none", offload = "none"',
         )
-    return Check(name, True, f"{where}, {gib:.1f} GiB of weights, {free / 2**30:.1f} GiB free")
+    if limit is None:
+        free = _available_memory()
+        detail = f"{where}; {sizes}{partial}; no GPU found: it runs on the CPU"
+        if free is not None and needed > free:
+            return Check(name, False, f"{detail}, and needs more than the {gib(free)} free")
+        return Check(name, True, detail)
+    if needed > limit:
+        options = [
+            f'quantize = "{mode}"'
+            for mode in ("int8", "fp8", "nf4")
+            if weights is not None and weights.bytes("float16", mode, spec.offload) <= limit
+        ]
+        fix = f": set {' or '.join(options)}" if options else ": use a smaller model"
+        return Check(
+            name,
+            False,
+            f"{where}; {sizes}{partial}; {gib(needed)}{how} does not fit {limit_name}{fix}",
+        )
+    return Check(name, True, f"{where}; {sizes}{partial}; {gib(needed)}{how} fits {limit_name}")
 
 
-def _device_memory() -> tuple[int | None, str]:
-    """Free bytes on the GPU if there is one, else available RAM; (None, "") if unknown."""
+def _gpu_memory() -> tuple[int | None, str]:
+    """The GPU's total memory and name, or (None, "") without one."""
     try:
         import torch
 
         if torch.cuda.is_available():
-            free, _total = torch.cuda.mem_get_info()
-            return int(free), torch.cuda.get_device_name()
+            props = torch.cuda.get_device_properties(0)
+            return int(props.total_memory), props.name
     except Exception:
         pass
+    return None, ""
+
+
+def _available_memory() -> int | None:
+    """This machine's available memory (None: unknown)."""
     try:
-        pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        return int(pages), "this machine's memory (no GPU)"
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
-        return None, ""
+        return None
 
 
 # -- Discord -------------------------------------------------------------------------------------

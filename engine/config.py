@@ -6,6 +6,7 @@ that request validation enforces, derived from it rather than declared again.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -16,7 +17,9 @@ from .sources import CHECKPOINT_SUFFIXES
 __all__ = [
     "COMPILE_MODES",
     "DEFAULT_MODEL",
+    "OFFLOAD_MODES",
     "PREDICTIONS",
+    "QUANTIZE_MODES",
     "SCHEDULERS",
     "EngineConfig",
     "Limits",
@@ -42,12 +45,25 @@ SCHEDULERS: dict[str, str] = {
 
 #: `[models.<name>] prediction`: what the UNet predicts ("default": its scheduler config's).
 PREDICTIONS = ("default", "epsilon", "v_prediction")
+#: `[models.<name>] quantize`: the denoiser's weights in 8 bits (fp8 or int8 through torchao)
+#: or 4 bits (nf4 through bitsandbytes), or as loaded (`none`).
+QUANTIZE_MODES = ("none", "fp8", "int8", "nf4")
+#: `[models.<name>] offload`: `model` keeps each component in CPU memory until it runs
+#: (diffusers' `enable_model_cpu_offload`), for a model bigger than the GPU.
+OFFLOAD_MODES = ("none", "model")
 
 #: `[engine] compile`: off, or a `torch.compile` mode for the UNet.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 #: Model and LoRA names: what users type in `model:` and `<lora:name>`.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _one_of(allowed: tuple[str, ...], value: str) -> str:
+    """ "one of a, b, c, not 'x'", with the closest allowed value when there is one."""
+    close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"one of {', '.join(allowed)}, not {value!r}{hint}"
 
 
 def model_name_of(source: str) -> str:
@@ -86,6 +102,16 @@ class ModelSpec:
     zero_snr: bool = False
     karras: bool = False
     guidance_rescale: float = 0.0
+    # A transformer file's (or checkpoint's) reference repository: the hub id or diffusers
+    # folder its other components and configs come from; empty: found from its weights.
+    base: str = ""
+    quantize: str = "none"  # QUANTIZE_MODES
+    offload: str = "none"  # OFFLOAD_MODES
+
+    @property
+    def single_file(self) -> bool:
+        """Whether the source names one checkpoint file (not a folder or hub id)."""
+        return self.source.lower().endswith(CHECKPOINT_SUFFIXES)
 
     def problems(self) -> list[str]:
         out = []
@@ -99,6 +125,15 @@ class ModelSpec:
             out.append(
                 f"model {self.name}: scheduler must be one of {', '.join(SCHEDULERS)}, "
                 f"not {self.scheduler!r}"
+            )
+        for key, allowed in (("quantize", QUANTIZE_MODES), ("offload", OFFLOAD_MODES)):
+            value = getattr(self, key)
+            if value not in allowed:
+                out.append(f"model {self.name}: {key} must be {_one_of(allowed, value)}")
+        if self.base.strip() and not self.single_file:
+            out.append(
+                f"model {self.name}: base is for a single-file source (a .safetensors "
+                "transformer or checkpoint); a folder or hub id brings its own components"
             )
         if self.size and (self.size < 8 or self.size % 8):
             out.append(f"model {self.name}: size must be a positive multiple of 8")
@@ -199,6 +234,9 @@ class EngineConfig:
     # "local": this process runs the engine; "ray": Ray Serve replicas do (`[ray]`)
     backend: str = "local"
     max_loaded_models: int = 1  # pipelines kept loaded; the least recently used goes first
+    # Memory the loaded models' weights may take together, in GiB (estimated from their
+    # files at their dtype and quantization); 0: the GPU's memory (no bound on the CPU).
+    max_memory_gb: float = 0.0
 
     @property
     def model_specs(self) -> tuple[ModelSpec, ...]:
@@ -313,6 +351,8 @@ class EngineConfig:
             )
         if self.max_loaded_models < 1:
             out.append("max_loaded_models must be at least 1")
+        if self.max_memory_gb < 0:
+            out.append("max_memory_gb must be 0 (the GPU's memory) or more")
         seen: set[str] = set()
         for lora in self.loras:
             out += lora.problems()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -27,31 +28,65 @@ from typing import Any
 import torch
 
 from .config import SCHEDULERS, EngineConfig, ModelSpec
+from .memory import Weights, gib, weights_of_files
 from .request import ModelProfile
 from .sources import CHECKPOINT_SUFFIXES, first_line, hub_problem, looks_local
 from .tiny import BUILTIN_MODELS, builtin_folder, default_cache_dir, rebuild_builtin
 
 __all__ = [
     "LoadedModel",
+    "check_memory",
     "image_to_image",
     "load_model",
+    "memory_budget",
     "model_hash",
     "pick_device",
     "pick_dtype",
+    "quantization_config",
     "request_pipeline",
+    "resident_estimate",
     "sampler_name",
     "spec_hash",
+    "weights_estimate",
 ]
 
 log = logging.getLogger(__name__)
 
-#: The single-file families served (diffusers' `infer_diffusers_model_type` names), their
-#: pipeline class and what operators call them.
+
+@dataclass(frozen=True, slots=True)
+class _FileKind:
+    """A kind of single file: the pipeline it makes and what operators call it. A whole
+    pipeline in one file (SD's: UNet, VAE and text encoders) is converted by the pipeline's
+    own `from_single_file`; a diffusion transformer's file holds the denoiser alone, and the
+    other components come from a reference repository (`[models.<name>] base`, else the one
+    diffusers names for the kind in `DIFFUSERS_DEFAULT_PIPELINE_PATHS`)."""
+
+    pipeline: str
+    label: str
+    whole: bool = False
+
+
+#: The single files served, by diffusers' model type (`infer_diffusers_model_type`'s names).
+#: A new family's transformer files: one line here (its pipeline must be in `families`).
 _SINGLE_FILE = {
-    "v1": ("StableDiffusionPipeline", "SD 1.x"),
-    "v2": ("StableDiffusionPipeline", "SD 2.x"),
-    "xl_base": ("StableDiffusionXLPipeline", "SDXL"),
+    "v1": _FileKind("StableDiffusionPipeline", "SD 1.x", whole=True),
+    "v2": _FileKind("StableDiffusionPipeline", "SD 2.x", whole=True),
+    "xl_base": _FileKind("StableDiffusionXLPipeline", "SDXL", whole=True),
+    "flux-schnell": _FileKind("FluxPipeline", "FLUX.1-schnell"),
+    "flux-dev": _FileKind("FluxPipeline", "FLUX.1-dev"),
+    "chroma": _FileKind("ChromaPipeline", "Chroma"),
 }
+
+#: Weight names only a diffusers-layout transformer file has (a transformer folder's
+#: `diffusion_pytorch_model.safetensors` saved as one file), by the kind they mean; the first
+#: found wins. `infer_diffusers_model_type` knows the original (BFL, ComfyUI) layouts only,
+#: except Chroma's, whose marker both layouts share; `from_single_file` reads both layouts.
+_DIFFUSERS_LAYOUT = (
+    ("time_text_embed.guidance_embedder.linear_1.weight", "flux-dev"),
+    ("single_transformer_blocks.0.proj_mlp.weight", "flux-schnell"),
+)
+#: The weight only a whole SD 1.x/2.x/SDXL checkpoint has (its UNet's first layer).
+_SD_UNET = "model.diffusion_model.input_blocks.0.0.weight"
 
 _SAMPLERS = {
     "DDIMScheduler": "DDIM",
@@ -106,15 +141,36 @@ class LoadedModel:
     #: Arguments of every stock pipeline call of this model (its recipe: `clip_skip`, ...).
     call_extra: dict[str, Any] = field(default_factory=dict)
     clip_skip: int = 0  # also applied by weighted prompts' own encoding
+    offloaded: bool = False  # `offload = "model"`: components wait in CPU memory
+
+    def component_bytes(self) -> dict[str, int]:
+        """Bytes each component's weights take (quantized ones as stored)."""
+        out = {}
+        for name, module in getattr(self.pipe, "components", {}).items():
+            if isinstance(module, torch.nn.Module):
+                tensors = [*module.parameters(), *module.buffers()]
+                out[name] = sum(_stored_bytes(t) for t in tensors)
+        return out
 
     def memory_bytes(self) -> int:
-        """Bytes its weights take on its device (what `/models` and the logs report)."""
-        total = 0
-        for module in getattr(self.pipe, "components", {}).values():
-            if isinstance(module, torch.nn.Module):
-                total += sum(t.numel() * t.element_size() for t in module.parameters())
-                total += sum(t.numel() * t.element_size() for t in module.buffers())
-        return total
+        """Bytes its weights take (what `/models` and the logs report)."""
+        return sum(self.component_bytes().values())
+
+    def resident_bytes(self) -> int:
+        """Bytes it holds on its device while loaded: all its weights, or with offload its
+        largest component (the others wait in CPU memory)."""
+        sizes = self.component_bytes()
+        return max(sizes.values(), default=0) if self.offloaded else sum(sizes.values())
+
+
+def _stored_bytes(tensor: torch.Tensor) -> int:
+    """A tensor's bytes as stored: a quantized tensor (torchao's subclasses) holds its data
+    in inner tensors (int8 or fp8 values, scales), while its `element_size` is the dtype's."""
+    flatten = getattr(type(tensor), "__tensor_flatten__", None)
+    if flatten is None:
+        return tensor.numel() * tensor.element_size()
+    names, _ = flatten(tensor)
+    return sum(_stored_bytes(getattr(tensor, name)) for name in names)
 
 
 def image_to_image(model: LoadedModel) -> Any:
@@ -166,6 +222,14 @@ def _source(spec: ModelSpec, config: EngineConfig) -> tuple[str, dict[str, Any]]
     return source, extra
 
 
+def _base(spec: ModelSpec) -> str:
+    """The model's `base`: a hub id, or a folder (relative to the working directory)."""
+    base = spec.base.strip()
+    if base and (Path(base).expanduser().exists() or looks_local(base)):
+        return str(Path(base).expanduser())
+    return base
+
+
 def _hub_folder(source: str, config: EngineConfig) -> Path:
     """Where the hub cache keeps `source` (huggingface_hub's `models--org--name`)."""
     from huggingface_hub import constants
@@ -197,6 +261,79 @@ def _unreadable(spec: ModelSpec, config: EngineConfig, source: str, exc: Excepti
     return exc
 
 
+# --- quantization ------------------------------------------------------------------------------
+
+#: What each `quantize` mode needs installed, and the extra that installs it.
+_BACKENDS = {
+    "int8": ("torchao", "quantize"),
+    "fp8": ("torchao", "quantize"),
+    "nf4": ("bitsandbytes", "nf4"),
+}
+
+
+def quantization_config(mode: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """diffusers' quantization config of a model's denoiser for `[models.<name>] quantize`
+    (None for "none"): int8 weight-only and fp8 (dynamic activations, fp8 matmuls) through
+    torchao, nf4 through bitsandbytes. A one-line ValueError when the backend is not installed
+    or the device cannot run it."""
+    if mode == "none":
+        return None
+    package, extra = _BACKENDS[mode]
+    if importlib.util.find_spec(package) is None:
+        raise ValueError(
+            f'quantize = "{mode}" needs {package}, which is not installed: '
+            f'pip install "imagine-bot[{extra}]"'
+        )
+    if mode == "fp8":
+        capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+        if capability is None or capability < (8, 9):
+            raise ValueError(
+                f'quantize = "fp8" needs an NVIDIA GPU with fp8 (compute capability 8.9 or '
+                f"later: Ada, Hopper, Blackwell), not {_device_name(device)}: use int8 or nf4"
+            )
+    if mode == "nf4" and device.type != "cuda":
+        raise ValueError(
+            f'quantize = "nf4" needs an NVIDIA GPU (bitsandbytes), not {_device_name(device)}: '
+            "use int8"
+        )
+    from diffusers import BitsAndBytesConfig, TorchAoConfig
+
+    if mode == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        Int8WeightOnlyConfig,
+    )
+
+    if mode == "fp8":
+        return TorchAoConfig(Float8DynamicActivationFloat8WeightConfig())
+    return TorchAoConfig(Int8WeightOnlyConfig())
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    return f"the {device.type.upper()}"
+
+
+def _pipeline_quantization(source: str, quantization: Any, kwargs: dict[str, Any]) -> Any:
+    """A pipeline-level config quantizing only the denoiser of `source`'s family."""
+    from diffusers import DiffusionPipeline
+    from diffusers.quantizers import PipelineQuantizationConfig
+
+    from .families import FAMILIES
+
+    try:
+        class_name = DiffusionPipeline.load_config(source, **kwargs).get("_class_name", "")
+    except Exception:  # unreadable: from_pretrained says why, once
+        class_name = ""
+    family = next((f for f in FAMILIES if class_name in f.pipelines), None)
+    names = [family.denoiser] if family else sorted({f.denoiser for f in FAMILIES})
+    return PipelineQuantizationConfig(quant_mapping={name: quantization for name in names})
+
+
 def _from_pretrained(source: str, dtype: torch.dtype, kwargs: dict[str, Any]) -> Any:
     from diffusers import AutoPipelineForText2Image
 
@@ -204,13 +341,20 @@ def _from_pretrained(source: str, dtype: torch.dtype, kwargs: dict[str, Any]) ->
 
 
 def _load_pipeline(
-    spec: ModelSpec, config: EngineConfig, dtype: torch.dtype
+    spec: ModelSpec, config: EngineConfig, dtype: torch.dtype, quantization: Any = None
 ) -> tuple[Any, Path | None]:
     """The pipeline and the files it came from (its folder, or its single checkpoint file); a
-    damaged builtin model is rebuilt, other models' files are named."""
+    damaged builtin model is rebuilt, other models' files are named. `quantization`: the
+    denoiser's quantization config (`quantization_config`), or None."""
     source, kwargs = _source(spec, config)
     if Path(source).is_file():
-        return _from_single_file(Path(source), dtype, kwargs), Path(source)
+        pipe = _from_single_file(Path(source), dtype, kwargs, _base(spec), quantization)
+        return pipe, Path(source)
+    if quantization is not None:
+        kwargs = {
+            **kwargs,
+            "quantization_config": _pipeline_quantization(source, quantization, kwargs),
+        }
     try:
         pipe = _from_pretrained(source, dtype, kwargs)
     except Exception as exc:
@@ -291,36 +435,45 @@ def _pickled_checkpoint(path: Path) -> Mapping[str, Any]:
     return data
 
 
-def _checkpoint_family(path: Path, checkpoint: Mapping[str, Any]) -> str:
-    """The checkpoint's family (a key of `_SINGLE_FILE`), from its weight names, or a
-    one-line ValueError saying what it is instead."""
+def _checkpoint_kind(path: Path, checkpoint: Mapping[str, Any], *, based: bool) -> str:
+    """The file's kind (a key of `_SINGLE_FILE`) from its weight names; "" when none is known
+    and `based` (its `base` then says); else a one-line ValueError saying what it is."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
     try:
-        family = infer_diffusers_model_type(checkpoint)
+        kind = infer_diffusers_model_type(checkpoint)
     except Exception:  # a check of some other family read a weight it does not have
-        family = ""
-    if family and family not in _SINGLE_FILE:
+        kind = ""
+    if kind == "v1" and _SD_UNET not in checkpoint:  # its answer when it knows none
+        kind = next((found for key, found in _DIFFUSERS_LAYOUT if key in checkpoint), "")
+    if kind and kind not in _SINGLE_FILE:
+        served = ", ".join(dict.fromkeys(k.label for k in _SINGLE_FILE.values()))
         raise ValueError(
-            f"{path} is a checkpoint of another kind ({family}): single files of Stable "
-            "Diffusion 1.x, 2.x and SDXL text-to-image models are supported (give others as a "
-            "diffusers folder or hub id)"
+            f"{path} is a checkpoint of another kind ({kind}): single files of {served} are "
+            "supported (give others as a diffusers folder or hub id)"
         )
-    if "model.diffusion_model.input_blocks.0.0.weight" not in checkpoint:
+    if kind and _SINGLE_FILE[kind].whole and _SD_UNET not in checkpoint:
+        raise ValueError(
+            f"{path} is not a whole Stable Diffusion checkpoint (it has no UNet weights, "
+            "model.diffusion_model.*)"
+        )
+    if not kind and not based:
         lora = any("lora" in key.lower() for key in checkpoint)
         raise ValueError(
-            f"{path} is not a Stable Diffusion checkpoint (it has no UNet weights, "
-            "model.diffusion_model.*)"
-            + ("; it looks like a LoRA: configure it in a [loras.<name>] table" if lora else "")
+            f"{path} is not a checkpoint of a model family served here (none of its weight "
+            "names is known)"
+            + (
+                "; it looks like a LoRA: configure it in a [loras.<name>] table"
+                if lora
+                else "; if it is a transformer file, name its family's reference repository "
+                "in [models.<name>] base (such as black-forest-labs/FLUX.1-dev)"
+            )
         )
-    return family
+    return kind
 
 
-def _from_single_file(path: Path, dtype: torch.dtype, kwargs: dict[str, Any]) -> Any:
-    """A single-file checkpoint through diffusers' `from_single_file`, with the pipeline class
-    of its family; every problem is one ValueError line naming the file."""
-    import diffusers
-
+def _file_kind(path: Path, based: bool) -> str:
+    """`_checkpoint_kind` of a `.safetensors` (its header only) or `.ckpt` file."""
     suffix = path.suffix.lower()
     if suffix not in CHECKPOINT_SUFFIXES:
         raise ValueError(
@@ -328,43 +481,155 @@ def _from_single_file(path: Path, dtype: torch.dtype, kwargs: dict[str, Any]) ->
             ".ckpt) file, a diffusers folder, a hub id or builtin:tiny"
         )
     if suffix == ".ckpt":
-        family = _checkpoint_family(path, _pickled_checkpoint(path))
-    else:
-        from safetensors import safe_open
+        return _checkpoint_kind(path, _pickled_checkpoint(path), based=based)
+    from safetensors import safe_open
 
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                family = _checkpoint_family(path, _Tensors(handle))
-        except ValueError:
-            raise
-        except Exception as exc:
-            raise _unreadable_file(path, first_line(exc)) from exc
-    class_name, label = _SINGLE_FILE[family]
-    cls = getattr(diffusers, class_name)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return _checkpoint_kind(path, _Tensors(handle), based=based)
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise _unreadable_file(path, first_line(exc)) from exc
+
+
+def _from_single_file(
+    path: Path, dtype: torch.dtype, kwargs: dict[str, Any], base: str = "", quantization: Any = None
+) -> Any:
+    """A single file through diffusers' `from_single_file`: a whole SD checkpoint with its
+    family's pipeline class, a transformer with its reference repository's other components;
+    every problem is one ValueError line naming the file."""
+    kind = _file_kind(path, bool(base))
+    if not kind or not _SINGLE_FILE[kind].whole:
+        return _transformer_file(path, kind, base, dtype, kwargs, quantization)
+    if quantization is not None:  # diffusers converts whole checkpoints unquantized
+        raise ValueError(
+            f"{path} is a whole {_SINGLE_FILE[kind].label} checkpoint, which diffusers loads "
+            "unquantized: remove quantize, or give the model as a diffusers folder or hub id"
+        )
+    import diffusers
+    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
+
+    spec = _SINGLE_FILE[kind]
+    cls = getattr(diffusers, spec.pipeline)
     extra: dict[str, Any] = {}
-    if class_name == "StableDiffusionPipeline":  # none in the file: load_model logs that
+    if spec.pipeline == "StableDiffusionPipeline":  # none in the file: load_model logs that
         extra["requires_safety_checker"] = False
-    log.info("%s is a %s checkpoint: loading it with %s", path, label, class_name)
+    if base:
+        extra["config"] = base
+    log.info("%s is a %s checkpoint: loading it with %s", path, spec.label, spec.pipeline)
+    repo = base or DIFFUSERS_DEFAULT_PIPELINE_PATHS[kind]["pretrained_model_name_or_path"]
     try:
         return cls.from_single_file(str(path), dtype=dtype, **kwargs, **extra)
     except Exception as exc:
-        from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
-
-        repo = DIFFUSERS_DEFAULT_PIPELINE_PATHS[family]["pretrained_model_name_or_path"]
         hub = hub_problem(repo, exc)
         if hub is not None:
             raise ValueError(
-                f"the {label} checkpoint {path} needs the small config files of {repo} from "
-                f"the Hugging Face hub: {hub}"
+                f"the {spec.label} checkpoint {path} needs the small config files of {repo} "
+                f"from the Hugging Face hub: {hub}"
             ) from exc
         if "meta tensor" in str(exc):  # diffusers leaves the weights a file lacks unset
             raise ValueError(
-                f"the {label} checkpoint {path} is incomplete: some of its weights are "
+                f"the {spec.label} checkpoint {path} is incomplete: some of its weights are "
                 "missing; download it again"
             ) from exc
         raise ValueError(
-            f"the {label} checkpoint {path} cannot be loaded ({first_line(exc)}): it may be "
-            "damaged or cut off; download it again"
+            f"the {spec.label} checkpoint {path} cannot be loaded ({first_line(exc)}): it may "
+            "be damaged or cut off; download it again"
+        ) from exc
+
+
+def _reference_folder(repo: str, kwargs: dict[str, Any]) -> Path:
+    """The reference repository's folder: a local diffusers folder, or its snapshot in the hub
+    cache with its model index and configs (a few kB, downloaded once)."""
+    local = Path(repo).expanduser()
+    if local.is_dir():
+        return local
+    if looks_local(repo):
+        raise ValueError(f"the base folder {repo} does not exist (a hub id looks like org/name)")
+    from huggingface_hub import snapshot_download
+
+    # Not `from_single_file(config=repo)`: diffusers reads that config without `cache_dir`.
+    return Path(
+        snapshot_download(
+            repo,
+            cache_dir=kwargs.get("cache_dir"),
+            allow_patterns=["model_index.json", "*/config.json"],
+        )
+    )
+
+
+def _transformer_file(
+    path: Path,
+    kind: str,
+    base: str,
+    dtype: torch.dtype,
+    kwargs: dict[str, Any],
+    quantization: Any = None,
+) -> Any:
+    """A diffusion transformer's single file as the denoiser of its reference repository's
+    pipeline (`base`, else the kind's own); the other components (text encoders, VAE,
+    tokenizers, scheduler) are that repository's, downloaded once into the hub cache."""
+    import diffusers
+    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
+
+    from .families import FAMILIES
+
+    label = _SINGLE_FILE[kind].label if kind else "transformer"
+    repo = base or DIFFUSERS_DEFAULT_PIPELINE_PATHS[kind]["pretrained_model_name_or_path"]
+    what = f"the {label} file {path}"
+    try:
+        folder = _reference_folder(repo, kwargs)
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from exc
+    except Exception as exc:
+        hub = hub_problem(repo, exc)
+        raise ValueError(
+            f"{what} needs the other components (text encoders, VAE, configs) of {repo}"
+            + (f" from the Hugging Face hub: {hub}" if hub else f": {first_line(exc)}")
+        ) from exc
+    class_name = str(index.get("_class_name", ""))
+    family = next((f for f in FAMILIES if class_name in f.pipelines), None)
+    if family is None:
+        raise ValueError(f"the base {repo} is a {class_name or 'unknown'} model: not served")
+    if kind and _SINGLE_FILE[kind].pipeline != class_name:
+        raise ValueError(
+            f"{what} holds a {label} transformer, but its base {repo} is a {class_name} "
+            "model: set [models.<name>] base to a repository of its own family"
+        )
+    denoiser_class = getattr(diffusers, str(index.get(family.denoiser, [None, ""])[1]), None)
+    if denoiser_class is None or not hasattr(denoiser_class, "from_single_file"):
+        raise ValueError(f"diffusers cannot read a {class_name}'s {family.denoiser} from a file")
+    log.info(
+        "%s is a %s transformer: loading %s with the rest of %s", path, label, class_name, repo
+    )
+    try:
+        denoiser = denoiser_class.from_single_file(
+            str(path),
+            config=str(folder),
+            subfolder=family.denoiser,
+            dtype=dtype,
+            quantization_config=quantization,
+        )
+    except Exception as exc:
+        raise ValueError(
+            f"{what} does not fit the {family.denoiser} of {repo} ({first_line(exc)}): "
+            "check [models.<name>] base, or download the file again"
+        ) from exc
+    try:
+        return getattr(diffusers, class_name).from_pretrained(
+            repo, dtype=dtype, **{family.denoiser: denoiser}, **kwargs
+        )
+    except Exception as exc:
+        hub = hub_problem(repo, exc)
+        raise ValueError(
+            f"{what} needs the other components (text encoders, VAE) of {repo}"
+            + (
+                f" from the Hugging Face hub: {hub}"
+                if hub
+                else f", which cannot be loaded ({first_line(exc)})"
+            )
         ) from exc
 
 
@@ -383,8 +648,14 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
         disable_progress_bars()
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
-    log.info("loading %s on %s (%s)", spec.source, device, dtype)
-    pipe, files = _load_pipeline(spec, config, dtype)
+    quantization = quantization_config(spec.quantize, device, dtype)
+    if spec.offload == "model" and device.type == "cpu":
+        raise ValueError(
+            'offload = "model" needs a GPU: on the CPU every component is in its memory already'
+        )
+    how = "" if spec.quantize == "none" else f", its denoiser in {spec.quantize}"
+    log.info("loading %s on %s (%s%s)", spec.source, device, dtype, how)
+    pipe, files = _load_pipeline(spec, config, dtype, quantization)
 
     pipe.scheduler = _scheduler(spec, pipe)
 
@@ -404,7 +675,10 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
         )
     if checker is not None:
         checker.to(device)
-    pipe.to(device)
+    if spec.offload == "model":  # each component moves to the device when it runs
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     profile = _profile(
         spec, pipe, has_checker=checker is not None, files_hash=model_hash(files, config.cache_dir)
@@ -419,6 +693,7 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
         folder=files,
         call_extra=_call_extra(spec, profile.family),
         clip_skip=spec.clip_skip,
+        offloaded=spec.offload == "model",
     )
 
 
@@ -468,6 +743,109 @@ def _scheduler(spec: ModelSpec, pipe: Any) -> Any:
     if cls is type(pipe.scheduler) and not changes:
         return pipe.scheduler
     return cls.from_config(pipe.scheduler.config, **changes)
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+def _cached_snapshot(repo: str, config: EngineConfig) -> Path | None:
+    """The hub cache's snapshot folder of `repo`, when its model index is there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = str(config.cache_dir / "hub") if config.cache_dir is not None else None
+    found = try_to_load_from_cache(repo, "model_index.json", cache_dir=cache)
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def weights_estimate(spec: ModelSpec, config: EngineConfig) -> Weights | None:
+    """The model's weights, from its files on this disk (for a transformer file, with its
+    reference repository's when that is here too); None when they are not (a hub model not
+    downloaded yet) or cannot be read (loading says why)."""
+    from .families import FAMILIES
+
+    denoisers = {f.denoiser for f in FAMILIES}
+    try:
+        if spec.source in BUILTIN_MODELS:
+            return weights_of_files(builtin_folder(spec.source, config.cache_dir))
+        local = Path(spec.source).expanduser()
+        if local.is_dir():
+            return weights_of_files(local, denoisers=denoisers)
+        if not local.is_file():
+            snapshot = _cached_snapshot(spec.source, config)
+            return None if snapshot is None else weights_of_files(snapshot, denoisers=denoisers)
+        if local.suffix.lower() != ".safetensors":  # a .ckpt has no header to read
+            return None
+        base = _base(spec)
+        kind = _file_kind(local, bool(base))
+        if kind and _SINGLE_FILE[kind].whole:
+            return weights_of_files(local)
+        if not base:
+            from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
+
+            base = DIFFUSERS_DEFAULT_PIPELINE_PATHS[kind]["pretrained_model_name_or_path"]
+        folder = Path(base) if Path(base).is_dir() else _cached_snapshot(base, config)
+        return weights_of_files(local, base=folder, denoisers=denoisers)
+    except Exception as exc:  # unreadable files: the load itself reports them
+        log.debug("no memory estimate for model %s: %s", spec.name, first_line(exc))
+        return None
+
+
+def memory_budget(config: EngineConfig) -> tuple[int | None, str]:
+    """Bytes the loaded models' weights may take together, and what sets it in words:
+    `[engine] max_memory_gb`, else the GPU's memory; (None, "") on a CPU without a bound."""
+    gb = config.max_memory_gb
+    if gb > 0:
+        return int(gb * 2**30), f"[engine] max_memory_gb ({gb:g} GiB)"
+    device = pick_device(config.device)
+    if device.type != "cuda":
+        return None, ""
+    total = torch.cuda.get_device_properties(device).total_memory
+    return int(total), f"the {gib(total)} of {_device_name(device)}"
+
+
+def _dtype_name(config: EngineConfig) -> str:
+    return str(pick_dtype(config.dtype, pick_device(config.device))).removeprefix("torch.")
+
+
+def resident_estimate(spec: ModelSpec, config: EngineConfig) -> int | None:
+    """Bytes the model is estimated to hold on its device once loaded (its `quantize` and
+    `offload` applied), or None when its files are not here to tell."""
+    weights = weights_estimate(spec, config)
+    if weights is None:
+        return None
+    return weights.bytes(_dtype_name(config), spec.quantize, spec.offload)
+
+
+def check_memory(config: EngineConfig) -> dict[str, int]:
+    """Each model's estimated bytes on its device (those whose files are here); a one-line
+    ValueError naming the first that can never fit the memory budget, and what would help."""
+    budget, where = memory_budget(config)
+    dtype = _dtype_name(config)
+    sizes: dict[str, int] = {}
+    for spec in config.model_specs:
+        weights = weights_estimate(spec, config)
+        if weights is None:
+            continue
+        size = sizes[spec.name] = weights.bytes(dtype, spec.quantize, spec.offload)
+        if budget is None or size <= budget:
+            continue
+        options = [
+            f"quantize = {label} ({gib(weights.bytes(dtype, mode, spec.offload))})"
+            for mode, label in (("int8", '"fp8" or "int8"'), ("nf4", '"nf4"'))
+            if mode != spec.quantize and weights.bytes(dtype, mode, spec.offload) <= budget
+        ]
+        if spec.offload == "none" and weights.bytes(dtype, spec.quantize, "model") <= budget:
+            offloaded = gib(weights.bytes(dtype, spec.quantize, "model"))
+            options.append(f'offload = "model" ({offloaded})')
+        quantized = "" if spec.quantize == "none" else f", quantize = {spec.quantize!r}"
+        help_ = (
+            f": set {' or '.join(options)}" if options else ": no quantize or offload makes it fit"
+        )
+        raise ValueError(
+            f"model {spec.name} needs about {gib(size)} for its weights ({dtype}{quantized}), "
+            f"more than {where}{help_}"
+        )
+    return sizes
 
 
 def model_hash(files: Path | None, cache_dir: Path | None = None) -> str:

@@ -1,15 +1,20 @@
 """Named LoRAs, loaded with diffusers' own LoRA support (peft backend) and switched per call.
 
 Operators name LoRAs in `[loras.<name>]`; a prompt's `<lora:name:0.8>` asks for one. Each
-model's pipeline loads every LoRA that fits it once, as a peft adapter called `name`
-(`load_lora_weights`), and they stay loaded: before each pipeline call (or UNet forward of a
+model's pipeline loads every LoRA that fits it once, as a peft adapter called `name`, through
+the LoRA loader diffusers has for its family (`load_lora_weights` of the pipeline: SD's and
+SDXL's for the UNet and CLIP, FLUX.1's for the transformer and CLIP, Chroma's, and so on for
+every pipeline diffusers gives one; it also converts the kohya/BFL/A1111 layouts of
+downloaded LoRAs), and they stay loaded: before each pipeline call (or denoiser forward of a
 step batch) `LoraState.activate` makes exactly that call's set active (`set_adapters` with its
-weights, or `disable_lora` for none). Nothing is fused into the base weights, so "none" is the
-base model bit for bit and switching never accumulates rounding.
+weights, or `disable_lora` for none). Nothing here depends on the family: a pipeline with
+`load_lora_weights` takes LoRAs, one without is refused with one line. Nothing is fused into
+the base weights, so "none" is the base model bit for bit and switching never accumulates
+rounding.
 
 What diffusers 0.42.1 does, and what callers must know:
 
-- The active set is state of the modules, not of a call: one UNet forward runs one LoRA set
+- The active set is state of the modules, not of a call: one denoiser forward runs one LoRA set
   for every row, so batches (and step-mode ticks) must be keyed by their `LoraSet`.
 - The modules are shared by every pipeline made with `from_pipe` (image-to-image): keep one
   `LoraState` per loaded model, not per pipeline object.
@@ -17,6 +22,7 @@ What diffusers 0.42.1 does, and what callers must know:
   weights changes the prompt embeddings, so a request's set must be active when its prompt is
   encoded too, and any cache of prompt embeddings must be keyed by the set. UNet-only LoRAs
   leave the text encoder untouched (it has no adapter layers).
+- A UNet-only or transformer-only LoRA logs that no key matched the text encoder: harmless.
 - `set_adapters` does not undo `disable_lora`; `enable_lora` must follow it. Each of them
   walks every module in Python (about 25 ms for an SD 1.5-shaped UNet holding two LoRAs on a
   slow 2-core CPU, whatever the GPU), hence the skip when the set is unchanged.
@@ -122,6 +128,11 @@ def _loaded(pipe: Any) -> set[str]:
     return {name for names in listed().values() for name in names}
 
 
+def _denoiser(pipe: Any) -> str:
+    """What the family calls the module LoRAs mostly adapt, for messages."""
+    return "UNet" if getattr(pipe, "unet", None) is not None else "transformer"
+
+
 def _load_one(pipe: Any, spec: LoraSpec, cache_dir: Path | None) -> None:
     """Load one LoRA, or raise and leave no part of it behind (the pipeline stays usable)."""
     if not spec.name or "." in spec.name:  # peft keeps adapters in ModuleDicts
@@ -134,12 +145,15 @@ def _load_one(pipe: Any, spec: LoraSpec, cache_dir: Path | None) -> None:
     try:
         pipe.load_lora_weights(where, adapter_name=spec.name, **options)
     except Exception:
-        if spec.name in _loaded(pipe):  # loaded into the UNet but not the text encoder
+        if spec.name in _loaded(pipe):  # loaded into the denoiser but not the text encoder
             pipe.delete_adapters([spec.name])
         raise
     if spec.name not in _loaded(pipe):
         # e.g. a LoRA for another architecture: diffusers only logs that no key matched.
-        raise ValueError("none of its weights belong to this model's UNet or text encoder")
+        raise ValueError(
+            f"none of its weights belong to this model's {_denoiser(pipe)} or text encoder "
+            "(a LoRA for another model family?)"
+        )
 
 
 def load_loras(

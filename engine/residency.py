@@ -2,9 +2,12 @@
 
 Pure asyncio, on the event loop. A scheduler asks `ready(model)` before it runs work for a
 model, and `want(model)` for work that waits on one. Loading happens on the worker's loader
-thread, so the loaded models keep serving meanwhile; at most `capacity` models are loaded or
-loading at once, and to make room the least recently used model that has no work running
-(`in_use`) is unloaded first, preferring one no queued request waits for. A model that fails to
+thread, so the loaded models keep serving meanwhile; the models loaded or loading at once are
+at most `capacity` and, with `fits` (`Worker.fits`), within the memory budget by their sizes
+(measured at their latest load, else estimated from their files: a small model may join a
+loaded one where a big one makes it leave). To make room the least recently used models that
+have no work running (`in_use`) are unloaded first, preferring those no queued request waits
+for. A model that fails to
 load is reported once through `take_failures` so its queued requests fail instead of waiting.
 """
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 from .errors import EngineError
@@ -36,9 +39,13 @@ class Residency:
         *,
         in_use: Callable[[], Collection[str]],
         on_change: Callable[[], None],
+        fits: Callable[[str, Sequence[str]], bool] | None = None,
     ) -> None:
+        """`fits(model, beside)`: whether `model` may be loaded beside the models `beside`
+        (default: fewer than `capacity`)."""
         self._worker = worker
         self._capacity = max(1, capacity)
+        self._fits = fits or (lambda name, beside: len(beside) < self._capacity)
         self._in_use = in_use
         self._on_change = on_change
         self._loaded: dict[str, None] = {}  # oldest use first
@@ -69,14 +76,20 @@ class Residency:
         models queued work waits for (unloaded last)."""
         if name in self._loaded or name in self._loading:
             return
-        if len(self._loaded) + len(self._loading) >= self._capacity:
-            victim = self._victim(needed)
+        if not self._fits(name, ()):  # start-up refuses such a model: its size changed
+            self._failed[name] = EngineError(f"Model {name!r} no longer fits in memory.")
+            return
+        victims: list[str] = []
+        while not self._fits(
+            name, [n for n in [*self._loaded, *self._loading] if n not in victims]
+        ):
+            victim = self._victim(needed, victims)
             if victim is None:
-                return  # every loaded model is busy: asked again when something changes
+                return  # the loaded models are busy: asked again when something changes
+            victims.append(victim)
+        for victim in victims:
             del self._loaded[victim]
-        else:
-            victim = None
-        self._loading[name] = asyncio.create_task(self._swap(name, victim), name=f"load-{name}")
+        self._loading[name] = asyncio.create_task(self._swap(name, victims), name=f"load-{name}")
 
     def take_failures(self) -> dict[str, EngineError]:
         """Models that failed to load since the last call, with the reason."""
@@ -96,15 +109,15 @@ class Residency:
                 await task
 
     # Internals
-    def _victim(self, needed: Collection[str]) -> str | None:
+    def _victim(self, needed: Collection[str], chosen: Collection[str] = ()) -> str | None:
         busy = set(self._in_use())
-        idle = [name for name in self._loaded if name not in busy]
+        idle = [name for name in self._loaded if name not in busy and name not in chosen]
         unneeded = [name for name in idle if name not in needed]
         return (unneeded or idle or [None])[0]
 
-    async def _swap(self, name: str, victim: str | None) -> None:
+    async def _swap(self, name: str, victims: Sequence[str]) -> None:
         try:
-            if victim is not None:
+            for victim in victims:
                 log.info("unloading model %s to make room for %s", victim, name)
                 await self._worker.unload(victim)
             log.info("loading model %s", name)

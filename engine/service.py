@@ -74,6 +74,7 @@ class Engine(ModelCatalog):
             self.config.max_loaded_models,
             in_use=scheduler.in_use,
             on_change=scheduler.changed,
+            fits=worker.fits,
         )
         for name in loaded:
             residency.mark_loaded(name)

@@ -22,6 +22,7 @@ import torch
 from .config import EngineConfig
 from .errors import EngineError
 from .job import Slot
+from .memory import gib
 from .request import ModelProfile
 from .result import GeneratedImage
 from .runner import Runner
@@ -47,6 +48,9 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self._loader: ThreadPoolExecutor | None = None
         self._steppers: dict[str, Stepper] = {}
+        self._sizes: dict[str, int] = {}  # bytes each model holds on its device (`size`)
+        self.budget: int | None = None  # bytes all loaded models may hold (None: no bound)
+        self._budget_source = ""  # what sets the budget, in words
         self.stepping = False
 
     async def start(self) -> list[str]:
@@ -62,19 +66,48 @@ class Worker:
         )
         default = self.config.default_model_name
         order = [name for name in self._runners if name != default] + [default]
-        keep = set(order[-self.config.max_loaded_models :])
+        loaded: list[str] = []
         try:
+            await self._check_memory()
             for n, name in enumerate(order, 1):
                 if len(order) > 1:
                     log.info("checking model %s (%d of %d)", name, n, len(order))
+                while loaded and not self.fits(name, loaded):  # the oldest makes room first
+                    await self.unload(loaded.pop(0))
                 await self.load(name)
-                if name not in keep:
-                    await self.unload(name)
+                loaded.append(name)
         except EngineError:
             self._executor.shutdown(wait=False)
             self._loader.shutdown(wait=False)
             raise
-        return [name for name in order if name in keep]
+        return loaded
+
+    async def _check_memory(self) -> None:
+        """Estimate every model's size from its files (`loader.check_memory`): one that can
+        never fit the memory budget stops start-up before anything loads."""
+        from .loader import check_memory, memory_budget
+
+        assert self._loader is not None
+        loop = asyncio.get_running_loop()
+        try:
+            self.budget, self._budget_source = await loop.run_in_executor(
+                self._loader, memory_budget, self.config
+            )
+            self._sizes = await loop.run_in_executor(self._loader, check_memory, self.config)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from exc
+
+    def size(self, name: str) -> int:
+        """Bytes model `name` holds on its device when loaded: measured at its latest load,
+        else estimated from its files (0: unknown)."""
+        return self._sizes.get(name, 0)
+
+    def fits(self, name: str, beside: Sequence[str]) -> bool:
+        """Whether model `name` may be loaded beside the models `beside`: fewer than
+        `max_loaded_models`, and within the memory budget."""
+        if len(beside) + 1 > self.config.max_loaded_models:
+            return False
+        return self.budget is None or sum(map(self.size, [*beside, name])) <= self.budget
 
     async def close(self) -> None:
         """Let the current calls finish, drop queued ones, and end the threads."""
@@ -120,6 +153,14 @@ class Worker:
             profile, stepper = await loop.run_in_executor(self._loader, build)
         except Exception as exc:
             raise EngineError(f"Could not load model {name!r}: {exc}") from exc
+        size = self._sizes[name] = runner.model.resident_bytes()
+        if self.budget is not None and size > self.budget:
+            await self.unload(name)
+            raise EngineError(
+                f"Model {name!r} holds {gib(size)} of weights on its device, more "
+                f'than {self._budget_source}: set quantize or offload = "model" in '
+                f"[models.{name}]"
+            )
         if stepper is not None:
             self._steppers[name] = stepper
         return profile

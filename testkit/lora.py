@@ -1,8 +1,11 @@
 """Tiny LoRA files for the tiny models, in the format diffusers' `load_lora_weights` reads.
 
-Built with peft the way diffusers' training scripts save theirs (`get_peft_model_state_dict`,
-`convert_state_dict_to_diffusers`, `save_lora_weights`), so loading them exercises the same
-path as a LoRA downloaded from the hub. Their weights are random but never zero (peft's
+For any family: the denoiser is the pipeline's UNet (SD, SDXL) or transformer (FLUX.1, Chroma
+and the other diffusion transformers), whose attention projections (`to_q`, `to_k`, `to_v`,
+`to_out.0`) every diffusers model names alike. Built with peft the way diffusers' training
+scripts save theirs (`get_peft_model_state_dict`, `convert_state_dict_to_diffusers`,
+`save_lora_weights`), so loading them exercises the same path as a LoRA downloaded from the
+hub. Their weights are random but never zero (peft's
 default init makes B = 0, a LoRA with no effect), so an active LoRA visibly changes images.
 """
 
@@ -17,7 +20,7 @@ import torch
 
 __all__ = ["TARGET_MODULES", "TEXT_TARGET_MODULES", "make_tiny_lora"]
 
-#: The attention projections that LoRAs for Stable Diffusion usually train.
+#: The attention projections that LoRAs usually train (named alike in every diffusers model).
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 #: The same in CLIP's text encoder.
 TEXT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -26,32 +29,44 @@ _ADAPTER = "testkit_tiny"
 
 
 def make_tiny_lora(
-    unet_or_pipe: Any, path: Path, *, seed: int, rank: int = 4, text_encoder: bool = False
+    denoiser_or_pipe: Any, path: Path, *, seed: int, rank: int = 4, text_encoder: bool = False
 ) -> Path:
-    """Save a LoRA of `rank` for `unet_or_pipe`'s UNet to `path` (a `.safetensors`), with
-    weights for the pipeline's text encoder too when `text_encoder` (it needs a pipeline).
+    """Save a LoRA of `rank` for the denoiser of `denoiser_or_pipe` (a pipeline, or its UNet or
+    transformer alone) to `path` (a `.safetensors`), with weights for the pipeline's CLIP text
+    encoder too when `text_encoder` (it needs a pipeline).
 
-    The same `seed` gives the same weights. The given modules are not touched (copies are
-    adapted), nor is torch's global random state.
+    The file is written by the pipeline's own `save_lora_weights` (for a lone module: SD's for
+    a UNet, FLUX.1's for a transformer, whose `transformer.*` names every transformer family's
+    loader reads). The same `seed` gives the same weights. The given modules are not touched
+    (copies are adapted), nor is torch's global random state.
     """
-    from diffusers import StableDiffusionPipeline
+    from diffusers import FluxPipeline, StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import get_peft_model_state_dict
 
     generator = torch.Generator().manual_seed(seed)
-    unet = _adapted(getattr(unet_or_pipe, "unet", unet_or_pipe), TARGET_MODULES, rank, generator)
+    if isinstance(denoiser_or_pipe, torch.nn.Module):  # a UNet or a transformer alone
+        denoiser = denoiser_or_pipe
+        kind = "unet" if type(denoiser).__name__.startswith("UNet") else "transformer"
+    else:
+        kind = "unet" if getattr(denoiser_or_pipe, "unet", None) is not None else "transformer"
+        denoiser = getattr(denoiser_or_pipe, kind)
+    saver: Any = type(denoiser_or_pipe)
+    if not hasattr(saver, "save_lora_weights"):
+        saver = StableDiffusionPipeline if kind == "unet" else FluxPipeline
+    adapted = _adapted(denoiser, TARGET_MODULES, rank, generator)
     layers: dict[str, Any] = {
-        "unet_lora_layers": convert_state_dict_to_diffusers(
-            get_peft_model_state_dict(unet, adapter_name=_ADAPTER)
+        f"{kind}_lora_layers": convert_state_dict_to_diffusers(
+            get_peft_model_state_dict(adapted, adapter_name=_ADAPTER)
         )
     }
     if text_encoder:
-        encoder = _adapted(unet_or_pipe.text_encoder, TEXT_TARGET_MODULES, rank, generator)
+        encoder = _adapted(denoiser_or_pipe.text_encoder, TEXT_TARGET_MODULES, rank, generator)
         layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(
             get_peft_model_state_dict(encoder, adapter_name=_ADAPTER)
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    StableDiffusionPipeline.save_lora_weights(str(path.parent), weight_name=path.name, **layers)
+    saver.save_lora_weights(str(path.parent), weight_name=path.name, **layers)
     return path
 
 

@@ -99,6 +99,15 @@ def test_a_config_with_a_few_keys_runs_on_defaults() -> None:
         ("[loras.l]\nsource = 's'\nmodels = ['q']", "LoRA l: models q are not configured"),
         ("[engine]\nmodels = []", "[engine] models: write [models.<name>] tables instead"),
         ("[models.'a b']\nsource = 'x'", "model name 'a b' must be letters, digits"),
+        (
+            "[models.a]\nsource = 'x'\nquantize = 'int4'",
+            "[engine] model a: quantize must be one of none, fp8, int8, nf4, not 'int4' "
+            "(did you mean 'int8'?)",
+        ),
+        ("[models.a]\nsource = 'x'\noffload = 'cpu'", "offload must be one of none, model"),
+        ("[models.a]\nsource = 'x'\nquantise = 'fp8'", "(did you mean 'quantize'?)"),
+        ("[models.a]\nsource = 'org/x'\nbase = 'org/y'", "model a: base is for a single-file"),
+        ("[engine]\nmax_memory_gb = -2", "[engine] max_memory_gb must be 0 (the GPU's memory)"),
         ("[engine]\nbackend = 'cloud'", "[engine] backend must be local or ray, not 'cloud'"),
         ("[ray]\nreplicas = 0", "[ray] replicas must be at least 1"),
         ("[ray]\nmax_replicas = 2\nmin_replicas = 3", "min_replicas must be between 1 and"),
@@ -137,6 +146,18 @@ def test_named_models_and_loras() -> None:
     # Without tables, `[engine] model` is the one model, named after its last part.
     (only,) = parse_config({"engine": {"model": "stabilityai/sd-turbo"}}).engine.model_specs
     assert (only.name, only.source) == ("sd-turbo", "stabilityai/sd-turbo")
+
+
+def test_a_model_base_folder_is_found_beside_the_config(tmp_path: Path) -> None:
+    (tmp_path / "flux-base").mkdir()
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[models.f]\nsource = 'flux1-dev.safetensors'\nbase = 'flux-base'\nquantize = 'int8'\n"
+        "[models.g]\nsource = 'g.safetensors'\nbase = 'black-forest-labs/FLUX.1-dev'\n"
+    )
+    f, g = load_config(path).engine.model_specs
+    assert (f.base, f.quantize, f.offload) == (str(tmp_path / "flux-base"), "int8", "none")
+    assert g.base == "black-forest-labs/FLUX.1-dev"  # a hub id stays one
 
 
 def test_a_missing_file_says_how_to_make_one(tmp_path: Path) -> None:

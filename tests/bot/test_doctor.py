@@ -11,6 +11,8 @@ import io
 import socket
 from pathlib import Path
 
+import pytest
+
 from bot.doctor import ATTACH_FILES, EMBED_LINKS, channel_permissions, run_doctor
 from testkit.world import NewWorld
 
@@ -93,6 +95,47 @@ async def test_each_failing_check_says_what_to_fix(new_world: NewWorld, tmp_path
         code, lines = await _doctor(config)
         assert code == 1 and list(lines) == ["config"]
         assert "max_batch_size (2) must be at least max_count" in lines["config"]
+
+
+async def test_each_model_says_whether_it_fits(
+    new_world: NewWorld, tmp_path: Path, model_cache: Path
+) -> None:
+    """Sizes from the files' headers (16 bits, int8/fp8, nf4), against `max_memory_gb` or the
+    GPU found; what needs a GPU is flagged on a machine without one."""
+    import shutil
+
+    import torch
+
+    from engine.tiny import builtin_folder
+
+    folder = tmp_path / "tiny-flux"
+    shutil.copytree(builtin_folder("builtin:tiny-flux", model_cache), folder)
+    models = {
+        "big": {"source": str(folder)},
+        "offloaded": {"source": str(folder), "offload": "model"},
+    }
+    async with new_world() as world:
+        config = world.configure(
+            discord={"token": world.token},
+            engine={"max_memory_gb": 0.3 / 1024},  # 0.3 MiB: its weights take 0.5 at 16 bits
+            models=models,
+        )
+        code, lines = await _doctor(config)
+        assert code == 1
+        big = lines["model big"]
+        assert big.startswith("FIX") and f"local folder {folder}; weights 0.5 MiB at 16 bits" in big
+        assert "MiB int8/fp8" in big and "MiB nf4" in big
+        assert "0.5 MiB does not fit [engine] max_memory_gb (0.000292969 GiB)" in big
+        if torch.cuda.is_available():
+            pytest.skip("the rest is for a machine without a GPU")
+        offloaded = lines["model offloaded"]
+        assert (
+            offloaded.startswith("FIX") and "no GPU found, and offload = 'model' needs" in offloaded
+        )
+        world.configure(discord={"token": world.token}, models={"big": models["big"]})
+        code, lines = await _doctor(config)
+        assert lines["model big"].startswith("ok ")
+        assert lines["model big"].endswith(" MiB nf4; no GPU found: it runs on the CPU")
 
 
 def test_permissions_follow_roles_and_overwrites_in_discords_order() -> None:

@@ -133,7 +133,7 @@ def _not_a_checkpoint(path: Path, checkpoint: Path) -> None:
         ("renamed.safetensors", _text, "cannot be read (Error while deserializing header"),
         ("renamed.ckpt", _text, "cannot be read (not a torch file)"),
         ("cut.safetensors", _cut, "cannot be read"),
-        ("lora.safetensors", _lora, "is not a Stable Diffusion checkpoint"),
+        ("lora.safetensors", _lora, "is not a checkpoint of a model family served here"),
         (
             "trained.ckpt",
             _unsafe_ckpt,

@@ -1,0 +1,166 @@
+"""A model `source` that is a diffusion transformer's single file (FLUX.1, Chroma), as users
+download them: the transformer through diffusers' `from_single_file`, every other component
+from the family's reference repository.
+
+Offline: the hub cache holds each reference repository, seeded with the tiny model of its
+family less its transformer's weights (`testkit.transformer_file`), and the tiny transformer
+is written as one file. The file's kind is found from its weight names (diffusers'
+`infer_diffusers_model_type`, and the diffusers layout's own names), or given by
+`[models.<name>] base`; every failure is one line naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine import Engine, EngineConfig, ImageRequest, ModelSpec, read_parameters
+from engine.loader import load_model
+from engine.tiny import builtin_folder
+from testkit.transformer_file import seed_hub_model, write_bfl_names, write_transformer_file
+
+from .conftest import pixels
+
+#: Each tiny model of a family served from transformer files, the repository diffusers names
+#: for its file's kind, and its family. A new family: one line.
+KINDS = {
+    "builtin:tiny-flux": ("black-forest-labs/FLUX.1-schnell", "flux"),
+    "builtin:tiny-flux-dev": ("black-forest-labs/FLUX.1-dev", "flux"),
+    "builtin:tiny-chroma": ("lodestones/Chroma1-HD", "chroma"),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline() -> Iterator[None]:
+    """No hub requests, as on a machine without network."""
+    from huggingface_hub import constants
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(constants, "HF_HUB_OFFLINE", True)
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def folders(model_cache: Path) -> dict[str, Path]:
+    return {source: builtin_folder(source, model_cache) for source in [*KINDS, "builtin:tiny"]}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory, folders: dict[str, Path]) -> Path:
+    """A cache folder with the tiny models, and each reference repository in its hub cache."""
+    root = tmp_path_factory.mktemp("cache")
+    for source, folder in folders.items():
+        shutil.copytree(folder, root / folder.name)
+        if source in KINDS:
+            seed_hub_model(folder, root / "hub", KINDS[source][0])
+    return root
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory, folders: dict[str, Path]) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("transformers")
+    return {
+        source: write_transformer_file(folders[source], tmp / f"{source[8:]}.safetensors")
+        for source in KINDS
+    }
+
+
+def _request(model: str) -> ImageRequest:
+    return ImageRequest(
+        "a lighthouse at dusk", seed=11, steps=3, guidance=4.0, width=64, height=64, model=model
+    )
+
+
+@pytest.mark.parametrize("source", list(KINDS))
+async def test_a_transformer_file_makes_the_images_of_its_folder(
+    source: str, cache: Path, files: dict[str, Path]
+) -> None:
+    models = (ModelSpec("folder", source), ModelSpec("file", str(files[source])))
+    config = EngineConfig(models=models, cache_dir=cache, max_loaded_models=2, batch_wait_ms=0)
+    async with Engine(config) as engine:
+        folder = await engine.generate(_request("folder"))
+        file = await engine.generate(_request("file"))
+        profile = engine.profile_of("file")
+    assert profile.family == KINDS[source][1]
+    assert np.array_equal(pixels(file.images[0].png), pixels(folder.images[0].png))
+    params = read_parameters(file.images[0].png)
+    assert params is not None and params.model == "file"
+    digest = hashlib.sha256(files[source].read_bytes()).hexdigest()
+    assert ("Model hash", digest[:10]) in params.extra
+
+
+def test_base_names_the_reference_repository(
+    cache: Path, files: dict[str, Path], folders: dict[str, Path]
+) -> None:
+    """A base folder given for a file: its components are used, whatever the file's kind."""
+    spec = ModelSpec(
+        "m", str(files["builtin:tiny-flux-dev"]), base=str(folders["builtin:tiny-flux-dev"])
+    )
+    loaded = load_model(EngineConfig(cache_dir=cache), spec)
+    from diffusers import FluxTransformer2DModel
+
+    want = FluxTransformer2DModel.from_pretrained(
+        folders["builtin:tiny-flux-dev"] / "transformer", local_files_only=True
+    ).state_dict()
+    got = loaded.pipe.transformer.state_dict()
+    assert type(loaded.pipe).__name__ == "FluxPipeline" and want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert loaded.profile.default_guidance == 3.5  # dev's distilled guidance, from its base
+
+
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        (
+            "bfl-dev-not-cached",
+            "needs the other components (text encoders, VAE, configs) of "
+            "black-forest-labs/FLUX.1-dev from the Hugging Face hub: the model "
+            "black-forest-labs/FLUX.1-dev is not in the local cache and downloads are off",
+        ),
+        ("chroma-on-flux", "holds a Chroma transformer, but its base"),
+        ("flux-on-sd", "holds a FLUX.1-schnell transformer, but its base"),
+        ("schnell-on-dev", "does not fit the transformer of"),
+        ("unknown", "is not a checkpoint of a model family served here"),
+        ("missing-base", "the base folder"),
+    ],
+)
+def test_a_transformer_file_that_cannot_load_is_one_clear_line(
+    case: str,
+    said: str,
+    cache: Path,
+    files: dict[str, Path],
+    folders: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    from safetensors.torch import save_file
+
+    base = ""
+    if case == "bfl-dev-not-cached":
+        path = write_bfl_names(tmp_path / "flux1-dev.safetensors", guidance=True)
+    elif case == "chroma-on-flux":
+        path, base = files["builtin:tiny-chroma"], str(folders["builtin:tiny-flux"])
+    elif case == "flux-on-sd":
+        path, base = files["builtin:tiny-flux"], str(folders["builtin:tiny"])
+    elif case == "schnell-on-dev":
+        path, base = files["builtin:tiny-flux"], str(folders["builtin:tiny-flux-dev"])
+    elif case == "unknown":
+        path = tmp_path / "blocks.safetensors"
+        save_file({"blocks.0.attn.weight": torch.zeros(2, 2)}, str(path))
+    else:
+        path, base = files["builtin:tiny-flux"], str(tmp_path / "no-such-folder")
+    # The BFL file's repository is not in this empty cache: the rest cannot come.
+    where = tmp_path / "empty" if case == "bfl-dev-not-cached" else cache
+    with pytest.raises(ValueError) as caught:
+        load_model(EngineConfig(cache_dir=where), ModelSpec("m", str(path), base=base))
+    message = str(caught.value)
+    assert said in message and "\n" not in message, message
+    assert str(path) in message, message
+    if case == "unknown":
+        assert "[models.<name>] base" in message
