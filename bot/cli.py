@@ -39,7 +39,7 @@ from engine import (
     upscale_request,
 )
 from engine.config import ModelSpec, model_name_of
-from engine.loader import spec_hash
+from engine.model_hash import spec_hash
 from engine.picture import decode_picture
 from engine.pngmeta import png_to_jpeg
 from engine.request import validate

@@ -256,7 +256,7 @@ def _fits(name: str, where: str, engine: EngineConfig, spec: ModelSpec, download
     """Whether the model fits the memory it may use: `[engine] max_memory_gb`, else the GPU
     found (else this machine's available memory), by its weights estimated from its files'
     headers (or, for a model not downloaded yet, its download size)."""
-    from engine.loader import weights_estimate
+    from engine.budget import weights_estimate
     from engine.memory import gib
 
     weights = weights_estimate(spec, engine)

@@ -83,9 +83,9 @@ class Worker:
         return loaded
 
     async def _check_memory(self) -> None:
-        """Estimate every model's size from its files (`loader.check_memory`): one that can
+        """Estimate every model's size from its files (`budget.check_memory`): one that can
         never fit the memory budget stops start-up before anything loads."""
-        from .loader import check_memory, memory_budget
+        from .budget import check_memory, memory_budget
 
         assert self._loader is not None
         loop = asyncio.get_running_loop()

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from engine import Engine, EngineConfig, EngineError, ImageRequest, ModelSpec
-from engine.loader import load_model, resident_estimate, weights_estimate
+from engine.budget import resident_estimate, weights_estimate
+from engine.loader import load_model
 from engine.memory import Weights
 from engine.tiny import builtin_folder
 

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from engine import Engine, EngineConfig, EngineError, ImageRequest, ModelSpec, read_parameters
-from engine.loader import load_model, model_hash
+from engine.loader import load_model
+from engine.model_hash import model_hash
 from engine.tiny import builtin_folder
 from testkit.checkpoint import SD15_CONFIG_REPO, seed_hub_configs, write_checkpoint
 
