@@ -165,16 +165,28 @@ def test_relative_links_lead_to_a_file_and_a_heading() -> None:
 
 
 def test_files_and_tests_the_docs_name_exist() -> None:
+    """Every repository path in a code span exists, and so does every test it names; a
+    `::test_name` alone names a test of the last file named on the same line."""
     missing = []
     for page in PAGES:
-        for found in REPO_PATH.finditer(page.read_text()):
-            path = ROOT / found["path"]
-            if not path.exists():
-                missing.append(f"{page.relative_to(ROOT)}: {found['path']}")
-            elif found["test"] and not re.search(
-                rf"^\s*(async )?def {found['test']}\(", path.read_text(), re.M
-            ):
-                missing.append(f"{page.relative_to(ROOT)}: {found['path']}::{found['test']}")
+        for line in page.read_text().splitlines():
+            last: Path | None = None
+            for span in re.findall(r"`([^`]+)`", line):
+                found = REPO_PATH.fullmatch(f"`{span}`")
+                test = found["test"] if found else span.removeprefix("::")
+                if found:
+                    last = ROOT / found["path"]
+                    if not last.exists():
+                        missing.append(f"{page.relative_to(ROOT)}: {found['path']}")
+                        last = None
+                        continue
+                elif not (span.startswith("::") and last is not None):
+                    continue
+                if test and last is not None and last.suffix == ".py":
+                    if not re.search(rf"^\s*(async )?def {test}\(", last.read_text(), re.M):
+                        missing.append(
+                            f"{page.relative_to(ROOT)}: {last.relative_to(ROOT)}::{test}"
+                        )
     assert not missing, missing
 
 
