@@ -103,12 +103,20 @@ def test_every_shell_block_runs_or_says_why_not() -> None:
     )
 
 
+def _checkout() -> set[str]:
+    """The top-level entries a fresh clone has, after `.ci/setup`: never a developer's own
+    `config.toml` or database, which a documented command would then read or overwrite."""
+    listed = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    return {path.split("/", 1)[0] for path in listed if (ROOT / path).exists()} | {".venv"}
+
+
 def test_runnable_commands_run_offline(model_cache: Path, tmp_path: Path) -> None:
     """Every runnable block of every page, in order, in one scratch folder (a page may use
     what an earlier block of it wrote); a command that two pages share runs once."""
-    for entry in ROOT.iterdir():
-        if entry.name not in {".git", "site"}:
-            (tmp_path / entry.name).symlink_to(entry)
+    for name in _checkout():
+        (tmp_path / name).symlink_to(ROOT / name)
     env = {**os.environ, "IMAGINE_BOT_CACHE": str(model_cache), "HF_HUB_OFFLINE": "1"}
     env["OMP_NUM_THREADS"] = "1"
     done: set[str] = set()
