@@ -1,4 +1,4 @@
-# imagine-bot on an NVIDIA GPU: `docker compose up` (see compose.yaml and the README's
+# imagine-bot on an NVIDIA GPU: `docker compose up` (see compose.yaml and docs/deployment.md,
 # "Docker"). The set-up is CI's own script (.ci/setup), so every CI run exercises it.
 FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 

@@ -5,7 +5,7 @@ the engine's own worker thread and pipeline, and (b) through `Engine.submit` wit
 `max_batch_size=B`, alternating a few rounds so drift hits both alike. Efficiency = engine /
 raw (goal >= 0.95); speed-up = batched / sequential (B vs 1) through the engine.
 
-    python -m bench.engine_bench [--model builtin:tiny] [--size 64] [--steps 4] [--readme]
+    python -m bench.engine_bench [--model builtin:tiny] [--size 64] [--steps 4] [--docs]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from engine import Engine, EngineConfig, ImageRequest
 
-from .report import machine, markdown_table, save, update_readme
+from .report import machine, markdown_table, save, update_docs
 
 
 async def raw_rate(engine: Engine, batch: int, total: int, size: int, steps: int) -> float:
@@ -145,14 +145,20 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--readme", action="store_true", help="refresh the README's table")
+    parser.add_argument(
+        "--docs",
+        "--readme",
+        dest="readme",
+        action="store_true",
+        help="refresh its table on docs/benchmarks.md",
+    )
     args = parser.parse_args()
     result = asyncio.run(run(args))
     text = table(result)
     print(text)
     print(f"wrote {save('engine_bench', result)}")
     if args.readme:
-        update_readme("engine", text)
+        update_docs("engine", text)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ every row, so a run cut off by a timeout still keeps what it measured.
 Needs CUDA (run it on a GPU machine; tests never do). `--smoke` runs scaled-down models on the
 CPU for a few seconds, only to check the script itself.
 
-    python -m bench.gpu_bench [--models sd15 sdxl] [--batches 1 2 4 8 16] [--readme]
+    python -m bench.gpu_bench [--models sd15 sdxl] [--batches 1 2 4 8 16] [--docs]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .architectures import build
-from .report import machine, markdown_table, save, update_readme
+from .report import machine, markdown_table, save, update_docs
 
 SIZES = {"sd15": 512, "sdxl": 1024}
 
@@ -211,7 +211,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run to check the script")
-    parser.add_argument("--readme", action="store_true")
+    parser.add_argument(
+        "--docs",
+        "--readme",
+        dest="readme",
+        action="store_true",
+        help="refresh its table on docs/benchmarks.md",
+    )
     args = parser.parse_args()
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("gpu_bench needs CUDA; use --smoke on a machine without a GPU")
@@ -220,7 +226,7 @@ def main() -> None:
     print(text)
     print(f"wrote {save('gpu_bench_smoke' if args.smoke else 'gpu_bench', result)}")
     if args.readme and not args.smoke:
-        update_readme("gpu", text)
+        update_docs("gpu", text)
 
 
 if __name__ == "__main__":

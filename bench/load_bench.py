@@ -21,7 +21,7 @@ Measured:
 * memory: RSS of the bot process (and any children) idle after start-up, and its peak under
   load (`VmHWM` reset through `/proc/PID/clear_refs` once idle).
 
-    python -m bench.load_bench [--users 200] [--duration 10] [--steps 2] [--profile] [--readme]
+    python -m bench.load_bench [--users 200] [--duration 10] [--steps 2] [--profile] [--docs]
 
 `--profile` samples the bot with py-spy during the load (`pip install py-spy`); the loop
 stall sampler and the ledger timings of `bench.botprobe` run always (`--plain` runs the bare
@@ -61,7 +61,7 @@ from testkit.jobs import JOB_ID, button_id
 from testkit.process import BotProcess
 from testkit.world import open_world
 
-from .report import ROOT, machine, markdown_table, save, update_readme
+from .report import ROOT, machine, markdown_table, save, update_docs
 
 GOAL_FIRST_ANSWER_P99 = 0.5
 GOAL_LOOP_LAG_P99 = 0.1
@@ -1270,7 +1270,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-profile", action="store_true", help="copy py-spy's raw stacks")
     p.add_argument("--keep-log", action="store_true", help="save the bot's output")
     p.add_argument("--model-cache", default="", help="builtin:tiny cache folder")
-    p.add_argument("--readme", action="store_true", help="refresh the README's table")
+    p.add_argument(
+        "--docs",
+        "--readme",
+        dest="readme",
+        action="store_true",
+        help="refresh its table on docs/benchmarks.md",
+    )
     return p
 
 
@@ -1290,8 +1296,8 @@ def main() -> None:
     path = save("load_bench", result)
     print(f"wrote {path.relative_to(ROOT)}")
     if args.readme:
-        update_readme("load", text + ("\n\n" + profile if profile else ""))
-        print("updated README.md")
+        update_docs("load", text + ("\n\n" + profile if profile else ""))
+        print("updated docs/benchmarks.md")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ the mean over `--idle` seconds after the gateway is ready, before any command; t
 peak is `VmHWM` then; `VmHWM` is then reset (`/proc/PID/clear_refs`) so the peak under load
 is exactly the load's.
 
-    python -m bench.memory_bench [--users 200] [--readme]
+    python -m bench.memory_bench [--users 200] [--docs]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from .load_bench import caption, format_mib, parser, run
-from .report import markdown_table, save, update_readme
+from .report import markdown_table, save, update_docs
 
 
 def table(result: dict[str, Any]) -> str:
@@ -43,8 +43,8 @@ def main() -> None:
     path = save("memory_bench", {"benchmark": "memory", **{k: result[k] for k in MEMORY_KEYS}})
     print(f"wrote {path}")
     if args.readme:
-        update_readme("memory", text)
-        print("updated README.md")
+        update_docs("memory", text)
+        print("updated docs/benchmarks.md")
 
 
 MEMORY_KEYS = ("machine", "settings", "memory", "accounting", "ready_seconds", "wall_seconds")

@@ -55,7 +55,8 @@ from typing import Any
 from engine import Engine, EngineClient, ImageRequest
 from engine.cluster import RayConfig, RayEngine
 
-from .report import machine, markdown_table, save, update_readme
+from .plots import latency_plot
+from .report import machine, markdown_table, save, update_docs
 from .trace_bench import Arrival, engine_config, make_trace, parse_size, percentile
 
 #: The three engines, in the order they run.
@@ -382,7 +383,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--cache-dir", "--cache", type=Path, help="where builtin:tiny is built")
     parser.add_argument("--out", default=None, help="results name under bench/results/")
-    parser.add_argument("--readme", action="store_true", help="refresh the README's table")
+    parser.add_argument(
+        "--docs",
+        "--readme",
+        dest="readme",
+        action="store_true",
+        help="refresh its table on docs/benchmarks.md",
+    )
     # `make_trace` and `engine_config` read these: text-to-image on one model, on the CPU.
     parser.set_defaults(gpu=False, models=1, image_share=0.0, upscale_share=0.0)
     args = parser.parse_args()
@@ -418,7 +425,7 @@ def main() -> None:
         return
     print(f"wrote {save(args.out or 'ray_bench', result)}")
     if args.readme:
-        update_readme("ray", text)
+        update_docs("ray", text, latency_plot(result, "ray"))
 
 
 if __name__ == "__main__":

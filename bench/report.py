@@ -1,4 +1,5 @@
-"""Writing benchmark results: JSON under bench/results/ and a Markdown table in the README."""
+"""Writing benchmark results: JSON under bench/results/, and a Markdown table (with its plot,
+if any) on the docs' benchmarks page, docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
-__all__ = ["machine", "markdown_table", "save", "update_readme"]
+__all__ = ["machine", "markdown_table", "save", "update_docs"]
 
 
 def machine() -> dict[str, Any]:
-    """What ran the benchmark, for the README's caption."""
+    """What ran the benchmark, for the caption of its table."""
     info: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
         "python": platform.python_version(),
@@ -50,15 +51,20 @@ def save(name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
-def update_readme(name: str, text: str) -> None:
-    """Replace the block between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`."""
-    readme = ROOT / "README.md"
-    body = readme.read_text()
+def update_docs(name: str, text: str, figure: Path | None = None) -> None:
+    """Replace the block between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` on the
+    benchmarks page with `text` and, if given, the picture `figure` (a file under docs/);
+    a page without the block gets it at its end."""
+    page = ROOT / "docs" / "benchmarks.md"
+    body = page.read_text()
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    if figure is not None:
+        link = figure.resolve().relative_to(page.parent).as_posix()
+        text = f"{text.strip()}\n\n![{name}: latency distribution]({link})"
     block = f"{start}\n{text.strip()}\n{end}"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if pattern.search(body):
         body = pattern.sub(lambda _: block, body)
     else:
         body = body.rstrip() + "\n\n" + block + "\n"
-    readme.write_text(body)
+    page.write_text(body)

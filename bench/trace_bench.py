@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 from engine import Engine, EngineConfig, ImageRequest
 
-from .report import machine, markdown_table, save, update_readme
+from .plots import latency_plot
+from .report import machine, markdown_table, save, update_docs
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -439,7 +440,13 @@ def main() -> None:
     )
     parser.add_argument("--cache-dir", type=Path, help="where builtin:tiny is built")
     parser.add_argument("--out", default=None, help="results name under bench/results/")
-    parser.add_argument("--readme", action="store_true", help="refresh the README's table")
+    parser.add_argument(
+        "--docs",
+        "--readme",
+        dest="readme",
+        action="store_true",
+        help="refresh its table on docs/benchmarks.md",
+    )
     parser.add_argument("--models", type=int, default=1, help="spread requests over N models")
     parser.add_argument("--scheduling", default="batch", choices=MODES, help="with --models")
     args = parser.parse_args()
@@ -472,14 +479,15 @@ def main() -> None:
             print(text)
             print(f"wrote {save(args.out or 'trace_models', result)}")
             if args.readme:
-                update_readme("trace_models", text)
+                update_docs("trace_models", text, latency_plot(result, "trace_models"))
             return
         result = asyncio.run(run(args, model))
     text = table(result)
     print(text)
     print(f"wrote {save(args.out or ('trace_bench_gpu' if gpu else 'trace_bench'), result)}")
     if args.readme:
-        update_readme("trace_gpu" if gpu else "trace", text)
+        name = "trace_gpu" if gpu else "trace"
+        update_docs(name, text, latency_plot(result, name))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True, slots=True)
 class DiscordSettings:
     token_env: str = "DISCORD_TOKEN"  # environment variable holding the bot token
-    token: str = ""  # discouraged: a token written in the file (see README)
+    token: str = ""  # discouraged: a token written in the file (see docs/setup.md)
     api_base_url: str = DISCORD_API
     guild_ids: tuple[int, ...] = ()  # sync commands to these guilds at start-up (instant)
     moderator_role_ids: tuple[int, ...] = ()  # besides members with Manage Server
