@@ -30,7 +30,7 @@ from .probes import (
 )
 from .report import profile_text, table
 
-__all__ = ["main", "parser", "run"]
+__all__ = ["fail_without_delivery", "main", "parser", "run"]
 
 RESULTS_PROFILE = RESULTS / "load_bench.pyspy.txt"
 RESULTS_LOG = RESULTS / "load_bench.bot.log"
@@ -179,6 +179,17 @@ async def load_phase(
     }
 
 
+def fail_without_delivery(name: str, result: dict[str, Any]) -> None:
+    """Exit with status 1 and one line when the run saw no result delivered: its figures
+    measure nothing (a bot that cannot deliver, or a benchmark that cannot see it)."""
+    acc = result["accounting"]
+    if not acc["delivered_jobs"]:
+        sys.exit(
+            f"{name} FAILED: no delivery seen ({acc['requested']} jobs requested, "
+            f"{acc['done_rows']} done in the ledger); results not saved"
+        )
+
+
 def main() -> None:
     args = parser().parse_args()
     started = time.perf_counter()
@@ -192,12 +203,7 @@ def main() -> None:
     for name, met in result["goals"].items():
         print(f"goal {name}: {'met' if met else 'MISSED'}")
     print(f"run took {result['wall_seconds']:.0f} s")
-    acc = result["accounting"]
-    if not acc["delivered_jobs"]:
-        sys.exit(
-            f"load_bench FAILED: no delivery seen ({acc['requested']} jobs requested, "
-            f"{acc['done_rows']} done in the ledger); results not saved"
-        )
+    fail_without_delivery("load_bench", result)
     path = save("load_bench", result)
     print(f"wrote {path.relative_to(ROOT)}")
     if args.readme:
