@@ -1,11 +1,12 @@
-"""`imagine-bot` with an event-loop lag probe, for `bench.load_bench` (bench only).
+"""`imagine-bot` with an event-loop lag probe, for `bench.load` and `bench.picture_burst`.
 
     python -m bench.botprobe run --config config.toml      # same arguments as imagine-bot
 
-The bot has no loop-lag metric of its own, so this wrapper installs one before calling the
-unchanged `bot.cli.main`: a task on the bot's event loop sleeps `INTERVAL` seconds in a loop
-and records how late it wakes up (the delay any ready callback, e.g. an INTERACTION_CREATE,
-waits for the loop). Samples go to `$IMAGINE_BENCH_LAG_FILE` as "unix_time lag_seconds" lines.
+The bot's own loop-lag metric (a 50 ms timer) keeps buckets only; this wrapper installs a
+finer probe, every sample kept, before calling the unchanged `bot.cli.main`: a task on the
+bot's event loop sleeps `INTERVAL` seconds in a loop and records how late it wakes up (the
+delay any ready callback, e.g. an INTERACTION_CREATE, waits for the loop). Samples go to
+`$IMAGINE_BENCH_LAG_FILE` as "unix_time lag_seconds" lines.
 
 While the loop is late by more than `STALL` seconds, a watchdog thread samples the loop
 thread's Python stack every `SAMPLE` seconds; the time-stamped stacks (what the loop was doing,
@@ -31,6 +32,12 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+
+#: Where a run under the probe writes: environment variable -> file name in its folder.
+LAG_FILE = "IMAGINE_BENCH_LAG_FILE"
+STALL_FILE = "IMAGINE_BENCH_STALL_FILE"
+LEDGER_FILE = "IMAGINE_BENCH_LEDGER_FILE"
+FILES = {LAG_FILE: "lag.txt", STALL_FILE: "stalls.json", LEDGER_FILE: "ledger.json"}
 
 INTERVAL = float(os.environ.get("IMAGINE_BENCH_LAG_INTERVAL", "0.02"))
 STALL = float(os.environ.get("IMAGINE_BENCH_STALL", "0.02"))
@@ -234,10 +241,15 @@ def install(lag_file: Path, stall_file: Path | None) -> None:
     asyncio.set_event_loop_policy(ProbePolicy())
 
 
+def probe_env(folder: Path) -> dict[str, str]:
+    """The environment that makes a run of this module write all its files in `folder`."""
+    return {variable: str(folder / name) for variable, name in FILES.items()}
+
+
 def main() -> int:
-    lag = os.environ.get("IMAGINE_BENCH_LAG_FILE")
-    stall = os.environ.get("IMAGINE_BENCH_STALL_FILE")
-    ledger = os.environ.get("IMAGINE_BENCH_LEDGER_FILE")
+    lag = os.environ.get(LAG_FILE)
+    stall = os.environ.get(STALL_FILE)
+    ledger = os.environ.get(LEDGER_FILE)
     if lag:
         install(Path(lag), Path(stall) if stall else None)
     if ledger:

@@ -1,6 +1,6 @@
 """Memory of the bot: RSS idle after start-up and peak under load, with `builtin:tiny`.
 
-The figures come from the load benchmark's run (`bench.load_bench`, same options): the RSS of
+The figures come from the load benchmark's run (`bench.load`, same options): the RSS of
 the `imagine-bot` process (and any children) is sampled from `/proc` every 100 ms; idle is
 the mean over `--idle` seconds after the gateway is ready, before any command; the start-up
 peak is `VmHWM` then; `VmHWM` is then reset (`/proc/PID/clear_refs`) so the peak under load
@@ -15,7 +15,8 @@ import asyncio
 import time
 from typing import Any
 
-from .load_bench import caption, format_mib, parser, run
+from .load.main import fail_without_delivery, parser, run
+from .load.report import caption, format_mib
 from .report import markdown_table, save, update_docs
 
 
@@ -40,6 +41,7 @@ def main() -> None:
     result["wall_seconds"] = time.perf_counter() - started
     text = table(result)
     print(text)
+    fail_without_delivery("memory_bench", result)
     path = save("memory_bench", {"benchmark": "memory", **{k: result[k] for k in MEMORY_KEYS}})
     print(f"wrote {path}")
     if args.readme:

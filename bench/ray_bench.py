@@ -56,8 +56,9 @@ from engine import Engine, EngineClient, ImageRequest
 from engine.cluster import RayConfig, RayEngine
 
 from .plots import latency_plot
-from .report import machine, markdown_table, save, update_docs
-from .trace_bench import Arrival, engine_config, make_trace, parse_size, percentile
+from .report import machine, markdown_table, save, settings_of, update_docs
+from .stats import percentile
+from .trace_bench import Arrival, engine_config, make_trace, parse_size
 
 #: The three engines, in the order they run.
 SETUPS = ("local", "ray x1", "ray x2")
@@ -250,11 +251,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "idle_p50_1_over_local": b["idle_p50_s"] / a["idle_p50_s"],
         "p50_2_over_1": c["p50_s"] / b["p50_s"],
     }
-    settings = {
-        k: str(v) if isinstance(v, Path) else v
-        for k, v in vars(args).items()
-        if k not in {"out", "readme"}
-    }
+    settings = settings_of(args, "out", "readme")
     return {
         "benchmark": "ray",
         "machine": machine(),

@@ -8,13 +8,14 @@ import json
 import os
 import platform
 import re
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
-__all__ = ["machine", "markdown_table", "save", "update_docs"]
+__all__ = ["device", "machine", "markdown_table", "save", "settings_of", "update_docs"]
 
 
 def machine() -> dict[str, Any]:
@@ -33,6 +34,18 @@ def machine() -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def device(info: dict[str, Any]) -> str:
+    """The device of a `machine()` record, as a caption names it."""
+    return info.get("gpu") or f"CPU ({info['cores']} cores)"
+
+
+def settings_of(args: Namespace, *leave_out: str) -> dict[str, Any]:
+    """A run's command-line settings for its JSON (paths as text), less `leave_out`."""
+    return {
+        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in leave_out
+    }
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:

@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any
 from engine import Engine, EngineConfig, ImageRequest
 
 from .plots import latency_plot
-from .report import machine, markdown_table, save, update_docs
+from .report import device, machine, markdown_table, save, settings_of, update_docs
+from .stats import percentile
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -128,12 +129,6 @@ def picture(width: int, height: int) -> Any:
     from PIL import Image
 
     return Image.effect_noise((width, height), 64).convert("RGB")
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (no interpolation: small samples stay honest)."""
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered), math.ceil(q / 100 * len(ordered))) - 1)]
 
 
 async def replay(config: EngineConfig, trace: list[Arrival]) -> dict[str, Any]:
@@ -251,8 +246,7 @@ async def run(args: argparse.Namespace, model: str) -> dict[str, Any]:
     engines = {mode: summarize(results) for mode, results in runs.items()}
     keys = ("images_per_s", "p50_s", "p95_s", "short_p50_s", "short_p95_s")
     ratio = {k: engines["step"][k] / engines["batch"][k] for k in keys}
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
-    settings["cache_dir"] = str(settings["cache_dir"]) if settings["cache_dir"] else None
+    settings = settings_of(args, "out")
     return {
         "benchmark": "trace",
         "machine": machine(),
@@ -307,8 +301,7 @@ async def run_models(args: argparse.Namespace, base: EngineConfig) -> dict[str, 
             flush=True,
         )
     baseline = runs["one model"]
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
-    settings["cache_dir"] = str(settings["cache_dir"]) if settings["cache_dir"] else None
+    settings = settings_of(args, "out")
     return {
         "benchmark": "trace_models",
         "machine": machine(),
@@ -324,9 +317,8 @@ async def run_models(args: argparse.Namespace, base: EngineConfig) -> dict[str, 
 
 def models_table(result: dict[str, Any]) -> str:
     s, m, t = result["settings"], result["machine"], result["trace"]
-    device = m.get("gpu") or f"CPU ({m['cores']} cores)"
     head = (
-        f"Model switching on {device}, torch {m.get('torch')}, {m['date']}: {t['requests']} "
+        f"Model switching on {device(m)}, torch {m.get('torch')}, {m['date']}: {t['requests']} "
         f"requests ({t['images']} images) spread over {s['models']} tiny models, Poisson "
         f"{s['rate']}/s, steps {s['steps']}, {s['scheduling']}-level scheduling."
     )
@@ -360,9 +352,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     s, m, t = result["settings"], result["machine"], result["trace"]
-    device = m.get("gpu") or f"CPU ({m['cores']} cores)"
     head = (
-        f"Trace replay on {device}, torch {m.get('torch')}, {m['date']}: {result['model']}, "
+        f"Trace replay on {device(m)}, torch {m.get('torch')}, {m['date']}: {result['model']}, "
         f"{t['requests']} requests ({t['images']} images) over {t['duration_s']:.0f} s, Poisson "
         f"{s['rate']}/s, steps {s['steps']}, sizes {[f'{w}x{h}' for w, h in s['sizes']]}, "
         f"{s['users']} users, {s['scheduler']}, max {s['max_batch_size']} images per UNet call, "

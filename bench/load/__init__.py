@@ -1,0 +1,38 @@
+"""The real bot under load: N simulated users against the Discord test server, and memory.
+
+`imagine-bot run`, in the world the end-to-end tests build (`testkit.world`: `builtin:tiny`, a
+temporary SQLite file, `OMP_NUM_THREADS=1`), connects to the Discord test server, which then
+plays N users: each runs one `/imagine` (Poisson arrivals in the first `--duration` seconds,
+seeded), some run `/info`, some press Cancel on their progress message, some press Reroll on
+their result.
+Quotas and queues are set large so the run measures throughput and responsiveness.
+
+Measured:
+
+* time to first answer: from the server dispatching INTERACTION_CREATE to the bot's first
+  callback (Discord's limit is 3 s; goal p99 < 500 ms), every interaction;
+* event-loop lag of the bot while generating (goal p99 < 100 ms): the bot runs under
+  `bench.botprobe` (the unchanged `bot.cli.main` plus a 20 ms sleep probe on its loop, and
+  timings of its ledger calls); the gateway heartbeat gaps (250 ms heartbeats) are an
+  outside estimate, and the bot's own `imagine_event_loop_lag_seconds` and
+  `imagine_first_answer_seconds` histograms (`[ops] listen`) are read before and after the
+  load;
+* command to delivered image (p50, p95) and images/s;
+* jobs requested vs delivered vs database rows: nothing lost, nothing doubled;
+* memory: RSS of the bot process (and any children) idle after start-up, and its peak under
+  load (`VmHWM` reset through `/proc/PID/clear_refs` once idle).
+
+    python -m bench.load_bench [--users 200] [--duration 10] [--steps 2] [--profile] [--docs]
+
+`--profile` samples the bot with py-spy during the load (`pip install py-spy`); the loop
+stall sampler and the ledger timings of `bench.botprobe` run always (`--plain` runs the bare
+`imagine-bot`).
+Figures on a shared 2-core machine are noisy: compare runs made one after the other. A run
+that sees no result delivered fails (exit status 1, one line saying so) and saves nothing.
+
+The modules: `driver` (the simulated users), `probes` (what is measured on the bot while it
+runs), `analysis` (from observations to figures), `report` (figures as text), `main` (the
+command line; `python -m bench.load` or `python -m bench.load_bench`).
+"""
+
+__all__: list[str] = []

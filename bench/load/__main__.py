@@ -1,0 +1,5 @@
+"""`python -m bench.load`: one load run (see `bench.load`)."""
+
+from .main import main
+
+main()
