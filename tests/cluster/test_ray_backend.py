@@ -307,7 +307,8 @@ async def test_the_bot_on_ray_delivers_with_progress(world: World) -> None:
         "imagine",
         user=world.alice,
         channel=world.art,
-        options={"prompt": "a lighthouse", "steps": 30},
+        # Long enough (four images, 50 steps) that a progress edit comes before the end.
+        options={"prompt": "a lighthouse", "steps": 50, "count": 4},
     )
     progress = await interaction.wait_for_original(lambda m: bool(m.custom_ids))
     result = await wait_result(interaction)
