@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from engine import MAX_SEED, UPSCALE_FACTOR, ImageRequest, Parameters, lora_tags
+from engine import MAX_SEED, UPSCALE_FACTOR, ImageRequest, Parameters
 
 from ..ledger import JobKind, JobRecord, JobRequest
 from ..options import ImagineOptions
@@ -89,7 +89,7 @@ def ledger_request(
         application_id=origin.application_id,
         interaction_id=origin.interaction_id,
         interaction_token=origin.token,
-        prompt=" ".join(filter(None, (request.prompt, lora_tags(request.loras)))),
+        prompt=request.tagged_prompt,
         negative_prompt=request.negative_prompt,
         seed=request.seed if request.seed is not None else 0,
         model=model,
@@ -101,7 +101,7 @@ def ledger_request(
         image_count=request.count,
         images_asked=request.count,
         reroll_of=reroll_of,
-        strength=request.strength if request.init_image is not None else None,
+        strength=request.image_strength,
     )
 
 
