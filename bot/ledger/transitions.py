@@ -43,7 +43,7 @@ MAX_ERROR_CHARS = 2000
 
 #: A job row has a column for every field of its request and of its record, by the same name.
 _REQUEST_FIELDS = tuple(f.name for f in fields(JobRequest))
-_RECORD_FIELDS = tuple(f.name for f in fields(JobRecord))
+_RECORD_FIELDS = tuple(f.name for f in fields(JobRecord) if f.name != "request")
 
 
 def _reason(value: str | None) -> RefusalReason | str | None:
@@ -56,11 +56,17 @@ def _reason(value: str | None) -> RefusalReason | str | None:
 
 
 def record_of(row: Job) -> JobRecord:
-    """The frozen view of a job row (every `JobRecord` field is a column of the same name)."""
+    """The frozen view of a job row: its request, and the ledger's fields beside it."""
+    request = {name: getattr(row, name) for name in _REQUEST_FIELDS} | {"kind": JobKind(row.kind)}
     values = {name: getattr(row, name) for name in _RECORD_FIELDS}
-    values |= {"status": JobStatus(row.status), "refusal_reason": _reason(row.refusal_reason)}
-    values["kind"] = JobKind(row.kind)
-    return JobRecord(**values)
+    return JobRecord(
+        **values
+        | {
+            "request": JobRequest(**request),
+            "status": JobStatus(row.status),
+            "refusal_reason": _reason(row.refusal_reason),
+        }
+    )
 
 
 def _error_text(error: str | None) -> str | None:
