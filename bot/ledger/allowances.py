@@ -38,12 +38,15 @@ def statuses(values: Iterable[JobStatus]) -> list[str]:
     return sorted(str(s) for s in values)
 
 
-async def setting_in(session: AsyncSession, guild_id: int, user_id: int) -> QuotaSetting:
-    """The user's quota setting: a moderator's override, or the guild's default."""
-    row = await session.get(QuotaOverride, (guild_id, user_id))
+def _setting_of(row: QuotaOverride | None) -> QuotaSetting:
     return QuotaSetting.from_override(
         None if row is None else row.daily_images, exists=row is not None
     )
+
+
+async def setting_in(session: AsyncSession, guild_id: int, user_id: int) -> QuotaSetting:
+    """The user's quota setting: a moderator's override, or the guild's default."""
+    return _setting_of(await session.get(QuotaOverride, (guild_id, user_id)))
 
 
 async def counted_in(
@@ -143,9 +146,7 @@ class Allowances:
             await self.tx.lock_user(session, guild_id, user_id)
             now = self.tx.now()
             row = await session.get(QuotaOverride, (guild_id, user_id))
-            old = QuotaSetting.from_override(
-                None if row is None else row.daily_images, exists=row is not None
-            )
+            old = _setting_of(row)
             if new.kind is QuotaKind.DEFAULT:
                 if row is not None:
                     await session.delete(row)

@@ -111,7 +111,7 @@ class Transactions:
     def now(self) -> datetime:
         return self._clock()
 
-    def check_file(self) -> None:
+    def _check_file(self) -> None:
         """Raise `DatabaseGone` if the SQLite file was deleted or replaced while open: SQLite
         would go on writing into the deleted file, and every record would be lost."""
         if self._file is None or self._file_id is None:
@@ -121,7 +121,7 @@ class Transactions:
 
     async def ping(self) -> bool:
         """Whether the database answers a query within `PING_TIMEOUT` seconds (health)."""
-        self.check_file()
+        self._check_file()
 
         async def query() -> None:
             async with self.engine.connect() as connection:
@@ -130,9 +130,9 @@ class Transactions:
         await asyncio.wait_for(query(), PING_TIMEOUT)
         return True
 
-    async def run(self, work: Callable[[AsyncSession], Awaitable[T]], *, write: bool) -> T:
+    async def _run(self, work: Callable[[AsyncSession], Awaitable[T]], *, write: bool) -> T:
         """Run `work` in one transaction, again from the start if SQLite stays locked."""
-        self.check_file()
+        self._check_file()
         sessions = self._writes if write else self._reads
         delay = self._retry.first_delay_s
         for attempt in range(1, self._retry.attempts + 1):
@@ -154,10 +154,12 @@ class Transactions:
         raise AssertionError("unreachable")
 
     async def read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        return await self.run(work, write=False)
+        """Run `work` in a read transaction."""
+        return await self._run(work, write=False)
 
     async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        return await self.run(work, write=True)
+        """Run `work` in a write transaction (queued behind this process's other writers)."""
+        return await self._run(work, write=True)
 
     async def execute(self, stmt: Executable) -> int:
         """Run one write statement (an UPDATE or DELETE) on its own; the rows it changed."""
