@@ -103,13 +103,14 @@ def result_embed(job: JobRecord, result: GenerationResult, verdict: Verdict) -> 
         embed.add_field(name="Negative", value=_cut(request.negative_prompt, 1024), inline=False)
     spoilers = sum(1 for _, spoiler in verdict.post if spoiler)
     footer = f"Job #{job.id} · {result.run_s:.1f} s"
-    if job.reroll_of is not None:
-        footer += f" · reroll of #{job.reroll_of}"
-    if job.source_job_id is not None and job.source_index is not None:
-        what = "upscale" if job.kind == "upscale" else "variation"
-        footer += f" · {what} of #{job.source_job_id} image {job.source_index + 1}"
-    if job.strength is not None:
-        footer += f" · strength {job.strength:g}"
+    asked = job.request
+    if asked.reroll_of is not None:
+        footer += f" · reroll of #{asked.reroll_of}"
+    if asked.source_job_id is not None and asked.source_index is not None:
+        what = "upscale" if asked.kind == "upscale" else "variation"
+        footer += f" · {what} of #{asked.source_job_id} image {asked.source_index + 1}"
+    if asked.strength is not None:
+        footer += f" · strength {asked.strength:g}"
     if spoilers:
         footer += f" · {spoilers} flagged image(s) hidden as spoilers"
     embed.set_footer(text=footer)

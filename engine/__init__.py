@@ -39,7 +39,6 @@ from .request import (
     ModelProfile,
     clean_text,
     extract_loras,
-    lora_tags,
     model_text,
 )
 from .result import GeneratedImage, GenerationResult
@@ -91,7 +90,6 @@ __all__ = [
     "clean_text",
     "extract_loras",
     "format_parameters",
-    "lora_tags",
     "model_text",
     "parse_parameters",
     "read_parameters",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .config import Limits
@@ -49,6 +50,30 @@ def _model(source: Parameters, models: Collection[str]) -> str | None:
 
 def _rgb(image: Image) -> Image:
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _from_source(
+    source: Parameters,
+    init: Image,
+    limits: Limits,
+    *,
+    strength: float,
+    user: str,
+    models: Collection[str],
+) -> ImageRequest:
+    """Image-to-image from `init` at `strength` with what `source` was made with: its
+    prompts and guidance, its steps (raised if `strength` needs it), its model if known.
+    The caller sets the seed, the size and the parameters naming the source."""
+    return ImageRequest(
+        prompt=source.prompt,
+        negative_prompt=source.negative_prompt,
+        steps=_steps(source, strength, limits),
+        guidance=source.cfg_scale,
+        user=user,
+        init_image=init,
+        strength=strength,
+        model=_model(source, models),
+    )
 
 
 def upscaled_size(
@@ -93,20 +118,8 @@ def upscale_request(
     extra = [("Hires upscale", f"{factor:g}")]
     if origin:
         extra.append(("Source", origin))
-    return ImageRequest(
-        prompt=source.prompt,
-        negative_prompt=source.negative_prompt,
-        seed=source.seed,
-        steps=_steps(source, strength, limits),
-        guidance=source.cfg_scale,
-        width=width,
-        height=height,
-        user=user,
-        init_image=init,
-        strength=strength,
-        parameters=tuple(extra),
-        model=_model(source, models),
-    )
+    request = _from_source(source, init, limits, strength=strength, user=user, models=models)
+    return replace(request, seed=source.seed, width=width, height=height, parameters=tuple(extra))
 
 
 def variation_request(
@@ -129,18 +142,12 @@ def variation_request(
     image's aspect ratio (the engine sizes it), as `/imagine` makes them: variations of an
     upscale are not four images at four times the pixels for the price of four.
     """
-    return ImageRequest(
-        prompt=source.prompt,
-        negative_prompt=source.negative_prompt,
+    request = _from_source(source, _rgb(image), limits, strength=strength, user=user, models=models)
+    return replace(
+        request,
         seed=seed,
-        steps=_steps(source, strength, limits),
-        guidance=source.cfg_scale,
         width=None if native else image.width,
         height=None if native else image.height,
         count=count,
-        user=user,
-        init_image=_rgb(image),
-        strength=strength,
         parameters=(("Source", origin),) if origin else (),
-        model=_model(source, models),
     )

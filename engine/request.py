@@ -32,7 +32,6 @@ __all__ = [
     "ModelProfile",
     "clean_text",
     "extract_loras",
-    "lora_tags",
     "model_text",
     "validate",
 ]
@@ -97,17 +96,30 @@ class ImageRequest:
         """What must match for two requests to share one pipeline call."""
         assert self.width is not None and self.height is not None and self.steps is not None
         assert self.guidance is not None and self.model is not None
-        strength = None if self.init_image is None else self.strength
         return BatchKey(
             self.width,
             self.height,
             self.steps,
             float(self.guidance),
-            strength,
+            self.image_strength,
             model=self.model,
             loras=self.loras,
             chunks=self.chunks,
         )
+
+    @property
+    def image_strength(self) -> float | None:
+        """`strength` when the request is image-to-image (it has an `init_image`), else None:
+        what the batch key, the PNG's parameters and the ledger record."""
+        return None if self.init_image is None else self.strength
+
+    @property
+    def tagged_prompt(self) -> str:
+        """The prompt with its LoRAs written in as A1111 writes them (`<lora:name:weight>`):
+        what the PNG's parameters and the ledger keep, so that reading it back (a reroll, a
+        restart, another tool) applies the same LoRAs."""
+        tags = (f"<lora:{name}:{weight:g}>" for name, weight in self.loras)
+        return " ".join(filter(None, (self.prompt, *tags)))
 
     @property
     def denoising_steps(self) -> int:
@@ -222,11 +234,6 @@ def model_text(text: str) -> str:
         return plain_text(prompt)
     except ValueError:
         return re.sub(r"[\\()\[\]]", "", prompt)
-
-
-def lora_tags(loras: LoraSet) -> str:
-    """The LoRAs as A1111 writes them in a prompt (for the PNG's parameters)."""
-    return " ".join(f"<lora:{name}:{weight:g}>" for name, weight in loras)
 
 
 def _resolve_loras(

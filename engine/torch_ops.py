@@ -22,7 +22,7 @@ import torch
 from .loader import LoadedModel
 from .pngmeta import Parameters, encode_png
 from .preview import latents_to_preview
-from .request import ImageRequest, lora_tags
+from .request import ImageRequest
 from .result import GeneratedImage
 
 __all__ = [
@@ -108,7 +108,7 @@ def package_images(
         params = Parameters(
             # A1111 keeps `<lora:name:weight>` in the prompt: another tool (and this one,
             # reading the PNG back) applies the same LoRAs.
-            prompt=" ".join(filter(None, (request.prompt, lora_tags(request.loras)))),
+            prompt=request.tagged_prompt,
             negative_prompt=request.negative_prompt,
             steps=request.steps,
             sampler=model.profile.sampler,
@@ -117,7 +117,7 @@ def package_images(
             width=request.width,
             height=request.height,
             model=model.profile.name,
-            denoising_strength=request.strength if request.init_image is not None else None,
+            denoising_strength=request.image_strength,
             extra=tuple(extra),
         )
         made.append(

@@ -111,7 +111,8 @@ class Admission:
         asked = engine_request(options, negative=negative, user=origin.fairness_key)
 
         async def refuse(reason: RefusalReason, text: str, detail: str | None = None) -> Refusal:
-            await s.ledger.record_refusal(self._stored(origin, asked, reroll_of), reason, detail)
+            stored = self._stored(origin, asked, reroll_of=reroll_of)
+            await s.ledger.record_refusal(stored, reason, detail)
             return Refusal(reason, text)
 
         # Before any other check: a flood costs one refusal row each. Reroll presses were
@@ -147,7 +148,7 @@ class Admission:
         except InvalidRequest as exc:
             raise await refuse(RefusalReason.INVALID, str(exc), str(exc)) from exc
         return await self._reserve_and_submit(
-            self._stored(origin, checked.request, reroll_of), checked
+            self._stored(origin, checked.request, reroll_of=reroll_of), checked
         )
 
     async def admit_derived(
@@ -167,11 +168,7 @@ class Admission:
         s = self.services
 
         def stored(request: ImageRequest) -> JobRequest:
-            return replace(
-                self._stored(origin, request, None, kind),
-                source_job_id=source.id,
-                source_index=index,
-            )
+            return self._stored(origin, request, kind=kind, source=(source.id, index))
 
         async def refuse(reason: RefusalReason, text: str, detail: str | None = None) -> Refusal:
             await s.ledger.record_refusal(stored(asked), reason, detail or text)
@@ -202,18 +199,26 @@ class Admission:
         self,
         origin: Origin,
         request: ImageRequest,
-        reroll_of: int | None,
+        *,
+        reroll_of: int | None = None,
         kind: JobKind = JobKind.IMAGINE,
+        source: tuple[int, int] | None = None,
     ) -> JobRequest:
         """What the ledger keeps of `request` (checked, or being refused: then its model may
         be unknown, and is stored as asked), charged by its kind's price."""
         s = self.services
         engine = s.engine
         model = request.model or engine.default_model
-        stored = ledger_request(
-            origin, request, model=model, scheduler=engine.scheduler_of(model), reroll_of=reroll_of
+        return ledger_request(
+            origin,
+            request,
+            model=model,
+            scheduler=engine.scheduler_of(model),
+            charged=price(kind, request.count, s.config.images),
+            kind=kind,
+            reroll_of=reroll_of,
+            source=source,
         )
-        return replace(stored, kind=kind, image_count=price(kind, request.count, s.config.images))
 
     async def _reserve_and_submit(self, stored: JobRequest, checked: Checked) -> Admitted:
         s = self.services

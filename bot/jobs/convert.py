@@ -1,9 +1,9 @@
 """Every mapping between the job's shapes, in one place.
 
-A job is seen as command options (`ImagineOptions`), an engine request (`ImageRequest`), a
-ledger request (`JobRequest`, what is stored) and a ledger record (`JobRecord`, what was
-stored). Fields with the same meaning are copied here and nowhere else, so a new option is
-added in one module.
+A job is seen as command options (`ImagineOptions`), an engine request (`ImageRequest`) and
+a ledger request (`JobRequest`: what is stored; a `JobRecord` holds it as `record.request`
+beside the ledger's own fields). Fields with the same meaning are copied here and nowhere
+else, so a new option is added in one module.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from engine import MAX_SEED, UPSCALE_FACTOR, ImageRequest, Parameters, lora_tags
+from engine import MAX_SEED, UPSCALE_FACTOR, ImageRequest, Parameters
 
-from ..ledger import JobKind, JobRecord, JobRequest
+from ..ledger import JobKind, JobRequest
 from ..options import ImagineOptions
 
 if TYPE_CHECKING:
@@ -52,9 +52,12 @@ def fairness_key(guild_id: int, user_id: int) -> str:
     return f"{guild_id}:{user_id}"
 
 
-def engine_request(options: ImagineOptions, *, negative: str, user: str) -> ImageRequest:
-    """The engine request for `options`; `negative` is the moderated negative prompt. Sizes
-    (a shape, an aspect ratio) are left for the engine to resolve for the request's model."""
+def engine_request(
+    options: ImagineOptions, *, negative: str, user: str, picture: Image | None = None
+) -> ImageRequest:
+    """The engine request for `options`; `negative` is the moderated negative prompt, and
+    `picture` the image an image-to-image request starts from. Sizes (a shape, an aspect
+    ratio) are left for the engine to resolve for the request's model."""
     return ImageRequest(
         prompt=options.prompt,
         negative_prompt=negative,
@@ -65,6 +68,7 @@ def engine_request(options: ImagineOptions, *, negative: str, user: str) -> Imag
         height=options.height,
         count=options.count,
         user=user,
+        init_image=picture,
         aspect=options.aspect,
         shape=options.shape,
         strength=options.strength,
@@ -78,10 +82,15 @@ def ledger_request(
     *,
     model: str,
     scheduler: str,
-    reroll_of: int | None,
+    charged: int,
+    kind: JobKind = JobKind.IMAGINE,
+    reroll_of: int | None = None,
+    source: tuple[int, int] | None = None,
 ) -> JobRequest:
-    """What the ledger stores for `request` (unresolved fields are stored as 0). The prompt
-    keeps its LoRAs as `<lora:name:weight>` tags, so a restart or a reroll applies them."""
+    """What the ledger stores for `request` (unresolved fields are stored as 0), charged
+    `charged` images of the allowance; `source` is the (job id, image index) an upscale or
+    variation starts from. The prompt keeps its LoRAs as `<lora:name:weight>` tags, so a
+    restart or a reroll applies them."""
     return JobRequest(
         guild_id=origin.guild_id,
         channel_id=origin.channel_id,
@@ -89,7 +98,7 @@ def ledger_request(
         application_id=origin.application_id,
         interaction_id=origin.interaction_id,
         interaction_token=origin.token,
-        prompt=" ".join(filter(None, (request.prompt, lora_tags(request.loras)))),
+        prompt=request.tagged_prompt,
         negative_prompt=request.negative_prompt,
         seed=request.seed if request.seed is not None else 0,
         model=model,
@@ -98,66 +107,67 @@ def ledger_request(
         guidance=request.guidance if request.guidance is not None else 0.0,
         width=request.width or 0,
         height=request.height or 0,
-        image_count=request.count,
+        image_count=charged,
         images_asked=request.count,
         reroll_of=reroll_of,
-        strength=request.strength if request.init_image is not None else None,
+        kind=kind,
+        source_job_id=None if source is None else source[0],
+        source_index=None if source is None else source[1],
+        strength=request.image_strength,
     )
 
 
-def resumed_request(record: JobRecord, picture: Image | None = None) -> ImageRequest:
+def resumed_request(stored: JobRequest, picture: Image | None = None) -> ImageRequest:
     """The engine request that makes a stored job's images again (same seed: same images);
     an image-to-image job needs the `picture` it started from."""
-    options = replace(reroll_options(record), seed=record.seed)
-    user = fairness_key(record.guild_id, record.user_id)
-    request = engine_request(options, negative=record.negative_prompt, user=user)
-    if record.strength is None:
-        return request
-    return replace(
-        request, init_image=picture, strength=record.strength, parameters=source_parameters(record)
-    )
+    options = replace(reroll_options(stored), seed=stored.seed)
+    user = fairness_key(stored.guild_id, stored.user_id)
+    if stored.strength is None:
+        return engine_request(options, negative=stored.negative_prompt, user=user)
+    request = engine_request(options, negative=stored.negative_prompt, user=user, picture=picture)
+    return replace(request, parameters=source_parameters(stored))
 
 
-def source_of(record: JobRecord, index: int) -> Parameters:
+def source_of(stored: JobRequest, index: int) -> Parameters:
     """What image `index` of a stored job was made with, for an upscale or variation of it.
 
     From the ledger, not the PNG's text read back: a prompt that itself reads like a PNG
     field (`Negative prompt: ...`) stays the prompt, and LoRA tags are the stored ones.
     """
     return Parameters(
-        prompt=record.prompt,
-        negative_prompt=record.negative_prompt,
-        steps=record.steps,
-        sampler=record.scheduler,
-        cfg_scale=record.guidance,
-        seed=(record.seed + index) % (MAX_SEED + 1),  # the engine's seeds: seed + i
-        width=record.width,
-        height=record.height,
-        model=record.model,
-        denoising_strength=record.strength,
+        prompt=stored.prompt,
+        negative_prompt=stored.negative_prompt,
+        steps=stored.steps,
+        sampler=stored.scheduler,
+        cfg_scale=stored.guidance,
+        seed=(stored.seed + index) % (MAX_SEED + 1),  # the engine's seeds: seed + i
+        width=stored.width,
+        height=stored.height,
+        model=stored.model,
+        denoising_strength=stored.strength,
     )
 
 
-def source_parameters(record: JobRecord) -> tuple[tuple[str, str], ...]:
+def source_parameters(stored: JobRequest) -> tuple[tuple[str, str], ...]:
     """The PNG fields naming where an upscale or variation came from (as first written)."""
-    if record.source_job_id is None or record.source_index is None:
+    if stored.source_job_id is None or stored.source_index is None:
         return ()
-    source = ("Source", f"job {record.source_job_id}, image {record.source_index + 1}")
-    if record.kind is JobKind.UPSCALE:
+    source = ("Source", f"job {stored.source_job_id}, image {stored.source_index + 1}")
+    if stored.kind is JobKind.UPSCALE:
         return (("Hires upscale", f"{UPSCALE_FACTOR:g}"), source)
     return (source,)
 
 
-def reroll_options(record: JobRecord) -> ImagineOptions:
+def reroll_options(stored: JobRequest) -> ImagineOptions:
     """The same options as a stored job, with a new seed."""
     return ImagineOptions(
-        prompt=record.prompt,
-        negative=record.negative_prompt,
-        steps=record.steps,
-        guidance=record.guidance,
-        width=record.width,
-        height=record.height,
-        count=record.images_asked,  # not `image_count`: that is less after a refund
-        strength=record.strength,  # an image job's reroll starts from the same picture
-        model=record.model or None,
+        prompt=stored.prompt,
+        negative=stored.negative_prompt,
+        steps=stored.steps,
+        guidance=stored.guidance,
+        width=stored.width,
+        height=stored.height,
+        count=stored.images_asked,  # not `image_count`: that is less after a refund
+        strength=stored.strength,  # an image job's reroll starts from the same picture
+        model=stored.model or None,
     )

@@ -104,7 +104,8 @@ async def find_posted(
     me = channels.user
     if me is None:
         return None
-    channel = channels.get_partial_messageable(job.channel_id, guild_id=job.guild_id or None)
+    asked = job.request
+    channel = channels.get_partial_messageable(asked.channel_id, guild_id=asked.guild_id or None)
     after = discord.Object(discord.utils.time_snowflake(since - HISTORY_MARGIN))
     before = discord.Object(discord.utils.time_snowflake(since + POST_WINDOW))
     async for message in channel.history(limit=None, after=after, before=before):

@@ -23,4 +23,4 @@ def price(kind: JobKind, images: int, settings: ImagesSettings) -> int:
 def refund(job: JobRecord, posted: int, settings: ImagesSettings) -> int:
     """What to give back of a job that posted `posted` of its images: what it is charged
     less the price of what it posted (nothing when it posted all; never below nothing)."""
-    return max(0, job.image_count - price(job.kind, posted, settings))
+    return max(0, job.request.image_count - price(job.request.kind, posted, settings))

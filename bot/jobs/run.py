@@ -69,12 +69,13 @@ def is_nsfw(channel: object) -> bool:
 
 
 def channel_target(services: Services, record: JobRecord) -> ChannelTarget:
-    return ChannelTarget(services, channel_id=record.channel_id, guild_id=record.guild_id)
+    asked = record.request
+    return ChannelTarget(services, channel_id=asked.channel_id, guild_id=asked.guild_id)
 
 
 def _jump_url(job: JobRecord, message_id: int) -> str:
-    guild = job.guild_id or "@me"
-    return f"https://discord.com/channels/{guild}/{job.channel_id}/{message_id}"
+    guild = job.request.guild_id or "@me"
+    return f"https://discord.com/channels/{guild}/{job.request.channel_id}/{message_id}"
 
 
 class JobRun:
@@ -218,13 +219,14 @@ class JobRun:
                 if await target.progress(text, preview=None, view=None, must=True):
                     return
         with contextlib.suppress(CannotPost, discord.HTTPException):
-            await channel_target(self.services, self.record).say(text, mention=self.record.user_id)
+            mention = self.record.request.user_id
+            await channel_target(self.services, self.record).say(text, mention=mention)
 
     async def _nsfw(self) -> bool:
         if self.nsfw is not None:
             return self.nsfw
         await wait_for_cache(self.services)  # resumed at start-up: the cache may be empty
-        return is_nsfw(self.services.channels.get_channel(self.record.channel_id))
+        return is_nsfw(self.services.channels.get_channel(self.record.request.channel_id))
 
     async def _post_once(self, post: ResultPost, since: datetime) -> discord.Message | None:
         """Post the result through the job's target, else the channel; None if the bot may
@@ -267,9 +269,9 @@ class JobRun:
         return None
 
     async def _deliver(self, result: GenerationResult) -> None:
-        services, record = self.services, self.record
+        services, record, asked = self.services, self.record, self.record.request
         ledger = services.ledger
-        rules = await services.rules.moderation(record.guild_id)
+        rules = await services.rules.moderation(asked.guild_id)
         verdict = rules.review(result.images, nsfw_channel=await self._nsfw())
         # One rule for every image made but not posted (withheld by moderation, or left out
         # by the engine as NaN): given back by `pricing.refund`; none posted fails the job,
@@ -302,7 +304,7 @@ class JobRun:
             )
         embed = render.result_embed(record, result, verdict)
         content = render.result_content(
-            record.user_id, len(verdict.post), verdict.withheld, warnings, result.failed
+            asked.user_id, len(verdict.post), verdict.withheld, warnings, result.failed
         )
         grid = None
         if len(posted) == GRID_IMAGES and not any(spoiler for _image, spoiler in verdict.post):
@@ -321,13 +323,13 @@ class JobRun:
             ]
 
         # No Upscale on images already at the size cap (it would be a same-size re-render).
-        upscalable = record.width > 0 < record.height and bool(
-            upscaled_size(record.width, record.height, services.engine.limits)
+        upscalable = asked.width > 0 < asked.height and bool(
+            upscaled_size(asked.width, asked.height, services.engine.limits)
         )
         view = result_view(
-            ref, [image.index for image in posted], kind=record.kind, upscalable=upscalable
+            ref, [image.index for image in posted], kind=asked.kind, upscalable=upscalable
         )
-        post = ResultPost(content, embed, files, view, mention=record.user_id)
+        post = ResultPost(content, embed, files, view, mention=asked.user_id)
         await persist(
             "the start of its delivery",
             self.id,

@@ -86,8 +86,9 @@ def _on_its_message(interaction: discord.Interaction[Any], message_id: int | Non
 def _offers(record: JobRecord, action: Action) -> None:
     """Refuse a press for an action the job's result does not offer (its custom id was
     forged onto the message): what runs, and what it costs, follows the job's kind."""
-    if action not in offered(record.kind):
-        raise NotAllowed(f"Job #{record.id} is an {record.kind}: it offers no {label_of(action)}.")
+    kind = record.request.kind
+    if action not in offered(kind):
+        raise NotAllowed(f"Job #{record.id} is an {kind}: it offers no {label_of(action)}.")
 
 
 class JobService:
@@ -219,11 +220,11 @@ class JobService:
             )
         _offers(record, Action.REROLL)
         picture = None
-        if record.strength is not None:
+        if record.request.strength is not None:
             picture = await asyncio.to_thread(self.services.images.load_input, job)
             if picture is None:
                 raise NotAllowed(self._gone(f"The picture job #{record.id} started from"))
-        options = reroll_options(record)
+        options = reroll_options(record.request)
         await self.imagine(interaction, options, reroll_of=record.id, picture=picture)
 
     async def upscale(self, interaction: discord.Interaction[Any], job: JobRef, index: int) -> None:
@@ -260,7 +261,7 @@ class JobService:
             user=origin_of(interaction).fairness_key,
             origin=f"job {record.id}, image {index + 1}",
             models=self.services.engine.model_names,
-            native=record.kind is JobKind.UPSCALE,
+            native=record.request.kind is JobKind.UPSCALE,
         )
         await self._derived(
             interaction, request, kind=JobKind.VARIATION, source=record, index=index
@@ -290,13 +291,13 @@ class JobService:
             )
         if png is None:
             raise NotAllowed(self._gone(f"Image {index + 1} of job #{job.id}"))
-        return record, source_of(record, index), await asyncio.to_thread(png_to_rgb, png)
+        return record, source_of(record.request, index), await asyncio.to_thread(png_to_rgb, png)
 
     async def _known(self, interaction: discord.Interaction[Any], job: JobRef) -> JobRecord:
         """The job a button names, in the presser's server; else `UnknownJob`."""
         await self._recorded(job.id)
         record = await self.services.ledger.get_job(job.id)
-        if not job.names(record) or record.guild_id != (interaction.guild_id or 0):
+        if not job.names(record) or record.request.guild_id != (interaction.guild_id or 0):
             raise UnknownJob()
         return record
 
@@ -378,9 +379,9 @@ class JobService:
     def _may_manage(self, interaction: discord.Interaction[Any], job: JobRecord | None) -> bool:
         """The job's requester, or a moderator of the job's own server (buttons can be forged,
         so a moderator elsewhere gets no say). Unknown jobs: moderators only."""
-        if job is not None and interaction.user.id == job.user_id:
+        if job is not None and interaction.user.id == job.request.user_id:
             return True
-        same_guild = job is None or job.guild_id == (interaction.guild_id or 0)
+        same_guild = job is None or job.request.guild_id == (interaction.guild_id or 0)
         role_ids = self.services.config.discord.moderator_role_ids
         return same_guild and is_moderator(interaction, role_ids)
 
@@ -397,14 +398,14 @@ class JobService:
 
         def token_usable(job: JobRecord) -> bool:
             young = clock.now() - job.queued_at < TOKEN_USABLE_FOR
-            return young and clock.token_usable(job.interaction_id)
+            return young and clock.token_usable(job.request.interaction_id)
 
         plan = await plan_recovery(services.ledger, token_usable, services.config.discord.shards)
         reconciled = 0
         for record in plan:
             if record.delivery_started_at is not None and await self._reconcile(record):
                 reconciled += 1
-            elif record.interaction_token is not None and record in plan.requeue:
+            elif record.request.interaction_token is not None and record in plan.requeue:
                 target = InteractionTarget.for_job(services, record, message_id=record.message_id)
                 await self._resume(record, target)
             else:
@@ -432,7 +433,7 @@ class JobService:
             log.warning(
                 "job %d: cannot read back channel %d (%s); posting its result again",
                 record.id,
-                record.channel_id,
+                record.request.channel_id,
                 exc,
             )
             return False
@@ -461,7 +462,7 @@ class JobService:
 
     async def _resume(self, record: JobRecord, target: Target) -> None:
         picture = None
-        if record.strength is not None:  # image-to-image: the picture it started from
+        if record.request.strength is not None:  # image-to-image: the picture it started from
             try:
                 picture = await asyncio.to_thread(
                     self.services.images.load_input, JobRef.of(record)
@@ -473,7 +474,7 @@ class JobService:
                 await give_up(self.services.ledger, record.id, reason)
                 return
         try:
-            checked = await self.services.engine.check(resumed_request(record, picture))
+            checked = await self.services.engine.check(resumed_request(record.request, picture))
             engine_job = self.services.engine.submit(checked, job_id=str(record.id))
         except EngineError as exc:
             log.warning("job %d: cannot resume after a restart: %s", record.id, exc)

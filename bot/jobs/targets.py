@@ -116,13 +116,14 @@ class InteractionTarget:
         cls, services: Services, job: JobRecord, *, message_id: int | None
     ) -> InteractionTarget:
         """Answers job `job` through the token stored with it."""
-        assert job.interaction_token is not None
+        asked = job.request
+        assert asked.interaction_token is not None
         return cls(
             services,
-            application_id=job.application_id,
-            token=job.interaction_token,
-            interaction_id=job.interaction_id,
-            channel_id=job.channel_id,
+            application_id=asked.application_id,
+            token=asked.interaction_token,
+            interaction_id=asked.interaction_id,
+            channel_id=asked.channel_id,
             message_id=message_id,
         )
 

@@ -1,7 +1,8 @@
 """The usage ledger: jobs, quotas and their audit log (SQLAlchemy 2 async + Alembic).
 
 Cogs use `Ledger` (from `open_ledger`) and the frozen dataclasses it returns; they never
-write SQL. Nothing here imports discord, and the engine never imports this package.
+write SQL. `Ledger` is a facade: `store.py` lists the module that owns each group of writes.
+Nothing here imports discord, and the engine never imports this package.
 """
 
 from .database import (

@@ -127,41 +127,26 @@ class JobRequest:
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
-    """One stored job, as the ledger last saw it. Times are timezone-aware UTC."""
+    """One stored job, as the ledger last saw it: the request it was stored for, and the
+    ledger's own fields beside it. Times are timezone-aware UTC.
+
+    `request` is the row as it stands: its `image_count` is what the job is charged now (less
+    any refund; `images_asked` is what was asked), and its `interaction_token` is None once
+    the job ended or the token could no longer be used.
+    """
 
     id: int
     key: str | None  # random; with `id`, unique across databases (None: rows before 0003)
-    guild_id: int
-    channel_id: int
-    user_id: int
-    application_id: int
-    interaction_id: int
-    interaction_token: str | None
-    message_id: int | None
-    prompt: str
-    negative_prompt: str
-    seed: int
-    model: str
-    scheduler: str
-    steps: int
-    guidance: float
-    width: int
-    height: int
-    image_count: int
+    request: JobRequest
     status: JobStatus
     refusal_reason: RefusalReason | str | None
     error: str | None
-    reroll_of: int | None
+    message_id: int | None  # the progress message, then the result
     queued_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     delivery_started_at: datetime | None  # set before posting: a post may exist
     delivered_at: datetime | None
-    kind: JobKind
-    source_job_id: int | None
-    source_index: int | None
-    strength: float | None
-    images_asked: int  # as asked, before any refund (`image_count` is what is charged now)
 
     @property
     def unkept(self) -> str | None:

@@ -7,6 +7,8 @@ heartbeat is younger than `LEASE_TTL`, unless that process is known to be gone (
 its pid no longer runs, or it is our own pid: a previous life of this container). The
 holder renews it every `HEARTBEAT_INTERVAL`; a holder that finds the lease taken stops, so
 two processes never both run the jobs. The heartbeat is also the health check's write probe.
+
+`Leases` owns the `leases` table; the keeper reaches it through the `Ledger` facade.
 """
 
 from __future__ import annotations
@@ -22,8 +24,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from .errors import LedgerError
+from .models import Lease
 from .shards import OWNER_LEASE, Shards
+from .transactions import Transactions
 
 __all__ = [
     "HEARTBEAT_INTERVAL",
@@ -32,6 +40,7 @@ __all__ = [
     "LeaseHeld",
     "LeaseHolder",
     "LeaseKeeper",
+    "Leases",
 ]
 
 log = logging.getLogger(__name__)
@@ -183,8 +192,68 @@ class LeaseKeeper:
             log.warning("could not release the database lease: %s", exc)
 
 
+def _holder(row: Lease) -> LeaseHolder:
+    return LeaseHolder(row.holder, row.host, row.pid, row.acquired_at, row.heartbeat_at)
+
+
+class Leases:
+    """The lease rows: who owns the database, or each shard of it."""
+
+    def __init__(self, tx: Transactions) -> None:
+        self.tx = tx
+
+    async def all(self) -> tuple[tuple[str, LeaseHolder], ...]:
+        """Every lease row: its name (`Shards.lease_names`) and holder."""
+
+        async def work(session: AsyncSession) -> tuple[tuple[str, LeaseHolder], ...]:
+            rows = await session.scalars(select(Lease).order_by(Lease.name))
+            return tuple((row.name, _holder(row)) for row in rows)
+
+        return await self.tx.read(work)
+
+    async def claim(
+        self, me: LeaseHolder, stale: Callable[[LeaseHolder], bool], name: str
+    ) -> LeaseHolder:
+        """Make `me` the owner of lease `name` unless a live process is (`stale` says which
+        are gone); returns the owner after the attempt."""
+
+        async def work(session: AsyncSession) -> LeaseHolder:
+            row = await session.get(Lease, name)
+            if row is not None and row.holder != me.holder and not stale(_holder(row)):
+                return _holder(row)
+            now = self.tx.now()
+            values = {"holder": me.holder, "host": me.host, "pid": me.pid}
+            if row is None:
+                row = Lease(name=name, acquired_at=now, heartbeat_at=now, **values)
+                session.add(row)
+            else:
+                for key, value in (values | {"acquired_at": now, "heartbeat_at": now}).items():
+                    setattr(row, key, value)
+            await session.flush()
+            return _holder(row)
+
+        try:
+            return await self.tx.write(work)
+        except IntegrityError:  # another process inserted the row first (PostgreSQL)
+            return await self.tx.write(work)
+
+    async def renew(self, me: LeaseHolder, name: str) -> bool:
+        """The owner's heartbeat; False if another process holds the lease now."""
+        return bool(
+            await self.tx.execute(
+                update(Lease)
+                .where(Lease.name == name, Lease.holder == me.holder)
+                .values(heartbeat_at=self.tx.now())
+            )
+        )
+
+    async def release(self, me: LeaseHolder, name: str) -> None:
+        """Give the lease up (a clean stop), if `me` still holds it."""
+        await self.tx.execute(delete(Lease).where(Lease.name == name, Lease.holder == me.holder))
+
+
 class LeaseLedger(Protocol):
-    """What the keeper needs of `Ledger` (the one owner of ledger writes)."""
+    """What the keeper needs of `Ledger` (whose lease calls `Leases` answers)."""
 
     def now(self) -> datetime: ...
 

@@ -1,4 +1,5 @@
-"""ORM tables of the usage ledger. Only `store.py` writes them; migrations must match them.
+"""ORM tables of the usage ledger. One module owns the writes to each (see `store.py`);
+migrations must match them.
 
 Times are stored as UTC: `timestamptz` on PostgreSQL, naive UTC text on SQLite (which has no
 time zones), and always come back timezone-aware.

@@ -15,9 +15,8 @@ The Discord side (and deciding whether it may post) belongs to the bot.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .jobs import JobRecord
 from .shards import Shards
@@ -51,7 +50,7 @@ def classify(jobs: Iterable[JobRecord], token_usable: TokenCheck) -> RecoveryPla
     requeue: list[JobRecord] = []
     post: list[JobRecord] = []
     for job in sorted(jobs, key=lambda j: (j.queued_at, j.id)):
-        if job.interaction_token is not None and token_usable(job):
+        if job.request.interaction_token is not None and token_usable(job):
             requeue.append(job)
         else:
             post.append(job)
@@ -66,10 +65,10 @@ async def plan_recovery(
     jobs = await ledger.requeue_interrupted(shards)
     plan = classify(jobs, token_usable)
     await ledger.forget_tokens(j.id for j in plan.post_to_channel)
-    return RecoveryPlan(
-        plan.requeue,
-        tuple(dataclasses.replace(j, interaction_token=None) for j in plan.post_to_channel),
+    forgotten = (
+        replace(j, request=replace(j.request, interaction_token=None)) for j in plan.post_to_channel
     )
+    return RecoveryPlan(plan.requeue, tuple(forgotten))
 
 
 async def give_up(ledger: Ledger, job_id: int, error: str = GIVE_UP_ERROR) -> bool:

@@ -1,7 +1,8 @@
 """A guild's own settings, set by its moderators with `/settings` (the config gives defaults).
 
-Pure: what each setting is called, what values it takes, how it is stored as text (and shown
-in the audit log). `None` means "the config's default".
+What each setting is called, what values it takes, how it is stored as text (and shown in
+the audit log), and `SettingsBook`, the one owner of the writes to `guild_settings` and
+`settings_audit`. `None` means "the config's default".
 """
 
 from __future__ import annotations
@@ -11,7 +12,21 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-__all__ = ["FLAGGED_POLICIES", "SETTINGS", "GuildSettings", "SettingsChange", "parse_setting"]
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .models import GuildSettingsRow, SettingsAudit
+from .transactions import Transactions
+
+__all__ = [
+    "FLAGGED_POLICIES",
+    "SETTINGS",
+    "GuildSettings",
+    "SettingsBook",
+    "SettingsChange",
+    "parse_setting",
+    "read_settings",
+]
 
 FLAGGED_POLICIES = ("spoiler", "refuse_outside_nsfw")
 MAX_WORDS = 100
@@ -100,3 +115,74 @@ def parse_setting(name: str, text: str) -> Any:
             raise ValueError(f"flagged_images must be one of {', '.join(FLAGGED_POLICIES)}.")
         return text
     raise ValueError(f"There is no setting {name!r}; the settings are {', '.join(SETTINGS)}.")
+
+
+async def read_settings(session: AsyncSession, guild_id: int) -> GuildSettings:
+    """The guild's own settings, read in `session` (a reservation reads its allowance here)."""
+    row = await session.get(GuildSettingsRow, guild_id)
+    if row is None:
+        return GuildSettings()
+    return GuildSettings(**{n: from_text(n, getattr(row, n)) for n in SETTINGS})
+
+
+class SettingsBook:
+    """Per-guild settings and their audit log."""
+
+    def __init__(self, tx: Transactions) -> None:
+        self.tx = tx
+
+    async def get(self, guild_id: int) -> GuildSettings:
+        """The guild's own settings (fields left None take the config's)."""
+
+        async def work(session: AsyncSession) -> GuildSettings:
+            return await read_settings(session, guild_id)
+
+        return await self.tx.read(work)
+
+    async def change(self, guild_id: int, name: str, value: Any, by: int) -> SettingsChange:
+        """Set (or, with None, reset to the config's) one setting of a guild, audited."""
+        if name not in SETTINGS:
+            raise ValueError(f"unknown setting {name!r}")
+
+        async def work(session: AsyncSession) -> SettingsChange:
+            now = self.tx.now()
+            row = await session.get(GuildSettingsRow, guild_id)
+            if row is None:
+                row = GuildSettingsRow(guild_id=guild_id, updated_by=by, updated_at=now)
+                session.add(row)
+            stored = getattr(row, name)
+            old = None if stored is None else str(stored)
+            new = to_text(value)
+            setattr(row, name, value if name == "daily_images" else new)
+            row.updated_by, row.updated_at = by, now
+            session.add(
+                SettingsAudit(
+                    guild_id=guild_id,
+                    moderator_id=by,
+                    changed_at=now,
+                    setting=name,
+                    old_value=old,
+                    new_value=new,
+                )
+            )
+            return SettingsChange(guild_id, by, name, old, new)
+
+        return await self.tx.write(work)
+
+    async def history(self, guild_id: int, *, limit: int = 25) -> tuple[SettingsChange, ...]:
+        """The guild's settings changes, newest first."""
+        stmt = (
+            select(SettingsAudit)
+            .where(SettingsAudit.guild_id == guild_id)
+            .order_by(SettingsAudit.changed_at.desc(), SettingsAudit.id.desc())
+            .limit(limit)
+        )
+
+        async def work(session: AsyncSession) -> tuple[SettingsChange, ...]:
+            rows = (await session.execute(stmt)).scalars()
+            return tuple(
+                SettingsChange(r.guild_id, r.moderator_id, r.setting, r.old_value, r.new_value)
+                for r in rows
+            )
+
+        return await self.tx.read(work)

@@ -78,4 +78,4 @@ async def test_flagged_images_are_posted_in_nsfw_channels(world: World) -> None:
     await world.bot.wait_for_line(rf"job {job_id_of(result)}: delivered", within=JOB_TIMEOUT)
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id_of(result))
-        assert job.status is JobStatus.DONE and job.image_count == 1
+        assert job.status is JobStatus.DONE and job.request.image_count == 1

@@ -79,7 +79,7 @@ async def test_imagine_from_an_attachment_keeps_its_aspect_and_stores_the_pictur
     await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id)
-        assert job.status is JobStatus.DONE and job.strength == 0.5
+        assert job.status is JobStatus.DONE and job.request.strength == 0.5
     stored = world.tmp / "imagine-bot-images" / "inputs" / f"{job_id}-{JobRef.of(job).key}.png"
     with Image.open(stored) as kept:
         assert kept.size == (params.width, params.height)  # what the pipeline started from

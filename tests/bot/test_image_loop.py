@@ -131,11 +131,13 @@ async def test_a_grid_then_upscale_and_variations(world: World) -> None:
     assert size_of(again.attachments[0].data) == (128, 128)  # a 2x2 grid of 64x64
     async with read_ledger(world.tmp) as ledger:
         up = await job_of(ledger, job_id_of(big))
+        assert up.status is JobStatus.DONE
+        up = up.request
         assert (up.kind, up.source_job_id, up.source_index) == (JobKind.UPSCALE, grid_id, 1)
-        assert up.image_count == UPSCALE_COST and up.status is JobStatus.DONE
-        var = await job_of(ledger, job_id_of(variations))
+        assert up.image_count == UPSCALE_COST
+        var = (await job_of(ledger, job_id_of(variations))).request
         assert (var.kind, var.source_index, var.image_count) == (JobKind.VARIATION, 0, 4)
-        var = await job_of(ledger, job_id_of(again))
+        var = (await job_of(ledger, job_id_of(again))).request
         assert (var.width, var.height, var.image_count) == (64, 64, 4)
     assert await used(world, alice.id) == 4 + UPSCALE_COST + 4 + 4
 
@@ -192,7 +194,7 @@ async def test_a_cancelled_upscale_gives_its_cost_back(world: World) -> None:
     await world.bot.wait_for_line(rf"job {job_id}: cancelled", within=60)
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id)
-        assert job.kind is JobKind.UPSCALE and job.status is JobStatus.CANCELLED
+        assert job.request.kind is JobKind.UPSCALE and job.status is JobStatus.CANCELLED
     assert await used(world, carol.id) == before  # the upscale's cost came back
 
 
@@ -207,7 +209,7 @@ async def test_a_prompt_that_reads_like_a_png_field_is_upscaled(world: World) ->
     assert first.custom_ids, first.content  # its progress (Cancel), not a refusal
     big = await wait_result(pressed)
     async with read_ledger(world.tmp) as ledger:
-        up = await job_of(ledger, job_id_of(big))
+        up = (await job_of(ledger, job_id_of(big))).request
         assert (up.kind, up.prompt, up.seed) == (JobKind.UPSCALE, prompt, 5)
 
 
@@ -268,7 +270,7 @@ async def test_models_and_loras_chosen_from_discord(world: World) -> None:
     assert rerolled is not None and rerolled.model == "other"
     assert rerolled.prompt == params.prompt and rerolled.seed != params.seed
     async with read_ledger(world.tmp) as ledger:
-        job = await job_of(ledger, job_id_of(again))
+        job = (await job_of(ledger, job_id_of(again))).request
         assert job.model == "other" and job.prompt == params.prompt
 
 

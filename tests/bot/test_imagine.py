@@ -132,7 +132,8 @@ async def test_imagine_delivers_pngs_whose_seeds_match_the_embed(world: World) -
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id)
         assert job.status is JobStatus.DONE and job.message_id == result.id
-        assert job.seed == 1234 and job.image_count == 2 and job.interaction_token is None
+        asked = job.request
+        assert asked.seed == 1234 and asked.image_count == 2 and asked.interaction_token is None
 
 
 async def test_two_users_at_once_each_get_their_own_images(world: World) -> None:
@@ -378,7 +379,7 @@ async def test_reroll_and_delete_buttons(world: World) -> None:
     await by_mod.wait_for(lambda _: rerolled.deleted, what="the reroll to be deleted")
 
     async with read_ledger(world.tmp) as ledger:
-        rerolled_job = await job_of(ledger, new_id)
+        rerolled_job = (await job_of(ledger, new_id)).request
         assert rerolled_job.user_id == world.bob.id and rerolled_job.reroll_of == job_id
         assert rerolled_job.seed == new_seed
 
@@ -526,7 +527,9 @@ async def test_upscale_and_vary_follow_the_rules_of_now(world: World) -> None:
         status = await ledger.user_status(world.guild.id, hank.id)
         assert status.used == 2 + 2  # two images and one upscale, not the refused one
         jobs = await ledger.jobs_for_user(world.guild.id, hank.id)
-        refused = [(j.kind, j.refusal_reason) for j in jobs if j.status is JobStatus.REFUSED]
+        refused = [
+            (j.request.kind, j.refusal_reason) for j in jobs if j.status is JobStatus.REFUSED
+        ]
         assert refused == [(JobKind.UPSCALE, RefusalReason.BLOCKED_WORD)]
         history = await ledger.settings_history(world.guild.id)
         assert [c.setting for c in history[:4]] == [

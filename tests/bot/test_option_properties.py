@@ -163,9 +163,10 @@ def test_echoed_text_never_pings_anyone_but_the_requester(
     request, warnings = outcome
     image = GeneratedImage(png=b"", seed=request.seed or 0, index=0, width=64, height=64)
     result = GenerationResult(request=request, images=(image,), model="m", sampler="s")
-    job: Any = SimpleNamespace(
-        id=7, reroll_of=None, kind="imagine", source_job_id=None, source_index=None, strength=None
+    asked = SimpleNamespace(
+        reroll_of=None, kind="imagine", source_job_id=None, source_index=None, strength=None
     )
+    job: Any = SimpleNamespace(id=7, request=asked)
     embed = render.result_embed(job, result, Verdict(((image, False),), 0))
     content = render.result_content(REQUESTER, 1, 0, warnings)
     # What `targets.py` sends the result with: only the requester may be pinged.

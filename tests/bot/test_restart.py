@@ -138,4 +138,4 @@ async def test_buttons_work_after_a_restart_and_sigterm_keeps_unfinished_jobs(
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id)
         # Not failed, not refunded: the next start runs it again.
-        assert job.status in ACTIVE_STATUSES and job.interaction_token is not None
+        assert job.status in ACTIVE_STATUSES and job.request.interaction_token is not None

@@ -76,7 +76,7 @@ async def test_a_huge_forged_prompt_is_refused_and_not_stored(world: World) -> N
     assert text == "`prompt` must be between 1 and 1000 characters long."
     async with read_ledger(world.tmp) as ledger:
         jobs = await ledger.jobs_for_user(world.guild.id, world.alice.id)
-        assert all(len(job.prompt) <= 2000 for job in jobs)
+        assert all(len(job.request.prompt) <= 2000 for job in jobs)
 
 
 async def test_a_button_acts_only_on_its_own_jobs_message(world: World) -> None:

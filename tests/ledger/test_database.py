@@ -113,7 +113,7 @@ class _RetryWatcher(logging.Handler):
 @pytest.fixture
 def retry_watcher() -> Iterator[_RetryWatcher]:
     handler = _RetryWatcher()
-    log = logging.getLogger("bot.ledger.store")
+    log = logging.getLogger("bot.ledger")  # the package: whichever module logs the retry
     log.addHandler(handler)
     yield handler
     log.removeHandler(handler)

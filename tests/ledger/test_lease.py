@@ -113,6 +113,6 @@ async def test_recovery_takes_only_the_jobs_of_its_shards(ledger: Ledger) -> Non
         job = (await ledger.reserve(make_request(guild_id=guild))).job
         assert await ledger.mark_running(job.id)
     requeued = await ledger.requeue_interrupted(shards)
-    assert sorted(j.guild_id for j in requeued) == sorted(ours)
+    assert sorted(j.request.guild_id for j in requeued) == sorted(ours)
     running = [j for j in await ledger.active_jobs() if j.status is JobStatus.RUNNING]
-    assert sorted(j.guild_id for j in running) == sorted(set(guilds) - set(ours))
+    assert sorted(j.request.guild_id for j in running) == sorted(set(guilds) - set(ours))

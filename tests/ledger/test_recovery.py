@@ -41,7 +41,7 @@ async def test_classify_by_token_age(ledger: Ledger, clock: FakeClock) -> None:
     fresh = replace(job, id=1, queued_at=at - timedelta(minutes=13, seconds=59))
     edge = replace(job, id=2, queued_at=at - timedelta(minutes=14))
     old = replace(job, id=3, queued_at=at - timedelta(hours=2))
-    tokenless = replace(job, id=4, interaction_token=None)
+    tokenless = replace(job, id=4, request=replace(job.request, interaction_token=None))
     plan = classify([old, tokenless, edge, fresh], lambda j: at - j.queued_at < TOKEN_USABLE_FOR)
     assert [j.id for j in plan.requeue] == [1]
     assert [j.id for j in plan.post_to_channel] == [3, 2, 4]  # oldest first
@@ -73,11 +73,12 @@ async def test_restart_requeues_interrupted_jobs_keeping_their_reservation(
         assert [j.id for j in plan.requeue] == [fresh_running.id, fresh_queued.id]
         assert [j.id for j in plan.post_to_channel] == [old.id]
         assert all(j.status is JobStatus.QUEUED and j.started_at is None for j in plan)
-        assert [j.seed for j in plan.requeue] == [22, 33]  # same seed: same picture
-        assert plan.requeue[0].interaction_token == fresh_running.interaction_token
-        assert plan.post_to_channel[0].interaction_token is None
+        assert [j.request.seed for j in plan.requeue] == [22, 33]  # same seed: same picture
+        token = fresh_running.request.interaction_token
+        assert plan.requeue[0].request.interaction_token == token
+        assert plan.post_to_channel[0].request.interaction_token is None
         stored = await after.get_job(old.id)
-        assert stored is not None and stored.interaction_token is None  # dead secret dropped
+        assert stored is not None and stored.request.interaction_token is None  # secret dropped
 
         status = await after.user_status(GUILD, USER)
         assert (status.used, status.queued, status.running) == (used_before, 3, 0)

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from bot.ledger import WINDOW, JobStatus, Ledger, QuotaPolicy, RefusalReason
+from bot.ledger import (
+    WINDOW,
+    JobRecord,
+    JobRequest,
+    JobStatus,
+    Ledger,
+    QuotaPolicy,
+    RefusalReason,
+)
 from bot.ledger.models import Job
 
 from .conftest import GUILD, MODERATOR, OTHER_GUILD, OTHER_USER, USER, FakeClock, LedgerFactory
@@ -39,10 +48,17 @@ async def test_accepted_reservation_is_a_queued_job_that_counts(
     assert job is not None
     assert job.status is JobStatus.QUEUED
     assert job.queued_at == clock.now and job.queued_at.tzinfo is not None
-    assert job.seed == 2**63 - 1 and job.height == 768 and job.scheduler == "euler_a"
-    assert job.interaction_token is not None
+    assert job.request == req(image_count=2)  # kept as asked
+    assert job.request.seed == 2**63 - 1 and job.request.interaction_token is not None
     status = await ledger.user_status(GUILD, USER)
     assert (status.used, status.remaining, status.queued) == (2, 3, 1)
+
+
+def test_a_record_holds_its_request_and_repeats_none_of_it() -> None:
+    """One stored shape for a job: the ledger's own fields beside the request (issue 22)."""
+    ledger_fields = {f.name for f in fields(JobRecord)}
+    assert "request" in ledger_fields
+    assert not ledger_fields & {f.name for f in fields(JobRequest)}
 
 
 async def test_quota_refusal_is_stored_and_says_when_to_retry(
@@ -57,7 +73,7 @@ async def test_quota_refusal_is_stored_and_says_when_to_retry(
     assert not refused.accepted
     assert refused.reason is RefusalReason.QUOTA
     assert refused.job.status is JobStatus.REFUSED
-    assert refused.job.interaction_token is None  # refused jobs never keep the secret
+    assert refused.job.request.interaction_token is None  # refused jobs never keep the secret
     # The first job's two images come back 24 h after it was queued: enough for two.
     assert refused.retry_at == first.job.queued_at + WINDOW
     assert refused.remaining == 0
@@ -179,8 +195,7 @@ async def test_record_refusal_stores_reason_without_taking_images(ledger: Ledger
 async def test_reroll_points_at_its_parent(ledger: Ledger) -> None:
     parent = await ledger.reserve(req())
     child = await ledger.reserve(req(reroll_of=parent.job.id, seed=7))
-    assert child.job.reroll_of == parent.job.id
-    assert child.job.reroll_of == parent.job.id
+    assert child.job.request.reroll_of == parent.job.id
 
 
 async def test_50_concurrent_reservations_for_10_images_left(make_ledger: LedgerFactory) -> None:
@@ -231,7 +246,7 @@ async def test_a_huge_refused_prompt_is_not_stored_whole(ledger: Ledger) -> None
     )
     stored = await ledger.get_job(job.id)
     assert stored is not None and stored.status is JobStatus.REFUSED
-    assert stored.prompt == huge[:2000] and stored.negative_prompt == huge[:2000]
+    assert stored.request.prompt == huge[:2000] and stored.request.negative_prompt == huge[:2000]
 
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -45,7 +45,7 @@ async def test_happy_path(ledger: Ledger, clock: FakeClock) -> None:
     assert await ledger.mark_done(job.id)
     done = await _get(ledger, job.id)
     assert done.status is JobStatus.DONE and not done.delivered
-    assert done.interaction_token is None  # the secret is forgotten when the job ends
+    assert done.request.interaction_token is None  # the secret is forgotten when the job ends
     assert done.started_at == job.queued_at + timedelta(seconds=5)
     assert done.finished_at == clock.now and done.message_id == 777
 
@@ -83,7 +83,7 @@ async def test_failure_keeps_a_bounded_error(ledger: Ledger) -> None:
     assert await ledger.mark_failed(job.id, "x" * 10_000)
     failed = await _get(ledger, job.id)
     assert failed.status is JobStatus.FAILED and failed.error == "x" * 2000
-    assert failed.interaction_token is None and failed.finished_at is not None
+    assert failed.request.interaction_token is None and failed.finished_at is not None
     assert not await ledger.mark_running(job.id)
 
 
@@ -154,7 +154,8 @@ def test_any_sequence_of_calls_follows_the_state_machine(
                 assert await _apply(ledger, job.id, op) == expected, (ops, op)
                 now = await _get(ledger, job.id)
                 assert (now.status, now.delivered) == (status, delivered)
-                assert (now.interaction_token is None) == (status not in ACTIVE_STATUSES)
+                forgotten = now.request.interaction_token is None
+                assert forgotten == (status not in ACTIVE_STATUSES)
         finally:
             await engine.dispose()
 
@@ -168,9 +169,9 @@ async def test_refund_images_gives_back_withheld_images_of_a_done_job(ledger: Le
     await ledger.mark_done(job.job.id, message_id=5)
     assert await ledger.refund_images(job.job.id, 2)
     assert not await ledger.refund_images(job.job.id, 2)  # only one image is still counted
-    status = await ledger.user_status(job.job.guild_id, job.job.user_id)
+    status = await ledger.user_status(job.job.request.guild_id, job.job.request.user_id)
     assert status.used == 1
-    assert (await _get(ledger, job.job.id)).image_count == 1
+    assert (await _get(ledger, job.job.id)).request.image_count == 1
 
 
 async def test_a_delivery_start_is_recorded_and_survives_a_requeue(

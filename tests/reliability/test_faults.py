@@ -215,7 +215,7 @@ async def test_out_of_memory_splits_the_batch_and_the_bad_request_fails_alone(
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, bad_id)
         assert job.status is JobStatus.FAILED and "memory" in (job.error or "")
-        carol = await ledger.user_status(job.guild_id, world.carol.id)
+        carol = await ledger.user_status(job.request.guild_id, world.carol.id)
         assert carol.used == 1  # her earlier job only: the poisoned one was refunded
         assert (carol.queued, carol.running) == (0, 0)
 
@@ -236,7 +236,7 @@ async def test_a_nan_image_is_never_posted_nor_charged(world: World) -> None:
     assert [a.filename.rsplit("-", 1)[1] for a in result.attachments] == [f"{NAN_SEED - 1}.png"]
     assert "1 image(s) came out blank" in result.content and "given back" in result.content
     async with read_ledger(world.tmp) as ledger:
-        assert (await job_of(ledger, job_id)).image_count == 1  # the NaN one was given back
+        assert (await job_of(ledger, job_id)).request.image_count == 1  # the NaN one: given back
         assert (await ledger.user_status(world.guild.id, world.alice.id)).used == used + 1
 
     bad_id, bad = await world.imagine(world.alice, "a blank picture", seed=NAN_SEED)
@@ -355,7 +355,7 @@ async def test_sigterm_mid_job_exits_promptly_and_the_next_start_delivers_it_onc
     assert world.results_for(job_id) == []
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id)
-        assert job.status in ACTIVE_STATUSES and job.interaction_token is not None
+        assert job.status in ACTIVE_STATUSES and job.request.interaction_token is not None
 
     await start_bot(world)
     result = await wait_result(interaction_of(progress), within=JOB_TIMEOUT)
@@ -443,8 +443,8 @@ async def test_a_kill_right_after_posting_an_upscale_keeps_its_whole_price(
     )
     async with read_ledger(world.tmp) as ledger:
         upscale = await job_of(ledger, upscale_id)
-        assert (upscale.kind, upscale.status) == (JobKind.UPSCALE, JobStatus.DONE)
-        assert upscale.image_count == 2  # [images] upscale_cost, kept whole
+        assert (upscale.request.kind, upscale.status) == (JobKind.UPSCALE, JobStatus.DONE)
+        assert upscale.request.image_count == 2  # [images] upscale_cost, kept whole
         assert (await ledger.user_status(world.guild.id, world.erin.id)).used == before + 2
 
 
@@ -463,9 +463,9 @@ async def test_a_reroll_after_withheld_images_asks_for_the_images_asked(world: W
     assert len(again.attachments) == 2  # new seeds: none flagged
     await world.bot.wait_for_line(rf"job {job_id_of(again)}: delivered", within=JOB_TIMEOUT)
     async with read_ledger(world.tmp) as ledger:
-        first = await job_of(ledger, job_id)
+        first = (await job_of(ledger, job_id)).request
         assert (first.image_count, first.images_asked) == (1, 2)
-        reroll = await job_of(ledger, job_id_of(again))
+        reroll = (await job_of(ledger, job_id_of(again))).request
         assert (reroll.reroll_of, reroll.image_count, reroll.images_asked) == (job_id, 2, 2)
 
 

@@ -1,0 +1,310 @@
+"""Job transitions: the one owner of every write to `jobs`, from reservation to refund.
+
+    reserve (queued, or refused) → running → delivery started → done (→ images refunded)
+                                 ↘ failed / cancelled (images given back), refused (queue full)
+
+Status changes are compare-and-set updates (`UPDATE ... WHERE status IN (allowed)`): an
+illegal or repeated transition (or an unknown job id) changes nothing and returns False, so a
+late or duplicate event can't corrupt a job: `mark_done` is true once per job, however many
+callers race to it. A dead process's jobs are put back to `queued` here too (`requeue`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .allowances import Allowances, active_in, counted_in, setting_in, statuses
+from .jobs import (
+    ACTIVE_STATUSES,
+    JobKind,
+    JobRecord,
+    JobRequest,
+    JobStatus,
+    RefusalReason,
+    new_job_key,
+)
+from .models import Job
+from .quota import Reservation, available_at, images_used
+from .shards import Shards
+from .transactions import Transactions
+
+__all__ = ["MAX_ERROR_CHARS", "MAX_PROMPT_CHARS", "Transitions", "record_of"]
+
+#: Characters of a prompt the ledger keeps (more than any accepted prompt has).
+MAX_PROMPT_CHARS = 2000
+#: Error texts are for moderators and logs, not for storing tracebacks.
+MAX_ERROR_CHARS = 2000
+
+#: A job row has a column for every field of its request and of its record, by the same name.
+_REQUEST_FIELDS = tuple(f.name for f in fields(JobRequest))
+_RECORD_FIELDS = tuple(f.name for f in fields(JobRecord) if f.name != "request")
+
+
+def _reason(value: str | None) -> RefusalReason | str | None:
+    if value is None:
+        return None
+    try:
+        return RefusalReason(value)
+    except ValueError:
+        return value
+
+
+def record_of(row: Job) -> JobRecord:
+    """The frozen view of a job row: its request, and the ledger's fields beside it."""
+    request = {name: getattr(row, name) for name in _REQUEST_FIELDS} | {"kind": JobKind(row.kind)}
+    values = {name: getattr(row, name) for name in _RECORD_FIELDS}
+    return JobRecord(
+        **values
+        | {
+            "request": JobRequest(**request),
+            "status": JobStatus(row.status),
+            "refusal_reason": _reason(row.refusal_reason),
+        }
+    )
+
+
+def _error_text(error: str | None) -> str | None:
+    return None if error is None else error[:MAX_ERROR_CHARS]
+
+
+def _new_row(
+    request: JobRequest, now: datetime, reason: RefusalReason | str | None, detail: str | None
+) -> Job:
+    refused = reason is not None
+    values = {name: getattr(request, name) for name in _REQUEST_FIELDS}
+    for field in ("prompt", "negative_prompt"):  # a forged 3 MB prompt is not kept whole
+        values[field] = values[field][:MAX_PROMPT_CHARS]
+    return Job(
+        **values
+        | {
+            "key": new_job_key(),
+            "kind": str(request.kind),
+            "interaction_token": None if refused else request.interaction_token,
+            "status": str(JobStatus.REFUSED if refused else JobStatus.QUEUED),
+            "refusal_reason": None if reason is None else str(reason),
+            "error": _error_text(detail),
+            "queued_at": now,
+            "finished_at": now if refused else None,
+        }
+    )
+
+
+def _storable(request: JobRequest) -> None:
+    problems = request.problems()
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+class Transitions:
+    """Stores jobs and moves them through their life (see the module doc)."""
+
+    def __init__(self, tx: Transactions, allowances: Allowances) -> None:
+        self.tx = tx
+        self.allowances = allowances
+
+    # -- new jobs ---------------------------------------------------------------------------
+
+    async def reserve(self, request: JobRequest) -> Reservation:
+        """Check the user's allowance and in-flight jobs and store the job, atomically.
+
+        Accepted: the job is stored `queued` and its images count from now for 24 hours.
+        Refused: it is stored `refused` with the reason (`user_blocked`, `quota` with
+        `retry_at`, or `too_many_jobs` when `max_queued_per_user` jobs are queued or running)
+        and takes no images. Raises ValueError for a request that can't be stored at all.
+        """
+        _storable(request)
+        guild_id, user_id, images = request.guild_id, request.user_id, request.image_count
+
+        async def work(session: AsyncSession) -> Reservation:
+            await self.tx.lock_user(session, guild_id, user_id)
+            policy = await self.allowances.policy_in(session, guild_id)
+            now = self.tx.now()
+            setting = await setting_in(session, guild_id, user_id)
+            limit = setting.limit(policy)
+            reason: RefusalReason | None = None
+            retry_at: datetime | None = None
+            used = 0
+            if setting.blocked:
+                reason = RefusalReason.USER_BLOCKED
+            else:
+                if limit is not None:
+                    counted = await counted_in(session, guild_id, user_id, now)
+                    used = images_used(counted, now)
+                    if used + images > limit:
+                        reason = RefusalReason.QUOTA
+                        retry_at = available_at(counted, limit, images, now)
+                if reason is None:
+                    active = await active_in(session, guild_id, user_id)
+                    if active >= policy.max_queued_per_user:
+                        reason = RefusalReason.TOO_MANY_JOBS
+            row = _new_row(request, now, reason, None)
+            session.add(row)
+            await session.flush()
+            if limit is None:
+                remaining = None
+            else:
+                remaining = max(0, limit - used - (images if reason is None else 0))
+            return Reservation(record_of(row), limit, remaining, retry_at)
+
+        return await self.tx.write(work)
+
+    async def record_refusal(
+        self, request: JobRequest, reason: RefusalReason | str, detail: str | None
+    ) -> JobRecord:
+        """Store a request the bot turned down before reserving (blocked word, channel...).
+
+        It takes no images; `detail` is kept as the job's error text for moderators.
+        """
+        _storable(request)
+
+        async def work(session: AsyncSession) -> JobRecord:
+            row = _new_row(request, self.tx.now(), reason, detail)
+            session.add(row)
+            await session.flush()
+            return record_of(row)
+
+        return await self.tx.write(work)
+
+    # -- status transitions -----------------------------------------------------------------
+
+    async def _set_where(
+        self,
+        job_id: int,
+        allowed: Iterable[JobStatus],
+        values: dict[str, Any],
+        *extra: ColumnElement[bool],
+    ) -> bool:
+        """Compare-and-set: update the job only if its status is in `allowed`."""
+        where = (Job.id == job_id, Job.status.in_(statuses(allowed)), *extra)
+        return await self.tx.execute(update(Job).where(*where).values(**values)) == 1
+
+    async def mark_running(self, job_id: int) -> bool:
+        """queued → running. False (and no change) from any other status."""
+        return await self._set_where(
+            job_id,
+            {JobStatus.QUEUED},
+            {"status": str(JobStatus.RUNNING), "started_at": self.tx.now()},
+        )
+
+    async def mark_done(self, job_id: int, message_id: int | None) -> bool:
+        """queued/running → done; the images stay counted and the token is forgotten.
+
+        With `message_id` (the result was posted) it is recorded and the job is marked
+        delivered too (see `bot/jobs/delivery.py` for how a post is made exactly once).
+        """
+        now = self.tx.now()
+        values: dict[str, Any] = {
+            "status": str(JobStatus.DONE),
+            "finished_at": now,
+            "interaction_token": None,
+        }
+        if message_id is not None:
+            values |= {"message_id": message_id, "delivered_at": now}
+        return await self._set_where(job_id, ACTIVE_STATUSES, values)
+
+    async def start_delivery(self, job_id: int, *, unkept: str | None) -> bool:
+        """Record that the result is about to be posted (queued/running jobs only).
+
+        From then on a restart must look for the post before posting again; the mark stays
+        when a dead process's job is re-queued. `unkept`: why its full-size images could not
+        be kept (a full disk), kept as the job's error (`JobRecord.unkept`).
+        """
+        values = {"delivery_started_at": self.tx.now(), "error": _error_text(unkept)}
+        return await self._set_where(job_id, ACTIVE_STATUSES, values)
+
+    async def mark_failed(self, job_id: int, error: str) -> bool:
+        """queued/running → failed: the images are given back."""
+        return await self._end(job_id, JobStatus.FAILED, error)
+
+    async def mark_cancelled(self, job_id: int, error: str | None) -> bool:
+        """queued/running → cancelled: the images are given back."""
+        return await self._end(job_id, JobStatus.CANCELLED, error)
+
+    async def _end(self, job_id: int, status: JobStatus, error: str | None) -> bool:
+        return await self._set_where(
+            job_id,
+            ACTIVE_STATUSES,
+            {
+                "status": str(status),
+                "error": _error_text(error),
+                "finished_at": self.tx.now(),
+                "interaction_token": None,
+            },
+        )
+
+    async def refuse(self, job_id: int, reason: RefusalReason | str, detail: str | None) -> bool:
+        """queued → refused (e.g. the engine's queue was full): as if it never took images."""
+        return await self._set_where(
+            job_id,
+            {JobStatus.QUEUED},
+            {
+                "status": str(JobStatus.REFUSED),
+                "refusal_reason": str(reason),
+                "error": _error_text(detail),
+                "finished_at": self.tx.now(),
+                "interaction_token": None,
+            },
+        )
+
+    async def refund_images(self, job_id: int, images: int) -> bool:
+        """Give back `images` of a done job that were never posted (moderation withheld them).
+
+        The job then counts only the images it delivered, in the quota and in `/usage`.
+        False (and no change) unless the job is done and has at least that many images.
+        """
+        if images < 1:
+            raise ValueError("images must be at least 1")
+        return await self._set_where(
+            job_id,
+            {JobStatus.DONE},
+            {"image_count": Job.image_count - images},
+            Job.image_count >= images,
+        )
+
+    async def set_message(self, job_id: int, message_id: int) -> bool:
+        """Remember the progress/result message to edit later. False for an unknown job."""
+        return await self._set_where(job_id, JobStatus, {"message_id": message_id})
+
+    # -- restart recovery (see recovery.py) -------------------------------------------------
+
+    async def requeue_interrupted(self, shards: Shards) -> tuple[JobRecord, ...]:
+        """Put jobs left `running` by a dead process back to `queued`; list all queued jobs.
+
+        Only the guilds of `shards`: another process owns the rest. Their rows, and so their
+        reservations, are kept: nothing is counted twice.
+        """
+        mine = shards.clause(Job.guild_id)
+        where = () if mine is None else (mine,)
+
+        async def work(session: AsyncSession) -> tuple[JobRecord, ...]:
+            await session.execute(
+                update(Job)
+                .where(Job.status == str(JobStatus.RUNNING), *where)
+                .values(status=str(JobStatus.QUEUED), started_at=None)
+                .execution_options(synchronize_session=False)
+            )
+            rows = await session.scalars(
+                select(Job)
+                .where(Job.status == str(JobStatus.QUEUED), *where)
+                .order_by(Job.queued_at, Job.id)
+            )
+            return tuple(record_of(j) for j in rows)
+
+        return await self.tx.write(work)
+
+    async def forget_tokens(self, job_ids: Iterable[int]) -> int:
+        """Drop interaction tokens that can no longer be used; returns how many were set."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return 0
+        return await self.tx.execute(
+            update(Job)
+            .where(Job.id.in_(ids), Job.interaction_token.is_not(None))
+            .values(interaction_token=None)
+        )
