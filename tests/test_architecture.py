@@ -60,7 +60,7 @@ MAX_MODULE_LINES = 500
 # The modules over the limit when the rule came in, each waiting to be split. Not a licence:
 # the rule fails for any module not listed here, and for a listed one that is no longer over
 # the limit (take it off the list, so that it cannot grow back).
-OVERSIZED = frozenset({"bot/jobs/service.py", "bot/ledger/store.py"})
+OVERSIZED = frozenset({"bot/jobs/service.py"})
 
 # Packages in which every module says what it exports with `__all__`.
 ALL_REQUIRED = ("testkit",)
