@@ -72,6 +72,10 @@ class Ledger:
         """Whether the database answers a query in time (health)."""
         return await self._tx.ping()
 
+    async def close(self) -> None:
+        """Write what waits to be written (`open_ledger` calls it before disposing)."""
+        await self._tx.close()
+
     def policy_for(self, guild_id: int) -> QuotaPolicy:
         return self._allowances.policy_for(guild_id)
 
@@ -234,7 +238,9 @@ async def open_ledger(
     if migrate:
         await upgrade_to_head(url)
     engine = create_engine(url, busy_timeout_s=busy_timeout_s)
+    ledger = Ledger(engine, policy, guild_policies=guild_policies, clock=clock)
     try:
-        yield Ledger(engine, policy, guild_policies=guild_policies, clock=clock)
+        yield ledger
     finally:
+        await ledger.close()
         await engine.dispose()

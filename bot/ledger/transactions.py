@@ -1,17 +1,26 @@
 """Sessions, locks and the retry rule: how every ledger read and write reaches the database.
 
-Every write runs in its own short transaction. Writes that read before they write (a
-reservation checks the allowance, then inserts) are serialized per user: on SQLite by
-`BEGIN IMMEDIATE` (one writer at a time, waiting on the busy timeout), on PostgreSQL by a
-transaction-scoped advisory lock on (guild, user). A write that still finds SQLite locked
-is retried a few times before `LedgerBusyError`; any other database error is wrapped as
-`DatabaseUnavailable`, and a SQLite file deleted or replaced under the bot as `DatabaseGone`.
+**Writes are committed in groups.** A write is a unit of work (`write(work)`); one writer task
+takes every unit waiting (up to `GROUP_MAX`), runs each in a savepoint of ONE transaction, and
+commits once: a burst of a thousand `/imagine`s is a handful of commits, not a thousand
+queued on SQLite's single writer (each a full journal cycle with `synchronous = FULL`) or on
+a pool of connections. A unit's own failure (its savepoint rolled back) is its alone; the
+others of its group commit. Each caller gets its unit's result only once the group is
+committed, so nothing is reported done before it is durable. Reads use connections of their
+own and never wait for the writer.
+
+Writes that read before they write (a reservation checks the allowance, then inserts) see
+the units before them in the group, and are serialized per user across processes: on SQLite
+by `BEGIN IMMEDIATE` (one writer at a time, waiting on the busy timeout), on PostgreSQL by a
+transaction-scoped advisory lock on (guild, user). A group that still finds SQLite locked is
+retried a few times before `LedgerBusyError`; any other database error is wrapped as
+`DatabaseUnavailable` (for every unit of the group: none of them committed), and a SQLite
+file deleted or replaced under the bot as `DatabaseGone`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -27,13 +36,25 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from .database import make_sessionmaker, writer
 from .errors import DatabaseGone, DatabaseUnavailable, LedgerBusyError
 
-__all__ = ["PING_TIMEOUT", "RetryPolicy", "Transactions", "utcnow"]
+__all__ = ["GROUP_MAX", "PING_TIMEOUT", "RetryPolicy", "Transactions", "utcnow"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 #: Seconds the database may take to answer a health check before it counts as down.
 PING_TIMEOUT = 3.0
+#: Units of work committed together at most (a group's transaction stays short).
+GROUP_MAX = 256
+#: Seconds the writer task waits for more writes before it ends (`write` starts it again).
+WRITER_IDLE_S = 5.0
+
+
+@dataclass(eq=False, slots=True)
+class _Unit:
+    """One write waiting for the writer: its work and its caller's future."""
+
+    work: Callable[[AsyncSession], Awaitable[Any]]
+    done: asyncio.Future[Any]
 
 
 def utcnow() -> datetime:
@@ -102,11 +123,10 @@ class Transactions:
         self._file_id = _file_id(self._file) if self._file is not None else None
         self._reads = make_sessionmaker(engine)
         self._writes = make_sessionmaker(writer(engine))
-        # SQLite has one writer at a time anyway: queue this process's writers here, before
-        # they check out a pooled connection, instead of in BEGIN IMMEDIATE's busy wait,
-        # where each holds a connection that reads then wait for (measured by
-        # bench/load_bench.py: first-answer p99 3.5 s -> under 0.1 s).
-        self._write_lock: asyncio.Lock | None = None if self._postgres else asyncio.Lock()
+        self._units: list[_Unit] = []  # writes waiting for the writer
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
 
     def now(self) -> datetime:
         return self._clock()
@@ -132,16 +152,12 @@ class Transactions:
 
     async def _run(self, work: Callable[[AsyncSession], Awaitable[T]], *, write: bool) -> T:
         """Run `work` in one transaction, again from the start if SQLite stays locked."""
-        self._check_file()
         sessions = self._writes if write else self._reads
         delay = self._retry.first_delay_s
         for attempt in range(1, self._retry.attempts + 1):
+            self._check_file()
             try:
-                async with contextlib.AsyncExitStack() as stack:
-                    if write and self._write_lock is not None:
-                        await stack.enter_async_context(self._write_lock)
-                    session = await stack.enter_async_context(sessions())
-                    await stack.enter_async_context(session.begin())
+                async with sessions() as session, session.begin():
                     return await work(session)
             except OperationalError as exc:
                 if not _is_locked(exc):  # full, read-only, unreachable: say so, in our terms
@@ -158,8 +174,75 @@ class Transactions:
         return await self._run(work, write=False)
 
     async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        """Run `work` in a write transaction (queued behind this process's other writers)."""
-        return await self._run(work, write=True)
+        """Run `work` in the next group's transaction (see the module doc); its result once
+        the group is committed, or its own exception, or the group's commit error."""
+        loop = asyncio.get_running_loop()
+        unit = _Unit(work, loop.create_future())
+        self._units.append(unit)
+        if self._writer is None or self._writer.done():
+            self._wake = asyncio.Event()
+            self._writer = asyncio.create_task(self._write_groups(), name="ledger-writer")
+        assert self._wake is not None
+        self._wake.set()
+        return await asyncio.shield(unit.done)
+
+    async def close(self) -> None:
+        """Let the writer write what waits, then end (the ledger is closing)."""
+        self._closing = True
+        writer = self._writer
+        if writer is not None and not writer.done():
+            assert self._wake is not None
+            self._wake.set()
+            await writer
+
+    async def _write_groups(self) -> None:
+        """The writer: groups of waiting units, one transaction each, for as long as any
+        come (it ends when idle, and `write` starts it again)."""
+        assert self._wake is not None
+        while True:
+            if not self._units:
+                if self._closing:
+                    return
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), WRITER_IDLE_S)
+                except TimeoutError:
+                    if not self._units:
+                        return
+                continue
+            group, self._units = self._units[:GROUP_MAX], self._units[GROUP_MAX:]
+            group = [u for u in group if not u.done.cancelled()]
+            try:
+                results = await self._run(
+                    lambda session, group=group: self._group(session, group), write=True
+                )
+            except Exception as exc:  # none of the group committed: each caller hears why
+                for unit in group:
+                    if not unit.done.done():
+                        unit.done.set_exception(exc)
+                continue
+            for unit, (ok, value) in zip(group, results, strict=True):
+                if unit.done.done():
+                    continue
+                if ok:
+                    unit.done.set_result(value)
+                else:
+                    unit.done.set_exception(value)
+
+    @staticmethod
+    async def _group(session: AsyncSession, group: list[_Unit]) -> list[tuple[bool, Any]]:
+        """Each unit in a savepoint of the group's transaction: (True, its result) or
+        (False, its exception), its own changes rolled back."""
+        results: list[tuple[bool, Any]] = []
+        for unit in group:
+            try:
+                async with session.begin_nested():
+                    results.append((True, await unit.work(session)))
+            except OperationalError:
+                raise  # the database's, not the unit's: the whole group is retried or fails
+            except Exception as exc:
+                results.append((False, exc))
+        return results
 
     async def execute(self, stmt: Executable) -> int:
         """Run one write statement (an UPDATE or DELETE) on its own; the rows it changed."""

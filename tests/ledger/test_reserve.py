@@ -7,9 +7,11 @@ import sys
 from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.ledger import (
     WINDOW,
@@ -208,6 +210,48 @@ async def test_50_concurrent_reservations_for_10_images_left(make_ledger: Ledger
     assert await _jobs(ledger, JobStatus.QUEUED) == 11
     assert await _jobs(ledger, JobStatus.REFUSED) == 40
     assert (await ledger.user_status(GUILD, USER)).used == 13
+
+
+async def test_a_burst_of_writes_is_committed_in_a_few_groups(
+    make_ledger: LedgerFactory,
+) -> None:
+    """A burst of `/imagine`s: their reservations commit in groups (one transaction each),
+    not one commit apiece on the single writer; a write that fails on its own fails alone,
+    and the others of its group commit."""
+    from sqlalchemy import event, update
+
+    from bot.ledger.transactions import Transactions
+
+    ledger = make_ledger(QuotaPolicy(daily_images=10, max_queued_per_user=10))
+    commits = 0
+
+    def counted(_connection: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(ledger.engine.sync_engine, "commit", counted)
+    results = await asyncio.gather(*(ledger.reserve(req(user_id=USER + n)) for n in range(300)))
+    assert all(r.accepted for r in results) and await _jobs(ledger, JobStatus.QUEUED) == 300
+    assert commits <= 10, commits  # 300 writes in a handful of groups
+
+    tx = Transactions(ledger.engine)
+    first = results[0].job.id
+
+    async def fails(session: AsyncSession) -> None:
+        await session.execute(update(Job).where(Job.id == first).values(status="failed"))
+        raise RuntimeError("this write's own mistake")
+
+    async def marks(session: AsyncSession) -> int:
+        result: Any = await session.execute(
+            update(Job).where(Job.id == results[1].job.id).values(status="running")
+        )
+        return int(result.rowcount)
+
+    outcomes = await asyncio.gather(tx.write(fails), tx.write(marks), return_exceptions=True)
+    assert isinstance(outcomes[0], RuntimeError) and outcomes[1] == 1
+    assert (await ledger.get_job(first)).status is JobStatus.QUEUED  # rolled back alone
+    assert (await ledger.get_job(results[1].job.id)).status is JobStatus.RUNNING
+    await tx.close()
 
 
 async def test_concurrent_reservations_respect_the_in_flight_limit(
