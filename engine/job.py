@@ -77,7 +77,7 @@ class Job:
         """Computed once: the schedulers read it for every queued job on every decision."""
         return self.request.key
 
-    @property
+    @functools.cached_property
     def images(self) -> int:
         return self.request.count
 
