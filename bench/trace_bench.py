@@ -430,6 +430,11 @@ def main() -> None:
         help="torch CPU threads; 1 keeps CPU timings stable on a shared machine, 0: torch's",
     )
     parser.add_argument("--cache-dir", type=Path, help="where builtin:tiny is built")
+    parser.add_argument(
+        "--model",
+        default="builtin:tiny",
+        help="the CPU model (e.g. builtin:tiny-flux-dev: a FLUX-family transformer)",
+    )
     parser.add_argument("--out", default=None, help="results name under bench/results/")
     parser.add_argument(
         "--docs",
@@ -456,8 +461,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if gpu and not torch.cuda.is_available():
         sys.exit("trace_bench --gpu needs a CUDA GPU (torch.cuda.is_available() is False)")
+    if args.model != "builtin:tiny" and args.scheduler == "ddim":
+        args.scheduler = "default"  # other families keep their own (flow-matching) scheduler
     with tempfile.TemporaryDirectory(prefix="trace-bench-") as tmp:
-        model = "builtin:tiny"
+        model = args.model
         if gpu:
             print("building a random-weight SD 1.5 pipeline (fp16)...", flush=True)
             build_gpu_model(Path(tmp))
@@ -475,9 +482,9 @@ def main() -> None:
         result = asyncio.run(run(args, model))
     text = table(result)
     print(text)
-    print(f"wrote {save(args.out or ('trace_bench_gpu' if gpu else 'trace_bench'), result)}")
+    name = "trace_gpu" if gpu else "trace" if model == "builtin:tiny" else "trace_dit"
+    print(f"wrote {save(args.out or name.replace('trace', 'trace_bench'), result)}")
     if args.readme:
-        name = "trace_gpu" if gpu else "trace"
         update_docs(name, text, latency_plot(result, name))
 
 

@@ -58,6 +58,11 @@ def scheduler_for(spec: ModelSpec, pipe: Any) -> Any:
     from .families import family_of
 
     family = family_of(pipe)
+    if spec.scheduler != "default" and family.name not in ("sd", "sdxl"):
+        raise ValueError(
+            f"model {spec.name} is a {family.label} model: its scheduler is its own (flow "
+            f"matching); remove scheduler = {spec.scheduler!r}"
+        )
     if spec.recipe and family.name not in ("sd", "sdxl"):
         raise ValueError(
             f"model {spec.name} is a {family.label} model: {', '.join(spec.recipe)} apply to "

@@ -99,6 +99,9 @@ def test_recipes_are_checked_and_other_families_refuse_them(tiny_config: EngineC
     ddim = dataclasses.replace(tiny_config, models=(spec(karras=True),))
     with pytest.raises(ValueError, match="DDIMScheduler scheduler has no use_karras_sigmas"):
         load_model(ddim)
+    ddpm = ModelSpec(name="flux", source="builtin:tiny-flux", scheduler="ddim")
+    with pytest.raises(ValueError, match="its scheduler is its own"):
+        load_model(dataclasses.replace(tiny_config, models=(ddpm,)))
     flux = ModelSpec(name="flux", source="builtin:tiny-flux", clip_skip=2)
     config = dataclasses.replace(tiny_config, models=(flux,))
     with pytest.raises(ValueError, match=r"FLUX\.1 model: clip_skip apply to Stable Diffusion"):
