@@ -26,10 +26,16 @@ def pick_device(wanted: str) -> torch.device:
     return torch.device("cpu")
 
 
-def pick_dtype(wanted: str, device: torch.device) -> torch.dtype:
-    """fp16 on GPUs (half the memory, tensor cores), fp32 on the CPU where fp16 is slow."""
+def pick_dtype(wanted: str, device: torch.device, half: str = "float16") -> torch.dtype:
+    """A half-precision dtype on GPUs (half the memory, tensor cores), fp32 on the CPU where
+    half precision is slow. `half` is the model family's: float16 for SD's UNets, bfloat16
+    for the diffusion transformers trained in it (FLUX.1 in float16 overflows to NaN), on a
+    CUDA GPU that has it."""
     if wanted != "auto":
         return getattr(torch, wanted)
+    if device.type == "cuda" and half == "bfloat16":
+        supported = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if supported else torch.float16
     return torch.float16 if device.type in {"cuda", "mps"} else torch.float32
 
 

@@ -12,6 +12,7 @@ into the hub cache).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ __all__ = [
     "LoadedModel",
     "image_to_image",
     "load_model",
+    "preferred_half",
     "request_pipeline",
 ]
 
@@ -113,6 +115,26 @@ def request_pipeline(model: LoadedModel, *, image: bool = False) -> Any:
     own = copy.copy(base)
     own.scheduler = type(model.pipe.scheduler).from_config(model.pipe.scheduler.config)
     return own
+
+
+def preferred_half(spec: ModelSpec, config: EngineConfig) -> str:
+    """The half-precision dtype of the model's family ("float16" or "bfloat16"), from the
+    `model_index.json` of a builtin or local folder, or of a hub snapshot already in the
+    cache; float16 when it cannot be told before loading (a first download, a single file)."""
+    from .budget import cached_snapshot
+    from .families import FAMILIES
+
+    try:
+        source, _ = _source(spec, config)
+    except ValueError:
+        return "float16"  # the load itself says what is wrong
+    folder = Path(source) if Path(source).is_dir() else cached_snapshot(source, config)
+    try:
+        index = json.loads((folder / "model_index.json").read_text()) if folder else {}
+    except (OSError, ValueError):
+        return "float16"
+    name = index.get("_class_name", "")
+    return next((f.half for f in FAMILIES if name in f.pipelines), "float16")
 
 
 def _source(spec: ModelSpec, config: EngineConfig) -> tuple[str, dict[str, Any]]:
@@ -225,7 +247,7 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
         tlogging.disable_progress_bar()
         disable_progress_bars()
     device = pick_device(config.device)
-    dtype = pick_dtype(config.dtype, device)
+    dtype = pick_dtype(config.dtype, device, preferred_half(spec, config))
     quantization = quantization_config(spec.quantize, device, dtype)
     if spec.offload == "model" and device.type == "cpu":
         raise ValueError(

@@ -104,6 +104,8 @@ class Family:
     name: str = ""
     #: As people call it (`/models`): "Stable Diffusion", "FLUX.1".
     label: str = ""
+    #: The half-precision dtype it runs in on a GPU with `[engine] dtype = "auto"`.
+    half: str = "bfloat16"
     #: Text-to-image pipeline classes (diffusers class names) of this family.
     pipelines: tuple[str, ...] = ()
     #: The pipeline attribute of the module that denoises ("unet" or "transformer").

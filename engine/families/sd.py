@@ -34,6 +34,7 @@ def _few_steps(source: str) -> tuple[int, float] | None:
 class SD(Family):
     name = "sd"
     label = "Stable Diffusion"
+    half = "float16"
     pipelines = ("StableDiffusionPipeline",)
     denoiser = "unet"
     positional = ("sample", "timestep")

@@ -175,3 +175,21 @@ async def test_weights_a_family_does_not_read_are_taken_out_with_a_note(
     assert not plain.warnings
     weighted, alone = [await engine.submit(c).result() for c in (checked, plain)]
     assert weighted.images[0].png == alone.images[0].png
+
+
+def test_diffusion_transformers_run_in_bfloat16_on_a_gpu(config_of: Any) -> None:
+    """With `dtype = "auto"`, a GPU runs SD's UNets in float16 and the diffusion transformers
+    in bfloat16, as they were trained (FLUX.1 in float16 overflows to NaN): the family is read
+    from the model's `model_index.json` before its weights load. (No GPU here: the choice
+    is checked, the CPU keeps float32.)"""
+    from engine.devices import pick_dtype
+    from engine.loader import preferred_half
+    from engine.tiny import builtin_folder
+
+    for source, half in (("builtin:tiny", "float16"), ("builtin:tiny-flux", "bfloat16")):
+        config = config_of(source)
+        builtin_folder(source, config.cache_dir)
+        assert preferred_half(config.model_specs[0], config) == half
+        assert pick_dtype("auto", torch.device("cuda"), half) == getattr(torch, half)
+        assert pick_dtype("auto", torch.device("cpu"), half) == torch.float32
+    assert pick_dtype("float16", torch.device("cuda"), "bfloat16") == torch.float16
