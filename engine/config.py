@@ -204,7 +204,7 @@ class EngineConfig:
     batch_wait_ms: int = 50  # how long an open batch waits for companions
     max_queue: int = 64  # requests waiting, across all users
     # "batch": whole pipeline calls; "step": requests join and leave between denoising steps
-    # (SD 1.x/2.x and SDXL; other families fall back to "batch").
+    # (every family served: each request runs its own stock call, one forward per step).
     scheduling: str = "batch"
     max_width: int = 1024
     max_height: int = 1024
