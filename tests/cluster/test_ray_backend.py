@@ -38,6 +38,7 @@ from engine import (
     GenerationResult,
     ImageRequest,
     JobState,
+    ModelSpec,
 )
 from engine.cluster import RayConfig, RayEngine
 from engine.cluster.bridge import SILENT_S
@@ -68,7 +69,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def engine_config(model_cache: Path) -> EngineConfig:
-    return EngineConfig(model="builtin:tiny", cache_dir=model_cache, device="cpu")
+    """SD's tiny model (the default) and a FLUX-family one: every family runs on replicas."""
+    models = (
+        ModelSpec(name="tiny", source="builtin:tiny"),
+        ModelSpec(name="flux", source="builtin:tiny-flux-dev"),
+    )
+    return EngineConfig(
+        models=models, default_model="tiny", max_loaded_models=2, cache_dir=model_cache,
+        device="cpu",
+    )  # fmt: skip
 
 
 def ray_config(cluster: Any, app: str) -> RayConfig:
@@ -106,22 +115,24 @@ async def test_replicas_give_the_local_engines_images_with_progress(
     engine: RayEngine, local: Engine
 ) -> None:
     assert engine.alive and engine.replicas_alive == 2 and engine.scheduling == "batch"
-    assert [m.name for m in engine.models()] == ["tiny"] and engine.profile.native_size == 64
-    asks = [request("a cat", seed=3, user="a"), request("a dog", seed=9, user="b")]
+    assert [m.name for m in engine.models()] == ["tiny", "flux"]
+    assert engine.profile.native_size == 64 and engine.profile_of("flux").family == "flux"
+    flux = dataclasses.replace(request("a fox", seed=5, user="c"), model="flux", guidance=3.5)
+    asks = [request("a cat", seed=3, user="a"), request("a dog", seed=9, user="b"), flux]
     jobs = [engine.submit(await engine.check(ask)) for ask in asks]
-    seen: list[set[JobState]] = [set(), set()]
+    seen: list[set[JobState]] = [set() for _ in asks]
 
     async def follow(i: int) -> None:
         async for progress in jobs[i].updates():
             seen[i].add(progress.state)
 
-    await asyncio.gather(follow(0), follow(1))
+    await asyncio.gather(*(follow(i) for i in range(len(asks))))
     for i, ask in enumerate(asks):
         result = await jobs[i].result()
         expected = await local.generate((await local.check(ask)).request)
         assert_same_images(result, expected)  # the two may share a batch on one replica
         assert {JobState.RUNNING, JobState.DONE} <= seen[i]
-    assert engine.stats.images == 2 and not engine.running and engine.queue_depth == 0
+    assert engine.stats.images == 3 and not engine.running and engine.queue_depth == 0
 
 
 async def test_a_refused_request_is_refused_by_the_replica(engine: RayEngine) -> None:
