@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import tempfile
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from engine.model_hash import spec_hash
 from engine.picture import decode_picture
 from engine.pngmeta import png_to_jpeg
 from engine.request import validate
+from engine.sources import not_a_source
 from engine.tiny import BUILTIN_MODELS
 
 from .config import BotConfig, ConfigError, load_config
@@ -62,27 +64,124 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="imagine-bot", description="Self-hosted Stable Diffusion bot for Discord."
+#: The default model, in a newcomer's terms (docs/models.md has the sources of the figures).
+DEFAULT_MODEL = (
+    f"The model is [engine] model of the config, by default {EngineConfig().model} (SD-Turbo: "
+    "a 5.2 GB download, once, into the Hugging Face cache; 2.6 GB of GPU memory; one step per "
+    "image). builtin:tiny needs no download and no GPU (random weights: its images are noise)."
+)
+TOKEN = (
+    "The bot token is read from the environment variable DISCORD_TOKEN ([discord] token_env "
+    "names another); get it in Discord's developer portal: your application, Bot, Reset Token."
+)
+#: `--config` of the one-shot commands, described once for both.
+ONE_SHOT_CONFIG = (
+    f"TOML config for [engine] and [models.*] (default: {DEFAULT_CONFIG} if it exists, else "
+    "the built-in defaults)"
+)
+
+
+def _paragraphs(*texts: str) -> str:
+    """Help text in paragraphs of a terminal's width (the examples keep their lines)."""
+    return "\n\n".join(textwrap.fill(text, 79, break_on_hyphens=False) for text in texts if text)
+
+
+def _sub(
+    sub: Any,
+    name: str,
+    summary: str,
+    text: Sequence[str],
+    examples: Sequence[str],
+    common: argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    """A subcommand whose `--help` says what it does, then examples."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=_paragraphs(f"{summary[0].upper()}{summary[1:]}. {text[0]}", *text[1:]),
+        epilog="examples:\n" + "\n".join(f"  {line}" for line in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
+
+def _parser() -> argparse.ArgumentParser:
+    # -v is taken before or after the subcommand: `imagine-bot -v run` or `... run -v`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log debug messages and the libraries' warnings",
+    )
+    parser = argparse.ArgumentParser(
+        prog="imagine-bot",
+        description=_paragraphs("Self-hosted Stable Diffusion bot for Discord.", DEFAULT_MODEL),
+        epilog="examples:\n"
+        '  imagine-bot generate "a lighthouse at dusk, watercolour" --out lighthouse.png\n'
+        '  imagine-bot generate --model builtin:tiny "a robot" --out robot.png   # offline\n'
+        "  DISCORD_TOKEN=... imagine-bot doctor --config config.toml\n"
+        "  DISCORD_TOKEN=... imagine-bot run --config config.toml\n"
+        "`imagine-bot COMMAND --help` says more; the docs are in docs/ (docs/setup.md first).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log debug messages and the libraries' warnings",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the Discord bot")
+    run = _sub(
+        sub,
+        "run",
+        "run the Discord bot",
+        ["It migrates the database, loads the models, then connects.", TOKEN, DEFAULT_MODEL],
+        [
+            "export DISCORD_TOKEN='...'",
+            "imagine-bot run --config config.toml",
+            "imagine-bot --config config.toml        # the same",
+        ],
+        common,
+    )
     run.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (default: %(default)s)")
 
-    doc = sub.add_parser("doctor", help="check a set-up and say what to fix (changes nothing)")
+    doc = _sub(
+        sub,
+        "doctor",
+        "check a set-up and say what to fix (changes nothing)",
+        [
+            "One line per check (config, state folder, database, models, token, servers, "
+            "channel permissions), ok or FIX; exit code 0 when all pass.",
+            TOKEN,
+        ],
+        ["DISCORD_TOKEN=... imagine-bot doctor --config config.toml"],
+        common,
+    )
     doc.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (default: %(default)s)")
 
-    gen = sub.add_parser("generate", help="make images once, without Discord")
-    gen.add_argument("prompt")
-    gen.add_argument(
-        "--config", help=f"TOML config for [engine] (default: {DEFAULT_CONFIG} if present)"
+    gen = _sub(
+        sub,
+        "generate",
+        "make images once, without Discord",
+        [DEFAULT_MODEL],
+        [
+            'imagine-bot generate "a lighthouse at dusk, watercolour" --seed 7 --out a.png',
+            'imagine-bot generate "a robot" --count 4 --ar 16:9 --out robot.png',
+            'imagine-bot generate "in oil" --image a.png --strength 0.6 --out oil.png',
+            'imagine-bot generate --model builtin:tiny "a test" --out t.png   # offline, noise',
+        ],
+        common,
     )
+    gen.add_argument("prompt")
+    gen.add_argument("--config", help=ONE_SHOT_CONFIG)
     gen.add_argument(
-        "--model", help="a configured model's name, or a hub id, folder or builtin:tiny"
+        "--model",
+        help="a configured model's name, or a hub id (org/name), folder, .safetensors file or "
+        "builtin:tiny (default: the config's default model)",
     )
     gen.add_argument("--device", help="auto, cuda, mps or cpu (overrides the config)")
     gen.add_argument("--negative", default="", help="negative prompt")
@@ -102,13 +201,26 @@ def _parser() -> argparse.ArgumentParser:
         "--out", default="imagine.png", help="output .png or .jpg (default: %(default)s)"
     )
 
-    up = sub.add_parser("upscale", help="an image made by imagine-bot, at twice its size")
+    up = _sub(
+        sub,
+        "upscale",
+        "an image made by imagine-bot, at twice its size",
+        [
+            "Its prompt, seed and model come from the image's parameters (PNG text or JPEG "
+            "EXIF, as A1111 writes them)."
+        ],
+        [
+            "imagine-bot upscale lighthouse.png              # writes lighthouse-upscaled.png",
+            "imagine-bot upscale robot.png --strength 0.2 --out big.png",
+        ],
+        common,
+    )
     up.add_argument("image", help="a PNG made by imagine-bot (or A1111): its prompt and seed")
-    up.add_argument("--config", help=f"TOML config for [engine] (default: {DEFAULT_CONFIG})")
+    up.add_argument("--config", help=ONE_SHOT_CONFIG)
     up.add_argument(
         "--model",
-        help="a configured model's name, or a hub id, folder or builtin:tiny (default: the "
-        "model the image names, by its name or its Model hash)",
+        help="a configured model's name, or a hub id (org/name), folder, .safetensors file or "
+        "builtin:tiny (default: the model the image names, by its name or its Model hash)",
     )
     up.add_argument("--device", help="auto, cuda, mps or cpu (overrides the config)")
     up.add_argument(
@@ -143,6 +255,7 @@ def _engine_config(
     engine = config.engine
     names = [spec.name for spec in engine.model_specs]
     if args.model and args.model not in names:
+        _check_source(args.model, names)
         spec = ModelSpec(name=model_name_of(args.model), source=args.model)
     elif args.model or made_with is None:
         spec = engine.model_spec(args.model or engine.default_model_name)
@@ -159,6 +272,21 @@ def _engine_config(
     except ValueError as exc:
         raise ConfigError([str(exc)], "options") from None
     return dataclasses.replace(config, engine=engine)
+
+
+def _check_source(model: str, names: Sequence[str]) -> None:
+    """`--model` that is neither a configured name nor a file or folder here must look like a
+    hub id (`org/name`): a bare word is a mistyped name, and asking the hub for it would only
+    blame the network."""
+    if Path(model).expanduser().exists() or not_a_source(model) is None:
+        return
+    raise ConfigError(
+        [
+            f"no configured model called {model!r} (configured: {', '.join(names)}); --model "
+            "also takes a hub id (org/name), a folder, a .safetensors file or builtin:tiny"
+        ],
+        "options",
+    )
 
 
 #: What `--out` may end in, and the format each writes.
@@ -358,16 +486,27 @@ def default_to_run(argv: Sequence[str]) -> list[str]:
     return [*args[:first], "run", *args[first:]]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(default_to_run(sys.argv[1:] if argv is None else argv))
-    # transformers warns about optional packages (torchvision) at import: noise for operators.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+def _logging(verbose: bool) -> None:
+    """imagine-bot's own lines at INFO (DEBUG with -v). The libraries' warnings reach the
+    terminal only with -v: Python warnings (a deprecated argument diffusers passes to
+    huggingface_hub), transformers' notes on optional packages (torchvision) at import,
+    huggingface_hub's and diffusers' own loggers. imagine-bot's messages say what matters."""
+    level = "warning" if verbose else "error"
+    for variable in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_VERBOSITY"):
+        os.environ.setdefault(variable, level)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.captureWarnings(True)  # as log records of `py.warnings`
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
     # Alembic logs its plugin set-up at INFO when first imported: noise at every start.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(default_to_run(sys.argv[1:] if argv is None else argv))
+    _logging(args.verbose)
     try:
         if args.command == "generate":
             return asyncio.run(_generate(args))

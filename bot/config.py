@@ -40,6 +40,8 @@ __all__ = [
 #: The environment variable naming the state folder when `[paths] state_dir` is empty (the
 #: Docker image sets it to its `/data` volume, the systemd unit to `/var/lib/imagine-bot`).
 STATE_DIR_ENV = "IMAGINE_BOT_STATE_DIR"
+#: How to get a good token, said the same way by `run` and `doctor`.
+TOKEN_FIX = "copy the token again from the developer portal (your application → Bot → Reset Token)"
 
 
 class ConfigError(Exception):
@@ -149,6 +151,27 @@ class BotConfig:
         """The bot token from the environment variable named in the config, else the file."""
         env = os.environ if environ is None else environ
         return env.get(self.discord.token_env, "").strip() or self.discord.token.strip()
+
+    def token_where(self, environ: typing.Mapping[str, str] | None = None) -> str:
+        """Where `resolve_token` found the token, in messages: `$DISCORD_TOKEN` or the file."""
+        env = os.environ if environ is None else environ
+        if env.get(self.discord.token_env, "").strip():
+            return f"${self.discord.token_env}"
+        return f"[discord] token of {self.path}"
+
+    def token_problem(self, token: str) -> str | None:
+        """Why `token` cannot be a bot token before asking Discord (a space, a line break or
+        a character no token has: a placeholder, two lines pasted, a cut-off copy), or None."""
+        if token.isascii() and token.isprintable() and not any(c.isspace() for c in token):
+            return None
+        return (
+            f"the bot token in {self.token_where()} has a space, line break or other "
+            f"character no token has: {TOKEN_FIX}"
+        )
+
+    def token_rejected(self) -> str:
+        """What to do when Discord answers 401 to the token (`run` and `doctor` alike)."""
+        return f"Discord rejected the bot token in {self.token_where()}: {TOKEN_FIX}"
 
 
 _SECTIONS: dict[str, type] = {
