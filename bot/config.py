@@ -239,6 +239,15 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {hint!r} at {where}")
 
 
+#: Keys that may say "model": the model's usual value (its family's: 1 step and guidance 0 for
+#: turbo models, 25 steps for SD...), as leaving them out does. The engine spells it 0 (below
+#: 0 for guidance), which is accepted too.
+_MODELS_OWN = {
+    "engine": {"default_steps", "default_guidance", "default_size"},
+    "models": {"steps", "guidance", "size"},
+}
+
+
 def _section(
     cls: type, table: Any, name: str, problems: list[str], extra: dict[str, Any] | None = None
 ) -> Any:
@@ -247,16 +256,22 @@ def _section(
         return cls()
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
+    models_own = _MODELS_OWN.get(name.partition(".")[0], set())
     values = {}
     for key, value in table.items():
         if key not in known:
             problems.append(_unknown(key, known, f"[{name}] "))
             continue
+        if key in models_own and value == "model":
+            continue  # the model's usual: the field's default
         try:
             values[key] = _convert(value, hints[key], f"[{name}] {key}")
         except ValueError as exc:
             secret = name == "discord" and key == "token"  # never echo a token, even a bad one
-            problems.append(f"[{name}] {key} must be a string" if secret else str(exc))
+            why = str(exc)
+            if key in models_own:
+                why = why.replace(" must be a ", ' must be "model" (the model\'s usual) or a ')
+            problems.append(f"[{name}] {key} must be a string" if secret else why)
     missing = [
         f.name
         for f in fields(cls)
