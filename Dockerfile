@@ -1,5 +1,6 @@
 # imagine-bot on an NVIDIA GPU: `docker compose up` (see compose.yaml and docs/deployment.md,
-# "Docker"). The set-up is CI's own script (.ci/setup), so every CI run exercises it.
+# "Docker"). The set-up is CI's own script (.ci/setup), so every CI run exercises it, with
+# what running needs only: no test or lint tools.
 FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -23,7 +24,9 @@ RUN useradd --create-home --uid 10001 imagine \
 WORKDIR /app
 COPY --chown=10001:10001 . /app
 USER 10001
-RUN bash .ci/setup
+# The runtime set and PostgreSQL's driver (compose.yaml runs the bot with PostgreSQL). More
+# extras by name: `bash .ci/setup postgres ray` (Ray Serve), `quantize` (int8/fp8), `nf4`.
+RUN bash .ci/setup postgres
 
 # Everything the bot writes lives on /data (IMAGINE_BOT_STATE_DIR): the database's identity
 # file, a SQLite database (if used), stored images and the model cache. config.toml is read

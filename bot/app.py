@@ -115,6 +115,9 @@ def run_bot(config_path: str | Path) -> int:
             ],
             str(config.path or config_path),
         )
+    problem = config.token_problem(token)
+    if problem is not None:
+        raise ConfigError([problem], str(config.path or config_path))
     try:
         return asyncio.run(serve(config, token))
     except StartupError as exc:
@@ -176,7 +179,7 @@ async def _check_token(config: BotConfig, token: str) -> None:
     try:
         await http.static_login(token)
     except discord.LoginFailure:
-        raise StartupError(_rejected(config)) from None
+        raise StartupError(config.token_rejected()) from None
     except (discord.HTTPException, OSError):
         return
     finally:
@@ -187,25 +190,13 @@ async def _login(bot: ImagineBot, config: BotConfig, token: str) -> None:
     try:
         await bot.login(token)
     except discord.LoginFailure:
-        raise StartupError(_rejected(config)) from None
+        raise StartupError(config.token_rejected()) from None
     except (discord.HTTPException, OSError) as exc:
         raise StartupError(
             f"cannot reach Discord at {config.discord.api_base_url}: {exc}; "
             "check [discord] api_base_url and the network"
         ) from None
     await follow_gateway(bot.http, config.discord.api_base_url)
-
-
-def _rejected(config: BotConfig) -> str:
-    where = (
-        f"${config.discord.token_env}"
-        if os.environ.get(config.discord.token_env, "").strip()
-        else f"[discord] token of {config.path}"
-    )
-    return (
-        f"Discord rejected the bot token in {where}: copy the token "
-        "again from the developer portal (Bot → Reset Token)"
-    )
 
 
 def _open_state_dir(config: BotConfig) -> Path:

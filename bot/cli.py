@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import (
-    ASPECT_RATIOS,
     UPSCALE_FACTOR,
-    UPSCALE_STRENGTH,
     Engine,
     EngineConfig,
     EngineError,
@@ -43,84 +41,13 @@ from engine.model_hash import spec_hash
 from engine.picture import decode_picture
 from engine.pngmeta import png_to_jpeg
 from engine.request import validate
+from engine.sources import not_a_source
 from engine.tiny import BUILTIN_MODELS
 
+from .cli_args import DEFAULT_CONFIG, build_parser, default_to_run
 from .config import BotConfig, ConfigError, load_config
 
 __all__ = ["default_to_run", "main"]
-
-DEFAULT_CONFIG = "config.toml"
-
-
-def _version() -> str:
-    """The installed package's version (`pyproject.toml`)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("imagine-bot")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown (not installed)"
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="imagine-bot", description="Self-hosted Stable Diffusion bot for Discord."
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", help="run the Discord bot")
-    run.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (default: %(default)s)")
-
-    doc = sub.add_parser("doctor", help="check a set-up and say what to fix (changes nothing)")
-    doc.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (default: %(default)s)")
-
-    gen = sub.add_parser("generate", help="make images once, without Discord")
-    gen.add_argument("prompt")
-    gen.add_argument(
-        "--config", help=f"TOML config for [engine] (default: {DEFAULT_CONFIG} if present)"
-    )
-    gen.add_argument(
-        "--model", help="a configured model's name, or a hub id, folder or builtin:tiny"
-    )
-    gen.add_argument("--device", help="auto, cuda, mps or cpu (overrides the config)")
-    gen.add_argument("--negative", default="", help="negative prompt")
-    gen.add_argument("--seed", type=int, help="seed (random when omitted)")
-    gen.add_argument("--steps", type=int, help="denoising steps (model default when omitted)")
-    gen.add_argument("--guidance", type=float, help="CFG scale (model default when omitted)")
-    gen.add_argument("--size", help="WIDTHxHEIGHT, e.g. 512x768 (model's native size by default)")
-    gen.add_argument(
-        "--ar", help=f"aspect ratio at the model's native area, e.g. {', '.join(ASPECT_RATIOS)}"
-    )
-    gen.add_argument("--image", help="a PNG, JPEG or WebP to start from (image-to-image)")
-    gen.add_argument(
-        "--strength", type=float, help="with --image: how much to change it, 0.05-1 (0.6)"
-    )
-    gen.add_argument("--count", type=int, default=1, help="images to make (default 1)")
-    gen.add_argument(
-        "--out", default="imagine.png", help="output .png or .jpg (default: %(default)s)"
-    )
-
-    up = sub.add_parser("upscale", help="an image made by imagine-bot, at twice its size")
-    up.add_argument("image", help="a PNG made by imagine-bot (or A1111): its prompt and seed")
-    up.add_argument("--config", help=f"TOML config for [engine] (default: {DEFAULT_CONFIG})")
-    up.add_argument(
-        "--model",
-        help="a configured model's name, or a hub id, folder or builtin:tiny (default: the "
-        "model the image names, by its name or its Model hash)",
-    )
-    up.add_argument("--device", help="auto, cuda, mps or cpu (overrides the config)")
-    up.add_argument(
-        "--strength",
-        type=float,
-        default=UPSCALE_STRENGTH,
-        help="how much the refinement may change (default: %(default)s)",
-    )
-    up.add_argument(
-        "--out", help="output .png or .jpg (default: the input's name with -upscaled.png)"
-    )
-    return parser
 
 
 def _size(text: str | None) -> tuple[int | None, int | None]:
@@ -143,6 +70,7 @@ def _engine_config(
     engine = config.engine
     names = [spec.name for spec in engine.model_specs]
     if args.model and args.model not in names:
+        _check_source(args.model, names)
         spec = ModelSpec(name=model_name_of(args.model), source=args.model)
     elif args.model or made_with is None:
         spec = engine.model_spec(args.model or engine.default_model_name)
@@ -159,6 +87,21 @@ def _engine_config(
     except ValueError as exc:
         raise ConfigError([str(exc)], "options") from None
     return dataclasses.replace(config, engine=engine)
+
+
+def _check_source(model: str, names: Sequence[str]) -> None:
+    """`--model` that is neither a configured name nor a file or folder here must look like a
+    hub id (`org/name`): a bare word is a mistyped name, and asking the hub for it would only
+    blame the network."""
+    if Path(model).expanduser().exists() or not_a_source(model) is None:
+        return
+    raise ConfigError(
+        [
+            f"no configured model called {model!r} (configured: {', '.join(names)}); --model "
+            "also takes a hub id (org/name), a folder, a .safetensors file or builtin:tiny"
+        ],
+        "options",
+    )
 
 
 #: What `--out` may end in, and the format each writes.
@@ -346,28 +289,27 @@ async def _follow(job: Job) -> GenerationResult:
     return await job.result()
 
 
-def default_to_run(argv: Sequence[str]) -> list[str]:
-    """`imagine-bot --config x.toml` means `imagine-bot run --config x.toml`."""
-    args = list(argv)
-    commands = ("run", "generate", "upscale", "doctor", "-h", "--help", "--version")
-    if any(a in commands for a in args):
-        return args
-    if not any(a == "--config" or a.startswith("--config=") for a in args):
-        return args  # nothing to guess: argparse explains the usage
-    first = next((i for i, a in enumerate(args) if a not in ("-v", "--verbose")), len(args))
-    return [*args[:first], "run", *args[first:]]
+def _logging(verbose: bool) -> None:
+    """imagine-bot's own lines at INFO (DEBUG with -v). The libraries' warnings reach the
+    terminal only with -v: Python warnings (a deprecated argument diffusers passes to
+    huggingface_hub), transformers' notes on optional packages (torchvision) at import,
+    huggingface_hub's and diffusers' own loggers. imagine-bot's messages say what matters."""
+    level = "warning" if verbose else "error"
+    for variable in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_VERBOSITY"):
+        os.environ.setdefault(variable, level)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.captureWarnings(True)  # as log records of `py.warnings`
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
+    # Alembic logs its plugin set-up at INFO when first imported: noise at every start.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(default_to_run(sys.argv[1:] if argv is None else argv))
-    # transformers warns about optional packages (torchvision) at import: noise for operators.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Alembic logs its plugin set-up at INFO when first imported: noise at every start.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    args = build_parser().parse_args(default_to_run(sys.argv[1:] if argv is None else argv))
+    _logging(args.verbose)
     try:
         if args.command == "generate":
             return asyncio.run(_generate(args))

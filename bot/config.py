@@ -40,6 +40,8 @@ __all__ = [
 #: The environment variable naming the state folder when `[paths] state_dir` is empty (the
 #: Docker image sets it to its `/data` volume, the systemd unit to `/var/lib/imagine-bot`).
 STATE_DIR_ENV = "IMAGINE_BOT_STATE_DIR"
+#: How to get a good token, said the same way by `run` and `doctor`.
+TOKEN_FIX = "copy the token again from the developer portal (your application → Bot → Reset Token)"
 
 
 class ConfigError(Exception):
@@ -150,6 +152,27 @@ class BotConfig:
         env = os.environ if environ is None else environ
         return env.get(self.discord.token_env, "").strip() or self.discord.token.strip()
 
+    def token_where(self, environ: typing.Mapping[str, str] | None = None) -> str:
+        """Where `resolve_token` found the token, in messages: `$DISCORD_TOKEN` or the file."""
+        env = os.environ if environ is None else environ
+        if env.get(self.discord.token_env, "").strip():
+            return f"${self.discord.token_env}"
+        return f"[discord] token of {self.path}"
+
+    def token_problem(self, token: str) -> str | None:
+        """Why `token` cannot be a bot token before asking Discord (a space, a line break or
+        a character no token has: a placeholder, two lines pasted, a cut-off copy), or None."""
+        if token.isascii() and token.isprintable() and not any(c.isspace() for c in token):
+            return None
+        return (
+            f"the bot token in {self.token_where()} has a space, line break or other "
+            f"character no token has: {TOKEN_FIX}"
+        )
+
+    def token_rejected(self) -> str:
+        """What to do when Discord answers 401 to the token (`run` and `doctor` alike)."""
+        return f"Discord rejected the bot token in {self.token_where()}: {TOKEN_FIX}"
+
 
 _SECTIONS: dict[str, type] = {
     "discord": DiscordSettings,
@@ -216,6 +239,15 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {hint!r} at {where}")
 
 
+#: Keys that may say "model": the model's usual value (its family's: 1 step and guidance 0 for
+#: turbo models, 25 steps for SD...), as leaving them out does. The engine spells it 0 (below
+#: 0 for guidance), which is accepted too.
+_MODELS_OWN = {
+    "engine": {"default_steps", "default_guidance", "default_size"},
+    "models": {"steps", "guidance", "size"},
+}
+
+
 def _section(
     cls: type, table: Any, name: str, problems: list[str], extra: dict[str, Any] | None = None
 ) -> Any:
@@ -224,16 +256,22 @@ def _section(
         return cls()
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
+    models_own = _MODELS_OWN.get(name.partition(".")[0], set())
     values = {}
     for key, value in table.items():
         if key not in known:
             problems.append(_unknown(key, known, f"[{name}] "))
             continue
+        if key in models_own and value == "model":
+            continue  # the model's usual: the field's default
         try:
             values[key] = _convert(value, hints[key], f"[{name}] {key}")
         except ValueError as exc:
             secret = name == "discord" and key == "token"  # never echo a token, even a bad one
-            problems.append(f"[{name}] {key} must be a string" if secret else str(exc))
+            why = str(exc)
+            if key in models_own:
+                why = why.replace(" must be a ", ' must be "model" (the model\'s usual) or a ')
+            problems.append(f"[{name}] {key} must be a string" if secret else why)
     missing = [
         f.name
         for f in fields(cls)

@@ -32,7 +32,15 @@ from typing import Any, TextIO
 import discord
 
 from engine import EngineConfig, EngineError, ModelSpec
-from engine.sources import CHECKPOINT_SUFFIXES, first_line, hub_problem, looks_local
+from engine.sources import (
+    CHECKPOINT_SUFFIXES,
+    first_line,
+    hub_problem,
+    hub_unreachable,
+    looks_local,
+    not_a_source,
+    unreachable_message,
+)
 
 from .config import STATE_DIR_ENV, BotConfig, ConfigError, load_config, sqlite_file
 from .ledger import DatabaseMarker, SchemaTooNew, inspect_database, safe_url, schema_status
@@ -201,6 +209,9 @@ def _model(engine: EngineConfig, spec: ModelSpec) -> Check:
         return _fits(name, f"local folder {local}", engine, spec, _weights_bytes(local))
     if looks_local(source):
         return Check(name, False, f"the folder {source} does not exist")
+    problem = not_a_source(source)
+    if problem is not None:
+        return Check(name, False, problem)
     cache = str(engine.cache_dir / "hub") if engine.cache_dir is not None else None
     try:
         from huggingface_hub import scan_cache_dir, try_to_load_from_cache
@@ -211,6 +222,9 @@ def _model(engine: EngineConfig, spec: ModelSpec) -> Check:
                 (r.size_on_disk for r in scan_cache_dir(cache).repos if r.repo_id == source), 0
             )
             return _fits(name, f"{source} is in the download cache", engine, spec, size)
+        why = hub_unreachable()
+        if why is not None:
+            return Check(name, False, unreachable_message(source, why))
         from huggingface_hub import model_info
 
         info = model_info(source, files_metadata=True, timeout=15)
@@ -348,22 +362,28 @@ async def _discord(config: BotConfig, report: Callable[[Check], None]) -> None:
         env = config.discord.token_env
         report(Check("token", False, f"no token: set the {env} environment variable"))
         return
+    problem = config.token_problem(token)
+    if problem is not None:
+        report(Check("token", False, problem))
+        return
     point_discord_at(config.discord.api_base_url)
     http = discord.http.HTTPClient(None)  # REST only: the gateway is never connected
     try:
         try:
             me = await http.static_login(token)
         except discord.LoginFailure:
+            report(Check("token", False, config.token_rejected()))
+            return
+        except (discord.HTTPException, OSError) as exc:
+            where = config.discord.api_base_url
             report(
                 Check(
                     "token",
                     False,
-                    "Discord rejected it: reset the token in the developer portal (Bot page)",
+                    f"cannot reach Discord at {where} ({first_line(exc)}): check the network "
+                    "or proxy, and [discord] api_base_url",
                 )
             )
-            return
-        except (discord.HTTPException, OSError) as exc:
-            report(Check("token", False, f"cannot reach Discord ({first_line(exc)})"))
             return
         report(Check("token", True, f"logs in as {me['username']} (id {me['id']})"))
         if not config.discord.guild_ids:

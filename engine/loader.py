@@ -28,7 +28,14 @@ from .quantization import pipeline_quantization, quantization_config
 from .recipes import call_extra, sampler_name, scheduler_for
 from .request import ModelProfile
 from .single_file import base_of, from_single_file
-from .sources import CHECKPOINT_SUFFIXES, first_line, hub_problem, looks_local
+from .sources import (
+    CHECKPOINT_SUFFIXES,
+    first_line,
+    hub_problem,
+    hub_unreachable,
+    looks_local,
+    not_a_source,
+)
 from .tiny import BUILTIN_MODELS, builtin_folder, rebuild_builtin
 
 __all__ = [
@@ -155,7 +162,21 @@ def _source(spec: ModelSpec, config: EngineConfig) -> tuple[str, dict[str, Any]]
         raise ValueError(f"the checkpoint file {source} does not exist")
     if looks_local(source):
         raise ValueError(f"the model folder {source} does not exist (a hub id looks like org/name)")
+    problem = not_a_source(source)
+    if problem is not None:
+        raise ValueError(problem)
     return source, extra
+
+
+def _hub_unreachable_for(spec: ModelSpec, config: EngineConfig) -> str | None:
+    """Why the hub cannot be reached, when `spec` may need it (a hub id, or a checkpoint file's
+    configs) and it cannot: then the cache alone is read, so a cached model loads at once and
+    one not cached fails at once, instead of huggingface_hub retrying each file with back-off
+    (see `engine.sources`). None when it answers or is not needed."""
+    _, kwargs = _source(spec, config)  # a bad source is refused first, without the network
+    if kwargs.get("local_files_only"):
+        return None
+    return hub_unreachable()
 
 
 def _hub_folder(source: str, config: EngineConfig) -> Path:
@@ -199,12 +220,19 @@ def _from_pretrained(source: str, dtype: torch.dtype, kwargs: dict[str, Any]) ->
 
 
 def _load_pipeline(
-    spec: ModelSpec, config: EngineConfig, dtype: torch.dtype, quantization: Any = None
+    spec: ModelSpec,
+    config: EngineConfig,
+    dtype: torch.dtype,
+    quantization: Any = None,
+    hub_why: str | None = None,
 ) -> tuple[Any, Path | None]:
     """The pipeline and the files it came from (its folder, or its single checkpoint file); a
     damaged builtin model is rebuilt, other models' files are named. `quantization`: the
-    denoiser's quantization config (`quantization_config`), or None."""
+    denoiser's quantization config (`quantization_config`), or None. `hub_why`: why the hub
+    cannot be reached (`_hub_unreachable_for`), or None."""
     source, kwargs = _source(spec, config)
+    if hub_why is not None:  # the hub cannot be reached: the cache alone, at once
+        kwargs = {**kwargs, "local_files_only": True}
     if Path(source).is_file():
         pipe = from_single_file(Path(source), dtype, kwargs, base_of(spec), quantization)
         return pipe, Path(source)
@@ -254,8 +282,11 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
             'offload = "model" needs a GPU: on the CPU every component is in its memory already'
         )
     how = "" if spec.quantize == "none" else f", its denoiser in {spec.quantize}"
+    hub_why = _hub_unreachable_for(spec, config)
+    if hub_why is not None:
+        how += f"; the Hugging Face hub cannot be reached ({hub_why}): from the local cache"
     log.info("loading %s on %s (%s%s)", spec.source, device, dtype, how)
-    pipe, files = _load_pipeline(spec, config, dtype, quantization)
+    pipe, files = _load_pipeline(spec, config, dtype, quantization, hub_why)
 
     pipe.scheduler = scheduler_for(spec, pipe)
 

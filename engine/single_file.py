@@ -261,6 +261,7 @@ def _reference_folder(repo: str, kwargs: dict[str, Any]) -> Path:
             repo,
             cache_dir=kwargs.get("cache_dir"),
             allow_patterns=["model_index.json", "*/config.json"],
+            local_files_only=bool(kwargs.get("local_files_only")),
         )
     )
 

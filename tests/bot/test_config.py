@@ -13,8 +13,8 @@ from bot.config import BotConfig, ConfigError, load_config, parse_config
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_example_documents_every_key_with_its_default(tmp_path: Path) -> None:
-    path = ROOT / "config.example.toml"
+def test_the_reference_documents_every_key_with_its_default(tmp_path: Path) -> None:
+    path = ROOT / "config.reference.toml"
     data = tomllib.loads(path.read_text())
     example = parse_config(data, path, environ={"XDG_STATE_HOME": str(tmp_path)})
     # A relative SQLite file is made absolute in the state folder, and so is the image store.
@@ -36,6 +36,38 @@ def test_the_example_documents_every_key_with_its_default(tmp_path: Path) -> Non
             keys -= {"models", "loras"}
         documented = set(data[section.name]) | ({"token"} if section.name == "discord" else set())
         assert documented == keys, section.name
+
+
+def test_the_example_is_short_and_all_defaults(tmp_path: Path) -> None:
+    """`config.example.toml`, what a newcomer on one GPU copies: a few keys, each at its
+    default (a copy runs as documented), each in the reference, none of Ray, shards or several
+    models (it showed all of them)."""
+    example = tomllib.loads((ROOT / "config.example.toml").read_text())
+    reference = tomllib.loads((ROOT / "config.reference.toml").read_text())
+    path, env = tmp_path / "config.toml", {"XDG_STATE_HOME": str(tmp_path)}
+    assert parse_config(example, path, environ=env) == parse_config({}, path, environ=env)
+    assert all(set(keys) <= set(reference[section]) for section, keys in example.items())
+    assert not {"ray", "models", "loras", "paths", "ops"} & set(example)
+    assert not {"shard_count", "shard_ids", "api_base_url"} & set(example["discord"])
+    assert sum(map(len, example.values())) <= 8
+
+
+def test_the_models_usual_is_spelt_model_or_left_out() -> None:
+    """`"model"` for the keys whose default is the model's own (was `0`, or `-1` for guidance:
+    easy to misread as zero steps); the numbers still work."""
+    said = {"default_steps": "model", "default_guidance": "model", "default_size": "model"}
+    models = {"a": {"source": "builtin:tiny", "steps": "model", "guidance": 3.5, "size": 0}}
+    config = parse_config({"engine": said, "models": models})
+    plain = {"a": {"source": "builtin:tiny", "guidance": 3.5}}
+    assert config.engine == parse_config({"models": plain}).engine
+    (a,) = config.engine.model_specs
+    assert (a.steps, a.guidance, a.size) == (0, 3.5, 0)
+    with pytest.raises(ConfigError) as info:
+        parse_config({"engine": {"default_steps": "many"}})
+    assert str(info.value) == (
+        'config: [engine] default_steps must be "model" (the model\'s usual) or a whole '
+        "number, not 'many'"
+    )
 
 
 def test_the_state_folder_is_never_beside_a_new_config(tmp_path: Path) -> None:

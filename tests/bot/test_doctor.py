@@ -80,7 +80,15 @@ async def test_each_failing_check_says_what_to_fix(new_world: NewWorld, tmp_path
 
         world.configure(discord={"token": "not-the-token"})
         code, lines = await _doctor(config)
-        assert code == 1 and lines["token"].startswith("FIX") and "rejected" in lines["token"]
+        assert code == 1 and lines["token"] == (
+            f"FIX  token: Discord rejected the bot token in [discord] token of {config}: copy "
+            "the token again from the developer portal (your application → Bot → Reset Token)"
+        )
+        world.configure(discord={"token": "the token"})  # the docs' placeholder, a space in it
+        code, lines = await _doctor(config)
+        assert code == 1 and lines["token"].startswith(
+            f"FIX  token: the bot token in [discord] token of {config} has a space, line break"
+        )
 
         # backend = "ray": the cluster's address is checked (nothing listens on this port).
         with socket.socket() as sock:
@@ -95,6 +103,44 @@ async def test_each_failing_check_says_what_to_fix(new_world: NewWorld, tmp_path
         code, lines = await _doctor(config)
         assert code == 1 and list(lines) == ["config"]
         assert "max_batch_size (2) must be at least max_count" in lines["config"]
+
+
+async def test_a_hub_model_while_the_hub_cannot_be_reached_is_one_line_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub that takes connections and never answers (a firewall dropping packets): each hub
+    model not in the cache is one line after one short probe (each was asked of the hub for
+    15 s); a bare word is no hub id. `ENDPOINT` points at this machine: never the real hub."""
+    import time
+
+    from huggingface_hub import constants
+
+    from testkit.config import database_url, write_config
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    with silent:
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        models = {name: {"source": f"test-org/{name}"} for name in ("one", "two")}
+        config = write_config(
+            tmp_path / "config.toml",
+            {
+                "database": {"url": database_url(tmp_path)},
+                "engine": {"cache_dir": str(tmp_path / "cache")},
+                "models": {**models, "typo": {"source": "sdturbo"}},
+            },
+        )
+        started = time.monotonic()
+        _, lines = await _doctor(config)
+        took = time.monotonic() - started
+    assert lines["model one"].startswith(
+        "FIX  model one: the model test-org/one is not in the local cache and the Hugging Face "
+        "hub cannot be reached (timed out)"
+    )
+    assert "HF_HUB_OFFLINE=1" in lines["model two"]
+    assert lines["model typo"].startswith("FIX  model typo: 'sdturbo' is not a model source")
+    assert took < 15, took  # one probe of 5 s for both models
 
 
 async def test_each_model_says_whether_it_fits(

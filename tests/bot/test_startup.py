@@ -78,6 +78,22 @@ async def test_a_rejected_token_stops_before_loading_the_model(tmp_path: Path) -
         server.assert_clean()
 
 
+async def test_a_token_no_bot_token_could_be_is_one_line(tmp_path: Path) -> None:
+    """The README's placeholder ('the token'), or two lines pasted: one line, before Discord
+    is asked (aiohttp refused a line break in a header with a traceback)."""
+    config = minimal_config(tmp_path)
+    for secret in ("the token", "MTk4.Cl2FMQ\nZnCjm1XVW7"):
+        code, output = await run_once(config, token=secret)
+        assert code == 2
+        assert_one_clear_line(
+            output,
+            "the bot token in $DISCORD_TOKEN has a space, line break or other character",
+            "copy the token again from the developer portal",
+        )
+        assert "Cl2FMQ" not in output  # a token, even a bad one, is never printed
+    assert not (tmp_path / "imagine.db").exists()
+
+
 async def test_a_model_that_cannot_load_stops_before_any_command_is_shown(
     tmp_path: Path, model_cache: Path
 ) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -250,3 +252,132 @@ def test_ctrl_c_stops_generate_within_a_step(model_cache: Path, tmp_path: Path) 
     assert child.returncode == 130
     assert "cancelled" in rest and "Traceback" not in rest
     assert not (tmp_path / "fox.png").exists()
+
+
+def _hub_cache(hf_home: Path, repo: str, model_cache: Path) -> None:
+    """The tiny model as the Hugging Face cache holds a downloaded hub model
+    (`$HF_HOME/hub/models--org--name/snapshots/<commit>/`, `refs/main` naming the commit)."""
+    folder = hf_home / "hub" / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(next(model_cache.glob("builtin-tiny-v*")), folder / "snapshots" / commit)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+
+
+def _silent_server() -> socket.socket:
+    """A port that takes connections and never answers: a firewall dropping the packets."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    return server
+
+
+def test_an_unreachable_hub_is_one_fast_line(model_cache: Path, tmp_path: Path) -> None:
+    """The hub cannot be reached (the connection refused, or taken and never answered, as
+    behind a firewall): a model not in the cache fails in one line at once, a cached one loads
+    from the cache. Was 30 s and 26 lines (huggingface_hub's five retries with back-off, each
+    logged twice, and a deprecation warning), minutes when nothing answers. `HF_ENDPOINT`
+    points at this machine, so the test never reaches the real hub, network or not. Times are
+    compared with the same command with downloads off (no hub at all), which takes what this
+    machine's load makes it take."""
+    import time
+
+    silent = _silent_server()
+    with contextlib.closing(silent), socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env["IMAGINE_BOT_CACHE"] = str(model_cache)
+        exe = shutil.which("imagine-bot")
+        command = [exe] if exe else [sys.executable, "-m", "bot"]
+        endpoints = {
+            hub: f"http://127.0.0.1:{sock.getsockname()[1]}"
+            for hub, sock in (("refused", closed), ("silent", silent))
+        }
+
+        def generate(
+            hub: str, *args: str, hf_home: Path
+        ) -> tuple[float, subprocess.CompletedProcess[str]]:
+            where = {"HF_HUB_OFFLINE": "1"} if hub == "off" else {"HF_ENDPOINT": endpoints[hub]}
+            started = time.monotonic()
+            done = subprocess.run(
+                [*command, "generate", "a kite", "--steps", "1", *args],
+                capture_output=True,
+                text=True,
+                cwd=tmp_path,
+                env={**env, **where, "HF_HOME": str(hf_home)},
+                timeout=240,
+            )
+            return time.monotonic() - started, done
+
+        model = ("--model", "test-org/tiny")
+        offline, done = generate("off", *model, hf_home=tmp_path / "empty")
+        assert done.returncode == 2 and "downloads are off" in done.stderr, done.stderr
+        for hub, probe in (("refused", 0), ("silent", 5)):  # the probe waits 5 s at most
+            took, done = generate(hub, *model, hf_home=tmp_path / "empty")
+            assert done.returncode == 2 and "Traceback" not in done.stderr
+            lines = done.stderr.strip().splitlines()
+            assert len(lines) == 2 and "loading test-org/tiny" in lines[0], done.stderr
+            assert lines[-1].startswith(
+                "imagine-bot: Could not load model 'tiny': the model test-org/tiny is not in the "
+                "local cache and the Hugging Face hub cannot be reached ("
+            )
+            assert "HF_HUB_OFFLINE=1" in lines[-1]
+            assert took - offline < probe + 8, (hub, took, offline)
+
+        _hub_cache(tmp_path / "hf", "test-org/tiny", model_cache)
+        _, done = generate("refused", *model, "--out", "k.png", hf_home=tmp_path / "hf")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().startswith("wrote k.png"), done.stderr
+        assert "from the local cache" in done.stderr and "Retry" not in done.stderr
+        assert "Warning" not in done.stderr  # the libraries' warnings only with -v
+
+        # -v after the subcommand: the libraries' warnings are shown, as log lines.
+        _, done = generate("silent", "-v", *model, hf_home=tmp_path / "hf")
+        assert done.returncode == 0, done.stderr
+        assert "WARNING py.warnings" in done.stderr, done.stderr
+
+
+def test_a_model_name_that_is_not_configured_is_named(model_cache: Path, tmp_path: Path) -> None:
+    """`--model nosuchmodel` was taken for a hub id and blamed on the network after 30 s."""
+    done = run_cli("generate", "--model", "nosuchmodel", "x", cache=model_cache, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "imagine-bot: options: no configured model called 'nosuchmodel' (configured: "
+        "sd-turbo); --model also takes a hub id (org/name), a folder, a .safetensors file or "
+        "builtin:tiny"
+    ]
+
+
+def test_help_names_the_default_model_the_token_and_examples(
+    capsys: pytest.CaptureFixture[str], model_cache: Path, tmp_path: Path
+) -> None:
+    """What a newcomer reads first: the default model and what it downloads, where the token
+    comes from, examples; `--config` of generate and upscale described alike; `-v` after the
+    subcommand as before it."""
+    import re
+
+    from bot.cli import main
+    from engine import EngineConfig
+
+    def help_of(*command: str) -> str:
+        with pytest.raises(SystemExit) as done:
+            main([*command, "--help"])
+        assert done.value.code == 0
+        return " ".join(capsys.readouterr().out.split())  # as one line, however it wraps
+
+    for command in ((), ("run",), ("generate",)):
+        text = help_of(*command)
+        assert f"by default {EngineConfig().model} (SD-Turbo: a 5.2 GB download" in text, command
+        assert "builtin:tiny needs no download" in text and " examples: " in text, command
+    for command in ("run", "doctor"):
+        text = help_of(command)
+        assert "environment variable DISCORD_TOKEN" in text and " examples: " in text, command
+    described = {
+        command: re.search(r"--config CONFIG (.+?\)) --model", help_of(command))[1]
+        for command in ("generate", "upscale")
+    }
+    assert described["generate"] == described["upscale"], described
+
+    done = run_cli("doctor", "--config", "missing.toml", "-v", cache=model_cache, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr  # ran: its config check says what to fix
+    assert "FIX  config: missing.toml: file not found" in done.stdout

@@ -1,0 +1,211 @@
+"""`imagine-bot`'s command line: its subcommands and options, and the help a newcomer reads
+first (the default model and what it downloads, where the token comes from, examples).
+`bot.cli` runs what it parses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from collections.abc import Sequence
+from typing import Any
+
+from engine import ASPECT_RATIOS, UPSCALE_STRENGTH, EngineConfig
+
+__all__ = ["DEFAULT_CONFIG", "DEFAULT_MODEL", "build_parser", "default_to_run"]
+
+DEFAULT_CONFIG = "config.toml"
+
+
+def _version() -> str:
+    """The installed package's version (`pyproject.toml`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imagine-bot")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+#: The default model, in a newcomer's terms (docs/models.md has the sources of the figures).
+DEFAULT_MODEL = (
+    f"The model is [engine] model of the config, by default {EngineConfig().model} (SD-Turbo: "
+    "a 5.2 GB download, once, into the Hugging Face cache; 2.6 GB of GPU memory; one step per "
+    "image). builtin:tiny needs no download and no GPU (random weights: its images are noise)."
+)
+TOKEN = (
+    "The bot token is read from the environment variable DISCORD_TOKEN ([discord] token_env "
+    "names another); get it in Discord's developer portal: your application, Bot, Reset Token."
+)
+#: `--config` of the one-shot commands, described once for both.
+ONE_SHOT_CONFIG = (
+    f"TOML config for [engine] and [models.*] (default: {DEFAULT_CONFIG} if it exists, else "
+    "the built-in defaults)"
+)
+
+
+def _paragraphs(*texts: str) -> str:
+    """Help text in paragraphs of a terminal's width (the examples keep their lines)."""
+    return "\n\n".join(textwrap.fill(text, 79, break_on_hyphens=False) for text in texts if text)
+
+
+def _sub(
+    sub: Any,
+    name: str,
+    summary: str,
+    text: Sequence[str],
+    examples: Sequence[str],
+    common: argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    """A subcommand whose `--help` says what it does, then examples."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=_paragraphs(f"{summary[0].upper()}{summary[1:]}. {text[0]}", *text[1:]),
+        epilog="examples:\n" + "\n".join(f"  {line}" for line in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: its subcommands, options and help."""
+    # -v is taken before or after the subcommand: `imagine-bot -v run` or `... run -v`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log debug messages and the libraries' warnings",
+    )
+    parser = argparse.ArgumentParser(
+        prog="imagine-bot",
+        description=_paragraphs("Self-hosted Stable Diffusion bot for Discord.", DEFAULT_MODEL),
+        epilog="examples:\n"
+        '  imagine-bot generate "a lighthouse at dusk, watercolour" --out lighthouse.png\n'
+        '  imagine-bot generate --model builtin:tiny "a robot" --out robot.png   # offline\n'
+        "  DISCORD_TOKEN=... imagine-bot doctor --config config.toml\n"
+        "  DISCORD_TOKEN=... imagine-bot run --config config.toml\n"
+        "`imagine-bot COMMAND --help` says more; the docs are in docs/ (docs/setup.md first).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log debug messages and the libraries' warnings",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = _sub(
+        sub,
+        "run",
+        "run the Discord bot",
+        ["It migrates the database, loads the models, then connects.", TOKEN, DEFAULT_MODEL],
+        [
+            "export DISCORD_TOKEN='...'",
+            "imagine-bot run --config config.toml",
+            "imagine-bot --config config.toml        # the same",
+        ],
+        common,
+    )
+    run.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (default: %(default)s)")
+
+    doc = _sub(
+        sub,
+        "doctor",
+        "check a set-up and say what to fix (changes nothing)",
+        [
+            "One line per check (config, state folder, database, models, token, servers, "
+            "channel permissions), ok or FIX; exit code 0 when all pass.",
+            TOKEN,
+        ],
+        ["DISCORD_TOKEN=... imagine-bot doctor --config config.toml"],
+        common,
+    )
+    doc.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (default: %(default)s)")
+
+    gen = _sub(
+        sub,
+        "generate",
+        "make images once, without Discord",
+        [DEFAULT_MODEL],
+        [
+            'imagine-bot generate "a lighthouse at dusk, watercolour" --seed 7 --out a.png',
+            'imagine-bot generate "a robot" --count 4 --ar 16:9 --out robot.png',
+            'imagine-bot generate "in oil" --image a.png --strength 0.6 --out oil.png',
+            'imagine-bot generate --model builtin:tiny "a test" --out t.png   # offline, noise',
+        ],
+        common,
+    )
+    gen.add_argument("prompt")
+    gen.add_argument("--config", help=ONE_SHOT_CONFIG)
+    gen.add_argument(
+        "--model",
+        help="a configured model's name, or a hub id (org/name), folder, .safetensors file or "
+        "builtin:tiny (default: the config's default model)",
+    )
+    gen.add_argument("--device", help="auto, cuda, mps or cpu (overrides the config)")
+    gen.add_argument("--negative", default="", help="negative prompt")
+    gen.add_argument("--seed", type=int, help="seed (random when omitted)")
+    gen.add_argument("--steps", type=int, help="denoising steps (model default when omitted)")
+    gen.add_argument("--guidance", type=float, help="CFG scale (model default when omitted)")
+    gen.add_argument("--size", help="WIDTHxHEIGHT, e.g. 512x768 (model's native size by default)")
+    gen.add_argument(
+        "--ar", help=f"aspect ratio at the model's native area, e.g. {', '.join(ASPECT_RATIOS)}"
+    )
+    gen.add_argument("--image", help="a PNG, JPEG or WebP to start from (image-to-image)")
+    gen.add_argument(
+        "--strength", type=float, help="with --image: how much to change it, 0.05-1 (0.6)"
+    )
+    gen.add_argument("--count", type=int, default=1, help="images to make (default 1)")
+    gen.add_argument(
+        "--out", default="imagine.png", help="output .png or .jpg (default: %(default)s)"
+    )
+
+    up = _sub(
+        sub,
+        "upscale",
+        "an image made by imagine-bot, at twice its size",
+        [
+            "Its prompt, seed and model come from the image's parameters (PNG text or JPEG "
+            "EXIF, as A1111 writes them)."
+        ],
+        [
+            "imagine-bot upscale lighthouse.png              # writes lighthouse-upscaled.png",
+            "imagine-bot upscale robot.png --strength 0.2 --out big.png",
+        ],
+        common,
+    )
+    up.add_argument("image", help="a PNG made by imagine-bot (or A1111): its prompt and seed")
+    up.add_argument("--config", help=ONE_SHOT_CONFIG)
+    up.add_argument(
+        "--model",
+        help="a configured model's name, or a hub id (org/name), folder, .safetensors file or "
+        "builtin:tiny (default: the model the image names, by its name or its Model hash)",
+    )
+    up.add_argument("--device", help="auto, cuda, mps or cpu (overrides the config)")
+    up.add_argument(
+        "--strength",
+        type=float,
+        default=UPSCALE_STRENGTH,
+        help="how much the refinement may change (default: %(default)s)",
+    )
+    up.add_argument(
+        "--out", help="output .png or .jpg (default: the input's name with -upscaled.png)"
+    )
+    return parser
+
+
+def default_to_run(argv: Sequence[str]) -> list[str]:
+    """`imagine-bot --config x.toml` means `imagine-bot run --config x.toml`."""
+    args = list(argv)
+    commands = ("run", "generate", "upscale", "doctor", "-h", "--help", "--version")
+    if any(a in commands for a in args):
+        return args
+    if not any(a == "--config" or a.startswith("--config=") for a in args):
+        return args  # nothing to guess: argparse explains the usage
+    first = next((i for i, a in enumerate(args) if a not in ("-v", "--verbose")), len(args))
+    return [*args[:first], "run", *args[first:]]
