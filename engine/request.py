@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .config import Limits, LoraSpec
 from .errors import InvalidRequest
-from .sizing import resolve_size
+from .sizing import reference_size, resolve_size
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -65,6 +65,12 @@ class ImageRequest:
     With `init_image` (an RGB Pillow image) the request is image-to-image: the picture is
     re-noised to `strength` of the schedule and denoised from there, as diffusers'
     image-to-image pipelines do. `validate` resizes it to the request's size.
+
+    With `references` the request is an edit by instruction (`prompt` says what to change),
+    on a model whose pipeline edits (`ModelProfile.edits`): the pictures are the pipeline's
+    `image`, the first one the picture being edited, and the result keeps its aspect ratio
+    at the model's native area. `validate` fits each one as the pipeline reads it
+    (`sizing.reference_size`).
     """
 
     prompt: str
@@ -91,6 +97,8 @@ class ImageRequest:
     #: 77-token windows the prompts take once weighted and chunked (set by `validate`);
     #: requests with different counts cannot share a UNet call.
     chunks: int = 1
+    #: The pictures to edit by instruction (RGB Pillow images; empty: not an edit).
+    references: tuple[Image, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def key(self) -> BatchKey:
@@ -107,6 +115,7 @@ class ImageRequest:
             model=self.model,
             loras=self.loras,
             chunks=self.chunks,
+            references=tuple((im.width, im.height) for im in self.references),
         )
 
     @property
@@ -137,12 +146,15 @@ class BatchKey:
     model: str = ""  # never mixed: each model is its own pipeline
     loras: LoraSet = ()  # adapters are set per pipeline call, not per image
     chunks: int = 1  # text embeddings of one length per UNet call
+    #: An edit's reference pictures' sizes (as fitted): their tokens join the denoiser's
+    #: sequence and their positions its shared ids, so only edits of equal sizes share a call.
+    references: tuple[tuple[int, int], ...] = ()
 
     @property
-    def group(self) -> tuple[str, LoraSet, int, int, int]:
+    def group(self) -> tuple[str, LoraSet, int, int, int, tuple[tuple[int, int], ...]]:
         """What must match to share one UNet forward (step scheduling): steps, guidance and
         strength may differ there."""
-        return (self.model, self.loras, self.chunks, self.width, self.height)
+        return (self.model, self.loras, self.chunks, self.width, self.height, self.references)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +177,19 @@ class ModelProfile:
     weighted: bool = True  # whether A1111 weights reach the model (else they are removed)
     family_label: str = ""  # the family as people call it: "SDXL", "FLUX.1"
     img2img: bool = True  # whether the family has an image-to-image pipeline
+    #: Pictures an edit by instruction takes at most (0: the model does not edit).
+    max_references: int = 0
+    #: How an edit's picture is fitted (`sizing.reference_size`): to the one of these sizes
+    #: nearest its aspect ratio, else to `reference_area` pixels (0: the native size
+    #: squared) at its own aspect ratio, in multiples of `reference_multiple`.
+    reference_sizes: tuple[tuple[int, int], ...] = ()
+    reference_area: int = 0
+    reference_multiple: int = 16
+
+    @property
+    def edits(self) -> bool:
+        """Whether the model edits pictures by instruction (`/models` shows "edits")."""
+        return self.max_references > 0
 
 
 def clean_text(text: str) -> str:
@@ -339,6 +364,9 @@ def validate(
 
     init = request.init_image
     strength = request.strength
+    references = tuple(request.references)
+    if references and (problem := _edit_problem(references, init, strength, profile)):
+        raise problem
     if init is None and strength is not None:
         raise InvalidRequest("strength", "Strength applies only when starting from an image.")
     if init is not None and not profile.img2img:
@@ -383,7 +411,7 @@ def validate(
         height=request.height,
         shape=request.shape,
         aspect=request.aspect,
-        picture_aspect=None if init is None else init.width / max(1, init.height),
+        picture_aspect=_aspect(init if init is not None else next(iter(references), None)),
         native=profile.native_size,
         multiple=multiple,
         limits=limits,
@@ -418,12 +446,44 @@ def validate(
         count=count,
         user=str(request.user),
         init_image=None if init is None else _fitted(init, sizes["width"], sizes["height"]),
+        references=tuple(_fitted(im, *_reference_size(im, profile, limits)) for im in references),
         strength=strength,
         model=profile.name,
         loras=chosen_loras,
         chunks=chunks,
     )
     return resolved, warnings
+
+
+def _aspect(picture: Image | None) -> float | None:
+    return None if picture is None else picture.width / max(1, picture.height)
+
+
+def _reference_size(picture: Image, profile: ModelProfile, limits: Limits) -> tuple[int, int]:
+    area = profile.reference_area or profile.native_size**2
+    sizes, multiple = profile.reference_sizes, profile.reference_multiple
+    return reference_size(
+        *picture.size, sizes=sizes, area=area, multiple=multiple, min_side=limits.min_size
+    )
+
+
+def _edit_problem(
+    references: tuple[Image, ...], init: Image | None, strength: float | None, profile: ModelProfile
+) -> InvalidRequest | None:
+    """What is wrong with an edit's pictures: a model that does not edit, too many, an init
+    image or a strength beside them."""
+    most, name, given = profile.max_references, profile.name, len(references)
+    if not most:
+        why = f"The model {name} does not edit pictures by instruction: choose one that does."
+    elif given > most:
+        why = f"The model {name} edits with at most {most} picture(s), not {given}."
+    elif init is not None:
+        why = "Give a picture to start from or pictures to edit by instruction, not both."
+    elif strength is not None:
+        return InvalidRequest("strength", "Strength does not apply to an edit by instruction.")
+    else:
+        return None
+    return InvalidRequest("image", why)
 
 
 def _fitted(image: Image, width: int, height: int) -> Image:
