@@ -233,6 +233,11 @@ class Engine(ModelCatalog):
         """Check, submit and wait; cancels the job if the caller is cancelled."""
         return await self.submit(await self.check(request)).awaited()
 
+    @property
+    def describer_bytes(self) -> int:
+        """Bytes the describe model holds on its device (0: not loaded, or off)."""
+        return self._worker.describer_bytes if self._worker is not None else 0
+
     async def describe(self, picture: Image) -> list[str]:
         """Up to four candidate prompts for `picture` (`[describe] model`, see `describe.py`),
         on the describer's own thread; `EngineError` when describing is off or its model
