@@ -2,7 +2,7 @@
 (`a {red, blue} car` is two prompts) and `--no word` (added to the negative prompt).
 
 Pure functions, no torch: the front end expands a prompt into its variants before making one
-job per variant, and the command line does the same.
+job per variant.
 
 Permutations. A group `{a, b, c}` stands for each of its comma-separated options in turn;
 several groups give every combination, the first group varying slowest (`{a, b} {x, y}`:

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from .config import Limits, LoraSpec
+from .edits import edit_problem, fitted_references
 from .errors import InvalidRequest
-from .sizing import reference_size, resolve_size
+from .sizing import resolve_size
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -365,7 +366,15 @@ def validate(
     init = request.init_image
     strength = request.strength
     references = tuple(request.references)
-    if references and (problem := _edit_problem(references, init, strength, profile)):
+    if references and (
+        problem := edit_problem(
+            profile.name,
+            profile.max_references,
+            len(references),
+            init=init is not None,
+            strength=strength is not None,
+        )
+    ):
         raise problem
     if init is None and strength is not None:
         raise InvalidRequest("strength", "Strength applies only when starting from an image.")
@@ -406,12 +415,13 @@ def validate(
         )
 
     multiple = profile.multiple
+    picture = init if init is not None else next(iter(references), None)  # keeps its aspect
     width, height = resolve_size(
         width=request.width,
         height=request.height,
         shape=request.shape,
         aspect=request.aspect,
-        picture_aspect=_aspect(init if init is not None else next(iter(references), None)),
+        picture_aspect=None if picture is None else picture.width / max(1, picture.height),
         native=profile.native_size,
         multiple=multiple,
         limits=limits,
@@ -446,44 +456,20 @@ def validate(
         count=count,
         user=str(request.user),
         init_image=None if init is None else _fitted(init, sizes["width"], sizes["height"]),
-        references=tuple(_fitted(im, *_reference_size(im, profile, limits)) for im in references),
+        references=fitted_references(
+            references,
+            _fitted,
+            sizes=profile.reference_sizes,
+            area=profile.reference_area or profile.native_size**2,
+            multiple=profile.reference_multiple,
+            min_side=limits.min_size,
+        ),
         strength=strength,
         model=profile.name,
         loras=chosen_loras,
         chunks=chunks,
     )
     return resolved, warnings
-
-
-def _aspect(picture: Image | None) -> float | None:
-    return None if picture is None else picture.width / max(1, picture.height)
-
-
-def _reference_size(picture: Image, profile: ModelProfile, limits: Limits) -> tuple[int, int]:
-    area = profile.reference_area or profile.native_size**2
-    sizes, multiple = profile.reference_sizes, profile.reference_multiple
-    return reference_size(
-        *picture.size, sizes=sizes, area=area, multiple=multiple, min_side=limits.min_size
-    )
-
-
-def _edit_problem(
-    references: tuple[Image, ...], init: Image | None, strength: float | None, profile: ModelProfile
-) -> InvalidRequest | None:
-    """What is wrong with an edit's pictures: a model that does not edit, too many, an init
-    image or a strength beside them."""
-    most, name, given = profile.max_references, profile.name, len(references)
-    if not most:
-        why = f"The model {name} does not edit pictures by instruction: choose one that does."
-    elif given > most:
-        why = f"The model {name} edits with at most {most} picture(s), not {given}."
-    elif init is not None:
-        why = "Give a picture to start from or pictures to edit by instruction, not both."
-    elif strength is not None:
-        return InvalidRequest("strength", "Strength does not apply to an edit by instruction.")
-    else:
-        return None
-    return InvalidRequest("image", why)
 
 
 def _fitted(image: Image, width: int, height: int) -> Image:

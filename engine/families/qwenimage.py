@@ -136,9 +136,6 @@ class QwenImageEdit(QwenImage):
         """`calculate_dimensions(VAE_IMAGE_SIZE, aspect)`: 1024² pixels in multiples of 32."""
         return (), 1024 * 1024, 32
 
-    def edit_kwargs(self, pipe: Any, requests: Sequence[ImageRequest]) -> dict[str, Any]:
-        return {"image": list(requests[0].references)}
-
     def batch_kwargs(
         self,
         pipe: Any,
