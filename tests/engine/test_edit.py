@@ -232,6 +232,43 @@ def test_text_to_image_on_qwen_edit_runs_qwen_image_on_its_modules(qwen_edit: Lo
     assert (sample.latents - stock(qwen_edit, sample.request, "latent")).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("source", [KONTEXT, QWEN_EDIT])
+def test_image_to_image_on_an_edit_model_runs_its_familys_pipeline_on_its_modules(
+    source: str, config_of: Any, stock_models: StockModels, request: pytest.FixtureRequest
+) -> None:
+    """Vary and Upscale on an edit model's results: FLUX.1's and Qwen-Image's image-to-image
+    pipelines on the same weights, equal to them run alone."""
+    from engine.loader import image_to_image
+
+    qwen = request.getfixturevalue("qwen_edit") if source == QWEN_EDIT else None
+    model = model_of(source, config_of, stock_models, qwen)
+    assert model.profile.img2img
+    pipe = image_to_image(model)
+    assert pipe.transformer is model.pipe.transformer
+    fields = {"seed": 4, "steps": 4, "guidance": 3.5, "init_image": picture(8, (64, 64))}
+    r = validate(ImageRequest("a boat", strength=0.6, **fields), Limits(), model.profile, len)[0]
+    [sample] = run_staggered(Stepper(model), r, [])
+    final: list[torch.Tensor] = []
+    kwargs: dict[str, Any] = {
+        "prompt": [r.prompt],
+        "image": [r.init_image],
+        "strength": r.strength,
+        "num_inference_steps": r.steps,
+        "width": r.width,
+        "height": r.height,
+        "generator": [torch.Generator("cpu").manual_seed(r.seed)],
+        "output_type": "np",
+        "callback_on_step_end": lambda p, i, t, d: final.append(d["latents"]) or d,
+    }
+    if source == QWEN_EDIT:
+        kwargs |= {"true_cfg_scale": r.guidance, "negative_prompt": [" "]}
+    else:
+        kwargs["guidance_scale"] = r.guidance
+    pipe(**kwargs)
+    assert sample.latents is not None
+    assert (sample.latents - final[-1]).abs().max().item() < 1e-4
+
+
 # Validation: pure Python, the profiles as the families give them.
 EDITS = ModelProfile(
     "kontext", "flux-kontext", 1024, 28, 2.5, "Euler", multiple=16, max_references=1
