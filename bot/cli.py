@@ -1,5 +1,5 @@
 """`imagine-bot`: `run` starts the Discord bot; `generate` and `upscale` make images from the
-command line (offline with `--model builtin:tiny`).
+command line (offline with `--model builtin:tiny`), `describe` prompts from a picture.
 
 `imagine-bot --config config.toml` (and `python -m bot --config config.toml`) is short for
 `imagine-bot run --config config.toml`.
@@ -153,6 +153,8 @@ async def _generate(args: argparse.Namespace) -> int:
     out = _out_path(args.out)
     config = _engine_config(args)
     width, height = _size(args.size)
+    paths = args.image or []
+    pictures = tuple(_picture(path)[1] for path in paths)
     request = ImageRequest(
         prompt=args.prompt,
         negative_prompt=args.negative,
@@ -163,9 +165,11 @@ async def _generate(args: argparse.Namespace) -> int:
         height=height,
         count=args.count,
         user="cli",
-        init_image=_picture(args.image)[1] if args.image else None,
+        init_image=pictures[0] if len(pictures) == 1 else None,
+        references=pictures if len(pictures) > 1 else (),
         strength=args.strength,
         aspect=args.ar,
+        parameters=(("Source", ", ".join(Path(p).name for p in paths)),) if paths else (),
     )
     return await _make(config, request, out)
 
@@ -239,6 +243,7 @@ def _precheck(config: BotConfig, request: ImageRequest) -> None:
         default_steps=1,
         default_guidance=0.0,
         sampler="",
+        max_references=len(request.references),
     )
     loras = {lora.name: lora for lora in config.engine.loras}
     validate(request, limits, stand_in, lambda text: 0, loras=loras)
@@ -247,6 +252,9 @@ def _precheck(config: BotConfig, request: ImageRequest) -> None:
 async def _make(config: BotConfig, request: ImageRequest, out: Path) -> int:
     _precheck(config, request)
     async with Engine(config.engine) as engine:
+        if engine.profile.edits and request.init_image is not None:  # an edit, not img2img
+            picture = request.init_image
+            request = dataclasses.replace(request, init_image=None, references=(picture,))
         job = engine.submit(await engine.check(request))
         for warning in job.warnings:
             print(f"warning: {warning}", file=sys.stderr)
@@ -307,6 +315,35 @@ def _logging(verbose: bool) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def _describe(args: argparse.Namespace) -> int:
+    """Print the describe model's candidate prompts for the picture, one a line. The model is
+    loaded alone (no image model: `Engine` would load those first)."""
+    from engine.config import DescribeConfig
+    from engine.describe import Describer
+
+    _, picture = _picture(args.image)
+    path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
+    engine = (load_config(path) if path else BotConfig()).engine
+    if args.model:
+        engine = dataclasses.replace(engine, describe=DescribeConfig(args.model))
+    if args.device:
+        engine = dataclasses.replace(engine, device=args.device)
+    if not engine.describe.model:
+        raise ConfigError(
+            ["describing is off: [describe] model is empty (or give --model)"], "options"
+        )
+    describer = Describer(engine)
+    print(f"describing with {engine.describe.model}...", file=sys.stderr, flush=True)
+    try:
+        describer.load()
+    except Exception as exc:  # a hub id that is not there, a folder that is not a model
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError([f"cannot load {engine.describe.model}: {why}"], "options") from None
+    for prompt in describer.describe(picture):
+        print(prompt)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(default_to_run(sys.argv[1:] if argv is None else argv))
     _logging(args.verbose)
@@ -315,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_generate(args))
         if args.command == "upscale":
             return asyncio.run(_upscale(args))
+        if args.command == "describe":
+            return _describe(args)
         if args.command == "doctor":
             from .doctor import run_doctor
 

@@ -156,7 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--ar", help=f"aspect ratio at the model's native area, e.g. {', '.join(ASPECT_RATIOS)}"
     )
-    gen.add_argument("--image", help="a PNG, JPEG or WebP to start from (image-to-image)")
+    gen.add_argument(
+        "--image",
+        action="append",
+        help="a PNG, JPEG or WebP: on a model that edits (FLUX.1 Kontext, Qwen-Image-Edit, "
+        "FLUX.2 klein) a picture to change as the prompt says (again for more pictures); "
+        "on others one to start from (image-to-image)",
+    )
     gen.add_argument(
         "--strength", type=float, help="with --image: how much to change it, 0.05-1 (0.6)"
     )
@@ -164,6 +170,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--out", default="imagine.png", help="output .png or .jpg (default: %(default)s)"
     )
+
+    desc = _sub(
+        sub,
+        "describe",
+        "four candidate prompts for a picture",
+        ["The captioning model is [describe] model (Florence-2 by default), loaded alone."],
+        [
+            "imagine-bot describe photo.png",
+            "imagine-bot describe photo.png --model builtin:tiny-florence2",
+        ],
+        common,
+    )
+    desc.add_argument("image", help="a PNG, JPEG or WebP")
+    desc.add_argument("--config", help=ONE_SHOT_CONFIG)
+    desc.add_argument(
+        "--model", help="the image-to-text model: a hub id, a folder or builtin:tiny-florence2"
+    )
+    desc.add_argument("--device", help="auto, cuda, mps or cpu (overrides the config)")
 
     up = _sub(
         sub,
@@ -202,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 def default_to_run(argv: Sequence[str]) -> list[str]:
     """`imagine-bot --config x.toml` means `imagine-bot run --config x.toml`."""
     args = list(argv)
-    commands = ("run", "generate", "upscale", "doctor", "-h", "--help", "--version")
+    commands = ("run", "generate", "upscale", "describe", "doctor", "-h", "--help", "--version")
     if any(a in commands for a in args):
         return args
     if not any(a == "--config" or a.startswith("--config=") for a in args):

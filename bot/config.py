@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from engine import EngineConfig, LoraSpec, ModelSpec
 from engine.cluster import RayConfig
+from engine.config import DescribeConfig
 
 from .discord_limits import DISCORD_API
 from .ledger.identity import marker_name
@@ -184,6 +185,7 @@ _SECTIONS: dict[str, type] = {
     "images": ImagesSettings,
     "ops": OpsSettings,
     "ray": RayConfig,  # the Ray backend's own settings (engine/cluster/config.py)
+    "describe": DescribeConfig,  # a part of [engine] (engine/config.py), in a table of its own
 }
 
 
@@ -427,8 +429,13 @@ def parse_config(
             for name in _NAMED:
                 if name in table:
                     problems.append(f"[engine] {name}: write [{name}.<name>] tables instead")
-            table = {k: v for k, v in table.items() if k not in _NAMED}
+            if "describe" in table:
+                problems.append("[engine] describe: write a [describe] table instead")
+            table = {k: v for k, v in table.items() if k not in (*_NAMED, "describe")}
         sections[key] = _section(_SECTIONS[key], table, key, problems, extra)
+    if "describe" in sections:
+        engine = sections.get("engine") or EngineConfig()
+        sections["engine"] = replace(engine, describe=sections.pop("describe"))
     state_from = _with_state_dir(sections, path, environ) if path is not None else ""
     config = BotConfig(**sections, path=path, state_from=state_from)
     problems += _check(config)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .catalog import ModelInfo
 from .config import EngineConfig, Limits
@@ -23,6 +23,9 @@ from .job import Job
 from .request import ImageRequest, ModelProfile
 from .result import GenerationResult
 from .stats import EngineStats
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 __all__ = ["Checked", "EngineClient"]
 
@@ -58,6 +61,11 @@ class EngineClient(Protocol):
 
     async def generate(self, request: ImageRequest) -> GenerationResult:
         """Check, submit and wait (cancels the job if the caller is cancelled)."""
+        ...
+
+    async def describe(self, picture: Image) -> list[str]:
+        """Up to four candidate prompts for a picture (`[describe] model`), off the event
+        loop; `EngineError` when describing is off or its model cannot load."""
         ...
 
     # The models

@@ -16,11 +16,13 @@ from .sources import CHECKPOINT_SUFFIXES
 
 __all__ = [
     "COMPILE_MODES",
+    "DEFAULT_DESCRIBE_MODEL",
     "DEFAULT_MODEL",
     "OFFLOAD_MODES",
     "PREDICTIONS",
     "QUANTIZE_MODES",
     "SCHEDULERS",
+    "DescribeConfig",
     "EngineConfig",
     "Limits",
     "LoraSpec",
@@ -29,6 +31,8 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
+#: Florence-2 base (0.23 B parameters, MIT), in transformers' native format.
+DEFAULT_DESCRIBE_MODEL = "florence-community/Florence-2-base"
 
 #: Scheduler names accepted in config, mapped to diffusers class names. "default" keeps the
 #: model's own scheduler.
@@ -187,6 +191,14 @@ class LoraSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class DescribeConfig:
+    """`[describe]`: the image-to-text model that turns a picture into candidate prompts
+    (`engine.describe`), loaded on first use."""
+
+    model: str = DEFAULT_DESCRIBE_MODEL  # a hub id, a folder, builtin:tiny-florence2; "": off
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Everything the engine needs to load a model and schedule work.
 
@@ -237,6 +249,8 @@ class EngineConfig:
     # Memory the loaded models' weights may take together, in GiB (estimated from their
     # files at their dtype and quantization); 0: the GPU's memory (no bound on the CPU).
     max_memory_gb: float = 0.0
+    # `[describe]`, a table of its own in the bot's config: the picture-to-prompts model.
+    describe: DescribeConfig = DescribeConfig()
 
     @property
     def model_specs(self) -> tuple[ModelSpec, ...]:

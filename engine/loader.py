@@ -26,7 +26,7 @@ from .devices import pick_device, pick_dtype
 from .model_hash import model_hash
 from .quantization import pipeline_quantization, quantization_config
 from .recipes import call_extra, sampler_name, scheduler_for
-from .request import ModelProfile
+from .request import ImageRequest, ModelProfile
 from .single_file import base_of, from_single_file
 from .sources import (
     CHECKPOINT_SUFFIXES,
@@ -42,8 +42,11 @@ __all__ = [
     "LoadedModel",
     "image_to_image",
     "load_model",
+    "model_profile",
+    "pipeline_for",
     "preferred_half",
     "request_pipeline",
+    "text_to_image",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ class LoadedModel:
     checker: Any = None
     feature_extractor: Any = None
     img2img: Any = None  # the image-to-image pipeline on the same modules, made on first use
+    #: An edit-only model's text-to-image pipeline on the same modules, made on first use.
+    text2img: Any = None
     folder: Path | None = None  # its folder or single checkpoint file (for its hash)
     #: Arguments of every stock pipeline call of this model (its recipe: `clip_skip`, ...).
     call_extra: dict[str, Any] = field(default_factory=dict)
@@ -114,11 +119,36 @@ def image_to_image(model: LoadedModel) -> Any:
     return model.img2img
 
 
-def request_pipeline(model: LoadedModel, *, image: bool = False) -> Any:
-    """A pipeline of one request's own (step scheduling): the model's text-to-image (or
-    image-to-image) pipeline with the same modules but its own scheduler and per-call state.
-    A shallow copy: no memory."""
-    base = image_to_image(model) if image else model.pipe
+def text_to_image(model: LoadedModel) -> Any:
+    """The model's text-to-image pipeline: its own, or for an edit-only pipeline (Qwen-Image-
+    Edit) its family's text-to-image one on the same modules (`from_pipe`, made once)."""
+    from .families import family_of
+
+    name = family_of(model.pipe).text2image.get(type(model.pipe).__name__)
+    if name is None:
+        return model.pipe
+    if model.text2img is None:
+        import diffusers
+
+        model.text2img = getattr(diffusers, name).from_pipe(model.pipe)
+        model.text2img.set_progress_bar_config(disable=True)
+    return model.text2img
+
+
+def pipeline_for(model: LoadedModel, request: ImageRequest) -> Any:
+    """The pipeline that runs `request` on `model`: its edit pipeline (the loaded one) for
+    an edit by instruction, its image-to-image one for an init image, else text-to-image."""
+    if request.references:
+        return model.pipe
+    if request.init_image is not None:
+        return image_to_image(model)
+    return text_to_image(model)
+
+
+def request_pipeline(model: LoadedModel, request: ImageRequest) -> Any:
+    """A pipeline of one request's own (step scheduling): `pipeline_for` the request, with
+    the same modules but its own scheduler and per-call state. A shallow copy: no memory."""
+    base = pipeline_for(model, request)
     own = copy.copy(base)
     own.scheduler = type(model.pipe.scheduler).from_config(model.pipe.scheduler.config)
     return own
@@ -214,9 +244,17 @@ def _unreadable(spec: ModelSpec, config: EngineConfig, source: str, exc: Excepti
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, kwargs: dict[str, Any]) -> Any:
-    from diffusers import AutoPipelineForText2Image
+    """The text-to-image pipeline of `source`, or the edit pipeline its model index names
+    when diffusers knows no text-to-image pipeline for it (Qwen-Image-Edit: `family_of` then
+    says whether it is served)."""
+    from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
-    return AutoPipelineForText2Image.from_pretrained(source, dtype=dtype, **kwargs)
+    try:
+        return AutoPipelineForText2Image.from_pretrained(source, dtype=dtype, **kwargs)
+    except ValueError as exc:
+        if "AutoPipeline can't find a pipeline" not in str(exc):
+            raise
+    return DiffusionPipeline.from_pretrained(source, dtype=dtype, **kwargs)
 
 
 def _load_pipeline(
@@ -311,7 +349,7 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
     else:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    profile = _profile(
+    profile = model_profile(
         spec, pipe, has_checker=checker is not None, files_hash=model_hash(files, config.cache_dir)
     )
     return LoadedModel(
@@ -331,7 +369,11 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
 # --- memory ------------------------------------------------------------------------------------
 
 
-def _profile(spec: ModelSpec, pipe: Any, *, has_checker: bool, files_hash: str) -> ModelProfile:
+def model_profile(
+    spec: ModelSpec, pipe: Any, *, has_checker: bool = False, files_hash: str = ""
+) -> ModelProfile:
+    """What `spec`'s loaded `pipe` considers normal (its family's defaults, the spec's own
+    settings over them) and can do (image-to-image, edits)."""
     from .families import family_of
 
     cls = type(pipe).__name__
@@ -339,11 +381,13 @@ def _profile(spec: ModelSpec, pipe: Any, *, has_checker: bool, files_hash: str) 
     defaults = family.defaults(pipe, spec.source)
     tokenizer = getattr(pipe, "tokenizer", None)
     max_len = getattr(tokenizer, "model_max_length", 77)
+    native = spec.size or defaults.native_size
+    sizes, area, multiple = family.reference_fit(pipe, native)
     return ModelProfile(
         name=spec.name,
         family=family.name,
         family_label=family.label,
-        native_size=spec.size or defaults.native_size,
+        native_size=native,
         default_steps=spec.steps or defaults.steps,
         default_guidance=spec.guidance if spec.guidance >= 0 else defaults.guidance,
         sampler=sampler_name(pipe.scheduler),
@@ -356,4 +400,8 @@ def _profile(spec: ModelSpec, pipe: Any, *, has_checker: bool, files_hash: str) 
         negative_prompt=family.negative_prompt,
         weighted=family.weighted,
         img2img=cls in family.img2img,
+        max_references=family.edits.get(cls, 0),
+        reference_sizes=sizes,
+        reference_area=area,
+        reference_multiple=multiple,
     )

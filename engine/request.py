@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from .config import Limits, LoraSpec
+from .edits import edit_problem, fitted_references
 from .errors import InvalidRequest
 from .sizing import resolve_size
 
@@ -64,6 +65,12 @@ class ImageRequest:
     With `init_image` (an RGB Pillow image) the request is image-to-image: the picture is
     re-noised to `strength` of the schedule and denoised from there, as diffusers'
     image-to-image pipelines do. `validate` resizes it to the request's size.
+
+    With `references` the request is an edit by instruction (`prompt` says what to change),
+    on a model whose pipeline edits (`ModelProfile.edits`): the pictures are the pipeline's
+    `image`, the first one the picture being edited, and the result keeps its aspect ratio
+    at the model's native area. `validate` fits each one as the pipeline reads it
+    (`sizing.reference_size`).
     """
 
     prompt: str
@@ -90,6 +97,8 @@ class ImageRequest:
     #: 77-token windows the prompts take once weighted and chunked (set by `validate`);
     #: requests with different counts cannot share a UNet call.
     chunks: int = 1
+    #: The pictures to edit by instruction (RGB Pillow images; empty: not an edit).
+    references: tuple[Image, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def key(self) -> BatchKey:
@@ -105,6 +114,7 @@ class ImageRequest:
             model=self.model,
             loras=self.loras,
             chunks=self.chunks,
+            references=tuple((im.width, im.height) for im in self.references),
         )
 
     @property
@@ -149,12 +159,15 @@ class BatchKey:
     model: str = ""  # never mixed: each model is its own pipeline
     loras: LoraSet = ()  # adapters are set per pipeline call, not per image
     chunks: int = 1  # text embeddings of one length per UNet call
+    #: An edit's reference pictures' sizes (as fitted): their tokens join the denoiser's
+    #: sequence and their positions its shared ids, so only edits of equal sizes share a call.
+    references: tuple[tuple[int, int], ...] = ()
 
     @property
-    def group(self) -> tuple[str, LoraSet, int, int, int]:
+    def group(self) -> tuple[str, LoraSet, int, int, int, tuple[tuple[int, int], ...]]:
         """What must match to share one UNet forward (step scheduling): steps, guidance and
         strength may differ there."""
-        return (self.model, self.loras, self.chunks, self.width, self.height)
+        return (self.model, self.loras, self.chunks, self.width, self.height, self.references)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +190,19 @@ class ModelProfile:
     weighted: bool = True  # whether A1111 weights reach the model (else they are removed)
     family_label: str = ""  # the family as people call it: "SDXL", "FLUX.1"
     img2img: bool = True  # whether the family has an image-to-image pipeline
+    #: Pictures an edit by instruction takes at most (0: the model does not edit).
+    max_references: int = 0
+    #: How an edit's picture is fitted (`sizing.reference_size`): to the one of these sizes
+    #: nearest its aspect ratio, else to `reference_area` pixels (0: the native size
+    #: squared) at its own aspect ratio, in multiples of `reference_multiple`.
+    reference_sizes: tuple[tuple[int, int], ...] = ()
+    reference_area: int = 0
+    reference_multiple: int = 16
+
+    @property
+    def edits(self) -> bool:
+        """Whether the model edits pictures by instruction (`/models` shows "edits")."""
+        return self.max_references > 0
 
 
 def clean_text(text: str) -> str:
@@ -346,6 +372,17 @@ def validate(
 
     init = request.init_image
     strength = request.strength
+    references = tuple(request.references)
+    if references and (
+        problem := edit_problem(
+            profile.name,
+            profile.max_references,
+            len(references),
+            init=init is not None,
+            strength=strength is not None,
+        )
+    ):
+        raise problem
     if init is None and strength is not None:
         raise InvalidRequest("strength", "Strength applies only when starting from an image.")
     if init is not None and not profile.img2img:
@@ -385,12 +422,13 @@ def validate(
         )
 
     multiple = profile.multiple
+    picture = init if init is not None else next(iter(references), None)  # keeps its aspect
     width, height = resolve_size(
         width=request.width,
         height=request.height,
         shape=request.shape,
         aspect=request.aspect,
-        picture_aspect=None if init is None else init.width / max(1, init.height),
+        picture_aspect=None if picture is None else picture.width / max(1, picture.height),
         native=profile.native_size,
         multiple=multiple,
         limits=limits,
@@ -425,6 +463,14 @@ def validate(
         count=count,
         user=str(request.user),
         init_image=None if init is None else _fitted(init, sizes["width"], sizes["height"]),
+        references=fitted_references(
+            references,
+            _fitted,
+            sizes=profile.reference_sizes,
+            area=profile.reference_area or profile.native_size**2,
+            multiple=profile.reference_multiple,
+            min_side=limits.min_size,
+        ),
         strength=strength,
         model=profile.name,
         loras=chosen_loras,

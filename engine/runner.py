@@ -23,11 +23,11 @@ from .config import EngineConfig, ModelSpec
 from .errors import InvalidRequest
 from .families import Family, family_of
 from .job import Slot
-from .loader import LoadedModel, image_to_image, load_model
+from .loader import LoadedModel, load_model, pipeline_for
 from .lora import LoraState, load_loras
 from .request import ImageRequest, ModelProfile
 from .result import GeneratedImage
-from .stepper import unsupported_reason
+from .stepper import Sample, Stepper, unsupported_reason
 from .torch_ops import (
     check_safety,
     finite_rows,
@@ -55,6 +55,7 @@ class Runner:
         self.profile: ModelProfile | None = None  # kept after `unload`, for validation
         self.step_reason: str | None = None  # why it cannot run step by step, once loaded
         self.family: Family | None = None  # known once loaded (and kept after `unload`)
+        self._stepper: Stepper | None = None  # for batches of one-per-call edits (`_run_each`)
 
     @property
     def model(self) -> LoadedModel:
@@ -100,6 +101,7 @@ class Runner:
         """Free the pipeline (its profile and token counter stay, for validation)."""
         self._model = None
         self._loras = None
+        self._stepper = None
         gc.collect()
         self.release_memory()
 
@@ -148,12 +150,14 @@ class Runner:
         self.activate(slots[0].request)
         assert self.family is not None
         requests = [slot.request for slot in slots]
+        if requests[0].references and self.family.one_edit_per_call and len(slots) > 1:
+            return self._run_each(slots)
         generators = [g for r in requests for g in seeded_generators(r)]
         texts = None
         if self.family.weighted and any(self.needs_embeddings(r) for r in requests):
             # Every request's embeddings (equal to the stock ones for a plain prompt).
             texts = [self.embeddings(r, cfg=key.guidance > 1.0) for r in requests]
-        pipe = model.pipe if key.strength is None else image_to_image(model)
+        pipe = pipeline_for(model, requests[0])
         kwargs = self.family.batch_kwargs(pipe, requests, generators, texts)
         kwargs |= model.call_extra
         last: dict[str, torch.Tensor] = {}  # the latents after the latest step
@@ -172,6 +176,36 @@ class Runner:
             n = slot.request.count
             out.append(package_images(model, slot.request, images[i : i + n], flags[i : i + n]))
             i += n
+        return out
+
+    def _run_each(self, slots: Sequence[Slot]) -> list[list[GeneratedImage]]:
+        """A batch of edits whose stock pipeline takes one request's pictures per call
+        (`Family.one_edit_per_call`): each request runs its own call, and their denoiser calls
+        are merged into one forward a step, as step scheduling does (`stepper.Stepper`), so
+        the batch still shares its forwards. Raises the first failure (the batch scheduler
+        then splits the batch)."""
+        if self._stepper is None:
+            self._stepper = Stepper(self.model, self)
+        stepper = self._stepper
+        samples = stepper.admit_all(slots)
+        try:
+            for sample in samples:
+                if isinstance(sample, Exception):
+                    raise sample
+            active = [s for s in samples if isinstance(s, Sample)]
+            while active:
+                for error in stepper.tick(active):
+                    if error is not None:
+                        raise error
+                active = [s for s in active if not s.done]
+            finished = stepper.finish_all([s for s in samples if isinstance(s, Sample)])
+        finally:
+            stepper.discard([s for s in samples if isinstance(s, Sample)])
+        out = []
+        for images in finished:
+            if isinstance(images, Exception):
+                raise images
+            out.append(images)
         return out
 
     def release_memory(self) -> None:

@@ -28,6 +28,8 @@ from .scheduling import Lifecycle, Scheduler, make_scheduler
 from .stats import EngineStats
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
     from .worker import Worker
 
 __all__ = ["Engine"]
@@ -230,6 +232,21 @@ class Engine(ModelCatalog):
     async def generate(self, request: ImageRequest) -> GenerationResult:
         """Check, submit and wait; cancels the job if the caller is cancelled."""
         return await self.submit(await self.check(request)).awaited()
+
+    @property
+    def describer_bytes(self) -> int:
+        """Bytes the describe model holds on its device (0: not loaded, or off)."""
+        return self._worker.describer_bytes if self._worker is not None else 0
+
+    async def describe(self, picture: Image) -> list[str]:
+        """Up to four candidate prompts for `picture` (`[describe] model`, see `describe.py`),
+        on the describer's own thread; `EngineError` when describing is off or its model
+        cannot load or fit."""
+        if self._dead is not None:
+            raise self._dead
+        if self._worker is None:
+            raise EngineError("The engine has not been started.")
+        return await self._worker.describe(picture)
 
     # Internals
     def _started(self) -> tuple[Lifecycle, Scheduler]:

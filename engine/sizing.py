@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 
 from .config import Limits
 from .errors import InvalidRequest
@@ -23,9 +24,13 @@ __all__ = [
     "fit_aspect",
     "parse_aspect",
     "parse_shape",
+    "reference_size",
     "resolve_size",
     "size_for",
 ]
+
+#: The widest (and tallest) an edit's picture may be: wider ones are cropped to it.
+MAX_REFERENCE_ASPECT = 4.0
 
 #: The aspect ratios offered to users (any "W:H" with small whole numbers is accepted).
 ASPECT_RATIOS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16")
@@ -134,3 +139,32 @@ def resolve_size(
         # The model's native area at the picture's own aspect ratio.
         return fit_aspect(picture_aspect, native**2, limits, multiple=multiple)
     return width, height
+
+
+def reference_size(
+    width: int,
+    height: int,
+    *,
+    sizes: Sequence[tuple[int, int]],
+    area: int,
+    multiple: int,
+    min_side: int = 64,
+) -> tuple[int, int]:
+    """The size an edit's `width` x `height` picture is fitted to: the one of `sizes` nearest
+    its aspect ratio (chosen as `FluxKontextPipeline` chooses among its preferred
+    resolutions), else `area` pixels at its aspect ratio in multiples of `multiple` (as
+    `QwenImageEditPlusPipeline`'s `calculate_dimensions`), at least `min_side` a side (FLUX.2
+    klein refuses less than 64). The size the edit pipeline would resize it to itself: its
+    own resizing is then a no-op, and the picture's tokens are known before it runs (the
+    batch key has them). Aspect ratios beyond 4:1 are cropped to it (klein refuses 8:1)."""
+    aspect = min(max(width / max(1, height), 1 / MAX_REFERENCE_ASPECT), MAX_REFERENCE_ASPECT)
+    if sizes:
+        _, w, h = min((abs(aspect - w / h), w, h) for w, h in sizes)
+        return w, h
+    exact = math.sqrt(area * aspect)
+    grow = max(1.0, min_side / min(exact, exact / aspect))
+
+    def snap(value: float) -> int:
+        return max(multiple, round(value * grow / multiple) * multiple)
+
+    return snap(exact), snap(exact / aspect)

@@ -1,11 +1,12 @@
 """Tiny random-weight diffusion-transformer pipelines, built in code like `builtin:tiny`.
 
 One per family the engine serves beside SD (`builtin:tiny-flux`, `builtin:tiny-flux-dev`,
-`builtin:tiny-chroma`, `builtin:tiny-sd3`, `builtin:tiny-zimage`): shaped like diffusers' own
-fast-test components, with T5 and Qwen tokenizers built from a word list (`tiny_parts`), so
-nothing comes from the hub. Each is saved once to the cache folder and loaded back through the real
-`from_pretrained`, like a real model. Their images are noise, by design: they exist to test
-the engine's paths against the stock pipelines, offline and fast.
+`builtin:tiny-flux-kontext`, `builtin:tiny-chroma`, `builtin:tiny-sd3`,
+`builtin:tiny-zimage`): shaped like diffusers' own fast-test components, with T5 and Qwen
+tokenizers built from a word list (`tiny_parts`), so nothing comes from the hub. Each is
+saved once to the cache folder and loaded back through the real `from_pretrained`, like a
+real model. Their images are noise, by design: they exist to test the engine's paths against
+the stock pipelines, offline and fast.
 """
 
 from __future__ import annotations
@@ -61,11 +62,12 @@ def _flow_scheduler(*, dynamic: bool) -> Any:
     return FlowMatchEulerDiscreteScheduler(shift=1.0)  # FLUX.1-schnell's
 
 
-def build_flux(root: Path, *, dev: bool, seed: int = 0) -> None:
+def build_flux(root: Path, *, dev: bool, seed: int = 0, kontext: bool = False) -> None:
     """FLUX.1 shaped: CLIP for the pooled prompt, T5 for the sequence, packed 2x2 latents;
-    `dev` has the distilled guidance embedding (and dynamic shifting), else schnell's."""
+    `dev` has the distilled guidance embedding (and dynamic shifting), else schnell's;
+    `kontext` makes it a FLUX.1 Kontext pipeline (dev that edits by instruction)."""
     import torch
-    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from diffusers import FluxKontextPipeline, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
@@ -83,7 +85,7 @@ def build_flux(root: Path, *, dev: bool, seed: int = 0) -> None:
         guidance_embeds=dev,
         axes_dims_rope=(4, 4, 8),
     )
-    pipe = FluxPipeline(
+    pipe = (FluxKontextPipeline if kontext else FluxPipeline)(
         scheduler=_flow_scheduler(dynamic=dev),
         vae=_flux_vae(),
         text_encoder=CLIPTextModel(tiny_text_config(tokenizer)).eval(),
@@ -229,6 +231,7 @@ def build_zimage(root: Path, *, seed: int = 4) -> None:
 DIT_BUILDERS: dict[str, Any] = {
     "builtin:tiny-flux": lambda root: build_flux(root, dev=False),
     "builtin:tiny-flux-dev": lambda root: build_flux(root, dev=True, seed=1),
+    "builtin:tiny-flux-kontext": lambda root: build_flux(root, dev=True, seed=5, kontext=True),
     "builtin:tiny-chroma": lambda root: build_chroma(root, seed=2),
     "builtin:tiny-sd3": build_sd3,
     "builtin:tiny-zimage": build_zimage,

@@ -1,5 +1,6 @@
-"""Tiny random-weight Qwen-Image and FLUX.2 [klein] pipelines, built in code like
-`builtin:tiny`: `builtin:tiny-qwenimage` and `builtin:tiny-flux2-klein`.
+"""Tiny random-weight Qwen-Image, Qwen-Image-Edit and FLUX.2 [klein] pipelines, built in
+code like `builtin:tiny`: `builtin:tiny-qwenimage`, `builtin:tiny-qwenimage-edit` and
+`builtin:tiny-flux2-klein`.
 
 Both read their prompts through a Qwen language model (Qwen2.5-VL for Qwen-Image, Qwen3 for
 klein), shaped like diffusers' own fast tests but with a byte-level BPE tokenizer trained here
@@ -15,27 +16,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .tiny_parts import QWEN_SPECIAL, qwen_tokenizer, save_pipeline
+from .tiny_parts import QWEN_SPECIAL, qwen_tokenizer, qwen_vl_processor, save_pipeline
 
-__all__ = ["DIT2_BUILDERS", "build_flux2_klein", "build_qwenimage"]
+__all__ = ["DIT2_BUILDERS", "build_flux2_klein", "build_qwenimage", "qwenimage_pipeline"]
 
 
-def build_qwenimage(root: Path, *, seed: int = 0) -> None:
+def build_qwenimage(root: Path, *, seed: int = 0, edit: bool = False) -> None:
+    """`qwenimage_pipeline`, saved to `root`."""
+    save_pipeline(qwenimage_pipeline(seed=seed, edit=edit), root)
+
+
+def qwenimage_pipeline(*, seed: int = 0, edit: bool = False, processor: Any = None) -> Any:
     """Qwen-Image shaped: a Qwen2.5-VL text encoder (its last hidden states, the template's
     tokens dropped), a 2x2-patch MMDiT taking text masks and image shapes, the Wan-style 3D
     VAE with per-channel latent statistics, and Qwen-Image's scheduler (exponential dynamic
-    shift, terminal 0.02) with sequence lengths scaled down to the tiny image."""
+    shift, terminal 0.02) with sequence lengths scaled down to the tiny image. `edit`: a
+    Qwen-Image-Edit 2509 pipeline (`QwenImageEditPlusPipeline`), whose text encoder also
+    sees the pictures through a Qwen2-VL processor (`processor`, else
+    `tiny_parts.qwen_vl_processor`)."""
     import torch
     from diffusers import (
         AutoencoderKLQwenImage,
         FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPlusPipeline,
         QwenImagePipeline,
         QwenImageTransformer2DModel,
     )
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(seed)
-    tokenizer = qwen_tokenizer()
+    tokenizer = qwen_tokenizer(edit=edit)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL}
     config = Qwen2_5_VLConfig(
         text_config={
@@ -76,12 +86,15 @@ def build_qwenimage(root: Path, *, seed: int = 0) -> None:
         joint_attention_dim=16,
         axes_dims_rope=(8, 4, 4),
     )
+    # 8x smaller latents, as Qwen-Image's; the edit model's 16x: its pipeline reads every
+    # picture at 1024² pixels whatever the model's size, 1024 tokens a picture this way.
+    stages = 4 if edit else 3
     vae = AutoencoderKLQwenImage(
-        base_dim=4,
+        base_dim=2 if edit else 4,  # half the edit model's encoding time at 1024²
         z_dim=4,
-        dim_mult=[1, 2, 4, 4],
+        dim_mult=[1, 2, 4, 4, 4][: stages + 1],
         num_res_blocks=1,
-        temperal_downsample=[False, True, True],  # 8x smaller latents, as Qwen-Image's
+        temperal_downsample=[False, True, True, True][:stages],
         latents_mean=[0.1, -0.2, 0.05, 0.0],
         latents_std=[1.5, 0.8, 1.2, 1.0],
     )
@@ -95,14 +108,13 @@ def build_qwenimage(root: Path, *, seed: int = 0) -> None:
         shift_terminal=0.02,
         time_shift_type="exponential",
     )
-    pipe = QwenImagePipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        transformer=transformer,
-    )
-    save_pipeline(pipe, root)
+    parts = {"vae": vae, "text_encoder": text_encoder, "transformer": transformer}
+    if edit:
+        processor = processor or qwen_vl_processor(tokenizer)
+        return QwenImageEditPlusPipeline(
+            scheduler=scheduler, tokenizer=tokenizer, processor=processor, **parts
+        )
+    return QwenImagePipeline(scheduler=scheduler, tokenizer=tokenizer, **parts)
 
 
 def build_flux2_klein(root: Path, *, seed: int = 0) -> None:
@@ -178,5 +190,6 @@ def build_flux2_klein(root: Path, *, seed: int = 0) -> None:
 #: Builtin name -> its builder (called with the folder to write).
 DIT2_BUILDERS: dict[str, Any] = {
     "builtin:tiny-qwenimage": lambda root: build_qwenimage(root, seed=3),
+    "builtin:tiny-qwenimage-edit": lambda root: build_qwenimage(root, seed=6, edit=True),
     "builtin:tiny-flux2-klein": lambda root: build_flux2_klein(root, seed=4),
 }

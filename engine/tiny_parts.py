@@ -15,10 +15,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "QWEN_DROPPED",
+    "QWEN_EDIT_DROPPED",
+    "QWEN_EDIT_SYSTEM",
     "QWEN_SPECIAL",
     "QWEN_TEMPLATE",
     "clip_tokenizer",
     "qwen_tokenizer",
+    "qwen_vl_processor",
     "save_pipeline",
     "t5_tokenizer",
     "tiny_qwen3",
@@ -186,10 +189,22 @@ QWEN_SPECIAL = (
 )
 
 
-def qwen_tokenizer() -> Any:
+#: Qwen-Image-Edit's prompt template (`QwenImageEditPlusPipeline`) up to the user's turn:
+#: its 64 tokens are dropped from the embeddings.
+QWEN_EDIT_DROPPED = 64
+QWEN_EDIT_SYSTEM = (
+    "<|im_start|>system\nDescribe the key features of the input image (color, shape, size, "
+    "texture, objects, background), then explain how the user's text instruction should "
+    "alter or modify the image. Generate a new image that meets the user's requirements "
+    "while maintaining consistency with the original input where appropriate.<|im_end|>\n"
+    "<|im_start|>user\n"
+)
+
+
+def qwen_tokenizer(*, edit: bool = False) -> Any:
     """A Qwen2 tokenizer (byte-level BPE, Qwen's pre-tokenizer and special tokens) trained
-    on the tiny models' word list and Qwen-Image's system prompt: every word of them is one
-    token, anything else falls back to bytes."""
+    on the tiny models' word list and Qwen-Image's system prompt (`edit`: Qwen-Image-Edit's
+    too): every word of them is one token, anything else falls back to bytes."""
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import AddedToken, Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -211,6 +226,7 @@ def qwen_tokenizer() -> Any:
         show_progress=False,
     )
     corpus = [QWEN_TEMPLATE.format(" ".join(words)), "system user assistant"]
+    corpus += [QWEN_EDIT_SYSTEM, "Picture 1: 2: 3:"] if edit else []
     corpus += words + [w.capitalize() for w in words]
     model.train_from_iterator(corpus, trainer)
     trained = json.loads(model.to_str())["model"]
@@ -225,7 +241,20 @@ def qwen_tokenizer() -> Any:
     tokenizer.chat_template = _CHAT_TEMPLATE
     prefix = tokenizer(QWEN_TEMPLATE.split("{}")[0])["input_ids"]
     assert len(prefix) == QWEN_DROPPED, f"the system prompt takes {len(prefix)} tokens"
+    if edit:  # as the real tokenizer: the edit pipeline drops exactly these
+        dropped = len(tokenizer(QWEN_EDIT_SYSTEM)["input_ids"])
+        assert dropped == QWEN_EDIT_DROPPED, f"the edit system prompt takes {dropped} tokens"
     return tokenizer
+
+
+def qwen_vl_processor(tokenizer: Any) -> Any:
+    """A Qwen2-VL processor for `tokenizer`: pictures in 14-pixel patches merged 2x2, as
+    Qwen2.5-VL reads them, but at most 56x56 pixels (4 picture tokens), so the tiny edit
+    model reads its pictures cheaply."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
+
+    image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56)
+    return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def save_pipeline(pipe: Any, root: Path) -> None:

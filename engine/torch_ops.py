@@ -29,6 +29,7 @@ __all__ = [
     "check_safety",
     "finite_rows",
     "package_images",
+    "picture_hash",
     "pictures",
     "preview_png",
     "seeded_generators",
@@ -88,6 +89,14 @@ def check_safety(model: LoadedModel, images: Sequence[Any | None]) -> list[bool]
     return [False if im is None else next(verdicts) for im in images]
 
 
+def picture_hash(picture: Any) -> str:
+    """A short hash of a picture's pixels (as A1111 writes `Model hash`): which source an edit
+    was made from, whatever the file was called."""
+    import hashlib
+
+    return hashlib.sha256(picture.convert("RGB").tobytes()).hexdigest()[:10]
+
+
 def package_images(
     model: LoadedModel,
     request: ImageRequest,
@@ -105,6 +114,8 @@ def package_images(
         extra = list(request.parameters)
         if model.profile.hash:
             extra.insert(0, ("Model hash", model.profile.hash))
+        if request.references:  # which pictures it edits, whatever their names were
+            extra.append(("Source hash", " ".join(map(picture_hash, request.references))))
         params = Parameters(
             # A1111 keeps `<lora:name:weight>` in the prompt: another tool (and this one,
             # reading the PNG back) applies the same LoRAs.

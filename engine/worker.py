@@ -1,5 +1,5 @@
 """The engine's one worker thread and everything that lives on it: the models, one `Runner`
-each and, for step scheduling, a `Stepper` each.
+each and, for step scheduling, a `Stepper` each; and the describe model's thread.
 
 diffusers pipelines keep state between calls (schedulers, attention processors, active LoRA
 adapters), so exactly one thread ever runs them; the event loop only awaits this object's
@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import torch
 
 from .config import EngineConfig
+from .describe import Describer
 from .errors import EngineError
 from .job import Slot
 from .memory import gib
@@ -32,6 +33,9 @@ __all__ = ["Worker"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: The describe model's key among the models' sizes (not a configurable model name).
+DESCRIBER = "<describe>"
 
 
 def _no_grad() -> None:
@@ -52,6 +56,9 @@ class Worker:
         self.budget: int | None = None  # bytes all loaded models may hold (None: no bound)
         self._budget_source = ""  # what sets the budget, in words
         self.stepping = False
+        self._describer = Describer(config)  # its model loads on first use
+        self._describe_thread: ThreadPoolExecutor | None = None
+        self._describe_lock = asyncio.Lock()  # one load at a time
 
     async def start(self) -> list[str]:
         """Start the threads and load every model once, the default one last: each model's
@@ -63,6 +70,9 @@ class Worker:
         )
         self._loader = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="imagine-loader", initializer=_no_grad
+        )
+        self._describe_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="imagine-describe", initializer=_no_grad
         )
         default = self.config.default_model_name
         order = [name for name in self._runners if name != default] + [default]
@@ -79,6 +89,7 @@ class Worker:
         except EngineError:
             self._executor.shutdown(wait=False)
             self._loader.shutdown(wait=False)
+            self._describe_thread.shutdown(wait=False)
             raise
         return loaded
 
@@ -111,7 +122,7 @@ class Worker:
 
     async def close(self) -> None:
         """Let the current calls finish, drop queued ones, and end the threads."""
-        for executor in (self._loader, self._executor):
+        for executor in (self._describe_thread, self._loader, self._executor):
             if executor is not None:
                 pool = executor
                 await asyncio.get_running_loop().run_in_executor(
@@ -140,6 +151,7 @@ class Worker:
         runner = self._runners[name]
         if self._loader is None:
             raise EngineError("The engine has not been started.")
+        await self._make_room_beside_describer(name)
         loop = asyncio.get_running_loop()
 
         def build() -> tuple[ModelProfile, Stepper | None]:
@@ -169,6 +181,58 @@ class Worker:
         """Free model `name` on the worker thread, between calls."""
         self._steppers.pop(name, None)
         await self._call(self._runners[name].unload)
+
+    # Describing pictures
+    async def describe(self, picture: Any) -> list[str]:
+        """Candidate prompts for `picture` on the describer's own thread (`describe.py` says
+        why), its model loaded on first use and counted in the memory budget: it must fit
+        beside the loaded models (else `EngineError`, and it is unloaded), and it leaves
+        when a model that is loaded later would not fit beside it."""
+        if not self.config.describe.model:
+            raise EngineError("Describing pictures is off here ([describe] model is empty).")
+        async with self._describe_lock:
+            if not self._describer.loaded:
+                await self._load_describer()
+        return await self._on_describer(self._describer.describe, picture)
+
+    async def _load_describer(self) -> None:
+        name = self.config.describe.model
+        try:
+            size = await self._on_describer(self._describer.load)
+        except Exception as exc:
+            await self._on_describer(self._describer.unload)
+            raise EngineError(f"Could not load the describe model {name!r}: {exc}") from exc
+        beside = sum(self.size(n) for n, runner in self._runners.items() if runner.loaded)
+        if self.budget is not None and beside + size > self.budget:
+            await self._on_describer(self._describer.unload)
+            raise EngineError(
+                f"The describe model {name!r} holds {gib(size)}, which does not fit beside "
+                f"the loaded models' {gib(beside)} within {self._budget_source}."
+            )
+        self._sizes[DESCRIBER] = size
+
+    async def _make_room_beside_describer(self, name: str) -> None:
+        """Unload the describe model when model `name` would not fit beside it (the image
+        models come first; the describe model loads again when next asked)."""
+        held = self._sizes.get(DESCRIBER, 0)
+        if not held or self.budget is None:
+            return
+        loaded = [n for n, runner in self._runners.items() if runner.loaded and n != name]
+        if sum(map(self.size, [*loaded, name])) + held > self.budget:
+            log.info("unloading the describe model to make room for model %s", name)
+            await self._on_describer(self._describer.unload)
+            del self._sizes[DESCRIBER]
+
+    @property
+    def describer_bytes(self) -> int:
+        """Bytes the describe model holds on its device (0: not loaded)."""
+        return self._sizes.get(DESCRIBER, 0)
+
+    async def _on_describer(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._describe_thread is None:
+            raise EngineError("The engine has not been started.")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._describe_thread, fn, *args)
 
     def count_tokens(self, name: str, text: str) -> int:
         """Tokens a prompt uses; runs on the calling (loop) thread with its own tokenizer."""

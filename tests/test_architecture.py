@@ -29,6 +29,7 @@ TORCH_SIDE = frozenset(
     {
         "engine.acceleration",
         "engine.budget",
+        "engine.describe",
         "engine.devices",
         "engine.dispatch",
         "engine.families",
@@ -41,6 +42,7 @@ TORCH_SIDE = frozenset(
         "engine.runner",
         "engine.stepper",
         "engine.tiny",
+        "engine.tiny_caption",
         "engine.tiny_dit",
         "engine.tiny_dit2",
         "engine.tiny_parts",

@@ -24,7 +24,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..catalog import ModelCatalog, ModelInfo
 from ..client import Checked
@@ -44,6 +44,9 @@ from ..stats import EngineStats
 from .bridge import CALL_DEADLINE, WATCH_INTERVAL, Bridge
 from .config import RayConfig
 from .wire import ReplicaEvent, ReplicaInfo, ReplicaLoad
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 __all__ = ["MAX_ATTEMPTS", "RayEngine"]
 
@@ -228,6 +231,15 @@ class RayEngine(ModelCatalog):
         if isinstance(answer, EngineError):
             raise answer
         return answer
+
+    async def describe(self, picture: Image) -> list[str]:
+        """Candidate prompts for `picture` from a replica's describe model (loaded there on
+        first use: a first call may time out while it downloads)."""
+        self._open()
+        answer = await self._call("describe_picture", picture)
+        if isinstance(answer, EngineError):
+            raise answer
+        return list(answer)
 
     def submit(self, checked: Checked, *, job_id: str | None = None) -> Job:
         """Queue at once (`Busy`, `ShuttingDown`, `EngineUnavailable` raise here); the job's

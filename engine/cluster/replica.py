@@ -71,6 +71,14 @@ class EngineReplica:
         except EngineError as exc:
             return exc
 
+    async def describe_picture(self, picture: Any) -> list[str] | EngineError:
+        """`Engine.describe` here, where the describe model lives; a refusal is returned,
+        not raised, as `check`'s."""
+        try:
+            return await self.engine.describe(picture)
+        except EngineError as exc:
+            return exc
+
     async def generate(
         self, checked: Checked, job_id: str, preview_every: float
     ) -> AsyncIterator[ReplicaEvent]:

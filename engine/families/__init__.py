@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from .base import DenoiserCall, Family, FamilyDefaults
-from .flux import Chroma, Flux
+from .flux import Chroma, Flux, FluxKontext
 from .flux2 import Flux2Klein
-from .qwenimage import QwenImage
+from .qwenimage import QwenImage, QwenImageEdit
 from .sd import SD, SDXL
 from .sd3 import SD3
 from .zimage import ZImage
@@ -22,16 +22,19 @@ FAMILIES: tuple[Family, ...] = (
     SD(),
     SDXL(),
     Flux(),
+    FluxKontext(),
     Chroma(),
     SD3(),
     ZImage(),
     QwenImage(),
+    QwenImageEdit(),
     Flux2Klein(),
 )
 
 
 def family_of(pipe: Any) -> Family:
-    """The family of a text-to-image pipeline; `ValueError` naming it when none serves it."""
+    """The family of a text-to-image or edit pipeline; `ValueError` naming it when none
+    serves it."""
     cls = type(pipe).__name__
     for family in FAMILIES:
         if cls in family.pipelines:

@@ -122,9 +122,28 @@ class Family:
     img2img: Mapping[str, str] = MappingProxyType({})
     #: Tensors the pipeline's step callback may ask for (latents for progress previews).
     callback_tensors: tuple[str, ...] = ("latents",)
+    #: Pipeline classes that edit by instruction, with the reference pictures they take at
+    #: most (absent: the class does not edit).
+    edits: Mapping[str, int] = MappingProxyType({})
+    #: The text-to-image pipeline of an edit-only class, on the same modules (absent: the
+    #: class makes pictures from a prompt alone too).
+    text2image: Mapping[str, str] = MappingProxyType({})
+    #: Whether one stock call holds the edits of one request only: its pictures are shared
+    #: by every image of the call (FLUX.2 klein), or it takes one prompt (Qwen-Image-Edit).
+    #: Batch scheduling then runs such a batch's requests as one call each, their denoiser
+    #: calls merged as in step scheduling (`runner.Runner.run`).
+    one_edit_per_call: bool = False
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
         raise NotImplementedError
+
+    def reference_fit(self, pipe: Any, native: int) -> tuple[tuple[tuple[int, int], ...], int, int]:
+        """How the edit pipeline resizes a reference picture (`request.reference_size`): the
+        sizes it picks from, else the area (0: `native` squared) and the multiple."""
+        return (), 0, self.multiple
+
+    #: Width and height are multiples of this.
+    multiple: int = 8
 
     #: The stock `__call__`'s argument our `guidance` goes to.
     guidance_argument: str = "guidance_scale"
@@ -165,7 +184,17 @@ class Family:
                 raise ValueError(f"{type(pipe).__name__} models have no image-to-image pipeline")
             kwargs["image"] = [r.init_image for r in requests for _ in range(r.count)]
             kwargs["strength"] = first.strength
+        if first.references:
+            if type(pipe).__name__ not in self.edits:  # validation refuses it first
+                raise ValueError(f"{type(pipe).__name__} models do not edit by instruction")
+            if self.one_edit_per_call and len(requests) > 1:
+                raise ValueError(f"{type(pipe).__name__} takes one request's edit per call")
+            kwargs |= self.edit_kwargs(pipe, requests)
         return kwargs
+
+    def edit_kwargs(self, pipe: Any, requests: Sequence[ImageRequest]) -> dict[str, Any]:
+        """The edit pipeline's picture arguments (the family's own: see its module doc)."""
+        return {"image": list(requests[0].references)}
 
     def texts(
         self, requests: Sequence[ImageRequest], embedded: Sequence[Any] | None

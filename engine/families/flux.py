@@ -8,10 +8,23 @@ guidance is over 1). The transformer takes one timestep per sample; the position
 the image and text tokens are shared, and depend only on the size, so requests of one size
 share a call. The scheduler's resolution-dependent shift is the stock pipeline's own, per
 request.
+
+FLUX.1 Kontext (`FluxKontextPipeline`) is FLUX.1 dev that edits by instruction: the picture's
+latents are appended to the image tokens of every transformer call (the noise stays pure;
+no strength), with positional ids of their own, so only edits of one picture size share a
+call (the batch key has the sizes) and a text-to-image request on the same model is a group
+of its own. Its pipeline keeps only the aspect ratio of the width and height it is given,
+making `max_area` pixels (1024² by default) whatever size is asked, and resizes the picture
+to the preferred resolution nearest its aspect ratio; so every call passes
+`max_area = width x height`, and validation fits the picture to the preferred resolutions
+(scaled to the model's native size) so the pipeline's own resizing is a no-op
+(`_auto_resize=False`). One picture per prompt, so one stock call holds several requests'
+edits (batch scheduling).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -20,7 +33,7 @@ import torch
 from ..request import ImageRequest
 from .base import Family, FamilyDefaults, call_default
 
-__all__ = ["Chroma", "Flux"]
+__all__ = ["Chroma", "Flux", "FluxKontext"]
 
 
 def unpack(latents: torch.Tensor, height: int, width: int, scale: int) -> torch.Tensor:
@@ -75,3 +88,71 @@ class Chroma(Flux):
         if source.startswith("builtin:"):
             native, steps = 64, 4
         return FamilyDefaults(steps, guidance, native, self.multiple)
+
+
+#: FluxKontextPipeline's preferred resolutions (its `PREFERRED_KONTEXT_RESOLUTIONS`), for a
+#: native size of 1024.
+KONTEXT_RESOLUTIONS = (
+    (672, 1568),
+    (688, 1504),
+    (720, 1456),
+    (752, 1392),
+    (800, 1328),
+    (832, 1248),
+    (880, 1184),
+    (944, 1104),
+    (1024, 1024),
+    (1104, 944),
+    (1184, 880),
+    (1248, 832),
+    (1328, 800),
+    (1392, 752),
+    (1456, 720),
+    (1504, 688),
+    (1568, 672),
+)
+
+
+class FluxKontext(Flux):
+    """FLUX.1 Kontext: FLUX.1 dev that edits by instruction (see the module doc)."""
+
+    name = "flux-kontext"
+    label = "FLUX.1 Kontext"
+    pipelines = ("FluxKontextPipeline",)
+    img2img = MappingProxyType({"FluxKontextPipeline": "FluxImg2ImgPipeline"})
+    edits = MappingProxyType({"FluxKontextPipeline": 1})
+
+    def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
+        """The model card's 28 steps at guidance 2.5."""
+        native = pipe.default_sample_size * pipe.vae_scale_factor
+        steps = call_default(pipe, "num_inference_steps", 28)
+        if source.startswith("builtin:"):
+            native, steps = 64, 4
+        return FamilyDefaults(steps, 2.5, native, self.multiple)
+
+    def reference_fit(self, pipe: Any, native: int) -> tuple[tuple[tuple[int, int], ...], int, int]:
+        """The preferred resolutions, scaled to the native size (themselves at 1024)."""
+        m = self.multiple
+        sizes = {
+            (max(m, w * native // 1024 // m * m), max(m, h * native // 1024 // m * m))
+            for w, h in KONTEXT_RESOLUTIONS
+        }
+        return tuple(sorted(sizes)), 0, m
+
+    def batch_kwargs(
+        self,
+        pipe: Any,
+        requests: Sequence[ImageRequest],
+        generators: list[torch.Generator],
+        texts: Sequence[Any] | None,
+    ) -> dict[str, Any]:
+        kwargs = super().batch_kwargs(pipe, requests, generators, texts)
+        if type(pipe).__name__ in self.edits:  # the Kontext pipeline, not image-to-image
+            first = requests[0]
+            assert first.width is not None and first.height is not None
+            kwargs |= {"max_area": first.width * first.height, "_auto_resize": False}
+        return kwargs
+
+    def edit_kwargs(self, pipe: Any, requests: Sequence[ImageRequest]) -> dict[str, Any]:
+        """One picture per image, so several requests' edits share a call."""
+        return {"image": [r.references[0] for r in requests for _ in range(r.count)]}

@@ -14,16 +14,23 @@ position ids (`txt_ids`, `img_ids`) come per sample but it reads only the first 
 must be equal across a merged call: they depend only on the size and the text length, which
 a group shares, and `merge` checks it.
 
-Image-to-image: none. `Flux2KleinPipeline`'s `image` is a reference image for editing (its
-tokens are appended to the sequence, the noise stays pure), not an init image with a
-strength, and `Flux2KleinInpaintPipeline` needs a mask; so `img2img` is empty and
-validation refuses an `image` for this family. Editing with reference images is left for
-later.
+Image-to-image: none. `Flux2KleinPipeline`'s `image` is not an init image with a strength
+(and `Flux2KleinInpaintPipeline` needs a mask), so `img2img` is empty and validation refuses
+an init image for this family.
+
+Editing: that `image` is a list of reference pictures (up to four here) for an edit by
+instruction: their latents are appended to the image tokens of every transformer call
+(positions of their own, the noise stays pure). The pictures are shared by every image of a
+call, so one call holds one request's edit (batch scheduling runs each as its own call with
+merged denoiser calls), and only edits of the same picture sizes share a forward (the batch
+key has them). Validation fits each picture to the native area at its aspect ratio, in
+multiples of 16, which the pipeline then takes as it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -36,7 +43,8 @@ __all__ = ["Flux2Klein"]
 
 class Flux2Klein(Family):
     """FLUX.2 [klein]: `guidance` is `guidance_scale` (true CFG against an empty prompt on
-    the base models, ignored by the distilled ones); text-to-image only (see the module doc)."""
+    the base models, ignored by the distilled ones); text-to-image, and edits with up to four
+    reference pictures (see the module doc)."""
 
     name = "flux2"
     label = "FLUX.2 [klein]"
@@ -54,6 +62,8 @@ class Flux2Klein(Family):
     )
     negative_prompt = False
     multiple = 16  # 8x latents, patchified 2x2
+    edits = MappingProxyType({"Flux2KleinPipeline": 4})
+    one_edit_per_call = True
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
         native = pipe.default_sample_size * pipe.vae_scale_factor

@@ -18,6 +18,17 @@ and sets the masks (the pipeline passes no mask when none of its prompts is padd
 requests whose prompts tokenize to different lengths share one forward; the batch key needs
 no text length. `img_shapes` (one entry per sample) depend only on the size, which the
 group shares.
+
+Qwen-Image-Edit (`QwenImageEditPlusPipeline`: 2509 and later, up to three pictures; the
+first Qwen-Image-Edit's own `QwenImageEditPipeline` is not served) edits by instruction: the
+pictures are read twice, by Qwen2.5-VL beside the instruction (at 384² pixels) and as VAE
+latents appended to the image tokens (at 1024² pixels, whatever the model's native size: the
+pipeline's constants). The transformer reads the `img_shapes` of the first sample only, so
+edits share a forward only with edits of the same picture sizes (the batch key has them);
+the text, pictures' tokens included, is padded as above. The pipeline takes one prompt per
+call (`num_images_per_prompt` for several images), so batch scheduling runs each request as
+its own call with merged denoiser calls. Text-to-image on an edit model runs
+`QwenImagePipeline` on its modules.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from ..request import ImageRequest
 from .base import DenoiserCall, Family, FamilyDefaults, call_default
 from .flux import unpack
 
-__all__ = ["QwenImage"]
+__all__ = ["QwenImage", "QwenImageEdit"]
 
 #: The negative prompt of a request without one: the model card's (one space).
 NO_NEGATIVE = " "
@@ -98,6 +109,49 @@ class QwenImage(Family):
         if latents.ndim != 3:
             return None
         return unpack(latents[:1], request.height, request.width, pipe.vae_scale_factor)[0]
+
+
+class QwenImageEdit(QwenImage):
+    """Qwen-Image-Edit 2509: edits by instruction with one to three pictures (see the module doc);
+    text-to-image through `QwenImagePipeline` on the same modules."""
+
+    name = "qwenimage-edit"
+    label = "Qwen-Image-Edit"
+    pipelines = ("QwenImageEditPlusPipeline",)
+    edits = MappingProxyType({"QwenImageEditPlusPipeline": 3})
+    text2image = MappingProxyType({"QwenImageEditPlusPipeline": "QwenImagePipeline"})
+    img2img = MappingProxyType({"QwenImageEditPlusPipeline": "QwenImageImg2ImgPipeline"})
+    one_edit_per_call = True
+
+    def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
+        """The model card's 40 steps at `true_cfg_scale` 4; sizes in multiples of its latents'
+        2x2 patches (16 pixels, 32 for the tiny builtin's 16x VAE)."""
+        native = pipe.default_sample_size * pipe.vae_scale_factor
+        steps = 40
+        if source.startswith("builtin:"):
+            native, steps = 64, 4
+        return FamilyDefaults(steps, 4.0, native, pipe.vae_scale_factor * 2)
+
+    def reference_fit(self, pipe: Any, native: int) -> tuple[tuple[tuple[int, int], ...], int, int]:
+        """`calculate_dimensions(VAE_IMAGE_SIZE, aspect)`: 1024² pixels in multiples of 32."""
+        return (), 1024 * 1024, 32
+
+    def batch_kwargs(
+        self,
+        pipe: Any,
+        requests: Sequence[ImageRequest],
+        generators: list[torch.Generator],
+        texts: Sequence[Any] | None,
+    ) -> dict[str, Any]:
+        """An edit is one prompt with `num_images_per_prompt` (the pipeline refuses a list of
+        several); its generators are still one per image."""
+        kwargs = super().batch_kwargs(pipe, requests, generators, texts)
+        if requests[0].references:
+            kwargs["prompt"] = kwargs["prompt"][0]
+            if kwargs.get("negative_prompt") is not None:
+                kwargs["negative_prompt"] = kwargs["negative_prompt"][0]
+            kwargs["num_images_per_prompt"] = requests[0].count
+        return kwargs
 
 
 def _padded(named: dict[str, Any], length: int) -> dict[str, Any]:

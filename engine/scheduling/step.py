@@ -5,9 +5,10 @@ Runs on the event loop and never touches torch: every tensor operation is a call
 worker's `Stepper`. One tick reads as schedule → execute → update: drop cancelled requests,
 pick the size group whose turn it is, admit queued requests into its free slots (fairly
 between users), run one denoising step over the group, finish the requests with no steps left.
-Requests of one group (model, LoRA set, text length and size) share ticks whatever their
-steps, guidance and seeds; different groups cannot share a UNet call, so they take turns, and
-a group whose model is not loaded waits for it (and asks for it) while the others run.
+Requests of one group (model, LoRA set, text length, size, an edit's picture sizes) share
+ticks whatever their steps, guidance and seeds; different groups cannot share a UNet call,
+so they take turns, and a group whose model is not loaded waits for it (and asks for it)
+while the others run.
 
 Failures keep the batch policy's contract: a failing tick is retried by halves down to the one
 request that fails, which fails alone with `GenerationFailed`; a fatal error propagates to the
@@ -42,8 +43,9 @@ __all__ = ["MAX_GROUP_WAIT", "Group", "StepQueue", "StepScheduler"]
 #: bound): past it, the longest-waiting group runs next.
 MAX_GROUP_WAIT = 3.0
 
-#: (model, LoRA set, text windows, width, height): requests that can share a UNet call.
-Group = tuple[str, tuple[tuple[str, float], ...], int, int, int]
+#: (model, LoRA set, text windows, width, height, an edit's picture sizes): requests that
+#: can share a UNet call.
+Group = tuple[str, tuple[tuple[str, float], ...], int, int, int, tuple[tuple[int, int], ...]]
 T = TypeVar("T", bound=Queueable)
 
 

@@ -69,14 +69,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def engine_config(model_cache: Path) -> EngineConfig:
-    """SD's tiny model (the default) and a FLUX-family one: every family runs on replicas."""
+    """SD's tiny model (the default) and a FLUX-family one: every family runs on replicas;
+    and the tiny captioning model for describe."""
+    from engine.config import DescribeConfig
+
     models = (
         ModelSpec(name="tiny", source="builtin:tiny"),
         ModelSpec(name="flux", source="builtin:tiny-flux-dev"),
     )
     return EngineConfig(
         models=models, default_model="tiny", max_loaded_models=2, cache_dir=model_cache,
-        device="cpu",
+        device="cpu", describe=DescribeConfig("builtin:tiny-florence2"),
     )  # fmt: skip
 
 
@@ -142,6 +145,17 @@ async def test_a_refused_request_is_refused_by_the_replica(engine: RayEngine) ->
         await engine.check(request("x", seed=1, steps=500))
     resolved = (await engine.check(ImageRequest("a cat"))).request
     assert resolved.model == "tiny" and resolved.steps and resolved.width == 64
+
+
+async def test_a_replica_describes_a_picture_as_the_local_engine(
+    engine: RayEngine, local: Engine
+) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    picture = Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    prompts = await engine.describe(picture)
+    assert len(set(prompts)) == 4 and prompts == await local.describe(picture)
 
 
 async def test_cancel_reaches_the_replica(engine: RayEngine) -> None:

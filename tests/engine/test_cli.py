@@ -150,6 +150,7 @@ def test_image_to_image_and_upscale_from_the_command_line(
         (["generate", "x", "--out", "/proc/x.png"], "cannot write in /proc"),
         (["generate", "x", "--out", "x.gif"], "name a .png or .jpg file"),
         (["upscale", "notes.png", "--out", "new/big.png"], "the folder new does not exist"),
+        (["describe", "notes.txt"], "not a picture (PNG, JPEG or WebP)"),
     ],
 )
 def test_bad_pictures_and_options_get_one_line(
@@ -166,6 +167,67 @@ def test_bad_pictures_and_options_get_one_line(
     assert message in done.stderr.strip().splitlines()[-1]
     assert "generating" not in done.stderr  # refused before the model loads
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_edit_by_instruction_and_describe_from_the_command_line(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    """`generate --image` on a model that edits runs its edit pipeline (the stock one's
+    pixels, the picture's aspect ratio at the model's area, the source in the PNG), `--image`
+    again for more pictures; `describe` prints four prompts."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from engine import EngineConfig
+    from engine.loader import load_model
+    from engine.torch_ops import picture_hash
+
+    rng = np.random.default_rng(5)
+    for name in ("in.png", "ref.png"):
+        Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(tmp_path / name)
+    kontext = "builtin:tiny-flux-kontext"
+    done = run_cli(
+        "generate", "--model", kontext, "--image", "in.png", "make it blue", "--seed", "3",
+        "--steps", "2", "--out", "blue.png", cache=model_cache, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "wrote blue.png (112x64, seed 3)"  # 5:3, as in.png
+    params = read_parameters((tmp_path / "blue.png").read_bytes())
+    assert params is not None and (params.prompt, params.model) == (
+        "make it blue",
+        "tiny-flux-kontext",
+    )
+    with Image.open(tmp_path / "in.png") as picture:  # fitted as validation fits it
+        source = picture.convert("RGB").resize((80, 48))
+    assert ("Source", "in.png") in params.extra
+    assert ("Source hash", picture_hash(source)) in params.extra
+    model = load_model(EngineConfig(model=kontext, cache_dir=model_cache))
+    stock = model.pipe(
+        image=[source], prompt=["make it blue"], num_inference_steps=2, guidance_scale=2.5,
+        width=112, height=64, max_area=112 * 64, _auto_resize=False,
+        generator=[torch.Generator("cpu").manual_seed(3)],
+    ).images[0]  # fmt: skip
+    with Image.open(tmp_path / "blue.png") as ours:
+        diff = np.abs(np.asarray(ours.convert("RGB"), np.int16) - np.asarray(stock, np.int16))
+    assert diff.max() <= 1
+
+    done = run_cli(
+        "generate", "--model", "builtin:tiny-flux2-klein", "--image", "in.png", "--image",
+        "ref.png", "put the cat in the room", "--steps", "2", "--out", "both.png",
+        cache=model_cache, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    both = read_parameters((tmp_path / "both.png").read_bytes())
+    assert both is not None and ("Source", "in.png, ref.png") in both.extra
+    assert len(dict(both.extra)["Source hash"].split()) == 2
+
+    done = run_cli(
+        "describe", "in.png", "--model", "builtin:tiny-florence2", cache=model_cache, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    prompts = done.stdout.strip().splitlines()
+    assert len(prompts) == len(set(prompts)) == 4
 
 
 def test_jpeg_out_and_upscale_with_the_model_the_image_names(
