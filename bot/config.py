@@ -426,11 +426,9 @@ def parse_config(
             continue
         extra = named if key == "engine" else None
         if key == "engine" and isinstance(table, dict):
-            for name in _NAMED:
-                if name in table:
-                    problems.append(f"[engine] {name}: write [{name}.<name>] tables instead")
-            if "describe" in table:
-                problems.append("[engine] describe: write a [describe] table instead")
+            for name in [n for n in (*_NAMED, "describe") if n in table]:
+                tables = f"[{name}.<name>] tables" if name in _NAMED else f"a [{name}] table"
+                problems.append(f"[engine] {name}: write {tables} instead")
             table = {k: v for k, v in table.items() if k not in (*_NAMED, "describe")}
         sections[key] = _section(_SECTIONS[key], table, key, problems, extra)
     if "describe" in sections:
