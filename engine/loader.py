@@ -56,6 +56,7 @@ class LoadedModel:
     call_extra: dict[str, Any] = field(default_factory=dict)
     clip_skip: int = 0  # also applied by weighted prompts' own encoding
     offloaded: bool = False  # `offload = "model"`: components wait in CPU memory
+    cache: Any = None  # its step cache (`caching.StepCache`), when `cache` is not "off"
 
     def component_bytes(self) -> dict[str, int]:
         """Bytes each component's weights take (quantized ones as stored)."""
@@ -261,6 +262,12 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
     profile = _profile(
         spec, pipe, has_checker=checker is not None, files_hash=model_hash(files, config.cache_dir)
     )
+    step_cache = None
+    if spec.cache != "off":
+        from .caching import install
+        from .families import family_of
+
+        step_cache = install(spec, pipe, family_of(pipe))
     return LoadedModel(
         pipe=pipe,
         device=device,
@@ -272,6 +279,7 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
         call_extra=call_extra(spec, profile.family),
         clip_skip=spec.clip_skip,
         offloaded=spec.offload == "model",
+        cache=step_cache,
     )
 
 
@@ -303,4 +311,6 @@ def _profile(spec: ModelSpec, pipe: Any, *, has_checker: bool, files_hash: str) 
         negative_prompt=family.negative_prompt,
         weighted=family.weighted,
         img2img=cls in family.img2img,
+        cache=spec.cache,
+        cache_all=spec.cache_for == "all",
     )

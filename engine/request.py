@@ -91,6 +91,10 @@ class ImageRequest:
     #: 77-token windows the prompts take once weighted and chunked (set by `validate`);
     #: requests with different counts cannot share a UNet call.
     chunks: int = 1
+    #: Faster, slightly different images through the model's step cache (`/imagine
+    #: quality:fast`); once validated: whether this request's steps are cached (a model that
+    #: caches every request sets it).
+    fast: bool = False
 
     @property
     def key(self) -> BatchKey:
@@ -165,6 +169,8 @@ class ModelProfile:
     weighted: bool = True  # whether A1111 weights reach the model (else they are removed)
     family_label: str = ""  # the family as people call it: "SDXL", "FLUX.1"
     img2img: bool = True  # whether the family has an image-to-image pipeline
+    cache: str = "off"  # its step cache (`[models.<name>] cache`): "off", "deepcache"...
+    cache_all: bool = False  # every request cached (`cache_for = "all"`), not only fast ones
 
 
 def clean_text(text: str) -> str:
@@ -399,6 +405,14 @@ def validate(
             raise InvalidRequest(name, f"{name.capitalize()} must be a multiple of 8, not {value}.")
         sizes[name] = value
 
+    if not isinstance(request.fast, bool):
+        raise InvalidRequest("fast", f"Fast must be true or false, not {request.fast!r}.")
+    if request.fast and profile.cache == "off":
+        raise InvalidRequest(
+            "fast", f"The model {profile.name} has no fast mode: ask at full quality."
+        )
+    fast = profile.cache != "off" and (request.fast or profile.cache_all)
+
     seed = request.seed
     if seed is None:
         seed = secrets.randbelow(MAX_SEED + 1)
@@ -422,6 +436,7 @@ def validate(
         model=profile.name,
         loras=chosen_loras,
         chunks=chunks,
+        fast=fast,
     )
     return resolved, warnings
 

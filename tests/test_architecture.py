@@ -29,6 +29,7 @@ TORCH_SIDE = frozenset(
     {
         "engine.acceleration",
         "engine.budget",
+        "engine.caching",
         "engine.devices",
         "engine.dispatch",
         "engine.families",
