@@ -201,9 +201,10 @@ def warm_up(model: LoadedModel) -> None:
             kwargs = _dummy_conditioning(model, bucket)
             timestep = torch.tensor(1, device=model.device)
             call = functools.partial(unet, sample, timestep, **kwargs, return_dict=False)
-            call()
-            if model.cache is not None:  # and the step cache's other forwards
+            if model.cache is not None:  # the step cache's forwards too
                 model.cache.warm(call)
+            else:
+                call()
         log.info(
             "compiled the UNet for %d row(s) at %dx%d in %.1f s",
             bucket,

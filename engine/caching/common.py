@@ -77,8 +77,9 @@ class StepCache:
         raise NotImplementedError
 
     def warm(self, call: Any) -> None:
-        """Run `call` (a denoiser call at a compiled bucket) the ways a tick can run it, so
-        compiling happens at start-up; nothing to do for a method without compiled modes."""
+        """Run `call` (a denoiser call at a compiled bucket) every way a tick can run it, so
+        that compiling happens at start-up."""
+        call()
 
 
 def run(module: Any, family: Family, calls: Sequence[DenoiserCall]) -> tuple[Any, list[Any]]:

@@ -96,6 +96,13 @@ def skipped_modules(unet: Any, branch: int) -> tuple[list[tuple[str, Any]], str]
     return out, source
 
 
+def _rows_run(module: Any, rows: int) -> int:
+    """The rows a forward of `rows` rows runs at: its compiled bucket's, when it has one
+    (`acceleration.BucketedForward` pads every call to the smallest bucket that holds it)."""
+    buckets = getattr(getattr(module, "forward", None), "buckets", None) or ()
+    return min((b for b in buckets if b >= rows), default=rows)
+
+
 def _hidden(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
     value = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
     assert isinstance(value, torch.Tensor)
@@ -144,7 +151,8 @@ class _Skipped(ModelHook):
 
     def new_forward(self, module: Any, *args: Any, **kwargs: Any) -> Any:
         cache = self.cache
-        key = (self.name, _signature(args), _signature(tuple(sorted(kwargs.items()))))
+        named = tuple((name, _signature(kwargs[name])) for name in sorted(kwargs))
+        key = (self.name, _signature(args), named)
         if cache.reusing:
             rows = _hidden(args, kwargs).shape[0]
             if self.source:
@@ -156,7 +164,7 @@ class _Skipped(ModelHook):
         output = self.fn_ref.original_forward(*args, **kwargs)
         if self.source:
             cache.captured = output
-        else:
+        elif key not in cache.shapes:  # once: compiled graphs then guard on it, never write
             cache.shapes[key] = _structure(output)
         return output
 
@@ -203,7 +211,9 @@ class DeepCache(StepCache):
             group = [calls[i] for i in chosen]
             if reuse:
                 kept = [states[i].contexts[calls[i].context] for i in chosen]  # type: ignore[union-attr]
-                self.feature = cat_rows([k.feature for k in kept])
+                feature = cat_rows([k.feature for k in kept])
+                # At a compiled bucket's rows already: one graph whatever the real rows.
+                self.feature = pad_rows(feature, _rows_run(module, offsets(family, group)[-1][1]))
                 self.reusing = True
             try:
                 parts = run(module, family, group)[1]
@@ -249,7 +259,13 @@ class DeepCache(StepCache):
         return int(found[0, 0]) if len(found) else calls
 
     def warm(self, call: Any) -> None:
-        """A full forward, then a reuse forward of its rows (compiled buckets: both graphs)."""
+        """At a compiled bucket: an uncompiled forward that records the skipped modules'
+        shapes (compiled code then only reads them), then the full and the reuse forwards,
+        each compiled once."""
+        stance = getattr(torch.compiler, "set_stance", None)  # torch 2.6+
+        if stance is not None:
+            with stance("force_eager"):
+                call()
         call()
         feature, self.captured = self.captured, None
         self.feature, self.reusing = feature, True
