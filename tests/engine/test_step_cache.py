@@ -226,7 +226,7 @@ def test_requests_sharing_ticks_equal_each_alone(
         resolved("a robot painting", seed=5, count=2, guidance=3.5 if flux else 6.0),
         [
             resolved("a castle in the sky", seed=9, steps=5, guidance=5.0),
-            resolved("a red dragon", seed=13, steps=6, guidance=2.0, fast=False),
+            resolved("a red dragon", seed=13, steps=2, guidance=2.0, fast=False),
             resolved("a boat", init_image=picture(1), strength=0.7, seed=7, steps=9),
         ],
     )
