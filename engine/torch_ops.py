@@ -105,6 +105,8 @@ def package_images(
         extra = list(request.parameters)
         if model.profile.hash:
             extra.insert(0, ("Model hash", model.profile.hash))
+        if request.fast and model.cache is not None:  # the same seed repeats it only so
+            extra.append(("Step cache", model.cache.describe()))
         params = Parameters(
             # A1111 keeps `<lora:name:weight>` in the prompt: another tool (and this one,
             # reading the PNG back) applies the same LoRAs.

@@ -69,6 +69,7 @@ def engine_request(options: ImagineOptions, *, negative: str, user: str) -> Imag
         shape=options.shape,
         strength=options.strength,
         model=options.model,
+        fast=options.fast,
     )
 
 
