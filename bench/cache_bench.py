@@ -91,7 +91,8 @@ def quality(args: argparse.Namespace, cache_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for source, label, keys in SETTINGS:
         spec = ModelSpec("m", source, **keys)
-        stepper = Stepper(load_model(EngineConfig(model=source, cache_dir=cache_dir, models=(spec,))))
+        config = EngineConfig(model=source, cache_dir=cache_dir, models=(spec,))
+        stepper = Stepper(load_model(config))
         guidance = 3.5 if "flux" in source else 7.0
         scores: list[tuple[float, float]] = []
         reused = calls = 0
