@@ -307,6 +307,10 @@ async def test_quality_fast_runs_through_the_models_step_cache(world: World) -> 
     the PNG says so, and the image differs from the full-quality one of the same seed, at the
     same price; a model without a cache refuses it and charges nothing."""
     carol, server = world.carol, world.server
+    listing = await server.invoke("models", user=carol)
+    text = (await listing.wait_for_original()).content
+    offered = [line for line in text.splitlines() if "quality:fast" in line]
+    assert len(offered) == 1 and text.index(offered[0]) < text.index("**other**"), text
     before = await used(world, carol.id)
     options = {"prompt": "a quick sketch", "seed": 7, "steps": 6}
     fast = await wait_result(

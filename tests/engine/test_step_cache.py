@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -315,3 +316,16 @@ def test_cache_settings_are_checked_with_the_config() -> None:
     nan = ModelSpec("m", "builtin:tiny", cache_threshold=float("nan"), cache_for="some")
     assert len(nan.problems()) == 2
     assert dataclasses.replace(nan, cache_threshold=0.1, cache_for="all").problems() == []
+
+
+def test_the_start_up_line_names_the_sdpa_kernel_and_the_step_cache(model_cache: Path) -> None:
+    from engine.acceleration import accelerate
+
+    config = cached_config("builtin:tiny", model_cache, cache="deepcache", cache_for="all")
+    line = accelerate(load_model(config), config)
+    # torch's own choice for the UNet's heads and dtype on this device (on a CPU: its flash
+    # kernel, or math).
+    assert re.search(r"attention sdpa \((flash|efficient|cudnn|math) kernel\)", line), line
+    assert line.endswith("step cache deepcache (interval 3, branch 0) for every request"), line
+    plain = EngineConfig(model="builtin:tiny", cache_dir=model_cache)
+    assert accelerate(load_model(plain), plain).endswith("step cache off")
