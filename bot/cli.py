@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--count", type=int, default=1, help="images to make (default 1)")
     gen.add_argument(
+        "--fast", action="store_true", help="through the model's step cache ([models] cache)"
+    )
+    gen.add_argument(
         "--out", default="imagine.png", help="output .png or .jpg (default: %(default)s)"
     )
 
@@ -223,6 +226,7 @@ async def _generate(args: argparse.Namespace) -> int:
         init_image=_picture(args.image)[1] if args.image else None,
         strength=args.strength,
         aspect=args.ar,
+        fast=args.fast,
     )
     return await _make(config, request, out)
 
