@@ -1,9 +1,12 @@
 """GPU figures: full-size SD 1.5 (512x512) and SDXL (1024x1024) architectures, random weights,
 fp16, SDPA, 25 steps: images/s, it/s, seconds per image and peak GPU memory at each batch
-size: the raw pipeline plain, with channels-last and with `torch.compile` on the UNet, and
-through the engine (`engine`: as the bot runs it; `engine_compiled`: `[engine] compile =
-"max-autotune"` with its batch-size buckets, warmed up at start-up). JSON is written after
-every row, so a run cut off by a timeout still keeps what it measured.
+size: the raw pipeline plain, with channels-last, with `torch.compile` on the UNet and with
+the `DeepCache` package's helper (`deepcache`), and through the engine (`engine`: as the bot
+runs it; `engine_compiled`: `[engine] compile` (`--compile-mode`, "max-autotune" unless
+given) with its batch-size buckets, warmed up at start-up; `engine_cache` and
+`engine_compiled_cache`: the same with `[models] cache = "deepcache"` on every request,
+`--cache-interval`, `--cache-branch`). JSON is written after every row, so a run cut off by a
+timeout still keeps what it measured.
 
 Needs CUDA (run it on a GPU machine; tests never do). `--smoke` runs scaled-down models on the
 CPU for a few seconds, only to check the script itself.
@@ -28,6 +31,18 @@ from .architectures import build
 from .report import machine, markdown_table, save, update_docs
 
 SIZES = {"sd15": 512, "sdxl": 1024}
+#: In the order they run: the raw pipeline's variants change it for the next ones (channels
+#: last, then compiled), so the package's DeepCache runs on the plain one.
+VARIANTS = (
+    "plain",
+    "deepcache",
+    "channels_last",
+    "compile",
+    "engine",
+    "engine_cache",
+    "engine_compiled",
+    "engine_compiled_cache",
+)
 
 
 def measure(pipe: Any, batch: int, size: int, steps: int, repeats: int) -> dict[str, float]:
@@ -66,11 +81,22 @@ def figures(batch: int, steps: int, seconds: float, cuda: bool) -> dict[str, flo
 
 
 async def measure_engine(
-    folder: Path, batch: int, size: int, steps: int, repeats: int, *, smoke: bool, compiled: bool
+    folder: Path,
+    batch: int,
+    size: int,
+    args: argparse.Namespace,
+    *,
+    compiled: bool,
+    cached: bool,
 ) -> dict[str, float]:
     """The same work through `Engine.generate`, as the bot asks for it."""
-    from engine import Engine, EngineConfig, ImageRequest
+    from engine import Engine, EngineConfig, ImageRequest, ModelSpec
 
+    smoke, steps, repeats = args.smoke, args.steps, args.repeats
+    models = ()
+    if cached:  # DeepCache on every request
+        cache = {"cache_interval": args.cache_interval, "cache_branch": args.cache_branch}
+        models = (ModelSpec("bench", str(folder), cache="deepcache", cache_for="all", **cache),)
     config = EngineConfig(
         model=str(folder),
         device="cpu" if smoke else "cuda",
@@ -81,9 +107,10 @@ async def measure_engine(
         max_width=size,
         max_height=size,
         batch_wait_ms=0,
-        compile=("default" if smoke else "max-autotune") if compiled else "off",
+        compile=("default" if smoke else args.compile_mode) if compiled else "off",
         compile_backend="eager" if smoke else "inductor",
         compile_buckets=(2 * batch,),
+        models=models,
     )
     request = ImageRequest(
         "a robot painting with water colours",
@@ -112,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dtype = torch.float32 if args.smoke else torch.float16
     rows: list[dict[str, Any]] = []
     result = {"benchmark": "gpu", "machine": machine(), "settings": vars(args), "rows": rows}
-    name_out = "gpu_bench_smoke" if args.smoke else "gpu_bench"
+    name_out = f"{args.out}_smoke" if args.smoke else args.out
     for name in args.models:
         size = 64 if args.smoke else SIZES[name]
         pipe = build(name, device=device, dtype=dtype, scale=0.1 if args.smoke else 1.0)
@@ -130,10 +157,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 folder,
                                 batch,
                                 size,
-                                args.steps,
-                                args.repeats,
-                                smoke=args.smoke,
-                                compiled=variant == "engine_compiled",
+                                args,
+                                compiled=variant.startswith("engine_compiled"),
+                                cached=variant.endswith("_cache"),
                             )
                         )
                     except torch.cuda.OutOfMemoryError:
@@ -149,6 +175,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 pipe.unet.to(memory_format=torch.channels_last)
             if variant == "compile":
                 pipe.unet = torch.compile(pipe.unet)
+            helper = None
+            if variant == "deepcache":  # the package's own helper on the raw pipeline
+                from DeepCache import DeepCacheSDHelper
+
+                helper = DeepCacheSDHelper(pipe=pipe)
+                helper.set_params(
+                    cache_interval=args.cache_interval, cache_branch_id=args.cache_branch
+                )
+                helper.enable()
             for batch in args.batches:
                 try:
                     got = measure(pipe, batch, size, args.steps, args.repeats)
@@ -161,6 +196,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 print(rows[-1], flush=True)
                 save(name_out, result)
+            if helper is not None:
+                helper.disable()
         del pipe
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -173,7 +210,9 @@ def table(result: dict[str, Any]) -> str:
     m, s = result["machine"], result["settings"]
     head = (
         f"GPU figures on {m.get('gpu') or 'CPU (smoke run)'}, torch {m.get('torch')}, {m['date']}: "
-        f"random-weight full-size architectures, fp16, SDPA, {s['steps']} steps, guidance 7."
+        f"random-weight full-size architectures, fp16, SDPA, {s['steps']} steps, guidance 7; "
+        f"compiled engine: {s.get('compile_mode', 'max-autotune')}; cache: DeepCache interval "
+        f"{s.get('cache_interval', 3)}, branch {s.get('cache_branch', 0)}."
     )
     rows = [
         [
@@ -202,12 +241,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["sd15", "sdxl"], choices=list(SIZES))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument(
-        "--variants",
-        nargs="+",
-        default=["plain", "channels_last", "compile", "engine", "engine_compiled"],
-        choices=["plain", "channels_last", "compile", "engine", "engine_compiled"],
-    )
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--compile-mode", default="max-autotune", help="engine_compiled*")
+    parser.add_argument("--cache-interval", type=int, default=3, help="DeepCache's interval")
+    parser.add_argument("--cache-branch", type=int, default=0, help="DeepCache's branch")
+    parser.add_argument("--out", default="gpu_bench", help="results name under bench/results/")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run to check the script")
@@ -224,7 +262,7 @@ def main() -> None:
     result = run(args)
     text = table(result)
     print(text)
-    print(f"wrote {save('gpu_bench_smoke' if args.smoke else 'gpu_bench', result)}")
+    print(f"wrote {save(f'{args.out}_smoke' if args.smoke else args.out, result)}")
     if args.readme and not args.smoke:
         update_docs("gpu", text)
 

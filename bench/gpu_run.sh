@@ -1,18 +1,30 @@
 #!/usr/bin/env bash
-# The one prepared GPU run of issue 16, for the device machine (an H200: 15 minutes in all).
+# The one prepared GPU run (issues 16 and 28), for the device machine: one H100 or H200, one
+# command of at most 10 minutes.
 #
 # Before (here, no device time): put the wheels the machine lacks in .whl/ (git-ignored), as
 # ../.library/device/README.md says: diffusers and what it needs beyond torch/transformers,
-# e.g. `python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
-#   --implementation cp --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1`
+# and DeepCache (the reference of the `deepcache` rows), e.g. `python3 -m pip download
+#   --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
+#   --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 DeepCache==0.1.1`
 # (pure-Python wheels need no platform). Check the script first: `bash bench/gpu_run.sh --smoke`.
 #
-# Then: device run, carry [".whl"], command `bash bench/gpu_run.sh`, timeout_s 560. Results
-# land in $OUT as they are written (gpu_bench writes its JSON after every row), so a timeout
-# still returns what was measured; rerun with GPU_RUN_SKIP=gpu to do only the trace.
+# Then: device run, carry [".whl"], command `bash bench/gpu_run.sh`, timeout_s 600. Stages
+# (GPU_RUN_STAGES, in this order by default; each under its own timeout, 550 s in all):
+#   sd15     SD 1.5 512^2 at batch 1 and 16: raw pipeline plain and with the DeepCache
+#            package, the engine plain and with its per-request DeepCache
+#   compiled SD 1.5 at batch 16: the engine compiled, and compiled with the cache (compile
+#            mode "default": max-autotune takes minutes per graph)
+#   sdxl     SDXL 1024^2 at batch 1 and 8: raw plain, engine, engine with the cache
+#   trace    the GPU trace of bench.trace_bench (not by default: run it alone)
+# Results land in $OUT as they are written (gpu_bench writes its JSON after every row), so a
+# timeout still returns what was measured. No FLUX-family row: a full-size FLUX.1 from random
+# weights (a 12B transformer, a 4.7B T5) takes most of the 10 minutes to build.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-bench/results/gpu_run}"
+SMOKE=""
+[ "${1:-}" = "--smoke" ] && SMOKE=1
+OUT="${OUT:-bench/results/gpu_run${SMOKE:+_smoke}}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
@@ -20,20 +32,30 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site" || exit 1
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-copy() { cp bench/results/trace_bench_gpu.json "$OUT/" 2>/dev/null; }
+copy() {
+  for name in gpu_bench_sd15 gpu_bench_sd15_compiled gpu_bench_sdxl trace_bench_gpu; do
+    cp "bench/results/$name.json" "$OUT/" 2>/dev/null
+  done
+  return 0
+}
 trap copy EXIT
-if [ "${1:-}" = "--smoke" ]; then
-  OMP_NUM_THREADS=1 python3 -m bench.gpu_bench --smoke --models sd15 --batches 1 2 --steps 2 \
-    --repeats 1 2>&1 | tee "$OUT/gpu_bench.log"
-  exit
+if [ -n "$SMOKE" ]; then
+  # Every variant on a scaled-down SD 1.5 on the CPU, only to check the script itself.
+  OMP_NUM_THREADS=1 python3 -m bench.gpu_bench --smoke --models sd15 --batches 1 2 --steps 3 \
+    --repeats 1 --out gpu_bench_all 2>&1 | tee "$OUT/gpu_bench.log"
+  exit "${PIPESTATUS[0]}"
 fi
-if [ "${GPU_RUN_SKIP:-}" != "gpu" ]; then
-  # SD 1.5 at 512^2: every variant at 1/4/8/16 (about 4 minutes with the compiles), then SDXL.
-  timeout 330 python3 -m bench.gpu_bench --models sd15 --batches 1 4 8 16 2>&1 \
-    | tee "$OUT/gpu_bench.log"
-  cp bench/results/gpu_bench.json "$OUT/gpu_bench_sd15.json"
-  timeout 90 python3 -m bench.gpu_bench --models sdxl --batches 1 4 --variants plain engine \
-    2>&1 | tee "$OUT/gpu_bench_sdxl.log"
-  cp bench/results/gpu_bench.json "$OUT/gpu_bench_sdxl.json"
-fi
-timeout 240 python3 -m bench.trace_bench --gpu --requests 200 2>&1 | tee "$OUT/trace_bench.log"
+BENCH="python3 -m bench.gpu_bench"
+for stage in ${GPU_RUN_STAGES:-sd15 compiled sdxl}; do
+  case "$stage" in
+    sd15) timeout 200 $BENCH --models sd15 --batches 1 16 --out gpu_bench_sd15 \
+      --variants plain deepcache engine engine_cache ;;
+    compiled) timeout 200 $BENCH --models sd15 --batches 16 --out gpu_bench_sd15_compiled \
+      --compile-mode default --variants engine_compiled engine_compiled_cache ;;
+    sdxl) timeout 150 $BENCH --models sdxl --batches 1 8 --out gpu_bench_sdxl \
+      --variants plain engine engine_cache ;;
+    trace) timeout 240 python3 -m bench.trace_bench --gpu --requests 200 ;;
+    *) echo "unknown stage $stage" >&2 ;;
+  esac 2>&1 | tee -a "$OUT/gpu_run.log"
+  copy
+done

@@ -170,6 +170,7 @@ async def _generate(args: argparse.Namespace) -> int:
         strength=args.strength,
         aspect=args.ar,
         parameters=(("Source", ", ".join(Path(p).name for p in paths)),) if paths else (),
+        fast=args.fast,
     )
     return await _make(config, request, out)
 

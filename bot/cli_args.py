@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--count", type=int, default=1, help="images to make (default 1)")
     gen.add_argument(
+        "--fast", action="store_true", help="through the model's step cache ([models] cache)"
+    )
+    gen.add_argument(
         "--out", default="imagine.png", help="output .png or .jpg (default: %(default)s)"
     )
 

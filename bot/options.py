@@ -36,6 +36,7 @@ class ImagineOptions:
     picture: PictureRef | None = None  # an attachment to start from (image-to-image)
     strength: float | None = None  # with a picture: how much of it may change
     model: str | None = None  # a configured model's name (None: the default one)
+    fast: bool = False  # quality:fast: the model's step cache (faster, slightly different)
 
     def problem(self) -> str | None:
         """Why Discord would never have sent these options (a forged payload), else None."""

@@ -142,6 +142,8 @@ def models_text(models: Sequence[ModelInfo]) -> str:
         ]
         if not profile.weighted:
             reads.append("no prompt weights")
+        if profile.cache != "off":  # its step cache: faster, slightly different images
+            reads.append("every image fast" if profile.cache_all else "quality:fast")
         lines.append(f"  {' · '.join(reads)}")
         if info.loras:
             tags = ", ".join(f"`<lora:{lora.name}:{lora.weight:g}>`" for lora in info.loras)

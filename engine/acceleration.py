@@ -9,13 +9,16 @@ each sample on its own (GroupNorm, attention within a sample), so real rows are 
 
 On CUDA, TF32 matmuls are allowed (no effect on fp16/bf16 models' own math), and
 `channels_last` is an option. Attention is diffusers' default, PyTorch's SDPA, whose kernel
-(flash, memory-efficient or math) torch picks per GPU.
+(flash, cuDNN, memory-efficient or math) torch picks per device, dtype and head size: the
+start-up line names the one it picks for the denoiser's attention (`sdpa_backend`), and the
+model's step cache when it has one (`caching`).
 
 Runs on the engine's worker thread only.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +29,14 @@ import torch
 from .config import EngineConfig
 from .loader import LoadedModel
 
-__all__ = ["BucketedForward", "accelerate", "bucket_for", "default_buckets", "warm_up"]
+__all__ = [
+    "BucketedForward",
+    "accelerate",
+    "bucket_for",
+    "default_buckets",
+    "sdpa_backend",
+    "warm_up",
+]
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +150,38 @@ def accelerate(model: LoadedModel, config: EngineConfig) -> str:
         unet.forward = BucketedForward(inner, buckets)
         listed = ", ".join(map(str, buckets))
         compiled = f"{config.compile} ({config.compile_backend}), buckets {listed}"
-    attention = "sdpa" if hasattr(torch.nn.functional, "scaled_dot_product_attention") else "eager"
+    denoiser = getattr(model.pipe, "unet", None) or getattr(model.pipe, "transformer", None)
+    attention = sdpa_backend(denoiser, model.device, model.dtype)
     dtype = str(model.dtype).removeprefix("torch.")
     layout = "on" if config.channels_last else "off"
+    cache = "off"
+    if model.cache is not None:
+        asked = "every request" if model.profile.cache_all else "fast requests"
+        cache = f"{model.cache.describe()} for {asked}"
     return (
         f"engine: {model.profile.name} on {model.device} ({dtype}), attention {attention}, "
-        f"channels-last {layout}, compile {compiled}"
+        f"channels-last {layout}, compile {compiled}, step cache {cache}"
     )
+
+
+#: PyTorch's SDPA kernels (`torch.nn.attention.SDPBackend`), as the start-up line names them.
+_SDPA_KERNELS = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
+
+
+def sdpa_backend(module: Any, device: torch.device, dtype: torch.dtype) -> str:
+    """`sdpa (<kernel>)`: the kernel PyTorch's scaled-dot-product attention picks for the
+    denoiser's first attention layer (its head count and size, the model's dtype and device,
+    no mask), as torch itself chooses it; plain `sdpa` when that cannot be asked."""
+    layers = () if module is None else module.modules()
+    attention = next((m for m in layers if hasattr(m, "heads") and hasattr(m, "to_q")), None)
+    try:
+        heads = int(attention.heads)  # type: ignore[union-attr]
+        size = int(attention.to_q.out_features) // heads  # type: ignore[union-attr]
+        query = torch.zeros(2, heads, 64, size, device=device, dtype=dtype)
+        choice = torch._fused_sdp_choice(query, query, query)  # type: ignore[attr-defined]
+    except Exception:  # no attention found, or a torch without the private chooser
+        return "sdpa"
+    return f"sdpa ({_SDPA_KERNELS.get(int(choice), 'unknown')} kernel)"
 
 
 def warm_up(model: LoadedModel) -> None:
@@ -164,7 +199,12 @@ def warm_up(model: LoadedModel) -> None:
             shape = (bucket, channels, size, size)
             sample = torch.zeros(shape, device=model.device, dtype=model.dtype)
             kwargs = _dummy_conditioning(model, bucket)
-            unet(sample, torch.tensor(1, device=model.device), **kwargs, return_dict=False)
+            timestep = torch.tensor(1, device=model.device)
+            call = functools.partial(unet, sample, timestep, **kwargs, return_dict=False)
+            if model.cache is not None:  # the step cache's forwards too
+                model.cache.warm(call)
+            else:
+                call()
         log.info(
             "compiled the UNet for %d row(s) at %dx%d in %.1f s",
             bucket,

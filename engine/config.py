@@ -15,6 +15,8 @@ from .errors import InvalidRequest
 from .sources import CHECKPOINT_SUFFIXES
 
 __all__ = [
+    "CACHE_FOR",
+    "CACHE_MODES",
     "COMPILE_MODES",
     "DEFAULT_DESCRIBE_MODEL",
     "DEFAULT_MODEL",
@@ -55,6 +57,13 @@ QUANTIZE_MODES = ("none", "fp8", "int8", "nf4")
 #: `[models.<name>] offload`: `model` keeps each component in CPU memory until it runs
 #: (diffusers' `enable_model_cpu_offload`), for a model bigger than the GPU.
 OFFLOAD_MODES = ("none", "model")
+#: `[models.<name>] cache`: step caching, which reuses the denoiser's deep features between
+#: steps (faster, images change slightly): DeepCache for UNets (SD, SDXL), First-Block-Cache
+#: for diffusion transformers (FLUX.1...), or off (images unchanged).
+CACHE_MODES = ("off", "deepcache", "fbcache")
+#: `[models.<name>] cache_for`: the requests that are cached: those that ask (`fast`, the
+#: Discord option `quality:fast`), or every request.
+CACHE_FOR = ("fast", "all")
 
 #: `[engine] compile`: off, or a `torch.compile` mode for the UNet.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
@@ -111,6 +120,16 @@ class ModelSpec:
     base: str = ""
     quantize: str = "none"  # QUANTIZE_MODES
     offload: str = "none"  # OFFLOAD_MODES
+    # Step caching (CACHE_MODES, CACHE_FOR): DeepCache computes the whole UNet every
+    # `cache_interval` steps and only its shallow blocks in between, reusing the deep feature
+    # of branch `cache_branch` (0: the shallowest, fastest); First-Block-Cache runs the rest
+    # of the transformer only when the first block's output changed by more than
+    # `cache_threshold` (relative mean) since the request's last full step.
+    cache: str = "off"
+    cache_for: str = "fast"
+    cache_interval: int = 3
+    cache_branch: int = 0
+    cache_threshold: float = 0.08
 
     @property
     def single_file(self) -> bool:
@@ -130,7 +149,13 @@ class ModelSpec:
                 f"model {self.name}: scheduler must be one of {', '.join(SCHEDULERS)}, "
                 f"not {self.scheduler!r}"
             )
-        for key, allowed in (("quantize", QUANTIZE_MODES), ("offload", OFFLOAD_MODES)):
+        choices = (
+            ("quantize", QUANTIZE_MODES),
+            ("offload", OFFLOAD_MODES),
+            ("cache", CACHE_MODES),
+            ("cache_for", CACHE_FOR),
+        )
+        for key, allowed in choices:
             value = getattr(self, key)
             if value not in allowed:
                 out.append(f"model {self.name}: {key} must be {_one_of(allowed, value)}")
@@ -152,6 +177,12 @@ class ModelSpec:
             )
         if not 0.0 <= self.guidance_rescale <= 1.0:
             out.append(f"model {self.name}: guidance_rescale must be between 0 and 1")
+        if not 1 <= self.cache_interval <= 100:
+            out.append(f"model {self.name}: cache_interval must be between 1 and 100")
+        if not 0 <= self.cache_branch <= 32:
+            out.append(f"model {self.name}: cache_branch must be between 0 and 32")
+        if not 0.0 < self.cache_threshold <= 10.0:  # NaN fails too
+            out.append(f"model {self.name}: cache_threshold must be over 0 and at most 10")
         return out
 
     @property

@@ -12,6 +12,8 @@ them explicitly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import greenlet
@@ -28,19 +30,32 @@ class RequestRun(greenlet.greenlet):
 class DenoiserProxy:
     """The denoiser as one request's pipeline sees it: calling it inside the request's run
     hands the call to the step loop and returns the request's share of the batched result;
-    everything else (its config, dtype, device, contexts) is the real module's."""
+    everything else (its config, dtype, device) is the real module's. The pipeline's cache
+    context ("cond", "uncond") goes with each call instead of onto the shared module, where
+    other requests' runs would see it."""
 
-    __slots__ = ("module",)
+    __slots__ = ("context", "module")
 
     def __init__(self, module: Any) -> None:
         object.__setattr__(self, "module", module)
+        object.__setattr__(self, "context", "")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         current = greenlet.getcurrent()
         if isinstance(current, RequestRun):
             assert current.parent is not None
-            return current.parent.switch(DenoiserCall(args, kwargs))
+            return current.parent.switch(DenoiserCall(args, kwargs, self.context))
         return self.module(*args, **kwargs)
+
+    @contextmanager
+    def cache_context(self, name: str, **_: Any) -> Iterator[None]:
+        """diffusers' `ModelMixin.cache_context`, for this request's calls only."""
+        before = self.context
+        object.__setattr__(self, "context", name)
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "context", before)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.module, name)

@@ -70,6 +70,7 @@ class LoadedModel:
     call_extra: dict[str, Any] = field(default_factory=dict)
     clip_skip: int = 0  # also applied by weighted prompts' own encoding
     offloaded: bool = False  # `offload = "model"`: components wait in CPU memory
+    cache: Any = None  # its step cache (`caching.StepCache`), when `cache` is not "off"
 
     def component_bytes(self) -> dict[str, int]:
         """Bytes each component's weights take (quantized ones as stored)."""
@@ -352,6 +353,12 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
     profile = model_profile(
         spec, pipe, has_checker=checker is not None, files_hash=model_hash(files, config.cache_dir)
     )
+    step_cache = None
+    if spec.cache != "off":
+        from .caching import install
+        from .families import family_of
+
+        step_cache = install(spec, pipe, family_of(pipe))
     return LoadedModel(
         pipe=pipe,
         device=device,
@@ -363,6 +370,7 @@ def load_model(config: EngineConfig, spec: ModelSpec | None = None) -> LoadedMod
         call_extra=call_extra(spec, profile.family),
         clip_skip=spec.clip_skip,
         offloaded=spec.offload == "model",
+        cache=step_cache,
     )
 
 
@@ -404,4 +412,6 @@ def model_profile(
         reference_sizes=sizes,
         reference_area=area,
         reference_multiple=multiple,
+        cache=spec.cache,
+        cache_all=spec.cache_for == "all",
     )

@@ -19,6 +19,7 @@ import torch
 
 from . import weighting
 from .acceleration import accelerate, warm_up
+from .caching import batch_pipeline
 from .config import EngineConfig, ModelSpec
 from .errors import InvalidRequest
 from .families import Family, family_of
@@ -158,6 +159,8 @@ class Runner:
             # Every request's embeddings (equal to the stock ones for a plain prompt).
             texts = [self.embeddings(r, cfg=key.guidance > 1.0) for r in requests]
         pipe = pipeline_for(model, requests[0])
+        if model.cache is not None and any(r.fast for r in requests):
+            pipe = batch_pipeline(pipe, self.family, model.cache, requests)[0]
         kwargs = self.family.batch_kwargs(pipe, requests, generators, texts)
         kwargs |= model.call_extra
         last: dict[str, torch.Tensor] = {}  # the latents after the latest step

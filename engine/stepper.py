@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from . import weighting
+from .caching.common import RequestCache, StepCache
 from .dispatch import RequestRun, with_proxy
 from .families import DenoiserCall, Family, family_of
 from .job import Slot
@@ -100,6 +101,7 @@ class Sample:
     stepped: bool = False  # its scheduler stepped since the tick began (its callback ran)
     steps_done: int = 0  # in the user's steps, as its progress shows them
     steps_total: int = 0
+    cache: RequestCache | None = None  # its own step cache state, when its steps are cached
 
     @property
     def steps_left(self) -> int:
@@ -133,6 +135,7 @@ class Stepper:
         self.runner = runner
         self.family: Family = family_of(model.pipe)
         self.denoiser = getattr(model.pipe, self.family.denoiser)
+        self.cache: StepCache | None = model.cache
 
     # Admission
     def admit_all(self, slots: Sequence[Slot]) -> list[Sample | Exception]:
@@ -155,6 +158,8 @@ class Stepper:
                 texts = runner.embeddings(r, cfg=r.guidance > 1.0)
             kwargs = self.family.call_kwargs(pipe, r, generators, texts) | self.model.call_extra
         sample = Sample(slot)
+        if self.cache is not None and r.fast:
+            sample.cache = self.cache.state(pipe)
         kwargs["callback_on_step_end"] = self._callback(sample)
         kwargs["callback_on_step_end_tensor_inputs"] = list(self.family.callback_tensors)
         sample.run = RequestRun(lambda: pipe(**kwargs))
@@ -233,13 +238,18 @@ class Stepper:
         return [errors.get(id(s)) for s in samples]
 
     def _forward(self, waiting: Sequence[Sample], errors: dict[int, Exception | None]) -> None:
-        """One denoiser forward for the waiting calls of `waiting`; each run then goes on
-        with its share (an error in its place when its own code fails)."""
+        """One denoiser forward for the waiting calls of `waiting` (with a step cache, one
+        for the rows that compute and one for those that reuse); each run then goes on with
+        its share (an error in its place when its own code fails)."""
         calls = [s.call for s in waiting]
         with torch.inference_mode():  # inference tensors throughout, as compile expects
-            merged = self.family.merge(calls)  # type: ignore[arg-type]
-            output = self.denoiser(*merged.args, **merged.kwargs)
-            shares = self.family.split(output, calls)  # type: ignore[arg-type]
+            if self.cache is not None:
+                states = [s.cache for s in waiting]
+                shares = self.cache.forward(self.denoiser, self.family, calls, states)  # type: ignore[arg-type]
+            else:
+                merged = self.family.merge(calls)  # type: ignore[arg-type]
+                output = self.denoiser(*merged.args, **merged.kwargs)
+                shares = self.family.split(output, calls)  # type: ignore[arg-type]
         for sample, share in zip(waiting, shares, strict=True):
             try:
                 self._advance(sample, share)

@@ -116,6 +116,8 @@ def package_images(
             extra.insert(0, ("Model hash", model.profile.hash))
         if request.references:  # which pictures it edits, whatever their names were
             extra.append(("Source hash", " ".join(map(picture_hash, request.references))))
+        if request.fast and model.cache is not None:  # the same seed repeats it only so
+            extra.append(("Step cache", model.cache.describe()))
         params = Parameters(
             # A1111 keeps `<lora:name:weight>` in the prompt: another tool (and this one,
             # reading the PNG back) applies the same LoRAs.

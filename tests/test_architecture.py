@@ -30,6 +30,7 @@ TORCH_SIDE = frozenset(
         "engine.acceleration",
         "engine.budget",
         "engine.describe",
+        "engine.caching",
         "engine.devices",
         "engine.dispatch",
         "engine.families",

@@ -73,6 +73,7 @@ def engine_request(
         shape=options.shape,
         strength=options.strength,
         model=options.model,
+        fast=options.fast,
     )
 
 

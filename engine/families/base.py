@@ -44,6 +44,9 @@ class DenoiserCall:
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    #: The pipeline's cache context of the call ("cond", "uncond" under true CFG; "" when the
+    #: pipeline names none): step caches keep a state per context, as diffusers' hooks do.
+    context: str = ""
 
     def first_tensor(self) -> torch.Tensor:
         value = self.args[0] if self.args else next(iter(self.kwargs.values()))
@@ -80,6 +83,18 @@ def _cat(values: Sequence[Any], rows: Sequence[int], name: str) -> Any:
             parts.append(value)
         return torch.cat(parts)
     return _same(values, name)
+
+
+def _take(value: Any, rows: int, index: Sequence[int]) -> Any:
+    """The rows `index` of a per-sample value of a call of `rows` rows (a 0-dim or one-row
+    tensor is every row's: `_cat` expands it again)."""
+    if isinstance(value, Mapping):
+        return {k: _take(v, rows, index) for k, v in value.items()}
+    if isinstance(value, list) and len(value) == rows:
+        return [value[i] for i in index]
+    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == rows:
+        return value[torch.as_tensor(list(index), device=value.device)]
+    return value
 
 
 def _same(values: Sequence[Any], name: str) -> Any:
@@ -235,6 +250,21 @@ class Family:
         # As the pipeline passed them (hooks on the module may read them by position).
         positional = self.positional[: len(calls[0].args)]
         return DenoiserCall(tuple(merged.pop(n) for n in positional), merged)
+
+    def take(self, call: DenoiserCall, index: Sequence[int]) -> DenoiserCall:
+        """The call for its rows `index` only (the inverse of `merge`): how a step cache
+        gives each request of a batch-scheduled pipeline call its own rows."""
+        rows = self.rows(call)
+        named = {
+            name: value if name in self.shared else _take(value, rows, index)
+            for name, value in self._by_name(call).items()
+        }
+        positional = self.positional[: len(call.args)]
+        return DenoiserCall(tuple(named.pop(n) for n in positional), named, call.context)
+
+    def arguments(self, call: DenoiserCall) -> dict[str, Any]:
+        """The call's arguments by name."""
+        return self._by_name(call)
 
     def split(self, output: Any, calls: Sequence[DenoiserCall]) -> list[Any]:
         """The merged call's output, cut back into each call's own (as `return_dict=False`

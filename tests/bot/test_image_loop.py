@@ -1,6 +1,7 @@
 """The image loop end to end: a 2×2 grid, U and V buttons, Upscale and Vary on one image,
 a restart between the grid and a press, a Cancel during an upscale, and what each costs;
-choosing among three models (two SD, one FLUX.1), with a LoRA, from Discord.
+choosing among three models (two SD, one FLUX.1), with a LoRA, from Discord; `quality:fast`
+through a model's step cache.
 
 The real bot against the Discord-compatible server, on the step-level scheduler (requests
 join and leave between denoising steps), the database read back after each step.
@@ -50,7 +51,7 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
                 "scheduling": "step",
             },
             models={
-                "tiny": {"source": "builtin:tiny"},
+                "tiny": {"source": "builtin:tiny", "cache": "deepcache"},
                 "other": {
                     "source": "builtin:tiny-b",
                     "description": "other weights",
@@ -301,6 +302,36 @@ async def test_aspect_ratio_and_shape_from_discord(world: World) -> None:
     note = await both.wait_for_original()
     assert both.ephemeral and "not both" in note.content, note.content
     assert await used(world, carol.id) == before + 3  # refused: nothing charged
+
+
+async def test_quality_fast_runs_through_the_models_step_cache(world: World) -> None:
+    """`quality:fast` makes the request through its model's step cache (DeepCache on "tiny"):
+    the PNG says so, and the image differs from the full-quality one of the same seed, at the
+    same price; a model without a cache refuses it and charges nothing."""
+    carol, server = world.carol, world.server
+    listing = await server.invoke("models", user=carol)
+    text = (await listing.wait_for_original()).content
+    offered = [line for line in text.splitlines() if "quality:fast" in line]
+    assert len(offered) == 1 and text.index(offered[0]) < text.index("**other**"), text
+    before = await used(world, carol.id)
+    options = {"prompt": "a quick sketch", "seed": 7, "steps": 6}
+    fast = await wait_result(
+        await server.invoke("imagine", user=carol, options={**options, "quality": "fast"})
+    )
+    full = await wait_result(await server.invoke("imagine", user=carol, options=options))
+    cached, plain = (read_parameters(m.attachments[0].data) for m in (fast, full))
+    assert cached is not None and plain is not None
+    assert ("Step cache", "deepcache (interval 3, branch 0)") in cached.extra
+    assert "Step cache" not in dict(plain.extra) and cached.seed == plain.seed
+    assert fast.attachments[0].data != full.attachments[0].data
+    assert await used(world, carol.id) == before + 2
+
+    refused = await server.invoke(
+        "imagine", user=carol, options={**options, "quality": "fast", "model": "other"}
+    )
+    note = await refused.wait_for_original()
+    assert refused.ephemeral and "has no fast mode" in note.content, note.content
+    assert await used(world, carol.id) == before + 2
 
 
 async def test_a_short_flux_request_joins_a_long_one_and_is_posted_first(world: World) -> None:

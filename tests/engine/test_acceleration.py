@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from engine import Engine, EngineConfig, ImageRequest
+from engine import Engine, EngineConfig, ImageRequest, ModelSpec
 from engine.acceleration import BucketedForward, bucket_for, default_buckets
 from engine.loader import load_model
 
@@ -117,3 +117,42 @@ def pixels_of(image: object) -> object:
     import numpy as np
 
     return np.asarray(image.convert("RGB"), dtype=np.int16)  # type: ignore[attr-defined]
+
+
+async def test_a_compiled_engine_with_a_step_cache_compiles_both_forwards_at_warm_up(
+    fresh_dynamo: None, tiny_config: EngineConfig, stock_models: StockModels
+) -> None:
+    """DeepCache's reuse forward is a second graph per bucket: compiled at start-up too, and
+    the images are the uncompiled cache's (the `DeepCache` package's, test_step_cache)."""
+    from torch._dynamo.utils import counters
+
+    from .test_step_cache import reference
+
+    settings = {"cache_interval": 2, "cache_branch": 0}
+    spec = ModelSpec("m", "builtin:tiny", cache="deepcache", cache_for="all", **settings)
+    config = dataclasses.replace(
+        tiny_config,
+        models=(spec,),
+        compile="default",
+        compile_backend="eager",
+        compile_buckets=(4,),
+        max_batch_size=2,
+        max_count=2,
+        scheduling="step",
+        batch_wait_ms=0,
+    )
+    async with Engine(config) as engine:
+        warmed = counters["stats"]["unique_graphs"]
+        assert warmed >= 2  # the bucket's full and reuse graphs
+        jobs = [
+            engine.submit(engine.prepare(ImageRequest("a kite", seed=3, steps=4, user="a"))),
+            engine.submit(engine.prepare(ImageRequest("two owls", seed=8, steps=3, count=2))),
+        ]
+        results = await asyncio.gather(*(job.result() for job in jobs))
+        assert counters["stats"]["unique_graphs"] == warmed  # no compile after the warm-up
+    stock = stock_models(tiny_config)
+    for job, result in zip(jobs, results, strict=True):
+        assert job.request.fast
+        expected = reference(stock, job.request, "pil", **settings)
+        for image, theirs in zip(result.images, expected, strict=True):
+            assert abs(pixels(image.png) - pixels_of(theirs)).max() <= 1

@@ -62,6 +62,7 @@ def test_generate_writes_pngs_with_the_seed(model_cache: Path, tmp_path: Path) -
     [
         (["--size", "65x64"], "Width must be a multiple of 8"),
         (["--size", "big"], "--size must look like 512x768"),
+        (["--fast"], "has no fast mode"),  # builtin:tiny alone has no step cache
         (["--model", "builtin:nope"], "Could not load model"),
     ],
 )
