@@ -25,7 +25,7 @@ from .devices import pick_device, pick_dtype
 from .model_hash import model_hash
 from .quantization import pipeline_quantization, quantization_config
 from .recipes import call_extra, sampler_name, scheduler_for
-from .request import ModelProfile
+from .request import ImageRequest, ModelProfile
 from .single_file import base_of, from_single_file
 from .sources import CHECKPOINT_SUFFIXES, first_line, hub_problem, looks_local
 from .tiny import BUILTIN_MODELS, builtin_folder, rebuild_builtin
@@ -33,7 +33,9 @@ from .tiny import BUILTIN_MODELS, builtin_folder, rebuild_builtin
 __all__ = [
     "LoadedModel",
     "image_to_image",
+    "inpainting",
     "load_model",
+    "pipeline_for",
     "request_pipeline",
 ]
 
@@ -51,6 +53,7 @@ class LoadedModel:
     checker: Any = None
     feature_extractor: Any = None
     img2img: Any = None  # the image-to-image pipeline on the same modules, made on first use
+    inpaint: Any = None  # the inpaint pipeline on the same modules, made on first use
     folder: Path | None = None  # its folder or single checkpoint file (for its hash)
     #: Arguments of every stock pipeline call of this model (its recipe: `clip_skip`, ...).
     call_extra: dict[str, Any] = field(default_factory=dict)
@@ -105,11 +108,41 @@ def image_to_image(model: LoadedModel) -> Any:
     return model.img2img
 
 
-def request_pipeline(model: LoadedModel, *, image: bool = False) -> Any:
-    """A pipeline of one request's own (step scheduling): the model's text-to-image (or
-    image-to-image) pipeline with the same modules but its own scheduler and per-call state.
-    A shallow copy: no memory."""
-    base = image_to_image(model) if image else model.pipe
+def inpainting(model: LoadedModel) -> Any:
+    """The model's inpaint pipeline (its family's), sharing every module with the loaded
+    one (`from_pipe`), or the loaded one itself when it only inpaints; `ValueError` for a
+    family without one (validation refuses such requests first)."""
+    if model.inpaint is None:
+        import diffusers
+
+        from .families import family_of
+
+        cls = type(model.pipe).__name__
+        name = family_of(model.pipe).inpaint.get(cls)
+        if name is None:
+            raise ValueError(f"{cls} models have no inpaint pipeline")
+        if name == cls:
+            model.inpaint = model.pipe
+        else:
+            model.inpaint = getattr(diffusers, name).from_pipe(model.pipe)
+            model.inpaint.set_progress_bar_config(disable=True)
+    return model.inpaint
+
+
+def pipeline_for(model: LoadedModel, request: ImageRequest) -> Any:
+    """The pipeline that runs `request`: inpaint for a mask, image-to-image for a picture,
+    else the loaded text-to-image one."""
+    if request.mask is not None:
+        return inpainting(model)
+    if request.init_image is not None:
+        return image_to_image(model)
+    return model.pipe
+
+
+def request_pipeline(model: LoadedModel, request: ImageRequest) -> Any:
+    """A pipeline of one request's own (step scheduling): `pipeline_for` the request, with
+    the same modules but its own scheduler and per-call state. A shallow copy: no memory."""
+    base = pipeline_for(model, request)
     own = copy.copy(base)
     own.scheduler = type(model.pipe.scheduler).from_config(model.pipe.scheduler.config)
     return own
@@ -171,9 +204,26 @@ def _unreadable(spec: ModelSpec, config: EngineConfig, source: str, exc: Excepti
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, kwargs: dict[str, Any]) -> Any:
-    from diffusers import AutoPipelineForText2Image
+    """The text-to-image pipeline of `source`; the pipeline its model index names when
+    diffusers knows no text-to-image one for it (FLUX.1 Fill: `family_of` then says whether
+    it is served); a text-to-image pipeline whose denoiser reads a mask (an SD inpainting
+    UNet) as its family's inpaint pipeline."""
+    import diffusers
+    from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
-    return AutoPipelineForText2Image.from_pretrained(source, dtype=dtype, **kwargs)
+    from .families import family_of
+
+    try:
+        pipe = AutoPipelineForText2Image.from_pretrained(source, dtype=dtype, **kwargs)
+    except ValueError as exc:
+        if "AutoPipeline can't find a pipeline" not in str(exc):
+            raise
+        return DiffusionPipeline.from_pretrained(source, dtype=dtype, **kwargs)
+    try:
+        reader = family_of(pipe).mask_reader(pipe)
+    except ValueError:  # not served: `_profile` names it
+        return pipe
+    return pipe if reader is None else getattr(diffusers, reader).from_pipe(pipe)
 
 
 def _load_pipeline(
@@ -303,4 +353,18 @@ def _profile(spec: ModelSpec, pipe: Any, *, has_checker: bool, files_hash: str) 
         negative_prompt=family.negative_prompt,
         weighted=family.weighted,
         img2img=cls in family.img2img,
+        inpaint=cls in family.inpaint,
+        inpaint_only=family.inpaint.get(cls) == cls,
+        inpaint_crop=_takes(family.inpaint.get(cls), "padding_mask_crop"),
     )
+
+
+def _takes(cls: str | None, argument: str) -> bool:
+    """Whether diffusers' pipeline class `cls` takes `argument` in its call."""
+    import inspect
+
+    import diffusers
+
+    if cls is None:
+        return False
+    return argument in inspect.signature(getattr(diffusers, cls).__call__).parameters

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .config import Limits, LoraSpec
 from .errors import InvalidRequest
+from .inpaint import DEFAULT_INPAINT_STRENGTH, checked_inpaint, fitted_mask
 from .sizing import resolve_size
 
 if TYPE_CHECKING:
@@ -64,6 +65,10 @@ class ImageRequest:
     With `init_image` (an RGB Pillow image) the request is image-to-image: the picture is
     re-noised to `strength` of the schedule and denoised from there, as diffusers'
     image-to-image pipelines do. `validate` resizes it to the request's size.
+
+    With a `mask` too it is inpainting (`engine.inpaint`): only the mask's white area is made
+    anew, its seam blurred by `mask_blur` pixels; with `inpaint_padding` only the area around
+    the mask is inpainted, at the request's size, and pasted back into the picture.
     """
 
     prompt: str
@@ -90,6 +95,17 @@ class ImageRequest:
     #: 77-token windows the prompts take once weighted and chunked (set by `validate`);
     #: requests with different counts cannot share a UNet call.
     chunks: int = 1
+    #: Inpainting: white where `init_image` is made anew (an "L" image of its size).
+    mask: Image | None = field(default=None, compare=False, repr=False)
+    mask_blur: int | None = None  # pixels (None: A1111's 4)
+    inpaint_padding: int | None = None  # "Only masked" with this padding (None: whole picture)
+
+    @property
+    def inpaint(self) -> str:
+        """How it inpaints: "" (it does not), "whole" or "masked" (`inpaint_padding`)."""
+        if self.mask is None:
+            return ""
+        return "whole" if self.inpaint_padding is None else "masked"
 
     @property
     def key(self) -> BatchKey:
@@ -105,6 +121,7 @@ class ImageRequest:
             model=self.model,
             loras=self.loras,
             chunks=self.chunks,
+            inpaint=self.inpaint,
         )
 
     @property
@@ -149,6 +166,7 @@ class BatchKey:
     model: str = ""  # never mixed: each model is its own pipeline
     loras: LoraSet = ()  # adapters are set per pipeline call, not per image
     chunks: int = 1  # text embeddings of one length per UNet call
+    inpaint: str = ""  # `ImageRequest.inpaint`: another pipeline than image-to-image's
 
     @property
     def group(self) -> tuple[str, LoraSet, int, int, int]:
@@ -177,6 +195,9 @@ class ModelProfile:
     weighted: bool = True  # whether A1111 weights reach the model (else they are removed)
     family_label: str = ""  # the family as people call it: "SDXL", "FLUX.1"
     img2img: bool = True  # whether the family has an image-to-image pipeline
+    inpaint: bool = False  # whether it inpaints (a picture and a mask)
+    inpaint_only: bool = False  # its denoiser reads a mask: it only inpaints (FLUX.1 Fill)
+    inpaint_crop: bool = False  # whether its inpaint pipeline takes `padding_mask_crop`
 
 
 def clean_text(text: str) -> str:
@@ -348,12 +369,15 @@ def validate(
     strength = request.strength
     if init is None and strength is not None:
         raise InvalidRequest("strength", "Strength applies only when starting from an image.")
-    if init is not None and not profile.img2img:
+    mask, blur, padding, notes = checked_inpaint(request, profile, limits)
+    warnings += notes
+    if init is not None and mask is None and not profile.img2img:
         raise InvalidRequest(
             "image", f"The model {profile.name} cannot start from a picture: leave out the image."
         )
     if init is not None:
-        strength = DEFAULT_STRENGTH if strength is None else strength
+        default = DEFAULT_STRENGTH if mask is None else DEFAULT_INPAINT_STRENGTH
+        strength = default if strength is None else strength
         if isinstance(strength, bool) or not isinstance(strength, int | float):
             raise InvalidRequest("strength", f"Strength must be a number, not {strength!r}.")
         if not MIN_STRENGTH <= strength <= MAX_STRENGTH:  # NaN fails too
@@ -411,6 +435,8 @@ def validate(
         seed = secrets.randbelow(MAX_SEED + 1)
     seed = _int_in("seed", seed, 0, MAX_SEED, "Seed")
 
+    # The picture at the request's size; "Only masked" keeps its own (the crop is resized).
+    canvas = (sizes["width"], sizes["height"]) if init is None or padding is None else init.size
     resolved = replace(
         request,
         prompt=prompt,
@@ -424,7 +450,10 @@ def validate(
         shape=None,
         count=count,
         user=str(request.user),
-        init_image=None if init is None else _fitted(init, sizes["width"], sizes["height"]),
+        init_image=None if init is None else _fitted(init, *canvas),
+        mask=None if mask is None else fitted_mask(mask, *canvas),
+        mask_blur=blur,
+        inpaint_padding=padding,
         strength=strength,
         model=profile.name,
         loras=chosen_loras,

@@ -23,7 +23,7 @@ from .config import EngineConfig, ModelSpec
 from .errors import InvalidRequest
 from .families import Family, family_of
 from .job import Slot
-from .loader import LoadedModel, image_to_image, load_model
+from .loader import LoadedModel, load_model, pipeline_for
 from .lora import LoraState, load_loras
 from .request import ImageRequest, ModelProfile
 from .result import GeneratedImage
@@ -145,6 +145,8 @@ class Runner:
         key = slots[0].request.key
         if any(s.request.key != key for s in slots):
             raise ValueError("a batch mixes models, LoRAs, sizes, steps or guidance")
+        if key.inpaint == "masked" and len(slots) > 1:  # one picture per call (`mask_kwargs`)
+            return [images for slot in slots for images in self.run([slot])]
         self.activate(slots[0].request)
         assert self.family is not None
         requests = [slot.request for slot in slots]
@@ -153,7 +155,7 @@ class Runner:
         if self.family.weighted and any(self.needs_embeddings(r) for r in requests):
             # Every request's embeddings (equal to the stock ones for a plain prompt).
             texts = [self.embeddings(r, cfg=key.guidance > 1.0) for r in requests]
-        pipe = model.pipe if key.strength is None else image_to_image(model)
+        pipe = pipeline_for(model, requests[0])
         kwargs = self.family.batch_kwargs(pipe, requests, generators, texts)
         kwargs |= model.call_extra
         last: dict[str, torch.Tensor] = {}  # the latents after the latest step

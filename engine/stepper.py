@@ -147,9 +147,7 @@ class Stepper:
         runner = self.runner
         if runner is not None:
             runner.activate(r)  # a LoRA on the text encoder changes the embeddings too
-        pipe = with_proxy(
-            request_pipeline(self.model, image=r.init_image is not None), self.family.denoiser
-        )
+        pipe = with_proxy(request_pipeline(self.model, r), self.family.denoiser)
         generators = seeded_generators(r)
         with torch.inference_mode():
             texts = None

@@ -43,6 +43,7 @@ TORCH_SIDE = frozenset(
         "engine.tiny",
         "engine.tiny_dit",
         "engine.tiny_dit2",
+        "engine.tiny_inpaint",
         "engine.tiny_parts",
         "engine.torch_ops",
         "engine.weighting",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import DenoiserCall, Family, FamilyDefaults
-from .flux import Chroma, Flux
+from .flux import Chroma, Flux, FluxFill
 from .flux2 import Flux2Klein
 from .qwenimage import QwenImage
 from .sd import SD, SDXL
@@ -22,6 +22,7 @@ FAMILIES: tuple[Family, ...] = (
     SD(),
     SDXL(),
     Flux(),
+    FluxFill(),
     Chroma(),
     SD3(),
     ZImage(),

@@ -17,13 +17,14 @@ a group shares, and `merge` checks it.
 Image-to-image: none. `Flux2KleinPipeline`'s `image` is a reference image for editing (its
 tokens are appended to the sequence, the noise stays pure), not an init image with a
 strength, and `Flux2KleinInpaintPipeline` needs a mask; so `img2img` is empty and
-validation refuses an `image` for this family. Editing with reference images is left for
-later.
+validation refuses an `image` without a mask for this family. Editing with reference
+images is left for later. Inpainting (a picture and a mask): `Flux2KleinInpaintPipeline`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -54,6 +55,7 @@ class Flux2Klein(Family):
     )
     negative_prompt = False
     multiple = 16  # 8x latents, patchified 2x2
+    inpaint = MappingProxyType({"Flux2KleinPipeline": "Flux2KleinInpaintPipeline"})
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
         native = pipe.default_sample_size * pipe.vae_scale_factor
