@@ -169,10 +169,11 @@ class BatchKey:
     inpaint: str = ""  # `ImageRequest.inpaint`: another pipeline than image-to-image's
 
     @property
-    def group(self) -> tuple[str, LoraSet, int, int, int]:
+    def group(self) -> tuple[str, LoraSet, int, int, int, bool]:
         """What must match to share one UNet forward (step scheduling): steps, guidance and
-        strength may differ there."""
-        return (self.model, self.loras, self.chunks, self.width, self.height)
+        strength may differ there; inpainting shares with inpainting (FLUX.2 klein's inpaint
+        pipeline adds the picture's tokens to the sequence)."""
+        return (self.model, self.loras, self.chunks, self.width, self.height, bool(self.inpaint))
 
 
 @dataclass(frozen=True, slots=True)

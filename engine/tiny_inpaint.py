@@ -63,7 +63,7 @@ def build_flux_fill(root: Path, *, seed: int = 6) -> None:
     from diffusers import FluxFillPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
-    from .tiny_dit import flux_vae, flow_scheduler
+    from .tiny_dit import flow_scheduler, flux_vae
 
     torch.manual_seed(seed)
     tokenizer = clip_tokenizer()
