@@ -16,7 +16,7 @@ size, and pastes it back into the picture (diffusers' `padding_mask_crop`): a sm
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import InvalidRequest
 
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from .config import Limits
-    from .request import ImageRequest, ModelProfile
 
 __all__ = [
     "DEFAULT_INPAINT_STRENGTH",
@@ -32,6 +31,8 @@ __all__ = [
     "MAX_MASK_BLUR",
     "MAX_PADDING",
     "MAX_PICTURE_SCALE",
+    "Able",
+    "Asked",
     "blurred",
     "checked_inpaint",
     "checked_mask",
@@ -51,6 +52,32 @@ MAX_PADDING = 256
 #: "Only masked" keeps the picture's own size: up to this many times the size limits per
 #: side (a 4x upscale's face can be fixed).
 MAX_PICTURE_SCALE = 4
+
+
+class Asked(Protocol):
+    """What `checked_inpaint` reads of a request (`request.ImageRequest`)."""
+
+    @property
+    def init_image(self) -> Image | None: ...
+    @property
+    def mask(self) -> Image | None: ...
+    @property
+    def mask_blur(self) -> int | None: ...
+    @property
+    def inpaint_padding(self) -> int | None: ...
+
+
+class Able(Protocol):
+    """What `checked_inpaint` reads of a model's profile (`request.ModelProfile`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def inpaint(self) -> bool: ...
+    @property
+    def inpaint_only(self) -> bool: ...
+    @property
+    def inpaint_crop(self) -> bool: ...
 
 
 def _whole(name: str, value: object, low: int, high: int, what: str) -> int:
@@ -95,7 +122,7 @@ def checked_mask(mask: Any, size: tuple[int, int]) -> Image:
 
 
 def checked_inpaint(
-    request: ImageRequest, profile: ModelProfile, limits: Limits
+    request: Asked, profile: Able, limits: Limits
 ) -> tuple[Image | None, int | None, int | None, list[str]]:
     """The checked mask (before fitting), blur and padding of `request` on the model of
     `profile`, and warnings for its requester; all None for a request without a mask.
