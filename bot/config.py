@@ -132,6 +132,23 @@ class OpsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RegionSettings:
+    """`[region]`: the text-prompted segmentation model of Vary (Region) (a CLIPSeg hub id
+    or folder, or builtin:tiny-clipseg); it becomes `[engine]`'s `region_model`."""
+
+    model: str = EngineConfig.region_model
+
+
+@dataclass(frozen=True, slots=True)
+class UpscaleSettings:
+    """`[upscale]`: the GAN upscaler file (ESRGAN family, read by spandrel: the `upscale`
+    extra), or builtin:tiny-esrgan; empty: upscales are resized, then refined. It becomes
+    `[engine]`'s `upscale_model`."""
+
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class BotConfig:
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     paths: PathsSettings = field(default_factory=PathsSettings)
@@ -161,6 +178,8 @@ _SECTIONS: dict[str, type] = {
     "images": ImagesSettings,
     "ops": OpsSettings,
     "ray": RayConfig,  # the Ray backend's own settings (engine/cluster/config.py)
+    "region": RegionSettings,  # folded into [engine] (`_canvas_models`)
+    "upscale": UpscaleSettings,
 }
 
 
@@ -363,6 +382,26 @@ def _near(path: Path | None, specs: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def _canvas_models(sections: dict[str, Any], path: Path | None) -> None:
+    """`[region] model` and `[upscale] model` as the engine's `region_model` and
+    `upscale_model` (a file relative to the config file made absolute)."""
+    region = sections.pop("region", None)
+    upscale = sections.pop("upscale", None)
+    if region is None and upscale is None:
+        return
+    engine = sections.get("engine", EngineConfig())
+    changes: dict[str, str] = {}
+    if region is not None:
+        changes["region_model"] = region.model
+    if upscale is not None:
+        model = upscale.model
+        near = path.parent / Path(model).expanduser() if path is not None and model else None
+        if near is not None and not Path(model).expanduser().is_absolute() and near.exists():
+            model = str(near.resolve())
+        changes["upscale_model"] = model
+    sections["engine"] = replace(engine, **changes)
+
+
 def parse_config(
     data: dict[str, Any],
     path: Path | None = None,
@@ -392,6 +431,7 @@ def parse_config(
             table = {k: v for k, v in table.items() if k not in _NAMED}
         sections[key] = _section(_SECTIONS[key], table, key, problems, extra)
     state_from = _with_state_dir(sections, path, environ) if path is not None else ""
+    _canvas_models(sections, path)
     config = BotConfig(**sections, path=path, state_from=state_from)
     problems += _check(config)
     if problems:

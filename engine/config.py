@@ -237,6 +237,11 @@ class EngineConfig:
     # Memory the loaded models' weights may take together, in GiB (estimated from their
     # files at their dtype and quantization); 0: the GPU's memory (no bound on the CPU).
     max_memory_gb: float = 0.0
+    # The canvas's helper models (`vision.py`), loaded on first use: the text-prompted
+    # segmentation model of Vary (Region) (`[region] model`: a CLIPSeg hub id or folder) and
+    # the GAN upscaler (`[upscale] model`: an ESRGAN-family file; empty: no GAN).
+    region_model: str = "CIDAS/clipseg-rd64-refined"
+    upscale_model: str = ""
 
     @property
     def model_specs(self) -> tuple[ModelSpec, ...]:

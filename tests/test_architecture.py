@@ -44,6 +44,8 @@ TORCH_SIDE = frozenset(
         "engine.tiny_dit",
         "engine.tiny_dit2",
         "engine.tiny_inpaint",
+        "engine.tiny_vision",
+        "engine.vision",
         "engine.tiny_parts",
         "engine.torch_ops",
         "engine.weighting",

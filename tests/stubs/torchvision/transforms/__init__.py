@@ -1,0 +1,1 @@
+"""See `tests/stubs/torchvision/__init__.py`."""
