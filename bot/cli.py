@@ -1,5 +1,5 @@
-"""`imagine-bot`: `run` starts the Discord bot; `generate` and `upscale` make images from the
-command line (offline with `--model builtin:tiny`).
+"""`imagine-bot`: `run` starts the Discord bot; `generate`, `upscale`, `zoom`, `pan` and
+`inpaint` make images from the command line (offline with `--model builtin:tiny`).
 
 `imagine-bot --config config.toml` (and `python -m bot --config config.toml`) is short for
 `imagine-bot run --config config.toml`.
@@ -17,9 +17,11 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from engine import (
     ASPECT_RATIOS,
@@ -38,10 +40,12 @@ from engine import (
     read_parameters,
     upscale_request,
 )
+from engine.canvas import Canvas, pan, zoom_out
 from engine.config import ModelSpec, model_name_of
+from engine.derived import canvas_request
 from engine.model_hash import spec_hash
 from engine.picture import decode_picture
-from engine.pngmeta import png_to_jpeg
+from engine.pngmeta import encode_png, png_to_jpeg
 from engine.request import validate
 from engine.tiny import BUILTIN_MODELS
 
@@ -120,7 +124,51 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--out", help="output .png or .jpg (default: the input's name with -upscaled.png)"
     )
+    gan = up.add_mutually_exclusive_group()
+    gan.add_argument(
+        "--gan", action="store_true", help="enlarge with the GAN upscaler, then refine (creative)"
+    )
+    gan.add_argument(
+        "--subtle", action="store_true", help="enlarge with the GAN upscaler alone (subtle)"
+    )
+    up.add_argument("--upscaler", help="the GAN upscaler file (default: [upscale] model)")
+    _canvas_parsers(sub)
     return parser
+
+
+def _canvas_parsers(sub: Any) -> None:
+    """`zoom`, `pan` and `inpaint`: a picture made anew around or inside itself."""
+    zoom = sub.add_parser("zoom", help="zoom out: the picture in the middle of a larger canvas")
+    pan_ = sub.add_parser("pan", help="extend the picture on one side")
+    inpaint = sub.add_parser("inpaint", help="make part of the picture anew")
+    for cmd in (zoom, pan_, inpaint):
+        cmd.add_argument("image", help="a PNG, JPEG or WebP (its parameters, if any, are used)")
+    zoom.add_argument("--factor", type=float, default=2.0, help="1.1 to 4 (default: 2)")
+    pan_.add_argument("--direction", required=True, choices=["left", "right", "up", "down"])
+    inpaint.add_argument("prompt", help="what the masked area should show")
+    where = inpaint.add_mutually_exclusive_group(required=True)
+    where.add_argument("--mask", help="a mask picture: white where the picture changes")
+    where.add_argument("--region", help='the part to change, in words ("the hat")')
+    inpaint.add_argument(
+        "--only-masked",
+        type=int,
+        metavar="PADDING",
+        help="inpaint only the area around the mask, this many pixels wider, at full size",
+    )
+    for cmd in (zoom, pan_, inpaint):
+        cmd.add_argument("--config", help=f"TOML config (default: {DEFAULT_CONFIG} if present)")
+        cmd.add_argument("--model", help="a configured model's name, or a hub id or folder")
+        cmd.add_argument("--device", help="auto, cuda, mps or cpu (overrides the config)")
+        if cmd is not inpaint:
+            cmd.add_argument("--prompt", help="the prompt (default: the picture's own)")
+        cmd.add_argument("--seed", type=int, help="seed (random when omitted)")
+        cmd.add_argument("--steps", type=int, help="denoising steps")
+        cmd.add_argument("--guidance", type=float, help="CFG scale")
+        cmd.add_argument("--strength", type=float, help="how much the masked area changes (1)")
+        cmd.add_argument("--mask-blur", type=int, help="the seam's blur in pixels (4)")
+        cmd.add_argument(
+            "--out", help="output .png or .jpg (default: the input's name with -zoom.png...)"
+        )
 
 
 def _size(text: str | None) -> tuple[int | None, int | None]:
@@ -270,17 +318,123 @@ async def _upscale(args: argparse.Namespace) -> int:
             [f"{source} has no generation parameters (prompt, seed) to upscale from"], "options"
         )
     config = _engine_config(args, _made_with(params, source))
+    if args.upscaler:
+        engine = dataclasses.replace(config.engine, upscale_model=args.upscaler)
+        config = dataclasses.replace(config, engine=engine)
+    gan = args.gan or args.subtle
+    if gan and not config.engine.upscale_model:
+        raise ConfigError(["no GAN upscaler: set [upscale] model or give --upscaler"], "options")
     request = upscale_request(
         params,
         image,
         config.engine.limits,
-        factor=UPSCALE_FACTOR,
+        factor=GAN_FACTOR if gan else UPSCALE_FACTOR,
         strength=args.strength,
         user="cli",
         origin=source.name,
         models=(config.engine.default_model_name,),
     )
-    return await _make(config, request, out)
+    if not gan:
+        return await _make(config, request, out)
+    name = Path(config.engine.upscale_model).stem.removeprefix("builtin:")
+    if args.subtle:
+        return await _gan_alone(config, params, image, request, out, name)
+
+    async def build(engine: Engine) -> ImageRequest:
+        """The GAN's picture (at the limits' size) as the refinement's init image."""
+        assert request.width is not None and request.height is not None
+        big = await engine.gan_upscale(image)
+        init = big.resize((request.width, request.height), Image.Resampling.LANCZOS)
+        extra = (*request.parameters, ("Hires upscaler", name))
+        return dataclasses.replace(request, init_image=init, parameters=extra)
+
+    return await _make(config, None, out, build=build)
+
+
+#: A GAN upscale enlarges 4x where the limits allow (ESRGANs are 4x).
+GAN_FACTOR = 4.0
+
+
+async def _gan_alone(
+    config: BotConfig, params: Parameters, image: Any, asked: ImageRequest, out: Path, name: str
+) -> int:
+    """Upscale (subtle): the GAN's picture alone, at the limits' size, with the source's
+    parameters and A1111's extras fields (`Postprocess upscaler`, `... upscale by`)."""
+    assert asked.width is not None and asked.height is not None
+    async with Engine(config.engine) as engine:
+        big = await engine.gan_upscale(image)
+    big = big.resize((asked.width, asked.height), Image.Resampling.LANCZOS)
+    factor = asked.width / image.width
+    extra = (
+        *params.extra,
+        ("Postprocess upscale by", f"{factor:g}"),
+        ("Postprocess upscaler", name),
+    )
+    fields = dataclasses.replace(params, width=big.width, height=big.height, extra=extra)
+    png = encode_png(big, fields)
+    jpeg = OUT_FORMATS[out.suffix.lower()] == "JPEG"
+    await asyncio.to_thread(out.write_bytes, png_to_jpeg(png) if jpeg else png)
+    print(f"wrote {out} ({big.width}x{big.height}, seed {params.seed})")
+    return 0
+
+
+async def _canvas(args: argparse.Namespace) -> int:
+    """`zoom`, `pan`, `inpaint`: the picture's canvas (or mask) inpainted with its own
+    parameters (its prompt, unless another is given), by the model it names."""
+    source = Path(args.image)
+    out = _out_path(args.out or str(source.with_name(f"{source.stem}-{args.command}.png")))
+    data, image = _picture(args.image)
+    params = read_parameters(data)
+    prompt = args.prompt
+    if params is None or not params.prompt:
+        if not prompt:
+            raise ConfigError([f"{source} has no parameters: give --prompt"], "options")
+        params = Parameters(prompt, "", 0, "", 0.0, 0, image.width, image.height, "")
+    config = _engine_config(args, _made_with(params, source) if params.model else None)
+    limits = config.engine.limits
+    if args.command == "zoom":
+        canvas = zoom_out(image, args.factor)
+    elif args.command == "pan":
+        canvas = pan(image, args.direction, limits)
+    elif args.mask:
+        canvas = Canvas(image, _picture(args.mask)[1], ())
+    else:
+        canvas = Canvas(image, image, ())  # the mask comes from the region model
+
+    def request_for(mask: Any) -> ImageRequest:
+        asked = canvas_request(
+            params,
+            Canvas(canvas.picture, mask, canvas.parameters),
+            limits,
+            prompt=prompt,
+            padding=getattr(args, "only_masked", None),
+            seed=args.seed,
+            user="cli",
+            origin=source.name,
+            models=(config.engine.default_model_name,),
+        )
+        changes: dict[str, Any] = {"mask_blur": args.mask_blur}
+        for name in ("steps", "guidance", "strength"):
+            if getattr(args, name) is not None:
+                changes[name] = getattr(args, name)
+        return dataclasses.replace(asked, **changes)
+
+    if getattr(args, "region", None):
+        region: str = args.region
+
+        async def build(engine: Engine) -> ImageRequest:
+            mask = await engine.region_mask(image, region)
+            print(f"region {region!r}: {_share(mask):.0%} of the picture", file=sys.stderr)
+            return request_for(mask)
+
+        return await _make(config, None, out, build=build)
+    return await _make(config, request_for(canvas.mask), out)
+
+
+def _share(mask: Any) -> float:
+    """The share of a mask's pixels that are white."""
+    histogram = mask.histogram()
+    return sum(histogram[128:]) / max(1, sum(histogram))
 
 
 def _precheck(config: BotConfig, request: ImageRequest) -> None:
@@ -296,14 +450,27 @@ def _precheck(config: BotConfig, request: ImageRequest) -> None:
         default_steps=1,
         default_guidance=0.0,
         sampler="",
+        inpaint=True,  # the real model's profile says, once loaded
+        inpaint_crop=True,
     )
     loras = {lora.name: lora for lora in config.engine.loras}
     validate(request, limits, stand_in, lambda text: 0, loras=loras)
 
 
-async def _make(config: BotConfig, request: ImageRequest, out: Path) -> int:
-    _precheck(config, request)
+async def _make(
+    config: BotConfig,
+    request: ImageRequest | None,
+    out: Path,
+    *,
+    build: Callable[[Engine], Awaitable[ImageRequest]] | None = None,
+) -> int:
+    """Make `request` (or the one `build` makes once the engine runs) and write its images."""
+    if request is not None:
+        _precheck(config, request)
     async with Engine(config.engine) as engine:
+        if build is not None:
+            request = await build(engine)
+        assert request is not None
         job = engine.submit(await engine.check(request))
         for warning in job.warnings:
             print(f"warning: {warning}", file=sys.stderr)
@@ -349,7 +516,8 @@ async def _follow(job: Job) -> GenerationResult:
 def default_to_run(argv: Sequence[str]) -> list[str]:
     """`imagine-bot --config x.toml` means `imagine-bot run --config x.toml`."""
     args = list(argv)
-    commands = ("run", "generate", "upscale", "doctor", "-h", "--help", "--version")
+    commands = ("run", "generate", "upscale", "zoom", "pan", "inpaint", "doctor", "-h")
+    commands += ("--help", "--version")
     if any(a in commands for a in args):
         return args
     if not any(a == "--config" or a.startswith("--config=") for a in args):
@@ -373,6 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_generate(args))
         if args.command == "upscale":
             return asyncio.run(_upscale(args))
+        if args.command in ("zoom", "pan", "inpaint"):
+            return asyncio.run(_canvas(args))
         if args.command == "doctor":
             from .doctor import run_doctor
 

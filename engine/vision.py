@@ -19,6 +19,7 @@ import torch
 
 from .config import EngineConfig
 from .devices import pick_device, pick_dtype
+from .errors import EngineError
 from .tiny_vision import VISION_BUILTINS, vision_builtin
 
 __all__ = ["Helpers"]
@@ -61,7 +62,13 @@ class Helpers:
         from PIL import Image
 
         if self._upscaler is None:
-            import spandrel
+            try:
+                import spandrel
+            except ImportError as exc:  # spandrel, or the torchvision it imports
+                raise EngineError(
+                    f"The GAN upscaler needs spandrel and a torchvision matching torch "
+                    f"({exc}): pip install 'imagine-bot[upscale]'"
+                ) from exc
 
             source = Path(self._where(self.config.upscale_model)).expanduser()
             log.info("loading the upscaler %s", self.config.upscale_model)

@@ -1,1 +1,0 @@
-"""See `tests/stubs/torchvision/__init__.py`."""
