@@ -45,7 +45,7 @@ from engine.cluster import RayEngine
 
 from .client import ImagineBot
 from .clock import DiscordClock
-from .config import STATE_DIR_ENV, BotConfig, ConfigError, load_config
+from .config import BotConfig, ConfigError, load_config
 from .guildrules import GuildRules
 from .imagestore import ImageStore
 from .jobs import JobService
@@ -73,6 +73,7 @@ from .ops import (
     point_discord_at,
 )
 from .services import Services
+from .state_dir import STATE_DIR_ENV
 from .throttle import EditThrottle, UserRateLimit
 
 __all__ = ["StartupError", "run_bot"]

@@ -1,5 +1,6 @@
-"""`imagine-bot`: `run` starts the Discord bot; `generate` and `upscale` make images from the
-command line (offline with `--model builtin:tiny`), `describe` prompts from a picture.
+"""`imagine-bot`: `run` starts the Discord bot; `generate`, `upscale`, `zoom`, `pan` and
+`inpaint` make images from the command line (offline with `--model builtin:tiny`), `describe`
+prompts from a picture.
 
 `imagine-bot --config config.toml` (and `python -m bot --config config.toml`) is short for
 `imagine-bot run --config config.toml`.
@@ -17,9 +18,11 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from engine import (
     UPSCALE_FACTOR,
@@ -36,10 +39,12 @@ from engine import (
     read_parameters,
     upscale_request,
 )
+from engine.canvas import Canvas, pan, zoom_out
 from engine.config import ModelSpec, model_name_of
+from engine.derived import canvas_request
 from engine.model_hash import spec_hash
 from engine.picture import decode_picture
-from engine.pngmeta import png_to_jpeg
+from engine.pngmeta import encode_png, png_to_jpeg
 from engine.request import validate
 from engine.sources import not_a_source
 from engine.tiny import BUILTIN_MODELS
@@ -218,17 +223,123 @@ async def _upscale(args: argparse.Namespace) -> int:
             [f"{source} has no generation parameters (prompt, seed) to upscale from"], "options"
         )
     config = _engine_config(args, _made_with(params, source))
+    if args.upscaler:
+        engine = dataclasses.replace(config.engine, upscale_model=args.upscaler)
+        config = dataclasses.replace(config, engine=engine)
+    gan = args.gan or args.subtle
+    if gan and not config.engine.upscale_model:
+        raise ConfigError(["no GAN upscaler: set [upscale] model or give --upscaler"], "options")
     request = upscale_request(
         params,
         image,
         config.engine.limits,
-        factor=UPSCALE_FACTOR,
+        factor=GAN_FACTOR if gan else UPSCALE_FACTOR,
         strength=args.strength,
         user="cli",
         origin=source.name,
         models=(config.engine.default_model_name,),
     )
-    return await _make(config, request, out)
+    if not gan:
+        return await _make(config, request, out)
+    name = Path(config.engine.upscale_model).stem.removeprefix("builtin:")
+    if args.subtle:
+        return await _gan_alone(config, params, image, request, out, name)
+
+    async def build(engine: Engine) -> ImageRequest:
+        """The GAN's picture (at the limits' size) as the refinement's init image."""
+        assert request.width is not None and request.height is not None
+        big = await engine.gan_upscale(image)
+        init = big.resize((request.width, request.height), Image.Resampling.LANCZOS)
+        extra = (*request.parameters, ("Hires upscaler", name))
+        return dataclasses.replace(request, init_image=init, parameters=extra)
+
+    return await _make(config, None, out, build=build)
+
+
+#: A GAN upscale enlarges 4x where the limits allow (ESRGANs are 4x).
+GAN_FACTOR = 4.0
+
+
+async def _gan_alone(
+    config: BotConfig, params: Parameters, image: Any, asked: ImageRequest, out: Path, name: str
+) -> int:
+    """Upscale (subtle): the GAN's picture alone, at the limits' size, with the source's
+    parameters and A1111's extras fields (`Postprocess upscaler`, `... upscale by`)."""
+    assert asked.width is not None and asked.height is not None
+    async with Engine(config.engine) as engine:
+        big = await engine.gan_upscale(image)
+    big = big.resize((asked.width, asked.height), Image.Resampling.LANCZOS)
+    factor = asked.width / image.width
+    extra = (
+        *params.extra,
+        ("Postprocess upscale by", f"{factor:g}"),
+        ("Postprocess upscaler", name),
+    )
+    fields = dataclasses.replace(params, width=big.width, height=big.height, extra=extra)
+    png = encode_png(big, fields)
+    jpeg = OUT_FORMATS[out.suffix.lower()] == "JPEG"
+    await asyncio.to_thread(out.write_bytes, png_to_jpeg(png) if jpeg else png)
+    print(f"wrote {out} ({big.width}x{big.height}, seed {params.seed})")
+    return 0
+
+
+async def _canvas(args: argparse.Namespace) -> int:
+    """`zoom`, `pan`, `inpaint`: the picture's canvas (or mask) inpainted with its own
+    parameters (its prompt, unless another is given), by the model it names."""
+    source = Path(args.image)
+    out = _out_path(args.out or str(source.with_name(f"{source.stem}-{args.command}.png")))
+    data, image = _picture(args.image)
+    params = read_parameters(data)
+    prompt = args.prompt
+    if params is None or not params.prompt:
+        if not prompt:
+            raise ConfigError([f"{source} has no parameters: give --prompt"], "options")
+        params = Parameters(prompt, "", 0, "", 0.0, 0, image.width, image.height, "")
+    config = _engine_config(args, _made_with(params, source) if params.model else None)
+    limits = config.engine.limits
+    if args.command == "zoom":
+        canvas = zoom_out(image, args.factor)
+    elif args.command == "pan":
+        canvas = pan(image, args.direction, limits)
+    elif args.mask:
+        canvas = Canvas(image, _picture(args.mask)[1], ())
+    else:
+        canvas = Canvas(image, image, ())  # the mask comes from the region model
+
+    def request_for(mask: Any) -> ImageRequest:
+        asked = canvas_request(
+            params,
+            Canvas(canvas.picture, mask, canvas.parameters),
+            limits,
+            prompt=prompt,
+            padding=getattr(args, "only_masked", None),
+            seed=args.seed,
+            user="cli",
+            origin=source.name,
+            models=(config.engine.default_model_name,),
+        )
+        changes: dict[str, Any] = {"mask_blur": args.mask_blur}
+        for name in ("steps", "guidance", "strength"):
+            if getattr(args, name) is not None:
+                changes[name] = getattr(args, name)
+        return dataclasses.replace(asked, **changes)
+
+    if getattr(args, "region", None):
+        region: str = args.region
+
+        async def build(engine: Engine) -> ImageRequest:
+            mask = await engine.region_mask(image, region)
+            print(f"region {region!r}: {_share(mask):.0%} of the picture", file=sys.stderr)
+            return request_for(mask)
+
+        return await _make(config, None, out, build=build)
+    return await _make(config, request_for(canvas.mask), out)
+
+
+def _share(mask: Any) -> float:
+    """The share of a mask's pixels that are white."""
+    histogram = mask.histogram()
+    return sum(histogram[128:]) / max(1, sum(histogram))
 
 
 def _precheck(config: BotConfig, request: ImageRequest) -> None:
@@ -245,16 +356,29 @@ def _precheck(config: BotConfig, request: ImageRequest) -> None:
         default_guidance=0.0,
         sampler="",
         max_references=len(request.references),
+        inpaint=True,  # the real model's profile says, once loaded
+        inpaint_crop=True,
     )
     loras = {lora.name: lora for lora in config.engine.loras}
     validate(request, limits, stand_in, lambda text: 0, loras=loras)
 
 
-async def _make(config: BotConfig, request: ImageRequest, out: Path) -> int:
-    _precheck(config, request)
+async def _make(
+    config: BotConfig,
+    request: ImageRequest | None,
+    out: Path,
+    *,
+    build: Callable[[Engine], Awaitable[ImageRequest]] | None = None,
+) -> int:
+    """Make `request` (or the one `build` makes once the engine runs) and write its images."""
+    if request is not None:
+        _precheck(config, request)
     async with Engine(config.engine) as engine:
-        if engine.profile.edits and request.init_image is not None:  # an edit, not img2img
-            picture = request.init_image
+        if build is not None:
+            request = await build(engine)
+        assert request is not None
+        if engine.profile.edits and request.init_image is not None and request.mask is None:
+            picture = request.init_image  # an edit, not image-to-image
             request = dataclasses.replace(request, init_image=None, references=(picture,))
         job = engine.submit(await engine.check(request))
         for warning in job.warnings:
@@ -330,9 +454,7 @@ def _describe(args: argparse.Namespace) -> int:
     if args.device:
         engine = dataclasses.replace(engine, device=args.device)
     if not engine.describe.model:
-        raise ConfigError(
-            ["describing is off: [describe] model is empty (or give --model)"], "options"
-        )
+        raise ConfigError(["describing is off: [describe] model is empty (or --model)"], "options")
     describer = Describer(engine)
     print(f"describing with {engine.describe.model}...", file=sys.stderr, flush=True)
     try:
@@ -355,6 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_upscale(args))
         if args.command == "describe":
             return _describe(args)
+        if args.command in ("zoom", "pan", "inpaint"):
+            return asyncio.run(_canvas(args))
         if args.command == "doctor":
             from .doctor import run_doctor
 

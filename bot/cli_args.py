@@ -223,13 +223,82 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--out", help="output .png or .jpg (default: the input's name with -upscaled.png)"
     )
+    gan = up.add_mutually_exclusive_group()
+    gan.add_argument(
+        "--gan", action="store_true", help="enlarge with the GAN upscaler, then refine (creative)"
+    )
+    gan.add_argument(
+        "--subtle", action="store_true", help="enlarge with the GAN upscaler alone (subtle)"
+    )
+    up.add_argument("--upscaler", help="the GAN upscaler file (default: [upscale] model)")
+    _canvas_parsers(sub, common)
     return parser
+
+
+def _canvas_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """`zoom`, `pan` and `inpaint`: a picture made anew around or inside itself."""
+    zoom = _sub(
+        sub,
+        "zoom",
+        "zoom out: the picture in the middle of a larger canvas",
+        ["The border is made anew from the picture's own prompt (or --prompt)."],
+        ["imagine-bot zoom kite.png --factor 2      # writes kite-zoom.png"],
+        common,
+    )
+    pan_ = _sub(
+        sub,
+        "pan",
+        "extend the picture on one side",
+        ["The new strip is made from the picture's own prompt (or --prompt)."],
+        ["imagine-bot pan kite.png --direction left  # writes kite-pan.png"],
+        common,
+    )
+    inpaint = _sub(
+        sub,
+        "inpaint",
+        "make part of the picture anew",
+        ["The part is a mask picture (white: changes) or words the region model finds."],
+        [
+            'imagine-bot inpaint kite.png "a red cap" --mask hat.png',
+            'imagine-bot inpaint kite.png "a red cap" --region "the hat" --only-masked 32',
+        ],
+        common,
+    )
+    for cmd in (zoom, pan_, inpaint):
+        cmd.add_argument("image", help="a PNG, JPEG or WebP (its parameters, if any, are used)")
+    zoom.add_argument("--factor", type=float, default=2.0, help="1.1 to 4 (default: 2)")
+    pan_.add_argument("--direction", required=True, choices=["left", "right", "up", "down"])
+    inpaint.add_argument("prompt", help="what the masked area should show")
+    where = inpaint.add_mutually_exclusive_group(required=True)
+    where.add_argument("--mask", help="a mask picture: white where the picture changes")
+    where.add_argument("--region", help='the part to change, in words ("the hat")')
+    inpaint.add_argument(
+        "--only-masked",
+        type=int,
+        metavar="PADDING",
+        help="inpaint only the area around the mask, this many pixels wider, at full size",
+    )
+    for cmd in (zoom, pan_, inpaint):
+        cmd.add_argument("--config", help=ONE_SHOT_CONFIG)
+        cmd.add_argument("--model", help="a configured model's name, or a hub id or folder")
+        cmd.add_argument("--device", help="auto, cuda, mps or cpu (overrides the config)")
+        if cmd is not inpaint:
+            cmd.add_argument("--prompt", help="the prompt (default: the picture's own)")
+        cmd.add_argument("--seed", type=int, help="seed (random when omitted)")
+        cmd.add_argument("--steps", type=int, help="denoising steps")
+        cmd.add_argument("--guidance", type=float, help="CFG scale")
+        cmd.add_argument("--strength", type=float, help="how much the masked area changes (1)")
+        cmd.add_argument("--mask-blur", type=int, help="the seam's blur in pixels (4)")
+        cmd.add_argument(
+            "--out", help="output .png or .jpg (default: the input's name with -zoom.png...)"
+        )
 
 
 def default_to_run(argv: Sequence[str]) -> list[str]:
     """`imagine-bot --config x.toml` means `imagine-bot run --config x.toml`."""
     args = list(argv)
-    commands = ("run", "generate", "upscale", "describe", "doctor", "-h", "--help", "--version")
+    commands = ("run", "generate", "upscale", "describe", "zoom", "pan", "inpaint", "doctor")
+    commands += ("-h", "--help", "--version")
     if any(a in commands for a in args):
         return args
     if not any(a == "--config" or a.startswith("--config=") for a in args):

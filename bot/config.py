@@ -22,9 +22,9 @@ from engine.config import DescribeConfig
 from .discord_limits import DISCORD_API
 from .ledger.identity import marker_name
 from .ledger.shards import Shards
+from .state_dir import default_state_dir, sqlite_file, sqlite_in
 
 __all__ = [
-    "STATE_DIR_ENV",
     "BotConfig",
     "ConfigError",
     "DatabaseSettings",
@@ -38,9 +38,6 @@ __all__ = [
     "parse_config",
 ]
 
-#: The environment variable naming the state folder when `[paths] state_dir` is empty (the
-#: Docker image sets it to its `/data` volume, the systemd unit to `/var/lib/imagine-bot`).
-STATE_DIR_ENV = "IMAGINE_BOT_STATE_DIR"
 #: How to get a good token, said the same way by `run` and `doctor`.
 TOKEN_FIX = "copy the token again from the developer portal (your application → Bot → Reset Token)"
 
@@ -135,6 +132,23 @@ class OpsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RegionSettings:
+    """`[region]`: the text-prompted segmentation model of Vary (Region) (a CLIPSeg hub id
+    or folder, or builtin:tiny-clipseg); it becomes `[engine]`'s `region_model`."""
+
+    model: str = EngineConfig.region_model
+
+
+@dataclass(frozen=True, slots=True)
+class UpscaleSettings:
+    """`[upscale]`: the GAN upscaler file (ESRGAN family, read by spandrel: the `upscale`
+    extra), or builtin:tiny-esrgan; empty: upscales are resized, then refined. It becomes
+    `[engine]`'s `upscale_model`."""
+
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class BotConfig:
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     paths: PathsSettings = field(default_factory=PathsSettings)
@@ -186,6 +200,8 @@ _SECTIONS: dict[str, type] = {
     "ops": OpsSettings,
     "ray": RayConfig,  # the Ray backend's own settings (engine/cluster/config.py)
     "describe": DescribeConfig,  # a part of [engine] (engine/config.py), in a table of its own
+    "region": RegionSettings,  # folded into [engine] (`_canvas_models`)
+    "upscale": UpscaleSettings,
 }
 
 
@@ -319,46 +335,6 @@ def _named(kind: str, tables: Any, problems: list[str]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite URL (relative as written), or None (another database, memory)."""
-    prefix, sep, file = url.partition(":///")
-    if not sep or not prefix.startswith("sqlite") or not file or file.startswith(":"):
-        return None
-    return Path(file)
-
-
-def sqlite_in(folder: Path, url: str) -> str:
-    """A relative SQLite file (`sqlite+aiosqlite:///imagine-bot.db`) made absolute in `folder`
-    (the state folder), not in whatever folder the bot happens to be started from."""
-    file = sqlite_file(url)
-    if file is None or file.is_absolute():
-        return url
-    return f"{url.partition(':///')[0]}:///{(folder / file).resolve()}"
-
-
-def _default_state_dir(
-    config_path: Path | None,
-    beside_config: typing.Iterable[Path] = (),
-    environ: typing.Mapping[str, str] | None = None,
-) -> tuple[Path, str]:
-    """The state folder when `[paths] state_dir` is empty, and how it was chosen:
-    `$IMAGINE_BOT_STATE_DIR`; else the config file's folder when it already holds the state of
-    an earlier version (`beside_config`: its database identity file, a relative SQLite file,
-    the image store), so an existing install keeps its database; else
-    `$XDG_STATE_HOME/imagine-bot` (`~/.local/state/imagine-bot`)."""
-    env = os.environ if environ is None else environ
-    named = env.get(STATE_DIR_ENV, "").strip()
-    if named:
-        return Path(named).expanduser().resolve(), f"${STATE_DIR_ENV}"
-    if config_path is not None and any(p.exists() for p in beside_config):
-        return (
-            config_path.parent.resolve(),
-            "beside the config file, where an earlier version kept it",
-        )
-    base = env.get("XDG_STATE_HOME", "").strip() or "~/.local/state"
-    return (Path(base).expanduser() / "imagine-bot").resolve(), "the default"
-
-
 def _with_state_dir(
     sections: dict[str, Any], path: Path, environ: typing.Mapping[str, str] | None
 ) -> str:
@@ -378,7 +354,7 @@ def _with_state_dir(
             for p in (sqlite, images.store_dir)
             if p is not None and not p.is_absolute()
         ]
-        state_dir, how = _default_state_dir(path, earlier, environ)
+        state_dir, how = default_state_dir(path, earlier, environ)
     sections["paths"] = PathsSettings(state_dir=state_dir)
     sections["database"] = replace(database, url=sqlite_in(state_dir, database.url))
     sections["images"] = replace(images, store_dir=state_dir / images.store_dir)
@@ -401,6 +377,26 @@ def _near(path: Path | None, specs: tuple[Any, ...]) -> tuple[Any, ...]:
                 spec = replace(spec, **{key: str(near.resolve())})
         out.append(spec)
     return tuple(out)
+
+
+def _canvas_models(sections: dict[str, Any], path: Path | None) -> None:
+    """`[region] model` and `[upscale] model` as the engine's `region_model` and
+    `upscale_model` (a file relative to the config file made absolute)."""
+    region = sections.pop("region", None)
+    upscale = sections.pop("upscale", None)
+    if region is None and upscale is None:
+        return
+    engine = sections.get("engine", EngineConfig())
+    changes: dict[str, str] = {}
+    if region is not None:
+        changes["region_model"] = region.model
+    if upscale is not None:
+        model = upscale.model
+        near = path.parent / Path(model).expanduser() if path is not None and model else None
+        if near is not None and not Path(model).expanduser().is_absolute() and near.exists():
+            model = str(near.resolve())
+        changes["upscale_model"] = model
+    sections["engine"] = replace(engine, **changes)
 
 
 def parse_config(
@@ -435,6 +431,7 @@ def parse_config(
         engine = sections.get("engine") or EngineConfig()
         sections["engine"] = replace(engine, describe=sections.pop("describe"))
     state_from = _with_state_dir(sections, path, environ) if path is not None else ""
+    _canvas_models(sections, path)
     config = BotConfig(**sections, path=path, state_from=state_from)
     problems += _check(config)
     if problems:

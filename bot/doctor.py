@@ -42,8 +42,9 @@ from engine.sources import (
     unreachable_message,
 )
 
-from .config import STATE_DIR_ENV, BotConfig, ConfigError, load_config, sqlite_file
+from .config import BotConfig, ConfigError, load_config
 from .ledger import DatabaseMarker, SchemaTooNew, inspect_database, safe_url, schema_status
+from .state_dir import STATE_DIR_ENV, sqlite_file
 
 __all__ = ["CHANNEL_PERMISSIONS", "Check", "channel_permissions", "run_doctor"]
 

@@ -27,7 +27,9 @@ from .errors import (
     ShuttingDown,
 )
 from .job import Job, JobState, Progress
+from .lora_tags import LoraSet, extract_loras
 from .pngmeta import Parameters, format_parameters, parse_parameters, read_parameters
+from .profile import ModelProfile
 from .request import (
     DEFAULT_STRENGTH,
     MAX_SEED,
@@ -35,10 +37,7 @@ from .request import (
     MIN_STRENGTH,
     BatchKey,
     ImageRequest,
-    LoraSet,
-    ModelProfile,
     clean_text,
-    extract_loras,
     model_text,
 )
 from .result import GeneratedImage, GenerationResult

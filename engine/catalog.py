@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .config import EngineConfig, LoraSpec
 from .errors import InvalidRequest
-from .request import ModelProfile
+from .profile import ModelProfile
 
 __all__ = ["ModelCatalog", "ModelInfo"]
 

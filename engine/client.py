@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .catalog import ModelInfo
 from .config import EngineConfig, Limits
 from .job import Job
-from .request import ImageRequest, ModelProfile
+from .profile import ModelProfile
+from .request import ImageRequest
 from .result import GenerationResult
 from .stats import EngineStats
 

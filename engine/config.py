@@ -282,6 +282,11 @@ class EngineConfig:
     max_memory_gb: float = 0.0
     # `[describe]`, a table of its own in the bot's config: the picture-to-prompts model.
     describe: DescribeConfig = DescribeConfig()
+    # The canvas's helper models (`vision.py`), loaded on first use: the text-prompted
+    # segmentation model of Vary (Region) (`[region] model`: a CLIPSeg hub id or folder) and
+    # the GAN upscaler (`[upscale] model`: an ESRGAN-family file; empty: no GAN).
+    region_model: str = "CIDAS/clipseg-rd64-refined"
+    upscale_model: str = ""
 
     @property
     def model_specs(self) -> tuple[ModelSpec, ...]:

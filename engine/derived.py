@@ -12,8 +12,10 @@ from collections.abc import Collection
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from .canvas import Canvas
 from .config import Limits
 from .errors import InvalidRequest
+from .inpaint import DEFAULT_INPAINT_STRENGTH
 from .pngmeta import Parameters
 from .request import ImageRequest
 from .sizing import fit_aspect
@@ -22,10 +24,13 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 __all__ = [
+    "FIX_PADDING",
+    "FIX_STRENGTH",
     "STRONG_VARIATION",
     "SUBTLE_VARIATION",
     "UPSCALE_FACTOR",
     "UPSCALE_STRENGTH",
+    "canvas_request",
     "upscale_request",
     "upscaled_size",
     "variation_request",
@@ -37,6 +42,9 @@ UPSCALE_STRENGTH = 0.35
 #: Variations: new seeds over the chosen image; subtle keeps its layout, strong only its gist.
 SUBTLE_VARIATION = 0.35
 STRONG_VARIATION = 0.7
+#: The face fix (ADetailer's defaults): each face inpainted "Only masked" at a low strength.
+FIX_STRENGTH = 0.4
+FIX_PADDING = 32
 
 
 def _steps(source: Parameters, strength: float, limits: Limits) -> int:
@@ -150,4 +158,39 @@ def variation_request(
         height=None if native else image.height,
         count=count,
         parameters=(("Source", origin),) if origin else (),
+    )
+
+
+def canvas_request(
+    source: Parameters,
+    canvas: Canvas,
+    limits: Limits,
+    *,
+    prompt: str | None = None,
+    strength: float = DEFAULT_INPAINT_STRENGTH,
+    padding: int | None = None,
+    seed: int | None = None,
+    user: str = "",
+    origin: str | None = None,
+    models: Collection[str] = (),
+) -> ImageRequest:
+    """Inpainting of `canvas` (a zoom, a pan, a region, a face) with what `source` was made
+    with (its prompt unless `prompt` says what the masked area should show), at the model's
+    area for the canvas's aspect ratio (validation sizes it). A `source` of 0 steps (a
+    picture without parameters) leaves steps and guidance to the model. Its PNG records the
+    canvas's fields and the source."""
+    request = _from_source(
+        source, canvas.picture, limits, strength=strength, user=user, models=models
+    )
+    known = source.steps > 0
+    extra = [*canvas.parameters, *((("Source", origin),) if origin else ())]
+    return replace(
+        request,
+        prompt=prompt or request.prompt,
+        steps=request.steps if known else None,
+        guidance=request.guidance if known else None,
+        seed=seed,
+        mask=canvas.mask,
+        inpaint_padding=padding,
+        parameters=tuple(extra),
     )

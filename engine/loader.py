@@ -24,10 +24,11 @@ import torch
 from .config import EngineConfig, ModelSpec
 from .devices import pick_device, pick_dtype
 from .model_hash import model_hash
+from .profile import ModelProfile
 from .quantization import pipeline_quantization, quantization_config
 from .recipes import call_extra, sampler_name, scheduler_for
-from .request import ImageRequest, ModelProfile
-from .single_file import base_of, from_single_file
+from .request import ImageRequest
+from .single_file import SINGLE_FILE, base_of, file_kind, from_single_file
 from .sources import (
     CHECKPOINT_SUFFIXES,
     first_line,
@@ -41,6 +42,7 @@ from .tiny import BUILTIN_MODELS, builtin_folder, rebuild_builtin
 __all__ = [
     "LoadedModel",
     "image_to_image",
+    "inpainting",
     "load_model",
     "model_profile",
     "pipeline_for",
@@ -65,6 +67,7 @@ class LoadedModel:
     img2img: Any = None  # the image-to-image pipeline on the same modules, made on first use
     #: An edit-only model's text-to-image pipeline on the same modules, made on first use.
     text2img: Any = None
+    inpaint: Any = None  # the inpaint pipeline on the same modules, made on first use
     folder: Path | None = None  # its folder or single checkpoint file (for its hash)
     #: Arguments of every stock pipeline call of this model (its recipe: `clip_skip`, ...).
     call_extra: dict[str, Any] = field(default_factory=dict)
@@ -136,9 +139,33 @@ def text_to_image(model: LoadedModel) -> Any:
     return model.text2img
 
 
+def inpainting(model: LoadedModel) -> Any:
+    """The model's inpaint pipeline (its family's), sharing every module with the loaded
+    one (`from_pipe`), or the loaded one itself when it only inpaints; `ValueError` for a
+    family without one (validation refuses such requests first)."""
+    if model.inpaint is None:
+        import diffusers
+
+        from .families import family_of
+
+        cls = type(model.pipe).__name__
+        name = family_of(model.pipe).inpaint.get(cls)
+        if name is None:
+            raise ValueError(f"{cls} models have no inpaint pipeline")
+        if name == cls:
+            model.inpaint = model.pipe
+        else:
+            model.inpaint = getattr(diffusers, name).from_pipe(model.pipe)
+            model.inpaint.set_progress_bar_config(disable=True)
+    return model.inpaint
+
+
 def pipeline_for(model: LoadedModel, request: ImageRequest) -> Any:
-    """The pipeline that runs `request` on `model`: its edit pipeline (the loaded one) for
-    an edit by instruction, its image-to-image one for an init image, else text-to-image."""
+    """The pipeline that runs `request` on `model`: inpaint for a mask, its edit pipeline (the
+    loaded one) for an edit by instruction, image-to-image for an init image, else
+    text-to-image."""
+    if request.mask is not None:
+        return inpainting(model)
     if request.references:
         return model.pipe
     if request.init_image is not None:
@@ -157,19 +184,23 @@ def request_pipeline(model: LoadedModel, request: ImageRequest) -> Any:
 
 def preferred_half(spec: ModelSpec, config: EngineConfig) -> str:
     """The half-precision dtype of the model's family ("float16" or "bfloat16"), from the
-    `model_index.json` of a builtin or local folder, or of a hub snapshot already in the
-    cache; float16 when it cannot be told before loading (a first download, a single file)."""
+    `model_index.json` of a builtin or local folder or of a hub snapshot already in the cache,
+    or from a single file's weight names; float16 when it cannot be told before loading (a
+    first download)."""
     from .budget import cached_snapshot
     from .families import FAMILIES
 
     try:
         source, _ = _source(spec, config)
-    except ValueError:
-        return "float16"  # the load itself says what is wrong
-    folder = Path(source) if Path(source).is_dir() else cached_snapshot(source, config)
-    try:
+        if Path(source).is_file():  # its kind from its weight names, else its base's index
+            kind = file_kind(Path(source), based=bool(spec.base.strip()))
+            if kind:
+                name = SINGLE_FILE[kind].pipeline
+                return next((f.half for f in FAMILIES if name in f.pipelines), "float16")
+            source = base_of(spec)
+        folder = Path(source) if Path(source).is_dir() else cached_snapshot(source, config)
         index = json.loads((folder / "model_index.json").read_text()) if folder else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # the load itself says what is wrong
         return "float16"
     name = index.get("_class_name", "")
     return next((f.half for f in FAMILIES if name in f.pipelines), "float16")
@@ -245,17 +276,26 @@ def _unreadable(spec: ModelSpec, config: EngineConfig, source: str, exc: Excepti
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, kwargs: dict[str, Any]) -> Any:
-    """The text-to-image pipeline of `source`, or the edit pipeline its model index names
-    when diffusers knows no text-to-image pipeline for it (Qwen-Image-Edit: `family_of` then
-    says whether it is served)."""
+    """The text-to-image pipeline of `source`; the pipeline its model index names when
+    diffusers knows no text-to-image one for it (Qwen-Image-Edit, FLUX.1 Fill: `family_of`
+    then says whether it is served); a text-to-image pipeline whose denoiser reads a mask
+    (an SD inpainting UNet) as its family's inpaint pipeline."""
+    import diffusers
     from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
+    from .families import family_of
+
     try:
-        return AutoPipelineForText2Image.from_pretrained(source, dtype=dtype, **kwargs)
+        pipe = AutoPipelineForText2Image.from_pretrained(source, dtype=dtype, **kwargs)
     except ValueError as exc:
         if "AutoPipeline can't find a pipeline" not in str(exc):
             raise
-    return DiffusionPipeline.from_pretrained(source, dtype=dtype, **kwargs)
+        return DiffusionPipeline.from_pretrained(source, dtype=dtype, **kwargs)
+    try:
+        reader = family_of(pipe).mask_reader(pipe)
+    except ValueError:  # not served: `_profile` names it
+        return pipe
+    return pipe if reader is None else getattr(diffusers, reader).from_pipe(pipe)
 
 
 def _load_pipeline(
@@ -414,4 +454,18 @@ def model_profile(
         reference_multiple=multiple,
         cache=spec.cache,
         cache_all=spec.cache_for == "all",
+        inpaint=cls in family.inpaint,
+        inpaint_only=family.inpaint.get(cls) == cls,
+        inpaint_crop=_takes(family.inpaint.get(cls), "padding_mask_crop"),
     )
+
+
+def _takes(cls: str | None, argument: str) -> bool:
+    """Whether diffusers' pipeline class `cls` takes `argument` in its call."""
+    import inspect
+
+    import diffusers
+
+    if cls is None:
+        return False
+    return argument in inspect.signature(getattr(diffusers, cls).__call__).parameters

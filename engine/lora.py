@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import LoraSpec
-from .request import LoraSet
+from .lora_tags import LoraSet
 
 __all__ = [
     "LoraSet",

@@ -16,10 +16,14 @@ from typing import TYPE_CHECKING
 from .config import Limits, LoraSpec
 from .edits import edit_problem, fitted_references
 from .errors import InvalidRequest
+from .inpaint import DEFAULT_INPAINT_STRENGTH, checked_inpaint, fitted_mask
+from .lora_tags import LoraSet, extract_loras, resolve_loras, without_tags
 from .sizing import resolve_size
 
 if TYPE_CHECKING:
     from PIL.Image import Image
+
+from .profile import ModelProfile
 
 __all__ = [
     "DEFAULT_STRENGTH",
@@ -29,10 +33,7 @@ __all__ = [
     "MIN_STRENGTH",
     "BatchKey",
     "ImageRequest",
-    "LoraSet",
-    "ModelProfile",
     "clean_text",
-    "extract_loras",
     "model_text",
     "validate",
 ]
@@ -44,15 +45,6 @@ MAX_PROMPT_CHARS = 2000
 MIN_STRENGTH = 0.05
 MAX_STRENGTH = 1.0
 DEFAULT_STRENGTH = 0.6
-#: LoRAs in one request, and their weights' range.
-MAX_LORAS = 5
-LORA_WEIGHT_RANGE = (-5.0, 5.0)
-
-#: The LoRAs of a request with their weights, sorted by name; () for none.
-LoraSet = tuple[tuple[str, float], ...]
-
-# A1111's `<lora:name>` / `<lora:name:weight>`.
-_LORA_TAG = re.compile(r"<lora:([^:<>]*)(?::([^:<>]*))?>", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +63,10 @@ class ImageRequest:
     `image`, the first one the picture being edited, and the result keeps its aspect ratio
     at the model's native area. `validate` fits each one as the pipeline reads it
     (`sizing.reference_size`).
+
+    With a `mask` too it is inpainting (`engine.inpaint`): only the mask's white area is made
+    anew, its seam blurred by `mask_blur` pixels; with `inpaint_padding` only the area around
+    the mask is inpainted, at the request's size, and pasted back into the picture.
     """
 
     prompt: str
@@ -103,6 +99,17 @@ class ImageRequest:
     #: quality:fast`); once validated: whether this request's steps are cached (a model that
     #: caches every request sets it).
     fast: bool = False
+    #: Inpainting: white where `init_image` is made anew (an "L" image of its size).
+    mask: Image | None = field(default=None, compare=False, repr=False)
+    mask_blur: int | None = None  # pixels (None: A1111's 4)
+    inpaint_padding: int | None = None  # "Only masked" with this padding (None: whole picture)
+
+    @property
+    def inpaint(self) -> str:
+        """How it inpaints: "" (it does not), "whole" or "masked" (`inpaint_padding`)."""
+        if self.mask is None:
+            return ""
+        return "whole" if self.inpaint_padding is None else "masked"
 
     @property
     def key(self) -> BatchKey:
@@ -119,6 +126,7 @@ class ImageRequest:
             loras=self.loras,
             chunks=self.chunks,
             references=tuple((im.width, im.height) for im in self.references),
+            inpaint=self.inpaint,
         )
 
     @property
@@ -166,49 +174,23 @@ class BatchKey:
     #: An edit's reference pictures' sizes (as fitted): their tokens join the denoiser's
     #: sequence and their positions its shared ids, so only edits of equal sizes share a call.
     references: tuple[tuple[int, int], ...] = ()
+    inpaint: str = ""  # `ImageRequest.inpaint`: another pipeline than image-to-image's
 
     @property
-    def group(self) -> tuple[str, LoraSet, int, int, int, tuple[tuple[int, int], ...]]:
+    def group(self) -> tuple[str, LoraSet, int, int, int, tuple[tuple[int, int], ...], bool]:
         """What must match to share one UNet forward (step scheduling): steps, guidance and
-        strength may differ there."""
-        return (self.model, self.loras, self.chunks, self.width, self.height, self.references)
-
-
-@dataclass(frozen=True, slots=True)
-class ModelProfile:
-    """What the loaded model considers normal, so a bare prompt gets sensible settings."""
-
-    name: str
-    family: str  # "sd", "sdxl", "flux"... (`engine.families`)
-    native_size: int
-    default_steps: int
-    default_guidance: float
-    sampler: str  # human name of the scheduler, as written in PNG metadata
-    max_tokens: int = 75  # tokens a prompt may use, BOS/EOS excluded
-    has_safety_checker: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
-    hash: str = ""  # `Model hash` in the PNG's parameters
-    description: str = ""
-    multiple: int = 8  # width and height are multiples of this (64 for SDXL)
-    negative_prompt: bool = True  # whether the family reads a negative prompt
-    weighted: bool = True  # whether A1111 weights reach the model (else they are removed)
-    family_label: str = ""  # the family as people call it: "SDXL", "FLUX.1"
-    img2img: bool = True  # whether the family has an image-to-image pipeline
-    #: Pictures an edit by instruction takes at most (0: the model does not edit).
-    max_references: int = 0
-    #: How an edit's picture is fitted (`sizing.reference_size`): to the one of these sizes
-    #: nearest its aspect ratio, else to `reference_area` pixels (0: the native size
-    #: squared) at its own aspect ratio, in multiples of `reference_multiple`.
-    reference_sizes: tuple[tuple[int, int], ...] = ()
-    reference_area: int = 0
-    reference_multiple: int = 16
-    cache: str = "off"  # its step cache (`[models.<name>] cache`): "off", "deepcache"...
-    cache_all: bool = False  # every request cached (`cache_for = "all"`), not only fast ones
-
-    @property
-    def edits(self) -> bool:
-        """Whether the model edits pictures by instruction (`/models` shows "edits")."""
-        return self.max_references > 0
+        strength may differ there; inpainting shares with inpainting (FLUX.2 klein's inpaint
+        pipeline adds the picture's tokens to the sequence), edits with edits of the same
+        picture sizes."""
+        return (
+            self.model,
+            self.loras,
+            self.chunks,
+            self.width,
+            self.height,
+            self.references,
+            bool(self.inpaint),
+        )
 
 
 def clean_text(text: str) -> str:
@@ -229,27 +211,6 @@ def clean_text(text: str) -> str:
     return " ".join("".join(kept).split())
 
 
-def extract_loras(prompt: str) -> tuple[str, list[tuple[str, float | None]]]:
-    """The prompt without its `<lora:name:weight>` tags, and the tags (weight None when not
-    written); `InvalidRequest` for a tag whose weight is not a number."""
-    found: list[tuple[str, float | None]] = []
-    for match in _LORA_TAG.finditer(prompt):
-        name, weight = match.group(1).strip(), match.group(2)
-        value: float | None = None
-        if weight is not None and weight.strip():
-            try:
-                value = float(weight)
-            except ValueError:
-                raise InvalidRequest(
-                    "prompt",
-                    f"The weight in {match.group(0)} must be a number, like <lora:{name}:0.8>.",
-                ) from None
-            if not math.isfinite(value):
-                raise InvalidRequest("prompt", f"The weight in {match.group(0)} must be finite.")
-        found.append((name, value))
-    return " ".join(_LORA_TAG.sub(" ", prompt).split()), found
-
-
 def model_text(text: str) -> str:
     """The words a text encoder reads of a prompt: `clean_text`, without `<lora:...>` tags and
     without A1111's weighting syntax (escapes resolved, a BREAK read as a space).
@@ -261,45 +222,11 @@ def model_text(text: str) -> str:
     """
     from .weighting import plain_text  # torch-free: that module imports torch lazily
 
-    prompt = " ".join(_LORA_TAG.sub(" ", clean_text(text)).split())
+    prompt = " ".join(without_tags(clean_text(text)).split())
     try:
         return plain_text(prompt)
     except ValueError:
         return re.sub(r"[\\()\[\]]", "", prompt)
-
-
-def _resolve_loras(
-    tags: list[tuple[str, float | None]],
-    given: LoraSet,
-    model: str,
-    known: Mapping[str, LoraSpec],
-) -> LoraSet:
-    chosen: dict[str, float] = dict(given)
-    for name, weight in tags:
-        spec = known.get(name) or next(
-            (s for n, s in known.items() if n.lower() == name.lower()), None
-        )
-        if spec is None:
-            names = ", ".join(sorted(known)) or "none are configured"
-            raise InvalidRequest("prompt", f"There is no LoRA called {name!r} (known: {names}).")
-        chosen[spec.name] = spec.weight if weight is None else weight
-    low, high = LORA_WEIGHT_RANGE
-    for name, weight in chosen.items():
-        spec = known.get(name)
-        if spec is None:
-            raise InvalidRequest("prompt", f"There is no LoRA called {name!r}.")
-        if not spec.fits(model):
-            fits = ", ".join(spec.models)
-            raise InvalidRequest(
-                "prompt", f"The LoRA {name} does not fit the model {model} (it fits: {fits})."
-            )
-        if not low <= weight <= high:
-            raise InvalidRequest(
-                "prompt", f"A LoRA weight must be between {low:g} and {high:g}, not {weight:g}."
-            )
-    if len(chosen) > MAX_LORAS:
-        raise InvalidRequest("prompt", f"At most {MAX_LORAS} LoRAs per image.")
-    return tuple(sorted((n, float(w)) for n, w in chosen.items() if w != 0.0))
 
 
 def _int_in(name: str, value: object, low: int, high: int, what: str) -> int:
@@ -339,7 +266,7 @@ def validate(
     negative = clean_text(request.negative_prompt)
     if not prompt:
         raise InvalidRequest("prompt", "The prompt is empty. Describe the image you want.")
-    chosen_loras = _resolve_loras(tags, request.loras, profile.name, loras or {})
+    chosen_loras = resolve_loras(tags, request.loras, profile.name, loras or {})
     if negative and not profile.negative_prompt:
         warnings.append(
             f"The model {profile.name} does not read a negative prompt, so it was left out."
@@ -391,12 +318,15 @@ def validate(
         raise problem
     if init is None and strength is not None:
         raise InvalidRequest("strength", "Strength applies only when starting from an image.")
-    if init is not None and not profile.img2img:
+    mask, blur, padding, notes = checked_inpaint(request, profile, limits)
+    warnings += notes
+    if init is not None and mask is None and not profile.img2img:
         raise InvalidRequest(
             "image", f"The model {profile.name} cannot start from a picture: leave out the image."
         )
     if init is not None:
-        strength = DEFAULT_STRENGTH if strength is None else strength
+        default = DEFAULT_STRENGTH if mask is None else DEFAULT_INPAINT_STRENGTH
+        strength = default if strength is None else strength
         if isinstance(strength, bool) or not isinstance(strength, int | float):
             raise InvalidRequest("strength", f"Strength must be a number, not {strength!r}.")
         if not MIN_STRENGTH <= strength <= MAX_STRENGTH:  # NaN fails too
@@ -463,6 +393,8 @@ def validate(
         seed = secrets.randbelow(MAX_SEED + 1)
     seed = _int_in("seed", seed, 0, MAX_SEED, "Seed")
 
+    # The picture at the request's size; "Only masked" keeps its own (the crop is resized).
+    canvas = (sizes["width"], sizes["height"]) if init is None or padding is None else init.size
     resolved = replace(
         request,
         prompt=prompt,
@@ -476,7 +408,10 @@ def validate(
         shape=None,
         count=count,
         user=str(request.user),
-        init_image=None if init is None else _fitted(init, sizes["width"], sizes["height"]),
+        init_image=None if init is None else _fitted(init, *canvas),
+        mask=None if mask is None else fitted_mask(mask, *canvas),
+        mask_blur=blur,
+        inpaint_padding=padding,
         references=fitted_references(
             references,
             _fitted,

@@ -26,7 +26,8 @@ from .families import Family, family_of
 from .job import Slot
 from .loader import LoadedModel, load_model, pipeline_for
 from .lora import LoraState, load_loras
-from .request import ImageRequest, ModelProfile
+from .profile import ModelProfile
+from .request import ImageRequest
 from .result import GeneratedImage
 from .stepper import Sample, Stepper, unsupported_reason
 from .torch_ops import (
@@ -148,6 +149,8 @@ class Runner:
         key = slots[0].request.key
         if any(s.request.key != key for s in slots):
             raise ValueError("a batch mixes models, LoRAs, sizes, steps or guidance")
+        if key.inpaint == "masked" and len(slots) > 1:  # one picture per call (`mask_kwargs`)
+            return [images for slot in slots for images in self.run([slot])]
         self.activate(slots[0].request)
         assert self.family is not None
         requests = [slot.request for slot in slots]

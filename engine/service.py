@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .catalog import ModelCatalog, ModelInfo
 from .client import Checked
 from .config import EngineConfig
-from .errors import EngineDead, EngineError, ShuttingDown
+from .errors import EngineDead, EngineError, InvalidRequest, ShuttingDown
 from .job import Job
-from .request import ImageRequest, ModelProfile, validate
+from .profile import ModelProfile
+from .request import ImageRequest, validate
 from .residency import Residency
 from .result import GenerationResult
 from .scheduling import Lifecycle, Scheduler, make_scheduler
@@ -187,6 +188,36 @@ class Engine(ModelCatalog):
         if self._worker is None:
             raise EngineError("The engine has not been started.")
         return await self._worker.with_pipeline(fn, model)
+
+    # The canvas's helper models
+    async def region_mask(self, image: Any, words: str) -> Any:
+        """The mask of where `image` shows what `words` name (`[region] model`, run on the
+        worker thread between ticks); `InvalidRequest` when it finds nothing there."""
+        from .canvas import region_mask
+
+        if not isinstance(words, str) or not words.strip():
+            raise InvalidRequest("region", "Say which part of the picture to change.")
+        scores = await self._live_worker().segment(image, words.strip())
+        mask = region_mask(scores, image.size)
+        if mask is None:
+            raise InvalidRequest(
+                "region", f"Nothing in the picture looks like {words.strip()!r}: name it otherwise."
+            )
+        return mask
+
+    async def gan_upscale(self, image: Any) -> Any:
+        """`image` enlarged by the GAN upscaler (`[upscale] model`, run on the worker thread
+        between ticks); `InvalidRequest` when none is configured."""
+        if not self.config.upscale_model:
+            raise InvalidRequest("upscale", "No GAN upscaler is configured ([upscale] model).")
+        return await self._live_worker().gan_upscale(image)
+
+    def _live_worker(self) -> Worker:
+        if self._dead is not None:
+            raise self._dead
+        if self._worker is None:
+            raise EngineError("The engine has not been started.")
+        return self._worker
 
     # Submitting
     def prepare(self, request: ImageRequest) -> Checked:

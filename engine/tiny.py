@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from .tiny_dit import DIT_BUILDERS
 from .tiny_dit2 import DIT2_BUILDERS
+from .tiny_inpaint import INPAINT_BUILDERS
 from .tiny_parts import clip_tokenizer, tiny_text_config, tiny_unet, tiny_vae
 
 if TYPE_CHECKING:
@@ -37,7 +38,11 @@ _VERSION = 1
 _SD_MODELS = ("builtin:tiny", "builtin:tiny-flagging", "builtin:tiny-b")
 
 #: Diffusion-transformer builtins: one per other family (`tiny_dit`, `tiny_dit2`).
-_DIT_MODELS: dict[str, Callable[[Path], None]] = {**DIT_BUILDERS, **DIT2_BUILDERS}
+_DIT_MODELS: dict[str, Callable[[Path], None]] = {
+    **DIT_BUILDERS,
+    **DIT2_BUILDERS,
+    **INPAINT_BUILDERS,  # models that only inpaint
+}
 
 #: Every builtin model: the SD ones here and the diffusion transformers.
 BUILTIN_MODELS = (*_SD_MODELS, *_DIT_MODELS)

@@ -24,10 +24,18 @@ from .tiny_parts import (
     tiny_text_config,
 )
 
-__all__ = ["DIT_BUILDERS", "build_chroma", "build_flux", "build_sd3", "build_zimage"]
+__all__ = [
+    "DIT_BUILDERS",
+    "build_chroma",
+    "build_flux",
+    "build_sd3",
+    "build_zimage",
+    "flow_scheduler",
+    "flux_vae",
+]
 
 
-def _flux_vae() -> Any:
+def flux_vae() -> Any:
     """A four-block VAE (8x smaller latents, as Flux's), four latent channels."""
     from diffusers import AutoencoderKL
 
@@ -47,7 +55,7 @@ def _flux_vae() -> Any:
     )
 
 
-def _flow_scheduler(*, dynamic: bool) -> Any:
+def flow_scheduler(*, dynamic: bool) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     if dynamic:  # FLUX.1-dev's: the shift follows the image's token count
@@ -86,8 +94,8 @@ def build_flux(root: Path, *, dev: bool, seed: int = 0, kontext: bool = False) -
         axes_dims_rope=(4, 4, 8),
     )
     pipe = (FluxKontextPipeline if kontext else FluxPipeline)(
-        scheduler=_flow_scheduler(dynamic=dev),
-        vae=_flux_vae(),
+        scheduler=flow_scheduler(dynamic=dev),
+        vae=flux_vae(),
         text_encoder=CLIPTextModel(tiny_text_config(tokenizer)).eval(),
         tokenizer=tokenizer,
         text_encoder_2=tiny_t5(tokenizer_2),
@@ -118,8 +126,8 @@ def build_chroma(root: Path, *, seed: int = 0) -> None:
         approximator_num_channels=16,
     )
     pipe = ChromaPipeline(
-        scheduler=_flow_scheduler(dynamic=True),
-        vae=_flux_vae(),
+        scheduler=flow_scheduler(dynamic=True),
+        vae=flux_vae(),
         text_encoder=tiny_t5(tokenizer),
         tokenizer=tokenizer,
         transformer=transformer,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .inpaint import blurred, inpaint_parameters, overlaid
 from .loader import LoadedModel
 from .pngmeta import Parameters, encode_png
 from .preview import latents_to_preview
@@ -62,9 +63,14 @@ def finite_rows(tensor: torch.Tensor) -> list[bool]:
 def pictures(pixels: Any, latents_ok: Sequence[bool] | None = None) -> list[Any | None]:
     """PIL images from a pipeline's float pixels `(n, h, w, c)` in 0..1 (`output_type="np"`),
     made as diffusers' `numpy_to_pil` makes `output_type="pil"`; None in place of an image
-    whose pixels, or latents (`latents_ok`, when known), are not all finite."""
+    whose pixels, or latents (`latents_ok`, when known), are not all finite. PIL pictures
+    (inpainting's "Only masked", pasted back by the pipeline) are checked by their latents."""
     from diffusers.image_processor import VaeImageProcessor
+    from PIL import Image
 
+    if len(pixels) and isinstance(pixels[0], Image.Image):
+        fine = [True] * len(pixels) if latents_ok is None else list(latents_ok)
+        return [image if ok else None for image, ok in zip(pixels, fine, strict=True)]
     arrays = np.asarray(pixels)
     ok = np.isfinite(arrays.reshape(len(arrays), -1)).all(axis=1)
     if latents_ok is not None:
@@ -112,6 +118,12 @@ def package_images(
         if image is None:
             continue
         extra = list(request.parameters)
+        if request.mask is not None:
+            extra = inpaint_parameters(request.mask_blur, request.inpaint_padding) + extra
+        if request.inpaint == "whole":  # "Only masked" was pasted back by the pipeline
+            assert request.init_image is not None and request.mask is not None
+            mask = blurred(request.mask, request.mask_blur or 0)
+            image = overlaid(request.init_image, image, mask)
         if model.profile.hash:
             extra.insert(0, ("Model hash", model.profile.hash))
         if request.references:  # which pictures it edits, whatever their names were
@@ -138,8 +150,8 @@ def package_images(
                 png=encode_png(image, params),
                 seed=seed,
                 index=n,
-                width=request.width,
-                height=request.height,
+                width=image.width,  # "Only masked" keeps the picture's size
+                height=image.height,
                 flagged=flagged,
             )
         )

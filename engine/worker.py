@@ -24,10 +24,11 @@ from .describe import Describer
 from .errors import EngineError
 from .job import Slot
 from .memory import gib
-from .request import ModelProfile
+from .profile import ModelProfile
 from .result import GeneratedImage
 from .runner import Runner
 from .stepper import Sample, Stepper
+from .vision import Helpers
 
 __all__ = ["Worker"]
 
@@ -59,6 +60,7 @@ class Worker:
         self._describer = Describer(config)  # its model loads on first use
         self._describe_thread: ThreadPoolExecutor | None = None
         self._describe_lock = asyncio.Lock()  # one load at a time
+        self.helpers: Helpers | None = None  # the canvas's helper models, made on first use
 
     async def start(self) -> list[str]:
         """Start the threads and load every model once, the default one last: each model's
@@ -248,6 +250,20 @@ class Worker:
         """`fn(pipeline)` on the worker thread, between calls (default: the default model)."""
         runner = self._runners[name or self.config.default_model_name]
         return await self._call(lambda: fn(runner.model.pipe))
+
+    # The canvas's helper models, between ticks
+    async def segment(self, image: Any, words: str) -> Any:
+        """Scores of where `image` shows `words` (`vision.Helpers.segment`)."""
+        return await self._call(lambda: self._helpers().segment(image, words))
+
+    async def gan_upscale(self, image: Any) -> Any:
+        """`image` enlarged by the GAN upscaler (`vision.Helpers.upscale`)."""
+        return await self._call(lambda: self._helpers().upscale(image))
+
+    def _helpers(self) -> Helpers:
+        if self.helpers is None:
+            self.helpers = Helpers(self.config)
+        return self.helpers
 
     # Batch scheduling
     async def run(self, slots: Sequence[Slot]) -> list[list[GeneratedImage]]:

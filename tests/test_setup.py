@@ -152,7 +152,7 @@ def test_a_fresh_set_up_is_the_runtime_set_and_says_what_it_does(
 
     code, log = setup(clone, "pytest")
     assert code == 2 and log.strip() == (
-        "setup: unknown extra 'pytest': the extras are postgres ray quantize nf4 dev"
+        "setup: unknown extra 'pytest': the extras are postgres ray quantize nf4 upscale dev"
     )
 
 

@@ -38,7 +38,8 @@ from ..errors import (
     ShuttingDown,
 )
 from ..job import Job, JobState, Progress
-from ..request import ImageRequest, ModelProfile
+from ..profile import ModelProfile
+from ..request import ImageRequest
 from ..result import GenerationResult
 from ..stats import EngineStats
 from .bridge import CALL_DEADLINE, WATCH_INTERVAL, Bridge

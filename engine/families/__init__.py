@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import DenoiserCall, Family, FamilyDefaults
-from .flux import Chroma, Flux, FluxKontext
+from .flux import Chroma, Flux, FluxFill, FluxKontext
 from .flux2 import Flux2Klein
 from .qwenimage import QwenImage, QwenImageEdit
 from .sd import SD, SDXL
@@ -23,6 +23,7 @@ FAMILIES: tuple[Family, ...] = (
     SDXL(),
     Flux(),
     FluxKontext(),
+    FluxFill(),
     Chroma(),
     SD3(),
     ZImage(),

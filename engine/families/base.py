@@ -148,6 +148,14 @@ class Family:
     #: Batch scheduling then runs such a batch's requests as one call each, their denoiser
     #: calls merged as in step scheduling (`runner.Runner.run`).
     one_edit_per_call: bool = False
+    #: The family's inpaint pipeline classes by loaded class (absent: it does not inpaint);
+    #: an inpaint-only class (its denoiser reads the mask: FLUX.1 Fill) maps to itself.
+    inpaint: Mapping[str, str] = MappingProxyType({})
+
+    def mask_reader(self, pipe: Any) -> str | None:
+        """The inpaint class to serve a loaded text-to-image `pipe` as, when its denoiser
+        reads a mask (an SD inpainting UNet's 9 input channels), else None."""
+        return None
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
         raise NotImplementedError
@@ -192,10 +200,10 @@ class Family:
             "generator": generators,
             "output_type": "np",
         }
-        if first.init_image is None or self.sized_img2img:
+        if first.init_image is None or self.sized_img2img or first.mask is not None:
             kwargs |= {"width": first.width, "height": first.height}
         if first.init_image is not None:
-            if not self.img2img:  # validation refuses it first (`ModelProfile.img2img`)
+            if not self.img2img and first.mask is None:  # validation refuses it first
                 raise ValueError(f"{type(pipe).__name__} models have no image-to-image pipeline")
             kwargs["image"] = [r.init_image for r in requests for _ in range(r.count)]
             kwargs["strength"] = first.strength
@@ -205,11 +213,36 @@ class Family:
             if self.one_edit_per_call and len(requests) > 1:
                 raise ValueError(f"{type(pipe).__name__} takes one request's edit per call")
             kwargs |= self.edit_kwargs(pipe, requests)
+        if first.mask is not None:
+            kwargs |= self.mask_kwargs(requests)
         return kwargs
 
     def edit_kwargs(self, pipe: Any, requests: Sequence[ImageRequest]) -> dict[str, Any]:
         """The edit pipeline's picture arguments (the family's own: see its module doc)."""
         return {"image": list(requests[0].references)}
+
+    def mask_kwargs(self, requests: Sequence[ImageRequest]) -> dict[str, Any]:
+        """The inpaint pipeline's mask arguments: one blurred mask per image; for "Only
+        masked", diffusers' `padding_mask_crop`, which takes one picture and one mask per
+        call (so one request: `runner.Runner.run` calls it once per request) and pastes the
+        crop back into PIL pictures."""
+        from ..inpaint import DEFAULT_MASK_BLUR, blurred
+
+        def mask(r: ImageRequest) -> Any:
+            assert r.mask is not None
+            return blurred(r.mask, DEFAULT_MASK_BLUR if r.mask_blur is None else r.mask_blur)
+
+        first = requests[0]
+        if first.inpaint_padding is None:
+            return {"mask_image": [mask(r) for r in requests for _ in range(r.count)]}
+        if len(requests) > 1:
+            raise ValueError("padding_mask_crop takes one request's picture and mask per call")
+        return {
+            "image": first.init_image,
+            "mask_image": mask(first),
+            "padding_mask_crop": first.inpaint_padding,
+            "output_type": "pil",
+        }
 
     def texts(
         self, requests: Sequence[ImageRequest], embedded: Sequence[Any] | None

@@ -33,7 +33,7 @@ import torch
 from ..request import ImageRequest
 from .base import Family, FamilyDefaults, call_default
 
-__all__ = ["Chroma", "Flux", "FluxKontext"]
+__all__ = ["Chroma", "Flux", "FluxFill", "FluxKontext"]
 
 
 def unpack(latents: torch.Tensor, height: int, width: int, scale: int) -> torch.Tensor:
@@ -52,6 +52,7 @@ class Flux(Family):
     shared = frozenset({"txt_ids", "img_ids", "joint_attention_kwargs"})
     negative_prompt = False
     img2img = MappingProxyType({"FluxPipeline": "FluxImg2ImgPipeline"})
+    inpaint = MappingProxyType({"FluxPipeline": "FluxInpaintPipeline"})
     multiple = 16  # 8x latents, packed 2x2
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
@@ -80,6 +81,9 @@ class Chroma(Flux):
     pipelines = ("ChromaPipeline",)
     negative_prompt = True
     img2img = MappingProxyType({"ChromaPipeline": "ChromaImg2ImgPipeline"})
+    # `ChromaInpaintPipeline` reads `guidance_embeds` from a config Chroma's transformer does
+    # not have (diffusers 0.42): it fails on every Chroma model, so Chroma does not inpaint.
+    inpaint = MappingProxyType({})
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
         native = pipe.default_sample_size * pipe.vae_scale_factor
@@ -156,3 +160,24 @@ class FluxKontext(Flux):
     def edit_kwargs(self, pipe: Any, requests: Sequence[ImageRequest]) -> dict[str, Any]:
         """One picture per image, so several requests' edits share a call."""
         return {"image": [r.references[0] for r in requests for _ in range(r.count)]}
+
+
+class FluxFill(Flux):
+    """FLUX.1 Fill: FLUX.1 dev whose transformer reads the mask and the masked picture beside
+    the latents (384 input channels), so it only inpaints, through `FluxFillPipeline` (its
+    model folder names that class). Its denoiser calls are FLUX.1's, merged the same way."""
+
+    name = "flux-fill"
+    label = "FLUX.1 Fill"
+    pipelines = ("FluxFillPipeline",)
+    img2img = MappingProxyType({})
+    inpaint = MappingProxyType({"FluxFillPipeline": "FluxFillPipeline"})
+
+    def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
+        """The stock call's 50 steps at guidance 30 (the model card's)."""
+        native = pipe.default_sample_size * pipe.vae_scale_factor
+        steps = call_default(pipe, "num_inference_steps", 50)
+        guidance = float(call_default(pipe, "guidance_scale", 30.0))
+        if source.startswith("builtin:"):
+            native, steps = 64, 4
+        return FamilyDefaults(steps, guidance, native, self.multiple)

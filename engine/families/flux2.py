@@ -25,6 +25,8 @@ call, so one call holds one request's edit (batch scheduling runs each as its ow
 merged denoiser calls), and only edits of the same picture sizes share a forward (the batch
 key has them). Validation fits each picture to the native area at its aspect ratio, in
 multiples of 16, which the pipeline then takes as it is.
+
+Inpainting (a picture and a mask): `Flux2KleinInpaintPipeline`.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Flux2Klein(Family):
     multiple = 16  # 8x latents, patchified 2x2
     edits = MappingProxyType({"Flux2KleinPipeline": 4})
     one_edit_per_call = True
+    inpaint = MappingProxyType({"Flux2KleinPipeline": "Flux2KleinInpaintPipeline"})
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
         native = pipe.default_sample_size * pipe.vae_scale_factor

@@ -69,6 +69,7 @@ class QwenImage(Family):
     shared = frozenset({"attention_kwargs"})
     negative_prompt = True
     img2img = MappingProxyType({"QwenImagePipeline": "QwenImageImg2ImgPipeline"})
+    inpaint = MappingProxyType({"QwenImagePipeline": "QwenImageInpaintPipeline"})
     multiple = 16  # 8x latents, packed 2x2
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:

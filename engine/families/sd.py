@@ -35,11 +35,17 @@ class SD(Family):
     name = "sd"
     label = "Stable Diffusion"
     half = "float16"
-    pipelines = ("StableDiffusionPipeline",)
+    pipelines = ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline")
     denoiser = "unet"
     positional = ("sample", "timestep")
     weighted = True
     img2img = MappingProxyType({"StableDiffusionPipeline": "StableDiffusionImg2ImgPipeline"})
+    inpaint = MappingProxyType(
+        {
+            "StableDiffusionPipeline": "StableDiffusionInpaintPipeline",
+            "StableDiffusionInpaintPipeline": "StableDiffusionInpaintPipeline",
+        }
+    )
     base_steps, base_guidance, base_size = 25, 7.0, 512
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
@@ -51,6 +57,13 @@ class SD(Family):
         else:
             steps, guidance = _few_steps(source) or (self.base_steps, self.base_guidance)
         return FamilyDefaults(steps, guidance, native, multiple=self.multiple)
+
+    def mask_reader(self, pipe: Any) -> str | None:
+        """An inpainting UNet (9 input channels: latents, mask, masked picture) is served
+        by the inpaint pipeline only."""
+        if getattr(pipe.unet.config, "in_channels", 4) != 9:
+            return None
+        return self.inpaint.get(type(pipe).__name__)
 
     multiple = 8
     sized_img2img = False  # the size is the picture's (validation made it the request's)
@@ -76,8 +89,14 @@ class SD(Family):
 class SDXL(SD):
     name = "sdxl"
     label = "SDXL"
-    pipelines = ("StableDiffusionXLPipeline",)
+    pipelines = ("StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline")
     img2img = MappingProxyType({"StableDiffusionXLPipeline": "StableDiffusionXLImg2ImgPipeline"})
+    inpaint = MappingProxyType(
+        {
+            "StableDiffusionXLPipeline": "StableDiffusionXLInpaintPipeline",
+            "StableDiffusionXLInpaintPipeline": "StableDiffusionXLInpaintPipeline",
+        }
+    )
     base_steps, base_guidance, base_size = 30, 6.0, 1024
     multiple = 64
 

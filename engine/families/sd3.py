@@ -43,6 +43,7 @@ class SD3(Family):
     shared = frozenset({"joint_attention_kwargs", "skip_layers"})
     negative_prompt = True
     img2img = MappingProxyType({"StableDiffusion3Pipeline": "StableDiffusion3Img2ImgPipeline"})
+    inpaint = MappingProxyType({"StableDiffusion3Pipeline": "StableDiffusion3InpaintPipeline"})
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
         native = pipe.default_sample_size * pipe.vae_scale_factor

@@ -37,6 +37,7 @@ class ZImage(Family):
     shared = frozenset({"joint_attention_kwargs", "patch_size", "f_patch_size"})
     negative_prompt = True
     img2img = MappingProxyType({"ZImagePipeline": "ZImageImg2ImgPipeline"})
+    inpaint = MappingProxyType({"ZImagePipeline": "ZImageInpaintPipeline"})
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
         steps, guidance = _TURBO if "turbo" in source.lower() else _BASE

@@ -19,7 +19,7 @@ from typing import Literal
 from ..errors import Cancelled, GenerationFailed
 from ..failures import NotFinite, describe_failure, is_fatal
 from ..job import Job, JobState, Slot
-from ..request import ModelProfile
+from ..profile import ModelProfile
 from ..result import GeneratedImage, GenerationResult
 from ..stats import CallRecord, EngineStats
 

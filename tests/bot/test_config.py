@@ -33,9 +33,11 @@ def test_the_reference_documents_every_key_with_its_default(tmp_path: Path) -> N
             continue
         keys = {f.name for f in dataclasses.fields(getattr(BotConfig(), section.name))}
         if section.name == "engine":  # [models.<name>], [loras.<name>], [describe] tables
-            keys -= {"models", "loras", "describe"}
+            keys -= {"models", "loras", "describe", "region_model", "upscale_model"}
         documented = set(data[section.name]) | ({"token"} if section.name == "discord" else set())
         assert documented == keys, section.name
+    assert example.engine.region_model == data["region"]["model"]  # [region] and [upscale]
+    assert example.engine.upscale_model == data["upscale"]["model"] == ""
 
 
 def test_the_example_is_short_and_all_defaults(tmp_path: Path) -> None:

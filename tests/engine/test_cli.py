@@ -444,3 +444,142 @@ def test_help_names_the_default_model_the_token_and_examples(
     done = run_cli("doctor", "--config", "missing.toml", "-v", cache=model_cache, cwd=tmp_path)
     assert done.returncode == 1, done.stderr  # ran: its config check says what to fix
     assert "FIX  config: missing.toml: file not found" in done.stdout
+
+
+def test_zoom_pan_and_inpaint_from_the_command_line(model_cache: Path, tmp_path: Path) -> None:
+    """zoom 2x: the picture at half its size in the middle of a canvas twice as wide and
+    tall (the model's area), its centre kept exactly within the blend; pan left: a wider
+    picture whose right part is the source; inpaint with a mask, or a region in words (the
+    tiny CLIPSeg): the picture changes inside the mask more than outside, and the PNG
+    records A1111's inpaint fields."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from engine import EngineConfig
+    from engine.canvas import pan, region_mask, zoom_out
+    from engine.config import Limits
+    from engine.inpaint import blurred, fitted_mask
+    from engine.vision import Helpers
+
+    tiny = ("--model", "builtin:tiny")
+    done = run_cli(
+        "generate", *tiny, "a kite", "--seed", "3", "--steps", "3", "--out", "kite.png",
+        cache=model_cache, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with Image.open(tmp_path / "kite.png") as opened:
+        kite = opened.convert("RGB")
+
+    done = run_cli("zoom", "kite.png", "--factor", "2", cache=model_cache, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("wrote kite-zoom.png (64x64, seed ")
+    with Image.open(tmp_path / "kite-zoom.png") as opened:
+        zoomed = np.asarray(opened.convert("RGB"), np.int16)
+    made = zoom_out(kite, 2.0)  # validation fits canvas and mask to the model's 64x64
+    canvas = np.asarray(ImageOps.fit(made.picture, (64, 64), Image.Resampling.LANCZOS), np.int16)
+    kept = np.asarray(blurred(fitted_mask(made.mask, 64, 64), 4)) == 0  # beyond the blend
+    assert kept[26:38, 26:38].all() and not kept[:16].any()  # the source's 32x32 middle
+    assert (zoomed[kept] == canvas[kept]).all()
+    assert np.abs(zoomed[:8] - canvas[:8]).mean() > 10  # a new border
+    params = read_parameters((tmp_path / "kite-zoom.png").read_bytes())
+    assert params is not None and params.prompt == "a kite"
+    assert ("Zoom out", "2") in params.extra and ("Inpaint area", "Whole picture") in params.extra
+
+    done = run_cli("pan", "kite.png", "--direction", "left", cache=model_cache, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("wrote kite-pan.png (96x64, seed ")
+    with Image.open(tmp_path / "kite-pan.png") as opened:
+        panned = np.asarray(opened.convert("RGB"), np.int16)
+    made = pan(kite, "left", Limits())
+    kept = np.asarray(blurred(made.mask, 4)) == 0  # 96x64 already: nothing refitted
+    assert kept[:, 46:].all() and not kept[:, :32].any()
+    assert (panned[kept] == np.asarray(made.picture, np.int16)[kept]).all()
+    assert (panned[:, 46:] == np.asarray(kite, np.int16)[:, 14:]).all()  # the source, right
+    params = read_parameters((tmp_path / "kite-pan.png").read_bytes())
+    assert params is not None and ("Outpainting direction", "left") in params.extra
+
+    hat = Image.new("L", (64, 64), 0)
+    hat.paste(255, (16, 0, 48, 24))
+    hat.save(tmp_path / "hat.png")
+    region = ("--region", "the hat", "--config", "c.toml")
+    (tmp_path / "c.toml").write_text('[region]\nmodel = "builtin:tiny-clipseg"\n')
+    for how, out in ((("--mask", "hat.png"), "masked.png"), (region, "region.png")):
+        done = run_cli(
+            "inpaint", "kite.png", *how, "a red cap", *tiny, "--out", out,
+            cache=model_cache, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        with Image.open(tmp_path / out) as opened:
+            changed = np.abs(np.asarray(opened.convert("RGB"), np.int16) - np.asarray(kite))
+        params = read_parameters((tmp_path / out).read_bytes())
+        assert params is not None and params.prompt == "a red cap"
+        assert ("Mask blur", "4") in params.extra
+        if how[0] == "--mask":
+            inside = np.asarray(hat) == 255
+            kept = np.asarray(blurred(hat, 4)) == 0  # the blur reaches 9 rows below the hat
+            assert changed[inside].mean() > 20 and (changed[kept] == 0).all() and kept[34:].all()
+        else:
+            assert "region 'the hat':" in done.stderr
+            # The random-weight CLIPSeg's own mask, computed here as the engine does: the
+            # pixels it keeps (whatever their share) are the picture's, exactly.
+            config = EngineConfig(cache_dir=model_cache, region_model="builtin:tiny-clipseg")
+            helpers = Helpers(config)
+            mask = region_mask(helpers.segment(kite, "the hat"), kite.size)
+            assert mask is not None
+            kept = np.asarray(blurred(mask, 4)) == 0
+            assert changed.mean() > 0.5 and (changed[kept] == 0).all()
+
+
+def test_bad_canvas_options_get_one_line(model_cache: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "plain.png")
+    Image.new("L", (64, 64)).save(tmp_path / "black.png")
+    for args, message in (
+        (["zoom", "plain.png"], "has no parameters: give --prompt"),
+        (["zoom", "plain.png", "--prompt", "x", "--factor", "9"], "Zoom out by 1.1 to 4 times"),
+        (["inpaint", "plain.png", "x", "--mask", "black.png"], "The mask is all black"),
+        (["upscale", "plain.png", "--gan"], "no generation parameters"),
+    ):
+        done = run_cli(*args, "--model", "builtin:tiny", cache=model_cache, cwd=tmp_path)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert message in done.stderr.strip().splitlines()[-1]
+
+
+def test_gan_upscale_subtle_and_creative(model_cache: Path, tmp_path: Path) -> None:
+    """`[upscale] model` (the tiny ESRGAN, read by the real spandrel): --subtle writes the
+    GAN's 4x picture with A1111's extras fields; --gan refines it by image-to-image at the
+    upscale strength, recording the upscaler as A1111's hires fix does."""
+    import numpy as np
+    from PIL import Image
+
+    stubs = str(Path(__file__).parents[1] / "stubs")  # spandrel without torchvision
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [stubs, os.environ.get("PYTHONPATH")]))
+    try:
+        tiny = ("--model", "builtin:tiny")
+        (tmp_path / "c.toml").write_text('[upscale]\nmodel = "builtin:tiny-esrgan"\n')
+        done = run_cli(
+            "generate", *tiny, "a kite", "--seed", "3", "--steps", "3", "--out", "kite.png",
+            cache=model_cache, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        runs = (("--subtle", "subtle.png"), ("--gan", "creative.png"))
+        for flag, out in runs:
+            done = run_cli(
+                "upscale", "kite.png", flag, "--config", "c.toml", *tiny, "--out", out,
+                cache=model_cache, cwd=tmp_path,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.strip() == f"wrote {out} (256x256, seed 3)"
+        subtle = read_parameters((tmp_path / "subtle.png").read_bytes())
+        assert subtle is not None and subtle.denoising_strength is None
+        assert ("Postprocess upscaler", "tiny-esrgan") in subtle.extra
+        assert ("Postprocess upscale by", "4") in subtle.extra
+        creative = read_parameters((tmp_path / "creative.png").read_bytes())
+        assert creative is not None and creative.denoising_strength == 0.35
+        assert ("Hires upscaler", "tiny-esrgan") in creative.extra
+        with Image.open(tmp_path / "subtle.png") as a, Image.open(tmp_path / "creative.png") as b:
+            differ = np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).mean()
+        assert differ > 1  # the refinement changed the GAN's picture
+    finally:
+        os.environ["PYTHONPATH"] = os.environ["PYTHONPATH"].replace(stubs, "").strip(os.pathsep)

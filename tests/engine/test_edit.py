@@ -23,10 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import EngineConfig, ImageRequest, InvalidRequest, Limits, ModelSpec
+from engine import EngineConfig, ImageRequest, InvalidRequest, Limits, ModelProfile, ModelSpec
 from engine.loader import LoadedModel, load_model, model_profile, text_to_image
 from engine.pngmeta import read_parameters
-from engine.request import ModelProfile, validate
+from engine.request import validate
 from engine.stepper import Sample, Stepper
 from engine.torch_ops import picture_hash
 
