@@ -43,11 +43,8 @@ import discord
 from engine import Engine, EngineClient
 from engine.cluster import RayEngine
 
-from .client import ImagineBot
-from .clock import DiscordClock
 from .config import STATE_DIR_ENV, BotConfig, ConfigError, load_config
-from .guildrules import GuildRules
-from .imagestore import ImageStore
+from .images.store import ImageStore
 from .jobs import JobService
 from .ledger import (
     DatabaseMarker,
@@ -63,7 +60,8 @@ from .ledger import (
     safe_url,
     upgrade_to_head,
 )
-from .ops import (
+from .moderation.guilds import GuildRules
+from .ops.metrics import (
     HealthChecks,
     HttpMeter,
     Metrics,
@@ -73,7 +71,9 @@ from .ops import (
     point_discord_at,
 )
 from .services import Services
-from .throttle import EditThrottle, UserRateLimit
+from .surface.client import ImagineBot
+from .timing.clock import DiscordClock
+from .timing.throttle import EditThrottle, UserRateLimit
 
 __all__ = ["StartupError", "run_bot"]
 

@@ -18,9 +18,9 @@ from typing import Any, Literal
 from engine import EngineConfig, LoraSpec, ModelSpec
 from engine.cluster import RayConfig
 
-from .discord_limits import DISCORD_API
 from .ledger.identity import marker_name
 from .ledger.shards import Shards
+from .timing.limits import DISCORD_API
 
 __all__ = [
     "STATE_DIR_ENV",

@@ -51,8 +51,9 @@ TORCH_SIDE = frozenset(
 )
 TORCH_LIBS = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "peft")
 
-# The composition root: the only module besides `bot.client` itself that may import it.
+# The composition root: the only module besides the client itself that may import it.
 COMPOSITION_ROOT = "bot.app"
+CLIENT = "bot.surface.client"
 
 # Packages whose modules stay small enough to read in one sitting (issue 22).
 SIZED_PACKAGES = ("bot", "engine", "testkit")
@@ -444,11 +445,11 @@ def test_nothing_outside_tests_imports_tests(package: str) -> None:
 
 
 def client_importers(index: Index) -> list[Import]:
-    """Imports of `bot.client` by bot modules other than the composition root."""
+    """Imports of `CLIENT` by bot modules other than the composition root."""
     return [
         imp
-        for imp in imports_of(index, "bot", ("bot.client",))
-        if imp.importer not in {COMPOSITION_ROOT, "bot.client"}
+        for imp in imports_of(index, "bot", (CLIENT,))
+        if imp.importer not in {COMPOSITION_ROOT, CLIENT}
     ]
 
 
@@ -456,7 +457,7 @@ def test_only_the_composition_root_imports_the_client() -> None:
     """Bot parts take small services and protocols, not `ImagineBot` (even under TYPE_CHECKING)."""
     found = client_importers(project())
     assert not found, (
-        f"only {COMPOSITION_ROOT} may import bot.client; also imported by:\n{offenders(found)}"
+        f"only {COMPOSITION_ROOT} may import {CLIENT}; also imported by:\n{offenders(found)}"
     )
 
 

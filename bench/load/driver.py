@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bot.buttons import Action
-from bot.discord_limits import ANSWER_DEADLINE
 from bot.jobs.delivery import result_job
+from bot.presentation.buttons import Action
+from bot.timing.limits import ANSWER_DEADLINE
 from testkit.discord_server import Channel, DiscordTestServer, Interaction, Message, User
 from testkit.jobs import JOB_ID, button_id
 

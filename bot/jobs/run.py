@@ -26,12 +26,12 @@ import discord
 from engine import Cancelled, EngineError, GenerationResult, Job, JobState, upscaled_size
 from engine import ShuttingDown as EngineShuttingDown
 
-from .. import render
-from ..buttons import progress_view, result_view
 from ..errors import describe
-from ..grid import GRID_IMAGES, grid_png
-from ..imagestore import why_not_written
+from ..images.grid import GRID_IMAGES, grid_png
+from ..images.store import why_not_written
 from ..ledger import JobRecord, JobStatus, give_up
+from ..presentation import render
+from ..presentation.buttons import progress_view, result_view
 from ..services import JobRef, Services
 from .delivery import (
     DELIVERY_PATIENCE,

@@ -29,16 +29,16 @@ from engine import (
     variation_request,
 )
 
-from .. import render
-from ..buttons import Action, label_of, offered, progress_view
-from ..checks import is_moderator
-from ..discord_limits import TOKEN_USABLE_FOR
 from ..errors import NotAllowed, ShuttingDown, UnknownJob
-from ..grid import GRID_IMAGES
-from ..imagestore import png_to_rgb
+from ..images.grid import GRID_IMAGES
+from ..images.store import png_to_rgb
 from ..ledger import JobKind, JobRecord, JobStatus, LedgerError, give_up, plan_recovery
-from ..options import ImagineOptions
+from ..presentation import render
+from ..presentation.buttons import Action, label_of, offered, progress_view
 from ..services import JobRef, Services
+from ..services.options import ImagineOptions
+from ..surface.checks import is_moderator
+from ..timing.limits import TOKEN_USABLE_FOR
 from .admission import Admission, Admitted
 from .convert import Origin, reroll_options, resumed_request, source_of
 from .delivery import find_posted, persist, result_images, result_job

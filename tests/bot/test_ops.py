@@ -12,8 +12,7 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.discord_limits import DISCORD_API
-from bot.ops import (
+from bot.ops.metrics import (
     HealthChecks,
     HttpMeter,
     Metrics,
@@ -21,6 +20,7 @@ from bot.ops import (
     follow_gateway,
     point_discord_at,
 )
+from bot.timing.limits import DISCORD_API
 from testkit.discord_server import DiscordTestServer
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from engine import ASPECT_RATIOS, MAX_STRENGTH, MIN_STRENGTH
 
-from .pictures import PictureRef
+from ..images.pictures import PictureRef
 
 __all__ = ["MAX_PROMPT", "ImagineOptions"]
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import discord
 
-from .discord_limits import TOKEN_LIFETIME, TOKEN_MARGIN
+from .limits import TOKEN_LIFETIME, TOKEN_MARGIN
 
 __all__ = ["DiscordClock"]
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import discord
 
-from .ledger import JobKind
-from .services import JobActions, JobRef, host_of
-from .tree import rate_limited, report
+from ..ledger import JobKind
+from ..services import JobActions, JobRef, host_of
+from ..surface.tree import rate_limited, report
 
 __all__ = [
     "OFFERED",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from engine import GeneratedImage, model_text
 
-from .config import ModerationSettings
+from ..config import ModerationSettings
 
 __all__ = ["Moderation", "Verdict", "folded"]
 

@@ -13,9 +13,9 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from .errors import RateLimited, Refusal, describe, unwrap
-from .ledger import LedgerError
-from .services import host_of
+from ..errors import RateLimited, Refusal, describe, unwrap
+from ..ledger import LedgerError
+from ..services import host_of
 
 __all__ = ["ImagineTree", "rate_limited", "reply_privately", "report"]
 

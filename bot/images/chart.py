@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .ledger import UsageSummary
+from ..ledger import UsageSummary
 
 __all__ = ["usage_chart"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from discord.ext import commands
 
-from ..services import JobActions, Services
+from ...services import JobActions, Services
 from .imagine import make_imagine_cog
 from .info import InfoCog
 from .quota import QuotaCog

@@ -13,8 +13,8 @@ import discord
 
 from engine import GenerationResult, JobState, ModelInfo, Progress
 
-from .ledger import JobRecord, QuotaChange, UsageSummary, UserStatus
-from .moderation import Verdict
+from ..ledger import JobRecord, QuotaChange, UsageSummary, UserStatus
+from ..moderation.rules import Verdict
 
 __all__ = [
     "BAR_WIDTH",

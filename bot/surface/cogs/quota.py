@@ -13,9 +13,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from ...presentation.render import info_text, quota_change_text
+from ...services import Services
 from ..checks import moderator_only
-from ..render import info_text, quota_change_text
-from ..services import Services
 
 __all__ = ["QuotaCog"]
 

@@ -35,7 +35,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from engine import EngineClient
 
-from .discord_limits import DISCORD_API
+from ..timing.limits import DISCORD_API
 
 __all__ = [
     "HealthChecks",

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 import discord
 from discord import app_commands
 
-from .errors import NotModerator, OutsideDeclaredRules
-from .services import host_of
+from ..errors import NotModerator, OutsideDeclaredRules
+from ..services import host_of
 
 __all__ = ["declared_rules_kept", "is_moderator", "moderator_only"]
 

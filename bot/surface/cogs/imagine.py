@@ -15,9 +15,9 @@ from discord.ext import commands
 
 from engine import ASPECT_RATIOS, MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, Limits, Shape
 
-from ..options import MAX_PROMPT, ImagineOptions
-from ..pictures import PictureRef
-from ..services import JobActions
+from ...images.pictures import PictureRef
+from ...services import JobActions
+from ...services.options import MAX_PROMPT, ImagineOptions
 
 __all__ = ["make_imagine_cog"]
 

@@ -9,8 +9,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from ..render import info_text, models_text
-from ..services import Services
+from ...presentation.render import info_text, models_text
+from ...services import Services
 
 __all__ = ["InfoCog"]
 

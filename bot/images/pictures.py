@@ -24,8 +24,8 @@ import aiohttp
 from engine import InvalidRequest
 from engine.picture import decode_picture
 
-from .discord_limits import DISCORD_API
-from .errors import BotError
+from ..errors import BotError
+from ..timing.limits import DISCORD_API
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -15,10 +15,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from .buttons import JobButton
+from ..presentation.buttons import JobButton
+from ..services import JobActions, Services
 from .checks import declared_rules_kept
 from .cogs import make_cogs
-from .services import JobActions, Services
 from .tree import ImagineTree
 
 __all__ = ["ImagineBot"]

@@ -16,15 +16,15 @@ import discord
 
 from engine import EngineClient
 
-from .clock import DiscordClock
-from .config import BotConfig
-from .guildrules import GuildRules
-from .imagestore import ImageStore
-from .jobref import JobRef
-from .ledger import Ledger
-from .ops import Metrics
+from ..config import BotConfig
+from ..images.store import ImageStore
+from ..ledger import Ledger
+from ..ledger.jobref import JobRef
+from ..moderation.guilds import GuildRules
+from ..ops.metrics import Metrics
+from ..timing.clock import DiscordClock
+from ..timing.throttle import EditThrottle, UserRateLimit
 from .options import ImagineOptions
-from .throttle import EditThrottle, UserRateLimit
 
 __all__ = [
     "Channels",

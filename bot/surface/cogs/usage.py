@@ -10,10 +10,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from ..chart import usage_chart
+from ...images.chart import usage_chart
+from ...presentation.render import usage_embed
+from ...services import Services
 from ..checks import moderator_only
-from ..render import usage_embed
-from ..services import Services
 
 __all__ = ["UsageCog"]
 

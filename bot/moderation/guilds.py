@@ -12,9 +12,9 @@ import dataclasses
 import time
 from typing import Any
 
-from .config import ModerationSettings
-from .ledger import SETTINGS, GuildSettings, Ledger, SettingsChange
-from .moderation import Moderation
+from ..config import ModerationSettings
+from ..ledger import SETTINGS, GuildSettings, Ledger, SettingsChange
+from .rules import Moderation
 
 __all__ = ["CACHE_SECONDS", "GuildRules"]
 

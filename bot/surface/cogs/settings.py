@@ -16,10 +16,10 @@ from discord.ext import commands
 
 from engine import ImageRequest, InvalidRequest
 
+from ...errors import BadSetting
+from ...ledger import FLAGGED_POLICIES, SETTINGS, parse_setting
+from ...services import Services
 from ..checks import moderator_only
-from ..errors import BadSetting
-from ..ledger import FLAGGED_POLICIES, SETTINGS, parse_setting
-from ..services import Services
 
 __all__ = ["SettingsCog"]
 

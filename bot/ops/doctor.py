@@ -34,8 +34,8 @@ import discord
 from engine import EngineConfig, EngineError, ModelSpec
 from engine.sources import CHECKPOINT_SUFFIXES, first_line, hub_problem, looks_local
 
-from .config import STATE_DIR_ENV, BotConfig, ConfigError, load_config, sqlite_file
-from .ledger import DatabaseMarker, SchemaTooNew, inspect_database, safe_url, schema_status
+from ..config import STATE_DIR_ENV, BotConfig, ConfigError, load_config, sqlite_file
+from ..ledger import DatabaseMarker, SchemaTooNew, inspect_database, safe_url, schema_status
 
 __all__ = ["CHANNEL_PERMISSIONS", "Check", "channel_permissions", "run_doctor"]
 
@@ -341,7 +341,7 @@ def _available_memory() -> int | None:
 
 
 async def _discord(config: BotConfig, report: Callable[[Check], None]) -> None:
-    from .ops import point_discord_at
+    from .metrics import point_discord_at
 
     token = config.resolve_token()
     if not token:

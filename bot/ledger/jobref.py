@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ledger import JobRecord
+from .jobs import JobRecord
 
 __all__ = ["JobRef"]
 
