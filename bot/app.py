@@ -45,7 +45,7 @@ from engine.cluster import RayEngine
 
 from .config import STATE_DIR_ENV, BotConfig, ConfigError, load_config
 from .images.store import ImageStore
-from .jobs import JobService
+from .jobs import Actions, JobService, recover
 from .ledger import (
     DatabaseMarker,
     DatabaseMismatch,
@@ -263,7 +263,7 @@ def _assemble(
         images=ImageStore(config.images.store_dir, keep_days=config.images.keep_days),
     )
     jobs = JobService(services)
-    bot.attach(services, jobs)
+    bot.attach(services, Actions(jobs))
     meter = HttpMeter(services.metrics)
     meter.install(bot.http)
 
@@ -374,7 +374,7 @@ async def _serve_with(
                 )
                 await _until(stop, engine.start())
                 await _until(stop, bot.sync_commands())
-                await jobs.recover()
+                await recover(jobs)
                 connection = asyncio.create_task(bot.connect(reconnect=True), name="gateway")
                 watchdog = asyncio.create_task(
                     bot.watch_ready(config.discord.ready_timeout), name="ready-watchdog"

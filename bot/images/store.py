@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from engine import GeneratedImage
 
-    from ..ledger.jobref import JobRef
+    from ..ledger import JobRef
 
 __all__ = ["ImageStore", "png_to_rgb", "why_not_written"]
 

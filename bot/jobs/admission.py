@@ -24,9 +24,9 @@ from engine import Busy, Checked, EngineError, ImageRequest, InvalidRequest, Job
 
 from ..errors import RateLimited, Refusal
 from ..images.pictures import BadPicture, fetch_picture
-from ..ledger import JobKind, JobRecord, JobRequest, RefusalReason, Reservation
+from ..ledger import JobKind, JobRecord, JobRef, JobRequest, RefusalReason, Reservation
 from ..moderation.rules import Moderation
-from ..services import JobRef, Services
+from ..services import Services
 from ..services.options import ImagineOptions
 from .convert import Origin, engine_request, ledger_request
 from .pricing import price

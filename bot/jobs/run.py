@@ -8,7 +8,7 @@ Every path ends in exactly one ledger state: `done` (result posted once), `faile
 recorded first, a Discord outage is waited out, and a crash before "done" is recorded is
 reconciled at the next start instead of posting again. A bot shutdown leaves the job
 `queued`/`running` in the ledger on purpose: the next start runs it again
-(`JobService.recover`).
+(`recovery.py`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from engine import ShuttingDown as EngineShuttingDown
 from ..errors import describe
 from ..images.grid import GRID_IMAGES, grid_png
 from ..images.store import why_not_written
-from ..ledger import JobRecord, JobStatus, give_up
+from ..ledger import JobRecord, JobRef, JobStatus, give_up
 from ..presentation import render
 from ..presentation.buttons import progress_view, result_view
-from ..services import JobRef, Services
+from ..services import Services
 from .delivery import (
     DELIVERY_PATIENCE,
     GRID,

@@ -7,14 +7,12 @@ the job is looked up when the button is pressed, so no view object has to surviv
 (discord.py's `DynamicItem`). One item class serves every action through a table, so a new
 button is one row. What a result offers depends on its job's kind (`OFFERED`): the same
 table builds the view and decides whether a press may run, since a custom id can be forged
-onto any message. discord.py only logs
-errors raised in item callbacks; these route them to `tree.report`, the one place that
-answers users about errors.
+onto any message. A press is handed to the Discord surface (`ServiceHost.press`, answered by
+`surface/presses.py`), which calls the job service and reports errors.
 """
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,14 +20,11 @@ from typing import Any
 
 import discord
 
-from ..ledger import JobKind
-from ..services import JobActions, JobRef, host_of
-from ..surface.tree import rate_limited, report
+from ..ledger import JobKind, JobRef
+from ..services import PER_IMAGE, Action, Press, host_of
 
 __all__ = [
     "OFFERED",
-    "PER_IMAGE",
-    "Action",
     "JobButton",
     "label_of",
     "offered",
@@ -37,18 +32,6 @@ __all__ = [
     "result_view",
 ]
 
-
-class Action(enum.StrEnum):
-    REROLL = "reroll"
-    DELETE = "delete"
-    CANCEL = "cancel"
-    UPSCALE = "u"  # with the image's index: u0..u9
-    VARY_SUBTLE = "vs"
-    VARY_STRONG = "vx"
-
-
-#: Actions that act on one image of the result, named by its index in the custom id.
-PER_IMAGE = frozenset({Action.UPSCALE, Action.VARY_SUBTLE, Action.VARY_STRONG})
 
 _MADE = frozenset(
     {Action.UPSCALE, Action.VARY_SUBTLE, Action.VARY_STRONG, Action.REROLL, Action.DELETE}
@@ -85,27 +68,6 @@ _LOOKS: dict[Action, _Look] = {
 }
 
 
-async def _act(
-    actions: JobActions,
-    action: Action,
-    i: discord.Interaction[Any],
-    job: JobRef,
-    index: int | None,
-) -> None:
-    if action in PER_IMAGE:
-        assert index is not None
-        if action is Action.UPSCALE:
-            await actions.upscale(i, job, index)
-        else:
-            await actions.vary(i, job, index, strong=action is Action.VARY_STRONG)
-    elif action is Action.REROLL:
-        await actions.reroll(i, job)
-    elif action is Action.DELETE:
-        await actions.delete(i, job)
-    else:
-        await actions.cancel(i, job)
-
-
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=(
@@ -115,8 +77,8 @@ class JobButton(
 ):
     """A job's button; only its requester or a moderator may use it (the job service checks).
 
-    Every press counts against the presser's rate limit before any other work. `label`
-    overrides the action's own (U2, V3 on a grid).
+    A press goes to the surface (`ServiceHost.press`). `label` overrides the action's own
+    (U2, V3 on a grid).
     """
 
     def __init__(
@@ -154,15 +116,7 @@ class JobButton(
         return cls(action, job, int(index) if index else None)
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        limited = rate_limited(interaction)
-        if limited is not None:
-            await report(interaction, limited)
-            return
-        try:
-            actions = host_of(interaction).job_actions
-            await _act(actions, self.action, interaction, self.job, self.index)
-        except Exception as exc:
-            await report(interaction, exc)
+        await host_of(interaction).press(interaction, Press(self.action, self.job, self.index))
 
 
 def label_of(action: Action) -> str:

@@ -1,9 +1,10 @@
 """What the bot's parts share, as one small bundle, and what they need from Discord.
 
 Cogs, buttons, the command tree, checks and the job service take a `Services` (and the
-`JobActions` buttons call) instead of the whole `ImagineBot`, so each can be built and tested
-without a logged-in client. Only the composition root (`app.py`) knows the concrete client;
-here it is just `Channels`, the few client methods the parts use.
+`JobActions` that `/imagine` and the buttons call) instead of the whole `ImagineBot`, so each
+can be built and tested without a logged-in client. Only the composition root (`app.py`)
+knows the concrete client; here it is just `Channels`, the few client methods the parts use,
+and `ServiceHost`, what handlers that discord.py calls without a cog find on it.
 """
 
 from __future__ import annotations
@@ -19,21 +20,13 @@ from engine import EngineClient
 from ..config import BotConfig
 from ..images.store import ImageStore
 from ..ledger import Ledger
-from ..ledger.jobref import JobRef
 from ..moderation.guilds import GuildRules
 from ..ops.metrics import Metrics
 from ..timing.clock import DiscordClock
 from ..timing.throttle import EditThrottle, UserRateLimit
-from .options import ImagineOptions
+from .actions import JobActions, Press
 
-__all__ = [
-    "Channels",
-    "JobActions",
-    "JobRef",
-    "ServiceHost",
-    "Services",
-    "host_of",
-]
+__all__ = ["Channels", "ServiceHost", "Services", "host_of"]
 
 
 class Channels(Protocol):
@@ -59,28 +52,6 @@ class Channels(Protocol):
         ...
 
 
-class JobActions(Protocol):
-    """What `/imagine` and the job buttons ask of the job service."""
-
-    async def imagine(
-        self, interaction: discord.Interaction[Any], options: ImagineOptions
-    ) -> None: ...
-
-    async def reroll(self, interaction: discord.Interaction[Any], job: JobRef) -> None: ...
-
-    async def delete(self, interaction: discord.Interaction[Any], job: JobRef) -> None: ...
-
-    async def cancel(self, interaction: discord.Interaction[Any], job: JobRef) -> None: ...
-
-    async def upscale(
-        self, interaction: discord.Interaction[Any], job: JobRef, index: int
-    ) -> None: ...
-
-    async def vary(
-        self, interaction: discord.Interaction[Any], job: JobRef, index: int, *, strong: bool
-    ) -> None: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Services:
     """The long-lived resources of one bot process, built once by `app.py`."""
@@ -99,10 +70,14 @@ class Services:
 
 class ServiceHost(Protocol):
     """What `interaction.client` offers to handlers discord.py calls without a cog (buttons,
-    checks, the tree): the services and the job actions."""
+    checks, the tree): the services, the job actions, and where a job button's press goes."""
 
     services: Services
     job_actions: JobActions
+
+    async def press(self, interaction: discord.Interaction[Any], press: Press) -> None:
+        """Answer a press of a job button (the surface's `presses.py`)."""
+        ...
 
 
 def host_of(interaction: discord.Interaction[Any]) -> ServiceHost:

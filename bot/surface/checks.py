@@ -6,42 +6,26 @@ server admin re-enabling a command for everyone), and discord.py does not check 
 bot's side. So:
 
 - `moderator_only`: Manage Server (or Administrator) in the interaction's permissions, or one
-  of the configured moderator roles, for moderator commands and buttons;
+  of the configured moderator roles (`moderation/moderators.py`), for moderator commands;
 - `declared_rules_kept`: added to every slash command at start-up: a guild-only command from
   a DM, or an option outside its declared range or length, is refused with a clear message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import discord
 from discord import app_commands
 
 from ..errors import NotModerator, OutsideDeclaredRules
+from ..moderation.moderators import is_moderator
 from ..services import host_of
 
-__all__ = ["declared_rules_kept", "is_moderator", "moderator_only"]
+__all__ = ["declared_rules_kept", "moderator_only"]
 
 T = TypeVar("T")
-
-
-def _role_ids(member: discord.Member) -> set[int]:
-    try:
-        return {role.id for role in member.roles}
-    except AttributeError:  # guild not cached yet: discord.py gave a partial guild
-        return set()
-
-
-def is_moderator(interaction: discord.Interaction[Any], role_ids: Iterable[int]) -> bool:
-    user = interaction.user
-    if not isinstance(user, discord.Member):  # DMs have no moderators
-        return False
-    perms = interaction.permissions
-    if perms.administrator or perms.manage_guild:
-        return True
-    return bool(_role_ids(user) & set(role_ids))
 
 
 def moderator_only() -> Callable[[T], T]:

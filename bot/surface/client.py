@@ -2,21 +2,24 @@
 
 `app.py` builds it, then `attach`es the process's `Services` and job actions before login;
 `setup_hook` (run by discord.py after the token is accepted) registers the persistent
-buttons, adds the cogs and syncs the slash commands. Nothing here opens a database or loads a
-model (discord.py's `examples/advanced_startup.py` pattern).
+buttons (a press comes back through `press`), adds the cogs and syncs the slash commands.
+Nothing here opens a database or loads a model (discord.py's `examples/advanced_startup.py`
+pattern).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from ..presentation.buttons import JobButton
-from ..services import JobActions, Services
+from ..services import JobActions, Press, Services
+from . import presses
 from .checks import declared_rules_kept
 from .cogs import make_cogs
 from .tree import ImagineTree
@@ -73,6 +76,10 @@ class ImagineBot(commands.AutoShardedBot):
         if self._job_actions is None:
             raise RuntimeError("ImagineBot.attach() was not called before login")
         return self._job_actions
+
+    async def press(self, interaction: discord.Interaction[Any], press: Press) -> None:
+        """A job button's press (`services.ServiceHost`): answered by `presses.py`."""
+        await presses.answer(self.job_actions, interaction, press)
 
     # -- what `services.Channels` asks of the client -----------------------------------------
 

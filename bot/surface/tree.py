@@ -1,7 +1,7 @@
 """`ImagineTree`: the one place that turns an error into an answer to the user.
 
 Slash commands reach `on_error` through discord.py; button callbacks (which discord.py would
-only log) are routed here by `buttons.py`. The answer is always ephemeral and never a
+only log) are routed here by `presses.py`. The answer is always ephemeral and never a
 traceback: unexpected errors are logged with a short id the user can quote.
 """
 
@@ -62,7 +62,7 @@ async def report(interaction: discord.Interaction[Any], error: BaseException) ->
 class ImagineTree(app_commands.CommandTree[Any]):
     async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
         """Per-user rate limit for slash commands (`/imagine` checks its own, to record the
-        refusal in the ledger; buttons check theirs in `buttons.py`)."""
+        refusal in the ledger; buttons check theirs in `presses.py`)."""
         command = interaction.command
         if command is not None and command.qualified_name == "imagine":
             return True
