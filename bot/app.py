@@ -61,15 +61,9 @@ from .ledger import (
     upgrade_to_head,
 )
 from .moderation.guilds import GuildRules
-from .ops.metrics import (
-    HealthChecks,
-    HttpMeter,
-    Metrics,
-    MetricsUpdater,
-    OpsServer,
-    follow_gateway,
-    point_discord_at,
-)
+from .ops.discord_http import HttpMeter, follow_gateway, point_discord_at
+from .ops.health import HealthChecks, OpsServer
+from .ops.metrics import Metrics, MetricsUpdater
 from .services import Services
 from .surface.client import ImagineBot
 from .timing.clock import DiscordClock

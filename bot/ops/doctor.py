@@ -341,7 +341,7 @@ def _available_memory() -> int | None:
 
 
 async def _discord(config: BotConfig, report: Callable[[Check], None]) -> None:
-    from .metrics import point_discord_at
+    from .discord_http import point_discord_at
 
     token = config.resolve_token()
     if not token:
