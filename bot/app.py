@@ -43,12 +43,9 @@ import discord
 from engine import Engine, EngineClient
 from engine.cluster import RayEngine
 
-from .client import ImagineBot
-from .clock import DiscordClock
 from .config import BotConfig, ConfigError, load_config
-from .guildrules import GuildRules
-from .imagestore import ImageStore
-from .jobs import JobService
+from .images.store import ImageStore
+from .jobs import Actions, JobService, recover
 from .ledger import (
     DatabaseMarker,
     DatabaseMismatch,
@@ -63,18 +60,15 @@ from .ledger import (
     safe_url,
     upgrade_to_head,
 )
-from .ops import (
-    HealthChecks,
-    HttpMeter,
-    Metrics,
-    MetricsUpdater,
-    OpsServer,
-    follow_gateway,
-    point_discord_at,
-)
+from .moderation.guilds import GuildRules
+from .ops.discord_http import HttpMeter, follow_gateway, point_discord_at
+from .ops.health import HealthChecks, OpsServer
+from .ops.metrics import Metrics, MetricsUpdater
 from .services import Services
 from .state_dir import STATE_DIR_ENV
-from .throttle import EditThrottle, UserRateLimit
+from .surface.client import ImagineBot
+from .timing.clock import DiscordClock
+from .timing.throttle import EditThrottle, UserRateLimit
 
 __all__ = ["StartupError", "run_bot"]
 
@@ -255,7 +249,7 @@ def _assemble(
         images=ImageStore(config.images.store_dir, keep_days=config.images.keep_days),
     )
     jobs = JobService(services)
-    bot.attach(services, jobs)
+    bot.attach(services, Actions(jobs))
     meter = HttpMeter(services.metrics)
     meter.install(bot.http)
 
@@ -366,7 +360,7 @@ async def _serve_with(
                 )
                 await _until(stop, engine.start())
                 await _until(stop, bot.sync_commands())
-                await jobs.recover()
+                await recover(jobs)
                 connection = asyncio.create_task(bot.connect(reconnect=True), name="gateway")
                 watchdog = asyncio.create_task(
                     bot.watch_ready(config.discord.ready_timeout), name="ready-watchdog"

@@ -480,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("zoom", "pan", "inpaint"):
             return asyncio.run(_canvas(args))
         if args.command == "doctor":
-            from .doctor import run_doctor
+            from .ops.doctor import run_doctor
 
             return asyncio.run(run_doctor(args.config))
         from .app import run_bot  # the Discord side is imported only when it runs

@@ -19,10 +19,10 @@ from engine import EngineConfig, LoraSpec, ModelSpec
 from engine.cluster import RayConfig
 from engine.config import DescribeConfig
 
-from .discord_limits import DISCORD_API
 from .ledger.identity import marker_name
 from .ledger.shards import Shards
 from .state_dir import default_state_dir, sqlite_file, sqlite_in
+from .timing.limits import DISCORD_API
 
 __all__ = [
     "BotConfig",

@@ -1,8 +1,9 @@
 """The bot's exceptions, and the one mapping from any error to a message a user may read.
 
-Cogs and the job service raise; `ImagineTree.on_error` (see `tree.py`) is the one place that
-answers the interaction. Every message here is written for the user; nothing internal (a
-traceback, a SQL error, an engine detail) is ever shown, only logged with an error id.
+Cogs and the job service raise; `ImagineTree.on_error` (see `surface/tree.py`) is the one
+place that answers the interaction. Every message here is written for the user; nothing
+internal (a traceback, a SQL error, an engine detail) is ever shown, only logged with an
+error id.
 """
 
 from __future__ import annotations

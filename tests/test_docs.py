@@ -208,7 +208,7 @@ def test_reliability_rows_name_their_tests() -> None:
 def test_the_invite_asks_for_what_the_bot_checks() -> None:
     """The invite URL's permissions: what `doctor` checks in each channel, plus Read Message
     History (delivery looks for an earlier post after a crash)."""
-    from bot.doctor import CHANNEL_PERMISSIONS
+    from bot.ops.doctor import CHANNEL_PERMISSIONS
 
     wanted = sum(CHANNEL_PERMISSIONS) | 1 << 16
     for page in (ROOT / "README.md", ROOT / "docs" / "setup.md"):

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.discord_limits import ANSWER_DEADLINE
 from bot.jobs.delivery import result_images
 from bot.ledger import ACTIVE_STATUSES, JobStatus
+from bot.timing.limits import ANSWER_DEADLINE
 from testkit.discord_server import DiscordTestServer, Interaction, Message
 from testkit.ops import Samples
 

@@ -2,7 +2,7 @@
 and what the Discord test server shows of each job (its id, its result, whether it ended).
 
 Results are recognised by the bot's own attachment names (`bot.jobs.delivery.result_job`)
-and buttons by their custom ids (`testkit.jobs.JOB_ID`, actions from `bot.buttons.Action`);
+and buttons by their custom ids (`testkit.jobs.JOB_ID`, actions from `bot.services.Action`);
 the two texts read here (`Job #N`, and how a job that ended without images says so) are what
 a member reads on the progress message.
 """
@@ -18,15 +18,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bot.buttons import Action
-from bot.discord_limits import ANSWER_DEADLINE
 from bot.jobs.delivery import result_job
+from bot.services import Action
+from bot.timing.limits import ANSWER_DEADLINE
 from testkit.discord_server import Channel, DiscordTestServer, Interaction, Message, User
 from testkit.jobs import JOB_ID, button_id
 
 __all__ = ["JobAsk", "Load", "failed_interaction", "has_button"]
 
-#: The job id on a progress message without buttons (the bot's words, `bot/render.py`).
+#: The job id on a progress message without buttons (the bot's words,
+#: `bot/presentation/render.py`).
 JOB_TEXT = re.compile(r"Job #(\d+)")
 #: A progress message saying its job ended without images (`bot/jobs/run.py`).
 ENDED_TEXT = re.compile(r"was cancelled|failed|flagged")

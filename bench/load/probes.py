@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, make_url, select
 
 from bot.ledger import ACTIVE_STATUSES
 from bot.ledger.models import Job
-from bot.ops import Metrics
+from bot.ops.metrics import Metrics
 from engine.tiny import builtin_folder, default_cache_dir
 from testkit.config import database_url
 from testkit.discord_server import DiscordTestServer

@@ -7,7 +7,7 @@ import collections
 from typing import Any
 
 from bot.ledger import ACTIVE_STATUSES
-from bot.ops import LAG_PROBE_INTERVAL
+from bot.ops.metrics import LAG_PROBE_INTERVAL
 
 from ..report import device, markdown_table
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 from engine import Busy, Checked, EngineError, ImageRequest, InvalidRequest, Job
 
 from ..errors import RateLimited, Refusal
-from ..ledger import JobKind, JobRecord, JobRequest, RefusalReason, Reservation
-from ..moderation import Moderation
-from ..options import ImagineOptions
-from ..pictures import BadPicture, fetch_picture
-from ..services import JobRef, Services
+from ..images.pictures import BadPicture, fetch_picture
+from ..ledger import JobKind, JobRecord, JobRef, JobRequest, RefusalReason, Reservation
+from ..moderation.rules import Moderation
+from ..services import Services
+from ..services.options import ImagineOptions
 from .convert import Origin, engine_request, ledger_request
 from .pricing import price
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from engine import MAX_SEED, UPSCALE_FACTOR, ImageRequest, Parameters
 
 from ..ledger import JobKind, JobRequest
-from ..options import ImagineOptions
+from ..services.options import ImagineOptions
 
 if TYPE_CHECKING:
     from PIL.Image import Image

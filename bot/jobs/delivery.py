@@ -29,8 +29,8 @@ from typing import TypeVar
 import aiohttp
 import discord
 
-from ..ledger import JobRecord
-from ..services import JobRef, Services
+from ..ledger import JobRecord, JobRef
+from ..services import Services
 
 __all__ = [
     "DELIVERY_PATIENCE",

@@ -8,7 +8,7 @@ Every path ends in exactly one ledger state: `done` (result posted once), `faile
 recorded first, a Discord outage is waited out, and a crash before "done" is recorded is
 reconciled at the next start instead of posting again. A bot shutdown leaves the job
 `queued`/`running` in the ledger on purpose: the next start runs it again
-(`JobService.recover`).
+(`recovery.py`).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ import discord
 from engine import Cancelled, EngineError, GenerationResult, Job, JobState, upscaled_size
 from engine import ShuttingDown as EngineShuttingDown
 
-from .. import render
-from ..buttons import progress_view, result_view
 from ..errors import describe
-from ..grid import GRID_IMAGES, grid_png
-from ..imagestore import why_not_written
-from ..ledger import JobRecord, JobStatus, give_up
-from ..services import JobRef, Services
+from ..images.grid import GRID_IMAGES, grid_png
+from ..images.store import why_not_written
+from ..ledger import JobRecord, JobRef, JobStatus, give_up
+from ..presentation import render
+from ..presentation.buttons import progress_view, result_view
+from ..services import Services
 from .delivery import (
     DELIVERY_PATIENCE,
     GRID,

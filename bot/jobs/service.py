@@ -3,11 +3,10 @@
     defer (ephemeral) → admission (checks, reservation, engine) → private progress message
     → `JobRun` (progress, delivery, final ledger state)
 
-It keeps the registry of runs, answers the job buttons (Upscale, Vary, Reroll, Delete,
-Cancel: the requester or a moderator of the job's own server only; an Upscale or Vary is a
-new image-to-image job from the chosen image, kept full size by `ImageStore`), runs again
-at start-up the jobs a previous process left unfinished, and on shutdown leaves unfinished
-jobs to the next start.
+It keeps the registry of runs, admits new jobs (an `/imagine`, a Reroll, an Upscale or
+Vary), and on shutdown leaves unfinished jobs to the next start. The job buttons' work is in
+`actions.py` (`Actions`, what the Discord surface calls); the jobs a previous process left
+unfinished are run again by `recovery.py`.
 """
 
 from __future__ import annotations
@@ -20,29 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from engine import (
-    EngineError,
-    ImageRequest,
-    Job,
-    Parameters,
-    upscale_request,
-    variation_request,
-)
+from engine import ImageRequest, Job
 
-from .. import render
-from ..buttons import Action, label_of, offered, progress_view
-from ..checks import is_moderator
-from ..discord_limits import TOKEN_USABLE_FOR
-from ..errors import NotAllowed, ShuttingDown, UnknownJob
-from ..grid import GRID_IMAGES
-from ..imagestore import png_to_rgb
-from ..ledger import JobKind, JobRecord, JobStatus, LedgerError, give_up, plan_recovery
-from ..options import ImagineOptions
-from ..services import JobRef, Services
+from ..errors import ShuttingDown
+from ..ledger import JobKind, JobRecord, JobRef, LedgerError
+from ..presentation import render
+from ..presentation.buttons import progress_view
+from ..services import ImagineOptions, Services
 from .admission import Admission, Admitted
-from .convert import Origin, reroll_options, resumed_request, source_of
-from .delivery import find_posted, persist, result_images, result_job
-from .pricing import refund
+from .convert import Origin
 from .run import PROGRESS_INTERVAL, JobRun, channel_target, is_nsfw
 from .targets import InteractionTarget, Target
 
@@ -73,26 +58,8 @@ def origin_of(interaction: discord.Interaction[Any]) -> Origin:
     )
 
 
-def _on_its_message(interaction: discord.Interaction[Any], message_id: int | None) -> bool:
-    """Whether a button was pressed on the job's own message (None: not known, so any).
-
-    A button's id names a job, but it acts on the message it is on: a forged id must not let
-    someone act on another member's message through their own job.
-    """
-    clicked = interaction.message.id if interaction.message is not None else None
-    return message_id is None or clicked == message_id
-
-
-def _offers(record: JobRecord, action: Action) -> None:
-    """Refuse a press for an action the job's result does not offer (its custom id was
-    forged onto the message): what runs, and what it costs, follows the job's kind."""
-    kind = record.request.kind
-    if action not in offered(kind):
-        raise NotAllowed(f"Job #{record.id} is an {kind}: it offers no {label_of(action)}.")
-
-
 class JobService:
-    """Owns every job this process runs (the `/imagine` cog and the buttons call it)."""
+    """Owns every job this process runs (`Actions` and `recover` go through it)."""
 
     def __init__(self, services: Services, *, progress_interval: float = PROGRESS_INTERVAL) -> None:
         self.services = services
@@ -106,9 +73,22 @@ class JobService:
         # ledger, or the image is made and posted after the refund.
         self._submitted: dict[int, tuple[JobRecord, Job]] = {}
 
-    @property
-    def runs(self) -> dict[int, JobRun]:
-        return {job_id: run for job_id, (run, _task) in self._runs.items()}
+    def run_of(self, job_id: int) -> JobRun | None:
+        """The run of job `job_id`, if this process runs it."""
+        running = self._runs.get(job_id)
+        return running[0] if running is not None else None
+
+    def submitted(self, job_id: int) -> tuple[JobRecord, Job] | None:
+        """Job `job_id` in the engine while its progress message is being posted (no run yet)."""
+        return self._submitted.get(job_id)
+
+    async def recorded(self, job_id: int) -> None:
+        """Wait until a result this process is posting is in the ledger: a press on a result
+        that appeared a moment ago must find its message id there, not the progress message's."""
+        run = self.run_of(job_id)
+        if run is not None and run.delivering:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.recorded.wait(), DELIVERY_RECORD_WAIT)
 
     # -- asking for images ------------------------------------------------------------------
 
@@ -131,7 +111,7 @@ class JobService:
             )
             await self._follow(interaction, admitted)
 
-    async def _derived(
+    async def derived(
         self,
         interaction: discord.Interaction[Any],
         request: ImageRequest,
@@ -180,7 +160,7 @@ class JobService:
             progress_interval=self.progress_interval,
             shown=shown,
         )
-        self._start(run)
+        self.start(run)
 
     async def _progress_message(
         self, interaction: discord.Interaction[Any], record: JobRecord, engine_job: Job
@@ -206,291 +186,11 @@ class JobService:
             log.warning("job %d: could not store the progress message: %s", record.id, exc)
         return InteractionTarget.for_job(services, record, message_id=first.id), text
 
-    # -- buttons ----------------------------------------------------------------------------
-
-    async def reroll(self, interaction: discord.Interaction[Any], job: JobRef) -> None:
-        """Same options as `job`, a new seed: its requester or a moderator only (a reroll is
-        charged to whoever pressed the button)."""
-        # The database may be slow under load: answer Discord first.
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        record = await self._known(interaction, job)
-        if not self._may_manage(interaction, record):
-            raise NotAllowed(
-                "Only the person who asked for these images, or a moderator, can reroll them."
-            )
-        _offers(record, Action.REROLL)
-        picture = None
-        if record.request.strength is not None:
-            picture = await asyncio.to_thread(self.services.images.load_input, job)
-            if picture is None:
-                raise NotAllowed(self._gone(f"The picture job #{record.id} started from"))
-        options = reroll_options(record.request)
-        await self.imagine(interaction, options, reroll_of=record.id, picture=picture)
-
-    async def upscale(self, interaction: discord.Interaction[Any], job: JobRef, index: int) -> None:
-        """Image `index` of `job` at twice its size (hires fix), charged to the presser."""
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        record, params, image = await self._chosen(interaction, job, index, Action.UPSCALE)
-        request = upscale_request(
-            params,
-            image,
-            self.services.engine.limits,
-            user=origin_of(interaction).fairness_key,
-            origin=f"job {record.id}, image {index + 1}",
-            models=self.services.engine.model_names,
-        )
-        await self._derived(interaction, request, kind=JobKind.UPSCALE, source=record, index=index)
-
-    async def vary(
-        self, interaction: discord.Interaction[Any], job: JobRef, index: int, *, strong: bool
-    ) -> None:
-        """New images from image `index` of `job` (up to four, as a grid), charged to the
-        presser: subtle or strong, at the configured strengths. Variations of an upscale are
-        made at the model's native size, as `/imagine` makes them (see `variation_request`)."""
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        action = Action.VARY_STRONG if strong else Action.VARY_SUBTLE
-        record, params, image = await self._chosen(interaction, job, index, action)
-        settings = self.services.config.images
-        limits = self.services.engine.limits
-        request = variation_request(
-            params,
-            image,
-            limits,
-            strength=settings.strong_variation if strong else settings.subtle_variation,
-            count=min(GRID_IMAGES, limits.max_count),
-            user=origin_of(interaction).fairness_key,
-            origin=f"job {record.id}, image {index + 1}",
-            models=self.services.engine.model_names,
-            native=record.request.kind is JobKind.UPSCALE,
-        )
-        await self._derived(
-            interaction, request, kind=JobKind.VARIATION, source=record, index=index
-        )
-
-    async def _chosen(
-        self, interaction: discord.Interaction[Any], job: JobRef, index: int, action: Action
-    ) -> tuple[JobRecord, Parameters, Image]:
-        """The job, parameters and full-size picture of image `index` a button names; only
-        its requester or a moderator, on the job's own message, for an action its result
-        offers, while the image is kept. The parameters are the ledger's (`source_of`); the
-        kept PNG gives only the picture."""
-        record = await self._known(interaction, job)
-        if not _on_its_message(interaction, record.message_id):
-            raise NotAllowed(f"This button does not belong to job #{job.id}.")
-        verb = "upscale" if action is Action.UPSCALE else "vary"
-        if not self._may_manage(interaction, record):
-            raise NotAllowed(
-                f"Only the person who asked for these images, or a moderator, can {verb} them."
-            )
-        _offers(record, action)
-        png = await asyncio.to_thread(self.services.images.load_output, job, index)
-        if png is None and record.unkept:
-            raise NotAllowed(
-                f"The bot could not keep image {index + 1} of job #{job.id} when it was made "
-                f"({record.unkept}), so it cannot start from it."
-            )
-        if png is None:
-            raise NotAllowed(self._gone(f"Image {index + 1} of job #{job.id}"))
-        return record, source_of(record.request, index), await asyncio.to_thread(png_to_rgb, png)
-
-    async def _known(self, interaction: discord.Interaction[Any], job: JobRef) -> JobRecord:
-        """The job a button names, in the presser's server; else `UnknownJob`."""
-        await self._recorded(job.id)
-        record = await self.services.ledger.get_job(job.id)
-        if not job.names(record) or record.request.guild_id != (interaction.guild_id or 0):
-            raise UnknownJob()
-        return record
-
-    async def _recorded(self, job_id: int) -> None:
-        """Wait until a result this process is posting is in the ledger: a press on a result
-        that appeared a moment ago must find its message id there, not the progress message's."""
-        running = self._runs.get(job_id)
-        if running is not None and running[0].delivering:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(running[0].recorded.wait(), DELIVERY_RECORD_WAIT)
-
-    def _gone(self, what: str) -> str:
-        days = self.services.config.images.keep_days
-        return f"{what} is no longer kept (the bot keeps images for {days} days)."
-
-    async def delete(self, interaction: discord.Interaction[Any], job: JobRef) -> None:
-        """Delete the result message the button is on: its requester or a moderator only."""
-        await interaction.response.defer()  # acknowledges the click before the database
-        await self._recorded(job.id)
-        record = await self.services.ledger.get_job(job.id)
-        if not job.names(record) or not _on_its_message(interaction, record.message_id):
-            # A forged id, or a job of a reset database: the message is not this job's result.
-            record = None  # so only a moderator may delete it
-        if not self._may_manage(interaction, record):
-            raise NotAllowed(
-                "Only the person who asked for these images, or a moderator, can delete them."
-            )
-        await interaction.delete_original_response()
-        log.info("job %d: result deleted by %s", job.id, interaction.user.id)
-
-    async def cancel(self, interaction: discord.Interaction[Any], job: JobRef) -> None:
-        """Stop a queued or running job: its requester or a moderator only.
-
-        Jobs this process runs are answered from memory (no database on the way to Discord's
-        3 s limit); only jobs it does not run are cancelled through the ledger.
-        """
-        job_id = job.id
-        running = self._runs.get(job_id)
-        known = (
-            (running[0].record, running[0].engine_job)
-            if running is not None
-            else self._submitted.get(job_id)
-        )
-        if known is not None and not job.names(known[0]):
-            raise UnknownJob()
-        not_yours = "Only the person who asked for this job, or a moderator, can cancel it."
-        if known is not None:
-            record, engine_job = known
-            progress = running[0].target.message_id if running is not None else None
-            if not _on_its_message(interaction, progress):
-                raise NotAllowed(f"This button does not belong to job #{job_id}.")
-            if not self._may_manage(interaction, record):
-                raise NotAllowed(not_yours)
-            if engine_job.cancel():  # the job's own run records it and refunds
-                await interaction.response.edit_message(
-                    content=f"Cancelling job #{job_id}…", view=None, attachments=[]
-                )
-                return
-            raise NotAllowed(f"Job #{job_id} has already finished.")
-        await interaction.response.defer()
-        ledger = self.services.ledger
-        found = await ledger.get_job(job_id)
-        if found is None or not job.names(found):
-            raise UnknownJob()
-        if not _on_its_message(interaction, found.message_id):
-            raise NotAllowed(f"This button does not belong to job #{job_id}.")
-        if not self._may_manage(interaction, found):
-            raise NotAllowed(not_yours)
-        if found.active and await ledger.mark_cancelled(job_id):
-            # Not running here (it could not be resumed): nothing else will finish it.
-            await interaction.edit_original_response(
-                content=f"Job #{job_id} was cancelled; its images were given back.",
-                view=None,
-                attachments=[],
-            )
-            return
-        raise NotAllowed(f"Job #{job_id} has already finished.")
-
-    def _may_manage(self, interaction: discord.Interaction[Any], job: JobRecord | None) -> bool:
-        """The job's requester, or a moderator of the job's own server (buttons can be forged,
-        so a moderator elsewhere gets no say). Unknown jobs: moderators only."""
-        if job is not None and interaction.user.id == job.request.user_id:
-            return True
-        same_guild = job is None or job.request.guild_id == (interaction.guild_id or 0)
-        role_ids = self.services.config.discord.moderator_role_ids
-        return same_guild and is_moderator(interaction, role_ids)
-
-    # -- restarts ---------------------------------------------------------------------------
-
-    async def recover(self) -> int:
-        """Run again the jobs a previous process left unfinished; returns how many.
-
-        A job's interaction token is still used when, on the bot's estimate of Discord's clock,
-        both its interaction and its reservation are young enough (`discord_limits`).
-        """
-        services = self.services
-        clock = services.clock
-
-        def token_usable(job: JobRecord) -> bool:
-            young = clock.now() - job.queued_at < TOKEN_USABLE_FOR
-            return young and clock.token_usable(job.request.interaction_id)
-
-        plan = await plan_recovery(services.ledger, token_usable, services.config.discord.shards)
-        reconciled = 0
-        for record in plan:
-            if record.delivery_started_at is not None and await self._reconcile(record):
-                reconciled += 1
-            elif record.request.interaction_token is not None and record in plan.requeue:
-                target = InteractionTarget.for_job(services, record, message_id=record.message_id)
-                await self._resume(record, target)
-            else:
-                await self._resume(record, channel_target(services, record))
-        if reconciled:
-            log.info("recovered %d job(s) whose result was already posted", reconciled)
-        if len(plan):
-            log.info(
-                "recovered %d job(s): %d answer their interaction, %d post to the channel",
-                len(plan),
-                len(plan.requeue),
-                len(plan.post_to_channel),
-            )
-        return len(plan)
-
-    async def _reconcile(self, record: JobRecord) -> bool:
-        """A job that died while delivering: if its result is in the channel, record it there
-        and then (True) instead of posting it again. A channel the bot cannot read back is
-        posted to again, with a warning: a result is never dropped on a guess."""
-        services = self.services
-        assert record.delivery_started_at is not None
-        try:
-            message = await find_posted(services, record, record.delivery_started_at)
-        except (discord.HTTPException, OSError, TimeoutError) as exc:
-            log.warning(
-                "job %d: cannot read back channel %d (%s); posting its result again",
-                record.id,
-                record.request.channel_id,
-                exc,
-            )
-            return False
-        if message is None:
-            return False
-        ledger = services.ledger
-        done = await persist(
-            "its delivery", record.id, lambda: ledger.mark_done(record.id, message_id=message.id)
-        )
-        posted = sum(
-            result_images(a.filename)
-            for a in message.attachments
-            if result_job(a.filename) == JobRef.of(record)
-        )
-        given = refund(record, posted, services.config.images)
-        if done and given:  # moderation had withheld some of them
-            await ledger.refund_images(record.id, given)
-        if done:
-            services.metrics.jobs.labels(status=str(JobStatus.DONE)).inc()
-        log.info(
-            "job %d: its result was already posted (message %d); recorded, not posted again",
-            record.id,
-            message.id,
-        )
-        return True
-
-    async def _resume(self, record: JobRecord, target: Target) -> None:
-        picture = None
-        if record.request.strength is not None:  # image-to-image: the picture it started from
-            try:
-                picture = await asyncio.to_thread(
-                    self.services.images.load_input, JobRef.of(record)
-                )
-            except OSError as exc:
-                log.warning("job %d: cannot read its picture: %s", record.id, exc)
-            if picture is None:
-                reason = "could not resume after a restart: the picture it started from is gone"
-                await give_up(self.services.ledger, record.id, reason)
-                return
-        try:
-            checked = await self.services.engine.check(resumed_request(record.request, picture))
-            engine_job = self.services.engine.submit(checked, job_id=str(record.id))
-        except EngineError as exc:
-            log.warning("job %d: cannot resume after a restart: %s", record.id, exc)
-            reason = f"could not resume after a restart: {exc}"
-            await give_up(self.services.ledger, record.id, reason)
-            return
-        run = JobRun(
-            self.services,
-            record,
-            engine_job,
-            target,
-            nsfw=None,
-            resumed=True,
-            progress_interval=self.progress_interval,
-        )
-        self._start(run)
+    def start(self, run: JobRun) -> None:
+        """Run `run` as a task of its own, registered until it ends."""
+        task = asyncio.create_task(run.run(), name=f"imagine-job-{run.id}")
+        self._runs[run.id] = (run, task)
+        task.add_done_callback(lambda _: self._runs.pop(run.id, None))
 
     # -- shutting down ----------------------------------------------------------------------
 
@@ -518,8 +218,3 @@ class JobService:
                 await asyncio.wait_for(
                     asyncio.gather(*notes, return_exceptions=True), SHUTDOWN_NOTE
                 )
-
-    def _start(self, run: JobRun) -> None:
-        task = asyncio.create_task(run.run(), name=f"imagine-job-{run.id}")
-        self._runs[run.id] = (run, task)
-        task.add_done_callback(lambda _: self._runs.pop(run.id, None))

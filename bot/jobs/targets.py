@@ -2,7 +2,7 @@
 
 `InteractionTarget` edits the requester's (ephemeral) progress message and posts the result
 as a public follow-up, for as long as the 15-minute token is safe to use (on Discord's clock,
-see `clock.py`). When it is not, or Discord says it is gone, the job falls back to
+see `timing/clock.py`). When it is not, or Discord says it is gone, the job falls back to
 `ChannelTarget`: a normal channel message that mentions the requester.
 """
 

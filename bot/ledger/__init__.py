@@ -29,6 +29,7 @@ from .identity import (
     MarkerUnwritable,
     inspect_database,
 )
+from .jobref import JobRef
 from .jobs import (
     ACTIVE_STATUSES,
     COUNTED_STATUSES,
@@ -72,6 +73,7 @@ __all__ = [
     "GuildSettings",
     "JobKind",
     "JobRecord",
+    "JobRef",
     "JobRequest",
     "JobStatus",
     "KindUsage",

@@ -5,7 +5,7 @@ jobs go back to `queued` (same row, same seed, same reservation: nothing is coun
 and are split in two:
 
 - `requeue`: the interaction token is still usable (the bot judges that on its estimate of
-  Discord's clock, see `bot/clock.py`): run again and answer the interaction;
+  Discord's clock, see `bot/timing/clock.py`): run again and answer the interaction;
 - `post_to_channel`: the token is dead (it is forgotten here): run again and post the result
   as a plain channel message mentioning the user, or, if the bot may not post there,
   `give_up` on it, which fails the job and gives its images back.

@@ -14,37 +14,31 @@ result, cancel, `Busy`, `EngineDead`), and keeps what only the bot process can k
   to come back and then run, else fail with `EngineUnavailable` (the bot refunds them).
   So does a bridge process that stops talking or talks garbage (`bridge.py`): it is killed
   at once and a new one started; no call here waits without a deadline.
+
+The link to the cluster (the bridge, the replicas' reports, whether it answers) is
+`link.py`'s `ClusterLink`; this module keeps the jobs in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..catalog import ModelCatalog, ModelInfo
 from ..client import Checked
 from ..config import EngineConfig
-from ..errors import (
-    Busy,
-    Cancelled,
-    EngineDead,
-    EngineError,
-    EngineUnavailable,
-    ShuttingDown,
-)
+from ..errors import Busy, Cancelled, EngineDead, EngineError, ShuttingDown
 from ..job import Job, JobState, Progress
 from ..profile import ModelProfile
 from ..request import ImageRequest
 from ..result import GenerationResult
 from ..stats import EngineStats
-from .bridge import CALL_DEADLINE, WATCH_INTERVAL, Bridge
 from .config import RayConfig
-from .wire import ReplicaEvent, ReplicaInfo, ReplicaLoad
+from .link import ClusterLink
+from .wire import ReplicaEvent, ReplicaLoad
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -55,13 +49,8 @@ log = logging.getLogger(__name__)
 
 #: Runs of one job on replicas that were lost under it before it fails.
 MAX_ATTEMPTS = 4
-#: The bridge's reports in a row without a replica count (Serve not answering it) before
-#: the cluster counts as lost; a bridge that sends no reports at all is its own death.
-SILENT_CHECKS = 5
 #: Seconds before a job whose replica was lost runs again (times its attempts so far).
 RETRY_PAUSE = 1.0
-#: Seconds a check of the cluster may take before it counts as unreachable.
-PROBE_TIMEOUT = 10.0
 #: Seconds between previews a replica sends of a running job.
 PREVIEW_EVERY = 1.5
 
@@ -89,15 +78,9 @@ class RayEngine(ModelCatalog):
         self.ray_config = ray
         self.limits = config.limits
         self.stats = EngineStats()
-        self._info: ReplicaInfo | None = None
-        self._bridge: Bridge | None = None
+        self.cluster = ClusterLink(config, ray)
         self._flights: dict[str, _Flight] = {}
-        self._replicas: dict[str, ReplicaLoad] = {}  # last report of each replica seen
-        self._replicas_alive = 0
-        self._reachable = asyncio.Event()
-        self._lost_since: float | None = None
         self._closing = False
-        self._watch_task: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
 
     # Lifecycle
@@ -106,18 +89,12 @@ class RayEngine(ModelCatalog):
         bridge process; raises `EngineError` with one line when Ray is missing, the cluster
         cannot be reached, or the replicas cannot be placed or start (a model that does not
         load)."""
-        bridge = Bridge(self.config, self.ray_config)
-        self._info = await bridge.start()
-        self._bridge = bridge
-        self._seen(self._info.load)
-        self._replicas_alive = self.ray_config.replicas
-        self._reachable.set()
-        self._watch_task = asyncio.create_task(self._watch(), name="ray-cluster-watch")
+        info = await self.cluster.start()
         log.info(
             "engine on Ray: application %r, %s replica(s), %s scheduling",
             self.ray_config.app,
-            self._replicas_alive,
-            self._info.scheduling,
+            self.cluster.replicas_running,
+            info.scheduling,
         )
 
     async def close(self, grace_s: float = 60.0) -> None:
@@ -133,12 +110,7 @@ class RayEngine(ModelCatalog):
             await asyncio.wait(running, timeout=grace_s)
             for flight in list(self._flights.values()):
                 self._drop(flight, ShuttingDown())
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-        if self._bridge is not None:
-            await self._bridge.close()
+        await self.cluster.close()
 
     async def __aenter__(self) -> RayEngine:
         await self.start()
@@ -149,11 +121,11 @@ class RayEngine(ModelCatalog):
 
     # Introspection (what the bot reads of `Engine`)
     def profile_named(self, name: str) -> ModelProfile:
-        return next(info.profile for info in self._started().models if info.name == name)
+        return next(info.profile for info in self.cluster.started().models if info.name == name)
 
     def models(self) -> list[ModelInfo]:
         """The configured models as a replica last described them."""
-        return list(self._started().models)
+        return list(self.cluster.started().models)
 
     @property
     def model_loads(self) -> int:
@@ -161,19 +133,12 @@ class RayEngine(ModelCatalog):
 
     @property
     def scheduling(self) -> str:
-        return self._started().scheduling
+        return self.cluster.started().scheduling
 
     @property
     def alive(self) -> bool:
         """Reachable through a live bridge, with a replica running, and not closing."""
-        return (
-            self._info is not None
-            and not self._closing
-            and self._reachable.is_set()
-            and self._bridge is not None
-            and self._bridge.alive
-            and self._replicas_alive > 0
-        )
+        return not self._closing and self.cluster.alive
 
     @property
     def queue_depth(self) -> int:
@@ -186,24 +151,25 @@ class RayEngine(ModelCatalog):
     @property
     def replicas_alive(self) -> int:
         """Replicas Serve reports running (0 while the cluster cannot be reached)."""
-        return self._replicas_alive if self._reachable.is_set() else 0
+        return self.cluster.replicas_alive
 
     def backend(self) -> dict[str, Any]:
         """What runs the engine, for `/healthz` and `/metrics`: the replicas and their load."""
+        replicas = self.cluster.replicas
         return {
             "kind": "ray",
             "address": self.ray_config.address,
             "replicas_alive": self.replicas_alive,
             "replica_jobs": self.replica_jobs(),
             # Each replica's own queue and running jobs, as it last reported them (all bots').
-            "replica_queues": {r: load.queue_depth for r, load in self._replicas.items()},
-            "replica_running": {r: load.running for r, load in self._replicas.items()},
-            "reachable": self._reachable.is_set(),
+            "replica_queues": {r: load.queue_depth for r, load in replicas.items()},
+            "replica_running": {r: load.running for r, load in replicas.items()},
+            "reachable": self.cluster.reachable,
         }
 
     def replica_jobs(self) -> dict[str, int]:
         """This bot's jobs on each replica seen (queued there or running)."""
-        out = dict.fromkeys(self._replicas, 0)
+        out = dict.fromkeys(self.cluster.replicas, 0)
         for flight in self._flights.values():
             if flight.replica is not None:
                 out[flight.replica] = out.get(flight.replica, 0) + 1
@@ -211,24 +177,24 @@ class RayEngine(ModelCatalog):
 
     async def replica_report(self) -> ReplicaLoad:
         """One replica's own report of its load (Serve picks which)."""
-        return await self._call("status")
+        return await self.cluster.call("status")
 
     def replica_of(self, job: Job) -> ReplicaLoad | None:
         """The replica running `job` now, as it last reported itself."""
         flight = self._flights.get(job.id)
-        return self._replicas.get(flight.replica) if flight and flight.replica else None
+        return self.cluster.replicas.get(flight.replica) if flight and flight.replica else None
 
     @property
     def capacity(self) -> int:
         """Jobs this bot keeps in flight before `Busy`: each live replica's queue and batch."""
         per_replica = self.config.max_queue + self.config.max_batch_size
-        return per_replica * max(1, self._replicas_alive)
+        return per_replica * max(1, self.cluster.replicas_running)
 
     # Submitting
     async def check(self, request: ImageRequest) -> Checked:
         """Validate on a replica (where the tokenizers are) and resolve the defaults."""
         self._open()
-        answer = await self._call("check", request)
+        answer = await self.cluster.call("check", request)
         if isinstance(answer, EngineError):
             raise answer
         return answer
@@ -264,14 +230,14 @@ class RayEngine(ModelCatalog):
         job = flight.job
         try:
             while not job.done():
-                await self._until_reachable(job)
+                await self.cluster.until_reachable(job)
                 try:
                     await self._stream(flight)
                 except _Lost as exc:
                     if job.done():
                         break
-                    if not await self._probe():
-                        self._lost(f"{exc}")
+                    if not await self.cluster.probe():
+                        self.cluster.lost(f"{exc}")
                         continue  # not the replica: the cluster; wait for it
                     flight.attempts += 1
                     if flight.attempts >= MAX_ATTEMPTS:
@@ -296,7 +262,7 @@ class RayEngine(ModelCatalog):
     async def _stream(self, flight: _Flight) -> None:
         """One call to a replica: apply its events until the job ends; `_Lost` if cut off."""
         job = flight.job
-        bridge = self._bridge
+        bridge = self.cluster.bridge
         assert bridge is not None
         flight.replica = None
         events = bridge.run(job.id, Checked(job.request, job.warnings), PREVIEW_EVERY)
@@ -322,7 +288,7 @@ class RayEngine(ModelCatalog):
     def _apply(self, flight: _Flight, event: ReplicaEvent) -> bool:
         """One event into the job; True once the job has ended."""
         job = flight.job
-        self._seen(event.load)
+        self.cluster.seen(event.load)
         if flight.replica != event.load.replica:
             flight.replica = event.load.replica
             log.info(
@@ -374,8 +340,9 @@ class RayEngine(ModelCatalog):
     def _drop(self, flight: _Flight, error: EngineError) -> None:
         """End a job now and cancel its call, so its replica frees its place."""
         self._end(flight.job, None, error)
-        if flight.streaming and self._bridge is not None:
-            self._bridge.cancel(flight.job.id)
+        bridge = self.cluster.bridge
+        if flight.streaming and bridge is not None:
+            bridge.cancel(flight.job.id)
         elif flight.task is not None and not flight.task.done():
             flight.task.cancel()
 
@@ -383,91 +350,4 @@ class RayEngine(ModelCatalog):
     def _open(self) -> None:
         if self._closing:
             raise ShuttingDown()
-        self._started()
-        bridge = self._bridge
-        if not self._reachable.is_set() or bridge is None or not bridge.alive:
-            raise EngineUnavailable("the Ray cluster cannot be reached")
-
-    async def _until_reachable(self, job: Job) -> None:
-        if self._reachable.is_set():
-            return
-        lost_since = self._lost_since or time.monotonic()
-        left = self.ray_config.outage_s - (time.monotonic() - lost_since)
-        job.update_progress(state=JobState.QUEUED, position=None, step=0, preview=None)
-        try:
-            await asyncio.wait_for(self._reachable.wait(), max(0.0, left))
-        except TimeoutError:
-            raise EngineUnavailable(
-                f"the Ray cluster was unreachable for {self.ray_config.outage_s:.0f} s"
-            ) from None
-
-    def _lost(self, why: str) -> None:
-        if self._reachable.is_set():
-            log.error("the Ray cluster cannot be reached (%s): jobs wait for it", why)
-            self._reachable.clear()
-            self._lost_since = time.monotonic()
-
-    async def _watch(self) -> None:
-        """Every `WATCH_INTERVAL`: replicas alive, or the cluster lost (the bridge process
-        gone, Serve not answering) and then a new bridge until it answers again."""
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL)
-            bridge = self._bridge
-            if bridge is None or not bridge.alive:
-                self._lost(bridge.death if bridge and bridge.death else "its bridge process ended")
-                await self._reconnect()
-                continue
-            if bridge.unanswered >= SILENT_CHECKS:
-                self._lost("Serve does not answer")
-            if not self._reachable.is_set():
-                # A bridge whose cluster went away may hang in Ray's calls: start afresh.
-                await bridge.kill()
-                continue
-            alive = bridge.replicas
-            if alive is None or bridge.unanswered:
-                continue
-            if alive != self._replicas_alive:
-                log.info("Ray replicas running: %d (were %d)", alive, self._replicas_alive)
-            self._replicas_alive = alive
-            with contextlib.suppress(EngineError):  # fresh "loaded" marks for /models
-                self._info = await self._call("describe", within=PROBE_TIMEOUT)
-
-    async def _reconnect(self) -> None:
-        """Start a new bridge; the cluster is back once it has connected and deployed."""
-        bridge = Bridge(self.config, self.ray_config)
-        try:
-            info = await bridge.start()
-        except EngineError as exc:
-            log.debug("the Ray cluster is still unreachable: %s", exc)
-            return
-        old, self._bridge, self._info = self._bridge, bridge, info
-        if old is not None:
-            await old.close()
-        self._back()
-
-    def _back(self) -> None:
-        if not self._reachable.is_set():
-            log.info("the Ray cluster answers again: jobs resume")
-            self._lost_since = None
-            self._reachable.set()
-
-    async def _probe(self) -> bool:
-        """Whether Serve answers now (else the cluster, not a replica, is lost)."""
-        try:
-            await self._call("count", within=PROBE_TIMEOUT)
-        except EngineError:
-            return False
-        return True
-
-    def _seen(self, load: ReplicaLoad) -> None:
-        self._replicas[load.replica] = load
-
-    async def _call(self, method: str, *args: Any, within: float = CALL_DEADLINE) -> Any:
-        if self._bridge is None:
-            raise EngineUnavailable("the Ray cluster cannot be reached")
-        return await self._bridge.call(method, *args, within=within)
-
-    def _started(self) -> ReplicaInfo:
-        if self._info is None:
-            raise EngineError("The engine has not been started.")
-        return self._info
+        self.cluster.check_open()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.doctor import ATTACH_FILES, EMBED_LINKS, channel_permissions, run_doctor
+from bot.ops.doctor import ATTACH_FILES, EMBED_LINKS, channel_permissions, run_doctor
 from testkit.world import NewWorld
 
 

@@ -17,8 +17,7 @@ import pytest_asyncio
 from aiohttp import web
 from PIL import Image, ImageOps
 
-from bot.jobref import JobRef
-from bot.ledger import JobStatus, RefusalReason
+from bot.ledger import JobRef, JobStatus, RefusalReason
 from engine import read_parameters
 from testkit.discord_server import AttachmentOption
 from testkit.jobs import JOB_TIMEOUT, job_id_of, job_of, read_ledger, wait_result

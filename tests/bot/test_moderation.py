@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.config import ModerationSettings
-from bot.moderation import Moderation
+from bot.moderation.rules import Moderation
 from engine import GeneratedImage
 
 

@@ -12,15 +12,10 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.discord_limits import DISCORD_API
-from bot.ops import (
-    HealthChecks,
-    HttpMeter,
-    Metrics,
-    OpsServer,
-    follow_gateway,
-    point_discord_at,
-)
+from bot.ops.discord_http import HttpMeter, follow_gateway, point_discord_at
+from bot.ops.health import HealthChecks, OpsServer
+from bot.ops.metrics import Metrics
+from bot.timing.limits import DISCORD_API
 from testkit.discord_server import DiscordTestServer
 
 

@@ -33,12 +33,12 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bot import render
 from bot.config import ModerationSettings
 from bot.errors import describe
 from bot.jobs.convert import engine_request
-from bot.moderation import Moderation, Verdict
-from bot.options import ImagineOptions
+from bot.moderation.rules import Moderation, Verdict
+from bot.presentation import render
+from bot.services.options import ImagineOptions
 from engine import (
     MAX_SEED,
     Engine,

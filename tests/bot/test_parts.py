@@ -9,12 +9,12 @@ import discord
 import pytest
 from PIL import Image
 
-from bot.chart import usage_chart
 from bot.cli import default_to_run
-from bot.clock import DiscordClock
 from bot.errors import NotModerator, Refusal, describe
+from bot.images.chart import usage_chart
 from bot.ledger import DayUsage, RefusalReason, UsageSummary
-from bot.throttle import EditThrottle
+from bot.timing.clock import DiscordClock
+from bot.timing.throttle import EditThrottle
 from engine import Busy, InvalidRequest, Limits
 from engine.sizing import Shape, size_for
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
-from bot.discord_limits import TOKEN_USABLE_FOR
 from bot.ledger import (
     JobRecord,
     JobStatus,
@@ -17,6 +16,7 @@ from bot.ledger import (
     give_up,
     plan_recovery,
 )
+from bot.timing.limits import TOKEN_USABLE_FOR
 
 from .conftest import GUILD, USER, FakeClock, LedgerFactory
 from .conftest import make_request as req

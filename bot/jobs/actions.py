@@ -1,0 +1,233 @@
+"""`Actions`: what `/imagine` and the job buttons ask of the job service (`JobActions`).
+
+`/imagine` goes to `JobService.imagine`. The buttons are here: Upscale, Vary, Reroll, Delete
+and Cancel, each for the job's requester or a moderator of the job's own server only, on the
+job's own message, for an action its result offers (a custom id can be forged onto any
+message). An Upscale or Vary is a new image-to-image job from the chosen image, kept full
+size by `ImageStore`; a Reroll, the same options with a new seed. Each is charged to whoever
+pressed the button.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from engine import Parameters, upscale_request, variation_request
+
+from ..errors import NotAllowed, UnknownJob
+from ..images.grid import GRID_IMAGES
+from ..images.store import png_to_rgb
+from ..ledger import JobKind, JobRecord, JobRef
+from ..moderation.moderators import is_moderator
+from ..presentation.buttons import label_of, offered
+from ..services import Action, ImagineOptions
+from .convert import reroll_options, source_of
+from .service import JobService, origin_of
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+__all__ = ["Actions"]
+
+log = logging.getLogger(__name__)
+
+
+def _on_its_message(interaction: discord.Interaction[Any], message_id: int | None) -> bool:
+    """Whether a button was pressed on the job's own message (None: not known, so any).
+
+    A button's id names a job, but it acts on the message it is on: a forged id must not let
+    someone act on another member's message through their own job.
+    """
+    clicked = interaction.message.id if interaction.message is not None else None
+    return message_id is None or clicked == message_id
+
+
+def _offers(record: JobRecord, action: Action) -> None:
+    """Refuse a press for an action the job's result does not offer (its custom id was
+    forged onto the message): what runs, and what it costs, follows the job's kind."""
+    kind = record.request.kind
+    if action not in offered(kind):
+        raise NotAllowed(f"Job #{record.id} is an {kind}: it offers no {label_of(action)}.")
+
+
+class Actions:
+    """`services.JobActions` over the process's `JobService` (see the module doc)."""
+
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
+        self.services = jobs.services
+
+    async def imagine(self, interaction: discord.Interaction[Any], options: ImagineOptions) -> None:
+        """Answer `/imagine`: refuse privately, or queue and follow."""
+        await self.jobs.imagine(interaction, options)
+
+    async def reroll(self, interaction: discord.Interaction[Any], job: JobRef) -> None:
+        """Same options as `job`, a new seed: its requester or a moderator only (a reroll is
+        charged to whoever pressed the button)."""
+        # The database may be slow under load: answer Discord first.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        record = await self._known(interaction, job)
+        if not self._may_manage(interaction, record):
+            raise NotAllowed(
+                "Only the person who asked for these images, or a moderator, can reroll them."
+            )
+        _offers(record, Action.REROLL)
+        picture = None
+        if record.request.strength is not None:
+            picture = await asyncio.to_thread(self.services.images.load_input, job)
+            if picture is None:
+                raise NotAllowed(self._gone(f"The picture job #{record.id} started from"))
+        options = reroll_options(record.request)
+        await self.jobs.imagine(interaction, options, reroll_of=record.id, picture=picture)
+
+    async def upscale(self, interaction: discord.Interaction[Any], job: JobRef, index: int) -> None:
+        """Image `index` of `job` at twice its size (hires fix), charged to the presser."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        record, params, image = await self._chosen(interaction, job, index, Action.UPSCALE)
+        request = upscale_request(
+            params,
+            image,
+            self.services.engine.limits,
+            user=origin_of(interaction).fairness_key,
+            origin=f"job {record.id}, image {index + 1}",
+            models=self.services.engine.model_names,
+        )
+        await self.jobs.derived(
+            interaction, request, kind=JobKind.UPSCALE, source=record, index=index
+        )
+
+    async def vary(
+        self, interaction: discord.Interaction[Any], job: JobRef, index: int, *, strong: bool
+    ) -> None:
+        """New images from image `index` of `job` (up to four, as a grid), charged to the
+        presser: subtle or strong, at the configured strengths. Variations of an upscale are
+        made at the model's native size, as `/imagine` makes them (see `variation_request`)."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        action = Action.VARY_STRONG if strong else Action.VARY_SUBTLE
+        record, params, image = await self._chosen(interaction, job, index, action)
+        settings = self.services.config.images
+        limits = self.services.engine.limits
+        request = variation_request(
+            params,
+            image,
+            limits,
+            strength=settings.strong_variation if strong else settings.subtle_variation,
+            count=min(GRID_IMAGES, limits.max_count),
+            user=origin_of(interaction).fairness_key,
+            origin=f"job {record.id}, image {index + 1}",
+            models=self.services.engine.model_names,
+            native=record.request.kind is JobKind.UPSCALE,
+        )
+        await self.jobs.derived(
+            interaction, request, kind=JobKind.VARIATION, source=record, index=index
+        )
+
+    async def _chosen(
+        self, interaction: discord.Interaction[Any], job: JobRef, index: int, action: Action
+    ) -> tuple[JobRecord, Parameters, Image]:
+        """The job, parameters and full-size picture of image `index` a button names; only
+        its requester or a moderator, on the job's own message, for an action its result
+        offers, while the image is kept. The parameters are the ledger's (`source_of`); the
+        kept PNG gives only the picture."""
+        record = await self._known(interaction, job)
+        if not _on_its_message(interaction, record.message_id):
+            raise NotAllowed(f"This button does not belong to job #{job.id}.")
+        verb = "upscale" if action is Action.UPSCALE else "vary"
+        if not self._may_manage(interaction, record):
+            raise NotAllowed(
+                f"Only the person who asked for these images, or a moderator, can {verb} them."
+            )
+        _offers(record, action)
+        png = await asyncio.to_thread(self.services.images.load_output, job, index)
+        if png is None and record.unkept:
+            raise NotAllowed(
+                f"The bot could not keep image {index + 1} of job #{job.id} when it was made "
+                f"({record.unkept}), so it cannot start from it."
+            )
+        if png is None:
+            raise NotAllowed(self._gone(f"Image {index + 1} of job #{job.id}"))
+        return record, source_of(record.request, index), await asyncio.to_thread(png_to_rgb, png)
+
+    async def _known(self, interaction: discord.Interaction[Any], job: JobRef) -> JobRecord:
+        """The job a button names, in the presser's server; else `UnknownJob`."""
+        await self.jobs.recorded(job.id)
+        record = await self.services.ledger.get_job(job.id)
+        if not job.names(record) or record.request.guild_id != (interaction.guild_id or 0):
+            raise UnknownJob()
+        return record
+
+    def _gone(self, what: str) -> str:
+        days = self.services.config.images.keep_days
+        return f"{what} is no longer kept (the bot keeps images for {days} days)."
+
+    async def delete(self, interaction: discord.Interaction[Any], job: JobRef) -> None:
+        """Delete the result message the button is on: its requester or a moderator only."""
+        await interaction.response.defer()  # acknowledges the click before the database
+        await self.jobs.recorded(job.id)
+        record = await self.services.ledger.get_job(job.id)
+        if not job.names(record) or not _on_its_message(interaction, record.message_id):
+            # A forged id, or a job of a reset database: the message is not this job's result.
+            record = None  # so only a moderator may delete it
+        if not self._may_manage(interaction, record):
+            raise NotAllowed(
+                "Only the person who asked for these images, or a moderator, can delete them."
+            )
+        await interaction.delete_original_response()
+        log.info("job %d: result deleted by %s", job.id, interaction.user.id)
+
+    async def cancel(self, interaction: discord.Interaction[Any], job: JobRef) -> None:
+        """Stop a queued or running job: its requester or a moderator only.
+
+        Jobs this process runs are answered from memory (no database on the way to Discord's
+        3 s limit); only jobs it does not run are cancelled through the ledger.
+        """
+        job_id = job.id
+        run = self.jobs.run_of(job_id)
+        known = (run.record, run.engine_job) if run is not None else self.jobs.submitted(job_id)
+        if known is not None and not job.names(known[0]):
+            raise UnknownJob()
+        not_yours = "Only the person who asked for this job, or a moderator, can cancel it."
+        if known is not None:
+            record, engine_job = known
+            progress = run.target.message_id if run is not None else None
+            if not _on_its_message(interaction, progress):
+                raise NotAllowed(f"This button does not belong to job #{job_id}.")
+            if not self._may_manage(interaction, record):
+                raise NotAllowed(not_yours)
+            if engine_job.cancel():  # the job's own run records it and refunds
+                await interaction.response.edit_message(
+                    content=f"Cancelling job #{job_id}…", view=None, attachments=[]
+                )
+                return
+            raise NotAllowed(f"Job #{job_id} has already finished.")
+        await interaction.response.defer()
+        ledger = self.services.ledger
+        found = await ledger.get_job(job_id)
+        if found is None or not job.names(found):
+            raise UnknownJob()
+        if not _on_its_message(interaction, found.message_id):
+            raise NotAllowed(f"This button does not belong to job #{job_id}.")
+        if not self._may_manage(interaction, found):
+            raise NotAllowed(not_yours)
+        if found.active and await ledger.mark_cancelled(job_id):
+            # Not running here (it could not be resumed): nothing else will finish it.
+            await interaction.edit_original_response(
+                content=f"Job #{job_id} was cancelled; its images were given back.",
+                view=None,
+                attachments=[],
+            )
+            return
+        raise NotAllowed(f"Job #{job_id} has already finished.")
+
+    def _may_manage(self, interaction: discord.Interaction[Any], job: JobRecord | None) -> bool:
+        """The job's requester, or a moderator of the job's own server (buttons can be forged,
+        so a moderator elsewhere gets no say). Unknown jobs: moderators only."""
+        if job is not None and interaction.user.id == job.request.user_id:
+            return True
+        same_guild = job is None or job.request.guild_id == (interaction.guild_id or 0)
+        role_ids = self.services.config.discord.moderator_role_ids
+        return same_guild and is_moderator(interaction, role_ids)

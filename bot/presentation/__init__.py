@@ -1,0 +1,12 @@
+"""What users see: texts, embeds, and the job buttons with the views that carry them.
+
+- `render.py`: the text and embeds of progress, results, `/info`, `/models`, `/quota` and
+  `/usage` (pure formatting);
+- `buttons.py`: the job buttons (Upscale, Vary, Reroll, Delete, Cancel), what a result of
+  each kind offers, and the views posted under progress and results.
+
+Both the Discord surface and the jobs use these; neither is imported from here (a press is
+handed back to the surface through `services.ServiceHost`).
+"""
+
+__all__: list[str] = []

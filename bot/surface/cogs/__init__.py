@@ -1,0 +1,30 @@
+"""Slash-command cogs: thin Discord adapters over the job service and the ledger."""
+
+from __future__ import annotations
+
+from discord.ext import commands
+
+from ...services import JobActions, Services
+from .imagine import make_imagine_cog
+from .info import InfoCog
+from .quota import QuotaCog
+from .settings import SettingsCog
+from .usage import UsageCog
+
+__all__ = ["InfoCog", "QuotaCog", "SettingsCog", "UsageCog", "make_cogs", "make_imagine_cog"]
+
+
+def make_cogs(services: Services, jobs: JobActions) -> list[commands.Cog]:
+    """Every cog the bot adds in `setup_hook`, in order."""
+    return [
+        make_imagine_cog(
+            services.engine.limits,
+            jobs,
+            # From the config: the cogs are added at login, before the models load.
+            [(spec.name, spec.description) for spec in services.config.engine.model_specs],
+        ),
+        InfoCog(services),
+        QuotaCog(services),
+        SettingsCog(services),
+        UsageCog(services),
+    ]
