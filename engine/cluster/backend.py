@@ -203,7 +203,7 @@ class RayEngine(ModelCatalog):
         """Candidate prompts for `picture` from a replica's describe model (loaded there on
         first use: a first call may time out while it downloads)."""
         self._open()
-        answer = await self._call("describe_picture", picture)
+        answer = await self.cluster.call("describe_picture", picture)
         if isinstance(answer, EngineError):
             raise answer
         return list(answer)
