@@ -41,6 +41,11 @@ _MADE = frozenset(
 OFFERED: Mapping[JobKind, frozenset[Action]] = {
     JobKind.IMAGINE: _MADE,
     JobKind.VARIATION: _MADE,
+    JobKind.EDIT: _MADE,
+    JobKind.ZOOM: _MADE,
+    JobKind.PAN: _MADE,
+    JobKind.REGION: _MADE,
+    JobKind.FIX: _MADE,
     JobKind.UPSCALE: frozenset({Action.VARY_SUBTLE, Action.VARY_STRONG, Action.DELETE}),
 }
 
