@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import signal
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -18,7 +19,7 @@ import pytest_asyncio
 from aiohttp import web
 from PIL import Image, ImageOps
 
-from bot.ledger import JobKind, JobRef, JobStatus, RefusalReason
+from bot.ledger import ACTIVE_STATUSES, JobKind, JobRef, JobStatus, RefusalReason
 from engine import read_parameters
 from testkit.discord_server import AttachmentOption, Message
 from testkit.jobs import JOB_TIMEOUT, button_id, job_id_of, job_of, read_ledger, wait_result
@@ -303,3 +304,34 @@ async def test_the_edit_button_works_after_a_restart(world: World) -> None:
     params = read_parameters(edited.attachments[0].data)
     assert params is not None and params.prompt == "make it snow"
     assert ("Source", f"job {job_id_of(result)}, image 1") in params.extra
+
+
+async def test_an_edit_cut_off_by_a_crash_is_made_after_the_restart(world: World) -> None:
+    """The pictures an edit changes are kept before it is queued: a bot killed while the
+    edit waits runs it again at the next start, once, charged once."""
+    carol = world.carol
+    before = await used(world, carol.id)
+    # A long job ahead of it keeps the edit waiting in the queue when the bot dies.
+    await world.imagine(world.alice, "a long wait", steps=50, count=4)
+    picture = AttachmentOption("dog.png", noisy_png((60, 120)), "image/png")
+    interaction = await world.server.invoke(
+        "edit", user=carol, options={"image": picture, "instruction": "give it a hat"}
+    )
+    progress = await interaction.wait_for_original(lambda m: bool(m.custom_ids))
+    job_id = job_id_of(progress)
+    world.bot.unwatch()
+    world.bot.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    assert await world.bot.exited() == -signal.SIGKILL
+    async with read_ledger(world.tmp) as ledger:
+        assert (await job_of(ledger, job_id)).status in ACTIVE_STATUSES
+
+    await world.start_bot()
+    world.ops = await ops_address(world.bot)
+    result = await wait_result(interaction)
+    params = read_parameters(result.attachments[0].data)
+    assert params is not None and params.prompt == "give it a hat"
+    assert "Source hash" in dict(params.extra)  # an edit of the kept picture, not a new image
+    assert params.height > params.width  # the kept picture's 1:2
+    await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
+    assert len(world.results_for(job_id)) == 1
+    assert await used(world, carol.id) == before + 1
