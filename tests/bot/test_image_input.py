@@ -274,6 +274,31 @@ async def edit_by_button(world: World, result: Message, instruction: str) -> Mes
     return await wait_result(submitted)
 
 
+async def test_a_grid_offers_an_edit_per_tile_and_a_gone_tile_is_refused_at_no_cost(
+    world: World,
+) -> None:
+    interaction = await world.server.invoke(
+        "imagine", user=world.carol, options={"prompt": "two boats", "count": 2, "steps": 2}
+    )
+    grid = await wait_result(interaction)
+    job_id = job_id_of(grid)
+    rows = [[c["label"] for c in row["components"]] for row in grid.components]
+    assert rows[-1] == ["E1", "E2"]  # a row of its own, beside U1-U2 and V1-V2
+    pressed = await world.server.click(grid, button_id(grid, "e1"), user=world.carol)
+    modal = await pressed.wait_for(lambda i: i.modal, what="the Edit modal")
+    assert modal["title"] == "Edit image 2"
+
+    await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
+    async with read_ledger(world.tmp) as ledger:
+        key = JobRef.of(await job_of(ledger, job_id)).key
+    (world.tmp / "imagine-bot-images" / "outputs" / f"{job_id}-{key}-0.png").unlink()
+    before = await used(world, world.carol.id)
+    refused = await world.server.click(grid, button_id(grid, "e0"), user=world.carol)
+    note = await refused.wait_for_original(lambda m: m is not grid)
+    assert refused.ephemeral and "is no longer kept" in note.content, note.content
+    assert refused.modal is None and await used(world, world.carol.id) == before
+
+
 async def test_edit_refuses_a_model_that_does_not_edit_and_a_second_picture(
     world: World,
 ) -> None:
