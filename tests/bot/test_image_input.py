@@ -262,6 +262,13 @@ async def test_edit_an_attachment_then_its_result_through_the_edit_button(world:
     assert again.width > again.height
     assert "e0" in {c.split(":")[1] for c in edited.custom_ids}  # an edit is editable again
     assert await used(world, alice.id) == before + 2
+
+    # A Reroll edits the same picture again, with a new seed.
+    reroll = await world.server.click(result, button_id(result, "reroll"), user=alice)
+    rerolled = read_parameters((await wait_result(reroll)).attachments[0].data)
+    assert rerolled is not None and rerolled.prompt == "make it night"
+    assert dict(rerolled.extra)["Source hash"] == dict(params.extra)["Source hash"]
+    assert await used(world, alice.id) == before + 3
     world.edited = result  # type: ignore[attr-defined]  # pressed again after a restart
 
 
