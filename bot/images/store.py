@@ -4,8 +4,9 @@ Two kinds of file, named by the job's id and key (`JobRef`), so a reset database
 find another job's files:
 
 - `inputs/<id>-<key>.png`: the exact picture an image-to-image job starts from (an
-  attachment, or the image an Upscale or Vary press chose), written before the job is
-  queued, so a restart can run the job again;
+  attachment, or the image an Upscale or Vary press chose), or the first picture an edit
+  by instruction changes (`inputs/<id>-<key>-r<n>.png` its other references), written
+  before the job is queued, so a restart can run the job again;
 - `outputs/<id>-<key>-<n>.png`: each full-size result, written before it is posted, so
   Upscale and Vary work on a grid's tiles (posted scaled down) and after a restart.
 
@@ -62,8 +63,9 @@ class ImageStore:
         self.root = root
         self.keep_days = keep_days
 
-    def _input(self, job: JobRef) -> Path:
-        return self.root / "inputs" / f"{job.id}-{job.key}.png"
+    def _input(self, job: JobRef, reference: int = 0) -> Path:
+        extra = f"-r{reference}" if reference else ""
+        return self.root / "inputs" / f"{job.id}-{job.key}{extra}.png"
 
     def _output(self, job: JobRef, index: int) -> Path:
         return self.root / "outputs" / f"{job.id}-{job.key}-{index}.png"
@@ -90,15 +92,30 @@ class ImageStore:
         except FileNotFoundError:
             return None
 
-    def save_input(self, job: JobRef, image: Image) -> None:
+    def save_input(self, job: JobRef, image: Image, reference: int = 0) -> None:
         buf = io.BytesIO()
         image.save(buf, format="PNG", compress_level=1)  # fast: it is read back once or twice
-        self._write(self._input(job), buf.getvalue())
+        self._write(self._input(job, reference), buf.getvalue())
 
     def load_input(self, job: JobRef) -> Image | None:
         """The picture job `job` starts from, or None when it is gone."""
         data = self._read(self._input(job))
         return None if data is None else png_to_rgb(data)
+
+    def save_references(self, job: JobRef, images: Sequence[Image]) -> None:
+        """The pictures an edit by instruction reads, in order (the first as the input)."""
+        for n, image in enumerate(images):
+            self.save_input(job, image, n)
+
+    def load_references(self, job: JobRef) -> tuple[Image, ...]:
+        """The pictures `save_references` kept for job `job` (empty when they are gone)."""
+        first = self.load_input(job)
+        if first is None:
+            return ()
+        found = [first]
+        while (data := self._read(self._input(job, len(found)))) is not None:
+            found.append(png_to_rgb(data))
+        return tuple(found)
 
     def save_outputs(self, job: JobRef, images: Sequence[GeneratedImage]) -> None:
         """Each image under its own index (its place in the job's seed order); raises the

@@ -1,11 +1,12 @@
 """`Actions`: what `/imagine` and the job buttons ask of the job service (`JobActions`).
 
-`/imagine` goes to `JobService.imagine`. The buttons are here: Upscale, Vary, Reroll, Delete
-and Cancel, each for the job's requester or a moderator of the job's own server only, on the
-job's own message, for an action its result offers (a custom id can be forged onto any
-message). An Upscale or Vary is a new image-to-image job from the chosen image, kept full
-size by `ImageStore`; a Reroll, the same options with a new seed. Each is charged to whoever
-pressed the button.
+`/imagine` and `/edit` go to `JobService.imagine`. The buttons are here: Upscale, Vary,
+Edit, Reroll, Delete and Cancel, each for the job's requester or a moderator of the job's
+own server only, on the job's own message, for an action its result offers (a custom id can
+be forged onto any message). An Upscale or Vary is a new image-to-image job from the chosen
+image, kept full size by `ImageStore`; an Edit (once its modal asked what to change) is an
+edit by instruction of the chosen image on the first model that edits; a Reroll, the same
+options with a new seed. Each is charged to whoever pressed the button.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from engine import Parameters, upscale_request, variation_request
+from engine import ImageRequest, Parameters, upscale_request, variation_request
 
 from ..errors import NotAllowed, UnknownJob
 from ..images.grid import GRID_IMAGES
@@ -24,7 +25,9 @@ from ..images.store import png_to_rgb
 from ..ledger import JobKind, JobRecord, JobRef
 from ..moderation.moderators import is_moderator
 from ..presentation.buttons import label_of, offered
+from ..presentation.modals import MAX_INSTRUCTION, EditModal
 from ..services import Action, ImagineOptions
+from .admission import edit_models
 from .convert import reroll_options, source_of
 from .service import JobService, origin_of
 
@@ -76,13 +79,19 @@ class Actions:
                 "Only the person who asked for these images, or a moderator, can reroll them."
             )
         _offers(record, Action.REROLL)
-        picture = None
-        if record.request.strength is not None:
+        picture, references = None, ()
+        if record.request.kind is JobKind.EDIT:  # the same pictures, edited anew
+            references = await asyncio.to_thread(self.services.images.load_references, job)
+            if not references:
+                raise NotAllowed(self._gone(f"The picture job #{record.id} edited"))
+        elif record.request.strength is not None:
             picture = await asyncio.to_thread(self.services.images.load_input, job)
             if picture is None:
                 raise NotAllowed(self._gone(f"The picture job #{record.id} started from"))
         options = reroll_options(record.request)
-        await self.jobs.imagine(interaction, options, reroll_of=record.id, picture=picture)
+        await self.jobs.imagine(
+            interaction, options, reroll_of=record.id, picture=picture, references=references
+        )
 
     async def upscale(self, interaction: discord.Interaction[Any], job: JobRef, index: int) -> None:
         """Image `index` of `job` at twice its size (hires fix), charged to the presser."""
@@ -126,6 +135,33 @@ class Actions:
             interaction, request, kind=JobKind.VARIATION, source=record, index=index
         )
 
+    async def ask_edit(
+        self, interaction: discord.Interaction[Any], job: JobRef, index: int
+    ) -> None:
+        """Open the modal asking what to change in image `index` of `job` (the modal is the
+        press's answer, so the checks come first: a refusal costs no modal)."""
+        await self._checked(interaction, job, index, Action.EDIT)
+        await interaction.response.send_modal(EditModal(job, index))
+
+    async def edit(
+        self, interaction: discord.Interaction[Any], job: JobRef, index: int, instruction: str
+    ) -> None:
+        """Image `index` of `job` edited by `instruction` (the modal's text) on the first
+        model that edits, at the picture's aspect ratio, charged to the presser like one
+        image."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if not instruction or len(instruction) > MAX_INSTRUCTION:
+            raise NotAllowed(f"Say what to change in 1 to {MAX_INSTRUCTION} characters.")
+        record, _, image = await self._chosen(interaction, job, index, Action.EDIT)
+        request = ImageRequest(
+            prompt=instruction,
+            user=origin_of(interaction).fairness_key,
+            references=(image,),
+            model=edit_models(self.services.engine)[0],  # `_checked`: there is one
+            parameters=(("Source", f"job {record.id}, image {index + 1}"),),
+        )
+        await self.jobs.derived(interaction, request, kind=JobKind.EDIT, source=record, index=index)
+
     async def _chosen(
         self, interaction: discord.Interaction[Any], job: JobRef, index: int, action: Action
     ) -> tuple[JobRecord, Parameters, Image]:
@@ -133,15 +169,25 @@ class Actions:
         its requester or a moderator, on the job's own message, for an action its result
         offers, while the image is kept. The parameters are the ledger's (`source_of`); the
         kept PNG gives only the picture."""
+        record, png = await self._checked(interaction, job, index, action)
+        return record, source_of(record.request, index), await asyncio.to_thread(png_to_rgb, png)
+
+    async def _checked(
+        self, interaction: discord.Interaction[Any], job: JobRef, index: int, action: Action
+    ) -> tuple[JobRecord, bytes]:
+        """The job and the kept PNG of image `index` a button names, once `_chosen`'s checks
+        pass (an Edit also needs a model that edits)."""
         record = await self._known(interaction, job)
         if not _on_its_message(interaction, record.message_id):
             raise NotAllowed(f"This button does not belong to job #{job.id}.")
-        verb = "upscale" if action is Action.UPSCALE else "vary"
+        verb = {Action.UPSCALE: "upscale", Action.EDIT: "edit"}.get(action, "vary")
         if not self._may_manage(interaction, record):
             raise NotAllowed(
                 f"Only the person who asked for these images, or a moderator, can {verb} them."
             )
         _offers(record, action)
+        if action is Action.EDIT and not edit_models(self.services.engine):
+            raise NotAllowed("No model on this bot edits pictures by instruction.")
         png = await asyncio.to_thread(self.services.images.load_output, job, index)
         if png is None and record.unkept:
             raise NotAllowed(
@@ -150,7 +196,7 @@ class Actions:
             )
         if png is None:
             raise NotAllowed(self._gone(f"Image {index + 1} of job #{job.id}"))
-        return record, source_of(record.request, index), await asyncio.to_thread(png_to_rgb, png)
+        return record, png
 
     async def _known(self, interaction: discord.Interaction[Any], job: JobRef) -> JobRecord:
         """The job a button names, in the presser's server; else `UnknownJob`."""

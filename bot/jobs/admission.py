@@ -3,8 +3,8 @@
 In order, each refusal recorded in the ledger (so moderators see it in `/usage`) and raised
 as a `Refusal` the tree turns into a private message:
 
-    rate limit → channel → blocked words → forged options → picture → validation →
-    reservation → the picture stored → submit
+    rate limit → channel → blocked words → forged options → edit model → picture →
+    validation → reservation → the picture stored → submit
 
 An Upscale or Vary (`admit_derived`) starts at the channel, then the blocked words: the
 server's rules of now, not those of the day its source was made.
@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from engine import Busy, Checked, EngineError, ImageRequest, InvalidRequest, Job
+from engine import Busy, Checked, EngineClient, EngineError, ImageRequest, InvalidRequest, Job
 
 from ..errors import RateLimited, Refusal
 from ..images.pictures import BadPicture, fetch_picture
@@ -34,7 +35,7 @@ from .pricing import price
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["Admission", "Admitted", "refusal_for"]
+__all__ = ["Admission", "Admitted", "edit_models", "not_an_edit_model", "refusal_for"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,38 @@ class Admitted:
     record: JobRecord
     engine_job: Job
     warnings: tuple[str, ...]
+
+
+def edit_models(engine: EngineClient) -> list[str]:
+    """The configured models that edit pictures by instruction, in the config's order (the
+    first is `/edit`'s and the Edit button's)."""
+    return [name for name in engine.model_names if engine.profile_of(name).edits]
+
+
+def not_an_edit_model(engine: EngineClient, model: str | None, pictures: int) -> str | None:
+    """Why `model` cannot edit `pictures` pictures by instruction (one line naming the
+    models that can), else None."""
+    editors = edit_models(engine)
+    if not editors:
+        return "No model on this bot edits pictures by instruction."
+    try:
+        profile = engine.profile_of(model)
+    except InvalidRequest as exc:
+        return str(exc)
+    if not profile.edits:
+        return (
+            f"The model {profile.name} does not edit pictures by instruction; "
+            f"these do: {', '.join(editors)}."
+        )
+    if pictures > profile.max_references:
+        return (
+            f"The model {profile.name} edits {profile.max_references} picture(s) at a time, "
+            f"not {pictures}: leave out image2 and image3."
+            if profile.max_references == 1
+            else f"The model {profile.name} edits at most {profile.max_references} pictures "
+            f"at a time, not {pictures}."
+        )
+    return None
 
 
 def _blocked(word: str) -> tuple[str, str]:
@@ -95,13 +128,19 @@ class Admission:
         *,
         reroll_of: int | None = None,
         picture: Image | None = None,
+        references: Sequence[Image] = (),
     ) -> Admitted:
         """Queue the request, or raise the `Refusal` to show (recorded in the ledger).
 
         An image-to-image request starts from `picture`, else from the attachment in
-        `options` (fetched here, after the cheap checks).
+        `options` (fetched here, after the cheap checks); an edit (`/edit`: `options` has
+        references) changes `references`, else the attachments it names.
         """
         s = self.services
+        edited = len(references) or len(options.references)  # pictures an edit changes
+        kind = JobKind.EDIT if edited else JobKind.IMAGINE
+        if kind is JobKind.EDIT and options.model is None:  # the first model that edits
+            options = replace(options, model=next(iter(edit_models(s.engine)), None))
         rules = await s.rules.moderation(origin.guild_id)
         try:  # the server's forced negative prompt, for models that read one
             forced = s.engine.profile_of(options.model).negative_prompt
@@ -111,7 +150,7 @@ class Admission:
         asked = engine_request(options, negative=negative, user=origin.fairness_key)
 
         async def refuse(reason: RefusalReason, text: str, detail: str | None = None) -> Refusal:
-            stored = self._stored(origin, asked, reroll_of=reroll_of)
+            stored = self._stored(origin, asked, reroll_of=reroll_of, kind=kind)
             await s.ledger.record_refusal(stored, reason, detail)
             return Refusal(reason, text)
 
@@ -132,6 +171,24 @@ class Admission:
         forged = options.problem()
         if forged is not None:
             raise await refuse(RefusalReason.INVALID, forged, forged)
+        if kind is JobKind.EDIT:
+            wrong = not_an_edit_model(s.engine, options.model, edited)
+            if wrong is not None:
+                raise await refuse(RefusalReason.INVALID, wrong, wrong)
+            pictures = list(references)
+            if not pictures:
+                for ref in options.references:
+                    try:
+                        pictures.append(
+                            await fetch_picture(
+                                ref,
+                                api_base_url=s.config.discord.api_base_url,
+                                max_mb=s.config.images.max_picture_mb,
+                            )
+                        )
+                    except BadPicture as exc:
+                        raise await refuse(RefusalReason.INVALID, str(exc), str(exc)) from exc
+            asked = replace(asked, references=tuple(pictures))
         if picture is None and options.picture is not None:
             try:
                 picture = await fetch_picture(
@@ -148,7 +205,7 @@ class Admission:
         except InvalidRequest as exc:
             raise await refuse(RefusalReason.INVALID, str(exc), str(exc)) from exc
         return await self._reserve_and_submit(
-            self._stored(origin, checked.request, reroll_of=reroll_of), checked
+            self._stored(origin, checked.request, reroll_of=reroll_of, kind=kind), checked
         )
 
     async def admit_derived(
@@ -175,7 +232,12 @@ class Admission:
             return Refusal(reason, text)
 
         rules = await s.rules.moderation(origin.guild_id)
-        asked = replace(asked, negative_prompt=rules.negative_prompt(asked.negative_prompt))
+        try:  # the server's forced negative prompt, for models that read one
+            forced = s.engine.profile_of(asked.model).negative_prompt
+        except InvalidRequest:  # an unknown model: refused below by `check`, with its name
+            forced = True
+        if forced:
+            asked = replace(asked, negative_prompt=rules.negative_prompt(asked.negative_prompt))
         elsewhere = self._wrong_channel(origin, rules)
         if elsewhere is not None:
             raise await refuse(RefusalReason.CHANNEL, elsewhere)
@@ -227,9 +289,13 @@ class Admission:
         if not reservation.accepted:
             raise refusal_for(reservation)
         record = reservation.job
-        if request.init_image is not None:
+        if request.init_image is not None or request.references:
             try:  # before the engine: a restart must find the picture to run the job again
-                await asyncio.to_thread(s.images.save_input, JobRef.of(record), request.init_image)
+                ref = JobRef.of(record)
+                if request.references:
+                    await asyncio.to_thread(s.images.save_references, ref, request.references)
+                elif request.init_image is not None:
+                    await asyncio.to_thread(s.images.save_input, ref, request.init_image)
             except OSError as exc:
                 log.error("job %d: cannot store its picture: %s", record.id, exc)
                 await s.ledger.mark_failed(record.id, f"cannot store the picture: {exc}")

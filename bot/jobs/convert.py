@@ -8,6 +8,7 @@ else, so a new option is added in one module.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -53,11 +54,17 @@ def fairness_key(guild_id: int, user_id: int) -> str:
 
 
 def engine_request(
-    options: ImagineOptions, *, negative: str, user: str, picture: Image | None = None
+    options: ImagineOptions,
+    *,
+    negative: str,
+    user: str,
+    picture: Image | None = None,
+    references: Sequence[Image] = (),
 ) -> ImageRequest:
-    """The engine request for `options`; `negative` is the moderated negative prompt, and
-    `picture` the image an image-to-image request starts from. Sizes (a shape, an aspect
-    ratio) are left for the engine to resolve for the request's model."""
+    """The engine request for `options`; `negative` is the moderated negative prompt,
+    `picture` the image an image-to-image request starts from, and `references` the pictures
+    an edit by instruction changes. Sizes (a shape, an aspect ratio) are left for the engine
+    to resolve for the request's model."""
     return ImageRequest(
         prompt=options.prompt,
         negative_prompt=negative,
@@ -69,6 +76,7 @@ def engine_request(
         count=options.count,
         user=user,
         init_image=picture,
+        references=tuple(references),
         aspect=options.aspect,
         shape=options.shape,
         strength=options.strength,
@@ -118,11 +126,18 @@ def ledger_request(
     )
 
 
-def resumed_request(stored: JobRequest, picture: Image | None = None) -> ImageRequest:
+def resumed_request(
+    stored: JobRequest, picture: Image | None = None, references: Sequence[Image] = ()
+) -> ImageRequest:
     """The engine request that makes a stored job's images again (same seed: same images);
-    an image-to-image job needs the `picture` it started from."""
+    an image-to-image job needs the `picture` it started from, an edit its `references`."""
     options = replace(reroll_options(stored), seed=stored.seed)
     user = fairness_key(stored.guild_id, stored.user_id)
+    if stored.kind is JobKind.EDIT:
+        request = engine_request(
+            options, negative=stored.negative_prompt, user=user, references=references
+        )
+        return replace(request, parameters=source_parameters(stored))
     if stored.strength is None:
         return engine_request(options, negative=stored.negative_prompt, user=user)
     request = engine_request(options, negative=stored.negative_prompt, user=user, picture=picture)
@@ -150,7 +165,8 @@ def source_of(stored: JobRequest, index: int) -> Parameters:
 
 
 def source_parameters(stored: JobRequest) -> tuple[tuple[str, str], ...]:
-    """The PNG fields naming where an upscale or variation came from (as first written)."""
+    """The PNG fields naming where an upscale, variation or edit of a result came from (as
+    first written)."""
     if stored.source_job_id is None or stored.source_index is None:
         return ()
     source = ("Source", f"job {stored.source_job_id}, image {stored.source_index + 1}")

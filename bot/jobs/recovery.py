@@ -21,7 +21,7 @@ import discord
 
 from engine import EngineError
 
-from ..ledger import JobRecord, JobRef, JobStatus, give_up, plan_recovery
+from ..ledger import JobKind, JobRecord, JobRef, JobStatus, give_up, plan_recovery
 from ..timing.limits import TOKEN_USABLE_FOR
 from .convert import resumed_request
 from .delivery import find_posted, persist, result_images, result_job
@@ -112,10 +112,20 @@ async def _reconcile(jobs: JobService, record: JobRecord) -> bool:
 
 async def _resume(jobs: JobService, record: JobRecord, target: Target) -> None:
     services = jobs.services
-    picture = None
-    if record.request.strength is not None:  # image-to-image: the picture it started from
+    ref = JobRef.of(record)
+    picture, references = None, ()
+    if record.request.kind is JobKind.EDIT:  # an edit by instruction: the pictures it edits
         try:
-            picture = await asyncio.to_thread(services.images.load_input, JobRef.of(record))
+            references = await asyncio.to_thread(services.images.load_references, ref)
+        except OSError as exc:
+            log.warning("job %d: cannot read its pictures: %s", record.id, exc)
+        if not references:
+            reason = "could not resume after a restart: the picture it edits is gone"
+            await give_up(services.ledger, record.id, reason)
+            return
+    elif record.request.strength is not None:  # image-to-image: the picture it started from
+        try:
+            picture = await asyncio.to_thread(services.images.load_input, ref)
         except OSError as exc:
             log.warning("job %d: cannot read its picture: %s", record.id, exc)
         if picture is None:
@@ -123,7 +133,7 @@ async def _resume(jobs: JobService, record: JobRecord, target: Target) -> None:
             await give_up(services.ledger, record.id, reason)
             return
     try:
-        checked = await services.engine.check(resumed_request(record.request, picture))
+        checked = await services.engine.check(resumed_request(record.request, picture, references))
         engine_job = services.engine.submit(checked, job_id=str(record.id))
     except EngineError as exc:
         log.warning("job %d: cannot resume after a restart: %s", record.id, exc)

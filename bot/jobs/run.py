@@ -33,6 +33,7 @@ from ..ledger import JobRecord, JobRef, JobStatus, give_up
 from ..presentation import render
 from ..presentation.buttons import progress_view, result_view
 from ..services import Services
+from .admission import edit_models
 from .delivery import (
     DELIVERY_PATIENCE,
     GRID,
@@ -327,7 +328,11 @@ class JobRun:
             upscaled_size(asked.width, asked.height, services.engine.limits)
         )
         view = result_view(
-            ref, [image.index for image in posted], kind=asked.kind, upscalable=upscalable
+            ref,
+            [image.index for image in posted],
+            kind=asked.kind,
+            upscalable=upscalable,
+            editable=bool(edit_models(services.engine)),
         )
         post = ResultPost(content, embed, files, view, mention=asked.user_id)
         await persist(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -99,15 +99,21 @@ class JobService:
         *,
         reroll_of: int | None = None,
         picture: Image | None = None,
+        references: Sequence[Image] = (),
     ) -> None:
-        """Answer `/imagine` (or a Reroll press): refuse privately, or queue and follow.
-        A reroll of an image-to-image job starts from the same `picture`."""
+        """Answer `/imagine` or `/edit` (or a Reroll press): refuse privately, or queue and
+        follow. A reroll of an image-to-image job starts from the same `picture`, of an edit
+        from the same `references`."""
         async with self._admitting_now():
             # Answer within Discord's 3 s first; everything after may take its time.
             if not interaction.response.is_done():  # a Reroll press has answered already
                 await interaction.response.defer(ephemeral=True, thinking=True)
             admitted = await self.admission.admit(
-                origin_of(interaction), options, reroll_of=reroll_of, picture=picture
+                origin_of(interaction),
+                options,
+                reroll_of=reroll_of,
+                picture=picture,
+                references=references,
             )
             await self._follow(interaction, admitted)
 
@@ -120,7 +126,7 @@ class JobService:
         source: JobRecord,
         index: int,
     ) -> None:
-        """Queue an upscale or variation (the press was answered already) and follow it."""
+        """Queue an upscale, variation or edit (the press was answered already); follow it."""
         async with self._admitting_now():
             admitted = await self.admission.admit_derived(
                 origin_of(interaction), request, kind=kind, source=source, index=index

@@ -38,6 +38,11 @@ class JobKind(StrEnum):
     IMAGINE = "imagine"
     UPSCALE = "upscale"  # one image at twice the size; costs `upscale_cost` images
     VARIATION = "variation"  # new images from one earlier image
+    EDIT = "edit"  # an edit by instruction of an earlier image or a member's picture
+    ZOOM = "zoom"  # an earlier image zoomed out: its border made anew
+    PAN = "pan"  # an earlier image extended on one side
+    REGION = "region"  # part of an earlier image made anew (Vary (Region), /inpaint)
+    FIX = "fix"  # the faces of an earlier image inpainted again
 
 
 #: Seeds are stored in a signed 64-bit column.

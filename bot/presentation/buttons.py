@@ -1,5 +1,5 @@
-"""Buttons that keep working after a restart: Upscale, Vary, Reroll and Delete on results
-(U1-U4 and V1-V4 on a grid), Cancel on progress.
+"""Buttons that keep working after a restart: Upscale, Vary, Edit, Reroll and Delete on
+results (U1-U4, V1-V4 and E1-E4 on a grid), Cancel on progress.
 
 Each `custom_id` is `imagine:<action>:<job id>:<job key>` (a `JobRef`; buttons posted before
 keys existed have no key), and an image's buttons add its index to the action (`u2`, `vx0`);
@@ -34,21 +34,38 @@ __all__ = [
 
 
 _MADE = frozenset(
-    {Action.UPSCALE, Action.VARY_SUBTLE, Action.VARY_STRONG, Action.REROLL, Action.DELETE}
+    {
+        Action.UPSCALE,
+        Action.VARY_SUBTLE,
+        Action.VARY_STRONG,
+        Action.REROLL,
+        Action.DELETE,
+        Action.EDIT,
+    }
 )
 #: What a result of each kind offers. An upscale offers no Upscale (it is as large as it
 #: gets) and no Reroll (another upscale would be recorded, and charged, as an image).
 OFFERED: Mapping[JobKind, frozenset[Action]] = {
     JobKind.IMAGINE: _MADE,
     JobKind.VARIATION: _MADE,
-    JobKind.UPSCALE: frozenset({Action.VARY_SUBTLE, Action.VARY_STRONG, Action.DELETE}),
+    JobKind.EDIT: _MADE,
+    JobKind.ZOOM: _MADE,
+    JobKind.PAN: _MADE,
+    JobKind.REGION: _MADE,
+    JobKind.FIX: _MADE,
+    JobKind.UPSCALE: frozenset(
+        {Action.VARY_SUBTLE, Action.VARY_STRONG, Action.DELETE, Action.EDIT}
+    ),
 }
 
 
-def offered(kind: JobKind, *, upscalable: bool = True) -> frozenset[Action]:
-    """The actions on a result of `kind` (`upscalable`: its images can get any larger)."""
+def offered(kind: JobKind, *, upscalable: bool = True, editable: bool = True) -> frozenset[Action]:
+    """The actions on a result of `kind` (`upscalable`: its images can get any larger;
+    `editable`: a configured model edits pictures by instruction)."""
     actions = OFFERED[kind]
-    return actions if upscalable else actions - {Action.UPSCALE}
+    if not upscalable:
+        actions -= {Action.UPSCALE}
+    return actions if editable else actions - {Action.EDIT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +82,14 @@ _LOOKS: dict[Action, _Look] = {
     Action.UPSCALE: _Look("Upscale", None, discord.ButtonStyle.primary),
     Action.VARY_SUBTLE: _Look("Vary (subtle)", None, discord.ButtonStyle.secondary),
     Action.VARY_STRONG: _Look("Vary (strong)", None, discord.ButtonStyle.secondary),
+    Action.EDIT: _Look("Edit", "\N{PENCIL}", discord.ButtonStyle.secondary),
 }
 
 
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=(
-        r"imagine:(?P<action>reroll|delete|cancel|(?:u|vs|vx)(?P<index>[0-9]))"
+        r"imagine:(?P<action>reroll|delete|cancel|(?:u|vs|vx|e)(?P<index>[0-9]))"
         r":(?P<job>[0-9]{1,19})(?::(?P<key>[0-9a-f]{1,16}))?"
     ),
 ):
@@ -124,11 +142,17 @@ def label_of(action: Action) -> str:
 
 
 def result_view(
-    job: JobRef, indexes: Sequence[int], *, kind: JobKind, upscalable: bool = True
+    job: JobRef,
+    indexes: Sequence[int],
+    *,
+    kind: JobKind,
+    upscalable: bool = True,
+    editable: bool = False,
 ) -> discord.ui.View:
     """The buttons under a result, those `offered` for its kind: for one image Upscale and
-    both Vary, for several U1..Un and V1..Vn (strong variations); then Reroll and Delete."""
-    actions = offered(kind, upscalable=upscalable)
+    both Vary, for several U1..Un and V1..Vn (strong variations); then Reroll and Delete;
+    then Edit (E1..En on a grid) where a model edits by instruction."""
+    actions = offered(kind, upscalable=upscalable, editable=editable)
     view = discord.ui.View(timeout=None)
 
     def add(action: Action, index: int | None = None, **how: Any) -> None:
@@ -146,6 +170,11 @@ def result_view(
             add(Action.VARY_STRONG, index, label=f"V{n}", row=1)
     add(Action.REROLL, row=2)
     add(Action.DELETE, row=2)
+    if len(indexes) == 1:
+        add(Action.EDIT, indexes[0], row=2)
+    else:
+        for n, index in enumerate(indexes, start=1):
+            add(Action.EDIT, index, label=f"E{n}", row=3)
     return view
 
 

@@ -1,4 +1,4 @@
-"""What a member can ask of a job: `/imagine`, and the job buttons' actions.
+"""What a member can ask of a job: `/imagine` (and `/edit`), and the job buttons' actions.
 
 `JobActions` is the job service's face towards the Discord surface: the `/imagine` cog and a
 button press call it, never the job service itself (`jobs/actions.py` answers it). `Action`
@@ -27,19 +27,22 @@ class Action(enum.StrEnum):
     UPSCALE = "u"  # with the image's index: u0..u9
     VARY_SUBTLE = "vs"
     VARY_STRONG = "vx"
+    EDIT = "e"  # with the image's index: opens a modal asking what to change
 
 
 #: Actions that act on one image of the result, named by its index in the custom id.
-PER_IMAGE = frozenset({Action.UPSCALE, Action.VARY_SUBTLE, Action.VARY_STRONG})
+PER_IMAGE = frozenset({Action.UPSCALE, Action.VARY_SUBTLE, Action.VARY_STRONG, Action.EDIT})
 
 
 @dataclass(frozen=True, slots=True)
 class Press:
-    """A press of a job button: its action, the job, and the image (`PER_IMAGE` actions)."""
+    """A press of a job button: its action, the job, and the image (`PER_IMAGE` actions);
+    `text` is what the member typed into the modal the press opened (Edit's instruction)."""
 
     action: Action
     job: JobRef
     index: int | None = None
+    text: str | None = None
 
 
 class JobActions(Protocol):
@@ -61,4 +64,12 @@ class JobActions(Protocol):
 
     async def vary(
         self, interaction: discord.Interaction[Any], job: JobRef, index: int, *, strong: bool
+    ) -> None: ...
+
+    async def ask_edit(
+        self, interaction: discord.Interaction[Any], job: JobRef, index: int
+    ) -> None: ...
+
+    async def edit(
+        self, interaction: discord.Interaction[Any], job: JobRef, index: int, instruction: str
     ) -> None: ...

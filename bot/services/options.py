@@ -1,4 +1,4 @@
-"""What a user asked `/imagine` for (`jobs/convert.py` turns it into an engine request).
+"""What a user asked `/imagine` or `/edit` for (`jobs/convert.py` makes it an engine request).
 
 The size choices are shapes, not pixels (`engine.sizing`): the engine turns them, like an
 aspect ratio, into the sizes the request's model was trained near.
@@ -37,6 +37,8 @@ class ImagineOptions:
     strength: float | None = None  # with a picture: how much of it may change
     model: str | None = None  # a configured model's name (None: the default one)
     fast: bool = False  # quality:fast: the model's step cache (faster, slightly different)
+    #: `/edit`: the pictures to edit by instruction (`prompt` says what to change)
+    references: tuple[PictureRef, ...] = ()
 
     def problem(self) -> str | None:
         """Why Discord would never have sent these options (a forged payload), else None."""

@@ -35,7 +35,11 @@ async def act(actions: JobActions, i: discord.Interaction[Any], press: Press) ->
     action, job, index = press.action, press.job, press.index
     if action in PER_IMAGE:
         assert index is not None
-        if action is Action.UPSCALE:
+        if action is Action.EDIT and press.text is None:  # the button: ask what to change
+            await actions.ask_edit(i, job, index)
+        elif action is Action.EDIT:  # the modal it opened, submitted
+            await actions.edit(i, job, index, press.text or "")
+        elif action is Action.UPSCALE:
             await actions.upscale(i, job, index)
         else:
             await actions.vary(i, job, index, strong=action is Action.VARY_STRONG)

@@ -1,5 +1,6 @@
-"""`/imagine image:<attachment>` end to end: the real bot, the Discord-compatible server
-serving the attachment from its CDN-like route, the database and the image store read back.
+"""`/imagine image:<attachment>` and `/edit` end to end: the real bot, the Discord-compatible
+server serving the attachment from its CDN-like route, the database and the image store read
+back; the Edit button's modal, submitted, and pressed again after a restart.
 
 Every bad attachment gets one clear private message and costs nothing; a URL off Discord's
 servers is never fetched (a decoy HTTP server counts the requests it gets).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import signal
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -17,10 +19,10 @@ import pytest_asyncio
 from aiohttp import web
 from PIL import Image, ImageOps
 
-from bot.ledger import JobRef, JobStatus, RefusalReason
+from bot.ledger import ACTIVE_STATUSES, JobKind, JobRef, JobStatus, RefusalReason
 from engine import read_parameters
-from testkit.discord_server import AttachmentOption
-from testkit.jobs import JOB_TIMEOUT, job_id_of, job_of, read_ledger, wait_result
+from testkit.discord_server import AttachmentOption, Message
+from testkit.jobs import JOB_TIMEOUT, button_id, job_id_of, job_of, read_ledger, wait_result
 from testkit.ops import buckets_above, ops_address, read_metrics
 from testkit.pictures import GRAY, png_bytes
 from testkit.world import NewWorld, World
@@ -53,7 +55,15 @@ def gif() -> bytes:
 async def world(new_world: NewWorld) -> AsyncIterator[World]:
     users = ("alice", "bob", "carol", *MEMBERS)
     async with new_world(guild="Picture Club", users=users) as world:
-        world.configure(images={"max_picture_mb": LIMIT_MB}, ops={"listen": "127.0.0.1:0"})
+        world.configure(
+            images={"max_picture_mb": LIMIT_MB},
+            ops={"listen": "127.0.0.1:0"},
+            engine={"default_model": "tiny"},
+            models={  # `kontext` edits by instruction (and is the first model that does)
+                "tiny": {"source": "builtin:tiny"},
+                "kontext": {"source": "builtin:tiny-flux-kontext", "steps": 2},
+            },
+        )
         async with world.running_bot() as bot:
             world.ops = await ops_address(bot)
             yield world
@@ -206,3 +216,154 @@ async def test_ten_members_posting_huge_pictures_at_once_leave_the_loop_free(
     # percentile under 50 ms is a figure for a quiet machine: `bench/picture_burst.py`; a
     # test machine running other tests beside this one delays the loop thread now and then.)
     assert stalled == 0, f"probes late by over 50/100/250 ms, of {samples}: {late}"
+
+
+async def used(world: World, user_id: int) -> int:
+    async with read_ledger(world.tmp) as ledger:
+        return (await ledger.user_status(world.guild.id, user_id)).used
+
+
+async def test_edit_an_attachment_then_its_result_through_the_edit_button(world: World) -> None:
+    """`/edit` changes the attached picture on the first model that edits, keeps its aspect
+    ratio, names the instruction in the PNG and costs one image; the result's Edit button
+    asks (a modal) what to change, and the submit edits that result. Another member's press
+    is refused before any modal and costs nothing."""
+    alice, carol = world.alice, world.carol
+    before = await used(world, alice.id)
+    picture = AttachmentOption("cat.png", noisy_png((120, 60)), "image/png")
+    interaction = await world.server.invoke(
+        "edit", user=alice, options={"image": picture, "instruction": "make it night"}
+    )
+    result = await wait_result(interaction)
+    job_id = job_id_of(result)
+    params = read_parameters(result.attachments[0].data)
+    assert params is not None and params.prompt == "make it night" and params.model == "kontext"
+    assert "Source hash" in dict(params.extra)
+    assert params.width > params.height  # the picture's 2:1, at the model's area
+    await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
+    async with read_ledger(world.tmp) as ledger:
+        job = await job_of(ledger, job_id)
+        assert (job.request.kind, job.request.image_count) == (JobKind.EDIT, 1)
+    assert await used(world, alice.id) == before + 1
+    stored = world.tmp / "imagine-bot-images" / "inputs" / f"{job_id}-{JobRef.of(job).key}.png"
+    assert stored.is_file()  # a restart can run it again
+
+    # Carol may not edit Alice's result: refused before any modal, at no cost.
+    carol_before = await used(world, carol.id)
+    refused = await world.server.click(result, button_id(result, "e0"), user=carol)
+    note = await refused.wait_for_original(lambda m: m is not result)
+    assert refused.ephemeral and "Only the person who asked" in note.content
+    assert refused.modal is None and await used(world, carol.id) == carol_before
+
+    edited = await edit_by_button(world, result, "add a moon")
+    again = read_parameters(edited.attachments[0].data)
+    assert again is not None and again.prompt == "add a moon"
+    assert ("Source", f"job {job_id}, image 1") in again.extra
+    assert again.width > again.height
+    assert "e0" in {c.split(":")[1] for c in edited.custom_ids}  # an edit is editable again
+    assert await used(world, alice.id) == before + 2
+
+    # A Reroll edits the same picture again, with a new seed.
+    reroll = await world.server.click(result, button_id(result, "reroll"), user=alice)
+    rerolled = read_parameters((await wait_result(reroll)).attachments[0].data)
+    assert rerolled is not None and rerolled.prompt == "make it night"
+    assert dict(rerolled.extra)["Source hash"] == dict(params.extra)["Source hash"]
+    assert await used(world, alice.id) == before + 3
+    world.edited = result  # type: ignore[attr-defined]  # pressed again after a restart
+
+
+async def edit_by_button(world: World, result: Message, instruction: str) -> Message:
+    """Press the result's Edit button as Alice, fill the modal in, and return the edit."""
+    pressed = await world.server.click(result, button_id(result, "e0"), user=world.alice)
+    modal = await pressed.wait_for(lambda i: i.modal, what="the Edit modal")
+    assert modal["title"] == "Edit image 1"
+    submitted = await world.server.submit_modal(pressed, {"instruction": instruction})
+    return await wait_result(submitted)
+
+
+async def test_a_grid_offers_an_edit_per_tile_and_a_gone_tile_is_refused_at_no_cost(
+    world: World,
+) -> None:
+    interaction = await world.server.invoke(
+        "imagine", user=world.carol, options={"prompt": "two boats", "count": 2, "steps": 2}
+    )
+    grid = await wait_result(interaction)
+    job_id = job_id_of(grid)
+    rows = [[c["label"] for c in row["components"]] for row in grid.components]
+    assert rows[-1] == ["E1", "E2"]  # a row of its own, beside U1-U2 and V1-V2
+    pressed = await world.server.click(grid, button_id(grid, "e1"), user=world.carol)
+    modal = await pressed.wait_for(lambda i: i.modal, what="the Edit modal")
+    assert modal["title"] == "Edit image 2"
+
+    await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
+    async with read_ledger(world.tmp) as ledger:
+        key = JobRef.of(await job_of(ledger, job_id)).key
+    (world.tmp / "imagine-bot-images" / "outputs" / f"{job_id}-{key}-0.png").unlink()
+    before = await used(world, world.carol.id)
+    refused = await world.server.click(grid, button_id(grid, "e0"), user=world.carol)
+    note = await refused.wait_for_original(lambda m: m is not grid)
+    assert refused.ephemeral and "is no longer kept" in note.content, note.content
+    assert refused.modal is None and await used(world, world.carol.id) == before
+
+
+async def test_edit_refuses_a_model_that_does_not_edit_and_a_second_picture(
+    world: World,
+) -> None:
+    before = await used(world, world.carol.id)
+    cases = [
+        ({"model": "tiny"}, "does not edit pictures by instruction; these do: kontext"),
+        ({"image2": AttachmentOption("b.png", png((16, 16)))}, "leave out image2"),
+    ]
+    for extra, expected in cases:
+        picture = AttachmentOption("a.png", png((16, 16)))
+        interaction = await world.server.invoke(
+            "edit",
+            user=world.carol,
+            options={"image": picture, "instruction": "make it red", **extra},
+        )
+        message = await interaction.wait_for_original()
+        assert interaction.ephemeral and expected in message.content, message.content
+        assert not message.custom_ids and "\n" not in message.content
+    assert await used(world, world.carol.id) == before
+
+
+async def test_the_edit_button_works_after_a_restart(world: World) -> None:
+    result: Message = world.edited  # type: ignore[attr-defined]
+    await world.bot.stop()
+    await world.start_bot()
+    world.ops = await ops_address(world.bot)
+    edited = await edit_by_button(world, result, "make it snow")
+    params = read_parameters(edited.attachments[0].data)
+    assert params is not None and params.prompt == "make it snow"
+    assert ("Source", f"job {job_id_of(result)}, image 1") in params.extra
+
+
+async def test_an_edit_cut_off_by_a_crash_is_made_after_the_restart(world: World) -> None:
+    """The pictures an edit changes are kept before it is queued: a bot killed while the
+    edit waits runs it again at the next start, once, charged once."""
+    carol = world.carol
+    before = await used(world, carol.id)
+    # A long job ahead of it keeps the edit waiting in the queue when the bot dies.
+    await world.imagine(world.alice, "a long wait", steps=50, count=4)
+    picture = AttachmentOption("dog.png", noisy_png((60, 120)), "image/png")
+    interaction = await world.server.invoke(
+        "edit", user=carol, options={"image": picture, "instruction": "give it a hat"}
+    )
+    progress = await interaction.wait_for_original(lambda m: bool(m.custom_ids))
+    job_id = job_id_of(progress)
+    world.bot.unwatch()
+    world.bot.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    assert await world.bot.exited() == -signal.SIGKILL
+    async with read_ledger(world.tmp) as ledger:
+        assert (await job_of(ledger, job_id)).status in ACTIVE_STATUSES
+
+    await world.start_bot()
+    world.ops = await ops_address(world.bot)
+    result = await wait_result(interaction)
+    params = read_parameters(result.attachments[0].data)
+    assert params is not None and params.prompt == "give it a hat"
+    assert "Source hash" in dict(params.extra)  # an edit of the kept picture, not a new image
+    assert params.height > params.width  # the kept picture's 1:2
+    await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
+    assert len(world.results_for(job_id)) == 1
+    assert await used(world, carol.id) == before + 1

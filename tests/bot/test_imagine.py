@@ -64,7 +64,7 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
 
 async def test_commands_are_synced_to_the_guild_with_declared_limits(world: World) -> None:
     commands = {c["name"]: c for c in world.server.synced_commands(world.guild)}
-    assert set(commands) == {"imagine", "info", "models", "quota", "settings", "usage"}
+    assert set(commands) == {"edit", "imagine", "info", "models", "quota", "settings", "usage"}
     options = {o["name"]: o for o in commands["imagine"]["options"]}
     assert options["prompt"]["required"] and options["prompt"]["max_length"] == 1000
     assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (1, 50)

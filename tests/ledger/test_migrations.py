@@ -157,3 +157,43 @@ async def test_0006_keeps_what_is_known_of_the_images_asked(empty_db_url: str) -
             assert [tuple(row) for row in rows] == [(1, 3), (2, 1), (3, 4)]
     finally:
         await engine.dispose()
+
+
+def _down_to(conn: Connection, url: str, revision: str) -> None:
+    cfg = alembic_config(url)
+    cfg.attributes["connection"] = conn
+    command.downgrade(cfg, revision)
+
+
+async def test_0007_takes_the_canvas_and_edit_kinds_and_down_makes_them_imagine(
+    empty_db_url: str,
+) -> None:
+    """0007 lets jobs be edits, zooms, pans, regions and face fixes; before it the kind check
+    refused them, and going back down keeps each such job as an imagine job."""
+    insert = text(
+        "INSERT INTO jobs (id, key, guild_id, channel_id, user_id, application_id, "
+        "interaction_id, prompt, negative_prompt, model, scheduler, steps, guidance, width, "
+        "height, seed, image_count, images_asked, status, kind, queued_at) VALUES (:id, 'k', 1, "
+        "2, 3, 4, 5, 'a cat', '', 'tiny', 'default', 2, 7.5, 64, 64, 1, 1, 1, 'done', :kind, :at)"
+    )
+    kinds = ("edit", "zoom", "pan", "region", "fix")
+    engine = create_engine(empty_db_url, poolclass=NullPool)
+    try:
+        async with writer(engine).begin() as conn:
+            await conn.run_sync(_upgrade, empty_db_url, "0006")
+            refused = await conn.begin_nested()
+            try:
+                await conn.execute(insert, {"id": 99, "kind": "zoom", "at": datetime.now(UTC)})
+            except Exception as exc:  # the CHECK constraint of 0004
+                assert "ck_jobs_kind" in str(exc) or "CHECK" in str(exc).upper(), exc
+                await refused.rollback()
+            else:
+                raise AssertionError("0006 took a zoom job")
+            await conn.run_sync(_upgrade, empty_db_url, "0007")
+            for job_id, kind in enumerate(kinds, start=1):
+                await conn.execute(insert, {"id": job_id, "kind": kind, "at": datetime.now(UTC)})
+            await conn.run_sync(_down_to, empty_db_url, "0006")
+            rows = await conn.execute(text("SELECT kind FROM jobs ORDER BY id"))
+            assert [row[0] for row in rows] == ["imagine"] * len(kinds)
+    finally:
+        await engine.dispose()

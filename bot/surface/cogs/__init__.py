@@ -5,24 +5,31 @@ from __future__ import annotations
 from discord.ext import commands
 
 from ...services import JobActions, Services
+from .edit import make_edit_cog
 from .imagine import make_imagine_cog
 from .info import InfoCog
 from .quota import QuotaCog
 from .settings import SettingsCog
 from .usage import UsageCog
 
-__all__ = ["InfoCog", "QuotaCog", "SettingsCog", "UsageCog", "make_cogs", "make_imagine_cog"]
+__all__ = [
+    "InfoCog",
+    "QuotaCog",
+    "SettingsCog",
+    "UsageCog",
+    "make_cogs",
+    "make_edit_cog",
+    "make_imagine_cog",
+]
 
 
 def make_cogs(services: Services, jobs: JobActions) -> list[commands.Cog]:
     """Every cog the bot adds in `setup_hook`, in order."""
+    # From the config: the cogs are added at login, before the models load.
+    models = [(spec.name, spec.description) for spec in services.config.engine.model_specs]
     return [
-        make_imagine_cog(
-            services.engine.limits,
-            jobs,
-            # From the config: the cogs are added at login, before the models load.
-            [(spec.name, spec.description) for spec in services.config.engine.model_specs],
-        ),
+        make_imagine_cog(services.engine.limits, jobs, models),
+        make_edit_cog(jobs, models),
         InfoCog(services),
         QuotaCog(services),
         SettingsCog(services),
