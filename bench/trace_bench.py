@@ -395,9 +395,10 @@ def table(result: dict[str, Any]) -> str:
             b, st = e["batch"], e["step"]
             kinds.append(
                 f"{kind} (n={b[f'{kind}_n']:.0f}) {b[f'{kind}_p50_s']:.3g} / "
-                f"{st[f'{kind}_p50_s']:.3g} s"
+                f"{st[f'{kind}_p50_s']:.3g} s and {b[f'{kind}_p95_s']:.3g} / "
+                f"{st[f'{kind}_p95_s']:.3g} s"
             )
-    note = "\n\np50 submit to image by kind, batch / step: " + "; ".join(kinds) + "."
+    note = "\n\np50 and p95 submit to image by kind, batch / step: " + "; ".join(kinds) + "."
     return head + "\n\n" + markdown_table(headers, rows) + (note if kinds else "")
 
 

@@ -204,17 +204,22 @@ class StepScheduler(QueueingScheduler[StepQueue[Job]]):
         return min(candidates, key=lambda s: (self._work_left(s, heads), rank.get(s, len(rank))))
 
     def _work_left(self, group: Group, heads: dict[Group, Queued[Job]]) -> float:
-        """Denoiser work the group needs to finish what runs in it (or, with nothing running,
-        its next request): steps left x rows x pixels."""
+        """Denoiser work until the group's next request finishes, counting its queued head,
+        which joins its next tick: the fewest steps left of those requests x the rows of each
+        of its ticks x pixels. Shortest remaining work first, as a request sees it: a
+        2-step request beside a 30-step one finishes after 2 of their shared ticks."""
         width, height = size_of(group)
-        actives = self._groups.get(group)
-        if actives:
-            rows = sum(a.sample.steps_left * max(1, a.sample.rows) for a in actives)
-        else:
+        steps: list[int] = []
+        rows = 0
+        for active in self._groups.get(group) or ():
+            steps.append(active.sample.steps_left)
+            rows += max(1, active.sample.rows)
+        if group in heads:  # it joins the group's next tick
             request = heads[group].item.request
             guided = 2 if (request.guidance or 0.0) > 1.0 else 1
-            rows = request.denoising_steps * request.count * guided
-        return float(rows * width * height)
+            steps.append(request.denoising_steps)
+            rows += request.count * guided
+        return float(min(steps) * rows * width * height)
 
     def _drop_cancelled(self) -> None:
         for group in self._groups.values():

@@ -243,6 +243,32 @@ async def test_the_group_with_the_least_work_left_runs_first(
         await long.result()
 
 
+async def test_a_short_request_joining_a_long_one_is_not_kept_behind_another_group(
+    step_engine: EngineFactory,
+) -> None:
+    """What a group has left is counted as a request sees it: a 2-step request that joins a
+    running 20-step one finishes after 2 shared ticks, sooner than a 6-step request of
+    another size would, so its group runs first (counted as the group's total, 22 steps,
+    it would wait behind all 6 ticks of the other)."""
+    engine = await step_engine(max_batch_size=4)
+
+    def ticks() -> list[tuple[int, int]]:
+        return [call.size for call in engine.stats.recent_calls if call.kind == "tick"]
+
+    long = engine.submit(engine.prepare(ImageRequest("a long one", steps=20, user="a")))
+    async for progress in long.updates():
+        if progress.step >= 1:
+            break  # running, 19 steps left
+    before = len(ticks())
+    wide = engine.submit(engine.prepare(ImageRequest("wide", steps=6, width=96, height=96)))
+    short = engine.submit(engine.prepare(ImageRequest("short", steps=2, user="b")))
+    await short.result()
+    shared = ticks()[before:]
+    assert (96, 96) not in shared[: shared.index((64, 64)) + 2], shared
+    await wide.result()
+    await long.result()
+
+
 async def test_a_large_request_is_not_overtaken_by_smaller_ones() -> None:
     queue = StepQueue(max_queue=10)
 
