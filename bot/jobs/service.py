@@ -100,7 +100,8 @@ class JobService:
         reroll_of: int | None = None,
         picture: Image | None = None,
     ) -> None:
-        """Answer `/imagine` (or a Reroll press): refuse privately, or queue and follow.
+        """Answer `/imagine` (or a Reroll press): refuse privately, or queue and follow each
+        job (one per variant of a prompt with {…} choices, each with its progress message).
         A reroll of an image-to-image job starts from the same `picture`."""
         async with self._admitting_now():
             # Answer within Discord's 3 s first; everything after may take its time.
@@ -109,7 +110,8 @@ class JobService:
             admitted = await self.admission.admit(
                 origin_of(interaction), options, reroll_of=reroll_of, picture=picture
             )
-            await self._follow(interaction, admitted)
+            for one in admitted:  # a job per variant of the prompt's {…} choices
+                await self._follow(interaction, one)
 
     async def derived(
         self,

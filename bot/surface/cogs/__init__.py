@@ -5,13 +5,23 @@ from __future__ import annotations
 from discord.ext import commands
 
 from ...services import JobActions, Services
+from .describe import DescribeButton, DescribeCog
 from .imagine import make_imagine_cog
 from .info import InfoCog
 from .quota import QuotaCog
 from .settings import SettingsCog
 from .usage import UsageCog
 
-__all__ = ["InfoCog", "QuotaCog", "SettingsCog", "UsageCog", "make_cogs", "make_imagine_cog"]
+__all__ = [
+    "DescribeButton",
+    "DescribeCog",
+    "InfoCog",
+    "QuotaCog",
+    "SettingsCog",
+    "UsageCog",
+    "make_cogs",
+    "make_imagine_cog",
+]
 
 
 def make_cogs(services: Services, jobs: JobActions) -> list[commands.Cog]:
@@ -23,6 +33,7 @@ def make_cogs(services: Services, jobs: JobActions) -> list[commands.Cog]:
             # From the config: the cogs are added at login, before the models load.
             [(spec.name, spec.description) for spec in services.config.engine.model_specs],
         ),
+        DescribeCog(services),
         InfoCog(services),
         QuotaCog(services),
         SettingsCog(services),
