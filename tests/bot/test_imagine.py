@@ -591,6 +591,10 @@ async def test_prompt_choices_make_a_job_each_all_or_none(world: World) -> None:
         assert (status.used, status.queued, status.running) == (2, 0, 0)
         jobs = await ledger.jobs_for_user(world.guild.id, ivy.id)
         assert not [j for j in jobs if j.active]
+    info = await server.invoke("info", user=ivy, channel=world.art)
+    text = (await info.wait_for_original()).content
+    assert "one job per choice (up to 2)" in text and "--no" in text
+    assert "/describe" not in text  # off on this bot
 
 
 async def test_describe_is_refused_privately_when_it_is_off(world: World) -> None:
