@@ -217,7 +217,8 @@ async def test_ten_members_posting_huge_pictures_at_once_leave_the_loop_free(
 async def test_describe_answers_four_prompts_each_imagined_by_its_presser(world: World) -> None:
     """Four numbered prompts, an Imagine button each, nothing charged; a press is an /imagine
     of that prompt at the picture's aspect ratio (2:1: 16:9 is the nearest offered), charged
-    to the presser; a button forged onto the answer with a ratio never offered runs nothing."""
+    to the presser, after a restart; a button forged onto the answer with a ratio never
+    offered runs nothing."""
     emil = world.emil
     async with read_ledger(world.tmp) as ledger:
         before = await ledger.jobs_for_user(world.guild.id, emil.id)
@@ -238,6 +239,9 @@ async def test_describe_answers_four_prompts_each_imagined_by_its_presser(world:
     note = await forged.wait_for_original(lambda m: m is not answer)
     assert forged.ephemeral and "does not belong to a /describe answer" in note.content
 
+    await world.bot.stop()  # the buttons live in the message, not in the process
+    await world.start_bot()
+    world.ops = await ops_address(world.bot)
     pressed = await world.server.click(answer, "imagine-describe:2:16:9", user=emil)
     result = await wait_result(pressed)
     job_id = job_id_of(result)
