@@ -86,6 +86,7 @@ class DatabaseSettings:
 class QuotaSettings:
     daily_images: int = 25  # images per user per rolling 24 hours, per guild
     max_queued_per_user: int = 2  # jobs one user may have queued or running at once
+    max_permutations: int = 4  # jobs one /imagine's {a, b} choices may make (all or none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,6 +468,8 @@ def _check(config: BotConfig) -> list[str]:
         problems.append("[quota] daily_images must be 0 or more")
     if config.quota.max_queued_per_user < 1:
         problems.append("[quota] max_queued_per_user must be at least 1")
+    if config.quota.max_permutations < 1:
+        problems.append("[quota] max_permutations must be at least 1")
     if config.moderation.commands_per_minute < 0:
         problems.append("[moderation] commands_per_minute must be 0 (no limit) or more")
     if config.ops.listen:

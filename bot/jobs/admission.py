@@ -3,8 +3,13 @@
 In order, each refusal recorded in the ledger (so moderators see it in `/usage`) and raised
 as a `Refusal` the tree turns into a private message:
 
-    rate limit → channel → blocked words → forged options → edit model → picture →
-    validation → reservation → the picture stored → submit
+    rate limit → channel → blocked words → forged options → edit model → picture → `--no`
+    and the prompt's {…} choices → validation → reservation → the picture stored → submit
+
+A prompt's `{a, b}` choices (`engine.prompt_tools`) make one job per variant, each charged as
+usual, all or none: past `[quota] max_permutations` (or the member's `max_queued_per_user`),
+or when a reservation is turned down, none is queued and nothing is charged. `--no words`
+joins the negative prompt where the model reads one.
 
 An Upscale or Vary (`admit_derived`) starts at the channel, then the blocked words: the
 server's rules of now, not those of the day its source was made.
@@ -22,6 +27,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from engine import Busy, Checked, EngineClient, EngineError, ImageRequest, InvalidRequest, Job
+from engine.prompt_tools import apply_no, count_variants, expand_permutations
 
 from ..errors import RateLimited, Refusal
 from ..images.pictures import BadPicture, fetch_picture
@@ -129,8 +135,9 @@ class Admission:
         reroll_of: int | None = None,
         picture: Image | None = None,
         references: Sequence[Image] = (),
-    ) -> Admitted:
-        """Queue the request, or raise the `Refusal` to show (recorded in the ledger).
+    ) -> list[Admitted]:
+        """Queue the request, one job per variant of its prompt's {…} choices, or raise the
+        `Refusal` to show (recorded in the ledger).
 
         An image-to-image request starts from `picture`, else from the attachment in
         `options` (fetched here, after the cheap checks); an edit (`/edit`: `options` has
@@ -146,8 +153,13 @@ class Admission:
             forced = s.engine.profile_of(options.model).negative_prompt
         except InvalidRequest:  # an unknown model: refused below by `check`, with its name
             forced = True
-        negative = rules.negative_prompt(options.negative) if forced else options.negative
-        asked = engine_request(options, negative=negative, user=origin.fairness_key)
+        prompt, typed_negative, notes = apply_no(
+            options.prompt, options.negative, reads_negative=forced
+        )
+        negative = rules.negative_prompt(typed_negative) if forced else typed_negative
+        asked = engine_request(
+            replace(options, prompt=prompt), negative=negative, user=origin.fairness_key
+        )
 
         async def refuse(reason: RefusalReason, text: str, detail: str | None = None) -> Refusal:
             stored = self._stored(origin, asked, reroll_of=reroll_of, kind=kind)
@@ -189,6 +201,10 @@ class Admission:
                     except BadPicture as exc:
                         raise await refuse(RefusalReason.INVALID, str(exc), str(exc)) from exc
             asked = replace(asked, references=tuple(pictures))
+        try:  # counted before the picture is fetched, and before any variant is made
+            variants = self._variants(prompt)
+        except InvalidRequest as exc:
+            raise await refuse(RefusalReason.INVALID, str(exc), str(exc)) from exc
         if picture is None and options.picture is not None:
             try:
                 picture = await fetch_picture(
@@ -200,13 +216,23 @@ class Admission:
                 raise await refuse(RefusalReason.INVALID, str(exc), str(exc)) from exc
         if picture is not None:
             asked = replace(asked, init_image=picture)
-        try:
-            checked = await s.engine.check(asked)
-        except InvalidRequest as exc:
-            raise await refuse(RefusalReason.INVALID, str(exc), str(exc)) from exc
-        return await self._reserve_and_submit(
-            self._stored(origin, checked.request, reroll_of=reroll_of, kind=kind), checked
-        )
+        checked = []
+        for variant in variants:
+            try:
+                checked.append(await s.engine.check(replace(asked, prompt=variant)))
+            except InvalidRequest as exc:
+                raise await refuse(RefusalReason.INVALID, str(exc), str(exc)) from exc
+        stored = [self._stored(origin, c.request, reroll_of=reroll_of, kind=kind) for c in checked]
+        return await self._reserve_and_submit_all(stored, checked, tuple(notes))
+
+    def _variants(self, prompt: str) -> list[str]:
+        """The prompts `prompt` stands for: itself, as typed, when it has no {…} choices."""
+        if count_variants(prompt) == 1:
+            return [prompt]
+        quota = self.services.config.quota
+        # More jobs than a member may have queued could never all be reserved.
+        limit = min(quota.max_permutations, quota.max_queued_per_user)
+        return expand_permutations(prompt, limit=limit)
 
     async def admit_derived(
         self,
@@ -248,7 +274,8 @@ class Admission:
             checked = await s.engine.check(asked)
         except InvalidRequest as exc:
             raise await refuse(RefusalReason.INVALID, str(exc)) from exc
-        return await self._reserve_and_submit(stored(checked.request), checked)
+        (admitted,) = await self._reserve_and_submit_all([stored(checked.request)], [checked])
+        return admitted
 
     def _wrong_channel(self, origin: Origin, rules: Moderation) -> str | None:
         """The refusal for a channel where images may not be made, else None."""
@@ -282,13 +309,59 @@ class Admission:
             source=source,
         )
 
-    async def _reserve_and_submit(self, stored: JobRequest, checked: Checked) -> Admitted:
+    async def _reserve_and_submit_all(
+        self, stored: list[JobRequest], checked: list[Checked], notes: tuple[str, ...] = ()
+    ) -> list[Admitted]:
+        """Reserve every job, all or none (a refused one undoes those before it), then store
+        their pictures and queue them. A full queue refuses the jobs not queued yet (at no
+        cost): the first one raises it, a later one is a warning beside those queued."""
+        s = self.services
+        records = await self._reserve_all(stored)
+        admitted: list[Admitted] = []
+        for n, (record, one) in enumerate(zip(records, checked, strict=True)):
+            try:
+                admitted.append(await self._submit(record, one, notes))
+            except Refusal as refusal:
+                left = records[n + 1 :]
+                for later in left:
+                    await s.ledger.refuse(later.id, refusal.reason, str(refusal))
+                if not admitted:
+                    raise
+                dropped = f"{len(left) + 1} of the prompt's variants were not queued: {refusal}"
+                last = admitted[-1]
+                admitted[-1] = replace(last, warnings=(*last.warnings, dropped))
+                break
+            except EngineError:
+                for later in records[n + 1 :]:
+                    await s.ledger.mark_failed(later.id, "not queued: the engine failed")
+                raise
+        return admitted
+
+    async def _reserve_all(self, stored: list[JobRequest]) -> list[JobRecord]:
+        s = self.services
+        records: list[JobRecord] = []
+        for one in stored:
+            reservation = await s.ledger.reserve(one)
+            if reservation.accepted:
+                records.append(reservation.job)
+                continue
+            refusal = refusal_for(reservation)
+            for record in records:  # as if they never took images
+                await s.ledger.refuse(record.id, refusal.reason, str(refusal))
+            if len(stored) == 1:
+                raise refusal
+            raise Refusal(
+                refusal.reason,
+                f"{refusal} (The prompt's {{...}} choices make {len(stored)} jobs: "
+                "none was queued, nothing was charged.)",
+            )
+        return records
+
+    async def _submit(
+        self, record: JobRecord, checked: Checked, notes: tuple[str, ...]
+    ) -> Admitted:
         s = self.services
         request = checked.request
-        reservation = await s.ledger.reserve(stored)
-        if not reservation.accepted:
-            raise refusal_for(reservation)
-        record = reservation.job
         if request.init_image is not None or request.references:
             try:  # before the engine: a restart must find the picture to run the job again
                 ref = JobRef.of(record)
@@ -315,4 +388,4 @@ class Admission:
         except EngineError as exc:
             await s.ledger.mark_failed(record.id, str(exc))
             raise
-        return Admitted(record, engine_job, checked.warnings)
+        return Admitted(record, engine_job, (*checked.warnings, *notes))

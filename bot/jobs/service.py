@@ -102,7 +102,8 @@ class JobService:
         references: Sequence[Image] = (),
     ) -> None:
         """Answer `/imagine` or `/edit` (or a Reroll press): refuse privately, or queue and
-        follow. A reroll of an image-to-image job starts from the same `picture`, of an edit
+        follow each job (one per variant of a prompt with {…} choices, each with its progress
+        message). A reroll of an image-to-image job starts from the same `picture`, of an edit
         from the same `references`."""
         async with self._admitting_now():
             # Answer within Discord's 3 s first; everything after may take its time.
@@ -115,7 +116,8 @@ class JobService:
                 picture=picture,
                 references=references,
             )
-            await self._follow(interaction, admitted)
+            for one in admitted:  # a job per variant of the prompt's {…} choices
+                await self._follow(interaction, one)
 
     async def derived(
         self,

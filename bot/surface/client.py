@@ -21,7 +21,7 @@ from ..presentation.buttons import JobButton
 from ..services import JobActions, Press, Services
 from . import presses
 from .checks import declared_rules_kept
-from .cogs import make_cogs
+from .cogs import DescribeButton, make_cogs
 from .tree import ImagineTree
 
 __all__ = ["ImagineBot"]
@@ -124,7 +124,7 @@ class ImagineBot(commands.AutoShardedBot):
     # -- discord.py hooks --------------------------------------------------------------------
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(JobButton)
+        self.add_dynamic_items(JobButton, DescribeButton)
         for cog in make_cogs(self.services, self.job_actions):
             await self.add_cog(cog)
         for command in self.tree.walk_commands():

@@ -35,6 +35,7 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
 
 async def test_without_guild_ids_commands_are_synced_globally(world: World) -> None:
     assert {c["name"] for c in world.server.synced_commands()} == {
+        "describe",
         "edit",
         "imagine",
         "info",

@@ -1,6 +1,7 @@
-"""`/imagine image:<attachment>` and `/edit` end to end: the real bot, the Discord-compatible
-server serving the attachment from its CDN-like route, the database and the image store read
-back; the Edit button's modal, submitted, and pressed again after a restart.
+"""`/imagine image:<attachment>`, `/edit` and `/describe image:<attachment>` end to end: the
+real bot, the Discord-compatible server serving the attachment from its CDN-like route, the
+database and the image store read back; the Edit button's modal, submitted, and pressed again
+after a restart; `/describe` with the random-weight `builtin:tiny-florence2`.
 
 Every bad attachment gets one clear private message and costs nothing; a URL off Discord's
 servers is never fetched (a decoy HTTP server counts the requests it gets).
@@ -20,6 +21,7 @@ from aiohttp import web
 from PIL import Image, ImageOps
 
 from bot.ledger import ACTIVE_STATUSES, JobKind, JobRef, JobStatus, RefusalReason
+from bot.presentation.describe import prompts_of
 from engine import read_parameters
 from testkit.discord_server import AttachmentOption, Message
 from testkit.jobs import JOB_TIMEOUT, button_id, job_id_of, job_of, read_ledger, wait_result
@@ -53,7 +55,7 @@ def gif() -> bytes:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(new_world: NewWorld) -> AsyncIterator[World]:
-    users = ("alice", "bob", "carol", *MEMBERS)
+    users = ("alice", "bob", "carol", "dora", "emil", *MEMBERS)
     async with new_world(guild="Picture Club", users=users) as world:
         world.configure(
             images={"max_picture_mb": LIMIT_MB},
@@ -63,6 +65,7 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
                 "tiny": {"source": "builtin:tiny"},
                 "kontext": {"source": "builtin:tiny-flux-kontext", "steps": 2},
             },
+            describe={"model": "builtin:tiny-florence2"},
         )
         async with world.running_bot() as bot:
             world.ops = await ops_address(bot)
@@ -367,3 +370,64 @@ async def test_an_edit_cut_off_by_a_crash_is_made_after_the_restart(world: World
     await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
     assert len(world.results_for(job_id)) == 1
     assert await used(world, carol.id) == before + 1
+
+
+async def test_describe_answers_four_prompts_each_imagined_by_its_presser(world: World) -> None:
+    """Four numbered prompts, an Imagine button each, nothing charged; a press is an /imagine
+    of that prompt at the picture's aspect ratio (2:1: 16:9 is the nearest offered), charged
+    to the presser, after a restart; a button forged onto the answer with a ratio never
+    offered runs nothing."""
+    emil = world.emil
+    async with read_ledger(world.tmp) as ledger:
+        before = await ledger.jobs_for_user(world.guild.id, emil.id)
+    picture = AttachmentOption("dunes.png", noisy_png((120, 60)), "image/png")
+    asked = await world.server.invoke("describe", user=emil, options={"image": picture})
+    answer = await asked.wait_for_original(timeout=JOB_TIMEOUT)
+    assert asked.ephemeral and answer.ephemeral, answer.content
+    prompts = prompts_of(answer.content)
+    assert sorted(prompts) == [1, 2, 3, 4] and all(prompts.values()), answer.content
+    assert answer.custom_ids == [f"imagine-describe:{n}:16:9" for n in (1, 2, 3, 4)]
+    labels = [c["label"] for row in answer.components for c in row["components"]]
+    assert labels == ["Imagine 1", "Imagine 2", "Imagine 3", "Imagine 4"]
+    async with read_ledger(world.tmp) as ledger:  # describing is no job, and costs nothing
+        assert await ledger.jobs_for_user(world.guild.id, emil.id) == before
+        assert (await ledger.user_status(world.guild.id, emil.id)).used == 0
+
+    forged = await world.server.click(answer, "imagine-describe:1:7:5", user=emil, validate=False)
+    note = await forged.wait_for_original(lambda m: m is not answer)
+    assert forged.ephemeral and "does not belong to a /describe answer" in note.content
+
+    await world.bot.stop()  # the buttons live in the message, not in the process
+    await world.start_bot()
+    world.ops = await ops_address(world.bot)
+    pressed = await world.server.click(answer, "imagine-describe:2:16:9", user=emil)
+    result = await wait_result(pressed)
+    job_id = job_id_of(result)
+    params = read_parameters(result.attachments[0].data)
+    assert params is not None and params.width > params.height  # 16:9, not the model's square
+    await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
+    async with read_ledger(world.tmp) as ledger:
+        job = await job_of(ledger, job_id)
+        assert job.request.prompt == prompts[2] and job.request.user_id == emil.id
+        assert job.request.strength is None  # a text-to-image job: the picture is not reused
+        assert (await ledger.user_status(world.guild.id, emil.id)).used == 1
+
+
+async def test_describe_checks_the_picture_and_the_rate_limit_privately(world: World) -> None:
+    """A text file is refused as /imagine refuses it; a member past `commands_per_minute`
+    (12) is told privately to slow down, and the picture is not fetched."""
+    dora = world.dora
+    text = AttachmentOption("notes.txt", b"just text", "text/plain")
+    refused = await world.server.invoke("describe", user=dora, options={"image": text})
+    message = await refused.wait_for_original()
+    assert refused.ephemeral and "not a picture" in message.content, message.content
+    assert not message.custom_ids
+    for _ in range(11):  # the rest of the minute's 12 commands
+        info = await world.server.invoke("info", user=dora)
+        await info.wait_for_original()
+    picture = AttachmentOption("late.png", png((32, 32)), "image/png")
+    limited = await world.server.invoke("describe", user=dora, options={"image": picture})
+    message = await limited.wait_for_original()
+    assert limited.ephemeral and "Slow down" in message.content, message.content
+    assert not message.custom_ids
+    assert not world.server.requests_to("GET", r"late\.png")

@@ -18,7 +18,7 @@ from PIL import Image
 
 from bot.ledger import JobKind, JobStatus, QuotaKind, RefusalReason
 from engine import read_parameters
-from testkit.discord_server import MANAGE_GUILD, Message, User
+from testkit.discord_server import MANAGE_GUILD, AttachmentOption, Interaction, Message, User
 from testkit.jobs import (
     JOB_TIMEOUT,
     button_id,
@@ -39,10 +39,10 @@ RELATIVE_TIME = re.compile(r"<t:\d+:R>")
 async def world(new_world: NewWorld) -> AsyncIterator[World]:
     """#art allows /imagine, #lounge does not; `mod` has the moderator role (no Manage
     Server), `admin` has Manage Server; 3 images a day; an edit over Discord's rate limit is
-    a violation."""
+    a violation; describing pictures is off."""
     async with new_world(
         channels=("art", "lounge"),
-        users=("alice", "bob", "carol", "dave", "erin", "frank", "gwen", "hank"),
+        users=("alice", "bob", "carol", "dave", "erin", "frank", "gwen", "hank", "ivy"),
     ) as world:
         world.server.rules.rate_limit_is_violation = True  # the bot must pace its edits itself
         helpers = world.guild.create_role("Helpers")
@@ -57,6 +57,7 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
                 "blocked_words": ["forbidden"],
                 "forced_negative_prompt": "blurry",
             },
+            describe={"model": ""},
         )
         async with world.running_bot():
             yield world
@@ -64,7 +65,16 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
 
 async def test_commands_are_synced_to_the_guild_with_declared_limits(world: World) -> None:
     commands = {c["name"]: c for c in world.server.synced_commands(world.guild)}
-    assert set(commands) == {"edit", "imagine", "info", "models", "quota", "settings", "usage"}
+    assert set(commands) == {
+        "describe",
+        "edit",
+        "imagine",
+        "info",
+        "models",
+        "quota",
+        "settings",
+        "usage",
+    }
     options = {o["name"]: o for o in commands["imagine"]["options"]}
     assert options["prompt"]["required"] and options["prompt"]["max_length"] == 1000
     assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (1, 50)
@@ -538,3 +548,65 @@ async def test_upscale_and_vary_follow_the_rules_of_now(world: World) -> None:
             "forced_negative_prompt",  # "grainy": the refused one was not stored
             "blocked_words",
         ]
+
+
+async def test_prompt_choices_make_a_job_each_all_or_none(world: World) -> None:
+    """`a {red, blue} car` is two jobs, each charged; `--no rust` joins the negative prompt
+    (after the server's forced one). Three choices are past the most a member may have
+    queued (2), and two jobs of an image each past what is left of ivy's 3 images: both are
+    refused whole, at no cost."""
+    server, ivy = world.server, world.ivy
+    asked = await server.invoke(
+        "imagine",
+        user=ivy,
+        channel=world.art,
+        options={"prompt": "a {red, blue} car --no rust", "steps": 2},
+    )
+
+    def posted(interaction: Interaction) -> list[Message]:
+        return [m for m in interaction.followups if m.attachments and not m.ephemeral]
+
+    await asked.wait_for(lambda i: len(posted(i)) == 2, timeout=JOB_TIMEOUT, what="two results")
+    job_ids = sorted(job_id_of(m) for m in posted(asked))
+    for job_id in job_ids:
+        await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
+    async with read_ledger(world.tmp) as ledger:
+        made = [await job_of(ledger, job_id) for job_id in job_ids]
+        assert [j.request.prompt for j in made] == ["a red car", "a blue car"]
+        assert {j.request.negative_prompt for j in made} == {"rust, blurry"}
+        assert all(j.status is JobStatus.DONE and j.request.user_id == ivy.id for j in made)
+        assert (await ledger.user_status(world.guild.id, ivy.id)).used == 2
+
+    for prompt, expected in (
+        ("a {big, small, tiny} dog", "make 3 prompts; at most 2 are allowed"),
+        ("{a, one} cat", "none was queued, nothing was charged"),
+    ):
+        refused = await server.invoke(
+            "imagine", user=ivy, channel=world.art, options={"prompt": prompt, "steps": 2}
+        )
+        message = await refused.wait_for_original()
+        assert refused.ephemeral and expected in message.content, message.content
+        assert not message.attachments and not message.custom_ids
+    async with read_ledger(world.tmp) as ledger:
+        status = await ledger.user_status(world.guild.id, ivy.id)
+        assert (status.used, status.queued, status.running) == (2, 0, 0)
+        jobs = await ledger.jobs_for_user(world.guild.id, ivy.id)
+        assert not [j for j in jobs if j.active]
+    info = await server.invoke("info", user=ivy, channel=world.art)
+    text = (await info.wait_for_original()).content
+    assert "one job per choice (up to 2)" in text and "--no" in text
+    assert "/describe" not in text  # off on this bot
+
+
+async def test_describe_is_refused_privately_when_it_is_off(world: World) -> None:
+    picture = io.BytesIO()
+    Image.new("RGB", (16, 16), "orange").save(picture, format="PNG")
+    asked = await world.server.invoke(
+        "describe",
+        user=world.ivy,
+        channel=world.art,
+        options={"image": AttachmentOption("cat.png", picture.getvalue(), "image/png")},
+    )
+    message = await asked.wait_for_original()
+    assert asked.ephemeral and "Describing pictures is off" in message.content
+    assert not world.server.requests_to("GET", r"^/attachments/.*cat\.png")  # never fetched

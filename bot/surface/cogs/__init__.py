@@ -5,6 +5,7 @@ from __future__ import annotations
 from discord.ext import commands
 
 from ...services import JobActions, Services
+from .describe import DescribeButton, DescribeCog
 from .edit import make_edit_cog
 from .imagine import make_imagine_cog
 from .info import InfoCog
@@ -13,6 +14,8 @@ from .settings import SettingsCog
 from .usage import UsageCog
 
 __all__ = [
+    "DescribeButton",
+    "DescribeCog",
     "InfoCog",
     "QuotaCog",
     "SettingsCog",
@@ -30,6 +33,7 @@ def make_cogs(services: Services, jobs: JobActions) -> list[commands.Cog]:
     return [
         make_imagine_cog(services.engine.limits, jobs, models),
         make_edit_cog(jobs, models),
+        DescribeCog(services),
         InfoCog(services),
         QuotaCog(services),
         SettingsCog(services),

@@ -1,5 +1,5 @@
-"""`/info`: the user's own allowance, when it refills, and their jobs in flight; `/models`:
-the models to choose from."""
+"""`/info`: the user's own allowance, when it refills, their jobs in flight, and the prompt
+shorthands `/imagine` reads; `/models`: the models to choose from."""
 
 from __future__ import annotations
 
@@ -12,7 +12,19 @@ from discord.ext import commands
 from ...presentation.render import info_text, models_text
 from ...services import Services
 
-__all__ = ["InfoCog"]
+__all__ = ["InfoCog", "prompt_tips"]
+
+
+def prompt_tips(most: int, *, describing: bool) -> str:
+    """The shorthands `/imagine` reads (`jobs/admission.py`), with this bot's maximum."""
+    lines = [
+        "**Prompt tips**",
+        f"- `a {{red, blue}} car` makes one job per choice (up to {most}), each charged as usual.",
+        "- `--no plants, people` adds those words to the negative prompt.",
+    ]
+    if describing:
+        lines.append("- `/describe` a picture for four prompts to start from.")
+    return "\n".join(lines)
 
 
 class InfoCog(commands.Cog):
@@ -25,7 +37,12 @@ class InfoCog(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         ledger = self.services.ledger
         status = await ledger.user_status(interaction.guild_id or 0, interaction.user.id)
-        await interaction.followup.send(info_text(status), ephemeral=True)
+        config = self.services.config
+        tips = prompt_tips(
+            min(config.quota.max_permutations, config.quota.max_queued_per_user),
+            describing=bool(config.engine.describe.model),
+        )
+        await interaction.followup.send(f"{info_text(status)}\n\n{tips}", ephemeral=True)
 
     @app_commands.command(name="models", description="The models you can choose, and their LoRAs")
     @app_commands.guild_only()

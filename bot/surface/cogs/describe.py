@@ -1,0 +1,113 @@
+"""`/describe image:<attachment>`: four candidate prompts for a picture, each with an
+**Imagine** button that runs `/imagine` with it, at the picture's aspect ratio, for whoever
+presses it (charged to them as any `/imagine`).
+
+The picture is checked and fetched as `/imagine`'s (`images/pictures.py`); the engine's
+describe model runs on a thread of its own (`engine/describe.py`), never on the event loop.
+Describing is not charged as images: the command tree's per-member rate limit
+(`[moderation] commands_per_minute`) counts it, as any command; an Imagine press is counted
+by the admission of the `/imagine` it makes. The buttons survive a restart: each names only
+its prompt's number and the aspect ratio, and a press reads the prompt from its message
+(`presentation/describe.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from engine import ASPECT_RATIOS
+
+from ...errors import NotAllowed
+from ...images.pictures import PictureRef, fetch_picture
+from ...presentation.describe import BUTTON_ID, closest_ratio, describe_text, prompts_of
+from ...services import ImagineOptions, Services, host_of
+from ..tree import report
+
+__all__ = ["DescribeButton", "DescribeCog", "describe_view"]
+
+log = logging.getLogger(__name__)
+
+#: The answer when `[describe] model` is empty.
+OFF = "Describing pictures is off on this bot (its operator set no describe model)."
+
+
+class DescribeButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=BUTTON_ID,
+):
+    """**Imagine n** under a `/describe` answer: `/imagine` with prompt n of its message."""
+
+    def __init__(self, number: int, ratio: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=f"Imagine {number}",
+                style=discord.ButtonStyle.primary,
+                custom_id=f"imagine-describe:{number}:{ratio}",
+            )
+        )
+        self.number = number
+        self.ratio = ratio
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> DescribeButton:
+        return cls(int(match["number"]), match["ratio"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        # The /imagine's admission counts the press against the presser's rate limit.
+        try:
+            message = interaction.message
+            prompt = prompts_of(message.content if message is not None else "").get(self.number)
+            if prompt is None or self.ratio not in ASPECT_RATIOS:  # forged onto a message
+                raise NotAllowed("This button does not belong to a /describe answer.")
+            options = ImagineOptions(prompt=prompt, aspect=self.ratio)
+            await host_of(interaction).job_actions.imagine(interaction, options)
+        except Exception as exc:
+            await report(interaction, exc)
+
+
+def describe_view(count: int, ratio: str) -> discord.ui.View:
+    """An Imagine button for each of `count` prompts."""
+    view = discord.ui.View(timeout=None)
+    for number in range(1, count + 1):
+        view.add_item(DescribeButton(number, ratio))
+    return view
+
+
+class DescribeCog(commands.Cog):
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    @app_commands.command(name="describe", description="Four prompts that could make a picture")
+    @app_commands.describe(image="The picture to describe (PNG, JPEG or WebP)")
+    @app_commands.guild_only()
+    async def describe(
+        self, interaction: discord.Interaction[Any], image: discord.Attachment
+    ) -> None:
+        s = self.services
+        if not s.config.engine.describe.model:
+            await interaction.response.send_message(OFF, ephemeral=True)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        picture = await fetch_picture(
+            PictureRef(url=image.url, filename=image.filename, size=image.size),
+            api_base_url=s.config.discord.api_base_url,
+            max_mb=s.config.images.max_picture_mb,
+        )
+        prompts = await s.engine.describe(picture)  # on the describer's own thread
+        if not prompts:
+            raise NotAllowed("The describe model found nothing to say about that picture.")
+        ratio = closest_ratio(*picture.size)
+        log.info("described a picture for user %s: %d prompts", interaction.user.id, len(prompts))
+        await interaction.followup.send(
+            describe_text(image.filename, prompts, ratio),
+            view=describe_view(len(prompts), ratio),
+            ephemeral=True,
+        )
