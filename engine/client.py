@@ -69,6 +69,11 @@ class EngineClient(Protocol):
         loop; `EngineError` when describing is off or its model cannot load."""
         ...
 
+    async def region_mask(self, image: Image, words: str) -> Image:
+        """The mask of where `image` shows what `words` name (`[region] model`);
+        `InvalidRequest` when it finds nothing there."""
+        ...
+
     # The models
     @property
     def default_model(self) -> str: ...

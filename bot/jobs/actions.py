@@ -1,17 +1,21 @@
 """`Actions`: what `/imagine` and the job buttons ask of the job service (`JobActions`).
 
-`/imagine` goes to `JobService.imagine`. The buttons are here: Upscale, Vary, Reroll, Delete
-and Cancel, each for the job's requester or a moderator of the job's own server only, on the
+`/imagine` goes to `JobService.imagine`. The buttons are here: Upscale, Vary, the canvas
+(Zoom Out, Pan, Vary (Region), made in `canvas.py`), Reroll, Delete and Cancel, each for
+the job's requester or a moderator of the job's own server only, on the
 job's own message, for an action its result offers (a custom id can be forged onto any
 message). An Upscale or Vary is a new image-to-image job from the chosen image, kept full
-size by `ImageStore`; a Reroll, the same options with a new seed. Each is charged to whoever
+size by `ImageStore`; a canvas job inpaints it; a Reroll, the same options with a new seed (a
+canvas job's from the same canvas and mask, kept by `ImageStore`). Each is charged to whoever
 pressed the button.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -25,7 +29,8 @@ from ..ledger import JobKind, JobRecord, JobRef
 from ..moderation.moderators import is_moderator
 from ..presentation.buttons import label_of, offered
 from ..services import Action, ImagineOptions
-from .convert import reroll_options, source_of
+from .canvas import canvas_of
+from .convert import CANVAS_KINDS, reroll_options, resumed_request, source_of
 from .service import JobService, origin_of
 
 if TYPE_CHECKING:
@@ -76,6 +81,9 @@ class Actions:
                 "Only the person who asked for these images, or a moderator, can reroll them."
             )
         _offers(record, Action.REROLL)
+        if record.request.kind in CANVAS_KINDS:
+            await self._reroll_canvas(interaction, record)
+            return
         picture = None
         if record.request.strength is not None:
             picture = await asyncio.to_thread(self.services.images.load_input, job)
@@ -83,6 +91,47 @@ class Actions:
                 raise NotAllowed(self._gone(f"The picture job #{record.id} started from"))
         options = reroll_options(record.request)
         await self.jobs.imagine(interaction, options, reroll_of=record.id, picture=picture)
+
+    async def _reroll_canvas(
+        self, interaction: discord.Interaction[Any], record: JobRecord
+    ) -> None:
+        """A canvas job again from the same canvas and mask (kept by `ImageStore`), a new seed."""
+        ref, stored = JobRef.of(record), record.request
+        picture = await asyncio.to_thread(self.services.images.load_input, ref)
+        mask = await asyncio.to_thread(self.services.images.load_mask, ref)
+        if picture is None or mask is None:
+            raise NotAllowed(self._gone(f"The picture job #{record.id} started from"))
+        user = origin_of(interaction).fairness_key
+        request = dataclasses.replace(resumed_request(stored, picture, mask), seed=None, user=user)
+        source = None
+        if stored.source_job_id is not None and stored.source_index is not None:
+            source = (stored.source_job_id, stored.source_index)
+        await self.jobs.derived(
+            interaction, request, kind=stored.kind, source=source, reroll_of=record.id
+        )
+
+    async def canvas(
+        self,
+        interaction: discord.Interaction[Any],
+        job: JobRef,
+        index: int,
+        action: Action,
+        answers: Mapping[str, str],
+    ) -> None:
+        """Zoom Out, Pan or Vary (Region) of image `index` of `job` (`canvas.py`), charged
+        to the presser by the pixels it makes; a region the words do not find costs nothing."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        record, params, image = await self._chosen(interaction, job, index, action)
+        request, kind = await canvas_of(
+            self.services,
+            action,
+            answers,
+            params,
+            image,
+            user=origin_of(interaction).fairness_key,
+            origin=f"job {record.id}, image {index + 1}",
+        )
+        await self.jobs.derived(interaction, request, kind=kind, source=(record.id, index))
 
     async def upscale(self, interaction: discord.Interaction[Any], job: JobRef, index: int) -> None:
         """Image `index` of `job` at twice its size (hires fix), charged to the presser."""
@@ -97,7 +146,7 @@ class Actions:
             models=self.services.engine.model_names,
         )
         await self.jobs.derived(
-            interaction, request, kind=JobKind.UPSCALE, source=record, index=index
+            interaction, request, kind=JobKind.UPSCALE, source=(record.id, index)
         )
 
     async def vary(
@@ -123,7 +172,7 @@ class Actions:
             native=record.request.kind is JobKind.UPSCALE,
         )
         await self.jobs.derived(
-            interaction, request, kind=JobKind.VARIATION, source=record, index=index
+            interaction, request, kind=JobKind.VARIATION, source=(record.id, index)
         )
 
     async def _chosen(
@@ -136,7 +185,8 @@ class Actions:
         record = await self._known(interaction, job)
         if not _on_its_message(interaction, record.message_id):
             raise NotAllowed(f"This button does not belong to job #{job.id}.")
-        verb = "upscale" if action is Action.UPSCALE else "vary"
+        verbs = {Action.UPSCALE: "upscale", Action.VARY_SUBTLE: "vary", Action.VARY_STRONG: "vary"}
+        verb = verbs.get(action, "change")
         if not self._may_manage(interaction, record):
             raise NotAllowed(
                 f"Only the person who asked for these images, or a moderator, can {verb} them."

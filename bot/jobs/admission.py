@@ -157,18 +157,19 @@ class Admission:
         asked: ImageRequest,
         *,
         kind: JobKind,
-        source: JobRecord,
-        index: int,
+        source: tuple[int, int] | None,
+        reroll_of: int | None = None,
     ) -> Admitted:
-        """Queue an upscale or variation of image `index` of `source` (a button press, whose
-        rate limit the button counted), charged by `price`; or raise the `Refusal`.
+        """Queue a request made from image `source` (job id, index) of an earlier job, or
+        from a member's picture (None): an upscale, a variation, a canvas (a button press,
+        whose rate limit the button counted), charged by `price`; or raise the `Refusal`.
 
         The server's rules of now apply, not those of the source's day: its blocked words
         refuse it, and its forced negative prompt is added."""
         s = self.services
 
         def stored(request: ImageRequest) -> JobRequest:
-            return self._stored(origin, request, kind=kind, source=(source.id, index))
+            return self._stored(origin, request, kind=kind, source=source, reroll_of=reroll_of)
 
         async def refuse(reason: RefusalReason, text: str, detail: str | None = None) -> Refusal:
             await s.ledger.record_refusal(stored(asked), reason, detail or text)
@@ -209,12 +210,17 @@ class Admission:
         s = self.services
         engine = s.engine
         model = request.model or engine.default_model
+        try:
+            native = engine.profile_of(model).native_size
+        except InvalidRequest:  # an unknown model, being refused: its price is not charged
+            native = 0
+        made = (request.width or 0, request.height or 0, native)
         return ledger_request(
             origin,
             request,
             model=model,
             scheduler=engine.scheduler_of(model),
-            charged=price(kind, request.count, s.config.images),
+            charged=price(kind, request.count, s.config.images, made=made),
             kind=kind,
             reroll_of=reroll_of,
             source=source,
@@ -228,8 +234,13 @@ class Admission:
             raise refusal_for(reservation)
         record = reservation.job
         if request.init_image is not None:
+            ref = JobRef.of(record)
             try:  # before the engine: a restart must find the picture to run the job again
-                await asyncio.to_thread(s.images.save_input, JobRef.of(record), request.init_image)
+                await asyncio.to_thread(s.images.save_input, ref, request.init_image)
+                if request.mask is not None:  # and an inpainting's mask and canvas fields
+                    await asyncio.to_thread(
+                        s.images.save_mask, ref, request.mask, request.parameters
+                    )
             except OSError as exc:
                 log.error("job %d: cannot store its picture: %s", record.id, exc)
                 await s.ledger.mark_failed(record.id, f"cannot store the picture: {exc}")

@@ -23,7 +23,7 @@ from engine import EngineError
 
 from ..ledger import JobRecord, JobRef, JobStatus, give_up, plan_recovery
 from ..timing.limits import TOKEN_USABLE_FOR
-from .convert import resumed_request
+from .convert import CANVAS_KINDS, resumed_request
 from .delivery import find_posted, persist, result_images, result_job
 from .pricing import refund
 from .run import JobRun, channel_target
@@ -122,8 +122,18 @@ async def _resume(jobs: JobService, record: JobRecord, target: Target) -> None:
             reason = "could not resume after a restart: the picture it started from is gone"
             await give_up(services.ledger, record.id, reason)
             return
+    mask = None
+    if record.request.kind in CANVAS_KINDS:  # inpainting: the mask and fields stored with it
+        try:
+            mask = await asyncio.to_thread(services.images.load_mask, JobRef.of(record))
+        except OSError as exc:
+            log.warning("job %d: cannot read its mask: %s", record.id, exc)
+        if mask is None:
+            reason = "could not resume after a restart: the mask it was made with is gone"
+            await give_up(services.ledger, record.id, reason)
+            return
     try:
-        checked = await services.engine.check(resumed_request(record.request, picture))
+        checked = await services.engine.check(resumed_request(record.request, picture, mask))
         engine_job = services.engine.submit(checked, job_id=str(record.id))
     except EngineError as exc:
         log.warning("job %d: cannot resume after a restart: %s", record.id, exc)

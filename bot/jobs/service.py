@@ -117,13 +117,15 @@ class JobService:
         request: ImageRequest,
         *,
         kind: JobKind,
-        source: JobRecord,
-        index: int,
+        source: tuple[int, int] | None,
+        reroll_of: int | None = None,
     ) -> None:
-        """Queue an upscale or variation (the press was answered already) and follow it."""
+        """Queue a request made from image `source` (job id, index) of an earlier job, or
+        from a member's picture (None): an upscale, a variation, a canvas, or a reroll of one
+        (the press was answered already), and follow it."""
         async with self._admitting_now():
             admitted = await self.admission.admit_derived(
-                origin_of(interaction), request, kind=kind, source=source, index=index
+                origin_of(interaction), request, kind=kind, source=source, reroll_of=reroll_of
             )
             await self._follow(interaction, admitted)
 

@@ -1,5 +1,5 @@
 """Buttons that keep working after a restart: Upscale, Vary, Reroll and Delete on results
-(U1-U4 and V1-V4 on a grid), Cancel on progress.
+(U1-U4 and V1-V4 on a grid), Zoom Out, Pan and Vary (Region) on one image, Cancel on progress.
 
 Each `custom_id` is `imagine:<action>:<job id>:<job key>` (a `JobRef`; buttons posted before
 keys existed have no key), and an image's buttons add its index to the action (`u2`, `vx0`);
@@ -21,7 +21,7 @@ from typing import Any
 import discord
 
 from ..ledger import JobKind, JobRef
-from ..services import PER_IMAGE, Action, Press, host_of
+from ..services import CANVAS, PER_IMAGE, Action, Press, host_of
 
 __all__ = [
     "OFFERED",
@@ -34,10 +34,18 @@ __all__ = [
 
 
 _MADE = frozenset(
-    {Action.UPSCALE, Action.VARY_SUBTLE, Action.VARY_STRONG, Action.REROLL, Action.DELETE}
+    {
+        Action.UPSCALE,
+        Action.VARY_SUBTLE,
+        Action.VARY_STRONG,
+        Action.REROLL,
+        Action.DELETE,
+        *CANVAS,
+    }
 )
 #: What a result of each kind offers. An upscale offers no Upscale (it is as large as it
-#: gets) and no Reroll (another upscale would be recorded, and charged, as an image).
+#: gets) and no Reroll (another upscale would be recorded, and charged, as an image). The
+#: canvas actions are offered only on one image and by a model that inpaints (`result_view`).
 OFFERED: Mapping[JobKind, frozenset[Action]] = {
     JobKind.IMAGINE: _MADE,
     JobKind.VARIATION: _MADE,
@@ -46,14 +54,24 @@ OFFERED: Mapping[JobKind, frozenset[Action]] = {
     JobKind.PAN: _MADE,
     JobKind.REGION: _MADE,
     JobKind.FIX: _MADE,
-    JobKind.UPSCALE: frozenset({Action.VARY_SUBTLE, Action.VARY_STRONG, Action.DELETE}),
+    JobKind.UPSCALE: frozenset({Action.VARY_SUBTLE, Action.VARY_STRONG, Action.DELETE, *CANVAS}),
 }
 
 
-def offered(kind: JobKind, *, upscalable: bool = True) -> frozenset[Action]:
-    """The actions on a result of `kind` (`upscalable`: its images can get any larger)."""
+def offered(
+    kind: JobKind, *, upscalable: bool = True, canvas: bool = True, region: bool = True
+) -> frozenset[Action]:
+    """The actions on a result of `kind` (`upscalable`: its images can get any larger;
+    `canvas`: its model inpaints, for Zoom Out, Pan and Vary (Region); `region`: a region
+    model finds the part named in words)."""
     actions = OFFERED[kind]
-    return actions if upscalable else actions - {Action.UPSCALE}
+    if not upscalable:
+        actions -= {Action.UPSCALE}
+    if not canvas:
+        actions -= CANVAS
+    if not region:
+        actions -= {Action.REGION}
+    return actions
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +81,7 @@ class _Look:
     style: discord.ButtonStyle
 
 
+_SECONDARY = discord.ButtonStyle.secondary
 _LOOKS: dict[Action, _Look] = {
     Action.REROLL: _Look("Reroll", "\N{GAME DIE}", discord.ButtonStyle.secondary),
     Action.DELETE: _Look("Delete", "\N{WASTEBASKET}", discord.ButtonStyle.danger),
@@ -70,13 +89,32 @@ _LOOKS: dict[Action, _Look] = {
     Action.UPSCALE: _Look("Upscale", None, discord.ButtonStyle.primary),
     Action.VARY_SUBTLE: _Look("Vary (subtle)", None, discord.ButtonStyle.secondary),
     Action.VARY_STRONG: _Look("Vary (strong)", None, discord.ButtonStyle.secondary),
+    Action.REGION: _Look("Vary (Region)", None, discord.ButtonStyle.secondary),
+    Action.ZOOM_2: _Look("Zoom Out 2x", "\N{LEFT-POINTING MAGNIFYING GLASS}", _SECONDARY),
+    Action.ZOOM_15: _Look("Zoom Out 1.5x", "\N{LEFT-POINTING MAGNIFYING GLASS}", _SECONDARY),
+    Action.ZOOM_CUSTOM: _Look("Custom Zoom", "\N{LEFT-POINTING MAGNIFYING GLASS}", _SECONDARY),
+    Action.PAN_LEFT: _Look("", "\N{LEFTWARDS BLACK ARROW}", _SECONDARY),
+    Action.PAN_RIGHT: _Look("", "\N{BLACK RIGHTWARDS ARROW}", _SECONDARY),
+    Action.PAN_UP: _Look("", "\N{UPWARDS BLACK ARROW}", _SECONDARY),
+    Action.PAN_DOWN: _Look("", "\N{DOWNWARDS BLACK ARROW}", _SECONDARY),
 }
+#: How a refusal names an action whose button shows only an arrow.
+_NAMES = {
+    Action.PAN_LEFT: "Pan left",
+    Action.PAN_RIGHT: "Pan right",
+    Action.PAN_UP: "Pan up",
+    Action.PAN_DOWN: "Pan down",
+}
+
+
+#: The per-image actions' codes in a custom id (longest first: `u` is a prefix of none).
+_PER_IMAGE_CODES = "|".join(sorted((str(a) for a in PER_IMAGE), key=len, reverse=True))
 
 
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=(
-        r"imagine:(?P<action>reroll|delete|cancel|(?:u|vs|vx)(?P<index>[0-9]))"
+        rf"imagine:(?P<action>reroll|delete|cancel|(?:{_PER_IMAGE_CODES})(?P<index>[0-9]))"
         r":(?P<job>[0-9]{1,19})(?::(?P<key>[0-9a-f]{1,16}))?"
     ),
 ):
@@ -100,7 +138,7 @@ class JobButton(
         custom_id = f"imagine:{code}:{job.id}" + ("" if job.key is None else f":{job.key}")
         super().__init__(
             discord.ui.Button(
-                label=label or look.label,
+                label=label or look.label or None,
                 emoji=None if label else look.emoji,
                 style=look.style,
                 custom_id=custom_id,
@@ -125,32 +163,51 @@ class JobButton(
 
 
 def label_of(action: Action) -> str:
-    return _LOOKS[action].label
+    return _NAMES.get(action) or _LOOKS[action].label
+
+
+#: One image's rows, as Midjourney lays them out (then Reroll and Delete).
+_SINGLE_ROWS = (
+    (Action.UPSCALE, Action.VARY_SUBTLE, Action.VARY_STRONG, Action.REGION),
+    (Action.ZOOM_2, Action.ZOOM_15, Action.ZOOM_CUSTOM),
+    (Action.PAN_LEFT, Action.PAN_RIGHT, Action.PAN_UP, Action.PAN_DOWN),
+)
 
 
 def result_view(
-    job: JobRef, indexes: Sequence[int], *, kind: JobKind, upscalable: bool = True
+    job: JobRef,
+    indexes: Sequence[int],
+    *,
+    kind: JobKind,
+    upscalable: bool = True,
+    canvas: bool = False,
+    region: bool = False,
 ) -> discord.ui.View:
-    """The buttons under a result, those `offered` for its kind: for one image Upscale and
-    both Vary, for several U1..Un and V1..Vn (strong variations); then Reroll and Delete."""
-    actions = offered(kind, upscalable=upscalable)
+    """The buttons under a result, those `offered` for its kind: for one image Upscale, both
+    Vary and Vary (Region), the zooms and the pans (`canvas`, `region`: see `offered`); for
+    several U1..Un and V1..Vn (strong variations); then Reroll and Delete."""
+    actions = offered(kind, upscalable=upscalable, canvas=canvas, region=region)
     view = discord.ui.View(timeout=None)
 
     def add(action: Action, index: int | None = None, **how: Any) -> None:
         if action in actions:
             view.add_item(JobButton(action, job, index, **how))
 
+    last = 2
     if len(indexes) == 1:
         (index,) = indexes
-        for action in (Action.UPSCALE, Action.VARY_SUBTLE, Action.VARY_STRONG):
-            add(action, index, row=0)
+        rows = [[a for a in row if a in actions] for row in _SINGLE_ROWS]
+        for row, row_actions in enumerate(r for r in rows if r):
+            for action in row_actions:
+                add(action, index, row=row)
+            last = row + 1
     else:
         for n, index in enumerate(indexes, start=1):
             add(Action.UPSCALE, index, label=f"U{n}", row=0)
         for n, index in enumerate(indexes, start=1):
             add(Action.VARY_STRONG, index, label=f"V{n}", row=1)
-    add(Action.REROLL, row=2)
-    add(Action.DELETE, row=2)
+    add(Action.REROLL, row=last)
+    add(Action.DELETE, row=last)
     return view
 
 

@@ -3,12 +3,14 @@
 `JobActions` is the job service's face towards the Discord surface: the `/imagine` cog and a
 button press call it, never the job service itself (`jobs/actions.py` answers it). `Action`
 names the buttons' actions, as their custom ids carry them (`presentation/buttons.py`), and a
-`Press` is one press of one.
+`Press` is one press of one. Custom zoom and Vary (Region) first ask for words in a modal: their
+press comes back with the modal's `answers`.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,7 +19,7 @@ import discord
 from ..ledger import JobRef
 from .options import ImagineOptions
 
-__all__ = ["PER_IMAGE", "Action", "JobActions", "Press"]
+__all__ = ["ASKS", "CANVAS", "PER_IMAGE", "Action", "JobActions", "Press"]
 
 
 class Action(enum.StrEnum):
@@ -27,10 +29,40 @@ class Action(enum.StrEnum):
     UPSCALE = "u"  # with the image's index: u0..u9
     VARY_SUBTLE = "vs"
     VARY_STRONG = "vx"
+    ZOOM_2 = "zo"  # zoom out 2x
+    ZOOM_15 = "zh"  # zoom out 1.5x
+    ZOOM_CUSTOM = "zc"  # zoom out by a factor asked in a modal
+    PAN_LEFT = "pl"
+    PAN_RIGHT = "pr"
+    PAN_UP = "pu"
+    PAN_DOWN = "pd"
+    REGION = "rg"  # Vary (Region): which part, and what instead, asked in a modal
 
 
+#: The canvas actions: an inpainting of one image (zoom out, pan, a region made anew).
+CANVAS = frozenset(
+    {
+        Action.ZOOM_2,
+        Action.ZOOM_15,
+        Action.ZOOM_CUSTOM,
+        Action.PAN_LEFT,
+        Action.PAN_RIGHT,
+        Action.PAN_UP,
+        Action.PAN_DOWN,
+        Action.REGION,
+    }
+)
+#: Actions that first ask for words in a modal (the press returns with its `answers`).
+ASKS = frozenset({Action.ZOOM_CUSTOM, Action.REGION})
 #: Actions that act on one image of the result, named by its index in the custom id.
-PER_IMAGE = frozenset({Action.UPSCALE, Action.VARY_SUBTLE, Action.VARY_STRONG})
+PER_IMAGE = frozenset(
+    {
+        Action.UPSCALE,
+        Action.VARY_SUBTLE,
+        Action.VARY_STRONG,
+        *CANVAS,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +72,7 @@ class Press:
     action: Action
     job: JobRef
     index: int | None = None
+    answers: Mapping[str, str] | None = None  # an `ASKS` action's modal, filled in
 
 
 class JobActions(Protocol):
@@ -58,6 +91,17 @@ class JobActions(Protocol):
     async def upscale(
         self, interaction: discord.Interaction[Any], job: JobRef, index: int
     ) -> None: ...
+
+    async def canvas(
+        self,
+        interaction: discord.Interaction[Any],
+        job: JobRef,
+        index: int,
+        action: Action,
+        answers: Mapping[str, str],
+    ) -> None:
+        """A `CANVAS` action on image `index` of `job` (`answers`: its modal's, if it asks)."""
+        ...
 
     async def vary(
         self, interaction: discord.Interaction[Any], job: JobRef, index: int, *, strong: bool

@@ -203,10 +203,18 @@ class RayEngine(ModelCatalog):
         """Candidate prompts for `picture` from a replica's describe model (loaded there on
         first use: a first call may time out while it downloads)."""
         self._open()
-        answer = await self._call("describe_picture", picture)
+        answer = await self.cluster.call("describe_picture", picture)
         if isinstance(answer, EngineError):
             raise answer
         return list(answer)
+
+    async def region_mask(self, image: Image, words: str) -> Image:
+        """The region's mask from a replica's region model (loaded there on first use)."""
+        self._open()
+        answer = await self.cluster.call("region_mask", image, words)
+        if isinstance(answer, EngineError):
+            raise answer
+        return answer
 
     def submit(self, checked: Checked, *, job_id: str | None = None) -> Job:
         """Queue at once (`Busy`, `ShuttingDown`, `EngineUnavailable` raise here); the job's
