@@ -21,9 +21,12 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from engine import Parameters, upscale_request, variation_request
+from engine.canvas import Canvas
+from engine.derived import canvas_request
 
-from ..errors import NotAllowed, UnknownJob
+from ..errors import NotAllowed, RateLimited, UnknownJob
 from ..images.grid import GRID_IMAGES
+from ..images.pictures import PictureRef, fetch_picture
 from ..images.store import png_to_rgb
 from ..ledger import JobKind, JobRecord, JobRef
 from ..moderation.moderators import is_moderator
@@ -132,6 +135,40 @@ class Actions:
             origin=f"job {record.id}, image {index + 1}",
         )
         await self.jobs.derived(interaction, request, kind=kind, source=(record.id, index))
+
+    async def inpaint(
+        self,
+        interaction: discord.Interaction[Any],
+        picture: PictureRef,
+        mask: PictureRef,
+        prompt: str,
+        model: str | None = None,
+    ) -> None:
+        """`/inpaint`: a member's picture made anew where their mask is white (a Vary (Region)
+        job with no source job), charged by the pixels it makes."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        s = self.services
+        wait = s.rate_limit.hit(interaction.user.id)
+        if wait is not None:
+            raise RateLimited.after(wait)
+        fetched = [
+            await fetch_picture(
+                ref,
+                api_base_url=s.config.discord.api_base_url,
+                max_mb=s.config.images.max_picture_mb,
+            )
+            for ref in (picture, mask)
+        ]
+        image, drawn = fetched
+        params = Parameters(prompt, "", 0, "", 0.0, 0, image.width, image.height, model or "")
+        request = canvas_request(
+            params,
+            Canvas(image, drawn, ()),
+            s.engine.limits,
+            user=origin_of(interaction).fairness_key,
+            models=s.engine.model_names,
+        )
+        await self.jobs.derived(interaction, request, kind=JobKind.REGION, source=None)
 
     async def upscale(self, interaction: discord.Interaction[Any], job: JobRef, index: int) -> None:
         """Image `index` of `job` at twice its size (hires fix), charged to the presser."""

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import discord
 
+from ..images.pictures import PictureRef
 from ..ledger import JobRef
 from .options import ImagineOptions
 
@@ -101,6 +102,17 @@ class JobActions(Protocol):
         answers: Mapping[str, str],
     ) -> None:
         """A `CANVAS` action on image `index` of `job` (`answers`: its modal's, if it asks)."""
+        ...
+
+    async def inpaint(
+        self,
+        interaction: discord.Interaction[Any],
+        picture: PictureRef,
+        mask: PictureRef,
+        prompt: str,
+        model: str | None = None,
+    ) -> None:
+        """`/inpaint`: `picture` made anew where `mask` is white, to show `prompt`."""
         ...
 
     async def vary(

@@ -1,5 +1,6 @@
 """The image loop end to end: a 2×2 grid, U and V buttons, Upscale and Vary on one image,
-a restart between the grid and a press, a Cancel during an upscale, and what each costs;
+Zoom Out, Pan and Vary (Region) on one image (the tiny CLIPSeg finds the region), a restart
+between the grid and a press, a Cancel during an upscale, and what each costs;
 choosing among three models (two SD, one FLUX.1), with a LoRA, from Discord; `quality:fast`
 through a model's step cache.
 
@@ -14,15 +15,19 @@ import re
 import sqlite3
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 import pytest_asyncio
 from diffusers import UNet2DConditionModel
-from PIL import Image
+from PIL import Image, ImageOps
 
 from bot.ledger import JobKind, JobStatus
-from engine import read_parameters
+from engine import EngineConfig, read_parameters
+from engine.canvas import region_mask, zoom_out
+from engine.inpaint import blurred, fitted_mask
 from engine.tiny import builtin_folder
-from testkit.discord_server import Interaction, Message
+from engine.vision import Helpers
+from testkit.discord_server import AttachmentOption, Interaction, Message
 from testkit.jobs import button_id, job_id_of, job_of, read_ledger, result_of, wait_result
 from testkit.lora import make_tiny_lora
 from testkit.world import NewWorld, World
@@ -31,6 +36,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures(
 
 UPSCALE_COST = 3  # [images] upscale_cost, not the default, so the test sees it is used
 LARGEST = 128  # [engine] max_width and max_height: the size cap, the "other" model's size
+REGION_MODEL = "builtin:tiny-clipseg"  # [region] model: Vary (Region) finds parts in words
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -60,9 +66,25 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
                 "flux": {"source": "builtin:tiny-flux-dev", "description": "a FLUX.1 [dev]"},
             },
             loras={"ink": {"source": str(lora), "weight": 0.8, "models": ["other"]}},
+            region={"model": REGION_MODEL},
         )
         async with world.running_bot():
             yield world
+
+
+def labels(message: Message) -> list[str]:
+    """The buttons' labels, an arrow's emoji for one without a label (Pan)."""
+    return [label for row in rows(message) for label in row]
+
+
+def rows(message: Message) -> list[list[str]]:
+    return [
+        [c.get("label") or c["emoji"]["name"] for c in row["components"]]
+        for row in message.components
+    ]
+
+
+CANVAS_ROWS = [["Zoom Out 2x", "Zoom Out 1.5x", "Custom Zoom"], ["⬅", "➡", "⬆", "⬇"]]
 
 
 def size_of(png: bytes) -> tuple[int, int]:
@@ -88,8 +110,7 @@ async def test_a_grid_then_upscale_and_variations(world: World) -> None:
     grid_id = job_id_of(grid)
     (attachment,) = grid.attachments  # one 2x2 grid, not four files
     assert attachment.filename.endswith("-grid.png") and size_of(attachment.data) == (128, 128)
-    labels = [c["label"] for row in grid.components for c in row["components"]]
-    assert labels == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4", "Reroll", "Delete"]
+    assert labels(grid) == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4", "Reroll", "Delete"]
     assert await used(world, alice.id) == 4
 
     # Someone else may not upscale it.
@@ -105,8 +126,11 @@ async def test_a_grid_then_upscale_and_variations(world: World) -> None:
     assert params is not None and params.seed == 21 and params.prompt == "four owls"
     assert params.denoising_strength == 0.35
     assert ("Source", f"job {grid_id}, image 2") in params.extra
-    big_labels = [c["label"] for row in big.components for c in row["components"]]
-    assert big_labels == ["Vary (subtle)", "Vary (strong)", "Delete"]
+    assert rows(big) == [
+        ["Vary (subtle)", "Vary (strong)", "Vary (Region)"],
+        *CANVAS_ROWS,
+        ["Delete"],
+    ]
     assert await used(world, alice.id) == 4 + UPSCALE_COST
     # An upscale offers no Reroll and no Upscale: forged onto it, neither runs (a Reroll made
     # another upscale for the price of one image, recorded as an ordinary image).
@@ -160,8 +184,11 @@ async def test_one_image_offers_upscale_and_both_variations(world: World) -> Non
         "imagine", user=world.bob, options={"prompt": "one heron", "steps": 3}
     )
     single = await wait_result(interaction)
-    labels = [c["label"] for row in single.components for c in row["components"]]
-    assert labels == ["Upscale", "Vary (subtle)", "Vary (strong)", "Reroll", "Delete"]
+    assert rows(single) == [
+        ["Upscale", "Vary (subtle)", "Vary (strong)", "Vary (Region)"],
+        *CANVAS_ROWS,
+        ["Reroll", "Delete"],
+    ]
     (database,) = busy  # the result is posted, and the bot cannot record it yet
     waits = len(world.bot.lines)
     pressed = await press(world, single, "vs0", world.bob)
@@ -177,6 +204,131 @@ async def test_one_image_offers_upscale_and_both_variations(world: World) -> Non
     subtle = await wait_result(pressed)
     params = read_parameters(subtle.attachments[0].data)
     assert params is not None and params.denoising_strength == 0.35
+
+
+def png_of(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def rgb(png: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGB"), np.int16)
+
+
+async def test_zoom_out_pan_and_vary_region_on_one_image(world: World) -> None:
+    """Zoom Out 2x: the picture at half its size in the middle of a canvas twice as wide
+    and tall (the model's area), its middle exactly the source's beyond the blended seam,
+    and so is its Reroll's (the mask is kept); Pan left: a wider picture whose right part
+    is the source; Vary (Region) through its modal: only the part the region model finds
+    (computed here as the engine does) changes, to the words given. Each charged by the
+    pixels it made; another member's press, a bad factor and words that find nothing are
+    refused privately for nothing."""
+    alice, bob, server = world.alice, world.bob, world.server
+    asked = {"prompt": "a kite", "seed": 3, "steps": 3}
+    single = await wait_result(await server.invoke("imagine", user=alice, options=asked))
+    source_id = job_id_of(single)
+    kite = rgb(single.attachments[0].data)
+    picture = Image.fromarray(kite.astype(np.uint8))
+    before = await used(world, alice.id)
+
+    refused = await press(world, single, "zo0", bob)
+    note = await refused.wait_for_original(lambda m: m is not single)
+    assert refused.ephemeral and "Only the person who asked" in note.content, note.content
+    assert result_of(refused) is None and await used(world, alice.id) == before
+
+    made = zoom_out(picture, 2.0)  # validation fits canvas and mask to the model's 64x64
+    canvas = np.asarray(ImageOps.fit(made.picture, (64, 64), Image.Resampling.LANCZOS), np.int16)
+    kept = np.asarray(blurred(fitted_mask(made.mask, 64, 64), 4)) == 0  # beyond the blend
+    assert kept[26:38, 26:38].all() and not kept[:16].any()  # the source's 32x32 middle
+    zoomed = await wait_result(await press(world, single, "zo0", alice))
+    again = await wait_result(await press(world, zoomed, "reroll", alice))
+    for message in (zoomed, again):
+        out = rgb(message.attachments[0].data)
+        assert out.shape == (64, 64, 3) and (out[kept] == canvas[kept]).all()
+        assert np.abs(out[:8] - canvas[:8]).mean() > 10  # a new border
+        params = read_parameters(message.attachments[0].data)
+        assert params is not None and params.prompt == "a kite"
+        assert ("Zoom out", "2") in params.extra and ("Mask blur", "4") in params.extra
+        assert ("Source", f"job {source_id}, image 1") in params.extra
+    assert rows(zoomed)[1:3] == CANVAS_ROWS  # a zoom can be zoomed again
+    assert await used(world, alice.id) == before + 2  # 64x64: one native area each
+
+    panned = await wait_result(await press(world, single, "pl0", alice))
+    out = rgb(panned.attachments[0].data)
+    assert out.shape == (64, 96, 3)
+    assert (out[:, 46:] == kite[:, 14:]).all()  # the source, on the right
+    assert np.abs(out[:, :16] - kite[:, :16]).mean() > 10  # new on the left
+    params = read_parameters(panned.attachments[0].data)
+    assert params is not None and ("Outpainting direction", "left") in params.extra
+    assert await used(world, alice.id) == before + 2 + 2  # 96x64: two native areas
+
+    factor = await press(world, single, "zc0", alice)
+    await factor.wait_for_response()
+    assert factor.modal is not None and factor.modal["title"] == "Custom Zoom"
+    typed = await server.submit_modal(factor, {"factor": "9"})
+    note = await typed.wait_for_original()
+    assert typed.ephemeral and "Zoom out by 1.1 to 4 times, not 9" in note.content, note.content
+
+    helpers = Helpers(EngineConfig(cache_dir=world.model_cache, region_model=REGION_MODEL))
+    mask = region_mask(helpers.segment(picture, "the hat"), picture.size)
+    assert mask is not None
+    region = await press(world, single, "rg0", alice)
+    await region.wait_for_response()
+    assert region.modal is not None and region.modal["title"] == "Vary (Region)"
+    answered = await server.submit_modal(region, {"where": "the hat", "what": "a red cap"})
+    varied = await wait_result(answered)
+    changed = np.abs(rgb(varied.attachments[0].data) - kite)
+    kept = np.asarray(blurred(mask, 4)) == 0
+    assert changed.mean() > 0.5 and (changed[kept] == 0).all()
+    params = read_parameters(varied.attachments[0].data)
+    assert params is not None and params.prompt == "a red cap"
+    assert await used(world, alice.id) == before + 2 + 2 + 1
+
+    region = await press(world, single, "rg0", alice)
+    await region.wait_for_response()
+    answered = await server.submit_modal(region, {"where": "  ", "what": "a red cap"})
+    note = await answered.wait_for_original()
+    assert answered.ephemeral and "Say which part of the picture" in note.content, note.content
+    assert result_of(answered) is None
+    assert await used(world, alice.id) == before + 2 + 2 + 1
+
+    # /inpaint: a mask drawn on the picture (the tiny CLIPSeg above marks all of a 64x64
+    # picture, so here the kept part is the mask's black).
+    hat = Image.new("L", (64, 64), 0)
+    hat.paste(255, (16, 0, 48, 24))
+    files = {
+        "image": AttachmentOption("kite.png", single.attachments[0].data, "image/png"),
+        "mask": AttachmentOption("hat.png", png_of(hat), "image/png"),
+        "prompt": "a red cap",
+    }
+    masked = await wait_result(await server.invoke("inpaint", user=alice, options=files))
+    changed = np.abs(rgb(masked.attachments[0].data) - kite)
+    inside = np.asarray(hat) == 255
+    kept = np.asarray(blurred(hat, 4)) == 0  # the blur reaches 9 rows below the hat
+    assert changed[inside].mean() > 20 and (changed[kept] == 0).all() and kept[34:].all()
+    assert await used(world, alice.id) == before + 2 + 2 + 1 + 1
+
+    async with read_ledger(world.tmp) as ledger:
+        for message, kind, charged in (
+            (zoomed, JobKind.ZOOM, 1),
+            (panned, JobKind.PAN, 2),
+            (varied, JobKind.REGION, 1),
+        ):
+            job = await job_of(ledger, job_id_of(message))
+            assert job.status is JobStatus.DONE
+            request = job.request
+            assert (request.kind, request.source_job_id, request.source_index) == (
+                kind,
+                source_id,
+                0,
+            )
+            assert request.image_count == charged
+        rerolled = (await job_of(ledger, job_id_of(again))).request
+        assert (rerolled.kind, rerolled.reroll_of) == (JobKind.ZOOM, job_id_of(zoomed))
+        drawn = (await job_of(ledger, job_id_of(masked))).request
+        assert (drawn.kind, drawn.source_job_id, drawn.image_count) == (JobKind.REGION, None, 1)
 
 
 async def test_a_cancelled_upscale_gives_its_cost_back(world: World) -> None:
@@ -370,8 +522,8 @@ async def test_an_image_at_the_size_cap_offers_no_upscale_and_is_not_charged_one
     carol = world.carol
     asked = {"prompt": "a wide bay", "model": "other", "steps": 2}  # LARGEST x LARGEST
     result = await wait_result(await world.server.invoke("imagine", user=carol, options=asked))
-    labels = [c["label"] for row in result.components for c in row["components"]]
-    assert labels == ["Vary (subtle)", "Vary (strong)", "Reroll", "Delete"]
+    assert labels(result)[:2] == ["Vary (subtle)", "Vary (strong)"]
+    assert "Upscale" not in labels(result) and labels(result)[-2:] == ["Reroll", "Delete"]
     before = await used(world, carol.id)
     ref = button_id(result, "delete").split(":", 2)[2]
     forged = await world.server.click(result, f"imagine:u0:{ref}", user=carol, validate=False)
