@@ -67,6 +67,7 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
             },
             loras={"ink": {"source": str(lora), "weight": 0.8, "models": ["other"]}},
             region={"model": REGION_MODEL},
+            moderation={"commands_per_minute": 60},  # the canvas test presses many buttons
         )
         async with world.running_bot():
             yield world
