@@ -74,6 +74,11 @@ class EngineClient(Protocol):
         `InvalidRequest` when it finds nothing there."""
         ...
 
+    async def gan_upscale(self, image: Image) -> Image:
+        """`image` enlarged by the GAN upscaler (`[upscale] model`); `InvalidRequest` when
+        none is configured."""
+        ...
+
     # The models
     @property
     def default_model(self) -> str: ...

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from engine import Parameters, upscale_request, variation_request
+from engine import UPSCALE_FACTOR, Parameters, upscale_request, variation_request
 from engine.canvas import Canvas
 from engine.derived import canvas_request
 
@@ -31,9 +31,10 @@ from ..images.store import png_to_rgb
 from ..ledger import JobKind, JobRecord, JobRef
 from ..moderation.moderators import is_moderator
 from ..presentation.buttons import label_of, offered
-from ..services import Action, ImagineOptions
+from ..services import UPSCALES, Action, ImagineOptions
 from .canvas import canvas_of
 from .convert import CANVAS_KINDS, reroll_options, resumed_request, source_of
+from .gan import GAN_FACTOR, gan_input
 from .service import JobService, origin_of
 
 if TYPE_CHECKING:
@@ -170,20 +171,36 @@ class Actions:
         )
         await self.jobs.derived(interaction, request, kind=JobKind.REGION, source=None)
 
-    async def upscale(self, interaction: discord.Interaction[Any], job: JobRef, index: int) -> None:
-        """Image `index` of `job` at twice its size (hires fix), charged to the presser."""
+    async def upscale(
+        self,
+        interaction: discord.Interaction[Any],
+        job: JobRef,
+        index: int,
+        how: Action = Action.UPSCALE,
+    ) -> None:
+        """Image `index` of `job` larger, charged to the presser as an upscale: at twice its
+        size refined (hires fix: Upscale), or through the GAN upscaler (`gan.py`) at up to
+        four times, refined (Upscale (creative)) or alone (Upscale (subtle))."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        record, params, image = await self._chosen(interaction, job, index, Action.UPSCALE)
+        record, params, image = await self._chosen(interaction, job, index, how)
+        engine = self.services.engine
         request = upscale_request(
             params,
             image,
-            self.services.engine.limits,
+            engine.limits,
+            factor=UPSCALE_FACTOR if how is Action.UPSCALE else GAN_FACTOR,
             user=origin_of(interaction).fairness_key,
             origin=f"job {record.id}, image {index + 1}",
-            models=self.services.engine.model_names,
+            models=engine.model_names,
         )
+        if how is not Action.UPSCALE:
+            request = await gan_input(engine, image, request)
         await self.jobs.derived(
-            interaction, request, kind=JobKind.UPSCALE, source=(record.id, index)
+            interaction,
+            request,
+            kind=JobKind.UPSCALE,
+            source=(record.id, index),
+            gan_alone=how is Action.UPSCALE_SUBTLE,
         )
 
     async def vary(
@@ -222,8 +239,8 @@ class Actions:
         record = await self._known(interaction, job)
         if not _on_its_message(interaction, record.message_id):
             raise NotAllowed(f"This button does not belong to job #{job.id}.")
-        verbs = {Action.UPSCALE: "upscale", Action.VARY_SUBTLE: "vary", Action.VARY_STRONG: "vary"}
-        verb = verbs.get(action, "change")
+        verb = "vary" if action in (Action.VARY_SUBTLE, Action.VARY_STRONG) else "change"
+        verb = "upscale" if action in UPSCALES else verb
         if not self._may_manage(interaction, record):
             raise NotAllowed(
                 f"Only the person who asked for these images, or a moderator, can {verb} them."

@@ -29,6 +29,7 @@ from ..moderation.rules import Moderation
 from ..services import Services
 from ..services.options import ImagineOptions
 from .convert import Origin, engine_request, ledger_request
+from .gan import ready_job, upscaler_name
 from .pricing import price
 
 if TYPE_CHECKING:
@@ -159,17 +160,20 @@ class Admission:
         kind: JobKind,
         source: tuple[int, int] | None,
         reroll_of: int | None = None,
+        gan_alone: bool = False,
     ) -> Admitted:
         """Queue a request made from image `source` (job id, index) of an earlier job, or
         from a member's picture (None): an upscale, a variation, a canvas (a button press,
         whose rate limit the button counted), charged by `price`; or raise the `Refusal`.
 
         The server's rules of now apply, not those of the source's day: its blocked words
-        refuse it, and its forced negative prompt is added."""
+        refuse it, and its forced negative prompt is added. With `gan_alone` (Upscale
+        (subtle)) the request's picture is its image (`gan.ready_job`), stored as 0 steps."""
         s = self.services
 
         def stored(request: ImageRequest) -> JobRequest:
-            return self._stored(origin, request, kind=kind, source=source, reroll_of=reroll_of)
+            made = self._stored(origin, request, kind=kind, source=source, reroll_of=reroll_of)
+            return replace(made, steps=0) if gan_alone else made
 
         async def refuse(reason: RefusalReason, text: str, detail: str | None = None) -> Refusal:
             await s.ledger.record_refusal(stored(asked), reason, detail or text)
@@ -187,7 +191,7 @@ class Admission:
             checked = await s.engine.check(asked)
         except InvalidRequest as exc:
             raise await refuse(RefusalReason.INVALID, str(exc)) from exc
-        return await self._reserve_and_submit(stored(checked.request), checked)
+        return await self._reserve_and_submit(stored(checked.request), checked, gan_alone)
 
     def _wrong_channel(self, origin: Origin, rules: Moderation) -> str | None:
         """The refusal for a channel where images may not be made, else None."""
@@ -226,7 +230,9 @@ class Admission:
             source=source,
         )
 
-    async def _reserve_and_submit(self, stored: JobRequest, checked: Checked) -> Admitted:
+    async def _reserve_and_submit(
+        self, stored: JobRequest, checked: Checked, gan_alone: bool = False
+    ) -> Admitted:
         s = self.services
         request = checked.request
         reservation = await s.ledger.reserve(stored)
@@ -249,7 +255,13 @@ class Admission:
                     "The bot cannot store pictures right now; nothing was charged.",
                 ) from exc
         try:
-            engine_job = s.engine.submit(checked, job_id=str(record.id))
+            if gan_alone and request.init_image is not None:
+                upscaler = upscaler_name(s.engine.config.upscale_model)
+                engine_job = ready_job(
+                    record.id, record.request, request.init_image, request, upscaler=upscaler
+                )
+            else:
+                engine_job = s.engine.submit(checked, job_id=str(record.id))
         except Busy as exc:
             await s.ledger.refuse(record.id, RefusalReason.QUEUE_FULL, str(exc))
             raise Refusal(

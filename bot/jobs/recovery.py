@@ -25,6 +25,7 @@ from ..ledger import JobRecord, JobRef, JobStatus, give_up, plan_recovery
 from ..timing.limits import TOKEN_USABLE_FOR
 from .convert import CANVAS_KINDS, resumed_request
 from .delivery import find_posted, persist, result_images, result_job
+from .gan import is_gan_alone, ready_job, upscaler_name
 from .pricing import refund
 from .run import JobRun, channel_target
 from .service import JobService
@@ -133,8 +134,13 @@ async def _resume(jobs: JobService, record: JobRecord, target: Target) -> None:
             await give_up(services.ledger, record.id, reason)
             return
     try:
-        checked = await services.engine.check(resumed_request(record.request, picture, mask))
-        engine_job = services.engine.submit(checked, job_id=str(record.id))
+        if is_gan_alone(record.request) and picture is not None:  # its picture is its image
+            upscaler = upscaler_name(services.engine.config.upscale_model)
+            request = resumed_request(record.request, picture)
+            engine_job = ready_job(record.id, record.request, picture, request, upscaler=upscaler)
+        else:
+            checked = await services.engine.check(resumed_request(record.request, picture, mask))
+            engine_job = services.engine.submit(checked, job_id=str(record.id))
     except EngineError as exc:
         log.warning("job %d: cannot resume after a restart: %s", record.id, exc)
         reason = f"could not resume after a restart: {exc}"

@@ -346,6 +346,7 @@ class JobRun:
             upscalable=upscalable,
             canvas=canvas,
             region=bool(engine.config.region_model),
+            gan=bool(engine.config.upscale_model),
         )
         post = ResultPost(content, embed, files, view, mention=asked.user_id)
         await persist(

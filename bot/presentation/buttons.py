@@ -21,7 +21,7 @@ from typing import Any
 import discord
 
 from ..ledger import JobKind, JobRef
-from ..services import CANVAS, PER_IMAGE, Action, Press, host_of
+from ..services import CANVAS, PER_IMAGE, UPSCALES, Action, Press, host_of
 
 __all__ = [
     "OFFERED",
@@ -35,7 +35,7 @@ __all__ = [
 
 _MADE = frozenset(
     {
-        Action.UPSCALE,
+        *UPSCALES,
         Action.VARY_SUBTLE,
         Action.VARY_STRONG,
         Action.REROLL,
@@ -59,14 +59,22 @@ OFFERED: Mapping[JobKind, frozenset[Action]] = {
 
 
 def offered(
-    kind: JobKind, *, upscalable: bool = True, canvas: bool = True, region: bool = True
+    kind: JobKind,
+    *,
+    upscalable: bool = True,
+    canvas: bool = True,
+    region: bool = True,
+    gan: bool = True,
 ) -> frozenset[Action]:
     """The actions on a result of `kind` (`upscalable`: its images can get any larger;
     `canvas`: its model inpaints, for Zoom Out, Pan and Vary (Region); `region`: a region
-    model finds the part named in words)."""
+    model finds the part named in words; `gan`: a GAN upscaler makes Upscale (subtle) and
+    (creative))."""
     actions = OFFERED[kind]
     if not upscalable:
-        actions -= {Action.UPSCALE}
+        actions -= UPSCALES
+    if not gan:
+        actions -= {Action.UPSCALE_SUBTLE, Action.UPSCALE_CREATIVE}
     if not canvas:
         actions -= CANVAS
     if not region:
@@ -87,6 +95,8 @@ _LOOKS: dict[Action, _Look] = {
     Action.DELETE: _Look("Delete", "\N{WASTEBASKET}", discord.ButtonStyle.danger),
     Action.CANCEL: _Look("Cancel", None, discord.ButtonStyle.secondary),
     Action.UPSCALE: _Look("Upscale", None, discord.ButtonStyle.primary),
+    Action.UPSCALE_SUBTLE: _Look("Upscale (subtle)", None, discord.ButtonStyle.primary),
+    Action.UPSCALE_CREATIVE: _Look("Upscale (creative)", None, discord.ButtonStyle.primary),
     Action.VARY_SUBTLE: _Look("Vary (subtle)", None, discord.ButtonStyle.secondary),
     Action.VARY_STRONG: _Look("Vary (strong)", None, discord.ButtonStyle.secondary),
     Action.REGION: _Look("Vary (Region)", None, discord.ButtonStyle.secondary),
@@ -166,9 +176,17 @@ def label_of(action: Action) -> str:
     return _NAMES.get(action) or _LOOKS[action].label
 
 
-#: One image's rows, as Midjourney lays them out (then Reroll and Delete).
+#: One image's rows, as Midjourney lays them out (then Reroll and Delete); with a GAN
+#: upscaler, Upscale (subtle) and (creative) take the Upscale's place.
 _SINGLE_ROWS = (
-    (Action.UPSCALE, Action.VARY_SUBTLE, Action.VARY_STRONG, Action.REGION),
+    (
+        Action.UPSCALE,
+        Action.UPSCALE_SUBTLE,
+        Action.UPSCALE_CREATIVE,
+        Action.VARY_SUBTLE,
+        Action.VARY_STRONG,
+        Action.REGION,
+    ),
     (Action.ZOOM_2, Action.ZOOM_15, Action.ZOOM_CUSTOM),
     (Action.PAN_LEFT, Action.PAN_RIGHT, Action.PAN_UP, Action.PAN_DOWN),
 )
@@ -182,11 +200,13 @@ def result_view(
     upscalable: bool = True,
     canvas: bool = False,
     region: bool = False,
+    gan: bool = False,
 ) -> discord.ui.View:
-    """The buttons under a result, those `offered` for its kind: for one image Upscale, both
-    Vary and Vary (Region), the zooms and the pans (`canvas`, `region`: see `offered`); for
-    several U1..Un and V1..Vn (strong variations); then Reroll and Delete."""
-    actions = offered(kind, upscalable=upscalable, canvas=canvas, region=region)
+    """The buttons under a result, those `offered` for its kind: for one image Upscale (or
+    Upscale (subtle) and (creative)), both Vary and Vary (Region), the zooms and the pans
+    (`canvas`, `region`, `gan`: see `offered`); for several U1..Un and V1..Vn (strong
+    variations); then Reroll and Delete."""
+    actions = offered(kind, upscalable=upscalable, canvas=canvas, region=region, gan=gan)
     view = discord.ui.View(timeout=None)
 
     def add(action: Action, index: int | None = None, **how: Any) -> None:
@@ -196,7 +216,8 @@ def result_view(
     last = 2
     if len(indexes) == 1:
         (index,) = indexes
-        rows = [[a for a in row if a in actions] for row in _SINGLE_ROWS]
+        shown = actions - {Action.UPSCALE} if gan else actions  # at most five a row
+        rows = [[a for a in row if a in shown] for row in _SINGLE_ROWS]
         for row, row_actions in enumerate(r for r in rows if r):
             for action in row_actions:
                 add(action, index, row=row)

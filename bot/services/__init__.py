@@ -7,7 +7,7 @@
 - `options.py`: `ImagineOptions`, what a member asked `/imagine` for.
 """
 
-from .actions import ASKS, CANVAS, PER_IMAGE, Action, JobActions, Press
+from .actions import ASKS, CANVAS, PER_IMAGE, UPSCALES, Action, JobActions, Press
 from .bundle import Channels, ServiceHost, Services, host_of
 from .options import MAX_PROMPT, ImagineOptions
 
@@ -16,6 +16,7 @@ __all__ = [
     "CANVAS",
     "MAX_PROMPT",
     "PER_IMAGE",
+    "UPSCALES",
     "Action",
     "Channels",
     "ImagineOptions",

@@ -20,7 +20,7 @@ from ..images.pictures import PictureRef
 from ..ledger import JobRef
 from .options import ImagineOptions
 
-__all__ = ["ASKS", "CANVAS", "PER_IMAGE", "Action", "JobActions", "Press"]
+__all__ = ["ASKS", "CANVAS", "PER_IMAGE", "UPSCALES", "Action", "JobActions", "Press"]
 
 
 class Action(enum.StrEnum):
@@ -30,6 +30,8 @@ class Action(enum.StrEnum):
     UPSCALE = "u"  # with the image's index: u0..u9
     VARY_SUBTLE = "vs"
     VARY_STRONG = "vx"
+    UPSCALE_SUBTLE = "us"  # the GAN upscaler alone ([upscale] model)
+    UPSCALE_CREATIVE = "uc"  # the GAN upscaler, then the refinement
     ZOOM_2 = "zo"  # zoom out 2x
     ZOOM_15 = "zh"  # zoom out 1.5x
     ZOOM_CUSTOM = "zc"  # zoom out by a factor asked in a modal
@@ -53,6 +55,8 @@ CANVAS = frozenset(
         Action.REGION,
     }
 )
+#: The upscales: the hires fix, and with a GAN upscaler configured, subtle and creative.
+UPSCALES = frozenset({Action.UPSCALE, Action.UPSCALE_SUBTLE, Action.UPSCALE_CREATIVE})
 #: Actions that first ask for words in a modal (the press returns with its `answers`).
 ASKS = frozenset({Action.ZOOM_CUSTOM, Action.REGION})
 #: Actions that act on one image of the result, named by its index in the custom id.
@@ -61,6 +65,7 @@ PER_IMAGE = frozenset(
         Action.UPSCALE,
         Action.VARY_SUBTLE,
         Action.VARY_STRONG,
+        *UPSCALES,
         *CANVAS,
     }
 )
@@ -90,8 +95,14 @@ class JobActions(Protocol):
     async def cancel(self, interaction: discord.Interaction[Any], job: JobRef) -> None: ...
 
     async def upscale(
-        self, interaction: discord.Interaction[Any], job: JobRef, index: int
-    ) -> None: ...
+        self,
+        interaction: discord.Interaction[Any],
+        job: JobRef,
+        index: int,
+        how: Action = Action.UPSCALE,
+    ) -> None:
+        """`how`: one of `UPSCALES` (the hires fix, the GAN alone, the GAN refined)."""
+        ...
 
     async def canvas(
         self,

@@ -13,7 +13,7 @@ from typing import Any
 import discord
 
 from ..presentation.modals import ask
-from ..services import ASKS, CANVAS, PER_IMAGE, Action, JobActions, Press
+from ..services import ASKS, CANVAS, PER_IMAGE, UPSCALES, Action, JobActions, Press
 from .tree import rate_limited, report
 
 __all__ = ["act", "answer"]
@@ -42,8 +42,8 @@ async def act(actions: JobActions, i: discord.Interaction[Any], press: Press) ->
         await actions.canvas(i, job, index, action, press.answers or {})
     elif action in PER_IMAGE:
         assert index is not None
-        if action is Action.UPSCALE:
-            await actions.upscale(i, job, index)
+        if action in UPSCALES:
+            await actions.upscale(i, job, index, action)
         else:
             await actions.vary(i, job, index, strong=action is Action.VARY_STRONG)
     elif action is Action.REROLL:

@@ -1,5 +1,6 @@
 """The image loop end to end: a 2×2 grid, U and V buttons, Upscale and Vary on one image,
-Zoom Out, Pan and Vary (Region) on one image (the tiny CLIPSeg finds the region), a restart
+Zoom Out, Pan and Vary (Region) on one image (the tiny CLIPSeg finds the region), Upscale
+(subtle) and (creative) through a GAN upscaler (the tiny ESRGAN, read by spandrel), a restart
 between the grid and a press, a Cancel during an upscale, and what each costs;
 choosing among three models (two SD, one FLUX.1), with a LoRA, from Discord; `quality:fast`
 through a model's step cache.
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import io
 import re
+import runpy
 import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,6 +40,8 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures(
 UPSCALE_COST = 3  # [images] upscale_cost, not the default, so the test sees it is used
 LARGEST = 128  # [engine] max_width and max_height: the size cap, the "other" model's size
 REGION_MODEL = "builtin:tiny-clipseg"  # [region] model: Vary (Region) finds parts in words
+UPSCALE_MODEL = "builtin:tiny-esrgan"  # [upscale] model: Upscale (subtle) and (creative)
+STUBS = Path(__file__).parents[1] / "stubs"  # spandrel without torchvision (sitecustomize)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -67,9 +72,10 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
             },
             loras={"ink": {"source": str(lora), "weight": 0.8, "models": ["other"]}},
             region={"model": REGION_MODEL},
+            upscale={"model": UPSCALE_MODEL},
             moderation={"commands_per_minute": 60},  # the canvas test presses many buttons
         )
-        async with world.running_bot():
+        async with world.running_bot(pythonpath=[STUBS]):
             yield world
 
 
@@ -85,6 +91,7 @@ def rows(message: Message) -> list[list[str]]:
     ]
 
 
+VARY_ROW = ["Vary (subtle)", "Vary (strong)", "Vary (Region)"]
 CANVAS_ROWS = [["Zoom Out 2x", "Zoom Out 1.5x", "Custom Zoom"], ["⬅", "➡", "⬆", "⬇"]]
 
 
@@ -128,7 +135,7 @@ async def test_a_grid_then_upscale_and_variations(world: World) -> None:
     assert params.denoising_strength == 0.35
     assert ("Source", f"job {grid_id}, image 2") in params.extra
     assert rows(big) == [
-        ["Vary (subtle)", "Vary (strong)", "Vary (Region)"],
+        VARY_ROW,
         *CANVAS_ROWS,
         ["Delete"],
     ]
@@ -186,7 +193,13 @@ async def test_one_image_offers_upscale_and_both_variations(world: World) -> Non
     )
     single = await wait_result(interaction)
     assert rows(single) == [
-        ["Upscale", "Vary (subtle)", "Vary (strong)", "Vary (Region)"],
+        [
+            "Upscale (subtle)",
+            "Upscale (creative)",
+            "Vary (subtle)",
+            "Vary (strong)",
+            "Vary (Region)",
+        ],
         *CANVAS_ROWS,
         ["Reroll", "Delete"],
     ]
@@ -311,11 +324,33 @@ async def test_zoom_out_pan_and_vary_region_on_one_image(world: World) -> None:
     assert changed[inside].mean() > 20 and (changed[kept] == 0).all() and kept[34:].all()
     assert await used(world, alice.id) == before + 2 + 2 + 1 + 1
 
+    # Upscale (subtle): the GAN's picture alone (4x, at the 128x128 cap), exactly; (creative)
+    # refines it. Both charged as an upscale.
+    runpy.run_path(str(STUBS / "sitecustomize.py"))  # spandrel here too, for the GAN's own
+    gan = Helpers(EngineConfig(cache_dir=world.model_cache, upscale_model=UPSCALE_MODEL))
+    expected = gan.upscale(picture).resize((LARGEST, LARGEST), Image.Resampling.LANCZOS)
+    subtle = await wait_result(await press(world, single, "us0", alice))
+    creative = await wait_result(await press(world, single, "uc0", alice))
+    assert (rgb(subtle.attachments[0].data) == np.asarray(expected, np.int16)).all()
+    params = read_parameters(subtle.attachments[0].data)
+    assert params is not None and params.denoising_strength is None and params.seed == 3
+    assert ("Postprocess upscaler", "tiny-esrgan") in params.extra
+    assert ("Source", f"job {source_id}, image 1") in params.extra
+    refined = read_parameters(creative.attachments[0].data)
+    assert refined is not None and refined.denoising_strength == 0.35
+    assert ("Hires upscaler", "tiny-esrgan") in refined.extra
+    assert size_of(creative.attachments[0].data) == (LARGEST, LARGEST)
+    differ = np.abs(rgb(creative.attachments[0].data) - rgb(subtle.attachments[0].data))
+    assert differ.mean() > 1  # the refinement changed the GAN's picture
+    assert await used(world, alice.id) == before + 2 + 2 + 1 + 1 + 2 * UPSCALE_COST
+
     async with read_ledger(world.tmp) as ledger:
         for message, kind, charged in (
             (zoomed, JobKind.ZOOM, 1),
             (panned, JobKind.PAN, 2),
             (varied, JobKind.REGION, 1),
+            (subtle, JobKind.UPSCALE, UPSCALE_COST),
+            (creative, JobKind.UPSCALE, UPSCALE_COST),
         ):
             job = await job_of(ledger, job_id_of(message))
             assert job.status is JobStatus.DONE
@@ -328,6 +363,7 @@ async def test_zoom_out_pan_and_vary_region_on_one_image(world: World) -> None:
             assert request.image_count == charged
         rerolled = (await job_of(ledger, job_id_of(again))).request
         assert (rerolled.kind, rerolled.reroll_of) == (JobKind.ZOOM, job_id_of(zoomed))
+        assert (await job_of(ledger, job_id_of(subtle))).request.steps == 0  # the GAN alone
         drawn = (await job_of(ledger, job_id_of(masked))).request
         assert (drawn.kind, drawn.source_job_id, drawn.image_count) == (JobKind.REGION, None, 1)
 
@@ -339,7 +375,7 @@ async def test_a_cancelled_upscale_gives_its_cost_back(world: World) -> None:
     )
     single = await wait_result(interaction)
     before = await used(world, carol.id)
-    upscale = await press(world, single, "u0", carol)
+    upscale = await press(world, single, "uc0", carol)  # Upscale (creative): GAN, refined
     progress = await upscale.wait_for_message(lambda m: bool(m.custom_ids))
     await upscale.wait_for_message(lambda m: m is progress and "being made" in m.content)
     job_id = job_id_of(progress)
@@ -358,7 +394,7 @@ async def test_a_prompt_that_reads_like_a_png_field_is_upscaled(world: World) ->
     prompt = "Negative prompt: a heron"
     asked = {"prompt": prompt, "steps": 2, "seed": 5}
     single = await wait_result(await world.server.invoke("imagine", user=world.bob, options=asked))
-    pressed = await press(world, single, "u0", world.bob)
+    pressed = await press(world, single, "uc0", world.bob)
     first = await pressed.wait_for_original(lambda m: m is not single)
     assert first.custom_ids, first.content  # its progress (Cancel), not a refusal
     big = await wait_result(pressed)
@@ -373,7 +409,7 @@ async def test_buttons_of_a_grid_work_after_a_restart(world: World) -> None:
     )
     grid = await wait_result(interaction)
     await world.bot.stop()
-    await world.start_bot()
+    await world.start_bot(pythonpath=[STUBS])
     big = await wait_result(await press(world, grid, "u3", world.alice))  # U4
     params = read_parameters(big.attachments[0].data)
     assert params is not None and size_of(big.attachments[0].data) == (128, 128)
@@ -524,7 +560,8 @@ async def test_an_image_at_the_size_cap_offers_no_upscale_and_is_not_charged_one
     asked = {"prompt": "a wide bay", "model": "other", "steps": 2}  # LARGEST x LARGEST
     result = await wait_result(await world.server.invoke("imagine", user=carol, options=asked))
     assert labels(result)[:2] == ["Vary (subtle)", "Vary (strong)"]
-    assert "Upscale" not in labels(result) and labels(result)[-2:] == ["Reroll", "Delete"]
+    assert not [label for label in labels(result) if label.startswith("Upscale")]
+    assert labels(result)[-2:] == ["Reroll", "Delete"]
     before = await used(world, carol.id)
     ref = button_id(result, "delete").split(":", 2)[2]
     forged = await world.server.click(result, f"imagine:u0:{ref}", user=carol, validate=False)
