@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import re
 import runpy
+import signal
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,14 +25,22 @@ import pytest_asyncio
 from diffusers import UNet2DConditionModel
 from PIL import Image, ImageOps
 
-from bot.ledger import JobKind, JobStatus
+from bot.ledger import ACTIVE_STATUSES, JobKind, JobStatus
 from engine import EngineConfig, read_parameters
 from engine.canvas import region_mask, zoom_out
 from engine.inpaint import blurred, fitted_mask
 from engine.tiny import builtin_folder
 from engine.vision import Helpers
 from testkit.discord_server import AttachmentOption, Interaction, Message
-from testkit.jobs import button_id, job_id_of, job_of, read_ledger, result_of, wait_result
+from testkit.jobs import (
+    JOB_TIMEOUT,
+    button_id,
+    job_id_of,
+    job_of,
+    read_ledger,
+    result_of,
+    wait_result,
+)
 from testkit.lora import make_tiny_lora
 from testkit.world import NewWorld, World
 
@@ -401,6 +410,36 @@ async def test_a_prompt_that_reads_like_a_png_field_is_upscaled(world: World) ->
     async with read_ledger(world.tmp) as ledger:
         up = (await job_of(ledger, job_id_of(big))).request
         assert (up.kind, up.prompt, up.seed) == (JobKind.UPSCALE, prompt, 5)
+
+
+async def test_a_zoom_cut_off_by_a_crash_is_made_after_the_restart(world: World) -> None:
+    """A zoom's canvas and mask are kept before it is queued: a bot killed while it runs
+    makes it again at the next start, from the same canvas, once, charged once."""
+    bob = world.bob
+    asked = {"prompt": "a slow lighthouse", "seed": 4, "steps": 50}
+    single = await wait_result(await world.server.invoke("imagine", user=bob, options=asked))
+    picture = Image.open(io.BytesIO(single.attachments[0].data)).convert("RGB")
+    before = await used(world, bob.id)
+    zoom = await press(world, single, "zh0", bob)  # Zoom Out 1.5x, 50 steps as its source
+    progress = await zoom.wait_for_message(lambda m: bool(m.custom_ids))
+    await zoom.wait_for_message(lambda m: m is progress and "being made" in m.content)
+    job_id = job_id_of(progress)
+    world.bot.unwatch()
+    world.bot.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    assert await world.bot.exited() == -signal.SIGKILL
+    async with read_ledger(world.tmp) as ledger:
+        assert (await job_of(ledger, job_id)).status in ACTIVE_STATUSES
+
+    await world.start_bot(pythonpath=[STUBS])
+    await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
+    (result,) = world.results_for(job_id)
+    made = zoom_out(picture, 1.5)
+    canvas = np.asarray(ImageOps.fit(made.picture, (64, 64), Image.Resampling.LANCZOS), np.int16)
+    kept = np.asarray(blurred(fitted_mask(made.mask, 64, 64), 4)) == 0
+    assert kept.any() and (rgb(result.attachments[0].data)[kept] == canvas[kept]).all()
+    params = read_parameters(result.attachments[0].data)
+    assert params is not None and ("Zoom out", "1.5") in params.extra
+    assert await used(world, bob.id) == before + 1
 
 
 async def test_buttons_of_a_grid_work_after_a_restart(world: World) -> None:
