@@ -64,13 +64,20 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
 
 async def test_commands_are_synced_to_the_guild_with_declared_limits(world: World) -> None:
     commands = {c["name"]: c for c in world.server.synced_commands(world.guild)}
-    assert set(commands) == {"imagine", "info", "models", "quota", "settings", "usage"}
+    assert set(commands) == {"imagine", "inpaint", "info", "models", "quota", "settings", "usage"}
     options = {o["name"]: o for o in commands["imagine"]["options"]}
     assert options["prompt"]["required"] and options["prompt"]["max_length"] == 1000
     assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (1, 50)
     assert (options["count"]["min_value"], options["count"]["max_value"]) == (1, 4)
     assert [c["value"] for c in options["size"]["choices"]] == ["square", "portrait", "landscape"]
     assert options["model"]["autocomplete"] and not options["model"]["required"]
+    inpaint = {o["name"]: (o["type"], o.get("required")) for o in commands["inpaint"]["options"]}
+    assert inpaint == {  # two attachments (11), a text (3)
+        "image": (11, True),
+        "mask": (11, True),
+        "prompt": (3, True),
+        "model": (3, False),
+    }
     # Moderator commands are hidden from members (and checked by the bot, see below).
     assert int(commands["quota"]["default_member_permissions"]) == MANAGE_GUILD
     assert int(commands["usage"]["default_member_permissions"]) == MANAGE_GUILD
