@@ -315,6 +315,12 @@ async def test_zoom_out_pan_and_vary_region_on_one_image(world: World) -> None:
     note = await answered.wait_for_original()
     assert answered.ephemeral and "Say which part of the picture" in note.content, note.content
     assert result_of(answered) is None
+    region = await press(world, single, "rg0", bob)  # the modal opens; its answer is refused
+    await region.wait_for_response()
+    answered = await server.submit_modal(region, {"where": "the hat", "what": "a red cap"})
+    note = await answered.wait_for_original()
+    assert answered.ephemeral and "Only the person who asked" in note.content, note.content
+    assert result_of(answered) is None
     assert await used(world, alice.id) == before + 2 + 2 + 1
 
     # /inpaint: a mask drawn on the picture (the tiny CLIPSeg above marks all of a 64x64
