@@ -69,6 +69,16 @@ class EngineClient(Protocol):
         loop; `EngineError` when describing is off or its model cannot load."""
         ...
 
+    async def region_mask(self, image: Image, words: str) -> Image:
+        """The mask of where `image` shows what `words` name (`[region] model`);
+        `InvalidRequest` when it finds nothing there."""
+        ...
+
+    async def gan_upscale(self, image: Image) -> Image:
+        """`image` enlarged by the GAN upscaler (`[upscale] model`); `InvalidRequest` when
+        none is configured."""
+        ...
+
     # The models
     @property
     def default_model(self) -> str: ...

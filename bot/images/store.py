@@ -7,6 +7,9 @@ find another job's files:
   attachment, or the image an Upscale or Vary press chose), or the first picture an edit
   by instruction changes (`inputs/<id>-<key>-r<n>.png` its other references), written
   before the job is queued, so a restart can run the job again;
+- `inputs/<id>-<key>-mask.png`: an inpainting job's mask (Zoom Out, Pan, Vary (Region),
+  `/inpaint`), with the A1111 fields saying how its canvas was made as the PNG's text, so
+  a restart and a Reroll make the same canvas again;
 - `outputs/<id>-<key>-<n>.png`: each full-size result, written before it is posted, so
   Upscale and Vary work on a grid's tiles (posted scaled down) and after a restart.
 
@@ -116,6 +119,31 @@ class ImageStore:
         while (data := self._read(self._input(job, len(found)))) is not None:
             found.append(png_to_rgb(data))
         return tuple(found)
+
+    def _mask(self, job: JobRef) -> Path:
+        return self.root / "inputs" / f"{job.id}-{job.key}-mask.png"
+
+    def save_mask(self, job: JobRef, mask: Image, fields: Sequence[tuple[str, str]]) -> None:
+        """Job `job`'s mask, and the `fields` (A1111's) that say how its canvas was made."""
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in fields:
+            info.add_text(key, value)
+        buf = io.BytesIO()
+        mask.save(buf, format="PNG", pnginfo=info, compress_level=1)
+        self._write(self._mask(job), buf.getvalue())
+
+    def load_mask(self, job: JobRef) -> tuple[Image, tuple[tuple[str, str], ...]] | None:
+        """Job `job`'s mask ("L") and canvas fields, in their order; None when gone."""
+        from PIL import Image as PILImage
+
+        data = self._read(self._mask(job))
+        if data is None:
+            return None
+        with PILImage.open(io.BytesIO(data)) as image:
+            fields = tuple((str(k), str(v)) for k, v in getattr(image, "text", {}).items())
+            return image.convert("L"), fields
 
     def save_outputs(self, job: JobRef, images: Sequence[GeneratedImage]) -> None:
         """Each image under its own index (its place in the job's seed order); raises the

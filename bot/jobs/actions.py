@@ -1,34 +1,43 @@
 """`Actions`: what `/imagine` and the job buttons ask of the job service (`JobActions`).
 
 `/imagine` and `/edit` go to `JobService.imagine`. The buttons are here: Upscale, Vary,
-Edit, Reroll, Delete and Cancel, each for the job's requester or a moderator of the job's
-own server only, on the job's own message, for an action its result offers (a custom id can
-be forged onto any message). An Upscale or Vary is a new image-to-image job from the chosen
-image, kept full size by `ImageStore`; an Edit (once its modal asked what to change) is an
-edit by instruction of the chosen image on the first model that edits; a Reroll, the same
-options with a new seed. Each is charged to whoever pressed the button.
+Edit, the canvas (Zoom Out, Pan, Vary (Region), made in `canvas.py`), Reroll, Delete and
+Cancel, each for the job's requester or a moderator of the job's own server only, on the
+job's own message, for an action its result offers (a custom id can be forged onto any
+message). An Upscale or Vary is a new image-to-image job from the chosen image, kept full
+size by `ImageStore`; an Edit (once its modal asked what to change) is an edit by instruction
+of the chosen image on the first model that edits; a canvas job inpaints it; a Reroll, the
+same options with a new seed (a canvas job's from the same canvas and mask, an edit's from
+the same pictures, kept by `ImageStore`). Each is charged to whoever pressed the button.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import discord
 
-from engine import ImageRequest, Parameters, upscale_request, variation_request
+from engine import UPSCALE_FACTOR, ImageRequest, Parameters, upscale_request, variation_request
+from engine.canvas import Canvas
+from engine.derived import canvas_request
 
-from ..errors import NotAllowed, UnknownJob
+from ..errors import NotAllowed, RateLimited, UnknownJob
 from ..images.grid import GRID_IMAGES
+from ..images.pictures import PictureRef, fetch_picture
 from ..images.store import png_to_rgb
 from ..ledger import JobKind, JobRecord, JobRef
 from ..moderation.moderators import is_moderator
 from ..presentation.buttons import label_of, offered
 from ..presentation.modals import MAX_INSTRUCTION, EditModal
-from ..services import Action, ImagineOptions
+from ..services import UPSCALES, Action, ImagineOptions
 from .admission import edit_models
-from .convert import reroll_options, source_of
+from .canvas import canvas_of
+from .convert import CANVAS_KINDS, reroll_options, resumed_request, source_of
+from .gan import GAN_FACTOR, gan_input
 from .service import JobService, origin_of
 
 if TYPE_CHECKING:
@@ -79,6 +88,9 @@ class Actions:
                 "Only the person who asked for these images, or a moderator, can reroll them."
             )
         _offers(record, Action.REROLL)
+        if record.request.kind in CANVAS_KINDS:
+            await self._reroll_canvas(interaction, record)
+            return
         picture, references = None, ()
         if record.request.kind is JobKind.EDIT:  # the same pictures, edited anew
             references = await asyncio.to_thread(self.services.images.load_references, job)
@@ -93,20 +105,111 @@ class Actions:
             interaction, options, reroll_of=record.id, picture=picture, references=references
         )
 
-    async def upscale(self, interaction: discord.Interaction[Any], job: JobRef, index: int) -> None:
-        """Image `index` of `job` at twice its size (hires fix), charged to the presser."""
+    async def _reroll_canvas(
+        self, interaction: discord.Interaction[Any], record: JobRecord
+    ) -> None:
+        """A canvas job again from the same canvas and mask (kept by `ImageStore`), a new seed."""
+        ref, stored = JobRef.of(record), record.request
+        picture = await asyncio.to_thread(self.services.images.load_input, ref)
+        mask = await asyncio.to_thread(self.services.images.load_mask, ref)
+        if picture is None or mask is None:
+            raise NotAllowed(self._gone(f"The picture job #{record.id} started from"))
+        user = origin_of(interaction).fairness_key
+        request = dataclasses.replace(resumed_request(stored, picture, mask), seed=None, user=user)
+        source = None
+        if stored.source_job_id is not None and stored.source_index is not None:
+            source = (stored.source_job_id, stored.source_index)
+        await self.jobs.derived(
+            interaction, request, kind=stored.kind, source=source, reroll_of=record.id
+        )
+
+    async def canvas(
+        self,
+        interaction: discord.Interaction[Any],
+        job: JobRef,
+        index: int,
+        action: Action,
+        answers: Mapping[str, str],
+    ) -> None:
+        """Zoom Out, Pan or Vary (Region) of image `index` of `job` (`canvas.py`), charged
+        to the presser by the pixels it makes; a region the words do not find costs nothing."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        record, params, image = await self._chosen(interaction, job, index, Action.UPSCALE)
+        record, params, image = await self._chosen(interaction, job, index, action)
+        request, kind = await canvas_of(
+            self.services,
+            action,
+            answers,
+            params,
+            image,
+            user=origin_of(interaction).fairness_key,
+            origin=f"job {record.id}, image {index + 1}",
+        )
+        await self.jobs.derived(interaction, request, kind=kind, source=(record.id, index))
+
+    async def inpaint(
+        self,
+        interaction: discord.Interaction[Any],
+        picture: PictureRef,
+        mask: PictureRef,
+        prompt: str,
+        model: str | None = None,
+    ) -> None:
+        """`/inpaint`: a member's picture made anew where their mask is white (a Vary (Region)
+        job with no source job), charged by the pixels it makes."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        s = self.services
+        wait = s.rate_limit.hit(interaction.user.id)
+        if wait is not None:
+            raise RateLimited.after(wait)
+        fetched = [
+            await fetch_picture(
+                ref,
+                api_base_url=s.config.discord.api_base_url,
+                max_mb=s.config.images.max_picture_mb,
+            )
+            for ref in (picture, mask)
+        ]
+        image, drawn = fetched
+        params = Parameters(prompt, "", 0, "", 0.0, 0, image.width, image.height, model or "")
+        request = canvas_request(
+            params,
+            Canvas(image, drawn, ()),
+            s.engine.limits,
+            user=origin_of(interaction).fairness_key,
+            models=s.engine.model_names,
+        )
+        await self.jobs.derived(interaction, request, kind=JobKind.REGION, source=None)
+
+    async def upscale(
+        self,
+        interaction: discord.Interaction[Any],
+        job: JobRef,
+        index: int,
+        how: Action = Action.UPSCALE,
+    ) -> None:
+        """Image `index` of `job` larger, charged to the presser as an upscale: at twice its
+        size refined (hires fix: Upscale), or through the GAN upscaler (`gan.py`) at up to
+        four times, refined (Upscale (creative)) or alone (Upscale (subtle))."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        record, params, image = await self._chosen(interaction, job, index, how)
+        engine = self.services.engine
         request = upscale_request(
             params,
             image,
-            self.services.engine.limits,
+            engine.limits,
+            factor=UPSCALE_FACTOR if how is Action.UPSCALE else GAN_FACTOR,
             user=origin_of(interaction).fairness_key,
             origin=f"job {record.id}, image {index + 1}",
-            models=self.services.engine.model_names,
+            models=engine.model_names,
         )
+        if how is not Action.UPSCALE:
+            request = await gan_input(engine, image, request)
         await self.jobs.derived(
-            interaction, request, kind=JobKind.UPSCALE, source=record, index=index
+            interaction,
+            request,
+            kind=JobKind.UPSCALE,
+            source=(record.id, index),
+            gan_alone=how is Action.UPSCALE_SUBTLE,
         )
 
     async def vary(
@@ -132,7 +235,7 @@ class Actions:
             native=record.request.kind is JobKind.UPSCALE,
         )
         await self.jobs.derived(
-            interaction, request, kind=JobKind.VARIATION, source=record, index=index
+            interaction, request, kind=JobKind.VARIATION, source=(record.id, index)
         )
 
     async def ask_edit(
@@ -160,7 +263,7 @@ class Actions:
             model=edit_models(self.services.engine)[0],  # `_checked`: there is one
             parameters=(("Source", f"job {record.id}, image {index + 1}"),),
         )
-        await self.jobs.derived(interaction, request, kind=JobKind.EDIT, source=record, index=index)
+        await self.jobs.derived(interaction, request, kind=JobKind.EDIT, source=(record.id, index))
 
     async def _chosen(
         self, interaction: discord.Interaction[Any], job: JobRef, index: int, action: Action
@@ -180,7 +283,8 @@ class Actions:
         record = await self._known(interaction, job)
         if not _on_its_message(interaction, record.message_id):
             raise NotAllowed(f"This button does not belong to job #{job.id}.")
-        verb = {Action.UPSCALE: "upscale", Action.EDIT: "edit"}.get(action, "vary")
+        verb = "vary" if action in (Action.VARY_SUBTLE, Action.VARY_STRONG) else "change"
+        verb = "upscale" if action in UPSCALES else "edit" if action is Action.EDIT else verb
         if not self._may_manage(interaction, record):
             raise NotAllowed(
                 f"Only the person who asked for these images, or a moderator, can {verb} them."

@@ -36,6 +36,7 @@ from ..moderation.rules import Moderation
 from ..services import Services
 from ..services.options import ImagineOptions
 from .convert import Origin, engine_request, ledger_request
+from .gan import ready_job, upscaler_name
 from .pricing import price
 
 if TYPE_CHECKING:
@@ -240,18 +241,22 @@ class Admission:
         asked: ImageRequest,
         *,
         kind: JobKind,
-        source: JobRecord,
-        index: int,
+        source: tuple[int, int] | None,
+        reroll_of: int | None = None,
+        gan_alone: bool = False,
     ) -> Admitted:
-        """Queue an upscale or variation of image `index` of `source` (a button press, whose
-        rate limit the button counted), charged by `price`; or raise the `Refusal`.
+        """Queue a request made from image `source` (job id, index) of an earlier job, or
+        from a member's picture (None): an upscale, a variation, a canvas (a button press,
+        whose rate limit the button counted), charged by `price`; or raise the `Refusal`.
 
         The server's rules of now apply, not those of the source's day: its blocked words
-        refuse it, and its forced negative prompt is added."""
+        refuse it, and its forced negative prompt is added. With `gan_alone` (Upscale
+        (subtle)) the request's picture is its image (`gan.ready_job`), stored as 0 steps."""
         s = self.services
 
         def stored(request: ImageRequest) -> JobRequest:
-            return self._stored(origin, request, kind=kind, source=(source.id, index))
+            made = self._stored(origin, request, kind=kind, source=source, reroll_of=reroll_of)
+            return replace(made, steps=0) if gan_alone else made
 
         async def refuse(reason: RefusalReason, text: str, detail: str | None = None) -> Refusal:
             await s.ledger.record_refusal(stored(asked), reason, detail or text)
@@ -274,7 +279,9 @@ class Admission:
             checked = await s.engine.check(asked)
         except InvalidRequest as exc:
             raise await refuse(RefusalReason.INVALID, str(exc)) from exc
-        (admitted,) = await self._reserve_and_submit_all([stored(checked.request)], [checked])
+        (admitted,) = await self._reserve_and_submit_all(
+            [stored(checked.request)], [checked], gan_alone=gan_alone
+        )
         return admitted
 
     def _wrong_channel(self, origin: Origin, rules: Moderation) -> str | None:
@@ -298,19 +305,29 @@ class Admission:
         s = self.services
         engine = s.engine
         model = request.model or engine.default_model
+        try:
+            native = engine.profile_of(model).native_size
+        except InvalidRequest:  # an unknown model, being refused: its price is not charged
+            native = 0
+        made = (request.width or 0, request.height or 0, native)
         return ledger_request(
             origin,
             request,
             model=model,
             scheduler=engine.scheduler_of(model),
-            charged=price(kind, request.count, s.config.images),
+            charged=price(kind, request.count, s.config.images, made=made),
             kind=kind,
             reroll_of=reroll_of,
             source=source,
         )
 
     async def _reserve_and_submit_all(
-        self, stored: list[JobRequest], checked: list[Checked], notes: tuple[str, ...] = ()
+        self,
+        stored: list[JobRequest],
+        checked: list[Checked],
+        notes: tuple[str, ...] = (),
+        *,
+        gan_alone: bool = False,
     ) -> list[Admitted]:
         """Reserve every job, all or none (a refused one undoes those before it), then store
         their pictures and queue them. A full queue refuses the jobs not queued yet (at no
@@ -320,7 +337,7 @@ class Admission:
         admitted: list[Admitted] = []
         for n, (record, one) in enumerate(zip(records, checked, strict=True)):
             try:
-                admitted.append(await self._submit(record, one, notes))
+                admitted.append(await self._submit(record, one, notes, gan_alone))
             except Refusal as refusal:
                 left = records[n + 1 :]
                 for later in left:
@@ -358,7 +375,7 @@ class Admission:
         return records
 
     async def _submit(
-        self, record: JobRecord, checked: Checked, notes: tuple[str, ...]
+        self, record: JobRecord, checked: Checked, notes: tuple[str, ...], gan_alone: bool
     ) -> Admitted:
         s = self.services
         request = checked.request
@@ -369,6 +386,10 @@ class Admission:
                     await asyncio.to_thread(s.images.save_references, ref, request.references)
                 elif request.init_image is not None:
                     await asyncio.to_thread(s.images.save_input, ref, request.init_image)
+                if request.mask is not None:  # and an inpainting's mask and canvas fields
+                    await asyncio.to_thread(
+                        s.images.save_mask, ref, request.mask, request.parameters
+                    )
             except OSError as exc:
                 log.error("job %d: cannot store its picture: %s", record.id, exc)
                 await s.ledger.mark_failed(record.id, f"cannot store the picture: {exc}")
@@ -377,7 +398,13 @@ class Admission:
                     "The bot cannot store pictures right now; nothing was charged.",
                 ) from exc
         try:
-            engine_job = s.engine.submit(checked, job_id=str(record.id))
+            if gan_alone and request.init_image is not None:
+                upscaler = upscaler_name(s.engine.config.upscale_model)
+                engine_job = ready_job(
+                    record.id, record.request, request.init_image, request, upscaler=upscaler
+                )
+            else:
+                engine_job = s.engine.submit(checked, job_id=str(record.id))
         except Busy as exc:
             await s.ledger.refuse(record.id, RefusalReason.QUEUE_FULL, str(exc))
             raise Refusal(

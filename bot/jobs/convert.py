@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 __all__ = [
+    "CANVAS_KINDS",
     "Origin",
     "engine_request",
     "ledger_request",
@@ -29,6 +30,10 @@ __all__ = [
     "source_of",
     "source_parameters",
 ]
+
+
+#: Jobs that inpaint a canvas with a mask the bot made or was given (stored beside the picture).
+CANVAS_KINDS = frozenset({JobKind.ZOOM, JobKind.PAN, JobKind.REGION})
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +132,15 @@ def ledger_request(
 
 
 def resumed_request(
-    stored: JobRequest, picture: Image | None = None, references: Sequence[Image] = ()
+    stored: JobRequest,
+    picture: Image | None = None,
+    mask: tuple[Image, tuple[tuple[str, str], ...]] | None = None,
+    references: Sequence[Image] = (),
 ) -> ImageRequest:
     """The engine request that makes a stored job's images again (same seed: same images);
-    an image-to-image job needs the `picture` it started from, an edit its `references`."""
+    an image-to-image job needs the `picture` it started from, an inpainting job (a
+    `CANVAS_KINDS` one) its `mask` and the PNG fields stored with it (`ImageStore.load_mask`),
+    an edit its `references`."""
     options = replace(reroll_options(stored), seed=stored.seed)
     user = fairness_key(stored.guild_id, stored.user_id)
     if stored.kind is JobKind.EDIT:
@@ -141,6 +151,8 @@ def resumed_request(
     if stored.strength is None:
         return engine_request(options, negative=stored.negative_prompt, user=user)
     request = engine_request(options, negative=stored.negative_prompt, user=user, picture=picture)
+    if mask is not None:
+        return replace(request, mask=mask[0], parameters=mask[1])
     return replace(request, parameters=source_parameters(stored))
 
 

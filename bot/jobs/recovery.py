@@ -23,8 +23,9 @@ from engine import EngineError
 
 from ..ledger import JobKind, JobRecord, JobRef, JobStatus, give_up, plan_recovery
 from ..timing.limits import TOKEN_USABLE_FOR
-from .convert import resumed_request
+from .convert import CANVAS_KINDS, resumed_request
 from .delivery import find_posted, persist, result_images, result_job
+from .gan import is_gan_alone, ready_job, upscaler_name
 from .pricing import refund
 from .run import JobRun, channel_target
 from .service import JobService
@@ -132,9 +133,26 @@ async def _resume(jobs: JobService, record: JobRecord, target: Target) -> None:
             reason = "could not resume after a restart: the picture it started from is gone"
             await give_up(services.ledger, record.id, reason)
             return
+    mask = None
+    if record.request.kind in CANVAS_KINDS:  # inpainting: the mask and fields stored with it
+        try:
+            mask = await asyncio.to_thread(services.images.load_mask, JobRef.of(record))
+        except OSError as exc:
+            log.warning("job %d: cannot read its mask: %s", record.id, exc)
+        if mask is None:
+            reason = "could not resume after a restart: the mask it was made with is gone"
+            await give_up(services.ledger, record.id, reason)
+            return
     try:
-        checked = await services.engine.check(resumed_request(record.request, picture, references))
-        engine_job = services.engine.submit(checked, job_id=str(record.id))
+        if is_gan_alone(record.request) and picture is not None:  # its picture is its image
+            upscaler = upscaler_name(services.engine.config.upscale_model)
+            request = resumed_request(record.request, picture)
+            engine_job = ready_job(record.id, record.request, picture, request, upscaler=upscaler)
+        else:
+            checked = await services.engine.check(
+                resumed_request(record.request, picture, mask, references)
+            )
+            engine_job = services.engine.submit(checked, job_id=str(record.id))
     except EngineError as exc:
         log.warning("job %d: cannot resume after a restart: %s", record.id, exc)
         reason = f"could not resume after a restart: {exc}"

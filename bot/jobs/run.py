@@ -23,7 +23,15 @@ from datetime import datetime
 
 import discord
 
-from engine import Cancelled, EngineError, GenerationResult, Job, JobState, upscaled_size
+from engine import (
+    Cancelled,
+    EngineError,
+    GenerationResult,
+    InvalidRequest,
+    Job,
+    JobState,
+    upscaled_size,
+)
 from engine import ShuttingDown as EngineShuttingDown
 
 from ..errors import describe
@@ -327,11 +335,19 @@ class JobRun:
         upscalable = asked.width > 0 < asked.height and bool(
             upscaled_size(asked.width, asked.height, services.engine.limits)
         )
+        engine = services.engine
+        try:  # Zoom Out, Pan and Vary (Region) where the model inpaints
+            canvas = engine.profile_of(asked.model or None).inpaint
+        except InvalidRequest:  # a model no longer configured
+            canvas = False
         view = result_view(
             ref,
             [image.index for image in posted],
             kind=asked.kind,
             upscalable=upscalable,
+            canvas=canvas,
+            region=bool(engine.config.region_model),
+            gan=bool(engine.config.upscale_model),
             editable=bool(edit_models(services.engine)),
         )
         post = ResultPost(content, embed, files, view, mention=asked.user_id)

@@ -125,13 +125,22 @@ class JobService:
         request: ImageRequest,
         *,
         kind: JobKind,
-        source: JobRecord,
-        index: int,
+        source: tuple[int, int] | None,
+        reroll_of: int | None = None,
+        gan_alone: bool = False,
     ) -> None:
-        """Queue an upscale, variation or edit (the press was answered already); follow it."""
+        """Queue a request made from image `source` (job id, index) of an earlier job, or
+        from a member's picture (None): an upscale, a variation, an edit, a canvas, or a
+        reroll of one (the press was answered already), and follow it; `gan_alone`: Upscale
+        (subtle)."""
         async with self._admitting_now():
             admitted = await self.admission.admit_derived(
-                origin_of(interaction), request, kind=kind, source=source, index=index
+                origin_of(interaction),
+                request,
+                kind=kind,
+                source=source,
+                reroll_of=reroll_of,
+                gan_alone=gan_alone,
             )
             await self._follow(interaction, admitted)
 

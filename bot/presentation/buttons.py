@@ -1,5 +1,6 @@
 """Buttons that keep working after a restart: Upscale, Vary, Edit, Reroll and Delete on
-results (U1-U4, V1-V4 and E1-E4 on a grid), Cancel on progress.
+results (U1-U4, V1-V4 and E1-E4 on a grid), Zoom Out, Pan and Vary (Region) on one image,
+Cancel on progress.
 
 Each `custom_id` is `imagine:<action>:<job id>:<job key>` (a `JobRef`; buttons posted before
 keys existed have no key), and an image's buttons add its index to the action (`u2`, `vx0`);
@@ -21,7 +22,7 @@ from typing import Any
 import discord
 
 from ..ledger import JobKind, JobRef
-from ..services import PER_IMAGE, Action, Press, host_of
+from ..services import CANVAS, PER_IMAGE, UPSCALES, Action, Press, host_of
 
 __all__ = [
     "OFFERED",
@@ -35,16 +36,18 @@ __all__ = [
 
 _MADE = frozenset(
     {
-        Action.UPSCALE,
+        *UPSCALES,
         Action.VARY_SUBTLE,
         Action.VARY_STRONG,
         Action.REROLL,
         Action.DELETE,
+        *CANVAS,
         Action.EDIT,
     }
 )
 #: What a result of each kind offers. An upscale offers no Upscale (it is as large as it
-#: gets) and no Reroll (another upscale would be recorded, and charged, as an image).
+#: gets) and no Reroll (another upscale would be recorded, and charged, as an image). The
+#: canvas actions are offered only on one image and by a model that inpaints (`result_view`).
 OFFERED: Mapping[JobKind, frozenset[Action]] = {
     JobKind.IMAGINE: _MADE,
     JobKind.VARIATION: _MADE,
@@ -54,17 +57,33 @@ OFFERED: Mapping[JobKind, frozenset[Action]] = {
     JobKind.REGION: _MADE,
     JobKind.FIX: _MADE,
     JobKind.UPSCALE: frozenset(
-        {Action.VARY_SUBTLE, Action.VARY_STRONG, Action.DELETE, Action.EDIT}
+        {Action.VARY_SUBTLE, Action.VARY_STRONG, Action.DELETE, Action.EDIT, *CANVAS}
     ),
 }
 
 
-def offered(kind: JobKind, *, upscalable: bool = True, editable: bool = True) -> frozenset[Action]:
+def offered(
+    kind: JobKind,
+    *,
+    upscalable: bool = True,
+    canvas: bool = True,
+    region: bool = True,
+    gan: bool = True,
+    editable: bool = True,
+) -> frozenset[Action]:
     """The actions on a result of `kind` (`upscalable`: its images can get any larger;
-    `editable`: a configured model edits pictures by instruction)."""
+    `canvas`: its model inpaints, for Zoom Out, Pan and Vary (Region); `region`: a region
+    model finds the part named in words; `gan`: a GAN upscaler makes Upscale (subtle) and
+    (creative); `editable`: a configured model edits pictures by instruction)."""
     actions = OFFERED[kind]
     if not upscalable:
-        actions -= {Action.UPSCALE}
+        actions -= UPSCALES
+    if not gan:
+        actions -= {Action.UPSCALE_SUBTLE, Action.UPSCALE_CREATIVE}
+    if not canvas:
+        actions -= CANVAS
+    if not region:
+        actions -= {Action.REGION}
     return actions if editable else actions - {Action.EDIT}
 
 
@@ -75,21 +94,43 @@ class _Look:
     style: discord.ButtonStyle
 
 
+_SECONDARY = discord.ButtonStyle.secondary
 _LOOKS: dict[Action, _Look] = {
     Action.REROLL: _Look("Reroll", "\N{GAME DIE}", discord.ButtonStyle.secondary),
     Action.DELETE: _Look("Delete", "\N{WASTEBASKET}", discord.ButtonStyle.danger),
     Action.CANCEL: _Look("Cancel", None, discord.ButtonStyle.secondary),
     Action.UPSCALE: _Look("Upscale", None, discord.ButtonStyle.primary),
+    Action.UPSCALE_SUBTLE: _Look("Upscale (subtle)", None, discord.ButtonStyle.primary),
+    Action.UPSCALE_CREATIVE: _Look("Upscale (creative)", None, discord.ButtonStyle.primary),
     Action.VARY_SUBTLE: _Look("Vary (subtle)", None, discord.ButtonStyle.secondary),
     Action.VARY_STRONG: _Look("Vary (strong)", None, discord.ButtonStyle.secondary),
     Action.EDIT: _Look("Edit", "\N{PENCIL}", discord.ButtonStyle.secondary),
+    Action.REGION: _Look("Vary (Region)", None, discord.ButtonStyle.secondary),
+    Action.ZOOM_2: _Look("Zoom Out 2x", "\N{LEFT-POINTING MAGNIFYING GLASS}", _SECONDARY),
+    Action.ZOOM_15: _Look("Zoom Out 1.5x", "\N{LEFT-POINTING MAGNIFYING GLASS}", _SECONDARY),
+    Action.ZOOM_CUSTOM: _Look("Custom Zoom", "\N{LEFT-POINTING MAGNIFYING GLASS}", _SECONDARY),
+    Action.PAN_LEFT: _Look("", "\N{LEFTWARDS BLACK ARROW}", _SECONDARY),
+    Action.PAN_RIGHT: _Look("", "\N{BLACK RIGHTWARDS ARROW}", _SECONDARY),
+    Action.PAN_UP: _Look("", "\N{UPWARDS BLACK ARROW}", _SECONDARY),
+    Action.PAN_DOWN: _Look("", "\N{DOWNWARDS BLACK ARROW}", _SECONDARY),
 }
+#: How a refusal names an action whose button shows only an arrow.
+_NAMES = {
+    Action.PAN_LEFT: "Pan left",
+    Action.PAN_RIGHT: "Pan right",
+    Action.PAN_UP: "Pan up",
+    Action.PAN_DOWN: "Pan down",
+}
+
+
+#: The per-image actions' codes in a custom id (longest first: `u` is a prefix of none).
+_PER_IMAGE_CODES = "|".join(sorted((str(a) for a in PER_IMAGE), key=len, reverse=True))
 
 
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=(
-        r"imagine:(?P<action>reroll|delete|cancel|(?:u|vs|vx|e)(?P<index>[0-9]))"
+        rf"imagine:(?P<action>reroll|delete|cancel|(?:{_PER_IMAGE_CODES})(?P<index>[0-9]))"
         r":(?P<job>[0-9]{1,19})(?::(?P<key>[0-9a-f]{1,16}))?"
     ),
 ):
@@ -113,7 +154,7 @@ class JobButton(
         custom_id = f"imagine:{code}:{job.id}" + ("" if job.key is None else f":{job.key}")
         super().__init__(
             discord.ui.Button(
-                label=label or look.label,
+                label=label or look.label or None,
                 emoji=None if label else look.emoji,
                 style=look.style,
                 custom_id=custom_id,
@@ -138,7 +179,23 @@ class JobButton(
 
 
 def label_of(action: Action) -> str:
-    return _LOOKS[action].label
+    return _NAMES.get(action) or _LOOKS[action].label
+
+
+#: One image's rows, as Midjourney lays them out (then Reroll and Delete); with a GAN
+#: upscaler, Upscale (subtle) and (creative) take the Upscale's place.
+_SINGLE_ROWS = (
+    (
+        Action.UPSCALE,
+        Action.UPSCALE_SUBTLE,
+        Action.UPSCALE_CREATIVE,
+        Action.VARY_SUBTLE,
+        Action.VARY_STRONG,
+        Action.REGION,
+    ),
+    (Action.ZOOM_2, Action.ZOOM_15, Action.ZOOM_CUSTOM, Action.EDIT),
+    (Action.PAN_LEFT, Action.PAN_RIGHT, Action.PAN_UP, Action.PAN_DOWN),
+)
 
 
 def result_view(
@@ -147,34 +204,43 @@ def result_view(
     *,
     kind: JobKind,
     upscalable: bool = True,
+    canvas: bool = False,
+    region: bool = False,
+    gan: bool = False,
     editable: bool = False,
 ) -> discord.ui.View:
-    """The buttons under a result, those `offered` for its kind: for one image Upscale and
-    both Vary, for several U1..Un and V1..Vn (strong variations); then Reroll and Delete;
-    then Edit (E1..En on a grid) where a model edits by instruction."""
-    actions = offered(kind, upscalable=upscalable, editable=editable)
+    """The buttons under a result, those `offered` for its kind: for one image Upscale (or
+    Upscale (subtle) and (creative)), both Vary and Vary (Region), the zooms, Edit and the
+    pans (`canvas`, `region`, `gan`, `editable`: see `offered`); for several U1..Un and
+    V1..Vn (strong variations); then Reroll and Delete; on a grid E1..En last."""
+    actions = offered(
+        kind, upscalable=upscalable, canvas=canvas, region=region, gan=gan, editable=editable
+    )
     view = discord.ui.View(timeout=None)
 
     def add(action: Action, index: int | None = None, **how: Any) -> None:
         if action in actions:
             view.add_item(JobButton(action, job, index, **how))
 
+    last = 2
     if len(indexes) == 1:
         (index,) = indexes
-        for action in (Action.UPSCALE, Action.VARY_SUBTLE, Action.VARY_STRONG):
-            add(action, index, row=0)
+        shown = actions - {Action.UPSCALE} if gan else actions  # at most five a row
+        rows = [[a for a in row if a in shown] for row in _SINGLE_ROWS]
+        for row, row_actions in enumerate(r for r in rows if r):
+            for action in row_actions:
+                add(action, index, row=row)
+            last = row + 1
     else:
         for n, index in enumerate(indexes, start=1):
             add(Action.UPSCALE, index, label=f"U{n}", row=0)
         for n, index in enumerate(indexes, start=1):
             add(Action.VARY_STRONG, index, label=f"V{n}", row=1)
-    add(Action.REROLL, row=2)
-    add(Action.DELETE, row=2)
-    if len(indexes) == 1:
-        add(Action.EDIT, indexes[0], row=2)
-    else:
+    add(Action.REROLL, row=last)
+    add(Action.DELETE, row=last)
+    if len(indexes) > 1:
         for n, index in enumerate(indexes, start=1):
-            add(Action.EDIT, index, label=f"E{n}", row=3)
+            add(Action.EDIT, index, label=f"E{n}", row=last + 1)
     return view
 
 

@@ -7,13 +7,16 @@
 - `options.py`: `ImagineOptions`, what a member asked `/imagine` for.
 """
 
-from .actions import PER_IMAGE, Action, JobActions, Press
+from .actions import ASKS, CANVAS, PER_IMAGE, UPSCALES, Action, JobActions, Press
 from .bundle import Channels, ServiceHost, Services, host_of
 from .options import MAX_PROMPT, ImagineOptions
 
 __all__ = [
+    "ASKS",
+    "CANVAS",
     "MAX_PROMPT",
     "PER_IMAGE",
+    "UPSCALES",
     "Action",
     "Channels",
     "ImagineOptions",

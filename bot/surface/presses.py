@@ -12,15 +12,17 @@ from typing import Any
 
 import discord
 
-from ..services import PER_IMAGE, Action, JobActions, Press
+from ..presentation.modals import INSTRUCTION, ask
+from ..services import ASKS, CANVAS, PER_IMAGE, UPSCALES, Action, JobActions, Press
 from .tree import rate_limited, report
 
 __all__ = ["act", "answer"]
 
 
 async def answer(actions: JobActions, interaction: discord.Interaction[Any], press: Press) -> None:
-    """Every press counts against the presser's rate limit before any other work."""
-    limited = rate_limited(interaction)
+    """Every press counts against the presser's rate limit before any other work (a modal's
+    answers come back as a second interaction of the same press: counted once)."""
+    limited = rate_limited(interaction) if press.answers is None else None
     if limited is not None:
         await report(interaction, limited)
         return
@@ -33,14 +35,21 @@ async def answer(actions: JobActions, interaction: discord.Interaction[Any], pre
 async def act(actions: JobActions, i: discord.Interaction[Any], press: Press) -> None:
     """The job action a press names."""
     action, job, index = press.action, press.job, press.index
-    if action in PER_IMAGE:
+    if action is Action.EDIT:  # checked before its modal opens: the job service asks
         assert index is not None
-        if action is Action.EDIT and press.text is None:  # the button: ask what to change
+        if press.answers is None:
             await actions.ask_edit(i, job, index)
-        elif action is Action.EDIT:  # the modal it opened, submitted
-            await actions.edit(i, job, index, press.text or "")
-        elif action is Action.UPSCALE:
-            await actions.upscale(i, job, index)
+        else:
+            await actions.edit(i, job, index, press.answers.get(INSTRUCTION, ""))
+    elif action in ASKS and press.answers is None:
+        await i.response.send_modal(ask(press))  # its answers come back as a press
+    elif action in CANVAS:
+        assert index is not None
+        await actions.canvas(i, job, index, action, press.answers or {})
+    elif action in PER_IMAGE:
+        assert index is not None
+        if action in UPSCALES:
+            await actions.upscale(i, job, index, action)
         else:
             await actions.vary(i, job, index, strong=action is Action.VARY_STRONG)
     elif action is Action.REROLL:

@@ -208,6 +208,22 @@ class RayEngine(ModelCatalog):
             raise answer
         return list(answer)
 
+    async def region_mask(self, image: Image, words: str) -> Image:
+        """The region's mask from a replica's region model (loaded there on first use)."""
+        self._open()
+        answer = await self.cluster.call("region_mask", image, words)
+        if isinstance(answer, EngineError):
+            raise answer
+        return answer
+
+    async def gan_upscale(self, image: Image) -> Image:
+        """`image` enlarged by a replica's GAN upscaler (loaded there on first use)."""
+        self._open()
+        answer = await self.cluster.call("gan_upscale", image)
+        if isinstance(answer, EngineError):
+            raise answer
+        return answer
+
     def submit(self, checked: Checked, *, job_id: str | None = None) -> Job:
         """Queue at once (`Busy`, `ShuttingDown`, `EngineUnavailable` raise here); the job's
         call to a replica starts on the event loop."""

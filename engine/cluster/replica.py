@@ -79,6 +79,22 @@ class EngineReplica:
         except EngineError as exc:
             return exc
 
+    async def region_mask(self, image: Any, words: str) -> Any:
+        """`Engine.region_mask` here, where the region model lives; a refusal is returned,
+        not raised, as `check`'s."""
+        try:
+            return await self.engine.region_mask(image, words)
+        except EngineError as exc:
+            return exc
+
+    async def gan_upscale(self, image: Any) -> Any:
+        """`Engine.gan_upscale` here, where the upscaler lives; a refusal is returned, not
+        raised, as `check`'s."""
+        try:
+            return await self.engine.gan_upscale(image)
+        except EngineError as exc:
+            return exc
+
     async def generate(
         self, checked: Checked, job_id: str, preview_every: float
     ) -> AsyncIterator[ReplicaEvent]:

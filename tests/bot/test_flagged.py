@@ -39,6 +39,7 @@ async def test_without_guild_ids_commands_are_synced_globally(world: World) -> N
         "edit",
         "imagine",
         "info",
+        "inpaint",
         "models",
         "quota",
         "settings",

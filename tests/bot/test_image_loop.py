@@ -1,5 +1,7 @@
 """The image loop end to end: a 2×2 grid, U and V buttons, Upscale and Vary on one image,
-a restart between the grid and a press, a Cancel during an upscale, and what each costs;
+Zoom Out, Pan and Vary (Region) on one image (the tiny CLIPSeg finds the region), Upscale
+(subtle) and (creative) through a GAN upscaler (the tiny ESRGAN, read by spandrel), a restart
+between the grid and a press, a Cancel during an upscale, and what each costs;
 choosing among three models (two SD, one FLUX.1), with a LoRA, from Discord; `quality:fast`
 through a model's step cache.
 
@@ -11,19 +13,34 @@ from __future__ import annotations
 
 import io
 import re
+import runpy
+import signal
 import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 import pytest_asyncio
 from diffusers import UNet2DConditionModel
-from PIL import Image
+from PIL import Image, ImageOps
 
-from bot.ledger import JobKind, JobStatus
-from engine import read_parameters
+from bot.ledger import ACTIVE_STATUSES, JobKind, JobStatus
+from engine import EngineConfig, read_parameters
+from engine.canvas import region_mask, zoom_out
+from engine.inpaint import blurred, fitted_mask
 from engine.tiny import builtin_folder
-from testkit.discord_server import Interaction, Message
-from testkit.jobs import button_id, job_id_of, job_of, read_ledger, result_of, wait_result
+from engine.vision import Helpers
+from testkit.discord_server import AttachmentOption, Interaction, Message
+from testkit.jobs import (
+    JOB_TIMEOUT,
+    button_id,
+    job_id_of,
+    job_of,
+    read_ledger,
+    result_of,
+    wait_result,
+)
 from testkit.lora import make_tiny_lora
 from testkit.world import NewWorld, World
 
@@ -31,6 +48,9 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures(
 
 UPSCALE_COST = 3  # [images] upscale_cost, not the default, so the test sees it is used
 LARGEST = 128  # [engine] max_width and max_height: the size cap, the "other" model's size
+REGION_MODEL = "builtin:tiny-clipseg"  # [region] model: Vary (Region) finds parts in words
+UPSCALE_MODEL = "builtin:tiny-esrgan"  # [upscale] model: Upscale (subtle) and (creative)
+STUBS = Path(__file__).parents[1] / "stubs"  # spandrel without torchvision (sitecustomize)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -60,9 +80,28 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
                 "flux": {"source": "builtin:tiny-flux-dev", "description": "a FLUX.1 [dev]"},
             },
             loras={"ink": {"source": str(lora), "weight": 0.8, "models": ["other"]}},
+            region={"model": REGION_MODEL},
+            upscale={"model": UPSCALE_MODEL},
+            moderation={"commands_per_minute": 60},  # the canvas test presses many buttons
         )
-        async with world.running_bot():
+        async with world.running_bot(pythonpath=[STUBS]):
             yield world
+
+
+def labels(message: Message) -> list[str]:
+    """The buttons' labels, an arrow's emoji for one without a label (Pan)."""
+    return [label for row in rows(message) for label in row]
+
+
+def rows(message: Message) -> list[list[str]]:
+    return [
+        [c.get("label") or c["emoji"]["name"] for c in row["components"]]
+        for row in message.components
+    ]
+
+
+VARY_ROW = ["Vary (subtle)", "Vary (strong)", "Vary (Region)"]
+CANVAS_ROWS = [["Zoom Out 2x", "Zoom Out 1.5x", "Custom Zoom"], ["⬅", "➡", "⬆", "⬇"]]
 
 
 def size_of(png: bytes) -> tuple[int, int]:
@@ -88,8 +127,7 @@ async def test_a_grid_then_upscale_and_variations(world: World) -> None:
     grid_id = job_id_of(grid)
     (attachment,) = grid.attachments  # one 2x2 grid, not four files
     assert attachment.filename.endswith("-grid.png") and size_of(attachment.data) == (128, 128)
-    labels = [c["label"] for row in grid.components for c in row["components"]]
-    assert labels == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4", "Reroll", "Delete"]
+    assert labels(grid) == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4", "Reroll", "Delete"]
     assert await used(world, alice.id) == 4
 
     # Someone else may not upscale it.
@@ -105,8 +143,11 @@ async def test_a_grid_then_upscale_and_variations(world: World) -> None:
     assert params is not None and params.seed == 21 and params.prompt == "four owls"
     assert params.denoising_strength == 0.35
     assert ("Source", f"job {grid_id}, image 2") in params.extra
-    big_labels = [c["label"] for row in big.components for c in row["components"]]
-    assert big_labels == ["Vary (subtle)", "Vary (strong)", "Delete"]
+    assert rows(big) == [
+        VARY_ROW,
+        *CANVAS_ROWS,
+        ["Delete"],
+    ]
     assert await used(world, alice.id) == 4 + UPSCALE_COST
     # An upscale offers no Reroll and no Upscale: forged onto it, neither runs (a Reroll made
     # another upscale for the price of one image, recorded as an ordinary image).
@@ -160,8 +201,17 @@ async def test_one_image_offers_upscale_and_both_variations(world: World) -> Non
         "imagine", user=world.bob, options={"prompt": "one heron", "steps": 3}
     )
     single = await wait_result(interaction)
-    labels = [c["label"] for row in single.components for c in row["components"]]
-    assert labels == ["Upscale", "Vary (subtle)", "Vary (strong)", "Reroll", "Delete"]
+    assert rows(single) == [
+        [
+            "Upscale (subtle)",
+            "Upscale (creative)",
+            "Vary (subtle)",
+            "Vary (strong)",
+            "Vary (Region)",
+        ],
+        *CANVAS_ROWS,
+        ["Reroll", "Delete"],
+    ]
     (database,) = busy  # the result is posted, and the bot cannot record it yet
     waits = len(world.bot.lines)
     pressed = await press(world, single, "vs0", world.bob)
@@ -179,6 +229,160 @@ async def test_one_image_offers_upscale_and_both_variations(world: World) -> Non
     assert params is not None and params.denoising_strength == 0.35
 
 
+def png_of(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def rgb(png: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGB"), np.int16)
+
+
+async def test_zoom_out_pan_and_vary_region_on_one_image(world: World) -> None:
+    """Zoom Out 2x: the picture at half its size in the middle of a canvas twice as wide
+    and tall (the model's area), its middle exactly the source's beyond the blended seam,
+    and so is its Reroll's (the mask is kept); Pan left: a wider picture whose right part
+    is the source; Vary (Region) through its modal: only the part the region model finds
+    (computed here as the engine does) changes, to the words given. Each charged by the
+    pixels it made; another member's press, a bad factor and words that find nothing are
+    refused privately for nothing."""
+    alice, bob, server = world.alice, world.bob, world.server
+    asked = {"prompt": "a kite", "seed": 3, "steps": 3}
+    single = await wait_result(await server.invoke("imagine", user=alice, options=asked))
+    source_id = job_id_of(single)
+    kite = rgb(single.attachments[0].data)
+    picture = Image.fromarray(kite.astype(np.uint8))
+    before = await used(world, alice.id)
+
+    refused = await press(world, single, "zo0", bob)
+    note = await refused.wait_for_original(lambda m: m is not single)
+    assert refused.ephemeral and "Only the person who asked" in note.content, note.content
+    assert result_of(refused) is None and await used(world, alice.id) == before
+
+    made = zoom_out(picture, 2.0)  # validation fits canvas and mask to the model's 64x64
+    canvas = np.asarray(ImageOps.fit(made.picture, (64, 64), Image.Resampling.LANCZOS), np.int16)
+    kept = np.asarray(blurred(fitted_mask(made.mask, 64, 64), 4)) == 0  # beyond the blend
+    assert kept[26:38, 26:38].all() and not kept[:16].any()  # the source's 32x32 middle
+    zoomed = await wait_result(await press(world, single, "zo0", alice))
+    again = await wait_result(await press(world, zoomed, "reroll", alice))
+    for message in (zoomed, again):
+        out = rgb(message.attachments[0].data)
+        assert out.shape == (64, 64, 3) and (out[kept] == canvas[kept]).all()
+        assert np.abs(out[:8] - canvas[:8]).mean() > 10  # a new border
+        params = read_parameters(message.attachments[0].data)
+        assert params is not None and params.prompt == "a kite"
+        assert ("Zoom out", "2") in params.extra and ("Mask blur", "4") in params.extra
+        assert ("Source", f"job {source_id}, image 1") in params.extra
+    assert rows(zoomed)[1:3] == CANVAS_ROWS  # a zoom can be zoomed again
+    assert await used(world, alice.id) == before + 2  # 64x64: one native area each
+
+    panned = await wait_result(await press(world, single, "pl0", alice))
+    out = rgb(panned.attachments[0].data)
+    assert out.shape == (64, 96, 3)
+    assert (out[:, 46:] == kite[:, 14:]).all()  # the source, on the right
+    assert np.abs(out[:, :16] - kite[:, :16]).mean() > 10  # new on the left
+    params = read_parameters(panned.attachments[0].data)
+    assert params is not None and ("Outpainting direction", "left") in params.extra
+    assert await used(world, alice.id) == before + 2 + 2  # 96x64: two native areas
+
+    factor = await press(world, single, "zc0", alice)
+    await factor.wait_for_response()
+    assert factor.modal is not None and factor.modal["title"] == "Custom Zoom"
+    typed = await server.submit_modal(factor, {"factor": "9"})
+    note = await typed.wait_for_original()
+    assert typed.ephemeral and "Zoom out by 1.1 to 4 times, not 9" in note.content, note.content
+
+    helpers = Helpers(EngineConfig(cache_dir=world.model_cache, region_model=REGION_MODEL))
+    mask = region_mask(helpers.segment(picture, "the hat"), picture.size)
+    assert mask is not None
+    region = await press(world, single, "rg0", alice)
+    await region.wait_for_response()
+    assert region.modal is not None and region.modal["title"] == "Vary (Region)"
+    answered = await server.submit_modal(region, {"where": "the hat", "what": "a red cap"})
+    varied = await wait_result(answered)
+    changed = np.abs(rgb(varied.attachments[0].data) - kite)
+    kept = np.asarray(blurred(mask, 4)) == 0
+    assert changed.mean() > 0.5 and (changed[kept] == 0).all()
+    params = read_parameters(varied.attachments[0].data)
+    assert params is not None and params.prompt == "a red cap"
+    assert await used(world, alice.id) == before + 2 + 2 + 1
+
+    region = await press(world, single, "rg0", alice)
+    await region.wait_for_response()
+    answered = await server.submit_modal(region, {"where": "  ", "what": "a red cap"})
+    note = await answered.wait_for_original()
+    assert answered.ephemeral and "Say which part of the picture" in note.content, note.content
+    assert result_of(answered) is None
+    region = await press(world, single, "rg0", bob)  # the modal opens; its answer is refused
+    await region.wait_for_response()
+    answered = await server.submit_modal(region, {"where": "the hat", "what": "a red cap"})
+    note = await answered.wait_for_original()
+    assert answered.ephemeral and "Only the person who asked" in note.content, note.content
+    assert result_of(answered) is None
+    assert await used(world, alice.id) == before + 2 + 2 + 1
+
+    # /inpaint: a mask drawn on the picture (the tiny CLIPSeg above marks all of a 64x64
+    # picture, so here the kept part is the mask's black).
+    hat = Image.new("L", (64, 64), 0)
+    hat.paste(255, (16, 0, 48, 24))
+    files = {
+        "image": AttachmentOption("kite.png", single.attachments[0].data, "image/png"),
+        "mask": AttachmentOption("hat.png", png_of(hat), "image/png"),
+        "prompt": "a red cap",
+    }
+    masked = await wait_result(await server.invoke("inpaint", user=alice, options=files))
+    changed = np.abs(rgb(masked.attachments[0].data) - kite)
+    inside = np.asarray(hat) == 255
+    kept = np.asarray(blurred(hat, 4)) == 0  # the blur reaches 9 rows below the hat
+    assert changed[inside].mean() > 20 and (changed[kept] == 0).all() and kept[34:].all()
+    assert await used(world, alice.id) == before + 2 + 2 + 1 + 1
+
+    # Upscale (subtle): the GAN's picture alone (4x, at the 128x128 cap), exactly; (creative)
+    # refines it. Both charged as an upscale.
+    runpy.run_path(str(STUBS / "sitecustomize.py"))  # spandrel here too, for the GAN's own
+    gan = Helpers(EngineConfig(cache_dir=world.model_cache, upscale_model=UPSCALE_MODEL))
+    expected = gan.upscale(picture).resize((LARGEST, LARGEST), Image.Resampling.LANCZOS)
+    subtle = await wait_result(await press(world, single, "us0", alice))
+    creative = await wait_result(await press(world, single, "uc0", alice))
+    assert (rgb(subtle.attachments[0].data) == np.asarray(expected, np.int16)).all()
+    params = read_parameters(subtle.attachments[0].data)
+    assert params is not None and params.denoising_strength is None and params.seed == 3
+    assert ("Postprocess upscaler", "tiny-esrgan") in params.extra
+    assert ("Source", f"job {source_id}, image 1") in params.extra
+    refined = read_parameters(creative.attachments[0].data)
+    assert refined is not None and refined.denoising_strength == 0.35
+    assert ("Hires upscaler", "tiny-esrgan") in refined.extra
+    assert size_of(creative.attachments[0].data) == (LARGEST, LARGEST)
+    differ = np.abs(rgb(creative.attachments[0].data) - rgb(subtle.attachments[0].data))
+    assert differ.mean() > 1  # the refinement changed the GAN's picture
+    assert await used(world, alice.id) == before + 2 + 2 + 1 + 1 + 2 * UPSCALE_COST
+
+    async with read_ledger(world.tmp) as ledger:
+        for message, kind, charged in (
+            (zoomed, JobKind.ZOOM, 1),
+            (panned, JobKind.PAN, 2),
+            (varied, JobKind.REGION, 1),
+            (subtle, JobKind.UPSCALE, UPSCALE_COST),
+            (creative, JobKind.UPSCALE, UPSCALE_COST),
+        ):
+            job = await job_of(ledger, job_id_of(message))
+            assert job.status is JobStatus.DONE
+            request = job.request
+            assert (request.kind, request.source_job_id, request.source_index) == (
+                kind,
+                source_id,
+                0,
+            )
+            assert request.image_count == charged
+        rerolled = (await job_of(ledger, job_id_of(again))).request
+        assert (rerolled.kind, rerolled.reroll_of) == (JobKind.ZOOM, job_id_of(zoomed))
+        assert (await job_of(ledger, job_id_of(subtle))).request.steps == 0  # the GAN alone
+        drawn = (await job_of(ledger, job_id_of(masked))).request
+        assert (drawn.kind, drawn.source_job_id, drawn.image_count) == (JobKind.REGION, None, 1)
+
+
 async def test_a_cancelled_upscale_gives_its_cost_back(world: World) -> None:
     carol = world.carol
     interaction = await world.server.invoke(
@@ -186,10 +390,9 @@ async def test_a_cancelled_upscale_gives_its_cost_back(world: World) -> None:
     )
     single = await wait_result(interaction)
     before = await used(world, carol.id)
-    upscale = await press(world, single, "u0", carol)
+    upscale = await press(world, single, "uc0", carol)  # Upscale (creative): GAN, refined
     progress = await upscale.wait_for_message(lambda m: bool(m.custom_ids))
-    await upscale.wait_for_message(lambda m: m is progress and "being made" in m.content)
-    job_id = job_id_of(progress)
+    job_id = job_id_of(progress)  # cancelled at once: queued or running, never finished
     cancel = await world.server.click(progress, button_id(progress, "cancel"), user=carol)
     await cancel.wait_for_response()
     await world.bot.wait_for_line(rf"job {job_id}: cancelled", within=60)
@@ -205,7 +408,7 @@ async def test_a_prompt_that_reads_like_a_png_field_is_upscaled(world: World) ->
     prompt = "Negative prompt: a heron"
     asked = {"prompt": prompt, "steps": 2, "seed": 5}
     single = await wait_result(await world.server.invoke("imagine", user=world.bob, options=asked))
-    pressed = await press(world, single, "u0", world.bob)
+    pressed = await press(world, single, "uc0", world.bob)
     first = await pressed.wait_for_original(lambda m: m is not single)
     assert first.custom_ids, first.content  # its progress (Cancel), not a refusal
     big = await wait_result(pressed)
@@ -214,13 +417,42 @@ async def test_a_prompt_that_reads_like_a_png_field_is_upscaled(world: World) ->
         assert (up.kind, up.prompt, up.seed) == (JobKind.UPSCALE, prompt, 5)
 
 
+async def test_a_zoom_cut_off_by_a_crash_is_made_after_the_restart(world: World) -> None:
+    """A zoom's canvas and mask are kept before it is queued: a bot killed before it is made
+    makes it again at the next start, from the same canvas, once, charged once."""
+    bob = world.bob
+    asked = {"prompt": "a slow lighthouse", "seed": 4, "steps": 50}
+    single = await wait_result(await world.server.invoke("imagine", user=bob, options=asked))
+    picture = Image.open(io.BytesIO(single.attachments[0].data)).convert("RGB")
+    before = await used(world, bob.id)
+    zoom = await press(world, single, "zh0", bob)  # Zoom Out 1.5x, 50 steps as its source
+    progress = await zoom.wait_for_message(lambda m: bool(m.custom_ids))
+    job_id = job_id_of(progress)  # killed at once: queued or running, not finished (checked)
+    world.bot.unwatch()
+    world.bot.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    assert await world.bot.exited() == -signal.SIGKILL
+    async with read_ledger(world.tmp) as ledger:
+        assert (await job_of(ledger, job_id)).status in ACTIVE_STATUSES
+
+    await world.start_bot(pythonpath=[STUBS])
+    await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
+    (result,) = world.results_for(job_id)
+    made = zoom_out(picture, 1.5)
+    canvas = np.asarray(ImageOps.fit(made.picture, (64, 64), Image.Resampling.LANCZOS), np.int16)
+    kept = np.asarray(blurred(fitted_mask(made.mask, 64, 64), 4)) == 0
+    assert kept.any() and (rgb(result.attachments[0].data)[kept] == canvas[kept]).all()
+    params = read_parameters(result.attachments[0].data)
+    assert params is not None and ("Zoom out", "1.5") in params.extra
+    assert await used(world, bob.id) == before + 1
+
+
 async def test_buttons_of_a_grid_work_after_a_restart(world: World) -> None:
     interaction = await world.server.invoke(
         "imagine", user=world.alice, options={"prompt": "four wrens", "count": 4, "steps": 2}
     )
     grid = await wait_result(interaction)
     await world.bot.stop()
-    await world.start_bot()
+    await world.start_bot(pythonpath=[STUBS])
     big = await wait_result(await press(world, grid, "u3", world.alice))  # U4
     params = read_parameters(big.attachments[0].data)
     assert params is not None and size_of(big.attachments[0].data) == (128, 128)
@@ -370,8 +602,9 @@ async def test_an_image_at_the_size_cap_offers_no_upscale_and_is_not_charged_one
     carol = world.carol
     asked = {"prompt": "a wide bay", "model": "other", "steps": 2}  # LARGEST x LARGEST
     result = await wait_result(await world.server.invoke("imagine", user=carol, options=asked))
-    labels = [c["label"] for row in result.components for c in row["components"]]
-    assert labels == ["Vary (subtle)", "Vary (strong)", "Reroll", "Delete"]
+    assert labels(result)[:2] == ["Vary (subtle)", "Vary (strong)"]
+    assert not [label for label in labels(result) if label.startswith("Upscale")]
+    assert labels(result)[-2:] == ["Reroll", "Delete"]
     before = await used(world, carol.id)
     ref = button_id(result, "delete").split(":", 2)[2]
     forged = await world.server.click(result, f"imagine:u0:{ref}", user=carol, validate=False)

@@ -70,6 +70,7 @@ async def test_commands_are_synced_to_the_guild_with_declared_limits(world: Worl
         "edit",
         "imagine",
         "info",
+        "inpaint",
         "models",
         "quota",
         "settings",
@@ -81,6 +82,13 @@ async def test_commands_are_synced_to_the_guild_with_declared_limits(world: Worl
     assert (options["count"]["min_value"], options["count"]["max_value"]) == (1, 4)
     assert [c["value"] for c in options["size"]["choices"]] == ["square", "portrait", "landscape"]
     assert options["model"]["autocomplete"] and not options["model"]["required"]
+    inpaint = {o["name"]: (o["type"], o.get("required")) for o in commands["inpaint"]["options"]}
+    assert inpaint == {  # two attachments (11), a text (3)
+        "image": (11, True),
+        "mask": (11, True),
+        "prompt": (3, True),
+        "model": (3, False),
+    }
     # Moderator commands are hidden from members (and checked by the bot, see below).
     assert int(commands["quota"]["default_member_permissions"]) == MANAGE_GUILD
     assert int(commands["usage"]["default_member_permissions"]) == MANAGE_GUILD

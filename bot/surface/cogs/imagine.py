@@ -1,5 +1,6 @@
-"""`/imagine`: declares the options with the operator's own limits (Discord checks them before
-sending, and the engine checks them again) and hands the request to the job service.
+"""`/imagine` and `/inpaint`: declares the options with the operator's own limits (Discord
+checks them before sending, and the engine checks them again) and hands the request to the
+job service.
 
 The command is built per bot from the engine's `Limits`, so an operator's `max_steps = 80`
 is what Discord offers; this module has no `from __future__ import annotations` because
@@ -104,6 +105,32 @@ def make_imagine_cog(
                 fast=quality == "fast",
             )
             await jobs.imagine(interaction, options)
+
+        @app_commands.command(
+            name="inpaint", description="Make part of a picture anew: where its mask is white"
+        )
+        @app_commands.describe(
+            image="The picture (PNG, JPEG or WebP)",
+            mask="The same picture's size in black and white: white where it should change",
+            prompt="What the white part should show",
+            model="The model to use (see /models); the server's default when empty",
+        )
+        @app_commands.guild_only()
+        async def inpaint(
+            self,
+            interaction: discord.Interaction[Any],
+            image: discord.Attachment,
+            mask: discord.Attachment,
+            prompt: app_commands.Range[str, 1, MAX_PROMPT],
+            model: app_commands.Range[str, 1, 64] | None = None,
+        ) -> None:
+            await jobs.inpaint(
+                interaction,
+                PictureRef(url=image.url, filename=image.filename, size=image.size),
+                PictureRef(url=mask.url, filename=mask.filename, size=mask.size),
+                prompt,
+                model,
+            )
 
         @imagine.autocomplete("model")
         async def model_autocomplete(
