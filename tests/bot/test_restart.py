@@ -183,7 +183,7 @@ async def test_sigterm_under_a_deep_queue_stops_in_time_and_loses_nothing(world:
             "imagine",
             user=user,
             channel=world.art,
-            options={"prompt": f"a crowd {n}", "steps": 20, "seed": n},
+            options={"prompt": f"a crowd {n}", "steps": 8, "seed": n},
         )
         for n in range(BURST_EACH)
         for user in users
