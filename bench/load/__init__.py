@@ -24,6 +24,8 @@ Measured:
 
     python -m bench.load_bench [--users 200] [--duration 10] [--steps 2] [--profile] [--docs]
 
+`--stop-after S` measures a stop under load instead: the burst, then SIGTERM S seconds
+later, and one line saying how long the bot took to exit with how many jobs queued.
 `--profile` samples the bot with py-spy during the load (`pip install py-spy`); the loop
 stall sampler and the ledger timings of `bench.botprobe` run always (`--plain` runs the bare
 `imagine-bot`).

@@ -258,6 +258,13 @@ class Load:
                 sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
 
+    async def send_all(self) -> None:
+        """Send every command at its seeded time and return (no buttons, no waiting for the
+        jobs): the burst a `--stop-after` run stops the bot under."""
+        start = time.perf_counter()
+        self.started_wall = time.time()
+        await self._send(self.schedule(), start)
+
     async def _send(self, events: list[tuple[float, str, int]], start: float) -> None:
         for at, kind, index in events:
             delay = start + at - time.perf_counter()

@@ -8,6 +8,7 @@ import asyncio
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -30,7 +31,7 @@ from .probes import (
 )
 from .report import profile_text, table
 
-__all__ = ["fail_without_delivery", "main", "parser", "run"]
+__all__ = ["fail_without_delivery", "main", "parser", "run", "stop_run"]
 
 RESULTS_PROFILE = RESULTS / "load_bench.pyspy.txt"
 RESULTS_LOG = RESULTS / "load_bench.bot.log"
@@ -58,6 +59,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-profile", action="store_true", help="copy py-spy's raw stacks")
     p.add_argument("--keep-log", action="store_true", help="save the bot's output")
     p.add_argument("--model-cache", default="", help="builtin:tiny cache folder")
+    p.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="instead of waiting for the jobs: SIGTERM the bot S seconds after the burst was "
+        "sent and time its exit (nothing saved)",
+    )
+    p.add_argument(
+        "--stop-within", type=float, default=120.0, help="with --stop-after: SIGKILL after"
+    )
     p.add_argument(
         "--docs",
         "--readme",
@@ -185,6 +197,57 @@ async def load_phase(
     }
 
 
+async def stop_run(args: argparse.Namespace) -> str:
+    """Stopping under load: the burst, `--stop-after` seconds, SIGTERM; one line saying how
+    long the bot took to exit, with how many jobs the ledger held queued and running, and
+    how many it still holds open after the exit (left to the next start)."""
+    cache = await tiny_cache(args.model_cache)
+    with tempfile.TemporaryDirectory(prefix="imagine-stop-") as tmp_name:
+        tmp = Path(tmp_name)
+        async with open_world(
+            tmp,
+            cache,
+            guild="Load Club",
+            channels=[f"art-{k}" for k in range(args.channels)],
+            users=[f"user{i:04d}" for i in range(args.users)],
+            default_timeout=30,
+            heartbeat_interval_ms=args.heartbeat_ms,
+            clean=False,
+        ) as world:
+            bot = configure(args, world, tmp)
+            await bot.start()
+            await bot.ready()
+            channels, users = list(world.channels.values()), list(world.users.values())
+            rng = random.Random(args.seed)
+            load = Load(world.server, args, channels, users, rng)
+            print(f"stop: {args.users} /imagine over {args.duration:g} s", flush=True)
+            await load.send_all()
+            await asyncio.sleep(args.stop_after)  # a length of time, not an event
+            rows = await asyncio.to_thread(read_jobs, database_file(tmp))
+            queued = sum(r["status"] == "queued" for r in rows)
+            running = sum(r["status"] == "running" for r in rows)
+            bot.unwatch()
+            assert bot.process is not None
+            signalled = time.perf_counter()
+            bot.process.send_signal(signal.SIGTERM)
+            try:
+                code = await bot.exited(args.stop_within)
+                how = f"stopped in {time.perf_counter() - signalled:.1f} s (exit {code})"
+            except TimeoutError:
+                bot.process.kill()
+                await bot.exited(30)
+                how = f"NOT stopped within {args.stop_within:g} s: killed"
+            after = await asyncio.to_thread(read_jobs, database_file(tmp))
+            left = sum(r["status"] in ("queued", "running") for r in after)
+            if args.keep_log:
+                RESULTS_LOG.parent.mkdir(parents=True, exist_ok=True)
+                RESULTS_LOG.write_text(bot.output + "\n")
+            return (
+                f"{how} with {queued} queued and {running} running of {len(rows)} jobs; "
+                f"{left} left open for the next start"
+            )
+
+
 def fail_without_delivery(name: str, result: dict[str, Any]) -> None:
     """Exit with status 1 and one line when the run saw no result delivered: its figures
     measure nothing (a bot that cannot deliver, or a benchmark that cannot see it)."""
@@ -198,6 +261,9 @@ def fail_without_delivery(name: str, result: dict[str, Any]) -> None:
 
 def main() -> None:
     args = parser().parse_args()
+    if args.stop_after is not None:
+        print(asyncio.run(stop_run(args)))
+        return
     started = time.perf_counter()
     result = asyncio.run(run(args))
     result["wall_seconds"] = time.perf_counter() - started

@@ -180,7 +180,10 @@ class JobRun:
             while True:
                 done, _ = await asyncio.wait({result}, timeout=self.progress_interval)
                 progress = job.progress
-                if progress.state is not JobState.QUEUED and not marked_running:
+                # Started; not a job failed in the queue (a shutdown fails every queued
+                # job at once: recording each as running would be a write per job).
+                started = job.started_at is not None or progress.state is JobState.DONE
+                if started and not marked_running:
                     marked_running = True
                     waited = (job.started_at or job.submitted_at) - job.submitted_at
                     log.info("job %d: running after %.1f s in the queue", self.id, waited)
@@ -365,7 +368,6 @@ class JobRun:
         done = await persist(
             "its delivery", self.id, lambda: ledger.mark_done(self.id, message_id=message.id)
         )
-        self.recorded.set()
         if done:
             self._ended(JobStatus.DONE, True)
         else:
@@ -378,6 +380,7 @@ class JobRun:
         log.info(
             "job %d: delivered %d image(s), message %d", self.id, len(verdict.post), message.id
         )
+        self.recorded.set()  # and its price: a shutdown waits for this much, not the edit below
         with contextlib.suppress(TokenGone, discord.HTTPException):
             await self.target.progress(
                 f"Job #{self.id} is done: {_jump_url(record, message.id)}",

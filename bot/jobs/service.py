@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from engine import ImageRequest, Job
+from engine import ImageRequest, Job, JobState
 
 from ..errors import ShuttingDown
 from ..ledger import JobKind, JobRecord, JobRef, LedgerError
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 #: How long a shutdown waits for results being posted right now.
 SHUTDOWN_GRACE = 10.0
+#: How long a shutdown lets requests being queued right now finish before it cancels them:
+#: under a burst hundreds wait for the ledger, and a stop must not wait for all of them.
+ADMISSION_GRACE = 1.0
 #: How long a button press on a result being recorded waits for the ledger.
 DELIVERY_RECORD_WAIT = 30.0
 #: How long a shutdown waits to tell a user that their job will resume after the restart.
@@ -165,6 +168,9 @@ class JobService:
         self._submitted[record.id] = (record, engine_job)
         try:
             target, shown = await self._progress_message(interaction, record, engine_job)
+        except asyncio.CancelledError:  # a shutdown: the ledger keeps the job for the next start
+            engine_job.cancel()
+            raise
         finally:
             self._submitted.pop(record.id, None)
         run = JobRun(
@@ -214,24 +220,52 @@ class JobService:
     async def shutdown(self) -> None:
         """Stop taking work; leave unfinished jobs to the next start (see the module doc).
 
-        Results being posted right now are let finish; every other job is stopped without
-        touching the ledger, and its requester is told it will resume.
+        Results being posted right now are let finish (until the ledger records them, for
+        `SHUTDOWN_GRACE` at most); every other job is stopped without touching the ledger,
+        and its requester is told it will resume while the channel's edit budget lasts
+        (running jobs first): a deep queue adds no wait.
         """
         self.accepting = False
-        if self._admitting:  # requests being queued right now: let them register their run
-            await asyncio.wait(set(self._admitting), timeout=SHUTDOWN_GRACE)
+        await self._stop_admitting()
         runs = list(self._runs.values())
-        paused = [run for run, task in runs if not run.delivering]
+        delivering = [run for run, _task in runs if run.delivering]
+        paused = [run for run, _task in runs if not run.delivering]
+        # Told first: the requesters of the jobs being made (the queue's are told while the
+        # channel's edit budget lasts; a stop never waits for it).
+        paused.sort(key=lambda run: run.engine_job.progress.state is not JobState.RUNNING)
         for run, task in runs:
             if not run.delivering:
                 task.cancel()
-            run.engine_job.cancel()  # frees the worker sooner; the ledger keeps the job
+                run.engine_job.cancel()  # frees the worker sooner; the ledger keeps the job
+        if delivering:  # their result and its record, not the edit that links to it
+            recorded = [asyncio.create_task(run.recorded.wait()) for run in delivering]
+            _done, waiting = await asyncio.wait(recorded, timeout=SHUTDOWN_GRACE)
+            for waiter in waiting:
+                waiter.cancel()
+            for _run, task in runs:  # a result not recorded yet is reconciled at the next start
+                task.cancel()
         if runs:
             await asyncio.wait([task for _run, task in runs], timeout=SHUTDOWN_GRACE)
         restarting = "The bot is restarting; job #{} will resume when it is back."
-        notes = [run.show(restarting.format(run.id), must=True) for run in paused]
+        notes = [run.show(restarting.format(run.id)) for run in paused]
         if notes:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     asyncio.gather(*notes, return_exceptions=True), SHUTDOWN_NOTE
                 )
+
+    async def _stop_admitting(self) -> None:
+        """Let requests being queued right now register their run for `ADMISSION_GRACE`,
+        then cancel the rest, so that no run starts after the shutdown looked. A cancelled
+        admission either reserved its job (left `queued` in the ledger: the next start runs
+        it, answering its interaction) or charged nothing: the ledger's transaction is whole
+        or not at all."""
+        if not self._admitting:
+            return
+        await asyncio.wait(set(self._admitting), timeout=ADMISSION_GRACE)
+        late = set(self._admitting)
+        if late:
+            log.info("shutting down: %d request(s) still being queued are left", len(late))
+            for task in late:
+                task.cancel()
+            await asyncio.wait(late, timeout=SHUTDOWN_GRACE)

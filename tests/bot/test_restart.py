@@ -8,6 +8,7 @@ images are posted as spoilers.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -16,10 +17,10 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import update
 
-from bot.ledger import ACTIVE_STATUSES, JobStatus
+from bot.ledger import ACTIVE_STATUSES, JobRecord, JobStatus, Ledger
 from bot.ledger.models import Job
 from engine import read_parameters
-from testkit.discord_server import DEFAULT_BOT_PERMISSIONS, DEFAULT_MEMBER_PERMISSIONS
+from testkit.discord_server import DEFAULT_BOT_PERMISSIONS, DEFAULT_MEMBER_PERMISSIONS, User
 from testkit.discord_server.flags import SEND_MESSAGES
 from testkit.jobs import (
     JOB_TIMEOUT,
@@ -29,6 +30,7 @@ from testkit.jobs import (
     result_of,
     wait_result,
 )
+from testkit.process import BotProcess
 from testkit.world import NewWorld, World
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -139,3 +141,97 @@ async def test_buttons_work_after_a_restart_and_sigterm_keeps_unfinished_jobs(
         job = await job_of(ledger, job_id)
         # Not failed, not refunded: the next start runs it again.
         assert job.status in ACTIVE_STATUSES and job.request.interaction_token is not None
+
+
+#: Members sending a burst of /imagine, and how many each sends: a deep queue.
+BURST_USERS, BURST_EACH = 10, 20
+#: Jobs queued (their progress message shown) when the stop comes; the rest of the burst is
+#: still being queued.
+QUEUED_AT_STOP = 20
+#: A stop under load ends within this, whatever the queue's length: the bot waits 1 s for
+#: requests being queued, and a second or two to exit (the deployment gives 60 s; before
+#: the stop left the queue alone, this burst took 7 to 8 s here).
+STOP_UNDER_LOAD = 6.0
+
+
+async def _stop_timed(bot: BotProcess) -> float:
+    """SIGTERM; the seconds until the bot exited, with status 0."""
+    loop = asyncio.get_running_loop()
+    bot.unwatch()
+    assert bot.process is not None
+    bot.process.send_signal(signal.SIGTERM)
+    signalled = loop.time()
+    assert await bot.exited(60) == 0, bot.output[-3000:]
+    return loop.time() - signalled
+
+
+async def test_sigterm_under_a_deep_queue_stops_in_time_and_loses_nothing(world: World) -> None:
+    """A burst of 200 /imagine, stopped while most are still being queued, then again once
+    the next start has taken them all back: each stop ends within `STOP_UNDER_LOAD`; every
+    job is kept for the next start and counted once, and what is delivered is posted once."""
+    server = world.server
+    users = [world.add_user(f"crowd{n}") for n in range(BURST_USERS)]
+    world.configure(
+        guild_ids=[world.guild.id, world.quiet.id],
+        engine={"model": "builtin:tiny-flagging", "max_queue": 1024},
+        moderation={"flagged_images": "spoiler", "commands_per_minute": 0},
+        quota={"daily_images": 1000, "max_queued_per_user": BURST_EACH},
+    )
+    bot = await world.start_bot()
+    asked = [
+        await server.invoke(
+            "imagine",
+            user=user,
+            channel=world.art,
+            options={"prompt": f"a crowd {n}", "steps": 8, "seed": n},
+        )
+        for n in range(BURST_EACH)
+        for user in users
+    ]
+
+    def queued() -> int:
+        return sum(1 for i in asked if i.original is not None and i.original.custom_ids)
+
+    await server.wait_until(
+        lambda: queued() >= QUEUED_AT_STOP, timeout=JOB_TIMEOUT, what="a deep queue"
+    )
+    took = await _stop_timed(bot)
+    assert took < STOP_UNDER_LOAD, f"stopped in {took:.1f} s\n" + bot.output[-3000:]
+    assert not (world.tmp / "imagine.db-journal").exists()  # no write was cut off
+    async with read_ledger(world.tmp) as ledger:
+        kept = {job.id: job.status for job in await _jobs_of(ledger, world, users)}
+        active = len(await ledger.active_jobs())
+    # Queued ones are kept for the next start: none failed nor refunded.
+    assert len(kept) >= QUEUED_AT_STOP
+    assert set(kept.values()) <= {*ACTIVE_STATUSES, JobStatus.DONE}, kept
+
+    # The next start takes every kept job back; stopped again under that deep queue.
+    bot = await world.start_bot()
+    line = await bot.wait_for_line(r"recovered \d+ job\(s\):", within=JOB_TIMEOUT)
+    assert f"recovered {active} job(s):" in line
+    await bot.wait_for_line(r"job \d+: delivered", within=JOB_TIMEOUT)
+    took = await _stop_timed(bot)
+    assert took < STOP_UNDER_LOAD, f"stopped in {took:.1f} s\n" + bot.output[-3000:]
+
+    async with read_ledger(world.tmp) as ledger:
+        jobs = await _jobs_of(ledger, world, users)
+        assert {job.id for job in jobs} == set(kept)  # nothing admitted twice, nothing lost
+        for job in jobs:
+            posted = world.results_for(job.id)
+            if job.status is JobStatus.DONE:
+                assert [m.id for m in posted] == [job.message_id]  # delivered once
+            else:  # left for the next start: neither failed nor refunded, never posted
+                assert job.status in ACTIVE_STATUSES and posted == [], job
+        assert any(job.status is JobStatus.DONE for job in jobs)
+        for user in users:
+            status = await ledger.user_status(world.guild.id, user.id)
+            mine = [job for job in jobs if job.request.user_id == user.id]
+            assert status.used == len(mine)  # each counted once, across both stops
+
+
+async def _jobs_of(ledger: Ledger, world: World, users: list[User]) -> list[JobRecord]:
+    return [
+        job
+        for user in users
+        for job in await ledger.jobs_for_user(world.guild.id, user.id, limit=BURST_EACH + 1)
+    ]
