@@ -87,7 +87,7 @@ BOT_LAYERS: tuple[tuple[str, ...], ...] = (
     ("bot.services",),
     ("bot.images", "bot.moderation", "bot.ops"),
     ("bot.config", "bot.errors"),
-    ("bot.ledger", "bot.timing", "bot.state_dir"),
+    ("bot.ledger", "bot.timing", "bot.state_dir", "bot.canvas_settings"),
 )
 
 
