@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _canvas_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    """`zoom`, `pan` and `inpaint`: a picture made anew around or inside itself."""
+    """`zoom`, `pan`, `inpaint` and `fix`: a picture made anew around or inside itself."""
     zoom = _sub(
         sub,
         "zoom",
@@ -264,6 +264,29 @@ def _canvas_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         ],
         common,
     )
+    fix = _sub(
+        sub,
+        "fix",
+        "fix the faces in a picture",
+        [
+            "Each face the detector finds ([fix] detector, or --detector) is made again at a",
+            'low strength ("Only masked"); the rest of the picture is kept as it is.',
+        ],
+        ["imagine-bot fix portrait.png              # writes portrait-fix.png"],
+        common,
+    )
+    fix.add_argument("image", help="a PNG, JPEG or WebP (its parameters, if any, are used)")
+    fix.add_argument("--detector", help="the face detector, a hub id or folder ([fix] detector)")
+    fix.add_argument("--threshold", type=float, help="the score a face needs, 0 to 1 (0.5)")
+    for name, text in (
+        ("--config", ONE_SHOT_CONFIG),
+        ("--model", "a configured model's name, or a hub id or folder"),
+        ("--device", "auto, cuda, mps or cpu (overrides the config)"),
+        ("--prompt", "the prompt (default: the picture's own)"),
+        ("--out", "output .png or .jpg (default: the input's name with -fix.png)"),
+    ):
+        fix.add_argument(name, help=text)
+    fix.add_argument("--seed", type=int, help="seed (random when omitted)")
     for cmd in (zoom, pan_, inpaint):
         cmd.add_argument("image", help="a PNG, JPEG or WebP (its parameters, if any, are used)")
     zoom.add_argument("--factor", type=float, default=2.0, help="1.1 to 4 (default: 2)")
@@ -297,7 +320,8 @@ def _canvas_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 def default_to_run(argv: Sequence[str]) -> list[str]:
     """`imagine-bot --config x.toml` means `imagine-bot run --config x.toml`."""
     args = list(argv)
-    commands = ("run", "generate", "upscale", "describe", "zoom", "pan", "inpaint", "doctor")
+    commands = ("run", "generate", "upscale", "describe", "zoom", "pan", "inpaint", "fix")
+    commands += ("doctor",)
     commands += ("-h", "--help", "--version")
     if any(a in commands for a in args):
         return args

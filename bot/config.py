@@ -19,6 +19,7 @@ from engine import EngineConfig, LoraSpec, ModelSpec
 from engine.cluster import RayConfig
 from engine.config import DescribeConfig
 
+from .canvas_settings import FixSettings, RegionSettings, UpscaleSettings, canvas_models
 from .ledger.identity import marker_name
 from .ledger.shards import Shards
 from .state_dir import default_state_dir, sqlite_file, sqlite_in
@@ -133,23 +134,6 @@ class OpsSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class RegionSettings:
-    """`[region]`: the text-prompted segmentation model of Vary (Region) (a CLIPSeg hub id
-    or folder, or builtin:tiny-clipseg); it becomes `[engine]`'s `region_model`."""
-
-    model: str = EngineConfig.region_model
-
-
-@dataclass(frozen=True, slots=True)
-class UpscaleSettings:
-    """`[upscale]`: the GAN upscaler file (ESRGAN family, read by spandrel: the `upscale`
-    extra), or builtin:tiny-esrgan; empty: upscales are resized, then refined. It becomes
-    `[engine]`'s `upscale_model`."""
-
-    model: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class BotConfig:
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     paths: PathsSettings = field(default_factory=PathsSettings)
@@ -201,8 +185,10 @@ _SECTIONS: dict[str, type] = {
     "ops": OpsSettings,
     "ray": RayConfig,  # the Ray backend's own settings (engine/cluster/config.py)
     "describe": DescribeConfig,  # a part of [engine] (engine/config.py), in a table of its own
-    "region": RegionSettings,  # folded into [engine] (`_canvas_models`)
+    # The canvas's helper models, folded into [engine] (`canvas_settings.canvas_models`)
+    "region": RegionSettings,
     "upscale": UpscaleSettings,
+    "fix": FixSettings,
 }
 
 
@@ -380,26 +366,6 @@ def _near(path: Path | None, specs: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _canvas_models(sections: dict[str, Any], path: Path | None) -> None:
-    """`[region] model` and `[upscale] model` as the engine's `region_model` and
-    `upscale_model` (a file relative to the config file made absolute)."""
-    region = sections.pop("region", None)
-    upscale = sections.pop("upscale", None)
-    if region is None and upscale is None:
-        return
-    engine = sections.get("engine", EngineConfig())
-    changes: dict[str, str] = {}
-    if region is not None:
-        changes["region_model"] = region.model
-    if upscale is not None:
-        model = upscale.model
-        near = path.parent / Path(model).expanduser() if path is not None and model else None
-        if near is not None and not Path(model).expanduser().is_absolute() and near.exists():
-            model = str(near.resolve())
-        changes["upscale_model"] = model
-    sections["engine"] = replace(engine, **changes)
-
-
 def parse_config(
     data: dict[str, Any],
     path: Path | None = None,
@@ -432,7 +398,7 @@ def parse_config(
         engine = sections.get("engine") or EngineConfig()
         sections["engine"] = replace(engine, describe=sections.pop("describe"))
     state_from = _with_state_dir(sections, path, environ) if path is not None else ""
-    _canvas_models(sections, path)
+    canvas_models(sections, path)
     config = BotConfig(**sections, path=path, state_from=state_from)
     problems += _check(config)
     if problems:

@@ -11,6 +11,8 @@ anywhere.
 - `region_mask`: a segmentation model's scores (`vision.segment`) as a mask, grown a little.
 - `box_masks` / `merge_fixes`: the face fix's masks, one per detected box, and the fixed
   areas pasted into one picture (each fix is its own "Only masked" request, so they batch).
+- `fix_canvas`: the face fix as one request: every face's mask in one, which the "Only
+  masked" inpaint crops around (one job, one charge, one mask kept for a restart).
 
 The new border starts as the picture stretched and blurred (A1111's "fill": its colours, no
 detail), which the inpaint pipeline then makes anew at full strength.
@@ -31,12 +33,15 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 __all__ = [
+    "FIX_OFF",
     "MAX_ZOOM",
     "MIN_ZOOM",
+    "NO_FACES",
     "PAN_SHARE",
     "Canvas",
     "Direction",
     "box_masks",
+    "fix_canvas",
     "merge_fixes",
     "pan",
     "region_mask",
@@ -49,6 +54,9 @@ MIN_ZOOM = 1.1
 MAX_ZOOM = 4.0
 #: Pan extends the picture by this share of its width (or height).
 PAN_SHARE = 0.5
+#: The face fix's refusals: none configured, none found (both before anything is charged).
+FIX_OFF = "Fixing faces is off here: no face detector is configured ([fix] detector)."
+NO_FACES = "No faces were found in the picture, so there is nothing to fix. Nothing was charged."
 
 
 class Direction(enum.StrEnum):
@@ -179,3 +187,20 @@ def merge_fixes(
         grown = mask.filter(ImageFilter.MaxFilter(2 * reach + 1)) if reach > 0 else mask
         out = PILImage.composite(image.convert("RGB"), out, grown)
     return out
+
+
+def fix_canvas(
+    picture: Image, boxes: Sequence[tuple[int, int, int, int]], *, detector: str = ""
+) -> Canvas:
+    """The face fix's canvas: `picture` with every box's mask (`box_masks`) in one, and the
+    fields ADetailer writes; `InvalidRequest` when there are no boxes (no face found)."""
+    from PIL import ImageChops
+
+    if not boxes:
+        raise InvalidRequest("fix", NO_FACES)
+    masks = box_masks(picture.size, boxes)
+    merged = masks[0]
+    for mask in masks[1:]:
+        merged = ImageChops.lighter(merged, mask)
+    fields = (("ADetailer model", detector),) if detector else ()
+    return Canvas(picture.convert("RGB"), merged, (*fields, ("Faces fixed", str(len(boxes)))))

@@ -79,6 +79,11 @@ class EngineClient(Protocol):
         none is configured."""
         ...
 
+    async def detect_faces(self, image: Image) -> list[tuple[int, int, int, int]]:
+        """The faces' boxes in `image`, best first (`[fix] detector`; empty: none found);
+        `InvalidRequest` when no detector is configured."""
+        ...
+
     # The models
     @property
     def default_model(self) -> str: ...

@@ -287,6 +287,11 @@ class EngineConfig:
     # the GAN upscaler (`[upscale] model`: an ESRGAN-family file; empty: no GAN).
     region_model: str = "CIDAS/clipseg-rd64-refined"
     upscale_model: str = ""
+    # The face fix's detector (`[fix] detector`: a transformers object-detection hub id or
+    # folder, a face fine-tune of DETR or YOLOS; empty: no face fix) and the score a box
+    # needs to count as a face (`[fix] threshold`).
+    fix_detector: str = ""
+    fix_threshold: float = 0.5
 
     @property
     def model_specs(self) -> tuple[ModelSpec, ...]:
@@ -366,6 +371,8 @@ class EngineConfig:
         out += self._model_problems()
         if self.max_count < 1:
             out.append("max_count must be at least 1")
+        if not 0.0 < self.fix_threshold < 1.0:  # NaN fails too
+            out.append(f"fix threshold must be between 0 and 1, not {self.fix_threshold:g}")
         if self.max_batch_size < self.max_count:
             out.append(
                 f"max_batch_size ({self.max_batch_size}) must be at least max_count "

@@ -12,7 +12,7 @@ from collections.abc import Collection
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from .canvas import Canvas
+from .canvas import Canvas, fix_canvas
 from .config import Limits
 from .errors import InvalidRequest
 from .inpaint import DEFAULT_INPAINT_STRENGTH
@@ -31,6 +31,7 @@ __all__ = [
     "UPSCALE_FACTOR",
     "UPSCALE_STRENGTH",
     "canvas_request",
+    "fix_request",
     "upscale_request",
     "upscaled_size",
     "variation_request",
@@ -193,4 +194,34 @@ def canvas_request(
         mask=canvas.mask,
         inpaint_padding=padding,
         parameters=tuple(extra),
+    )
+
+
+def fix_request(
+    source: Parameters,
+    image: Image,
+    boxes: Collection[tuple[int, int, int, int]],
+    limits: Limits,
+    *,
+    detector: str = "",
+    seed: int | None = None,
+    user: str = "",
+    origin: str | None = None,
+    models: Collection[str] = (),
+) -> ImageRequest:
+    """The face fix of `image` (ADetailer's recipe): every detected face's mask in one,
+    inpainted "Only masked" (`FIX_PADDING` around the faces, at the model's area) at
+    `FIX_STRENGTH` with the source's prompt; the rest of the picture stays its own.
+    `InvalidRequest` when `boxes` is empty (no face found: nothing to charge)."""
+    canvas = fix_canvas(image, list(boxes), detector=detector)
+    return canvas_request(
+        source,
+        canvas,
+        limits,
+        strength=FIX_STRENGTH,
+        padding=FIX_PADDING,
+        seed=seed,
+        user=user,
+        origin=origin,
+        models=models,
     )

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .canvas import FIX_OFF
 from .catalog import ModelCatalog, ModelInfo
 from .client import Checked
 from .config import EngineConfig
@@ -211,6 +212,13 @@ class Engine(ModelCatalog):
         if not self.config.upscale_model:
             raise InvalidRequest("upscale", "No GAN upscaler is configured ([upscale] model).")
         return await self._live_worker().gan_upscale(image)
+
+    async def detect_faces(self, image: Any) -> list[tuple[int, int, int, int]]:
+        """The faces' boxes in `image`, best first (`[fix] detector`, run on the worker thread
+        between ticks; empty: none found); `InvalidRequest` when no detector is configured."""
+        if not self.config.fix_detector:
+            raise InvalidRequest("fix", FIX_OFF)
+        return await self._live_worker().detect(image)
 
     def _live_worker(self) -> Worker:
         if self._dead is not None:

@@ -1,9 +1,12 @@
 """Tiny random-weight helper models of the canvas, built in code for offline runs and tests:
 `builtin:tiny-clipseg` (a CLIPSeg text-prompted segmentation model, the tiny models' CLIP
-tokenizer, saved as a transformers folder) and `builtin:tiny-esrgan` (an ESRGAN generator,
+tokenizer, saved as a transformers folder), `builtin:tiny-esrgan` (an ESRGAN generator,
 RRDBNet-shaped, 4x, saved as a `.pth` state dict in the original ESRGAN's key layout, which
-spandrel recognises). Each is saved once to the cache folder and loaded back the way a real
-one is (`from_pretrained`, spandrel's `ModelLoader`). Their outputs are noise, by design.
+spandrel recognises) and `builtin:tiny-face-detector` (a YOLOS object detector with one
+label, "face", whose heads are biased so that it finds a box of about a third of the picture
+near its middle, scored near 0.88: a test picture always has one "face"). Each is saved once
+to the cache folder and loaded back the way a real one is (`from_pretrained`, spandrel's
+`ModelLoader`). Their outputs are noise, by design.
 """
 
 from __future__ import annotations
@@ -13,7 +16,13 @@ from pathlib import Path
 
 from .tiny_parts import clip_tokenizer
 
-__all__ = ["VISION_BUILTINS", "build_clipseg", "build_esrgan", "vision_builtin"]
+__all__ = [
+    "VISION_BUILTINS",
+    "build_clipseg",
+    "build_esrgan",
+    "build_face_detector",
+    "vision_builtin",
+]
 
 
 def build_clipseg(root: Path, *, seed: int = 7) -> None:
@@ -99,10 +108,49 @@ def build_esrgan(root: Path, *, seed: int = 8) -> None:
     tmp.rename(root) if not root.exists() else None
 
 
+def build_face_detector(root: Path, *, seed: int = 9) -> None:
+    """A YOLOS detector shaped like transformers' own tests (32 wide, 8-pixel patches, two
+    layers, three detection tokens) with one label, "face". Random weights would score every
+    box about 0.5 and place it anywhere: the last layers of both heads are scaled down and
+    biased, so the scores sit near 0.88 (the default threshold passes them, 0.95 does not)
+    and the boxes are about a third of each side, near the middle."""
+    import math
+
+    import torch
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
+
+    torch.manual_seed(seed)
+    config = YolosConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=[32, 32],
+        patch_size=8,
+        num_detection_tokens=3,
+        id2label={0: "face"},
+        label2id={"face": 0},
+    )
+    model = YolosForObjectDetection(config).eval()
+    with torch.no_grad():
+        classes = model.class_labels_classifier.layers[-1]
+        classes.weight.mul_(0.05)
+        classes.bias.copy_(torch.tensor([2.0, 0.0]))  # softmax: "face" ~0.88, "no object"
+        boxes = model.bbox_predictor.layers[-1]
+        third = math.log(0.3 / 0.7)  # sigmoid -> 0.3 of the side
+        boxes.bias.copy_(torch.tensor([0.0, 0.0, third, third]))  # centre x, y; width, height
+    images = YolosImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    images.save_pretrained(tmp)
+    tmp.rename(root) if not root.exists() else None
+
+
 #: Builtin name -> (its builder, the file or folder a loader reads in its folder).
 VISION_BUILTINS = {
     "builtin:tiny-clipseg": (build_clipseg, ""),
     "builtin:tiny-esrgan": (build_esrgan, "model.pth"),
+    "builtin:tiny-face-detector": (build_face_detector, ""),
 }
 
 

@@ -1,11 +1,12 @@
 """The canvas's helper models, beside the image models: a text-prompted segmentation model
-(CLIPSeg, `[region] model`: "the hat" -> where the hat is) and a GAN upscaler (an ESRGAN-family
+(CLIPSeg, `[region] model`: "the hat" -> where the hat is), a GAN upscaler (an ESRGAN-family
 file, `[upscale] model`, read by spandrel, which knows the common `.pth`/`.safetensors`
-upscaler layouts).
+upscaler layouts) and the face fix's detector (`[fix] detector`: any transformers object
+detection model, DETR or YOLOS fine-tuned on faces).
 
 Each is loaded on first use and run on the engine's worker thread, between ticks: the GPU
-has one owner (`worker.Worker`). Builtins (`builtin:tiny-clipseg`, `builtin:tiny-esrgan`:
-`tiny_vision.py`) run offline.
+has one owner (`worker.Worker`). Builtins (`builtin:tiny-clipseg`, `builtin:tiny-esrgan`,
+`builtin:tiny-face-detector`: `tiny_vision.py`) run offline.
 """
 
 from __future__ import annotations
@@ -22,9 +23,14 @@ from .devices import pick_device, pick_dtype
 from .errors import EngineError
 from .tiny_vision import VISION_BUILTINS, vision_builtin
 
-__all__ = ["Helpers"]
+__all__ = ["MAX_FACES", "Box", "Helpers"]
 
 log = logging.getLogger(__name__)
+
+#: A detected box, in pixels: left, top, right, bottom.
+Box = tuple[int, int, int, int]
+#: The face fix fixes at most this many faces in a picture (the highest scores).
+MAX_FACES = 16
 
 
 class Helpers:
@@ -34,6 +40,7 @@ class Helpers:
         self.config = config
         self._segmenter: tuple[Any, Any] | None = None
         self._upscaler: Any = None
+        self._detector: tuple[Any, Any, frozenset[int] | None] | None = None
 
     def _where(self, source: str) -> str:
         if source in VISION_BUILTINS:
@@ -87,3 +94,52 @@ class Helpers:
             out = model(tensor.to(device=model.device, dtype=model.dtype))
         array = out[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
         return Image.fromarray(np.rint(array * 255).astype(np.uint8))
+
+    def detect(self, image: Any) -> list[Box]:
+        """The faces in `image` (`[fix] detector`): boxes scoring at least `[fix] threshold`,
+        best first, at most `MAX_FACES`, clipped to the picture (tiny ones and repeats of one
+        face dropped). A model
+        whose labels name faces counts only those; one without such labels, all of them."""
+        if self._detector is None:
+            from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+            source = self._where(self.config.fix_detector)
+            log.info("loading the face detector %s", self.config.fix_detector)
+            device = pick_device(self.config.device)
+            model = AutoModelForObjectDetection.from_pretrained(source).to(device).eval()
+            labels = model.config.id2label or {}
+            faces = frozenset(i for i, name in labels.items() if "face" in str(name).lower())
+            processor = AutoImageProcessor.from_pretrained(source)
+            self._detector = (model, processor, faces or None)
+        model, processor, faces = self._detector
+        rgb = image.convert("RGB")
+        inputs = processor(images=[rgb], return_tensors="pt")
+        with torch.inference_mode():
+            outputs = model(**inputs.to(model.device))
+        found = processor.post_process_object_detection(
+            outputs, threshold=self.config.fix_threshold, target_sizes=[(rgb.height, rgb.width)]
+        )[0]
+        scored = []
+        for score, label, box in zip(
+            found["scores"].tolist(), found["labels"].tolist(), found["boxes"].tolist(), strict=True
+        ):
+            x1, y1, x2, y2 = (round(v) for v in box)
+            x1, x2 = max(0, x1), min(rgb.width, x2)
+            y1, y2 = max(0, y1), min(rgb.height, y2)
+            if (faces is None or label in faces) and x2 - x1 >= 2 and y2 - y1 >= 2:
+                scored.append((score, (x1, y1, x2, y2)))
+        scored.sort(key=lambda pair: -pair[0])
+        kept: list[Box] = []
+        for _, box in scored:  # the same face found twice (DETR's queries overlap) is one
+            if len(kept) < MAX_FACES and all(_overlap(box, other) < 0.5 for other in kept):
+                kept.append(box)
+        return kept
+
+
+def _overlap(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes."""
+    width = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    both = width * height
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - both
+    return both / area if area else 0.0

@@ -260,6 +260,10 @@ class Worker:
         """`image` enlarged by the GAN upscaler (`vision.Helpers.upscale`)."""
         return await self._call(lambda: self._helpers().upscale(image))
 
+    async def detect(self, image: Any) -> list[tuple[int, int, int, int]]:
+        """The faces' boxes in `image` (`vision.Helpers.detect`)."""
+        return await self._call(lambda: self._helpers().detect(image))
+
     def _helpers(self) -> Helpers:
         if self.helpers is None:
             self.helpers = Helpers(self.config)

@@ -80,6 +80,8 @@ ALL_REQUIRED = ("bot", "testkit")
 BOT_LAYERS: tuple[tuple[str, ...], ...] = (
     ("bot.__main__",),
     ("bot.cli",),  # the command line; `run` starts the app
+    ("bot.cli_canvas",),  # its canvas commands (zoom, pan, inpaint, fix)
+    ("bot.cli_make",),  # what its image commands share
     ("bot.cli_args",),  # its subcommands, options and help
     ("bot.app",),  # the composition root: wires what is below
     ("bot.surface", "bot.jobs"),
@@ -87,7 +89,7 @@ BOT_LAYERS: tuple[tuple[str, ...], ...] = (
     ("bot.services",),
     ("bot.images", "bot.moderation", "bot.ops"),
     ("bot.config", "bot.errors"),
-    ("bot.ledger", "bot.timing", "bot.state_dir"),
+    ("bot.ledger", "bot.timing", "bot.state_dir", "bot.canvas_settings"),
 )
 
 

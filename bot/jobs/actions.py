@@ -131,8 +131,9 @@ class Actions:
         action: Action,
         answers: Mapping[str, str],
     ) -> None:
-        """Zoom Out, Pan or Vary (Region) of image `index` of `job` (`canvas.py`), charged
-        to the presser by the pixels it makes; a region the words do not find costs nothing."""
+        """Zoom Out, Pan, Vary (Region) or Fix faces of image `index` of `job` (`canvas.py`),
+        charged to the presser by the pixels it makes; a region the words do not find, or a
+        picture without a face, costs nothing."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         record, params, image = await self._chosen(interaction, job, index, action)
         request, kind = await canvas_of(

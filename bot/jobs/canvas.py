@@ -1,9 +1,10 @@
-"""The canvas buttons' requests: Zoom Out (2x, 1.5x, a custom factor), Pan ⬅ ➡ ⬆ ⬇ and Vary
-(Region), each an inpainting of the chosen image with its own parameters (the engine's
-`canvas_request`), and what kind of job each is.
+"""The canvas buttons' requests: Zoom Out (2x, 1.5x, a custom factor), Pan ⬅ ➡ ⬆ ⬇, Vary
+(Region) and Fix faces, each an inpainting of the chosen image with its own parameters (the
+engine's `canvas_request`, `fix_request`), and what kind of job each is.
 
-Vary (Region) finds the part named in words with the engine's region model; when it finds
-nothing, that is a private refusal that costs nothing (no job is made).
+Vary (Region) finds the part named in words with the engine's region model, Fix faces the
+faces with its face detector; when either finds nothing, that is a private refusal that
+costs nothing (no job is made).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from engine import InvalidRequest, Parameters
 from engine.canvas import Canvas, Direction, pan, zoom_out
-from engine.derived import canvas_request
+from engine.derived import canvas_request, fix_request
 
 from ..ledger import JobKind
 from ..presentation.modals import FACTOR, WHAT, WHERE
@@ -60,9 +61,23 @@ async def canvas_of(
 ) -> tuple[ImageRequest, JobKind]:
     """The inpaint request a canvas `action` makes of `image` (made with `source`), and its
     job's kind; `InvalidRequest` for a bad factor, a pan the limits cannot hold, or a region
-    the words do not find."""
+    the words do not find, no face found (or no face detector)."""
     engine = services.engine
     limits = engine.limits
+    if action is Action.FIX:
+        boxes = await engine.detect_faces(image)
+        detector = engine.config.fix_detector
+        request = fix_request(
+            source,
+            image,
+            boxes,
+            limits,
+            detector=detector.rstrip("/").rsplit("/", 1)[-1].removeprefix("builtin:"),
+            user=user,
+            origin=origin,
+            models=engine.model_names,
+        )
+        return request, JobKind.FIX
     prompt = None
     if action in ZOOMS or action is Action.ZOOM_CUSTOM:
         factor = ZOOMS.get(action) or zoom_factor(answers.get(FACTOR, ""))

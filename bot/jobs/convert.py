@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from engine import MAX_SEED, UPSCALE_FACTOR, ImageRequest, Parameters
+from engine.derived import FIX_PADDING
 
 from ..ledger import JobKind, JobRequest
 from ..services.options import ImagineOptions
@@ -33,7 +34,7 @@ __all__ = [
 
 
 #: Jobs that inpaint a canvas with a mask the bot made or was given (stored beside the picture).
-CANVAS_KINDS = frozenset({JobKind.ZOOM, JobKind.PAN, JobKind.REGION})
+CANVAS_KINDS = frozenset({JobKind.ZOOM, JobKind.PAN, JobKind.REGION, JobKind.FIX})
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +152,9 @@ def resumed_request(
     if stored.strength is None:
         return engine_request(options, negative=stored.negative_prompt, user=user)
     request = engine_request(options, negative=stored.negative_prompt, user=user, picture=picture)
-    if mask is not None:
-        return replace(request, mask=mask[0], parameters=mask[1])
+    if mask is not None:  # a face fix inpaints "Only masked", as `fix_request` asks
+        padding = FIX_PADDING if stored.kind is JobKind.FIX else None
+        return replace(request, mask=mask[0], parameters=mask[1], inpaint_padding=padding)
     return replace(request, parameters=source_parameters(stored))
 
 

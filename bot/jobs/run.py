@@ -339,7 +339,7 @@ class JobRun:
             upscaled_size(asked.width, asked.height, services.engine.limits)
         )
         engine = services.engine
-        try:  # Zoom Out, Pan and Vary (Region) where the model inpaints
+        try:  # Zoom Out, Pan, Vary (Region) and Fix faces where the model inpaints
             canvas = engine.profile_of(asked.model or None).inpaint
         except InvalidRequest:  # a model no longer configured
             canvas = False
@@ -352,6 +352,7 @@ class JobRun:
             region=bool(engine.config.region_model),
             gan=bool(engine.config.upscale_model),
             editable=bool(edit_models(services.engine)),
+            fix=bool(engine.config.fix_detector),
         )
         post = ResultPost(content, embed, files, view, mention=asked.user_id)
         await persist(

@@ -1,6 +1,6 @@
 """Buttons that keep working after a restart: Upscale, Vary, Edit, Reroll and Delete on
-results (U1-U4, V1-V4 and E1-E4 on a grid), Zoom Out, Pan and Vary (Region) on one image,
-Cancel on progress.
+results (U1-U4, V1-V4 and E1-E4 on a grid), Zoom Out, Pan, Vary (Region) and Fix faces on
+one image, Cancel on progress.
 
 Each `custom_id` is `imagine:<action>:<job id>:<job key>` (a `JobRef`; buttons posted before
 keys existed have no key), and an image's buttons add its index to the action (`u2`, `vx0`);
@@ -70,11 +70,13 @@ def offered(
     region: bool = True,
     gan: bool = True,
     editable: bool = True,
+    fix: bool = True,
 ) -> frozenset[Action]:
     """The actions on a result of `kind` (`upscalable`: its images can get any larger;
-    `canvas`: its model inpaints, for Zoom Out, Pan and Vary (Region); `region`: a region
-    model finds the part named in words; `gan`: a GAN upscaler makes Upscale (subtle) and
-    (creative); `editable`: a configured model edits pictures by instruction)."""
+    `canvas`: its model inpaints, for Zoom Out, Pan, Vary (Region) and Fix faces; `region`:
+    a region model finds the part named in words; `gan`: a GAN upscaler makes Upscale
+    (subtle) and (creative); `editable`: a configured model edits pictures by instruction;
+    `fix`: a face detector finds the faces to fix)."""
     actions = OFFERED[kind]
     if not upscalable:
         actions -= UPSCALES
@@ -84,6 +86,8 @@ def offered(
         actions -= CANVAS
     if not region:
         actions -= {Action.REGION}
+    if not fix:
+        actions -= {Action.FIX}
     return actions if editable else actions - {Action.EDIT}
 
 
@@ -106,6 +110,7 @@ _LOOKS: dict[Action, _Look] = {
     Action.VARY_STRONG: _Look("Vary (strong)", None, discord.ButtonStyle.secondary),
     Action.EDIT: _Look("Edit", "\N{PENCIL}", discord.ButtonStyle.secondary),
     Action.REGION: _Look("Vary (Region)", None, discord.ButtonStyle.secondary),
+    Action.FIX: _Look("Fix faces", None, discord.ButtonStyle.secondary),
     Action.ZOOM_2: _Look("Zoom Out 2x", "\N{LEFT-POINTING MAGNIFYING GLASS}", _SECONDARY),
     Action.ZOOM_15: _Look("Zoom Out 1.5x", "\N{LEFT-POINTING MAGNIFYING GLASS}", _SECONDARY),
     Action.ZOOM_CUSTOM: _Look("Custom Zoom", "\N{LEFT-POINTING MAGNIFYING GLASS}", _SECONDARY),
@@ -193,7 +198,7 @@ _SINGLE_ROWS = (
         Action.VARY_STRONG,
         Action.REGION,
     ),
-    (Action.ZOOM_2, Action.ZOOM_15, Action.ZOOM_CUSTOM, Action.EDIT),
+    (Action.ZOOM_2, Action.ZOOM_15, Action.ZOOM_CUSTOM, Action.EDIT, Action.FIX),
     (Action.PAN_LEFT, Action.PAN_RIGHT, Action.PAN_UP, Action.PAN_DOWN),
 )
 
@@ -208,13 +213,21 @@ def result_view(
     region: bool = False,
     gan: bool = False,
     editable: bool = False,
+    fix: bool = False,
 ) -> discord.ui.View:
     """The buttons under a result, those `offered` for its kind: for one image Upscale (or
-    Upscale (subtle) and (creative)), both Vary and Vary (Region), the zooms, Edit and the
-    pans (`canvas`, `region`, `gan`, `editable`: see `offered`); for several U1..Un and
-    V1..Vn (strong variations); then Reroll and Delete; on a grid E1..En last."""
+    Upscale (subtle) and (creative)), both Vary and Vary (Region), the zooms, Edit, Fix
+    faces and the pans (`canvas`, `region`, `gan`, `editable`, `fix`: see `offered`); for
+    several U1..Un and V1..Vn (strong variations); then Reroll and Delete; on a grid E1..En
+    last."""
     actions = offered(
-        kind, upscalable=upscalable, canvas=canvas, region=region, gan=gan, editable=editable
+        kind,
+        upscalable=upscalable,
+        canvas=canvas,
+        region=region,
+        gan=gan,
+        editable=editable,
+        fix=fix,
     )
     view = discord.ui.View(timeout=None)
 

@@ -41,9 +41,11 @@ class Action(enum.StrEnum):
     PAN_UP = "pu"
     PAN_DOWN = "pd"
     REGION = "rg"  # Vary (Region): which part, and what instead, asked in a modal
+    FIX = "ff"  # Fix faces: the faces the detector finds inpainted again ([fix] detector)
 
 
-#: The canvas actions: an inpainting of one image (zoom out, pan, a region made anew).
+#: The canvas actions: an inpainting of one image (zoom out, pan, a region or the faces made
+#: anew).
 CANVAS = frozenset(
     {
         Action.ZOOM_2,
@@ -54,6 +56,7 @@ CANVAS = frozenset(
         Action.PAN_UP,
         Action.PAN_DOWN,
         Action.REGION,
+        Action.FIX,
     }
 )
 #: The upscales: the hires fix, and with a GAN upscaler configured, subtle and creative.
@@ -116,7 +119,8 @@ class JobActions(Protocol):
         action: Action,
         answers: Mapping[str, str],
     ) -> None:
-        """A `CANVAS` action on image `index` of `job` (`answers`: its modal's, if it asks)."""
+        """A `CANVAS` action on image `index` of `job` (`answers`: its modal's, if it asks):
+        Zoom Out, Pan, Vary (Region) or Fix faces."""
         ...
 
     async def inpaint(

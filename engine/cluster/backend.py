@@ -224,6 +224,14 @@ class RayEngine(ModelCatalog):
             raise answer
         return answer
 
+    async def detect_faces(self, image: Image) -> list[tuple[int, int, int, int]]:
+        """The faces' boxes from a replica's detector (loaded there on first use)."""
+        self._open()
+        answer = await self.cluster.call("detect_faces", image)
+        if isinstance(answer, EngineError):
+            raise answer
+        return [tuple(box) for box in answer]
+
     def submit(self, checked: Checked, *, job_id: str | None = None) -> Job:
         """Queue at once (`Busy`, `ShuttingDown`, `EngineUnavailable` raise here); the job's
         call to a replica starts on the event loop."""

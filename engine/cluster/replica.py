@@ -95,6 +95,14 @@ class EngineReplica:
         except EngineError as exc:
             return exc
 
+    async def detect_faces(self, image: Any) -> Any:
+        """`Engine.detect_faces` here, where the detector lives; a refusal is returned, not
+        raised, as `check`'s."""
+        try:
+            return await self.engine.detect_faces(image)
+        except EngineError as exc:
+            return exc
+
     async def generate(
         self, checked: Checked, job_id: str, preview_every: float
     ) -> AsyncIterator[ReplicaEvent]:

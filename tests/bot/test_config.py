@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.canvas_settings import FixSettings
 from bot.config import BotConfig, ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,10 +35,14 @@ def test_the_reference_documents_every_key_with_its_default(tmp_path: Path) -> N
         keys = {f.name for f in dataclasses.fields(getattr(BotConfig(), section.name))}
         if section.name == "engine":  # [models.<name>], [loras.<name>], [describe] tables
             keys -= {"models", "loras", "describe", "region_model", "upscale_model"}
+            keys -= {"fix_detector", "fix_threshold"}  # [fix]
         documented = set(data[section.name]) | ({"token"} if section.name == "discord" else set())
         assert documented == keys, section.name
     assert example.engine.region_model == data["region"]["model"]  # [region] and [upscale]
     assert example.engine.upscale_model == data["upscale"]["model"] == ""
+    assert example.engine.fix_detector == data["fix"]["detector"] == ""  # [fix]
+    assert example.engine.fix_threshold == data["fix"]["threshold"]
+    assert set(data["fix"]) == {f.name for f in dataclasses.fields(FixSettings)}
 
 
 def test_the_example_is_short_and_all_defaults(tmp_path: Path) -> None:

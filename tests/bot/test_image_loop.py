@@ -1,5 +1,6 @@
 """The image loop end to end: a 2×2 grid, U and V buttons, Upscale and Vary on one image,
-Zoom Out, Pan and Vary (Region) on one image (the tiny CLIPSeg finds the region), Upscale
+Zoom Out, Pan and Vary (Region) on one image (the tiny CLIPSeg finds the region), Fix faces
+(the tiny YOLOS face detector finds them), Upscale
 (subtle) and (creative) through a GAN upscaler (the tiny ESRGAN, read by spandrel), a restart
 between the grid and a press, a Cancel during an upscale, and what each costs;
 choosing among three models (two SD, one FLUX.1), with a LoRA, from Discord; `quality:fast`
@@ -27,7 +28,8 @@ from PIL import Image, ImageOps
 
 from bot.ledger import ACTIVE_STATUSES, JobKind, JobStatus
 from engine import EngineConfig, read_parameters
-from engine.canvas import region_mask, zoom_out
+from engine.canvas import fix_canvas, region_mask, zoom_out
+from engine.derived import FIX_STRENGTH
 from engine.inpaint import blurred, fitted_mask
 from engine.tiny import builtin_folder
 from engine.vision import Helpers
@@ -50,6 +52,7 @@ UPSCALE_COST = 3  # [images] upscale_cost, not the default, so the test sees it 
 LARGEST = 128  # [engine] max_width and max_height: the size cap, the "other" model's size
 REGION_MODEL = "builtin:tiny-clipseg"  # [region] model: Vary (Region) finds parts in words
 UPSCALE_MODEL = "builtin:tiny-esrgan"  # [upscale] model: Upscale (subtle) and (creative)
+FIX_DETECTOR = "builtin:tiny-face-detector"  # [fix] detector: Fix faces
 STUBS = Path(__file__).parents[1] / "stubs"  # spandrel without torchvision (sitecustomize)
 
 
@@ -82,6 +85,7 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
             loras={"ink": {"source": str(lora), "weight": 0.8, "models": ["other"]}},
             region={"model": REGION_MODEL},
             upscale={"model": UPSCALE_MODEL},
+            fix={"detector": FIX_DETECTOR},
             moderation={"commands_per_minute": 60},  # the canvas test presses many buttons
         )
         async with world.running_bot(pythonpath=[STUBS]):
@@ -101,7 +105,10 @@ def rows(message: Message) -> list[list[str]]:
 
 
 VARY_ROW = ["Vary (subtle)", "Vary (strong)", "Vary (Region)"]
-CANVAS_ROWS = [["Zoom Out 2x", "Zoom Out 1.5x", "Custom Zoom"], ["⬅", "➡", "⬆", "⬇"]]
+CANVAS_ROWS = [
+    ["Zoom Out 2x", "Zoom Out 1.5x", "Custom Zoom", "Fix faces"],
+    ["⬅", "➡", "⬆", "⬇"],
+]
 
 
 def size_of(png: bytes) -> tuple[int, int]:
@@ -381,6 +388,55 @@ async def test_zoom_out_pan_and_vary_region_on_one_image(world: World) -> None:
         assert (await job_of(ledger, job_id_of(subtle))).request.steps == 0  # the GAN alone
         drawn = (await job_of(ledger, job_id_of(masked))).request
         assert (drawn.kind, drawn.source_job_id, drawn.image_count) == (JobKind.REGION, None, 1)
+
+
+async def test_fix_faces_on_one_image(world: World) -> None:
+    """Fix faces: the faces the detector finds (computed here as the engine does) made again
+    "Only masked" at ADetailer's strength; beyond their masks' blur every pixel is the
+    source's, and so is its Reroll's (the mask is kept, the inpaint area too). Charged by the
+    pixels made; another member's press is refused privately for nothing."""
+    carol, bob, server = world.carol, world.bob, world.server
+    asked = {"prompt": "a portrait", "seed": 6, "steps": 3}
+    single = await wait_result(await server.invoke("imagine", user=carol, options=asked))
+    assert rows(single)[1] == CANVAS_ROWS[0]
+    source_id = job_id_of(single)
+    own = rgb(single.attachments[0].data)
+    picture = Image.fromarray(own.astype(np.uint8))
+    before = await used(world, carol.id)
+
+    refused = await press(world, single, "ff0", bob)
+    note = await refused.wait_for_original(lambda m: m is not single)
+    assert refused.ephemeral and "Only the person who asked" in note.content, note.content
+    assert result_of(refused) is None and await used(world, carol.id) == before
+
+    detector = Helpers(EngineConfig(cache_dir=world.model_cache, fix_detector=FIX_DETECTOR))
+    mask = fix_canvas(picture, detector.detect(picture)).mask
+    kept = np.asarray(blurred(mask, 4)) == 0
+    inside = np.asarray(mask) > 0
+    assert kept.sum() > 1000 and inside.any()
+    fixed = await wait_result(await press(world, single, "ff0", carol))
+    again = await wait_result(await press(world, fixed, "reroll", carol))
+    for message in (fixed, again):
+        out = rgb(message.attachments[0].data)
+        assert out.shape == own.shape and (out[kept] == own[kept]).all()
+        assert np.abs(out[inside] - own[inside]).mean() > 3  # the face made again
+        params = read_parameters(message.attachments[0].data)
+        assert params is not None and params.prompt == "a portrait"
+        assert params.denoising_strength == FIX_STRENGTH
+        assert ("Inpaint area", "Only masked") in params.extra
+        assert ("ADetailer model", "tiny-face-detector") in params.extra
+    assert await used(world, carol.id) == before + 2  # 64x64: one native area each
+    async with read_ledger(world.tmp) as ledger:
+        job = await job_of(ledger, job_id_of(fixed))
+        assert job.status is JobStatus.DONE
+        request = job.request
+        assert (request.kind, request.source_job_id, request.image_count) == (
+            JobKind.FIX,
+            source_id,
+            1,
+        )
+        rerolled = (await job_of(ledger, job_id_of(again))).request
+        assert (rerolled.kind, rerolled.reroll_of) == (JobKind.FIX, job_id_of(fixed))
 
 
 async def test_a_cancelled_upscale_gives_its_cost_back(world: World) -> None:

@@ -70,7 +70,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 def engine_config(model_cache: Path) -> EngineConfig:
     """SD's tiny model (the default) and a FLUX-family one: every family runs on replicas;
-    and the tiny captioning model for describe."""
+    and the tiny captioning model for describe, the tiny face detector for the face fix."""
     from engine.config import DescribeConfig
 
     models = (
@@ -80,6 +80,7 @@ def engine_config(model_cache: Path) -> EngineConfig:
     return EngineConfig(
         models=models, default_model="tiny", max_loaded_models=2, cache_dir=model_cache,
         device="cpu", describe=DescribeConfig("builtin:tiny-florence2"),
+        fix_detector="builtin:tiny-face-detector",
     )  # fmt: skip
 
 
@@ -156,6 +157,8 @@ async def test_a_replica_describes_a_picture_as_the_local_engine(
     picture = Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8))
     prompts = await engine.describe(picture)
     assert len(set(prompts)) == 4 and prompts == await local.describe(picture)
+    faces = await engine.detect_faces(picture)  # the face fix's detector, on a replica
+    assert faces and faces == await local.detect_faces(picture)
 
 
 async def test_cancel_reaches_the_replica(engine: RayEngine) -> None:

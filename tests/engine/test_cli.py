@@ -530,6 +530,55 @@ def test_zoom_pan_and_inpaint_from_the_command_line(model_cache: Path, tmp_path:
             assert changed.mean() > 0.5 and (changed[kept] == 0).all()
 
 
+def test_fix_faces_from_the_command_line(model_cache: Path, tmp_path: Path) -> None:
+    """`fix` with the tiny random-weight face detector: the faces it finds are made again
+    ("Only masked", ADetailer's strength), every pixel beyond their masks' blur is the
+    picture's own; a threshold no face passes, or no detector at all, is one line."""
+    import numpy as np
+    from PIL import Image
+
+    from engine import EngineConfig
+    from engine.canvas import fix_canvas
+    from engine.derived import FIX_STRENGTH
+    from engine.inpaint import blurred
+    from engine.vision import Helpers
+
+    tiny = ("--model", "builtin:tiny")
+    done = run_cli(
+        "generate", *tiny, "a face", "--seed", "3", "--steps", "3", "--out", "face.png",
+        cache=model_cache, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    detector = ("--detector", "builtin:tiny-face-detector")
+    done = run_cli("fix", "face.png", *detector, *tiny, cache=model_cache, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "faces found: 1" in done.stderr
+    assert done.stdout.strip().startswith("wrote face-fix.png (64x64, seed ")
+    with Image.open(tmp_path / "face.png") as a, Image.open(tmp_path / "face-fix.png") as b:
+        face, fixed = a.convert("RGB"), np.asarray(b.convert("RGB"), np.int16)
+    # The detector's boxes, found here as the engine finds them.
+    config = EngineConfig(cache_dir=model_cache, fix_detector="builtin:tiny-face-detector")
+    mask = fix_canvas(face, Helpers(config).detect(face)).mask
+    kept = np.asarray(blurred(mask, 4)) == 0
+    inside = np.asarray(mask) > 0
+    own = np.asarray(face, np.int16)
+    assert kept.sum() > 1000 and (fixed[kept] == own[kept]).all()
+    assert np.abs(fixed[inside] - own[inside]).mean() > 3
+    params = read_parameters((tmp_path / "face-fix.png").read_bytes())
+    assert params is not None and params.prompt == "a face"
+    assert params.denoising_strength == FIX_STRENGTH
+    assert ("ADetailer model", "tiny-face-detector") in params.extra
+    for args, message in (
+        ([*detector, "--threshold", "0.95"], "No faces were found in the picture"),
+        ([], "no face detector: set [fix] detector or give --detector"),
+        ([*detector, "--threshold", "2"], "fix threshold must be between 0 and 1"),
+    ):
+        done = run_cli("fix", "face.png", *args, *tiny, cache=model_cache, cwd=tmp_path)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert message in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "face-fix-1.png").exists()
+
+
 def test_bad_canvas_options_get_one_line(model_cache: Path, tmp_path: Path) -> None:
     from PIL import Image
 

@@ -312,3 +312,50 @@ def test_png_records_masked_fields_as_a1111() -> None:
         ("Masked area padding", "32"),
     ]
     _ = io  # the PNGs themselves are read back in the engine tests above
+
+
+async def test_the_face_fix_inpaints_only_the_faces_and_refuses_a_picture_without_one(
+    make_engine: EngineFactory,
+) -> None:
+    """`[fix] detector` (the tiny random-weight YOLOS, loaded through `from_pretrained`) finds
+    the faces on the worker thread; the fix is one "Only masked" inpaint of every face's
+    mask at ADetailer's strength: beyond the masks' blur the picture's own pixels, inside
+    them changed. A picture without a face (a threshold nothing passes) is refused before
+    any job exists; an engine without a detector says fixing is off."""
+    from engine.canvas import FIX_OFF, NO_FACES, box_masks
+    from engine.derived import FIX_PADDING, FIX_STRENGTH, fix_request
+    from engine.pngmeta import Parameters
+
+    engine = await make_engine(fix_detector="builtin:tiny-face-detector")
+    source = picture(11, (96, 64))
+    boxes = await engine.detect_faces(source)
+    assert boxes and all(0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 64 for x1, y1, x2, y2 in boxes)
+    params = Parameters("a portrait", "", 3, "DDIM", 7.0, 5, 96, 64, "")
+    asked = fix_request(params, source, boxes, engine.limits, detector="tiny", seed=5)
+    job = engine.submit(engine.prepare(asked))
+    r = job.request
+    assert r.strength == FIX_STRENGTH and r.inpaint_padding == FIX_PADDING and r.mask_blur == 4
+    image = (await job.result()).images[0]
+    assert (image.width, image.height) == (96, 64)  # "Only masked": the picture's own size
+    ours, own = pixels(image.png), np.asarray(source, np.int16)
+    faces = np.zeros((64, 96), bool)
+    for face in box_masks(source.size, boxes):
+        faces |= np.asarray(face) > 0
+    assert r.mask is not None and (np.asarray(r.mask) > 0).sum() == faces.sum()
+    kept = np.asarray(blurred(r.mask, 4)) == 0  # beyond the blur: the picture exactly
+    assert kept.sum() > 1000 and (ours[kept] == own[kept]).all()
+    assert np.abs(ours[faces] - own[faces]).mean() > 5  # the faces made anew
+    fields = read_parameters(image.png)
+    assert fields is not None and fields.denoising_strength == FIX_STRENGTH
+    assert ("ADetailer model", "tiny") in fields.extra
+    assert ("Inpaint area", "Only masked") in fields.extra
+
+    strict = await make_engine(fix_detector="builtin:tiny-face-detector", fix_threshold=0.95)
+    assert await strict.detect_faces(source) == []
+    with pytest.raises(InvalidRequest, match="No faces were found") as found:
+        fix_request(params, source, [], strict.limits)
+    assert str(found.value).endswith(NO_FACES.split(". ")[-1])
+    off = await make_engine()
+    with pytest.raises(InvalidRequest, match=r"\[fix\] detector") as refused:
+        await off.detect_faces(source)
+    assert FIX_OFF in str(refused.value)
