@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING
 from .tiny_dit import DIT_BUILDERS
 from .tiny_dit2 import DIT2_BUILDERS
 from .tiny_inpaint import INPAINT_BUILDERS
-from .tiny_parts import clip_tokenizer, tiny_text_config, tiny_unet, tiny_vae
+from .tiny_parts import (
+    clip_tokenizer,
+    tiny_scheduler,
+    tiny_text_config,
+    tiny_unet,
+    tiny_vae,
+    tiny_vision_config,
+)
 
 if TYPE_CHECKING:
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
@@ -82,20 +89,13 @@ def _folder(name: str, cache_dir: Path | None) -> Path:
 
 def _build(root: Path, *, flagging: bool, seed: int = 0) -> None:
     import torch
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)  # the same weights on every machine
     tokenizer = clip_tokenizer()
     unet = tiny_unet()
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = tiny_scheduler()
     vae = tiny_vae()
     text_encoder = CLIPTextModel(tiny_text_config(tokenizer))
     checker, extractor = _flagging_checker() if flagging else (None, None)
@@ -130,14 +130,7 @@ def _flagging_checker() -> tuple[StableDiffusionSafetyChecker, CLIPImageProcesso
             "eos_token_id": 999,
             "pad_token_id": 999,
         },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 2,
-            "image_size": 32,
-            "patch_size": 4,
-        },
+        vision_config=tiny_vision_config(patch_size=4),
         projection_dim=32,
     )
     checker = StableDiffusionSafetyChecker(config).eval()

@@ -11,7 +11,9 @@ the stock pipelines, offline and fast.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .tiny_parts import (
@@ -26,17 +28,26 @@ from .tiny_parts import (
 
 __all__ = [
     "DIT_BUILDERS",
+    "FLUX_SHAPE",
     "build_chroma",
     "build_flux",
     "build_sd3",
     "build_zimage",
     "flow_scheduler",
+    "flux_parts",
     "flux_vae",
 ]
 
 
 def flux_vae() -> Any:
     """A four-block VAE (8x smaller latents, as Flux's), four latent channels."""
+    return _dit_vae(latent_channels=4, scaling_factor=1.5035, shift_factor=0.0609)
+
+
+def _dit_vae(*, latent_channels: int, scaling_factor: float, shift_factor: float) -> Any:
+    """A four-block VAE (8x smaller latents), as the diffusion transformers' (SD3's and
+    Flux's have 16 latent channels, Z-Image reuses Flux's); the factors are the real
+    model's."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -46,12 +57,12 @@ def flux_vae() -> Any:
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         use_quant_conv=False,
         use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
+        shift_factor=shift_factor,
+        scaling_factor=scaling_factor,
     )
 
 
@@ -70,39 +81,53 @@ def flow_scheduler(*, dynamic: bool) -> Any:
     return FlowMatchEulerDiscreteScheduler(shift=1.0)  # FLUX.1-schnell's
 
 
+#: The tiny FLUX.1-shaped transformers' common shape (FLUX.1, its Fill and Kontext, Chroma):
+#: one double- and one single-stream block, 2 heads of 16, 16 latent channels, 32-wide text.
+FLUX_SHAPE: Mapping[str, Any] = MappingProxyType(
+    {
+        "patch_size": 1,
+        "in_channels": 16,
+        "num_layers": 1,
+        "num_single_layers": 1,
+        "attention_head_dim": 16,
+        "num_attention_heads": 2,
+        "joint_attention_dim": 32,
+        "axes_dims_rope": (4, 4, 8),
+    }
+)
+
+
 def build_flux(root: Path, *, dev: bool, seed: int = 0, kontext: bool = False) -> None:
     """FLUX.1 shaped: CLIP for the pooled prompt, T5 for the sequence, packed 2x2 latents;
     `dev` has the distilled guidance embedding (and dynamic shifting), else schnell's;
     `kontext` makes it a FLUX.1 Kontext pipeline (dev that edits by instruction)."""
     import torch
     from diffusers import FluxKontextPipeline, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
-    tokenizer = clip_tokenizer()
-    tokenizer_2 = t5_tokenizer()
     transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        guidance_embeds=dev,
-        axes_dims_rope=(4, 4, 8),
+        **FLUX_SHAPE, pooled_projection_dim=32, guidance_embeds=dev
     )
-    pipe = (FluxKontextPipeline if kontext else FluxPipeline)(
-        scheduler=flow_scheduler(dynamic=dev),
-        vae=flux_vae(),
-        text_encoder=CLIPTextModel(tiny_text_config(tokenizer)).eval(),
-        tokenizer=tokenizer,
-        text_encoder_2=tiny_t5(tokenizer_2),
-        tokenizer_2=tokenizer_2,
-        transformer=transformer,
-    )
-    save_pipeline(pipe, root)
+    pipe_class = FluxKontextPipeline if kontext else FluxPipeline
+    save_pipeline(pipe_class(**flux_parts(transformer, dynamic=dev)), root)
+
+
+def flux_parts(transformer: Any, *, dynamic: bool) -> dict[str, Any]:
+    """A FLUX.1 pipeline's modules around `transformer`: CLIP and T5 (the tiny ones), the
+    tiny Flux VAE, the flow scheduler (`dynamic`: dev's shifting). Made after the transformer,
+    in this order: the seed gives every model the same weights as before."""
+    from transformers import CLIPTextModel
+
+    tokenizer, tokenizer_2 = clip_tokenizer(), t5_tokenizer()
+    return {
+        "scheduler": flow_scheduler(dynamic=dynamic),
+        "vae": flux_vae(),
+        "text_encoder": CLIPTextModel(tiny_text_config(tokenizer)).eval(),
+        "tokenizer": tokenizer,
+        "text_encoder_2": tiny_t5(tokenizer_2),
+        "tokenizer_2": tokenizer_2,
+        "transformer": transformer,
+    }
 
 
 def build_chroma(root: Path, *, seed: int = 0) -> None:
@@ -113,14 +138,7 @@ def build_chroma(root: Path, *, seed: int = 0) -> None:
     torch.manual_seed(seed)
     tokenizer = t5_tokenizer()
     transformer = ChromaTransformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        axes_dims_rope=(4, 4, 8),
+        **FLUX_SHAPE,
         approximator_hidden_dim=32,
         approximator_layers=1,
         approximator_num_channels=16,
@@ -133,27 +151,6 @@ def build_chroma(root: Path, *, seed: int = 0) -> None:
         transformer=transformer,
     )
     save_pipeline(pipe, root)
-
-
-def _vae16(*, scaling_factor: float, shift_factor: float) -> Any:
-    """A four-block VAE (8x smaller latents) with 16 latent channels, as SD3's and Flux's
-    (Z-Image reuses Flux's); the factors are the real model's."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=8,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=shift_factor,
-        scaling_factor=scaling_factor,
-    )
 
 
 def build_sd3(root: Path, *, seed: int = 3) -> None:
@@ -188,7 +185,7 @@ def build_sd3(root: Path, *, seed: int = 3) -> None:
     )
     pipe = StableDiffusion3Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=_vae16(scaling_factor=1.5305, shift_factor=0.0609),
+        vae=_dit_vae(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609),
         text_encoder=CLIPTextModelWithProjection(clip).eval(),
         tokenizer=tokenizer,
         text_encoder_2=CLIPTextModelWithProjection(clip).eval(),
@@ -227,7 +224,7 @@ def build_zimage(root: Path, *, seed: int = 4) -> None:
         transformer.cap_pad_token.normal_()
     pipe = ZImagePipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=_vae16(scaling_factor=0.3611, shift_factor=0.1159),
+        vae=_dit_vae(latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159),
         text_encoder=tiny_qwen3(tokenizer),
         tokenizer=tokenizer,
         transformer=transformer,

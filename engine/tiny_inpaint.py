@@ -17,8 +17,7 @@ from typing import Any
 from .tiny_parts import (
     clip_tokenizer,
     save_pipeline,
-    t5_tokenizer,
-    tiny_t5,
+    tiny_scheduler,
     tiny_text_config,
     tiny_unet,
     tiny_vae,
@@ -30,7 +29,7 @@ __all__ = ["INPAINT_BUILDERS", "build_flux_fill", "build_sd_inpaint"]
 def build_sd_inpaint(root: Path, *, seed: int = 5) -> None:
     """An SD 1.x inpainting model: `builtin:tiny`'s shape with a 9-channel UNet input."""
     import torch
-    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
+    from diffusers import StableDiffusionInpaintPipeline
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
@@ -40,14 +39,7 @@ def build_sd_inpaint(root: Path, *, seed: int = 5) -> None:
         text_encoder=CLIPTextModel(tiny_text_config(tokenizer)),
         tokenizer=tokenizer,
         unet=tiny_unet(in_channels=9),
-        scheduler=DDIMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-        ),
+        scheduler=tiny_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -61,36 +53,17 @@ def build_flux_fill(root: Path, *, seed: int = 6) -> None:
     2x2), as the real one reads 64 + 64 + 256."""
     import torch
     from diffusers import FluxFillPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextModel
 
-    from .tiny_dit import flow_scheduler, flux_vae
+    from .tiny_dit import FLUX_SHAPE, flux_parts
 
     torch.manual_seed(seed)
-    tokenizer = clip_tokenizer()
-    tokenizer_2 = t5_tokenizer()
     transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16 + 16 + 256,
+        **{**FLUX_SHAPE, "in_channels": 16 + 16 + 256},
         out_channels=16,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
         pooled_projection_dim=32,
         guidance_embeds=True,
-        axes_dims_rope=(4, 4, 8),
     )
-    pipe = FluxFillPipeline(
-        scheduler=flow_scheduler(dynamic=True),
-        vae=flux_vae(),
-        text_encoder=CLIPTextModel(tiny_text_config(tokenizer)).eval(),
-        tokenizer=tokenizer,
-        text_encoder_2=tiny_t5(tokenizer_2),
-        tokenizer_2=tokenizer_2,
-        transformer=transformer,
-    )
-    save_pipeline(pipe, root)
+    save_pipeline(FluxFillPipeline(**flux_parts(transformer, dynamic=True)), root)
 
 
 #: Builtin name -> its builder (called with the folder to write).

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTokenizer
 
 __all__ = [
@@ -25,10 +25,12 @@ __all__ = [
     "save_pipeline",
     "t5_tokenizer",
     "tiny_qwen3",
+    "tiny_scheduler",
     "tiny_t5",
     "tiny_text_config",
     "tiny_unet",
     "tiny_vae",
+    "tiny_vision_config",
 ]
 
 _VOCAB = Path(__file__).parent / "vocab"
@@ -75,6 +77,20 @@ def tiny_vae() -> AutoencoderKL:
     )
 
 
+def tiny_scheduler() -> DDIMScheduler:
+    """The tiny SD models' scheduler: DDIM with SD 1.x's betas."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
 def tiny_text_config(tokenizer: CLIPTokenizer, **changes: Any) -> CLIPTextConfig:
     """A 32-wide CLIP text encoder config for `tokenizer`; `changes` adapt it."""
     from transformers import CLIPTextConfig
@@ -93,6 +109,19 @@ def tiny_text_config(tokenizer: CLIPTokenizer, **changes: Any) -> CLIPTextConfig
             **changes,
         }
     )
+
+
+def tiny_vision_config(*, patch_size: int) -> dict[str, Any]:
+    """A 32-wide two-layer CLIP vision tower over 32-pixel pictures in `patch_size` patches
+    (a `vision_config` for the tiny safety checker and CLIPSeg)."""
+    return {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "image_size": 32,
+        "patch_size": patch_size,
+    }
 
 
 def t5_tokenizer() -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .tiny_parts import clip_tokenizer
+from .tiny_parts import clip_tokenizer, tiny_vision_config
 
 __all__ = [
     "VISION_BUILTINS",
@@ -49,14 +49,7 @@ def build_clipseg(root: Path, *, seed: int = 7) -> None:
             "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
         },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        vision_config=tiny_vision_config(patch_size=8),
         projection_dim=32,
         extract_layers=(0, 1),
         reduce_dim=16,
