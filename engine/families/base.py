@@ -160,6 +160,16 @@ class Family:
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
         raise NotImplementedError
 
+    def stock_defaults(self, pipe: Any, source: str, steps: int, guidance: float) -> FamilyDefaults:
+        """The stock call's own steps and guidance (`steps`, `guidance`: where its signature
+        has none) at the pipeline's native size; a builtin's are 4 steps at 64 pixels."""
+        native = pipe.default_sample_size * pipe.vae_scale_factor
+        steps = call_default(pipe, "num_inference_steps", steps)
+        guidance = float(call_default(pipe, self.guidance_argument, guidance))
+        if source.startswith("builtin:"):
+            native, steps = 64, 4
+        return FamilyDefaults(steps, guidance, native, self.multiple)
+
     def reference_fit(self, pipe: Any, native: int) -> tuple[tuple[tuple[int, int], ...], int, int]:
         """How the edit pipeline resizes a reference picture (`request.reference_size`): the
         sizes it picks from, else the area (0: `native` squared) and the multiple."""

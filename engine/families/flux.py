@@ -33,7 +33,7 @@ import torch
 from ..request import ImageRequest
 from .base import Family, FamilyDefaults, call_default
 
-__all__ = ["Chroma", "Flux", "FluxFill", "FluxKontext"]
+__all__ = ["Chroma", "Flux", "FluxFill", "FluxKontext", "packed_preview"]
 
 
 def unpack(latents: torch.Tensor, height: int, width: int, scale: int) -> torch.Tensor:
@@ -42,6 +42,15 @@ def unpack(latents: torch.Tensor, height: int, width: int, scale: int) -> torch.
     h, w = 2 * (height // (scale * 2)), 2 * (width // (scale * 2))
     latents = latents.view(n, h // 2, w // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
     return latents.reshape(n, channels // 4, h, w)
+
+
+def packed_preview(pipe: Any, latents: torch.Tensor, request: ImageRequest) -> Any:
+    """The first image's packed latents as `(c, h, w)`, for a progress preview (None when
+    they are not packed): FLUX.1's and Qwen-Image's `Family.preview_latents`."""
+    assert request.height is not None and request.width is not None
+    if latents.ndim != 3:
+        return None
+    return unpack(latents[:1], request.height, request.width, pipe.vae_scale_factor)[0]
 
 
 class Flux(Family):
@@ -69,10 +78,7 @@ class Flux(Family):
         return FamilyDefaults(steps, guidance, native, self.multiple)
 
     def preview_latents(self, pipe: Any, latents: torch.Tensor, request: ImageRequest) -> Any:
-        assert request.height is not None and request.width is not None
-        if latents.ndim != 3:
-            return None
-        return unpack(latents[:1], request.height, request.width, pipe.vae_scale_factor)[0]
+        return packed_preview(pipe, latents, request)
 
 
 class Chroma(Flux):
@@ -86,12 +92,7 @@ class Chroma(Flux):
     inpaint = MappingProxyType({})
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
-        native = pipe.default_sample_size * pipe.vae_scale_factor
-        steps = call_default(pipe, "num_inference_steps", 35)
-        guidance = float(call_default(pipe, "guidance_scale", 5.0))
-        if source.startswith("builtin:"):
-            native, steps = 64, 4
-        return FamilyDefaults(steps, guidance, native, self.multiple)
+        return self.stock_defaults(pipe, source, steps=35, guidance=5.0)
 
 
 #: FluxKontextPipeline's preferred resolutions (its `PREFERRED_KONTEXT_RESOLUTIONS`), for a
@@ -175,9 +176,4 @@ class FluxFill(Flux):
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
         """The stock call's 50 steps at guidance 30 (the model card's)."""
-        native = pipe.default_sample_size * pipe.vae_scale_factor
-        steps = call_default(pipe, "num_inference_steps", 50)
-        guidance = float(call_default(pipe, "guidance_scale", 30.0))
-        if source.startswith("builtin:"):
-            native, steps = 64, 4
-        return FamilyDefaults(steps, guidance, native, self.multiple)
+        return self.stock_defaults(pipe, source, steps=50, guidance=30.0)

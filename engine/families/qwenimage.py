@@ -40,8 +40,8 @@ from typing import Any
 import torch
 
 from ..request import ImageRequest
-from .base import DenoiserCall, Family, FamilyDefaults, call_default
-from .flux import unpack
+from .base import DenoiserCall, Family, FamilyDefaults
+from .flux import packed_preview
 
 __all__ = ["QwenImage", "QwenImageEdit"]
 
@@ -73,12 +73,7 @@ class QwenImage(Family):
     multiple = 16  # 8x latents, packed 2x2
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
-        native = pipe.default_sample_size * pipe.vae_scale_factor
-        steps = call_default(pipe, "num_inference_steps", 50)
-        guidance = float(call_default(pipe, "true_cfg_scale", 4.0))
-        if source.startswith("builtin:"):
-            native, steps = 64, 4
-        return FamilyDefaults(steps, guidance, native, self.multiple)
+        return self.stock_defaults(pipe, source, steps=50, guidance=4.0)
 
     guidance_argument = "true_cfg_scale"
 
@@ -106,10 +101,7 @@ class QwenImage(Family):
         return super().merge([DenoiserCall((), n) for n in named])
 
     def preview_latents(self, pipe: Any, latents: torch.Tensor, request: ImageRequest) -> Any:
-        assert request.height is not None and request.width is not None
-        if latents.ndim != 3:
-            return None
-        return unpack(latents[:1], request.height, request.width, pipe.vae_scale_factor)[0]
+        return packed_preview(pipe, latents, request)
 
 
 class QwenImageEdit(QwenImage):
