@@ -225,6 +225,13 @@ class Family:
             kwargs |= self.edit_kwargs(pipe, requests)
         if first.mask is not None:
             kwargs |= self.mask_kwargs(requests)
+        return self.finish_kwargs(pipe, requests, kwargs)
+
+    def finish_kwargs(
+        self, pipe: Any, requests: Sequence[ImageRequest], kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The family's last word on `batch_kwargs`' arguments (FLUX.1 Kontext's `max_area`,
+        Qwen-Image-Edit's one prompt); as they are by default."""
         return kwargs
 
     def edit_kwargs(self, pipe: Any, requests: Sequence[ImageRequest]) -> dict[str, Any]:

@@ -144,14 +144,9 @@ class FluxKontext(Flux):
         }
         return tuple(sorted(sizes)), 0, m
 
-    def batch_kwargs(
-        self,
-        pipe: Any,
-        requests: Sequence[ImageRequest],
-        generators: list[torch.Generator],
-        texts: Sequence[Any] | None,
+    def finish_kwargs(
+        self, pipe: Any, requests: Sequence[ImageRequest], kwargs: dict[str, Any]
     ) -> dict[str, Any]:
-        kwargs = super().batch_kwargs(pipe, requests, generators, texts)
         if type(pipe).__name__ in self.edits:  # the Kontext pipeline, not image-to-image
             first = requests[0]
             assert first.width is not None and first.height is not None

@@ -129,16 +129,11 @@ class QwenImageEdit(QwenImage):
         """`calculate_dimensions(VAE_IMAGE_SIZE, aspect)`: 1024² pixels in multiples of 32."""
         return (), 1024 * 1024, 32
 
-    def batch_kwargs(
-        self,
-        pipe: Any,
-        requests: Sequence[ImageRequest],
-        generators: list[torch.Generator],
-        texts: Sequence[Any] | None,
+    def finish_kwargs(
+        self, pipe: Any, requests: Sequence[ImageRequest], kwargs: dict[str, Any]
     ) -> dict[str, Any]:
         """An edit is one prompt with `num_images_per_prompt` (the pipeline refuses a list of
         several); its generators are still one per image."""
-        kwargs = super().batch_kwargs(pipe, requests, generators, texts)
         if requests[0].references:
             kwargs["prompt"] = kwargs["prompt"][0]
             if kwargs.get("negative_prompt") is not None:
