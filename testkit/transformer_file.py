@@ -11,7 +11,9 @@ fine-tunes are shared), which `from_single_file` reads without converting. The o
 layout (`double_blocks.*`, what Black Forest Labs and most Flux fine-tunes publish) cannot be
 made from a tiny model: diffusers' conversion of that layout assumes FLUX.1's full width
 (3072), so only its recognition is tested, with `write_bfl_names` (a file of the layout's
-weight names and tiny tensors).
+weight names and tiny tensors); so is Stability's SD3 layout (`joint_blocks.*`), which diffusers
+recognises by SD3's full width, with `write_sai_names`. Z-Image's original layout (fused
+`attention.qkv`, ComfyUI's prefix) converts at any width: `write_original_zimage` writes it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["seed_hub_model", "write_bfl_names", "write_transformer_file"]
+__all__ = [
+    "seed_hub_model",
+    "write_bfl_names",
+    "write_original_zimage",
+    "write_sai_names",
+    "write_transformer_file",
+]
 
 _COMMIT = "0" * 40
 
@@ -75,4 +83,55 @@ def write_bfl_names(path: Path, *, guidance: bool) -> Path:
     tensors = {name: torch.zeros(4, 64) for name in names}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"format": "pt"})
+    return path
+
+
+def write_sai_names(path: Path) -> Path:
+    """A file with the weight names and shapes by which diffusers recognises an original-layout
+    (Stability's) SD3.5 Medium transformer: its first block's modulation (SD3's width, 1536,
+    times six) and its position table (384 x 384 patches); enough to be recognised, not to be
+    loaded."""
+    from safetensors.torch import save_file
+
+    prefix = "model.diffusion_model."
+    tensors = {
+        f"{prefix}joint_blocks.0.context_block.adaLN_modulation.1.bias": torch.zeros(9216),
+        f"{prefix}pos_embed": torch.zeros(1, 384 * 384, 1, dtype=torch.bfloat16),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return path
+
+
+#: Z-Image's diffusers weight names -> its original ones (diffusers'
+#: `convert_z_image_transformer_checkpoint_to_diffusers`, reversed).
+_ZIMAGE_ORIGINAL = {
+    "all_final_layer.2-1.": "final_layer.",
+    "all_x_embedder.2-1.": "x_embedder.",
+    ".attention.to_out.0.": ".attention.out.",
+    ".attention.norm_k.": ".attention.k_norm.",
+    ".attention.norm_q.": ".attention.q_norm.",
+}
+
+
+def write_original_zimage(folder: Path, path: Path) -> Path:
+    """The Z-Image transformer in `folder` as one `.safetensors` at `path` in the original
+    layout, as ComfyUI's Z-Image files are: `model.diffusion_model.` names, each attention's
+    query, key and value weights in one `qkv` tensor."""
+    from safetensors.torch import load_file, save_file
+
+    (weights,) = sorted((folder / "transformer").glob("*.safetensors"))
+    tensors = load_file(weights)
+    original: dict[str, torch.Tensor] = {}
+    for name in list(tensors):
+        if name.endswith(".attention.to_q.weight"):
+            stem = name.removesuffix("to_q.weight")
+            parts = [tensors.pop(f"{stem}to_{part}.weight") for part in "qkv"]
+            tensors[f"{stem}qkv.weight"] = torch.cat(parts)
+    for name, tensor in tensors.items():
+        for new, old in _ZIMAGE_ORIGINAL.items():
+            name = name.replace(new, old)
+        original["model.diffusion_model." + name] = tensor.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(original, str(path), metadata={"format": "pt"})
     return path
