@@ -26,6 +26,7 @@ from engine.tiny import builtin_folder
 from testkit.transformer_file import (
     seed_hub_model,
     write_bfl_names,
+    write_original_sd3,
     write_original_zimage,
     write_sai_names,
     write_transformer_file,
@@ -109,13 +110,20 @@ async def test_a_transformer_file_makes_the_images_of_its_folder(
     assert ("Model hash", digest[:10]) in params.extra
 
 
-async def test_an_original_layout_zimage_file_makes_the_images_of_its_folder(
-    cache: Path, folders: dict[str, Path], tmp_path: Path
+@pytest.mark.parametrize("source", ["builtin:tiny-zimage", "builtin:tiny-sd3"])
+async def test_an_original_layout_file_makes_the_images_of_its_folder(
+    source: str, cache: Path, folders: dict[str, Path], tmp_path: Path
 ) -> None:
-    """ComfyUI's Z-Image files (fused qkv, `model.diffusion_model.` names): converted by
-    diffusers, recognised without a base."""
-    path = write_original_zimage(folders["builtin:tiny-zimage"], tmp_path / "z_image.safetensors")
-    models = (ModelSpec("folder", "builtin:tiny-zimage"), ModelSpec("file", str(path)))
+    """ComfyUI's Z-Image files and Stability's SD3 files (fused qkv, `model.diffusion_model.`
+    names), converted by diffusers: Z-Image's recognised without a base, the tiny SD3 (too
+    narrow for diffusers to recognise: `write_sai_names` has the full width) with its base."""
+    path, base = tmp_path / "transformer.safetensors", ""
+    if source == "builtin:tiny-zimage":
+        write_original_zimage(folders[source], path)
+    else:
+        write_original_sd3(folders[source], path)
+        base = str(folders[source])
+    models = (ModelSpec("folder", source), ModelSpec("file", str(path), base=base))
     config = EngineConfig(models=models, cache_dir=cache, max_loaded_models=2, batch_wait_ms=0)
     async with Engine(config) as engine:
         folder = await engine.generate(_request("folder"))
