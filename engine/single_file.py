@@ -1,7 +1,7 @@
 """Single checkpoint files as model sources: a whole SD/SDXL checkpoint (civitai, A1111),
-or a diffusion transformer's file (FLUX, Chroma...) with its reference repository's other
-components; read safely (`.ckpt` with torch's weights-only unpickler) and refused in one line
-when they cannot be served.
+or a diffusion transformer's file (FLUX.1, Chroma, SD3/3.5, Z-Image...) with its reference
+repository's other components; read safely (`.ckpt` with torch's weights-only unpickler) and
+refused in one line when they cannot be served.
 
 Runs on the engine's worker thread only (torch).
 """
@@ -56,16 +56,25 @@ SINGLE_FILE = {
     "flux-schnell": FileKind("FluxPipeline", "FLUX.1-schnell"),
     "flux-dev": FileKind("FluxPipeline", "FLUX.1-dev"),
     "chroma": FileKind("ChromaPipeline", "Chroma"),
+    "sd3": FileKind("StableDiffusion3Pipeline", "SD3"),
+    "sd35_medium": FileKind("StableDiffusion3Pipeline", "SD3.5 Medium"),
+    "sd35_large": FileKind("StableDiffusion3Pipeline", "SD3.5 Large"),
+    "z-image-turbo": FileKind("ZImagePipeline", "Z-Image"),
 }
 
 
 #: Weight names only a diffusers-layout transformer file has (a transformer folder's
 #: `diffusion_pytorch_model.safetensors` saved as one file), by the kind they mean; the first
-#: found wins. `infer_diffusers_model_type` knows the original (BFL, ComfyUI) layouts only,
-#: except Chroma's, whose marker both layouts share; `from_single_file` reads both layouts.
+#: found wins. `infer_diffusers_model_type` knows the original (BFL, Stability, ComfyUI)
+#: layouts only, except Chroma's and Z-Image's, whose markers both layouts share (and SD3's
+#: needs the full width); `from_single_file` reads both layouts. SD3's: 3.5 Large's 38 blocks,
+#: 3.5 Medium's second attention, and the position table only SD3's patch embedding saves.
 _DIFFUSERS_LAYOUT = (
     ("time_text_embed.guidance_embedder.linear_1.weight", "flux-dev"),
     ("single_transformer_blocks.0.proj_mlp.weight", "flux-schnell"),
+    ("transformer_blocks.37.norm1_context.linear.weight", "sd35_large"),
+    ("transformer_blocks.0.attn2.to_q.weight", "sd35_medium"),
+    ("pos_embed.pos_embed", "sd3"),
 )
 
 

@@ -11,7 +11,10 @@ fine-tunes are shared), which `from_single_file` reads without converting. The o
 layout (`double_blocks.*`, what Black Forest Labs and most Flux fine-tunes publish) cannot be
 made from a tiny model: diffusers' conversion of that layout assumes FLUX.1's full width
 (3072), so only its recognition is tested, with `write_bfl_names` (a file of the layout's
-weight names and tiny tensors).
+weight names and tiny tensors); so is Stability's SD3 layout (`joint_blocks.*`), which diffusers
+recognises by SD3's full width, with `write_sai_names`; a tiny SD3 in that layout loads with
+its `base` (`write_original_sd3`). Z-Image's original layout (fused
+`attention.qkv`, ComfyUI's prefix) converts at any width: `write_original_zimage` writes it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["seed_hub_model", "write_bfl_names", "write_transformer_file"]
+__all__ = [
+    "seed_hub_model",
+    "write_bfl_names",
+    "write_original_sd3",
+    "write_original_zimage",
+    "write_sai_names",
+    "write_transformer_file",
+]
 
 _COMMIT = "0" * 40
 
@@ -75,4 +85,134 @@ def write_bfl_names(path: Path, *, guidance: bool) -> Path:
     tensors = {name: torch.zeros(4, 64) for name in names}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"format": "pt"})
+    return path
+
+
+def write_sai_names(path: Path) -> Path:
+    """A file with the weight names and shapes by which diffusers recognises an original-layout
+    (Stability's) SD3.5 Medium transformer: its first block's modulation (SD3's width, 1536,
+    times six) and its position table (384 x 384 patches); enough to be recognised, not to be
+    loaded."""
+    from safetensors.torch import save_file
+
+    prefix = "model.diffusion_model."
+    tensors = {
+        f"{prefix}joint_blocks.0.context_block.adaLN_modulation.1.bias": torch.zeros(9216),
+        f"{prefix}pos_embed": torch.zeros(1, 384 * 384, 1, dtype=torch.bfloat16),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return path
+
+
+#: Z-Image's diffusers weight names -> its original ones (diffusers'
+#: `convert_z_image_transformer_checkpoint_to_diffusers`, reversed).
+_ZIMAGE_ORIGINAL = {
+    "all_final_layer.2-1.": "final_layer.",
+    "all_x_embedder.2-1.": "x_embedder.",
+    ".attention.to_out.0.": ".attention.out.",
+    ".attention.norm_k.": ".attention.k_norm.",
+    ".attention.norm_q.": ".attention.q_norm.",
+}
+
+
+def write_original_zimage(folder: Path, path: Path) -> Path:
+    """The Z-Image transformer in `folder` as one `.safetensors` at `path` in the original
+    layout, as ComfyUI's Z-Image files are: `model.diffusion_model.` names, each attention's
+    query, key and value weights in one `qkv` tensor."""
+    from safetensors.torch import load_file, save_file
+
+    (weights,) = sorted((folder / "transformer").glob("*.safetensors"))
+    tensors = load_file(weights)
+    original: dict[str, torch.Tensor] = {}
+    for name in list(tensors):
+        if name.endswith(".attention.to_q.weight"):
+            stem = name.removesuffix("to_q.weight")
+            parts = [tensors.pop(f"{stem}to_{part}.weight") for part in "qkv"]
+            tensors[f"{stem}qkv.weight"] = torch.cat(parts)
+    for name, tensor in tensors.items():
+        for new, old in _ZIMAGE_ORIGINAL.items():
+            name = name.replace(new, old)
+        original["model.diffusion_model." + name] = tensor.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(original, str(path), metadata={"format": "pt"})
+    return path
+
+
+#: SD3's diffusers names in a block -> Stability's (diffusers'
+#: `convert_sd3_transformer_checkpoint_to_diffusers`, reversed); query, key and value are fused.
+_SD3_BLOCK = {
+    "attn.to_out.0.": "x_block.attn.proj.",
+    "attn.to_add_out.": "context_block.attn.proj.",
+    "attn.norm_q.": "x_block.attn.ln_q.",
+    "attn.norm_k.": "x_block.attn.ln_k.",
+    "attn.norm_added_q.": "context_block.attn.ln_q.",
+    "attn.norm_added_k.": "context_block.attn.ln_k.",
+    "attn2.to_out.0.": "x_block.attn2.proj.",
+    "attn2.norm_q.": "x_block.attn2.ln_q.",
+    "attn2.norm_k.": "x_block.attn2.ln_k.",
+    "norm1.linear.": "x_block.adaLN_modulation.1.",
+    "norm1_context.linear.": "context_block.adaLN_modulation.1.",
+    "ff.net.0.proj.": "x_block.mlp.fc1.",
+    "ff.net.2.": "x_block.mlp.fc2.",
+    "ff_context.net.0.proj.": "context_block.mlp.fc1.",
+    "ff_context.net.2.": "context_block.mlp.fc2.",
+}
+_SD3_FUSED = {
+    "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
+}
+_SD3_TOP = {
+    "pos_embed.pos_embed": "pos_embed",
+    "context_embedder.": "context_embedder.",
+    "pos_embed.proj.": "x_embedder.proj.",
+    "time_text_embed.timestep_embedder.linear_1.": "t_embedder.mlp.0.",
+    "time_text_embed.timestep_embedder.linear_2.": "t_embedder.mlp.2.",
+    "time_text_embed.text_embedder.linear_1.": "y_embedder.mlp.0.",
+    "time_text_embed.text_embedder.linear_2.": "y_embedder.mlp.2.",
+    "proj_out.": "final_layer.linear.",
+    "norm_out.linear.": "final_layer.adaLN_modulation.1.",
+}
+
+
+def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
+    """diffusers' (scale, shift) order of a final modulation <-> Stability's (shift, scale)."""
+    first, second = tensor.chunk(2, dim=0)
+    return torch.cat([second, first])
+
+
+def write_original_sd3(folder: Path, path: Path) -> Path:
+    """The SD3 transformer in `folder` as one `.safetensors` at `path` in Stability's layout
+    (`model.diffusion_model.joint_blocks.*`, fused `qkv`, the final modulations' halves in
+    Stability's order), as `sd3.5_medium.safetensors` and the like are published."""
+    from safetensors.torch import load_file, save_file
+
+    (weights,) = sorted((folder / "transformer").glob("*.safetensors"))
+    tensors = load_file(weights)
+    last = max(int(name.split(".")[1]) for name in tensors if name.startswith("transformer_"))
+    original: dict[str, torch.Tensor] = {}
+    for block in range(last + 1):
+        at = f"transformer_blocks.{block}."
+        for fused, parts in _SD3_FUSED.items():
+            for kind in ("weight", "bias"):
+                if f"{at}{parts[0]}.{kind}" in tensors:
+                    split = [tensors.pop(f"{at}{part}.{kind}") for part in parts]
+                    original[f"joint_blocks.{block}.{fused}.{kind}"] = torch.cat(split)
+    for name, tensor in tensors.items():
+        if name.startswith("transformer_blocks."):
+            _, block, rest = name.split(".", 2)
+            new = next(n for n in _SD3_BLOCK if rest.startswith(n))
+            key = f"joint_blocks.{block}.{_SD3_BLOCK[new]}{rest.removeprefix(new)}"
+            if int(block) == last and rest.startswith("norm1_context."):
+                tensor = _swap_halves(tensor)
+        else:
+            new = next(n for n in _SD3_TOP if name.startswith(n))
+            key = _SD3_TOP[new] + name.removeprefix(new)
+            if new == "norm_out.linear.":
+                tensor = _swap_halves(tensor)
+        original[key] = tensor
+    prefixed = {f"model.diffusion_model.{k}": v.contiguous() for k, v in original.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(prefixed, str(path), metadata={"format": "pt"})
     return path

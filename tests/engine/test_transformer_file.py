@@ -1,6 +1,6 @@
-"""A model `source` that is a diffusion transformer's single file (FLUX.1, Chroma), as users
-download them: the transformer through diffusers' `from_single_file`, every other component
-from the family's reference repository.
+"""A model `source` that is a diffusion transformer's single file (FLUX.1, Chroma, SD3/3.5,
+Z-Image), as users download them: the transformer through diffusers' `from_single_file`, every
+other component from the family's reference repository.
 
 Offline: the hub cache holds each reference repository, seeded with the tiny model of its
 family less its transformer's weights (`testkit.transformer_file`), and the tiny transformer
@@ -23,7 +23,14 @@ import torch
 from engine import Engine, EngineConfig, ImageRequest, ModelSpec, read_parameters
 from engine.loader import load_model
 from engine.tiny import builtin_folder
-from testkit.transformer_file import seed_hub_model, write_bfl_names, write_transformer_file
+from testkit.transformer_file import (
+    seed_hub_model,
+    write_bfl_names,
+    write_original_sd3,
+    write_original_zimage,
+    write_sai_names,
+    write_transformer_file,
+)
 
 from .conftest import pixels
 
@@ -33,7 +40,13 @@ KINDS = {
     "builtin:tiny-flux": ("black-forest-labs/FLUX.1-schnell", "flux"),
     "builtin:tiny-flux-dev": ("black-forest-labs/FLUX.1-dev", "flux"),
     "builtin:tiny-chroma": ("lodestones/Chroma1-HD", "chroma"),
+    "builtin:tiny-sd3": ("stabilityai/stable-diffusion-3.5-medium", "sd3"),
+    "builtin:tiny-zimage": ("Tongyi-MAI/Z-Image-Turbo", "zimage"),
 }
+
+#: Tiny models of families whose files diffusers 0.42 does not recognise (it knows Qwen-Image
+#: 2.1's and FLUX.2 [dev]'s, not Qwen-Image's or FLUX.2 [klein]'s): served with a `base`.
+BASED = ("builtin:tiny-qwenimage", "builtin:tiny-flux2-klein")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,7 +62,8 @@ def offline() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def folders(model_cache: Path) -> dict[str, Path]:
-    return {source: builtin_folder(source, model_cache) for source in [*KINDS, "builtin:tiny"]}
+    sources = [*KINDS, *BASED, "builtin:tiny"]
+    return {source: builtin_folder(source, model_cache) for source in sources}
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +110,42 @@ async def test_a_transformer_file_makes_the_images_of_its_folder(
     assert ("Model hash", digest[:10]) in params.extra
 
 
+@pytest.mark.parametrize("source", ["builtin:tiny-zimage", "builtin:tiny-sd3"])
+async def test_an_original_layout_file_makes_the_images_of_its_folder(
+    source: str, cache: Path, folders: dict[str, Path], tmp_path: Path
+) -> None:
+    """ComfyUI's Z-Image files and Stability's SD3 files (fused qkv, `model.diffusion_model.`
+    names), converted by diffusers: Z-Image's recognised without a base, the tiny SD3 (too
+    narrow for diffusers to recognise: `write_sai_names` has the full width) with its base."""
+    path, base = tmp_path / "transformer.safetensors", ""
+    if source == "builtin:tiny-zimage":
+        write_original_zimage(folders[source], path)
+    else:
+        write_original_sd3(folders[source], path)
+        base = str(folders[source])
+    models = (ModelSpec("folder", source), ModelSpec("file", str(path), base=base))
+    config = EngineConfig(models=models, cache_dir=cache, max_loaded_models=2, batch_wait_ms=0)
+    async with Engine(config) as engine:
+        folder = await engine.generate(_request("folder"))
+        file = await engine.generate(_request("file"))
+    assert np.array_equal(pixels(file.images[0].png), pixels(folder.images[0].png))
+
+
+@pytest.mark.parametrize("source", BASED)
+async def test_a_file_of_a_kind_diffusers_cannot_tell_is_served_with_its_base(
+    source: str, cache: Path, folders: dict[str, Path], tmp_path: Path
+) -> None:
+    path = write_transformer_file(folders[source], tmp_path / "transformer.safetensors")
+    models = (ModelSpec("folder", source), ModelSpec("file", str(path), base=str(folders[source])))
+    config = EngineConfig(models=models, cache_dir=cache, max_loaded_models=2, batch_wait_ms=0)
+    async with Engine(config) as engine:
+        folder = await engine.generate(_request("folder"))
+        file = await engine.generate(_request("file"))
+    assert np.array_equal(pixels(file.images[0].png), pixels(folder.images[0].png))
+    with pytest.raises(ValueError, match=r"\[models.<name>\] base"):
+        load_model(EngineConfig(cache_dir=cache), ModelSpec("m", str(path)))
+
+
 def test_base_names_the_reference_repository(
     cache: Path, files: dict[str, Path], folders: dict[str, Path]
 ) -> None:
@@ -124,7 +174,15 @@ def test_base_names_the_reference_repository(
             "black-forest-labs/FLUX.1-dev from the Hugging Face hub: the model "
             "black-forest-labs/FLUX.1-dev is not in the local cache and downloads are off",
         ),
+        (
+            "sai-sd35-not-cached",
+            "needs the other components (text encoders, VAE, configs) of "
+            "stabilityai/stable-diffusion-3.5-medium from the Hugging Face hub",
+        ),
+        ("bfl-flux2", "is a checkpoint of another kind (flux-2-dev)"),
         ("chroma-on-flux", "holds a Chroma transformer, but its base"),
+        ("zimage-on-sd3", "holds a Z-Image transformer, but its base"),
+        ("sd3-on-flux", "holds a SD3.5 Medium transformer, but its base"),
         ("flux-on-sd", "holds a FLUX.1-schnell transformer, but its base"),
         ("schnell-on-dev", "does not fit the transformer of"),
         ("unknown", "is not a checkpoint of a model family served here"),
@@ -144,6 +202,18 @@ def test_a_transformer_file_that_cannot_load_is_one_clear_line(
     base = ""
     if case == "bfl-dev-not-cached":
         path = write_bfl_names(tmp_path / "flux1-dev.safetensors", guidance=True)
+    elif case == "sai-sd35-not-cached":
+        path = write_sai_names(tmp_path / "sd3.5_medium.safetensors")
+    elif case == "bfl-flux2":  # FLUX.2 [klein] as BFL publishes it: diffusers says [dev]
+        path, base = (
+            tmp_path / "flux-2-klein-4b.safetensors",
+            str(folders["builtin:tiny-flux2-klein"]),
+        )
+        save_file({"single_stream_modulation.lin.weight": torch.zeros(2, 2)}, str(path))
+    elif case == "zimage-on-sd3":
+        path, base = files["builtin:tiny-zimage"], str(folders["builtin:tiny-sd3"])
+    elif case == "sd3-on-flux":
+        path, base = files["builtin:tiny-sd3"], str(folders["builtin:tiny-flux"])
     elif case == "chroma-on-flux":
         path, base = files["builtin:tiny-chroma"], str(folders["builtin:tiny-flux"])
     elif case == "flux-on-sd":
@@ -155,8 +225,8 @@ def test_a_transformer_file_that_cannot_load_is_one_clear_line(
         save_file({"blocks.0.attn.weight": torch.zeros(2, 2)}, str(path))
     else:
         path, base = files["builtin:tiny-flux"], str(tmp_path / "no-such-folder")
-    # The BFL file's repository is not in this empty cache: the rest cannot come.
-    where = tmp_path / "empty" if case == "bfl-dev-not-cached" else cache
+    # The original file's repository is not in this empty cache: the rest cannot come.
+    where = tmp_path / "empty" if case.endswith("-not-cached") else cache
     with pytest.raises(ValueError) as caught:
         load_model(EngineConfig(cache_dir=where), ModelSpec("m", str(path), base=base))
     message = str(caught.value)
