@@ -8,7 +8,9 @@ message). An Upscale or Vary is a new image-to-image job from the chosen image, 
 size by `ImageStore`; an Edit (once its modal asked what to change) is an edit by instruction
 of the chosen image on the first model that edits; a canvas job inpaints it; a Reroll, the
 same options with a new seed (a canvas job's from the same canvas and mask, an edit's from
-the same pictures, kept by `ImageStore`). Each is charged to whoever pressed the button.
+the same pictures, kept by `ImageStore`). Each is charged to whoever pressed the button. Describe
+makes no job: the same checks, then the kept picture goes back to the surface, which answers
+with prompts (`picture`).
 """
 
 from __future__ import annotations
@@ -266,6 +268,13 @@ class Actions:
         )
         await self.jobs.derived(interaction, request, kind=JobKind.EDIT, source=(record.id, index))
 
+    async def picture(
+        self, interaction: discord.Interaction[Any], job: JobRef, index: int, action: Action
+    ) -> Image:
+        """Image `index` of `job` at full size for `action` (Describe), after `_chosen`'s
+        checks; nothing is charged or recorded (the surface deferred the interaction)."""
+        return (await self._chosen(interaction, job, index, action))[2]
+
     async def _chosen(
         self, interaction: discord.Interaction[Any], job: JobRef, index: int, action: Action
     ) -> tuple[JobRecord, Parameters, Image]:
@@ -286,6 +295,7 @@ class Actions:
             raise NotAllowed(f"This button does not belong to job #{job.id}.")
         verb = "vary" if action in (Action.VARY_SUBTLE, Action.VARY_STRONG) else "change"
         verb = "upscale" if action in UPSCALES else "edit" if action is Action.EDIT else verb
+        verb = "describe" if action is Action.DESCRIBE else verb
         if not self._may_manage(interaction, record):
             raise NotAllowed(
                 f"Only the person who asked for these images, or a moderator, can {verb} them."

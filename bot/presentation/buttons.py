@@ -1,6 +1,6 @@
-"""Buttons that keep working after a restart: Upscale, Vary, Edit, Reroll and Delete on
-results (U1-U4, V1-V4 and E1-E4 on a grid), Zoom Out, Pan, Vary (Region) and Fix faces on
-one image, Cancel on progress.
+"""Buttons that keep working after a restart: Upscale, Vary, Edit, Describe, Reroll and Delete
+on results (U1-U4, V1-V4, E1-E4 and D1-D4 on a grid), Zoom Out, Pan, Vary (Region) and Fix
+faces on one image, Cancel on progress.
 
 Each `custom_id` is `imagine:<action>:<job id>:<job key>` (a `JobRef`; buttons posted before
 keys existed have no key), and an image's buttons add its index to the action (`u2`, `vx0`);
@@ -43,6 +43,7 @@ _MADE = frozenset(
         Action.DELETE,
         *CANVAS,
         Action.EDIT,
+        Action.DESCRIBE,
     }
 )
 #: What a result of each kind offers. An upscale offers no Upscale (it is as large as it
@@ -57,7 +58,14 @@ OFFERED: Mapping[JobKind, frozenset[Action]] = {
     JobKind.REGION: _MADE,
     JobKind.FIX: _MADE,
     JobKind.UPSCALE: frozenset(
-        {Action.VARY_SUBTLE, Action.VARY_STRONG, Action.DELETE, Action.EDIT, *CANVAS}
+        {
+            Action.VARY_SUBTLE,
+            Action.VARY_STRONG,
+            Action.DELETE,
+            Action.EDIT,
+            Action.DESCRIBE,
+            *CANVAS,
+        }
     ),
 }
 
@@ -71,12 +79,14 @@ def offered(
     gan: bool = True,
     editable: bool = True,
     fix: bool = True,
+    describable: bool = True,
 ) -> frozenset[Action]:
     """The actions on a result of `kind` (`upscalable`: its images can get any larger;
     `canvas`: its model inpaints, for Zoom Out, Pan, Vary (Region) and Fix faces; `region`:
     a region model finds the part named in words; `gan`: a GAN upscaler makes Upscale
     (subtle) and (creative); `editable`: a configured model edits pictures by instruction;
-    `fix`: a face detector finds the faces to fix)."""
+    `fix`: a face detector finds the faces to fix; `describable`: a describe model turns a
+    picture into prompts)."""
     actions = OFFERED[kind]
     if not upscalable:
         actions -= UPSCALES
@@ -88,6 +98,8 @@ def offered(
         actions -= {Action.REGION}
     if not fix:
         actions -= {Action.FIX}
+    if not describable:
+        actions -= {Action.DESCRIBE}
     return actions if editable else actions - {Action.EDIT}
 
 
@@ -111,6 +123,7 @@ _LOOKS: dict[Action, _Look] = {
     Action.EDIT: _Look("Edit", "\N{PENCIL}", discord.ButtonStyle.secondary),
     Action.REGION: _Look("Vary (Region)", None, discord.ButtonStyle.secondary),
     Action.FIX: _Look("Fix faces", None, discord.ButtonStyle.secondary),
+    Action.DESCRIBE: _Look("Describe", None, discord.ButtonStyle.secondary),
     Action.ZOOM_2: _Look("Zoom Out 2x", "\N{LEFT-POINTING MAGNIFYING GLASS}", _SECONDARY),
     Action.ZOOM_15: _Look("Zoom Out 1.5x", "\N{LEFT-POINTING MAGNIFYING GLASS}", _SECONDARY),
     Action.ZOOM_CUSTOM: _Look("Custom Zoom", "\N{LEFT-POINTING MAGNIFYING GLASS}", _SECONDARY),
@@ -188,7 +201,8 @@ def label_of(action: Action) -> str:
 
 
 #: One image's rows, as Midjourney lays them out (then Reroll and Delete); with a GAN
-#: upscaler, Upscale (subtle) and (creative) take the Upscale's place.
+#: upscaler, Upscale (subtle) and (creative) take the Upscale's place. Describe ends the
+#: pans' row (every other row may be full: five a row).
 _SINGLE_ROWS = (
     (
         Action.UPSCALE,
@@ -199,8 +213,11 @@ _SINGLE_ROWS = (
         Action.REGION,
     ),
     (Action.ZOOM_2, Action.ZOOM_15, Action.ZOOM_CUSTOM, Action.EDIT, Action.FIX),
-    (Action.PAN_LEFT, Action.PAN_RIGHT, Action.PAN_UP, Action.PAN_DOWN),
+    (Action.PAN_LEFT, Action.PAN_RIGHT, Action.PAN_UP, Action.PAN_DOWN, Action.DESCRIBE),
 )
+#: A grid's rows of one button per tile after Reroll and Delete (U and V come before them):
+#: with at most four tiles, the five rows Discord allows hold them all.
+_TILE_ROWS = ((Action.EDIT, "E"), (Action.DESCRIBE, "D"))
 
 
 def result_view(
@@ -214,12 +231,13 @@ def result_view(
     gan: bool = False,
     editable: bool = False,
     fix: bool = False,
+    describable: bool = False,
 ) -> discord.ui.View:
     """The buttons under a result, those `offered` for its kind: for one image Upscale (or
     Upscale (subtle) and (creative)), both Vary and Vary (Region), the zooms, Edit, Fix
-    faces and the pans (`canvas`, `region`, `gan`, `editable`, `fix`: see `offered`); for
-    several U1..Un and V1..Vn (strong variations); then Reroll and Delete; on a grid E1..En
-    last."""
+    faces, the pans and Describe (`canvas`, `region`, `gan`, `editable`, `fix`,
+    `describable`: see `offered`); for several U1..Un and V1..Vn (strong variations); then
+    Reroll and Delete; on a grid E1..En and D1..Dn last."""
     actions = offered(
         kind,
         upscalable=upscalable,
@@ -228,6 +246,7 @@ def result_view(
         gan=gan,
         editable=editable,
         fix=fix,
+        describable=describable,
     )
     view = discord.ui.View(timeout=None)
 
@@ -252,8 +271,10 @@ def result_view(
     add(Action.REROLL, row=last)
     add(Action.DELETE, row=last)
     if len(indexes) > 1:
-        for n, index in enumerate(indexes, start=1):
-            add(Action.EDIT, index, label=f"E{n}", row=last + 1)
+        tile_rows = [(action, letter) for action, letter in _TILE_ROWS if action in actions]
+        for row, (action, letter) in enumerate(tile_rows, start=last + 1):
+            for n, index in enumerate(indexes, start=1):
+                add(action, index, label=f"{letter}{n}", row=row)
     return view
 
 

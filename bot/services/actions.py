@@ -4,7 +4,9 @@
 button press call it, never the job service itself (`jobs/actions.py` answers it). `Action`
 names the buttons' actions, as their custom ids carry them (`presentation/buttons.py`), and a
 `Press` is one press of one. Custom zoom and Vary (Region) first ask for words in a modal: their
-press comes back with the modal's `answers`.
+press comes back with the modal's `answers`. Describe is answered by the surface itself (the
+`/describe` answer, `surface/cogs/describe.py`): the job actions only check the press and hand
+it the kept picture (`picture`).
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
 
 from ..images.pictures import PictureRef
 from ..ledger import JobRef
 from .options import ImagineOptions
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 __all__ = ["ASKS", "CANVAS", "PER_IMAGE", "UPSCALES", "Action", "JobActions", "Press"]
 
@@ -42,6 +47,7 @@ class Action(enum.StrEnum):
     PAN_DOWN = "pd"
     REGION = "rg"  # Vary (Region): which part, and what instead, asked in a modal
     FIX = "ff"  # Fix faces: the faces the detector finds inpainted again ([fix] detector)
+    DESCRIBE = "ds"  # four prompts for the image, privately ([describe] model); no job
 
 
 #: The canvas actions: an inpainting of one image (zoom out, pan, a region or the faces made
@@ -72,6 +78,7 @@ PER_IMAGE = frozenset(
         *UPSCALES,
         *CANVAS,
         Action.EDIT,
+        Action.DESCRIBE,
     }
 )
 
@@ -145,3 +152,12 @@ class JobActions(Protocol):
     async def edit(
         self, interaction: discord.Interaction[Any], job: JobRef, index: int, instruction: str
     ) -> None: ...
+
+    async def picture(
+        self, interaction: discord.Interaction[Any], job: JobRef, index: int, action: Action
+    ) -> Image:
+        """Image `index` of `job` at full size, for a press the surface answers itself
+        (Describe), once the checks every image button passes have passed (the presser's own
+        result or a moderator's, on its own message, offered, still kept). It answers nothing:
+        the surface has deferred the interaction."""
+        ...

@@ -14,6 +14,7 @@ import discord
 
 from ..presentation.modals import INSTRUCTION, ask
 from ..services import ASKS, CANVAS, PER_IMAGE, UPSCALES, Action, JobActions, Press
+from .cogs.describe import describe_result
 from .tree import rate_limited, report
 
 __all__ = ["act", "answer"]
@@ -41,6 +42,9 @@ async def act(actions: JobActions, i: discord.Interaction[Any], press: Press) ->
             await actions.ask_edit(i, job, index)
         else:
             await actions.edit(i, job, index, press.answers.get(INSTRUCTION, ""))
+    elif action is Action.DESCRIBE:  # no job: the surface answers with prompts
+        assert index is not None
+        await describe_result(actions, i, job, index)
     elif action in ASKS and press.answers is None:
         await i.response.send_modal(ask(press))  # its answers come back as a press
     elif action in CANVAS:

@@ -1,7 +1,8 @@
 """`/imagine image:<attachment>`, `/edit` and `/describe image:<attachment>` end to end: the
 real bot, the Discord-compatible server serving the attachment from its CDN-like route, the
 database and the image store read back; the Edit button's modal, submitted, and pressed again
-after a restart; `/describe` with the random-weight `builtin:tiny-florence2`.
+after a restart; `/describe` with the random-weight `builtin:tiny-florence2`, and a result's
+Describe button.
 
 Every bad attachment gets one clear private message and costs nothing; a URL off Discord's
 servers is never fetched (a decoy HTTP server counts the requests it gets).
@@ -284,7 +285,7 @@ async def edit_by_button(world: World, result: Message, instruction: str) -> Mes
     return await wait_result(submitted)
 
 
-async def test_a_grid_offers_an_edit_per_tile_and_a_gone_tile_is_refused_at_no_cost(
+async def test_a_grid_offers_an_edit_and_a_describe_per_tile_a_gone_tile_refused_at_no_cost(
     world: World,
 ) -> None:
     interaction = await world.server.invoke(
@@ -293,7 +294,7 @@ async def test_a_grid_offers_an_edit_per_tile_and_a_gone_tile_is_refused_at_no_c
     grid = await wait_result(interaction)
     job_id = job_id_of(grid)
     rows = [[c["label"] for c in row["components"]] for row in grid.components]
-    assert rows[-1] == ["E1", "E2"]  # a row of its own, beside U1-U2 and V1-V2
+    assert rows[-2:] == [["E1", "E2"], ["D1", "D2"]]  # rows of their own, after U, V, Reroll
     pressed = await world.server.click(grid, button_id(grid, "e1"), user=world.carol)
     modal = await pressed.wait_for(lambda i: i.modal, what="the Edit modal")
     assert modal["title"] == "Edit image 2"
@@ -307,6 +308,10 @@ async def test_a_grid_offers_an_edit_per_tile_and_a_gone_tile_is_refused_at_no_c
     note = await refused.wait_for_original(lambda m: m is not grid)
     assert refused.ephemeral and "is no longer kept" in note.content, note.content
     assert refused.modal is None and await used(world, world.carol.id) == before
+    refused = await world.server.click(grid, button_id(grid, "ds0"), user=world.carol)
+    note = await refused.wait_for_original(lambda m: m is not grid)
+    assert refused.ephemeral and "is no longer kept" in note.content, note.content
+    assert not note.custom_ids and await used(world, world.carol.id) == before
 
 
 async def test_edit_refuses_a_model_that_does_not_edit_and_a_second_picture(
@@ -411,6 +416,50 @@ async def test_describe_answers_four_prompts_each_imagined_by_its_presser(world:
         assert job.request.prompt == prompts[2] and job.request.user_id == emil.id
         assert job.request.strength is None  # a text-to-image job: the picture is not reused
         assert (await ledger.user_status(world.guild.id, emil.id)).used == 1
+
+
+async def test_a_result_s_describe_button_answers_its_presser_privately_at_no_cost(
+    world: World,
+) -> None:
+    """A result's Describe gives `/describe`'s answer for the kept image: four prompts,
+    privately, an Imagine button each, no job and nothing charged; another member's press is
+    refused. An Imagine press makes that prompt's /imagine, charged as one."""
+    bob, carol = world.bob, world.carol
+    asked = {"prompt": "a red barn", "steps": 2, "ar": "16:9"}
+    result = await wait_result(await world.server.invoke("imagine", user=bob, options=asked))
+    job_id = job_id_of(result)
+    await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
+    labels = [c.get("label") for row in result.components for c in row["components"]]
+    assert "Describe" in labels, labels
+    describe = button_id(result, "ds0")
+    before, carol_before = await used(world, bob.id), await used(world, carol.id)
+    async with read_ledger(world.tmp) as ledger:
+        jobs = await ledger.jobs_for_user(world.guild.id, bob.id)
+
+    refused = await world.server.click(result, describe, user=carol)
+    note = await refused.wait_for_original(lambda m: m is not result)
+    assert refused.ephemeral and "Only the person who asked" in note.content, note.content
+    assert "can describe them" in note.content and not note.custom_ids
+
+    pressed = await world.server.click(result, describe, user=bob)
+    answer = await pressed.wait_for_original(lambda m: m is not result, timeout=JOB_TIMEOUT)
+    assert pressed.ephemeral and answer.ephemeral, answer.content
+    assert f"image 1 of job #{job_id}" in answer.content
+    prompts = prompts_of(answer.content)
+    assert sorted(prompts) == [1, 2, 3, 4] and all(prompts.values()), answer.content
+    assert answer.custom_ids == [f"imagine-describe:{n}:16:9" for n in (1, 2, 3, 4)]
+    async with read_ledger(world.tmp) as ledger:  # describing is no job, and costs nothing
+        assert await ledger.jobs_for_user(world.guild.id, bob.id) == jobs
+    assert (await used(world, bob.id), await used(world, carol.id)) == (before, carol_before)
+
+    pressed = await world.server.click(answer, "imagine-describe:3:16:9", user=bob)
+    imagined = job_id_of(await wait_result(pressed))
+    await world.bot.wait_for_line(rf"job {imagined}: delivered", within=JOB_TIMEOUT)
+    async with read_ledger(world.tmp) as ledger:
+        job = await job_of(ledger, imagined)
+        assert (job.request.kind, job.request.prompt) == (JobKind.IMAGINE, prompts[3])
+        assert job.request.user_id == bob.id
+    assert await used(world, bob.id) == before + 1
 
 
 async def test_describe_checks_the_picture_and_the_rate_limit_privately(world: World) -> None:

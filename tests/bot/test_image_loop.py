@@ -87,6 +87,7 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
             upscale={"model": UPSCALE_MODEL},
             fix={"detector": FIX_DETECTOR},
             moderation={"commands_per_minute": 60},  # the canvas test presses many buttons
+            describe={"model": ""},  # off: the layouts below have no Describe
         )
         async with world.running_bot(pythonpath=[STUBS]):
             yield world
@@ -164,6 +165,10 @@ async def test_a_grid_then_upscale_and_variations(world: World) -> None:
         note = await forged.wait_for_original(lambda m: m is not big)
         assert forged.ephemeral and "offers no" in note.content, note.content
         assert result_of(forged) is None
+    # Describing is off on this bot: a Describe forged onto it says so, privately.
+    forged = await world.server.click(big, f"imagine:ds0:{ref}", user=alice, validate=False)
+    note = await forged.wait_for_original(lambda m: m is not big)
+    assert forged.ephemeral and "Describing pictures is off" in note.content, note.content
     assert await used(world, alice.id) == 4 + UPSCALE_COST
 
     vary = await press(world, grid, "vx0", alice)  # V1

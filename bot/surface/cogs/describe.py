@@ -9,13 +9,18 @@ Describing is not charged as images: the command tree's per-member rate limit
 by the admission of the `/imagine` it makes. The buttons survive a restart: each names only
 its prompt's number and the aspect ratio, and a press reads the prompt from its message
 (`presentation/describe.py`).
+
+A result's **Describe** button (`Action.DESCRIBE`) gets the same answer for the image it names
+(`describe_result`): the job actions check the press and give the kept full-size picture, as
+for Upscale or Vary; nothing is charged, and the press counts against the presser's rate
+limit as every press does (`surface/presses.py`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -25,11 +30,15 @@ from engine import ASPECT_RATIOS
 
 from ...errors import NotAllowed
 from ...images.pictures import PictureRef, fetch_picture
+from ...ledger import JobRef
 from ...presentation.describe import BUTTON_ID, closest_ratio, describe_text, prompts_of
-from ...services import ImagineOptions, Services, host_of
+from ...services import Action, ImagineOptions, JobActions, Services, host_of
 from ..tree import report
 
-__all__ = ["DescribeButton", "DescribeCog", "describe_view"]
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+__all__ = ["DescribeButton", "DescribeCog", "describe_result", "describe_view"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +90,37 @@ def describe_view(count: int, ratio: str) -> discord.ui.View:
     return view
 
 
+async def _answer(
+    services: Services, interaction: discord.Interaction[Any], picture: Image, name: str
+) -> None:
+    """Describe `picture` (called `name` in the answer) and answer the deferred `interaction`
+    privately with its prompts, an Imagine button each."""
+    prompts = await services.engine.describe(picture)  # on the describer's own thread
+    if not prompts:
+        raise NotAllowed("The describe model found nothing to say about that picture.")
+    ratio = closest_ratio(*picture.size)
+    log.info("described a picture for user %s: %d prompts", interaction.user.id, len(prompts))
+    await interaction.followup.send(
+        describe_text(name, prompts, ratio),
+        view=describe_view(len(prompts), ratio),
+        ephemeral=True,
+    )
+
+
+async def describe_result(
+    actions: JobActions, interaction: discord.Interaction[Any], job: JobRef, index: int
+) -> None:
+    """A result's Describe press: `/describe`'s answer for image `index` of `job`, from the
+    picture the bot keeps (the job actions check the press and read it)."""
+    services = host_of(interaction).services
+    if not services.config.engine.describe.model:  # forged onto a result
+        await interaction.response.send_message(OFF, ephemeral=True)
+        return
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    picture = await actions.picture(interaction, job, index, Action.DESCRIBE)
+    await _answer(services, interaction, picture, f"image {index + 1} of job #{job.id}")
+
+
 class DescribeCog(commands.Cog):
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -101,13 +141,4 @@ class DescribeCog(commands.Cog):
             api_base_url=s.config.discord.api_base_url,
             max_mb=s.config.images.max_picture_mb,
         )
-        prompts = await s.engine.describe(picture)  # on the describer's own thread
-        if not prompts:
-            raise NotAllowed("The describe model found nothing to say about that picture.")
-        ratio = closest_ratio(*picture.size)
-        log.info("described a picture for user %s: %d prompts", interaction.user.id, len(prompts))
-        await interaction.followup.send(
-            describe_text(image.filename, prompts, ratio),
-            view=describe_view(len(prompts), ratio),
-            ephemeral=True,
-        )
+        await _answer(s, interaction, picture, image.filename)
