@@ -132,3 +132,30 @@ def run_staggered(stepper: Stepper, first: ImageRequest, later: list[ImageReques
         assert stepper.tick(active) == [None] * len(active)
         active = [s for s in active if not s.done]
     return samples
+
+
+async def assert_stock_images_in_both_modes(
+    engine: Engine,
+    model: LoadedModel,
+    stock: Callable[[LoadedModel, ImageRequest, str], Any],
+    second_prompt: str,
+) -> None:
+    """Three requests of different steps, guidance, counts and negative prompts, submitted
+    together: each job's images equal `stock` run alone (within 1 per channel), and in step
+    mode the three shared ticks. `second_prompt` is the family's own (weights where it reads
+    them)."""
+    asked = [
+        ImageRequest("a lighthouse at night", seed=3, steps=3, guidance=4.0, user="a"),
+        ImageRequest(second_prompt, seed=8, steps=3, guidance=4.0, count=2, user="b"),
+        ImageRequest("a ship", negative_prompt="fog", seed=11, steps=2, guidance=2.0, user="c"),
+    ]
+    jobs = [engine.submit(engine.prepare(r)) for r in asked]
+    for job in jobs:
+        result = await job.result()
+        expected = stock(model, job.request, "pil")
+        assert len(result.images) == len(expected) == job.request.count
+        for image, theirs in zip(result.images, expected, strict=True):
+            ours = pixels(image.png)
+            assert np.abs(ours - np.asarray(theirs, dtype=np.int16)).max() <= 1
+    if engine.scheduling == "step":  # the three requests shared ticks
+        assert max(call.requests for call in engine.stats.recent_calls) == 3

@@ -23,7 +23,12 @@ from engine.request import validate
 from engine.stepper import Sample, Stepper
 from engine.torch_ops import preview_png
 
-from .conftest import EngineFactory, StockModels, pixels, run_staggered
+from .conftest import (
+    EngineFactory,
+    StockModels,
+    assert_stock_images_in_both_modes,
+    run_staggered,
+)
 
 QWEN, KLEIN = "builtin:tiny-qwenimage", "builtin:tiny-flux2-klein"
 FAMILIES = {QWEN: "qwenimage", KLEIN: "flux2"}
@@ -145,22 +150,9 @@ async def test_the_engine_makes_the_stock_images_in_both_modes(
         model=source, scheduling=scheduling, max_batch_size=4, batch_wait_ms=100
     )
     assert engine.scheduling == scheduling and engine.profile.family == FAMILIES[source]
-    asked = [
-        ImageRequest("a lighthouse at night", seed=3, steps=3, guidance=4.0, user="a"),
-        ImageRequest("two small owls on a tree", seed=8, steps=3, guidance=4.0, count=2, user="b"),
-        ImageRequest("a ship", negative_prompt="fog", seed=11, steps=2, guidance=2.0, user="c"),
-    ]
-    jobs = [engine.submit(engine.prepare(r)) for r in asked]
-    model = stock_models(config)
-    for job in jobs:
-        result = await job.result()
-        expected = stock(model, job.request, "pil")
-        assert len(result.images) == len(expected) == job.request.count
-        for image, theirs in zip(result.images, expected, strict=True):
-            ours = pixels(image.png)
-            assert np.abs(ours - np.asarray(theirs, dtype=np.int16)).max() <= 1
-    if scheduling == "step":  # the three requests shared ticks
-        assert max(call.requests for call in engine.stats.recent_calls) == 3
+    await assert_stock_images_in_both_modes(
+        engine, stock_models(config), stock, "two small owls on a tree"
+    )
 
 
 def test_qwenimage_image_to_image_beside_text_requests_equals_stock(
