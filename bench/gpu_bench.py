@@ -28,9 +28,10 @@ from typing import Any
 import torch
 
 from .architectures import build
+from .dit_architectures import DIT_CALLS, build_dit
 from .report import machine, markdown_table, save, update_docs
 
-SIZES = {"sd15": 512, "sdxl": 1024}
+SIZES = {"sd15": 512, "sdxl": 1024} | {name: call["size"] for name, call in DIT_CALLS.items()}
 #: In the order they run: the raw pipeline's variants change it for the next ones (channels
 #: last, then compiled), so the package's DeepCache runs on the plain one.
 VARIANTS = (
@@ -43,14 +44,19 @@ VARIANTS = (
     "engine_compiled",
     "engine_compiled_cache",
 )
+#: The diffusion transformers' variants: bf16, and the transformer quantized as
+#: `[models.<name>] quantize = "fp8"` does (torchao's fp8 dynamic-activation config).
+DIT_VARIANTS = ("plain", "fp8")
 
 
-def measure(pipe: Any, batch: int, size: int, steps: int, repeats: int) -> dict[str, float]:
+def measure(
+    pipe: Any, batch: int, size: int, steps: int, repeats: int, guidance: float = 7.0
+) -> dict[str, float]:
     def call() -> None:
         pipe(
             prompt=["a robot painting with water colours"] * batch,
             num_inference_steps=steps,
-            guidance_scale=7.0,
+            guidance_scale=guidance,
             width=size,
             height=size,
             generator=[torch.Generator("cpu").manual_seed(i) for i in range(batch)],
@@ -134,6 +140,56 @@ async def measure_engine(
     return figures(batch, steps, seconds, cuda)
 
 
+def weights_gib(pipe: Any) -> float:
+    """What the pipeline's modules hold, parameters and buffers (quantized ones as stored)."""
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+    return sum(_nbytes(t) for t in tensors) / 2**30
+
+
+def _nbytes(t: Any) -> int:
+    """A tensor's bytes, looking inside torchao's tensor subclasses (their data and scales)."""
+    if type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+        inner = (getattr(t, name) for name in t.__tensor_flatten__()[0])
+        return sum(_nbytes(x) for x in inner if x is not None)
+    return t.numel() * t.element_size()
+
+
+def run_dit(name: str, args: argparse.Namespace, result: dict[str, Any], out: str) -> None:
+    """A diffusion transformer's raw pipeline in bf16, then with its transformer in fp8, at
+    its card's steps and guidance (`--steps` is for SD): speed, peak and resident memory."""
+    smoke, rows = args.smoke, result["rows"]
+    call = DIT_CALLS[name]
+    size = 64 if smoke else call["size"]
+    steps = 2 if smoke else call["num_inference_steps"]
+    dtype = torch.float32 if smoke else torch.bfloat16
+    pipe = build_dit(
+        name, device="cpu" if smoke else "cuda", dtype=dtype, scale=0.05 if smoke else 1
+    )
+    for variant in [v for v in DIT_VARIANTS if v in args.variants]:
+        if variant == "fp8":
+            if smoke or torch.cuda.get_device_capability() < (8, 9):
+                print(f"{name} fp8: needs an fp8 GPU (compute capability 8.9+); skipped")
+                continue
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
+
+            quantize_(pipe.transformer, Float8DynamicActivationFloat8WeightConfig())
+        for batch in args.batches:
+            try:
+                got = measure(pipe, batch, size, steps, args.repeats, call["guidance_scale"])
+            except torch.cuda.OutOfMemoryError:
+                got = {"images_per_s": 0.0, "it_per_s": 0.0, "s_per_image": 0.0}
+                got["peak_gib"] = -1.0
+                torch.cuda.empty_cache()
+            row = {"model": name, "size": size, "variant": variant, "batch": batch, "steps": steps}
+            rows.append(row | got | {"weights_gib": weights_gib(pipe)})
+            print(rows[-1], flush=True)
+            save(out, result)
+    del pipe
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = "cpu" if args.smoke else "cuda"
     dtype = torch.float32 if args.smoke else torch.float16
@@ -141,6 +197,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = {"benchmark": "gpu", "machine": machine(), "settings": vars(args), "rows": rows}
     name_out = f"{args.out}_smoke" if args.smoke else args.out
     for name in args.models:
+        if name in DIT_CALLS:
+            run_dit(name, args, result, name_out)
+            continue
         size = 64 if args.smoke else SIZES[name]
         pipe = build(name, device=device, dtype=dtype, scale=0.1 if args.smoke else 1.0)
         folder = None
@@ -210,7 +269,9 @@ def table(result: dict[str, Any]) -> str:
     m, s = result["machine"], result["settings"]
     head = (
         f"GPU figures on {m.get('gpu') or 'CPU (smoke run)'}, torch {m.get('torch')}, {m['date']}: "
-        f"random-weight full-size architectures, fp16, SDPA, {s['steps']} steps, guidance 7; "
+        f"random-weight full-size architectures, SDPA; SD: fp16, guidance 7; FLUX.1 [schnell], "
+        f"SD3.5 Medium, Z-Image-Turbo: bf16 (`fp8`: the transformer in torchao's fp8, as "
+        f'`quantize = "fp8"`), their cards\' steps and guidance; '
         f"compiled engine: {s.get('compile_mode', 'max-autotune')}; cache: DeepCache interval "
         f"{s.get('cache_interval', 3)}, branch {s.get('cache_branch', 0)}."
     )
@@ -220,10 +281,12 @@ def table(result: dict[str, Any]) -> str:
             f"{r['size']}x{r['size']}",
             r["variant"],
             r["batch"],
+            r.get("steps", s["steps"]),
             r["images_per_s"],
             r.get("it_per_s", 0.0),
             r["s_per_image"],
             "OOM" if r["peak_gib"] < 0 else f"{r['peak_gib']:.1f}",
+            f"{r['weights_gib']:.1f}" if "weights_gib" in r else "",
         ]
         for r in result["rows"]
     ]
@@ -231,7 +294,18 @@ def table(result: dict[str, Any]) -> str:
         head
         + "\n\n"
         + markdown_table(
-            ["model", "size", "variant", "batch", "images/s", "it/s", "s/image", "peak GiB"],
+            [
+                "model",
+                "size",
+                "variant",
+                "batch",
+                "steps",
+                "images/s",
+                "it/s",
+                "s/image",
+                "peak GiB",
+                "weights GiB",
+            ],
             rows,
         )
     )
@@ -241,7 +315,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["sd15", "sdxl"], choices=list(SIZES))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS + DIT_VARIANTS[1:]
+    )
     parser.add_argument("--compile-mode", default="max-autotune", help="engine_compiled*")
     parser.add_argument("--cache-interval", type=int, default=3, help="DeepCache's interval")
     parser.add_argument("--cache-branch", type=int, default=0, help="DeepCache's branch")
@@ -264,7 +340,7 @@ def main() -> None:
     print(text)
     print(f"wrote {save(f'{args.out}_smoke' if args.smoke else args.out, result)}")
     if args.readme and not args.smoke:
-        update_docs("gpu", text)
+        update_docs("gpu_dit" if set(args.models) <= set(DIT_CALLS) else "gpu", text)
 
 
 if __name__ == "__main__":

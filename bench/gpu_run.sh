@@ -6,7 +6,8 @@
 # ../.library/device/README.md says: diffusers and what it needs beyond torch/transformers,
 # and DeepCache (the reference of the `deepcache` rows), e.g. `python3 -m pip download
 #   --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
-#   --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 DeepCache==0.1.1`
+#   --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d .whl diffusers==0.42.1
+#   DeepCache==0.1.1 torchao==0.18.0` (torchao: the `fp8` rows)
 # (pure-Python wheels need no platform). Check the script first: `bash bench/gpu_run.sh --smoke`.
 #
 # Then: device run, carry [".whl"], command `bash bench/gpu_run.sh`, timeout_s 600. Stages
@@ -17,9 +18,12 @@
 #            mode "default": max-autotune takes minutes per graph)
 #   sdxl     SDXL 1024^2 at batch 1 and 8: raw plain, engine, engine with the cache
 #   trace    the GPU trace of bench.trace_bench (not by default: run it alone)
+#   dit      FLUX.1 [schnell], SD3.5 Medium and Z-Image-Turbo at 1024^2 (issue 23), batch 1
+#            and 4, bf16 then the transformer in fp8: images/s, peak and resident memory (not
+#            by default: a second command, `GPU_RUN_STAGES=dit bash bench/gpu_run.sh`; the
+#            models are made on the GPU in bf16, seconds each, bench/dit_architectures.py)
 # Results land in $OUT as they are written (gpu_bench writes its JSON after every row), so a
-# timeout still returns what was measured. No FLUX-family row: a full-size FLUX.1 from random
-# weights (a 12B transformer, a 4.7B T5) takes most of the 10 minutes to build.
+# timeout still returns what was measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SMOKE=""
@@ -33,7 +37,7 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 copy() {
-  for name in gpu_bench_sd15 gpu_bench_sd15_compiled gpu_bench_sdxl trace_bench_gpu; do
+  for name in gpu_bench_sd15 gpu_bench_sd15_compiled gpu_bench_sdxl gpu_bench_dit trace_bench_gpu; do
     cp "bench/results/$name.json" "$OUT/" 2>/dev/null
   done
   return 0
@@ -43,6 +47,10 @@ if [ -n "$SMOKE" ]; then
   # Every variant on a scaled-down SD 1.5 on the CPU, only to check the script itself.
   OMP_NUM_THREADS=1 python3 -m bench.gpu_bench --smoke --models sd15 --batches 1 2 --steps 3 \
     --repeats 1 --out gpu_bench_all 2>&1 | tee "$OUT/gpu_bench.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || exit 1
+  OMP_NUM_THREADS=1 python3 -m bench.gpu_bench --smoke --models flux-schnell sd35-medium \
+    zimage-turbo --batches 1 2 --repeats 1 --variants plain fp8 --out gpu_bench_dit 2>&1 \
+    | tee -a "$OUT/gpu_bench.log"
   exit "${PIPESTATUS[0]}"
 fi
 BENCH="python3 -m bench.gpu_bench"
@@ -55,6 +63,8 @@ for stage in ${GPU_RUN_STAGES:-sd15 compiled sdxl}; do
     sdxl) timeout 150 $BENCH --models sdxl --batches 1 8 --out gpu_bench_sdxl \
       --variants plain engine engine_cache ;;
     trace) timeout 240 python3 -m bench.trace_bench --gpu --requests 200 ;;
+    dit) timeout 400 $BENCH --models flux-schnell sd35-medium zimage-turbo --batches 1 4 \
+      --repeats 1 --variants plain fp8 --out gpu_bench_dit ;;
     *) echo "unknown stage $stage" >&2 ;;
   esac 2>&1 | tee -a "$OUT/gpu_run.log"
   copy
