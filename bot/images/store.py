@@ -134,11 +134,15 @@ class ImageStore:
         mask.save(buf, format="PNG", pnginfo=info, compress_level=1)
         self._write(self._mask(job), buf.getvalue())
 
+    def mask_png(self, job: JobRef) -> bytes | None:
+        """Job `job`'s mask as kept (a PNG with its canvas fields); None when gone."""
+        return self._read(self._mask(job))
+
     def load_mask(self, job: JobRef) -> tuple[Image, tuple[tuple[str, str], ...]] | None:
         """Job `job`'s mask ("L") and canvas fields, in their order; None when gone."""
         from PIL import Image as PILImage
 
-        data = self._read(self._mask(job))
+        data = self.mask_png(job)
         if data is None:
             return None
         with PILImage.open(io.BytesIO(data)) as image:

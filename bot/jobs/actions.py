@@ -285,6 +285,23 @@ class Actions:
         record, png = await self._checked(interaction, job, index, action)
         return record, source_of(record.request, index), await asyncio.to_thread(png_to_rgb, png)
 
+    async def mask(self, interaction: discord.Interaction[Any], job: JobRef) -> bytes:
+        """The kept mask `job` inpainted with, as a PNG, after the press's checks (its
+        requester or a moderator, on its own message, a job that made one); nothing is
+        charged or recorded (the surface deferred the interaction)."""
+        record = await self._known(interaction, job)
+        if not _on_its_message(interaction, record.message_id):
+            raise NotAllowed(f"This button does not belong to job #{job.id}.")
+        if not self._may_manage(interaction, record):
+            raise NotAllowed(
+                "Only the person who asked for these images, or a moderator, can see their mask."
+            )
+        _offers(record, Action.MASK)
+        png = await asyncio.to_thread(self.services.images.mask_png, job)
+        if png is None:
+            raise NotAllowed(self._gone(f"The mask of job #{job.id}"))
+        return png
+
     async def _checked(
         self, interaction: discord.Interaction[Any], job: JobRef, index: int, action: Action
     ) -> tuple[JobRecord, bytes]:

@@ -1,6 +1,6 @@
 """Buttons that keep working after a restart: Upscale, Vary, Edit, Describe, Reroll and Delete
 on results (U1-U4, V1-V4, E1-E4 and D1-D4 on a grid), Zoom Out, Pan, Vary (Region) and Fix
-faces on one image, Cancel on progress.
+faces on one image, Show mask on what those made, Cancel on progress.
 
 Each `custom_id` is `imagine:<action>:<job id>:<job key>` (a `JobRef`; buttons posted before
 keys existed have no key), and an image's buttons add its index to the action (`u2`, `vx0`);
@@ -48,15 +48,16 @@ _MADE = frozenset(
 )
 #: What a result of each kind offers. An upscale offers no Upscale (it is as large as it
 #: gets) and no Reroll (another upscale would be recorded, and charged, as an image). The
-#: canvas actions are offered only on one image and by a model that inpaints (`result_view`).
+#: canvas actions are offered only on one image and by a model that inpaints (`result_view`);
+#: what they made offers its mask, on request (the bot posts nothing it was not asked for).
 OFFERED: Mapping[JobKind, frozenset[Action]] = {
     JobKind.IMAGINE: _MADE,
     JobKind.VARIATION: _MADE,
     JobKind.EDIT: _MADE,
-    JobKind.ZOOM: _MADE,
-    JobKind.PAN: _MADE,
-    JobKind.REGION: _MADE,
-    JobKind.FIX: _MADE,
+    JobKind.ZOOM: _MADE | {Action.MASK},
+    JobKind.PAN: _MADE | {Action.MASK},
+    JobKind.REGION: _MADE | {Action.MASK},
+    JobKind.FIX: _MADE | {Action.MASK},
     JobKind.UPSCALE: frozenset(
         {
             Action.VARY_SUBTLE,
@@ -124,6 +125,7 @@ _LOOKS: dict[Action, _Look] = {
     Action.REGION: _Look("Vary (Region)", None, discord.ButtonStyle.secondary),
     Action.FIX: _Look("Fix faces", None, discord.ButtonStyle.secondary),
     Action.DESCRIBE: _Look("Describe", None, discord.ButtonStyle.secondary),
+    Action.MASK: _Look("Show mask", None, discord.ButtonStyle.secondary),
     Action.ZOOM_2: _Look("Zoom Out 2x", "\N{LEFT-POINTING MAGNIFYING GLASS}", _SECONDARY),
     Action.ZOOM_15: _Look("Zoom Out 1.5x", "\N{LEFT-POINTING MAGNIFYING GLASS}", _SECONDARY),
     Action.ZOOM_CUSTOM: _Look("Custom Zoom", "\N{LEFT-POINTING MAGNIFYING GLASS}", _SECONDARY),
@@ -148,7 +150,7 @@ _PER_IMAGE_CODES = "|".join(sorted((str(a) for a in PER_IMAGE), key=len, reverse
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=(
-        rf"imagine:(?P<action>reroll|delete|cancel|(?:{_PER_IMAGE_CODES})(?P<index>[0-9]))"
+        rf"imagine:(?P<action>reroll|delete|cancel|mask|(?:{_PER_IMAGE_CODES})(?P<index>[0-9]))"
         r":(?P<job>[0-9]{1,19})(?::(?P<key>[0-9a-f]{1,16}))?"
     ),
 ):
@@ -237,7 +239,7 @@ def result_view(
     Upscale (subtle) and (creative)), both Vary and Vary (Region), the zooms, Edit, Fix
     faces, the pans and Describe (`canvas`, `region`, `gan`, `editable`, `fix`,
     `describable`: see `offered`); for several U1..Un and V1..Vn (strong variations); then
-    Reroll and Delete; on a grid E1..En and D1..Dn last."""
+    Reroll and Delete (and Show mask on a canvas job's); on a grid E1..En and D1..Dn last."""
     actions = offered(
         kind,
         upscalable=upscalable,
@@ -270,6 +272,7 @@ def result_view(
             add(Action.VARY_STRONG, index, label=f"V{n}", row=1)
     add(Action.REROLL, row=last)
     add(Action.DELETE, row=last)
+    add(Action.MASK, row=last)
     if len(indexes) > 1:
         tile_rows = [(action, letter) for action, letter in _TILE_ROWS if action in actions]
         for row, (action, letter) in enumerate(tile_rows, start=last + 1):

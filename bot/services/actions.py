@@ -6,7 +6,7 @@ names the buttons' actions, as their custom ids carry them (`presentation/button
 `Press` is one press of one. Custom zoom and Vary (Region) first ask for words in a modal: their
 press comes back with the modal's `answers`. Describe is answered by the surface itself (the
 `/describe` answer, `surface/cogs/describe.py`): the job actions only check the press and hand
-it the kept picture (`picture`).
+it the kept picture (`picture`); so is Show mask (the kept mask, `mask`).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class Action(enum.StrEnum):
     REGION = "rg"  # Vary (Region): which part, and what instead, asked in a modal
     FIX = "ff"  # Fix faces: the faces the detector finds inpainted again ([fix] detector)
     DESCRIBE = "ds"  # four prompts for the image, privately ([describe] model); no job
+    MASK = "mask"  # the mask a canvas job used, privately; no job
 
 
 #: The canvas actions: an inpainting of one image (zoom out, pan, a region or the faces made
@@ -107,6 +108,8 @@ class JobActions(Protocol):
     async def delete(self, interaction: discord.Interaction[Any], job: JobRef) -> None: ...
 
     async def cancel(self, interaction: discord.Interaction[Any], job: JobRef) -> None: ...
+
+    async def mask(self, interaction: discord.Interaction[Any], job: JobRef) -> bytes: ...
 
     async def upscale(
         self,

@@ -8,16 +8,18 @@ commands get the same from `ImagineTree`.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import discord
 
+from ..ledger import JobRef
 from ..presentation.modals import INSTRUCTION, ask
 from ..services import ASKS, CANVAS, PER_IMAGE, UPSCALES, Action, JobActions, Press
 from .cogs.describe import describe_result
 from .tree import rate_limited, report
 
-__all__ = ["act", "answer"]
+__all__ = ["act", "answer", "show_mask"]
 
 
 async def answer(actions: JobActions, interaction: discord.Interaction[Any], press: Press) -> None:
@@ -33,6 +35,17 @@ async def answer(actions: JobActions, interaction: discord.Interaction[Any], pre
         await report(interaction, exc)
 
 
+async def show_mask(actions: JobActions, i: discord.Interaction[Any], job: JobRef) -> None:
+    """Show mask: the mask a canvas job inpainted with, to the presser alone (free)."""
+    await i.response.defer(ephemeral=True, thinking=True)
+    png = await actions.mask(i, job)
+    await i.followup.send(
+        f"The mask job #{job.id} used: white was made anew, black kept.",
+        file=discord.File(io.BytesIO(png), filename=f"mask-{job.id}.png"),
+        ephemeral=True,
+    )
+
+
 async def act(actions: JobActions, i: discord.Interaction[Any], press: Press) -> None:
     """The job action a press names."""
     action, job, index = press.action, press.job, press.index
@@ -45,6 +58,8 @@ async def act(actions: JobActions, i: discord.Interaction[Any], press: Press) ->
     elif action is Action.DESCRIBE:  # no job: the surface answers with prompts
         assert index is not None
         await describe_result(actions, i, job, index)
+    elif action is Action.MASK:  # no job: the kept mask, privately
+        await show_mask(actions, i, job)
     elif action in ASKS and press.answers is None:
         await i.response.send_modal(ask(press))  # its answers come back as a press
     elif action in CANVAS:

@@ -321,6 +321,24 @@ async def test_zoom_out_pan_and_vary_region_on_one_image(world: World) -> None:
     assert params is not None and params.prompt == "a red cap"
     assert await used(world, alice.id) == before + 2 + 2 + 1
 
+    # Show mask: only on what a mask made, to its requester alone, privately and free: the
+    # very mask the region model found (white made anew); forged onto an /imagine, refused.
+    assert rows(varied)[-1] == ["Reroll", "Delete", "Show mask"]
+    assert all("Show mask" not in row for row in rows(single))
+    shown = await press(world, varied, "mask", bob)
+    note = await shown.wait_for_original(lambda m: m is not varied)
+    assert shown.ephemeral and "can see their mask" in note.content, note.content
+    shown = await press(world, varied, "mask", alice)
+    answer = await shown.wait_for_original(lambda m: m is not varied, timeout=JOB_TIMEOUT)
+    assert answer.ephemeral and f"job #{job_id_of(varied)}" in answer.content, answer.content
+    with Image.open(io.BytesIO(answer.attachments[0].data)) as got:
+        assert (np.asarray(got.convert("L")) == np.asarray(mask)).all()
+    ref = button_id(single, "reroll").split(":", 2)[2]
+    forged = await world.server.click(single, f"imagine:mask:{ref}", user=alice, validate=False)
+    note = await forged.wait_for_original(lambda m: m is not single)
+    assert forged.ephemeral and "offers no Show mask" in note.content, note.content
+    assert await used(world, alice.id) == before + 2 + 2 + 1
+
     region = await press(world, single, "rg0", alice)
     await region.wait_for_response()
     answered = await server.submit_modal(region, {"where": "  ", "what": "a red cap"})
