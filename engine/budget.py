@@ -14,7 +14,7 @@ import torch
 from .config import EngineConfig, ModelSpec
 from .devices import device_name, pick_device, pick_dtype
 from .memory import Weights, gib, weights_of_files
-from .single_file import SINGLE_FILE, base_of, file_kind
+from .single_file import SINGLE_FILE, base_of, file_kind, reference_repo
 from .sources import first_line
 from .tiny import BUILTIN_MODELS, builtin_folder
 
@@ -62,10 +62,7 @@ def weights_estimate(spec: ModelSpec, config: EngineConfig) -> Weights | None:
         kind = file_kind(local, bool(base))
         if kind and SINGLE_FILE[kind].whole:
             return weights_of_files(local)
-        if not base:
-            from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
-
-            base = DIFFUSERS_DEFAULT_PIPELINE_PATHS[kind]["pretrained_model_name_or_path"]
+        base = base or reference_repo(kind)
         folder = Path(base) if Path(base).is_dir() else cached_snapshot(base, config)
         return weights_of_files(local, base=folder, denoisers=denoisers)
     except Exception as exc:  # unreadable files: the load itself reports them

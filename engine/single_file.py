@@ -28,6 +28,7 @@ __all__ = [
     "base_of",
     "file_kind",
     "from_single_file",
+    "reference_repo",
 ]
 
 
@@ -39,12 +40,14 @@ class FileKind:
     """A kind of single file: the pipeline it makes and what operators call it. A whole
     pipeline in one file (SD's: UNet, VAE and text encoders) is converted by the pipeline's
     own `from_single_file`; a diffusion transformer's file holds the denoiser alone, and the
-    other components come from a reference repository (`[models.<name>] base`, else the one
-    diffusers names for the kind in `DIFFUSERS_DEFAULT_PIPELINE_PATHS`)."""
+    other components come from a reference repository (`[models.<name>] base`, else the
+    kind's own, `reference_repo`): any repository whose denoiser is the file's `transformer`
+    class (a FLUX.1 file with FLUX.1 Kontext's, a Qwen-Image file with Qwen-Image-Edit's)."""
 
     pipeline: str
     label: str
     whole: bool = False
+    transformer: str = ""
 
 
 #: The single files served, by diffusers' model type (`infer_diffusers_model_type`'s names).
@@ -53,13 +56,36 @@ SINGLE_FILE = {
     "v1": FileKind("StableDiffusionPipeline", "SD 1.x", whole=True),
     "v2": FileKind("StableDiffusionPipeline", "SD 2.x", whole=True),
     "xl_base": FileKind("StableDiffusionXLPipeline", "SDXL", whole=True),
-    "flux-schnell": FileKind("FluxPipeline", "FLUX.1-schnell"),
-    "flux-dev": FileKind("FluxPipeline", "FLUX.1-dev"),
-    "chroma": FileKind("ChromaPipeline", "Chroma"),
-    "sd3": FileKind("StableDiffusion3Pipeline", "SD3"),
-    "sd35_medium": FileKind("StableDiffusion3Pipeline", "SD3.5 Medium"),
-    "sd35_large": FileKind("StableDiffusion3Pipeline", "SD3.5 Large"),
-    "z-image-turbo": FileKind("ZImagePipeline", "Z-Image"),
+    "flux-schnell": FileKind(
+        "FluxPipeline", "FLUX.1-schnell", transformer="FluxTransformer2DModel"
+    ),
+    "flux-dev": FileKind("FluxPipeline", "FLUX.1-dev", transformer="FluxTransformer2DModel"),
+    "chroma": FileKind("ChromaPipeline", "Chroma", transformer="ChromaTransformer2DModel"),
+    "sd3": FileKind("StableDiffusion3Pipeline", "SD3", transformer="SD3Transformer2DModel"),
+    "sd35_medium": FileKind(
+        "StableDiffusion3Pipeline", "SD3.5 Medium", transformer="SD3Transformer2DModel"
+    ),
+    "sd35_large": FileKind(
+        "StableDiffusion3Pipeline", "SD3.5 Large", transformer="SD3Transformer2DModel"
+    ),
+    "z-image-turbo": FileKind("ZImagePipeline", "Z-Image", transformer="ZImageTransformer2DModel"),
+    "qwen-image": FileKind(
+        "QwenImagePipeline", "Qwen-Image", transformer="QwenImageTransformer2DModel"
+    ),
+    "flux-2-klein-4b": FileKind(
+        "Flux2KleinPipeline", "FLUX.2 [klein] 4B", transformer="Flux2Transformer2DModel"
+    ),
+    "flux-2-klein-9b": FileKind(
+        "Flux2KleinPipeline", "FLUX.2 [klein] 9B", transformer="Flux2Transformer2DModel"
+    ),
+}
+
+#: The reference repositories of the kinds diffusers names none for (it takes every FLUX.2
+#: file for [dev], and knows only Qwen-Image 2.1's files).
+_REFERENCE = {
+    "qwen-image": "Qwen/Qwen-Image",
+    "flux-2-klein-4b": "black-forest-labs/FLUX.2-klein-4B",
+    "flux-2-klein-9b": "black-forest-labs/FLUX.2-klein-9B",
 }
 
 
@@ -75,7 +101,33 @@ _DIFFUSERS_LAYOUT = (
     ("transformer_blocks.37.norm1_context.linear.weight", "sd35_large"),
     ("transformer_blocks.0.attn2.to_q.weight", "sd35_medium"),
     ("pos_embed.pos_embed", "sd3"),
+    ("transformer_blocks.0.img_mod.1.weight", "qwen-image"),
+    ("single_stream_modulation.linear.weight", "flux-2-dev"),
 )
+
+#: The weights whose first dimension is a FLUX.2 transformer's width (attention heads x 128):
+#: [klein] 4B 3072, [klein] 9B 4096, [dev] 6144 (BFL's layout, then diffusers').
+_FLUX2_INPUT = ("img_in.weight", "x_embedder.weight")
+
+
+def _flux2_size(checkpoint: Mapping[str, Any]) -> str:
+    """Which FLUX.2 a file holds, told by its width: diffusers takes every FLUX.2 file for
+    [dev], and [klein]'s 4B and 9B are the ones served."""
+    key = next((k for k in _FLUX2_INPUT if k in checkpoint), None)
+    width = int(checkpoint[key].shape[0]) if key is not None else 0
+    if not width or width >= 6144:
+        return "flux-2-dev"
+    return "flux-2-klein-4b" if width <= 3072 else "flux-2-klein-9b"
+
+
+def reference_repo(kind: str) -> str:
+    """The hub repository whose other components serve a file of `kind` without a `base`."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
+
+    return (
+        _REFERENCE.get(kind)
+        or DIFFUSERS_DEFAULT_PIPELINE_PATHS[kind]["pretrained_model_name_or_path"]
+    )
 
 
 #: The weight only a whole SD 1.x/2.x/SDXL checkpoint has (its UNet's first layer).
@@ -161,6 +213,8 @@ def _checkpoint_kind(path: Path, checkpoint: Mapping[str, Any], *, based: bool) 
         kind = ""
     if kind == "v1" and _SD_UNET not in checkpoint:  # its answer when it knows none
         kind = next((found for key, found in _DIFFUSERS_LAYOUT if key in checkpoint), "")
+    if kind == "flux-2-dev":
+        kind = _flux2_size(checkpoint)
     if kind and kind not in SINGLE_FILE:
         served = ", ".join(dict.fromkeys(k.label for k in SINGLE_FILE.values()))
         raise ValueError(
@@ -223,7 +277,6 @@ def from_single_file(
             "unquantized: remove quantize, or give the model as a diffusers folder or hub id"
         )
     import diffusers
-    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
 
     spec = SINGLE_FILE[kind]
     cls = getattr(diffusers, spec.pipeline)
@@ -233,7 +286,7 @@ def from_single_file(
     if base:
         extra["config"] = base
     log.info("%s is a %s checkpoint: loading it with %s", path, spec.label, spec.pipeline)
-    repo = base or DIFFUSERS_DEFAULT_PIPELINE_PATHS[kind]["pretrained_model_name_or_path"]
+    repo = base or reference_repo(kind)
     try:
         return cls.from_single_file(str(path), dtype=dtype, **kwargs, **extra)
     except Exception as exc:
@@ -287,12 +340,11 @@ def _transformer_file(
     pipeline (`base`, else the kind's own); the other components (text encoders, VAE,
     tokenizers, scheduler) are that repository's, downloaded once into the hub cache."""
     import diffusers
-    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
 
     from .families import FAMILIES
 
     label = SINGLE_FILE[kind].label if kind else "transformer"
-    repo = base or DIFFUSERS_DEFAULT_PIPELINE_PATHS[kind]["pretrained_model_name_or_path"]
+    repo = base or reference_repo(kind)
     what = f"the {label} file {path}"
     try:
         folder = _reference_folder(repo, kwargs)
@@ -309,12 +361,13 @@ def _transformer_file(
     family = next((f for f in FAMILIES if class_name in f.pipelines), None)
     if family is None:
         raise ValueError(f"the base {repo} is a {class_name or 'unknown'} model: not served")
-    if kind and SINGLE_FILE[kind].pipeline != class_name:
+    denoiser_name = str(index.get(family.denoiser, [None, ""])[1])
+    if kind and SINGLE_FILE[kind].transformer != denoiser_name:
         raise ValueError(
             f"{what} holds a {label} transformer, but its base {repo} is a {class_name} "
             "model: set [models.<name>] base to a repository of its own family"
         )
-    denoiser_class = getattr(diffusers, str(index.get(family.denoiser, [None, ""])[1]), None)
+    denoiser_class = getattr(diffusers, denoiser_name, None)
     if denoiser_class is None or not hasattr(denoiser_class, "from_single_file"):
         raise ValueError(f"diffusers cannot read a {class_name}'s {family.denoiser} from a file")
     log.info(

@@ -14,7 +14,8 @@ made from a tiny model: diffusers' conversion of that layout assumes FLUX.1's fu
 weight names and tiny tensors); so is Stability's SD3 layout (`joint_blocks.*`), which diffusers
 recognises by SD3's full width, with `write_sai_names`; a tiny SD3 in that layout loads with
 its `base` (`write_original_sd3`). Z-Image's original layout (fused
-`attention.qkv`, ComfyUI's prefix) converts at any width: `write_original_zimage` writes it.
+`attention.qkv`, ComfyUI's prefix) and FLUX.2's (BFL's `double_blocks.*`) convert at any width:
+`write_original_zimage` and `write_bfl_flux2` write them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 __all__ = [
     "seed_hub_model",
+    "write_bfl_flux2",
     "write_bfl_names",
     "write_original_sd3",
     "write_original_zimage",
@@ -216,3 +218,83 @@ def write_original_sd3(folder: Path, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(prefixed, str(path), metadata={"format": "pt"})
     return path
+
+
+#: FLUX.2's diffusers names -> BFL's (diffusers' `convert_flux2_transformer_checkpoint_to_
+#: diffusers`, reversed): outside the blocks, then within a double and a single block.
+_FLUX2_TOP = {
+    "x_embedder.": "img_in.",
+    "context_embedder.": "txt_in.",
+    "time_guidance_embed.timestep_embedder.linear_1.": "time_in.in_layer.",
+    "time_guidance_embed.timestep_embedder.linear_2.": "time_in.out_layer.",
+    "time_guidance_embed.guidance_embedder.linear_1.": "guidance_in.in_layer.",
+    "time_guidance_embed.guidance_embedder.linear_2.": "guidance_in.out_layer.",
+    "double_stream_modulation_img.linear.": "double_stream_modulation_img.lin.",
+    "double_stream_modulation_txt.linear.": "double_stream_modulation_txt.lin.",
+    "single_stream_modulation.linear.": "single_stream_modulation.lin.",
+    "proj_out.": "final_layer.linear.",
+}
+_FLUX2_DOUBLE = {
+    "attn.norm_q.weight": "img_attn.norm.query_norm.scale",
+    "attn.norm_k.weight": "img_attn.norm.key_norm.scale",
+    "attn.norm_added_q.weight": "txt_attn.norm.query_norm.scale",
+    "attn.norm_added_k.weight": "txt_attn.norm.key_norm.scale",
+    "attn.to_out.0.": "img_attn.proj.",
+    "attn.to_add_out.": "txt_attn.proj.",
+    "ff.linear_in.": "img_mlp.0.",
+    "ff.linear_out.": "img_mlp.2.",
+    "ff_context.linear_in.": "txt_mlp.0.",
+    "ff_context.linear_out.": "txt_mlp.2.",
+}
+_FLUX2_FUSED = {
+    "img_attn.qkv.weight": ("attn.to_q.weight", "attn.to_k.weight", "attn.to_v.weight"),
+    "txt_attn.qkv.weight": (
+        "attn.add_q_proj.weight",
+        "attn.add_k_proj.weight",
+        "attn.add_v_proj.weight",
+    ),
+}
+_FLUX2_SINGLE = {
+    "attn.to_qkv_mlp_proj.": "linear1.",
+    "attn.to_out.": "linear2.",
+    "attn.norm_q.weight": "norm.query_norm.scale",
+    "attn.norm_k.weight": "norm.key_norm.scale",
+}
+
+
+def write_bfl_flux2(folder: Path, path: Path) -> Path:
+    """The FLUX.2 transformer in `folder` as one `.safetensors` at `path` in BFL's layout
+    (`double_blocks.*`, fused `qkv`, the final modulation's halves in BFL's order), as
+    `flux-2-klein-4b.safetensors` is published."""
+    from safetensors.torch import load_file, save_file
+
+    (weights,) = sorted((folder / "transformer").glob("*.safetensors"))
+    tensors = load_file(weights)
+    original: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        block, _, rest = name.partition(".")
+        if block in ("transformer_blocks", "single_transformer_blocks"):
+            index, _, rest = rest.partition(".")
+            if block == "single_transformer_blocks":
+                original[f"single_blocks.{index}.{_renamed(rest, _FLUX2_SINGLE)}"] = tensor
+            elif not any(rest in parts for parts in _FLUX2_FUSED.values()):
+                original[f"double_blocks.{index}.{_renamed(rest, _FLUX2_DOUBLE)}"] = tensor
+            elif rest in (parts[0] for parts in _FLUX2_FUSED.values()):
+                fused, parts = next((f, p) for f, p in _FLUX2_FUSED.items() if p[0] == rest)
+                joined = torch.cat([tensors[f"{block}.{index}.{part}"] for part in parts])
+                original[f"double_blocks.{index}.{fused}"] = joined
+        elif name == "norm_out.linear.weight":
+            original["final_layer.adaLN_modulation.1.weight"] = _swap_halves(tensor)
+        else:
+            original[_renamed(name, _FLUX2_TOP)] = tensor
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in original.items()}, str(path))
+    return path
+
+
+def _renamed(name: str, names: dict[str, str]) -> str:
+    """`name` with the first of `names`' keys it starts with replaced by its value."""
+    for new, old in names.items():
+        if name.startswith(new):
+            return old + name.removeprefix(new)
+    raise KeyError(f"no original name for {name}")

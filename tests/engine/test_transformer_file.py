@@ -1,12 +1,12 @@
 """A model `source` that is a diffusion transformer's single file (FLUX.1, Chroma, SD3/3.5,
-Z-Image), as users download them: the transformer through diffusers' `from_single_file`, every
-other component from the family's reference repository.
+Z-Image, Qwen-Image, FLUX.2 [klein]), as users download them: the transformer through
+diffusers' `from_single_file`, every other component from the family's reference repository.
 
 Offline: the hub cache holds each reference repository, seeded with the tiny model of its
 family less its transformer's weights (`testkit.transformer_file`), and the tiny transformer
 is written as one file. The file's kind is found from its weight names (diffusers'
-`infer_diffusers_model_type`, and the diffusers layout's own names), or given by
-`[models.<name>] base`; every failure is one line naming the file.
+`infer_diffusers_model_type`, and the diffusers layout's own names; a FLUX.2's size from its
+width), or given by `[models.<name>] base`; every failure is one line naming the file.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from engine.loader import load_model
 from engine.tiny import builtin_folder
 from testkit.transformer_file import (
     seed_hub_model,
+    write_bfl_flux2,
     write_bfl_names,
     write_original_sd3,
     write_original_zimage,
@@ -42,11 +43,14 @@ KINDS = {
     "builtin:tiny-chroma": ("lodestones/Chroma1-HD", "chroma"),
     "builtin:tiny-sd3": ("stabilityai/stable-diffusion-3.5-medium", "sd3"),
     "builtin:tiny-zimage": ("Tongyi-MAI/Z-Image-Turbo", "zimage"),
+    # diffusers 0.42 knows neither file (it takes FLUX.2's for [dev]): the engine tells them.
+    "builtin:tiny-qwenimage": ("Qwen/Qwen-Image", "qwenimage"),
+    "builtin:tiny-flux2-klein": ("black-forest-labs/FLUX.2-klein-4B", "flux2"),
 }
-
-#: Tiny models of families whose files diffusers 0.42 does not recognise (it knows Qwen-Image
-#: 2.1's and FLUX.2 [dev]'s, not Qwen-Image's or FLUX.2 [klein]'s): served with a `base`.
-BASED = ("builtin:tiny-qwenimage", "builtin:tiny-flux2-klein")
+#: Edit models whose transformer files are taken for their text-to-image model's (the same
+#: shapes): served with their own `base`. (Qwen-Image-Edit's folder cannot be loaded back
+#: here: transformers 5's Qwen2-VL processor needs torchvision; the same check serves it.)
+EDITS = ("builtin:tiny-flux-kontext",)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,7 +66,7 @@ def offline() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def folders(model_cache: Path) -> dict[str, Path]:
-    sources = [*KINDS, *BASED, "builtin:tiny"]
+    sources = [*KINDS, *EDITS, "builtin:tiny"]
     return {source: builtin_folder(source, model_cache) for source in sources}
 
 
@@ -110,16 +114,21 @@ async def test_a_transformer_file_makes_the_images_of_its_folder(
     assert ("Model hash", digest[:10]) in params.extra
 
 
-@pytest.mark.parametrize("source", ["builtin:tiny-zimage", "builtin:tiny-sd3"])
+@pytest.mark.parametrize(
+    "source", ["builtin:tiny-zimage", "builtin:tiny-flux2-klein", "builtin:tiny-sd3"]
+)
 async def test_an_original_layout_file_makes_the_images_of_its_folder(
     source: str, cache: Path, folders: dict[str, Path], tmp_path: Path
 ) -> None:
-    """ComfyUI's Z-Image files and Stability's SD3 files (fused qkv, `model.diffusion_model.`
-    names), converted by diffusers: Z-Image's recognised without a base, the tiny SD3 (too
-    narrow for diffusers to recognise: `write_sai_names` has the full width) with its base."""
+    """ComfyUI's Z-Image files, BFL's FLUX.2 [klein] files and Stability's SD3 files (fused
+    qkv), converted by diffusers: Z-Image's and FLUX.2 [klein]'s recognised without a base
+    (diffusers alone would take the FLUX.2 file for [dev]), the tiny SD3 (too narrow for
+    diffusers to recognise: `write_sai_names` has the full width) with its base."""
     path, base = tmp_path / "transformer.safetensors", ""
     if source == "builtin:tiny-zimage":
         write_original_zimage(folders[source], path)
+    elif source == "builtin:tiny-flux2-klein":
+        write_bfl_flux2(folders[source], path)
     else:
         write_original_sd3(folders[source], path)
         base = str(folders[source])
@@ -129,21 +138,6 @@ async def test_an_original_layout_file_makes_the_images_of_its_folder(
         folder = await engine.generate(_request("folder"))
         file = await engine.generate(_request("file"))
     assert np.array_equal(pixels(file.images[0].png), pixels(folder.images[0].png))
-
-
-@pytest.mark.parametrize("source", BASED)
-async def test_a_file_of_a_kind_diffusers_cannot_tell_is_served_with_its_base(
-    source: str, cache: Path, folders: dict[str, Path], tmp_path: Path
-) -> None:
-    path = write_transformer_file(folders[source], tmp_path / "transformer.safetensors")
-    models = (ModelSpec("folder", source), ModelSpec("file", str(path), base=str(folders[source])))
-    config = EngineConfig(models=models, cache_dir=cache, max_loaded_models=2, batch_wait_ms=0)
-    async with Engine(config) as engine:
-        folder = await engine.generate(_request("folder"))
-        file = await engine.generate(_request("file"))
-    assert np.array_equal(pixels(file.images[0].png), pixels(folder.images[0].png))
-    with pytest.raises(ValueError, match=r"\[models.<name>\] base"):
-        load_model(EngineConfig(cache_dir=cache), ModelSpec("m", str(path)))
 
 
 def test_base_names_the_reference_repository(
@@ -165,6 +159,29 @@ def test_base_names_the_reference_repository(
     assert loaded.profile.default_guidance == 3.5  # dev's distilled guidance, from its base
 
 
+@pytest.mark.parametrize("source", EDITS)
+def test_an_edit_models_file_is_served_with_its_base(
+    source: str, cache: Path, folders: dict[str, Path], tmp_path: Path
+) -> None:
+    """A FLUX.1 Kontext transformer file reads as FLUX.1 [dev] (the same weights' shapes);
+    with the edit model as its base, the edit pipeline is made with the file's transformer
+    (not refused for naming another pipeline than [dev]'s)."""
+    import json
+
+    folder = folders[source]
+    path = write_transformer_file(folder, tmp_path / "edit.safetensors")
+    loaded = load_model(EngineConfig(cache_dir=cache), ModelSpec("m", str(path), base=str(folder)))
+    index = json.loads((folder / "model_index.json").read_text())
+    want = (
+        type(loaded.pipe.transformer)
+        .from_pretrained(folder / "transformer", local_files_only=True)
+        .state_dict()
+    )
+    got = loaded.pipe.transformer.state_dict()
+    assert type(loaded.pipe).__name__ == index["_class_name"] and want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
 @pytest.mark.parametrize(
     ("case", "said"),
     [
@@ -179,7 +196,12 @@ def test_base_names_the_reference_repository(
             "needs the other components (text encoders, VAE, configs) of "
             "stabilityai/stable-diffusion-3.5-medium from the Hugging Face hub",
         ),
-        ("bfl-flux2", "is a checkpoint of another kind (flux-2-dev)"),
+        ("bfl-flux2-dev", "is a checkpoint of another kind (flux-2-dev)"),
+        (
+            "bfl-klein-9b-not-cached",
+            "needs the other components (text encoders, VAE, configs) of "
+            "black-forest-labs/FLUX.2-klein-9B from the Hugging Face hub",
+        ),
         ("chroma-on-flux", "holds a Chroma transformer, but its base"),
         ("zimage-on-sd3", "holds a Z-Image transformer, but its base"),
         ("sd3-on-flux", "holds a SD3.5 Medium transformer, but its base"),
@@ -204,12 +226,14 @@ def test_a_transformer_file_that_cannot_load_is_one_clear_line(
         path = write_bfl_names(tmp_path / "flux1-dev.safetensors", guidance=True)
     elif case == "sai-sd35-not-cached":
         path = write_sai_names(tmp_path / "sd3.5_medium.safetensors")
-    elif case == "bfl-flux2":  # FLUX.2 [klein] as BFL publishes it: diffusers says [dev]
+    elif case.startswith("bfl-"):  # FLUX.2 [dev] (6144 wide) or [klein] 9B (4096), as BFL's
         path, base = (
-            tmp_path / "flux-2-klein-4b.safetensors",
-            str(folders["builtin:tiny-flux2-klein"]),
+            tmp_path / "flux-2.safetensors",
+            str(folders["builtin:tiny-flux2-klein"]) if case == "bfl-flux2-dev" else "",
         )
-        save_file({"single_stream_modulation.lin.weight": torch.zeros(2, 2)}, str(path))
+        width = 6144 if case == "bfl-flux2-dev" else 4096
+        names = ("single_stream_modulation.lin.weight", "img_in.weight")
+        save_file({name: torch.zeros(width, 2, dtype=torch.bfloat16) for name in names}, str(path))
     elif case == "zimage-on-sd3":
         path, base = files["builtin:tiny-zimage"], str(folders["builtin:tiny-sd3"])
     elif case == "sd3-on-flux":
