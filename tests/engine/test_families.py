@@ -174,9 +174,7 @@ def test_weighted_t5_rows_are_the_stock_rows_times_their_weights(
                 plain, negative, device="cpu", num_images_per_prompt=2
             )
         else:
-            cond, pooled, _ = pipe.encode_prompt(
-                plain, None, device="cpu", num_images_per_prompt=2
-            )
+            cond, pooled, _ = pipe.encode_prompt(plain, None, device="cpu", num_images_per_prompt=2)
 
     def rows(text: str, word: str, weight: float) -> dict[int, float]:
         piece = t5(word, add_special_tokens=False).input_ids
