@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import Engine, EngineConfig, ImageRequest, Job, JobState
+from engine import Engine, EngineConfig, ImageRequest, InvalidRequest, Job, JobState
 from engine.families import family_named
 from engine.job import Slot
 from engine.loader import LoadedModel, load_model
@@ -182,7 +182,10 @@ async def assert_weights_apply_alone_and_batched(engine: Engine, guidance: float
     """A1111 weights reach a T5 family: no note, the syntax kept for the encoder; a weight
     changes the image, `(red:1.0)` is the plain prompt's image; a weighted and an unweighted
     request submitted together (one batch, or shared ticks) each equal themselves alone.
-    Negative prompts (weighted too) where the family reads them."""
+    Negative prompts (weighted too) where the family reads them. A weight past the bound is
+    refused as on SD (`weighting.MAX_WEIGHT`), not taken out."""
+    with pytest.raises(InvalidRequest, match="'cat' weighs 99"):
+        engine.prepare(ImageRequest("a (cat:99)"))
     negatives = engine.profile.negative_prompt
     asked = [
         ImageRequest(
