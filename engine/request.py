@@ -229,6 +229,18 @@ def model_text(text: str) -> str:
         return re.sub(r"[\\()\[\]]", "", prompt)
 
 
+def _check_weights(prompt: str, negative: str) -> None:
+    """`InvalidRequest` for weights A1111 would fail on, such as `(a:1.2.3)`, or that would
+    overflow the encoder, such as `(a:1e9)` (`weighting.MAX_WEIGHT`)."""
+    from .weighting import WeightError, checked_attention  # torch-free, as `model_text`
+
+    for name, text in (("prompt", prompt), ("negative_prompt", negative)):
+        try:
+            checked_attention(text, name.replace("_", " "))
+        except WeightError as exc:
+            raise InvalidRequest(name, str(exc)) from None
+
+
 def _int_in(name: str, value: object, low: int, high: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(name, f"{what} must be a whole number, not {value!r}.")
@@ -250,10 +262,12 @@ def validate(
 
     `profile` is the request's model's. Raises `InvalidRequest` naming the field and the
     allowed range. `<lora:name:weight>` tags leave the prompt for `loras` (checked against the
-    configured `loras` and the model). With `count_chunks` (models whose prompts are weighted
-    and chunked) a long prompt takes more 77-token windows, up to `limits.max_prompt_chunks`
-    (the longer of prompt and negative prompt counts); without, a prompt longer than the
-    window is truncated (as every SD tool does) with a warning.
+    configured `loras` and the model). Weights are checked where the model reads them
+    (`profile.weighted`), else taken out with a note. With `count_chunks` (models whose
+    prompts are weighted and chunked: SD, SDXL) a long prompt takes more 77-token windows,
+    up to `limits.max_prompt_chunks` (the longer of prompt and negative prompt counts);
+    without, a prompt longer than the window is truncated (as every SD tool does) with a
+    warning.
     """
     warnings: list[str] = []
     if not isinstance(request.prompt, str) or not isinstance(request.negative_prompt, str):
@@ -282,13 +296,16 @@ def validate(
             prompt, negative = plain, plain_negative
         if not prompt:
             raise InvalidRequest("prompt", "The prompt is empty. Describe the image you want.")
+    else:  # weights the encoder could not take are refused, as A1111 fails on them
+        _check_weights(prompt, negative)
     for name, text in (("prompt", prompt), ("negative_prompt", negative)):
         if len(text) > MAX_PROMPT_CHARS:
             raise InvalidRequest(
                 name,
                 f"The {name.replace('_', ' ')} is too long (limit {MAX_PROMPT_CHARS} characters).",
             )
-        used = count_tokens(text) if text and count_chunks is None else 0
+        read = model_text(text) if profile.weighted else text  # the syntax is no token
+        used = count_tokens(read) if text and count_chunks is None else 0
         if used > profile.max_tokens:
             warnings.append(
                 f"The {name.replace('_', ' ')} is {used} tokens long; the model reads only "

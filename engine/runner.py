@@ -21,7 +21,6 @@ from . import weighting
 from .acceleration import accelerate, warm_up
 from .caching import batch_pipeline
 from .config import EngineConfig, ModelSpec
-from .errors import InvalidRequest
 from .families import Family, family_of
 from .job import Slot
 from .loader import LoadedModel, load_model, pipeline_for
@@ -109,19 +108,18 @@ class Runner:
 
     @property
     def weighted(self) -> bool:
-        """Whether prompts are weighted and chunked (A1111 syntax through CLIP embeddings);
-        other families get their text with the syntax removed."""
+        """Whether A1111 weights reach the model (through CLIP's or T5's embeddings); other
+        families get their text with the syntax removed."""
         return self.family is not None and self.family.weighted
+
+    @property
+    def chunked(self) -> bool:
+        """Whether long prompts take more 77-token windows (SD, SDXL)."""
+        return self.family is not None and self.family.chunked
 
     def count_chunks(self, prompt: str, negative: str) -> int:
         """77-token windows the weighted prompts take; safe on the loop thread (own tokenizer).
-        `InvalidRequest` for weights A1111 would fail on, such as `(a:1.2.3)`, or that would
-        overflow the encoder, such as `(a:1e9)` (`weighting.MAX_WEIGHT`)."""
-        for name, text in (("prompt", prompt), ("negative_prompt", negative)):
-            try:
-                weighting.checked_attention(text, name.replace("_", " "))
-            except weighting.WeightError as exc:
-                raise InvalidRequest(name, str(exc)) from None
+        The weights were checked by `request.validate`."""
         if self._counter is None:
             return 1
         return weighting.chunks_needed(prompt, negative, self._counter)
@@ -220,26 +218,27 @@ class Runner:
             torch.cuda.empty_cache()
 
     def needs_embeddings(self, request: ImageRequest) -> bool:
-        """Whether the request's prompts are weighted or longer than one window, or the model
-        skips CLIP layers on SD 1.x/2.x (diffusers' own `clip_skip` fails there under
-        transformers 5), so its embeddings are made here (worker thread: it tokenizes with
-        the pipeline's own tokenizer)."""
+        """Whether the request's prompts are weighted (or, SD and SDXL, longer than one
+        window), or the model skips CLIP layers on SD 1.x/2.x (diffusers' own `clip_skip`
+        fails there under transformers 5), so its embeddings are made here (worker thread:
+        it tokenizes with the pipeline's own tokenizer)."""
         model = self.model
         if not self.weighted:
             return False
         if model.clip_skip and model.profile.family == "sd":
             return True
+        if not self.chunked:  # one sequence of the stock length: only weights change it
+            return any(weighting.has_weights(t) for t in (request.prompt, request.negative_prompt))
         return weighting.needs_embeddings(
             request.prompt, request.negative_prompt, model.pipe.tokenizer
         )
 
     def embeddings(self, request: ImageRequest, *, cfg: bool) -> weighting.Embeddings:
-        """The request's weighted, chunked text embeddings, one row per image."""
+        """The request's weighted text embeddings (chunked on SD and SDXL), one row per image."""
         model = self.model
-        assert self.profile is not None
-        return weighting.encode(
+        assert self.family is not None
+        return self.family.embeddings(
             model.pipe,
-            self.profile.family,
             request.prompt,
             request.negative_prompt,
             device=model.device,

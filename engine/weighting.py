@@ -10,7 +10,8 @@ The parser and chunker reproduce A1111's `modules/prompt_parser.py` (`parse_prom
 and `modules/sd_hijack_clip.py` (chunking with comma backtrack, weights applied to the encoder
 output and its mean restored), so prompts copied from A1111 mean the same here. Encoding mirrors
 diffusers' own `encode_prompt`, so a prompt without syntax encodes exactly as the stock pipeline
-would encode it.
+would encode it. The diffusion transformers that read T5 (FLUX.1, Chroma, SD3) weight their
+one sequence per token in `weighting_t5.py`, on this parser.
 
 The tokenizer calls here change a fast tokenizer's shared padding/truncation state: call the
 functions that take a tokenizer or a pipeline only on the thread that owns it (the worker), or
@@ -36,15 +37,22 @@ __all__ = [
     "CHUNK_TOKENS",
     "COMMA_BACKTRACK",
     "MAX_WEIGHT",
+    "Chunk",
     "Embeddings",
     "WeightError",
     "checked_attention",
+    "chunk_ids",
     "chunks_needed",
+    "converter",
     "encode",
+    "has_weights",
+    "is_break",
     "is_plain",
     "needs_embeddings",
     "parse_attention",
     "plain_text",
+    "repeat",
+    "tokenize",
 ]
 
 CHUNK_TOKENS = 75
@@ -138,7 +146,8 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
     return [(fragment, weight) for fragment, weight in res]
 
 
-def _is_break(fragment: str, weight: float) -> bool:
+def is_break(fragment: str, weight: float) -> bool:
+    """Whether a parsed piece is a BREAK (`parse_attention`'s `("BREAK", -1)`)."""
     return fragment == "BREAK" and weight == -1
 
 
@@ -157,7 +166,7 @@ def checked_attention(text: str, what: str = "prompt") -> list[tuple[str, float]
             f"A weight in the {what} is not a number: write it like (word:1.2)."
         ) from None
     for fragment, weight in parsed:
-        if not (_is_break(fragment, weight) or -MAX_WEIGHT <= weight <= MAX_WEIGHT):
+        if not (is_break(fragment, weight) or -MAX_WEIGHT <= weight <= MAX_WEIGHT):
             piece = " ".join(fragment.split())
             piece = piece if len(piece) <= 40 else piece[:39] + "…"
             raise WeightError(
@@ -175,26 +184,32 @@ def is_plain(text: str) -> bool:
     return all(weight == 1.0 for _, weight in parse_attention(text))
 
 
+def has_weights(text: str) -> bool:
+    """Whether some piece of `text` weighs other than 1.0 (a BREAK is no weight: the
+    families that read one sequence read it as a space, as `plain_text` does)."""
+    return any(w != 1.0 for f, w in parse_attention(text) if not is_break(f, w))
+
+
 def plain_text(text: str) -> str:
     """`text` without its syntax, escapes resolved (`"(robot:1.0)"` -> `"robot"`); a BREAK
     becomes one space."""
-    return "".join(" " if _is_break(f, w) else f for f, w in parse_attention(text))
+    return "".join(" " if is_break(f, w) else f for f, w in parse_attention(text))
 
 
 @dataclass(frozen=True)
-class _Chunk:
+class Chunk:
     """Up to 75 prompt tokens and their weights, before BOS/EOS and padding."""
 
     tokens: tuple[int, ...]
     weights: tuple[float, ...]
 
 
-_EMPTY = _Chunk((), ())
+_EMPTY = Chunk((), ())
 
 _Convert = Callable[[str, "PreTrainedTokenizerBase"], str]
 
 
-def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """Token ids of each text without BOS/EOS, untruncated (A1111 tokenizes fragments so)."""
     if not texts:
         return []
@@ -212,17 +227,17 @@ def _comma_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
 
 def _chunks(
     tokenizer: PreTrainedTokenizerBase, text: str, convert: _Convert | None = None
-) -> list[_Chunk]:
+) -> list[Chunk]:
     """A1111's `tokenize_line`: the prompt's chunks, BREAK and comma backtrack included;
     `WeightError` for weights it must not encode."""
     parsed = checked_attention(text)
-    fragments = [f for f, w in parsed if not _is_break(f, w)]
+    fragments = [f for f, w in parsed if not is_break(f, w)]
     if convert is not None:
         fragments = [convert(f, tokenizer) for f in fragments]
-    tokenized = iter(_tokenize(tokenizer, fragments))
+    tokenized = iter(tokenize(tokenizer, fragments))
     comma = _comma_id(tokenizer)
 
-    chunks: list[_Chunk] = []
+    chunks: list[Chunk] = []
     tokens: list[int] = []
     weights: list[float] = []
     last_comma = -1
@@ -230,12 +245,12 @@ def _chunks(
     def close(keep: int) -> None:
         """End the current chunk after its first `keep` tokens; the rest starts the next."""
         nonlocal tokens, weights, last_comma
-        chunks.append(_Chunk(tuple(tokens[:keep]), tuple(weights[:keep])))
+        chunks.append(Chunk(tuple(tokens[:keep]), tuple(weights[:keep])))
         tokens, weights = tokens[keep:], weights[keep:]
         last_comma = -1
 
     for fragment, weight in parsed:
-        if _is_break(fragment, weight):
+        if is_break(fragment, weight):
             close(len(tokens))
             continue
         for token in next(tokenized):
@@ -279,17 +294,22 @@ class Embeddings:
     """What the pipeline's `encode_prompt` returns, ready for `prompt_embeds=` and friends."""
 
     cond: torch.Tensor
-    """(count, 77 * k, dim)."""
+    """(count, 77 * k, dim); for the T5 families, the stock sequence (`weighting_t5`)."""
     uncond: torch.Tensor | None
     """Like `cond`; None without classifier-free guidance."""
     pooled: torch.Tensor | None = None
-    """(count, dim) from `text_encoder_2`'s first chunk: SDXL only."""
+    """(count, dim) from `text_encoder_2`'s first chunk (SDXL), or the pooled CLIP output
+    (FLUX.1, SD3: `weighting_t5`)."""
     negative_pooled: torch.Tensor | None = None
     """Like `pooled`, for the negative prompt: SDXL with guidance only."""
+    mask: torch.Tensor | None = None
+    """(count, length): which positions the denoiser attends to (Chroma only)."""
+    negative_mask: torch.Tensor | None = None
+    """Like `mask`, for the negative prompt: Chroma with guidance only."""
 
 
-def _ids(
-    tokenizer: PreTrainedTokenizerBase, chunk: _Chunk
+def chunk_ids(
+    tokenizer: PreTrainedTokenizerBase, chunk: Chunk
 ) -> tuple[list[int], list[int], list[float]]:
     """Input ids, attention mask and weights of one chunk: BOS, tokens, EOS, then padding.
 
@@ -320,11 +340,11 @@ def _emphasize(z: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
     return z32.to(z.dtype)
 
 
-def _padded(chunks: list[_Chunk], k: int) -> list[_Chunk]:
+def _padded(chunks: list[Chunk], k: int) -> list[Chunk]:
     return chunks + [_EMPTY] * (k - len(chunks))
 
 
-def _converter(pipe: Any) -> _Convert | None:
+def converter(pipe: Any) -> _Convert | None:
     """Textual inversion's multi-vector expansion, as `encode_prompt` applies it."""
     from diffusers.loaders import TextualInversionLoaderMixin
 
@@ -334,7 +354,7 @@ def _converter(pipe: Any) -> _Convert | None:
 
 
 def _encode_sd(
-    pipe: Any, chunks: list[_Chunk], device: torch.device | str, clip_skip: int = 0
+    pipe: Any, chunks: list[Chunk], device: torch.device | str, clip_skip: int = 0
 ) -> torch.Tensor:
     """SD 1.x/2.x: the text encoder's last hidden state per chunk, as `encode_prompt` takes it
     (with its attention mask only where the encoder's config asks for one); with `clip_skip`,
@@ -348,7 +368,7 @@ def _encode_sd(
     norm = getattr(encoder, "final_layer_norm", None) or encoder.text_model.final_layer_norm
     parts = []
     for chunk in chunks:
-        ids, mask, weights = _ids(pipe.tokenizer, chunk)
+        ids, mask, weights = chunk_ids(pipe.tokenizer, chunk)
         attention = torch.tensor([mask], device=device) if use_mask else None
         ids_t = torch.tensor([ids]).to(device)
         if clip_skip:
@@ -367,7 +387,7 @@ def _sdxl_pairs(pipe: Any) -> list[tuple[PreTrainedTokenizerBase, Any]]:
 
 
 def _encode_sdxl(
-    pipe: Any, per_encoder: list[list[_Chunk]], k: int, clip_skip: int = 0
+    pipe: Any, per_encoder: list[list[Chunk]], k: int, clip_skip: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SDXL: each encoder's penultimate hidden states per chunk (`clip_skip` layers earlier
     still, as the pipeline's own `clip_skip`), concatenated along features, and the pooled
@@ -381,7 +401,7 @@ def _encode_sdxl(
         device = get_module_execution_device(encoder)
         parts = []
         for chunk in _padded(chunks, k):
-            ids, _, weights = _ids(tokenizer, chunk)
+            ids, _, weights = chunk_ids(tokenizer, chunk)
             out = encoder(torch.tensor([ids]).to(device), output_hidden_states=True)
             if pooled is None and out[0].ndim == 2:  # text_encoder_2, first chunk
                 pooled = out[0]
@@ -392,7 +412,7 @@ def _encode_sdxl(
     return torch.cat(hidden, dim=-1), pooled
 
 
-def _repeat(x: torch.Tensor, count: int) -> torch.Tensor:
+def repeat(x: torch.Tensor, count: int) -> torch.Tensor:
     """`count` copies along the batch axis, as `encode_prompt`'s repeat-and-view makes them."""
     return x.repeat(count, *([1] * (x.ndim - 1)))
 
@@ -428,7 +448,7 @@ def encode(
 
     if family not in ("sd", "sdxl"):
         raise ValueError(f"unknown pipeline family {family!r}; expected 'sd' or 'sdxl'")
-    convert = _converter(pipe)
+    convert = converter(pipe)
     if family == "sd":
         cond_chunks = _chunks(pipe.tokenizer, prompt, convert)
         neg_chunks = _chunks(pipe.tokenizer, negative, convert) if cfg else []
@@ -439,8 +459,8 @@ def encode(
         uncond = None
         if cfg:
             uncond = _encode_sd(pipe, _padded(neg_chunks, k), device, clip_skip)
-            uncond = _repeat(uncond.to(dtype=dtype, device=device), count)
-        return Embeddings(cond=_repeat(cond, count), uncond=uncond)
+            uncond = repeat(uncond.to(dtype=dtype, device=device), count)
+        return Embeddings(cond=repeat(cond, count), uncond=uncond)
 
     pairs = _sdxl_pairs(pipe)
     zeros = cfg and bool(pipe.config.force_zeros_for_empty_prompt) and _is_empty(negative)
@@ -455,8 +475,8 @@ def encode(
     elif cfg:
         uncond, negative_pooled = _encode_sdxl(pipe, neg_chunks, k, clip_skip)
     return Embeddings(
-        cond=_repeat(cond.to(dtype=dtype, device=device), count),
-        uncond=None if uncond is None else _repeat(uncond.to(dtype=dtype, device=device), count),
-        pooled=_repeat(pooled, count),
-        negative_pooled=None if negative_pooled is None else _repeat(negative_pooled, count),
+        cond=repeat(cond.to(dtype=dtype, device=device), count),
+        uncond=None if uncond is None else repeat(uncond.to(dtype=dtype, device=device), count),
+        pooled=repeat(pooled, count),
+        negative_pooled=None if negative_pooled is None else repeat(negative_pooled, count),
     )

@@ -242,9 +242,9 @@ class Worker:
 
     def count_chunks(self, name: str) -> Callable[[str, str], int] | None:
         """How many 77-token windows model `name` takes for a prompt pair (loop thread), or
-        None when the model reads plain text only (its prompts are truncated)."""
+        None when the model reads one window or sequence (its prompts are truncated)."""
         runner = self._runners[name]
-        return runner.count_chunks if runner.weighted else None
+        return runner.count_chunks if runner.chunked else None
 
     async def with_pipeline(self, fn: Callable[[Any], T], name: str | None = None) -> T:
         """`fn(pipeline)` on the worker thread, between calls (default: the default model)."""

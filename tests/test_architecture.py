@@ -52,6 +52,7 @@ TORCH_SIDE = frozenset(
         "engine.tiny_parts",
         "engine.torch_ops",
         "engine.weighting",
+        "engine.weighting_t5",
         "engine.worker",
     }
 )

@@ -131,8 +131,12 @@ class Family:
     shared: frozenset[str] = frozenset()
     #: Whether the family reads a negative prompt (classifier-free guidance).
     negative_prompt: bool = True
-    #: Whether A1111 weights are applied through CLIP embeddings (else removed from the text).
+    #: Whether A1111 weights reach the model: through CLIP's embeddings (`weighting`) or
+    #: T5's (`weighting_t5`), else they are removed from the text.
     weighted: bool = False
+    #: Whether a prompt longer than CLIP's window takes more 77-token windows (SD, SDXL: the
+    #: UNet reads any length); the others read the stock call's one sequence.
+    chunked: bool = False
     #: The family's image-to-image pipeline classes by text-to-image class (absent: none).
     img2img: Mapping[str, str] = MappingProxyType({})
     #: Tensors the pipeline's step callback may ask for (latents for progress previews).
@@ -183,6 +187,21 @@ class Family:
     #: Whether the image-to-image pipeline takes width and height (SD's does not: the
     #: picture's size is the image's).
     sized_img2img: bool = True
+
+    def embeddings(
+        self,
+        pipe: Any,
+        prompt: str,
+        negative: str,
+        *,
+        device: torch.device | str,
+        count: int,
+        cfg: bool,
+        clip_skip: int = 0,
+    ) -> Any:
+        """A `weighted` family's weighted prompt embeddings (`weighting.Embeddings`), as its
+        stock `encode_prompt` returns them for a plain prompt; `texts` passes them on."""
+        raise NotImplementedError(f"{self.label} models read no prompt weights")
 
     # The stock call
     def call_kwargs(

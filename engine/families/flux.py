@@ -1,13 +1,13 @@
 """FLUX.1 (schnell, dev) and Chroma: rectified-flow transformers over packed 2x2 latents.
 
-FLUX.1 reads its prompt through CLIP (pooled) and T5 (the sequence); dev has a distilled
-guidance embedding (its guidance is a per-sample input, so requests of any guidance share a
-call), schnell has none. Neither reads a negative prompt. Chroma reads T5 only, with an
-attention mask, and uses true classifier-free guidance (two transformer calls a step when
-guidance is over 1). The transformer takes one timestep per sample; the positional ids of
-the image and text tokens are shared, and depend only on the size, so requests of one size
-share a call. The scheduler's resolution-dependent shift is the stock pipeline's own, per
-request.
+FLUX.1 reads its prompt through CLIP (pooled) and T5 (the sequence), A1111 weights scaling
+T5's rows (`weighting_t5`); dev has a distilled guidance embedding (its guidance is a
+per-sample input, so requests of any guidance share a call), schnell has none. Neither reads
+a negative prompt. Chroma reads T5 only, with an attention mask, weighted the same way, and
+uses true classifier-free guidance (two transformer calls a step when guidance is over 1).
+The transformer takes one timestep per sample; the positional ids of the image and text
+tokens are shared, and depend only on the size, so requests of one size share a call. The
+scheduler's resolution-dependent shift is the stock pipeline's own, per request.
 
 FLUX.1 Kontext (`FluxKontextPipeline`) is FLUX.1 dev that edits by instruction: the picture's
 latents are appended to the image tokens of every transformer call (the noise stays pure;
@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .. import weighting_t5
 from ..request import ImageRequest
 from .base import Family, FamilyDefaults, call_default
 
@@ -63,6 +64,33 @@ class Flux(Family):
     img2img = MappingProxyType({"FluxPipeline": "FluxImg2ImgPipeline"})
     inpaint = MappingProxyType({"FluxPipeline": "FluxInpaintPipeline"})
     multiple = 16  # 8x latents, packed 2x2
+    weighted = True
+
+    def embeddings(
+        self,
+        pipe: Any,
+        prompt: str,
+        negative: str,
+        *,
+        device: torch.device | str,
+        count: int,
+        cfg: bool,
+        clip_skip: int = 0,
+    ) -> Any:
+        """T5's rows scaled by their weights, CLIP's pooled output as stock."""
+        length = call_default(pipe, "max_sequence_length", 512)
+        return weighting_t5.encode_flux(pipe, prompt, device=device, count=count, length=length)
+
+    def texts(
+        self, requests: Sequence[ImageRequest], embedded: Sequence[Any] | None
+    ) -> dict[str, Any]:
+        """Plain prompts (the stock path), or every request's weighted embeddings."""
+        if embedded is None:
+            return super().texts(requests, embedded)
+        return {
+            "prompt_embeds": torch.cat([e.cond for e in embedded]),
+            "pooled_prompt_embeds": torch.cat([e.pooled for e in embedded]),
+        }
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
         native = pipe.default_sample_size * pipe.vae_scale_factor
@@ -93,6 +121,39 @@ class Chroma(Flux):
 
     def defaults(self, pipe: Any, source: str) -> FamilyDefaults:
         return self.stock_defaults(pipe, source, steps=35, guidance=5.0)
+
+    def embeddings(
+        self,
+        pipe: Any,
+        prompt: str,
+        negative: str,
+        *,
+        device: torch.device | str,
+        count: int,
+        cfg: bool,
+        clip_skip: int = 0,
+    ) -> Any:
+        """T5's rows scaled by their weights, with the stock attention masks."""
+        length = call_default(pipe, "max_sequence_length", 512)
+        return weighting_t5.encode_chroma(
+            pipe, prompt, negative, device=device, count=count, cfg=cfg, length=length
+        )
+
+    def texts(
+        self, requests: Sequence[ImageRequest], embedded: Sequence[Any] | None
+    ) -> dict[str, Any]:
+        """Plain prompts (the stock path), or every request's weighted embeddings and masks
+        (the negative ones where guidance is over 1, as the stock call reads them)."""
+        if embedded is None:
+            return Family.texts(self, requests, embedded)
+        out = {
+            "prompt_embeds": torch.cat([e.cond for e in embedded]),
+            "prompt_attention_mask": torch.cat([e.mask for e in embedded]),
+        }
+        if (requests[0].guidance or 0.0) > 1.0:
+            out["negative_prompt_embeds"] = torch.cat([e.uncond for e in embedded])
+            out["negative_prompt_attention_mask"] = torch.cat([e.negative_mask for e in embedded])
+        return out
 
 
 #: FluxKontextPipeline's preferred resolutions (its `PREFERRED_KONTEXT_RESOLUTIONS`), for a

@@ -39,6 +39,7 @@ class SD(Family):
     denoiser = "unet"
     positional = ("sample", "timestep")
     weighted = True
+    chunked = True
     img2img = MappingProxyType({"StableDiffusionPipeline": "StableDiffusionImg2ImgPipeline"})
     inpaint = MappingProxyType(
         {
@@ -70,6 +71,31 @@ class SD(Family):
 
     def _negative(self, negatives: list[str]) -> list[str] | None:
         return negatives
+
+    def embeddings(
+        self,
+        pipe: Any,
+        prompt: str,
+        negative: str,
+        *,
+        device: torch.device | str,
+        count: int,
+        cfg: bool,
+        clip_skip: int = 0,
+    ) -> Any:
+        """A1111's chunked, mean-restoring CLIP weighting (`weighting.encode`)."""
+        from .. import weighting
+
+        return weighting.encode(
+            pipe,
+            self.name,
+            prompt,
+            negative,
+            device=device,
+            count=count,
+            cfg=cfg,
+            clip_skip=clip_skip,
+        )
 
     def texts(
         self, requests: Sequence[ImageRequest], embedded: Sequence[Any] | None

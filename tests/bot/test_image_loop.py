@@ -647,11 +647,13 @@ async def test_quality_fast_runs_through_the_models_step_cache(world: World) -> 
 
 async def test_a_short_flux_request_joins_a_long_one_and_is_posted_first(world: World) -> None:
     """Two members on a FLUX.1 model at once (a diffusion transformer, batched across users
-    step by step): the short request joins the long one's ticks and leaves first."""
+    step by step): the short request joins the long one's ticks and leaves first. Its A1111
+    weight reaches FLUX.1's T5 embeddings: no note that weights were taken out."""
     alice, bob, server = world.alice, world.bob, world.server
     listing = await server.invoke("models", user=bob)
     text = (await listing.wait_for_original()).content
     assert "**flux** · " in text and "FLUX.1 · " in text and "no negative prompt" in text
+    assert "no prompt weights" not in text.split("**flux**")[1].split("\n**")[0]
     # In batch scheduling the short one would wait for the whole long call (other steps).
     long = await server.invoke(
         "imagine", user=alice, options={"prompt": "a long road", "model": "flux", "steps": 50}
@@ -659,17 +661,25 @@ async def test_a_short_flux_request_joins_a_long_one_and_is_posted_first(world: 
     short = await server.invoke(
         "imagine",
         user=bob,
-        options={"prompt": "a short walk", "negative": "rain", "model": "flux", "steps": 2},
+        options={
+            "prompt": "a short (red:1.4) walk",
+            "negative": "rain",
+            "model": "flux",
+            "steps": 2,
+        },
     )
     quick = await wait_result(short)
     assert result_of(long) is None  # the long one is still running
     assert "does not read a negative prompt" in quick.content
+    assert "prompt weights" not in quick.content, quick.content
     slow = await wait_result(long)
     assert quick.id < slow.id
     for message, steps in ((quick, 2), (slow, 50)):
         params = read_parameters(message.attachments[0].data)
         assert params is not None and params.model == "flux" and params.steps == steps
         assert params.negative_prompt == ""  # not read, so not recorded either
+    weighted = read_parameters(quick.attachments[0].data)
+    assert weighted is not None and weighted.prompt == "a short (red:1.4) walk"
 
 
 async def test_an_image_at_the_size_cap_offers_no_upscale_and_is_not_charged_one(

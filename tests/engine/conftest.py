@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import Engine, EngineConfig, ImageRequest, Job, JobState
+from engine import Engine, EngineConfig, ImageRequest, InvalidRequest, Job, JobState
+from engine.families import family_named
 from engine.job import Slot
 from engine.loader import LoadedModel, load_model
 from engine.stepper import Sample, Stepper
@@ -159,3 +160,81 @@ async def assert_stock_images_in_both_modes(
             assert np.abs(ours - np.asarray(theirs, dtype=np.int16)).max() <= 1
     if engine.scheduling == "step":  # the three requests shared ticks
         assert max(call.requests for call in engine.stats.recent_calls) == 3
+
+
+def rows_of(ids: list[int], piece: list[int]) -> list[int]:
+    """The positions of the token ids `piece` in `ids` (its first occurrence)."""
+    for start in range(len(ids) - len(piece) + 1):
+        if ids[start : start + len(piece)] == piece:
+            return list(range(start, start + len(piece)))
+    raise AssertionError(f"{piece} is not in {ids}")
+
+
+def scaled(stock: torch.Tensor, rows: dict[int, float]) -> torch.Tensor:
+    """`stock` (count, length, width) with each of `rows` multiplied by its weight."""
+    out = stock.clone()
+    for row, weight in rows.items():
+        out[:, row] = stock[:, row] * weight
+    return out
+
+
+async def assert_weights_apply_alone_and_batched(engine: Engine, guidance: float) -> None:
+    """A1111 weights reach a T5 family: no note, the syntax kept for the encoder; a weight
+    changes the image, `(red:1.0)` is the plain prompt's image; a weighted and an unweighted
+    request submitted together (one batch, or shared ticks) each equal themselves alone.
+    Negative prompts (weighted too) where the family reads them. A weight past the bound is
+    refused as on SD (`weighting.MAX_WEIGHT`), not taken out."""
+    with pytest.raises(InvalidRequest, match="'cat' weighs 99"):
+        engine.prepare(ImageRequest("a (cat:99)"))
+    negatives = engine.profile.negative_prompt
+    asked = [
+        ImageRequest(
+            text,
+            negative_prompt=neg if negatives else "",
+            seed=6,
+            steps=2,
+            guidance=guidance,
+            user=user,
+        )
+        for text, neg, user in (
+            ("a (red:3) fox in [snow]", "(blurry:0.2)", "a"),
+            ("a red fox in snow", "blurry", "b"),
+            ("a (red:1.0) fox in snow", "blurry", "c"),
+        )
+    ]
+    checked = [engine.prepare(r) for r in asked]
+    assert [c.warnings for c in checked] == [()] * 3  # weights are read: no note
+    assert checked[0].request.prompt == "a (red:3) fox in [snow]"
+    seen: list[torch.Tensor] = []  # the text sequences the transformer read
+
+    def watch(pipe: Any) -> Any:
+        def hook(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+            seen.append(kwargs["encoder_hidden_states"].clone())
+
+        return pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+
+    def weighted_text(pipe: Any) -> torch.Tensor:
+        with torch.inference_mode():
+            r = checked[0].request
+            family = family_named(engine.profile.family)
+            args = {"device": "cpu", "count": 1, "cfg": guidance > 1.0}
+            return family.embeddings(pipe, r.prompt, r.negative_prompt, **args).cond[0]
+
+    handle = await engine.run_in_worker(watch)
+    jobs = [engine.submit(c) for c in checked]
+    together = [await job.result() for job in jobs]
+    handle.remove()
+    # The weighted request's own sequence reached the shared forward (not the plain one's).
+    text = await engine.run_in_worker(weighted_text)
+    assert any(torch.equal(row, text) for rows in seen for row in rows)
+    if engine.scheduling == "batch":
+        assert {r.batch_images for r in together} == {3}  # one pipeline call
+    else:
+        assert max(call.requests for call in engine.stats.recent_calls) == 3
+    alone = [await engine.generate(r) for r in asked]
+    shown = [[pixels(r.images[0].png) for r in results] for results in (together, alone)]
+    for ours, theirs in zip(*shown, strict=True):
+        assert np.abs(ours - theirs).max() <= 1
+    weighted, plain, unit = shown[1]
+    assert np.array_equal(unit, plain)  # weight 1.0 is the plain prompt's image exactly
+    assert not np.array_equal(weighted, plain)  # a weight changes the image

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from engine import EngineConfig, ImageRequest
+from engine.families import family_named
 from engine.loader import LoadedModel, image_to_image, load_model
 from engine.stepper import Sample, Stepper
 
@@ -24,7 +25,10 @@ from .conftest import (
     EngineFactory,
     StockModels,
     assert_stock_images_in_both_modes,
+    assert_weights_apply_alone_and_batched,
+    rows_of,
     run_staggered,
+    scaled,
 )
 
 FAMILIES = {
@@ -149,22 +153,58 @@ def test_a_negative_prompt_is_read_only_by_the_families_that_read_one(
     assert dataclasses.replace(flux.profile).default_steps == 4
 
 
-async def test_weights_a_family_does_not_read_are_taken_out_with_a_note(
-    make_engine: EngineFactory, stock_models: StockModels, config_of: Any
+@pytest.mark.parametrize("source", ["builtin:tiny-flux", "builtin:tiny-chroma"])
+def test_weighted_t5_rows_are_the_stock_rows_times_their_weights(
+    source: str, config_of: Any, stock_models: StockModels
 ) -> None:
-    """FLUX.1 reads its prompt through T5 without A1111 weights: the syntax is taken out of
-    the text (never sent as literal brackets), the requester is told, and the image is the
-    plain prompt's."""
-    engine = await make_engine(model="builtin:tiny-flux", scheduling="step")
-    checked = engine.prepare(
-        ImageRequest("a (red:1.3) fox BREAK [snow]", seed=4, steps=2, guidance=0.0)
+    """sd_embed's T5 weighting (`engine/weighting_t5.py`), against the stock `encode_prompt`
+    of the plain prompt: each weighted token's row times its weight (the mean not restored),
+    every other row, FLUX.1's pooled CLIP output and Chroma's masks exactly the stock ones;
+    without weights, exactly the stock embeddings."""
+    pipe = stock_models(config_of(source)).pipe
+    chroma = FAMILIES[source] == "chroma"
+    family, t5 = family_named(FAMILIES[source]), pipe.tokenizer if chroma else pipe.tokenizer_2
+    plain, negative = "a red fox in snow", "blurry"
+    args: dict[str, Any] = {"device": "cpu", "count": 2, "cfg": True}
+    with torch.inference_mode():
+        ours = family.embeddings(pipe, "a (red:1.4) fox in [snow]", "(blurry:0.6)", **args)
+        unit = family.embeddings(pipe, "a (red:1.0) fox in snow", negative, **args)
+        if chroma:
+            cond, _, mask, uncond, _, negative_mask = pipe.encode_prompt(
+                plain, negative, device="cpu", num_images_per_prompt=2
+            )
+        else:
+            cond, pooled, _ = pipe.encode_prompt(plain, None, device="cpu", num_images_per_prompt=2)
+
+    def rows(text: str, word: str, weight: float) -> dict[int, float]:
+        piece = t5(word, add_special_tokens=False).input_ids
+        return dict.fromkeys(rows_of(t5(text).input_ids, piece), weight)
+
+    assert torch.equal(unit.cond, cond)
+    assert not torch.equal(ours.cond, cond)
+    expected = scaled(cond, rows(plain, "red", 1.4) | rows(plain, "snow", 1 / 1.1))
+    torch.testing.assert_close(ours.cond, expected)
+    if chroma:
+        assert ours.uncond is not None and unit.uncond is not None
+        assert torch.equal(unit.uncond, uncond)
+        torch.testing.assert_close(ours.uncond, scaled(uncond, rows(negative, negative, 0.6)))
+        for embeddings in (ours, unit):
+            assert torch.equal(embeddings.mask, mask)
+            assert torch.equal(embeddings.negative_mask, negative_mask)
+    else:  # FLUX.1 reads no negative prompt; no weight reaches its pooled CLIP output
+        assert ours.uncond is None and ours.pooled is not None and unit.pooled is not None
+        assert torch.equal(ours.pooled, pooled) and torch.equal(unit.pooled, pooled)
+
+
+@pytest.mark.parametrize("source", ["builtin:tiny-flux-dev", "builtin:tiny-chroma"])
+@pytest.mark.parametrize("scheduling", ["step", "batch"])
+async def test_weights_change_the_image_and_batch_like_plain_prompts(
+    source: str, scheduling: str, make_engine: EngineFactory
+) -> None:
+    engine = await make_engine(
+        model=source, scheduling=scheduling, max_batch_size=4, batch_wait_ms=100
     )
-    assert checked.request.prompt == "a red fox snow"
-    assert any("reads no prompt weights" in w for w in checked.warnings)
-    plain = engine.prepare(ImageRequest("a red fox snow", seed=4, steps=2, guidance=0.0))
-    assert not plain.warnings
-    weighted, alone = [await engine.submit(c).result() for c in (checked, plain)]
-    assert weighted.images[0].png == alone.images[0].png
+    await assert_weights_apply_alone_and_batched(engine, guidance=3.5)
 
 
 def test_diffusion_transformers_run_in_bfloat16_on_a_gpu(config_of: Any) -> None:

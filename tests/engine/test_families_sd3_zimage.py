@@ -29,7 +29,10 @@ from .conftest import (
     EngineFactory,
     StockModels,
     assert_stock_images_in_both_modes,
+    assert_weights_apply_alone_and_batched,
+    rows_of,
     run_staggered,
+    scaled,
 )
 
 FAMILIES = {"builtin:tiny-sd3": "sd3", "builtin:tiny-zimage": "zimage"}
@@ -136,6 +139,69 @@ async def test_the_engine_makes_the_stock_images_in_both_modes(
     )
     assert engine.scheduling == scheduling and engine.profile.family == FAMILIES[source]
     await assert_stock_images_in_both_modes(engine, stock_models(config), stock, "two (owls:1.2)")
+
+
+def test_weighted_sd3_rows_are_the_stock_rows_times_their_weights(
+    config_of: Any, stock_models: StockModels
+) -> None:
+    """sd_embed's SD3 weighting (`engine/weighting_t5.py`), against the stock `encode_prompt`
+    of the plain prompts: each weighted token's row of both CLIP sequences (side by side in
+    the first 77 rows) and of T5's (the rows after) times its weight, every other row and the
+    pooled outputs exactly the stock ones; without weights, exactly the stock embeddings."""
+    pipe = stock_models(config_of("builtin:tiny-sd3")).pipe
+    family = family_named("sd3")
+    plain, negative = "a red fox in snow", "blurry"
+    args: dict[str, Any] = {"device": "cpu", "count": 2, "cfg": True}
+    with torch.inference_mode():
+        ours = family.embeddings(pipe, "a (red:1.4) fox in [snow]", "(blurry:0.6)", **args)
+        unit = family.embeddings(pipe, "a (red:1.0) fox in snow", negative, **args)
+        cond, uncond, pooled, negative_pooled = pipe.encode_prompt(
+            plain, None, None, device="cpu", num_images_per_prompt=2, negative_prompt=negative
+        )
+
+    def rows(text: str, word: str, weight: float) -> dict[int, float]:
+        clip, t5 = pipe.tokenizer, pipe.tokenizer_3  # both CLIPs share one vocabulary
+        at = rows_of(clip(text).input_ids, clip(word, add_special_tokens=False).input_ids)
+        later = rows_of(t5(text).input_ids, t5(word, add_special_tokens=False).input_ids)
+        window = pipe.tokenizer_max_length
+        return dict.fromkeys(at, weight) | dict.fromkeys([window + r for r in later], weight)
+
+    assert torch.equal(unit.cond, cond) and torch.equal(unit.uncond, uncond)
+    assert not torch.equal(ours.cond, cond)
+    expected = scaled(cond, rows(plain, "red", 1.4) | rows(plain, "snow", 1 / 1.1))
+    torch.testing.assert_close(ours.cond, expected)
+    torch.testing.assert_close(ours.uncond, scaled(uncond, rows(negative, negative, 0.6)))
+    for embeddings in (ours, unit):  # no weight reaches a pooled output
+        assert torch.equal(embeddings.pooled, pooled)
+        assert torch.equal(embeddings.negative_pooled, negative_pooled)
+
+
+@pytest.mark.parametrize("scheduling", ["step", "batch"])
+async def test_weights_change_the_image_and_batch_like_plain_prompts(
+    scheduling: str, make_engine: EngineFactory
+) -> None:
+    engine = await make_engine(
+        model="builtin:tiny-sd3", scheduling=scheduling, max_batch_size=4, batch_wait_ms=100
+    )
+    await assert_weights_apply_alone_and_batched(engine, guidance=4.0)
+
+
+async def test_weights_an_llm_encoder_does_not_read_are_taken_out_with_a_note(
+    make_engine: EngineFactory,
+) -> None:
+    """Z-Image reads its prompt through a language model, without A1111 weights (as
+    Qwen-Image and FLUX.2 klein): the syntax is taken out of the text (never sent as literal
+    brackets), the requester is told, and the image is the plain prompt's."""
+    engine = await make_engine(model="builtin:tiny-zimage", scheduling="step")
+    checked = engine.prepare(
+        ImageRequest("a (red:1.3) fox BREAK [snow]", seed=4, steps=2, guidance=0.0)
+    )
+    assert checked.request.prompt == "a red fox snow"
+    assert any("reads no prompt weights" in w for w in checked.warnings)
+    plain = engine.prepare(ImageRequest("a red fox snow", seed=4, steps=2, guidance=0.0))
+    assert not plain.warnings
+    weighted, alone = [await engine.submit(c).result() for c in (checked, plain)]
+    assert weighted.images[0].png == alone.images[0].png
 
 
 @pytest.mark.parametrize("source", list(FAMILIES))
