@@ -171,12 +171,13 @@ def build_tagger(root: Path, *, seed: int = 0) -> None:
 CAPTION_MODELS = {"builtin:tiny-florence2": build_florence2, "builtin:tiny-tagger": build_tagger}
 
 
-def caption_folder(name: str, cache_dir: Path | None = None) -> Path:
-    """The saved folder of a builtin captioning model, built on first use."""
+def caption_folder(name: str, cache_dir: Path | None = None, *, build: bool = True) -> Path:
+    """The saved folder of a builtin captioning model or tagger, built on first use (with
+    `build=False`, where it is or would be)."""
     if name not in CAPTION_MODELS:
         raise ValueError(f"unknown builtin model {name!r}; known: {', '.join(CAPTION_MODELS)}")
     root = (cache_dir or default_cache_dir()) / f"{name.replace(':', '-')}-v{_VERSION}"
-    if not (root / "config.json").exists():
+    if build and not (root / "config.json").exists():
         root.parent.mkdir(parents=True, exist_ok=True)
         CAPTION_MODELS[name](root)
     return root

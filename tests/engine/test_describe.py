@@ -134,3 +134,36 @@ async def test_tags_asked_without_a_tagger_is_one_clear_error(make_engine: Engin
     with pytest.raises(EngineError, match=r"as tags is off here \(\[describe\] tagger is empty"):
         await engine.describe(picture(1), "tags")
     assert engine.describer_bytes == 0
+
+
+def test_a_describe_model_that_can_never_fit_stops_start_up(model_cache: Path) -> None:
+    """Start-up's memory check (`budget.check_memory`) estimates the describe model and the
+    tagger from their files' headers, as the image models: one larger than `max_memory_gb`
+    alone is named in one line before anything loads (it could never be asked)."""
+    from engine.budget import check_memory, reader_estimates
+    from engine.tiny_caption import caption_folder
+
+    caption_folder("builtin:tiny-florence2", model_cache)  # on this disk, as after a download
+    tagger = tagger_bytes(model_cache)
+    config = EngineConfig(
+        model="builtin:tiny",
+        cache_dir=model_cache,
+        describe=DescribeConfig("builtin:tiny-florence2", tagger="builtin:tiny-tagger"),
+    )
+    estimates = reader_estimates(config)
+    assert estimates["tagger"] == tagger  # float32 on the CPU, as loaded
+    assert estimates["model"] > tagger
+    image_model = check_memory(config)["tiny"]
+    between = dataclasses.replace(config, max_memory_gb=(image_model + tagger) / 2**30)
+    assert check_memory(between) == {"tiny": image_model}  # each fits alone
+    small = dataclasses.replace(between, model="no-such/model-here")  # no files: no estimate
+    small = dataclasses.replace(small, max_memory_gb=(tagger + 100) / 2**30)
+    with pytest.raises(ValueError, match=r"^the describe model builtin:tiny-florence2 needs "):
+        check_memory(small)
+    tagger_only = dataclasses.replace(
+        small, describe=DescribeConfig("", tagger="builtin:tiny-tagger")
+    )
+    assert check_memory(tagger_only) == {}
+    tight = dataclasses.replace(tagger_only, max_memory_gb=(tagger - 100) / 2**30)
+    with pytest.raises(ValueError, match=r"leave \[describe\] tagger empty$"):
+        check_memory(tight)
