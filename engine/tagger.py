@@ -90,6 +90,7 @@ class Tagger:
         dtype = pick_dtype(self.config.dtype, device)
         source, extra = pretrained_source(self.source, self.config)
         log.info("loading tagger %s on %s (%s)", self.source, device, dtype)
+        extra["trust_remote_code"] = False  # refused, never asked about on a terminal
         model = AutoModelForImageClassification.from_pretrained(source, dtype=dtype, **extra)
         if model.config.problem_type not in (None, "multi_label_classification"):
             raise ValueError(
@@ -104,6 +105,7 @@ class Tagger:
                 raise
             from transformers import ViTImageProcessor
 
+            del extra["trust_remote_code"]
             self._processor = ViTImageProcessor.from_pretrained(source, **extra)
             self._bgr = True
         self._model = model.to(device).eval()

@@ -167,3 +167,29 @@ def test_a_describe_model_that_can_never_fit_stops_start_up(model_cache: Path) -
     tight = dataclasses.replace(tagger_only, max_memory_gb=(tagger - 100) / 2**30)
     with pytest.raises(ValueError, match=r"leave \[describe\] tagger empty$"):
         check_memory(tight)
+
+
+async def test_a_wd_tagger_s_remote_processor_is_read_by_transformers_own_in_bgr(
+    make_engine: EngineFactory, model_cache: Path, tmp_path: Path
+) -> None:
+    """A folder laid out as `p1atdev/wd-swinv2-tagger-v3-hf` is (its image processor named as
+    remote code, `auto_map` and all, the code itself absent): the tagger never runs remote
+    code nor asks about it; transformers' ViT processor reads the same settings and the
+    picture is given in BGR, so the prompts are the tagger's own for the channels swapped."""
+    import json
+    import shutil
+
+    from engine.tiny_caption import caption_folder
+
+    folder = tmp_path / "wd-tagger"
+    shutil.copytree(caption_folder("builtin:tiny-tagger", model_cache), folder)
+    settings = json.loads((folder / "preprocessor_config.json").read_text())
+    settings["image_processor_type"] = "WDTaggerImageProcessor"
+    settings["auto_map"] = {"AutoImageProcessor": "image_processing_tagger.WDTaggerImageProcessor"}
+    (folder / "preprocessor_config.json").write_text(json.dumps(settings))
+    engine = await make_engine(describe=DescribeConfig("", tagger=str(folder)))
+    image = picture(4, (64, 48))
+    bgr = Image.merge("RGB", image.split()[::-1])
+    prompts = await engine.describe(image, "tags")
+    assert prompts[0] == ", ".join(top_tags(model_cache, bgr))  # the builtin's, in BGR
+    assert prompts[0] != ", ".join(top_tags(model_cache, image))
