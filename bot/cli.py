@@ -166,28 +166,33 @@ def _logging(verbose: bool) -> None:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    """Print the describe model's candidate prompts for the picture, one a line. The model is
-    loaded alone (no image model: `Engine` would load those first)."""
-    from engine.config import DescribeConfig
+    """Print the describe model's candidate prompts for the picture (with `--tags`, the
+    tagger's), one a line. The model is loaded alone (no image model: `Engine` would load
+    those first)."""
     from engine.describe import Describer
+    from engine.tagger import Tagger
 
     _, picture = picture_at(args.image)
     path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
     engine = (load_config(path) if path else BotConfig()).engine
+    key = "tagger" if args.tags else "model"
     if args.model:
-        engine = dataclasses.replace(engine, describe=DescribeConfig(args.model))
+        described = dataclasses.replace(engine.describe, **{key: args.model})
+        engine = dataclasses.replace(engine, describe=described)
     if args.device:
         engine = dataclasses.replace(engine, device=args.device)
-    if not engine.describe.model:
-        raise ConfigError(["describing is off: [describe] model is empty (or --model)"], "options")
-    describer = Describer(engine)
-    print(f"describing with {engine.describe.model}...", file=sys.stderr, flush=True)
+    source = getattr(engine.describe, key)
+    if not source:
+        off = "describing as tags" if args.tags else "describing"
+        raise ConfigError([f"{off} is off: [describe] {key} is empty (or --model)"], "options")
+    reader = Tagger(engine) if args.tags else Describer(engine)
+    print(f"describing with {source}...", file=sys.stderr, flush=True)
     try:
-        describer.load()
+        reader.load()
     except Exception as exc:  # a hub id that is not there, a folder that is not a model
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError([f"cannot load {engine.describe.model}: {why}"], "options") from None
-    for prompt in describer.describe(picture):
+        raise ConfigError([f"cannot load {source}: {why}"], "options") from None
+    for prompt in reader.describe(picture):
         print(prompt)
     return 0
 

@@ -178,17 +178,29 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "describe",
         "four candidate prompts for a picture",
-        ["The captioning model is [describe] model (Florence-2 by default), loaded alone."],
+        [
+            "The captioning model is [describe] model (Florence-2 by default), loaded alone; "
+            "with --tags, the tagger of [describe] tagger (a WD tagger), for danbooru-tag "
+            "prompts."
+        ],
         [
             "imagine-bot describe photo.png",
             "imagine-bot describe photo.png --model builtin:tiny-florence2",
+            "imagine-bot describe --tags art.png --model p1atdev/wd-swinv2-tagger-v3-hf",
         ],
         common,
     )
     desc.add_argument("image", help="a PNG, JPEG or WebP")
     desc.add_argument("--config", help=ONE_SHOT_CONFIG)
     desc.add_argument(
-        "--model", help="the image-to-text model: a hub id, a folder or builtin:tiny-florence2"
+        "--tags",
+        action="store_true",
+        help="danbooru-tag prompts from the tagger ([describe] tagger) instead of sentences",
+    )
+    desc.add_argument(
+        "--model",
+        help="the image-to-text model (with --tags, the tagger): a hub id, a folder, "
+        "builtin:tiny-florence2 or builtin:tiny-tagger",
     )
     desc.add_argument("--device", help="auto, cuda, mps or cpu (overrides the config)")
 

@@ -13,16 +13,18 @@ import torch
 
 from .config import EngineConfig, ModelSpec
 from .devices import device_name, pick_device, pick_dtype
-from .memory import Weights, gib, weights_of_files
+from .memory import DTYPE_BYTES, Weights, gib, parameters_in, weights_of_files
 from .single_file import SINGLE_FILE, base_of, file_kind, reference_repo
 from .sources import first_line
 from .tiny import BUILTIN_MODELS, builtin_folder
+from .tiny_caption import CAPTION_MODELS, caption_folder
 
 __all__ = [
     "cached_snapshot",
     "check_memory",
     "dtype_name",
     "memory_budget",
+    "reader_estimates",
     "resident_estimate",
     "weights_estimate",
 ]
@@ -70,6 +72,43 @@ def weights_estimate(spec: ModelSpec, config: EngineConfig) -> Weights | None:
         return None
 
 
+#: `[describe]`'s models, by key, in words.
+READERS = {"model": "describe model", "tagger": "tagger"}
+
+
+def reader_folder(source: str, config: EngineConfig) -> Path | None:
+    """The folder of a describe model or tagger (a builtin, a folder, a hub id), when its
+    files are on this disk (nothing is built or downloaded)."""
+    if source in CAPTION_MODELS:
+        folder = caption_folder(source, config.cache_dir, build=False)
+        return folder if (folder / "config.json").is_file() else None
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return local
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = str(config.cache_dir / "hub") if config.cache_dir is not None else None
+    try:
+        found = try_to_load_from_cache(source, "config.json", cache_dir=cache)
+    except Exception:  # not a hub id: loading says why
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def reader_estimates(config: EngineConfig, dtype: str | None = None) -> dict[str, int]:
+    """The bytes the describe model and the tagger (`[describe]`'s keys: "model", "tagger")
+    are estimated to hold on their device once loaded, at `dtype` (default: the engine's),
+    those whose files are here."""
+    width = DTYPE_BYTES[dtype or dtype_name(config)]
+    sizes: dict[str, int] = {}
+    for key in READERS:
+        source = getattr(config.describe, key)
+        folder = reader_folder(source, config) if source else None
+        if folder is not None and (parameters := parameters_in(folder)):
+            sizes[key] = parameters * width
+    return sizes
+
+
 def memory_budget(config: EngineConfig) -> tuple[int | None, str]:
     """Bytes the loaded models' weights may take together, and what sets it in words:
     `[engine] max_memory_gb`, else the GPU's memory; (None, "") on a CPU without a bound."""
@@ -98,7 +137,8 @@ def resident_estimate(spec: ModelSpec, config: EngineConfig) -> int | None:
 
 def check_memory(config: EngineConfig) -> dict[str, int]:
     """Each model's estimated bytes on its device (those whose files are here); a one-line
-    ValueError naming the first that can never fit the memory budget, and what would help."""
+    ValueError naming the first that can never fit the memory budget, and what would help,
+    the describe model and the tagger included (they load later, when first asked)."""
     budget, where = memory_budget(config)
     dtype = dtype_name(config)
     sizes: dict[str, int] = {}
@@ -125,4 +165,12 @@ def check_memory(config: EngineConfig) -> dict[str, int]:
             f"model {spec.name} needs about {gib(size)} for its weights ({dtype}{quantized}), "
             f"more than {where}{help_}"
         )
+    for key, size in reader_estimates(config).items():
+        if budget is not None and size > budget:
+            source = getattr(config.describe, key)
+            raise ValueError(
+                f"the {READERS[key]} {source} needs about {gib(size)} for its weights "
+                f"({dtype}), more than {where}: pick a smaller one, or leave [describe] {key} "
+                "empty"
+            )
     return sizes

@@ -64,9 +64,10 @@ class EngineClient(Protocol):
         """Check, submit and wait (cancels the job if the caller is cancelled)."""
         ...
 
-    async def describe(self, picture: Image) -> list[str]:
-        """Up to four candidate prompts for a picture (`[describe] model`), off the event
-        loop; `EngineError` when describing is off or its model cannot load."""
+    async def describe(self, picture: Image, style: str = "") -> list[str]:
+        """Up to four candidate prompts for a picture in `style` ("prose": `[describe] model`;
+        "tags": `[describe] tagger`; "": the first configured), off the event loop;
+        `EngineError` when that style is off or its model cannot load."""
         ...
 
     async def region_mask(self, image: Image, words: str) -> Image:

@@ -224,9 +224,23 @@ class LoraSpec:
 @dataclass(frozen=True, slots=True)
 class DescribeConfig:
     """`[describe]`: the image-to-text model that turns a picture into candidate prompts
-    (`engine.describe`), loaded on first use."""
+    (`engine.describe`), and the tagger that turns it into tag-style ones (`engine.tagger`),
+    each loaded on first use."""
 
     model: str = DEFAULT_DESCRIBE_MODEL  # a hub id, a folder, builtin:tiny-florence2; "": off
+    # A WD-style tagger (multi-label image classifier): a hub id, a folder, builtin:tiny-tagger;
+    # "": no tag-style prompts. `tag_threshold`: the confidence a tag needs to be kept.
+    tagger: str = ""
+    tag_threshold: float = 0.35
+
+    @property
+    def styles(self) -> tuple[str, ...]:
+        """The prompt styles offered ("prose", "tags"), the default one first."""
+        return tuple(s for s, on in (("prose", self.model), ("tags", self.tagger)) if on)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.tag_threshold < 1.0:  # NaN fails too
+            raise ValueError(f"tag_threshold must be between 0 and 1, not {self.tag_threshold:g}")
 
 
 @dataclass(frozen=True, slots=True)

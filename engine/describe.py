@@ -13,9 +13,8 @@ which between two ticks would hold every running image back, while on its own th
 overlaps them (torch releases the GIL in its kernels). The captioning model is a model of
 its own, with this thread as its one owner, as the pipelines have theirs.
 
-Tag-style output (danbooru tags for anime models) is not offered: no tagger is native to
-transformers (the WD taggers are timm and ONNX models, and Florence-2's tag fine-tunes need
-remote code).
+Tag-style prompts (danbooru tags for anime models) come from a tagger instead (`tagger.py`,
+`[describe] tagger`), on the same thread.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from .devices import pick_device, pick_dtype
 from .request import clean_text
 from .tiny_caption import CAPTION_MODELS, caption_folder
 
-__all__ = ["CANDIDATES", "TASK", "Describer"]
+__all__ = ["CANDIDATES", "TASK", "Describer", "pretrained_source"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ class Describer:
 
         device = pick_device(self.config.device)
         dtype = pick_dtype(self.config.dtype, device)
-        source, extra = self._where()
+        source, extra = pretrained_source(self.source, self.config)
         log.info("loading describe model %s on %s (%s)", self.source, device, dtype)
         self._processor = AutoProcessor.from_pretrained(source, **extra)
         model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, **extra)
@@ -102,15 +101,16 @@ class Describer:
         texts = processor.batch_decode(out, skip_special_tokens=True)
         return list(dict.fromkeys(t for t in map(clean_text, texts) if t))
 
-    def _where(self) -> tuple[str, dict[str, Any]]:
-        """The folder or hub id to load from, and `from_pretrained`'s options."""
-        if self.source in CAPTION_MODELS:
-            return str(caption_folder(self.source, self.config.cache_dir)), {
-                "local_files_only": True
-            }
-        if Path(self.source).expanduser().is_dir():
-            return str(Path(self.source).expanduser()), {"local_files_only": True}
-        extra: dict[str, Any] = {}
-        if self.config.cache_dir is not None:
-            extra["cache_dir"] = str(self.config.cache_dir / "hub")
-        return self.source, extra
+
+def pretrained_source(source: str, config: EngineConfig) -> tuple[str, dict[str, Any]]:
+    """The folder or hub id to load `source` (a builtin, a folder or a hub id) from, and
+    `from_pretrained`'s options: a builtin is built once into the cache, a hub model goes to
+    the cache's hub folder."""
+    if source in CAPTION_MODELS:
+        return str(caption_folder(source, config.cache_dir)), {"local_files_only": True}
+    if Path(source).expanduser().is_dir():
+        return str(Path(source).expanduser()), {"local_files_only": True}
+    extra: dict[str, Any] = {}
+    if config.cache_dir is not None:
+        extra["cache_dir"] = str(config.cache_dir / "hub")
+    return source, extra

@@ -20,7 +20,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DTYPE_BYTES", "QUANTIZED_BYTES", "Weights", "gib", "weights_of_files"]
+__all__ = [
+    "DTYPE_BYTES",
+    "QUANTIZED_BYTES",
+    "Weights",
+    "gib",
+    "parameters_in",
+    "weights_of_files",
+]
 
 #: Bytes of one parameter at each loaded dtype.
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -103,6 +110,12 @@ def _weight_files(folder: Path) -> list[Path]:
         if chosen:
             return chosen
     return []
+
+
+def parameters_in(folder: Path) -> int:
+    """The parameters of a transformers model folder's weight files (the describe model's,
+    the tagger's); 0 when it has none in `.safetensors`."""
+    return sum(_count(_tensor_shapes(f).values())[0] for f in _weight_files(folder))
 
 
 def _folder_weights(folder: Path, denoisers: Iterable[str]) -> Weights:

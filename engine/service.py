@@ -274,18 +274,19 @@ class Engine(ModelCatalog):
 
     @property
     def describer_bytes(self) -> int:
-        """Bytes the describe model holds on its device (0: not loaded, or off)."""
+        """Bytes the describe model and the tagger hold on their device (0: not loaded)."""
         return self._worker.describer_bytes if self._worker is not None else 0
 
-    async def describe(self, picture: Image) -> list[str]:
-        """Up to four candidate prompts for `picture` (`[describe] model`, see `describe.py`),
-        on the describer's own thread; `EngineError` when describing is off or its model
-        cannot load or fit."""
+    async def describe(self, picture: Image, style: str = "") -> list[str]:
+        """Up to four candidate prompts for `picture` in `style` ("prose": `[describe] model`,
+        see `describe.py`; "tags": `[describe] tagger`, see `tagger.py`; "": the first
+        configured), on the describer's own thread; `EngineError` when that style is off or
+        its model cannot load or fit."""
         if self._dead is not None:
             raise self._dead
         if self._worker is None:
             raise EngineError("The engine has not been started.")
-        return await self._worker.describe(picture)
+        return await self._worker.describe(picture, style)
 
     # Internals
     def _started(self) -> tuple[Lifecycle, Scheduler]:

@@ -1,11 +1,17 @@
 """`builtin:tiny-florence2`: a random-weight Florence-2 captioning model built in code, for
-offline runs of `/describe` and `imagine-bot describe`.
+offline runs of `/describe` and `imagine-bot describe`; `builtin:tiny-tagger`: a random-weight
+WD-style tagger (a multi-label Swinv2 image classifier) for their tag-style prompts.
 
 Shaped like transformers' own Florence-2 fast test (a one-stage DaViT vision tower, a
 one-layer BART 16 wide), with a byte-level BPE tokenizer trained here on the tiny models'
 word list and Florence-2's task prompts, and a CLIP image processor at 32x32 pixels. Saved
 once to the cache folder and loaded back through the real `from_pretrained`, like a hub
 model. Its captions are gibberish made of the word list, by design: it tests the plumbing.
+
+The tagger is shaped like the WD taggers converted to transformers (`p1atdev/wd-swinv2-
+tagger-v3-hf`): `Swinv2ForImageClassification` with `problem_type = "multi_label_classification"`
+and danbooru tags as its labels, ratings as `rating:<name>` and characters as
+`character:<name>`; a tiny Swinv2 at 32x32 pixels, with a ViT image processor.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from pathlib import Path
 from .tiny import default_cache_dir
 from .tiny_parts import save_pipeline
 
-__all__ = ["CAPTION_MODELS", "build_florence2", "caption_folder"]
+__all__ = ["CAPTION_MODELS", "TINY_TAGS", "build_florence2", "build_tagger", "caption_folder"]
 
 _VOCAB = Path(__file__).parent / "vocab"
 _VERSION = 1
@@ -114,16 +120,64 @@ class _Both:
         self.processor.save_pretrained(folder)  # type: ignore[attr-defined]
 
 
-#: Builtin captioning model -> its builder (called with the folder to write).
-CAPTION_MODELS = {"builtin:tiny-florence2": build_florence2}
+#: The tiny tagger's labels, as a WD tagger's: four ratings, danbooru tags with underscores, a
+#: kaomoji, a tag with parentheses (weighting syntax once in a prompt) and a character.
+TINY_TAGS = (
+    "rating:general",
+    "rating:sensitive",
+    "rating:questionable",
+    "rating:explicit",
+    "1girl",
+    "solo",
+    "long_hair",
+    "blue_sky",
+    "smile",
+    "outdoors",
+    "cherry_blossoms",
+    "school_uniform",
+    "red_scarf",
+    "^_^",
+    "hat_(object)",
+    "character:hatsune_miku",
+)
 
 
-def caption_folder(name: str, cache_dir: Path | None = None) -> Path:
-    """The saved folder of a builtin captioning model, built on first use."""
+def build_tagger(root: Path, *, seed: int = 0) -> None:
+    """The tiny tagger and its image processor, saved to `root`."""
+    import torch
+    from transformers import Swinv2Config, Swinv2ForImageClassification, ViTImageProcessor
+
+    config = Swinv2Config(
+        image_size=32,
+        patch_size=4,
+        embed_dim=8,
+        depths=[1, 1],
+        num_heads=[1, 1],
+        window_size=4,
+        mlp_ratio=1.0,
+        id2label=dict(enumerate(TINY_TAGS)),
+        label2id={tag: n for n, tag in enumerate(TINY_TAGS)},
+        problem_type="multi_label_classification",
+    )
+    torch.manual_seed(seed)
+    model = Swinv2ForImageClassification(config).eval()
+    with torch.no_grad():  # logits spread wide enough that a threshold keeps some, not all
+        model.classifier.weight.mul_(40.0)
+    images = ViTImageProcessor(size={"height": 32, "width": 32})
+    save_pipeline(_Both(model, images), root)
+
+
+#: Builtin captioning model or tagger -> its builder (called with the folder to write).
+CAPTION_MODELS = {"builtin:tiny-florence2": build_florence2, "builtin:tiny-tagger": build_tagger}
+
+
+def caption_folder(name: str, cache_dir: Path | None = None, *, build: bool = True) -> Path:
+    """The saved folder of a builtin captioning model or tagger, built on first use (with
+    `build=False`, where it is or would be)."""
     if name not in CAPTION_MODELS:
         raise ValueError(f"unknown builtin model {name!r}; known: {', '.join(CAPTION_MODELS)}")
     root = (cache_dir or default_cache_dir()) / f"{name.replace(':', '-')}-v{_VERSION}"
-    if not (root / "config.json").exists():
+    if build and not (root / "config.json").exists():
         root.parent.mkdir(parents=True, exist_ok=True)
         CAPTION_MODELS[name](root)
     return root

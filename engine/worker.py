@@ -1,5 +1,6 @@
 """The engine's one worker thread and everything that lives on it: the models, one `Runner`
-each and, for step scheduling, a `Stepper` each; and the describe model's thread.
+each and, for step scheduling, a `Stepper` each; and the describer's thread (the describe
+model and the tagger).
 
 diffusers pipelines keep state between calls (schedulers, attention processors, active LoRA
 adapters), so exactly one thread ever runs them; the event loop only awaits this object's
@@ -28,6 +29,7 @@ from .profile import ModelProfile
 from .result import GeneratedImage
 from .runner import Runner
 from .stepper import Sample, Stepper
+from .tagger import Tagger
 from .vision import Helpers
 
 __all__ = ["Worker"]
@@ -35,8 +37,11 @@ __all__ = ["Worker"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: The describe model's key among the models' sizes (not a configurable model name).
-DESCRIBER = "<describe>"
+#: The picture readers' keys among the models' sizes, by prompt style (not model names).
+READERS = {"prose": "<describe>", "tags": "<tagger>"}
+#: Each style's reader, in `[describe]`'s words (when it is off) and in the logs' and errors'.
+_OFF = {"prose": "model", "tags": "tagger"}
+_WHAT = {"prose": "describe model", "tags": "tagger"}
 
 
 def _no_grad() -> None:
@@ -57,7 +62,11 @@ class Worker:
         self.budget: int | None = None  # bytes all loaded models may hold (None: no bound)
         self._budget_source = ""  # what sets the budget, in words
         self.stepping = False
-        self._describer = Describer(config)  # its model loads on first use
+        # The describe model and the tagger, by prompt style; each loads on first use.
+        self._readers: dict[str, Describer | Tagger] = {
+            "prose": Describer(config),
+            "tags": Tagger(config),
+        }
         self._describe_thread: ThreadPoolExecutor | None = None
         self._describe_lock = asyncio.Lock()  # one load at a time
         self.helpers: Helpers | None = None  # the canvas's helper models, made on first use
@@ -185,50 +194,66 @@ class Worker:
         await self._call(self._runners[name].unload)
 
     # Describing pictures
-    async def describe(self, picture: Any) -> list[str]:
-        """Candidate prompts for `picture` on the describer's own thread (`describe.py` says
-        why), its model loaded on first use and counted in the memory budget: it must fit
-        beside the loaded models (else `EngineError`, and it is unloaded), and it leaves
-        when a model that is loaded later would not fit beside it."""
-        if not self.config.describe.model:
-            raise EngineError("Describing pictures is off here ([describe] model is empty).")
-        async with self._describe_lock:
-            if not self._describer.loaded:
-                await self._load_describer()
-        return await self._on_describer(self._describer.describe, picture)
-
-    async def _load_describer(self) -> None:
-        name = self.config.describe.model
-        try:
-            size = await self._on_describer(self._describer.load)
-        except Exception as exc:
-            await self._on_describer(self._describer.unload)
-            raise EngineError(f"Could not load the describe model {name!r}: {exc}") from exc
-        beside = sum(self.size(n) for n, runner in self._runners.items() if runner.loaded)
-        if self.budget is not None and beside + size > self.budget:
-            await self._on_describer(self._describer.unload)
+    async def describe(self, picture: Any, style: str = "") -> list[str]:
+        """Candidate prompts for `picture` in `style` ("prose": the describe model's, "tags":
+        the tagger's; "": the first configured) on the describer's own thread (`describe.py`
+        says why). Each model is loaded on first use and counted in the memory budget: it
+        must fit beside the loaded models (else `EngineError`, and it is unloaded), and it
+        leaves when a model that is loaded later would not fit beside it."""
+        styles = self.config.describe.styles
+        if not styles:
             raise EngineError(
-                f"The describe model {name!r} holds {gib(size)}, which does not fit beside "
-                f"the loaded models' {gib(beside)} within {self._budget_source}."
+                "Describing pictures is off here ([describe] model and tagger are empty)."
             )
-        self._sizes[DESCRIBER] = size
+        style = style or styles[0]
+        if style not in READERS:
+            raise EngineError(f"No prompt style {style!r}: prose or tags.")
+        if style not in styles:
+            raise EngineError(
+                f"Describing pictures as {style} is off here ([describe] {_OFF[style]} is empty)."
+            )
+        reader = self._readers[style]
+        async with self._describe_lock:
+            if not reader.loaded:
+                await self._load_reader(style)
+        return await self._on_describer(reader.describe, picture)
+
+    async def _load_reader(self, style: str) -> None:
+        reader = self._readers[style]
+        try:
+            size = await self._on_describer(reader.load)
+        except Exception as exc:
+            await self._on_describer(reader.unload)
+            what = f"the {_WHAT[style]} {reader.source!r}"
+            raise EngineError(f"Could not load {what}: {exc}") from exc
+        beside = sum(self.size(n) for n, runner in self._runners.items() if runner.loaded)
+        beside += self.describer_bytes
+        if self.budget is not None and beside + size > self.budget:
+            await self._on_describer(reader.unload)
+            raise EngineError(
+                f"The {_WHAT[style]} {reader.source!r} holds {gib(size)}, which does not fit "
+                f"beside the loaded models' {gib(beside)} within {self._budget_source}."
+            )
+        self._sizes[READERS[style]] = size
 
     async def _make_room_beside_describer(self, name: str) -> None:
-        """Unload the describe model when model `name` would not fit beside it (the image
-        models come first; the describe model loads again when next asked)."""
-        held = self._sizes.get(DESCRIBER, 0)
-        if not held or self.budget is None:
+        """Unload the describe model and the tagger, as far as needed, when model `name`
+        would not fit beside them (the image models come first; each loads again when next
+        asked)."""
+        if self.budget is None:
             return
         loaded = [n for n, runner in self._runners.items() if runner.loaded and n != name]
-        if sum(map(self.size, [*loaded, name])) + held > self.budget:
-            log.info("unloading the describe model to make room for model %s", name)
-            await self._on_describer(self._describer.unload)
-            del self._sizes[DESCRIBER]
+        needed = sum(map(self.size, [*loaded, name]))
+        for style, key in READERS.items():
+            if key in self._sizes and needed + self.describer_bytes > self.budget:
+                log.info("unloading the %s to make room for model %s", _WHAT[style], name)
+                await self._on_describer(self._readers[style].unload)
+                del self._sizes[key]
 
     @property
     def describer_bytes(self) -> int:
-        """Bytes the describe model holds on its device (0: not loaded)."""
-        return self._sizes.get(DESCRIBER, 0)
+        """Bytes the describe model and the tagger hold on their device (0: not loaded)."""
+        return sum(self._sizes.get(key, 0) for key in READERS.values())
 
     async def _on_describer(self, fn: Callable[..., T], *args: Any) -> T:
         if self._describe_thread is None:

@@ -39,6 +39,7 @@ TORCH_SIDE = frozenset(
         "engine.quantization",
         "engine.recipes",
         "engine.single_file",
+        "engine.tagger",
         "engine.preview",
         "engine.runner",
         "engine.stepper",

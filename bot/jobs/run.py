@@ -353,7 +353,7 @@ class JobRun:
             gan=bool(engine.config.upscale_model),
             editable=bool(edit_models(services.engine)),
             fix=bool(engine.config.fix_detector),
-            describable=bool(engine.config.describe.model),
+            describable=bool(engine.config.describe.styles),
         )
         post = ResultPost(content, embed, files, view, mention=asked.user_id)
         await persist(

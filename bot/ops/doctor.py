@@ -11,6 +11,8 @@ Each check prints one line, `ok` or `FIX`, and the fix in the operator's terms:
   cache or downloadable, and whether it fits the GPU found (its weights at 16 bits, int8/fp8
   and nf4, estimated from the files' headers; as configured with `quantize` and `offload`,
   against `[engine] max_memory_gb` or the GPU's memory; with no GPU it says so);
+- the describe model and the tagger (`[describe]`), when set: their weights at 16 bits,
+  counted against the same memory (they load when first asked, beside the image models);
 - each `[discord] guild_ids` server: the bot is in it, and in every allowed channel it may
   View Channel, Send Messages, Attach Files and Embed Links (roles and channel overwrites
   computed as Discord does).
@@ -126,6 +128,8 @@ async def run_doctor(config_path: str | Path, out: TextIO = sys.stdout) -> int:
     await _database(config, report)
     for spec in config.engine.model_specs:
         report(_model(config.engine, spec))
+    for check in _readers(config.engine):
+        report(check)
     if config.engine.backend == "ray":
         report(await _ray(config))
     await _discord(config, report)
@@ -237,6 +241,34 @@ def _model(engine: EngineConfig, spec: ModelSpec) -> Check:
     return _fits(name, where, engine, spec, size)
 
 
+def _readers(engine: EngineConfig) -> list[Check]:
+    """A line for each of `[describe]`'s models that is set: its weights at 16 bits from its
+    files' headers against the memory the models may use (it must fit there alone; beside
+    the image models it yields to them), or that it is not on this disk yet."""
+    from engine.budget import READERS, reader_estimates
+    from engine.memory import gib
+
+    sizes = reader_estimates(engine, "float16")
+    limit, limit_name = _memory_limit(engine)
+    checks = []
+    for key, what in READERS.items():
+        source = getattr(engine.describe, key)
+        if not source:
+            continue
+        size = sizes.get(key)
+        if size is None:
+            detail = f"{source}: not on this disk yet (fetched when first asked)"
+            checks.append(Check(what, True, detail))
+        elif limit is None:
+            checks.append(Check(what, True, f"{source}; weights {gib(size)} at 16 bits"))
+        else:
+            fits = "fits" if size <= limit else "does not fit"
+            fix = "" if size <= limit else f": pick a smaller one, or leave [describe] {key} empty"
+            detail = f"{source}; weights {gib(size)} at 16 bits {fits} {limit_name}{fix}"
+            checks.append(Check(what, size <= limit, detail))
+    return checks
+
+
 async def _ray(config: BotConfig) -> Check:
     """`backend = "ray"`: Ray Serve installed, and the cluster's address answering."""
     import importlib.util
@@ -275,15 +307,8 @@ def _fits(name: str, where: str, engine: EngineConfig, spec: ModelSpec, download
     from engine.memory import gib
 
     weights = weights_estimate(spec, engine)
-    gpu, device = _gpu_memory()
-    limit = int(engine.max_memory_gb * 2**30) if engine.max_memory_gb > 0 else gpu
-    limit_name = (
-        f"[engine] max_memory_gb ({engine.max_memory_gb:g} GiB)"
-        if engine.max_memory_gb > 0
-        else f"the {gib(gpu)} of {device}"
-        if gpu is not None
-        else ""
-    )
+    gpu, _ = _gpu_memory()
+    limit, limit_name = _memory_limit(engine)
     if weights is None:  # not downloaded yet: its files' size is all there is to go by
         if download <= 0:
             return Check(name, True, where)
@@ -329,6 +354,18 @@ def _fits(name: str, where: str, engine: EngineConfig, spec: ModelSpec, download
             f"{where}; {sizes}{partial}; {gib(needed)}{how} does not fit {limit_name}{fix}",
         )
     return Check(name, True, f"{where}; {sizes}{partial}; {gib(needed)}{how} fits {limit_name}")
+
+
+def _memory_limit(engine: EngineConfig) -> tuple[int | None, str]:
+    """The memory the models may use, and its name: `[engine] max_memory_gb`, else the GPU
+    found; (None, "") on a machine without a GPU and without a bound."""
+    from engine.memory import gib
+
+    if engine.max_memory_gb > 0:
+        gb = engine.max_memory_gb
+        return int(gb * 2**30), f"[engine] max_memory_gb ({gb:g} GiB)"
+    gpu, device = _gpu_memory()
+    return gpu, (f"the {gib(gpu)} of {device}" if gpu is not None else "")
 
 
 def _gpu_memory() -> tuple[int | None, str]:

@@ -199,11 +199,11 @@ class RayEngine(ModelCatalog):
             raise answer
         return answer
 
-    async def describe(self, picture: Image) -> list[str]:
-        """Candidate prompts for `picture` from a replica's describe model (loaded there on
-        first use: a first call may time out while it downloads)."""
+    async def describe(self, picture: Image, style: str = "") -> list[str]:
+        """Candidate prompts for `picture` from a replica's describe model or tagger (loaded
+        there on first use: a first call may time out while it downloads)."""
         self._open()
-        answer = await self.cluster.call("describe_picture", picture)
+        answer = await self.cluster.call("describe_picture", picture, style)
         if isinstance(answer, EngineError):
             raise answer
         return list(answer)

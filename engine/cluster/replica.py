@@ -71,11 +71,11 @@ class EngineReplica:
         except EngineError as exc:
             return exc
 
-    async def describe_picture(self, picture: Any) -> list[str] | EngineError:
+    async def describe_picture(self, picture: Any, style: str = "") -> list[str] | EngineError:
         """`Engine.describe` here, where the describe model lives; a refusal is returned,
         not raised, as `check`'s."""
         try:
-            return await self.engine.describe(picture)
+            return await self.engine.describe(picture, style)
         except EngineError as exc:
             return exc
 

@@ -36,6 +36,7 @@ async def test_a_ready_set_up_passes_every_check(new_world: NewWorld) -> None:
         "state",
         "database",
         "model tiny",
+        "describe model",  # as shipped: Florence-2, fetched when first asked
         "token",
         f"server {world.guild.id}",
         "#art",
@@ -182,6 +183,38 @@ async def test_each_model_says_whether_it_fits(
         code, lines = await _doctor(config)
         assert lines["model big"].startswith("ok ")
         assert lines["model big"].endswith(" MiB nf4; no GPU found: it runs on the CPU")
+
+
+async def test_the_describe_model_and_the_tagger_count_against_the_memory(
+    new_world: NewWorld, tmp_path: Path, model_cache: Path
+) -> None:
+    """Each of `[describe]`'s models gets a line: its weights at 16 bits from its files'
+    headers, against `max_memory_gb` (the image models' memory, which it shares)."""
+    import shutil
+
+    from engine.tiny_caption import caption_folder
+
+    folders = {}
+    for key, name in (("model", "builtin:tiny-florence2"), ("tagger", "builtin:tiny-tagger")):
+        folders[key] = tmp_path / key
+        shutil.copytree(caption_folder(name, model_cache), folders[key])
+    async with new_world() as world:
+        config = world.configure(
+            discord={"token": world.token},
+            engine={"max_memory_gb": 0.05 / 1024},  # 0.05 MiB: the tagger fits, Florence not
+            describe={key: str(folder) for key, folder in folders.items()},
+        )
+        code, lines = await _doctor(config)
+    assert code == 1
+    assert lines["describe model"] == (
+        f"FIX  describe model: {folders['model']}; weights 0.1 MiB at 16 bits does not fit "
+        "[engine] max_memory_gb (4.88281e-05 GiB): pick a smaller one, or leave [describe] "
+        "model empty"
+    )
+    assert lines["tagger"] == (
+        f"ok   tagger: {folders['tagger']}; weights 0.0 MiB at 16 bits fits [engine] "
+        "max_memory_gb (4.88281e-05 GiB)"
+    )
 
 
 def test_permissions_follow_roles_and_overwrites_in_discords_order() -> None:

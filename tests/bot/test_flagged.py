@@ -2,17 +2,21 @@
 
 `builtin:tiny-flagging` ships a real (tiny) safety checker that flags every image. Outside
 NSFW channels the images are never uploaded and the job gives its images back; in an NSFW
-channel they are posted as usual. (Spoiler mode is covered by `test_restart.py`.)
+channel they are posted as usual. (Spoiler mode is covered by `test_restart.py`.) This bot
+has no tagger: `/describe style:tags` is refused.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from PIL import Image
 
 from bot.ledger import JobStatus
+from testkit.discord_server import AttachmentOption
 from testkit.jobs import JOB_TIMEOUT, job_id_of, job_of, read_ledger, wait_result
 from testkit.world import NewWorld, World
 
@@ -82,3 +86,31 @@ async def test_flagged_images_are_posted_in_nsfw_channels(world: World) -> None:
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id_of(result))
         assert job.status is JobStatus.DONE and job.request.image_count == 1
+
+
+async def test_describe_as_tags_is_refused_privately_without_a_tagger(world: World) -> None:
+    """This bot describes in sentences only (`[describe] model` as shipped, no tagger):
+    `style:tags` is one private line naming the fix, before the picture is fetched or any
+    model loads, at no cost."""
+    picture = io.BytesIO()
+    Image.new("RGB", (16, 16), "orange").save(picture, format="PNG")
+    async with read_ledger(world.tmp) as ledger:
+        before = await ledger.user_status(world.guild.id, world.alice.id)
+    asked = await world.server.invoke(
+        "describe",
+        user=world.alice,
+        channel=world.art,
+        options={
+            "image": AttachmentOption("fox.png", picture.getvalue(), "image/png"),
+            "style": "tags",
+        },
+    )
+    message = await asked.wait_for_original()
+    assert asked.ephemeral and message.content == (
+        "Tag-style prompts are off on this bot (its operator set no tagger): leave style "
+        "empty or pick prose."
+    )
+    assert not world.server.requests_to("GET", r"^/attachments/.*fox\.png")  # never fetched
+    assert not [line for line in world.bot.lines if "loading describe model" in line]
+    async with read_ledger(world.tmp) as ledger:
+        assert await ledger.user_status(world.guild.id, world.alice.id) == before

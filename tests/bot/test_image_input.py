@@ -1,8 +1,8 @@
 """`/imagine image:<attachment>`, `/edit` and `/describe image:<attachment>` end to end: the
 real bot, the Discord-compatible server serving the attachment from its CDN-like route, the
 database and the image store read back; the Edit button's modal, submitted, and pressed again
-after a restart; `/describe` with the random-weight `builtin:tiny-florence2`, and a result's
-Describe button.
+after a restart; `/describe` with the random-weight `builtin:tiny-florence2`, `style:tags`
+with `builtin:tiny-tagger`, and a result's Describe button.
 
 Every bad attachment gets one clear private message and costs nothing; a URL off Discord's
 servers is never fetched (a decoy HTTP server counts the requests it gets).
@@ -14,6 +14,7 @@ import asyncio
 import io
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from testkit.discord_server import AttachmentOption, Message
 from testkit.jobs import JOB_TIMEOUT, button_id, job_id_of, job_of, read_ledger, wait_result
 from testkit.ops import buckets_above, ops_address, read_metrics
 from testkit.pictures import GRAY, png_bytes
+from testkit.tagger import top_tags
 from testkit.world import NewWorld, World
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("clean_world")]
@@ -56,7 +58,7 @@ def gif() -> bytes:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(new_world: NewWorld) -> AsyncIterator[World]:
-    users = ("alice", "bob", "carol", "dora", "emil", *MEMBERS)
+    users = ("alice", "bob", "carol", "dora", "emil", "finn", *MEMBERS)
     async with new_world(guild="Picture Club", users=users) as world:
         world.configure(
             images={"max_picture_mb": LIMIT_MB},
@@ -66,7 +68,8 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
                 "tiny": {"source": "builtin:tiny"},
                 "kontext": {"source": "builtin:tiny-flux-kontext", "steps": 2},
             },
-            describe={"model": "builtin:tiny-florence2"},
+            describe={"model": "builtin:tiny-florence2", "tagger": "builtin:tiny-tagger"},
+            moderation={"blocked_words": ["hatsune miku"]},  # a tag of the tiny tagger's
         )
         async with world.running_bot() as bot:
             world.ops = await ops_address(bot)
@@ -416,6 +419,48 @@ async def test_describe_answers_four_prompts_each_imagined_by_its_presser(world:
         assert job.request.prompt == prompts[2] and job.request.user_id == emil.id
         assert job.request.strength is None  # a text-to-image job: the picture is not reused
         assert (await ledger.user_status(world.guild.id, emil.id)).used == 1
+
+
+async def test_describe_as_tags_answers_the_tagger_s_top_tags_each_imagined_by_its_presser(
+    world: World, model_cache: Path
+) -> None:
+    """`style:tags`: four prompts made of the tagger's own top tags for the picture (computed
+    here with transformers), ratings never shown, the most tags first, nothing charged; an
+    Imagine press on a tag prompt makes it for the presser; a tag the server blocks (the
+    character) is refused at the press as a typed prompt is, at no cost."""
+    finn = world.finn
+    pixels = np.random.default_rng(1).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    picture = AttachmentOption("art.png", buf.getvalue(), "image/png")
+    asked = await world.server.invoke(
+        "describe", user=finn, options={"image": picture, "style": "tags"}
+    )
+    answer = await asked.wait_for_original(timeout=JOB_TIMEOUT)
+    assert asked.ephemeral and answer.ephemeral, answer.content
+    kept = top_tags(model_cache, Image.fromarray(pixels))  # the tagger's own answer
+    assert "hatsune miku" in kept and "hatsune miku" not in kept[:2], kept  # this picture's
+    prompts = prompts_of(answer.content)
+    counts = sorted({-(-len(kept) * n // 4) for n in (4, 3, 2, 1)}, reverse=True)
+    assert prompts == {n: ", ".join(kept[:c]) for n, c in enumerate(counts, start=1)}
+    assert not {"general", "sensitive", "questionable", "explicit"} & {
+        tag for p in prompts.values() for tag in p.split(", ")
+    }
+    assert answer.custom_ids == [f"imagine-describe:{n}:3:2" for n in (1, 2, 3, 4)]
+    async with read_ledger(world.tmp) as ledger:  # describing is no job, and costs nothing
+        assert (await ledger.user_status(world.guild.id, finn.id)).used == 0
+
+    refused = await world.server.click(answer, "imagine-describe:1:3:2", user=finn)
+    note = await refused.wait_for_original(lambda m: m is not answer)
+    assert refused.ephemeral and "does not allow ('hatsune miku')" in note.content
+    pressed = await world.server.click(answer, "imagine-describe:4:3:2", user=finn)
+    result = await wait_result(pressed)
+    job_id = job_id_of(result)
+    await world.bot.wait_for_line(rf"job {job_id}: delivered", within=JOB_TIMEOUT)
+    async with read_ledger(world.tmp) as ledger:
+        job = await job_of(ledger, job_id)
+        assert job.request.prompt == prompts[4] and job.request.user_id == finn.id
+        assert (await ledger.user_status(world.guild.id, finn.id)).used == 1
 
 
 async def test_a_result_s_describe_button_answers_its_presser_privately_at_no_cost(

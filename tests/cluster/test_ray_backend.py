@@ -70,7 +70,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 def engine_config(model_cache: Path) -> EngineConfig:
     """SD's tiny model (the default) and a FLUX-family one: every family runs on replicas;
-    and the tiny captioning model for describe, the tiny face detector for the face fix."""
+    and the tiny captioning model and tagger for describe, the tiny face detector for the face
+    fix."""
     from engine.config import DescribeConfig
 
     models = (
@@ -79,7 +80,8 @@ def engine_config(model_cache: Path) -> EngineConfig:
     )
     return EngineConfig(
         models=models, default_model="tiny", max_loaded_models=2, cache_dir=model_cache,
-        device="cpu", describe=DescribeConfig("builtin:tiny-florence2"),
+        device="cpu",
+        describe=DescribeConfig("builtin:tiny-florence2", tagger="builtin:tiny-tagger"),
         fix_detector="builtin:tiny-face-detector",
     )  # fmt: skip
 
@@ -157,6 +159,8 @@ async def test_a_replica_describes_a_picture_as_the_local_engine(
     picture = Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8))
     prompts = await engine.describe(picture)
     assert len(set(prompts)) == 4 and prompts == await local.describe(picture)
+    tags = await engine.describe(picture, "tags")  # the tagger's, on a replica
+    assert tags and tags != prompts and tags == await local.describe(picture, "tags")
     faces = await engine.detect_faces(picture)  # the face fix's detector, on a replica
     assert faces and faces == await local.detect_faces(picture)
 

@@ -175,7 +175,8 @@ def test_edit_by_instruction_and_describe_from_the_command_line(
 ) -> None:
     """`generate --image` on a model that edits runs its edit pipeline (the stock one's
     pixels, the picture's aspect ratio at the model's area, the source in the PNG), `--image`
-    again for more pictures; `describe` prints four prompts."""
+    again for more pictures; `describe` prints four prompts, `describe --tags` the tagger's
+    top tags (and says in one line when no tagger is set)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -183,6 +184,7 @@ def test_edit_by_instruction_and_describe_from_the_command_line(
     from engine import EngineConfig
     from engine.loader import load_model
     from engine.torch_ops import picture_hash
+    from testkit.tagger import top_tags
 
     rng = np.random.default_rng(5)
     for name in ("in.png", "ref.png"):
@@ -229,6 +231,24 @@ def test_edit_by_instruction_and_describe_from_the_command_line(
     assert done.returncode == 0, done.stderr
     prompts = done.stdout.strip().splitlines()
     assert len(prompts) == len(set(prompts)) == 4
+
+    done = run_cli(
+        "describe", "--tags", "in.png", "--model", "builtin:tiny-tagger",
+        cache=model_cache, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with Image.open(tmp_path / "in.png") as picture:
+        kept = top_tags(model_cache, picture)  # the tagger's own answer, from transformers
+    assert done.stdout.strip().splitlines()[0] == ", ".join(kept)
+    assert len(done.stdout.strip().splitlines()) == len(
+        {-(-len(kept) * n // 4) for n in range(1, 5)}
+    )
+    (tmp_path / "tags.toml").write_text('[describe]\nmodel = ""\n')
+    done = run_cli(
+        "describe", "--tags", "in.png", "--config", "tags.toml", cache=model_cache, cwd=tmp_path
+    )
+    assert done.returncode == 2
+    assert "describing as tags is off: [describe] tagger is empty (or --model)" in done.stderr
 
 
 def test_jpeg_out_and_upscale_with_the_model_the_image_names(

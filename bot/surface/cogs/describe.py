@@ -1,9 +1,14 @@
-"""`/describe image:<attachment>`: four candidate prompts for a picture, each with an
+"""`/describe image:<attachment> [style]`: four candidate prompts for a picture, each with an
 **Imagine** button that runs `/imagine` with it, at the picture's aspect ratio, for whoever
-presses it (charged to them as any `/imagine`).
+presses it (charged to them as any `/imagine`). `style`: prose (the describe model's
+sentences) or tags (the tagger's danbooru tags, for anime models); by default the first the
+operator configured. A style that is off is refused privately, before anything runs.
 
 The picture is checked and fetched as `/imagine`'s (`images/pictures.py`); the engine's
-describe model runs on a thread of its own (`engine/describe.py`), never on the event loop.
+describe model and the tagger run on a thread of their own (`engine/describe.py`,
+`engine/tagger.py`), never on the event loop. Their prompts are not moderated as they are
+shown (privately, to the one who asked): an Imagine press is an `/imagine`, refused by the
+server's blocked words as a typed prompt is; a tagger's ratings never reach a prompt.
 Describing is not charged as images: the command tree's per-member rate limit
 (`[moderation] commands_per_minute`) counts it, as any command; an Imagine press is counted
 by the admission of the `/imagine` it makes. The buttons survive a restart: each names only
@@ -42,8 +47,15 @@ __all__ = ["DescribeButton", "DescribeCog", "describe_result", "describe_view"]
 
 log = logging.getLogger(__name__)
 
-#: The answer when `[describe] model` is empty.
-OFF = "Describing pictures is off on this bot (its operator set no describe model)."
+#: The answer when `[describe] model` and `tagger` are empty.
+OFF = "Describing pictures is off on this bot (its operator set no describe model nor tagger)."
+#: The answer when the style asked for is off.
+STYLE_OFF = {
+    "prose": "Prompts in sentences are off on this bot (its operator set no describe model): "
+    "leave style empty or pick tags.",
+    "tags": "Tag-style prompts are off on this bot (its operator set no tagger): leave style "
+    "empty or pick prose.",
+}
 
 
 class DescribeButton(
@@ -91,11 +103,15 @@ def describe_view(count: int, ratio: str) -> discord.ui.View:
 
 
 async def _answer(
-    services: Services, interaction: discord.Interaction[Any], picture: Image, name: str
+    services: Services,
+    interaction: discord.Interaction[Any],
+    picture: Image,
+    name: str,
+    style: str = "",
 ) -> None:
-    """Describe `picture` (called `name` in the answer) and answer the deferred `interaction`
-    privately with its prompts, an Imagine button each."""
-    prompts = await services.engine.describe(picture)  # on the describer's own thread
+    """Describe `picture` (called `name` in the answer) in `style` ("": the default) and
+    answer the deferred `interaction` privately with its prompts, an Imagine button each."""
+    prompts = await services.engine.describe(picture, style)  # on the describer's thread
     if not prompts:
         raise NotAllowed("The describe model found nothing to say about that picture.")
     ratio = closest_ratio(*picture.size)
@@ -113,7 +129,7 @@ async def describe_result(
     """A result's Describe press: `/describe`'s answer for image `index` of `job`, from the
     picture the bot keeps (the job actions check the press and read it)."""
     services = host_of(interaction).services
-    if not services.config.engine.describe.model:  # forged onto a result
+    if not services.config.engine.describe.styles:  # forged onto a result
         await interaction.response.send_message(OFF, ephemeral=True)
         return
     await interaction.response.defer(ephemeral=True, thinking=True)
@@ -126,14 +142,28 @@ class DescribeCog(commands.Cog):
         self.services = services
 
     @app_commands.command(name="describe", description="Four prompts that could make a picture")
-    @app_commands.describe(image="The picture to describe (PNG, JPEG or WebP)")
+    @app_commands.describe(
+        image="The picture to describe (PNG, JPEG or WebP)",
+        style="Sentences, or danbooru tags for anime models (default: the bot's first)",
+    )
+    @app_commands.choices(
+        style=[
+            app_commands.Choice(name="prose (sentences)", value="prose"),
+            app_commands.Choice(name="tags (danbooru tags, for anime models)", value="tags"),
+        ]
+    )
     @app_commands.guild_only()
     async def describe(
-        self, interaction: discord.Interaction[Any], image: discord.Attachment
+        self,
+        interaction: discord.Interaction[Any],
+        image: discord.Attachment,
+        style: app_commands.Choice[str] | None = None,
     ) -> None:
         s = self.services
-        if not s.config.engine.describe.model:
-            await interaction.response.send_message(OFF, ephemeral=True)
+        styles = s.config.engine.describe.styles
+        if not styles or (style is not None and style.value not in styles):
+            refusal = STYLE_OFF[style.value] if styles and style is not None else OFF
+            await interaction.response.send_message(refusal, ephemeral=True)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         picture = await fetch_picture(
@@ -141,4 +171,4 @@ class DescribeCog(commands.Cog):
             api_base_url=s.config.discord.api_base_url,
             max_mb=s.config.images.max_picture_mb,
         )
-        await _answer(s, interaction, picture, image.filename)
+        await _answer(s, interaction, picture, image.filename, style.value if style else "")

@@ -15,15 +15,16 @@ from ...services import Services
 __all__ = ["InfoCog", "prompt_tips"]
 
 
-def prompt_tips(most: int, *, describing: bool) -> str:
+def prompt_tips(most: int, *, describing: tuple[str, ...]) -> str:
     """The shorthands `/imagine` reads (`jobs/admission.py`), with this bot's maximum."""
     lines = [
         "**Prompt tips**",
         f"- `a {{red, blue}} car` makes one job per choice (up to {most}), each charged as usual.",
         "- `--no plants, people` adds those words to the negative prompt.",
     ]
-    if describing:
-        lines.append("- `/describe` a picture for four prompts to start from.")
+    if describing:  # the prompt styles offered
+        tags = " (`style:tags` for danbooru tags)" if "tags" in describing[1:] else ""
+        lines.append(f"- `/describe` a picture for four prompts to start from{tags}.")
     return "\n".join(lines)
 
 
@@ -40,7 +41,7 @@ class InfoCog(commands.Cog):
         config = self.services.config
         tips = prompt_tips(
             min(config.quota.max_permutations, config.quota.max_queued_per_user),
-            describing=bool(config.engine.describe.model),
+            describing=config.engine.describe.styles,
         )
         await interaction.followup.send(f"{info_text(status)}\n\n{tips}", ephemeral=True)
 
