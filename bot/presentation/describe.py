@@ -21,6 +21,7 @@ __all__ = [
     "closest_ratio",
     "describe_text",
     "prompts_of",
+    "shown",
 ]
 
 #: A button's custom id: the prompt's number (1-4) and the aspect ratio to imagine it at.
@@ -43,19 +44,24 @@ def closest_ratio(width: int, height: int) -> str:
     return min(ASPECT_RATIOS, key=distance)
 
 
-def _shown(prompt: str) -> str:
-    """`prompt` on one line, cut at a word to `MAX_SHOWN` characters."""
+def shown(prompt: str) -> str:
+    """`prompt` on one line, cut to `MAX_SHOWN` characters after its last whole part: a tag
+    list (or a clause) at a comma in the second half, else at a word, so a tag such as
+    "long hair" is never shown, and imagined, as "long"."""
     text = " ".join(prompt.split())
     if len(text) <= MAX_SHOWN:
         return text
-    return text[:MAX_SHOWN].rsplit(" ", 1)[0].rstrip(" ,.;")
+    cut = text[: MAX_SHOWN + 1]
+    comma = cut.rfind(", ")
+    end = comma if comma > MAX_SHOWN // 2 else cut.rfind(" ")
+    return cut[: end if end > 0 else MAX_SHOWN].rstrip(" ,.;")
 
 
 def describe_text(filename: str, prompts: Sequence[str], ratio: str) -> str:
     """The answer: the prompts numbered, one a line (`prompts_of` reads them back)."""
     name = " ".join(filename.split())[:80]
     lines = [f"Prompts for {name} (Imagine makes them at {ratio}):"]
-    lines += [f"**{n}.** {_shown(p)}" for n, p in enumerate(prompts, start=1)]
+    lines += [f"**{n}.** {shown(p)}" for n, p in enumerate(prompts, start=1)]
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ from bot.cli import default_to_run
 from bot.errors import NotModerator, Refusal, describe
 from bot.images.chart import usage_chart
 from bot.ledger import DayUsage, RefusalReason, UsageSummary
+from bot.presentation.describe import MAX_SHOWN, shown
 from bot.timing.clock import DiscordClock
 from bot.timing.throttle import EditThrottle
 from engine import Busy, InvalidRequest, Limits
@@ -108,3 +109,15 @@ def test_the_cli_reads_a_bare_config_option_as_run() -> None:
     assert default_to_run(["-v", "--config=x.toml"]) == ["-v", "run", "--config=x.toml"]
     assert default_to_run(["generate", "--config", "x", "a cat"])[0] == "generate"
     assert default_to_run([]) == []
+
+
+def test_a_long_described_prompt_is_cut_after_a_whole_tag_or_word() -> None:
+    """A tagger's long list is shown (and imagined) up to its last whole tag; prose up to its
+    last whole word; short prompts whole, on one line."""
+    tags = "1girl, " + ", ".join(f"tag{n} long hair" for n in range(60))  # 450th: "long h"
+    cut = shown(tags)
+    assert len(cut) <= MAX_SHOWN and tags.startswith(cut) and cut.endswith("long hair")
+    prose = " ".join(["word"] * 89) + " longwordattheend"  # 462 characters
+    cut = shown(prose)
+    assert len(cut) <= MAX_SHOWN and prose.startswith(cut) and cut.endswith(" word")
+    assert shown("a  cat\non a mat") == "a cat on a mat"
