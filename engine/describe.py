@@ -64,6 +64,7 @@ class Describer:
         dtype = pick_dtype(self.config.dtype, device)
         source, extra = pretrained_source(self.source, self.config)
         log.info("loading describe model %s on %s (%s)", self.source, device, dtype)
+        extra["trust_remote_code"] = False  # a hub model's own code is refused, never asked
         self._processor = AutoProcessor.from_pretrained(source, **extra)
         model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, **extra)
         self._model = model.to(device).eval()
