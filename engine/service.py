@@ -13,6 +13,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,6 +22,7 @@ from .catalog import ModelCatalog, ModelInfo
 from .client import Checked
 from .config import EngineConfig
 from .errors import EngineDead, EngineError, InvalidRequest, ShuttingDown
+from .fixstage import FixTools, start_fixing
 from .job import Job
 from .profile import ModelProfile
 from .request import ImageRequest, validate
@@ -244,6 +246,7 @@ class Engine(ModelCatalog):
             lambda text: worker.count_tokens(profile.name, text),
             loras=self._loras,
             count_chunks=worker.count_chunks(profile.name),
+            fixers=self.config.fix_detectors,
         )
         return Checked(resolved, tuple(warnings))
 
@@ -258,15 +261,33 @@ class Engine(ModelCatalog):
         return await loop.run_in_executor(self._checker, self.prepare, request)
 
     def submit(self, checked: Checked, *, job_id: str | None = None) -> Job:
-        """Queue a checked request as it is; raises `Busy` or `EngineDead` at once."""
+        """Queue a checked request as it is; raises `Busy` or `EngineDead` at once. A request
+        with `fix` is one job of two stages (`fixstage.py`)."""
+        job_id = job_id or f"job-{next(self._ids)}"
+        if not checked.request.fix:
+            return self._queue(checked, job_id)
+        tools = FixTools(
+            check=self.check,
+            queue=lambda stage, stage_id: self._queue(stage, stage_id, continuing=True),
+            detect=self._detect,
+            limits=self.limits,
+            models=self.model_names,
+            detectors=self.config.fix_detectors,
+            threshold=self.config.fix_threshold,
+        )
+        made = self._queue(Checked(replace(checked.request, fix=()), checked.warnings), job_id)
+        return start_fixing(tools, checked, made)
+
+    def _queue(self, checked: Checked, job_id: str, *, continuing: bool = False) -> Job:
         if self._dead is not None:
             raise self._dead
         _, scheduler = self._started()
-        job = Job(
-            job_id or f"job-{next(self._ids)}", checked.request, checked.warnings, self._cancel
-        )
-        scheduler.submit(job)
+        job = Job(job_id, checked.request, checked.warnings, self._cancel)
+        scheduler.submit(job, continuing=continuing)
         return job
+
+    async def _detect(self, image: Any, target: str) -> list[tuple[int, int, int, int]]:
+        return await self._live_worker().detect(image, target)
 
     async def generate(self, request: ImageRequest) -> GenerationResult:
         """Check, submit and wait; cancels the job if the caller is cancelled."""

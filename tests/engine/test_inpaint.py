@@ -359,3 +359,72 @@ async def test_the_face_fix_inpaints_only_the_faces_and_refuses_a_picture_withou
     with pytest.raises(InvalidRequest, match=r"\[fix\] detector") as refused:
         await off.detect_faces(source)
     assert FIX_OFF in str(refused.value)
+
+
+async def test_a_request_with_fix_makes_its_images_then_fixes_each_as_the_stock_pipeline(
+    make_engine: EngineFactory, config_of: Any, stock_models: StockModels
+) -> None:
+    """`fix=("faces",)` is one job of two stages: the images as the same request without
+    `fix` makes them, then each one's faces (the tiny YOLOS finds one) inpainted "Only
+    masked" at ADetailer's strength from its own seed, the two fixes sharing one call: each
+    equals the stock inpaint pipeline run alone on the made image (diffusers'
+    `padding_mask_crop`); the PNG keeps the image's parameters and adds ADetailer's fields.
+    Where nothing is found (a threshold nothing passes) the images come back as made; an
+    engine without the detector refuses the request in one line."""
+    from engine.derived import FIX_PADDING, FIX_STRENGTH, fix_request
+    from engine.fixing import HANDS_OFF
+    from engine.pngmeta import Parameters
+
+    detector = "builtin:tiny-face-detector"
+    engine = await make_engine(fix_detector=detector, scheduling="batch", max_batch_size=4)
+    asked = ImageRequest("a portrait", seed=21, steps=4, count=2)
+    plain = await engine.generate(asked)
+    result = await engine.generate(dataclasses.replace(asked, fix=("faces",)))
+    assert result.request.fix == ("faces",) and len(result.images) == 2
+    fix_calls = [c for c in engine.stats.recent_calls][-1]
+    assert (fix_calls.requests, fix_calls.images) == (2, 2)  # both fixes in one call
+    model = stock_models(config_of("builtin:tiny"))
+    for made, fixed in zip(plain.images, result.images, strict=True):
+        assert fixed.fixed == ("faces",) and fixed.seed == made.seed
+        picture = Image.open(io.BytesIO(made.png)).convert("RGB")
+        boxes = await engine.detect_faces(picture)
+        source = Parameters("a portrait", "", 4, "", 7.5, made.seed, 64, 64, "tiny")
+        r = engine.prepare(fix_request(source, picture, boxes, engine.limits, seed=made.seed))
+        r = r.request
+        assert (r.strength, r.inpaint_padding) == (FIX_STRENGTH, FIX_PADDING)
+        assert r.mask is not None
+        stock_image = inpainting(model)(
+            prompt=r.prompt,
+            negative_prompt=r.negative_prompt,
+            image=picture,
+            mask_image=blurred(r.mask, 4),
+            padding_mask_crop=FIX_PADDING,
+            strength=FIX_STRENGTH,
+            width=r.width,
+            height=r.height,
+            num_inference_steps=r.steps,
+            guidance_scale=r.guidance,
+            generator=[torch.Generator("cpu").manual_seed(made.seed)],
+        ).images[0]
+        ours, own = pixels(fixed.png), pixels(made.png)
+        assert np.abs(ours - np.asarray(stock_image, np.int16)).max() <= 1
+        kept = np.asarray(blurred(r.mask, 4)) == 0
+        assert kept.sum() > 1000 and (ours[kept] == own[kept]).all()
+        assert np.abs(ours[~kept] - own[~kept]).mean() > 3  # the face made again
+        fields = read_parameters(fixed.png)
+        assert fields is not None and fields.prompt == "a portrait" and fields.seed == made.seed
+        assert fields.denoising_strength is None  # the image's own: made from the prompt
+        assert ("ADetailer model", "tiny-face-detector") in fields.extra
+        assert ("ADetailer denoising strength", "0.4") in fields.extra
+        assert ("Faces fixed", "1") in fields.extra
+
+    strict = await make_engine(fix_detector=detector, fix_threshold=0.95)
+    nothing = await strict.generate(dataclasses.replace(asked, fix=("faces",)))
+    assert [i.png for i in nothing.images] == [i.png for i in plain.images]
+    assert all(i.fixed == () for i in nothing.images)
+    off = await make_engine()
+    with pytest.raises(InvalidRequest, match=r"\[fix\] detector"):
+        off.prepare(dataclasses.replace(asked, fix=("faces",)))
+    with pytest.raises(InvalidRequest) as no_hands:
+        engine.prepare(dataclasses.replace(asked, fix=("hands",)))
+    assert str(no_hands.value).endswith(HANDS_OFF)
