@@ -32,6 +32,7 @@ __all__ = [
     "UPSCALE_STRENGTH",
     "canvas_request",
     "fix_request",
+    "fix_size",
     "upscale_request",
     "upscaled_size",
     "variation_request",
@@ -195,6 +196,15 @@ def canvas_request(
         inpaint_padding=padding,
         parameters=tuple(extra),
     )
+
+
+def fix_size(
+    width: int, height: int, native: int, multiple: int, limits: Limits
+) -> tuple[int, int]:
+    """The size a `width`×`height` image's fix is made at: the model's area (`native`²) at
+    the image's aspect ratio, as validation sizes `fix_request` ("Only masked" renders the
+    crop there and pastes it back)."""
+    return fit_aspect(width / max(1, height), native * native, limits, multiple=multiple)
 
 
 def fix_request(
