@@ -175,6 +175,8 @@ async def _fixed(tools: FixTools, job: FixingJob, made: GenerationResult) -> Gen
         stage = tools.queue(checked, f"{job.id}.fix{image.index}")
         job.stages.append(stage)
         fixes.append((image, found, stage))
+    what = " and ".join(request.fix)
+    log.info("job %s: fixing %s in %d of %d image(s)", job.id, what, len(fixes), len(made.images))
     done = job.stages[0].request.denoising_steps  # the first stage's, shown as done
     out = {image.index: image for image in made.images}
     run_s = made.run_s

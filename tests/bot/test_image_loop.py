@@ -444,6 +444,70 @@ async def test_fix_faces_on_one_image(world: World) -> None:
         assert (rerolled.kind, rerolled.reroll_of) == (JobKind.FIX, job_id_of(fixed))
 
 
+async def test_imagine_fix_faces_is_one_job_charged_once_that_survives_a_restart(
+    world: World,
+) -> None:
+    """`/imagine fix:faces`: the image `/imagine` makes, then its face (found as the engine
+    finds it) made again "Only masked": beyond the mask's blur every pixel is the plain
+    image's. One job, charged once: the image and its fix (64x64: one native area), kept in
+    the ledger so a Reroll fixes again. Killed while fixing, the bot makes it again at the
+    next start and posts it once, the same picture. `fix:hands` without a hand detector is
+    refused privately for nothing."""
+    carol, server = world.carol, world.server
+    asked = {"prompt": "a slow portrait", "seed": 9, "steps": 40}
+    plain = await wait_result(await server.invoke("imagine", user=carol, options=asked))
+    own = rgb(plain.attachments[0].data)
+    picture = Image.fromarray(own.astype(np.uint8))
+    detector = Helpers(EngineConfig(cache_dir=world.model_cache, fix_detector=FIX_DETECTOR))
+    mask = fix_canvas(picture, detector.detect(picture)).mask
+    kept, inside = np.asarray(blurred(mask, 4)) == 0, np.asarray(mask) > 0
+    assert kept.sum() > 1000 and inside.any()
+    before = await used(world, carol.id)
+
+    refused = await server.invoke("imagine", user=carol, options={**asked, "fix": "hands"})
+    note = await refused.wait_for_original()
+    assert refused.ephemeral and "no hand detector is configured" in note.content, note.content
+    assert await used(world, carol.id) == before
+
+    fixed = await wait_result(
+        await server.invoke("imagine", user=carol, options={**asked, "fix": "faces"})
+    )
+    job_id = job_id_of(fixed)
+    again = await wait_result(await press(world, fixed, "reroll", carol))
+    # Killed once the face is being fixed (the image is made): made again at the next start.
+    killed = await server.invoke("imagine", user=carol, options={**asked, "fix": "faces"})
+    progress = await killed.wait_for_message(lambda m: bool(m.custom_ids))
+    killed_id = job_id_of(progress)
+    await world.bot.wait_for_line(rf"job {killed_id}: fixing faces in 1 of 1", within=60)
+    world.bot.unwatch()
+    world.bot.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    assert await world.bot.exited() == -signal.SIGKILL
+    async with read_ledger(world.tmp) as ledger:
+        assert (await job_of(ledger, killed_id)).status in ACTIVE_STATUSES
+    await world.start_bot(pythonpath=[STUBS])
+    await world.bot.wait_for_line(rf"job {killed_id}: delivered", within=JOB_TIMEOUT)
+    (resumed,) = world.results_for(killed_id)
+
+    out = rgb(fixed.attachments[0].data)
+    assert out.shape == own.shape and (out[kept] == own[kept]).all()
+    assert np.abs(out[inside] - own[inside]).mean() > 3  # the face made again
+    assert resumed.attachments[0].data == fixed.attachments[0].data  # the same, once
+    params = read_parameters(fixed.attachments[0].data)
+    assert params is not None and (params.prompt, params.seed) == ("a slow portrait", 9)
+    assert params.denoising_strength is None  # the image's own parameters, then ADetailer's
+    assert ("ADetailer model", "tiny-face-detector") in params.extra
+    assert ("ADetailer denoising strength", f"{FIX_STRENGTH:g}") in params.extra
+    rerolled = read_parameters(again.attachments[0].data)
+    assert rerolled is not None and ("Faces fixed", "1") in rerolled.extra
+    assert await used(world, carol.id) == before + 3 * 2  # each: one image and one fix
+    async with read_ledger(world.tmp) as ledger:
+        for one in (job_id, job_id_of(again), killed_id):
+            job = await job_of(ledger, one)
+            assert job.status is JobStatus.DONE
+            assert (job.request.fix, job.request.image_count) == ("faces", 2)
+        assert (await job_of(ledger, job_id_of(again))).request.reroll_of == job_id
+
+
 async def test_a_cancelled_upscale_gives_its_cost_back(world: World) -> None:
     carol = world.carol
     interaction = await world.server.invoke(
