@@ -190,17 +190,23 @@ def merge_fixes(
 
 
 def fix_canvas(
-    picture: Image, boxes: Sequence[tuple[int, int, int, int]], *, detector: str = ""
+    picture: Image,
+    boxes: Sequence[tuple[int, int, int, int]],
+    *,
+    detector: str = "",
+    what: str = "faces",
 ) -> Canvas:
     """The face fix's canvas: `picture` with every box's mask (`box_masks`) in one, and the
-    fields ADetailer writes; `InvalidRequest` when there are no boxes (no face found)."""
+    fields ADetailer writes; `InvalidRequest` when there are no boxes (no face found; `what`:
+    "hands" for the hand fix)."""
     from PIL import ImageChops
 
     if not boxes:
-        raise InvalidRequest("fix", NO_FACES)
+        raise InvalidRequest("fix", NO_FACES.replace("faces", what))
     masks = box_masks(picture.size, boxes)
     merged = masks[0]
     for mask in masks[1:]:
         merged = ImageChops.lighter(merged, mask)
     fields = (("ADetailer model", detector),) if detector else ()
-    return Canvas(picture.convert("RGB"), merged, (*fields, ("Faces fixed", str(len(boxes)))))
+    fixed = (f"{what.capitalize()} fixed", str(len(boxes)))
+    return Canvas(picture.convert("RGB"), merged, (*fields, fixed))

@@ -214,16 +214,17 @@ def fix_request(
     limits: Limits,
     *,
     detector: str = "",
+    what: str = "faces",
     seed: int | None = None,
     user: str = "",
     origin: str | None = None,
     models: Collection[str] = (),
 ) -> ImageRequest:
-    """The face fix of `image` (ADetailer's recipe): every detected face's mask in one,
-    inpainted "Only masked" (`FIX_PADDING` around the faces, at the model's area) at
-    `FIX_STRENGTH` with the source's prompt; the rest of the picture stays its own.
-    `InvalidRequest` when `boxes` is empty (no face found: nothing to charge)."""
-    canvas = fix_canvas(image, list(boxes), detector=detector)
+    """The face fix (`what`: "hands", the hand fix) of `image` (ADetailer's recipe): every
+    detected face's mask in one, inpainted "Only masked" (`FIX_PADDING` around the faces, at
+    the model's area) at `FIX_STRENGTH` with the source's prompt; the rest of the picture
+    stays its own. `InvalidRequest` when `boxes` is empty (none found: nothing to charge)."""
+    canvas = fix_canvas(image, list(boxes), detector=detector, what=what)
     return canvas_request(
         source,
         canvas,

@@ -25,6 +25,7 @@ __all__ = [
     "detector_name",
     "fix_fields",
     "fix_targets",
+    "require_detectors",
 ]
 
 #: What can be fixed, in the order they are recorded (ADetailer's units).
@@ -67,11 +68,7 @@ def checked_fix(
     detector here (`fixers`: those with one), or a model that cannot inpaint."""
     if not fix:
         return ()
-    if isinstance(fix, str) or any(target not in FIX_TARGETS for target in fix):
-        raise InvalidRequest("fix", f"Fix faces, hands or both, not {fix!r}.")
-    for target in FIX_TARGETS:
-        if target in fix and target not in fixers:
-            raise InvalidRequest("fix", _OFF[target])
+    require_detectors(fix, fixers)
     if not profile.inpaint:
         raise InvalidRequest(
             "fix",
@@ -79,6 +76,16 @@ def checked_fix(
             "leave out fix, or choose another model.",
         )
     return tuple(target for target in FIX_TARGETS if target in fix)
+
+
+def require_detectors(fix: Collection[str], fixers: Collection[str]) -> None:
+    """`InvalidRequest` unless every target of `fix` is known and has a detector here
+    (`fixers`: the targets with one)."""
+    if isinstance(fix, str) or any(target not in FIX_TARGETS for target in fix):
+        raise InvalidRequest("fix", f"Fix faces, hands or both, not {fix!r}.")
+    for target in FIX_TARGETS:
+        if target in fix and target not in fixers:
+            raise InvalidRequest("fix", _OFF[target])
 
 
 def detector_name(source: str) -> str:

@@ -17,11 +17,11 @@ from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .canvas import FIX_OFF
 from .catalog import ModelCatalog, ModelInfo
 from .client import Checked
 from .config import EngineConfig
 from .errors import EngineDead, EngineError, InvalidRequest, ShuttingDown
+from .fixing import require_detectors
 from .fixstage import FixTools, start_fixing
 from .job import Job
 from .profile import ModelProfile
@@ -218,9 +218,12 @@ class Engine(ModelCatalog):
     async def detect_faces(self, image: Any) -> list[tuple[int, int, int, int]]:
         """The faces' boxes in `image`, best first (`[fix] detector`, run on the worker thread
         between ticks; empty: none found); `InvalidRequest` when no detector is configured."""
-        if not self.config.fix_detector:
-            raise InvalidRequest("fix", FIX_OFF)
-        return await self._live_worker().detect(image)
+        return await self.detect(image, "faces")
+
+    async def detect(self, image: Any, target: str) -> list[tuple[int, int, int, int]]:
+        """`detect_faces` for `target` "faces" or "hands" (`[fix] hands_detector`)."""
+        require_detectors((target,), self.config.fix_detectors)
+        return await self._live_worker().detect(image, target)
 
     def _live_worker(self) -> Worker:
         if self._dead is not None:

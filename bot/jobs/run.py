@@ -361,6 +361,7 @@ class JobRun:
             gan=bool(engine.config.upscale_model),
             editable=bool(edit_models(services.engine)),
             fix=bool(engine.config.fix_detector),
+            hands=bool(engine.config.fix_hands_detector),
             describable=bool(engine.config.describe.model),
         )
         post = ResultPost(content, embed, files, view, mention=asked.user_id)
