@@ -266,8 +266,23 @@ HIDDEN_FORBIDDEN = (
             {"prompt": "a face", "fix": "faces"},
             "Fixing faces is off here: no face detector is configured",
         ),
+        (
+            {"prompt": "a hand", "fix": "both"},
+            "Fixing faces is off here: no face detector is configured",
+        ),
+        (
+            {"prompt": "a hand", "fix": "hands"},
+            "Fixing hands is off here: no hand detector is configured ([fix] hands_detector).",
+        ),
     ],
-    ids=["huge-weight", "deep-nesting", "125-breaks", "fix-without-a-detector"],
+    ids=[
+        "huge-weight",
+        "deep-nesting",
+        "125-breaks",
+        "fix-without-a-detector",
+        "both-without-one",
+        "hands-without-one",
+    ],
 )
 async def test_an_overflowing_weight_or_too_many_windows_is_refused_and_costs_nothing(
     world: World, options: dict[str, str], expected: str
