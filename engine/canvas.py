@@ -10,7 +10,8 @@ anywhere.
   aspect ratio changes, within what the size limits can hold.
 - `region_mask`: a segmentation model's scores (`vision.segment`) as a mask, grown a little.
 - `box_masks` / `merge_fixes`: the face fix's masks, one per detected box, and the fixed
-  areas pasted into one picture (each fix is its own "Only masked" request, so they batch).
+  areas pasted into one picture (each fix is its own "Only masked" request, so they batch:
+  `/imagine fix:`, `fixstage.py`).
 - `fix_canvas`: the face fix as one request: every face's mask in one, which the "Only
   masked" inpaint crops around (one job, one charge, one mask kept for a restart).
 
@@ -174,19 +175,18 @@ def box_masks(
     return masks
 
 
-def merge_fixes(
-    picture: Image, fixed: Sequence[Image], masks: Sequence[Image], *, reach: int = 12
-) -> Image:
-    """`picture` with each fixed area laid in through its mask grown by `reach` pixels (the
-    fix's own blended seam: beyond it each fixed picture is `picture`'s own pixels)."""
+def merge_fixes(picture: Image, fixed: Sequence[Image]) -> Image:
+    """`picture` with what each of `fixed` changed in it (each one `picture` with one area
+    made anew, as an "Only masked" inpaint pastes it back): where one fix alone changed a
+    pixel it is that fix's exactly; where two overlap, both changes add up."""
+    import numpy as np
     from PIL import Image as PILImage
-    from PIL import ImageFilter
 
-    out = picture.convert("RGB")
-    for image, mask in zip(fixed, masks, strict=True):
-        grown = mask.filter(ImageFilter.MaxFilter(2 * reach + 1)) if reach > 0 else mask
-        out = PILImage.composite(image.convert("RGB"), out, grown)
-    return out
+    base = np.asarray(picture.convert("RGB"), np.int16)
+    out = base.copy()
+    for image in fixed:
+        out += np.asarray(image.convert("RGB"), np.int16) - base
+    return PILImage.fromarray(np.clip(out, 0, 255).astype(np.uint8))
 
 
 def fix_canvas(

@@ -3,8 +3,10 @@ the detector finds in each are inpainted, and only then does the job end, with t
 images as its one result.
 
     make the images (a request like any other) → detect in each (worker thread, between
-    ticks) → one "Only masked" inpaint per image with something found (`derived.fix_request`,
-    queued like any other request, so it batches with everyone's work) → the result
+    ticks) → one "Only masked" inpaint per face (hand) found, as ADetailer does: its own
+    crop with padding at the model's area (`derived.fix_request` of its box), queued like any
+    other request, so they batch together and with everyone's work → each image with its
+    fixed areas pasted back (`canvas.merge_fixes`) → the result
 
 The caller holds one `Job` (`FixingJob`) for both stages: one submit, one result, one cancel,
 so a front end reserves, charges and delivers it once, as any job; its progress is the
@@ -23,6 +25,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from .canvas import merge_fixes
 from .client import Checked
 from .config import Limits
 from .derived import FIX_PADDING, FIX_STRENGTH, fix_request
@@ -139,7 +142,7 @@ async def _follow(job: FixingJob, stage: Job, *, done: int, extra: int) -> Gener
 async def _fixed(tools: FixTools, job: FixingJob, made: GenerationResult) -> GenerationResult:
     """`made`'s images, each fixed where its targets are found, as one result."""
     request = job.request
-    fixes: list[tuple[GeneratedImage, dict[str, int], Job]] = []
+    fixes: list[tuple[GeneratedImage, Image, dict[str, int], list[Job]]] = []
     for image in made.images:
         picture = await asyncio.to_thread(_decoded, image.png)
         found: dict[str, int] = {}
@@ -162,30 +165,46 @@ async def _fixed(tools: FixTools, job: FixingJob, made: GenerationResult) -> Gen
             height=image.height,
             model=request.model or "",
         )
-        asked = fix_request(
-            source,
-            picture,
-            boxes,
-            tools.limits,
-            seed=image.seed,
-            user=request.user,
-            models=tools.models,
-        )
-        checked = await tools.check(asked)
-        stage = tools.queue(checked, f"{job.id}.fix{image.index}")
-        job.stages.append(stage)
-        fixes.append((image, found, stage))
+        stages = []
+        for n, box in enumerate(boxes):  # each its own crop, as ADetailer fixes them
+            asked = fix_request(
+                source,
+                picture,
+                [box],
+                tools.limits,
+                seed=image.seed,
+                user=request.user,
+                models=tools.models,
+            )
+            stage = tools.queue(await tools.check(asked), f"{job.id}.fix{image.index}.{n}")
+            job.stages.append(stage)
+            stages.append(stage)
+        fixes.append((image, picture, found, stages))
     what = " and ".join(request.fix)
-    log.info("job %s: fixing %s in %d of %d image(s)", job.id, what, len(fixes), len(made.images))
+    areas = sum(len(stages) for *_, stages in fixes)
+    log.info(
+        "job %s: fixing %s in %d of %d image(s), %d area(s)",
+        job.id,
+        what,
+        len(fixes),
+        len(made.images),
+        areas,
+    )
     done = job.stages[0].request.denoising_steps  # the first stage's, shown as done
     out = {image.index: image for image in made.images}
     run_s = made.run_s
-    for n, (image, found, stage) in enumerate(fixes):
-        fixed = await (_follow(job, stage, done=done, extra=0) if n == 0 else stage.result())
-        run_s += fixed.run_s
-        if not fixed.images:  # its numbers were not finite: the image as it was made
+    first = True
+    for image, picture, found, stages in fixes:
+        pictures, flagged = [], image.flagged
+        for stage in stages:
+            fixed = await (_follow(job, stage, done=done, extra=0) if first else stage.result())
+            first = False
+            run_s += fixed.run_s
+            if fixed.images:  # else its numbers were not finite: that area as it was made
+                pictures.append(await asyncio.to_thread(_decoded, fixed.images[0].png))
+                flagged = flagged or fixed.images[0].flagged
+        if not pictures:
             continue
-        pixels = await asyncio.to_thread(_decoded, fixed.images[0].png)
         fields = fix_fields(
             found,
             tools.detectors,
@@ -194,10 +213,11 @@ async def _fixed(tools: FixTools, job: FixingJob, made: GenerationResult) -> Gen
             padding=FIX_PADDING,
             blur=DEFAULT_MASK_BLUR,
         )
+        merged = await asyncio.to_thread(merge_fixes, picture, pictures)
         out[image.index] = replace(
             image,
-            png=await asyncio.to_thread(encode_with_fields, pixels, image.png, fields),
-            flagged=image.flagged or fixed.images[0].flagged,
+            png=await asyncio.to_thread(encode_with_fields, merged, image.png, fields),
+            flagged=flagged,
             fixed=tuple(target for target, count in found.items() if count),
         )
     return replace(made, request=request, images=tuple(out.values()), run_s=run_s)
