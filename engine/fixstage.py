@@ -29,7 +29,7 @@ from .canvas import merge_fixes
 from .client import Checked
 from .config import Limits
 from .derived import FIX_PADDING, FIX_STRENGTH, fix_request
-from .errors import Cancelled, EngineError, GenerationFailed
+from .errors import Cancelled, EngineError, GenerationFailed, ShuttingDown
 from .fixing import fix_fields
 from .inpaint import DEFAULT_MASK_BLUR
 from .job import Job, JobState
@@ -59,6 +59,7 @@ class FixTools:
     models: Collection[str]
     detectors: Mapping[str, str]  # target -> detector (`EngineConfig.fix_detectors`)
     threshold: float
+    closing: Callable[[], bool]  # the engine is stopping: a stage's failure is `ShuttingDown`
 
 
 class FixingJob(Job):
@@ -106,17 +107,26 @@ async def _run(tools: FixTools, job: FixingJob, made: Job) -> None:
         result = await _follow(job, made, done=0, extra=extra)
         job.resolve(await _fixed(tools, job, result), None)
     except asyncio.CancelledError:
-        job.resolve(None, Cancelled())
+        job.resolve(None, ShuttingDown() if tools.closing() else Cancelled())
         raise
-    except EngineError as exc:
-        job.resolve(None, exc)
-    except Exception as exc:  # a bug here must not leave the job hanging
-        log.error("job %s: fixing failed: %r", job.id, exc, exc_info=exc)
-        job.resolve(None, GenerationFailed(f"fixing the images failed: {exc}", exc))
+    except Exception as exc:
+        job.resolve(None, _stage_error(tools, job, exc))
     finally:
         for stage in job.stages:
             if not stage.done():
                 stage.cancel()
+
+
+def _stage_error(tools: FixTools, job: FixingJob, exc: Exception) -> EngineError:
+    """What ends the job when a stage raised `exc`: `ShuttingDown` while the engine stops
+    (a check or detection may fail as its threads stop; the job runs again after a
+    restart), else the stage's own error, or a failure of this job alone."""
+    if tools.closing() and not isinstance(exc, Cancelled):
+        return ShuttingDown()
+    if isinstance(exc, EngineError):
+        return exc
+    log.error("job %s: fixing failed: %r", job.id, exc, exc_info=exc)  # a bug here
+    return GenerationFailed(f"fixing the images failed: {exc}", exc)
 
 
 async def _follow(job: FixingJob, stage: Job, *, done: int, extra: int) -> GenerationResult:

@@ -62,6 +62,7 @@ class Engine(ModelCatalog):
         self._residency: Residency | None = None
         self._loras = {lora.name: lora for lora in config.loras}
         self._checker: ThreadPoolExecutor | None = None  # where `check` runs
+        self._closing = False
 
     # Lifecycle
     async def start(self) -> None:
@@ -97,6 +98,7 @@ class Engine(ModelCatalog):
         `ShuttingDown` tells a front end that the job did not fail on its own: it can keep the
         job for a restart instead of refunding or reporting an error.
         """
+        self._closing = True
         lifecycle = self._lifecycle
         if self._scheduler is not None and lifecycle is not None and self._dead is None:
             for job in self._scheduler.close(ShuttingDown()):
@@ -277,6 +279,7 @@ class Engine(ModelCatalog):
             models=self.model_names,
             detectors=self.config.fix_detectors,
             threshold=self.config.fix_threshold,
+            closing=lambda: self._closing,
         )
         made = self._queue(Checked(replace(checked.request, fix=()), checked.warnings), job_id)
         return start_fixing(tools, checked, made)

@@ -465,3 +465,36 @@ async def test_a_request_with_fix_makes_its_images_then_fixes_each_as_the_stock_
     with pytest.raises(InvalidRequest) as no_hands:
         strict.prepare(dataclasses.replace(asked, fix=("hands",)))
     assert str(no_hands.value).endswith(HANDS_OFF)
+
+
+async def test_a_fixing_job_is_cancelled_or_kept_for_a_restart_as_one_job(
+    make_engine: EngineFactory,
+) -> None:
+    """A request with `fix` is one job to its caller: cancelled while its images are made,
+    it ends `Cancelled` and leaves nothing running; its steps count on into the fix's; an
+    engine closing under it ends it `ShuttingDown` (a front end keeps it for a restart), not
+    as a failure of its own."""
+    from engine import Cancelled, JobState, ShuttingDown
+
+    detector = "builtin:tiny-face-detector"
+    engine = await make_engine(fix_detector=detector, scheduling="step")
+    asked = ImageRequest("a portrait", seed=3, steps=40, fix=("faces",))
+    job = engine.submit(engine.prepare(asked))
+    async for progress in job.updates():
+        if progress.state is JobState.RUNNING and progress.step >= 1:
+            assert progress.total_steps == 40 + 16  # the image's steps, then the fix's
+            break
+    assert job.cancel()
+    with pytest.raises(Cancelled):
+        await job.result()
+    done = await engine.generate(ImageRequest("after", seed=1, steps=2))
+    assert done.images and not engine.running  # the cancelled stage left nothing behind
+
+    closing = await make_engine(fix_detector=detector, scheduling="step")
+    job = closing.submit(closing.prepare(asked))
+    async for progress in job.updates():
+        if progress.state is JobState.RUNNING:
+            break
+    await closing.close(grace_s=0.0)
+    with pytest.raises(ShuttingDown):
+        await job.result()
