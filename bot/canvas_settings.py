@@ -33,12 +33,14 @@ class UpscaleSettings:
 @dataclass(frozen=True, slots=True)
 class FixSettings:
     """`[fix]`: the face fix's detector (a transformers object-detection hub id or folder, a
-    DETR or YOLOS face fine-tune, or builtin:tiny-face-detector; empty: no Fix faces) and
-    the score a box needs to be a face. They become `[engine]`'s `fix_detector` and
-    `fix_threshold`."""
+    DETR or YOLOS face fine-tune, or builtin:tiny-face-detector; empty: no Fix faces), the
+    hand fix's (`hands_detector`, the same kind fine-tuned on hands, or
+    builtin:tiny-hand-detector; empty: no Fix hands) and the score a box needs. They become
+    `[engine]`'s `fix_detector`, `fix_hands_detector` and `fix_threshold`."""
 
     detector: str = ""
     threshold: float = 0.5  # EngineConfig.fix_threshold
+    hands_detector: str = ""  # EngineConfig.fix_hands_detector
 
     def __post_init__(self) -> None:
         if not (isinstance(self.threshold, int | float) and 0 < self.threshold < 1):
@@ -62,6 +64,7 @@ def canvas_models(sections: dict[str, Any], path: Path | None) -> None:
         changes["upscale_model"] = _near(upscale.model, path)
     if fix is not None:
         changes["fix_detector"] = _near(fix.detector, path)
+        changes["fix_hands_detector"] = _near(fix.hands_detector, path)
         changes["fix_threshold"] = float(fix.threshold)
     sections["engine"] = replace(engine, **changes)
 

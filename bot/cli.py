@@ -32,6 +32,7 @@ from engine import (
     read_parameters,
     upscale_request,
 )
+from engine.fixing import FIX_CHOICES
 from engine.pngmeta import encode_png, png_to_jpeg
 
 from .cli_args import DEFAULT_CONFIG, build_parser, default_to_run
@@ -54,6 +55,12 @@ def _size(text: str | None) -> tuple[int | None, int | None]:
 async def _generate(args: argparse.Namespace) -> int:
     out = out_path(args.out)
     config = engine_config(args)
+    detectors = {"fix_detector": args.detector, "fix_hands_detector": args.hands_detector}
+    if any(detectors.values()):
+        engine = dataclasses.replace(
+            config.engine, **{key: value for key, value in detectors.items() if value}
+        )
+        config = dataclasses.replace(config, engine=engine)
     width, height = _size(args.size)
     paths = args.image or []
     pictures = tuple(picture_at(path)[1] for path in paths)
@@ -73,6 +80,7 @@ async def _generate(args: argparse.Namespace) -> int:
         aspect=args.ar,
         parameters=(("Source", ", ".join(Path(p).name for p in paths)),) if paths else (),
         fast=args.fast,
+        fix=FIX_CHOICES[args.fix] if args.fix else (),
     )
     return await make(config, request, out)
 

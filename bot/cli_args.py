@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from engine import ASPECT_RATIOS, UPSCALE_STRENGTH, EngineConfig
+from engine.fixing import FIX_CHOICES
 
 __all__ = ["DEFAULT_CONFIG", "DEFAULT_MODEL", "build_parser", "default_to_run"]
 
@@ -169,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--count", type=int, default=1, help="images to make (default 1)")
     gen.add_argument(
         "--fast", action="store_true", help="through the model's step cache ([models] cache)"
+    )
+    gen.add_argument(
+        "--fix",
+        choices=list(FIX_CHOICES),
+        help="fix the faces, hands or both once made, as ADetailer does ([fix] detectors)",
+    )
+    gen.add_argument("--detector", help="with --fix: the face detector ([fix] detector)")
+    gen.add_argument(
+        "--hands-detector", help="with --fix: the hand detector ([fix] hands_detector)"
     )
     gen.add_argument(
         "--out", default="imagine.png", help="output .png or .jpg (default: %(default)s)"

@@ -182,7 +182,8 @@ def _precheck(config: BotConfig, request: ImageRequest) -> None:
         inpaint_crop=True,
     )
     loras = {lora.name: lora for lora in config.engine.loras}
-    validate(request, limits, stand_in, lambda text: 0, loras=loras)
+    fixers = config.engine.fix_detectors
+    validate(request, limits, stand_in, lambda text: 0, loras=loras, fixers=fixers)
 
 
 async def make(
@@ -218,6 +219,9 @@ async def make(
         except OSError as exc:  # the disk filled up while generating
             raise ConfigError([f"cannot write {path}: {exc.strerror or exc}"], "options") from None
         flag = " (flagged by the safety checker)" if image.flagged else ""
+        if request.fix:
+            found = " and ".join(image.fixed) or f"no {' or '.join(request.fix)} found"
+            flag += f" ({found} fixed)" if image.fixed else f" ({found})"
         print(f"wrote {path} ({image.width}x{image.height}, seed {image.seed}){flag}")
     if result.failed:
         print(

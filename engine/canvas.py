@@ -10,7 +10,8 @@ anywhere.
   aspect ratio changes, within what the size limits can hold.
 - `region_mask`: a segmentation model's scores (`vision.segment`) as a mask, grown a little.
 - `box_masks` / `merge_fixes`: the face fix's masks, one per detected box, and the fixed
-  areas pasted into one picture (each fix is its own "Only masked" request, so they batch).
+  areas pasted into one picture (each fix is its own "Only masked" request, so they batch:
+  `/imagine fix:`, `fixstage.py`).
 - `fix_canvas`: the face fix as one request: every face's mask in one, which the "Only
   masked" inpaint crops around (one job, one charge, one mask kept for a restart).
 
@@ -174,33 +175,38 @@ def box_masks(
     return masks
 
 
-def merge_fixes(
-    picture: Image, fixed: Sequence[Image], masks: Sequence[Image], *, reach: int = 12
-) -> Image:
-    """`picture` with each fixed area laid in through its mask grown by `reach` pixels (the
-    fix's own blended seam: beyond it each fixed picture is `picture`'s own pixels)."""
+def merge_fixes(picture: Image, fixed: Sequence[Image]) -> Image:
+    """`picture` with what each of `fixed` changed in it (each one `picture` with one area
+    made anew, as an "Only masked" inpaint pastes it back): where one fix alone changed a
+    pixel it is that fix's exactly; where two overlap, both changes add up."""
+    import numpy as np
     from PIL import Image as PILImage
-    from PIL import ImageFilter
 
-    out = picture.convert("RGB")
-    for image, mask in zip(fixed, masks, strict=True):
-        grown = mask.filter(ImageFilter.MaxFilter(2 * reach + 1)) if reach > 0 else mask
-        out = PILImage.composite(image.convert("RGB"), out, grown)
-    return out
+    base = np.asarray(picture.convert("RGB"), np.int16)
+    out = base.copy()
+    for image in fixed:
+        out += np.asarray(image.convert("RGB"), np.int16) - base
+    return PILImage.fromarray(np.clip(out, 0, 255).astype(np.uint8))
 
 
 def fix_canvas(
-    picture: Image, boxes: Sequence[tuple[int, int, int, int]], *, detector: str = ""
+    picture: Image,
+    boxes: Sequence[tuple[int, int, int, int]],
+    *,
+    detector: str = "",
+    what: str = "faces",
 ) -> Canvas:
     """The face fix's canvas: `picture` with every box's mask (`box_masks`) in one, and the
-    fields ADetailer writes; `InvalidRequest` when there are no boxes (no face found)."""
+    fields ADetailer writes; `InvalidRequest` when there are no boxes (no face found; `what`:
+    "hands" for the hand fix)."""
     from PIL import ImageChops
 
     if not boxes:
-        raise InvalidRequest("fix", NO_FACES)
+        raise InvalidRequest("fix", NO_FACES.replace("faces", what))
     masks = box_masks(picture.size, boxes)
     merged = masks[0]
     for mask in masks[1:]:
         merged = ImageChops.lighter(merged, mask)
     fields = (("ADetailer model", detector),) if detector else ()
-    return Canvas(picture.convert("RGB"), merged, (*fields, ("Faces fixed", str(len(boxes)))))
+    fixed = (f"{what.capitalize()} fixed", str(len(boxes)))
+    return Canvas(picture.convert("RGB"), merged, (*fields, fixed))

@@ -85,6 +85,10 @@ class EngineClient(Protocol):
         `InvalidRequest` when no detector is configured."""
         ...
 
+    async def detect(self, image: Image, target: str) -> list[tuple[int, int, int, int]]:
+        """`detect_faces` for `target` "faces" or "hands" (`[fix] hands_detector`)."""
+        ...
+
     # The models
     @property
     def default_model(self) -> str: ...

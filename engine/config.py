@@ -306,6 +306,15 @@ class EngineConfig:
     # needs to count as a face (`[fix] threshold`).
     fix_detector: str = ""
     fix_threshold: float = 0.5
+    # The hand fix's detector (`[fix] hands_detector`, the same kind of model fine-tuned on
+    # hands; empty: no hand fix), with the same threshold.
+    fix_hands_detector: str = ""
+
+    @property
+    def fix_detectors(self) -> dict[str, str]:
+        """What `/imagine fix:` can fix here ("faces", "hands") and each one's detector."""
+        found = {"faces": self.fix_detector, "hands": self.fix_hands_detector}
+        return {target: detector for target, detector in found.items() if detector}
 
     @property
     def model_specs(self) -> tuple[ModelSpec, ...]:

@@ -32,6 +32,7 @@ __all__ = [
     "UPSCALE_STRENGTH",
     "canvas_request",
     "fix_request",
+    "fix_size",
     "upscale_request",
     "upscaled_size",
     "variation_request",
@@ -197,6 +198,15 @@ def canvas_request(
     )
 
 
+def fix_size(
+    width: int, height: int, native: int, multiple: int, limits: Limits
+) -> tuple[int, int]:
+    """The size a `width`×`height` image's fix is made at: the model's area (`native`²) at
+    the image's aspect ratio, as validation sizes `fix_request` ("Only masked" renders the
+    crop there and pastes it back)."""
+    return fit_aspect(width / max(1, height), native * native, limits, multiple=multiple)
+
+
 def fix_request(
     source: Parameters,
     image: Image,
@@ -204,16 +214,17 @@ def fix_request(
     limits: Limits,
     *,
     detector: str = "",
+    what: str = "faces",
     seed: int | None = None,
     user: str = "",
     origin: str | None = None,
     models: Collection[str] = (),
 ) -> ImageRequest:
-    """The face fix of `image` (ADetailer's recipe): every detected face's mask in one,
-    inpainted "Only masked" (`FIX_PADDING` around the faces, at the model's area) at
-    `FIX_STRENGTH` with the source's prompt; the rest of the picture stays its own.
-    `InvalidRequest` when `boxes` is empty (no face found: nothing to charge)."""
-    canvas = fix_canvas(image, list(boxes), detector=detector)
+    """The face fix (`what`: "hands", the hand fix) of `image` (ADetailer's recipe): every
+    detected face's mask in one, inpainted "Only masked" (`FIX_PADDING` around the faces, at
+    the model's area) at `FIX_STRENGTH` with the source's prompt; the rest of the picture
+    stays its own. `InvalidRequest` when `boxes` is empty (none found: nothing to charge)."""
+    canvas = fix_canvas(image, list(boxes), detector=detector, what=what)
     return canvas_request(
         source,
         canvas,

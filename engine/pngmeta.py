@@ -18,6 +18,7 @@ from PIL import ExifTags, Image, PngImagePlugin
 __all__ = [
     "Parameters",
     "encode_png",
+    "encode_with_fields",
     "format_parameters",
     "parse_parameters",
     "png_to_jpeg",
@@ -116,6 +117,21 @@ def encode_png(image: Image.Image, params: Parameters) -> bytes:
     """PNG bytes with the parameters chunk; compress_level 6 balances size and encode time."""
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", format_parameters(params))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info, compress_level=6)
+    return buf.getvalue()
+
+
+def encode_with_fields(
+    image: Image.Image, png: bytes, fields: tuple[tuple[str, str], ...]
+) -> bytes:
+    """`image` as a PNG carrying `png`'s parameters text as it is, with `fields` added to its
+    last line (what a post-processing step adds, as ADetailer does)."""
+    with Image.open(io.BytesIO(png)) as source:
+        text = source.text.get("parameters", "") if hasattr(source, "text") else ""
+    added = ", ".join(f"{key}: {_quote(value)}" for key, value in fields)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", f"{text}, {added}" if text else added)
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info, compress_level=6)
     return buf.getvalue()

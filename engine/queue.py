@@ -92,10 +92,11 @@ class FairQueue(Generic[T]):
         """The reason given to `close`, or None while open."""
         return self._closed
 
-    def put(self, item: T) -> None:
-        """Queue an item, or raise `Busy` at once when full (the close reason once closed)."""
+    def put(self, item: T, *, continuing: bool = False) -> None:
+        """Queue an item, or raise `Busy` at once when full (the close reason once closed);
+        `continuing`: a later stage of an admitted item, which a full queue takes too."""
         self.raise_if_closed()
-        if len(self._where) >= self.max_queue:
+        if len(self._where) >= self.max_queue and not continuing:
             raise Busy(len(self._where), self.max_queue)
         entry = Queued(item, next(self._counter), asyncio.get_running_loop().time())
         self._queues.setdefault(item.user, _UserQueue()).entries.append(entry)

@@ -9,13 +9,14 @@ import math
 import re
 import secrets
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from .config import Limits, LoraSpec
 from .edits import edit_problem, fitted_references
 from .errors import InvalidRequest
+from .fixing import checked_fix
 from .inpaint import DEFAULT_INPAINT_STRENGTH, checked_inpaint, fitted_mask
 from .lora_tags import LoraSet, extract_loras, resolve_loras, without_tags
 from .sizing import resolve_size
@@ -103,6 +104,9 @@ class ImageRequest:
     mask: Image | None = field(default=None, compare=False, repr=False)
     mask_blur: int | None = None  # pixels (None: A1111's 4)
     inpaint_padding: int | None = None  # "Only masked" with this padding (None: whole picture)
+    #: What to fix once the images are made (`fixstage.py`): "faces", "hands" or both, in
+    #: `FIX_TARGETS` order (empty: nothing; `/imagine fix:`).
+    fix: tuple[str, ...] = ()
 
     @property
     def inpaint(self) -> str:
@@ -257,6 +261,7 @@ def validate(
     *,
     loras: Mapping[str, LoraSpec] | None = None,
     count_chunks: Callable[[str, str], int] | None = None,
+    fixers: Collection[str] = (),
 ) -> tuple[ImageRequest, list[str]]:
     """Return the request with every field resolved, and warnings for the user.
 
@@ -267,7 +272,7 @@ def validate(
     prompts are weighted and chunked: SD, SDXL) a long prompt takes more 77-token windows,
     up to `limits.max_prompt_chunks` (the longer of prompt and negative prompt counts);
     without, a prompt longer than the window is truncated (as every SD tool does) with a
-    warning.
+    warning. `fixers`: what `fix` may name here (the targets with a detector configured).
     """
     warnings: list[str] = []
     if not isinstance(request.prompt, str) or not isinstance(request.negative_prompt, str):
@@ -397,6 +402,8 @@ def validate(
             raise InvalidRequest(name, f"{name.capitalize()} must be a multiple of 8, not {value}.")
         sizes[name] = value
 
+    fix = checked_fix(request.fix, fixers, profile)
+
     if not isinstance(request.fast, bool):
         raise InvalidRequest("fast", f"Fast must be true or false, not {request.fast!r}.")
     if request.fast and profile.cache == "off":
@@ -442,6 +449,7 @@ def validate(
         loras=chosen_loras,
         chunks=chunks,
         fast=fast,
+        fix=fix,
     )
     return resolved, warnings
 

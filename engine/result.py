@@ -11,7 +11,9 @@ __all__ = ["GeneratedImage", "GenerationResult"]
 
 @dataclass(frozen=True, slots=True)
 class GeneratedImage:
-    """One PNG with its seed; `flagged` is the safety checker's verdict (False when none ran)."""
+    """One PNG with its seed; `flagged` is the safety checker's verdict (False when none ran);
+    `fixed`: what `/imagine fix:` found and fixed in it ("faces", "hands"; empty: nothing
+    asked, or nothing found, so it is as it was made)."""
 
     png: bytes
     seed: int
@@ -19,6 +21,7 @@ class GeneratedImage:
     width: int
     height: int
     flagged: bool = False
+    fixed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,14 +13,16 @@ import itertools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .canvas import FIX_OFF
 from .catalog import ModelCatalog, ModelInfo
 from .client import Checked
 from .config import EngineConfig
 from .errors import EngineDead, EngineError, InvalidRequest, ShuttingDown
+from .fixing import require_detectors
+from .fixstage import FixTools, start_fixing
 from .job import Job
 from .profile import ModelProfile
 from .request import ImageRequest, validate
@@ -60,6 +62,7 @@ class Engine(ModelCatalog):
         self._residency: Residency | None = None
         self._loras = {lora.name: lora for lora in config.loras}
         self._checker: ThreadPoolExecutor | None = None  # where `check` runs
+        self._closing = False
 
     # Lifecycle
     async def start(self) -> None:
@@ -95,6 +98,7 @@ class Engine(ModelCatalog):
         `ShuttingDown` tells a front end that the job did not fail on its own: it can keep the
         job for a restart instead of refunding or reporting an error.
         """
+        self._closing = True
         lifecycle = self._lifecycle
         if self._scheduler is not None and lifecycle is not None and self._dead is None:
             for job in self._scheduler.close(ShuttingDown()):
@@ -216,9 +220,12 @@ class Engine(ModelCatalog):
     async def detect_faces(self, image: Any) -> list[tuple[int, int, int, int]]:
         """The faces' boxes in `image`, best first (`[fix] detector`, run on the worker thread
         between ticks; empty: none found); `InvalidRequest` when no detector is configured."""
-        if not self.config.fix_detector:
-            raise InvalidRequest("fix", FIX_OFF)
-        return await self._live_worker().detect(image)
+        return await self.detect(image, "faces")
+
+    async def detect(self, image: Any, target: str) -> list[tuple[int, int, int, int]]:
+        """`detect_faces` for `target` "faces" or "hands" (`[fix] hands_detector`)."""
+        require_detectors((target,), self.config.fix_detectors)
+        return await self._live_worker().detect(image, target)
 
     def _live_worker(self) -> Worker:
         if self._dead is not None:
@@ -244,6 +251,7 @@ class Engine(ModelCatalog):
             lambda text: worker.count_tokens(profile.name, text),
             loras=self._loras,
             count_chunks=worker.count_chunks(profile.name),
+            fixers=self.config.fix_detectors,
         )
         return Checked(resolved, tuple(warnings))
 
@@ -258,15 +266,34 @@ class Engine(ModelCatalog):
         return await loop.run_in_executor(self._checker, self.prepare, request)
 
     def submit(self, checked: Checked, *, job_id: str | None = None) -> Job:
-        """Queue a checked request as it is; raises `Busy` or `EngineDead` at once."""
+        """Queue a checked request as it is; raises `Busy` or `EngineDead` at once. A request
+        with `fix` is one job of two stages (`fixstage.py`)."""
+        job_id = job_id or f"job-{next(self._ids)}"
+        if not checked.request.fix:
+            return self._queue(checked, job_id)
+        tools = FixTools(
+            check=self.check,
+            queue=lambda stage, stage_id: self._queue(stage, stage_id, continuing=True),
+            detect=self._detect,
+            limits=self.limits,
+            models=self.model_names,
+            detectors=self.config.fix_detectors,
+            threshold=self.config.fix_threshold,
+            closing=lambda: self._closing,
+        )
+        made = self._queue(Checked(replace(checked.request, fix=()), checked.warnings), job_id)
+        return start_fixing(tools, checked, made)
+
+    def _queue(self, checked: Checked, job_id: str, *, continuing: bool = False) -> Job:
         if self._dead is not None:
             raise self._dead
         _, scheduler = self._started()
-        job = Job(
-            job_id or f"job-{next(self._ids)}", checked.request, checked.warnings, self._cancel
-        )
-        scheduler.submit(job)
+        job = Job(job_id, checked.request, checked.warnings, self._cancel)
+        scheduler.submit(job, continuing=continuing)
         return job
+
+    async def _detect(self, image: Any, target: str) -> list[tuple[int, int, int, int]]:
+        return await self._live_worker().detect(image, target)
 
     async def generate(self, request: ImageRequest) -> GenerationResult:
         """Check, submit and wait; cancels the job if the caller is cancelled."""

@@ -4,7 +4,8 @@ tokenizer, saved as a transformers folder), `builtin:tiny-esrgan` (an ESRGAN gen
 RRDBNet-shaped, 4x, saved as a `.pth` state dict in the original ESRGAN's key layout, which
 spandrel recognises) and `builtin:tiny-face-detector` (a YOLOS object detector with one
 label, "face", whose heads are biased so that it finds a box of about a third of the picture
-near its middle, scored near 0.88: a test picture always has one "face"). Each is saved once
+near its middle, scored near 0.88: a test picture always has one "face"; and
+`builtin:tiny-hand-detector`, the same with one "hand" in the lower left). Each is saved once
 to the cache folder and loaded back the way a real one is (`from_pretrained`, spandrel's
 `ModelLoader`). Their outputs are noise, by design.
 """
@@ -21,6 +22,7 @@ __all__ = [
     "build_clipseg",
     "build_esrgan",
     "build_face_detector",
+    "build_hand_detector",
     "vision_builtin",
 ]
 
@@ -102,11 +104,30 @@ def build_esrgan(root: Path, *, seed: int = 8) -> None:
 
 
 def build_face_detector(root: Path, *, seed: int = 9) -> None:
+    """The tiny face detector (`_build_detector`): a box near the middle."""
+    _build_detector(root, "face", seed=seed)
+
+
+def build_hand_detector(root: Path, *, seed: int = 10) -> None:
+    """The tiny hand detector (`_build_detector`): a box in the lower left quarter, where
+    the face detector's box is not, so a test sees which one was fixed."""
+    _build_detector(root, "hand", seed=seed, centre=(0.22, 0.75), side=0.25)
+
+
+def _build_detector(
+    root: Path,
+    label: str,
+    *,
+    seed: int,
+    centre: tuple[float, float] | None = None,
+    side: float = 0.3,
+) -> None:
     """A YOLOS detector shaped like transformers' own tests (32 wide, 8-pixel patches, two
-    layers, three detection tokens) with one label, "face". Random weights would score every
-    box about 0.5 and place it anywhere: the last layers of both heads are scaled down and
+    layers, three detection tokens) with one `label`. Random weights would score every box
+    about 0.5 and place it anywhere: the last layers of both heads are scaled down and
     biased, so the scores sit near 0.88 (the default threshold passes them, 0.95 does not)
-    and the boxes are about a third of each side, near the middle."""
+    and the boxes are about `side` of each side, near the middle (or, with `centre`, there:
+    the box head's weights scaled down too, so it stays put)."""
     import math
 
     import torch
@@ -121,17 +142,20 @@ def build_face_detector(root: Path, *, seed: int = 9) -> None:
         image_size=[32, 32],
         patch_size=8,
         num_detection_tokens=3,
-        id2label={0: "face"},
-        label2id={"face": 0},
+        id2label={0: label},
+        label2id={label: 0},
     )
     model = YolosForObjectDetection(config).eval()
     with torch.no_grad():
         classes = model.class_labels_classifier.layers[-1]
         classes.weight.mul_(0.05)
-        classes.bias.copy_(torch.tensor([2.0, 0.0]))  # softmax: "face" ~0.88, "no object"
+        classes.bias.copy_(torch.tensor([2.0, 0.0]))  # softmax: the label ~0.88, "no object"
         boxes = model.bbox_predictor.layers[-1]
-        third = math.log(0.3 / 0.7)  # sigmoid -> 0.3 of the side
-        boxes.bias.copy_(torch.tensor([0.0, 0.0, third, third]))  # centre x, y; width, height
+        size = math.log(side / (1 - side))  # sigmoid -> `side` of each side
+        x, y = (0.0, 0.0) if centre is None else (math.log(c / (1 - c)) for c in centre)
+        if centre is not None:
+            boxes.weight.mul_(0.05)
+        boxes.bias.copy_(torch.tensor([x, y, size, size]))  # centre x, y; width, height
     images = YolosImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
@@ -144,6 +168,7 @@ VISION_BUILTINS = {
     "builtin:tiny-clipseg": (build_clipseg, ""),
     "builtin:tiny-esrgan": (build_esrgan, "model.pth"),
     "builtin:tiny-face-detector": (build_face_detector, ""),
+    "builtin:tiny-hand-detector": (build_hand_detector, ""),
 }
 
 

@@ -40,7 +40,8 @@ class Helpers:
         self.config = config
         self._segmenter: tuple[Any, Any] | None = None
         self._upscaler: Any = None
-        self._detector: tuple[Any, Any, frozenset[int] | None] | None = None
+        # Per target ("faces", "hands"): the model, its processor, the labels that count.
+        self._detectors: dict[str, tuple[Any, Any, frozenset[int] | None]] = {}
 
     def _where(self, source: str) -> str:
         if source in VISION_BUILTINS:
@@ -95,23 +96,26 @@ class Helpers:
         array = out[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
         return Image.fromarray(np.rint(array * 255).astype(np.uint8))
 
-    def detect(self, image: Any) -> list[Box]:
-        """The faces in `image` (`[fix] detector`): boxes scoring at least `[fix] threshold`,
-        best first, at most `MAX_FACES`, clipped to the picture (tiny ones and repeats of one
-        face dropped). A model
-        whose labels name faces counts only those; one without such labels, all of them."""
-        if self._detector is None:
+    def detect(self, image: Any, target: str = "faces") -> list[Box]:
+        """The faces (or with `target` "hands", the hands) in `image` (`[fix] detector`,
+        `[fix] hands_detector`): boxes scoring at least `[fix] threshold`, best first, at
+        most `MAX_FACES`, clipped to the picture (tiny ones and repeats of one box dropped).
+        A model whose labels name faces (hands) counts only those; one without such labels,
+        all of them."""
+        if target not in self._detectors:
             from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
-            source = self._where(self.config.fix_detector)
-            log.info("loading the face detector %s", self.config.fix_detector)
+            name = self.config.fix_detectors[target]
+            source = self._where(name)
+            log.info("loading the %s detector %s", target.removesuffix("s"), name)
             device = pick_device(self.config.device)
             model = AutoModelForObjectDetection.from_pretrained(source).to(device).eval()
             labels = model.config.id2label or {}
-            faces = frozenset(i for i, name in labels.items() if "face" in str(name).lower())
+            word = target.removesuffix("s")
+            wanted = frozenset(i for i, label in labels.items() if word in str(label).lower())
             processor = AutoImageProcessor.from_pretrained(source)
-            self._detector = (model, processor, faces or None)
-        model, processor, faces = self._detector
+            self._detectors[target] = (model, processor, wanted or None)
+        model, processor, wanted = self._detectors[target]
         rgb = image.convert("RGB")
         inputs = processor(images=[rgb], return_tensors="pt")
         with torch.inference_mode():
@@ -126,7 +130,7 @@ class Helpers:
             x1, y1, x2, y2 = (round(v) for v in box)
             x1, x2 = max(0, x1), min(rgb.width, x2)
             y1, y2 = max(0, y1), min(rgb.height, y2)
-            if (faces is None or label in faces) and x2 - x1 >= 2 and y2 - y1 >= 2:
+            if (wanted is None or label in wanted) and x2 - x1 >= 2 and y2 - y1 >= 2:
                 scored.append((score, (x1, y1, x2, y2)))
         scored.sort(key=lambda pair: -pair[0])
         kept: list[Box] = []

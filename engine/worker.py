@@ -285,9 +285,9 @@ class Worker:
         """`image` enlarged by the GAN upscaler (`vision.Helpers.upscale`)."""
         return await self._call(lambda: self._helpers().upscale(image))
 
-    async def detect(self, image: Any) -> list[tuple[int, int, int, int]]:
-        """The faces' boxes in `image` (`vision.Helpers.detect`)."""
-        return await self._call(lambda: self._helpers().detect(image))
+    async def detect(self, image: Any, target: str = "faces") -> list[tuple[int, int, int, int]]:
+        """The faces' (or hands') boxes in `image` (`vision.Helpers.detect`)."""
+        return await self._call(lambda: self._helpers().detect(image, target))
 
     def _helpers(self) -> Helpers:
         if self.helpers is None:

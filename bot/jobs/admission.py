@@ -37,7 +37,7 @@ from ..services import Services
 from ..services.options import ImagineOptions
 from .convert import Origin, engine_request, ledger_request
 from .gan import ready_job, upscaler_name
-from .pricing import price
+from .pricing import fix_units, price
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -310,12 +310,13 @@ class Admission:
         except InvalidRequest:  # an unknown model, being refused: its price is not charged
             native = 0
         made = (request.width or 0, request.height or 0, native)
+        fix = fix_units(engine, model, *made[:2]) if request.fix else 0
         return ledger_request(
             origin,
             request,
             model=model,
             scheduler=engine.scheduler_of(model),
-            charged=price(kind, request.count, s.config.images, made=made),
+            charged=price(kind, request.count, s.config.images, made=made, fix=fix),
             kind=kind,
             reroll_of=reroll_of,
             source=source,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from engine import InvalidRequest, Parameters
 from engine.canvas import Canvas, Direction, pan, zoom_out
 from engine.derived import canvas_request, fix_request
+from engine.fixing import detector_name
 
 from ..ledger import JobKind
 from ..presentation.modals import FACTOR, WHAT, WHERE
@@ -29,6 +30,8 @@ __all__ = ["ZOOMS", "canvas_of", "zoom_factor"]
 
 #: The zoom buttons' factors (Custom Zoom asks for its own).
 ZOOMS: Mapping[Action, float] = {Action.ZOOM_2: 2.0, Action.ZOOM_15: 1.5}
+#: The fix buttons and what each fixes (the ledger's kind is `fix` for both).
+_FIXES: Mapping[Action, str] = {Action.FIX: "faces", Action.FIX_HANDS: "hands"}
 _PANS: Mapping[Action, Direction] = {
     Action.PAN_LEFT: Direction.LEFT,
     Action.PAN_RIGHT: Direction.RIGHT,
@@ -64,15 +67,16 @@ async def canvas_of(
     the words do not find, no face found (or no face detector)."""
     engine = services.engine
     limits = engine.limits
-    if action is Action.FIX:
-        boxes = await engine.detect_faces(image)
-        detector = engine.config.fix_detector
+    if action in _FIXES:
+        what = _FIXES[action]
+        boxes = await engine.detect(image, what)
         request = fix_request(
             source,
             image,
             boxes,
             limits,
-            detector=detector.rstrip("/").rsplit("/", 1)[-1].removeprefix("builtin:"),
+            detector=detector_name(engine.config.fix_detectors.get(what, "")),
+            what=what,
             user=user,
             origin=origin,
             models=engine.model_names,

@@ -88,6 +88,7 @@ def engine_request(
         strength=options.strength,
         model=options.model,
         fast=options.fast,
+        fix=options.fix,
     )
 
 
@@ -129,6 +130,7 @@ def ledger_request(
         source_job_id=None if source is None else source[0],
         source_index=None if source is None else source[1],
         strength=request.image_strength,
+        fix=",".join(request.fix),
     )
 
 
@@ -201,4 +203,5 @@ def reroll_options(stored: JobRequest) -> ImagineOptions:
         count=stored.images_asked,  # not `image_count`: that is less after a refund
         strength=stored.strength,  # an image job's reroll starts from the same picture
         model=stored.model or None,
+        fix=tuple(filter(None, stored.fix.split(","))),  # fixed again, as asked
     )

@@ -52,7 +52,7 @@ from .delivery import (
     persist,
     result_filename,
 )
-from .pricing import refund
+from .pricing import delivered_price, fix_units, refund
 from .targets import (
     CannotPost,
     ChannelTarget,
@@ -308,6 +308,14 @@ class JobRun:
             log.warning("job %d: cannot keep its images for Upscale/Vary: %s", self.id, exc)
             unkept = why_not_written(exc)
         warnings = self.warnings
+        unfixed = [image.index + 1 for image in posted if asked.fix and not image.fixed]
+        if unfixed:
+            what = " or ".join(asked.fix.split(","))
+            where = "the image" if len(posted) == 1 else f"image {', '.join(map(str, unfixed))}"
+            warnings += (
+                f"no {what} were found in {where}, so it is as it was made; "
+                "its fix was not charged.",
+            )
         if unkept is not None:
             these, them = ("this image", "it") if len(posted) == 1 else ("these images", "them")
             warnings += (
@@ -353,13 +361,18 @@ class JobRun:
             gan=bool(engine.config.upscale_model),
             editable=bool(edit_models(services.engine)),
             fix=bool(engine.config.fix_detector),
+            hands=bool(engine.config.fix_hands_detector),
             describable=bool(engine.config.describe.styles),
         )
         post = ResultPost(content, embed, files, view, mention=asked.user_id)
+        charge = None  # a fix's final price: each image's fix only where it found something
+        if asked.fix:
+            fix = fix_units(engine, asked.model, asked.width, asked.height)
+            charge = delivered_price(record, posted, services.config.images, fix)
         await persist(
             "the start of its delivery",
             self.id,
-            lambda: ledger.start_delivery(self.id, unkept=unkept),
+            lambda: ledger.start_delivery(self.id, unkept=unkept, charge=charge),
         )
         since = discord.utils.utcnow()  # once recorded (that may take long): no post before it
         message = await self._post_once(post, since)

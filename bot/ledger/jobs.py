@@ -117,6 +117,9 @@ class JobRequest:
     source_job_id: int | None = None
     source_index: int | None = None
     strength: float | None = None  # image-to-image (None: from the prompt alone)
+    # `/imagine fix:`: what is fixed once the images are made ("faces", "hands" or
+    # "faces,hands"; empty: nothing), so a restart and a reroll fix it again.
+    fix: str = ""
 
     def problems(self) -> list[str]:
         """Why the ledger cannot store this request, empty when it can."""

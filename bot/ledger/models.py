@@ -127,6 +127,7 @@ class Job(Base):
     )
     source_index: Mapped[int | None] = mapped_column(Integer)
     strength: Mapped[float | None] = mapped_column(Float)
+    fix: Mapped[str] = mapped_column(String(32), server_default="")  # revision 0008
 
     queued_at: Mapped[datetime]
     started_at: Mapped[datetime | None]

@@ -99,9 +99,11 @@ class Ledger:
         """queued/running → done; with `message_id`, delivered too."""
         return await self._jobs.mark_done(job_id, message_id)
 
-    async def start_delivery(self, job_id: int, *, unkept: str | None = None) -> bool:
-        """Record that the result is about to be posted."""
-        return await self._jobs.start_delivery(job_id, unkept=unkept)
+    async def start_delivery(
+        self, job_id: int, *, unkept: str | None = None, charge: int | None = None
+    ) -> bool:
+        """Record that the result is about to be posted (and, with `charge`, its final price)."""
+        return await self._jobs.start_delivery(job_id, unkept=unkept, charge=charge)
 
     async def mark_failed(self, job_id: int, error: str) -> bool:
         """queued/running → failed: the images are given back."""

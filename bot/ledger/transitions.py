@@ -208,14 +208,24 @@ class Transitions:
             values |= {"message_id": message_id, "delivered_at": now}
         return await self._set_where(job_id, ACTIVE_STATUSES, values)
 
-    async def start_delivery(self, job_id: int, *, unkept: str | None) -> bool:
+    async def start_delivery(
+        self, job_id: int, *, unkept: str | None, charge: int | None = None
+    ) -> bool:
         """Record that the result is about to be posted (queued/running jobs only).
 
         From then on a restart must look for the post before posting again; the mark stays
         when a dead process's job is re-queued. `unkept`: why its full-size images could not
-        be kept (a full disk), kept as the job's error (`JobRecord.unkept`).
+        be kept (a full disk), kept as the job's error (`JobRecord.unkept`). `charge`: the
+        job's final price, known only now (a fix found nothing in some images), set as its
+        `image_count` in the same write: an absolute value, so a second delivery after a
+        restart sets the same, never gives back twice.
         """
-        values = {"delivery_started_at": self.tx.now(), "error": _error_text(unkept)}
+        values: dict[str, Any] = {
+            "delivery_started_at": self.tx.now(),
+            "error": _error_text(unkept),
+        }
+        if charge is not None:
+            values["image_count"] = charge
         return await self._set_where(job_id, ACTIVE_STATUSES, values)
 
     async def mark_failed(self, job_id: int, error: str) -> bool:

@@ -80,14 +80,15 @@ def offered(
     gan: bool = True,
     editable: bool = True,
     fix: bool = True,
+    hands: bool = True,
     describable: bool = True,
 ) -> frozenset[Action]:
     """The actions on a result of `kind` (`upscalable`: its images can get any larger;
     `canvas`: its model inpaints, for Zoom Out, Pan, Vary (Region) and Fix faces; `region`:
     a region model finds the part named in words; `gan`: a GAN upscaler makes Upscale
     (subtle) and (creative); `editable`: a configured model edits pictures by instruction;
-    `fix`: a face detector finds the faces to fix; `describable`: a describe model turns a
-    picture into prompts)."""
+    `fix`: a face detector finds the faces to fix; `hands`: a hand detector the hands;
+    `describable`: a describe model turns a picture into prompts)."""
     actions = OFFERED[kind]
     if not upscalable:
         actions -= UPSCALES
@@ -99,6 +100,8 @@ def offered(
         actions -= {Action.REGION}
     if not fix:
         actions -= {Action.FIX}
+    if not hands:
+        actions -= {Action.FIX_HANDS}
     if not describable:
         actions -= {Action.DESCRIBE}
     return actions if editable else actions - {Action.EDIT}
@@ -124,6 +127,7 @@ _LOOKS: dict[Action, _Look] = {
     Action.EDIT: _Look("Edit", "\N{PENCIL}", discord.ButtonStyle.secondary),
     Action.REGION: _Look("Vary (Region)", None, discord.ButtonStyle.secondary),
     Action.FIX: _Look("Fix faces", None, discord.ButtonStyle.secondary),
+    Action.FIX_HANDS: _Look("Fix hands", None, discord.ButtonStyle.secondary),
     Action.DESCRIBE: _Look("Describe", None, discord.ButtonStyle.secondary),
     Action.MASK: _Look("Show mask", None, discord.ButtonStyle.secondary),
     Action.ZOOM_2: _Look("Zoom Out 2x", "\N{LEFT-POINTING MAGNIFYING GLASS}", _SECONDARY),
@@ -202,9 +206,10 @@ def label_of(action: Action) -> str:
     return _NAMES.get(action) or _LOOKS[action].label
 
 
-#: One image's rows, as Midjourney lays them out (then Reroll and Delete); with a GAN
-#: upscaler, Upscale (subtle) and (creative) take the Upscale's place. Describe ends the
-#: pans' row (every other row may be full: five a row).
+#: One image's rows, as Midjourney lays them out (then Fix hands, where a hand detector is
+#: configured, Reroll and Delete: four rows, so a fifth is left); with a GAN upscaler,
+#: Upscale (subtle) and (creative) take the Upscale's place. Describe ends the pans' row
+#: (every other row may be full: five a row).
 _SINGLE_ROWS = (
     (
         Action.UPSCALE,
@@ -233,13 +238,15 @@ def result_view(
     gan: bool = False,
     editable: bool = False,
     fix: bool = False,
+    hands: bool = False,
     describable: bool = False,
 ) -> discord.ui.View:
     """The buttons under a result, those `offered` for its kind: for one image Upscale (or
     Upscale (subtle) and (creative)), both Vary and Vary (Region), the zooms, Edit, Fix
-    faces, the pans and Describe (`canvas`, `region`, `gan`, `editable`, `fix`,
-    `describable`: see `offered`); for several U1..Un and V1..Vn (strong variations); then
-    Reroll and Delete (and Show mask on a canvas job's); on a grid E1..En and D1..Dn last."""
+    faces, the pans and Describe, Fix hands (`canvas`, `region`, `gan`, `editable`, `fix`,
+    `hands`, `describable`: see `offered`); for several U1..Un and V1..Vn (strong
+    variations); then Reroll and Delete (and Show mask on a canvas job's); on a grid E1..En
+    and D1..Dn last."""
     actions = offered(
         kind,
         upscalable=upscalable,
@@ -248,6 +255,7 @@ def result_view(
         gan=gan,
         editable=editable,
         fix=fix,
+        hands=hands,
         describable=describable,
     )
     view = discord.ui.View(timeout=None)
@@ -265,6 +273,7 @@ def result_view(
             for action in row_actions:
                 add(action, index, row=row)
             last = row + 1
+        add(Action.FIX_HANDS, index, row=last)
     else:
         for n, index in enumerate(indexes, start=1):
             add(Action.UPSCALE, index, label=f"U{n}", row=0)

@@ -47,6 +47,7 @@ class Action(enum.StrEnum):
     PAN_DOWN = "pd"
     REGION = "rg"  # Vary (Region): which part, and what instead, asked in a modal
     FIX = "ff"  # Fix faces: the faces the detector finds inpainted again ([fix] detector)
+    FIX_HANDS = "fh"  # Fix hands: the same with the hands ([fix] hands_detector)
     DESCRIBE = "ds"  # four prompts for the image, privately ([describe] model); no job
     MASK = "mask"  # the mask a canvas job used, privately; no job
 
@@ -64,6 +65,7 @@ CANVAS = frozenset(
         Action.PAN_DOWN,
         Action.REGION,
         Action.FIX,
+        Action.FIX_HANDS,
     }
 )
 #: The upscales: the hires fix, and with a GAN upscaler configured, subtle and creative.

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine import ASPECT_RATIOS, MAX_STRENGTH, MIN_STRENGTH
+from engine.fixing import FIX_CHOICES, FIX_TARGETS
 
 from ..images.pictures import PictureRef
 
@@ -37,6 +38,8 @@ class ImagineOptions:
     strength: float | None = None  # with a picture: how much of it may change
     model: str | None = None  # a configured model's name (None: the default one)
     fast: bool = False  # quality:fast: the model's step cache (faster, slightly different)
+    #: `fix:`: what to fix once the images are made ("faces", "hands"; `engine.fixing`)
+    fix: tuple[str, ...] = ()
     #: `/edit`: the pictures to edit by instruction (`prompt` says what to change)
     references: tuple[PictureRef, ...] = ()
 
@@ -49,4 +52,6 @@ class ImagineOptions:
             return f"The aspect ratio must be one of {', '.join(ASPECT_RATIOS)}."
         if self.strength is not None and not MIN_STRENGTH <= self.strength <= MAX_STRENGTH:
             return f"Strength must be between {MIN_STRENGTH:g} and {MAX_STRENGTH:g}."
+        if any(target not in FIX_TARGETS for target in self.fix):
+            return f"Fix must be one of {', '.join(FIX_CHOICES)}."
         return None

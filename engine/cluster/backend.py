@@ -226,8 +226,12 @@ class RayEngine(ModelCatalog):
 
     async def detect_faces(self, image: Image) -> list[tuple[int, int, int, int]]:
         """The faces' boxes from a replica's detector (loaded there on first use)."""
+        return await self.detect(image, "faces")
+
+    async def detect(self, image: Image, target: str) -> list[tuple[int, int, int, int]]:
+        """The boxes of `target` ("faces", "hands") from a replica's detector."""
         self._open()
-        answer = await self.cluster.call("detect_faces", image)
+        answer = await self.cluster.call("detect", image, target)
         if isinstance(answer, EngineError):
             raise answer
         return [tuple(box) for box in answer]

@@ -95,11 +95,11 @@ class EngineReplica:
         except EngineError as exc:
             return exc
 
-    async def detect_faces(self, image: Any) -> Any:
-        """`Engine.detect_faces` here, where the detector lives; a refusal is returned, not
-        raised, as `check`'s."""
+    async def detect(self, image: Any, target: str) -> Any:
+        """`Engine.detect` here, where the detectors live; a refusal is returned, not raised,
+        as `check`'s."""
         try:
-            return await self.engine.detect_faces(image)
+            return await self.engine.detect(image, target)
         except EngineError as exc:
             return exc
 

@@ -29,8 +29,9 @@ class Scheduler(Protocol):
         """The policy: `batch` or `step`."""
         ...
 
-    def submit(self, job: Job) -> None:
-        """Queue a job, or raise `Busy` (queue full) or the close reason."""
+    def submit(self, job: Job, *, continuing: bool = False) -> None:
+        """Queue a job, or raise `Busy` (queue full) or the close reason; `continuing`: a
+        later stage of a job already admitted (`fixstage.py`), queued even when full."""
         ...
 
     def cancel(self, job: Job) -> bool:
@@ -102,8 +103,8 @@ class QueueingScheduler(Generic[Q]):
         if failed or self.residency.loading != loading:  # say "loading model X" at once
             self.show_positions(loading_changed=True)
 
-    def submit(self, job: Job) -> None:
-        self.queue.put(job)
+    def submit(self, job: Job, *, continuing: bool = False) -> None:
+        self.queue.put(job, continuing=continuing)
         self.show_positions()
 
     def cancel(self, job: Job) -> bool:

@@ -35,7 +35,7 @@ def test_the_reference_documents_every_key_with_its_default(tmp_path: Path) -> N
         keys = {f.name for f in dataclasses.fields(getattr(BotConfig(), section.name))}
         if section.name == "engine":  # [models.<name>], [loras.<name>], [describe] tables
             keys -= {"models", "loras", "describe", "region_model", "upscale_model"}
-            keys -= {"fix_detector", "fix_threshold"}  # [fix]
+            keys -= {"fix_detector", "fix_threshold", "fix_hands_detector"}  # [fix]
         documented = set(data[section.name]) | ({"token"} if section.name == "discord" else set())
         assert documented == keys, section.name
     assert example.engine.region_model == data["region"]["model"]  # [region] and [upscale]

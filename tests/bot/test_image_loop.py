@@ -1,6 +1,6 @@
 """The image loop end to end: a 2×2 grid, U and V buttons, Upscale and Vary on one image,
 Zoom Out, Pan and Vary (Region) on one image (the tiny CLIPSeg finds the region), Fix faces
-(the tiny YOLOS face detector finds them), Upscale
+(the tiny YOLOS face detector finds them) and hands (its hand twin), `/imagine fix:`, Upscale
 (subtle) and (creative) through a GAN upscaler (the tiny ESRGAN, read by spandrel), a restart
 between the grid and a press, a Cancel during an upscale, and what each costs;
 choosing among three models (two SD, one FLUX.1), with a LoRA, from Discord; `quality:fast`
@@ -53,6 +53,7 @@ LARGEST = 128  # [engine] max_width and max_height: the size cap, the "other" mo
 REGION_MODEL = "builtin:tiny-clipseg"  # [region] model: Vary (Region) finds parts in words
 UPSCALE_MODEL = "builtin:tiny-esrgan"  # [upscale] model: Upscale (subtle) and (creative)
 FIX_DETECTOR = "builtin:tiny-face-detector"  # [fix] detector: Fix faces
+HANDS_DETECTOR = "builtin:tiny-hand-detector"  # [fix] hands_detector: Fix hands
 STUBS = Path(__file__).parents[1] / "stubs"  # spandrel without torchvision (sitecustomize)
 
 
@@ -85,7 +86,7 @@ async def world(new_world: NewWorld) -> AsyncIterator[World]:
             loras={"ink": {"source": str(lora), "weight": 0.8, "models": ["other"]}},
             region={"model": REGION_MODEL},
             upscale={"model": UPSCALE_MODEL},
-            fix={"detector": FIX_DETECTOR},
+            fix={"detector": FIX_DETECTOR, "hands_detector": HANDS_DETECTOR},
             moderation={"commands_per_minute": 60},  # the canvas test presses many buttons
             describe={"model": ""},  # off: the layouts below have no Describe
         )
@@ -154,7 +155,7 @@ async def test_a_grid_then_upscale_and_variations(world: World) -> None:
     assert rows(big) == [
         VARY_ROW,
         *CANVAS_ROWS,
-        ["Delete"],
+        ["Fix hands", "Delete"],  # where a hand detector is configured
     ]
     assert await used(world, alice.id) == 4 + UPSCALE_COST
     # An upscale offers no Reroll and no Upscale: forged onto it, neither runs (a Reroll made
@@ -222,7 +223,7 @@ async def test_one_image_offers_upscale_and_both_variations(world: World) -> Non
             "Vary (Region)",
         ],
         *CANVAS_ROWS,
-        ["Reroll", "Delete"],
+        ["Fix hands", "Reroll", "Delete"],
     ]
     (database,) = busy  # the result is posted, and the bot cannot record it yet
     waits = len(world.bot.lines)
@@ -460,6 +461,87 @@ async def test_fix_faces_on_one_image(world: World) -> None:
         )
         rerolled = (await job_of(ledger, job_id_of(again))).request
         assert (rerolled.kind, rerolled.reroll_of) == (JobKind.FIX, job_id_of(fixed))
+
+
+async def test_imagine_fix_faces_is_one_job_charged_once_that_survives_a_restart(
+    world: World,
+) -> None:
+    """`/imagine fix:faces`: the image `/imagine` makes, then its face (found as the engine
+    finds it) made again "Only masked": beyond the mask's blur every pixel is the plain
+    image's. One job, charged once: the image and its fix (64x64: one native area), kept in
+    the ledger so a Reroll fixes again. Killed while fixing, the bot makes it again at the
+    next start and posts it once, the same picture. `fix:both` fixes the hand too (the
+    detectors' second unit in the PNG), at the same price; so does the Fix hands button,
+    alone."""
+    carol, server = world.carol, world.server
+    asked = {"prompt": "a slow portrait", "seed": 9, "steps": 40}
+    plain = await wait_result(await server.invoke("imagine", user=carol, options=asked))
+    own = rgb(plain.attachments[0].data)
+    picture = Image.fromarray(own.astype(np.uint8))
+    detector = Helpers(EngineConfig(cache_dir=world.model_cache, fix_detector=FIX_DETECTOR))
+    mask = fix_canvas(picture, detector.detect(picture)).mask
+    kept, inside = np.asarray(blurred(mask, 4)) == 0, np.asarray(mask) > 0
+    assert kept.sum() > 1000 and inside.any()
+    before = await used(world, carol.id)
+
+    fixed = await wait_result(
+        await server.invoke("imagine", user=carol, options={**asked, "fix": "faces"})
+    )
+    job_id = job_id_of(fixed)
+    again = await wait_result(await press(world, fixed, "reroll", carol))
+    # Killed once the face is being fixed (the image is made): made again at the next start.
+    killed = await server.invoke("imagine", user=carol, options={**asked, "fix": "faces"})
+    progress = await killed.wait_for_message(lambda m: bool(m.custom_ids))
+    killed_id = job_id_of(progress)
+    await world.bot.wait_for_line(rf"job {killed_id}: fixing faces in 1 of 1", within=60)
+    world.bot.unwatch()
+    world.bot.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    assert await world.bot.exited() == -signal.SIGKILL
+    async with read_ledger(world.tmp) as ledger:
+        assert (await job_of(ledger, killed_id)).status in ACTIVE_STATUSES
+    await world.start_bot(pythonpath=[STUBS])
+    await world.bot.wait_for_line(rf"job {killed_id}: delivered", within=JOB_TIMEOUT)
+    (resumed,) = world.results_for(killed_id)
+
+    out = rgb(fixed.attachments[0].data)
+    assert out.shape == own.shape and (out[kept] == own[kept]).all()
+    assert np.abs(out[inside] - own[inside]).mean() > 3  # the face made again
+    assert resumed.attachments[0].data == fixed.attachments[0].data  # the same, once
+    params = read_parameters(fixed.attachments[0].data)
+    assert params is not None and (params.prompt, params.seed) == ("a slow portrait", 9)
+    assert params.denoising_strength is None  # the image's own parameters, then ADetailer's
+    assert ("ADetailer model", "tiny-face-detector") in params.extra
+    assert ("ADetailer denoising strength", f"{FIX_STRENGTH:g}") in params.extra
+    rerolled = read_parameters(again.attachments[0].data)
+    assert rerolled is not None and ("Faces fixed", "1") in rerolled.extra
+    assert await used(world, carol.id) == before + 3 * 2  # each: one image and one fix
+    async with read_ledger(world.tmp) as ledger:
+        for one in (job_id, job_id_of(again), killed_id):
+            job = await job_of(ledger, one)
+            assert job.status is JobStatus.DONE
+            assert (job.request.fix, job.request.image_count) == ("faces", 2)
+        assert (await job_of(ledger, job_id_of(again))).request.reroll_of == job_id
+
+    hands = EngineConfig(cache_dir=world.model_cache, fix_hands_detector=HANDS_DETECTOR)
+    hand = fix_canvas(picture, Helpers(hands).detect(picture, "hands"), what="hands").mask
+    hand_in = np.asarray(hand) > 0
+    assert hand_in.any() and not (hand_in & inside).any()  # a hand apart from the face
+    both = await wait_result(
+        await server.invoke("imagine", user=carol, options={**asked, "fix": "both"})
+    )
+    button = await wait_result(await press(world, plain, "fh0", carol))  # Fix hands
+    for message, made in ((both, inside | hand_in), (button, hand_in)):
+        out = rgb(message.attachments[0].data)
+        untouched = np.asarray(blurred(Image.fromarray((made * 255).astype(np.uint8)), 4)) == 0
+        assert (out[untouched] == own[untouched]).all()
+        assert np.abs(out[hand_in] - own[hand_in]).mean() > 3  # the hand made again
+    assert np.abs(rgb(both.attachments[0].data)[inside] - own[inside]).mean() > 3
+    params = read_parameters(both.attachments[0].data)
+    assert params is not None and ("ADetailer model 2nd", "tiny-hand-detector") in params.extra
+    assert {("Faces fixed", "1"), ("Hands fixed", "1")} <= set(params.extra)
+    params = read_parameters(button.attachments[0].data)
+    assert params is not None and ("ADetailer model", "tiny-hand-detector") in params.extra
+    assert await used(world, carol.id) == before + 4 * 2 + 1  # and the button: 64x64, one
 
 
 async def test_a_cancelled_upscale_gives_its_cost_back(world: World) -> None:

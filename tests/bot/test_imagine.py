@@ -82,6 +82,7 @@ async def test_commands_are_synced_to_the_guild_with_declared_limits(world: Worl
     assert (options["count"]["min_value"], options["count"]["max_value"]) == (1, 4)
     assert [c["value"] for c in options["size"]["choices"]] == ["square", "portrait", "landscape"]
     assert options["model"]["autocomplete"] and not options["model"]["required"]
+    assert [c["value"] for c in options["fix"]["choices"]] == ["faces", "hands", "both"]
     inpaint = {o["name"]: (o["type"], o.get("required")) for o in commands["inpaint"]["options"]}
     assert inpaint == {  # two attachments (11), a text (3)
         "image": (11, True),
@@ -252,21 +253,44 @@ HIDDEN_FORBIDDEN = (
 
 
 @pytest.mark.parametrize(
-    ("prompt", "expected"),
+    ("options", "expected"),
     [
-        ("a (cat:" + "9" * 60 + ")", "between -10 and 10; in the prompt, 'cat' weighs 1e+60"),
-        ("(" * 30 + "dog" + ")" * 30, "'dog' weighs 17.4"),  # 1.1 ** 30
-        ("a BREAK " * 124 + "a", "it takes 125 windows of 75 tokens"),  # 993 characters
+        (
+            {"prompt": "a (cat:" + "9" * 60 + ")"},
+            "between -10 and 10; in the prompt, 'cat' weighs 1e+60",
+        ),
+        ({"prompt": "(" * 30 + "dog" + ")" * 30}, "'dog' weighs 17.4"),  # 1.1 ** 30
+        ({"prompt": "a BREAK " * 124 + "a"}, "it takes 125 windows of 75 tokens"),  # 993 chars
+        # `fix:` is declared on every bot; this one has no [fix] detector.
+        (
+            {"prompt": "a face", "fix": "faces"},
+            "Fixing faces is off here: no face detector is configured",
+        ),
+        (
+            {"prompt": "a hand", "fix": "both"},
+            "Fixing faces is off here: no face detector is configured",
+        ),
+        (
+            {"prompt": "a hand", "fix": "hands"},
+            "Fixing hands is off here: no hand detector is configured ([fix] hands_detector).",
+        ),
     ],
-    ids=["huge-weight", "deep-nesting", "125-breaks"],
+    ids=[
+        "huge-weight",
+        "deep-nesting",
+        "125-breaks",
+        "fix-without-a-detector",
+        "both-without-one",
+        "hands-without-one",
+    ],
 )
 async def test_an_overflowing_weight_or_too_many_windows_is_refused_and_costs_nothing(
-    world: World, prompt: str, expected: str
+    world: World, options: dict[str, str], expected: str
 ) -> None:
     async with read_ledger(world.tmp) as ledger:
         before = await ledger.user_status(world.guild.id, world.bob.id)
     refused = await world.server.invoke(
-        "imagine", user=world.bob, channel=world.art, options={"prompt": prompt}
+        "imagine", user=world.bob, channel=world.art, options=options
     )
     answer = await refused.wait_for_original()
     assert refused.ephemeral and expected in answer.content, answer.content

@@ -598,6 +598,23 @@ def test_fix_faces_from_the_command_line(model_cache: Path, tmp_path: Path) -> N
         assert message in done.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "face-fix-1.png").exists()
 
+    # `generate --fix faces`: the same image made, then its face fixed, in one run.
+    made = ("a face", "--seed", "3", "--steps", "3", "--out", "fixed.png")
+    done = run_cli("generate", *tiny, *made, "--fix", "faces", *detector,
+                   cache=model_cache, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "wrote fixed.png (64x64, seed 3) (faces fixed)"
+    with Image.open(tmp_path / "fixed.png") as b:
+        at_once = np.asarray(b.convert("RGB"), np.int16)
+    assert (at_once[kept] == own[kept]).all() and np.abs(at_once - own).max() > 3
+    params = read_parameters((tmp_path / "fixed.png").read_bytes())
+    assert params is not None and params.denoising_strength is None  # the image's own
+    assert ("ADetailer model", "tiny-face-detector") in params.extra
+    assert ("ADetailer denoising strength", f"{FIX_STRENGTH:g}") in params.extra
+    done = run_cli("generate", *tiny, *made, "--fix", "hands", cache=model_cache, cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "no hand detector is configured" in done.stderr.strip().splitlines()[-1]
+
 
 def test_bad_canvas_options_get_one_line(model_cache: Path, tmp_path: Path) -> None:
     from PIL import Image

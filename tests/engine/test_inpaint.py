@@ -359,3 +359,142 @@ async def test_the_face_fix_inpaints_only_the_faces_and_refuses_a_picture_withou
     with pytest.raises(InvalidRequest, match=r"\[fix\] detector") as refused:
         await off.detect_faces(source)
     assert FIX_OFF in str(refused.value)
+
+
+async def test_a_request_with_fix_makes_its_images_then_fixes_each_as_the_stock_pipeline(
+    make_engine: EngineFactory, config_of: Any, stock_models: StockModels
+) -> None:
+    """`fix=("faces",)` is one job of two stages: the images as the same request without
+    `fix` makes them, then each one's faces (the tiny YOLOS finds one) inpainted "Only
+    masked" at ADetailer's strength from its own seed, the two fixes sharing one call: each
+    equals the stock inpaint pipeline run alone on the made image (diffusers'
+    `padding_mask_crop`); the PNG keeps the image's parameters and adds ADetailer's fields.
+    With faces and hands each area is its own crop ("Only masked" of its box alone, as
+    ADetailer fixes them), pasted back: each equals the stock pipeline for that box. Where
+    nothing is found (a threshold nothing passes) the images come back as made; an engine
+    without the detector refuses the request in one line."""
+    from engine.derived import FIX_PADDING, FIX_STRENGTH, fix_request
+    from engine.fixing import HANDS_OFF
+    from engine.pngmeta import Parameters
+
+    detector = "builtin:tiny-face-detector"
+    engine = await make_engine(
+        fix_detector=detector,
+        fix_hands_detector="builtin:tiny-hand-detector",
+        scheduling="batch",
+        max_batch_size=4,
+    )
+    asked = ImageRequest("a portrait", seed=21, steps=4, count=2)
+    plain = await engine.generate(asked)
+    result = await engine.generate(dataclasses.replace(asked, fix=("faces",)))
+    assert result.request.fix == ("faces",) and len(result.images) == 2
+    fix_calls = [c for c in engine.stats.recent_calls][-1]
+    assert (fix_calls.requests, fix_calls.images) == (2, 2)  # both fixes in one call
+    model = stock_models(config_of("builtin:tiny"))
+
+    def stock_fix(picture: Image.Image, box: Any, seed: int) -> tuple[ImageRequest, np.ndarray]:
+        """The fix of one box as validation resolves it, and the stock pipeline's picture."""
+        source = Parameters("a portrait", "", 4, "", 7.5, seed, 64, 64, "tiny")
+        r = engine.prepare(fix_request(source, picture, [box], engine.limits, seed=seed)).request
+        assert (r.strength, r.inpaint_padding) == (FIX_STRENGTH, FIX_PADDING)
+        assert r.mask is not None
+        made = inpainting(model)(
+            prompt=r.prompt,
+            negative_prompt=r.negative_prompt,
+            image=picture,
+            mask_image=blurred(r.mask, 4),
+            padding_mask_crop=FIX_PADDING,
+            strength=FIX_STRENGTH,
+            width=r.width,
+            height=r.height,
+            num_inference_steps=r.steps,
+            guidance_scale=r.guidance,
+            generator=[torch.Generator("cpu").manual_seed(seed)],
+        ).images[0]
+        return r, np.asarray(made, np.int16)
+
+    for made, fixed in zip(plain.images, result.images, strict=True):
+        assert fixed.fixed == ("faces",) and fixed.seed == made.seed
+        picture = Image.open(io.BytesIO(made.png)).convert("RGB")
+        (box,) = await engine.detect_faces(picture)
+        r, stock_image = stock_fix(picture, box, made.seed)
+        assert r.mask is not None
+        ours, own = pixels(fixed.png), pixels(made.png)
+        assert np.abs(ours - stock_image).max() <= 1
+        kept = np.asarray(blurred(r.mask, 4)) == 0
+        assert kept.sum() > 1000 and (ours[kept] == own[kept]).all()
+        assert np.abs(ours[~kept] - own[~kept]).mean() > 3  # the face made again
+        fields = read_parameters(fixed.png)
+        assert fields is not None and fields.prompt == "a portrait" and fields.seed == made.seed
+        assert fields.denoising_strength is None  # the image's own: made from the prompt
+        assert ("ADetailer model", "tiny-face-detector") in fields.extra
+        assert ("ADetailer denoising strength", "0.4") in fields.extra
+        assert ("Faces fixed", "1") in fields.extra
+
+    # Faces and hands: two crops of one image, in one call, each pasted back.
+    calls = len(engine.stats.recent_calls)
+    one = await engine.generate(dataclasses.replace(asked, count=1, fix=("faces", "hands")))
+    (both,) = one.images
+    made = plain.images[0]
+    assert both.fixed == ("faces", "hands")
+    assert [(c.requests, c.images) for c in engine.stats.recent_calls][calls + 1 :] == [(2, 2)]
+    picture = Image.open(io.BytesIO(made.png)).convert("RGB")
+    own, ours = pixels(made.png), pixels(both.png)
+    areas = [*await engine.detect(picture, "faces"), *await engine.detect(picture, "hands")]
+    assert len(areas) == 2
+    changes = [stock_fix(picture, box, made.seed)[1] - own for box in areas]
+    for change in changes:
+        alone = change.any(-1) & ~np.logical_or.reduce(
+            [c.any(-1) for c in changes if c is not change]
+        )
+        assert alone.sum() > 50  # each area is the stock pipeline's for its box alone
+        assert np.abs(ours[alone] - (own + change)[alone]).max() <= 1
+    untouched = ~np.logical_or.reduce([c.any(-1) for c in changes])
+    assert (ours[untouched] == own[untouched]).all()
+    fields = read_parameters(both.png)
+    assert fields is not None and ("ADetailer model 2nd", "tiny-hand-detector") in fields.extra
+    assert {("Faces fixed", "1"), ("Hands fixed", "1")} <= set(fields.extra)
+
+    strict = await make_engine(fix_detector=detector, fix_threshold=0.95)
+    nothing = await strict.generate(dataclasses.replace(asked, fix=("faces",)))
+    assert [i.png for i in nothing.images] == [i.png for i in plain.images]
+    assert all(i.fixed == () for i in nothing.images)
+    off = await make_engine()
+    with pytest.raises(InvalidRequest, match=r"\[fix\] detector"):
+        off.prepare(dataclasses.replace(asked, fix=("faces",)))
+    with pytest.raises(InvalidRequest) as no_hands:
+        strict.prepare(dataclasses.replace(asked, fix=("hands",)))
+    assert str(no_hands.value).endswith(HANDS_OFF)
+
+
+async def test_a_fixing_job_is_cancelled_or_kept_for_a_restart_as_one_job(
+    make_engine: EngineFactory,
+) -> None:
+    """A request with `fix` is one job to its caller: cancelled while its images are made,
+    it ends `Cancelled` and leaves nothing running; its steps count on into the fix's; an
+    engine closing under it ends it `ShuttingDown` (a front end keeps it for a restart), not
+    as a failure of its own."""
+    from engine import Cancelled, JobState, ShuttingDown
+
+    detector = "builtin:tiny-face-detector"
+    engine = await make_engine(fix_detector=detector, scheduling="step")
+    asked = ImageRequest("a portrait", seed=3, steps=40, fix=("faces",))
+    job = engine.submit(engine.prepare(asked))
+    async for progress in job.updates():
+        if progress.state is JobState.RUNNING and progress.step >= 1:
+            assert progress.total_steps == 40 + 16  # the image's steps, then the fix's
+            break
+    assert job.cancel()
+    with pytest.raises(Cancelled):
+        await job.result()
+    done = await engine.generate(ImageRequest("after", seed=1, steps=2))
+    assert done.images and not engine.running  # the cancelled stage left nothing behind
+
+    closing = await make_engine(fix_detector=detector, scheduling="step")
+    job = closing.submit(closing.prepare(asked))
+    async for progress in job.updates():
+        if progress.state is JobState.RUNNING:
+            break
+    await closing.close(grace_s=0.0)
+    with pytest.raises(ShuttingDown):
+        await job.result()

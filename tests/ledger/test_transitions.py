@@ -189,3 +189,35 @@ async def test_a_delivery_start_is_recorded_and_survives_a_requeue(
     assert requeued.status is JobStatus.QUEUED and requeued.delivery_started_at == clock.now
     assert await ledger.mark_done(job.id, message_id=55)
     assert not await ledger.start_delivery(job.id)  # ended jobs are not delivered again
+
+
+async def test_a_fix_sets_its_final_price_when_its_delivery_starts(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    """`/imagine fix:` reserves each image's fix; when the result is about to be posted the
+    job's price is set (`pricing.delivered_price`: no fix for an image where nothing was
+    found). An absolute price: a second delivery start after a restart sets the same."""
+    from dataclasses import replace
+
+    from bot.config import ImagesSettings
+    from bot.jobs.pricing import delivered_price, price, refund
+    from engine import GeneratedImage
+
+    asked = replace(req(), fix="faces", images_asked=2)
+    asked = replace(asked, image_count=price(asked.kind, 2, ImagesSettings(), fix=1))
+    reservation = await ledger.reserve(asked)
+    assert reservation.accepted and reservation.job.request.image_count == 4  # 2 + 2 fixes
+    job = reservation.job
+    made = [GeneratedImage(b"", 1, 0, 64, 64, fixed=("faces",)), GeneratedImage(b"", 2, 1, 64, 64)]
+    charge = delivered_price(job, made, ImagesSettings(), 1)
+    assert charge == 3  # two images, one fix: the second image had no face
+    await ledger.mark_running(job.id)
+    assert await ledger.start_delivery(job.id, charge=charge)
+    (requeued,) = await ledger.requeue_interrupted()  # the bot died before posting
+    assert requeued.request.image_count == 3 and requeued.request.fix == "faces"
+    assert await ledger.start_delivery(job.id, charge=charge)  # posted again: the same price
+    assert await ledger.mark_done(job.id, message_id=56)
+    done = await _get(ledger, job.id)
+    assert done.request.image_count == 3 and refund(done, 2, ImagesSettings()) == 0
+    status = await ledger.user_status(job.request.guild_id, job.request.user_id)
+    assert status.used == 3

@@ -15,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from engine import ASPECT_RATIOS, MAX_SEED, MAX_STRENGTH, MIN_STRENGTH, Limits, Shape
+from engine.fixing import FIX_CHOICES
 
 from ...images.pictures import PictureRef
 from ...services import JobActions
@@ -26,6 +27,8 @@ _SHAPES = Literal[tuple(shape.value for shape in Shape)]  # type: ignore[valid-t
 _ASPECTS = Literal[ASPECT_RATIOS]  # type: ignore[valid-type]
 #: `quality:fast` asks for the model's step cache (`[models.<name>] cache`).
 _QUALITIES = Literal["full", "fast"]
+#: `fix:` fixes faces, hands or both once the images are made (`[fix]`'s detectors).
+_FIXES = Literal[tuple(FIX_CHOICES)]  # type: ignore[valid-type]
 
 
 #: Discord's limits on autocomplete answers: 25 choices, names of 100 characters.
@@ -70,6 +73,7 @@ def make_imagine_cog(
             strength="With an image: how much of it may change (0.05 to 1; 0.6 by default)",
             model="The model to use (see /models); the server's default when empty",
             quality="fast: quicker, slightly different images (on models that offer it)",
+            fix="Fix faces, hands or both once made (where the server has a detector)",
         )
         @app_commands.guild_only()
         async def imagine(
@@ -87,6 +91,7 @@ def make_imagine_cog(
             strength: app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH] | None = None,
             model: app_commands.Range[str, 1, 64] | None = None,
             quality: _QUALITIES | None = None,
+            fix: _FIXES | None = None,
         ) -> None:
             options = ImagineOptions(
                 prompt=prompt,
@@ -103,6 +108,7 @@ def make_imagine_cog(
                 strength=strength,
                 model=model,
                 fast=quality == "fast",
+                fix=FIX_CHOICES.get(fix, (fix,)) if fix else (),  # checked by `problem`
             )
             await jobs.imagine(interaction, options)
 
