@@ -324,7 +324,7 @@ async def test_zoom_out_pan_and_vary_region_on_one_image(world: World) -> None:
 
     # Show mask: only on what a mask made, to its requester alone, privately and free: the
     # very mask the region model found (white made anew); forged onto an /imagine, refused.
-    assert rows(varied)[-1] == ["Reroll", "Delete", "Show mask"]
+    assert rows(varied)[-1] == ["Fix hands", "Reroll", "Delete", "Show mask"]
     assert all("Show mask" not in row for row in rows(single))
     shown = await press(world, varied, "mask", bob)
     note = await shown.wait_for_original(lambda m: m is not varied)
