@@ -16,7 +16,7 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, insert, select, update
+from sqlalchemy import BigInteger, ColumnElement, case, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .allowances import Allowances, Standing, standings_in, statuses
@@ -303,8 +303,28 @@ class Transitions:
         )
 
     async def set_message(self, job_id: int, message_id: int) -> bool:
-        """Remember the progress/result message to edit later. False for an unknown job."""
-        return await self._set_where(job_id, JobStatus, {"message_id": message_id})
+        """Remember the progress/result message to edit later. False for an unknown job.
+        Those waiting for the writer together are one statement (`_set_messages`)."""
+        return await self.tx.write_batch(self._set_messages, (job_id, message_id))
+
+    @staticmethod
+    async def _set_messages(session: AsyncSession, items: Sequence[tuple[int, int]]) -> list[bool]:
+        """`set_message` for many (job id, message id) in one UPDATE; a job named twice keeps
+        the last, as if one after the other (a burst posts a progress message per job)."""
+        chosen = dict(items)
+        message_id = case(
+            {job: literal(message, BigInteger) for job, message in chosen.items()},
+            value=Job.id,
+        )
+        found = await session.scalars(
+            update(Job)
+            .where(Job.id.in_(chosen))
+            .values(message_id=message_id)
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+        known = set(found)
+        return [job_id in known for job_id, _ in items]
 
     # -- restart recovery (see recovery.py) -------------------------------------------------
 
