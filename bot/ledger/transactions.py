@@ -12,7 +12,9 @@ call that reads what they need in a few statements, instead of a few statements 
 caller gets its unit's result only once the group is committed, so nothing is reported done
 before it is durable; no caller of a group has its result before the others, so the order
 they run in within it is free. Reads use connections of their own and never wait for the
-writer.
+writer; on SQLite each of their statements reads on its own (`database.reader`), so they do
+not hold the writer's commit either, and no more than `READS_AT_ONCE` hold a pooled
+connection, so the writer never waits for one behind them.
 
 Writes that read before they write (a reservation checks the allowance, then inserts) see
 the units before them in the group, and are serialized per user across processes: on SQLite
@@ -38,10 +40,18 @@ from sqlalchemy import Executable, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from .database import make_sessionmaker, writer
+from .database import make_sessionmaker, reader, writer
 from .errors import DatabaseGone, DatabaseUnavailable, LedgerBusyError
 
-__all__ = ["GROUP_MAX", "PING_TIMEOUT", "Batch", "RetryPolicy", "Transactions", "utcnow"]
+__all__ = [
+    "GROUP_MAX",
+    "PING_TIMEOUT",
+    "READS_AT_ONCE",
+    "Batch",
+    "RetryPolicy",
+    "Transactions",
+    "utcnow",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +63,10 @@ Batch = Callable[[AsyncSession, Sequence[Any]], Awaitable[Sequence[Any]]]
 PING_TIMEOUT = 3.0
 #: Units of work committed together at most (a group's transaction stays short).
 GROUP_MAX = 256
+#: Reads holding a pooled connection at once, fewer than the pool holds (5 + 10 overflow by
+#: default): the others wait here, and the writer always finds a connection, instead of
+#: queueing for one behind a burst's reads (`/info`s) and every write with it.
+READS_AT_ONCE = 8
 #: PostgreSQL's advisory locks on many keys, taken in the (sorted) array's order.
 _LOCK_MANY = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
 #: Seconds the writer task waits for more writes before it ends (`write` starts it again).
@@ -145,12 +159,13 @@ class Transactions:
         self._postgres = engine.dialect.name == "postgresql"
         self._file = _sqlite_file(engine)  # watched: a deleted or replaced file is noticed
         self._file_id = _file_id(self._file) if self._file is not None else None
-        self._reads = make_sessionmaker(engine)
+        self._reads = make_sessionmaker(reader(engine))
         self._writes = make_sessionmaker(writer(engine))
         self._units: list[_Unit] = []  # writes waiting for the writer
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._readers = asyncio.Semaphore(READS_AT_ONCE)
 
     def now(self) -> datetime:
         return self._clock()
@@ -194,8 +209,9 @@ class Transactions:
         raise AssertionError("unreachable")
 
     async def read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        """Run `work` in a read transaction."""
-        return await self._run(work, write=False)
+        """Run `work` in a read transaction (`READS_AT_ONCE` at most hold a connection)."""
+        async with self._readers:
+            return await self._run(work, write=False)
 
     async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Run `work` in the next group's transaction (see the module doc); its result once

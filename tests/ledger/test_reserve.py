@@ -299,6 +299,36 @@ async def test_a_burst_of_reservations_is_one_batch_of_few_statements(
     assert await _jobs(ledger) == len(asks) + len(good)
 
 
+async def test_a_burst_of_reads_leaves_the_writer_a_connection(ledger: Ledger) -> None:
+    """Reads hold at most `READS_AT_ONCE` pooled connections: a reservation made while twenty
+    reads are under way, each holding its connection, does not queue behind them (it would
+    wait for the pool's timeout, 30 s)."""
+    from sqlalchemy import text
+
+    from bot.ledger.transactions import READS_AT_ONCE, Transactions
+
+    tx = Transactions(ledger.engine)
+    release, enough = asyncio.Event(), asyncio.Event()
+    holding = 0
+
+    async def hold(session: AsyncSession) -> None:
+        nonlocal holding
+        await session.execute(text("SELECT 1"))
+        holding += 1
+        if holding >= READS_AT_ONCE:
+            enough.set()
+        await release.wait()
+
+    reads = [asyncio.create_task(tx.read(hold)) for _ in range(20)]
+    await enough.wait()
+    reserved = await asyncio.wait_for(ledger.reserve(req()), 10)
+    assert reserved.accepted and holding == READS_AT_ONCE
+    release.set()
+    await asyncio.gather(*reads)
+    assert holding == 20
+    await tx.close()
+
+
 async def test_concurrent_reservations_respect_the_in_flight_limit(
     make_ledger: LedgerFactory,
 ) -> None:
