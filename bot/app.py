@@ -74,8 +74,6 @@ __all__ = ["StartupError", "run_bot"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-#: Seconds a thread holds the GIL before handing it to a waiting one (`run_bot`).
-GIL_SWITCH_INTERVAL = 0.001
 
 
 class StartupError(Exception):
@@ -115,10 +113,6 @@ def run_bot(config_path: str | Path) -> int:
     problem = config.token_problem(token)
     if problem is not None:
         raise ConfigError([problem], str(config.path or config_path))
-    # The event loop hands the GIL to and from the engine's thread and the database's
-    # threads many times per request; CPython's 5 ms default makes each hand-over wait up
-    # to 5 ms under load (a burst's first answers and ledger round trips), 1 ms does not.
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
         return asyncio.run(serve(config, token))
     except StartupError as exc:
