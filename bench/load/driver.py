@@ -88,6 +88,9 @@ class Load:
     cancel_answered: set[int] = field(default_factory=set)
     started_wall: float = 0.0
     sent_all_wall: float = 0.0
+    # Message id -> (its attachment count, the jobs they name): `deliveries` runs every 0.2 s
+    # on the test server's loop, and must not delay what the server records.
+    _seen: dict[int, tuple[int, set[int]]] = field(default_factory=dict)
 
     def channel_of(self, index: int) -> Channel:
         return self.channels[index % len(self.channels)]
@@ -101,8 +104,12 @@ class Load:
             for message in self.server.messages_in(channel, include_deleted=True):
                 if message.ephemeral or not message.attachments:
                     continue
-                jobs = {job.id for a in message.attachments if (job := result_job(a.filename))}
-                for job_id in jobs:
+                count = len(message.attachments)
+                seen = self._seen.get(message.id)
+                if seen is None or seen[0] != count:
+                    jobs = {j.id for a in message.attachments if (j := result_job(a.filename))}
+                    seen = self._seen[message.id] = (count, jobs)
+                for job_id in seen[1]:
                     found[job_id].append(message)
         return found
 

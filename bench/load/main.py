@@ -21,6 +21,7 @@ from ..report import RESULTS, ROOT, save, update_docs
 from .analysis import Observed, figures, summarize_pyspy
 from .driver import Load
 from .probes import (
+    LoopLag,
     MemorySampler,
     ProbedBot,
     PySpy,
@@ -29,7 +30,7 @@ from .probes import (
     tiny_cache,
     wait_ledger_quiet,
 )
-from .report import profile_text, table
+from .report import goal_lines, profile_text, table
 
 __all__ = ["fail_without_delivery", "main", "parser", "run", "stop_run"]
 
@@ -176,12 +177,16 @@ async def load_phase(
     channels, users = list(world.channels.values()), list(world.users.values())
     rng = random.Random(args.seed)
     load = Load(world.server, args, channels, users, rng, bot.logged_deliveries)
+    server_lag = LoopLag().start()
     print(
         f"load: {args.users} users, /imagine over {args.duration:g} s "
         f"({args.steps} steps), buttons and /info",
         flush=True,
     )
-    await load.run()
+    try:
+        await load.run()
+    finally:
+        lag = await server_lag.stop()
     load_done = time.time()
     after = await bot.metrics()
     await wait_ledger_quiet(database_file(tmp), within=60)
@@ -191,6 +196,7 @@ async def load_phase(
     return {
         "load": load,
         "load_done": load_done,
+        "server_lag": lag,
         "metrics": (before, after),
         "pyspy": pyspy,
         "pyspy_log": pyspy_log,
@@ -272,8 +278,8 @@ def main() -> None:
     print(text)
     if profile:
         print("\nWhere the time goes:\n" + profile)
-    for name, met in result["goals"].items():
-        print(f"goal {name}: {'met' if met else 'MISSED'}")
+    for line in goal_lines(result):
+        print(line)
     print(f"run took {result['wall_seconds']:.0f} s")
     fail_without_delivery("load_bench", result)
     path = save("load_bench", result)

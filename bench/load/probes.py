@@ -36,6 +36,7 @@ from ..report import ROOT
 __all__ = [
     "FIRST_ANSWER",
     "LOOP_LAG",
+    "LoopLag",
     "MemorySampler",
     "ProbedBot",
     "PySpy",
@@ -153,6 +154,34 @@ def read_lag(path: Path | None) -> list[tuple[float, float]]:
         with contextlib.suppress(ValueError):
             samples.append((float(at), float(lag)))
     return samples
+
+
+class LoopLag:
+    """How late this process's own event loop wakes from a `every`-second sleep: the test
+    server and the simulated users share it, so a late loop here delays what they record
+    (a first answer, a "queued" message) and the figures would measure the benchmark."""
+
+    def __init__(self, every: float = 0.02) -> None:
+        self.every = every
+        self.samples: list[tuple[float, float]] = []  # (unix time, seconds late)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> LoopLag:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> list[tuple[float, float]]:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        return self.samples
+
+    async def _run(self) -> None:
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(self.every)  # the probe's interval: how late it wakes is the lag
+            late = time.perf_counter() - start - self.every
+            self.samples.append((time.time(), max(late, 0.0)))
 
 
 # -- the ledger --------------------------------------------------------------------------------

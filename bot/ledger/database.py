@@ -45,6 +45,7 @@ __all__ = [
     "database_url",
     "is_sqlite",
     "make_sessionmaker",
+    "reader",
     "upgrade_to_head",
     "writer",
 ]
@@ -57,6 +58,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 #: Execution option read by the SQLite `begin` hook: the BEGIN flavour to emit.
 _BEGIN_OPTION = "ledger_sqlite_begin"
+#: Its value for no BEGIN at all (`reader`).
+_NO_BEGIN = "none"
 
 
 def database_url(
@@ -137,9 +140,20 @@ def create_engine(
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        if mode != _NO_BEGIN:
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def reader(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine (same pool) whose transactions on SQLite emit no BEGIN: each
+    statement reads on its own (the driver's autocommit), holding SQLite's shared lock only
+    while it runs, not from the first statement to the end of the transaction. A read
+    transaction spans several trips through the event loop, and while it held the lock the
+    writer's commit (which waits for every reader with a rollback journal) waited for the
+    loop too: under a burst, every write behind it. A no-op elsewhere."""
+    return engine.execution_options(**{_BEGIN_OPTION: _NO_BEGIN})
 
 
 def writer(engine: AsyncEngine) -> AsyncEngine:

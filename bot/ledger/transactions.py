@@ -1,13 +1,20 @@
 """Sessions, locks and the retry rule: how every ledger read and write reaches the database.
 
 **Writes are committed in groups.** A write is a unit of work (`write(work)`); one writer task
-takes every unit waiting (up to `GROUP_MAX`), runs each in a savepoint of ONE transaction, and
-commits once: a burst of a thousand `/imagine`s is a handful of commits, not a thousand
-queued on SQLite's single writer (each a full journal cycle with `synchronous = FULL`) or on
-a pool of connections. A unit's own failure (its savepoint rolled back) is its alone; the
-others of its group commit. Each caller gets its unit's result only once the group is
-committed, so nothing is reported done before it is durable. Reads use connections of their
-own and never wait for the writer.
+takes every unit waiting (up to `GROUP_MAX`), runs them in ONE transaction, and commits once:
+a burst of a thousand `/imagine`s is a handful of commits, not a thousand queued on SQLite's
+single writer (each a full journal cycle with `synchronous = FULL`) or on a pool of
+connections. A unit's own failure is its alone: the group is then rolled back and run again
+with each unit in a savepoint (the failing one's changes rolled back, the others' committed);
+a group whose units all succeed needs no savepoint (each costs two round trips to the
+database). Units of the same batch (`write_batch`: the reservations) run together, as one
+call that reads what they need in a few statements, instead of a few statements each. Each
+caller gets its unit's result only once the group is committed, so nothing is reported done
+before it is durable; no caller of a group has its result before the others, so the order
+they run in within it is free. Reads use connections of their own and never wait for the
+writer; on SQLite each of their statements reads on its own (`database.reader`), so they do
+not hold the writer's commit either, and no more than `READS_AT_ONCE` hold a pooled
+connection, so the writer never waits for one behind them.
 
 Writes that read before they write (a reservation checks the allowance, then inserts) see
 the units before them in the group, and are serialized per user across processes: on SQLite
@@ -23,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,28 +40,59 @@ from sqlalchemy import Executable, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from .database import make_sessionmaker, writer
+from .database import make_sessionmaker, reader, writer
 from .errors import DatabaseGone, DatabaseUnavailable, LedgerBusyError
 
-__all__ = ["GROUP_MAX", "PING_TIMEOUT", "RetryPolicy", "Transactions", "utcnow"]
+__all__ = [
+    "GROUP_MAX",
+    "PING_TIMEOUT",
+    "READS_AT_ONCE",
+    "Batch",
+    "RetryPolicy",
+    "Transactions",
+    "utcnow",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741
+#: Units of one batch run together: their items in, one result per item out, in order.
+Batch = Callable[[AsyncSession, Sequence[Any]], Awaitable[Sequence[Any]]]
 #: Seconds the database may take to answer a health check before it counts as down.
 PING_TIMEOUT = 3.0
 #: Units of work committed together at most (a group's transaction stays short).
 GROUP_MAX = 256
+#: Reads holding a pooled connection at once, fewer than the pool holds (5 + 10 overflow by
+#: default): the others wait here, and the writer always finds a connection, instead of
+#: queueing for one behind a burst's reads (`/info`s) and every write with it.
+READS_AT_ONCE = 8
+#: PostgreSQL's advisory locks on many keys, taken in the (sorted) array's order.
+_LOCK_MANY = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
 #: Seconds the writer task waits for more writes before it ends (`write` starts it again).
 WRITER_IDLE_S = 5.0
 
 
 @dataclass(eq=False, slots=True)
 class _Unit:
-    """One write waiting for the writer: its work and its caller's future."""
+    """One write waiting for the writer: its work (or its batch and item), and its caller's
+    future."""
 
-    work: Callable[[AsyncSession], Awaitable[Any]]
+    work: Callable[[AsyncSession], Awaitable[Any]] | None
     done: asyncio.Future[Any]
+    batch: Batch | None = None
+    item: Any = None
+
+    async def run_alone(self, session: AsyncSession) -> Any:
+        if self.batch is None:
+            assert self.work is not None
+            return await self.work(session)
+        (result,) = await self.batch(session, [self.item])
+        return result
+
+
+class _UnitFailed(Exception):
+    """A unit of a group run without savepoints failed: run the group again, isolated."""
 
 
 def utcnow() -> datetime:
@@ -121,12 +159,13 @@ class Transactions:
         self._postgres = engine.dialect.name == "postgresql"
         self._file = _sqlite_file(engine)  # watched: a deleted or replaced file is noticed
         self._file_id = _file_id(self._file) if self._file is not None else None
-        self._reads = make_sessionmaker(engine)
+        self._reads = make_sessionmaker(reader(engine))
         self._writes = make_sessionmaker(writer(engine))
         self._units: list[_Unit] = []  # writes waiting for the writer
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._readers = asyncio.Semaphore(READS_AT_ONCE)
 
     def now(self) -> datetime:
         return self._clock()
@@ -170,14 +209,25 @@ class Transactions:
         raise AssertionError("unreachable")
 
     async def read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        """Run `work` in a read transaction."""
-        return await self._run(work, write=False)
+        """Run `work` in a read transaction (`READS_AT_ONCE` at most hold a connection)."""
+        async with self._readers:
+            return await self._run(work, write=False)
 
     async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Run `work` in the next group's transaction (see the module doc); its result once
         the group is committed, or its own exception, or the group's commit error."""
-        loop = asyncio.get_running_loop()
-        unit = _Unit(work, loop.create_future())
+        return await self._enqueue(_Unit(work, asyncio.get_running_loop().create_future()))
+
+    async def write_batch(
+        self, batch: Callable[[AsyncSession, Sequence[I]], Awaitable[Sequence[T]]], item: I
+    ) -> T:
+        """Like `write`, for `item` of `batch`: the group's items of the same `batch` are run
+        by one call (`batch(session, items)`, one result per item, in order), which must give
+        each item the result it would get alone after those before it."""
+        future = asyncio.get_running_loop().create_future()
+        return await self._enqueue(_Unit(None, future, batch, item))
+
+    async def _enqueue(self, unit: _Unit) -> Any:
         self._units.append(unit)
         if self._writer is None or self._writer.done():
             self._wake = asyncio.Event()
@@ -213,9 +263,14 @@ class Transactions:
             group, self._units = self._units[:GROUP_MAX], self._units[GROUP_MAX:]
             group = [u for u in group if not u.done.cancelled()]
             try:
-                results = await self._run(
-                    lambda session, group=group: self._group(session, group), write=True
-                )
+                try:
+                    results = await self._run(
+                        lambda session, group=group: self._together(session, group), write=True
+                    )
+                except _UnitFailed:  # rolled back: again, each unit in its own savepoint
+                    results = await self._run(
+                        lambda session, group=group: self._isolated(session, group), write=True
+                    )
             except Exception as exc:  # none of the group committed: each caller hears why
                 for unit in group:
                     if not unit.done.done():
@@ -230,14 +285,37 @@ class Transactions:
                     unit.done.set_exception(value)
 
     @staticmethod
-    async def _group(session: AsyncSession, group: list[_Unit]) -> list[tuple[bool, Any]]:
+    async def _together(session: AsyncSession, group: list[_Unit]) -> list[tuple[bool, Any]]:
+        """Every unit of the group without savepoints, each batch's units in one call: all
+        (True, result), or `_UnitFailed` when one of them raised (the transaction is then
+        rolled back, and `_isolated` runs the group)."""
+        results: dict[int, Any] = {}
+        for n, unit in enumerate(group):
+            if n in results:
+                continue  # a unit of a batch run already
+            try:
+                if unit.batch is None:
+                    assert unit.work is not None
+                    results[n] = await unit.work(session)
+                    continue
+                members = [m for m, other in enumerate(group) if other.batch == unit.batch]
+                found = await unit.batch(session, [group[m].item for m in members])
+                results.update(zip(members, found, strict=True))
+            except OperationalError:
+                raise  # the database's, not the unit's: the whole group is retried or fails
+            except Exception as exc:
+                raise _UnitFailed() from exc
+        return [(True, results[n]) for n in range(len(group))]
+
+    @staticmethod
+    async def _isolated(session: AsyncSession, group: list[_Unit]) -> list[tuple[bool, Any]]:
         """Each unit in a savepoint of the group's transaction: (True, its result) or
         (False, its exception), its own changes rolled back."""
         results: list[tuple[bool, Any]] = []
         for unit in group:
             try:
                 async with session.begin_nested():
-                    results.append((True, await unit.work(session)))
+                    results.append((True, await unit.run_alone(session)))
             except OperationalError:
                 raise  # the database's, not the unit's: the whole group is retried or fails
             except Exception as exc:
@@ -258,3 +336,10 @@ class Transactions:
         """Serialize writes about one user's quota (SQLite's BEGIN IMMEDIATE already does)."""
         if self._postgres:
             await session.execute(select(func.pg_advisory_xact_lock(_lock_key(guild_id, user_id))))
+
+    async def lock_users(self, session: AsyncSession, users: Iterable[tuple[int, int]]) -> None:
+        """`lock_user` for many (guild, user) pairs in one statement, always in one order (two
+        processes locking overlapping sets never wait on each other in a cycle)."""
+        if self._postgres:
+            keys = sorted({_lock_key(guild_id, user_id) for guild_id, user_id in users})
+            await session.execute(_LOCK_MANY, {"keys": keys})

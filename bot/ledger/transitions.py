@@ -11,15 +11,15 @@ callers race to it. A dead process's jobs are put back to `queued` here too (`re
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import BigInteger, ColumnElement, case, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .allowances import Allowances, active_in, counted_in, setting_in, statuses
+from .allowances import Allowances, Standing, standings_in, statuses
 from .jobs import (
     ACTIVE_STATUSES,
     JobKind,
@@ -30,7 +30,7 @@ from .jobs import (
     new_job_key,
 )
 from .models import Job
-from .quota import Reservation, available_at, images_used
+from .quota import CountedImages, QuotaPolicy, Reservation, available_at, images_used
 from .shards import Shards
 from .transactions import Transactions
 
@@ -76,23 +76,54 @@ def _error_text(error: str | None) -> str | None:
 def _new_row(
     request: JobRequest, now: datetime, reason: RefusalReason | str | None, detail: str | None
 ) -> Job:
+    return Job(**_new_values(request, now, reason, detail))
+
+
+def _new_values(
+    request: JobRequest, now: datetime, reason: RefusalReason | str | None, detail: str | None
+) -> dict[str, Any]:
+    """A new job row's columns (every row has the same ones: many insert as one statement)."""
     refused = reason is not None
     values = {name: getattr(request, name) for name in _REQUEST_FIELDS}
     for field in ("prompt", "negative_prompt"):  # a forged 3 MB prompt is not kept whole
         values[field] = values[field][:MAX_PROMPT_CHARS]
-    return Job(
-        **values
-        | {
-            "key": new_job_key(),
-            "kind": str(request.kind),
-            "interaction_token": None if refused else request.interaction_token,
-            "status": str(JobStatus.REFUSED if refused else JobStatus.QUEUED),
-            "refusal_reason": None if reason is None else str(reason),
-            "error": _error_text(detail),
-            "queued_at": now,
-            "finished_at": now if refused else None,
-        }
-    )
+    return values | {
+        "key": new_job_key(),
+        "kind": str(request.kind),
+        "interaction_token": None if refused else request.interaction_token,
+        "status": str(JobStatus.REFUSED if refused else JobStatus.QUEUED),
+        "refusal_reason": None if reason is None else str(reason),
+        "error": _error_text(detail),
+        "queued_at": now,
+        "finished_at": now if refused else None,
+    }
+
+
+def _decide(
+    request: JobRequest, policy: QuotaPolicy, standing: Standing, now: datetime
+) -> tuple[RefusalReason | None, int | None, int | None, datetime | None]:
+    """Whether `request` may be queued for a user of `standing` under `policy`: the refusal
+    reason (None: accepted), the allowance that applied and the images left after it (None:
+    unlimited), and for a quota refusal when it would fit."""
+    images, setting = request.image_count, standing.setting
+    limit = setting.limit(policy)
+    reason: RefusalReason | None = None
+    retry_at: datetime | None = None
+    used = 0
+    if setting.blocked:
+        reason = RefusalReason.USER_BLOCKED
+    else:
+        if limit is not None:
+            used = images_used(standing.counted, now)
+            if used + images > limit:
+                reason = RefusalReason.QUOTA
+                retry_at = available_at(standing.counted, limit, images, now)
+        if reason is None and standing.active >= policy.max_queued_per_user:
+            reason = RefusalReason.TOO_MANY_JOBS
+    if limit is None:
+        return reason, None, None, retry_at
+    remaining = max(0, limit - used - (images if reason is None else 0))
+    return reason, limit, remaining, retry_at
 
 
 def _storable(request: JobRequest) -> None:
@@ -117,42 +148,46 @@ class Transitions:
         Refused: it is stored `refused` with the reason (`user_blocked`, `quota` with
         `retry_at`, or `too_many_jobs` when `max_queued_per_user` jobs are queued or running)
         and takes no images. Raises ValueError for a request that can't be stored at all.
+        Reservations waiting for the writer together are made together (`_reserve_many`).
         """
         _storable(request)
-        guild_id, user_id, images = request.guild_id, request.user_id, request.image_count
+        return await self.tx.write_batch(self._reserve_many, request)
 
-        async def work(session: AsyncSession) -> Reservation:
-            await self.tx.lock_user(session, guild_id, user_id)
-            policy = await self.allowances.policy_in(session, guild_id)
-            now = self.tx.now()
-            setting = await setting_in(session, guild_id, user_id)
-            limit = setting.limit(policy)
-            reason: RefusalReason | None = None
-            retry_at: datetime | None = None
-            used = 0
-            if setting.blocked:
-                reason = RefusalReason.USER_BLOCKED
-            else:
-                if limit is not None:
-                    counted = await counted_in(session, guild_id, user_id, now)
-                    used = images_used(counted, now)
-                    if used + images > limit:
-                        reason = RefusalReason.QUOTA
-                        retry_at = available_at(counted, limit, images, now)
-                if reason is None:
-                    active = await active_in(session, guild_id, user_id)
-                    if active >= policy.max_queued_per_user:
-                        reason = RefusalReason.TOO_MANY_JOBS
-            row = _new_row(request, now, reason, None)
-            session.add(row)
-            await session.flush()
-            if limit is None:
-                remaining = None
-            else:
-                remaining = max(0, limit - used - (images if reason is None else 0))
-            return Reservation(record_of(row), limit, remaining, retry_at)
-
-        return await self.tx.write(work)
+    async def _reserve_many(
+        self, session: AsyncSession, requests: Sequence[JobRequest]
+    ) -> list[Reservation]:
+        """The reservations of `requests`, in order, each seeing those before it (what each
+        would get alone, one after the other), in a few statements whatever their number:
+        each guild's policy and its users' standings read once, the rows inserted together."""
+        keys = sorted({(r.guild_id, r.user_id) for r in requests})
+        await self.tx.lock_users(session, keys)
+        now = self.tx.now()
+        policies: dict[int, QuotaPolicy] = {}
+        standings: dict[tuple[int, int], Standing] = {}
+        for guild_id in sorted({g for g, _ in keys}):
+            policies[guild_id] = await self.allowances.policy_in(session, guild_id)
+            users = [u for g, u in keys if g == guild_id]
+            found = await standings_in(session, guild_id, users, now)
+            standings |= {(guild_id, u): standing for u, standing in found.items()}
+        rows: list[dict[str, Any]] = []
+        answers: list[tuple[int | None, int | None, datetime | None]] = []
+        for request in requests:
+            standing = standings[(request.guild_id, request.user_id)]
+            reason, limit, remaining, retry_at = _decide(
+                request, policies[request.guild_id], standing, now
+            )
+            if reason is None:  # counted for the next request of the same user
+                standing.counted.append(CountedImages(now, request.image_count))
+                standing.active += 1
+            rows.append(_new_values(request, now, reason, None))
+            answers.append((limit, remaining, retry_at))
+        # One INSERT for all (the ORM would send one per row); rows found again by their key.
+        inserted = await session.execute(insert(Job).values(rows).returning(*Job.__table__.columns))
+        stored = {row.key: Job(**row._asdict()) for row in inserted}
+        return [
+            Reservation(record_of(stored[row["key"]]), limit, remaining, retry_at)
+            for row, (limit, remaining, retry_at) in zip(rows, answers, strict=True)
+        ]
 
     async def record_refusal(
         self, request: JobRequest, reason: RefusalReason | str, detail: str | None
@@ -278,8 +313,28 @@ class Transitions:
         )
 
     async def set_message(self, job_id: int, message_id: int) -> bool:
-        """Remember the progress/result message to edit later. False for an unknown job."""
-        return await self._set_where(job_id, JobStatus, {"message_id": message_id})
+        """Remember the progress/result message to edit later. False for an unknown job.
+        Those waiting for the writer together are one statement (`_set_messages`)."""
+        return await self.tx.write_batch(self._set_messages, (job_id, message_id))
+
+    @staticmethod
+    async def _set_messages(session: AsyncSession, items: Sequence[tuple[int, int]]) -> list[bool]:
+        """`set_message` for many (job id, message id) in one UPDATE; a job named twice keeps
+        the last, as if one after the other (a burst posts a progress message per job)."""
+        chosen = dict(items)
+        message_id = case(
+            {job: literal(message, BigInteger) for job, message in chosen.items()},
+            value=Job.id,
+        )
+        found = await session.scalars(
+            update(Job)
+            .where(Job.id.in_(chosen))
+            .values(message_id=message_id)
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+        known = set(found)
+        return [job_id in known for job_id, _ in items]
 
     # -- restart recovery (see recovery.py) -------------------------------------------------
 

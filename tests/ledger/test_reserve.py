@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.ledger import (
@@ -251,6 +252,80 @@ async def test_a_burst_of_writes_is_committed_in_a_few_groups(
     assert isinstance(outcomes[0], RuntimeError) and outcomes[1] == 1
     assert (await ledger.get_job(first)).status is JobStatus.QUEUED  # rolled back alone
     assert (await ledger.get_job(results[1].job.id)).status is JobStatus.RUNNING
+    await tx.close()
+
+
+async def test_a_burst_of_reservations_is_one_batch_of_few_statements(
+    make_ledger: LedgerFactory,
+) -> None:
+    """Reservations waiting for the writer together are made together: a few statements for
+    the lot, not a few each, and no savepoint while every write succeeds; each gets the
+    answer it would get alone, in turn (blocked, unlimited, over quota, too many jobs, another
+    guild); one that fails (a reroll of a job that does not exist) fails alone."""
+    from sqlalchemy import event
+
+    ledger = make_ledger(QuotaPolicy(daily_images=3, max_queued_per_user=2))
+    await ledger.block_user(GUILD, OTHER_USER, by=MODERATOR, reason="spam")
+    unlimited, greedy = USER + 100, USER + 101
+    await ledger.set_user_quota(GUILD, unlimited, None, by=MODERATOR)
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append(statement)
+
+    event.listen(ledger.engine.sync_engine, "before_cursor_execute", seen)
+    asks = [req(), req(), req(), req(user_id=OTHER_USER)]
+    asks += [req(user_id=unlimited, image_count=4) for _ in range(2)]
+    asks += [req(user_id=greedy, image_count=4), req(guild_id=OTHER_GUILD)]
+    asks += [req(user_id=USER + 200 + n) for n in range(20)]
+    results = await asyncio.gather(*(ledger.reserve(r) for r in asks))
+    event.remove(ledger.engine.sync_engine, "before_cursor_execute", seen)
+    quota, too_many = RefusalReason.QUOTA, RefusalReason.TOO_MANY_JOBS
+    blocked = RefusalReason.USER_BLOCKED
+    reasons = [None, None, too_many, blocked, None, None, quota, None]
+    assert [r.reason for r in results[:8]] == reasons
+    assert [r.remaining for r in results[:3]] == [2, 1, 1] and results[4].remaining is None
+    assert all(r.accepted and r.remaining == 2 for r in results[8:])
+    assert len(statements) < len(asks), statements  # alone, each took 7
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()]
+
+    good = [req(user_id=USER + 300 + n) for n in range(5)]
+    outcomes = await asyncio.gather(
+        *(ledger.reserve(r) for r in [*good[:2], req(reroll_of=10**9), *good[2:]]),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[2], IntegrityError)
+    assert all(o.accepted for o in outcomes if not isinstance(o, BaseException))
+    assert await _jobs(ledger) == len(asks) + len(good)
+
+
+async def test_a_burst_of_reads_leaves_the_writer_a_connection(ledger: Ledger) -> None:
+    """Reads hold at most `READS_AT_ONCE` pooled connections: a reservation made while twenty
+    reads are under way, each holding its connection, does not queue behind them (it would
+    wait for the pool's timeout, 30 s)."""
+    from sqlalchemy import text
+
+    from bot.ledger.transactions import READS_AT_ONCE, Transactions
+
+    tx = Transactions(ledger.engine)
+    release, enough = asyncio.Event(), asyncio.Event()
+    holding = 0
+
+    async def hold(session: AsyncSession) -> None:
+        nonlocal holding
+        await session.execute(text("SELECT 1"))
+        holding += 1
+        if holding >= READS_AT_ONCE:
+            enough.set()
+        await release.wait()
+
+    reads = [asyncio.create_task(tx.read(hold)) for _ in range(20)]
+    await enough.wait()
+    reserved = await asyncio.wait_for(ledger.reserve(req()), 10)
+    assert reserved.accepted and holding == READS_AT_ONCE
+    release.set()
+    await asyncio.gather(*reads)
+    assert holding == 20
     await tx.close()
 
 

@@ -78,6 +78,29 @@ async def test_unknown_job_is_a_no_op(ledger: Ledger) -> None:
     assert not await ledger.set_message(12345, 1)
 
 
+async def test_a_burst_of_progress_messages_is_one_update(ledger: Ledger) -> None:
+    """A burst's progress messages are recorded by one statement, whatever their number (a
+    job named twice keeps the last, an unknown one is False), snowflakes whole."""
+    from sqlalchemy import event
+
+    jobs = [(await ledger.reserve(req(user_id=9_000 + n))).job for n in range(40)]
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append(statement)
+
+    event.listen(ledger.engine.sync_engine, "before_cursor_execute", seen)
+    snowflake = 1_400_000_000_000_000_000
+    calls = [(job.id, snowflake + n) for n, job in enumerate(jobs)]
+    calls += [(jobs[0].id, snowflake - 1), (12345, 1)]
+    results = await asyncio.gather(*(ledger.set_message(j, m) for j, m in calls))
+    event.remove(ledger.engine.sync_engine, "before_cursor_execute", seen)
+    assert results == [True] * 41 + [False]
+    assert len([s for s in statements if s.lstrip().upper().startswith("UPDATE")]) == 1
+    assert (await _get(ledger, jobs[0].id)).message_id == snowflake - 1
+    assert (await _get(ledger, jobs[39].id)).message_id == snowflake + 39
+
+
 async def test_failure_keeps_a_bounded_error(ledger: Ledger) -> None:
     job = await _queued(ledger)
     assert await ledger.mark_failed(job.id, "x" * 10_000)
