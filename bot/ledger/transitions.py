@@ -16,7 +16,7 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, case, insert, literal, select, update
+from sqlalchemy import ColumnElement, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .allowances import Allowances, Standing, standings_in, statuses
@@ -181,8 +181,10 @@ class Transitions:
                 standing.active += 1
             rows.append(_new_values(request, now, reason, None))
             answers.append((limit, remaining, retry_at))
-        # One INSERT for all (the ORM would send one per row); rows found again by their key.
-        inserted = await session.execute(insert(Job).values(rows).returning(*Job.__table__.columns))
+        # One INSERT for all (the ORM would send one per row; a VALUES list of N rows would be
+        # compiled anew for each N, on the event loop): SQLAlchemy's "insertmanyvalues" runs
+        # one cached statement over the rows; rows found again by their key.
+        inserted = await session.execute(insert(Job).returning(*Job.__table__.columns), rows)
         stored = {row.key: Job(**row._asdict()) for row in inserted}
         return [
             Reservation(record_of(stored[row["key"]]), limit, remaining, retry_at)
@@ -319,21 +321,17 @@ class Transitions:
 
     @staticmethod
     async def _set_messages(session: AsyncSession, items: Sequence[tuple[int, int]]) -> list[bool]:
-        """`set_message` for many (job id, message id) in one UPDATE; a job named twice keeps
-        the last, as if one after the other (a burst posts a progress message per job)."""
+        """`set_message` for many (job id, message id): the known ids read, then one UPDATE
+        by primary key run over them all (one cached statement, not one compiled anew for
+        each number of jobs on the event loop); a job named twice keeps the last, as if one
+        after the other (a burst posts a progress message per job)."""
         chosen = dict(items)
-        message_id = case(
-            {job: literal(message, BigInteger) for job, message in chosen.items()},
-            value=Job.id,
-        )
-        found = await session.scalars(
-            update(Job)
-            .where(Job.id.in_(chosen))
-            .values(message_id=message_id)
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        )
-        known = set(found)
+        known = set(await session.scalars(select(Job.id).where(Job.id.in_(chosen))))
+        if known:
+            await session.execute(
+                update(Job).execution_options(synchronize_session=False),
+                [{"id": job, "message_id": chosen[job]} for job in sorted(known)],
+            )
         return [job_id in known for job_id, _ in items]
 
     # -- restart recovery (see recovery.py) -------------------------------------------------
