@@ -22,6 +22,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +142,15 @@ async def measure_engine(
     return figures(batch, steps, seconds, cuda)
 
 
+def guarded(call: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """`call`'s figures, or a row saying it ran out of GPU memory (peak -1: "OOM")."""
+    try:
+        return call()
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {"images_per_s": 0.0, "it_per_s": 0.0, "s_per_image": 0.0, "peak_gib": -1.0}
+
+
 def weights_gib(pipe: Any) -> float:
     """What the pipeline's modules hold, parameters and buffers (quantized ones as stored)."""
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
@@ -175,12 +186,9 @@ def run_dit(name: str, args: argparse.Namespace, result: dict[str, Any], out: st
 
             quantize_(pipe.transformer, Float8DynamicActivationFloat8WeightConfig())
         for batch in args.batches:
-            try:
-                got = measure(pipe, batch, size, steps, args.repeats, call["guidance_scale"])
-            except torch.cuda.OutOfMemoryError:
-                got = {"images_per_s": 0.0, "it_per_s": 0.0, "s_per_image": 0.0}
-                got["peak_gib"] = -1.0
-                torch.cuda.empty_cache()
+            got = guarded(
+                partial(measure, pipe, batch, size, steps, args.repeats, call["guidance_scale"])
+            )
             row = {"model": name, "size": size, "variant": variant, "batch": batch, "steps": steps}
             rows.append(row | got | {"weights_gib": weights_gib(pipe)})
             print(rows[-1], flush=True)
@@ -210,21 +218,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if variant.startswith("engine"):
                 assert folder is not None
                 for batch in args.batches:
-                    try:
-                        got = asyncio.run(
-                            measure_engine(
-                                folder,
-                                batch,
-                                size,
-                                args,
-                                compiled=variant.startswith("engine_compiled"),
-                                cached=variant.endswith("_cache"),
-                            )
-                        )
-                    except torch.cuda.OutOfMemoryError:
-                        got = {"images_per_s": 0.0, "it_per_s": 0.0, "s_per_image": 0.0}
-                        got["peak_gib"] = -1.0
-                        torch.cuda.empty_cache()
+                    engine_run = measure_engine(
+                        folder,
+                        batch,
+                        size,
+                        args,
+                        compiled=variant.startswith("engine_compiled"),
+                        cached=variant.endswith("_cache"),
+                    )
+                    got = guarded(partial(asyncio.run, engine_run))
                     rows.append({"model": name, "size": size, "variant": variant, "batch": batch})
                     rows[-1] |= got
                     print(rows[-1], flush=True)
@@ -244,12 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 helper.enable()
             for batch in args.batches:
-                try:
-                    got = measure(pipe, batch, size, args.steps, args.repeats)
-                except torch.cuda.OutOfMemoryError:
-                    got = {"images_per_s": 0.0, "it_per_s": 0.0, "s_per_image": 0.0}
-                    got["peak_gib"] = -1.0
-                    torch.cuda.empty_cache()
+                got = guarded(partial(measure, pipe, batch, size, args.steps, args.repeats))
                 rows.append(
                     {"model": name, "size": size, "variant": variant, "batch": batch, **got}
                 )
