@@ -103,22 +103,28 @@ def configure(args: argparse.Namespace, world: World, tmp: Path) -> ProbedBot:
     )
 
 
+def load_world(args: argparse.Namespace, tmp: Path, cache: Path) -> Any:
+    """The world a load runs in (`open_world`'s context): one guild, `--channels` channels,
+    `--users` users."""
+    return open_world(
+        tmp,
+        cache,
+        guild="Load Club",
+        channels=[f"art-{k}" for k in range(args.channels)],
+        users=[f"user{i:04d}" for i in range(args.users)],
+        default_timeout=30,
+        heartbeat_interval_ms=args.heartbeat_ms,
+        clean=False,  # the violations are figures here, not failures
+    )
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """One run, start to figures."""
     cache = await tiny_cache(args.model_cache)
     loadavg = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="imagine-load-") as tmp_name:
         tmp = Path(tmp_name)
-        async with open_world(
-            tmp,
-            cache,
-            guild="Load Club",
-            channels=[f"art-{k}" for k in range(args.channels)],
-            users=[f"user{i:04d}" for i in range(args.users)],
-            default_timeout=30,
-            heartbeat_interval_ms=args.heartbeat_ms,
-            clean=False,  # the violations are figures here, not failures
-        ) as world:
+        async with load_world(args, tmp, cache) as world:
             bot = configure(args, world, tmp)
             seen = await observe(args, world, bot, tmp)
             if args.keep_log:
@@ -210,16 +216,7 @@ async def stop_run(args: argparse.Namespace) -> str:
     cache = await tiny_cache(args.model_cache)
     with tempfile.TemporaryDirectory(prefix="imagine-stop-") as tmp_name:
         tmp = Path(tmp_name)
-        async with open_world(
-            tmp,
-            cache,
-            guild="Load Club",
-            channels=[f"art-{k}" for k in range(args.channels)],
-            users=[f"user{i:04d}" for i in range(args.users)],
-            default_timeout=30,
-            heartbeat_interval_ms=args.heartbeat_ms,
-            clean=False,
-        ) as world:
+        async with load_world(args, tmp, cache) as world:
             bot = configure(args, world, tmp)
             await bot.start()
             await bot.ready()
