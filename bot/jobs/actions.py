@@ -68,6 +68,15 @@ def _offers(record: JobRecord, action: Action) -> None:
         raise NotAllowed(f"Job #{record.id} is an {kind}: it offers no {label_of(action)}.")
 
 
+def _what(action: Action) -> str:
+    """What a press of `action` does, as a refusal to another member says it."""
+    if action is Action.MASK:
+        return "see their mask"
+    verb = "vary" if action in (Action.VARY_SUBTLE, Action.VARY_STRONG) else "change"
+    verb = "upscale" if action in UPSCALES else "edit" if action is Action.EDIT else verb
+    return f"{'describe' if action is Action.DESCRIBE else verb} them"
+
+
 class Actions:
     """`services.JobActions` over the process's `JobService` (see the module doc)."""
 
@@ -289,14 +298,7 @@ class Actions:
         """The kept mask `job` inpainted with, as a PNG, after the press's checks (its
         requester or a moderator, on its own message, a job that made one); nothing is
         charged or recorded (the surface deferred the interaction)."""
-        record = await self._known(interaction, job)
-        if not _on_its_message(interaction, record.message_id):
-            raise NotAllowed(f"This button does not belong to job #{job.id}.")
-        if not self._may_manage(interaction, record):
-            raise NotAllowed(
-                "Only the person who asked for these images, or a moderator, can see their mask."
-            )
-        _offers(record, Action.MASK)
+        await self._pressed(interaction, job, Action.MASK)
         png = await asyncio.to_thread(self.services.images.mask_png, job)
         if png is None:
             raise NotAllowed(self._gone(f"The mask of job #{job.id}"))
@@ -307,17 +309,7 @@ class Actions:
     ) -> tuple[JobRecord, bytes]:
         """The job and the kept PNG of image `index` a button names, once `_chosen`'s checks
         pass (an Edit also needs a model that edits)."""
-        record = await self._known(interaction, job)
-        if not _on_its_message(interaction, record.message_id):
-            raise NotAllowed(f"This button does not belong to job #{job.id}.")
-        verb = "vary" if action in (Action.VARY_SUBTLE, Action.VARY_STRONG) else "change"
-        verb = "upscale" if action in UPSCALES else "edit" if action is Action.EDIT else verb
-        verb = "describe" if action is Action.DESCRIBE else verb
-        if not self._may_manage(interaction, record):
-            raise NotAllowed(
-                f"Only the person who asked for these images, or a moderator, can {verb} them."
-            )
-        _offers(record, action)
+        record = await self._pressed(interaction, job, action)
         if action is Action.EDIT and not edit_models(self.services.engine):
             raise NotAllowed("No model on this bot edits pictures by instruction.")
         png = await asyncio.to_thread(self.services.images.load_output, job, index)
@@ -329,6 +321,21 @@ class Actions:
         if png is None:
             raise NotAllowed(self._gone(f"Image {index + 1} of job #{job.id}"))
         return record, png
+
+    async def _pressed(
+        self, interaction: discord.Interaction[Any], job: JobRef, action: Action
+    ) -> JobRecord:
+        """The job a button names, once its press may act: on the job's own message, by its
+        requester or a moderator, for an action its result offers."""
+        record = await self._known(interaction, job)
+        if not _on_its_message(interaction, record.message_id):
+            raise NotAllowed(f"This button does not belong to job #{job.id}.")
+        if not self._may_manage(interaction, record):
+            raise NotAllowed(
+                f"Only the person who asked for these images, or a moderator, can {_what(action)}."
+            )
+        _offers(record, action)
+        return record
 
     async def _known(self, interaction: discord.Interaction[Any], job: JobRef) -> JobRecord:
         """The job a button names, in the presser's server; else `UnknownJob`."""
