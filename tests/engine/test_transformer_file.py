@@ -15,6 +15,7 @@ import hashlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -140,6 +141,18 @@ async def test_an_original_layout_file_makes_the_images_of_its_folder(
     assert np.array_equal(pixels(file.images[0].png), pixels(folder.images[0].png))
 
 
+def assert_transformer_of(pipe: Any, folder: Path) -> None:
+    """`pipe`'s transformer holds exactly the weights of the one in `folder`."""
+    want = (
+        type(pipe.transformer)
+        .from_pretrained(folder / "transformer", local_files_only=True)
+        .state_dict()
+    )
+    got = pipe.transformer.state_dict()
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
 def test_base_names_the_reference_repository(
     cache: Path, files: dict[str, Path], folders: dict[str, Path]
 ) -> None:
@@ -148,14 +161,8 @@ def test_base_names_the_reference_repository(
         "m", str(files["builtin:tiny-flux-dev"]), base=str(folders["builtin:tiny-flux-dev"])
     )
     loaded = load_model(EngineConfig(cache_dir=cache), spec)
-    from diffusers import FluxTransformer2DModel
-
-    want = FluxTransformer2DModel.from_pretrained(
-        folders["builtin:tiny-flux-dev"] / "transformer", local_files_only=True
-    ).state_dict()
-    got = loaded.pipe.transformer.state_dict()
-    assert type(loaded.pipe).__name__ == "FluxPipeline" and want.keys() == got.keys()
-    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert type(loaded.pipe).__name__ == "FluxPipeline"
+    assert_transformer_of(loaded.pipe, folders["builtin:tiny-flux-dev"])
     assert loaded.profile.default_guidance == 3.5  # dev's distilled guidance, from its base
 
 
@@ -172,14 +179,8 @@ def test_an_edit_models_file_is_served_with_its_base(
     path = write_transformer_file(folder, tmp_path / "edit.safetensors")
     loaded = load_model(EngineConfig(cache_dir=cache), ModelSpec("m", str(path), base=str(folder)))
     index = json.loads((folder / "model_index.json").read_text())
-    want = (
-        type(loaded.pipe.transformer)
-        .from_pretrained(folder / "transformer", local_files_only=True)
-        .state_dict()
-    )
-    got = loaded.pipe.transformer.state_dict()
-    assert type(loaded.pipe).__name__ == index["_class_name"] and want.keys() == got.keys()
-    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert type(loaded.pipe).__name__ == index["_class_name"]
+    assert_transformer_of(loaded.pipe, folder)
 
 
 @pytest.mark.parametrize(
