@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from bot.ledger import JobRecord, Ledger, QuotaPolicy, open_ledger
+from bot.ledger import JobRecord, JobRequest, Ledger, QuotaPolicy, open_ledger
 
 from .config import database_url
 from .discord_server import Interaction, Message
@@ -17,6 +19,34 @@ JOB_TIMEOUT = 90.0
 
 #: The custom id of a job's buttons: `imagine:<action>:<job id>:<job key>`.
 JOB_ID = re.compile(r"imagine:(?P<action>[a-z0-9_]+):(?P<job>\d+)(?::(?P<key>[0-9a-f]+))?")
+
+
+#: The guild and user of `job_request`'s default request.
+GUILD = 1_100_000_000_000_000_001
+USER = 2_200_000_000_000_000_001
+
+
+def job_request(**changes: Any) -> JobRequest:
+    """A ledger request as `/imagine` stores it (snowflakes full-size), with `changes`."""
+    base = JobRequest(
+        guild_id=GUILD,
+        channel_id=4_400_000_000_000_000_001,
+        user_id=USER,
+        application_id=5_500_000_000_000_000_001,
+        interaction_id=6_600_000_000_000_000_001,
+        interaction_token="token-" + "x" * 200,
+        prompt="a lighthouse at dusk, oil painting",
+        negative_prompt="blurry",
+        seed=2**63 - 1,
+        model="builtin:tiny",
+        scheduler="euler_a",
+        steps=20,
+        guidance=7.5,
+        width=512,
+        height=768,
+        image_count=1,
+    )
+    return replace(base, **changes)
 
 
 def job_id_of(message: Message) -> int:

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 from sqlalchemy.pool import NullPool
 
 from .errors import LedgerError, SchemaTooNew
+from .sqlite_driver import one_trip_dbapi
 
 __all__ = [
     "CONFIG_ENV",
@@ -110,15 +111,18 @@ def create_engine(
 ) -> AsyncEngine:
     """An async engine set up for the ledger (extra `kwargs` go to `create_async_engine`).
 
-    On SQLite every new connection gets a rollback journal (see the module docstring: never
-    WAL), `foreign_keys`, and a busy timeout so
-    a writer waits for another instead of failing at once. Migrations pass
+    On SQLite (aiosqlite) each statement is one trip to the connection's thread
+    (`sqlite_driver.py`), and every new connection gets a rollback journal (see the module
+    docstring: never WAL), `foreign_keys`, and a busy timeout so a writer waits for another
+    instead of failing at once. Migrations pass
     `foreign_keys=False` (the pragma cannot change inside their transaction, and SQLite's
     table-rebuild migrations need it off).
     """
     if not is_sqlite(url):
         kwargs.setdefault("pool_pre_ping", True)
         return _create_async_engine(url, **kwargs)
+    if make_url(url).get_driver_name() == "aiosqlite":
+        kwargs.setdefault("module", one_trip_dbapi())  # one trip per statement, not four
 
     engine = _create_async_engine(url, **kwargs)
     timeout_ms = max(0, round(busy_timeout_s * 1000))

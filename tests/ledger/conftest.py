@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.ledger import JobRequest, Ledger, QuotaPolicy, create_engine, upgrade_to_head
+from testkit.jobs import job_request
 from testkit.pg import PgServer
 
 BACKENDS = ["sqlite", "postgresql"]
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-GUILD = 1_100_000_000_000_000_001
 OTHER_GUILD = 1_100_000_000_000_000_002
-USER = 2_200_000_000_000_000_001
 OTHER_USER = 2_200_000_000_000_000_002
 MODERATOR = 3_300_000_000_000_000_001
 
@@ -45,25 +43,7 @@ class FakeClock:
 
 
 def make_request(**changes: Any) -> JobRequest:
-    base = JobRequest(
-        guild_id=GUILD,
-        channel_id=4_400_000_000_000_000_001,
-        user_id=USER,
-        application_id=5_500_000_000_000_000_001,
-        interaction_id=6_600_000_000_000_000_001,
-        interaction_token="token-" + "x" * 200,
-        prompt="a lighthouse at dusk, oil painting",
-        negative_prompt="blurry",
-        seed=2**63 - 1,
-        model="builtin:tiny",
-        scheduler="euler_a",
-        steps=20,
-        guidance=7.5,
-        width=512,
-        height=768,
-        image_count=1,
-    )
-    return replace(base, **changes)
+    return job_request(**changes)
 
 
 @pytest.fixture(scope="session")

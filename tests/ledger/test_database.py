@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -164,4 +165,35 @@ async def test_retries_are_bounded(sqlite_file: Path) -> None:
         assert await ledger.active_jobs() == ()  # nothing half-written
     finally:
         other.close()
+        await engine.dispose()
+
+
+async def test_a_statement_is_one_trip_to_the_connections_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sqlite_driver.py`: a statement (its rows read, its cursor closed) is one trip to
+    aiosqlite's thread, an executemany too; SQLAlchemy's own adapter made three or four, each
+    waiting for the event loop. The trips are counted on aiosqlite's own dispatch."""
+    import aiosqlite
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'trips.db'}")
+    real = aiosqlite.Connection._execute
+    trips = 0
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: object, **kw: object) -> object:
+        nonlocal trips
+        trips += 1
+        return await real(self, fn, *args, **kw)  # type: ignore[arg-type]
+
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("CREATE TABLE t (a INTEGER)"))  # BEGIN is behind us
+            monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+            rows = (await conn.execute(text("SELECT 1 UNION ALL SELECT 2"))).all()
+            assert rows == [(1,), (2,)] and trips == 1
+            await conn.execute(text("INSERT INTO t VALUES (:a)"), [{"a": 1}, {"a": 2}])
+            assert trips == 2
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 2
+            assert trips == 3
+    finally:
         await engine.dispose()
