@@ -11,7 +11,9 @@ database). Units of the same batch (`write_batch`: the reservations) run togethe
 call that reads what they need in a few statements, instead of a few statements each. Each
 caller gets its unit's result only once the group is committed, so nothing is reported done
 before it is durable; no caller of a group has its result before the others, so the order
-they run in within it is free. Reads use connections of their own and never wait for the
+they run in within it is free. Urgent units (`urgent=True`: a reservation, which someone
+waits on for "queued") go first: while any wait, a group takes only them and the units that
+have waited `OVERDUE_S`. Reads use connections of their own and never wait for the
 writer; on SQLite each of their statements reads on its own (`database.reader`), so they do
 not hold the writer's commit either, and no more than `READS_AT_ONCE` hold a pooled
 connection, so the writer never waits for one behind them.
@@ -71,6 +73,8 @@ READS_AT_ONCE = 8
 _LOCK_MANY = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
 #: Seconds the writer task waits for more writes before it ends (`write` starts it again).
 WRITER_IDLE_S = 5.0
+#: Seconds a unit that is not urgent waits at most behind urgent ones.
+OVERDUE_S = 0.5
 
 
 @dataclass(eq=False, slots=True)
@@ -82,6 +86,8 @@ class _Unit:
     done: asyncio.Future[Any]
     batch: Batch | None = None
     item: Any = None
+    urgent: bool = False
+    since: float = 0.0  # the loop's time when it came
 
     async def run_alone(self, session: AsyncSession) -> Any:
         if self.batch is None:
@@ -219,15 +225,21 @@ class Transactions:
         return await self._enqueue(_Unit(work, asyncio.get_running_loop().create_future()))
 
     async def write_batch(
-        self, batch: Callable[[AsyncSession, Sequence[I]], Awaitable[Sequence[T]]], item: I
+        self,
+        batch: Callable[[AsyncSession, Sequence[I]], Awaitable[Sequence[T]]],
+        item: I,
+        *,
+        urgent: bool = False,
     ) -> T:
         """Like `write`, for `item` of `batch`: the group's items of the same `batch` are run
         by one call (`batch(session, items)`, one result per item, in order), which must give
-        each item the result it would get alone after those before it."""
+        each item the result it would get alone after those before it. `urgent`: written
+        before the units that are not (see the module doc)."""
         future = asyncio.get_running_loop().create_future()
-        return await self._enqueue(_Unit(None, future, batch, item))
+        return await self._enqueue(_Unit(None, future, batch, item, urgent))
 
     async def _enqueue(self, unit: _Unit) -> Any:
+        unit.since = asyncio.get_running_loop().time()
         self._units.append(unit)
         if self._writer is None or self._writer.done():
             self._wake = asyncio.Event()
@@ -260,8 +272,7 @@ class Transactions:
                     if not self._units:
                         return
                 continue
-            group, self._units = self._units[:GROUP_MAX], self._units[GROUP_MAX:]
-            group = [u for u in group if not u.done.cancelled()]
+            group = [u for u in self._next_group() if not u.done.cancelled()]
             try:
                 try:
                     results = await self._run(
@@ -283,6 +294,18 @@ class Transactions:
                     unit.done.set_result(value)
                 else:
                     unit.done.set_exception(value)
+
+    def _next_group(self) -> list[_Unit]:
+        """Take the next group from the waiting units: `GROUP_MAX` at most, the urgent ones
+        and the overdue ones only while any are urgent (see the module doc)."""
+        if any(u.urgent for u in self._units):
+            overdue = asyncio.get_running_loop().time() - OVERDUE_S
+            first = [u for u in self._units if u.urgent or u.since <= overdue][:GROUP_MAX]
+            taken = set(map(id, first))
+            self._units = [u for u in self._units if id(u) not in taken]
+            return first
+        group, self._units = self._units[:GROUP_MAX], self._units[GROUP_MAX:]
+        return group
 
     @staticmethod
     async def _together(session: AsyncSession, group: list[_Unit]) -> list[tuple[bool, Any]]:

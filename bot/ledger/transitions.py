@@ -148,10 +148,11 @@ class Transitions:
         Refused: it is stored `refused` with the reason (`user_blocked`, `quota` with
         `retry_at`, or `too_many_jobs` when `max_queued_per_user` jobs are queued or running)
         and takes no images. Raises ValueError for a request that can't be stored at all.
-        Reservations waiting for the writer together are made together (`_reserve_many`).
+        Reservations waiting for the writer together are made together (`_reserve_many`),
+        before the other writes waiting (someone waits for "queued").
         """
         _storable(request)
-        return await self.tx.write_batch(self._reserve_many, request)
+        return await self.tx.write_batch(self._reserve_many, request, urgent=True)
 
     async def _reserve_many(
         self, session: AsyncSession, requests: Sequence[JobRequest]

@@ -17,12 +17,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.ledger import JobRequest, Ledger, QuotaPolicy, create_engine, upgrade_to_head
-from testkit.jobs import job_request
+from testkit import jobs
 from testkit.pg import PgServer
 
 BACKENDS = ["sqlite", "postgresql"]
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+GUILD, USER = jobs.GUILD, jobs.USER  # `make_request`'s
 OTHER_GUILD = 1_100_000_000_000_000_002
 OTHER_USER = 2_200_000_000_000_000_002
 MODERATOR = 3_300_000_000_000_000_001
@@ -43,7 +44,7 @@ class FakeClock:
 
 
 def make_request(**changes: Any) -> JobRequest:
-    return job_request(**changes)
+    return jobs.job_request(**changes)
 
 
 @pytest.fixture(scope="session")

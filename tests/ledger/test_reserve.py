@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Sequence
 from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
@@ -211,6 +212,45 @@ async def test_50_concurrent_reservations_for_10_images_left(make_ledger: Ledger
     assert await _jobs(ledger, JobStatus.QUEUED) == 11
     assert await _jobs(ledger, JobStatus.REFUSED) == 40
     assert (await ledger.user_status(GUILD, USER)).used == 13
+
+
+async def test_a_reservation_is_written_before_the_writes_waiting_with_it(
+    ledger: Ledger,
+) -> None:
+    """While the writer is busy, a reservation (urgent: someone waits for "queued") that came
+    after other writes is written in the next group, before them; they follow."""
+    from sqlalchemy import text
+
+    from bot.ledger.transactions import Transactions
+
+    tx = Transactions(ledger.engine)
+    taken, release = asyncio.Event(), asyncio.Event()
+    ran: list[str] = []
+
+    async def hold(session: AsyncSession) -> None:
+        taken.set()
+        await release.wait()
+
+    def plain(name: str) -> Any:
+        async def work(session: AsyncSession) -> None:
+            await session.execute(text("SELECT 1"))
+            ran.append(name)
+
+        return work
+
+    async def reserve_like(session: AsyncSession, items: Sequence[str]) -> list[None]:
+        ran.extend(items)
+        return [None] * len(items)
+
+    busy = asyncio.create_task(tx.write(hold))
+    await taken.wait()  # the writer's group is this one write
+    waiting = [asyncio.create_task(tx.write(plain(f"plain {n}"))) for n in range(3)]
+    waiting.append(asyncio.create_task(tx.write_batch(reserve_like, "urgent", urgent=True)))
+    await asyncio.sleep(0)  # all four wait for the writer
+    release.set()
+    await asyncio.gather(busy, *waiting)
+    assert ran == ["urgent", "plain 0", "plain 1", "plain 2"]
+    await tx.close()
 
 
 async def test_a_burst_of_writes_is_committed_in_a_few_groups(
