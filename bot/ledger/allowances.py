@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .jobs import ACTIVE_STATUSES, COUNTED_STATUSES, JobStatus
@@ -34,7 +34,6 @@ from .transactions import Transactions
 __all__ = [
     "Allowances",
     "Standing",
-    "active_in",
     "counted_in",
     "setting_in",
     "standings_in",
@@ -58,31 +57,25 @@ async def setting_in(session: AsyncSession, guild_id: int, user_id: int) -> Quot
     return _setting_of(await session.get(QuotaOverride, (guild_id, user_id)))
 
 
+def _counting(guild_id: int, now: datetime) -> tuple[ColumnElement[bool], ...]:
+    """Which of a guild's jobs count against their users' allowance at `now`."""
+    return (
+        Job.guild_id == guild_id,
+        Job.status.in_(statuses(COUNTED_STATUSES)),
+        Job.queued_at > now - WINDOW,
+    )
+
+
 async def counted_in(
     session: AsyncSession, guild_id: int, user_id: int, now: datetime
 ) -> list[CountedImages]:
     """The user's images that count against the allowance at `now`."""
     rows = await session.execute(
         select(Job.queued_at, Job.image_count).where(
-            Job.guild_id == guild_id,
-            Job.user_id == user_id,
-            Job.status.in_(statuses(COUNTED_STATUSES)),
-            Job.queued_at > now - WINDOW,
+            Job.user_id == user_id, *_counting(guild_id, now)
         )
     )
     return [CountedImages(t, n) for t, n in rows]
-
-
-async def active_in(session: AsyncSession, guild_id: int, user_id: int) -> int:
-    """The user's jobs queued or running (held against `max_queued_per_user`)."""
-    count = await session.scalar(
-        select(func.count()).where(
-            Job.guild_id == guild_id,
-            Job.user_id == user_id,
-            Job.status.in_(statuses(ACTIVE_STATUSES)),
-        )
-    )
-    return int(count or 0)
 
 
 @dataclass(slots=True)
@@ -98,8 +91,9 @@ class Standing:
 async def standings_in(
     session: AsyncSession, guild_id: int, user_ids: Iterable[int], now: datetime
 ) -> dict[int, Standing]:
-    """`setting_in`, `counted_in` and `active_in` for many users of one guild, in three
-    statements whatever their number (a group's reservations)."""
+    """`setting_in`, `counted_in` and the count of jobs queued or running (held against
+    `max_queued_per_user`) for many users of one guild, in three statements whatever their
+    number (a group's reservations)."""
     users = sorted(set(user_ids))
     found = {u: Standing(_setting_of(None), [], 0) for u in users}
     overrides = await session.scalars(
@@ -111,10 +105,7 @@ async def standings_in(
         found[row.user_id].setting = _setting_of(row)
     counted = await session.execute(
         select(Job.user_id, Job.queued_at, Job.image_count).where(
-            Job.guild_id == guild_id,
-            Job.user_id.in_(users),
-            Job.status.in_(statuses(COUNTED_STATUSES)),
-            Job.queued_at > now - WINDOW,
+            Job.user_id.in_(users), *_counting(guild_id, now)
         )
     )
     for user_id, queued_at, images in counted:

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.ledger import JobRequest, Ledger, QuotaPolicy, create_engine, upgrade_to_head
+from bot.ledger import Ledger, QuotaPolicy, create_engine, upgrade_to_head
 from testkit import jobs
 from testkit.pg import PgServer
 
@@ -43,8 +43,7 @@ class FakeClock:
         return self.now
 
 
-def make_request(**changes: Any) -> JobRequest:
-    return jobs.job_request(**changes)
+make_request = jobs.job_request
 
 
 @pytest.fixture(scope="session")
