@@ -12,6 +12,10 @@ While the loop is late by more than `STALL` seconds, a watchdog thread samples t
 thread's Python stack every `SAMPLE` seconds; the time-stamped stacks (what the loop was doing,
 or waiting for, while it was late) go to `$IMAGINE_BENCH_STALL_FILE` as JSON when the bot exits.
 
+With `$IMAGINE_BENCH_GC_FILE` set, every collection of CPython's cyclic garbage collector
+(when, how long, which generation: it holds the GIL, so it stalls the event loop) is kept and
+written as JSON when the bot exits.
+
 With `$IMAGINE_BENCH_LEDGER_FILE` set, every public `Ledger` call and every SQL statement is
 timed (with the connections checked out of the pool when the call began), to tell waiting
 for the database apart from waiting for the loop; written as JSON when the bot exits.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import gc
 import json
 import os
 import re
@@ -37,7 +42,13 @@ from types import FrameType
 LAG_FILE = "IMAGINE_BENCH_LAG_FILE"
 STALL_FILE = "IMAGINE_BENCH_STALL_FILE"
 LEDGER_FILE = "IMAGINE_BENCH_LEDGER_FILE"
-FILES = {LAG_FILE: "lag.txt", STALL_FILE: "stalls.json", LEDGER_FILE: "ledger.json"}
+GC_FILE = "IMAGINE_BENCH_GC_FILE"
+FILES = {
+    LAG_FILE: "lag.txt",
+    STALL_FILE: "stalls.json",
+    LEDGER_FILE: "ledger.json",
+    GC_FILE: "gc.json",
+}
 
 INTERVAL = float(os.environ.get("IMAGINE_BENCH_LAG_INTERVAL", "0.02"))
 STALL = float(os.environ.get("IMAGINE_BENCH_STALL", "0.02"))
@@ -222,6 +233,31 @@ def _statement_kind(statement: str) -> str:
 TRACES: list[LedgerTrace] = []
 
 
+class GcTrace:
+    """Every collection of the cyclic garbage collector: (unix time it began, seconds,
+    generation). It runs in whichever thread made the object that set it off, holding the
+    GIL, so its start and end are never another collection's."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.collections: list[tuple[float, float, int]] = []
+        self._began = (0.0, 0.0)  # (unix time, perf_counter) of the collection under way
+
+    def install(self) -> None:
+        gc.callbacks.append(self._callback)
+        atexit.register(self.dump)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = (time.time(), time.perf_counter())
+            return
+        at, began = self._began
+        self.collections.append((at, time.perf_counter() - began, info["generation"]))
+
+    def dump(self) -> None:
+        self.path.write_text(json.dumps({"collections": self.collections}))
+
+
 def install(lag_file: Path, stall_file: Path | None) -> None:
     """Start the probe on the first event loop created in this thread (the bot's)."""
     base = asyncio.get_event_loop_policy()
@@ -250,6 +286,9 @@ def main() -> int:
     lag = os.environ.get(LAG_FILE)
     stall = os.environ.get(STALL_FILE)
     ledger = os.environ.get(LEDGER_FILE)
+    collections = os.environ.get(GC_FILE)
+    if collections:
+        GcTrace(Path(collections)).install()
     if lag:
         install(Path(lag), Path(stall) if stall else None)
     if ledger:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -64,6 +63,7 @@ from .ledger import (
 from .moderation.guilds import GuildRules
 from .ops.discord_http import HttpMeter, follow_gateway, point_discord_at
 from .ops.health import HealthChecks, OpsServer
+from .ops.heap import settle_heap
 from .ops.metrics import Metrics, MetricsUpdater
 from .services import Services
 from .state_dir import STATE_DIR_ENV
@@ -313,18 +313,6 @@ async def serve(config: BotConfig, token: str) -> int:
             await lease.release()
 
 
-def _settle_heap() -> None:
-    """Put what start-up made (modules, the model's Python objects, the ledger's metadata:
-    millions of objects that live as long as the process) out of the cyclic collector's
-    reach. Each full collection walked them all, holding the GIL: a 300 ms stall of the event
-    loop, every few seconds under a burst (issue 24's load benchmark: loop lag max 303 ms ->
-    6 ms, first answer p99 58 -> 8 ms at 200 /imagine over 10 s). Garbage made later is
-    collected as before; objects frozen here are still freed when nothing refers to them."""
-    gc.collect()
-    gc.freeze()
-    log.info("start-up objects kept out of garbage collection: %d", gc.get_freeze_count())
-
-
 async def _serve_with(
     config: BotConfig, token: str, ledger: Ledger, lease: LeaseKeeper, stop: asyncio.Event
 ) -> int:
@@ -374,7 +362,8 @@ async def _serve_with(
                 await _until(stop, engine.start())
                 await _until(stop, bot.sync_commands())
                 await recover(jobs)
-                _settle_heap()
+                frozen = settle_heap()
+                log.info("start-up objects kept out of garbage collection: %d", frozen)
                 connection = asyncio.create_task(bot.connect(reconnect=True), name="gateway")
                 watchdog = asyncio.create_task(
                     bot.watch_ready(config.discord.ready_timeout), name="ready-watchdog"

@@ -87,6 +87,7 @@ def figures(o: Observed) -> dict[str, Any]:
     before, after = o.metrics
     queued, never_queued = command_to_queued(load)
     ledger = summarize_ledger(o.bot.probe_file(botprobe.LEDGER_FILE), window)
+    gc_file = o.bot.probe_file(botprobe.GC_FILE)
     reserve_p99 = (ledger.get("calls") or {}).get("reserve", {}).get("p99")
     measured = {
         "first_answer_p99": first_p99,
@@ -125,6 +126,10 @@ def figures(o: Observed) -> dict[str, Any]:
         "server_loop_lag_s": spread([v for at, v in o.server_lag if window[0] <= at <= window[1]]),
         "loop_stalls": summarize_stalls(o.bot.probe_file(botprobe.STALL_FILE), window),
         "ledger": ledger,
+        "gc": {
+            "arrivals": summarize_gc(gc_file, (load.started_wall, load.sent_all_wall)),
+            "load": summarize_gc(gc_file, window),
+        },
         "pyspy": o.pyspy,
         "pyspy_log": o.pyspy_log.strip()[-500:],
     }
@@ -466,6 +471,27 @@ def summarize_stalls(
             {"stack": ";".join(stacks[i].split(";")[-8:]), "share": n / per}
             for i, n in counts.most_common(top)
         ],
+    }
+
+
+def summarize_gc(path: Path | None, window: tuple[float, float]) -> dict[str, Any]:
+    """The bot's garbage collections that began within `window` (from `bench.botprobe`):
+    how many, their seconds in all and the longest, by generation too."""
+    if path is None or not path.exists():
+        return {}
+    found = [
+        (seconds, generation)
+        for at, seconds, generation in json.loads(path.read_text()).get("collections", [])
+        if window[0] <= at <= window[1]
+    ]
+
+    def of(chosen: list[float]) -> dict[str, Any]:
+        return {"n": len(chosen), "seconds": sum(chosen), "longest_s": max(chosen, default=0.0)}
+
+    return {
+        "window_s": window[1] - window[0],
+        **of([s for s, _ in found]),
+        "by_generation": {g: of([s for s, gen in found if gen == g]) for g in (0, 1, 2)},
     }
 
 

@@ -219,6 +219,7 @@ def profile_text(result: dict[str, Any]) -> str:
     lines = [
         _stalls_line(result.get("loop_stalls") or {}),
         _ledger_line(result.get("ledger") or {}),
+        _gc_line(result.get("gc") or {}),
     ]
     for thread in (result.get("pyspy") or {}).get("threads", [])[:2]:
         lines.append(
@@ -245,6 +246,19 @@ def _stalls_line(stalls: dict[str, Any]) -> str:
         + "; innermost frame: "
         + ", ".join(f"{e['function']} {e['share']:.0%}" for e in stalls["top_leaf"][:5])
     )
+
+
+def _gc_line(found: dict[str, Any]) -> str:
+    """The bot's garbage collections while the commands arrived, and during the whole load."""
+    parts = []
+    for key, what in (("arrivals", "while the commands arrived"), ("load", "during the load")):
+        g = found.get(key) or {}
+        if g.get("window_s"):
+            parts.append(
+                f"{what} ({g['window_s']:.1f} s) {g['n']} collections, {ms(g['seconds'])} "
+                f"in all, the longest {ms(g['longest_s'])}"
+            )
+    return "The bot's garbage collection: " + "; ".join(parts) if parts else ""
 
 
 def _ledger_line(ledger: dict[str, Any]) -> str:

@@ -1,9 +1,12 @@
 """Operations: the endpoint over a real socket (health reflects its checks, metrics are
-Prometheus text), and the metering and pointing of discord.py's HTTP client."""
+Prometheus text), the metering and pointing of discord.py's HTTP client, and the heap as
+start-up leaves it."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import aiohttp
 import discord
@@ -14,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.ops.discord_http import HttpMeter, follow_gateway, point_discord_at
 from bot.ops.health import HealthChecks, OpsServer
+from bot.ops.heap import THRESHOLDS, settle_heap
 from bot.ops.metrics import Metrics
 from bot.timing.limits import DISCORD_API
 from testkit.discord_server import DiscordTestServer
@@ -119,3 +123,30 @@ async def test_discord_http_is_pointed_and_metered_on_the_real_client() -> None:
         Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
     await follow_gateway(client.http, DISCORD_API)  # Discord's own API: nothing to follow
     assert DiscordWebSocket.DEFAULT_GATEWAY == saved[1]
+
+
+def test_a_settled_heap_is_frozen_and_still_collects_later_garbage() -> None:
+    """What exists at the end of start-up is out of the collector's reach, collections come
+    as `THRESHOLDS` say, and a cycle made afterwards is still freed. (This test process's
+    collector is put back as it was.)"""
+
+    class Node:
+        me: Node | None = None
+
+    thresholds = gc.get_threshold()
+    made_before = Node()
+    try:
+        frozen = settle_heap()
+        assert frozen == gc.get_freeze_count() > 0
+        assert gc.is_tracked(made_before)
+        assert all(found is not made_before for found in gc.get_objects())  # frozen
+        assert gc.get_threshold() == THRESHOLDS
+        later = Node()
+        later.me = later
+        gone = weakref.ref(later)
+        del later
+        gc.collect()
+        assert gone() is None
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
