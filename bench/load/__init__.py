@@ -29,14 +29,19 @@ first answer p99 <= 15 ms and the ledger's `reserve` p99 <= 105 ms.
 * jobs requested vs delivered vs database rows: nothing lost, nothing doubled;
 * memory: RSS of the bot process (and any children) idle after start-up, and its peak under
   load (`VmHWM` reset through `/proc/PID/clear_refs` once idle).
+* the bot's garbage collections (`bench.botprobe` keeps each one: it holds the GIL, so it
+  stalls the event loop): how many, how long in all and the longest, while the commands
+  arrived and during the whole load. The benchmark's own process settles its heap as the
+  bot does (`bot.ops.heap`) before the load, so its collections do not make the test
+  server record answers late.
 
     python -m bench.load_bench [--users 200] [--duration 10] [--steps 2] [--profile] [--docs]
 
 `--stop-after S` measures a stop under load instead: the burst, then SIGTERM S seconds
 later, and one line saying how long the bot took to exit with how many jobs queued.
 `--profile` samples the bot with py-spy during the load (`pip install py-spy`); the loop
-stall sampler and the ledger timings of `bench.botprobe` run always (`--plain` runs the bare
-`imagine-bot`).
+stall sampler, the ledger timings and the garbage collections of `bench.botprobe` run
+always (`--plain` runs the bare `imagine-bot`).
 Figures on a shared 2-core machine are noisy: compare runs made one after the other. A run
 that sees no result delivered fails (exit status 1, one line saying so) and saves nothing.
 
