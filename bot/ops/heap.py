@@ -11,13 +11,9 @@ within milliseconds while a burst of commands makes objects by the hundred thous
 - The youngest generation is collected every 10,000 new objects instead of CPython's 700
   (`THRESHOLDS`; the older generations keep CPython's cadence). A burst's requests, tasks
   and messages live for tens of milliseconds to minutes: collected every 700 new objects,
-  most were walked again and again before they died. At 1,000 `/imagine` over 4 s on two
-  cores (`bench.load_bench --users 1000 --duration 4`, its garbage-collection line; one run
-  each, 2026-12-07), the collector took 453 ms of the 4 s in 268 collections, the longest
-  68 ms; with these thresholds 236 ms in 15, the longest 58 ms. Over the whole load (175 s):
-  3,419 ms, the longest 191 ms, against 1,607 ms, the longest 114 ms. A young collection
-  walks more at a time: up to 86-109 ms in shorter runs. Paired runs showed no steady change
-  in the time to the first answer (`docs/benchmarks.md`): it saves the loop's time.
+  most were walked again and again before they died. This halves the collector's share of
+  the event loop under a burst, though each young collection walks more at a time; the
+  figures, and what it did not change, are in `docs/benchmarks.md` ("The bot under load").
 
 Garbage made later is collected as before, only less often; frozen objects are still freed
 when nothing refers to them.
