@@ -23,7 +23,7 @@ from bot.ledger import (
     create_engine,
     database_url,
 )
-from bot.ledger.database import writer
+from bot.ledger.database import reader, writer
 
 from .conftest import FakeClock
 from .conftest import make_request as req
@@ -173,7 +173,8 @@ async def test_a_statement_is_one_trip_to_the_connections_thread(
 ) -> None:
     """`sqlite_driver.py`: a statement (its rows read, its cursor closed) is one trip to
     aiosqlite's thread, an executemany too; SQLAlchemy's own adapter made three or four, each
-    waiting for the event loop. The trips are counted on aiosqlite's own dispatch."""
+    waiting for the event loop. BEGIN rides with the next statement, and a transaction SQLite
+    does not hold ends without a trip. The trips are counted on aiosqlite's own dispatch."""
     import aiosqlite
 
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'trips.db'}")
@@ -186,7 +187,7 @@ async def test_a_statement_is_one_trip_to_the_connections_thread(
         return await real(self, fn, *args, **kw)  # type: ignore[arg-type]
 
     try:
-        async with engine.connect() as conn:
+        async with engine.begin() as conn:
             await conn.execute(text("CREATE TABLE t (a INTEGER)"))  # BEGIN is behind us
             monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
             rows = (await conn.execute(text("SELECT 1 UNION ALL SELECT 2"))).all()
@@ -195,5 +196,21 @@ async def test_a_statement_is_one_trip_to_the_connections_thread(
             assert trips == 2
             assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 2
             assert trips == 3
+        # A write transaction: its BEGIN IMMEDIATE goes in its first statement's trip, and
+        # takes the lock there (another writer is refused until the COMMIT, its own trip).
+        assert trips == 4  # the COMMIT
+        other = sqlite3.connect(tmp_path / "trips.db", timeout=0)
+        async with writer(engine).begin() as conn:
+            await conn.execute(text("INSERT INTO t VALUES (3)"))
+            assert trips == 5
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        assert trips == 6
+        assert other.execute("SELECT count(*) FROM t").fetchone() == (3,)
+        other.close()
+        # A read on its own holds no transaction: it ends without a trip.
+        async with reader(engine).begin() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 3
+        assert trips == 7
     finally:
         await engine.dispose()
