@@ -141,11 +141,14 @@ class Job:
         return self._preview_wanted
 
     def update_progress(self, **changes: object) -> None:
-        """Replace fields of the progress snapshot, waking `updates()` if anything changed."""
-        new = replace(self._progress, **changes)  # type: ignore[arg-type]
-        if new != self._progress:
-            self._progress = new
-            self._changed.set()
+        """Replace fields of the progress snapshot, waking `updates()` if anything changed.
+        Nothing is copied when nothing changes: every queued job is placed again after each
+        change of a long queue, and most keep their place."""
+        current = self._progress
+        if all(getattr(current, name) == value for name, value in changes.items()):
+            return
+        self._progress = replace(current, **changes)  # type: ignore[arg-type]
+        self._changed.set()
 
     def take_preview_request(self) -> bool:
         """Consume the one-shot preview request; whether there was one."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import time
@@ -125,6 +126,12 @@ class JobRun:
     def id(self) -> int:
         return self.record.id
 
+    @functools.cached_property
+    def progress_view(self) -> discord.ui.View:
+        """The progress message's Cancel button, made once: a view costs more to build than
+        an edit that the channel's budget skips, and a long queue asks for many."""
+        return progress_view(JobRef.of(self.record))
+
     async def run(self) -> None:
         """Follow the job to its end; never raises (errors end the job as failed)."""
         try:
@@ -213,7 +220,7 @@ class JobRun:
             log.info("job %d: no progress edits (token expired or message gone)", self.id)
         try:
             return await self.target.progress(
-                text, preview=preview, view=progress_view(JobRef.of(self.record)), must=must
+                text, preview=preview, view=self.progress_view, must=must
             )
         except TokenGone:
             log.info("job %d: interaction token gone; the result will go to the channel", self.id)
