@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .jobs import ACTIVE_STATUSES, COUNTED_STATUSES, JobStatus
@@ -34,7 +34,6 @@ from .transactions import Transactions
 __all__ = [
     "Allowances",
     "Standing",
-    "counted_in",
     "setting_in",
     "standings_in",
     "statuses",
@@ -57,25 +56,9 @@ async def setting_in(session: AsyncSession, guild_id: int, user_id: int) -> Quot
     return _setting_of(await session.get(QuotaOverride, (guild_id, user_id)))
 
 
-def _counting(guild_id: int, now: datetime) -> tuple[ColumnElement[bool], ...]:
-    """Which of a guild's jobs count against their users' allowance at `now`."""
-    return (
-        Job.guild_id == guild_id,
-        Job.status.in_(statuses(COUNTED_STATUSES)),
-        Job.queued_at > now - WINDOW,
-    )
-
-
-async def counted_in(
-    session: AsyncSession, guild_id: int, user_id: int, now: datetime
-) -> list[CountedImages]:
-    """The user's images that count against the allowance at `now`."""
-    rows = await session.execute(
-        select(Job.queued_at, Job.image_count).where(
-            Job.user_id == user_id, *_counting(guild_id, now)
-        )
-    )
-    return [CountedImages(t, n) for t, n in rows]
+def _counts(now: datetime) -> ColumnElement[bool]:
+    """Whether a job counts against its user's allowance at `now`."""
+    return and_(Job.status.in_(statuses(COUNTED_STATUSES)), Job.queued_at > now - WINDOW)
 
 
 @dataclass(slots=True)
@@ -85,15 +68,17 @@ class Standing:
 
     setting: QuotaSetting
     counted: list[CountedImages]
-    active: int
+    active: int  # queued or running
+    running: int = 0
 
 
 async def standings_in(
     session: AsyncSession, guild_id: int, user_ids: Iterable[int], now: datetime
 ) -> dict[int, Standing]:
-    """`setting_in`, `counted_in` and the count of jobs queued or running (held against
-    `max_queued_per_user`) for many users of one guild, in three statements whatever their
-    number (a group's reservations)."""
+    """`setting_in`, the images that count at `now` and the number of jobs queued or running
+    (held against `max_queued_per_user`) for many users of one guild, in two statements
+    whatever their number (a group's reservations, or one user's `/info`): under a burst each
+    statement is a trip through the busy event loop, and a reservation waits for them all."""
     users = sorted(set(user_ids))
     found = {u: Standing(_setting_of(None), [], 0) for u in users}
     overrides = await session.scalars(
@@ -103,24 +88,20 @@ async def standings_in(
     )
     for row in overrides:
         found[row.user_id].setting = _setting_of(row)
-    counted = await session.execute(
-        select(Job.user_id, Job.queued_at, Job.image_count).where(
-            Job.user_id.in_(users), *_counting(guild_id, now)
+    # One read of the jobs for both: the database says which count at `now`.
+    active, counts = statuses(ACTIVE_STATUSES), _counts(now)
+    jobs = await session.execute(
+        select(Job.user_id, Job.status, Job.queued_at, Job.image_count, counts).where(
+            Job.guild_id == guild_id, Job.user_id.in_(users), or_(Job.status.in_(active), counts)
         )
     )
-    for user_id, queued_at, images in counted:
-        found[user_id].counted.append(CountedImages(queued_at, images))
-    active = await session.execute(
-        select(Job.user_id, func.count())
-        .where(
-            Job.guild_id == guild_id,
-            Job.user_id.in_(users),
-            Job.status.in_(statuses(ACTIVE_STATUSES)),
-        )
-        .group_by(Job.user_id)
-    )
-    for user_id, count in active:
-        found[user_id].active = int(count)
+    for user_id, status, queued_at, images, is_counted in jobs:
+        standing = found[user_id]
+        if status in active:
+            standing.active += 1
+            standing.running += status == JobStatus.RUNNING
+        if is_counted:
+            standing.counted.append(CountedImages(queued_at, images))
     return found
 
 
@@ -255,27 +236,17 @@ class Allowances:
 
         async def work(session: AsyncSession) -> UserStatus:
             now = self.tx.now()
-            setting = await setting_in(session, guild_id, user_id)
-            counted = await counted_in(session, guild_id, user_id, now)
-            rows = await session.execute(
-                select(Job.status, func.count())
-                .where(
-                    Job.guild_id == guild_id,
-                    Job.user_id == user_id,
-                    Job.status.in_(statuses(ACTIVE_STATUSES)),
-                )
-                .group_by(Job.status)
-            )
-            by_status = {JobStatus(s): n for s, n in rows}
+            policy = await self.policy_in(session, guild_id)
+            standing = (await standings_in(session, guild_id, [user_id], now))[user_id]
             return UserStatus(
                 guild_id=guild_id,
                 user_id=user_id,
-                setting=setting,
-                limit=setting.limit(await self.policy_in(session, guild_id)),
-                used=images_used(counted, now),
-                queued=by_status.get(JobStatus.QUEUED, 0),
-                running=by_status.get(JobStatus.RUNNING, 0),
-                refills_at=next_increase(counted, now),
+                setting=standing.setting,
+                limit=standing.setting.limit(policy),
+                used=images_used(standing.counted, now),
+                queued=standing.active - standing.running,
+                running=standing.running,
+                refills_at=next_increase(standing.counted, now),
             )
 
         return await self.tx.read(work)

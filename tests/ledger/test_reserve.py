@@ -146,6 +146,36 @@ async def test_in_flight_limit(make_ledger: LedgerFactory) -> None:
     assert (await ledger.reserve(req())).accepted
 
 
+async def test_a_job_older_than_the_window_still_in_flight_holds_a_place_not_images(
+    make_ledger: LedgerFactory, clock: FakeClock
+) -> None:
+    """A job queued a day ago and not yet run (a long outage) no longer takes from the
+    allowance, yet still counts against `max_queued_per_user`: the one read of the user's
+    jobs (for a reservation and for `/info`) tells the two apart."""
+    from sqlalchemy import event
+
+    ledger = make_ledger(QuotaPolicy(daily_images=4, max_queued_per_user=1))
+    old = await ledger.reserve(req(image_count=4))
+    clock.advance(hours=25)
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append(statement)
+
+    event.listen(ledger.engine.sync_engine, "before_cursor_execute", seen)
+    refused = await ledger.reserve(req())
+    event.remove(ledger.engine.sync_engine, "before_cursor_execute", seen)
+    assert refused.reason is RefusalReason.TOO_MANY_JOBS and refused.remaining == 4
+    assert sum("FROM jobs" in s for s in statements) == 1, statements
+    status = await ledger.user_status(GUILD, USER)
+    assert (status.used, status.queued, status.running) == (0, 1, 0)
+    await ledger.mark_running(old.job.id)
+    status = await ledger.user_status(GUILD, USER)
+    assert (status.used, status.queued, status.running) == (0, 0, 1)
+    await ledger.mark_done(old.job.id)
+    assert (await ledger.reserve(req(image_count=4))).accepted
+
+
 async def test_overrides_unlimited_and_blocked(make_ledger: LedgerFactory) -> None:
     ledger = make_ledger(QuotaPolicy(daily_images=1, max_queued_per_user=99))
     await ledger.set_user_quota(GUILD, USER, None, by=MODERATOR)
@@ -326,7 +356,7 @@ async def test_a_burst_of_reservations_is_one_batch_of_few_statements(
     assert [r.reason for r in results[:8]] == reasons
     assert [r.remaining for r in results[:3]] == [2, 1, 1] and results[4].remaining is None
     assert all(r.accepted and r.remaining == 2 for r in results[8:])
-    assert len(statements) < len(asks), statements  # alone, each took 7
+    assert len(statements) < len(asks), statements  # alone, each takes 5
     assert not [s for s in statements if "SAVEPOINT" in s.upper()]
 
     good = [req(user_id=USER + 300 + n) for n in range(5)]
