@@ -126,6 +126,36 @@ async def test_concurrent_completions_succeed_once(ledger: Ledger) -> None:
     assert done.delivered and done.message_id == claims.index(True)
 
 
+async def test_a_burst_of_transitions_is_decided_in_turn_in_a_few_statements(
+    ledger: Ledger,
+) -> None:
+    """Status changes waiting for the writer together give the answers they would give one
+    after the other, in their order (each sees what those before it did), in one read of the
+    jobs and an UPDATE per set of columns changed, not a statement each."""
+    from sqlalchemy import event
+
+    first, second, third = [(await ledger.reserve(req(user_id=9_100 + n))).job for n in range(3)]
+    calls = [(first.id, "running"), (first.id, "cancelled"), (first.id, "done")]
+    calls += [(second.id, "posted"), (second.id, "posted"), (second.id, "failed")]
+    calls += [(third.id, "refused"), (third.id, "running"), (10**9, "running")]
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append(statement.lstrip().upper())
+
+    event.listen(ledger.engine.sync_engine, "before_cursor_execute", seen)
+    results = await asyncio.gather(*(_apply(ledger, job, op) for job, op in calls))
+    event.remove(ledger.engine.sync_engine, "before_cursor_execute", seen)
+    assert results == [True, True, False, True, False, False, True, False, False]
+    assert len([s for s in statements if s.startswith("SELECT")]) == 1, statements
+    assert len([s for s in statements if s.startswith("UPDATE")]) == 3, statements
+    cancelled, posted, refused = [await _get(ledger, job.id) for job in (first, second, third)]
+    assert cancelled.status is JobStatus.CANCELLED and cancelled.started_at is not None
+    assert cancelled.finished_at is not None and cancelled.request.interaction_token is None
+    assert posted.status is JobStatus.DONE and posted.message_id == 99 and posted.delivered
+    assert refused.status is JobStatus.REFUSED and refused.started_at is None
+
+
 # Every call, and the statuses it may move a job from ("posted": done with its message).
 ALLOWED: dict[str, set[JobStatus]] = {
     "running": {JobStatus.QUEUED},
