@@ -44,6 +44,8 @@ MAX_ERROR_CHARS = 2000
 #: A job row has a column for every field of its request and of its record, by the same name.
 _REQUEST_FIELDS = tuple(f.name for f in fields(JobRequest))
 _RECORD_FIELDS = tuple(f.name for f in fields(JobRecord) if f.name != "request")
+#: A change allowed from every status (a job's progress or result message).
+_ANY_STATUS = frozenset(JobStatus)
 
 
 def _reason(value: str | None) -> RefusalReason | str | None:
@@ -225,9 +227,10 @@ class Transitions:
         """`_set_where` for many: the jobs' statuses read once (their rows locked, on
         PostgreSQL, in id order), each change decided in turn on the status those before it
         left, as if one after the other; then one UPDATE by primary key per set of columns
-        changed. Under a burst (Cancel presses, jobs starting and delivered) each statement
-        alone was a trip through the busy event loop, and every reservation of the group
-        waited for them all."""
+        changed (one cached statement, not one compiled anew for each number of jobs on the
+        event loop). Under a burst (progress messages, Cancel presses, jobs starting and
+        delivered) each statement alone was a trip through the busy event loop, and every
+        reservation of the group waited for them all."""
         ids = sorted({job_id for job_id, _allowed, _values in items})
         found = await session.execute(
             select(Job.id, Job.status).where(Job.id.in_(ids)).order_by(Job.id).with_for_update()
@@ -340,24 +343,11 @@ class Transitions:
         return await self.tx.execute(refunded) == 1
 
     async def set_message(self, job_id: int, message_id: int) -> bool:
-        """Remember the progress/result message to edit later. False for an unknown job.
-        Those waiting for the writer together are one statement (`_set_messages`)."""
-        return await self.tx.write_batch(self._set_messages, (job_id, message_id))
-
-    @staticmethod
-    async def _set_messages(session: AsyncSession, items: Sequence[tuple[int, int]]) -> list[bool]:
-        """`set_message` for many (job id, message id): the known ids read, then one UPDATE
-        by primary key run over them all (one cached statement, not one compiled anew for
-        each number of jobs on the event loop); a job named twice keeps the last, as if one
-        after the other (a burst posts a progress message per job)."""
-        chosen = dict(items)
-        known = set(await session.scalars(select(Job.id).where(Job.id.in_(chosen))))
-        if known:
-            await session.execute(
-                update(Job).execution_options(synchronize_session=False),
-                [{"id": job, "message_id": chosen[job]} for job in sorted(known)],
-            )
-        return [job_id in known for job_id, _ in items]
+        """Remember the progress/result message to edit later, whatever the job's status.
+        False for an unknown job. Those waiting for the writer together are one UPDATE, with
+        the status changes waiting with them (`_set_many`): a burst posts a progress message
+        per job."""
+        return await self._set_where(job_id, _ANY_STATUS, {"message_id": message_id})
 
     # -- restart recovery (see recovery.py) -------------------------------------------------
 
