@@ -11,12 +11,26 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    CompoundSelect,
+    and_,
+    bindparam,
+    cast,
+    literal_column,
+    null,
+    or_,
+    select,
+    type_coerce,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .jobs import ACTIVE_STATUSES, COUNTED_STATUSES, JobStatus
-from .models import Job, QuotaAudit, QuotaOverride
+from .models import GuildSettingsRow, Job, QuotaAudit, QuotaOverride
 from .quota import (
     WINDOW,
     CountedImages,
@@ -28,12 +42,12 @@ from .quota import (
     images_used,
     next_increase,
 )
-from .settings import read_settings
 from .transactions import Transactions
 
 __all__ = [
     "Allowances",
     "Standing",
+    "Standings",
     "setting_in",
     "standings_in",
     "statuses",
@@ -56,11 +70,6 @@ async def setting_in(session: AsyncSession, guild_id: int, user_id: int) -> Quot
     return _setting_of(await session.get(QuotaOverride, (guild_id, user_id)))
 
 
-def _counts(now: datetime) -> ColumnElement[bool]:
-    """Whether a job counts against its user's allowance at `now`."""
-    return and_(Job.status.in_(statuses(COUNTED_STATUSES)), Job.queued_at > now - WINDOW)
-
-
 @dataclass(slots=True)
 class Standing:
     """What a reservation reads of one user in one guild: their setting, the images that
@@ -72,36 +81,87 @@ class Standing:
     running: int = 0
 
 
+@dataclass(slots=True)
+class Standings:
+    """What a reservation reads of one guild: its moderators' `daily_images` (None: the
+    config's) and each user's `Standing`."""
+
+    daily_images: int | None
+    users: dict[int, Standing]
+
+
+def _standings_statement() -> CompoundSelect:
+    """The guild's `daily_images`, the users' overrides and their jobs that count or are in
+    flight, as rows of one statement (`standings_in`). Built once: the bound values change,
+    not the statement, so SQLAlchemy neither builds nor keys it again for each reservation."""
+    guild, users = bindparam("guild_id"), bindparam("users", expanding=True)
+    counts = and_(
+        Job.status.in_(statuses(COUNTED_STATUSES)), Job.queued_at > bindparam("counted_since")
+    )
+
+    def none(like: ColumnElement[Any]) -> ColumnElement[Any]:
+        return type_coerce(null(), like.type)
+
+    # "number": a job's images, an override's or the guild's daily_images.
+    jobs = select(
+        literal_column("'job'").label("kind"),
+        Job.user_id,
+        Job.image_count.label("number"),
+        Job.status,
+        Job.queued_at,
+        counts.label("counted"),
+    ).where(
+        Job.guild_id == guild,
+        Job.user_id.in_(users),
+        or_(Job.status.in_(statuses(ACTIVE_STATUSES)), counts),
+    )
+    overrides = select(
+        literal_column("'override'"),
+        QuotaOverride.user_id,
+        QuotaOverride.daily_images,
+        none(Job.status),
+        none(Job.queued_at),
+        cast(null(), Boolean),
+    ).where(QuotaOverride.guild_id == guild, QuotaOverride.user_id.in_(users))
+    guild_row = select(
+        literal_column("'guild'"),
+        none(Job.user_id),
+        GuildSettingsRow.daily_images,
+        none(Job.status),
+        none(Job.queued_at),
+        cast(null(), Boolean),
+    ).where(GuildSettingsRow.guild_id == guild)
+    return union_all(jobs, overrides, guild_row)
+
+
+_STANDINGS = _standings_statement()
+
+
 async def standings_in(
     session: AsyncSession, guild_id: int, user_ids: Iterable[int], now: datetime
-) -> dict[int, Standing]:
-    """`setting_in`, the images that count at `now` and the number of jobs queued or running
-    (held against `max_queued_per_user`) for many users of one guild, in two statements
-    whatever their number (a group's reservations, or one user's `/info`): under a burst each
-    statement is a trip through the busy event loop, and a reservation waits for them all."""
+) -> Standings:
+    """The guild's `daily_images`, and for each user `setting_in`, the images that count at
+    `now` and the number of jobs queued or running (held against `max_queued_per_user`):
+    for many users of one guild (a group's reservations, or one user's `/info`) in ONE
+    statement whatever their number. Under a burst each statement is a trip through the
+    busy event loop, and every reservation of a group waits for them all."""
     users = sorted(set(user_ids))
-    found = {u: Standing(_setting_of(None), [], 0) for u in users}
-    overrides = await session.scalars(
-        select(QuotaOverride).where(
-            QuotaOverride.guild_id == guild_id, QuotaOverride.user_id.in_(users)
-        )
-    )
-    for row in overrides:
-        found[row.user_id].setting = _setting_of(row)
-    # One read of the jobs for both: the database says which count at `now`.
-    active, counts = statuses(ACTIVE_STATUSES), _counts(now)
-    jobs = await session.execute(
-        select(Job.user_id, Job.status, Job.queued_at, Job.image_count, counts).where(
-            Job.guild_id == guild_id, Job.user_id.in_(users), or_(Job.status.in_(active), counts)
-        )
-    )
-    for user_id, status, queued_at, images, is_counted in jobs:
-        standing = found[user_id]
-        if status in active:
-            standing.active += 1
-            standing.running += status == JobStatus.RUNNING
-        if is_counted:
-            standing.counted.append(CountedImages(queued_at, images))
+    found = Standings(None, {u: Standing(_setting_of(None), [], 0) for u in users})
+    bound = {"guild_id": guild_id, "users": users, "counted_since": now - WINDOW}
+    rows = await (await session.connection()).execute(_STANDINGS, bound)
+    active = statuses(ACTIVE_STATUSES)
+    for kind, user_id, number, status, queued_at, is_counted in rows:
+        if kind == "guild":
+            found.daily_images = number
+        elif kind == "override":
+            found.users[user_id].setting = QuotaSetting.from_override(number, exists=True)
+        else:
+            standing = found.users[user_id]
+            if status in active:
+                standing.active += 1
+                standing.running += status == JobStatus.RUNNING
+            if is_counted:
+                standing.counted.append(CountedImages(queued_at, number))
     return found
 
 
@@ -139,11 +199,13 @@ class Allowances:
         """The config's policy for the guild."""
         return self._guild_policies.get(guild_id, self.policy)
 
-    async def policy_in(self, session: AsyncSession, guild_id: int) -> QuotaPolicy:
-        """The guild's quota policy: its moderators' default allowance over the config's."""
+    def policy_with(self, guild_id: int, daily_images: int | None) -> QuotaPolicy:
+        """The guild's quota policy: its moderators' `daily_images` (read with its users'
+        standings, `standings_in`) over the config's."""
         policy = self.policy_for(guild_id)
-        daily = (await read_settings(session, guild_id)).daily_images
-        return policy if daily is None else dataclasses.replace(policy, daily_images=daily)
+        if daily_images is None:
+            return policy
+        return dataclasses.replace(policy, daily_images=daily_images)
 
     # -- overrides --------------------------------------------------------------------------
 
@@ -236,8 +298,9 @@ class Allowances:
 
         async def work(session: AsyncSession) -> UserStatus:
             now = self.tx.now()
-            policy = await self.policy_in(session, guild_id)
-            standing = (await standings_in(session, guild_id, [user_id], now))[user_id]
+            found = await standings_in(session, guild_id, [user_id], now)
+            policy = self.policy_with(guild_id, found.daily_images)
+            standing = found.users[user_id]
             return UserStatus(
                 guild_id=guild_id,
                 user_id=user_id,

@@ -16,7 +16,7 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Row, Update, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .allowances import Allowances, Standing, standings_in
@@ -47,6 +47,35 @@ _RECORD_FIELDS = tuple(f.name for f in fields(JobRecord) if f.name != "request")
 #: A change allowed from every status (a job's progress or result message).
 _ANY_STATUS = frozenset(JobStatus)
 
+# The statements of a burst's writes, built once and run on the transaction's connection,
+# not through the ORM's bulk paths: on the event loop, building, keying and the ORM's
+# bookkeeping cost more than the database's work.
+_JOBS = Job.__table__
+#: New jobs, their rows back (SQLAlchemy's "insertmanyvalues": one cached statement).
+_INSERT_JOBS = insert(_JOBS).returning(*_JOBS.columns)
+#: The statuses of a batch's jobs, their rows locked on PostgreSQL (in id order).
+_STATUSES = (
+    select(_JOBS.c.id, _JOBS.c.status)
+    .where(_JOBS.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_JOBS.c.id)
+    .with_for_update()
+)
+#: One UPDATE by primary key per set of columns changed (`_update_of`).
+_UPDATES: dict[tuple[str, ...], Update] = {}
+
+
+def _update_of(columns: tuple[str, ...]) -> Update:
+    """The UPDATE by primary key of `columns` (their values bound as `new_<column>`, the id as
+    `job_id`: a bound name may not be a column's), built once per set of columns."""
+    statement = _UPDATES.get(columns)
+    if statement is None:
+        statement = _UPDATES[columns] = (
+            update(_JOBS)
+            .where(_JOBS.c.id == bindparam("job_id"))
+            .values({name: bindparam(f"new_{name}") for name in columns})
+        )
+    return statement
+
 
 def _reason(value: str | None) -> RefusalReason | str | None:
     if value is None:
@@ -57,7 +86,7 @@ def _reason(value: str | None) -> RefusalReason | str | None:
         return value
 
 
-def record_of(row: Job) -> JobRecord:
+def record_of(row: Job | Row[Any]) -> JobRecord:
     """The frozen view of a job row: its request, and the ledger's fields beside it."""
     request = {name: getattr(row, name) for name in _REQUEST_FIELDS} | {"kind": JobKind(row.kind)}
     values = {name: getattr(row, name) for name in _RECORD_FIELDS}
@@ -168,10 +197,10 @@ class Transitions:
         policies: dict[int, QuotaPolicy] = {}
         standings: dict[tuple[int, int], Standing] = {}
         for guild_id in sorted({g for g, _ in keys}):
-            policies[guild_id] = await self.allowances.policy_in(session, guild_id)
             users = [u for g, u in keys if g == guild_id]
             found = await standings_in(session, guild_id, users, now)
-            standings |= {(guild_id, u): standing for u, standing in found.items()}
+            policies[guild_id] = self.allowances.policy_with(guild_id, found.daily_images)
+            standings |= {(guild_id, u): standing for u, standing in found.users.items()}
         rows: list[dict[str, Any]] = []
         answers: list[tuple[int | None, int | None, datetime | None]] = []
         for request in requests:
@@ -187,8 +216,8 @@ class Transitions:
         # One INSERT for all (the ORM would send one per row; a VALUES list of N rows would be
         # compiled anew for each N, on the event loop): SQLAlchemy's "insertmanyvalues" runs
         # one cached statement over the rows; rows found again by their key.
-        inserted = await session.execute(insert(Job).returning(*Job.__table__.columns), rows)
-        stored = {row.key: Job(**row._asdict()) for row in inserted}
+        inserted = await (await session.connection()).execute(_INSERT_JOBS, rows)
+        stored = {row.key: row for row in inserted}
         return [
             Reservation(record_of(stored[row["key"]]), limit, remaining, retry_at)
             for row, (limit, remaining, retry_at) in zip(rows, answers, strict=True)
@@ -231,10 +260,9 @@ class Transitions:
         event loop). Under a burst (progress messages, Cancel presses, jobs starting and
         delivered) each statement alone was a trip through the busy event loop, and every
         reservation of the group waited for them all."""
+        connection = await session.connection()
         ids = sorted({job_id for job_id, _allowed, _values in items})
-        found = await session.execute(
-            select(Job.id, Job.status).where(Job.id.in_(ids)).order_by(Job.id).with_for_update()
-        )
+        found = await connection.execute(_STATUSES, {"ids": ids})
         status = {job_id: JobStatus(value) for job_id, value in found}
         changes: dict[int, dict[str, Any]] = {}
         results = []
@@ -247,9 +275,10 @@ class Transitions:
             results.append(changed)
         by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for job_id, new in changes.items():
-            by_columns.setdefault(tuple(sorted(new)), []).append({"id": job_id, **new})
-        for rows in by_columns.values():
-            await session.execute(update(Job).execution_options(synchronize_session=False), rows)
+            bound = {f"new_{name}": value for name, value in new.items()}
+            by_columns.setdefault(tuple(sorted(new)), []).append({"job_id": job_id, **bound})
+        for columns, rows in by_columns.items():
+            await connection.execute(_update_of(columns), rows)
         return results
 
     async def mark_running(self, job_id: int) -> bool:
