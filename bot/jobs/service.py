@@ -109,18 +109,48 @@ class JobService:
         message). A reroll of an image-to-image job starts from the same `picture`, of an edit
         from the same `references`."""
         async with self._admitting_now():
-            # Answer within Discord's 3 s first; everything after may take its time.
-            if not interaction.response.is_done():  # a Reroll press has answered already
-                await interaction.response.defer(ephemeral=True, thinking=True)
-            admitted = await self.admission.admit(
-                origin_of(interaction),
-                options,
-                reroll_of=reroll_of,
-                picture=picture,
-                references=references,
+            # The admission runs beside the answer ("thinking…", within Discord's 3 s): under
+            # a burst each is many turns of the busy event loop, and "queued" waited for both.
+            admitting = asyncio.create_task(
+                self.admission.admit(
+                    origin_of(interaction),
+                    options,
+                    reroll_of=reroll_of,
+                    picture=picture,
+                    references=references,
+                ),
+                name=f"imagine-admit-{interaction.id}",
             )
-            for one in admitted:  # a job per variant of the prompt's {…} choices
+            try:
+                if not interaction.response.is_done():  # a Reroll press has answered already
+                    await interaction.response.defer(ephemeral=True, thinking=True)
+            except BaseException as exc:
+                await self._withdraw(admitting, exc)
+                raise
+            for one in await admitting:  # a job per variant of the prompt's {…} choices
                 await self._follow(interaction, one)
+
+    async def _withdraw(self, admitting: asyncio.Task[list[Admitted]], why: BaseException) -> None:
+        """The interaction could not be answered (`why`): what `admitting` queued is cancelled
+        and its images given back, as nobody would see it (a refusal was recorded already).
+        A shutdown cancels the admission instead: the ledger's transaction is whole or not at
+        all, and a job it queued is run at the next start."""
+        if isinstance(why, asyncio.CancelledError):
+            admitting.cancel()
+            return
+        try:
+            admitted = await admitting
+        except Exception:  # refused or failed: nothing is queued
+            return
+        for one in admitted:
+            one.engine_job.cancel()
+            why_text = f"the command could not be answered: {why}"
+            try:
+                await self.services.ledger.mark_cancelled(one.record.id, why_text)
+            except LedgerError as exc:  # left queued: the next start runs it
+                log.warning("job %d: could not cancel it: %s", one.record.id, exc)
+            else:
+                log.info("job %d: cancelled, %s", one.record.id, why_text)
 
     async def derived(
         self,

@@ -604,6 +604,30 @@ async def test_a_discord_outage_while_posting_is_waited_out_and_delivered_once(
     await assert_delivered_once(world, job_id, result)
 
 
+async def test_an_imagine_discord_does_not_let_the_bot_answer_is_cancelled_and_free(
+    world: World,
+) -> None:
+    """The request is admitted while the bot answers "thinking…": when Discord refuses that
+    answer (404 Unknown interaction), the job admitted beside it is cancelled with its images
+    given back; nothing is made or posted, and the member is told something went wrong."""
+    callbacks = r"^/interactions/\d+/[^/]+/callback$"
+    unknown = Failure(404, code=10062, message="Unknown interaction")
+    injection = world.server.inject_failures("POST", callbacks, [unknown])
+    interaction = await world.server.invoke(
+        "imagine", user=world.gwen, options={"prompt": "an unanswered robot", "steps": 2}
+    )
+    line = await world.bot.wait_for_line(r"job (\d+): cancelled, the command could not be")
+    job_id = int(re.search(r"job (\d+)", line).group(1))  # type: ignore[union-attr]
+    told = await interaction.wait_for_original(lambda m: "went wrong" in m.content)
+    assert [r.status for r in injection.hits] == [404] and told.ephemeral
+    async with read_ledger(world.tmp) as ledger:
+        job = await job_of(ledger, job_id)
+        status = await ledger.user_status(job.request.guild_id, job.request.user_id)
+    assert (job.status, job.request.prompt) == (JobStatus.CANCELLED, "an unanswered robot")
+    assert (status.used, status.queued, status.running) == (0, 0, 0)
+    assert interaction.messages == [told] and world.results_for(job_id) == []
+
+
 async def test_a_second_bot_on_the_same_database_refuses_to_start(world: World) -> None:
     """A second `imagine-bot run` on the running bot's database (started by mistake) stops
     before it touches a job or Discord; the running bot goes on and delivers once."""
