@@ -137,6 +137,7 @@ class JobService:
         all, and a job it queued is run at the next start."""
         if isinstance(why, asyncio.CancelledError):
             admitting.cancel()
+            admitting.add_done_callback(lambda task: task.cancelled() or task.exception())
             return
         try:
             admitted = await admitting
