@@ -610,6 +610,8 @@ async def test_an_imagine_discord_does_not_let_the_bot_answer_is_cancelled_and_f
     """The request is admitted while the bot answers "thinking…": when Discord refuses that
     answer (404 Unknown interaction), the job admitted beside it is cancelled with its images
     given back; nothing is made or posted, and the member is told something went wrong."""
+    async with read_ledger(world.tmp) as ledger:
+        before = await ledger.user_status(world.guild.id, world.gwen.id)
     callbacks = r"^/interactions/\d+/[^/]+/callback$"
     unknown = Failure(404, code=10062, message="Unknown interaction")
     injection = world.server.inject_failures("POST", callbacks, [unknown])
@@ -622,9 +624,9 @@ async def test_an_imagine_discord_does_not_let_the_bot_answer_is_cancelled_and_f
     assert [r.status for r in injection.hits] == [404] and told.ephemeral
     async with read_ledger(world.tmp) as ledger:
         job = await job_of(ledger, job_id)
-        status = await ledger.user_status(job.request.guild_id, job.request.user_id)
+        after = await ledger.user_status(world.guild.id, world.gwen.id)
     assert (job.status, job.request.prompt) == (JobStatus.CANCELLED, "an unanswered robot")
-    assert (status.used, status.queued, status.running) == (0, 0, 0)
+    assert (after.used, after.queued, after.running) == (before.used, 0, 0)
     assert interaction.messages == [told] and world.results_for(job_id) == []
 
 
