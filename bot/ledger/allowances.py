@@ -14,12 +14,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
     ColumnElement,
     CompoundSelect,
     and_,
     bindparam,
-    cast,
     literal_column,
     null,
     or_,
@@ -99,7 +97,7 @@ def _standings_statement() -> CompoundSelect:
         Job.status.in_(statuses(COUNTED_STATUSES)), Job.queued_at > bindparam("counted_since")
     )
 
-    def none(like: ColumnElement[Any]) -> ColumnElement[Any]:
+    def none(like: ColumnElement[Any]) -> ColumnElement[Any]:  # a NULL of `like`'s type
         return type_coerce(null(), like.type)
 
     # "number": a job's images, an override's or the guild's daily_images.
@@ -121,7 +119,7 @@ def _standings_statement() -> CompoundSelect:
         QuotaOverride.daily_images,
         none(Job.status),
         none(Job.queued_at),
-        cast(null(), Boolean),
+        none(counts),
     ).where(QuotaOverride.guild_id == guild, QuotaOverride.user_id.in_(users))
     guild_row = select(
         literal_column("'guild'"),
@@ -129,7 +127,7 @@ def _standings_statement() -> CompoundSelect:
         GuildSettingsRow.daily_images,
         none(Job.status),
         none(Job.queued_at),
-        cast(null(), Boolean),
+        none(counts),
     ).where(GuildSettingsRow.guild_id == guild)
     return union_all(jobs, overrides, guild_row)
 
