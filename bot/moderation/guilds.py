@@ -3,11 +3,13 @@ guild's own `/settings` on top. The one place that merges them; `/settings` chan
 through here so the next request sees them.
 
 Read through a short cache: a request pays no database read for them, and a change made by
-another bot process on the same database is seen within `CACHE_SECONDS`.
+another bot process on the same database is seen within `CACHE_SECONDS`. Requests that find
+the cache empty at once (a burst's first moment) share one read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from typing import Any
@@ -31,6 +33,7 @@ class GuildRules:
         self.defaults = defaults
         self.daily_images = daily_images
         self._cache: dict[int, tuple[float, GuildSettings, Moderation]] = {}
+        self._reading: dict[int, asyncio.Future[tuple[GuildSettings, Moderation]]] = {}
 
     async def moderation(self, guild_id: int) -> Moderation:
         return (await self._entry(guild_id))[1]
@@ -58,15 +61,31 @@ class GuildRules:
         """Set one setting (None: back to the config's), audited; seen at the next request."""
         change = await self.ledger.change_guild_setting(guild_id, name, value, by)
         self._cache.pop(guild_id, None)
+        self._reading.pop(guild_id, None)  # a read begun before the change is not kept
         return change
 
     async def _entry(self, guild_id: int) -> tuple[GuildSettings, Moderation]:
-        now = time.monotonic()
         cached = self._cache.get(guild_id)
-        if cached is not None and now - cached[0] < CACHE_SECONDS:
+        if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
             return cached[1], cached[2]
-        own = GuildSettings() if guild_id == 0 else await self.ledger.guild_settings(guild_id)
-        overrides = {n: own.value(n) for n in _MODERATION if own.value(n) is not None}
-        moderation = Moderation(dataclasses.replace(self.defaults, **overrides))
-        self._cache[guild_id] = (now, own, moderation)
-        return own, moderation
+        reading = self._reading.get(guild_id)
+        if reading is None:
+            reading = self._reading[guild_id] = asyncio.ensure_future(self._read(guild_id))
+            reading.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return await asyncio.shield(reading)  # a waiter cancelled leaves it to the others
+
+    async def _read(self, guild_id: int) -> tuple[GuildSettings, Moderation]:
+        """Read the guild's settings once for every request waiting on them, and cache them
+        unless a `/settings` change came meanwhile."""
+        mine = asyncio.current_task()
+        try:
+            now = time.monotonic()
+            own = GuildSettings() if guild_id == 0 else await self.ledger.guild_settings(guild_id)
+            overrides = {n: own.value(n) for n in _MODERATION if own.value(n) is not None}
+            moderation = Moderation(dataclasses.replace(self.defaults, **overrides))
+            if self._reading.get(guild_id) is mine:
+                self._cache[guild_id] = (now, own, moderation)
+            return own, moderation
+        finally:
+            if self._reading.get(guild_id) is mine:
+                del self._reading[guild_id]

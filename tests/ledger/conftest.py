@@ -95,9 +95,8 @@ async def db_engine(db_url: str) -> AsyncIterator[AsyncEngine]:
     eng = create_engine(db_url)
     if eng.dialect.name == "postgresql":
         async with eng.begin() as conn:
-            await conn.execute(
-                text("TRUNCATE jobs, quota_overrides, quota_audit, leases RESTART IDENTITY CASCADE")
-            )
+            tables = "jobs, quota_overrides, quota_audit, leases, guild_settings, settings_audit"
+            await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     yield eng
     await eng.dispose()
 

@@ -97,6 +97,57 @@ async def test_job_listings(make_ledger: LedgerFactory, clock: FakeClock) -> Non
     assert [j.id for j in await ledger.active_jobs(GUILD)] == [ids[0], ids[1], ids[3]]
 
 
+async def test_requests_finding_no_rules_cached_share_one_read(
+    make_ledger: LedgerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst's first requests find the guild's rules uncached together: one read of its
+    settings serves them all. A read begun before a `/settings` change answers the requests
+    that waited for it, but is not kept: the next request reads the change."""
+    import asyncio
+
+    from sqlalchemy import event
+
+    from bot.config import ModerationSettings
+    from bot.ledger import parse_setting
+    from bot.moderation.guilds import GuildRules
+
+    ledger = make_ledger()
+    words = parse_setting("blocked_words", "dragon")
+    await ledger.change_guild_setting(GUILD, "blocked_words", words, by=MODERATOR)
+    rules = GuildRules(ledger, ModerationSettings(), daily_images=10)
+    reads: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        if "FROM guild_settings" in statement:
+            reads.append(statement)
+
+    event.listen(ledger.engine.sync_engine, "before_cursor_execute", seen)
+    found = await asyncio.gather(*(rules.moderation(GUILD) for _ in range(20)))
+    event.remove(ledger.engine.sync_engine, "before_cursor_execute", seen)
+    assert len(reads) == 1 and all(m is found[0] for m in found)
+    assert found[0].blocked_word("a dragon") == "dragon"
+
+    # A read that finished before the change, its answer held until the change is made.
+    rules = GuildRules(ledger, ModerationSettings(), daily_images=10)
+    read, let_go = asyncio.Event(), asyncio.Event()
+    real = ledger.guild_settings
+
+    async def held(guild_id: int) -> object:
+        settings = await real(guild_id)
+        read.set()
+        await let_go.wait()
+        return settings
+
+    monkeypatch.setattr(ledger, "guild_settings", held)
+    before = asyncio.ensure_future(rules.moderation(GUILD))
+    await read.wait()
+    castle = parse_setting("blocked_words", "castle")
+    await rules.change(GUILD, "blocked_words", castle, by=MODERATOR)
+    let_go.set()
+    assert (await before).blocked_word("a castle") is None  # the rules it asked under
+    assert (await rules.moderation(GUILD)).blocked_word("a castle") == "castle"
+
+
 async def test_guild_settings_are_per_guild_audited_and_set_the_default_allowance(
     make_ledger: LedgerFactory, clock: FakeClock
 ) -> None:
