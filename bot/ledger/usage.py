@@ -16,6 +16,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
+from .allowances import statuses
 from .jobs import COUNTED_STATUSES, JobKind, JobStatus, RefusalReason
 from .models import Job
 
@@ -139,7 +140,7 @@ async def summarize(
 ) -> UsageSummary:
     """Aggregate one guild's jobs queued in [since, until)."""
     in_period = (Job.guild_id == guild_id, Job.queued_at >= since, Job.queued_at < until)
-    counted = Job.status.in_([str(s) for s in COUNTED_STATUSES])
+    counted = Job.status.in_(statuses(COUNTED_STATUSES))
     lost = Job.status.in_([str(JobStatus.FAILED), str(JobStatus.CANCELLED)])
     images = func.coalesce(func.sum(case((counted, Job.image_count), else_=0)), 0)
     jobs = func.count(case((counted, 1)))
