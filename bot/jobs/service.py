@@ -143,9 +143,9 @@ class JobService:
             admitted = await admitting
         except Exception:  # refused or failed: nothing is queued
             return
+        why_text = f"the command could not be answered: {why}"
         for one in admitted:
             one.engine_job.cancel()
-            why_text = f"the command could not be answered: {why}"
             try:
                 await self.services.ledger.mark_cancelled(one.record.id, why_text)
             except LedgerError as exc:  # left queued: the next start runs it

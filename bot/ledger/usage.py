@@ -141,7 +141,7 @@ async def summarize(
     """Aggregate one guild's jobs queued in [since, until)."""
     in_period = (Job.guild_id == guild_id, Job.queued_at >= since, Job.queued_at < until)
     counted = Job.status.in_(statuses(COUNTED_STATUSES))
-    lost = Job.status.in_([str(JobStatus.FAILED), str(JobStatus.CANCELLED)])
+    lost = Job.status.in_(statuses((JobStatus.FAILED, JobStatus.CANCELLED)))
     images = func.coalesce(func.sum(case((counted, Job.image_count), else_=0)), 0)
     jobs = func.count(case((counted, 1)))
 
